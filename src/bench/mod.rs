@@ -1,0 +1,1 @@
+//! runner bench: scenarios, interleaved runs, statistics and reports.

@@ -1,0 +1,1 @@
+//! Local cache archives for the `cache:` keyword, keyed by project and protection.

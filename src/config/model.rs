@@ -1,0 +1,192 @@
+//! The configuration model: gitlab-runner's `config.toml` plus our `[runners.docker.isolation]`.
+//!
+//! This file is the contract the rest of the crate reads. Loading (with line numbers), the
+//! gitlab-runner compatibility table and validation live beside it in `config/`.
+
+use crate::secret::Secret;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Jobs running at once across all `[[runners]]`.
+    pub concurrent: usize,
+    /// Seconds between polls, divided across `[[runners]]`.
+    pub check_interval: Duration,
+    /// `host:port` of the metrics and health endpoint, if any.
+    pub listen_address: Option<String>,
+    /// How long a graceful shutdown may take before running jobs are cancelled.
+    pub shutdown_timeout: Duration,
+    /// Where the runner keeps its state (journal, system id).
+    pub state_dir: PathBuf,
+    /// `log_level` (error, warn, info, debug, trace).
+    pub log_level: String,
+    /// `log_format` (text, json, runner).
+    pub log_format: String,
+    /// The `[[runners]]` entries.
+    pub runners: Vec<RunnerConfig>,
+}
+
+/// One `[[runners]]` entry.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Free-form name shown in GitLab.
+    pub name: String,
+    /// GitLab base URL, e.g. `https://gitlab.example.com/`.
+    pub url: url::Url,
+    /// Runner authentication token (`glrt-…`) or legacy runner token.
+    pub token: Secret,
+    /// Jobs at once for this runner entry; 0 = no limit beyond `concurrent`.
+    pub limit: usize,
+    /// Concurrent `jobs/request` calls for this entry.
+    pub request_concurrency: usize,
+    /// Root of the per-job directories (`<builds_dir>/gitlab-job-<id>`).
+    pub builds_dir: PathBuf,
+    /// Root of local cache archives.
+    pub cache_dir: PathBuf,
+    /// `KEY=value` entries added to every job.
+    pub environment: Vec<(String, String)>,
+    /// Runs before sources are fetched.
+    pub pre_get_sources_script: Option<String>,
+    /// Runs before the job's script, in the same shell.
+    pub pre_build_script: Option<String>,
+    /// Runs after the job's script, in the same shell.
+    pub post_build_script: Option<String>,
+    /// Trace size limit in bytes.
+    pub output_limit: u64,
+    /// `[runners.docker]`.
+    pub docker: DockerConfig,
+    /// `[runners.cache]` (local cache only).
+    pub cache: CacheConfig,
+}
+
+/// `[runners.docker]`.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// Host daemon address; `unix:///var/run/docker.sock` when unset.
+    pub host: Option<String>,
+    /// Default job image.
+    pub image: String,
+    /// Image used for git and artifact work.
+    pub helper_image: Option<String>,
+    /// Extra volumes (`host:container[:mode]` or bare `container` paths).
+    pub volumes: Vec<String>,
+    /// Job container memory limit in bytes.
+    pub memory: Option<u64>,
+    /// Job container CPUs.
+    pub cpus: Option<f64>,
+    /// Job container pids limit.
+    pub pids_limit: Option<i64>,
+    /// Honoured only in shared-socket mode; a warning in isolated mode.
+    pub privileged: bool,
+    /// `always`, `if-not-present`, `never`.
+    pub pull_policy: Vec<String>,
+    /// Pull policies a job may ask for.
+    pub allowed_pull_policies: Vec<String>,
+    /// Image allow-list (globs); empty = any.
+    pub allowed_images: Vec<String>,
+    /// Service allow-list (globs); empty = any.
+    pub allowed_services: Vec<String>,
+    /// `[runners.docker.isolation]`.
+    pub isolation: IsolationConfig,
+}
+
+/// How jobs get a Docker daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationMode {
+    /// A per-job dockerd in a sidecar container (the default).
+    Dind,
+    /// The host socket mounted into the job (trusted hosts, bench baseline).
+    SharedSocket,
+}
+
+impl IsolationMode {
+    /// The name used in config and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IsolationMode::Dind => "dind",
+            IsolationMode::SharedSocket => "shared-socket",
+        }
+    }
+}
+
+/// How much privilege the sidecar gets. Never a silent fallback from one to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarProfile {
+    /// `sysbox-runc` runtime, not privileged.
+    Sysbox,
+    /// Least privilege that runs dockerd on this host (explicit capabilities, no devices).
+    Hardened,
+    /// `--privileged`, explicit opt-in.
+    Privileged,
+}
+
+/// Where the sidecar's `/var/lib/docker` lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataRoot {
+    /// A fresh volume per job.
+    Ephemeral,
+    /// A warm volume per (project, protected flag), one job at a time.
+    Project,
+}
+
+/// Egress policy for job bridges; the host and metadata addresses are always denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Egress {
+    /// Anything outside the host.
+    Allow,
+    /// Nothing outside the job network.
+    Deny,
+    /// Only these CIDRs.
+    AllowList(Vec<ipnet::IpNet>),
+}
+
+/// `[runners.docker.isolation]`.
+#[derive(Debug, Clone)]
+pub struct IsolationConfig {
+    /// `dind` or `shared-socket`.
+    pub mode: IsolationMode,
+    /// Image of the per-job daemon.
+    pub sidecar_image: String,
+    /// Privilege profile of the sidecar.
+    pub sidecar_profile: SidecarProfile,
+    /// Sidecar memory limit in bytes.
+    pub sidecar_memory: Option<u64>,
+    /// Sidecar CPUs.
+    pub sidecar_cpus: Option<f64>,
+    /// Sidecar pids limit.
+    pub sidecar_pids_limit: Option<i64>,
+    /// MTU of job networks; 0 = the host's.
+    pub network_mtu: u32,
+    /// Where per-job bridges are carved from.
+    pub address_pool: ipnet::Ipv4Net,
+    /// Pool the inner daemons use; disjoint from the outer ones.
+    pub inner_address_pool: ipnet::Ipv4Net,
+    /// Ephemeral or warm per project.
+    pub data_root: DataRoot,
+    /// Size cap of a warm data root, bytes.
+    pub data_root_max_size: Option<u64>,
+    /// Age cap of a warm data root.
+    pub data_root_max_age: Option<Duration>,
+    /// Pull-through cache for the inner daemons.
+    pub registry_mirror: Option<String>,
+    /// Images copied from the host daemon into each job's daemon.
+    pub preload_images: Vec<String>,
+    /// Egress policy.
+    pub egress: Egress,
+    /// How long the sidecar may take to answer an mTLS `/_ping`.
+    pub ready_timeout: Duration,
+    /// Runner-visible path -> host path, when the runner runs in a container.
+    pub host_path_map: BTreeMap<PathBuf, PathBuf>,
+}
+
+/// `[runners.cache]`, local archives only.
+#[derive(Debug, Clone, Default)]
+pub struct CacheConfig {
+    /// Total size cap of the cache directory in bytes.
+    pub max_size: Option<u64>,
+    /// Age after which an unused archive is pruned.
+    pub max_age: Option<Duration>,
+}

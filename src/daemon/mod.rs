@@ -1,0 +1,1 @@
+//! The poll loop, concurrency slots, signals, graceful shutdown and the crash journal.

@@ -1,0 +1,1 @@
+//! The only module that talks to Docker (bollard): containers, exec/attach, networks, images.

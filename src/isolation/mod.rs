@@ -1,0 +1,189 @@
+//! How a job gets its containers and its Docker daemon.
+//!
+//! [`Isolation`] is implemented by the `dind` backend (a per-job sidecar daemon, the default) and
+//! the `shared-socket` backend (the host socket in the job, the classic setup and the bench
+//! baseline). The job pipeline talks only to these traits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What a backend needs to build one job's environment.
+#[derive(Debug, Clone)]
+pub struct EnvironmentSpec {
+    /// Short id of this runner (labels, names).
+    pub runner_id: String,
+    /// Numeric job id (checked by the type).
+    pub job_id: u64,
+    /// GitLab project id (warm data roots are keyed by it).
+    pub project_id: u64,
+    /// Whether the ref is protected (warm data roots never mix protection levels).
+    pub protected: bool,
+    /// Job timeout; certificates and labels carry a deadline derived from it.
+    pub timeout: Duration,
+    /// The job's image, already resolved against config and allow-lists.
+    pub build_image: ContainerImage,
+    /// Image for git, artifacts and cache work.
+    pub helper_image: String,
+    /// `services:` of the job, already checked against `allowed_services`.
+    pub services: Vec<ServiceSpec>,
+    /// Variables for service containers (public ones only).
+    pub service_env: Vec<(String, String)>,
+}
+
+/// An image with an optional entrypoint override.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerImage {
+    /// Image reference.
+    pub name: String,
+    /// Entrypoint override, when the job sets one.
+    pub entrypoint: Option<Vec<String>>,
+}
+
+/// A service container on the job's network.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceSpec {
+    /// Image and entrypoint.
+    pub image: ContainerImage,
+    /// CMD override.
+    pub command: Vec<String>,
+    /// Host names on the job network.
+    pub aliases: Vec<String>,
+    /// Service-only variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// Where a job's files are, as the runner sees them and as containers see them.
+#[derive(Debug, Clone)]
+pub struct JobPaths {
+    /// `<builds_dir>/gitlab-job-<id>`: `CI_PROJECT_DIR`, the clone. Same path in every container.
+    pub project_dir: PathBuf,
+    /// `<builds_dir>/gitlab-job-<id>.tmp`: scratch (`TMPDIR`, file variables). Same path in
+    /// every container.
+    pub tmp_dir: PathBuf,
+}
+
+/// Which container a script runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The job's image: `script`, `after_script`, user hooks.
+    Build,
+    /// The helper image: git, artifacts, cache.
+    Helper,
+}
+
+/// One script to run.
+#[derive(Debug, Clone)]
+pub struct ScriptRequest {
+    /// Container to run in.
+    pub role: Role,
+    /// A complete bash script (the pipeline generates it).
+    pub script: String,
+    /// Environment of the script; the backend adds its own (`DOCKER_HOST`, …).
+    pub env: Vec<(String, String)>,
+}
+
+/// Receives a script's stdout and stderr, interleaved in the order they were written.
+pub trait OutputSink: Send + Sync {
+    /// Appends raw output.
+    fn write(&self, data: &[u8]);
+}
+
+/// Builds job environments.
+#[async_trait::async_trait]
+pub trait Isolation: Send + Sync {
+    /// `dind` or `shared-socket`.
+    fn mode(&self) -> crate::config::IsolationMode;
+
+    /// Creates everything the job needs before its first script: directories, certificates,
+    /// network, sidecar (ready over mTLS), services, preloaded images. On error, whatever was
+    /// created is already torn down. Progress lines go to `out`.
+    async fn prepare(
+        &self,
+        spec: &EnvironmentSpec,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<Box<dyn JobEnvironment>, Error>;
+}
+
+/// A prepared job environment. `teardown` must be called on every path.
+#[async_trait::async_trait]
+pub trait JobEnvironment: Send + Sync {
+    /// The job's paths.
+    fn paths(&self) -> &JobPaths;
+
+    /// Variables the backend gives the job (`DOCKER_HOST`, `DOCKER_TLS_VERIFY`, `DOCKER_CERT_PATH`).
+    fn job_env(&self) -> Vec<(String, String)>;
+
+    /// Runs a script and returns its exit code. When `cancel` fires the script is killed and
+    /// [`Error::Canceled`] returned. A dead sidecar is [`Error::SidecarDied`], not an exit code.
+    async fn run_script(
+        &self,
+        req: ScriptRequest,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<i32, Error>;
+
+    /// Removes everything the job created, in a defined order, and reports what it removed.
+    async fn teardown(self: Box<Self>) -> TeardownReport;
+}
+
+/// What a teardown removed and what it could not.
+#[derive(Debug, Default, Clone)]
+pub struct TeardownReport {
+    /// Objects removed (`container abc`, `network n`, `dir /builds/…`).
+    pub removed: Vec<String>,
+    /// Failures; each is also logged. The reaper retries these later.
+    pub failures: Vec<String>,
+}
+
+/// Errors of the isolation backends.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The script was cancelled.
+    #[error("canceled")]
+    Canceled,
+    /// The job's daemon stopped while the job ran.
+    #[error("the job's docker daemon (sidecar {container}) stopped: {detail}")]
+    SidecarDied {
+        /// Sidecar container id or name.
+        container: String,
+        /// Exit state or last log line.
+        detail: String,
+    },
+    /// The sidecar did not answer an mTLS `/_ping` in time.
+    #[error(
+        "the job's docker daemon was not ready after {waited:?}; last sidecar log lines:\n{last_logs}"
+    )]
+    NotReady {
+        /// How long the runner waited.
+        waited: Duration,
+        /// Last lines of the sidecar log.
+        last_logs: String,
+    },
+    /// An image is missing and may not be pulled.
+    #[error("image {image} is not available: {detail}")]
+    ImageUnavailable {
+        /// Image reference.
+        image: String,
+        /// Why.
+        detail: String,
+    },
+    /// The configured profile cannot run on this host.
+    #[error("sidecar profile {profile} cannot run here: {detail}")]
+    ProfileUnavailable {
+        /// Profile name.
+        profile: String,
+        /// Why, with what to do.
+        detail: String,
+    },
+    /// Anything else from Docker or the host.
+    #[error("{context}: {detail}")]
+    Other {
+        /// What the runner was doing.
+        context: String,
+        /// The cause.
+        detail: String,
+    },
+}

@@ -1,0 +1,1 @@
+//! The Prometheus `/metrics` and `/health` endpoint.

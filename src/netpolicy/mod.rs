@@ -1,0 +1,1 @@
+//! Host-side network rules per job bridge.

@@ -1,0 +1,1 @@
+//! Job directory layout, identical-path mounts, host path map and safe deletion.

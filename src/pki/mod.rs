@@ -1,0 +1,1 @@
+//! The per-job certificate authority and its server and client certificates.
