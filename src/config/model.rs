@@ -190,3 +190,84 @@ pub struct CacheConfig {
     /// Age after which an unused archive is pruned.
     pub max_age: Option<Duration>,
 }
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            concurrent: 1,
+            check_interval: Duration::from_secs(3),
+            listen_address: None,
+            shutdown_timeout: Duration::from_secs(30),
+            state_dir: PathBuf::from("/var/lib/isolated-runner"),
+            log_level: "info".to_string(),
+            log_format: "text".to_string(),
+            runners: Vec::new(),
+        }
+    }
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            name: "isolated-runner".to_string(),
+            // A constant that always parses; real configs always set `url`.
+            url: url::Url::parse("http://localhost/").expect("constant URL parses"),
+            token: Secret::default(),
+            limit: 0,
+            request_concurrency: 1,
+            builds_dir: PathBuf::from("/builds"),
+            cache_dir: PathBuf::from("/cache"),
+            environment: Vec::new(),
+            pre_get_sources_script: None,
+            pre_build_script: None,
+            post_build_script: None,
+            output_limit: 4 * 1024 * 1024,
+            docker: DockerConfig::default(),
+            cache: CacheConfig::default(),
+        }
+    }
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            host: None,
+            image: "isolated-runner/job:test".to_string(),
+            helper_image: None,
+            volumes: Vec::new(),
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+            privileged: false,
+            pull_policy: vec!["if-not-present".to_string()],
+            allowed_pull_policies: Vec::new(),
+            allowed_images: Vec::new(),
+            allowed_services: Vec::new(),
+            isolation: IsolationConfig::default(),
+        }
+    }
+}
+
+impl Default for IsolationConfig {
+    fn default() -> Self {
+        IsolationConfig {
+            mode: IsolationMode::Dind,
+            sidecar_image: "isolated-runner/dind:test".to_string(),
+            sidecar_profile: SidecarProfile::Hardened,
+            sidecar_memory: None,
+            sidecar_cpus: None,
+            sidecar_pids_limit: Some(4096),
+            network_mtu: 0,
+            address_pool: "10.213.0.0/16".parse().expect("constant CIDR parses"),
+            inner_address_pool: "10.214.0.0/16".parse().expect("constant CIDR parses"),
+            data_root: DataRoot::Ephemeral,
+            data_root_max_size: None,
+            data_root_max_age: None,
+            registry_mirror: None,
+            preload_images: Vec::new(),
+            egress: Egress::Allow,
+            ready_timeout: Duration::from_secs(60),
+            host_path_map: BTreeMap::new(),
+        }
+    }
+}
