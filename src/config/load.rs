@@ -404,7 +404,10 @@ impl Loader {
                     }
                 }
                 "shutdown_timeout" => {
-                    if let Some(d) = self.positive_duration(&at, item, true) {
+                    // gitlab-runner writes 0 for "the default".
+                    if let Some(d) = self.duration(&at, item, true)
+                        && !d.is_zero()
+                    {
                         config.shutdown_timeout = d;
                     }
                 }
@@ -456,15 +459,13 @@ impl Loader {
                     }
                 }
                 "session_server" => {
-                    self.warn(
-                        &at,
-                        format!(
-                            "ignored: {}",
-                            keys::GLOBAL.ignored_reason(key).unwrap_or_default()
-                        ),
-                    );
                     let line = self.item_line(item, at.line);
-                    self.ignored_table(&keys::SESSION_SERVER, item, line);
+                    match item.as_table_like() {
+                        Some(t) if !t.is_empty() => {
+                            self.ignored_table(&keys::SESSION_SERVER, item, line)
+                        }
+                        _ => self.not_honoured(&keys::GLOBAL, &at, key, item),
+                    }
                 }
                 _ => self.not_honoured(&keys::GLOBAL, &at, key, item),
             }
