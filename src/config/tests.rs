@@ -79,7 +79,10 @@ fn unknown_key_is_an_error_with_line_and_suggestion() {
 
 #[test]
 fn ignored_key_is_a_warning_naming_the_reason() {
-    let w = warnings(&runner("clone_url = \"https://x\"", "cap_add = [\"NET_ADMIN\"]"));
+    let w = warnings(&runner(
+        "clone_url = \"https://x\"",
+        "cap_add = [\"NET_ADMIN\"]",
+    ));
     let d = find(&w, "clone_url");
     assert_eq!(d.line, 7);
     assert!(d.message.starts_with("ignored: "));
@@ -92,7 +95,11 @@ fn ignored_key_is_a_warning_naming_the_reason() {
 fn type_errors_name_key_and_line() {
     let e = errors(&runner("limit = \"ten\"", "privileged = \"yes\""));
     assert_eq!(find(&e, "limit").line, 7);
-    assert!(find(&e, "limit").message.contains("expected an integer, found a string"));
+    assert!(
+        find(&e, "limit")
+            .message
+            .contains("expected an integer, found a string")
+    );
     assert_eq!(find(&e, "privileged").line, 10);
 }
 
@@ -122,7 +129,10 @@ fn syntax_error_has_line_and_no_secret() {
 
 #[test]
 fn token_never_in_output() {
-    let text = runner("tokn = 1", "volumes = [\"/var/run/docker.sock:/var/run/docker.sock\"]");
+    let text = runner(
+        "tokn = 1",
+        "volumes = [\"/var/run/docker.sock:/var/run/docker.sock\"]",
+    );
     let err = load_str(&text, "config.toml").unwrap_err();
     assert!(!err.to_string().contains(TOKEN));
     assert!(!format!("{err:?}").contains(TOKEN));
@@ -138,7 +148,10 @@ fn docker_socket_refused_in_dind_with_line() {
         "/var/run:/var/run",
         "/home/ci/docker.sock:/var/run/docker.sock",
     ] {
-        let text = runner("", &format!("volumes = [\n  \"/data\",\n  \"{volume}\",\n]"));
+        let text = runner(
+            "",
+            &format!("volumes = [\n  \"/data\",\n  \"{volume}\",\n]"),
+        );
         let e = errors(&text);
         let d = find(&e, volume);
         assert_eq!(d.line, 12, "{d}");
@@ -157,7 +170,10 @@ fn docker_socket_allowed_in_shared_socket_mode() {
     );
     let w = warnings(&text);
     assert!(find(&w, "mode").message.contains("trusted"));
-    assert!(!w.iter().any(|d| d.message.contains("docker.sock")), "{w:#?}");
+    assert!(
+        !w.iter().any(|d| d.message.contains("docker.sock")),
+        "{w:#?}"
+    );
 }
 
 #[test]
@@ -259,7 +275,11 @@ network_mtu = 10
     let e = errors(&text);
     find(&e, "`vm` is not a mode");
     find(&e, "`root` is not a sidecar profile");
-    assert!(find(&e, "overlaps address_pool").key_path.ends_with("inner_address_pool"));
+    assert!(
+        find(&e, "overlaps address_pool")
+            .key_path
+            .ends_with("inner_address_pool")
+    );
     find(&e, "`warm` is not a data root");
     find(&e, "ftp");
     find(&e, "`sometimes` is not an egress policy");
@@ -279,7 +299,10 @@ fn data_root_limits_warn_when_ephemeral() {
 #[test]
 fn gitlab_runner_units_are_converted() {
     let text = "check_interval = 0\nshutdown_timeout = 45\n".to_string()
-        + &runner("output_limit = 8192", "memory = \"512m\"\nmemory_swap = \"1g\"\ncpus = \"1.5\"");
+        + &runner(
+            "output_limit = 8192",
+            "memory = \"512m\"\nmemory_swap = \"1g\"\ncpus = \"1.5\"",
+        );
     let c = load_str(&text, "config.toml").unwrap().config;
     assert_eq!(c.check_interval, Duration::from_secs(3), "0 = the default");
     assert_eq!(c.shutdown_timeout, Duration::from_secs(45));
@@ -288,7 +311,9 @@ fn gitlab_runner_units_are_converted() {
     assert_eq!(r.docker.memory, Some(512 << 20));
     assert_eq!(r.docker.memory_swap, Some(1 << 30));
     assert_eq!(r.docker.cpus, Some(1.5));
-    let c = load_str(&runner("", "memory_swap = \"-1\""), "c").unwrap().config;
+    let c = load_str(&runner("", "memory_swap = \"-1\""), "c")
+        .unwrap()
+        .config;
     assert_eq!(c.runners[0].docker.memory_swap, Some(-1));
 }
 
@@ -300,7 +325,9 @@ fn windows_isolation_string_is_a_warning() {
 
 #[test]
 fn docker_network_mtu_is_a_fallback() {
-    let c = load_str(&runner("", "network_mtu = 1400"), "c").unwrap().config;
+    let c = load_str(&runner("", "network_mtu = 1400"), "c")
+        .unwrap()
+        .config;
     assert_eq!(c.runners[0].docker.isolation.network_mtu, 1400);
 }
 
@@ -356,8 +383,7 @@ fn token_file_is_read_and_permissions_checked() {
     let token_path = dir.path().join("token");
     std::fs::write(&token_path, "glrt-fromfile999\n").unwrap();
     std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let config = runner("", "")
-        .replace(&format!("token = \"{TOKEN}\""), "token_file = \"token\"");
+    let config = runner("", "").replace(&format!("token = \"{TOKEN}\""), "token_file = \"token\"");
     let config_path = dir.path().join("config.toml");
     std::fs::write(&config_path, &config).unwrap();
     let loaded = load(&config_path).unwrap();
@@ -406,7 +432,10 @@ fn environment_and_pull_policies() {
     );
     assert_eq!(r.docker.pull_policy, vec!["always", "if-not-present"]);
     assert_eq!(r.docker.allowed_pull_policies, vec!["never"]);
-    let e = errors(&runner("environment = [\"NOVALUE\"]", "pull_policy = \"sometimes\""));
+    let e = errors(&runner(
+        "environment = [\"NOVALUE\"]",
+        "pull_policy = \"sometimes\"",
+    ));
     find(&e, "no `=`");
     find(&e, "`sometimes` is not a pull policy");
 }
@@ -416,8 +445,14 @@ fn error_display_lists_everything_with_lines() {
     let err = load_str(&runner("limit = -1", "volumez = 1"), "config.toml").unwrap_err();
     let shown = err.to_string();
     assert!(shown.starts_with("config.toml: 2 errors"), "{shown}");
-    assert!(shown.contains("config.toml:7: [[runners]] limit"), "{shown}");
-    assert!(shown.contains("config.toml:10: [runners.docker] volumez"), "{shown}");
+    assert!(
+        shown.contains("config.toml:7: [[runners]] limit"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("config.toml:10: [runners.docker] volumez"),
+        "{shown}"
+    );
 }
 
 #[test]
