@@ -462,3 +462,24 @@ fn defaults_still_work() {
     assert!(RunnerConfig::default().custom_build_dir);
     assert_eq!(DockerConfig::default().memory_swap, None);
 }
+
+#[test]
+fn every_ignored_gitlab_runner_key_loads_with_a_warning() {
+    for (key, _) in keys::DOCKER.ignored {
+        if *key == "services" {
+            continue; // an array of tables in gitlab-runner; covered below
+        }
+        let w = warnings(&runner("", &format!("{key} = 1")));
+        let d = find(&w, &format!("[runners.docker] {key}:"));
+        assert_eq!(d.line, 10);
+        assert!(d.message.starts_with("ignored: "), "{d}");
+    }
+    for (key, _) in keys::RUNNER.ignored {
+        let w = warnings(&runner(&format!("{key} = 1"), ""));
+        assert_eq!(find(&w, &format!("[[runners]] {key}:")).line, 7);
+    }
+    let w = warnings(&(runner("", "") + "[[runners.docker.services]]\nname = \"postgres\"\n"));
+    find(&w, "[runners.docker] services: ignored");
+    let w = warnings(&(runner("", "") + "[runners.kubernetes]\nnamespace = \"ci\"\n"));
+    find(&w, "[[runners]] kubernetes: ignored");
+}
