@@ -1,5 +1,7 @@
 //! The command line: clap definitions and one file per verb. The only place `anyhow` is used.
 
+mod config;
+
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,7 +94,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(_) => "bench",
         Command::Doctor(_) => "doctor",
         Command::Cleanup(_) => "cleanup",
-        Command::Config(_) => "config",
+        Command::Config(command) => return config::run(command).await,
     };
     Ok(not_built_yet(verb))
 }

@@ -38,6 +38,11 @@ pub struct RunnerConfig {
     pub url: url::Url,
     /// Runner authentication token (`glrt-…`) or legacy runner token.
     pub token: Secret,
+    /// Where the token was read from, when it came from `token_file` instead of inline `token`
+    /// (verbs that rewrite the config must not inline it).
+    pub token_file: Option<PathBuf>,
+    /// `tls-ca-file`: extra CA bundle (PEM) for GitLab's certificate.
+    pub tls_ca_file: Option<PathBuf>,
     /// Jobs at once for this runner entry; 0 = no limit beyond `concurrent`.
     pub limit: usize,
     /// Concurrent `jobs/request` calls for this entry.
@@ -50,12 +55,17 @@ pub struct RunnerConfig {
     pub environment: Vec<(String, String)>,
     /// Runs before sources are fetched.
     pub pre_get_sources_script: Option<String>,
+    /// Runs after sources are fetched (also read from the deprecated `post_clone_script`).
+    pub post_get_sources_script: Option<String>,
     /// Runs before the job's script, in the same shell.
     pub pre_build_script: Option<String>,
     /// Runs after the job's script, in the same shell.
     pub post_build_script: Option<String>,
-    /// Trace size limit in bytes.
+    /// Trace size limit in bytes (`output_limit` is written in KiB, as in gitlab-runner).
     pub output_limit: u64,
+    /// `[runners.custom_build_dir] enabled`: jobs may choose their clone path with
+    /// `GIT_CLONE_PATH` (inside `builds_dir`). On by default, as for gitlab-runner's docker executor.
+    pub custom_build_dir: bool,
     /// `[runners.docker]`.
     pub docker: DockerConfig,
     /// `[runners.cache]` (local cache only).
@@ -75,6 +85,8 @@ pub struct DockerConfig {
     pub volumes: Vec<String>,
     /// Job container memory limit in bytes.
     pub memory: Option<u64>,
+    /// Job container memory + swap limit in bytes; `-1` = unlimited swap (Docker's convention).
+    pub memory_swap: Option<i64>,
     /// Job container CPUs.
     pub cpus: Option<f64>,
     /// Job container pids limit.
@@ -213,15 +225,19 @@ impl Default for RunnerConfig {
             // A constant that always parses; real configs always set `url`.
             url: url::Url::parse("http://localhost/").expect("constant URL parses"),
             token: Secret::default(),
+            token_file: None,
+            tls_ca_file: None,
             limit: 0,
             request_concurrency: 1,
             builds_dir: PathBuf::from("/builds"),
             cache_dir: PathBuf::from("/cache"),
             environment: Vec::new(),
             pre_get_sources_script: None,
+            post_get_sources_script: None,
             pre_build_script: None,
             post_build_script: None,
             output_limit: 4 * 1024 * 1024,
+            custom_build_dir: true,
             docker: DockerConfig::default(),
             cache: CacheConfig::default(),
         }
@@ -236,6 +252,7 @@ impl Default for DockerConfig {
             helper_image: None,
             volumes: Vec::new(),
             memory: None,
+            memory_swap: None,
             cpus: None,
             pids_limit: None,
             privileged: false,

@@ -1,0 +1,421 @@
+//! The compatibility table: every key gitlab-runner documents for the docker executor, per
+//! section, either honoured (the loader maps it into the model) or ignored with the reason the
+//! warning gives. A key in neither list is an error with a "did you mean".
+
+/// One section's known keys.
+pub struct Section {
+    /// Header as shown in messages, e.g. `[runners.docker]`; empty for the top level.
+    pub name: &'static str,
+    /// Keys mapped into the model.
+    pub honoured: &'static [&'static str],
+    /// Keys gitlab-runner knows that have no effect here, with the reason.
+    pub ignored: &'static [(&'static str, &'static str)],
+}
+
+impl Section {
+    /// The reason a key is ignored, if it is one of the ignored keys.
+    pub fn ignored_reason(&self, key: &str) -> Option<&'static str> {
+        self.ignored
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, reason)| *reason)
+    }
+
+    /// Every key this section knows, for suggestions.
+    pub fn all_keys(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.honoured
+            .iter()
+            .copied()
+            .chain(self.ignored.iter().map(|(k, _)| *k))
+    }
+}
+
+const NOT_YET: &str = "not supported by isolated-runner yet; the job runs without it";
+const OTHER_EXECUTOR: &str =
+    "settings of another executor; isolated-runner only has the docker executor";
+const WIDENS: &str = "it would widen the job container's privileges, which isolated jobs never get; \
+                      use the job's own Docker daemon (DOCKER_HOST) for privileged work";
+const NEVER_PRIVILEGED: &str = "job and service containers are never privileged in isolated mode; \
+                                sidecar_profile decides the sidecar's privileges";
+const DISTRIBUTED_CACHE: &str = "distributed (S3/GCS/Azure) caches are not supported; the cache \
+                                 is kept on this host under cache_dir";
+const REGISTRATION: &str = "written by `gitlab-runner register`; not needed here";
+const SESSION: &str = "the interactive web terminal is not supported";
+
+/// Top-level keys.
+pub const GLOBAL: Section = Section {
+    name: "",
+    honoured: &[
+        "concurrent",
+        "check_interval",
+        "listen_address",
+        "shutdown_timeout",
+        "log_level",
+        "log_format",
+        "state_dir",
+        "runners",
+    ],
+    ignored: &[
+        ("sentry_dsn", "errors are not sent to Sentry"),
+        (
+            "connection_max_age",
+            "HTTP connections to GitLab are managed by the client's pool",
+        ),
+        ("session_server", SESSION),
+    ],
+};
+
+/// `[session_server]`: every key is ignored.
+pub const SESSION_SERVER: Section = Section {
+    name: "[session_server]",
+    honoured: &[],
+    ignored: &[
+        ("listen_address", SESSION),
+        ("advertise_address", SESSION),
+        ("session_timeout", SESSION),
+    ],
+};
+
+/// `[[runners]]`.
+pub const RUNNER: Section = Section {
+    name: "[[runners]]",
+    honoured: &[
+        "name",
+        "url",
+        "token",
+        "token_file",
+        "tls-ca-file",
+        "executor",
+        "limit",
+        "request_concurrency",
+        "builds_dir",
+        "cache_dir",
+        "environment",
+        "pre_get_sources_script",
+        "post_get_sources_script",
+        "pre_clone_script",
+        "post_clone_script",
+        "pre_build_script",
+        "post_build_script",
+        "output_limit",
+        "docker",
+        "cache",
+        "custom_build_dir",
+        "feature_flags",
+    ],
+    ignored: &[
+        ("id", REGISTRATION),
+        ("token_obtained_at", REGISTRATION),
+        ("token_expires_at", REGISTRATION),
+        (
+            "tls-cert-file",
+            "client certificates towards GitLab are not supported yet",
+        ),
+        (
+            "tls-key-file",
+            "client certificates towards GitLab are not supported yet",
+        ),
+        (
+            "clone_url",
+            "sources are fetched from the repository URL GitLab sends with each job",
+        ),
+        (
+            "shell",
+            "job scripts run with the job image's shell (bash, else sh)",
+        ),
+        ("debug_trace_disabled", NOT_YET),
+        ("referees", "metrics referees are not supported"),
+        (
+            "unhealthy_requests_limit",
+            "the poll loop backs off on its own schedule",
+        ),
+        (
+            "unhealthy_interval",
+            "the poll loop backs off on its own schedule",
+        ),
+        ("job_status_final_update_retry_limit", NOT_YET),
+        ("kubernetes", OTHER_EXECUTOR),
+        ("machine", OTHER_EXECUTOR),
+        ("autoscaler", OTHER_EXECUTOR),
+        ("ssh", OTHER_EXECUTOR),
+        ("parallels", OTHER_EXECUTOR),
+        ("virtualbox", OTHER_EXECUTOR),
+        ("custom", OTHER_EXECUTOR),
+    ],
+};
+
+/// `[runners.docker]`.
+pub const DOCKER: Section = Section {
+    name: "[runners.docker]",
+    honoured: &[
+        "host",
+        "image",
+        "helper_image",
+        "volumes",
+        "memory",
+        "memory_swap",
+        "cpus",
+        "pids_limit",
+        "privileged",
+        "pull_policy",
+        "allowed_pull_policies",
+        "allowed_images",
+        "allowed_services",
+        "network_mtu",
+        "isolation",
+    ],
+    ignored: &[
+        (
+            "tls_cert_path",
+            "TLS to a remote host daemon is not supported; use a unix socket in `host`",
+        ),
+        (
+            "tls_verify",
+            "TLS to a remote host daemon is not supported; use a unix socket in `host`",
+        ),
+        ("hostname", NOT_YET),
+        ("mac_address", NOT_YET),
+        ("memory_reservation", NOT_YET),
+        ("cpuset_cpus", NOT_YET),
+        ("cpuset_mems", NOT_YET),
+        ("cpu_shares", NOT_YET),
+        ("cgroup_parent", NOT_YET),
+        ("oom_kill_disable", NOT_YET),
+        ("oom_score_adjust", NOT_YET),
+        ("shm_size", NOT_YET),
+        ("ulimit", NOT_YET),
+        ("dns", NOT_YET),
+        ("dns_search", NOT_YET),
+        ("extra_hosts", NOT_YET),
+        ("user", NOT_YET),
+        ("group_add", NOT_YET),
+        ("allowed_users", NOT_YET),
+        ("tmpfs", NOT_YET),
+        ("services_tmpfs", NOT_YET),
+        ("container_labels", NOT_YET),
+        ("wait_for_services_timeout", NOT_YET),
+        ("disable_entrypoint_overwrite", NOT_YET),
+        ("services_limit", NOT_YET),
+        ("service_memory", NOT_YET),
+        ("service_memory_swap", NOT_YET),
+        ("service_memory_reservation", NOT_YET),
+        ("service_cpus", NOT_YET),
+        ("service_cpuset_cpus", NOT_YET),
+        ("service_cpu_shares", NOT_YET),
+        ("service_cgroup_parent", NOT_YET),
+        (
+            "service_gpus",
+            "host devices are not passed into isolated jobs",
+        ),
+        ("cap_add", WIDENS),
+        (
+            "cap_drop",
+            "isolated job containers already run with Docker's default capability set",
+        ),
+        ("security_opt", WIDENS),
+        ("sysctls", WIDENS),
+        ("userns_mode", WIDENS),
+        ("ipcmode", WIDENS),
+        ("devices", "host devices are not passed into isolated jobs"),
+        (
+            "services_devices",
+            "host devices are not passed into isolated jobs",
+        ),
+        (
+            "device_cgroup_rules",
+            "host devices are not passed into isolated jobs",
+        ),
+        ("gpus", "host devices are not passed into isolated jobs"),
+        (
+            "runtime",
+            "job containers use the default runtime; the sidecar's runtime follows sidecar_profile",
+        ),
+        ("services_privileged", NEVER_PRIVILEGED),
+        ("allowed_privileged_images", NEVER_PRIVILEGED),
+        ("allowed_privileged_services", NEVER_PRIVILEGED),
+        (
+            "network_mode",
+            "each job gets its own private network; joining another network would let jobs see each other",
+        ),
+        (
+            "links",
+            "legacy container links; a job reaches its services over its own network",
+        ),
+        ("enable_ipv6", "job networks are IPv4 only"),
+        (
+            "volumes_from",
+            "it would share another container's volumes with every job",
+        ),
+        (
+            "volume_driver",
+            "volumes are host binds or volumes of the job's own daemon; volume drivers are not used",
+        ),
+        (
+            "volume_driver_ops",
+            "volumes are host binds or volumes of the job's own daemon; volume drivers are not used",
+        ),
+        (
+            "disable_cache",
+            "no Docker cache volumes are created; the cache lives under [[runners]] cache_dir",
+        ),
+        (
+            "cache_dir",
+            "no Docker cache volumes are created; the cache lives under [[runners]] cache_dir",
+        ),
+        (
+            "helper_image_flavor",
+            "no gitlab-runner-helper image is chosen by flavour; set helper_image",
+        ),
+        (
+            "helper_image_autoset_arch_and_os",
+            "no gitlab-runner-helper image is chosen by flavour; set helper_image",
+        ),
+        (
+            "services",
+            "runner-wide default services are not supported; declare services in .gitlab-ci.yml",
+        ),
+    ],
+};
+
+/// `[runners.docker.isolation]`: our own table, all honoured.
+pub const ISOLATION: Section = Section {
+    name: "[runners.docker.isolation]",
+    honoured: &[
+        "mode",
+        "sidecar_image",
+        "sidecar_profile",
+        "sidecar_memory",
+        "sidecar_cpus",
+        "sidecar_pids_limit",
+        "network_mtu",
+        "address_pool",
+        "inner_address_pool",
+        "data_root",
+        "data_root_max_size",
+        "data_root_max_age",
+        "registry_mirror",
+        "preload_images",
+        "egress",
+        "ready_timeout",
+        "host_path_map",
+    ],
+    ignored: &[],
+};
+
+/// `[runners.cache]`.
+pub const CACHE: Section = Section {
+    name: "[runners.cache]",
+    honoured: &["max_size", "max_age"],
+    ignored: &[
+        ("Type", DISTRIBUTED_CACHE),
+        ("Path", DISTRIBUTED_CACHE),
+        ("Shared", DISTRIBUTED_CACHE),
+        ("MaxUploadedArchiveSize", DISTRIBUTED_CACHE),
+        ("s3", DISTRIBUTED_CACHE),
+        ("gcs", DISTRIBUTED_CACHE),
+        ("azure", DISTRIBUTED_CACHE),
+    ],
+};
+
+/// `[runners.cache.s3]`.
+pub const CACHE_S3: Section = Section {
+    name: "[runners.cache.s3]",
+    honoured: &[],
+    ignored: &[
+        ("ServerAddress", DISTRIBUTED_CACHE),
+        ("AccessKey", DISTRIBUTED_CACHE),
+        ("SecretKey", DISTRIBUTED_CACHE),
+        ("SessionToken", DISTRIBUTED_CACHE),
+        ("BucketName", DISTRIBUTED_CACHE),
+        ("BucketLocation", DISTRIBUTED_CACHE),
+        ("Insecure", DISTRIBUTED_CACHE),
+        ("AuthenticationType", DISTRIBUTED_CACHE),
+        ("ServerSideEncryption", DISTRIBUTED_CACHE),
+        ("ServerSideEncryptionKeyID", DISTRIBUTED_CACHE),
+        ("DualStack", DISTRIBUTED_CACHE),
+        ("Accelerate", DISTRIBUTED_CACHE),
+        ("PathStyle", DISTRIBUTED_CACHE),
+        ("RoleARN", DISTRIBUTED_CACHE),
+        ("UploadRoleARN", DISTRIBUTED_CACHE),
+    ],
+};
+
+/// `[runners.cache.gcs]`.
+pub const CACHE_GCS: Section = Section {
+    name: "[runners.cache.gcs]",
+    honoured: &[],
+    ignored: &[
+        ("CredentialsFile", DISTRIBUTED_CACHE),
+        ("AccessID", DISTRIBUTED_CACHE),
+        ("PrivateKey", DISTRIBUTED_CACHE),
+        ("BucketName", DISTRIBUTED_CACHE),
+    ],
+};
+
+/// `[runners.cache.azure]`.
+pub const CACHE_AZURE: Section = Section {
+    name: "[runners.cache.azure]",
+    honoured: &[],
+    ignored: &[
+        ("AccountName", DISTRIBUTED_CACHE),
+        ("AccountKey", DISTRIBUTED_CACHE),
+        ("ContainerName", DISTRIBUTED_CACHE),
+        ("StorageDomain", DISTRIBUTED_CACHE),
+    ],
+};
+
+/// `[runners.custom_build_dir]`.
+pub const CUSTOM_BUILD_DIR: Section = Section {
+    name: "[runners.custom_build_dir]",
+    honoured: &["enabled"],
+    ignored: &[],
+};
+
+/// Why every `[runners.feature_flags]` entry is ignored.
+pub const FEATURE_FLAG_REASON: &str = "feature flags switch gitlab-runner's own implementation \
+                                       details; isolated-runner has one behaviour";
+
+/// Keys whose values are secrets: never quoted in a message, and scrubbed from every message.
+pub const SECRET_KEYS: [&str; 8] = [
+    "token",
+    "SecretKey",
+    "AccessKey",
+    "SessionToken",
+    "PrivateKey",
+    "AccountKey",
+    "sentry_dsn",
+    "ServerSideEncryptionKeyID",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn no_key_is_both_honoured_and_ignored_or_listed_twice() {
+        for s in [
+            &GLOBAL,
+            &SESSION_SERVER,
+            &RUNNER,
+            &DOCKER,
+            &ISOLATION,
+            &CACHE,
+            &CACHE_S3,
+            &CACHE_GCS,
+            &CACHE_AZURE,
+            &CUSTOM_BUILD_DIR,
+        ] {
+            let mut seen = HashSet::new();
+            for k in s.all_keys() {
+                assert!(seen.insert(k), "{} lists {k} twice", s.name);
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_are_found() {
+        assert!(DOCKER.ignored_reason("cap_add").is_some());
+        assert!(DOCKER.ignored_reason("image").is_none());
+    }
+}

@@ -1,0 +1,485 @@
+//! Loader tests: each rule on a small document, asserting key, line and message.
+
+use super::*;
+use std::time::Duration;
+
+const TOKEN: &str = "glrt-SUPERSECRETtoken123";
+
+fn runner(extra_runner: &str, docker: &str) -> String {
+    format!(
+        "concurrent = 2\n\
+         [[runners]]\n\
+         name = \"r\"\n\
+         url = \"https://gitlab.example.com/\"\n\
+         token = \"{TOKEN}\"\n\
+         executor = \"docker\"\n\
+         {extra_runner}\n\
+         [runners.docker]\n\
+         image = \"debian:12\"\n\
+         {docker}\n"
+    )
+}
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    match load_str(text, "config.toml") {
+        Ok(l) => panic!("expected errors, got a config; warnings: {:?}", l.warnings),
+        Err(e) => e
+            .diagnostics()
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .cloned()
+            .collect(),
+    }
+}
+
+fn warnings(text: &str) -> Vec<Diagnostic> {
+    match load_str(text, "config.toml") {
+        Ok(l) => l.warnings,
+        Err(e) => panic!("expected a config, got: {e}"),
+    }
+}
+
+fn find<'a>(diags: &'a [Diagnostic], needle: &str) -> &'a Diagnostic {
+    diags
+        .iter()
+        .find(|d| d.to_string().contains(needle))
+        .unwrap_or_else(|| panic!("no diagnostic containing {needle:?} in {diags:#?}"))
+}
+
+#[test]
+fn minimal_config_loads_with_defaults() {
+    let loaded = load_str(&runner("", ""), "config.toml").unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.concurrent, 2);
+    assert_eq!(c.check_interval, Duration::from_secs(3));
+    let r = &c.runners[0];
+    assert_eq!(r.url.as_str(), "https://gitlab.example.com/");
+    assert_eq!(r.token.expose(), TOKEN);
+    assert_eq!(r.docker.image, "debian:12");
+    assert_eq!(r.docker.isolation.mode, IsolationMode::Dind);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn unknown_key_is_an_error_with_line_and_suggestion() {
+    let e = errors(&runner("", "volumez = []"));
+    let d = find(&e, "volumez");
+    assert_eq!(d.line, 10);
+    assert_eq!(d.key_path, "[runners.docker] volumez");
+    assert!(d.message.contains("did you mean `volumes`?"), "{d}");
+    assert_eq!(
+        d.to_string(),
+        format!("config.toml:10: [runners.docker] volumez: {}", d.message)
+    );
+    let e = errors("concurent = 3\n");
+    assert!(find(&e, "concurent").message.contains("`concurrent`"));
+    let e = errors("banana = 3\n");
+    assert!(!find(&e, "banana").message.contains("did you mean"));
+}
+
+#[test]
+fn ignored_key_is_a_warning_naming_the_reason() {
+    let w = warnings(&runner(
+        "clone_url = \"https://x\"",
+        "cap_add = [\"NET_ADMIN\"]",
+    ));
+    let d = find(&w, "clone_url");
+    assert_eq!(d.line, 7);
+    assert!(d.message.starts_with("ignored: "));
+    let d = find(&w, "cap_add");
+    assert_eq!(d.line, 10);
+    assert!(d.message.contains("privileges"));
+}
+
+#[test]
+fn type_errors_name_key_and_line() {
+    let e = errors(&runner("limit = \"ten\"", "privileged = \"yes\""));
+    assert_eq!(find(&e, "limit").line, 7);
+    assert!(
+        find(&e, "limit")
+            .message
+            .contains("expected an integer, found a string")
+    );
+    assert_eq!(find(&e, "privileged").line, 10);
+}
+
+#[test]
+fn all_errors_are_collected() {
+    let text = runner(
+        "builds_dir = \"relative\"",
+        "memory = \"4x\"\n[runners.docker.isolation]\nready_timeout = \"soon\"\naddress_pool = \"bad\"",
+    );
+    let e = errors(&text);
+    assert!(e.len() >= 4, "{e:#?}");
+    find(&e, "builds_dir");
+    find(&e, "memory");
+    find(&e, "ready_timeout");
+    find(&e, "address_pool");
+}
+
+#[test]
+fn syntax_error_has_line_and_no_secret() {
+    let text = format!("concurrent = 1\n[[runners]]\ntoken = \"{TOKEN}\nurl = 3\n");
+    let err = load_str(&text, "config.toml").unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("not valid TOML"), "{shown}");
+    assert!(!shown.contains("SUPERSECRET"), "{shown}");
+    assert!(err.diagnostics()[0].line >= 3);
+}
+
+#[test]
+fn token_never_in_output() {
+    let text = runner(
+        "tokn = 1",
+        "volumes = [\"/var/run/docker.sock:/var/run/docker.sock\"]",
+    );
+    let err = load_str(&text, "config.toml").unwrap_err();
+    assert!(!err.to_string().contains(TOKEN));
+    assert!(!format!("{err:?}").contains(TOKEN));
+    let loaded = load_str(&runner("", ""), "config.toml").unwrap();
+    assert!(!format!("{loaded:?}").contains(TOKEN));
+}
+
+#[test]
+fn docker_socket_refused_in_dind_with_line() {
+    for volume in [
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "/run/docker.sock:/var/run/docker.sock",
+        "/var/run:/var/run",
+        "/home/ci/docker.sock:/var/run/docker.sock",
+    ] {
+        let text = runner(
+            "",
+            &format!("volumes = [\n  \"/data\",\n  \"{volume}\",\n]"),
+        );
+        let e = errors(&text);
+        let d = find(&e, volume);
+        assert_eq!(d.line, 12, "{d}");
+        assert_eq!(d.key_path, "[runners.docker] volumes");
+        assert!(d.message.contains("take over the host"), "{d}");
+        assert!(d.message.contains("DOCKER_HOST"), "{d}");
+    }
+}
+
+#[test]
+fn docker_socket_allowed_in_shared_socket_mode() {
+    let text = runner(
+        "",
+        "volumes = [\"/var/run/docker.sock:/var/run/docker.sock\"]\n\
+         [runners.docker.isolation]\nmode = \"shared-socket\"",
+    );
+    let w = warnings(&text);
+    assert!(find(&w, "mode").message.contains("trusted"));
+    assert!(
+        !w.iter().any(|d| d.message.contains("docker.sock")),
+        "{w:#?}"
+    );
+}
+
+#[test]
+fn shared_volumes_and_privileged_warn_in_dind() {
+    let text = runner(
+        "",
+        "privileged = true\nvolumes = [\"/builds:/builds\", \"/cache:/cache\", \"/tmp:/tmp\", \"/root/.ssh:/root/.ssh\"]",
+    );
+    let w = warnings(&text);
+    assert!(find(&w, "privileged").message.contains("never privileged"));
+    find(&w, "`/builds:/builds` shares the host's builds directory");
+    find(&w, "`/cache:/cache` shares the whole cache directory");
+    find(&w, "`/tmp:/tmp`");
+    find(&w, "SSH keys");
+}
+
+#[test]
+fn privileged_quiet_in_shared_socket_mode() {
+    let text = runner(
+        "",
+        "privileged = true\n[runners.docker.isolation]\nmode = \"shared-socket\"",
+    );
+    let w = warnings(&text);
+    assert!(!w.iter().any(|d| d.key_path.ends_with("privileged")));
+}
+
+#[test]
+fn isolation_table_maps_every_key() {
+    let text = runner(
+        "",
+        r#"[runners.docker.isolation]
+mode = "dind"
+sidecar_image = "docker:27-dind"
+sidecar_profile = "sysbox"
+sidecar_memory = "4g"
+sidecar_cpus = "2"
+sidecar_pids_limit = 2048
+network_mtu = 1450
+address_pool = "10.50.0.0/16"
+inner_address_pool = "10.60.0.0/16"
+data_root = "project"
+data_root_max_size = "20g"
+data_root_max_age = "7d"
+registry_mirror = "http://mirror.internal:5000"
+preload_images = ["alpine:3"]
+egress = ["10.0.0.0/8", "192.0.2.1"]
+ready_timeout = "90s"
+host_path_map = { "/builds" = "/srv/runner/builds" }
+"#,
+    );
+    let c = load_str(&text, "config.toml").unwrap().config;
+    let i = &c.runners[0].docker.isolation;
+    assert_eq!(i.sidecar_image, "docker:27-dind");
+    assert_eq!(i.sidecar_profile, SidecarProfile::Sysbox);
+    assert_eq!(i.sidecar_memory, Some(4 << 30));
+    assert_eq!(i.sidecar_cpus, Some(2.0));
+    assert_eq!(i.sidecar_pids_limit, Some(2048));
+    assert_eq!(i.network_mtu, 1450);
+    assert_eq!(i.address_pool.to_string(), "10.50.0.0/16");
+    assert_eq!(i.inner_address_pool.to_string(), "10.60.0.0/16");
+    assert_eq!(i.data_root, DataRoot::Project);
+    assert_eq!(i.data_root_max_size, Some(20 << 30));
+    assert_eq!(i.data_root_max_age, Some(Duration::from_secs(7 * 86400)));
+    assert_eq!(
+        i.registry_mirror.as_deref(),
+        Some("http://mirror.internal:5000/")
+    );
+    assert_eq!(i.preload_images, vec!["alpine:3"]);
+    assert_eq!(
+        i.egress,
+        Egress::AllowList(vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.0.2.1/32".parse().unwrap()
+        ])
+    );
+    assert_eq!(i.ready_timeout, Duration::from_secs(90));
+    assert_eq!(
+        i.host_path_map.get(std::path::Path::new("/builds")),
+        Some(&std::path::PathBuf::from("/srv/runner/builds"))
+    );
+}
+
+#[test]
+fn isolation_errors() {
+    let text = runner(
+        "",
+        r#"[runners.docker.isolation]
+mode = "vm"
+sidecar_profile = "root"
+address_pool = "10.0.0.0/8"
+inner_address_pool = "10.214.0.0/16"
+data_root = "warm"
+registry_mirror = "ftp://mirror"
+egress = "sometimes"
+host_path_map = { "builds" = "/srv" }
+network_mtu = 10
+"#,
+    );
+    let e = errors(&text);
+    find(&e, "`vm` is not a mode");
+    find(&e, "`root` is not a sidecar profile");
+    assert!(
+        find(&e, "overlaps address_pool")
+            .key_path
+            .ends_with("inner_address_pool")
+    );
+    find(&e, "`warm` is not a data root");
+    find(&e, "ftp");
+    find(&e, "`sometimes` is not an egress policy");
+    find(&e, "`builds` is not an absolute path");
+    find(&e, "too small for an MTU");
+}
+
+#[test]
+fn data_root_limits_warn_when_ephemeral() {
+    let w = warnings(&runner(
+        "",
+        "[runners.docker.isolation]\ndata_root_max_size = \"10g\"",
+    ));
+    find(&w, "only with data_root = \"project\"");
+}
+
+#[test]
+fn gitlab_runner_units_are_converted() {
+    let text = "check_interval = 0\nshutdown_timeout = 45\n".to_string()
+        + &runner(
+            "output_limit = 8192",
+            "memory = \"512m\"\nmemory_swap = \"1g\"\ncpus = \"1.5\"",
+        );
+    let c = load_str(&text, "config.toml").unwrap().config;
+    assert_eq!(c.check_interval, Duration::from_secs(3), "0 = the default");
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(45));
+    let r = &c.runners[0];
+    assert_eq!(r.output_limit, 8192 * 1024);
+    assert_eq!(r.docker.memory, Some(512 << 20));
+    assert_eq!(r.docker.memory_swap, Some(1 << 30));
+    assert_eq!(r.docker.cpus, Some(1.5));
+    let c = load_str(&runner("", "memory_swap = \"-1\""), "c")
+        .unwrap()
+        .config;
+    assert_eq!(c.runners[0].docker.memory_swap, Some(-1));
+}
+
+#[test]
+fn windows_isolation_string_is_a_warning() {
+    let w = warnings(&runner("", "isolation = \"process\""));
+    find(&w, "Windows");
+}
+
+#[test]
+fn docker_network_mtu_is_a_fallback() {
+    let c = load_str(&runner("", "network_mtu = 1400"), "c")
+        .unwrap()
+        .config;
+    assert_eq!(c.runners[0].docker.isolation.network_mtu, 1400);
+}
+
+#[test]
+fn runner_requires_url_and_token() {
+    let e = errors("[[runners]]\nname = \"x\"\n");
+    assert_eq!(find(&e, "`url` is missing").line, 1);
+    find(&e, "no `token` or `token_file`");
+    let e = errors(&runner("executor2 = 1", "").replace("https://", "ssh://"));
+    find(&e, "http://");
+    find(&e, "did you mean `executor`?");
+}
+
+#[test]
+fn other_executor_is_an_error() {
+    let text = runner("", "").replace("executor = \"docker\"", "executor = \"shell\"");
+    find(&errors(&text), "executor `shell` is not supported");
+}
+
+#[test]
+fn feature_flags_and_cache_tables_warn_per_key() {
+    let text = runner(
+        "[runners.feature_flags]\nFF_USE_FASTZIP = true\n\
+         [runners.cache]\nType = \"s3\"\nShared = true\nmax_size = \"10g\"\n\
+         [runners.cache.s3]\nServerAddress = \"s3.example.com\"\nSecretKey = \"verysecretkey123\"\n\
+         [runners.cache.gcs]\n[runners.custom_build_dir]\nenabled = false",
+        "",
+    );
+    let loaded = load_str(&text, "c").unwrap();
+    let w = &loaded.warnings;
+    find(w, "[runners.feature_flags] FF_USE_FASTZIP");
+    find(w, "[runners.cache] Type");
+    find(w, "[runners.cache.s3] ServerAddress");
+    find(w, "[runners.cache.s3] SecretKey");
+    assert!(!format!("{w:?}").contains("verysecretkey123"));
+    assert_eq!(loaded.config.runners[0].cache.max_size, Some(10 << 30));
+    assert!(!loaded.config.runners[0].custom_build_dir);
+}
+
+#[test]
+fn session_server_is_ignored_with_warnings() {
+    let text = runner("", "")
+        + "[session_server]\nlisten_address = \"0.0.0.0:8093\"\nsession_timeout = 1800\n";
+    let w = warnings(&text);
+    find(&w, "[session_server] listen_address");
+    find(&w, "[session_server] session_timeout");
+}
+
+#[test]
+fn token_file_is_read_and_permissions_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("token");
+    std::fs::write(&token_path, "glrt-fromfile999\n").unwrap();
+    std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = runner("", "").replace(&format!("token = \"{TOKEN}\""), "token_file = \"token\"");
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let loaded = load(&config_path).unwrap();
+    let r = &loaded.config.runners[0];
+    assert_eq!(r.token.expose(), "glrt-fromfile999");
+    assert_eq!(r.token_file.as_deref(), Some(token_path.as_path()));
+    let d = find(&loaded.warnings, "chmod 600");
+    assert_eq!(d.key_path, "[[runners]] token_file");
+
+    std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let loaded = load(&config_path).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+
+    std::fs::remove_file(&token_path).unwrap();
+    let err = load(&config_path).unwrap_err();
+    find(err.diagnostics(), "cannot read");
+}
+
+#[test]
+fn inline_token_in_readable_file_warns() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, runner("", "")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loaded = load(&path).unwrap();
+    assert_eq!(find(&loaded.warnings, "chmod 600").line, 5);
+}
+
+#[test]
+fn both_token_and_token_file_is_an_error() {
+    let e = errors(&runner("token_file = \"/nonexistent/token\"", ""));
+    find(&e, "both `token` and `token_file`");
+}
+
+#[test]
+fn environment_and_pull_policies() {
+    let text = runner(
+        "environment = [\"A=1\", \"B=two=2\"]",
+        "pull_policy = [\"always\", \"if-not-present\"]\nallowed_pull_policies = \"never\"",
+    );
+    let r = load_str(&text, "c").unwrap().config.runners.remove(0);
+    assert_eq!(
+        r.environment,
+        vec![("A".into(), "1".into()), ("B".into(), "two=2".into())]
+    );
+    assert_eq!(r.docker.pull_policy, vec!["always", "if-not-present"]);
+    assert_eq!(r.docker.allowed_pull_policies, vec!["never"]);
+    let e = errors(&runner(
+        "environment = [\"NOVALUE\"]",
+        "pull_policy = \"sometimes\"",
+    ));
+    find(&e, "no `=`");
+    find(&e, "`sometimes` is not a pull policy");
+}
+
+#[test]
+fn error_display_lists_everything_with_lines() {
+    let err = load_str(&runner("limit = -1", "volumez = 1"), "config.toml").unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.starts_with("config.toml: 2 errors"), "{shown}");
+    assert!(
+        shown.contains("config.toml:7: [[runners]] limit"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("config.toml:10: [runners.docker] volumez"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn defaults_still_work() {
+    let c = Config::default();
+    assert_eq!(c.concurrent, 1);
+    assert!(RunnerConfig::default().custom_build_dir);
+    assert_eq!(DockerConfig::default().memory_swap, None);
+}
+
+#[test]
+fn every_ignored_gitlab_runner_key_loads_with_a_warning() {
+    for (key, _) in keys::DOCKER.ignored {
+        if *key == "services" {
+            continue; // an array of tables in gitlab-runner; covered below
+        }
+        let w = warnings(&runner("", &format!("{key} = 1")));
+        let d = find(&w, &format!("[runners.docker] {key}:"));
+        assert_eq!(d.line, 10);
+        assert!(d.message.starts_with("ignored: "), "{d}");
+    }
+    for (key, _) in keys::RUNNER.ignored {
+        let w = warnings(&runner(&format!("{key} = 1"), ""));
+        assert_eq!(find(&w, &format!("[[runners]] {key}:")).line, 7);
+    }
+    let w = warnings(&(runner("", "") + "[[runners.docker.services]]\nname = \"postgres\"\n"));
+    find(&w, "[runners.docker] services: ignored");
+    let w = warnings(&(runner("", "") + "[runners.kubernetes]\nnamespace = \"ci\"\n"));
+    find(&w, "[[runners]] kubernetes: ignored");
+}

@@ -1,0 +1,185 @@
+//! `runner config check` end to end: the built binary on good, bad and legacy files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/config")
+        .join(name)
+}
+
+/// Runs `runner config check FILE`; returns (exit code, stdout + stderr).
+fn check(file: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["config", "check"])
+        .arg(file)
+        .output()
+        .expect("the runner binary starts");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn lines_with<'a>(output: &'a str, prefix: &str) -> Vec<&'a str> {
+    output.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+#[test]
+fn example_config_passes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/config.example.toml");
+    let (code, out) = check(&path);
+    assert_eq!(code, 0, "{out}");
+    assert!(lines_with(&out, "error:").is_empty(), "{out}");
+    assert!(!out.contains("glrt-REPLACE-ME"), "{out}");
+}
+
+#[test]
+fn production_config_loads_except_the_socket() {
+    let (code, out) = check(&fixture("production.toml"));
+    assert_eq!(code, 1, "{out}");
+    let errors = lines_with(&out, "error:");
+    assert_eq!(errors.len(), 1, "only the socket mount is refused:\n{out}");
+    assert!(
+        errors[0].contains("production.toml:47: [runners.docker] volumes: `/var/run/docker.sock:/var/run/docker.sock`"),
+        "{out}"
+    );
+    assert!(errors[0].contains("take over the host"), "{out}");
+    assert!(errors[0].contains("DOCKER_HOST"), "{out}");
+    // Errors come first, then warnings, then the summary.
+    let first_warning = out.find("warning:").expect("warnings");
+    assert!(out.find("error:").expect("an error") < first_warning);
+    let warnings = lines_with(&out, "warning:");
+    for needle in [
+        "production.toml:42: [runners.docker] privileged",
+        "production.toml:48: [runners.docker] volumes: `/builds:/builds`",
+        "production.toml:49: [runners.docker] volumes: `/cache:/cache`",
+        "production.toml:50: [runners.docker] volumes: `/tmp:/tmp`",
+        "production.toml:51: [runners.docker] volumes: `/root/.ssh:/root/.ssh`",
+        "production.toml:11: [session_server] session_timeout: ignored",
+        "production.toml:38: [runners.feature_flags] FF_NETWORK_PER_BUILD: ignored",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.contains(needle)),
+            "missing {needle}:\n{out}"
+        );
+    }
+    let summary = out.lines().last().unwrap_or_default();
+    assert!(
+        summary.contains("production.toml: invalid: 1 error,"),
+        "{summary}"
+    );
+    assert!(!out.contains("PRODTOKEN"), "token leaked:\n{out}");
+}
+
+#[test]
+fn production_config_without_socket_passes_with_warnings() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = std::fs::read_to_string(fixture("production.toml")).expect("fixture");
+    let text = text.replace("      \"/var/run/docker.sock:/var/run/docker.sock\",\n", "");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).expect("write");
+    let (code, out) = check(&path);
+    assert_eq!(code, 0, "{out}");
+    assert!(lines_with(&out, "error:").is_empty(), "{out}");
+    assert!(!lines_with(&out, "warning:").is_empty());
+    assert!(!out.contains("PRODTOKEN"), "{out}");
+
+    let loaded = isolated_runner::config::load(&path).expect("loads");
+    let c = loaded.config;
+    assert_eq!(c.concurrent, 100);
+    assert_eq!(c.check_interval.as_secs(), 3);
+    let r = &c.runners[0];
+    assert_eq!(r.limit, 10);
+    assert_eq!(r.request_concurrency, 4);
+    assert_eq!(r.output_limit, 16384 * 1024);
+    assert!(r.docker.privileged);
+    assert_eq!(r.docker.pull_policy, vec!["if-not-present"]);
+    assert_eq!(
+        r.docker.allowed_pull_policies,
+        vec!["always", "if-not-present"]
+    );
+    assert_eq!(r.docker.volumes.len(), 4);
+    assert_eq!(r.docker.memory, Some(8 << 30));
+    assert_eq!(r.environment.len(), 3);
+    assert!(
+        r.post_build_script
+            .as_deref()
+            .unwrap_or_default()
+            .contains("compose")
+    );
+    assert_eq!(r.token.expose(), "glrt-PRODTOKEN-9f8e7d6c5b4a");
+}
+
+#[test]
+fn bad_config_reports_every_error_with_lines() {
+    let (code, out) = check(&fixture("bad.toml"));
+    assert_eq!(code, 1, "{out}");
+    for needle in [
+        "bad.toml:1: concurrent: expected an integer",
+        "bad.toml:2: check_interval:",
+        "bad.toml:6: [[runners]] url:",
+        "bad.toml:9: [[runners]] limt: unknown key `limt` in [[runners]]; did you mean `limit`?",
+        "bad.toml:10: [[runners]] builds_dir:",
+        "bad.toml:13: [runners.docker] memory:",
+        "bad.toml:14: [runners.docker] volumes:",
+        "bad.toml:16: [runners.docker.isolation] sidecar_profile:",
+        "bad.toml:18: [runners.docker.isolation] inner_address_pool:",
+        "bad.toml:19: [runners.docker.isolation] ready_timeout:",
+        "bad.toml:20: [runners.docker.isolation] egress:",
+    ] {
+        assert!(
+            lines_with(&out, "error:")
+                .iter()
+                .any(|l| l.contains(needle)),
+            "missing {needle}:\n{out}"
+        );
+    }
+    assert!(
+        out.lines()
+            .last()
+            .unwrap_or_default()
+            .contains("invalid: 11 errors"),
+        "{out}"
+    );
+    assert!(!out.contains("BADTOKEN"), "{out}");
+}
+
+#[test]
+fn shared_socket_mode_allows_the_socket() {
+    let (code, out) = check(&fixture("shared-socket.toml"));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("shared-socket.toml:14: [runners.docker.isolation] mode"),
+        "{out}"
+    );
+    assert!(!out.contains("SHAREDTOKEN"), "{out}");
+}
+
+#[test]
+fn syntax_error_does_not_leak_the_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "[[runners]]\nurl = \"https://gitlab.example.com/\"\ntoken = \"glrt-UNTERMINATED-secret\n",
+    )
+    .expect("write");
+    let (code, out) = check(&path);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("config.toml:3: (syntax): not valid TOML"),
+        "{out}"
+    );
+    assert!(!out.contains("UNTERMINATED"), "{out}");
+}
+
+#[test]
+fn missing_file_exits_1() {
+    let (code, out) = check(Path::new("/nonexistent/config.toml"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cannot read config file /nonexistent/config.toml"),
+        "{out}"
+    );
+}
