@@ -1,5 +1,7 @@
 //! The command line: clap definitions and one file per verb. The only place `anyhow` is used.
 
+pub mod exec;
+
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,7 +48,7 @@ pub enum Command {
     /// List the runners in the config file.
     List(ConfigArg),
     /// Run one job of a local .gitlab-ci.yml through the real pipeline, no GitLab needed.
-    Exec(ConfigArg),
+    Exec(exec::ExecArgs),
     /// Benchmark isolated jobs against the shared-socket setup on this host.
     Bench(ConfigArg),
     /// Diagnose the host, the config, the sidecar and GitLab, and say what to fix.
@@ -83,12 +85,12 @@ pub fn init_tracing(cli: &Cli) {
 /// Runs the chosen verb and returns the process exit code.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let verb = match cli.command {
+        Command::Exec(args) => return exec::run(args).await,
         Command::Run(_) => "run",
         Command::Register(_) => "register",
         Command::Verify(_) => "verify",
         Command::Unregister(_) => "unregister",
         Command::List(_) => "list",
-        Command::Exec(_) => "exec",
         Command::Bench(_) => "bench",
         Command::Doctor(_) => "doctor",
         Command::Cleanup(_) => "cleanup",
