@@ -113,12 +113,16 @@ impl Isolation for LocalIsolation {
             });
         }
         let project_dir = self.builds().join(format!("gitlab-job-{}", spec.job_id));
-        let tmp_dir = self.builds().join(format!("gitlab-job-{}.tmp", spec.job_id));
+        let tmp_dir = self
+            .builds()
+            .join(format!("gitlab-job-{}.tmp", spec.job_id));
         for d in [&project_dir, &tmp_dir] {
-            tokio::fs::create_dir_all(d).await.map_err(|e| Error::Other {
-                context: "mkdir".into(),
-                detail: e.to_string(),
-            })?;
+            tokio::fs::create_dir_all(d)
+                .await
+                .map_err(|e| Error::Other {
+                    context: "mkdir".into(),
+                    detail: e.to_string(),
+                })?;
         }
         out.write(b"local test backend ready\n");
         Ok(Box::new(LocalEnv {
@@ -179,7 +183,10 @@ impl JobEnvironment for LocalEnv {
             .arg(format!("exec 2>&1\n{}", req.script))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+            .env(
+                "HOME",
+                std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
+            )
             .envs(req.env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
