@@ -94,9 +94,11 @@ fn failed(reason: FailureReason, code: Option<i32>) -> JobOutcome {
 #[tokio::test]
 async fn success_echoes_commands_with_sections_and_tears_down() {
     let b = LocalIsolation::new(Faults::default());
-    let mut runner = RunnerConfig::default();
-    runner.pre_build_script = Some("echo pre-build".into());
-    runner.post_build_script = Some("echo post-build".into());
+    let runner = RunnerConfig {
+        pre_build_script: Some("echo pre-build".into()),
+        post_build_script: Some("echo post-build".into()),
+        ..Default::default()
+    };
     let r = run_with(
         b.clone(),
         RecordingStore::new(),
@@ -356,8 +358,10 @@ async fn masked_values_and_tokens_never_reach_the_trace() {
 #[tokio::test]
 async fn output_limit_truncates_the_trace() {
     let b = LocalIsolation::new(Faults::default());
-    let mut runner = RunnerConfig::default();
-    runner.output_limit = 2048;
+    let runner = RunnerConfig {
+        output_limit: 2048,
+        ..Default::default()
+    };
     let r = run_with(
         b.clone(),
         RecordingStore::new(),

@@ -446,10 +446,10 @@ pub fn extract_zip(archive: &Path, dest: &Path) -> Result<(usize, Vec<String>), 
             }
         }
         let out = dest.join(&rel);
-        if let Ok(m) = std::fs::symlink_metadata(&out) {
-            if m.file_type().is_symlink() || m.is_file() {
-                std::fs::remove_file(&out).map_err(io_err(format!("replace {}", out.display())))?;
-            }
+        if let Ok(m) = std::fs::symlink_metadata(&out)
+            && (m.file_type().is_symlink() || m.is_file())
+        {
+            std::fs::remove_file(&out).map_err(io_err(format!("replace {}", out.display())))?;
         }
         if entry.is_symlink() {
             let mut target = String::new();

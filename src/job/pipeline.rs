@@ -330,10 +330,10 @@ pub fn build_variables(
     timeout: Duration,
 ) -> Variables {
     let mut v = Variables::new();
-    if let Some(img) = &job.image {
-        if !img.name.is_empty() {
-            v.push("CI_JOB_IMAGE", img.name.clone());
-        }
+    if let Some(img) = &job.image
+        && !img.name.is_empty()
+    {
+        v.push("CI_JOB_IMAGE", img.name.clone());
     }
     let short = vars::short_token(runner.token.expose());
     if !short.is_empty() {
@@ -381,10 +381,10 @@ fn masked_values(job: &JobResponse) -> Vec<String> {
         .map(|v| v.value.clone())
         .collect();
     out.push(job.token.expose().to_string());
-    if let Ok(u) = url::Url::parse(job.git_info.repo_url.expose()) {
-        if let Some(p) = u.password() {
-            out.push(p.to_string());
-        }
+    if let Ok(u) = url::Url::parse(job.git_info.repo_url.expose())
+        && let Some(p) = u.password()
+    {
+        out.push(p.to_string());
     }
     for c in &job.credentials {
         out.push(c.password.expose().to_string());
@@ -606,22 +606,22 @@ impl Pipeline {
         apply_end(log, &mut state, end, false, "getting sources");
 
         // restore_cache: the seam for the cache issue.
-        if !state.failed() {
-            if let Some(cache) = &self.cache {
-                log.section_start("restore_cache", "Restoring cache", false);
-                let ctx = StageContext {
-                    job,
-                    runner,
-                    env,
-                    vars: &vars,
-                    log,
-                    cancel: guards.abort.clone(),
-                };
-                if let Err(e) = cache.restore(&ctx).await {
-                    log.warning(&format!("restoring the cache failed: {e}"));
-                }
-                log.section_end("restore_cache");
+        if !state.failed()
+            && let Some(cache) = &self.cache
+        {
+            log.section_start("restore_cache", "Restoring cache", false);
+            let ctx = StageContext {
+                job,
+                runner,
+                env,
+                vars: &vars,
+                log,
+                cancel: guards.abort.clone(),
+            };
+            if let Err(e) = cache.restore(&ctx).await {
+                log.warning(&format!("restoring the cache failed: {e}"));
             }
+            log.section_end("restore_cache");
         }
 
         // download_artifacts
@@ -661,16 +661,16 @@ impl Pipeline {
                 false,
             );
             let mut commands = Vec::new();
-            if step.name == "script" {
-                if let Some(pre) = &runner.pre_build_script {
-                    commands.extend(config_commands(pre));
-                }
+            if step.name == "script"
+                && let Some(pre) = &runner.pre_build_script
+            {
+                commands.extend(config_commands(pre));
             }
             commands.extend(step.script.iter().cloned());
-            if step.name == "script" {
-                if let Some(post) = &runner.post_build_script {
-                    commands.extend(config_commands(post));
-                }
+            if step.name == "script"
+                && let Some(post) = &runner.post_build_script
+            {
+                commands.extend(config_commands(post));
             }
             let script = user_script(&paths.project_dir.to_string_lossy(), &commands);
             let end = self
@@ -681,79 +681,76 @@ impl Pipeline {
         }
 
         // after_script: own shell, own timeout, runs unless aborted.
-        if state != State::Aborted {
-            if let Some(step) = job
+        if state != State::Aborted
+            && let Some(step) = job
                 .steps
                 .iter()
                 .find(|s| s.name == "after_script" && !s.script.is_empty())
-            {
-                vars.push("CI_JOB_STATUS", state.ci_job_status());
-                log.section_start("after_script", "Running after_script", false);
-                log.line("Running after script...");
-                let after_guards = Guards {
-                    abort: guards.abort.clone(),
-                    graceful: None,
-                    deadline: Instant::now() + after_script_timeout(&vars),
-                };
-                let script = user_script(&paths.project_dir.to_string_lossy(), &step.script);
-                let end = self
-                    .run_stage(
-                        env,
-                        log,
-                        &after_guards,
-                        Role::Build,
-                        script,
-                        export_env(&vars),
-                    )
-                    .await;
-                log.section_end("after_script");
-                let strict = vars
-                    .get("AFTER_SCRIPT_IGNORE_ERRORS")
-                    .is_some_and(|v| v.trim() == "false");
-                match end {
-                    StageEnd::Ok => {}
-                    StageEnd::Stopped(Stop::Abort) => state = State::Aborted,
-                    StageEnd::Stopped(_) => {
-                        log.warning("after_script timed out");
-                        if strict && !state.failed() {
-                            state = State::Failed(FailureReason::JobExecutionTimeout, None);
-                        }
+        {
+            vars.push("CI_JOB_STATUS", state.ci_job_status());
+            log.section_start("after_script", "Running after_script", false);
+            log.line("Running after script...");
+            let after_guards = Guards {
+                abort: guards.abort.clone(),
+                graceful: None,
+                deadline: Instant::now() + after_script_timeout(&vars),
+            };
+            let script = user_script(&paths.project_dir.to_string_lossy(), &step.script);
+            let end = self
+                .run_stage(
+                    env,
+                    log,
+                    &after_guards,
+                    Role::Build,
+                    script,
+                    export_env(&vars),
+                )
+                .await;
+            log.section_end("after_script");
+            let strict = vars
+                .get("AFTER_SCRIPT_IGNORE_ERRORS")
+                .is_some_and(|v| v.trim() == "false");
+            match end {
+                StageEnd::Ok => {}
+                StageEnd::Stopped(Stop::Abort) => state = State::Aborted,
+                StageEnd::Stopped(_) => {
+                    log.warning("after_script timed out");
+                    if strict && !state.failed() {
+                        state = State::Failed(FailureReason::JobExecutionTimeout, None);
                     }
-                    StageEnd::Exit(c) => {
-                        log.warning(&format!("after_script failed with exit code {c}"));
-                        if strict && !state.failed() {
-                            state = State::Failed(FailureReason::ScriptFailure, Some(c));
-                        }
-                    }
-                    StageEnd::System(e) => log.warning(&format!("after_script failed: {e}")),
                 }
+                StageEnd::Exit(c) => {
+                    log.warning(&format!("after_script failed with exit code {c}"));
+                    if strict && !state.failed() {
+                        state = State::Failed(FailureReason::ScriptFailure, Some(c));
+                    }
+                }
+                StageEnd::System(e) => log.warning(&format!("after_script failed: {e}")),
             }
         }
 
         let finished = !matches!(state, State::Canceled | State::Aborted);
         // archive_cache: the seam for the cache issue.
-        if finished {
-            if let Some(cache) = &self.cache {
-                let failed = state.failed();
-                let name = if failed {
-                    "archive_cache_on_failure"
-                } else {
-                    "archive_cache"
-                };
-                log.section_start(name, "Saving cache", false);
-                let ctx = StageContext {
-                    job,
-                    runner,
-                    env,
-                    vars: &vars,
-                    log,
-                    cancel: guards.abort.clone(),
-                };
-                if let Err(e) = cache.archive(&ctx, failed).await {
-                    log.warning(&format!("saving the cache failed: {e}"));
-                }
-                log.section_end(name);
+        if finished && let Some(cache) = &self.cache {
+            let failed = state.failed();
+            let name = if failed {
+                "archive_cache_on_failure"
+            } else {
+                "archive_cache"
+            };
+            log.section_start(name, "Saving cache", false);
+            let ctx = StageContext {
+                job,
+                runner,
+                env,
+                vars: &vars,
+                log,
+                cancel: guards.abort.clone(),
+            };
+            if let Err(e) = cache.archive(&ctx, failed).await {
+                log.warning(&format!("saving the cache failed: {e}"));
             }
+            log.section_end(name);
         }
 
         // Artifacts, honouring `when`.
@@ -1187,8 +1184,10 @@ mod tests {
 
     #[test]
     fn variables_order_and_masked_service_env() {
-        let mut runner = RunnerConfig::default();
-        runner.environment = vec![("FOO".into(), "config".into())];
+        let runner = RunnerConfig {
+            environment: vec![("FOO".into(), "config".into())],
+            ..Default::default()
+        };
         let mut j = job();
         j.variables = vec![
             JobVariable {

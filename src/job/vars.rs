@@ -100,13 +100,14 @@ pub fn expand_with(s: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
             i += 2;
             continue;
         }
-        if i + 1 < bytes.len() && bytes[i + 1] == b'{' {
-            if let Some(end) = s[i + 2..].find('}') {
-                let name = &s[i + 2..i + 2 + end];
-                out.push_str(&lookup(name).unwrap_or_default());
-                i += 3 + end;
-                continue;
-            }
+        if i + 1 < bytes.len()
+            && bytes[i + 1] == b'{'
+            && let Some(end) = s[i + 2..].find('}')
+        {
+            let name = &s[i + 2..i + 2 + end];
+            out.push_str(&lookup(name).unwrap_or_default());
+            i += 3 + end;
+            continue;
         }
         let start = i + 1;
         let mut end = start;

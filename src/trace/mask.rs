@@ -234,7 +234,7 @@ mod tests {
         let mut m = Masker::new(&["0123456789abcdef"], &[] as &[&str]);
         let out = m.push(b"hello 0123456789abcde");
         assert_eq!(out, b"hello ");
-        assert!(m.held_back() <= "0123456789abcdef".len() - 1);
+        assert!(m.held_back() < "0123456789abcdef".len());
         assert_eq!(m.finish(), b"0123456789abcde");
     }
 
