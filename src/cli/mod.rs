@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one file per verb. The only place `anyhow` is used.
 
 mod config;
+pub mod exec;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -48,7 +49,7 @@ pub enum Command {
     /// List the runners in the config file.
     List(ConfigArg),
     /// Run one job of a local .gitlab-ci.yml through the real pipeline, no GitLab needed.
-    Exec(ConfigArg),
+    Exec(exec::ExecArgs),
     /// Benchmark isolated jobs against the shared-socket setup on this host.
     Bench(ConfigArg),
     /// Diagnose the host, the config, the sidecar and GitLab, and say what to fix.
@@ -85,18 +86,30 @@ pub fn init_tracing(cli: &Cli) {
 /// Runs the chosen verb and returns the process exit code.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let verb = match cli.command {
+        Command::Exec(args) => return exec::run(args).await,
         Command::Run(_) => "run",
         Command::Register(_) => "register",
         Command::Verify(_) => "verify",
         Command::Unregister(_) => "unregister",
         Command::List(_) => "list",
-        Command::Exec(_) => "exec",
         Command::Bench(_) => "bench",
         Command::Doctor(_) => "doctor",
         Command::Cleanup(_) => "cleanup",
         Command::Config(command) => return config::run(command).await,
     };
     Ok(not_built_yet(verb))
+}
+
+/// Loads and validates a config file for a verb, logging its warnings. Errors list every problem
+/// with its line.
+pub async fn load_config(path: &std::path::Path) -> anyhow::Result<crate::config::Config> {
+    let owned = path.to_path_buf();
+    // The loader reads files with std::fs; keep it off the async workers.
+    let loaded = tokio::task::spawn_blocking(move || crate::config::load(&owned)).await??;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(loaded.config)
 }
 
 /// Verbs whose issue has not landed say so plainly and exit 2.

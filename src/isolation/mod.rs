@@ -187,3 +187,19 @@ pub enum Error {
         detail: String,
     },
 }
+
+// TEMPORARY (pipeline branch): placeholder until the Docker backends land. The backends branch
+// provides the real `backend_for`; the lead keeps theirs when merging and drops this one.
+/// Builds the backend configured for `runner` (placeholder: the Docker backends are not built
+/// yet on this branch).
+pub async fn backend_for(
+    runner: &crate::config::RunnerConfig,
+) -> Result<Arc<dyn Isolation>, Error> {
+    Err(Error::Other {
+        context: format!(
+            "isolation backend {}",
+            runner.docker.isolation.mode.as_str()
+        ),
+        detail: "not built yet".to_string(),
+    })
+}

@@ -73,3 +73,14 @@ pub trait JobExecutor: Send + Sync {
         control: JobControl,
     ) -> JobOutcome;
 }
+
+pub mod artifacts;
+pub mod local;
+pub mod pipeline;
+pub mod script;
+pub mod sources;
+pub mod vars;
+
+pub use artifacts::{ArtifactError, ArtifactStore, JobRef, LocalArtifactStore};
+pub use pipeline::{CacheHook, Pipeline, StageContext};
+pub use sources::LocalTree;

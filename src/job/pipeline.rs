@@ -1,0 +1,1238 @@
+//! The pipeline: one job from payload to teardown, as a [`JobExecutor`].
+
+use super::artifacts::{self, ArtifactStore, JobRef};
+use super::script::{config_commands, sh_quote, user_script};
+use super::sources::{self, GitStrategy, LocalTree};
+use super::vars::{self, Variables};
+use super::{FailureReason, JobControl, JobExecutor, JobOutcome};
+use crate::config::RunnerConfig;
+use crate::gitlab::types::{Artifact, Image, JobResponse};
+use crate::isolation::{
+    self, ContainerImage, EnvironmentSpec, Isolation, JobEnvironment, JobPaths, OutputSink, Role,
+    ScriptRequest, ServiceSpec,
+};
+use crate::trace::{JobLog, LogOptions, TraceSink};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Job timeout when GitLab sends 0.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(7200);
+/// `after_script` timeout unless `RUNNER_AFTER_SCRIPT_TIMEOUT` says otherwise.
+pub const DEFAULT_AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a stage may take to stop after it was told to.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+/// Helper image when the config names none; it must have bash and git.
+pub const DEFAULT_HELPER_IMAGE: &str = "isolated-runner/job:test";
+
+/// Context a cache hook gets.
+pub struct StageContext<'a> {
+    /// The job.
+    pub job: &'a JobResponse,
+    /// The runner's config.
+    pub runner: &'a RunnerConfig,
+    /// The prepared environment (run helper scripts with it).
+    pub env: &'a dyn JobEnvironment,
+    /// The job's variables (expand cache keys with them).
+    pub vars: &'a Variables,
+    /// The job log.
+    pub log: &'a JobLog,
+    /// Fires when the job is aborted or times out.
+    pub cancel: CancellationToken,
+}
+
+/// The seam for `cache:`: restore before the steps, archive after them. Failures are warnings,
+/// never job failures (as in gitlab-runner). The cache issue implements this.
+#[async_trait::async_trait]
+pub trait CacheHook: Send + Sync {
+    /// Restores the job's caches (`restore_cache` stage).
+    async fn restore(&self, ctx: &StageContext<'_>) -> Result<(), String>;
+    /// Archives the job's caches (`archive_cache` stage); `job_failed` selects `on_failure`.
+    async fn archive(&self, ctx: &StageContext<'_>, job_failed: bool) -> Result<(), String>;
+}
+
+/// The job pipeline, shared by `run`, `exec` and `bench`.
+pub struct Pipeline {
+    /// Builds job environments.
+    pub backend: Arc<dyn Isolation>,
+    /// Uploads and downloads artifacts.
+    pub artifacts: Arc<dyn ArtifactStore>,
+    /// Cache restore/archive, when built.
+    pub cache: Option<Arc<dyn CacheHook>>,
+    /// `exec`: copy this tree instead of getting sources with git.
+    pub local_tree: Option<LocalTree>,
+    /// Short id of this runner (labels, names).
+    pub runner_id: String,
+}
+
+impl Pipeline {
+    /// A pipeline with no cache hook and git sources.
+    pub fn new(backend: Arc<dyn Isolation>, artifacts: Arc<dyn ArtifactStore>) -> Self {
+        Pipeline {
+            backend,
+            artifacts,
+            cache: None,
+            local_tree: None,
+            runner_id: "local".to_string(),
+        }
+    }
+}
+
+/// Why a stage was stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Abort,
+    Graceful,
+    Timeout,
+}
+
+#[derive(Clone)]
+struct Guards {
+    abort: CancellationToken,
+    graceful: Option<CancellationToken>,
+    deadline: Instant,
+}
+
+/// Runs `fut` until it ends, stopping it (through `stage`) on abort, graceful cancel or the
+/// deadline. After a stop, waits at most [`STOP_GRACE`] for it to end.
+async fn guarded<T>(
+    fut: impl Future<Output = T>,
+    stage: CancellationToken,
+    g: &Guards,
+) -> (Option<T>, Option<Stop>) {
+    tokio::pin!(fut);
+    let graceful = g.graceful.clone().unwrap_or_default();
+    let has_graceful = g.graceful.is_some();
+    let stop = tokio::select! {
+        biased;
+        r = &mut fut => return (Some(r), None),
+        _ = g.abort.cancelled() => Stop::Abort,
+        _ = graceful.cancelled(), if has_graceful => Stop::Graceful,
+        _ = tokio::time::sleep_until(g.deadline) => Stop::Timeout,
+    };
+    stage.cancel();
+    match tokio::time::timeout(STOP_GRACE, &mut fut).await {
+        Ok(r) => (Some(r), Some(stop)),
+        Err(_) => (None, Some(stop)),
+    }
+}
+
+/// How a script stage ended.
+#[derive(Debug)]
+enum StageEnd {
+    Ok,
+    Exit(i32),
+    Stopped(Stop),
+    System(String),
+}
+
+/// Where the job stands between stages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Running,
+    Failed(FailureReason, Option<i32>),
+    Canceled,
+    Aborted,
+}
+
+impl State {
+    fn failed(&self) -> bool {
+        !matches!(self, State::Running)
+    }
+    fn ci_job_status(&self) -> &'static str {
+        match self {
+            State::Running => "success",
+            State::Failed(FailureReason::JobExecutionTimeout, _) => "timedout",
+            State::Failed(..) => "failed",
+            State::Canceled | State::Aborted => "canceled",
+        }
+    }
+    fn from_stop(stop: Stop) -> State {
+        match stop {
+            Stop::Abort => State::Aborted,
+            Stop::Graceful => State::Canceled,
+            Stop::Timeout => State::Failed(FailureReason::JobExecutionTimeout, None),
+        }
+    }
+}
+
+/// Checks the payload before anything is created.
+pub fn validate(job: &JobResponse) -> Result<(), String> {
+    if job.id == 0 {
+        return Err("the job payload has no numeric job id".into());
+    }
+    if job.token.is_empty() {
+        return Err(format!("job {} has an empty job token", job.id));
+    }
+    if job.steps.is_empty() {
+        return Err(format!(
+            "job {} has no steps (jobs using `run:` are not supported)",
+            job.id
+        ));
+    }
+    if let Some(bad) = job.steps.iter().find(|s| s.name.is_empty()) {
+        return Err(format!(
+            "job {} has a step without a name ({bad:?})",
+            job.id
+        ));
+    }
+    Ok(())
+}
+
+fn glob_allowed(patterns: &[String], name: &str) -> bool {
+    if patterns.is_empty() {
+        return true;
+    }
+    patterns.iter().any(|p| {
+        globset::Glob::new(p)
+            .map(|g| g.compile_matcher().is_match(name))
+            .unwrap_or(false)
+    })
+}
+
+/// Default service aliases gitlab-runner adds: `group/name:tag` → `group__name` and `group-name`.
+fn default_aliases(image: &str) -> Vec<String> {
+    let no_digest = image.split('@').next().unwrap_or(image);
+    let last_slash = no_digest.rfind('/').map(|i| i + 1).unwrap_or(0);
+    let no_tag = match no_digest[last_slash..].find(':') {
+        Some(i) => &no_digest[..last_slash + i],
+        None => no_digest,
+    };
+    // Drop a registry host (first component with a dot or a port).
+    let mut parts: Vec<&str> = no_tag.split('/').collect();
+    if parts.len() > 1 && (parts[0].contains('.') || parts[0].contains(':')) {
+        parts.remove(0);
+    }
+    let base = parts.join("/");
+    let mut out = vec![base.replace('/', "__")];
+    let dashed = base.replace('/', "-");
+    if !out.contains(&dashed) {
+        out.push(dashed);
+    }
+    out
+}
+
+/// Builds the environment spec: image resolution, allow-lists, services.
+pub fn build_spec(
+    job: &JobResponse,
+    runner: &RunnerConfig,
+    runner_id: &str,
+    vars: &Variables,
+    timeout: Duration,
+) -> Result<EnvironmentSpec, String> {
+    let docker = &runner.docker;
+    let build_image = match &job.image {
+        Some(img) if !img.name.trim().is_empty() => {
+            let name = vars.expand(&img.name);
+            if !glob_allowed(&docker.allowed_images, &name) {
+                return Err(format!(
+                    "the {name:?} image is not present on the list of allowed images ({})",
+                    docker.allowed_images.join(", ")
+                ));
+            }
+            ContainerImage {
+                name,
+                entrypoint: img.entrypoint.clone(),
+            }
+        }
+        Some(img) => ContainerImage {
+            name: docker.image.clone(),
+            entrypoint: img.entrypoint.clone(),
+        },
+        None => ContainerImage {
+            name: docker.image.clone(),
+            entrypoint: None,
+        },
+    };
+    if build_image.name.is_empty() {
+        return Err(
+            "no image: the job names none and the config has no [runners.docker] image".into(),
+        );
+    }
+    let mut services = Vec::new();
+    for svc in &job.services {
+        services.push(service_spec(svc, vars, &docker.allowed_services)?);
+    }
+    let protected = job.git_info.protected.unwrap_or_else(|| {
+        vars.get("CI_COMMIT_REF_PROTECTED")
+            .is_some_and(|v| v.trim() == "true")
+    });
+    let service_env = vars
+        .effective()
+        .into_iter()
+        .filter(|v| v.public && !v.masked && !v.file && vars::is_valid_name(&v.key))
+        .map(|v| (v.key.clone(), v.value.clone()))
+        .collect();
+    Ok(EnvironmentSpec {
+        runner_id: runner_id.to_string(),
+        job_id: job.id,
+        project_id: job.job_info.project_id,
+        protected,
+        timeout,
+        build_image,
+        helper_image: docker
+            .helper_image
+            .clone()
+            .unwrap_or_else(|| DEFAULT_HELPER_IMAGE.to_string()),
+        services,
+        service_env,
+    })
+}
+
+fn service_spec(svc: &Image, vars: &Variables, allowed: &[String]) -> Result<ServiceSpec, String> {
+    let name = vars.expand(&svc.name);
+    if name.trim().is_empty() {
+        return Err("a service has no image name".into());
+    }
+    if !glob_allowed(allowed, &name) {
+        return Err(format!(
+            "the {name:?} service is not present on the list of allowed services ({})",
+            allowed.join(", ")
+        ));
+    }
+    let mut aliases: Vec<String> = svc
+        .alias
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    for a in default_aliases(&name) {
+        if !aliases.contains(&a) {
+            aliases.push(a);
+        }
+    }
+    Ok(ServiceSpec {
+        image: ContainerImage {
+            name,
+            entrypoint: svc.entrypoint.clone(),
+        },
+        command: svc.command.clone(),
+        aliases,
+        env: svc
+            .variables
+            .iter()
+            .map(|v| (v.key.clone(), v.value.clone()))
+            .collect(),
+    })
+}
+
+/// Variables for the job: runner-added ones, the config's `environment`, the payload's, and the
+/// backend's (`DOCKER_HOST` …) last so a job cannot point them elsewhere by accident.
+pub fn build_variables(
+    job: &JobResponse,
+    runner: &RunnerConfig,
+    paths: Option<&JobPaths>,
+    job_env: &[(String, String)],
+    timeout: Duration,
+) -> Variables {
+    let mut v = Variables::new();
+    if let Some(img) = &job.image
+        && !img.name.is_empty()
+    {
+        v.push("CI_JOB_IMAGE", img.name.clone());
+    }
+    let short = vars::short_token(runner.token.expose());
+    if !short.is_empty() {
+        v.push("CI_RUNNER_SHORT_TOKEN", short);
+    }
+    for (k, val) in &runner.environment {
+        v.push(k, val.clone());
+    }
+    if let Some(p) = paths {
+        let builds = p
+            .project_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| runner.builds_dir.clone());
+        v.push("CI_BUILDS_DIR", builds.to_string_lossy());
+        v.push("CI_PROJECT_DIR", p.project_dir.to_string_lossy());
+        v.push("RUNNER_TEMP_PROJECT_DIR", p.tmp_dir.to_string_lossy());
+        v.push("TMPDIR", p.tmp_dir.to_string_lossy());
+    }
+    v.push("CI_SERVER", "yes");
+    v.push("CI", "true");
+    v.push("GITLAB_CI", "true");
+    v.push("CI_JOB_TIMEOUT", timeout.as_secs().to_string());
+    v.push("CI_JOB_STATUS", "running");
+    v.push("CI_RUNNER_VERSION", vars::RUNNER_VERSION);
+    v.push(
+        "CI_RUNNER_REVISION",
+        option_env!("RUNNER_GIT_REVISION").unwrap_or("unknown"),
+    );
+    v.push("CI_RUNNER_EXECUTABLE_ARCH", vars::executable_arch());
+    v.push("CI_DISPOSABLE_ENVIRONMENT", "true");
+    v.extend(job.variables.iter().cloned());
+    for (k, val) in job_env {
+        v.push(k, val.clone());
+    }
+    v
+}
+
+/// Every secret the log must mask: masked variables, the job token, credentials.
+fn masked_values(job: &JobResponse) -> Vec<String> {
+    let mut out: Vec<String> = job
+        .variables
+        .iter()
+        .filter(|v| v.masked && !v.value.is_empty())
+        .map(|v| v.value.clone())
+        .collect();
+    out.push(job.token.expose().to_string());
+    if let Ok(u) = url::Url::parse(job.git_info.repo_url.expose())
+        && let Some(p) = u.password()
+    {
+        out.push(p.to_string());
+    }
+    for c in &job.credentials {
+        out.push(c.password.expose().to_string());
+    }
+    for d in &job.dependencies {
+        out.push(d.token.expose().to_string());
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+/// Parses `RUNNER_AFTER_SCRIPT_TIMEOUT` (`10m`, `90s`, `300`).
+fn after_script_timeout(vars: &Variables) -> Duration {
+    vars.get("RUNNER_AFTER_SCRIPT_TIMEOUT")
+        .and_then(|s| {
+            let s = s.trim();
+            s.parse::<u64>()
+                .ok()
+                .map(Duration::from_secs)
+                .or_else(|| humantime::parse_duration(s).ok())
+        })
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT)
+}
+
+fn when_matches(when: &str, failed: bool) -> bool {
+    match when {
+        "always" => true,
+        "on_failure" => failed,
+        _ => !failed,
+    }
+}
+
+#[async_trait::async_trait]
+impl JobExecutor for Pipeline {
+    async fn execute(
+        &self,
+        job: JobResponse,
+        runner: Arc<RunnerConfig>,
+        trace: Arc<dyn TraceSink>,
+        control: JobControl,
+    ) -> JobOutcome {
+        let timeout = match job.runner_info.timeout {
+            0 => DEFAULT_JOB_TIMEOUT,
+            s => Duration::from_secs(s),
+        };
+        let deadline = Instant::now() + timeout;
+        let log = Arc::new(JobLog::new(
+            trace,
+            LogOptions {
+                masked_values: masked_values(&job),
+                extra_prefixes: job.features.token_mask_prefixes.clone(),
+                output_limit: runner.output_limit,
+                sections: job.features.trace_sections,
+            },
+        ));
+        log.line(&format!(
+            "Running with isolated-runner {} ({})",
+            vars::RUNNER_VERSION,
+            self.backend.mode().as_str()
+        ));
+        let outcome = self
+            .run(&job, &runner, &log, &control, deadline, timeout)
+            .await;
+        match &outcome {
+            JobOutcome::Success => log.success("Job succeeded"),
+            JobOutcome::Canceled => log.error("Job failed: canceled"),
+            JobOutcome::Failed {
+                reason,
+                exit_code: Some(c),
+            } => log.error(&format!("Job failed: exit code {c} ({})", reason.as_str())),
+            JobOutcome::Failed { reason, .. } => {
+                log.error(&format!("Job failed: {}", reason.as_str()))
+            }
+        }
+        log.finish();
+        outcome
+    }
+}
+
+impl Pipeline {
+    async fn run(
+        &self,
+        job: &JobResponse,
+        runner: &RunnerConfig,
+        log: &Arc<JobLog>,
+        control: &JobControl,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> JobOutcome {
+        let system = |msg: &str| {
+            log.error(msg);
+            JobOutcome::Failed {
+                reason: FailureReason::RunnerSystemFailure,
+                exit_code: None,
+            }
+        };
+        if let Err(msg) = validate(job) {
+            return system(&msg);
+        }
+        // Variables without paths are enough to expand image names.
+        let pre_vars = build_variables(job, runner, None, &[], timeout);
+        let spec = match build_spec(job, runner, &self.runner_id, &pre_vars, timeout) {
+            Ok(s) => s,
+            Err(msg) => return system(&msg),
+        };
+        let guards = Guards {
+            abort: control.abort.clone(),
+            graceful: Some(control.cancel_gracefully.clone()),
+            deadline,
+        };
+        log.section_start(
+            "prepare_executor",
+            &format!(
+                "Preparing the environment (isolation: {}, image: {})",
+                self.backend.mode().as_str(),
+                spec.build_image.name
+            ),
+            false,
+        );
+        let stage = CancellationToken::new();
+        let out: Arc<dyn OutputSink> = log.clone();
+        let (res, stop) = guarded(
+            self.backend.prepare(&spec, out, stage.clone()),
+            stage,
+            &guards,
+        )
+        .await;
+        log.section_end("prepare_executor");
+        let env = match (res, stop) {
+            (Some(Ok(env)), None) => env,
+            (Some(Ok(env)), Some(stop)) => {
+                // Prepared just as we were told to stop: it still has to go.
+                log_teardown(log, env.teardown().await);
+                return stop_outcome(log, State::from_stop(stop));
+            }
+            (_, Some(stop)) => return stop_outcome(log, State::from_stop(stop)),
+            (Some(Err(e)), None) => {
+                let reason = match e {
+                    isolation::Error::ImageUnavailable { .. } => FailureReason::ImagePullFailure,
+                    _ => FailureReason::RunnerSystemFailure,
+                };
+                log.error(&format!("preparing the environment failed: {e}"));
+                return JobOutcome::Failed {
+                    reason,
+                    exit_code: None,
+                };
+            }
+            (None, None) => return system("preparing the environment did not finish"),
+        };
+        let outcome = self
+            .run_prepared(job, runner, log, &guards, env.as_ref(), timeout)
+            .await;
+        log_teardown(log, env.teardown().await);
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_stage(
+        &self,
+        env: &dyn JobEnvironment,
+        log: &Arc<JobLog>,
+        guards: &Guards,
+        role: Role,
+        script: String,
+        vars_env: Vec<(String, String)>,
+    ) -> StageEnd {
+        let stage = CancellationToken::new();
+        let out: Arc<dyn OutputSink> = log.clone();
+        let req = ScriptRequest {
+            role,
+            script,
+            env: vars_env,
+        };
+        let (res, stop) = guarded(env.run_script(req, out, stage.clone()), stage, guards).await;
+        match (res, stop) {
+            (_, Some(stop)) => StageEnd::Stopped(stop),
+            (Some(Ok(0)), None) => StageEnd::Ok,
+            (Some(Ok(code)), None) => StageEnd::Exit(code),
+            (Some(Err(isolation::Error::Canceled)), None) => {
+                StageEnd::System("the script was canceled by the backend".into())
+            }
+            (Some(Err(e)), None) => StageEnd::System(e.to_string()),
+            (None, None) => StageEnd::System("the script did not finish".into()),
+        }
+    }
+
+    async fn run_prepared(
+        &self,
+        job: &JobResponse,
+        runner: &RunnerConfig,
+        log: &Arc<JobLog>,
+        guards: &Guards,
+        env: &dyn JobEnvironment,
+        timeout: Duration,
+    ) -> JobOutcome {
+        let paths = env.paths().clone();
+        let mut vars = build_variables(job, runner, Some(&paths), &env.job_env(), timeout);
+        let mut state = State::Running;
+
+        // File variables: written once, removed in cleanup_file_variables (and by teardown).
+        let file_vars = match write_file_variables(&mut vars, &paths.tmp_dir).await {
+            Ok(f) => f,
+            Err(e) => {
+                log.error(&format!("writing file variables failed: {e}"));
+                return JobOutcome::Failed {
+                    reason: FailureReason::RunnerSystemFailure,
+                    exit_code: None,
+                };
+            }
+        };
+
+        // get_sources
+        log.section_start("get_sources", "Getting source from Git repository", false);
+        let end = self
+            .get_sources(job, runner, log, guards, env, &vars, &paths)
+            .await;
+        log.section_end("get_sources");
+        apply_end(log, &mut state, end, false, "getting sources");
+
+        // restore_cache: the seam for the cache issue.
+        if !state.failed()
+            && let Some(cache) = &self.cache
+        {
+            log.section_start("restore_cache", "Restoring cache", false);
+            let ctx = StageContext {
+                job,
+                runner,
+                env,
+                vars: &vars,
+                log,
+                cancel: guards.abort.clone(),
+            };
+            if let Err(e) = cache.restore(&ctx).await {
+                log.warning(&format!("restoring the cache failed: {e}"));
+            }
+            log.section_end("restore_cache");
+        }
+
+        // download_artifacts
+        if !state.failed() {
+            let deps: Vec<_> = job
+                .dependencies
+                .iter()
+                .filter(|d| d.artifacts_file.is_some())
+                .collect();
+            if !deps.is_empty() {
+                log.section_start("download_artifacts", "Downloading artifacts", false);
+                for dep in deps {
+                    if let Err(msg) = self.download_dependency(job, dep, &paths, log).await {
+                        log.error(&msg);
+                        state = State::Failed(FailureReason::UnknownFailure, None);
+                        break;
+                    }
+                }
+                log.section_end("download_artifacts");
+            }
+        }
+
+        // Steps in payload order, after_script last.
+        for step in job.steps.iter().filter(|s| s.name != "after_script") {
+            let run = match &state {
+                State::Running => when_matches(&step.when, false),
+                State::Failed(..) => when_matches(&step.when, true),
+                State::Canceled | State::Aborted => false,
+            };
+            if !run {
+                continue;
+            }
+            let name = format!("step_{}", step.name);
+            log.section_start(
+                &name,
+                &format!("Executing \"{name}\" stage of the job script"),
+                false,
+            );
+            let mut commands = Vec::new();
+            if step.name == "script"
+                && let Some(pre) = &runner.pre_build_script
+            {
+                commands.extend(config_commands(pre));
+            }
+            commands.extend(step.script.iter().cloned());
+            if step.name == "script"
+                && let Some(post) = &runner.post_build_script
+            {
+                commands.extend(config_commands(post));
+            }
+            let script = user_script(&paths.project_dir.to_string_lossy(), &commands);
+            let end = self
+                .run_stage(env, log, guards, Role::Build, script, export_env(&vars))
+                .await;
+            log.section_end(&name);
+            apply_end(log, &mut state, end, step.allow_failure, &name);
+        }
+
+        // after_script: own shell, own timeout, runs unless aborted.
+        if state != State::Aborted
+            && let Some(step) = job
+                .steps
+                .iter()
+                .find(|s| s.name == "after_script" && !s.script.is_empty())
+        {
+            vars.push("CI_JOB_STATUS", state.ci_job_status());
+            log.section_start("after_script", "Running after_script", false);
+            log.line("Running after script...");
+            let after_guards = Guards {
+                abort: guards.abort.clone(),
+                graceful: None,
+                deadline: Instant::now() + after_script_timeout(&vars),
+            };
+            let script = user_script(&paths.project_dir.to_string_lossy(), &step.script);
+            let end = self
+                .run_stage(
+                    env,
+                    log,
+                    &after_guards,
+                    Role::Build,
+                    script,
+                    export_env(&vars),
+                )
+                .await;
+            log.section_end("after_script");
+            let strict = vars
+                .get("AFTER_SCRIPT_IGNORE_ERRORS")
+                .is_some_and(|v| v.trim() == "false");
+            match end {
+                StageEnd::Ok => {}
+                StageEnd::Stopped(Stop::Abort) => state = State::Aborted,
+                StageEnd::Stopped(_) => {
+                    log.warning("after_script timed out");
+                    if strict && !state.failed() {
+                        state = State::Failed(FailureReason::JobExecutionTimeout, None);
+                    }
+                }
+                StageEnd::Exit(c) => {
+                    log.warning(&format!("after_script failed with exit code {c}"));
+                    if strict && !state.failed() {
+                        state = State::Failed(FailureReason::ScriptFailure, Some(c));
+                    }
+                }
+                StageEnd::System(e) => log.warning(&format!("after_script failed: {e}")),
+            }
+        }
+
+        let finished = !matches!(state, State::Canceled | State::Aborted);
+        // archive_cache: the seam for the cache issue.
+        if finished && let Some(cache) = &self.cache {
+            let failed = state.failed();
+            let name = if failed {
+                "archive_cache_on_failure"
+            } else {
+                "archive_cache"
+            };
+            log.section_start(name, "Saving cache", false);
+            let ctx = StageContext {
+                job,
+                runner,
+                env,
+                vars: &vars,
+                log,
+                cancel: guards.abort.clone(),
+            };
+            if let Err(e) = cache.archive(&ctx, failed).await {
+                log.warning(&format!("saving the cache failed: {e}"));
+            }
+            log.section_end(name);
+        }
+
+        // Artifacts, honouring `when`.
+        if finished {
+            let failed = state.failed();
+            let wanted: Vec<&Artifact> = job
+                .artifacts
+                .iter()
+                .filter(|a| when_matches(&a.when, failed))
+                .collect();
+            if !wanted.is_empty() {
+                let (name, heading) = if failed {
+                    (
+                        "upload_artifacts_on_failure",
+                        "Uploading artifacts for failed job",
+                    )
+                } else {
+                    (
+                        "upload_artifacts_on_success",
+                        "Uploading artifacts for successful job",
+                    )
+                };
+                log.section_start(name, heading, false);
+                let after_guards = Guards {
+                    abort: guards.abort.clone(),
+                    graceful: None,
+                    deadline: Instant::now() + DEFAULT_AFTER_SCRIPT_TIMEOUT,
+                };
+                for a in wanted {
+                    if let Err(msg) = self
+                        .upload_artifact(job, a, env, &vars, &paths, log, &after_guards)
+                        .await
+                    {
+                        log.error(&msg);
+                        if !state.failed() {
+                            state = State::Failed(FailureReason::UnknownFailure, None);
+                        }
+                    }
+                }
+                log.section_end(name);
+            }
+        }
+
+        if !file_vars.is_empty() && state != State::Aborted {
+            log.section_start(
+                "cleanup_file_variables",
+                "Cleaning up project directory and file based variables",
+                true,
+            );
+        }
+        for f in &file_vars {
+            // Already gone is fine; teardown removes the whole tmp dir anyway.
+            let _ = tokio::fs::remove_file(f).await;
+        }
+        if !file_vars.is_empty() && state != State::Aborted {
+            log.section_end("cleanup_file_variables");
+        }
+
+        match state {
+            State::Running => JobOutcome::Success,
+            State::Failed(reason, exit_code) => JobOutcome::Failed { reason, exit_code },
+            State::Canceled | State::Aborted => JobOutcome::Canceled,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn get_sources(
+        &self,
+        job: &JobResponse,
+        runner: &RunnerConfig,
+        log: &Arc<JobLog>,
+        guards: &Guards,
+        env: &dyn JobEnvironment,
+        vars: &Variables,
+        paths: &JobPaths,
+    ) -> StageEnd {
+        if let Some(tree) = &self.local_tree {
+            log.line(&format!(
+                "Copying the local working tree {} to {}",
+                tree.root.display(),
+                paths.project_dir.display()
+            ));
+            let tree = tree.clone();
+            let dest = paths.project_dir.clone();
+            return match tokio::task::spawn_blocking(move || sources::copy_local_tree(&tree, &dest))
+                .await
+            {
+                Ok(Ok(n)) => {
+                    log.line(&format!("Copied {n} files"));
+                    StageEnd::Ok
+                }
+                Ok(Err(e)) => StageEnd::System(format!("copying the working tree: {e}")),
+                Err(e) => StageEnd::System(format!("copying the working tree: {e}")),
+            };
+        }
+        let strategy = match GitStrategy::resolve(vars.get("GIT_STRATEGY"), job.allow_git_fetch) {
+            Ok(s) => s,
+            Err(e) => return StageEnd::System(e),
+        };
+        let mut pre = Vec::new();
+        if let Some(p) = &runner.pre_get_sources_script {
+            pre.extend(config_commands(p));
+        }
+        let mut post = Vec::new();
+        for h in &job.hooks {
+            match h.name.as_str() {
+                "pre_get_sources_script" => pre.extend(h.script.iter().cloned()),
+                "post_get_sources_script" => post.extend(h.script.iter().cloned()),
+                other => log.warning(&format!("ignoring unknown hook {other:?}")),
+            }
+        }
+        let s = sources::git_script(
+            job,
+            vars,
+            strategy,
+            &paths.project_dir,
+            &paths.tmp_dir,
+            &pre,
+            &post,
+        );
+        for w in &s.warnings {
+            log.warning(w);
+        }
+        let mut env_vars = export_env(vars);
+        env_vars.extend(s.env);
+        self.run_stage(env, log, guards, Role::Helper, s.script, env_vars)
+            .await
+    }
+
+    async fn download_dependency(
+        &self,
+        job: &JobResponse,
+        dep: &crate::gitlab::types::Dependency,
+        paths: &JobPaths,
+        log: &JobLog,
+    ) -> Result<(), String> {
+        log.line(&format!(
+            "Downloading artifacts for {} ({})...",
+            dep.name, dep.id
+        ));
+        let archive = paths.tmp_dir.join(format!("dependency-{}.zip", dep.id));
+        let me = job_ref(job);
+        self.artifacts
+            .download(&me, dep, &archive)
+            .await
+            .map_err(|e| format!("downloading artifacts of {} ({}): {e}", dep.name, dep.id))?;
+        let dest = paths.project_dir.clone();
+        let a = archive.clone();
+        let res = tokio::task::spawn_blocking(move || artifacts::extract_zip(&a, &dest))
+            .await
+            .map_err(|e| e.to_string())?;
+        // The archive has served its purpose; the tmp dir goes at teardown anyway.
+        let _ = tokio::fs::remove_file(&archive).await;
+        let (n, warnings) =
+            res.map_err(|e| format!("extracting artifacts of {}: {e}", dep.name))?;
+        for w in warnings {
+            log.warning(&w);
+        }
+        log.line(&format!("Extracted {n} entries"));
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_artifact(
+        &self,
+        job: &JobResponse,
+        artifact: &Artifact,
+        env: &dyn JobEnvironment,
+        vars: &Variables,
+        paths: &JobPaths,
+        log: &Arc<JobLog>,
+        guards: &Guards,
+    ) -> Result<(), String> {
+        let file_name = artifacts::archive_file_name(artifact);
+        let untracked = if artifact.untracked {
+            self.untracked_files(env, vars, paths, log, guards).await?
+        } else {
+            Vec::new()
+        };
+        let patterns: Vec<String> = artifact.paths.iter().map(|p| vars.expand(p)).collect();
+        let exclude: Vec<String> = artifact.exclude.iter().map(|p| vars.expand(p)).collect();
+        let dest = paths.tmp_dir.join(format!("upload-{file_name}"));
+        let a = artifact.clone();
+        let project = paths.project_dir.clone();
+        let d = dest.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let c = artifacts::collect(&project, &patterns, &exclude, &untracked)?;
+            let n = if c.files.is_empty() {
+                0
+            } else {
+                artifacts::build_archive(&a, &project, &c.files, &d)?
+            };
+            Ok::<_, artifacts::ArtifactError>((n, c.warnings))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let (n, warnings) = built.map_err(|e| format!("collecting artifacts: {e}"))?;
+        for w in warnings {
+            log.warning(&w);
+        }
+        if n == 0 {
+            log.warning(&format!("{file_name}: no files to upload"));
+            return Ok(());
+        }
+        log.line(&format!("Uploading {file_name} ({n} entries)..."));
+        let res = self
+            .artifacts
+            .upload(&job_ref(job), artifact, &dest, &file_name)
+            .await;
+        // Already gone is fine; the tmp dir goes at teardown anyway.
+        let _ = tokio::fs::remove_file(&dest).await;
+        res.map_err(|e| format!("uploading {file_name}: {e}"))?;
+        log.line(&format!("Uploaded {file_name}"));
+        Ok(())
+    }
+
+    /// Lists untracked files with git in the helper; a directory that is not a git repository
+    /// counts as all untracked.
+    async fn untracked_files(
+        &self,
+        env: &dyn JobEnvironment,
+        vars: &Variables,
+        paths: &JobPaths,
+        log: &Arc<JobLog>,
+        guards: &Guards,
+    ) -> Result<Vec<PathBuf>, String> {
+        let list = paths.tmp_dir.join("untracked.list");
+        let dir = sh_quote(&paths.project_dir.to_string_lossy());
+        let l = sh_quote(&list.to_string_lossy());
+        let script = format!(
+            "set -eo pipefail\nif git -c safe.directory='*' -C {dir} rev-parse --git-dir >/dev/null 2>&1; then\n  git -c safe.directory='*' -C {dir} ls-files -o --exclude-standard -z > {l}\nelse\n  printf 'NOT-A-GIT-REPOSITORY' > {l}\nfi\n"
+        );
+        match self
+            .run_stage(env, log, guards, Role::Helper, script, export_env(vars))
+            .await
+        {
+            StageEnd::Ok => {}
+            StageEnd::Exit(c) => return Err(format!("listing untracked files exited with {c}")),
+            StageEnd::Stopped(_) => return Err("listing untracked files was stopped".into()),
+            StageEnd::System(e) => return Err(format!("listing untracked files: {e}")),
+        }
+        let data = tokio::fs::read(&list)
+            .await
+            .map_err(|e| format!("reading {}: {e}", list.display()))?;
+        // Already gone is fine.
+        let _ = tokio::fs::remove_file(&list).await;
+        if data == b"NOT-A-GIT-REPOSITORY" {
+            return Ok(vec![PathBuf::from(".")]);
+        }
+        Ok(data
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| PathBuf::from(String::from_utf8_lossy(s).into_owned()))
+            .collect())
+    }
+}
+
+fn job_ref(job: &JobResponse) -> JobRef {
+    JobRef {
+        id: job.id,
+        name: job.job_info.name.clone(),
+        token: job.token.clone(),
+    }
+}
+
+fn log_teardown(log: &JobLog, report: isolation::TeardownReport) {
+    for f in &report.failures {
+        log.warning(&format!("teardown: {f}"));
+    }
+}
+
+fn stop_outcome(log: &JobLog, state: State) -> JobOutcome {
+    match state {
+        State::Failed(reason, exit_code) => {
+            if reason == FailureReason::JobExecutionTimeout {
+                log.error("execution took longer than the job timeout");
+            }
+            JobOutcome::Failed { reason, exit_code }
+        }
+        _ => JobOutcome::Canceled,
+    }
+}
+
+/// Folds a stage's end into the job state.
+fn apply_end(log: &JobLog, state: &mut State, end: StageEnd, allow_failure: bool, what: &str) {
+    match end {
+        StageEnd::Ok => {}
+        StageEnd::Exit(code) => {
+            if allow_failure {
+                log.warning(&format!(
+                    "{what} failed with exit code {code}, allowed to fail"
+                ));
+            } else if !state.failed() {
+                *state = State::Failed(FailureReason::ScriptFailure, Some(code));
+            }
+        }
+        StageEnd::Stopped(stop) => {
+            let new = State::from_stop(stop);
+            if stop == Stop::Timeout {
+                log.error(&format!(
+                    "{what}: execution took longer than the job timeout"
+                ));
+            }
+            // An abort beats everything; otherwise the first failure stays.
+            if new == State::Aborted || !state.failed() {
+                *state = new;
+            }
+        }
+        StageEnd::System(e) => {
+            log.error(&format!("{what}: {e}"));
+            if !state.failed() {
+                *state = State::Failed(FailureReason::RunnerSystemFailure, None);
+            }
+        }
+    }
+}
+
+/// The effective variables as a process environment (names a shell cannot take are skipped).
+fn export_env(vars: &Variables) -> Vec<(String, String)> {
+    vars.effective()
+        .into_iter()
+        .filter(|v| vars::is_valid_name(&v.key))
+        .map(|v| (v.key.clone(), v.value.clone()))
+        .collect()
+}
+
+/// Writes file variables as 0600 files `<tmp>/<KEY>` and points the variable at the file.
+/// Returns the files written.
+async fn write_file_variables(vars: &mut Variables, tmp: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let files: Vec<_> = vars
+        .effective()
+        .into_iter()
+        .filter(|v| v.file && vars::is_valid_name(&v.key))
+        .cloned()
+        .collect();
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    tokio::fs::create_dir_all(tmp).await?;
+    let mut written = Vec::new();
+    for mut v in files {
+        let path = tmp.join(&v.key);
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .await?;
+        tokio::io::AsyncWriteExt::write_all(&mut f, v.value.as_bytes()).await?;
+        // The mode above applies only on creation; make sure of it when the file existed.
+        tokio::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .await?;
+        v.value = path.to_string_lossy().into_owned();
+        v.file = false;
+        vars.push_var(v);
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gitlab::types::{JobVariable, Step};
+    use crate::secret::Secret;
+
+    fn job() -> JobResponse {
+        JobResponse {
+            id: 5,
+            token: Secret::new("glcbt-xyz12345"),
+            steps: vec![Step {
+                name: "script".into(),
+                script: vec!["true".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert!(validate(&job()).is_ok());
+        let mut j = job();
+        j.id = 0;
+        assert!(validate(&j).is_err());
+        let mut j = job();
+        j.token = Secret::default();
+        assert!(validate(&j).is_err());
+        let mut j = job();
+        j.steps.clear();
+        assert!(validate(&j).is_err());
+    }
+
+    #[test]
+    fn spec_images_allowlists_and_aliases() {
+        let mut runner = RunnerConfig::default();
+        runner.docker.allowed_images = vec!["isolated-runner/*".into()];
+        runner.docker.allowed_services = vec!["registry.example.com/**".into()];
+        let mut j = job();
+        j.variables.push(JobVariable {
+            key: "TAG".into(),
+            value: "test".into(),
+            ..Default::default()
+        });
+        j.image = Some(Image {
+            name: "isolated-runner/job:$TAG".into(),
+            ..Default::default()
+        });
+        j.services = vec![Image {
+            name: "registry.example.com/grp/postgres:15".into(),
+            alias: "db, pg".into(),
+            ..Default::default()
+        }];
+        let vars = build_variables(&j, &runner, None, &[], DEFAULT_JOB_TIMEOUT);
+        let spec = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect("spec");
+        assert_eq!(spec.build_image.name, "isolated-runner/job:test");
+        assert_eq!(
+            spec.services[0].aliases,
+            vec!["db", "pg", "grp__postgres", "grp-postgres"]
+        );
+        j.image = Some(Image {
+            name: "evil/image".into(),
+            ..Default::default()
+        });
+        assert!(build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).is_err());
+        j.image = None;
+        let spec = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect("spec");
+        assert_eq!(spec.build_image.name, runner.docker.image);
+    }
+
+    #[test]
+    fn variables_order_and_masked_service_env() {
+        let runner = RunnerConfig {
+            environment: vec![("FOO".into(), "config".into())],
+            ..Default::default()
+        };
+        let mut j = job();
+        j.variables = vec![
+            JobVariable {
+                key: "FOO".into(),
+                value: "job".into(),
+                public: true,
+                ..Default::default()
+            },
+            JobVariable {
+                key: "SECRET".into(),
+                value: "s3cr3t-value".into(),
+                masked: true,
+                ..Default::default()
+            },
+        ];
+        let paths = JobPaths {
+            project_dir: "/b/gitlab-job-5".into(),
+            tmp_dir: "/b/gitlab-job-5.tmp".into(),
+        };
+        let v = build_variables(
+            &j,
+            &runner,
+            Some(&paths),
+            &[("DOCKER_HOST".into(), "tcp://x:2376".into())],
+            Duration::from_secs(60),
+        );
+        assert_eq!(v.get("FOO"), Some("job"));
+        assert_eq!(v.get("CI_PROJECT_DIR"), Some("/b/gitlab-job-5"));
+        assert_eq!(v.get("CI_BUILDS_DIR"), Some("/b"));
+        assert_eq!(v.get("TMPDIR"), Some("/b/gitlab-job-5.tmp"));
+        assert_eq!(v.get("CI_JOB_TIMEOUT"), Some("60"));
+        assert_eq!(v.get("DOCKER_HOST"), Some("tcp://x:2376"));
+        let spec = build_spec(&j, &runner, "r", &v, DEFAULT_JOB_TIMEOUT).expect("spec");
+        assert!(!spec.service_env.iter().any(|(k, _)| k == "SECRET"));
+        assert!(spec.service_env.iter().any(|(k, _)| k == "FOO"));
+        assert!(masked_values(&j).contains(&"s3cr3t-value".to_string()));
+    }
+
+    #[test]
+    fn after_script_timeout_parsing() {
+        let mut v = Variables::new();
+        assert_eq!(after_script_timeout(&v), DEFAULT_AFTER_SCRIPT_TIMEOUT);
+        v.push("RUNNER_AFTER_SCRIPT_TIMEOUT", "10m");
+        assert_eq!(after_script_timeout(&v), Duration::from_secs(600));
+        v.push("RUNNER_AFTER_SCRIPT_TIMEOUT", "42");
+        assert_eq!(after_script_timeout(&v), Duration::from_secs(42));
+    }
+}

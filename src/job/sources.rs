@@ -1,0 +1,521 @@
+//! Getting sources: the git script run in the helper role, and the local working-tree copy
+//! used by `runner exec`.
+//!
+//! The job token never lands in `.git/config`: the remote URL is stored without credentials and
+//! the token reaches git as an `http.<origin>.extraHeader` given through `GIT_CONFIG_*`
+//! environment variables of the helper script only.
+
+use super::script::{push_command, sh_quote};
+use super::vars::Variables;
+use crate::gitlab::types::JobResponse;
+use base64::Engine;
+use std::path::{Path, PathBuf};
+
+/// `GIT_STRATEGY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitStrategy {
+    /// Fresh clone into an emptied directory.
+    Clone,
+    /// Reuse the directory, fetch into it.
+    Fetch,
+    /// Touch nothing.
+    None,
+    /// An empty directory.
+    Empty,
+}
+
+impl GitStrategy {
+    /// From the `GIT_STRATEGY` variable, defaulting from `allow_git_fetch`.
+    pub fn resolve(value: Option<&str>, allow_git_fetch: bool) -> Result<Self, String> {
+        match value.map(str::trim).unwrap_or("") {
+            "" => Ok(if allow_git_fetch {
+                GitStrategy::Fetch
+            } else {
+                GitStrategy::Clone
+            }),
+            "clone" => Ok(GitStrategy::Clone),
+            "fetch" => Ok(GitStrategy::Fetch),
+            "none" => Ok(GitStrategy::None),
+            "empty" => Ok(GitStrategy::Empty),
+            other => Err(format!("unknown GIT_STRATEGY {other:?}")),
+        }
+    }
+}
+
+/// A remote URL split into the part git stores and the credentials it gets on the side.
+#[derive(Clone)]
+pub struct Remote {
+    /// URL without user and password: what `.git/config` may hold.
+    pub url: String,
+    /// `scheme://host[:port]/`, scope of the auth header; `None` for non-HTTP remotes.
+    pub origin: Option<String>,
+    /// `Authorization: Basic …` value, when the URL carried credentials.
+    pub auth_header: Option<String>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &self.url)
+            .field("origin", &self.origin)
+            .field(
+                "auth_header",
+                &self.auth_header.as_ref().map(|_| "[MASKED]"),
+            )
+            .finish()
+    }
+}
+
+/// Splits the credentials out of `repo_url`. A bare token with no user (unusual) gets the
+/// `gitlab-ci-token` user, as GitLab's URLs have.
+pub fn split_remote(repo_url: &str) -> Remote {
+    let Ok(mut url) = url::Url::parse(repo_url) else {
+        // A local path or scp-like address: nothing to strip.
+        return Remote {
+            url: repo_url.to_string(),
+            origin: None,
+            auth_header: None,
+        };
+    };
+    let scheme = url.scheme().to_string();
+    let is_http = scheme == "http" || scheme == "https";
+    let user = percent_decode(url.username());
+    let pass = url.password().map(percent_decode);
+    let auth_header = match (is_http, pass) {
+        (true, Some(p)) => {
+            let user = if user.is_empty() {
+                "gitlab-ci-token".to_string()
+            } else {
+                user
+            };
+            let raw = format!("{user}:{p}");
+            Some(format!(
+                "Authorization: Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            ))
+        }
+        _ => None,
+    };
+    // Setting an empty user/password cannot fail on http(s)/file URLs; ignore the unit error
+    // for the exotic schemes that have no authority (then there was nothing to strip).
+    let _ = url.set_password(None);
+    let _ = url.set_username("");
+    let origin = if is_http {
+        url.host_str().map(|h| match url.port() {
+            Some(p) => format!("{scheme}://{h}:{p}/"),
+            None => format!("{scheme}://{h}/"),
+        })
+    } else {
+        None
+    };
+    Remote {
+        url: url.to_string(),
+        origin,
+        auth_header,
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 3 <= b.len()
+            && let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16))
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The environment that hands git the credentials without writing them anywhere.
+pub fn credential_env(remote: &Remote) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
+        ("GCM_INTERACTIVE".to_string(), "Never".to_string()),
+    ];
+    if let (Some(origin), Some(header)) = (&remote.origin, &remote.auth_header) {
+        env.push(("GIT_CONFIG_COUNT".to_string(), "1".to_string()));
+        env.push((
+            "GIT_CONFIG_KEY_0".to_string(),
+            format!("http.{origin}.extraHeader"),
+        ));
+        env.push(("GIT_CONFIG_VALUE_0".to_string(), header.clone()));
+    }
+    env
+}
+
+/// Splits a flags variable on whitespace, quoting each word. `none` means no flags.
+fn flags(value: Option<&str>, default: &str) -> Vec<String> {
+    let v = value.unwrap_or(default).trim();
+    if v == "none" {
+        return Vec::new();
+    }
+    v.split_whitespace().map(sh_quote).collect()
+}
+
+/// A submodule flag is "simple" when it is one `--word` or `--word=value` with plain characters;
+/// anything else is dropped with a warning, so a variable cannot inject shell.
+fn simple_flag(f: &str) -> bool {
+    let Some(body) = f.strip_prefix("--") else {
+        return false;
+    };
+    let (name, value) = body.split_once('=').unwrap_or((body, ""));
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+}
+
+/// The get_sources script and its extra environment.
+#[derive(Debug)]
+pub struct SourcesScript {
+    /// The bash script.
+    pub script: String,
+    /// Extra environment (credentials for git).
+    pub env: Vec<(String, String)>,
+    /// Warnings to show in the trace.
+    pub warnings: Vec<String>,
+}
+
+/// Builds the get_sources script for `strategy`. `pre_hooks`/`post_hooks` are the config and job
+/// hook commands (config first for pre, job first for post, as gitlab-runner orders them).
+pub fn git_script(
+    job: &JobResponse,
+    vars: &Variables,
+    strategy: GitStrategy,
+    project_dir: &Path,
+    tmp_dir: &Path,
+    pre_hooks: &[String],
+    post_hooks: &[String],
+) -> SourcesScript {
+    let mut warnings = Vec::new();
+    let dir = sh_quote(&project_dir.to_string_lossy());
+    let mut s = super::script::prologue();
+    let remote = split_remote(job.git_info.repo_url.expose());
+    let env = credential_env(&remote);
+    // Hooks are skipped for none/empty, as in gitlab-runner.
+    let with_hooks = matches!(strategy, GitStrategy::Clone | GitStrategy::Fetch);
+    if with_hooks && !pre_hooks.is_empty() {
+        s.push_str(&format!("mkdir -p {dir}\ncd {dir}\n"));
+        for c in pre_hooks {
+            push_command(&mut s, c);
+        }
+        s.push_str("cd /\n");
+    }
+    match strategy {
+        GitStrategy::None => {
+            s.push_str("echo 'Skipping Git repository setup'\n");
+            s.push_str(&format!("mkdir -p {dir}\n"));
+            return SourcesScript {
+                script: s,
+                env,
+                warnings,
+            };
+        }
+        GitStrategy::Empty => {
+            s.push_str(
+                "echo 'Skipping Git repository setup and creating an empty build directory'\n",
+            );
+            s.push_str(&format!("rm -rf {dir}\nmkdir -p {dir}\n"));
+            return SourcesScript {
+                script: s,
+                env,
+                warnings,
+            };
+        }
+        GitStrategy::Clone => {
+            s.push_str(&format!("rm -rf {dir}\n"));
+        }
+        GitStrategy::Fetch => {
+            // Stale locks from a killed job, and config/hooks a previous job may have planted.
+            s.push_str(&format!(
+                "if [ -d {dir}/.git ]; then\n  rm -f {dir}/.git/index.lock {dir}/.git/shallow.lock {dir}/.git/HEAD.lock {dir}/.git/config.lock {dir}/.git/hooks/post-checkout\n  find {dir}/.git/refs -name '*.lock' -delete 2>/dev/null || true\n  rm -rf {dir}/.git/config {dir}/.git/hooks\nfi\n"
+            ));
+        }
+    }
+    let depth: u32 = vars
+        .get("GIT_DEPTH")
+        .and_then(|d| d.trim().parse().ok())
+        .unwrap_or(job.git_info.depth);
+    if depth > 0 {
+        s.push_str(&format!(
+            "echo 'Fetching changes with git depth set to {depth}...'\n"
+        ));
+    } else {
+        s.push_str("echo 'Fetching changes...'\n");
+    }
+    let template = sh_quote(&tmp_dir.join("git-template").to_string_lossy());
+    let object_format = if job.git_info.repo_object_format == "sha256" {
+        " --object-format sha256"
+    } else {
+        ""
+    };
+    s.push_str(&format!(
+        "mkdir -p {dir} {template}\ngit init -q {dir} --template {template}{object_format}\ncd {dir}\n"
+    ));
+    if strategy == GitStrategy::Clone {
+        s.push_str("echo 'Created fresh repository.'\n");
+    }
+    let url = sh_quote(&remote.url);
+    s.push_str(&format!(
+        "if git remote | grep -qx origin; then git remote set-url origin {url}; else git remote add origin {url}; fi\n"
+    ));
+    let mut refspecs: Vec<String> = job.git_info.refspecs.iter().map(|r| sh_quote(r)).collect();
+    if refspecs.is_empty() {
+        refspecs = vec![
+            sh_quote("+refs/heads/*:refs/remotes/origin/*"),
+            sh_quote("+refs/tags/*:refs/tags/*"),
+        ];
+    }
+    let depth_arg = if depth > 0 {
+        format!(" --depth {depth}")
+    } else {
+        String::new()
+    };
+    let extra = flags(vars.get("GIT_FETCH_EXTRA_FLAGS"), "--prune --quiet").join(" ");
+    let unshallow = if depth == 0 {
+        "if [ -f .git/shallow ]; then unshallow=--unshallow; else unshallow=; fi\n"
+    } else {
+        "unshallow=\n"
+    };
+    s.push_str(unshallow);
+    s.push_str(&format!(
+        "GIT_LFS_SKIP_SMUDGE=1 git fetch origin --no-recurse-submodules {}{depth_arg} $unshallow {extra}\n",
+        refspecs.join(" ")
+    ));
+    let checkout = vars.get("GIT_CHECKOUT").map(str::trim).unwrap_or("true");
+    let sha = &job.git_info.sha;
+    let clean = flags(vars.get("GIT_CLEAN_FLAGS"), "-ffdx");
+    if checkout == "false" {
+        s.push_str("echo 'Skipping Git checkout'\n");
+    } else if sha.is_empty() {
+        warnings.push("the job has no commit sha to check out".to_string());
+    } else {
+        let short: String = sha.chars().take(8).collect();
+        s.push_str(&format!(
+            "echo {}\ngit -c submodule.recurse=false checkout -f -q {}\n",
+            sh_quote(&format!(
+                "Checking out {short} as {}...",
+                job.git_info.r#ref
+            )),
+            sh_quote(sha)
+        ));
+        if !clean.is_empty() {
+            s.push_str(&format!("git clean {}\n", clean.join(" ")));
+        }
+    }
+    let sub = vars
+        .get("GIT_SUBMODULE_STRATEGY")
+        .map(str::trim)
+        .unwrap_or("none");
+    match sub {
+        "" | "none" => {}
+        "normal" | "recursive" => {
+            let rec = if sub == "recursive" {
+                " --recursive"
+            } else {
+                ""
+            };
+            let sub_depth = vars
+                .get("GIT_SUBMODULE_DEPTH")
+                .and_then(|d| d.trim().parse::<u32>().ok())
+                .unwrap_or(depth);
+            let sub_depth = if sub_depth > 0 {
+                format!(" --depth {sub_depth}")
+            } else {
+                String::new()
+            };
+            let mut update_flags = Vec::new();
+            for f in vars
+                .get("GIT_SUBMODULE_UPDATE_FLAGS")
+                .unwrap_or("")
+                .split_whitespace()
+            {
+                if simple_flag(f) {
+                    update_flags.push(f.to_string());
+                } else {
+                    warnings.push(format!("ignoring GIT_SUBMODULE_UPDATE_FLAGS entry {f:?}"));
+                }
+            }
+            let upd = if update_flags.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", update_flags.join(" "))
+            };
+            s.push_str(&format!(
+                "echo 'Updating/initializing submodules{}...'\ngit submodule init\ngit submodule sync{rec}\ngit submodule update --init{rec}{sub_depth}{upd}\n",
+                if rec.is_empty() { "" } else { " recursively" }
+            ));
+            let clean_cmd = if clean.is_empty() {
+                String::new()
+            } else {
+                format!("git clean {}; ", clean.join(" "))
+            };
+            s.push_str(&format!(
+                "git submodule foreach{rec} {}\n",
+                sh_quote(&format!("{clean_cmd}git reset --hard"))
+            ));
+        }
+        other => warnings.push(format!(
+            "unknown GIT_SUBMODULE_STRATEGY {other:?}, skipping submodules"
+        )),
+    }
+    if !post_hooks.is_empty() {
+        s.push_str(&format!("cd {dir}\n"));
+        for c in post_hooks {
+            push_command(&mut s, c);
+        }
+    }
+    SourcesScript {
+        script: s,
+        env,
+        warnings,
+    }
+}
+
+/// Files of a local working tree to copy into the job directory (`runner exec`).
+#[derive(Debug, Clone)]
+pub struct LocalTree {
+    /// The working tree.
+    pub root: PathBuf,
+    /// Paths relative to `root`; `None` copies the whole directory.
+    pub files: Option<Vec<PathBuf>>,
+}
+
+/// Copies a local tree into `dest` (blocking; call from `spawn_blocking`). Symlinks are copied
+/// as symlinks, never followed; paths with `..` or absolute paths are skipped. Returns the
+/// number of entries copied.
+pub fn copy_local_tree(tree: &LocalTree, dest: &Path) -> std::io::Result<usize> {
+    std::fs::create_dir_all(dest)?;
+    let rels: Vec<PathBuf> = match &tree.files {
+        Some(f) => f.clone(),
+        None => walkdir::WalkDir::new(&tree.root)
+            .follow_links(false)
+            .min_depth(1)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| !e.file_type().is_dir())
+            .filter_map(|e| {
+                e.path()
+                    .strip_prefix(&tree.root)
+                    .ok()
+                    .map(Path::to_path_buf)
+            })
+            .collect(),
+    };
+    let mut n = 0;
+    for rel in rels {
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            continue;
+        }
+        let src = tree.root.join(&rel);
+        let Ok(meta) = std::fs::symlink_metadata(&src) else {
+            // Listed by git but deleted in the working tree.
+            continue;
+        };
+        let to = dest.join(&rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&src)?;
+            let _ = std::fs::remove_file(&to); // absent is fine
+            std::os::unix::fs::symlink(target, &to)?;
+        } else if meta.is_file() {
+            std::fs::copy(&src, &to)?;
+        } else {
+            continue;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    #[test]
+    fn strategy_defaults() {
+        assert_eq!(GitStrategy::resolve(None, true), Ok(GitStrategy::Fetch));
+        assert_eq!(
+            GitStrategy::resolve(Some(""), false),
+            Ok(GitStrategy::Clone)
+        );
+        assert_eq!(
+            GitStrategy::resolve(Some("none"), false),
+            Ok(GitStrategy::None)
+        );
+        assert!(GitStrategy::resolve(Some("bogus"), false).is_err());
+    }
+
+    #[test]
+    fn remote_without_token_and_header_scoped_to_origin() {
+        let r = split_remote("http://gitlab-ci-token:glcbt-abc123@127.0.0.1:8080/g/demo.git");
+        assert_eq!(r.url, "http://127.0.0.1:8080/g/demo.git");
+        assert_eq!(r.origin.as_deref(), Some("http://127.0.0.1:8080/"));
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode("gitlab-ci-token:glcbt-abc123");
+        assert_eq!(
+            r.auth_header.as_deref(),
+            Some(format!("Authorization: Basic {expected}").as_str())
+        );
+        let env = credential_env(&r);
+        assert!(env.iter().any(
+            |(k, v)| k == "GIT_CONFIG_KEY_0" && v == "http.http://127.0.0.1:8080/.extraHeader"
+        ));
+        assert!(!format!("{r:?}").contains("Basic"));
+        let f = split_remote("file:///tmp/x.git");
+        assert_eq!(f.url, "file:///tmp/x.git");
+        assert!(f.auth_header.is_none());
+    }
+
+    #[test]
+    fn script_never_contains_the_token() {
+        let job = JobResponse {
+            id: 1,
+            token: Secret::new("glcbt-abc123"),
+            git_info: crate::gitlab::types::GitInfo {
+                repo_url: Secret::new("https://gitlab-ci-token:glcbt-abc123@h/g/p.git"),
+                sha: "0123456789abcdef".into(),
+                r#ref: "main".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut v = Variables::new();
+        v.push("GIT_SUBMODULE_STRATEGY", "recursive");
+        v.push("GIT_SUBMODULE_UPDATE_FLAGS", "--remote --jobs=4 ;rm");
+        let s = git_script(
+            &job,
+            &v,
+            GitStrategy::Clone,
+            Path::new("/b/p"),
+            Path::new("/b/p.tmp"),
+            &[],
+            &[],
+        );
+        assert!(!s.script.contains("glcbt-abc123"));
+        assert!(s.script.contains("git remote add origin https://h/g/p.git"));
+        assert!(s.script.contains("Checking out 01234567 as main..."));
+        assert!(
+            s.script
+                .contains("git submodule update --init --recursive --remote --jobs=4\n")
+        );
+        assert_eq!(s.warnings.len(), 1);
+        assert!(s.script.contains("git clean -ffdx"));
+    }
+}
