@@ -439,10 +439,8 @@ fn render_command(bin: &std::path::Path, wait: &str, args: &[String]) -> String 
 /// `IR-<runner8>-<decimal>` or `IR-<runner7>x<hex16>` back to (runner prefix, job id).
 fn parse_chain_name(chain: &str) -> Option<(String, u64)> {
     let rest = chain.strip_prefix(rules::CHAIN_PREFIX)?;
-    if let Some((runner, job)) = rest.rsplit_once('-') {
-        if let Ok(id) = job.parse() {
-            return Some((runner.to_string(), id));
-        }
+    if let Some((runner, Ok(id))) = rest.rsplit_once('-').map(|(r, j)| (r, j.parse())) {
+        return Some((runner.to_string(), id));
     }
     let (runner, hex) = rest.rsplit_once('x')?;
     Some((runner.to_string(), u64::from_str_radix(hex, 16).ok()?))

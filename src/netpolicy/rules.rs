@@ -195,7 +195,7 @@ pub fn validate_iface(name: &str) -> Result<(), Error> {
 ///    so neither the allow list nor the egress policy can reopen it (S4).
 /// 4. Allowed endpoints (GitLab, cache): accept, even when they live on the host.
 /// 5. Host: drop each address the host has now, then anything the kernel calls local,
-///    broadcast or multicast at packet time (addresses added after install, H8).
+///    broadcast (v4) or multicast at packet time (addresses added after install, H8).
 /// 6. v4 only: drop the whole runner address pool (other jobs' bridges, J1); the job's own
 ///    subnet was already accepted in 2.
 /// 7. Egress: `Allow` returns to Docker's own rules; `Deny` drops; `AllowList` returns for the
@@ -265,7 +265,12 @@ fn plan_family(input: &PlanInput<'_>, family: Family, chain: &str, comment: &str
     for ip in locals {
         rules.push(rule(&["-d", &host_cidr(ip, family)], "DROP"));
     }
-    for kind in ["LOCAL", "BROADCAST", "MULTICAST"] {
+    // IPv6 has no broadcast address type (the kernel rejects the match).
+    let kinds: &[&str] = match family {
+        Family::V4 => &["LOCAL", "BROADCAST", "MULTICAST"],
+        Family::V6 => &["LOCAL", "MULTICAST"],
+    };
+    for kind in kinds {
         rules.push(rule(&["-m", "addrtype", "--dst-type", kind], "DROP"));
     }
 
@@ -386,29 +391,36 @@ pub struct JumpLine {
     /// The arguments after `-A <hook>`, ready for `-D <hook> …`.
     pub spec: Vec<String>,
     /// Runner and job from the comment, when present.
-    pub owner: Option<(String, u64)>,
+    pub owner: Option<Owner>,
 }
+
+/// `(runner_id, job_id)` read from a comment.
+pub type Owner = (String, u64);
+
+/// One of our chains seen in `iptables -S`, with its owner when a rule's comment names it.
+pub type ChainLine = (String, Option<Owner>);
 
 /// Parses `iptables -S` output into our chains (`-N IR-…`), with the owner found in any of
 /// their rules' comments, and the jumps into them.
-pub fn parse_listing(text: &str) -> (Vec<(String, Option<(String, u64)>)>, Vec<JumpLine>) {
-    let mut chains: Vec<(String, Option<(String, u64)>)> = Vec::new();
+pub fn parse_listing(text: &str) -> (Vec<ChainLine>, Vec<JumpLine>) {
+    let mut chains: Vec<ChainLine> = Vec::new();
     let mut jumps = Vec::new();
     for line in text.lines() {
         let words = split_rule_line(line);
         match words.as_slice() {
-            [n, name] if n == "-N" && name.starts_with(CHAIN_PREFIX) => {
-                if !chains.iter().any(|(c, _)| c == name) {
-                    chains.push((name.clone(), None));
-                }
+            [n, name]
+                if n == "-N"
+                    && name.starts_with(CHAIN_PREFIX)
+                    && !chains.iter().any(|(c, _)| c == name) =>
+            {
+                chains.push((name.clone(), None));
             }
             [a, chain, rest @ ..] if a == "-A" => {
                 let owner = comment_in(rest).and_then(|c| parse_comment(&c));
                 if chain.starts_with(CHAIN_PREFIX) {
-                    if let Some(entry) = chains.iter_mut().find(|(c, _)| c == chain) {
-                        if entry.1.is_none() {
-                            entry.1 = owner;
-                        }
+                    if let Some(entry) = chains.iter_mut().find(|(c, o)| c == chain && o.is_none())
+                    {
+                        entry.1 = owner;
                     }
                     continue;
                 }
@@ -557,7 +569,6 @@ mod tests {
                 "-d ::1/128 -j DROP",
                 "-d fd00::2/128 -j DROP",
                 "-m addrtype --dst-type LOCAL -j DROP",
-                "-m addrtype --dst-type BROADCAST -j DROP",
                 "-m addrtype --dst-type MULTICAST -j DROP",
                 "-j RETURN",
             ]
