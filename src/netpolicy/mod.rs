@@ -1,1 +1,501 @@
 //! Host-side network rules per job bridge.
+//!
+//! Each job's bridge gets one iptables chain per family (`IR-<runner8>-<jobid>`), jumped to from
+//! the forward hook (`DOCKER-USER`, or `FORWARD` where Docker does not manage that family) and
+//! from `INPUT` with `-i <bridge>`. The chain keeps the job away from the host (H8), from other
+//! jobs' bridges (J1) and from metadata addresses (S4), then applies the configured egress
+//! policy. Every rule carries the comment `isolated-runner runner=<id> job=<id>`, so the reaper
+//! and `runner cleanup` find rules of runners that died.
+//!
+//! The rules themselves are built by the pure functions in [`rules`]; this file only gathers
+//! the inputs (local addresses, which hooks exist) and runs the commands. See
+//! `docs/network-policy.md`.
+//!
+//! ```no_run
+//! # async fn demo(cfg: &isolated_runner::config::IsolationConfig) -> Result<(), isolated_runner::netpolicy::Error> {
+//! use isolated_runner::netpolicy::{Endpoint, JobNet, NetPolicy, Options};
+//! let policy = NetPolicy::new(Options::new("a1b2c3d4e5", cfg.address_pool));
+//! let job = JobNet {
+//!     job_id: 42,
+//!     bridge_iface: "br-0123456789ab".into(),
+//!     subnet: "10.213.0.16/28".parse().unwrap(),
+//!     allow: vec![Endpoint::tcp("192.0.2.10:443".parse().unwrap())],
+//! };
+//! policy.install(&job, &cfg.egress).await?; // after the bridge exists, before the job starts
+//! policy.remove(42).await?; // on teardown; idempotent
+//! # Ok(()) }
+//! ```
+
+pub mod rules;
+
+use crate::config::Egress;
+use ipnet::Ipv4Net;
+use rules::{Family, InstallPlan, PlanInput};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Errors of the network policy.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An iptables command exited non-zero.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The full command line.
+        command: String,
+        /// Exit status.
+        status: String,
+        /// What the command printed on stderr (trimmed).
+        stderr: String,
+    },
+    /// An iptables binary could not be started.
+    #[error("could not run `{command}`")]
+    Spawn {
+        /// The full command line.
+        command: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An iptables command did not finish in time (xtables lock held elsewhere, hung kernel).
+    #[error("`{command}` did not finish within {waited:?}")]
+    Timeout {
+        /// The full command line.
+        command: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The runner id cannot be used in chain names and comments.
+    #[error(
+        "runner id {0:?} cannot be used in firewall rules (1-64 characters of A-Z, a-z, 0-9, '_', '-')"
+    )]
+    InvalidRunnerId(String),
+    /// The bridge interface name is not a plain interface name.
+    #[error("bridge interface name {0:?} is not a valid interface name")]
+    InvalidInterface(String),
+    /// The host's addresses could not be read.
+    #[error("could not read the host's addresses")]
+    LocalAddresses(#[source] std::io::Error),
+    /// Installing failed, and rolling the half-installed rules back failed too.
+    #[error("{install}; rolling back also failed: {rollback}")]
+    RollbackFailed {
+        /// The install error.
+        install: Box<Error>,
+        /// The rollback error.
+        rollback: Box<Error>,
+    },
+}
+
+/// A transport protocol for [`Endpoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP (DNS, for example).
+    Udp,
+}
+
+/// One address and port a job may reach even when it is on the host or egress is denied:
+/// GitLab, the cache, a registry mirror. Resolved to an IP by the caller, so a DNS answer
+/// cannot widen the policy after it was installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Address and port.
+    pub addr: SocketAddr,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+impl Endpoint {
+    /// A TCP endpoint.
+    pub fn tcp(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    /// A UDP endpoint.
+    pub fn udp(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            protocol: Protocol::Udp,
+        }
+    }
+}
+
+/// The network of one job, as the Docker backend created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobNet {
+    /// GitLab job id.
+    pub job_id: u64,
+    /// Host-side bridge interface (`br-<first 12 hex of the network id>`).
+    pub bridge_iface: String,
+    /// The network's subnet.
+    pub subnet: Ipv4Net,
+    /// Endpoints the job needs (GitLab, cache, mirror).
+    pub allow: Vec<Endpoint>,
+}
+
+/// How to reach the firewall and who we are.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `iptables` binary (the one Docker uses; on this host the nf_tables one).
+    pub iptables: PathBuf,
+    /// `ip6tables` binary; `None` skips IPv6 (only for hosts without IPv6 support).
+    pub ip6tables: Option<PathBuf>,
+    /// This runner's id; its first 8 characters go into chain names.
+    pub runner_id: String,
+    /// Where all job bridges are carved from (`address_pool` of the isolation config).
+    pub address_pool: Ipv4Net,
+    /// Upper bound for one iptables call, including waiting for the xtables lock.
+    pub command_timeout: Duration,
+}
+
+impl Options {
+    /// `iptables` and `ip6tables` from `PATH`, a 30 s command timeout.
+    pub fn new(runner_id: impl Into<String>, address_pool: Ipv4Net) -> Self {
+        Options {
+            iptables: PathBuf::from("iptables"),
+            ip6tables: Some(PathBuf::from("ip6tables")),
+            runner_id: runner_id.into(),
+            address_pool,
+            command_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A job chain found on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledRule {
+    /// Job id.
+    pub job_id: u64,
+    /// Runner id from the rules' comments; only the chain name's 8-character prefix when the
+    /// chain is empty (a crash between creating and filling it).
+    pub runner_id: String,
+    /// Chain name.
+    pub chain: String,
+    /// Families holding the chain.
+    pub families: Vec<Family>,
+}
+
+/// Installs and removes per-job rules. Cheap to share; holds no state besides its options.
+#[derive(Debug, Clone)]
+pub struct NetPolicy {
+    opts: Options,
+}
+
+impl NetPolicy {
+    /// A policy handle. Nothing is checked until the first call.
+    pub fn new(opts: Options) -> Self {
+        NetPolicy { opts }
+    }
+
+    /// This handle's options.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// The chain name this runner uses for `job_id`.
+    pub fn chain_for(&self, job_id: u64) -> Result<String, Error> {
+        rules::chain_name(&self.opts.runner_id, job_id)
+    }
+
+    /// Installs the job's rules in both families. Call after the bridge exists and before any
+    /// job container starts. Re-installing for the same job replaces the old rules.
+    ///
+    /// On error, whatever was installed is removed again before returning.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future halfway can leave a chain (with or without its
+    /// jumps). Such chains carry our name and comment, so [`NetPolicy::remove`] or the reaper
+    /// ([`NetPolicy::list_installed`]) removes them.
+    pub async fn install(&self, job: &JobNet, egress: &Egress) -> Result<(), Error> {
+        let plan = self.plan(job, egress).await?;
+        // A chain left by an earlier attempt for this job would make `-N` fail.
+        self.remove(job.job_id).await?;
+        match self.apply(&plan).await {
+            Ok(()) => {
+                tracing::debug!(job.id = job.job_id, chain = %plan.chain, bridge = %job.bridge_iface, "network policy installed");
+                Ok(())
+            }
+            Err(install) => match self.remove(job.job_id).await {
+                Ok(()) => Err(install),
+                Err(rollback) => Err(Error::RollbackFailed {
+                    install: Box::new(install),
+                    rollback: Box::new(rollback),
+                }),
+            },
+        }
+    }
+
+    /// Builds the plan [`NetPolicy::install`] would run, reading the host's addresses and
+    /// hooks but changing nothing (used by `doctor` and the docs).
+    pub async fn plan(&self, job: &JobNet, egress: &Egress) -> Result<InstallPlan, Error> {
+        let locals = local_addresses().await?;
+        let hook_v4 = self.forward_hook(Family::V4).await?;
+        let hook_v6 = match self.opts.ip6tables {
+            Some(_) => self.forward_hook(Family::V6).await?,
+            None => "FORWARD",
+        };
+        rules::plan_install(&PlanInput {
+            runner_id: &self.opts.runner_id,
+            job_id: job.job_id,
+            bridge_iface: &job.bridge_iface,
+            subnet: job.subnet,
+            address_pool: self.opts.address_pool,
+            allow: &job.allow,
+            local_addrs: &locals,
+            egress,
+            forward_hook_v4: hook_v4,
+            forward_hook_v6: hook_v6,
+        })
+    }
+
+    async fn apply(&self, plan: &InstallPlan) -> Result<(), Error> {
+        for family in self.families() {
+            let fp = plan.family(family);
+            self.run(family, &fp.create).await?;
+            for rule in &fp.rules {
+                self.run(family, rule).await?;
+            }
+        }
+        // Jumps last, in every family, so no packet meets a chain that is still being built.
+        for family in self.families() {
+            for jump in &plan.family(family).jumps {
+                self.run(family, jump).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes this runner's rules for `job_id` from both families. Removing rules that are
+    /// not there is not an error.
+    pub async fn remove(&self, job_id: u64) -> Result<(), Error> {
+        let chain = self.chain_for(job_id)?;
+        for family in self.families() {
+            self.remove_chain_in(family, &chain).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes one chain found by [`NetPolicy::list_installed`], whichever runner made it.
+    pub async fn remove_installed(&self, rule: &InstalledRule) -> Result<(), Error> {
+        for family in self.families() {
+            self.remove_chain_in(family, &rule.chain).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every chain of `runner_id` (this runner or a dead one). Returns what it removed.
+    pub async fn remove_all_for_runner(
+        &self,
+        runner_id: &str,
+    ) -> Result<Vec<InstalledRule>, Error> {
+        rules::validate_runner_id(runner_id)?;
+        let mut removed = Vec::new();
+        for rule in self.list_installed().await? {
+            let by_name = rules::chain_name(runner_id, rule.job_id)
+                .map(|c| c == rule.chain)
+                .unwrap_or(false);
+            if rule.runner_id == runner_id || by_name {
+                self.remove_installed(&rule).await?;
+                removed.push(rule);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Every job chain on the host made by any isolated-runner (any runner id), with its owner.
+    pub async fn list_installed(&self) -> Result<Vec<InstalledRule>, Error> {
+        let mut found: Vec<InstalledRule> = Vec::new();
+        for family in self.families() {
+            let text = self.run(family, &["-S".to_string()]).await?;
+            let (chains, jumps) = rules::parse_listing(&text);
+            for (chain, owner) in chains {
+                // Empty chains have no comment: fall back to the jumps, then to the name.
+                let owner = owner
+                    .or_else(|| {
+                        jumps
+                            .iter()
+                            .find(|j| j.target == chain)
+                            .and_then(|j| j.owner.clone())
+                    })
+                    .or_else(|| parse_chain_name(&chain));
+                let Some((runner_id, job_id)) = owner else {
+                    continue;
+                };
+                match found.iter_mut().find(|r| r.chain == chain) {
+                    Some(existing) => existing.families.push(family),
+                    None => found.push(InstalledRule {
+                        job_id,
+                        runner_id,
+                        chain,
+                        families: vec![family],
+                    }),
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn remove_chain_in(&self, family: Family, chain: &str) -> Result<(), Error> {
+        let text = self.run(family, &["-S".to_string()]).await?;
+        let (chains, jumps) = rules::parse_listing(&text);
+        for jump in jumps.iter().filter(|j| j.target == chain) {
+            let mut args = vec!["-D".to_string(), jump.hook.clone()];
+            args.extend(jump.spec.iter().cloned());
+            if let Err(e) = self.run(family, &args).await {
+                // A concurrent remove may have won the race; only a jump still present is an
+                // error.
+                let again = self.run(family, &["-S".to_string()]).await?;
+                let (_, still) = rules::parse_listing(&again);
+                if still.contains(jump) {
+                    return Err(e);
+                }
+            }
+        }
+        if chains.iter().any(|(c, _)| c == chain) {
+            // The nf_tables backend refuses to delete a chain that still has rules.
+            self.run(family, &["-F".to_string(), chain.to_string()])
+                .await?;
+            self.run(family, &["-X".to_string(), chain.to_string()])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `DOCKER-USER` when Docker manages this family, `FORWARD` otherwise.
+    async fn forward_hook(&self, family: Family) -> Result<&'static str, Error> {
+        let args = ["-S".to_string(), "DOCKER-USER".to_string()];
+        match self.run(family, &args).await {
+            Ok(_) => Ok("DOCKER-USER"),
+            Err(Error::Command { .. }) => Ok("FORWARD"),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn families(&self) -> Vec<Family> {
+        match self.opts.ip6tables {
+            Some(_) => Family::ALL.to_vec(),
+            None => vec![Family::V4],
+        }
+    }
+
+    fn binary(&self, family: Family) -> &std::path::Path {
+        match (family, &self.opts.ip6tables) {
+            (Family::V6, Some(p)) => p,
+            _ => &self.opts.iptables,
+        }
+    }
+
+    /// Runs one iptables command with `-w` and returns its stdout. Argument vectors only: no
+    /// shell ever sees a job-derived value.
+    async fn run(&self, family: Family, args: &[String]) -> Result<String, Error> {
+        let bin = self.binary(family);
+        let wait = self.opts.command_timeout.as_secs().max(1).to_string();
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.arg("-w").arg(&wait).args(args).kill_on_drop(true);
+        cmd.stdin(std::process::Stdio::null());
+        let command = render_command(bin, &wait, args);
+        let out = match tokio::time::timeout(self.opts.command_timeout, cmd.output()).await {
+            Err(_) => {
+                return Err(Error::Timeout {
+                    command,
+                    waited: self.opts.command_timeout,
+                });
+            }
+            Ok(Err(source)) => return Err(Error::Spawn { command, source }),
+            Ok(Ok(out)) => out,
+        };
+        if !out.status.success() {
+            return Err(Error::Command {
+                command,
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// The command line as a person would type it, for error messages.
+fn render_command(bin: &std::path::Path, wait: &str, args: &[String]) -> String {
+    let mut parts = vec![
+        bin.display().to_string(),
+        "-w".to_string(),
+        wait.to_string(),
+    ];
+    parts.extend(args.iter().map(|a| {
+        if a.is_empty() || a.contains(char::is_whitespace) {
+            format!("\"{a}\"")
+        } else {
+            a.clone()
+        }
+    }));
+    parts.join(" ")
+}
+
+/// `IR-<runner8>-<decimal>` or `IR-<runner7>x<hex16>` back to (runner prefix, job id).
+fn parse_chain_name(chain: &str) -> Option<(String, u64)> {
+    let rest = chain.strip_prefix(rules::CHAIN_PREFIX)?;
+    if let Some((runner, Ok(id))) = rest.rsplit_once('-').map(|(r, j)| (r, j.parse())) {
+        return Some((runner.to_string(), id));
+    }
+    let (runner, hex) = rest.rsplit_once('x')?;
+    Some((runner.to_string(), u64::from_str_radix(hex, 16).ok()?))
+}
+
+/// Every address configured on the host now, read from the kernel (getifaddrs).
+pub async fn local_addresses() -> Result<Vec<IpAddr>, Error> {
+    let joined = tokio::task::spawn_blocking(|| {
+        let mut out = Vec::new();
+        for ifa in nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)? {
+            let Some(addr) = ifa.address else { continue };
+            if let Some(v4) = addr.as_sockaddr_in() {
+                out.push(IpAddr::V4(v4.ip()));
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                out.push(IpAddr::V6(v6.ip()));
+            }
+        }
+        Ok::<_, std::io::Error>(out)
+    })
+    .await
+    .map_err(|e| Error::LocalAddresses(std::io::Error::other(e)))?;
+    joined.map_err(Error::LocalAddresses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_names_parse_back() {
+        assert_eq!(
+            parse_chain_name("IR-abcdef12-4242"),
+            Some(("abcdef12".to_string(), 4242))
+        );
+        let huge = rules::chain_name("abcdefgh", u64::MAX).unwrap();
+        assert_eq!(
+            parse_chain_name(&huge),
+            Some(("abcdefg".to_string(), u64::MAX))
+        );
+        assert_eq!(parse_chain_name("DOCKER-USER"), None);
+    }
+
+    #[test]
+    fn commands_render_with_quotes() {
+        let s = render_command(
+            std::path::Path::new("iptables"),
+            "30",
+            &["-A".into(), "X".into(), "--comment".into(), "a b".into()],
+        );
+        assert_eq!(s, "iptables -w 30 -A X --comment \"a b\"");
+    }
+
+    #[tokio::test]
+    async fn reads_loopback_among_local_addresses() {
+        let addrs = local_addresses().await.unwrap();
+        assert!(addrs.contains(&IpAddr::from([127, 0, 0, 1])), "{addrs:?}");
+    }
+}

@@ -1,7 +1,8 @@
-//! Shared helpers for integration tests.
+//! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
 pub mod local_backend;
+pub mod netns;
 
 use std::time::Duration;
 

@@ -1,0 +1,770 @@
+//! Pure rule construction: inputs in, iptables argument vectors out. No I/O here, so every
+//! ordering and coverage property is checked by unit tests without touching the host firewall.
+
+use super::{Endpoint, Error, Protocol};
+use crate::config::Egress;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use std::net::IpAddr;
+
+/// Prefix of every chain this runner creates; `list_installed` only looks at these.
+pub const CHAIN_PREFIX: &str = "IR-";
+
+/// Longest chain name iptables accepts (`XT_EXTENSION_MAXNAMELEN` minus the NUL).
+pub const MAX_CHAIN_LEN: usize = 28;
+
+/// First word of the comment on every rule we install; what `list_installed` greps for.
+pub const COMMENT_TAG: &str = "isolated-runner";
+
+/// Characters of the runner id kept in chain names.
+const RUNNER_ID_CHARS: usize = 8;
+
+/// Longest runner id accepted; comments are capped at 256 bytes by the kernel.
+const MAX_RUNNER_ID_LEN: usize = 64;
+
+/// IPv4 link-local, which holds every cloud's metadata service (S4).
+pub const METADATA_V4: &str = "169.254.0.0/16";
+
+/// AWS's IPv6 metadata address (S4, residual noted in the threat model).
+pub const METADATA_V6: &str = "fd00:ec2::254/128";
+
+/// IPv6 link-local: never routed, so anything that reaches it from a job targets the host.
+pub const LINK_LOCAL_V6: &str = "fe80::/10";
+
+/// An address family, each with its own binary and tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `iptables`.
+    V4,
+    /// `ip6tables`.
+    V6,
+}
+
+impl Family {
+    /// Both families, v4 first.
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    fn contains(self, ip: &IpAddr) -> bool {
+        matches!(
+            (self, ip),
+            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
+        )
+    }
+
+    fn host_prefix(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+}
+
+/// Everything rule construction needs, gathered by the caller.
+#[derive(Debug, Clone)]
+pub struct PlanInput<'a> {
+    /// Full runner id (goes into comments; its first 8 characters into the chain name).
+    pub runner_id: &'a str,
+    /// GitLab job id.
+    pub job_id: u64,
+    /// The job's bridge interface on the host (`br-…`).
+    pub bridge_iface: &'a str,
+    /// The job's own subnet.
+    pub subnet: Ipv4Net,
+    /// Where all runner bridges are carved from.
+    pub address_pool: Ipv4Net,
+    /// Endpoints the job may reach even on the host or with egress denied.
+    pub allow: &'a [Endpoint],
+    /// Addresses configured on the host right now.
+    pub local_addrs: &'a [IpAddr],
+    /// Internet policy for everything not decided earlier.
+    pub egress: &'a Egress,
+    /// Chain that sees forwarded traffic first, per family (`DOCKER-USER`, or `FORWARD` where
+    /// Docker does not manage that family).
+    pub forward_hook_v4: &'a str,
+    /// As `forward_hook_v4`, for IPv6.
+    pub forward_hook_v6: &'a str,
+}
+
+/// The commands that install one job's policy, per family, in execution order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallPlan {
+    /// The per-job chain name (same in both families).
+    pub chain: String,
+    /// The comment carried by every rule (`isolated-runner runner=<id> job=<id>`).
+    pub comment: String,
+    /// IPv4 commands.
+    pub v4: FamilyPlan,
+    /// IPv6 commands.
+    pub v6: FamilyPlan,
+}
+
+impl InstallPlan {
+    /// The commands of one family.
+    pub fn family(&self, family: Family) -> &FamilyPlan {
+        match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+}
+
+/// One family's commands: create the chain, fill it, then hook it in. Traffic meets the chain
+/// only once the jumps exist, and the jumps come last, so there is never a half-built policy
+/// in the path of a packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyPlan {
+    /// `-N <chain>`.
+    pub create: Vec<String>,
+    /// `-A <chain> …`, in order.
+    pub rules: Vec<Vec<String>>,
+    /// `-I <hook> 1 -i <bridge> … -j <chain>`: forward hook first, then INPUT.
+    pub jumps: Vec<Vec<String>>,
+}
+
+/// The chain name for a job: `IR-<runner8>-<jobid>`, at most 28 characters. Job ids longer
+/// than 16 decimal digits (far beyond any GitLab instance today) switch to
+/// `IR-<runner7>x<hex16>` so the name still fits; comments always carry the exact ids.
+pub fn chain_name(runner_id: &str, job_id: u64) -> Result<String, Error> {
+    validate_runner_id(runner_id)?;
+    let short: String = runner_id.chars().take(RUNNER_ID_CHARS).collect();
+    let decimal = format!("{CHAIN_PREFIX}{short}-{job_id}");
+    if decimal.len() <= MAX_CHAIN_LEN {
+        return Ok(decimal);
+    }
+    let shorter: String = runner_id.chars().take(RUNNER_ID_CHARS - 1).collect();
+    Ok(format!("{CHAIN_PREFIX}{shorter}x{job_id:016x}"))
+}
+
+/// The comment on every rule of a job: findable with `iptables -S | grep`, parsed back by
+/// [`parse_comment`].
+pub fn comment(runner_id: &str, job_id: u64) -> String {
+    format!("{COMMENT_TAG} runner={runner_id} job={job_id}")
+}
+
+/// Reads `(runner_id, job_id)` back from one of our comments.
+pub fn parse_comment(text: &str) -> Option<(String, u64)> {
+    let mut words = text.split_whitespace();
+    if words.next()? != COMMENT_TAG {
+        return None;
+    }
+    let runner = words.next()?.strip_prefix("runner=")?;
+    let job = words.next()?.strip_prefix("job=")?.parse().ok()?;
+    if words.next().is_some() || validate_runner_id(runner).is_err() {
+        return None;
+    }
+    Some((runner.to_string(), job))
+}
+
+/// Runner ids go into chain names and comments, so only a safe alphabet is allowed.
+pub fn validate_runner_id(runner_id: &str) -> Result<(), Error> {
+    let ok = !runner_id.is_empty()
+        && runner_id.len() <= MAX_RUNNER_ID_LEN
+        && runner_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidRunnerId(runner_id.to_string()))
+    }
+}
+
+/// Interface names come from Docker; refuse anything iptables could misread as an option or a
+/// wildcard (`+`), since a wildcard jump would filter other bridges too.
+pub fn validate_iface(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInterface(name.to_string()))
+    }
+}
+
+/// Builds the full install plan.
+///
+/// Chain order (first match wins), the same chain for forwarded traffic and for traffic to
+/// the host, per family:
+/// 1. ESTABLISHED,RELATED: accept (replies to the runner's own connections into the job).
+/// 2. `-o <bridge>`: accept. Intra-bridge traffic (job, sidecar, services). Never matches on the
+///    INPUT path, which has no output interface, so it cannot open the gateway address.
+/// 3. Metadata: drop 169.254.0.0/16 (v4), fd00:ec2::254 and fe80::/10 (v6). Before any accept,
+///    so neither the allow list nor the egress policy can reopen it (S4).
+/// 4. Allowed endpoints (GitLab, cache): accept, even when they live on the host.
+/// 5. Host: drop each address the host has now, then anything the kernel calls local,
+///    broadcast (v4) or multicast at packet time (addresses added after install, H8).
+/// 6. v4 only: drop the whole runner address pool (other jobs' bridges, J1); the job's own
+///    subnet was already accepted in 2.
+/// 7. Egress: `Allow` returns to Docker's own rules; `Deny` drops; `AllowList` returns for the
+///    listed CIDRs and drops the rest. Returning rather than accepting keeps Docker's
+///    inter-network isolation in force for networks outside our pool.
+pub fn plan_install(input: &PlanInput<'_>) -> Result<InstallPlan, Error> {
+    validate_iface(input.bridge_iface)?;
+    let chain = chain_name(input.runner_id, input.job_id)?;
+    let comment = comment(input.runner_id, input.job_id);
+    let v4 = plan_family(input, Family::V4, &chain, &comment);
+    let v6 = plan_family(input, Family::V6, &chain, &comment);
+    Ok(InstallPlan {
+        chain,
+        comment,
+        v4,
+        v6,
+    })
+}
+
+fn plan_family(input: &PlanInput<'_>, family: Family, chain: &str, comment: &str) -> FamilyPlan {
+    let rule = |matches: &[&str], verdict: &str| -> Vec<String> {
+        let mut args = vec!["-A".to_string(), chain.to_string()];
+        args.extend(matches.iter().map(|s| s.to_string()));
+        args.extend(comment_args(comment));
+        args.push("-j".to_string());
+        args.push(verdict.to_string());
+        args
+    };
+    let mut rules = Vec::new();
+
+    rules.push(rule(
+        &["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"],
+        "ACCEPT",
+    ));
+    rules.push(rule(&["-o", input.bridge_iface], "ACCEPT"));
+
+    match family {
+        Family::V4 => rules.push(rule(&["-d", METADATA_V4], "DROP")),
+        Family::V6 => {
+            rules.push(rule(&["-d", METADATA_V6], "DROP"));
+            rules.push(rule(&["-d", LINK_LOCAL_V6], "DROP"));
+        }
+    }
+
+    for ep in input
+        .allow
+        .iter()
+        .filter(|ep| family.contains(&ep.addr.ip()))
+    {
+        let dst = host_cidr(ep.addr.ip(), family);
+        let port = ep.addr.port().to_string();
+        let proto = match ep.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        rules.push(rule(&["-d", &dst, "-p", proto, "--dport", &port], "ACCEPT"));
+    }
+
+    let mut locals: Vec<IpAddr> = input
+        .local_addrs
+        .iter()
+        .filter(|ip| family.contains(ip) && !covered_by_metadata_rules(ip))
+        .copied()
+        .collect();
+    locals.sort();
+    locals.dedup();
+    for ip in locals {
+        rules.push(rule(&["-d", &host_cidr(ip, family)], "DROP"));
+    }
+    // IPv6 has no broadcast address type (the kernel rejects the match).
+    let kinds: &[&str] = match family {
+        Family::V4 => &["LOCAL", "BROADCAST", "MULTICAST"],
+        Family::V6 => &["LOCAL", "MULTICAST"],
+    };
+    for kind in kinds {
+        rules.push(rule(&["-m", "addrtype", "--dst-type", kind], "DROP"));
+    }
+
+    if family == Family::V4 {
+        rules.push(rule(&["-d", &input.address_pool.to_string()], "DROP"));
+    }
+
+    match input.egress {
+        Egress::Allow => rules.push(rule(&[], "RETURN")),
+        Egress::Deny => rules.push(rule(&[], "DROP")),
+        Egress::AllowList(cidrs) => {
+            for net in cidrs.iter().filter(|n| family.contains(&n.addr())) {
+                rules.push(rule(&["-d", &net.trunc().to_string()], "RETURN"));
+            }
+            rules.push(rule(&[], "DROP"));
+        }
+    }
+
+    let forward_hook = match family {
+        Family::V4 => input.forward_hook_v4,
+        Family::V6 => input.forward_hook_v6,
+    };
+    let jumps = [forward_hook, "INPUT"]
+        .iter()
+        .map(|hook| {
+            let mut args = vec![
+                "-I".to_string(),
+                hook.to_string(),
+                "1".to_string(),
+                "-i".to_string(),
+                input.bridge_iface.to_string(),
+            ];
+            args.extend(comment_args(comment));
+            args.push("-j".to_string());
+            args.push(chain.to_string());
+            args
+        })
+        .collect();
+
+    FamilyPlan {
+        create: vec!["-N".to_string(), chain.to_string()],
+        rules,
+        jumps,
+    }
+}
+
+fn comment_args(comment: &str) -> [String; 4] {
+    [
+        "-m".to_string(),
+        "comment".to_string(),
+        "--comment".to_string(),
+        comment.to_string(),
+    ]
+}
+
+fn host_cidr(ip: IpAddr, family: Family) -> String {
+    format!("{ip}/{}", family.host_prefix())
+}
+
+/// Local addresses already dropped by the metadata rules need no rule of their own.
+fn covered_by_metadata_rules(ip: &IpAddr) -> bool {
+    let (Ok(meta4), Ok(ll6)) = (
+        METADATA_V4.parse::<Ipv4Net>(),
+        LINK_LOCAL_V6.parse::<Ipv6Net>(),
+    ) else {
+        return false;
+    };
+    match ip {
+        IpAddr::V4(v4) => meta4.contains(v4),
+        IpAddr::V6(v6) => ll6.contains(v6),
+    }
+}
+
+/// Splits one line of `iptables -S` into words, honouring the double quotes iptables puts
+/// around comments.
+pub fn split_rule_line(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_quotes = false;
+    let mut has_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if in_quotes => {
+                if let Some(next) = chars.next() {
+                    cur.push(next);
+                }
+            }
+            '"' => {
+                in_quotes = !in_quotes;
+                has_word = true;
+            }
+            c if c.is_whitespace() && !in_quotes => {
+                if has_word {
+                    words.push(std::mem::take(&mut cur));
+                    has_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                has_word = true;
+            }
+        }
+    }
+    if has_word {
+        words.push(cur);
+    }
+    words
+}
+
+/// A rule line seen in `iptables -S` output that jumps to one of our chains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JumpLine {
+    /// Chain holding the jump (`DOCKER-USER`, `FORWARD`, `INPUT`).
+    pub hook: String,
+    /// Our chain it jumps to.
+    pub target: String,
+    /// The arguments after `-A <hook>`, ready for `-D <hook> …`.
+    pub spec: Vec<String>,
+    /// Runner and job from the comment, when present.
+    pub owner: Option<Owner>,
+}
+
+/// `(runner_id, job_id)` read from a comment.
+pub type Owner = (String, u64);
+
+/// One of our chains seen in `iptables -S`, with its owner when a rule's comment names it.
+pub type ChainLine = (String, Option<Owner>);
+
+/// Parses `iptables -S` output into our chains (`-N IR-…`), with the owner found in any of
+/// their rules' comments, and the jumps into them.
+pub fn parse_listing(text: &str) -> (Vec<ChainLine>, Vec<JumpLine>) {
+    let mut chains: Vec<ChainLine> = Vec::new();
+    let mut jumps = Vec::new();
+    for line in text.lines() {
+        let words = split_rule_line(line);
+        match words.as_slice() {
+            [n, name]
+                if n == "-N"
+                    && name.starts_with(CHAIN_PREFIX)
+                    && !chains.iter().any(|(c, _)| c == name) =>
+            {
+                chains.push((name.clone(), None));
+            }
+            [a, chain, rest @ ..] if a == "-A" => {
+                let owner = comment_in(rest).and_then(|c| parse_comment(&c));
+                if chain.starts_with(CHAIN_PREFIX) {
+                    if let Some(entry) = chains.iter_mut().find(|(c, o)| c == chain && o.is_none())
+                    {
+                        entry.1 = owner;
+                    }
+                    continue;
+                }
+                let target = rest
+                    .windows(2)
+                    .find(|w| w[0] == "-j" || w[0] == "-g")
+                    .map(|w| w[1].clone());
+                if let Some(target) = target.filter(|t| t.starts_with(CHAIN_PREFIX)) {
+                    jumps.push(JumpLine {
+                        hook: chain.clone(),
+                        target,
+                        spec: rest.to_vec(),
+                        owner,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    (chains, jumps)
+}
+
+fn comment_in(words: &[String]) -> Option<String> {
+    words
+        .windows(2)
+        .find(|w| w[0] == "--comment")
+        .map(|w| w[1].clone())
+}
+
+/// Whether a CIDR belongs to a family (used by callers validating allow lists).
+pub fn net_family(net: &IpNet) -> Family {
+    match net {
+        IpNet::V4(_) => Family::V4,
+        IpNet::V6(_) => Family::V6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    const BR: &str = "br-0123456789ab";
+
+    fn input<'a>(egress: &'a Egress, allow: &'a [Endpoint], locals: &'a [IpAddr]) -> PlanInput<'a> {
+        PlanInput {
+            runner_id: "abcdef123456",
+            job_id: 4242,
+            bridge_iface: BR,
+            subnet: "10.213.0.16/28".parse().unwrap(),
+            address_pool: "10.213.0.0/16".parse().unwrap(),
+            allow,
+            local_addrs: locals,
+            egress,
+            forward_hook_v4: "DOCKER-USER",
+            forward_hook_v6: "FORWARD",
+        }
+    }
+
+    fn locals() -> Vec<IpAddr> {
+        [
+            "127.0.0.1",
+            "192.0.2.2",
+            "10.213.0.17",
+            "169.254.1.1",
+            "::1",
+            "fd00::2",
+            "fe80::1",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect()
+    }
+
+    /// The rule's match words and verdict, without `-A <chain>` and the comment.
+    fn shape(args: &[String]) -> String {
+        let mut out = Vec::new();
+        let mut skip = 0;
+        for (i, a) in args.iter().enumerate() {
+            if i < 2 {
+                continue;
+            }
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            if a == "-m" && args.get(i + 1).map(String::as_str) == Some("comment") {
+                skip = 3;
+                continue;
+            }
+            out.push(a.as_str());
+        }
+        out.join(" ")
+    }
+
+    fn shapes(plan: &FamilyPlan) -> Vec<String> {
+        plan.rules.iter().map(|r| shape(r)).collect()
+    }
+
+    fn position(shapes: &[String], wanted: &str) -> usize {
+        shapes
+            .iter()
+            .position(|s| s == wanted)
+            .unwrap_or_else(|| panic!("no rule {wanted:?} in {shapes:#?}"))
+    }
+
+    #[test]
+    fn v4_order_with_allow() {
+        let egress = Egress::Allow;
+        let allow = [Endpoint::tcp("192.0.2.2:8443".parse().unwrap())];
+        let locals = locals();
+        let plan = plan_install(&input(&egress, &allow, &locals)).unwrap();
+        assert_eq!(
+            shapes(&plan.v4),
+            vec![
+                "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                "-o br-0123456789ab -j ACCEPT",
+                "-d 169.254.0.0/16 -j DROP",
+                "-d 192.0.2.2/32 -p tcp --dport 8443 -j ACCEPT",
+                "-d 10.213.0.17/32 -j DROP",
+                "-d 127.0.0.1/32 -j DROP",
+                "-d 192.0.2.2/32 -j DROP",
+                "-m addrtype --dst-type LOCAL -j DROP",
+                "-m addrtype --dst-type BROADCAST -j DROP",
+                "-m addrtype --dst-type MULTICAST -j DROP",
+                "-d 10.213.0.0/16 -j DROP",
+                "-j RETURN",
+            ]
+        );
+    }
+
+    #[test]
+    fn v6_rules_drop_metadata_link_local_and_host() {
+        let egress = Egress::Allow;
+        let allow = [Endpoint::tcp("[fd00::2]:443".parse().unwrap())];
+        let locals = locals();
+        let plan = plan_install(&input(&egress, &allow, &locals)).unwrap();
+        assert_eq!(
+            shapes(&plan.v6),
+            vec![
+                "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                "-o br-0123456789ab -j ACCEPT",
+                "-d fd00:ec2::254/128 -j DROP",
+                "-d fe80::/10 -j DROP",
+                "-d fd00::2/128 -p tcp --dport 443 -j ACCEPT",
+                "-d ::1/128 -j DROP",
+                "-d fd00::2/128 -j DROP",
+                "-m addrtype --dst-type LOCAL -j DROP",
+                "-m addrtype --dst-type MULTICAST -j DROP",
+                "-j RETURN",
+            ]
+        );
+        // v6 jumps from FORWARD (Docker does not manage ip6tables here) and INPUT.
+        assert_eq!(plan.v6.jumps[0][..3], ["-I", "FORWARD", "1"]);
+        assert_eq!(plan.v6.jumps[1][..3], ["-I", "INPUT", "1"]);
+    }
+
+    #[test]
+    fn metadata_dropped_before_any_accept_whatever_the_egress() {
+        let cidrs = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+        // An allow endpoint on the metadata address itself must not open it.
+        let allow = [
+            Endpoint::tcp("169.254.169.254:80".parse().unwrap()),
+            Endpoint::tcp("[fd00:ec2::254]:80".parse().unwrap()),
+        ];
+        let locals = locals();
+        for egress in [Egress::Allow, Egress::Deny, Egress::AllowList(cidrs)] {
+            let plan = plan_install(&input(&egress, &allow, &locals)).unwrap();
+            for (family, meta) in [(&plan.v4, METADATA_V4), (&plan.v6, METADATA_V6)] {
+                let s = shapes(family);
+                let drop = position(&s, &format!("-d {meta} -j DROP"));
+                // Only the conntrack and intra-bridge accepts may come before it.
+                assert_eq!(drop, 2, "{egress:?}: {s:#?}");
+                assert!(s[drop + 1..].iter().any(|r| r.ends_with("ACCEPT")));
+            }
+        }
+    }
+
+    #[test]
+    fn own_subnet_accepted_before_pool_drop() {
+        let egress = Egress::Deny;
+        let locals = locals();
+        let plan = plan_install(&input(&egress, &[], &locals)).unwrap();
+        let s = shapes(&plan.v4);
+        let intra = position(&s, &format!("-o {BR} -j ACCEPT"));
+        let pool = position(&s, "-d 10.213.0.0/16 -j DROP");
+        let gateway = position(&s, "-d 10.213.0.17/32 -j DROP");
+        assert!(intra < pool);
+        // The gateway is inside the job's subnet but is the host: dropped before the pool
+        // rule, and the intra-bridge accept cannot match it (it needs an output interface).
+        assert!(gateway < pool);
+    }
+
+    #[test]
+    fn egress_variants_end_the_chain() {
+        let locals = locals();
+        let deny = plan_install(&input(&Egress::Deny, &[], &locals)).unwrap();
+        assert_eq!(shapes(&deny.v4).last().unwrap(), "-j DROP");
+        assert_eq!(shapes(&deny.v6).last().unwrap(), "-j DROP");
+
+        let list = Egress::AllowList(vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "203.0.113.7/32".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ]);
+        let plan = plan_install(&input(&list, &[], &locals)).unwrap();
+        let s4 = shapes(&plan.v4);
+        assert_eq!(
+            s4[s4.len() - 3..],
+            [
+                "-d 198.51.100.0/24 -j RETURN",
+                "-d 203.0.113.7/32 -j RETURN",
+                "-j DROP"
+            ]
+        );
+        let s6 = shapes(&plan.v6);
+        assert_eq!(
+            s6[s6.len() - 2..],
+            ["-d 2001:db8::/32 -j RETURN", "-j DROP"]
+        );
+        // Host and pool drops precede the allow list, so listing the host does not open it.
+        let host = position(&s4, "-m addrtype --dst-type LOCAL -j DROP");
+        let first_list = position(&s4, "-d 198.51.100.0/24 -j RETURN");
+        assert!(host < first_list);
+    }
+
+    #[test]
+    fn every_rule_and_jump_carries_the_comment() {
+        let locals = locals();
+        let plan = plan_install(&input(&Egress::Allow, &[], &locals)).unwrap();
+        assert_eq!(plan.comment, "isolated-runner runner=abcdef123456 job=4242");
+        for fam in [&plan.v4, &plan.v6] {
+            for args in fam.rules.iter().chain(fam.jumps.iter()) {
+                let joined = args.join("\u{1}");
+                assert!(
+                    joined.contains("--comment\u{1}isolated-runner runner=abcdef123456 job=4242"),
+                    "{args:?}"
+                );
+            }
+            assert_eq!(fam.create, ["-N", "IR-abcdef12-4242"]);
+        }
+    }
+
+    #[test]
+    fn jumps_come_from_the_bridge_into_the_chain() {
+        let locals = locals();
+        let plan = plan_install(&input(&Egress::Allow, &[], &locals)).unwrap();
+        for (jump, hook) in plan.v4.jumps.iter().zip(["DOCKER-USER", "INPUT"]) {
+            assert_eq!(jump[..5], ["-I", hook, "1", "-i", BR]);
+            assert_eq!(jump[jump.len() - 2..], ["-j", "IR-abcdef12-4242"]);
+        }
+    }
+
+    #[test]
+    fn chain_names_fit() {
+        assert_eq!(chain_name("abcdef123456", 1).unwrap(), "IR-abcdef12-1");
+        assert_eq!(chain_name("ab", 77).unwrap(), "IR-ab-77");
+        let longest_decimal = chain_name("abcdefgh", 9_999_999_999_999_999).unwrap();
+        assert_eq!(longest_decimal, "IR-abcdefgh-9999999999999999");
+        assert_eq!(longest_decimal.len(), MAX_CHAIN_LEN);
+        let huge = chain_name("abcdefgh", u64::MAX).unwrap();
+        assert_eq!(huge, "IR-abcdefgxffffffffffffffff");
+        assert!(huge.len() <= MAX_CHAIN_LEN);
+        for id in [0, 10u64.pow(16), 10u64.pow(17) + 3, u64::MAX - 1] {
+            assert!(chain_name("zzzzzzzzzzzz", id).unwrap().len() <= MAX_CHAIN_LEN);
+        }
+    }
+
+    #[test]
+    fn bad_ids_and_interfaces_are_refused() {
+        for bad in ["", "a b", "a\"b", &"a".repeat(65), "a+"] {
+            assert!(chain_name(bad, 1).is_err(), "{bad:?}");
+        }
+        let egress = Egress::Allow;
+        for bad in ["", "br+", "-i", "br 0", "averyveryverylongname0"] {
+            let mut inp = input(&egress, &[], &[]);
+            inp.bridge_iface = bad;
+            assert!(plan_install(&inp).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn comments_round_trip() {
+        let c = comment("abc-1_2", 99);
+        assert_eq!(parse_comment(&c), Some(("abc-1_2".to_string(), 99)));
+        assert_eq!(parse_comment("something else"), None);
+        assert_eq!(parse_comment("isolated-runner runner=a job=x"), None);
+        assert_eq!(parse_comment("isolated-runner runner=a job=1 extra"), None);
+    }
+
+    #[test]
+    fn listing_is_parsed_back() {
+        let text = r#"-P INPUT ACCEPT
+-N DOCKER-USER
+-N IR-abcdef12-4242
+-N IR-orphan00-7
+-A INPUT -i br-0123456789ab -m comment --comment "isolated-runner runner=abcdef123456 job=4242" -j IR-abcdef12-4242
+-A INPUT -i eth0 -j ACCEPT
+-A DOCKER-USER -i br-0123456789ab -m comment --comment "isolated-runner runner=abcdef123456 job=4242" -j IR-abcdef12-4242
+-A DOCKER-USER -j RETURN
+-A IR-abcdef12-4242 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "isolated-runner runner=abcdef123456 job=4242" -j ACCEPT
+"#;
+        let (chains, jumps) = parse_listing(text);
+        assert_eq!(
+            chains,
+            vec![
+                (
+                    "IR-abcdef12-4242".to_string(),
+                    Some(("abcdef123456".to_string(), 4242))
+                ),
+                ("IR-orphan00-7".to_string(), None),
+            ]
+        );
+        assert_eq!(jumps.len(), 2);
+        assert_eq!(jumps[0].hook, "INPUT");
+        assert_eq!(jumps[1].hook, "DOCKER-USER");
+        assert_eq!(
+            jumps[0].spec,
+            [
+                "-i",
+                "br-0123456789ab",
+                "-m",
+                "comment",
+                "--comment",
+                "isolated-runner runner=abcdef123456 job=4242",
+                "-j",
+                "IR-abcdef12-4242"
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoint_family_filtering() {
+        let allow = [
+            Endpoint::tcp(SocketAddr::from(([192, 0, 2, 9], 443))),
+            Endpoint::udp("[2001:db8::53]:53".parse().unwrap()),
+        ];
+        let locals = locals();
+        let plan = plan_install(&input(&Egress::Deny, &allow, &locals)).unwrap();
+        let s4 = shapes(&plan.v4);
+        let s6 = shapes(&plan.v6);
+        assert!(s4.contains(&"-d 192.0.2.9/32 -p tcp --dport 443 -j ACCEPT".to_string()));
+        assert!(!s4.iter().any(|s| s.contains("2001:db8")));
+        assert!(s6.contains(&"-d 2001:db8::53/128 -p udp --dport 53 -j ACCEPT".to_string()));
+        assert!(!s6.iter().any(|s| s.contains("192.0.2.9")));
+    }
+}

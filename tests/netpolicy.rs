@@ -1,0 +1,244 @@
+//! Network policy against the real firewall and real Docker networks.
+//!
+//! Needs root, iptables/ip6tables, Docker and `isolated-runner/busybox:test`. Traffic goes only
+//! to the test's own listener, containers and network namespace; metadata addresses are checked
+//! by reading the installed rules, never by sending to them.
+
+mod support;
+
+use isolated_runner::config::Egress;
+use isolated_runner::netpolicy::{Endpoint, JobNet, NetPolicy, Options};
+use std::time::Duration;
+use support::netns::{self, Fixture};
+
+/// Pool the tests pretend the runner uses: our networks live inside it, the "outside"
+/// namespace just below it, all within 10.213.0.0/16.
+const TEST_POOL: &str = "10.213.128.0/17";
+
+/// Both tests change INPUT and DOCKER-USER and compare snapshots of them: run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn privileged() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root || !netns::docker_ready() {
+        eprintln!("SKIPPED: needs root, Docker and {}", netns::BUSYBOX);
+        return false;
+    }
+    true
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+fn policy(runner_id: &str) -> NetPolicy {
+    NetPolicy::new(Options::new(runner_id, TEST_POOL.parse().unwrap()))
+}
+
+fn random_octets(lo: u8, hi: u8) -> Vec<u8> {
+    let start = lo + (uuid::Uuid::new_v4().as_bytes()[0] % (hi - lo));
+    (start..hi).chain(lo..start).collect()
+}
+
+/// A tiny HTTP server on the host, bound to `ip`, answering `marker` to every request.
+fn host_listener(rt: &tokio::runtime::Runtime, ip: &str, marker: &'static str) -> u16 {
+    let listener = rt.block_on(tokio::net::TcpListener::bind((ip, 0))).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = sock.read(&mut buf).await;
+                let body = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{marker}",
+                    marker.len()
+                );
+                let _ = sock.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn job_is_kept_from_host_other_bridges_and_outside_then_rules_vanish() {
+    if !privileged() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let before_v4 = netns::firewall_snapshot("iptables");
+    let before_v6 = netns::firewall_snapshot("ip6tables");
+    let rt = runtime();
+    let mut fx = Fixture::new();
+    let runner_id = format!("irt{}", fx.id);
+    let policy = policy(&runner_id);
+    let job_id = 7_000_000 + u64::from(uuid::Uuid::new_v4().as_bytes()[1]);
+
+    let net_a = fx.network("a", random_octets(200, 230));
+    let net_b = fx.network("b", random_octets(230, 255));
+    let outside_prefix = format!("10.213.{}", random_octets(100, 127)[0]);
+    let outside_ip = fx.outside(&outside_prefix, "ok-outside");
+
+    let host_port = host_listener(&rt, &net_a.gateway, "ok-host");
+    let client = fx.container("ac", &net_a, &format!("{}.10", net_a.prefix), "sleep 3600");
+    let serve = |marker: &str| {
+        format!("mkdir -p /www && echo {marker} > /www/index.html && httpd -f -p 8080 -h /www")
+    };
+    fx.container(
+        "as",
+        &net_a,
+        &format!("{}.11", net_a.prefix),
+        &serve("ok-a"),
+    );
+    fx.container(
+        "bs",
+        &net_b,
+        &format!("{}.11", net_b.prefix),
+        &serve("ok-b"),
+    );
+
+    let host_url = format!("http://{}:{host_port}/", net_a.gateway);
+    let a_url = format!("http://{}.11:8080/", net_a.prefix);
+    let b_url = format!("http://{}.11:8080/", net_b.prefix);
+    let outside_url = format!("http://{outside_ip}:8080/");
+
+    // Before: the host listener, the peer and the outside answer (so the test can fail).
+    let up = Duration::from_secs(30);
+    assert!(netns::wait_for(up, || fx.reaches(&client, &a_url, "ok-a")));
+    assert!(netns::wait_for(up, || fx.reaches(
+        &client,
+        &outside_url,
+        "ok-outside"
+    )));
+    assert!(fx.reaches(&client, &host_url, "ok-host"));
+
+    // Install with egress allowed.
+    let job = JobNet {
+        job_id,
+        bridge_iface: net_a.bridge.clone(),
+        subnet: net_a.subnet.parse().unwrap(),
+        allow: vec![],
+    };
+    rt.block_on(policy.install(&job, &Egress::Allow)).unwrap();
+    let chain = policy.chain_for(job_id).unwrap();
+
+    let rules_v4 = netns::ok("iptables", &["-w", "-S", &chain]);
+    let rules_v6 = netns::ok("ip6tables", &["-w", "-S", &chain]);
+    println!("installed IPv4 rules:\n{rules_v4}\ninstalled IPv6 rules:\n{rules_v6}");
+    assert!(
+        rules_v4
+            .lines()
+            .any(|l| l.contains("-d 169.254.0.0/16") && l.ends_with("-j DROP")),
+        "{rules_v4}"
+    );
+    assert!(
+        rules_v6
+            .lines()
+            .any(|l| l.contains("-d fd00:ec2::254/128") && l.ends_with("-j DROP")),
+        "{rules_v6}"
+    );
+    let jumps = netns::ok("iptables", &["-w", "-S", "INPUT"]);
+    assert!(jumps.contains(&format!("-i {} ", net_a.bridge)) && jumps.contains(&chain));
+    let jumps = netns::ok("iptables", &["-w", "-S", "DOCKER-USER"]);
+    assert!(jumps.contains(&format!("-i {} ", net_a.bridge)) && jumps.contains(&chain));
+
+    // The host and the other bridge are gone; the peer and the outside still answer.
+    assert!(!fx.reaches(&client, &host_url, "ok-host"));
+    assert!(
+        netns::drop_packets("iptables", &chain, &format!("{} ", net_a.gateway)) > 0,
+        "the host listener was not stopped by our rule"
+    );
+    assert!(!fx.reaches(&client, &b_url, "ok-b"));
+    assert!(
+        netns::drop_packets("iptables", &chain, TEST_POOL) > 0,
+        "the other bridge was not stopped by our pool rule"
+    );
+    assert!(fx.reaches(&client, &a_url, "ok-a"));
+    assert!(fx.reaches(&client, &outside_url, "ok-outside"));
+
+    // Deny egress, but allow the host listener as an endpoint (GitLab on the host).
+    let gw_endpoint = Endpoint::tcp(format!("{}:{host_port}", net_a.gateway).parse().unwrap());
+    let job = JobNet {
+        allow: vec![gw_endpoint],
+        ..job
+    };
+    rt.block_on(policy.install(&job, &Egress::Deny)).unwrap();
+    assert!(!fx.reaches(&client, &outside_url, "ok-outside"));
+    assert!(fx.reaches(&client, &host_url, "ok-host"));
+    assert!(fx.reaches(&client, &a_url, "ok-a"));
+    assert!(!fx.reaches(&client, &b_url, "ok-b"));
+
+    // Listed, then removed (twice: idempotent); the firewall is as before.
+    let listed = rt.block_on(policy.list_installed()).unwrap();
+    let ours: Vec<_> = listed.iter().filter(|r| r.runner_id == runner_id).collect();
+    assert_eq!(ours.len(), 1, "{listed:?}");
+    assert_eq!(
+        (ours[0].job_id, ours[0].chain.as_str()),
+        (job_id, chain.as_str())
+    );
+    assert_eq!(ours[0].families.len(), 2);
+
+    rt.block_on(policy.remove(job_id)).unwrap();
+    rt.block_on(policy.remove(job_id)).unwrap();
+    assert!(fx.reaches(&client, &host_url, "ok-host"));
+    drop(fx);
+    assert_eq!(netns::firewall_snapshot("iptables"), before_v4);
+    assert_eq!(netns::firewall_snapshot("ip6tables"), before_v6);
+}
+
+#[test]
+fn rules_of_a_dead_runner_are_found_and_removed() {
+    if !privileged() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let before_v4 = netns::firewall_snapshot("iptables");
+    let before_v6 = netns::firewall_snapshot("ip6tables");
+    let rt = runtime();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let dead_runner = format!("dead{}", &id[..8]);
+    let dead = policy(&dead_runner);
+    // No real bridge needed: the rules only name the interface.
+    for (job_id, iface) in [
+        (11, format!("irx{}", &id[..6])),
+        (12, format!("iry{}", &id[..6])),
+    ] {
+        let job = JobNet {
+            job_id,
+            bridge_iface: iface,
+            subnet: "10.213.250.0/28".parse().unwrap(),
+            allow: vec![],
+        };
+        rt.block_on(dead.install(
+            &job,
+            &Egress::AllowList(vec!["198.51.100.0/24".parse().unwrap()]),
+        ))
+        .unwrap();
+    }
+
+    let reaper = policy(&format!("live{}", &id[..8]));
+    let found = rt.block_on(reaper.list_installed()).unwrap();
+    let mut jobs: Vec<u64> = found
+        .iter()
+        .filter(|r| r.runner_id == dead_runner)
+        .map(|r| r.job_id)
+        .collect();
+    jobs.sort();
+    assert_eq!(jobs, [11, 12]);
+
+    let removed = rt
+        .block_on(reaper.remove_all_for_runner(&dead_runner))
+        .unwrap();
+    assert_eq!(removed.len(), 2);
+    let found = rt.block_on(reaper.list_installed()).unwrap();
+    assert!(
+        !found.iter().any(|r| r.runner_id == dead_runner),
+        "{found:?}"
+    );
+    assert_eq!(netns::firewall_snapshot("iptables"), before_v4);
+    assert_eq!(netns::firewall_snapshot("ip6tables"), before_v6);
+}
