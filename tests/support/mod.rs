@@ -1,0 +1,21 @@
+//! Shared helpers of the integration tests.
+#![allow(dead_code)]
+
+pub mod fake_gitlab;
+pub mod test_executor;
+
+use std::time::Duration;
+
+/// Waits until `cond` holds, checking every 20 ms, at most `timeout`; returns whether it held.
+pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
