@@ -21,15 +21,19 @@ use tokio::sync::mpsc::UnboundedSender;
 const LONG: Duration = Duration::from_secs(20);
 
 fn config(fake: &FakeGitlab, edit: impl FnOnce(&mut Config)) -> Config {
-    let mut runner = RunnerConfig::default();
-    runner.name = "test-runner".into();
-    runner.url = fake.url().parse().unwrap();
-    runner.token = Secret::new(RUNNER_TOKEN);
-    let mut c = Config::default();
-    c.check_interval = Duration::from_millis(200);
-    c.shutdown_timeout = Duration::from_secs(10);
-    c.concurrent = 4;
-    c.runners = vec![runner];
+    let runner = RunnerConfig {
+        name: "test-runner".into(),
+        url: fake.url().parse().unwrap(),
+        token: Secret::new(RUNNER_TOKEN),
+        ..RunnerConfig::default()
+    };
+    let mut c = Config {
+        check_interval: Duration::from_millis(200),
+        shutdown_timeout: Duration::from_secs(10),
+        concurrent: 4,
+        runners: vec![runner],
+        ..Config::default()
+    };
     edit(&mut c);
     c
 }
@@ -243,6 +247,8 @@ async fn trace_recovers_when_server_has_more_than_we_think() {
     assert_eq!(fin.state, "success");
     assert!(fake.job_trace(id) == exec.written(id));
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    let statuses = fake.count("PATCH", "/api/v4/jobs/13/trace");
+    assert!(statuses >= 3, "lost answer, resend (416), then the rest");
 }
 
 #[tokio::test]

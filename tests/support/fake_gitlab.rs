@@ -91,6 +91,9 @@ pub enum Fault {
         retry_after_secs: u64,
         count: usize,
     },
+    /// Store the next `count` trace patches but never answer them (a lost answer: the runner
+    /// times out, resends, and must follow the 416's `Range` to skip what landed).
+    LoseTraceAnswer { count: usize },
     /// Answer 416 (with the true `Range`) to `count` trace patches.
     RangeMismatch { count: usize },
     /// Answer the final update with 202 `count` times before accepting it.
@@ -661,7 +664,18 @@ async fn patch_trace(
     let Ok(id) = id.parse::<u64>() else {
         return error(StatusCode::FORBIDDEN, "403 Forbidden");
     };
-    let mut st = lock(&s);
+    match patch_trace_locked(&s, id, &headers, &body) {
+        Some(r) => r,
+        None => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            error(StatusCode::GATEWAY_TIMEOUT, "lost")
+        }
+    }
+}
+
+/// The synchronous part of a trace patch; `None` means "stored, but lose the answer".
+fn patch_trace_locked(s: &Shared, id: u64, headers: &HeaderMap, body: &Bytes) -> Option<Response> {
+    let mut st = lock(s);
     st.apply_cancels(id);
     let interval = st.trace_update_interval;
     let forced416 = st.take_counter(|f| match f {
@@ -669,20 +683,20 @@ async fn patch_trace(
         _ => None,
     });
     let Some(job) = st.jobs.get_mut(&id) else {
-        return error(StatusCode::FORBIDDEN, "403 Forbidden");
+        return Some(error(StatusCode::FORBIDDEN, "403 Forbidden"));
     };
-    if job_token(&headers, None) != job.token {
-        return error(StatusCode::FORBIDDEN, "403 Forbidden");
+    if job_token(headers, None) != job.token {
+        return Some(error(StatusCode::FORBIDDEN, "403 Forbidden"));
     }
     if !matches!(job.state.as_str(), "running" | "canceling") {
         let name = job.state.clone();
-        return with_job_status(
+        return Some(with_job_status(
             error(StatusCode::FORBIDDEN, "403 Forbidden - Job is not running"),
             &name,
-        );
+        ));
     }
     let Some(range) = headers.get("content-range").and_then(|v| v.to_str().ok()) else {
-        return error(StatusCode::BAD_REQUEST, "Content-Range is missing");
+        return Some(error(StatusCode::BAD_REQUEST, "Content-Range is missing"));
     };
     let start: Option<u64> = range
         .split_once('-')
@@ -697,10 +711,17 @@ async fn patch_trace(
         r
     };
     if forced416 || start != Some(size) || body.is_empty() {
-        return range_416(size);
+        return Some(range_416(size));
     }
-    job.trace.extend_from_slice(&body);
+    job.trace.extend_from_slice(body);
     let state = job.state.clone();
+    let lose = st.take_counter(|f| match f {
+        Fault::LoseTraceAnswer { count } => Some(count),
+        _ => None,
+    });
+    if lose {
+        return None;
+    }
     st.apply_cancels(id);
     let state_after = st.jobs.get(&id).map(|j| j.state.clone()).unwrap_or(state);
     let new_size = st.jobs.get(&id).map(|j| j.trace.len()).unwrap_or_default();
@@ -713,7 +734,7 @@ async fn patch_trace(
         r.headers_mut()
             .insert("X-GitLab-Trace-Update-Interval", HeaderValue::from(i));
     }
-    r
+    Some(r)
 }
 
 async fn upload_artifacts(
@@ -726,10 +747,6 @@ async fn upload_artifacts(
     mut multipart: Multipart,
 ) -> Response {
     record(&s, &method, &uri, &headers, &Bytes::new());
-    let fault = lock(&s).take_fault(Endpoint::ArtifactsUpload);
-    if let Some(r) = apply(fault).await {
-        return r;
-    }
     let id: u64 = id.parse().unwrap_or_default();
     {
         let st = lock(&s);
@@ -754,6 +771,11 @@ async fn upload_artifacts(
         } else if let Ok(t) = field.text().await {
             fields.insert(name, t);
         }
+    }
+    // Faults apply after the body was read, so the client sees the status and not a reset.
+    let fault = lock(&s).take_fault(Endpoint::ArtifactsUpload);
+    if let Some(r) = apply(fault).await {
+        return r;
     }
     let Some((file_name, data)) = file else {
         return error(StatusCode::BAD_REQUEST, "file is missing");
