@@ -7,6 +7,12 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+pub mod list;
+pub mod register;
+pub mod run;
+pub mod unregister;
+pub mod verify;
+
 /// Default config path, as in architecture.md.
 pub const DEFAULT_CONFIG: &str = "/etc/isolated-runner/config.toml";
 
@@ -41,11 +47,11 @@ pub enum Command {
     /// Run the daemon: poll GitLab, run jobs, serve metrics, shut down gracefully.
     Run(ConfigArg),
     /// Register this runner with GitLab and write it into the config file.
-    Register(ConfigArg),
+    Register(register::RegisterArgs),
     /// Check that the runner tokens in the config are valid.
-    Verify(ConfigArg),
+    Verify(verify::VerifyArgs),
     /// Remove a runner from GitLab and from the config file.
-    Unregister(ConfigArg),
+    Unregister(unregister::UnregisterArgs),
     /// List the runners in the config file.
     List(ConfigArg),
     /// Run one job of a local .gitlab-ci.yml through the real pipeline, no GitLab needed.
@@ -86,12 +92,12 @@ pub fn init_tracing(cli: &Cli) {
 /// Runs the chosen verb and returns the process exit code.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let verb = match cli.command {
+        Command::Run(a) => return run::run(&a.config).await,
+        Command::Register(a) => return register::run(&a).await,
+        Command::Verify(a) => return verify::run(&a).await,
+        Command::Unregister(a) => return unregister::run(&a).await,
+        Command::List(a) => return list::run(&a).await,
         Command::Exec(args) => return exec::run(args).await,
-        Command::Run(_) => "run",
-        Command::Register(_) => "register",
-        Command::Verify(_) => "verify",
-        Command::Unregister(_) => "unregister",
-        Command::List(_) => "list",
         Command::Bench(_) => "bench",
         Command::Doctor(_) => "doctor",
         Command::Cleanup(_) => "cleanup",

@@ -1,1 +1,399 @@
-//! The poll loop, concurrency slots, signals, graceful shutdown and the crash journal.
+//! The poll loop, concurrency slots, signals and graceful shutdown.
+//!
+//! Shape (style-anchors, "Shutdown and cancellation pattern"):
+//! - `polling` is the root token: once cancelled no new `jobs/request` is sent. Requests already
+//!   in flight are awaited; a job they bring is run (its tokens may already be cancelled, so it
+//!   ends at once and is reported failed), never dropped.
+//! - every job's `cancel_gracefully` is a child of `graceful` and its `abort` a child of `force`;
+//!   GitLab's `Job-Status` fires the job's own tokens.
+//! - every request and job runs in one `TaskTracker`; concurrency is bounded by semaphores:
+//!   `concurrent` (global), `limit` (per runner) and `request_concurrency` (open requests per
+//!   runner). Job permits are taken *before* asking for a job, so we never get a job we cannot
+//!   start.
+//! - SIGQUIT stops polling and waits for jobs; SIGTERM/SIGINT also cancels jobs gracefully and
+//!   aborts them when `shutdown_timeout` runs out; a second SIGTERM/SIGINT aborts at once.
+
+mod job;
+pub mod signals;
+
+pub use signals::{ChannelSignals, OsSignals, ShutdownSignal, SignalSource, signal_channel};
+
+use crate::config::{Config, RunnerConfig};
+use crate::gitlab::client::{ClientOptions, JobRequest, JobRequestOutcome};
+use crate::gitlab::identity;
+use crate::gitlab::trace::TraceOptions;
+use crate::gitlab::{self, Client};
+use crate::job::JobExecutor;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nothing to poll for.
+    #[error("the config has no [[runners]] entry")]
+    NoRunners,
+    /// `concurrent = 0` would never run a job.
+    #[error("concurrent must be at least 1, got 0")]
+    ZeroConcurrent,
+    /// A runner entry's GitLab client could not be made.
+    #[error("runner {name}: cannot set up the gitlab client")]
+    Client {
+        /// The runner's name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: gitlab::Error,
+    },
+}
+
+/// Knobs that are not in the config file (tests shorten them).
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// HTTP client settings.
+    pub client: ClientOptions,
+    /// Trace upload timing.
+    pub trace: TraceOptions,
+    /// How long the final status update is retried before giving up (logged).
+    pub final_update_deadline: Duration,
+    /// First pause between final update retries (doubles up to 30 s).
+    pub final_retry_pause: Duration,
+    /// Wait after GitLab refused the runner token before trying again.
+    pub unhealthy_backoff: Duration,
+    /// How long aborted jobs get to report after a forced shutdown.
+    pub abort_grace: Duration,
+    /// Overrides the system id (else read from or written to the state dir).
+    pub system_id: Option<String>,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            client: ClientOptions::default(),
+            trace: TraceOptions::default(),
+            final_update_deadline: Duration::from_secs(3600),
+            final_retry_pause: Duration::from_secs(1),
+            unhealthy_backoff: Duration::from_secs(60),
+            abort_grace: Duration::from_secs(10),
+            system_id: None,
+        }
+    }
+}
+
+/// Runs the daemon until shutdown, with default options.
+pub async fn run(
+    config: Config,
+    executor: Arc<dyn JobExecutor>,
+    signals: impl SignalSource,
+) -> Result<(), Error> {
+    run_with(config, executor, signals, DaemonOptions::default()).await
+}
+
+struct Shared {
+    executor: Arc<dyn JobExecutor>,
+    options: DaemonOptions,
+    tracker: TaskTracker,
+    global: Arc<Semaphore>,
+    polling: CancellationToken,
+    graceful: CancellationToken,
+    force: CancellationToken,
+    info: serde_json::Value,
+}
+
+struct RunnerCtx {
+    cfg: Arc<RunnerConfig>,
+    client: Client,
+    system_id: String,
+    short_token: String,
+    limit: Option<Arc<Semaphore>>,
+    requests: Arc<Semaphore>,
+    last_update: Mutex<Option<String>>,
+    repoll: Notify,
+    interval: Duration,
+    token_rejected: AtomicBool,
+    failures: AtomicU32,
+    backoff_until: Mutex<Option<Instant>>,
+}
+
+/// Job slots held while a request is open and then for the whole job.
+struct Permits {
+    _global: OwnedSemaphorePermit,
+    _local: Option<OwnedSemaphorePermit>,
+}
+
+/// Runs the daemon until shutdown.
+pub async fn run_with(
+    config: Config,
+    executor: Arc<dyn JobExecutor>,
+    mut signals: impl SignalSource,
+    options: DaemonOptions,
+) -> Result<(), Error> {
+    if config.runners.is_empty() {
+        return Err(Error::NoRunners);
+    }
+    if config.concurrent == 0 {
+        return Err(Error::ZeroConcurrent);
+    }
+    let check_interval = if config.check_interval.is_zero() {
+        Duration::from_secs(3)
+    } else {
+        config.check_interval
+    };
+    let system_id = match &options.system_id {
+        Some(s) => s.clone(),
+        None => match identity::system_id(&config.state_dir).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot persist the system id; using one for this run only");
+                identity::system_id_from_machine_id(&uuid::Uuid::new_v4().simple().to_string())
+            }
+        },
+    };
+    let shared = Arc::new(Shared {
+        executor,
+        options: options.clone(),
+        tracker: TaskTracker::new(),
+        global: Arc::new(Semaphore::new(config.concurrent)),
+        polling: CancellationToken::new(),
+        graceful: CancellationToken::new(),
+        force: CancellationToken::new(),
+        info: identity::runner_info(),
+    });
+    let n = config.runners.len() as u32;
+    let mut ctxs = Vec::new();
+    for r in &config.runners {
+        let client =
+            Client::new(&r.url, options.client.clone()).map_err(|source| Error::Client {
+                name: r.name.clone(),
+                source,
+            })?;
+        ctxs.push(Arc::new(RunnerCtx {
+            cfg: Arc::new(r.clone()),
+            client,
+            system_id: system_id.clone(),
+            short_token: identity::short_token(r.token.expose()),
+            limit: (r.limit > 0).then(|| Arc::new(Semaphore::new(r.limit))),
+            requests: Arc::new(Semaphore::new(r.request_concurrency.max(1))),
+            last_update: Mutex::new(None),
+            repoll: Notify::new(),
+            interval: check_interval,
+            token_rejected: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            backoff_until: Mutex::new(None),
+        }));
+    }
+    tracing::info!(runners = n, concurrent = config.concurrent, ?check_interval, %system_id, "runner started");
+    for (i, ctx) in ctxs.into_iter().enumerate() {
+        // Entries are staggered so the process sends one request every check_interval / N.
+        let offset = check_interval / n * i as u32;
+        shared.tracker.spawn(poll_loop(ctx, shared.clone(), offset));
+    }
+    shared.tracker.close();
+
+    let signal_task = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Some(sig) = signals.recv().await {
+                match sig {
+                    ShutdownSignal::Drain => {
+                        if !shared.polling.is_cancelled() {
+                            tracing::info!(
+                                "SIGQUIT: no new jobs; waiting for running jobs to finish"
+                            );
+                        }
+                        shared.polling.cancel();
+                    }
+                    ShutdownSignal::Stop if !shared.graceful.is_cancelled() => {
+                        tracing::info!(
+                            "shutdown requested: no new jobs; cancelling running jobs gracefully"
+                        );
+                        shared.polling.cancel();
+                        shared.graceful.cancel();
+                    }
+                    ShutdownSignal::Stop => {
+                        tracing::warn!("second shutdown signal: aborting running jobs now");
+                        shared.force.cancel();
+                    }
+                }
+            }
+        })
+    };
+
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if shared.graceful.is_cancelled() && deadline.is_none() {
+            deadline = Some(Instant::now() + config.shutdown_timeout);
+        }
+        tokio::select! {
+            biased;
+            _ = shared.tracker.wait() => break,
+            _ = shared.force.cancelled() => {
+                wait_aborted(&shared).await;
+                break;
+            }
+            _ = shared.graceful.cancelled(), if deadline.is_none() => {}
+            _ = sleep_until_opt(deadline) => {
+                tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown_timeout reached: aborting running jobs");
+                shared.force.cancel();
+                wait_aborted(&shared).await;
+                break;
+            }
+        }
+    }
+    signal_task.abort();
+    tracing::info!("runner stopped");
+    Ok(())
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_aborted(shared: &Shared) {
+    if tokio::time::timeout(shared.options.abort_grace, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!("jobs did not end after abort; exiting without their final update");
+    }
+}
+
+async fn poll_loop(ctx: Arc<RunnerCtx>, shared: Arc<Shared>, offset: Duration) {
+    let mut next = Instant::now() + offset;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.polling.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+            _ = ctx.repoll.notified() => {}
+        }
+        next = Instant::now() + ctx.interval;
+        let until = *lock(&ctx.backoff_until);
+        if let Some(until) = until
+            && Instant::now() < until
+        {
+            next = until;
+            continue;
+        }
+        let Ok(request_slot) = ctx.requests.clone().try_acquire_owned() else {
+            continue;
+        };
+        let Ok(global) = shared.global.clone().try_acquire_owned() else {
+            continue;
+        };
+        let local = match &ctx.limit {
+            Some(l) => match l.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => continue,
+            },
+            None => None,
+        };
+        let permits = Permits {
+            _global: global,
+            _local: local,
+        };
+        shared.tracker.spawn(request_and_run(
+            ctx.clone(),
+            shared.clone(),
+            permits,
+            request_slot,
+        ));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data behind these locks stays valid even if a holder panicked.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn request_and_run(
+    ctx: Arc<RunnerCtx>,
+    shared: Arc<Shared>,
+    permits: Permits,
+    request_slot: OwnedSemaphorePermit,
+) {
+    let req = JobRequest {
+        token: ctx.cfg.token.clone(),
+        system_id: ctx.system_id.clone(),
+        last_update: lock(&ctx.last_update).clone(),
+        info: shared.info.clone(),
+    };
+    let result = ctx.client.request_job(&req, Some(&shared.polling)).await;
+    drop(request_slot);
+    let remember = |lu: Option<String>| {
+        if let Some(lu) = lu {
+            *lock(&ctx.last_update) = Some(lu);
+        }
+    };
+    match result {
+        Ok(JobRequestOutcome::NoJob { last_update }) => {
+            remember(last_update);
+            healthy(&ctx);
+        }
+        Ok(JobRequestOutcome::Conflict) => {
+            tracing::debug!(runner = %ctx.cfg.name, "job taken by another runner (409)");
+            healthy(&ctx);
+        }
+        Ok(JobRequestOutcome::Job { job, last_update }) => {
+            remember(last_update);
+            healthy(&ctx);
+            // Drain a burst of pending jobs faster than check_interval (official behaviour).
+            ctx.repoll.notify_one();
+            job::run_job(&ctx, &shared, *job).await;
+        }
+        Ok(JobRequestOutcome::Malformed(bad)) => {
+            healthy(&ctx);
+            ctx.repoll.notify_one();
+            job::fail_malformed(&ctx, &shared, bad).await;
+        }
+        Err(gitlab::Error::Cancelled { .. }) => {}
+        Err(e) if matches!(e.status(), Some(401 | 403 | 422)) => {
+            if !ctx.token_rejected.swap(true, Ordering::SeqCst) {
+                tracing::error!(
+                    runner = %ctx.cfg.name,
+                    token = %ctx.short_token,
+                    url = %ctx.cfg.url,
+                    error = %e,
+                    retry_in = ?shared.options.unhealthy_backoff,
+                    "GitLab rejected this runner's token: it was revoked, expired or belongs to another \
+                     GitLab. Register again (`runner register`) or fix `token` in the config; \
+                     retrying slowly meanwhile"
+                );
+            }
+            *lock(&ctx.backoff_until) = Some(Instant::now() + shared.options.unhealthy_backoff);
+        }
+        Err(e) => {
+            let n = ctx.failures.fetch_add(1, Ordering::SeqCst) + 1;
+            let backoff = ctx
+                .interval
+                .saturating_mul(1 << (n - 1).min(6))
+                .min(Duration::from_secs(300));
+            let wait = match &e {
+                gitlab::Error::Status {
+                    retry_after: Some(ra),
+                    ..
+                } => (*ra).max(backoff),
+                _ => backoff,
+            };
+            tracing::warn!(runner = %ctx.cfg.name, error = %e, retry_in = ?wait, "asking GitLab for a job failed");
+            *lock(&ctx.backoff_until) = Some(Instant::now() + wait);
+        }
+    }
+    drop(permits);
+}
+
+fn healthy(ctx: &RunnerCtx) {
+    ctx.failures.store(0, Ordering::SeqCst);
+    *lock(&ctx.backoff_until) = None;
+    if ctx.token_rejected.swap(false, Ordering::SeqCst) {
+        tracing::info!(runner = %ctx.cfg.name, "GitLab accepts this runner's token again");
+    }
+}

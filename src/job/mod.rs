@@ -75,6 +75,7 @@ pub trait JobExecutor: Send + Sync {
 }
 
 pub mod artifacts;
+pub mod executor;
 pub mod local;
 pub mod pipeline;
 pub mod script;
@@ -82,5 +83,6 @@ pub mod sources;
 pub mod vars;
 
 pub use artifacts::{ArtifactError, ArtifactStore, JobRef, LocalArtifactStore};
+pub use executor::RunnerExecutor;
 pub use pipeline::{CacheHook, Pipeline, StageContext};
 pub use sources::LocalTree;

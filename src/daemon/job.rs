@@ -1,0 +1,281 @@
+//! One job on the wire: confirm, stream the trace, run the executor, flush, report.
+
+use super::{RunnerCtx, Shared};
+use crate::gitlab::client::{MalformedJob, UpdateJob};
+use crate::gitlab::trace::{JobSignal, TraceUploader, job_signal};
+use crate::gitlab::types::JobResponse;
+use crate::job::{FailureReason, JobControl, JobOutcome};
+use crate::secret::Secret;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Maps our reason onto the reasons this GitLab knows (`features.failure_reasons`); an old
+/// GitLab that sends no list gets our reason as is.
+pub(crate) fn map_failure_reason(reason: &str, supported: &[String]) -> String {
+    if supported.is_empty() || supported.iter().any(|s| s == reason) {
+        reason.to_string()
+    } else {
+        FailureReason::UnknownFailure.as_str().to_string()
+    }
+}
+
+/// The final `PUT /jobs/:id` body for an outcome.
+fn final_update(
+    outcome: &JobOutcome,
+    stopped_by_gitlab: bool,
+    supported: &[String],
+    checksum: String,
+    bytesize: u64,
+) -> UpdateJob {
+    let (state, reason, exit_code) = match outcome {
+        JobOutcome::Success => ("success", None, None),
+        JobOutcome::Failed { reason, exit_code } => ("failed", Some(reason.as_str()), *exit_code),
+        // GitLab-side cancel: the official runner's `job_canceled` maps to unknown_failure and
+        // GitLab finalises the job as canceled. A cancel of ours (shutdown) is a system failure.
+        JobOutcome::Canceled if stopped_by_gitlab => {
+            ("failed", Some(FailureReason::UnknownFailure.as_str()), None)
+        }
+        JobOutcome::Canceled => (
+            "failed",
+            Some(FailureReason::RunnerSystemFailure.as_str()),
+            None,
+        ),
+    };
+    UpdateJob {
+        state: state.into(),
+        failure_reason: reason.map(|r| map_failure_reason(r, supported)),
+        exit_code,
+        checksum: Some(checksum),
+        bytesize: Some(bytesize),
+        info: None,
+    }
+}
+
+pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, job: JobResponse) {
+    let id = job.id;
+    let token = job.token.clone();
+    let supported = job.features.failure_reasons.clone();
+    let control = JobControl {
+        cancel_gracefully: shared.graceful.child_token(),
+        abort: shared.force.child_token(),
+    };
+    tracing::info!(job.id = id, runner = %ctx.cfg.name, project = %job.job_info.project_name, name = %job.job_info.name, "job received");
+
+    // Confirm right away (protocol 3.6): GitLab may already have dropped or cancelled it.
+    let confirm = UpdateJob {
+        state: "running".into(),
+        info: Some(shared.info.clone()),
+        ..UpdateJob::default()
+    };
+    let mut cancelled_before_start = false;
+    match ctx.client.update_job(id, &token, &confirm).await {
+        Ok(a) if a.status == 404 || job_signal(&a) == JobSignal::Abort => {
+            tracing::info!(job.id = id, status = a.status, job_status = ?a.job_status, "job dropped by GitLab before it started");
+            return;
+        }
+        Ok(a) if job_signal(&a) == JobSignal::CancelGracefully => cancelled_before_start = true,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(job.id = id, error = %e, "cannot confirm the job; running it anyway")
+        }
+    }
+
+    let uploader = TraceUploader::start(
+        ctx.client.clone(),
+        id,
+        token.clone(),
+        control.clone(),
+        shared.options.trace.clone(),
+    );
+    let sink = uploader.sink();
+    let outcome = if cancelled_before_start {
+        sink.append(b"Job was cancelled before it started\n");
+        JobOutcome::Canceled
+    } else {
+        let executor = shared.executor.clone();
+        let runner = ctx.cfg.clone();
+        let exec_sink = sink.clone();
+        let exec_control = control.clone();
+        // Its own task so a panic in the pipeline fails this job, not the daemon.
+        match tokio::spawn(
+            async move { executor.execute(job, runner, exec_sink, exec_control).await },
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(job.id = id, error = %e, "the job pipeline crashed");
+                sink.append(b"\x1b[31;1mERROR: the runner's job pipeline crashed; this is a runner bug\x1b[0;m\n");
+                JobOutcome::Failed {
+                    reason: FailureReason::RunnerSystemFailure,
+                    exit_code: None,
+                }
+            }
+        }
+    };
+    let stopped_by_gitlab = uploader.stopped_by_gitlab() || cancelled_before_start;
+    let summary = uploader.finish().await;
+    if !summary.complete {
+        tracing::warn!(
+            job.id = id,
+            "trace incomplete on GitLab; sending the final state anyway"
+        );
+    }
+    let update = final_update(
+        &outcome,
+        stopped_by_gitlab,
+        &supported,
+        summary.checksum,
+        summary.bytesize,
+    );
+    send_final(ctx, shared, id, &token, &update).await;
+}
+
+/// Sends the final state until GitLab accepts it (200), waits while it answers 202, stops on
+/// 403/404 (the job is over on GitLab's side) or after `final_update_deadline`.
+async fn send_final(ctx: &RunnerCtx, shared: &Shared, id: u64, token: &Secret, update: &UpdateJob) {
+    let deadline = Instant::now() + shared.options.final_update_deadline;
+    let mut pause = shared.options.final_retry_pause;
+    let mut warned = false;
+    loop {
+        let wait = match ctx.client.update_job(id, token, update).await {
+            Ok(a) if a.status == 200 => {
+                tracing::info!(job.id = id, state = %update.state, failure_reason = ?update.failure_reason, "job finished");
+                return;
+            }
+            Ok(a) if a.status == 202 => a
+                .update_interval
+                .unwrap_or(pause)
+                .min(Duration::from_secs(60)),
+            Ok(a) => {
+                tracing::info!(job.id = id, status = a.status, job_status = ?a.job_status, "GitLab no longer takes updates for this job; final state not recorded");
+                return;
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(job.id = id, error = %e, "cannot send the final job state; retrying");
+                    warned = true;
+                }
+                let p = pause;
+                pause = (pause * 2).min(Duration::from_secs(30));
+                p
+            }
+        };
+        if Instant::now() + wait > deadline {
+            tracing::error!(job.id = id, state = %update.state, "gave up sending the final job state; GitLab will time the job out");
+            return;
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Removes quoted values from a serde message: a bad payload may hold secrets in any field.
+fn sanitise(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    let mut in_quote = false;
+    for c in reason.chars() {
+        if c == '"' {
+            if !in_quote {
+                out.push_str("\"…");
+            }
+            in_quote = !in_quote;
+            if !in_quote {
+                out.push('"');
+            }
+        } else if !in_quote {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub(super) async fn fail_malformed(ctx: &RunnerCtx, shared: &Shared, bad: MalformedJob) {
+    let reason = sanitise(&bad.reason);
+    let (Some(id), Some(token)) = (bad.id, bad.token) else {
+        tracing::error!(runner = %ctx.cfg.name, %reason, "GitLab sent a job this runner cannot read, without a usable id and token; it cannot be failed from here");
+        return;
+    };
+    tracing::warn!(job.id = id, %reason, "job payload cannot be read; failing the job");
+    let uploader = TraceUploader::start(
+        ctx.client.clone(),
+        id,
+        token.clone(),
+        JobControl::default(),
+        shared.options.trace.clone(),
+    );
+    uploader.sink().append(
+        format!(
+            "\x1b[31;1mERROR: this runner could not read the job sent by GitLab: {reason}\x1b[0;m\n"
+        )
+        .as_bytes(),
+    );
+    let summary = uploader.finish().await;
+    let update = UpdateJob {
+        state: "failed".into(),
+        failure_reason: Some(FailureReason::RunnerSystemFailure.as_str().into()),
+        exit_code: None,
+        checksum: Some(summary.checksum),
+        bytesize: Some(summary.bytesize),
+        info: None,
+    };
+    send_final(ctx, shared, id, &token, &update).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_mapped_onto_gitlab_list() {
+        let list = vec![
+            "script_failure".to_string(),
+            "runner_system_failure".to_string(),
+        ];
+        assert_eq!(
+            map_failure_reason("script_failure", &list),
+            "script_failure"
+        );
+        assert_eq!(
+            map_failure_reason("image_pull_failure", &list),
+            "unknown_failure"
+        );
+        assert_eq!(
+            map_failure_reason("image_pull_failure", &[]),
+            "image_pull_failure"
+        );
+    }
+
+    #[test]
+    fn final_update_shapes() {
+        let u = final_update(
+            &JobOutcome::Failed {
+                reason: FailureReason::ScriptFailure,
+                exit_code: Some(3),
+            },
+            false,
+            &[],
+            "crc32:00000000".into(),
+            0,
+        );
+        assert_eq!(
+            (u.state.as_str(), u.failure_reason.as_deref(), u.exit_code),
+            ("failed", Some("script_failure"), Some(3))
+        );
+        let u = final_update(&JobOutcome::Canceled, false, &[], String::new(), 0);
+        assert_eq!(u.failure_reason.as_deref(), Some("runner_system_failure"));
+        let u = final_update(&JobOutcome::Canceled, true, &[], String::new(), 0);
+        assert_eq!(u.failure_reason.as_deref(), Some("unknown_failure"));
+        assert_eq!(
+            final_update(&JobOutcome::Success, false, &[], String::new(), 0).state,
+            "success"
+        );
+    }
+
+    #[test]
+    fn sanitise_drops_values() {
+        assert_eq!(
+            sanitise(r#"invalid type: string "glpat-secret", expected u64 at line 1"#),
+            r#"invalid type: string "…", expected u64 at line 1"#
+        );
+    }
+}

@@ -1,0 +1,241 @@
+//! Job artifacts: `POST /jobs/:id/artifacts` (upload) and `GET /jobs/:id/artifacts` (download of
+//! a dependency's archive). Plain async methods for the pipeline.
+//!
+//! ```no_run
+//! # async fn demo(client: isolated_runner::gitlab::Client, token: isolated_runner::secret::Secret) -> Result<(), isolated_runner::gitlab::Error> {
+//! use isolated_runner::gitlab::{ArtifactClient, UploadOptions};
+//! let artifacts = ArtifactClient::new(client);
+//! artifacts
+//!     .upload(42, &token, std::path::Path::new("/tmp/artifacts.zip"), &UploadOptions::default())
+//!     .await?; // Error::TooLarge on 413: write it in the trace and fail the upload stage
+//! let bytes = artifacts.download(41, &token, std::path::Path::new("/tmp/dep.zip")).await?;
+//! # let _ = bytes; Ok(()) }
+//! ```
+
+use super::Error;
+use super::client::{Client, secret_header};
+use crate::secret::Secret;
+use std::path::Path;
+use tokio::io::AsyncWriteExt;
+
+/// Parameters of one upload (protocol 4.7; sent in the query string like the Go runner).
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// `archive` or a report type (`junit`, `dotenv`, …).
+    pub artifact_type: String,
+    /// `zip`, `gzip` or `raw`.
+    pub artifact_format: String,
+    /// `expire_in` of the job's `artifacts:` entry, passed back verbatim.
+    pub expire_in: Option<String>,
+    /// File name of the multipart part (`artifacts.zip` for the archive).
+    pub file_name: String,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            artifact_type: "archive".into(),
+            artifact_format: "zip".into(),
+            expire_in: None,
+            file_name: "artifacts.zip".into(),
+        }
+    }
+}
+
+/// Upload and download of job artifacts. Cheap to clone.
+#[derive(Clone)]
+pub struct ArtifactClient {
+    client: Client,
+}
+
+impl ArtifactClient {
+    /// Wraps the GitLab client of the job's runner.
+    pub fn new(client: Client) -> Self {
+        ArtifactClient { client }
+    }
+
+    /// Uploads `file` as an artifact of job `job_id`. The file is streamed (re-opened for each
+    /// retry). A `413` comes back as [`Error::TooLarge`].
+    pub async fn upload(
+        &self,
+        job_id: u64,
+        job_token: &Secret,
+        file: &Path,
+        options: &UploadOptions,
+    ) -> Result<(), Error> {
+        let path = format!("jobs/{job_id}/artifacts");
+        let endpoint = format!("POST /api/v4/{path}");
+        let mut url = self.client.url(&path)?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("artifact_type", &options.artifact_type);
+            q.append_pair("artifact_format", &options.artifact_format);
+            if let Some(e) = options.expire_in.as_deref().filter(|e| !e.is_empty()) {
+                q.append_pair("expire_in", e);
+            }
+        }
+        let timeout = self.client.options.artifact_timeout;
+        let resp = self
+            .client
+            .send(&endpoint, None, || {
+                let url = url.clone();
+                let endpoint = endpoint.clone();
+                let file = file.to_path_buf();
+                let file_name = options.file_name.clone();
+                let http = self.client.http.clone();
+                async move {
+                    let io = |source| Error::Io {
+                        endpoint: endpoint.clone(),
+                        path: file.clone(),
+                        source,
+                    };
+                    let f = tokio::fs::File::open(&file).await.map_err(io)?;
+                    let len = f.metadata().await.map_err(io)?.len();
+                    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
+                    let part = reqwest::multipart::Part::stream_with_length(body, len)
+                        .file_name(file_name)
+                        .mime_str("application/octet-stream")
+                        .map_err(|source| Error::Transport {
+                            endpoint: endpoint.clone(),
+                            source,
+                        })?;
+                    let form = reqwest::multipart::Form::new().part("file", part);
+                    Ok(http
+                        .post(url)
+                        .timeout(timeout)
+                        .header("JOB-TOKEN", secret_header(job_token))
+                        .header("Accept", "application/json")
+                        .multipart(form))
+                }
+            })
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Client::error_for(&endpoint, resp).await)
+        }
+    }
+
+    /// Downloads the `archive` artifact of job `job_id` into `dest` (streamed) and returns its
+    /// size. Follows one redirect (object storage) without sending the job token there.
+    pub async fn download(&self, job_id: u64, token: &Secret, dest: &Path) -> Result<u64, Error> {
+        let path = format!("jobs/{job_id}/artifacts");
+        let endpoint = format!("GET /api/v4/{path}");
+        let url = self.client.url(&path)?;
+        let timeout = self.client.options.artifact_timeout;
+        let mut resp = self
+            .client
+            .send(&endpoint, None, || {
+                let req = self
+                    .client
+                    .http
+                    .get(url.clone())
+                    .timeout(timeout)
+                    .header("JOB-TOKEN", secret_header(token));
+                async move { Ok(req) }
+            })
+            .await?;
+        if resp.status().is_redirection() {
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| url.join(l).ok());
+            let Some(location) = location else {
+                return Err(Error::Decode {
+                    endpoint,
+                    reason: "redirect without a usable Location".into(),
+                });
+            };
+            resp = self
+                .client
+                .send(&endpoint, None, || {
+                    let req = self.client.http.get(location.clone()).timeout(timeout);
+                    async move { Ok(req) }
+                })
+                .await?;
+        }
+        if !resp.status().is_success() {
+            return Err(Client::error_for(&endpoint, resp).await);
+        }
+        let io = |source| Error::Io {
+            endpoint: endpoint.clone(),
+            path: dest.to_path_buf(),
+            source,
+        };
+        let mut out = tokio::fs::File::create(dest).await.map_err(io)?;
+        let mut total = 0u64;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    out.write_all(&chunk).await.map_err(io)?;
+                    total += chunk.len() as u64;
+                }
+                Ok(None) => break,
+                Err(source) => {
+                    return Err(Error::Transport {
+                        endpoint: endpoint.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        out.flush().await.map_err(io)?;
+        Ok(total)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::job::ArtifactStore for ArtifactClient {
+    async fn upload(
+        &self,
+        job: &crate::job::JobRef,
+        artifact: &crate::gitlab::types::Artifact,
+        archive: &Path,
+        file_name: &str,
+    ) -> Result<(), crate::job::ArtifactError> {
+        let options = UploadOptions {
+            artifact_type: if artifact.artifact_type.is_empty() {
+                "archive".to_string()
+            } else {
+                artifact.artifact_type.clone()
+            },
+            artifact_format: if artifact.artifact_format.is_empty() {
+                "zip".to_string()
+            } else {
+                artifact.artifact_format.clone()
+            },
+            expire_in: artifact.expire_in.clone().filter(|e| !e.is_empty()),
+            file_name: file_name.to_string(),
+        };
+        ArtifactClient::upload(self, job.id, &job.token, archive, &options)
+            .await
+            .map_err(|e| match e {
+                // 413 is the one failure a user can act on: say so plainly in the trace.
+                Error::TooLarge { .. } => crate::job::ArtifactError::Store(format!(
+                    "{e}: the archive is larger than GitLab's maximum artifacts size; \
+                     narrow `artifacts:paths` or raise the limit in GitLab"
+                )),
+                other => crate::job::ArtifactError::Store(other.to_string()),
+            })
+    }
+
+    async fn download(
+        &self,
+        job: &crate::job::JobRef,
+        dependency: &crate::gitlab::types::Dependency,
+        dest: &Path,
+    ) -> Result<(), crate::job::ArtifactError> {
+        // Current GitLab hands the running job's token for dependencies; older versions the
+        // dependency's own. Use the dependency's when it is set.
+        let token = if dependency.token.is_empty() {
+            &job.token
+        } else {
+            &dependency.token
+        };
+        ArtifactClient::download(self, dependency.id, token, dest)
+            .await
+            .map(|_| ())
+            .map_err(|e| crate::job::ArtifactError::Store(e.to_string()))
+    }
+}
