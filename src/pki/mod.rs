@@ -169,7 +169,7 @@ pub fn issue_job_pki(req: &PkiRequest) -> Result<JobPki, Error> {
     for dns in &req.server_dns {
         let name = dns.as_str().try_into().map_err(|e| Error::Issue {
             what: "server",
-            source: rcgen::Error::from(e),
+            source: e,
         })?;
         server_params.subject_alt_names.push(SanType::DnsName(name));
     }
