@@ -52,7 +52,10 @@ async fn run(env: &dyn JobEnvironment, script: &str) -> (Result<i32, Error>, Str
             ScriptRequest {
                 role: Role::Build,
                 script: format!("set -eo pipefail\n{script}\n"),
-                env: vec![("CI_PROJECT_DIR".into(), env.paths().project_dir.display().to_string())],
+                env: vec![(
+                    "CI_PROJECT_DIR".into(),
+                    env.paths().project_dir.display().to_string(),
+                )],
             },
             out.clone(),
             CancellationToken::new(),
@@ -67,21 +70,37 @@ async fn expect_ok(env: &dyn JobEnvironment, script: &str) -> String {
     text
 }
 
-async fn prepare(backend: &Arc<dyn Isolation>, spec: &EnvironmentSpec) -> (Box<dyn JobEnvironment>, Arc<Collect>) {
+async fn prepare(
+    backend: &Arc<dyn Isolation>,
+    spec: &EnvironmentSpec,
+) -> (Box<dyn JobEnvironment>, Arc<Collect>) {
     let out = Collect::new();
     let t = Instant::now();
     let env = backend
         .prepare(spec, out.clone(), CancellationToken::new())
         .await
         .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
-    eprintln!("job {} prepared in {:.2}s: {}", spec.job_id, t.elapsed().as_secs_f64(), out.text().trim());
+    eprintln!(
+        "job {} prepared in {:.2}s: {}",
+        spec.job_id,
+        t.elapsed().as_secs_f64(),
+        out.text().trim()
+    );
     (env, out)
 }
 
 async fn teardown(scope: &Scope, env: Box<dyn JobEnvironment>) {
     let report = env.teardown().await;
-    assert!(report.failures.is_empty(), "teardown failures: {:?}", report.failures);
-    assert!(report.removed.iter().any(|r| r.starts_with("network")), "{:?}", report.removed);
+    assert!(
+        report.failures.is_empty(),
+        "teardown failures: {:?}",
+        report.failures
+    );
+    assert!(
+        report.removed.iter().any(|r| r.starts_with("network")),
+        "{:?}",
+        report.removed
+    );
     scope.assert_clean().await;
 }
 
@@ -111,12 +130,30 @@ echo "job-mtu=$(cat /sys/class/net/eth0/mtu)"
     )
     .await;
     assert!(text.contains("no-host-socket"), "{text}");
-    assert!(text.contains("driver=overlay2"), "inner daemon must not fall back to vfs: {text}");
+    assert!(
+        text.contains("driver=overlay2"),
+        "inner daemon must not fall back to vfs: {text}"
+    );
     assert!(text.contains("from-the-runner"), "{text}");
-    assert_eq!(std::fs::read_to_string(pd.join("from-inner.txt")).unwrap().trim(), "inner");
-    let host_mtu = text.lines().find_map(|l| l.strip_prefix("job-mtu=")).unwrap().to_string();
-    assert!(text.contains(&format!("inner-mtu={host_mtu}")), "compose-style networks inherit the MTU: {text}");
-    assert!(text.contains(&format!("inner-bridge-mtu={host_mtu}")), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(pd.join("from-inner.txt"))
+            .unwrap()
+            .trim(),
+        "inner"
+    );
+    let host_mtu = text
+        .lines()
+        .find_map(|l| l.strip_prefix("job-mtu="))
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains(&format!("inner-mtu={host_mtu}")),
+        "compose-style networks inherit the MTU: {text}"
+    );
+    assert!(
+        text.contains(&format!("inner-bridge-mtu={host_mtu}")),
+        "{text}"
+    );
     teardown(&scope, env).await;
 }
 
@@ -155,8 +192,16 @@ docker compose down -v
 "#,
     )
     .await;
-    assert!(text.contains("served-from-job-dir"), "published port reachable at docker:8080: {text}");
-    assert_eq!(std::fs::read_to_string(pd.join("compose-out.txt")).unwrap().trim(), "written-by-compose");
+    assert!(
+        text.contains("served-from-job-dir"),
+        "published port reachable at docker:8080: {text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(pd.join("compose-out.txt"))
+            .unwrap()
+            .trim(),
+        "written-by-compose"
+    );
     teardown(&scope, env).await;
 }
 
@@ -166,7 +211,11 @@ async fn two_jobs_are_isolated_from_each_other() {
     let backend = dind(&scope, |_| {});
     let (sa, sb) = (spec(&scope, 201), spec(&scope, 202));
     let ((a, _), (b, _)) = tokio::join!(prepare(&backend, &sa), prepare(&backend, &sb));
-    expect_ok(b.as_ref(), "docker run -d --pull never --name only-in-b isolated-runner/busybox:test sleep 300").await;
+    expect_ok(
+        b.as_ref(),
+        "docker run -d --pull never --name only-in-b isolated-runner/busybox:test sleep 300",
+    )
+    .await;
     let b_sidecar = scope
         .docker
         .inspect_container(&format!("ir-{}-202-sidecar", scope.runner_id))
@@ -186,14 +235,24 @@ test ! -S /var/run/docker.sock && echo no-host-socket
         ),
     )
     .await;
-    assert!(a_text.contains("a-sees=[]"), "job A must not see B's containers: {a_text}");
-    assert!(!a_text.contains("REACHED"), "job A reached B's daemon: {a_text}");
+    assert!(
+        a_text.contains("a-sees=[]"),
+        "job A must not see B's containers: {a_text}"
+    );
+    assert!(
+        !a_text.contains("REACHED"),
+        "job A reached B's daemon: {a_text}"
+    );
     assert!(a_text.contains("no-host-socket"));
     let b_text = expect_ok(b.as_ref(), "docker ps --format '{{.Names}}'").await;
     assert!(b_text.contains("only-in-b"));
     // Even on a shared network, A's certificate is not accepted by B's daemon (per-job CA): try
     // it from the runner host, which can route to both bridges.
-    let a_certs = scope.state_dir().join("certs").join(&scope.runner_id).join("job-201/client");
+    let a_certs = scope
+        .state_dir()
+        .join("certs")
+        .join(&scope.runner_id)
+        .join("job-201/client");
     let out = std::process::Command::new("curl")
         .args(["-sS", "--max-time", "3", "-k"])
         .arg("--cert")
@@ -203,11 +262,16 @@ test ! -S /var/run/docker.sock && echo no-host-socket
         .arg(format!("https://{b_ip}:2376/_ping"))
         .output();
     if let Ok(o) = out {
-        assert_ne!(String::from_utf8_lossy(&o.stdout).trim(), "OK", "B's daemon accepted A's certificate");
+        assert_ne!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "OK",
+            "B's daemon accepted A's certificate"
+        );
     }
-    teardown(&scope, a).await;
-    let rb = b.teardown().await;
-    assert!(rb.failures.is_empty(), "{:?}", rb.failures);
+    for env in [a, b] {
+        let r = env.teardown().await;
+        assert!(r.failures.is_empty(), "{:?}", r.failures);
+    }
     scope.assert_clean().await;
 }
 
@@ -234,7 +298,11 @@ async fn cancel_kills_the_script_and_teardown_is_clean() {
         let (env, out, cancel) = (env.clone(), out.clone(), cancel.clone());
         tokio::spawn(async move {
             env.run_script(
-                ScriptRequest { role: Role::Build, script: "echo started; sleep 600".into(), env: vec![] },
+                ScriptRequest {
+                    role: Role::Build,
+                    script: "echo started; sleep 600".into(),
+                    env: vec![],
+                },
                 out as Arc<dyn OutputSink>,
                 cancel,
             )
@@ -243,7 +311,10 @@ async fn cancel_kills_the_script_and_teardown_is_clean() {
     };
     out.wait_for("started", WAIT).await;
     cancel.cancel();
-    let r = tokio::time::timeout(Duration::from_secs(30), task).await.expect("cancel is prompt").unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("cancel is prompt")
+        .unwrap();
     assert!(matches!(r, Err(Error::Canceled)), "{r:?}");
     let env = Arc::try_unwrap(env).ok().expect("single owner");
     teardown(&scope, env).await;
@@ -268,8 +339,15 @@ async fn killed_sidecar_is_reported_and_teardown_is_clean() {
         })
     };
     out.wait_for("started", WAIT).await;
-    scope.docker.kill_container(&format!("ir-{}-303-sidecar", scope.runner_id)).await.unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(60), task).await.expect("noticed promptly").unwrap();
+    scope
+        .docker
+        .kill_container(&format!("ir-{}-303-sidecar", scope.runner_id))
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("noticed promptly")
+        .unwrap();
     assert!(matches!(r, Err(Error::SidecarDied { .. })), "{r:?}");
     let env = Arc::try_unwrap(env).ok().expect("single owner");
     teardown(&scope, env).await;
@@ -281,13 +359,24 @@ async fn services_run_on_the_job_network_with_aliases() {
     let backend = dind(&scope, |c| c.docker.isolation.preload_images.clear());
     let mut s = spec(&scope, 304);
     s.services = vec![ServiceSpec {
-        image: ContainerImage { name: BUSYBOX_IMAGE.into(), entrypoint: None },
-        command: vec!["sh".into(), "-c".into(), "mkdir -p /www && echo svc-ok > /www/index.html && httpd -f -p 80 -h /www".into()],
+        image: ContainerImage {
+            name: BUSYBOX_IMAGE.into(),
+            entrypoint: None,
+        },
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "mkdir -p /www && echo svc-ok > /www/index.html && httpd -f -p 80 -h /www".into(),
+        ],
         aliases: vec!["web".into()],
         env: vec![],
     }];
     let (env, _) = prepare(&backend, &s).await;
-    let text = expect_ok(env.as_ref(), "for i in $(seq 1 100); do curl -fsS http://web/ && break; sleep 0.1; done").await;
+    let text = expect_ok(
+        env.as_ref(),
+        "for i in $(seq 1 100); do curl -fsS http://web/ && break; sleep 0.1; done",
+    )
+    .await;
     assert!(text.contains("svc-ok"), "{text}");
     teardown(&scope, env).await;
 }
@@ -298,12 +387,22 @@ async fn missing_image_and_missing_sysbox_fail_clearly_and_leave_nothing() {
     let backend = dind(&scope, |_| {});
     let mut s = spec(&scope, 305);
     s.build_image.name = "isolated-runner/does-not-exist:never".into();
-    let r = backend.prepare(&s, Collect::new(), CancellationToken::new()).await;
-    assert!(matches!(r, Err(Error::ImageUnavailable { .. })), "{:?}", r.err());
+    let r = backend
+        .prepare(&s, Collect::new(), CancellationToken::new())
+        .await;
+    assert!(
+        matches!(r, Err(Error::ImageUnavailable { .. })),
+        "{:?}",
+        r.err()
+    );
     scope.assert_clean().await;
 
-    let sysbox = dind(&scope, |c| c.docker.isolation.sidecar_profile = SidecarProfile::Sysbox);
-    let r = sysbox.prepare(&spec(&scope, 306), Collect::new(), CancellationToken::new()).await;
+    let sysbox = dind(&scope, |c| {
+        c.docker.isolation.sidecar_profile = SidecarProfile::Sysbox
+    });
+    let r = sysbox
+        .prepare(&spec(&scope, 306), Collect::new(), CancellationToken::new())
+        .await;
     match r {
         Err(Error::ProfileUnavailable { profile, detail }) => {
             assert_eq!(profile, "sysbox");
@@ -332,11 +431,28 @@ async fn reaper_removes_what_a_dead_runner_left() {
     let dry = isolation::reaper::reap(&scope.docker, &req).await;
     assert!(dry.removed.is_empty());
     for kind in ["container ir-", "network ir-", "volume ir-", "dir "] {
-        assert!(dry.found.iter().any(|f| f.starts_with(kind)), "dry run misses {kind}: {:?}", dry.found);
+        assert!(
+            dry.found.iter().any(|f| f.starts_with(kind)),
+            "dry run misses {kind}: {:?}",
+            dry.found
+        );
     }
-    let done = isolation::reaper::reap(&scope.docker, &isolation::reaper::ReapRequest { dry_run: false, ..req }).await;
+    let done = isolation::reaper::reap(
+        &scope.docker,
+        &isolation::reaper::ReapRequest {
+            dry_run: false,
+            ..req
+        },
+    )
+    .await;
     assert!(done.failures.is_empty(), "{:?}", done.failures);
-    assert_eq!(done.removed.len(), dry.found.len(), "{:?} vs {:?}", done.removed, dry.found);
+    assert_eq!(
+        done.removed.len(),
+        dry.found.len(),
+        "{:?} vs {:?}",
+        done.removed,
+        dry.found
+    );
     scope.assert_clean().await;
 }
 
@@ -345,7 +461,10 @@ async fn shared_socket_backend_uses_the_host_daemon_at_identical_paths() {
     let scope = Scope::new().await;
     let mut cfg = scope.runner_config();
     cfg.docker.isolation.mode = IsolationMode::SharedSocket;
-    let backend: Arc<dyn Isolation> = Arc::new(isolation::shared_socket::SharedSocketBackend::new(scope.docker.clone(), Arc::new(cfg)));
+    let backend: Arc<dyn Isolation> = Arc::new(isolation::shared_socket::SharedSocketBackend::new(
+        scope.docker.clone(),
+        Arc::new(cfg),
+    ));
     let (env, _) = prepare(&backend, &spec(&scope, 501)).await;
     std::fs::write(env.paths().project_dir.join("marker.txt"), "shared-marker").unwrap();
     let label = format!("io.isolated-runner.runner={}", scope.runner_id);
@@ -357,4 +476,62 @@ docker run --rm --pull never --label {label} -v "$PWD":/x isolated-runner/busybo
     .await;
     assert!(text.contains("shared-marker"), "{text}");
     teardown(&scope, env).await;
+}
+
+#[tokio::test]
+async fn sidecar_that_never_answers_is_not_ready_with_its_logs() {
+    let scope = Scope::new().await;
+    // dockerd refuses a malformed mirror and exits: the runner must say so with the log.
+    let backend = dind(&scope, |c| {
+        c.docker.isolation.preload_images.clear();
+        c.docker.isolation.registry_mirror = Some("not a url".to_string());
+        c.docker.isolation.ready_timeout = Duration::from_secs(30);
+    });
+    let r = backend
+        .prepare(&spec(&scope, 601), Collect::new(), CancellationToken::new())
+        .await;
+    match r {
+        Err(Error::NotReady { last_logs, .. }) => {
+            assert!(last_logs.contains("exited"), "{last_logs}");
+            assert!(
+                last_logs.contains("mirror"),
+                "the daemon's own complaint is shown: {last_logs}"
+            );
+        }
+        Err(other) => panic!("expected NotReady, got {other}"),
+        Ok(_) => panic!("a busybox sidecar cannot be ready"),
+    }
+    scope.assert_clean().await;
+}
+
+#[tokio::test]
+async fn privileged_profile_is_an_explicit_opt_in_that_works() {
+    let scope = Scope::new().await;
+    let backend = dind(&scope, |c| {
+        c.docker.isolation.preload_images.clear();
+        c.docker.isolation.sidecar_profile = SidecarProfile::Privileged;
+    });
+    // Never a silent fallback: either a really privileged sidecar, or ProfileUnavailable (this
+    // host's daemon cannot grant every capability, so `--privileged` cannot start here).
+    let out = Collect::new();
+    match backend
+        .prepare(&spec(&scope, 602), out.clone(), CancellationToken::new())
+        .await
+    {
+        Ok(env) => {
+            assert!(
+                out.text().contains("sidecar profile privileged"),
+                "{}",
+                out.text()
+            );
+            expect_ok(env.as_ref(), "docker info --format '{{.ServerVersion}}'").await;
+            teardown(&scope, env).await;
+        }
+        Err(Error::ProfileUnavailable { profile, detail }) => {
+            eprintln!("privileged profile unavailable here: {detail}");
+            assert_eq!(profile, "privileged");
+            scope.assert_clean().await;
+        }
+        Err(other) => panic!("expected a privileged sidecar or ProfileUnavailable, got {other}"),
+    }
 }

@@ -267,11 +267,9 @@ impl Docker {
             .clone()
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
         let inner = match host.as_deref() {
-            Some(h) if h.starts_with("unix://") => bollard::Docker::connect_with_unix(
-                h,
-                TIMEOUT_SECS,
-                bollard::API_DEFAULT_VERSION,
-            ),
+            Some(h) if h.starts_with("unix://") => {
+                bollard::Docker::connect_with_unix(h, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
             Some(h) => {
                 bollard::Docker::connect_with_http(h, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
             }
@@ -354,7 +352,9 @@ impl Docker {
     pub async fn describe(&self) -> Result<(String, String), Error> {
         let info = self.inner.info().await.map_err(api("docker info"))?;
         Ok((
-            info.cgroup_version.map(|v| v.to_string()).unwrap_or_default(),
+            info.cgroup_version
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
             info.driver.unwrap_or_default(),
         ))
     }
@@ -407,7 +407,9 @@ impl Docker {
             .map(|nets| {
                 nets.into_iter()
                     .filter_map(|(name, ep)| {
-                        ep.ip_address.filter(|ip| !ip.is_empty()).map(|ip| (name, ip))
+                        ep.ip_address
+                            .filter(|ip| !ip.is_empty())
+                            .map(|ip| (name, ip))
                     })
                     .collect()
             })
@@ -592,11 +594,10 @@ impl Docker {
             labels: Some(spec.labels.clone()),
             ..Default::default()
         };
-        let r = self
-            .inner
-            .create_network(req)
-            .await
-            .map_err(api(format!("create network {} ({})", spec.name, spec.subnet)))?;
+        let r = self.inner.create_network(req).await.map_err(api(format!(
+            "create network {} ({})",
+            spec.name, spec.subnet
+        )))?;
         Ok(r.id)
     }
 
@@ -711,7 +712,9 @@ impl Docker {
             tar.map_err(|e| std::io::Error::other(e.to_string())),
             None,
         );
-        s.map_err(|e| api(ctx.clone())(e)).try_for_each(|_| async { Ok(()) }).await
+        s.map_err(|e| api(ctx.clone())(e))
+            .try_for_each(|_| async { Ok(()) })
+            .await
     }
 }
 
@@ -849,7 +852,10 @@ mod tests {
         let ep = &b.networking_config.unwrap().endpoints_config.unwrap()["net"];
         assert_eq!(ep.aliases.as_ref().unwrap(), &vec!["docker".to_string()]);
         let none = container_body(&ContainerSpec::default());
-        assert_eq!(none.host_config.unwrap().network_mode.as_deref(), Some("none"));
+        assert_eq!(
+            none.host_config.unwrap().network_mode.as_deref(),
+            Some("none")
+        );
     }
 
     #[test]

@@ -319,7 +319,10 @@ impl JobState {
             return Ok(());
         };
         for (i, svc) in services.iter().enumerate() {
-            let mut env: Vec<String> = service_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut env: Vec<String> = service_env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             env.extend(svc.env.iter().map(|(k, v)| format!("{k}={v}")));
             let spec = ContainerSpec {
                 name: self.naming.name(&format!("svc-{i}")),
@@ -488,16 +491,16 @@ impl JobState {
         let detail = match self.docker.inspect_container(sidecar).await {
             Ok(info) if info.running => return None,
             Ok(info) => {
-                let logs = self
-                    .docker
-                    .logs_tail(sidecar, 5)
-                    .await
-                    .unwrap_or_default();
+                let logs = self.docker.logs_tail(sidecar, 5).await.unwrap_or_default();
                 format!(
                     "status {}, exit code {}{}; last log lines:\n{}",
                     info.status,
                     info.exit_code.unwrap_or(-1),
-                    if info.oom_killed { ", killed by the OOM killer" } else { "" },
+                    if info.oom_killed {
+                        ", killed by the OOM killer"
+                    } else {
+                        ""
+                    },
                     logs.trim_end()
                 )
             }
@@ -516,26 +519,28 @@ impl JobState {
     pub async fn teardown(mut self) -> TeardownReport {
         let mut report = TeardownReport::default();
         let filters = docker::label_filters(&self.naming.runner_id, Some(self.naming.job_id));
-        let mut containers: Vec<(String, String)> = match self.docker.list_containers(&filters).await {
-            Ok(list) => list
-                .into_iter()
-                .map(|c| {
-                    let role = c.labels.get(LABEL_ROLE).cloned().unwrap_or_default();
-                    (c.id, role)
-                })
-                .collect(),
-            Err(e) => {
-                report.failures.push(format!("list containers: {e}"));
-                Vec::new()
-            }
-        };
+        let mut containers: Vec<(String, String)> =
+            match self.docker.list_containers(&filters).await {
+                Ok(list) => list
+                    .into_iter()
+                    .map(|c| {
+                        let role = c.labels.get(LABEL_ROLE).cloned().unwrap_or_default();
+                        (c.id, role)
+                    })
+                    .collect(),
+                Err(e) => {
+                    report.failures.push(format!("list containers: {e}"));
+                    Vec::new()
+                }
+            };
         for id in self.services.iter().chain(self.sidecar.iter()) {
             if !containers.iter().any(|(c, _)| c == id) {
                 containers.push((id.clone(), String::new()));
             }
         }
         // The sidecar goes last among containers: job containers talk to it until they die.
-        containers.sort_by_key(|(id, role)| role == "sidecar" || self.sidecar.as_deref() == Some(id));
+        containers
+            .sort_by_key(|(id, role)| role == "sidecar" || self.sidecar.as_deref() == Some(id));
         for (id, _) in containers {
             match self.docker.remove_container(&id).await {
                 Ok(true) => report.removed.push(format!("container {}", short(&id))),
@@ -552,7 +557,9 @@ impl JobState {
         }
         if let Some(n) = self.network.take() {
             match self.docker.remove_network(&n.name).await {
-                Ok(true) => report.removed.push(format!("network {} ({})", n.name, n.subnet)),
+                Ok(true) => report
+                    .removed
+                    .push(format!("network {} ({})", n.name, n.subnet)),
                 Ok(false) => {}
                 Err(e) => report.failures.push(e.to_string()),
             }
@@ -643,7 +650,13 @@ mod tests {
         };
         assert_eq!(c.gateway(), Ipv4Addr::new(10, 213, 0, 17));
         assert_eq!(c.sidecar_ip(), Ipv4Addr::new(10, 213, 0, 18));
-        assert!(overlaps("10.0.0.0/8".parse().unwrap(), "10.1.0.0/28".parse().unwrap()));
-        assert!(!overlaps("10.0.0.0/28".parse().unwrap(), "10.0.0.16/28".parse().unwrap()));
+        assert!(overlaps(
+            "10.0.0.0/8".parse().unwrap(),
+            "10.1.0.0/28".parse().unwrap()
+        ));
+        assert!(!overlaps(
+            "10.0.0.0/28".parse().unwrap(),
+            "10.0.0.16/28".parse().unwrap()
+        ));
     }
 }

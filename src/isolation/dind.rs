@@ -215,7 +215,11 @@ impl DindBackend {
         // The sidecar: only runner config shapes it; no job variable reaches it (threat S2).
         sidecar.name = env.state.naming.name("sidecar");
         sidecar.image = iso.sidecar_image.clone();
-        sidecar.cmd = Some(inner_daemon_args(iso.inner_address_pool, mtu, iso.registry_mirror.as_deref()));
+        sidecar.cmd = Some(inner_daemon_args(
+            iso.inner_address_pool,
+            mtu,
+            iso.registry_mirror.as_deref(),
+        ));
         sidecar.labels = env.state.naming.labels("sidecar");
         sidecar.network = Some(net.name.clone());
         sidecar.aliases = vec!["docker".to_string()];
@@ -232,7 +236,8 @@ impl DindBackend {
         sidecar.cpus = iso.sidecar_cpus;
         sidecar.pids_limit = iso.sidecar_pids_limit;
         sidecar.sysctls = HashMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
-        sidecar.nofile = Some((1_048_576, 1_048_576));
+        // nofile is inherited from the host daemon: a fixed value above its hard limit fails
+        // with "error setting rlimit type 7" on hosts with a lower limit.
         // Under memory pressure the job's daemon dies before the host's.
         sidecar.oom_score_adj = Some(500);
         let started = Instant::now();
@@ -244,7 +249,7 @@ impl DindBackend {
         docker
             .start_container(&id)
             .await
-            .map_err(other("start the sidecar"))?;
+            .map_err(|e| start_error(iso.sidecar_profile, e))?;
 
         let tls = crate::pki::client_config(&pki.client).map_err(|e| Error::Other {
             context: "build the runner's TLS client".to_string(),
@@ -253,7 +258,12 @@ impl DindBackend {
         let addr = SocketAddr::new(IpAddr::V4(sidecar_ip), 2376);
         let inner = wait_ready(docker, &id, addr, tls, iso.ready_timeout).await?;
         let waited = started.elapsed();
-        tracing::info!(job.id = spec.job_id, ready_ms = waited.as_millis() as u64, profile = profile_name(iso.sidecar_profile), "sidecar ready");
+        tracing::info!(
+            job.id = spec.job_id,
+            ready_ms = waited.as_millis() as u64,
+            profile = profile_name(iso.sidecar_profile),
+            "sidecar ready"
+        );
         out.write(
             format!(
                 "Job docker daemon ready in {:.1}s (sidecar profile {}, network {} {})\n",
@@ -283,7 +293,11 @@ impl DindBackend {
         env.state.script = Some(ScriptSettings {
             build_image: spec.build_image.clone(),
             helper_image: spec.helper_image.clone(),
-            memory: self.runner.docker.memory.and_then(|m| i64::try_from(m).ok()),
+            memory: self
+                .runner
+                .docker
+                .memory
+                .and_then(|m| i64::try_from(m).ok()),
             cpus: self.runner.docker.cpus,
             pids_limit: self.runner.docker.pids_limit,
             extra_mounts: vec![env.state.bind(&certs.client, CLIENT_CERT_PATH, true)],
@@ -326,6 +340,26 @@ pub fn inner_daemon_args(
 }
 use ipnet::Ipv4Net;
 
+/// A sidecar that cannot start because the host refuses the profile's privileges is a
+/// `ProfileUnavailable` (with what to do), not a generic error: the admin must choose.
+fn start_error(profile: SidecarProfile, e: crate::docker::Error) -> Error {
+    let msg = e.daemon_message().unwrap_or_default().to_string();
+    let refused = msg.contains("unable to apply caps")
+        || msg.contains("operation not permitted")
+        || msg.contains("unknown or invalid runtime");
+    if refused {
+        return Error::ProfileUnavailable {
+            profile: profile_name(profile).to_string(),
+            detail: format!(
+                "the host daemon could not start the sidecar with this profile's privileges \
+                 ({msg}); the daemon itself probably runs with a reduced capability set. \
+                 Choose another sidecar_profile explicitly"
+            ),
+        };
+    }
+    other("start the sidecar")(e)
+}
+
 /// What the job sees: the sidecar by name, TLS verified, the client half of the certificates.
 pub fn dind_job_env() -> Vec<(String, String)> {
     vec![
@@ -333,7 +367,10 @@ pub fn dind_job_env() -> Vec<(String, String)> {
         ("DOCKER_TLS_VERIFY".to_string(), "1".to_string()),
         ("DOCKER_CERT_PATH".to_string(), CLIENT_CERT_PATH.to_string()),
         // Published ports live on the sidecar, not on localhost.
-        ("TESTCONTAINERS_HOST_OVERRIDE".to_string(), "docker".to_string()),
+        (
+            "TESTCONTAINERS_HOST_OVERRIDE".to_string(),
+            "docker".to_string(),
+        ),
     ]
 }
 
@@ -362,20 +399,19 @@ async fn wait_ready(
         }
         n += 1;
         // Every ~0.5 s: a sidecar that exited will never answer; say so now.
-        if n.is_multiple_of(5) {
-            if let Ok(info) = docker.inspect_container(sidecar).await
-                && !info.running
-            {
-                let logs = docker.logs_tail(sidecar, 30).await.unwrap_or_default();
-                return Err(Error::NotReady {
-                    waited: start.elapsed(),
-                    last_logs: format!(
-                        "(the sidecar exited with code {})\n{}",
-                        info.exit_code.unwrap_or(-1),
-                        logs.trim_end()
-                    ),
-                });
-            }
+        if n.is_multiple_of(5)
+            && let Ok(info) = docker.inspect_container(sidecar).await
+            && !info.running
+        {
+            let logs = docker.logs_tail(sidecar, 30).await.unwrap_or_default();
+            return Err(Error::NotReady {
+                waited: start.elapsed(),
+                last_logs: format!(
+                    "(the sidecar exited with code {})\n{}",
+                    info.exit_code.unwrap_or(-1),
+                    logs.trim_end()
+                ),
+            });
         }
         if start.elapsed() >= timeout {
             let logs = docker.logs_tail(sidecar, 30).await.unwrap_or_default();
@@ -398,7 +434,10 @@ async fn wait_ready(
 
 fn is_route_error(e: &str) -> bool {
     let e = e.to_ascii_lowercase();
-    e.contains("no route") || e.contains("unreachable") || e.contains("within 2s") || e.contains("timed out")
+    e.contains("no route")
+        || e.contains("unreachable")
+        || e.contains("within 2s")
+        || e.contains("timed out")
 }
 
 /// A prepared dind job.
@@ -455,7 +494,10 @@ mod tests {
         assert!(a.contains(&"--bip=10.214.0.1/24".to_string()));
         assert!(a.contains(&"--default-address-pool=base=10.214.0.0/16,size=24".to_string()));
         assert!(a.contains(&"--mtu=1400".to_string()));
-        assert!(a.iter().any(|x| x.contains("com.docker.network.driver.mtu=1400")));
+        assert!(
+            a.iter()
+                .any(|x| x.contains("com.docker.network.driver.mtu=1400"))
+        );
         let b = inner_daemon_args("10.214.0.0/16".parse().unwrap(), None, Some(""));
         assert!(!b.iter().any(|x| x.contains("mtu") || x.contains("mirror")));
     }

@@ -202,7 +202,9 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/isolated-runner";
 /// The backend `runner` is configured for, connected to its host daemon
 /// (`[runners.docker] host`, else `DOCKER_HOST`, else the default socket). Certificates go under
 /// [`DEFAULT_STATE_DIR`].
-pub async fn backend_for(runner: &crate::config::RunnerConfig) -> Result<Arc<dyn Isolation>, Error> {
+pub async fn backend_for(
+    runner: &crate::config::RunnerConfig,
+) -> Result<Arc<dyn Isolation>, Error> {
     backend_for_in(runner, std::path::Path::new(DEFAULT_STATE_DIR)).await
 }
 

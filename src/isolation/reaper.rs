@@ -86,7 +86,10 @@ pub async fn reap(docker: &Docker, req: &ReapRequest) -> ReapReport {
     }
     match docker.list_volumes(&managed).await {
         Ok(vols) => {
-            for v in vols.iter().filter(|v| stale(&v.labels, &req.runner_id, now)) {
+            for v in vols
+                .iter()
+                .filter(|v| stale(&v.labels, &req.runner_id, now))
+            {
                 note_job(&v.labels);
                 report.found.push(format!("volume {}", v.name));
                 if !req.dry_run {
@@ -101,7 +104,10 @@ pub async fn reap(docker: &Docker, req: &ReapRequest) -> ReapReport {
     }
     match docker.list_networks(&managed).await {
         Ok(nets) => {
-            for n in nets.iter().filter(|n| stale(&n.labels, &req.runner_id, now)) {
+            for n in nets
+                .iter()
+                .filter(|n| stale(&n.labels, &req.runner_id, now))
+            {
                 note_job(&n.labels);
                 report.found.push(format!("network {}", n.name));
                 if !req.dry_run {

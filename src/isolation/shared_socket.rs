@@ -34,10 +34,7 @@ impl SharedSocketBackend {
 }
 
 fn shared_job_env() -> Vec<(String, String)> {
-    vec![(
-        "DOCKER_HOST".to_string(),
-        format!("unix://{HOST_SOCKET}"),
-    )]
+    vec![("DOCKER_HOST".to_string(), format!("unix://{HOST_SOCKET}"))]
 }
 
 #[async_trait::async_trait]
@@ -91,11 +88,17 @@ impl SharedSocketBackend {
             .await
             .map_err(other_paths("create job directories"))?;
         state.paths = Some(paths.clone());
-        state.start_services(&spec.services, &spec.service_env).await?;
+        state
+            .start_services(&spec.services, &spec.service_env)
+            .await?;
         state.script = Some(ScriptSettings {
             build_image: spec.build_image.clone(),
             helper_image: spec.helper_image.clone(),
-            memory: self.runner.docker.memory.and_then(|m| i64::try_from(m).ok()),
+            memory: self
+                .runner
+                .docker
+                .memory
+                .and_then(|m| i64::try_from(m).ok()),
             cpus: self.runner.docker.cpus,
             pids_limit: self.runner.docker.pids_limit,
             extra_mounts: vec![MountSpec::Bind {
@@ -139,4 +142,3 @@ impl JobEnvironment for SharedEnv {
         this.state.teardown().await
     }
 }
-

@@ -31,7 +31,9 @@ impl Scope {
     /// A new scope; panics with a hint when an image is missing.
     pub async fn new() -> Scope {
         isolated_runner::install_crypto_provider();
-        let docker = Docker::connect(None).await.expect("connect to the host docker daemon");
+        let docker = Docker::connect(None)
+            .await
+            .expect("connect to the host docker daemon");
         for img in [DIND_IMAGE, JOB_IMAGE, BUSYBOX_IMAGE] {
             assert!(
                 docker.image_exists(img).await.expect("inspect image"),
@@ -39,7 +41,10 @@ impl Scope {
             );
         }
         let uuid = uuid::Uuid::new_v4().simple().to_string();
-        let tmp = tempfile::Builder::new().prefix("ir-test-").tempdir().expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix("ir-test-")
+            .tempdir()
+            .expect("tempdir");
         Scope {
             runner_id: format!("t-{}", &uuid[..16]),
             tmp,
@@ -72,12 +77,28 @@ impl Scope {
     /// no job or cert directory remains.
     pub async fn assert_clean(&self) {
         let f = isolated_runner::docker::label_filters(&self.runner_id, None);
-        let c = self.docker.list_containers(&f).await.expect("list containers");
-        assert!(c.is_empty(), "containers left: {:?}", c.iter().map(|c| &c.name).collect::<Vec<_>>());
+        let c = self
+            .docker
+            .list_containers(&f)
+            .await
+            .expect("list containers");
+        assert!(
+            c.is_empty(),
+            "containers left: {:?}",
+            c.iter().map(|c| &c.name).collect::<Vec<_>>()
+        );
         let n = self.docker.list_networks(&f).await.expect("list networks");
-        assert!(n.is_empty(), "networks left: {:?}", n.iter().map(|n| &n.name).collect::<Vec<_>>());
+        assert!(
+            n.is_empty(),
+            "networks left: {:?}",
+            n.iter().map(|n| &n.name).collect::<Vec<_>>()
+        );
         let v = self.docker.list_volumes(&f).await.expect("list volumes");
-        assert!(v.is_empty(), "volumes left: {:?}", v.iter().map(|v| &v.name).collect::<Vec<_>>());
+        assert!(
+            v.is_empty(),
+            "volumes left: {:?}",
+            v.iter().map(|v| &v.name).collect::<Vec<_>>()
+        );
         let leftover_dirs = list(&self.builds_dir());
         assert!(leftover_dirs.is_empty(), "job dirs left: {leftover_dirs:?}");
         let certs = list(&self.state_dir().join("certs").join(&self.runner_id));
@@ -101,20 +122,34 @@ impl Drop for Scope {
             std::process::Command::new("docker")
                 .args(args)
                 .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .map(str::to_string)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let containers = ids(&["ps", "-aq", "--filter", &label]);
         if !containers.is_empty() {
-            let _ = std::process::Command::new("docker").args(["rm", "-fv"]).args(&containers).output();
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-fv"])
+                .args(&containers)
+                .output();
         }
         let vols = ids(&["volume", "ls", "-q", "--filter", &label]);
         if !vols.is_empty() {
-            let _ = std::process::Command::new("docker").args(["volume", "rm", "-f"]).args(&vols).output();
+            let _ = std::process::Command::new("docker")
+                .args(["volume", "rm", "-f"])
+                .args(&vols)
+                .output();
         }
         let nets = ids(&["network", "ls", "-q", "--filter", &label]);
         if !nets.is_empty() {
-            let _ = std::process::Command::new("docker").args(["network", "rm"]).args(&nets).output();
+            let _ = std::process::Command::new("docker")
+                .args(["network", "rm"])
+                .args(&nets)
+                .output();
         }
     }
 }
