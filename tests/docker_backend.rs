@@ -154,6 +154,15 @@ echo "job-mtu=$(cat /sys/class/net/eth0/mtu)"
         text.contains(&format!("inner-bridge-mtu={host_mtu}")),
         "{text}"
     );
+    // Cost of a container per script (attach), printed for the report, never asserted.
+    let t = Instant::now();
+    for _ in 0..5 {
+        expect_ok(env.as_ref(), "true").await;
+    }
+    eprintln!(
+        "script container round trip: {:.0} ms",
+        t.elapsed().as_secs_f64() * 1000.0 / 5.0
+    );
     teardown(&scope, env).await;
 }
 
