@@ -69,14 +69,15 @@ pub async fn profile_flags(
     match profile {
         SidecarProfile::Hardened => {
             // Not privileged: default capabilities + SYS_ADMIN (mounts: overlay, cgroup remount)
-            // + NET_ADMIN (bridge, iptables); seccomp refuses host-level syscalls; /proc and /sys
-            // unmasked so dockerd can set sysctls for its containers; no host devices.
+            // + NET_ADMIN (bridge, iptables); seccomp refuses host-level syscalls; Docker's
+            // masked and read-only /proc and /sys paths stay (the image's entrypoint re-opens
+            // only /proc/sys/net, which dockerd needs for its containers' interfaces); no host
+            // devices. AppArmor must be unconfined on AppArmor hosts (mounts), a no-op elsewhere.
             spec.cap_add = vec!["SYS_ADMIN".to_string(), "NET_ADMIN".to_string()];
             spec.security_opt = vec![
                 format!("seccomp={HARDENED_SECCOMP}"),
                 "apparmor=unconfined".to_string(),
             ];
-            spec.unmask_system_paths = true;
         }
         SidecarProfile::Privileged => {
             spec.privileged = true;
