@@ -544,3 +544,47 @@ async fn privileged_profile_is_an_explicit_opt_in_that_works() {
         Err(other) => panic!("expected a privileged sidecar or ProfileUnavailable, got {other}"),
     }
 }
+
+#[tokio::test]
+async fn cancel_during_prepare_leaves_nothing() {
+    let scope = Scope::new().await;
+    let backend = dind(&scope, |_| {});
+    let cancel = CancellationToken::new();
+    let task = {
+        let (backend, s, cancel) = (backend.clone(), spec(&scope, 701), cancel.clone());
+        tokio::spawn(async move {
+            backend
+                .prepare(&s, Collect::new(), cancel)
+                .await
+                .map(|_| ())
+        })
+    };
+    // Cancel once the sidecar exists, i.e. in the middle of the readiness wait.
+    let filters = isolated_runner::docker::label_filters(&scope.runner_id, Some(701));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list = scope.docker.list_containers(&filters).await.unwrap();
+        if !list.is_empty() || task.is_finished() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sidecar never appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    let r = task.await.unwrap();
+    // Either the cancel won, or prepare had already finished (then its env was dropped: the
+    // reaper's case). Assert the cancel path when it happened.
+    if let Err(e) = &r {
+        assert!(matches!(e, Error::Canceled), "{e}");
+        scope.assert_clean().await;
+    } else {
+        let req = isolation::reaper::ReapRequest {
+            runner_id: scope.runner_id.clone(),
+            state_dir: scope.state_dir(),
+            builds_dir: scope.builds_dir(),
+            dry_run: false,
+        };
+        isolation::reaper::reap(&scope.docker, &req).await;
+        scope.assert_clean().await;
+    }
+}

@@ -548,18 +548,32 @@ impl JobState {
                 Err(e) => report.failures.push(e.to_string()),
             }
         }
-        if let Some(v) = self.volume.take() {
+        // Volumes and networks are also found by label: a prepare cancelled between the
+        // daemon's reply and the bookkeeping must not leak them.
+        let mut volumes: Vec<String> = self.volume.take().into_iter().collect();
+        match self.docker.list_volumes(&filters).await {
+            Ok(list) => volumes.extend(list.into_iter().map(|v| v.name)),
+            Err(e) => report.failures.push(format!("list volumes: {e}")),
+        }
+        volumes.sort();
+        volumes.dedup();
+        for v in volumes {
             match self.docker.remove_volume(&v).await {
                 Ok(true) => report.removed.push(format!("volume {v}")),
                 Ok(false) => {}
                 Err(e) => report.failures.push(e.to_string()),
             }
         }
-        if let Some(n) = self.network.take() {
-            match self.docker.remove_network(&n.name).await {
-                Ok(true) => report
-                    .removed
-                    .push(format!("network {} ({})", n.name, n.subnet)),
+        let mut networks: Vec<String> = self.network.take().into_iter().map(|n| n.name).collect();
+        match self.docker.list_networks(&filters).await {
+            Ok(list) => networks.extend(list.into_iter().map(|n| n.name)),
+            Err(e) => report.failures.push(format!("list networks: {e}")),
+        }
+        networks.sort();
+        networks.dedup();
+        for n in networks {
+            match self.docker.remove_network(&n).await {
+                Ok(true) => report.removed.push(format!("network {n}")),
                 Ok(false) => {}
                 Err(e) => report.failures.push(e.to_string()),
             }
