@@ -39,7 +39,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
                 config.state_dir.display()
             )
         })?;
-    let executor = RunnerExecutor::new(system_id, ClientOptions::default(), None);
+    let executor = RunnerExecutor::new(
+        system_id,
+        config.state_dir.clone(),
+        ClientOptions::default(),
+        None,
+    );
     let signals = daemon::OsSignals::new().context("cannot install signal handlers")?;
     daemon::run(config, Arc::new(executor), signals).await?;
     Ok(ExitCode::SUCCESS)

@@ -1,1 +1,867 @@
 //! The only module that talks to Docker (bollard): containers, exec/attach, networks, images.
+//!
+//! A thin async layer: it turns our own small spec types into bollard's models, so no other
+//! module depends on bollard's (frequently changing) types, and it maps every failure into
+//! [`Error`] with the operation and object it was about. Policy (which flags, which labels, what
+//! order) lives in `isolation`, not here.
+
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig,
+    HostConfigCgroupnsModeEnum, Ipam, IpamConfig, Mount, MountType, NetworkCreateRequest,
+    NetworkingConfig, ResourcesUlimits, VolumeCreateRequest,
+};
+use bollard::query_parameters as q;
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Label every object the runner creates carries (value `1`).
+pub const LABEL_MANAGED: &str = "io.isolated-runner.managed";
+/// Label with the runner id.
+pub const LABEL_RUNNER: &str = "io.isolated-runner.runner";
+/// Label with the job id.
+pub const LABEL_JOB: &str = "io.isolated-runner.job";
+/// Label with the deadline (unix seconds) after which the object is certainly stale.
+pub const LABEL_DEADLINE: &str = "io.isolated-runner.deadline";
+/// Label with the object's role in the job (`sidecar`, `build`, `helper`, `service`, `network`,
+/// `data`).
+pub const LABEL_ROLE: &str = "io.isolated-runner.role";
+
+/// Errors of the Docker layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The daemon or the transport refused a request.
+    #[error("{context}: {source}")]
+    Api {
+        /// The operation and object, e.g. `create container ir-1-sidecar`.
+        context: String,
+        /// bollard's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// A reply that lacks what the runner needs.
+    #[error("{context}: {detail}")]
+    Reply {
+        /// The operation.
+        context: String,
+        /// What was missing or wrong.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// The HTTP status the daemon answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api {
+                source: bollard::errors::Error::DockerResponseServerError { status_code, .. },
+                ..
+            } => Some(*status_code),
+            _ => None,
+        }
+    }
+
+    /// True for 404 (no such object).
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+
+    /// The daemon's message, if it sent one.
+    pub fn daemon_message(&self) -> Option<&str> {
+        match self {
+            Error::Api {
+                source: bollard::errors::Error::DockerResponseServerError { message, .. },
+                ..
+            } => Some(message),
+            _ => None,
+        }
+    }
+}
+
+fn api(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Api { context, source }
+}
+
+/// How a mount looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSpec {
+    /// A host path (already translated to the host's view).
+    Bind {
+        /// Host path.
+        source: String,
+        /// Path inside the container.
+        target: String,
+        /// Read-only.
+        read_only: bool,
+    },
+    /// A named volume.
+    Volume {
+        /// Volume name.
+        name: String,
+        /// Path inside the container.
+        target: String,
+    },
+    /// A tmpfs.
+    Tmpfs {
+        /// Path inside the container.
+        target: String,
+        /// Size cap in bytes.
+        size: Option<i64>,
+    },
+}
+
+/// A container to create.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    /// Container name.
+    pub name: String,
+    /// Image reference (must exist locally: the runner never pulls).
+    pub image: String,
+    /// Entrypoint override; `Some(vec![])` clears the image's.
+    pub entrypoint: Option<Vec<String>>,
+    /// Command.
+    pub cmd: Option<Vec<String>>,
+    /// `KEY=value` environment.
+    pub env: Vec<String>,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// Working directory.
+    pub working_dir: Option<String>,
+    /// Mounts.
+    pub mounts: Vec<MountSpec>,
+    /// The one network to join (no default bridge).
+    pub network: Option<String>,
+    /// Aliases on that network.
+    pub aliases: Vec<String>,
+    /// Fixed IPv4 address on that network.
+    pub ipv4: Option<String>,
+    /// `--privileged`.
+    pub privileged: bool,
+    /// Capabilities to add.
+    pub cap_add: Vec<String>,
+    /// Capabilities to drop.
+    pub cap_drop: Vec<String>,
+    /// Security options (`no-new-privileges`, `seccomp=<json>`, `apparmor=…`, …).
+    pub security_opt: Vec<String>,
+    /// Private cgroup namespace.
+    pub cgroupns_private: bool,
+    /// OCI runtime (`sysbox-runc`); default when `None`.
+    pub runtime: Option<String>,
+    /// Memory limit in bytes (swap set equal, so no swap on top).
+    pub memory: Option<i64>,
+    /// CPUs.
+    pub cpus: Option<f64>,
+    /// Pids limit.
+    pub pids_limit: Option<i64>,
+    /// Sysctls.
+    pub sysctls: HashMap<String, String>,
+    /// `nofile` ulimit (soft, hard).
+    pub nofile: Option<(i64, i64)>,
+    /// OOM score adjustment.
+    pub oom_score_adj: Option<i64>,
+    /// Run an init process as PID 1.
+    pub init: bool,
+    /// Keep stdin open (for attach).
+    pub open_stdin: bool,
+    /// User to run as.
+    pub user: Option<String>,
+    /// Paths to unmask in /proc and /sys (`systempaths=unconfined` equivalent when empty lists).
+    pub unmask_system_paths: bool,
+}
+
+/// What the runner needs to know about a container.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerInfo {
+    /// Container id.
+    pub id: String,
+    /// Name without the leading slash.
+    pub name: String,
+    /// Running now.
+    pub running: bool,
+    /// Exit code (valid when not running).
+    pub exit_code: Option<i64>,
+    /// Killed by the OOM killer.
+    pub oom_killed: bool,
+    /// Status word (`created`, `running`, `exited`, …).
+    pub status: String,
+    /// IPv4 address per network name.
+    pub ips: HashMap<String, String>,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+}
+
+/// A network, as listed.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkInfo {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// IPv4 subnets (CIDR strings).
+    pub subnets: Vec<String>,
+}
+
+/// A network to create.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkSpec {
+    /// Name.
+    pub name: String,
+    /// Subnet, CIDR.
+    pub subnet: String,
+    /// Gateway address.
+    pub gateway: String,
+    /// MTU (driver option), if any.
+    pub mtu: Option<u32>,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+}
+
+/// A volume, as listed.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeInfo {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+}
+
+/// A chunk of container output.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// From stdout.
+    Stdout(Bytes),
+    /// From stderr.
+    Stderr(Bytes),
+}
+
+/// A stream of container output, in the order the daemon sent it.
+pub type OutputStream = Pin<Box<dyn Stream<Item = Result<Output, Error>> + Send>>;
+
+/// A stream of bytes (image tarballs).
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, Error>> + Send>>;
+
+/// A connection to one Docker daemon.
+#[derive(Debug, Clone)]
+pub struct Docker {
+    inner: bollard::Docker,
+    what: String,
+}
+
+/// Request timeout, seconds: long enough for an image export of a few hundred MB.
+const TIMEOUT_SECS: u64 = 600;
+
+impl Docker {
+    /// Connects to `host` (`unix://…`, `tcp://…`) or, when `None`, to `DOCKER_HOST` or the
+    /// default unix socket, and negotiates the API version (the engine may be older than
+    /// bollard's default).
+    pub async fn connect(host: Option<&str>) -> Result<Docker, Error> {
+        let env_host = std::env::var("DOCKER_HOST").ok();
+        let host = host.map(str::to_string).or(env_host);
+        let what = host
+            .clone()
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+        let inner = match host.as_deref() {
+            Some(h) if h.starts_with("unix://") => {
+                bollard::Docker::connect_with_unix(h, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
+            Some(h) => {
+                bollard::Docker::connect_with_http(h, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
+            None => bollard::Docker::connect_with_unix(
+                "unix:///var/run/docker.sock",
+                TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            ),
+        }
+        .map_err(api(format!("connect to {what}")))?;
+        let inner = inner
+            .negotiate_version()
+            .await
+            .map_err(api(format!("negotiate API version with {what}")))?;
+        Ok(Docker { inner, what })
+    }
+
+    /// Connects to a job's daemon at `addr` over mTLS with `tls` (the job CA as the only root,
+    /// the client certificate presented; see `pki::client_config`).
+    pub async fn connect_mtls(
+        addr: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Docker, Error> {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        let https = hyper_rustls::HttpsConnector::from((http, (*tls).clone()));
+        let mut builder =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+        builder.pool_max_idle_per_host(0);
+        let client = Arc::new(builder.build(https));
+        let what = format!("https://{addr}");
+        let transport = move |req: bollard::BollardRequest| {
+            let client = Arc::clone(&client);
+            async move {
+                client
+                    .request(req)
+                    .await
+                    .map_err(bollard::errors::Error::from)
+            }
+        };
+        let inner = bollard::Docker::connect_with_custom_transport(
+            transport,
+            Some(what.clone()),
+            TIMEOUT_SECS,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(api(format!("connect to {what}")))?;
+        let inner = inner
+            .negotiate_version()
+            .await
+            .map_err(api(format!("negotiate API version with {what}")))?;
+        Ok(Docker { inner, what })
+    }
+
+    /// Where this connection goes (for messages).
+    pub fn address(&self) -> &str {
+        &self.what
+    }
+
+    /// `GET /_ping`.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.inner
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(api(format!("ping {}", self.what)))
+    }
+
+    /// The OCI runtimes the daemon knows (`runc`, `sysbox-runc`, …).
+    pub async fn runtimes(&self) -> Result<Vec<String>, Error> {
+        let info = self.inner.info().await.map_err(api("docker info"))?;
+        Ok(info
+            .runtimes
+            .map(|r| r.into_keys().collect())
+            .unwrap_or_default())
+    }
+
+    /// The daemon's cgroup version (`1`, `2`) and storage driver, for diagnostics.
+    pub async fn describe(&self) -> Result<(String, String), Error> {
+        let info = self.inner.info().await.map_err(api("docker info"))?;
+        Ok((
+            info.cgroup_version
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            info.driver.unwrap_or_default(),
+        ))
+    }
+
+    /// Whether an image exists locally.
+    pub async fn image_exists(&self, image: &str) -> Result<bool, Error> {
+        match self.inner.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = api(format!("inspect image {image}"))(e);
+                if e.is_not_found() { Ok(false) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Creates a container and returns its id.
+    pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String, Error> {
+        let body = container_body(spec);
+        let opts = q::CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let r = self
+            .inner
+            .create_container(Some(opts), body)
+            .await
+            .map_err(api(format!("create container {}", spec.name)))?;
+        Ok(r.id)
+    }
+
+    /// Starts a container.
+    pub async fn start_container(&self, id: &str) -> Result<(), Error> {
+        self.inner
+            .start_container(id, None::<q::StartContainerOptions>)
+            .await
+            .map_err(api(format!("start container {id}")))
+    }
+
+    /// Inspects a container.
+    pub async fn inspect_container(&self, id: &str) -> Result<ContainerInfo, Error> {
+        let r = self
+            .inner
+            .inspect_container(id, None::<q::InspectContainerOptions>)
+            .await
+            .map_err(api(format!("inspect container {id}")))?;
+        let state = r.state.unwrap_or_default();
+        let ips = r
+            .network_settings
+            .and_then(|n| n.networks)
+            .map(|nets| {
+                nets.into_iter()
+                    .filter_map(|(name, ep)| {
+                        ep.ip_address
+                            .filter(|ip| !ip.is_empty())
+                            .map(|ip| (name, ip))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ContainerInfo {
+            id: r.id.unwrap_or_default(),
+            name: r
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            running: state.running.unwrap_or(false),
+            exit_code: state.exit_code,
+            oom_killed: state.oom_killed.unwrap_or(false),
+            status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            ips,
+            labels: r.config.and_then(|c| c.labels).unwrap_or_default(),
+        })
+    }
+
+    /// Sends SIGKILL. A container that is not running is not an error.
+    pub async fn kill_container(&self, id: &str) -> Result<(), Error> {
+        match self
+            .inner
+            .kill_container(id, None::<q::KillContainerOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = api(format!("kill container {id}"))(e);
+                // 404: gone; 409: not running. Both mean "nothing left to kill".
+                if matches!(e.status(), Some(404) | Some(409)) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Removes a container (forced, with its anonymous volumes). Returns false if it was not
+    /// there.
+    pub async fn remove_container(&self, id: &str) -> Result<bool, Error> {
+        let opts = q::RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.inner.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = api(format!("remove container {id}"))(e);
+                if e.is_not_found() { Ok(false) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Waits for a container to stop and returns its exit code.
+    pub async fn wait_container(&self, id: &str) -> Result<i64, Error> {
+        let mut s = self
+            .inner
+            .wait_container(id, None::<q::WaitContainerOptions>);
+        match s.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(api(format!("wait for container {id}"))(e)),
+            None => {
+                // The stream ended without a status: ask the daemon.
+                let info = self.inspect_container(id).await?;
+                info.exit_code.ok_or_else(|| Error::Reply {
+                    context: format!("wait for container {id}"),
+                    detail: "no exit code".to_string(),
+                })
+            }
+        }
+    }
+
+    /// Attaches to stdout and stderr (call before start to miss nothing), demultiplexed, in
+    /// the order the daemon sends them.
+    pub async fn attach_output(&self, id: &str) -> Result<OutputStream, Error> {
+        let opts = q::AttachContainerOptions {
+            stream: true,
+            stdout: true,
+            stderr: true,
+            logs: true,
+            ..Default::default()
+        };
+        let r = self
+            .inner
+            .attach_container(id, Some(opts))
+            .await
+            .map_err(api(format!("attach to container {id}")))?;
+        let ctx = format!("read output of container {id}");
+        Ok(Box::pin(r.output.filter_map(move |item| {
+            let ctx = ctx.clone();
+            async move {
+                match item {
+                    Ok(bollard::container::LogOutput::StdOut { message })
+                    | Ok(bollard::container::LogOutput::Console { message }) => {
+                        Some(Ok(Output::Stdout(message)))
+                    }
+                    Ok(bollard::container::LogOutput::StdErr { message }) => {
+                        Some(Ok(Output::Stderr(message)))
+                    }
+                    Ok(bollard::container::LogOutput::StdIn { .. }) => None,
+                    Err(e) => Some(Err(api(ctx)(e))),
+                }
+            }
+        })))
+    }
+
+    /// The last `lines` lines of a container's log (stdout and stderr together).
+    pub async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, Error> {
+        let opts = q::LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let chunks: Vec<_> = self
+            .inner
+            .logs(id, Some(opts))
+            .map_err(|e| api(format!("read log of container {id}"))(e))
+            .try_collect()
+            .await?;
+        let mut out = String::new();
+        for c in chunks {
+            out.push_str(&String::from_utf8_lossy(&c.into_bytes()));
+        }
+        Ok(out)
+    }
+
+    /// Containers (running or not) matching every `key=value` label filter.
+    pub async fn list_containers(&self, labels: &[String]) -> Result<Vec<ContainerInfo>, Error> {
+        let opts = q::ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_string(), labels.to_vec())])),
+            ..Default::default()
+        };
+        let r = self
+            .inner
+            .list_containers(Some(opts))
+            .await
+            .map_err(api("list containers"))?;
+        Ok(r.into_iter()
+            .map(|c| ContainerInfo {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string(),
+                running: c.state.map(|s| s.to_string() == "running").unwrap_or(false),
+                status: c.status.unwrap_or_default(),
+                labels: c.labels.unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect())
+    }
+
+    /// Creates a bridge network.
+    pub async fn create_network(&self, spec: &NetworkSpec) -> Result<String, Error> {
+        let mut options = HashMap::new();
+        if let Some(mtu) = spec.mtu {
+            options.insert("com.docker.network.driver.mtu".to_string(), mtu.to_string());
+        }
+        let req = NetworkCreateRequest {
+            name: spec.name.clone(),
+            driver: Some("bridge".to_string()),
+            ipam: Some(Ipam {
+                driver: Some("default".to_string()),
+                config: Some(vec![IpamConfig {
+                    subnet: Some(spec.subnet.clone()),
+                    gateway: Some(spec.gateway.clone()),
+                    ..Default::default()
+                }]),
+                options: None,
+            }),
+            options: Some(options),
+            labels: Some(spec.labels.clone()),
+            ..Default::default()
+        };
+        let r = self.inner.create_network(req).await.map_err(api(format!(
+            "create network {} ({})",
+            spec.name, spec.subnet
+        )))?;
+        Ok(r.id)
+    }
+
+    /// Removes a network. Returns false if it was not there.
+    pub async fn remove_network(&self, name: &str) -> Result<bool, Error> {
+        match self.inner.remove_network(name).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = api(format!("remove network {name}"))(e);
+                if e.is_not_found() { Ok(false) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Networks matching every `key=value` label filter (all networks when `labels` is empty).
+    pub async fn list_networks(&self, labels: &[String]) -> Result<Vec<NetworkInfo>, Error> {
+        let filters = if labels.is_empty() {
+            None
+        } else {
+            Some(HashMap::from([("label".to_string(), labels.to_vec())]))
+        };
+        let opts = q::ListNetworksOptions { filters };
+        let r = self
+            .inner
+            .list_networks(Some(opts))
+            .await
+            .map_err(api("list networks"))?;
+        Ok(r.into_iter()
+            .map(|n| NetworkInfo {
+                id: n.id.unwrap_or_default(),
+                name: n.name.unwrap_or_default(),
+                labels: n.labels.unwrap_or_default(),
+                subnets: n
+                    .ipam
+                    .and_then(|i| i.config)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|c| c.subnet)
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Creates a named volume.
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<(), Error> {
+        let req = VolumeCreateRequest {
+            name: Some(name.to_string()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        self.inner
+            .create_volume(req)
+            .await
+            .map(|_| ())
+            .map_err(api(format!("create volume {name}")))
+    }
+
+    /// Removes a volume. Returns false if it was not there.
+    pub async fn remove_volume(&self, name: &str) -> Result<bool, Error> {
+        let opts = q::RemoveVolumeOptions { force: true };
+        match self.inner.remove_volume(name, Some(opts)).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = api(format!("remove volume {name}"))(e);
+                if e.is_not_found() { Ok(false) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Volumes matching every `key=value` label filter.
+    pub async fn list_volumes(&self, labels: &[String]) -> Result<Vec<VolumeInfo>, Error> {
+        let opts = q::ListVolumesOptions {
+            filters: Some(HashMap::from([("label".to_string(), labels.to_vec())])),
+        };
+        let r = self
+            .inner
+            .list_volumes(Some(opts))
+            .await
+            .map_err(api("list volumes"))?;
+        Ok(r.volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| VolumeInfo {
+                name: v.name,
+                labels: v.labels,
+            })
+            .collect())
+    }
+
+    /// Exports an image as a tar stream (`docker save`).
+    pub fn export_image(&self, image: &str) -> ByteStream {
+        let ctx = format!("export image {image}");
+        Box::pin(
+            self.inner
+                .export_image(image)
+                .map_err(move |e| api(ctx.clone())(e)),
+        )
+    }
+
+    /// Loads an image tar stream into this daemon (`docker load`).
+    pub async fn load_image(&self, tar: ByteStream, what: &str) -> Result<(), Error> {
+        let ctx = format!("load image {what} into {}", self.what);
+        let s = self.inner.import_image_stream(
+            q::ImportImageOptions {
+                quiet: true,
+                ..Default::default()
+            },
+            tar.map_err(|e| std::io::Error::other(e.to_string())),
+            None,
+        );
+        s.map_err(|e| api(ctx.clone())(e))
+            .try_for_each(|_| async { Ok(()) })
+            .await
+    }
+}
+
+fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let mounts = spec
+        .mounts
+        .iter()
+        .map(|m| match m {
+            MountSpec::Bind {
+                source,
+                target,
+                read_only,
+            } => Mount {
+                typ: Some(MountType::BIND),
+                source: Some(source.clone()),
+                target: Some(target.clone()),
+                read_only: Some(*read_only),
+                ..Default::default()
+            },
+            MountSpec::Volume { name, target } => Mount {
+                typ: Some(MountType::VOLUME),
+                source: Some(name.clone()),
+                target: Some(target.clone()),
+                ..Default::default()
+            },
+            MountSpec::Tmpfs { target, size } => Mount {
+                typ: Some(MountType::TMPFS),
+                target: Some(target.clone()),
+                tmpfs_options: size.map(|s| bollard::models::MountTmpfsOptions {
+                    size_bytes: Some(s),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        })
+        .collect();
+    let host_config = HostConfig {
+        mounts: Some(mounts),
+        // Without a network the container gets `none`, never the default bridge.
+        network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".to_string())),
+        privileged: Some(spec.privileged),
+        cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+        cap_drop: (!spec.cap_drop.is_empty()).then(|| spec.cap_drop.clone()),
+        security_opt: (!spec.security_opt.is_empty()).then(|| spec.security_opt.clone()),
+        cgroupns_mode: spec
+            .cgroupns_private
+            .then_some(HostConfigCgroupnsModeEnum::PRIVATE),
+        runtime: spec.runtime.clone(),
+        memory: spec.memory,
+        memory_swap: spec.memory,
+        nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+        pids_limit: spec.pids_limit,
+        sysctls: (!spec.sysctls.is_empty()).then(|| spec.sysctls.clone()),
+        ulimits: spec.nofile.map(|(soft, hard)| {
+            vec![ResourcesUlimits {
+                name: Some("nofile".to_string()),
+                soft: Some(soft),
+                hard: Some(hard),
+            }]
+        }),
+        oom_score_adj: spec.oom_score_adj,
+        init: spec.init.then_some(true),
+        // Empty lists are what `systempaths=unconfined` sends: nothing masked, nothing ro.
+        masked_paths: spec.unmask_system_paths.then(Vec::new),
+        readonly_paths: spec.unmask_system_paths.then(Vec::new),
+        ..Default::default()
+    };
+    let networking_config = spec.network.as_ref().map(|net| NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(
+            net.clone(),
+            EndpointSettings {
+                aliases: (!spec.aliases.is_empty()).then(|| spec.aliases.clone()),
+                ipam_config: spec.ipv4.as_ref().map(|ip| EndpointIpamConfig {
+                    ipv4_address: Some(ip.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )])),
+    });
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        entrypoint: spec.entrypoint.clone(),
+        cmd: spec.cmd.clone(),
+        env: Some(spec.env.clone()),
+        labels: Some(spec.labels.clone()),
+        working_dir: spec.working_dir.clone(),
+        user: spec.user.clone(),
+        open_stdin: Some(spec.open_stdin),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        host_config: Some(host_config),
+        networking_config,
+        ..Default::default()
+    }
+}
+
+/// The label filters (`key=value`) that select one runner's objects, optionally one job's.
+pub fn label_filters(runner_id: &str, job_id: Option<u64>) -> Vec<String> {
+    let mut f = vec![
+        format!("{LABEL_MANAGED}=1"),
+        format!("{LABEL_RUNNER}={runner_id}"),
+    ];
+    if let Some(j) = job_id {
+        f.push(format!("{LABEL_JOB}={j}"));
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_translates_limits_and_network() {
+        let spec = ContainerSpec {
+            name: "x".into(),
+            image: "img".into(),
+            network: Some("net".into()),
+            aliases: vec!["docker".into()],
+            ipv4: Some("10.0.0.2".into()),
+            memory: Some(1 << 30),
+            cpus: Some(1.5),
+            cgroupns_private: true,
+            unmask_system_paths: true,
+            ..Default::default()
+        };
+        let b = container_body(&spec);
+        let h = b.host_config.unwrap();
+        assert_eq!(h.memory_swap, Some(1 << 30));
+        assert_eq!(h.nano_cpus, Some(1_500_000_000));
+        assert_eq!(h.network_mode.as_deref(), Some("net"));
+        assert_eq!(h.masked_paths, Some(vec![]));
+        let ep = &b.networking_config.unwrap().endpoints_config.unwrap()["net"];
+        assert_eq!(ep.aliases.as_ref().unwrap(), &vec!["docker".to_string()]);
+        let none = container_body(&ContainerSpec::default());
+        assert_eq!(
+            none.host_config.unwrap().network_mode.as_deref(),
+            Some("none")
+        );
+    }
+
+    #[test]
+    fn filters_select_runner_and_job() {
+        let f = label_filters("r1", Some(3));
+        assert!(f.contains(&"io.isolated-runner.runner=r1".to_string()));
+        assert!(f.contains(&"io.isolated-runner.job=3".to_string()));
+    }
+}

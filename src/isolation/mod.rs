@@ -4,6 +4,13 @@
 //! the `shared-socket` backend (the host socket in the job, the classic setup and the bench
 //! baseline). The job pipeline talks only to these traits.
 
+mod common;
+pub mod dind;
+pub mod reaper;
+pub mod shared_socket;
+
+pub use common::{CLIENT_CERT_PATH, JOB_CAP_DROP};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,18 +195,39 @@ pub enum Error {
     },
 }
 
-// TEMPORARY (pipeline branch): placeholder until the Docker backends land. The backends branch
-// provides the real `backend_for`; the lead keeps theirs when merging and drops this one.
-/// Builds the backend configured for `runner` (placeholder: the Docker backends are not built
-/// yet on this branch).
+/// Where per-job certificate directories go when the caller does not say: the default state
+/// directory. The daemon passes `Config::state_dir` through [`backend_for_in`].
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/isolated-runner";
+
+/// The backend `runner` is configured for, connected to its host daemon
+/// (`[runners.docker] host`, else `DOCKER_HOST`, else the default socket). Certificates go under
+/// [`DEFAULT_STATE_DIR`].
 pub async fn backend_for(
     runner: &crate::config::RunnerConfig,
 ) -> Result<Arc<dyn Isolation>, Error> {
-    Err(Error::Other {
-        context: format!(
-            "isolation backend {}",
-            runner.docker.isolation.mode.as_str()
-        ),
-        detail: "not built yet".to_string(),
+    backend_for_in(runner, std::path::Path::new(DEFAULT_STATE_DIR)).await
+}
+
+/// Like [`backend_for`], with the runner's state directory for the per-job certificates.
+pub async fn backend_for_in(
+    runner: &crate::config::RunnerConfig,
+    state_dir: &std::path::Path,
+) -> Result<Arc<dyn Isolation>, Error> {
+    let docker = crate::docker::Docker::connect(runner.docker.host.as_deref())
+        .await
+        .map_err(|e| Error::Other {
+            context: "connect to the host docker daemon".to_string(),
+            detail: e.to_string(),
+        })?;
+    let runner = Arc::new(runner.clone());
+    Ok(match runner.docker.isolation.mode {
+        crate::config::IsolationMode::Dind => Arc::new(dind::DindBackend::new(
+            docker,
+            runner,
+            state_dir.to_path_buf(),
+        )),
+        crate::config::IsolationMode::SharedSocket => {
+            Arc::new(shared_socket::SharedSocketBackend::new(docker, runner))
+        }
     })
 }

@@ -15,20 +15,24 @@ use std::sync::Arc;
 /// backend state (address allocations, image checks) lives as long as the daemon.
 pub struct RunnerExecutor {
     runner_id: String,
+    state_dir: std::path::PathBuf,
     client_options: ClientOptions,
     cache: Option<Arc<dyn CacheHook>>,
     backends: tokio::sync::Mutex<HashMap<String, Arc<dyn Isolation>>>,
 }
 
 impl RunnerExecutor {
-    /// An executor labelling what it creates with `runner_id` (the runner's system id).
+    /// An executor labelling what it creates with `runner_id` (the runner's system id) and
+    /// keeping per-job certificates under `state_dir`.
     pub fn new(
         runner_id: impl Into<String>,
+        state_dir: std::path::PathBuf,
         client_options: ClientOptions,
         cache: Option<Arc<dyn CacheHook>>,
     ) -> Self {
         RunnerExecutor {
             runner_id: runner_id.into(),
+            state_dir,
             client_options,
             cache,
             backends: tokio::sync::Mutex::new(HashMap::new()),
@@ -41,7 +45,7 @@ impl RunnerExecutor {
         if let Some(b) = backends.get(&key) {
             return Ok(b.clone());
         }
-        let made = isolation::backend_for(runner).await?;
+        let made = isolation::backend_for_in(runner, &self.state_dir).await?;
         backends.insert(key, made.clone());
         Ok(made)
     }

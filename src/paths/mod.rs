@@ -1,1 +1,605 @@
 //! Job directory layout, identical-path mounts, host path map and safe deletion.
+//!
+//! A job owns two directories under `builds_dir`: `gitlab-job-<id>` (`CI_PROJECT_DIR`, the clone)
+//! and `gitlab-job-<id>.tmp` (scratch: `TMPDIR`, file variables, the runner's script files). Both
+//! are bind-mounted at the *same absolute path* into the job container, the helper container and
+//! the sidecar, so `docker run -v "$PWD":/x` and `./:/app` in a compose file resolve on the job's
+//! own daemon exactly as they would with the host socket.
+//!
+//! The job's TLS material lives apart from those, under the runner's state directory
+//! (`<state_dir>/certs/<runner>/job-<id>/{server,client}`), 0700 directories and 0600 files: the
+//! sidecar gets only `server/`, the job only `client/`, and no job can reach another job's
+//! directory through a shared host path.
+//!
+//! Deletion never follows symlinks: a job can plant `gitlab-job-1/evil -> /etc`, and a naive
+//! recursive delete run as root would then empty `/etc` (threat H9). [`remove_tree`] walks with
+//! `openat(O_NOFOLLOW | O_DIRECTORY)` and `unlinkat` relative to directory descriptors, so a
+//! symlink is only ever unlinked, never entered.
+
+use crate::pki::JobPki;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstatat};
+use nix::unistd::UnlinkatFlags;
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
+
+/// Errors of the paths module.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A job id that is not a plain decimal number.
+    #[error("job id {0:?} is not a decimal number")]
+    BadJobId(String),
+    /// A runner id that cannot be used in a path.
+    #[error("runner id {0:?} may only contain letters, digits, '-', '_' and '.'")]
+    BadRunnerId(String),
+    /// A path that must be absolute is not.
+    #[error("{0} is not an absolute path")]
+    NotAbsolute(PathBuf),
+    /// A file system operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking task died.
+    #[error("file system task failed: {0}")]
+    Task(String),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn errno<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> Error + 'a {
+    move |e| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source: std::io::Error::from(e),
+    }
+}
+
+/// A GitLab job id, checked to be decimal digits before any path is built from it (threat G3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(u64);
+
+impl JobId {
+    /// Wraps an id that is already a number.
+    pub fn new(id: u64) -> Self {
+        JobId(id)
+    }
+
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for JobId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        // `u64::from_str` accepts a leading '+'; a path component must be digits only.
+        if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::BadJobId(s.to_string()));
+        }
+        s.parse()
+            .map(JobId)
+            .map_err(|_| Error::BadJobId(s.to_string()))
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Checks that a runner id can be used as a path component and a Docker name part.
+pub fn check_runner_id(id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRunnerId(id.to_string()))
+    }
+}
+
+/// The name of a job's project directory inside `builds_dir`.
+pub fn project_dir_name(job: JobId) -> String {
+    format!("gitlab-job-{job}")
+}
+
+/// The name of a job's scratch directory inside `builds_dir`.
+pub fn tmp_dir_name(job: JobId) -> String {
+    format!("gitlab-job-{job}.tmp")
+}
+
+/// Parses `gitlab-job-<id>` or `gitlab-job-<id>.tmp` back into the job id.
+pub fn job_id_of_dir_name(name: &OsStr) -> Option<JobId> {
+    let s = name.to_str()?;
+    let rest = s.strip_prefix("gitlab-job-")?;
+    let digits = rest.strip_suffix(".tmp").unwrap_or(rest);
+    digits.parse().ok()
+}
+
+/// The two directories of a job (runner-visible paths; same paths inside every container).
+pub fn job_paths(builds_dir: &Path, job: JobId) -> Result<crate::isolation::JobPaths, Error> {
+    if !builds_dir.is_absolute() {
+        return Err(Error::NotAbsolute(builds_dir.to_path_buf()));
+    }
+    Ok(crate::isolation::JobPaths {
+        project_dir: builds_dir.join(project_dir_name(job)),
+        tmp_dir: builds_dir.join(tmp_dir_name(job)),
+    })
+}
+
+/// Creates the job's directories: `builds_dir` (0755, if missing), the project dir 0755 and the
+/// scratch dir 0700 (it holds file variables). Leftovers of an earlier run of the same job id are
+/// removed first, safely.
+pub async fn create_job_dirs(
+    builds_dir: &Path,
+    job: JobId,
+) -> Result<crate::isolation::JobPaths, Error> {
+    let paths = job_paths(builds_dir, job)?;
+    let b = builds_dir.to_path_buf();
+    let p = paths.clone();
+    blocking(move || {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&b)
+            .map_err(io("create", &b))?;
+        for (dir, mode) in [(&p.project_dir, 0o755), (&p.tmp_dir, 0o700)] {
+            remove_path(dir)?;
+            std::fs::DirBuilder::new()
+                .mode(mode)
+                .create(dir)
+                .map_err(io("create", dir))?;
+            // The umask may have cleared bits of `mode`; set it exactly.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                .map_err(io("chmod", dir))?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(paths)
+}
+
+/// Removes both job directories without following symlinks. Returns the paths that existed.
+pub async fn remove_job_dirs(paths: &crate::isolation::JobPaths) -> Result<Vec<PathBuf>, Error> {
+    let dirs = [paths.project_dir.clone(), paths.tmp_dir.clone()];
+    blocking(move || {
+        let mut removed = Vec::new();
+        for d in dirs {
+            if remove_path(&d)? {
+                removed.push(d);
+            }
+        }
+        Ok(removed)
+    })
+    .await
+}
+
+/// Runs blocking file system work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Removes `path` (a file, a symlink or a whole tree) without following any symlink below its
+/// parent. Returns false when nothing was there. Blocking: call from `spawn_blocking`.
+pub fn remove_path(path: &Path) -> Result<bool, Error> {
+    let (parent, name) = match (path.parent(), path.file_name()) {
+        (Some(p), Some(n)) => (p, n),
+        _ => return Err(Error::NotAbsolute(path.to_path_buf())),
+    };
+    // The parent itself is trusted (builds_dir, state_dir: runner config, not job data).
+    let parent_fd = match open_dir_at(None, parent) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(errno("open", parent)(e)),
+    };
+    remove_tree(&parent_fd, name, path)
+}
+
+fn open_dir_at(dir: Option<&OwnedFd>, name: &Path) -> Result<OwnedFd, Errno> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match dir {
+        Some(d) => openat(d.as_fd(), name, flags, Mode::empty()),
+        None => openat(nix::fcntl::AT_FDCWD, name, flags, Mode::empty()),
+    }
+}
+
+fn is_dir(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+}
+
+/// Removes the entry `name` of the directory `parent` and, if it is a real directory (not a
+/// symlink to one), everything below it, using only descriptor-relative calls. `shown` is the
+/// path used in error messages.
+pub fn remove_tree(parent: &OwnedFd, name: &OsStr, shown: &Path) -> Result<bool, Error> {
+    let st = match fstatat(
+        parent.as_fd(),
+        name,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(errno("stat", shown)(e)),
+    };
+    if !is_dir(&st) {
+        return match nix::unistd::unlinkat(parent.as_fd(), name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(true),
+            Err(e) => Err(errno("unlink", shown)(e)),
+        };
+    }
+    // O_NOFOLLOW makes this fail with ELOOP/ENOTDIR if `name` was swapped for a symlink since
+    // the stat above, so a race cannot redirect us outside the tree.
+    let fd = open_dir_at(Some(parent), Path::new(name)).map_err(errno("open", shown))?;
+    let names = list_dir(&fd).map_err(errno("read", shown))?;
+    for child in names {
+        remove_tree(&fd, &child, &shown.join(&child))?;
+    }
+    drop(fd);
+    match nix::unistd::unlinkat(parent.as_fd(), name, UnlinkatFlags::RemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(true),
+        Err(e) => Err(errno("rmdir", shown)(e)),
+    }
+}
+
+fn list_dir(fd: &OwnedFd) -> Result<Vec<OsString>, Errno> {
+    let dup = fd.try_clone().map_err(|_| Errno::EMFILE)?;
+    let mut dir = nix::dir::Dir::from_fd(dup)?;
+    let mut names = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry?;
+        let n = entry.file_name().to_bytes();
+        if n == b"." || n == b".." {
+            continue;
+        }
+        names.push(OsStr::from_bytes(n).to_os_string());
+    }
+    Ok(names)
+}
+
+/// Translates runner-visible paths to host paths, for when the runner itself runs in a
+/// container: bind mounts are resolved by the host daemon, which sees host paths.
+#[derive(Debug, Clone, Default)]
+pub struct HostPathMap(BTreeMap<PathBuf, PathBuf>);
+
+impl HostPathMap {
+    /// Wraps the configured map (runner-visible prefix -> host prefix).
+    pub fn new(map: BTreeMap<PathBuf, PathBuf>) -> Self {
+        HostPathMap(map)
+    }
+
+    /// The host path of a runner-visible path: the longest matching prefix is replaced; a path
+    /// under no prefix is returned as is. Matching is by whole components (`/builds2` is not
+    /// under `/builds`).
+    pub fn to_host(&self, path: &Path) -> PathBuf {
+        let mut best: Option<(&PathBuf, &PathBuf)> = None;
+        for (from, to) in &self.0 {
+            if path.starts_with(from)
+                && best.is_none_or(|(b, _)| from.components().count() > b.components().count())
+            {
+                best = Some((from, to));
+            }
+        }
+        match best {
+            Some((from, to)) => match path.strip_prefix(from) {
+                Ok(rest) if rest.as_os_str().is_empty() => to.clone(),
+                Ok(rest) => to.join(rest),
+                Err(_) => path.to_path_buf(),
+            },
+            None => path.to_path_buf(),
+        }
+    }
+}
+
+/// Checks that a path is absolute and has no `..` (used for paths that go into bind mounts).
+pub fn check_clean_absolute(path: &Path) -> Result<(), Error> {
+    if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(Error::NotAbsolute(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// A job's certificate directory: `<state_dir>/certs/<runner>/job-<id>`.
+#[derive(Debug, Clone)]
+pub struct CertDir {
+    /// The job's directory (0700).
+    pub root: PathBuf,
+    /// `server/` with `ca.pem`, `cert.pem`, `key.pem`: mounted read-only into the sidecar.
+    pub server: PathBuf,
+    /// `client/` with `ca.pem`, `cert.pem`, `key.pem`: mounted read-only into job containers.
+    pub client: PathBuf,
+}
+
+/// The directory holding a runner's per-job certificate directories.
+pub fn runner_cert_root(state_dir: &Path, runner_id: &str) -> Result<PathBuf, Error> {
+    check_runner_id(runner_id)?;
+    Ok(state_dir.join("certs").join(runner_id))
+}
+
+/// The name of a job's certificate directory inside [`runner_cert_root`].
+pub fn cert_dir_name(job: JobId) -> String {
+    format!("job-{job}")
+}
+
+/// Writes a job's certificates: directories 0700, files 0600, the server and client halves in
+/// separate subdirectories so each container gets only its half.
+pub async fn write_cert_dir(
+    state_dir: &Path,
+    runner_id: &str,
+    job: JobId,
+    pki: &JobPki,
+) -> Result<CertDir, Error> {
+    let base = runner_cert_root(state_dir, runner_id)?;
+    let root = base.join(cert_dir_name(job));
+    let dir = CertDir {
+        server: root.join("server"),
+        client: root.join("client"),
+        root,
+    };
+    let files: Vec<(PathBuf, zeroize::Zeroizing<String>)> =
+        [(&dir.server, &pki.server), (&dir.client, &pki.client)]
+            .into_iter()
+            .flat_map(|(d, b)| {
+                [
+                    (d.join("ca.pem"), zeroize::Zeroizing::new(b.ca_pem.clone())),
+                    (
+                        d.join("cert.pem"),
+                        zeroize::Zeroizing::new(b.cert_pem.clone()),
+                    ),
+                    (
+                        d.join("key.pem"),
+                        zeroize::Zeroizing::new(b.key_pem.expose().to_string()),
+                    ),
+                ]
+            })
+            .collect();
+    let d = dir.clone();
+    blocking(move || {
+        for p in [state_dir_certs(&base), base.clone()] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .map_err(io("create", &p))?;
+        }
+        remove_path(&d.root)?;
+        for p in [&d.root, &d.server, &d.client] {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(p)
+                .map_err(io("create", p))?;
+        }
+        for (path, content) in files {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc_o_nofollow())
+                .open(&path)
+                .map_err(io("create", &path))?;
+            f.write_all(content.as_bytes())
+                .map_err(io("write", &path))?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(dir)
+}
+
+fn state_dir_certs(runner_root: &Path) -> PathBuf {
+    runner_root
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| runner_root.to_path_buf())
+}
+
+fn libc_o_nofollow() -> i32 {
+    OFlag::O_NOFOLLOW.bits()
+}
+
+/// Removes a job's certificate directory. Returns whether it existed.
+pub async fn remove_cert_dir(dir: &CertDir) -> Result<bool, Error> {
+    let root = dir.root.clone();
+    blocking(move || remove_path(&root)).await
+}
+
+/// Lists `(job id, path)` of the certificate directories a runner left in `state_dir`.
+pub async fn list_cert_dirs(
+    state_dir: &Path,
+    runner_id: &str,
+) -> Result<Vec<(JobId, PathBuf)>, Error> {
+    let base = runner_cert_root(state_dir, runner_id)?;
+    blocking(move || {
+        let rd = match std::fs::read_dir(&base) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("read", &base)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(io("read", &base))?;
+            let name = entry.file_name();
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("job-"))
+                .and_then(|n| n.parse::<JobId>().ok())
+            {
+                out.push((id, entry.path()));
+            }
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// Removes any path safely (async wrapper of [`remove_path`]).
+pub async fn remove_path_async(path: &Path) -> Result<bool, Error> {
+    let p = path.to_path_buf();
+    blocking(move || remove_path(&p)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn job_ids_must_be_digits() {
+        assert_eq!("42".parse::<JobId>().unwrap().get(), 42);
+        for bad in ["", "+1", "-1", "1a", "../1", "1 ", "123456789012345678901"] {
+            assert!(bad.parse::<JobId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn runner_ids_are_checked() {
+        check_runner_id("r-1_a.b").unwrap();
+        for bad in ["", ".", "..", "a/b", "a b"] {
+            assert!(check_runner_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dir_names_round_trip() {
+        let j = JobId::new(17);
+        assert_eq!(
+            job_id_of_dir_name(OsStr::new(&project_dir_name(j))),
+            Some(j)
+        );
+        assert_eq!(job_id_of_dir_name(OsStr::new(&tmp_dir_name(j))), Some(j));
+        assert_eq!(job_id_of_dir_name(OsStr::new("gitlab-job-x")), None);
+        let p = job_paths(Path::new("/builds"), j).unwrap();
+        assert_eq!(p.project_dir, Path::new("/builds/gitlab-job-17"));
+        assert_eq!(p.tmp_dir, Path::new("/builds/gitlab-job-17.tmp"));
+        assert!(job_paths(Path::new("builds"), j).is_err());
+    }
+
+    #[test]
+    fn host_path_map_longest_prefix_by_component() {
+        let m = HostPathMap::new(BTreeMap::from([
+            (PathBuf::from("/builds"), PathBuf::from("/srv/builds")),
+            (
+                PathBuf::from("/builds/special"),
+                PathBuf::from("/mnt/special"),
+            ),
+        ]));
+        assert_eq!(
+            m.to_host(Path::new("/builds/gitlab-job-1")),
+            Path::new("/srv/builds/gitlab-job-1")
+        );
+        assert_eq!(m.to_host(Path::new("/builds")), Path::new("/srv/builds"));
+        assert_eq!(
+            m.to_host(Path::new("/builds/special/x")),
+            Path::new("/mnt/special/x")
+        );
+        assert_eq!(m.to_host(Path::new("/builds2/x")), Path::new("/builds2/x"));
+        assert_eq!(m.to_host(Path::new("/other")), Path::new("/other"));
+    }
+
+    #[test]
+    fn removal_never_follows_symlinks_out_of_the_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("precious"), b"keep").unwrap();
+        let job = tmp.path().join("gitlab-job-1");
+        std::fs::create_dir_all(job.join("a/b")).unwrap();
+        std::fs::write(job.join("a/b/f"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, job.join("link-dir")).unwrap();
+        std::os::unix::fs::symlink(&outside, job.join("a/b/link-deep")).unwrap();
+        std::os::unix::fs::symlink(outside.join("precious"), job.join("link-file")).unwrap();
+        // A directory without permissions must still go (the runner is the owner or root).
+        std::fs::create_dir(job.join("locked")).unwrap();
+        std::fs::write(job.join("locked/f"), b"x").unwrap();
+        std::fs::set_permissions(job.join("locked"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+
+        assert!(remove_path(&job).unwrap());
+        assert!(!job.exists());
+        assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"keep");
+        assert!(!remove_path(&job).unwrap());
+        // The top entry itself being a symlink: only the link goes.
+        let top_link = tmp.path().join("gitlab-job-2");
+        std::os::unix::fs::symlink(&outside, &top_link).unwrap();
+        assert!(remove_path(&top_link).unwrap());
+        assert!(outside.join("precious").exists());
+    }
+
+    #[tokio::test]
+    async fn job_dirs_created_with_modes_and_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let builds = tmp.path().join("builds");
+        let p = create_job_dirs(&builds, JobId::new(5)).await.unwrap();
+        let m = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(m(&p.project_dir), 0o755);
+        assert_eq!(m(&p.tmp_dir), 0o700);
+        std::fs::write(p.project_dir.join("f"), b"x").unwrap();
+        let removed = remove_job_dirs(&p).await.unwrap();
+        assert_eq!(removed.len(), 2);
+        assert!(!p.project_dir.exists() && !p.tmp_dir.exists());
+    }
+
+    #[tokio::test]
+    async fn cert_dir_modes_and_halves() {
+        let pki = crate::pki::issue_job_pki(&crate::pki::PkiRequest::for_sidecar(
+            9,
+            "10.0.0.2".parse().unwrap(),
+            std::time::Duration::from_secs(60),
+        ))
+        .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = write_cert_dir(tmp.path(), "r1", JobId::new(9), &pki)
+            .await
+            .unwrap();
+        let m = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        for dir in [&d.root, &d.server, &d.client, &tmp.path().join("certs/r1")] {
+            assert_eq!(m(dir), 0o700, "{}", dir.display());
+        }
+        for half in [&d.server, &d.client] {
+            for f in ["ca.pem", "cert.pem", "key.pem"] {
+                assert_eq!(m(&half.join(f)), 0o600);
+            }
+        }
+        assert_eq!(
+            std::fs::read_to_string(d.server.join("cert.pem")).unwrap(),
+            pki.server.cert_pem
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.client.join("key.pem")).unwrap(),
+            pki.client.key_pem.expose()
+        );
+        assert_eq!(list_cert_dirs(tmp.path(), "r1").await.unwrap().len(), 1);
+        assert!(remove_cert_dir(&d).await.unwrap());
+        assert!(list_cert_dirs(tmp.path(), "r1").await.unwrap().is_empty());
+    }
+}

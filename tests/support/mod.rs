@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod fake_gitlab;
 pub mod local_backend;
 pub mod netns;

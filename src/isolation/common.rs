@@ -1,0 +1,676 @@
+//! What both backends share: naming and labels, carving a job network, running a script in a
+//! fresh container with attach, and the ordered teardown.
+
+use super::{Error, JobPaths, OutputSink, Role, ScriptRequest, TeardownReport};
+use crate::docker::{
+    self, ContainerSpec, Docker, LABEL_DEADLINE, LABEL_JOB, LABEL_MANAGED, LABEL_ROLE,
+    LABEL_RUNNER, MountSpec, NetworkSpec, Output,
+};
+use crate::paths::{CertDir, HostPathMap};
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// Where the client half of the certificates appears in job containers (`DOCKER_CERT_PATH`).
+pub const CLIENT_CERT_PATH: &str = "/certs/client";
+/// Where the server half appears in the sidecar (the image's `$DOCKER_TLS_CERTDIR/server`).
+pub const SERVER_CERT_PATH: &str = "/certs/server";
+
+/// Capabilities removed from job, helper and service containers on top of Docker's defaults. The
+/// docker CLI needs none of them; package managers still work (CHOWN, DAC_OVERRIDE, FOWNER,
+/// SETUID, SETGID stay). NET_RAW goes because raw sockets allow spoofing on the job bridge,
+/// MKNOD because a job has no business creating device nodes.
+pub const JOB_CAP_DROP: &[&str] = &[
+    "NET_RAW",
+    "MKNOD",
+    "AUDIT_WRITE",
+    "SETFCAP",
+    "SETPCAP",
+    "SYS_CHROOT",
+];
+
+pub(crate) fn other(context: impl Into<String>) -> impl FnOnce(docker::Error) -> Error {
+    let context = context.into();
+    move |e| Error::Other {
+        context,
+        detail: e.to_string(),
+    }
+}
+
+pub(crate) fn other_paths(context: impl Into<String>) -> impl FnOnce(crate::paths::Error) -> Error {
+    let context = context.into();
+    move |e| Error::Other {
+        context,
+        detail: e.to_string(),
+    }
+}
+
+/// Names and labels of one job's objects.
+#[derive(Debug, Clone)]
+pub struct Naming {
+    /// Runner id (checked path- and name-safe).
+    pub runner_id: String,
+    /// Job id.
+    pub job_id: u64,
+    /// Unix time after which everything of this job is certainly stale.
+    pub deadline: u64,
+}
+
+impl Naming {
+    /// Names for `runner_id`/`job_id` with a deadline of now + `timeout` + the PKI margin.
+    pub fn new(runner_id: &str, job_id: u64, timeout: Duration) -> Result<Self, Error> {
+        crate::paths::check_runner_id(runner_id).map_err(other_paths("runner id"))?;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let deadline = now
+            .saturating_add(timeout)
+            .saturating_add(crate::pki::VALIDITY_MARGIN)
+            .as_secs();
+        Ok(Naming {
+            runner_id: runner_id.to_string(),
+            job_id,
+            deadline,
+        })
+    }
+
+    /// `ir-<runner>-<job>-<suffix>`.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("ir-{}-{}-{suffix}", self.runner_id, self.job_id)
+    }
+
+    /// Labels of an object with `role`.
+    pub fn labels(&self, role: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_MANAGED.to_string(), "1".to_string()),
+            (LABEL_RUNNER.to_string(), self.runner_id.clone()),
+            (LABEL_JOB.to_string(), self.job_id.to_string()),
+            (LABEL_DEADLINE.to_string(), self.deadline.to_string()),
+            (LABEL_ROLE.to_string(), role.to_string()),
+        ])
+    }
+}
+
+/// Serialises subnet carving inside this process; other processes are handled by the
+/// daemon's overlap check and a retry.
+static CARVE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A job network that was created.
+#[derive(Debug, Clone)]
+pub struct CarvedNetwork {
+    /// Network name.
+    pub name: String,
+    /// Its /28.
+    pub subnet: Ipv4Net,
+}
+
+impl CarvedNetwork {
+    /// The gateway (first host address).
+    pub fn gateway(&self) -> Ipv4Addr {
+        nth_host(self.subnet, 1)
+    }
+    /// The sidecar's fixed address (second host address).
+    pub fn sidecar_ip(&self) -> Ipv4Addr {
+        nth_host(self.subnet, 2)
+    }
+}
+
+fn nth_host(net: Ipv4Net, n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()).saturating_add(n))
+}
+
+/// Creates the job's private bridge: a /28 from `pool` that overlaps no network on the engine,
+/// retrying when another process takes the same block at the same moment.
+pub async fn carve_network(
+    docker: &Docker,
+    naming: &Naming,
+    pool: Ipv4Net,
+    mtu: Option<u32>,
+) -> Result<CarvedNetwork, Error> {
+    let _guard = CARVE_LOCK.lock().await;
+    let blocks: Vec<Ipv4Net> = pool
+        .subnets(28.max(pool.prefix_len()))
+        .map_err(|e| Error::Other {
+            context: format!("address pool {pool}"),
+            detail: e.to_string(),
+        })?
+        .collect();
+    if blocks.is_empty() {
+        return Err(Error::Other {
+            context: format!("address pool {pool}"),
+            detail: "holds no /28".to_string(),
+        });
+    }
+    let name = naming.name("net");
+    let mut refused: HashSet<Ipv4Net> = HashSet::new();
+    // A random start spreads concurrent runners over the pool, so they rarely race for a block.
+    let start = (uuid::Uuid::new_v4().as_u128() % blocks.len() as u128) as usize;
+    for _attempt in 0..8 {
+        let used: Vec<Ipv4Net> = docker
+            .list_networks(&[])
+            .await
+            .map_err(other("list networks"))?
+            .into_iter()
+            .flat_map(|n| n.subnets)
+            .filter_map(|s| s.parse::<Ipv4Net>().ok())
+            .collect();
+        let free = (0..blocks.len())
+            .map(|i| blocks[(start + i) % blocks.len()])
+            .find(|b| !refused.contains(b) && !used.iter().any(|u| overlaps(*u, *b)));
+        let Some(subnet) = free else {
+            return Err(Error::Other {
+                context: format!("address pool {pool}"),
+                detail: "no free /28 left; raise the pool or lower concurrency".to_string(),
+            });
+        };
+        let carved = CarvedNetwork {
+            name: name.clone(),
+            subnet,
+        };
+        let spec = NetworkSpec {
+            name: name.clone(),
+            subnet: subnet.to_string(),
+            gateway: carved.gateway().to_string(),
+            mtu,
+            labels: naming.labels("network"),
+        };
+        match docker.create_network(&spec).await {
+            Ok(_) => return Ok(carved),
+            Err(e)
+                if e.daemon_message()
+                    .is_some_and(|m| m.contains("overlap") || m.contains("in use")) =>
+            {
+                refused.insert(subnet);
+            }
+            Err(e) => return Err(other(format!("create network {name}"))(e)),
+        }
+    }
+    Err(Error::Other {
+        context: format!("create network {name}"),
+        detail: "every candidate /28 was taken concurrently; retry".to_string(),
+    })
+}
+
+fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The MTU of the host's default route interface, if it can be read.
+pub async fn host_mtu() -> Option<u32> {
+    let routes = tokio::fs::read_to_string("/proc/net/route").await.ok()?;
+    let iface = routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+    })?;
+    if iface.contains('/') || iface.contains("..") {
+        return None;
+    }
+    tokio::fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
+        .await
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Settings of the job's script containers.
+#[derive(Debug, Clone)]
+pub struct ScriptSettings {
+    /// The job's image and entrypoint.
+    pub build_image: super::ContainerImage,
+    /// The helper image.
+    pub helper_image: String,
+    /// Memory limit.
+    pub memory: Option<i64>,
+    /// CPUs.
+    pub cpus: Option<f64>,
+    /// Pids limit.
+    pub pids_limit: Option<i64>,
+    /// Extra mounts (certs, socket).
+    pub extra_mounts: Vec<MountSpec>,
+    /// Variables the backend adds.
+    pub job_env: Vec<(String, String)>,
+}
+
+/// The state of one job on the outer daemon, shared by both backends. Every field that names
+/// an object is filled in as soon as the object exists, so teardown after a partial prepare
+/// removes exactly what was made.
+#[derive(Debug)]
+pub struct JobState {
+    /// The outer (host) daemon.
+    pub docker: Docker,
+    /// Names and labels.
+    pub naming: Naming,
+    /// The job's directories.
+    pub paths: Option<JobPaths>,
+    /// Host path translation.
+    pub host_map: HostPathMap,
+    /// The job network.
+    pub network: Option<CarvedNetwork>,
+    /// Certificate directory.
+    pub cert_dir: Option<CertDir>,
+    /// The sidecar's data volume.
+    pub volume: Option<String>,
+    /// The sidecar container.
+    pub sidecar: Option<String>,
+    /// Service containers.
+    pub services: Vec<String>,
+    /// Script container settings (set once prepared).
+    pub script: Option<ScriptSettings>,
+    /// Counter for script container names.
+    pub seq: AtomicU32,
+}
+
+impl JobState {
+    /// An empty state: nothing created yet.
+    pub fn new(docker: Docker, naming: Naming, host_map: HostPathMap) -> Self {
+        JobState {
+            docker,
+            naming,
+            paths: None,
+            host_map,
+            network: None,
+            cert_dir: None,
+            volume: None,
+            sidecar: None,
+            services: Vec::new(),
+            script: None,
+            seq: AtomicU32::new(0),
+        }
+    }
+
+    /// The identical-path bind mounts of the job directories.
+    pub fn job_dir_mounts(&self) -> Vec<MountSpec> {
+        let Some(p) = &self.paths else {
+            return Vec::new();
+        };
+        [&p.project_dir, &p.tmp_dir]
+            .into_iter()
+            .map(|d| MountSpec::Bind {
+                source: self.host_map.to_host(d).to_string_lossy().into_owned(),
+                target: d.to_string_lossy().into_owned(),
+                read_only: false,
+            })
+            .collect()
+    }
+
+    /// A host bind of a runner-visible path.
+    pub fn bind(&self, path: &Path, target: &str, read_only: bool) -> MountSpec {
+        MountSpec::Bind {
+            source: self.host_map.to_host(path).to_string_lossy().into_owned(),
+            target: target.to_string(),
+            read_only,
+        }
+    }
+
+    /// Starts the job's services on the job network with their aliases.
+    pub async fn start_services(
+        &mut self,
+        services: &[super::ServiceSpec],
+        service_env: &[(String, String)],
+    ) -> Result<(), Error> {
+        let Some(net) = self.network.clone() else {
+            return Ok(());
+        };
+        for (i, svc) in services.iter().enumerate() {
+            let mut env: Vec<String> = service_env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            env.extend(svc.env.iter().map(|(k, v)| format!("{k}={v}")));
+            let spec = ContainerSpec {
+                name: self.naming.name(&format!("svc-{i}")),
+                image: svc.image.name.clone(),
+                entrypoint: svc.image.entrypoint.clone(),
+                cmd: (!svc.command.is_empty()).then(|| svc.command.clone()),
+                env,
+                labels: self.naming.labels("service"),
+                network: Some(net.name.clone()),
+                aliases: svc.aliases.clone(),
+                cap_drop: vec!["NET_RAW".to_string(), "MKNOD".to_string()],
+                security_opt: vec!["no-new-privileges".to_string()],
+                ..Default::default()
+            };
+            let id = self
+                .docker
+                .create_container(&spec)
+                .await
+                .map_err(other(format!("create service {}", svc.image.name)))?;
+            self.services.push(id.clone());
+            self.docker
+                .start_container(&id)
+                .await
+                .map_err(other(format!("start service {}", svc.image.name)))?;
+        }
+        Ok(())
+    }
+
+    /// Runs one script in a fresh container (attach, not exec: the runner never execs into a
+    /// container the job controls, threat H3). `sidecar_alive` is consulted after a failure and
+    /// by a watchdog while the script runs.
+    pub async fn run_script(
+        &self,
+        req: ScriptRequest,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<i32, Error> {
+        let (Some(settings), Some(paths)) = (&self.script, &self.paths) else {
+            return Err(Error::Other {
+                context: "run script".to_string(),
+                detail: "the environment is not prepared".to_string(),
+            });
+        };
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let role = match req.role {
+            Role::Build => "build",
+            Role::Helper => "helper",
+        };
+        // The script goes into the job's scratch dir (same path everywhere) rather than the
+        // command line (ARG_MAX) or stdin (a script that reads stdin would eat itself).
+        let script_path = paths.tmp_dir.join(format!("script-{n}-{role}.sh"));
+        write_private_file(&script_path, req.script.as_bytes()).await?;
+
+        let (image, entrypoint) = match req.role {
+            Role::Build => (
+                settings.build_image.name.clone(),
+                settings.build_image.entrypoint.clone(),
+            ),
+            Role::Helper => (settings.helper_image.clone(), Some(Vec::new())),
+        };
+        let mut env: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.extend(settings.job_env.iter().map(|(k, v)| format!("{k}={v}")));
+        let mut mounts = self.job_dir_mounts();
+        mounts.extend(settings.extra_mounts.iter().cloned());
+        let spec = ContainerSpec {
+            name: self.naming.name(&format!("{role}-{n}")),
+            image,
+            entrypoint,
+            cmd: Some(vec![
+                "bash".to_string(),
+                script_path.to_string_lossy().into_owned(),
+            ]),
+            env,
+            labels: self.naming.labels(role),
+            working_dir: Some(paths.project_dir.to_string_lossy().into_owned()),
+            mounts,
+            network: self.network.as_ref().map(|n| n.name.clone()),
+            cap_drop: JOB_CAP_DROP.iter().map(|s| s.to_string()).collect(),
+            security_opt: vec!["no-new-privileges".to_string()],
+            memory: settings.memory,
+            cpus: settings.cpus,
+            pids_limit: settings.pids_limit,
+            init: true,
+            ..Default::default()
+        };
+        let id = self
+            .docker
+            .create_container(&spec)
+            .await
+            .map_err(other(format!("create {role} container")))?;
+        let result = self.drive(&id, out, cancel).await;
+        // The container is gone on every path; a failure here is left to teardown's sweep.
+        if let Err(e) = self.docker.remove_container(&id).await {
+            tracing::warn!(container = %id, error = %e, "could not remove script container");
+        }
+        // Best effort: the scratch file held the script, which may embed variables.
+        let _ = crate::paths::remove_path_async(&script_path).await;
+        result
+    }
+
+    async fn drive(
+        &self,
+        id: &str,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<i32, Error> {
+        let mut output = self
+            .docker
+            .attach_output(id)
+            .await
+            .map_err(other("attach to script container"))?;
+        self.docker
+            .start_container(id)
+            .await
+            .map_err(other("start script container"))?;
+        let mut watchdog = tokio::time::interval(Duration::from_secs(2));
+        watchdog.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    if let Err(e) = self.docker.kill_container(id).await {
+                        tracing::warn!(container = %id, error = %e, "could not kill script container");
+                    }
+                    return Err(Error::Canceled);
+                }
+                item = output.next() => match item {
+                    Some(Ok(Output::Stdout(b))) | Some(Ok(Output::Stderr(b))) => out.write(&b),
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "output stream ended with an error");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = watchdog.tick() => {
+                    if let Some(err) = self.sidecar_died().await {
+                        if let Err(e) = self.docker.kill_container(id).await {
+                            tracing::warn!(container = %id, error = %e, "could not kill script container");
+                        }
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        let code = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                if let Err(e) = self.docker.kill_container(id).await {
+                    tracing::warn!(container = %id, error = %e, "could not kill script container");
+                }
+                return Err(Error::Canceled);
+            }
+            code = self.docker.wait_container(id) => code.map_err(other("wait for script container"))?,
+        };
+        if code != 0
+            && let Some(err) = self.sidecar_died().await
+        {
+            return Err(err);
+        }
+        Ok(i32::try_from(code).unwrap_or(-1))
+    }
+
+    /// `Some(SidecarDied)` when this job has a sidecar and it is no longer running.
+    pub async fn sidecar_died(&self) -> Option<Error> {
+        let sidecar = self.sidecar.as_ref()?;
+        let detail = match self.docker.inspect_container(sidecar).await {
+            Ok(info) if info.running => return None,
+            Ok(info) => {
+                let logs = self.docker.logs_tail(sidecar, 5).await.unwrap_or_default();
+                format!(
+                    "status {}, exit code {}{}; last log lines:\n{}",
+                    info.status,
+                    info.exit_code.unwrap_or(-1),
+                    if info.oom_killed {
+                        ", killed by the OOM killer"
+                    } else {
+                        ""
+                    },
+                    logs.trim_end()
+                )
+            }
+            Err(e) if e.is_not_found() => "the container was removed".to_string(),
+            // Cannot tell: do not turn a script failure into a system failure on a hunch.
+            Err(_) => return None,
+        };
+        Some(Error::SidecarDied {
+            container: sidecar.clone(),
+            detail,
+        })
+    }
+
+    /// Removes everything, in order: script/helper/service containers, sidecar, its volume,
+    /// the network, the cert dir, the job dirs. Never stops at a failure.
+    pub async fn teardown(mut self) -> TeardownReport {
+        let mut report = TeardownReport::default();
+        let filters = docker::label_filters(&self.naming.runner_id, Some(self.naming.job_id));
+        let mut containers: Vec<(String, String)> =
+            match self.docker.list_containers(&filters).await {
+                Ok(list) => list
+                    .into_iter()
+                    .map(|c| {
+                        let role = c.labels.get(LABEL_ROLE).cloned().unwrap_or_default();
+                        (c.id, role)
+                    })
+                    .collect(),
+                Err(e) => {
+                    report.failures.push(format!("list containers: {e}"));
+                    Vec::new()
+                }
+            };
+        for id in self.services.iter().chain(self.sidecar.iter()) {
+            if !containers.iter().any(|(c, _)| c == id) {
+                containers.push((id.clone(), String::new()));
+            }
+        }
+        // The sidecar goes last among containers: job containers talk to it until they die.
+        containers
+            .sort_by_key(|(id, role)| role == "sidecar" || self.sidecar.as_deref() == Some(id));
+        for (id, _) in containers {
+            match self.docker.remove_container(&id).await {
+                Ok(true) => report.removed.push(format!("container {}", short(&id))),
+                Ok(false) => {}
+                Err(e) => report.failures.push(e.to_string()),
+            }
+        }
+        // Volumes and networks are also found by label: a prepare cancelled between the
+        // daemon's reply and the bookkeeping must not leak them.
+        let mut volumes: Vec<String> = self.volume.take().into_iter().collect();
+        match self.docker.list_volumes(&filters).await {
+            Ok(list) => volumes.extend(list.into_iter().map(|v| v.name)),
+            Err(e) => report.failures.push(format!("list volumes: {e}")),
+        }
+        volumes.sort();
+        volumes.dedup();
+        for v in volumes {
+            match self.docker.remove_volume(&v).await {
+                Ok(true) => report.removed.push(format!("volume {v}")),
+                Ok(false) => {}
+                Err(e) => report.failures.push(e.to_string()),
+            }
+        }
+        let mut networks: Vec<String> = self.network.take().into_iter().map(|n| n.name).collect();
+        match self.docker.list_networks(&filters).await {
+            Ok(list) => networks.extend(list.into_iter().map(|n| n.name)),
+            Err(e) => report.failures.push(format!("list networks: {e}")),
+        }
+        networks.sort();
+        networks.dedup();
+        for n in networks {
+            match self.docker.remove_network(&n).await {
+                Ok(true) => report.removed.push(format!("network {n}")),
+                Ok(false) => {}
+                Err(e) => report.failures.push(e.to_string()),
+            }
+        }
+        if let Some(c) = self.cert_dir.take() {
+            match crate::paths::remove_cert_dir(&c).await {
+                Ok(true) => report.removed.push(format!("dir {}", c.root.display())),
+                Ok(false) => {}
+                Err(e) => report.failures.push(e.to_string()),
+            }
+        }
+        if let Some(p) = self.paths.take() {
+            match crate::paths::remove_job_dirs(&p).await {
+                Ok(dirs) => report
+                    .removed
+                    .extend(dirs.into_iter().map(|d| format!("dir {}", d.display()))),
+                Err(e) => report.failures.push(e.to_string()),
+            }
+        }
+        for f in &report.failures {
+            tracing::warn!(job.id = self.naming.job_id, failure = %f, "teardown left something behind");
+        }
+        report
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+async fn write_private_file(path: &Path, data: &[u8]) -> Result<(), Error> {
+    use tokio::io::AsyncWriteExt;
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .await
+        .map_err(|e| Error::Other {
+            context: format!("write {}", path.display()),
+            detail: e.to_string(),
+        })?;
+    f.write_all(data).await.map_err(|e| Error::Other {
+        context: format!("write {}", path.display()),
+        detail: e.to_string(),
+    })?;
+    f.flush().await.map_err(|e| Error::Other {
+        context: format!("write {}", path.display()),
+        detail: e.to_string(),
+    })
+}
+
+/// Fails with [`Error::ImageUnavailable`] unless `image` exists on the daemon (never pulls).
+pub async fn require_image(docker: &Docker, image: &str, role: &str) -> Result<(), Error> {
+    match docker.image_exists(image).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::ImageUnavailable {
+            image: image.to_string(),
+            detail: format!(
+                "the {role} image is not on the host daemon and the runner never pulls; load or build it first"
+            ),
+        }),
+        Err(e) => Err(other(format!("inspect image {image}"))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn naming_and_labels() {
+        let n = Naming::new("r1", 5, Duration::from_secs(60)).unwrap();
+        assert_eq!(n.name("net"), "ir-r1-5-net");
+        let l = n.labels("sidecar");
+        assert_eq!(l[LABEL_JOB], "5");
+        assert_eq!(l[LABEL_ROLE], "sidecar");
+        assert!(Naming::new("a/b", 5, Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn carved_addresses() {
+        let c = CarvedNetwork {
+            name: "n".into(),
+            subnet: "10.213.0.16/28".parse().unwrap(),
+        };
+        assert_eq!(c.gateway(), Ipv4Addr::new(10, 213, 0, 17));
+        assert_eq!(c.sidecar_ip(), Ipv4Addr::new(10, 213, 0, 18));
+        assert!(overlaps(
+            "10.0.0.0/8".parse().unwrap(),
+            "10.1.0.0/28".parse().unwrap()
+        ));
+        assert!(!overlaps(
+            "10.0.0.0/28".parse().unwrap(),
+            "10.0.0.16/28".parse().unwrap()
+        ));
+    }
+}

@@ -1,0 +1,518 @@
+//! The `dind` backend: a per-job Docker daemon in a sidecar container.
+//!
+//! A job's environment, built in this order (teardown runs it backwards):
+//! 1. a private bridge, a /28 carved from `address_pool`, labelled, with the host's MTU;
+//! 2. a fresh CA in memory; server and client certificates written to the job's cert dir;
+//! 3. the job directories (identical paths in every container);
+//! 4. a named volume for the sidecar's `/var/lib/docker` (never overlay on overlay);
+//! 5. the sidecar (profile flags from config only, never from the job), alias `docker`, fixed IP;
+//! 6. readiness: the runner itself completes an mTLS `GET /_ping` against the job CA;
+//! 7. services on the job network; images preloaded from the host daemon over mTLS.
+//!
+//! Scripts then run in fresh containers on the job network with `DOCKER_HOST=tcp://docker:2376`
+//! and the client half of the certificates. The host socket is never mounted.
+
+use super::common::{
+    self, CLIENT_CERT_PATH, JobState, Naming, SERVER_CERT_PATH, ScriptSettings, other, other_paths,
+};
+use super::{
+    EnvironmentSpec, Error, Isolation, JobEnvironment, JobPaths, OutputSink, ScriptRequest,
+    TeardownReport,
+};
+use crate::config::{IsolationMode, RunnerConfig, SidecarProfile};
+use crate::docker::{ContainerSpec, Docker, MountSpec};
+use crate::paths::{HostPathMap, JobId};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The seccomp profile of the `hardened` profile: Docker's permissive base with host-level
+/// syscalls (modules, kexec, clock, swap, reboot, bpf, io_uring, …) refused. Found sufficient
+/// for dockerd, overlay2, bridge/NAT, compose and BuildKit on cgroup v1 by the ladder in
+/// `tests/images/ladder`.
+const HARDENED_SECCOMP: &str = include_str!("seccomp-dind.json");
+
+/// Interval of the readiness poll.
+const READY_POLL: Duration = Duration::from_millis(100);
+
+/// The dind backend.
+pub struct DindBackend {
+    docker: Docker,
+    runner: Arc<RunnerConfig>,
+    state_dir: PathBuf,
+}
+
+impl DindBackend {
+    /// A backend using `docker` (the host daemon), the runner's config, and `state_dir` for the
+    /// per-job certificate directories.
+    pub fn new(docker: Docker, runner: Arc<RunnerConfig>, state_dir: PathBuf) -> Self {
+        DindBackend {
+            docker,
+            runner,
+            state_dir,
+        }
+    }
+}
+
+/// The container flags of a sidecar profile, checked against what the daemon offers. Never
+/// substitutes another profile (a silent fallback would hand a job more privilege than the
+/// admin chose, or less isolation than they believe they have).
+pub async fn profile_flags(
+    docker: &Docker,
+    profile: SidecarProfile,
+    spec: &mut ContainerSpec,
+) -> Result<(), Error> {
+    spec.cgroupns_private = true;
+    match profile {
+        SidecarProfile::Hardened => {
+            // Not privileged: default capabilities + SYS_ADMIN (mounts: overlay, cgroup remount)
+            // + NET_ADMIN (bridge, iptables); seccomp refuses host-level syscalls; Docker's
+            // masked and read-only /proc and /sys paths stay (the image's entrypoint re-opens
+            // only /proc/sys/net, which dockerd needs for its containers' interfaces); no host
+            // devices. AppArmor must be unconfined on AppArmor hosts (mounts), a no-op elsewhere.
+            spec.cap_add = vec!["SYS_ADMIN".to_string(), "NET_ADMIN".to_string()];
+            spec.security_opt = vec![
+                format!("seccomp={HARDENED_SECCOMP}"),
+                "apparmor=unconfined".to_string(),
+            ];
+        }
+        SidecarProfile::Privileged => {
+            spec.privileged = true;
+        }
+        SidecarProfile::Sysbox => {
+            let runtimes = docker
+                .runtimes()
+                .await
+                .map_err(other("list the daemon's runtimes"))?;
+            if !runtimes.iter().any(|r| r == "sysbox-runc") {
+                return Err(Error::ProfileUnavailable {
+                    profile: "sysbox".to_string(),
+                    detail: format!(
+                        "the host daemon has no sysbox-runc runtime (it has: {}); install Sysbox \
+                         (nestybox/sysbox, package sysbox-ce) and restart dockerd, or choose \
+                         sidecar_profile = \"hardened\" explicitly",
+                        runtimes.join(", ")
+                    ),
+                });
+            }
+            spec.runtime = Some("sysbox-runc".to_string());
+        }
+    }
+    Ok(())
+}
+
+/// The name used in config and reports.
+pub fn profile_name(p: SidecarProfile) -> &'static str {
+    match p {
+        SidecarProfile::Hardened => "hardened",
+        SidecarProfile::Privileged => "privileged",
+        SidecarProfile::Sysbox => "sysbox",
+    }
+}
+
+#[async_trait::async_trait]
+impl Isolation for DindBackend {
+    fn mode(&self) -> IsolationMode {
+        IsolationMode::Dind
+    }
+
+    async fn prepare(
+        &self,
+        spec: &EnvironmentSpec,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<Box<dyn JobEnvironment>, Error> {
+        let naming = Naming::new(&spec.runner_id, spec.job_id, spec.timeout)?;
+        let host_map = HostPathMap::new(self.runner.docker.isolation.host_path_map.clone());
+        let mut env = DindEnv {
+            state: JobState::new(self.docker.clone(), naming, host_map),
+            paths: JobPaths {
+                project_dir: PathBuf::new(),
+                tmp_dir: PathBuf::new(),
+            },
+            inner: None,
+        };
+        let built = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(Error::Canceled),
+            r = self.build(&mut env, spec, &out) => r,
+        };
+        match built {
+            Ok(()) => Ok(Box::new(env)),
+            Err(e) => {
+                let report = env.state.teardown().await;
+                for f in &report.failures {
+                    out.write(format!("teardown after failed prepare: {f}\n").as_bytes());
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl DindBackend {
+    async fn build(
+        &self,
+        env: &mut DindEnv,
+        spec: &EnvironmentSpec,
+        out: &Arc<dyn OutputSink>,
+    ) -> Result<(), Error> {
+        let iso = &self.runner.docker.isolation;
+        let docker = &self.docker;
+        let job = JobId::new(spec.job_id);
+
+        // Everything that can be refused without creating anything comes first.
+        let mut sidecar = ContainerSpec::default();
+        profile_flags(docker, iso.sidecar_profile, &mut sidecar).await?;
+        common::require_image(docker, &iso.sidecar_image, "sidecar").await?;
+        common::require_image(docker, &spec.build_image.name, "job").await?;
+        common::require_image(docker, &spec.helper_image, "helper").await?;
+        for s in &spec.services {
+            common::require_image(docker, &s.image.name, "service").await?;
+        }
+        for img in &iso.preload_images {
+            common::require_image(docker, img, "preload").await?;
+        }
+
+        let mtu = if iso.network_mtu > 0 {
+            Some(iso.network_mtu)
+        } else {
+            common::host_mtu().await
+        };
+        let net = common::carve_network(docker, &env.state.naming, iso.address_pool, mtu).await?;
+        env.state.network = Some(net.clone());
+        let sidecar_ip = net.sidecar_ip();
+
+        let pki = crate::pki::issue_job_pki(&crate::pki::PkiRequest::for_sidecar(
+            spec.job_id,
+            IpAddr::V4(sidecar_ip),
+            spec.timeout,
+        ))
+        .map_err(|e| Error::Other {
+            context: "issue job certificates".to_string(),
+            detail: e.to_string(),
+        })?;
+        let certs = crate::paths::write_cert_dir(&self.state_dir, &spec.runner_id, job, &pki)
+            .await
+            .map_err(other_paths("write job certificates"))?;
+        env.state.cert_dir = Some(certs.clone());
+
+        let paths = crate::paths::create_job_dirs(&self.runner.builds_dir, job)
+            .await
+            .map_err(other_paths("create job directories"))?;
+        env.state.paths = Some(paths.clone());
+        env.paths = paths;
+
+        let volume = env.state.naming.name("docker");
+        docker
+            .create_volume(&volume, &env.state.naming.labels("data"))
+            .await
+            .map_err(other("create the sidecar's data volume"))?;
+        env.state.volume = Some(volume.clone());
+
+        // The sidecar: only runner config shapes it; no job variable reaches it (threat S2).
+        sidecar.name = env.state.naming.name("sidecar");
+        sidecar.image = iso.sidecar_image.clone();
+        sidecar.cmd = Some(inner_daemon_args(
+            iso.inner_address_pool,
+            mtu,
+            iso.registry_mirror.as_deref(),
+        ));
+        sidecar.labels = env.state.naming.labels("sidecar");
+        sidecar.network = Some(net.name.clone());
+        sidecar.aliases = vec!["docker".to_string()];
+        sidecar.ipv4 = Some(sidecar_ip.to_string());
+        sidecar.mounts = vec![
+            MountSpec::Volume {
+                name: volume,
+                target: "/var/lib/docker".to_string(),
+            },
+            env.state.bind(&certs.server, SERVER_CERT_PATH, true),
+        ];
+        sidecar.mounts.extend(env.state.job_dir_mounts());
+        sidecar.memory = iso.sidecar_memory.and_then(|m| i64::try_from(m).ok());
+        sidecar.cpus = iso.sidecar_cpus;
+        sidecar.pids_limit = iso.sidecar_pids_limit;
+        sidecar.sysctls = HashMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+        // nofile is inherited from the host daemon: a fixed value above its hard limit fails
+        // with "error setting rlimit type 7" on hosts with a lower limit.
+        // Under memory pressure the job's daemon dies before the host's.
+        sidecar.oom_score_adj = Some(500);
+        let started = Instant::now();
+        let id = docker
+            .create_container(&sidecar)
+            .await
+            .map_err(other("create the sidecar"))?;
+        env.state.sidecar = Some(id.clone());
+        docker
+            .start_container(&id)
+            .await
+            .map_err(|e| start_error(iso.sidecar_profile, e))?;
+
+        let tls = crate::pki::client_config(&pki.client).map_err(|e| Error::Other {
+            context: "build the runner's TLS client".to_string(),
+            detail: e.to_string(),
+        })?;
+        let addr = SocketAddr::new(IpAddr::V4(sidecar_ip), 2376);
+        let inner = wait_ready(docker, &id, addr, tls, iso.ready_timeout).await?;
+        let waited = started.elapsed();
+        tracing::info!(
+            job.id = spec.job_id,
+            ready_ms = waited.as_millis() as u64,
+            profile = profile_name(iso.sidecar_profile),
+            "sidecar ready"
+        );
+        out.write(
+            format!(
+                "Job docker daemon ready in {:.1}s (sidecar profile {}, network {} {})\n",
+                waited.as_secs_f64(),
+                profile_name(iso.sidecar_profile),
+                net.name,
+                net.subnet
+            )
+            .as_bytes(),
+        );
+
+        env.state
+            .start_services(&spec.services, &spec.service_env)
+            .await?;
+
+        for img in &iso.preload_images {
+            let t = Instant::now();
+            inner
+                .load_image(docker.export_image(img), img)
+                .await
+                .map_err(other(format!("preload image {img}")))?;
+            out.write(format!("Preloaded {img} in {:.1}s\n", t.elapsed().as_secs_f64()).as_bytes());
+        }
+        env.inner = Some(inner);
+
+        let job_env = dind_job_env();
+        env.state.script = Some(ScriptSettings {
+            build_image: spec.build_image.clone(),
+            helper_image: spec.helper_image.clone(),
+            memory: self
+                .runner
+                .docker
+                .memory
+                .and_then(|m| i64::try_from(m).ok()),
+            cpus: self.runner.docker.cpus,
+            pids_limit: self.runner.docker.pids_limit,
+            extra_mounts: vec![env.state.bind(&certs.client, CLIENT_CERT_PATH, true)],
+            job_env,
+        });
+        Ok(())
+    }
+}
+
+/// Flags for the inner dockerd: MTU for the default bridge *and* for every network it creates
+/// (compose networks), and addresses from the inner pool, disjoint from the outer bridges.
+pub fn inner_daemon_args(
+    inner_pool: ipnet::Ipv4Net,
+    mtu: Option<u32>,
+    mirror: Option<&str>,
+) -> Vec<String> {
+    let bip = Ipv4Net::new(
+        std::net::Ipv4Addr::from(u32::from(inner_pool.network()).saturating_add(1)),
+        24.max(inner_pool.prefix_len()),
+    )
+    .map(|n| n.to_string())
+    .unwrap_or_default();
+    let mut args = vec![
+        format!("--bip={bip}"),
+        format!(
+            "--default-address-pool=base={inner_pool},size={}",
+            24.max(inner_pool.prefix_len())
+        ),
+    ];
+    if let Some(mtu) = mtu {
+        args.push(format!("--mtu={mtu}"));
+        args.push(format!(
+            "--default-network-opt=bridge=com.docker.network.driver.mtu={mtu}"
+        ));
+    }
+    if let Some(m) = mirror.filter(|m| !m.is_empty()) {
+        args.push(format!("--registry-mirror={m}"));
+    }
+    args
+}
+use ipnet::Ipv4Net;
+
+/// A sidecar that cannot start because the host refuses the profile's privileges is a
+/// `ProfileUnavailable` (with what to do), not a generic error: the admin must choose.
+fn start_error(profile: SidecarProfile, e: crate::docker::Error) -> Error {
+    let msg = e.daemon_message().unwrap_or_default().to_string();
+    let refused = msg.contains("unable to apply caps")
+        || msg.contains("operation not permitted")
+        || msg.contains("unknown or invalid runtime");
+    if refused {
+        return Error::ProfileUnavailable {
+            profile: profile_name(profile).to_string(),
+            detail: format!(
+                "the host daemon could not start the sidecar with this profile's privileges \
+                 ({msg}); the daemon itself probably runs with a reduced capability set. \
+                 Choose another sidecar_profile explicitly"
+            ),
+        };
+    }
+    other("start the sidecar")(e)
+}
+
+/// What the job sees: the sidecar by name, TLS verified, the client half of the certificates.
+pub fn dind_job_env() -> Vec<(String, String)> {
+    vec![
+        ("DOCKER_HOST".to_string(), "tcp://docker:2376".to_string()),
+        ("DOCKER_TLS_VERIFY".to_string(), "1".to_string()),
+        ("DOCKER_CERT_PATH".to_string(), CLIENT_CERT_PATH.to_string()),
+        // Published ports live on the sidecar, not on localhost.
+        (
+            "TESTCONTAINERS_HOST_OVERRIDE".to_string(),
+            "docker".to_string(),
+        ),
+    ]
+}
+
+/// Polls an mTLS `/_ping` until the daemon answers, the sidecar dies or `timeout` passes.
+async fn wait_ready(
+    docker: &Docker,
+    sidecar: &str,
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<Docker, Error> {
+    let start = Instant::now();
+    let mut last_err: String;
+    let mut n: u32 = 0;
+    loop {
+        let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+            let d = Docker::connect_mtls(addr, Arc::clone(&tls)).await?;
+            d.ping().await?;
+            Ok::<_, crate::docker::Error>(d)
+        })
+        .await;
+        match attempt {
+            Ok(Ok(d)) => return Ok(d),
+            Ok(Err(e)) => last_err = e.to_string(),
+            Err(_) => last_err = format!("no answer from {addr} within 2s"),
+        }
+        n += 1;
+        // Every ~0.5 s: a sidecar that exited will never answer; say so now.
+        if n.is_multiple_of(5)
+            && let Ok(info) = docker.inspect_container(sidecar).await
+            && !info.running
+        {
+            let logs = docker.logs_tail(sidecar, 30).await.unwrap_or_default();
+            return Err(Error::NotReady {
+                waited: start.elapsed(),
+                last_logs: format!(
+                    "(the sidecar exited with code {})\n{}",
+                    info.exit_code.unwrap_or(-1),
+                    logs.trim_end()
+                ),
+            });
+        }
+        if start.elapsed() >= timeout {
+            let logs = docker.logs_tail(sidecar, 30).await.unwrap_or_default();
+            let routable = if logs.contains("API listen on") && is_route_error(&last_err) {
+                format!(
+                    "\n(the daemon is listening but {addr} is not reachable from the runner host: \
+                     the runner must share a network with the job bridge; last error: {last_err})"
+                )
+            } else {
+                format!("\n(last error: {last_err})")
+            };
+            return Err(Error::NotReady {
+                waited: start.elapsed(),
+                last_logs: format!("{}{routable}", logs.trim_end()),
+            });
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+}
+
+fn is_route_error(e: &str) -> bool {
+    let e = e.to_ascii_lowercase();
+    e.contains("no route")
+        || e.contains("unreachable")
+        || e.contains("within 2s")
+        || e.contains("timed out")
+}
+
+/// A prepared dind job.
+pub struct DindEnv {
+    state: JobState,
+    paths: JobPaths,
+    inner: Option<Docker>,
+}
+
+impl DindEnv {
+    /// The job's own daemon, as the runner reaches it (mTLS).
+    pub fn inner_docker(&self) -> Option<&Docker> {
+        self.inner.as_ref()
+    }
+
+    /// The sidecar container id.
+    pub fn sidecar_id(&self) -> Option<&str> {
+        self.state.sidecar.as_deref()
+    }
+}
+
+#[async_trait::async_trait]
+impl JobEnvironment for DindEnv {
+    fn paths(&self) -> &JobPaths {
+        &self.paths
+    }
+
+    fn job_env(&self) -> Vec<(String, String)> {
+        dind_job_env()
+    }
+
+    async fn run_script(
+        &self,
+        req: ScriptRequest,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<i32, Error> {
+        self.state.run_script(req, out, cancel).await
+    }
+
+    async fn teardown(self: Box<Self>) -> TeardownReport {
+        let this = *self;
+        this.state.teardown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inner_args_carry_mtu_and_pool() {
+        let a = inner_daemon_args("10.214.0.0/16".parse().unwrap(), Some(1400), None);
+        assert!(a.contains(&"--bip=10.214.0.1/24".to_string()));
+        assert!(a.contains(&"--default-address-pool=base=10.214.0.0/16,size=24".to_string()));
+        assert!(a.contains(&"--mtu=1400".to_string()));
+        assert!(
+            a.iter()
+                .any(|x| x.contains("com.docker.network.driver.mtu=1400"))
+        );
+        let b = inner_daemon_args("10.214.0.0/16".parse().unwrap(), None, Some(""));
+        assert!(!b.iter().any(|x| x.contains("mtu") || x.contains("mirror")));
+    }
+
+    #[test]
+    fn seccomp_profile_is_json() {
+        let v: serde_json::Value = serde_json::from_str(HARDENED_SECCOMP).unwrap();
+        assert_eq!(v["defaultAction"], "SCMP_ACT_ALLOW");
+    }
+
+    #[test]
+    fn job_env_points_at_the_sidecar() {
+        let e = dind_job_env();
+        assert!(e.contains(&("DOCKER_HOST".to_string(), "tcp://docker:2376".to_string())));
+        assert!(e.contains(&("DOCKER_TLS_VERIFY".to_string(), "1".to_string())));
+    }
+}

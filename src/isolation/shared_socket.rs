@@ -1,0 +1,144 @@
+//! The `shared-socket` backend: the classic setup. The host's Docker socket is mounted into the
+//! job container and the job directory sits at the identical path, so `-v "$PWD":/x` resolves on
+//! the host daemon. No sidecar, no certificates.
+//!
+//! A job here controls the host daemon and therefore the host: use it only on hosts that run
+//! trusted jobs, and as the baseline `runner bench` compares the dind backend against.
+
+use super::common::{self, JobState, Naming, ScriptSettings, other_paths};
+use super::{
+    EnvironmentSpec, Error, Isolation, JobEnvironment, JobPaths, OutputSink, ScriptRequest,
+    TeardownReport,
+};
+use crate::config::{IsolationMode, RunnerConfig};
+use crate::docker::{Docker, MountSpec};
+use crate::paths::{HostPathMap, JobId};
+
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// The host socket path mounted into jobs.
+const HOST_SOCKET: &str = "/var/run/docker.sock";
+
+/// The shared-socket backend.
+pub struct SharedSocketBackend {
+    docker: Docker,
+    runner: Arc<RunnerConfig>,
+}
+
+impl SharedSocketBackend {
+    /// A backend on `docker` (the host daemon) with the runner's config.
+    pub fn new(docker: Docker, runner: Arc<RunnerConfig>) -> Self {
+        SharedSocketBackend { docker, runner }
+    }
+}
+
+fn shared_job_env() -> Vec<(String, String)> {
+    vec![("DOCKER_HOST".to_string(), format!("unix://{HOST_SOCKET}"))]
+}
+
+#[async_trait::async_trait]
+impl Isolation for SharedSocketBackend {
+    fn mode(&self) -> IsolationMode {
+        IsolationMode::SharedSocket
+    }
+
+    async fn prepare(
+        &self,
+        spec: &EnvironmentSpec,
+        _out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<Box<dyn JobEnvironment>, Error> {
+        let naming = Naming::new(&spec.runner_id, spec.job_id, spec.timeout)?;
+        let host_map = HostPathMap::new(self.runner.docker.isolation.host_path_map.clone());
+        let mut state = JobState::new(self.docker.clone(), naming, host_map);
+        let built = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(Error::Canceled),
+            r = self.build(&mut state, spec) => r,
+        };
+        match built {
+            Ok(paths) => Ok(Box::new(SharedEnv { state, paths })),
+            Err(e) => {
+                state.teardown().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl SharedSocketBackend {
+    async fn build(&self, state: &mut JobState, spec: &EnvironmentSpec) -> Result<JobPaths, Error> {
+        let docker = &self.docker;
+        common::require_image(docker, &spec.build_image.name, "job").await?;
+        common::require_image(docker, &spec.helper_image, "helper").await?;
+        for s in &spec.services {
+            common::require_image(docker, &s.image.name, "service").await?;
+        }
+        let iso = &self.runner.docker.isolation;
+        let mtu = if iso.network_mtu > 0 {
+            Some(iso.network_mtu)
+        } else {
+            common::host_mtu().await
+        };
+        // A job network still helps: services get their aliases, jobs do not share a bridge.
+        let net = common::carve_network(docker, &state.naming, iso.address_pool, mtu).await?;
+        state.network = Some(net);
+        let paths = crate::paths::create_job_dirs(&self.runner.builds_dir, JobId::new(spec.job_id))
+            .await
+            .map_err(other_paths("create job directories"))?;
+        state.paths = Some(paths.clone());
+        state
+            .start_services(&spec.services, &spec.service_env)
+            .await?;
+        state.script = Some(ScriptSettings {
+            build_image: spec.build_image.clone(),
+            helper_image: spec.helper_image.clone(),
+            memory: self
+                .runner
+                .docker
+                .memory
+                .and_then(|m| i64::try_from(m).ok()),
+            cpus: self.runner.docker.cpus,
+            pids_limit: self.runner.docker.pids_limit,
+            extra_mounts: vec![MountSpec::Bind {
+                source: HOST_SOCKET.to_string(),
+                target: HOST_SOCKET.to_string(),
+                read_only: false,
+            }],
+            job_env: shared_job_env(),
+        });
+        Ok(paths)
+    }
+}
+
+/// A prepared shared-socket job.
+pub struct SharedEnv {
+    state: JobState,
+    paths: JobPaths,
+}
+
+#[async_trait::async_trait]
+impl JobEnvironment for SharedEnv {
+    fn paths(&self) -> &JobPaths {
+        &self.paths
+    }
+
+    fn job_env(&self) -> Vec<(String, String)> {
+        shared_job_env()
+    }
+
+    async fn run_script(
+        &self,
+        req: ScriptRequest,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<i32, Error> {
+        self.state.run_script(req, out, cancel).await
+    }
+
+    async fn teardown(self: Box<Self>) -> TeardownReport {
+        let this = *self;
+        this.state.teardown().await
+    }
+}

@@ -1,0 +1,195 @@
+//! Docker test helpers: a per-test scope (uuid-labelled runner id, temp builds/state dirs), a
+//! sweep guard, leak assertions and image checks. Tests never pull: a missing image is a clear
+//! panic that says how to build it.
+
+use isolated_runner::config::RunnerConfig;
+use isolated_runner::docker::Docker;
+use isolated_runner::isolation::OutputSink;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The test images (built by `tests/images/build`).
+pub const DIND_IMAGE: &str = "isolated-runner/dind:test";
+/// Job and helper image.
+pub const JOB_IMAGE: &str = "isolated-runner/job:test";
+/// Tiny image for inner daemons.
+pub const BUSYBOX_IMAGE: &str = "isolated-runner/busybox:test";
+
+/// One test's world: its runner id carries a fresh uuid, so every object the backends create
+/// is labelled with it (`io.isolated-runner.runner=t-<uuid>`), and its directories are private.
+pub struct Scope {
+    /// `t-<uuid>`.
+    pub runner_id: String,
+    /// Temp root holding `builds/` and `state/`.
+    pub tmp: tempfile::TempDir,
+    /// The host daemon.
+    pub docker: Docker,
+}
+
+impl Scope {
+    /// A new scope; panics with a hint when an image is missing.
+    pub async fn new() -> Scope {
+        isolated_runner::install_crypto_provider();
+        let docker = Docker::connect(None)
+            .await
+            .expect("connect to the host docker daemon");
+        for img in [DIND_IMAGE, JOB_IMAGE, BUSYBOX_IMAGE] {
+            assert!(
+                docker.image_exists(img).await.expect("inspect image"),
+                "test image {img} is missing: run tests/images/build (the tests never pull)"
+            );
+        }
+        let uuid = uuid::Uuid::new_v4().simple().to_string();
+        let tmp = tempfile::Builder::new()
+            .prefix("ir-test-")
+            .tempdir()
+            .expect("tempdir");
+        Scope {
+            runner_id: format!("t-{}", &uuid[..16]),
+            tmp,
+            docker,
+        }
+    }
+
+    /// `<tmp>/builds`.
+    pub fn builds_dir(&self) -> PathBuf {
+        self.tmp.path().join("builds")
+    }
+
+    /// `<tmp>/state`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    /// A runner config pointing at this scope's directories.
+    pub fn runner_config(&self) -> RunnerConfig {
+        let mut r = RunnerConfig {
+            builds_dir: self.builds_dir(),
+            ..Default::default()
+        };
+        r.docker.isolation.sidecar_image = DIND_IMAGE.to_string();
+        r.docker.isolation.ready_timeout = Duration::from_secs(90);
+        r
+    }
+
+    /// Asserts that nothing labelled with this scope's runner id is left on the engine and that
+    /// no job or cert directory remains.
+    pub async fn assert_clean(&self) {
+        let f = isolated_runner::docker::label_filters(&self.runner_id, None);
+        let c = self
+            .docker
+            .list_containers(&f)
+            .await
+            .expect("list containers");
+        assert!(
+            c.is_empty(),
+            "containers left: {:?}",
+            c.iter().map(|c| &c.name).collect::<Vec<_>>()
+        );
+        let n = self.docker.list_networks(&f).await.expect("list networks");
+        assert!(
+            n.is_empty(),
+            "networks left: {:?}",
+            n.iter().map(|n| &n.name).collect::<Vec<_>>()
+        );
+        let v = self.docker.list_volumes(&f).await.expect("list volumes");
+        assert!(
+            v.is_empty(),
+            "volumes left: {:?}",
+            v.iter().map(|v| &v.name).collect::<Vec<_>>()
+        );
+        let leftover_dirs = list(&self.builds_dir());
+        assert!(leftover_dirs.is_empty(), "job dirs left: {leftover_dirs:?}");
+        let certs = list(&self.state_dir().join("certs").join(&self.runner_id));
+        assert!(certs.is_empty(), "cert dirs left: {certs:?}");
+    }
+}
+
+fn list(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+impl Drop for Scope {
+    /// The safety net when a test panics before its teardown: remove by label with the docker
+    /// CLI (synchronous on purpose: async work cannot run in `Drop`).
+    fn drop(&mut self) {
+        let label = format!("label=io.isolated-runner.runner={}", self.runner_id);
+        let ids = |args: &[&str]| -> Vec<String> {
+            std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let containers = ids(&["ps", "-aq", "--filter", &label]);
+        if !containers.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-fv"])
+                .args(&containers)
+                .output();
+        }
+        let vols = ids(&["volume", "ls", "-q", "--filter", &label]);
+        if !vols.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["volume", "rm", "-f"])
+                .args(&vols)
+                .output();
+        }
+        let nets = ids(&["network", "ls", "-q", "--filter", &label]);
+        if !nets.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["network", "rm"])
+                .args(&nets)
+                .output();
+        }
+    }
+}
+
+/// Collects script output and lets a test wait for a marker.
+#[derive(Default)]
+pub struct Collect {
+    buf: Mutex<Vec<u8>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Collect {
+    /// A new shared sink.
+    pub fn new() -> Arc<Collect> {
+        Arc::new(Collect::default())
+    }
+
+    /// Everything written so far, lossily decoded.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().expect("sink lock")).into_owned()
+    }
+
+    /// Waits until the output contains `needle`, panicking after `timeout`.
+    pub async fn wait_for(&self, needle: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            if self.text().contains(needle) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("output never contained {needle:?}; got:\n{}", self.text());
+            }
+        }
+    }
+}
+
+impl OutputSink for Collect {
+    fn write(&self, data: &[u8]) {
+        self.buf.lock().expect("sink lock").extend_from_slice(data);
+        self.notify.notify_waiters();
+    }
+}
