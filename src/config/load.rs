@@ -542,7 +542,9 @@ impl Loader {
                         self.secrets.push(value.to_string());
                         self.inline_token_line = self.inline_token_line.or(Some(at.line));
                         if value.trim().is_empty() {
-                            self.error(&at, "the token is empty");
+                            // An entry without a token still serves `runner exec`; `runner run`
+                            // refuses it at start-up.
+                            self.warn(&at, "the token is empty: this entry can only serve `runner exec`; register it with `runner register` before `runner run`");
                         } else {
                             token = Some((at.clone(), Secret::new(value.trim())));
                         }
@@ -715,9 +717,8 @@ impl Loader {
             (None, Some(_)) => {}
             (None, None) => {
                 if t.get("token").is_none() {
-                    self.error(&header_at, "no `token` or `token_file`: register the runner with `runner register`, or set one of them");
+                    self.warn(&header_at, "no `token` or `token_file`: this entry can only serve `runner exec`; register it with `runner register` before `runner run`");
                 }
-                ok = false;
             }
         }
         self.runner_checks(&r, &facts);

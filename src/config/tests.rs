@@ -335,7 +335,16 @@ fn docker_network_mtu_is_a_fallback() {
 fn runner_requires_url_and_token() {
     let e = errors("[[runners]]\nname = \"x\"\n");
     assert_eq!(find(&e, "`url` is missing").line, 1);
-    find(&e, "no `token` or `token_file`");
+    let w = load_str(
+        "[[runners]]\nname = \"x\"\nurl = \"https://gitlab.example.com/\"\n",
+        "c",
+    )
+    .expect("a runner without a token still loads (exec only)")
+    .warnings;
+    assert!(
+        w.iter()
+            .any(|d| d.message.contains("no `token` or `token_file`"))
+    );
     let e = errors(&runner("executor2 = 1", "").replace("https://", "ssh://"));
     find(&e, "http://");
     find(&e, "did you mean `executor`?");

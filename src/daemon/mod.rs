@@ -38,6 +38,14 @@ pub enum Error {
     /// Nothing to poll for.
     #[error("the config has no [[runners]] entry")]
     NoRunners,
+    /// A `[[runners]]` entry without a token can serve `runner exec` only.
+    #[error(
+        "runner {name} has no token: register it with `runner register`, or set `token`/`token_file`"
+    )]
+    NoToken {
+        /// The entry's name.
+        name: String,
+    },
     /// `concurrent = 0` would never run a job.
     #[error("concurrent must be at least 1, got 0")]
     ZeroConcurrent,
@@ -135,6 +143,11 @@ pub async fn run_with(
 ) -> Result<(), Error> {
     if config.runners.is_empty() {
         return Err(Error::NoRunners);
+    }
+    if let Some(r) = config.runners.iter().find(|r| r.token.is_empty()) {
+        return Err(Error::NoToken {
+            name: r.name.clone(),
+        });
     }
     if config.concurrent == 0 {
         return Err(Error::ZeroConcurrent);
