@@ -4,6 +4,8 @@
 //! library modules below, one job each. See `docs/architecture.md`.
 
 #![warn(missing_docs)]
+// Outside data is never unwrapped; `expect` is kept for true invariants and says why it holds.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod bench;
 pub mod cache;
