@@ -1,6 +1,9 @@
 //! The command line: clap definitions and one file per verb. The only place `anyhow` is used.
 
+pub mod bench;
 mod config;
+
+pub use bench::BenchArgs;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -50,7 +53,7 @@ pub enum Command {
     /// Run one job of a local .gitlab-ci.yml through the real pipeline, no GitLab needed.
     Exec(ConfigArg),
     /// Benchmark isolated jobs against the shared-socket setup on this host.
-    Bench(ConfigArg),
+    Bench(BenchArgs),
     /// Diagnose the host, the config, the sidecar and GitLab, and say what to fix.
     Doctor(ConfigArg),
     /// Remove what dead or old jobs left behind and prune caches.
@@ -91,7 +94,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unregister(_) => "unregister",
         Command::List(_) => "list",
         Command::Exec(_) => "exec",
-        Command::Bench(_) => "bench",
+        Command::Bench(args) => return bench::run(args).await,
         Command::Doctor(_) => "doctor",
         Command::Cleanup(_) => "cleanup",
         Command::Config(command) => return config::run(command).await,
