@@ -1,7 +1,10 @@
 //! The command line: clap definitions and one file per verb. The only place `anyhow` is used.
 
+pub mod bench;
 mod config;
 pub mod exec;
+
+pub use bench::BenchArgs;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -57,7 +60,7 @@ pub enum Command {
     /// Run one job of a local .gitlab-ci.yml through the real pipeline, no GitLab needed.
     Exec(exec::ExecArgs),
     /// Benchmark isolated jobs against the shared-socket setup on this host.
-    Bench(ConfigArg),
+    Bench(BenchArgs),
     /// Diagnose the host, the config, the sidecar and GitLab, and say what to fix.
     Doctor(ConfigArg),
     /// Remove what dead or old jobs left behind and prune caches.
@@ -98,7 +101,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unregister(a) => return unregister::run(&a).await,
         Command::List(a) => return list::run(&a).await,
         Command::Exec(args) => return exec::run(args).await,
-        Command::Bench(_) => "bench",
+        Command::Bench(args) => return bench::run(args).await,
         Command::Doctor(_) => "doctor",
         Command::Cleanup(_) => "cleanup",
         Command::Config(command) => return config::run(command).await,

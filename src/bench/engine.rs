@@ -1,0 +1,270 @@
+//! Runs the plan: warm-up rounds, then measured rounds, modes interleaved A B A B.
+
+use super::host::{self, HostFacts, RunnerMemory};
+use super::scenario::{Scenario, Shape};
+use super::target::{BenchTarget, JobHooks, JobSpec, RunSample, TargetInfo};
+use crate::config::IsolationMode;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Scenarios, in order.
+    pub scenarios: Vec<Scenario>,
+    /// Modes, in the order they alternate within a round (A B A B…).
+    pub modes: Vec<IsolationMode>,
+    /// Measured rounds per scenario (each round runs every mode once).
+    pub runs: usize,
+    /// Discarded rounds before the measured ones.
+    pub warmup: usize,
+    /// Jobs released at once by the `concurrent` scenario.
+    pub concurrency: usize,
+    /// Where the scenario projects live (`bench/scenarios`).
+    pub scenarios_root: PathBuf,
+}
+
+/// One job of a slot: its name and its hooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotJob {
+    /// Job name in the scenario's `.gitlab-ci.yml`.
+    pub job_name: String,
+    /// Faults to inject.
+    pub hooks: JobHooks,
+}
+
+impl Plan {
+    /// (warm-up rounds, measured rounds) for a scenario. The teardown batch is one round with
+    /// no warm-up: 100 jobs per mode is already the measurement.
+    pub fn rounds(&self, scenario: &Scenario) -> (usize, usize) {
+        match scenario.shape {
+            Shape::Teardown { .. } => (0, 1),
+            _ => (self.warmup, self.runs),
+        }
+    }
+
+    /// The slots of one round: each slot is a set of jobs released together, run once per mode.
+    pub fn slots(&self, scenario: &Scenario) -> Vec<Vec<SlotJob>> {
+        let plain = |name: &str| SlotJob {
+            job_name: name.to_string(),
+            hooks: JobHooks::default(),
+        };
+        match scenario.shape {
+            Shape::Single | Shape::Build(_) => vec![vec![plain(scenario.job)]],
+            Shape::Concurrent { jobs } => {
+                let batch = (0..self.concurrency.max(1))
+                    .map(|i| plain(jobs.get(i % jobs.len().max(1)).copied().unwrap_or("noop")))
+                    .collect();
+                vec![batch]
+            }
+            Shape::Teardown {
+                jobs,
+                cancel_every,
+                kill_sidecar_every,
+            } => (1..=jobs)
+                .map(|n| {
+                    vec![SlotJob {
+                        job_name: scenario.job.to_string(),
+                        hooks: JobHooks {
+                            cancel_mid_script: cancel_every > 0 && n % cancel_every == 0,
+                            kill_sidecar_mid_script: kill_sidecar_every > 0
+                                && n % kill_sidecar_every == 0,
+                        },
+                    }]
+                })
+                .collect(),
+        }
+    }
+
+    /// Jobs the whole plan runs (warm-ups included), for the progress bar.
+    pub fn total_jobs(&self) -> usize {
+        self.scenarios
+            .iter()
+            .map(|s| {
+                let (warm, measured) = self.rounds(s);
+                let per_round: usize = self.slots(s).iter().map(Vec::len).sum();
+                (warm + measured) * per_round * self.modes.len()
+            })
+            .sum()
+    }
+}
+
+/// One job's record.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Mode it ran in.
+    pub mode: IsolationMode,
+    /// Round (warm-ups first).
+    pub round: usize,
+    /// Index in the round (slot, then job within the slot).
+    pub index: usize,
+    /// Discarded from statistics.
+    pub warmup: bool,
+    /// The target's sample, or why the target could not run the job.
+    pub result: Result<RunSample, String>,
+    /// Runner memory right after the job.
+    pub runner_memory: Option<RunnerMemory>,
+    /// Objects left on the host after the job's teardown (from [`BenchTarget::leftovers`]).
+    pub leftovers: Option<u64>,
+}
+
+/// Everything a bench produced.
+#[derive(Debug, Clone)]
+pub struct BenchRun {
+    /// The plan that ran.
+    pub plan: Plan,
+    /// Host facts.
+    pub host: HostFacts,
+    /// Docker side facts.
+    pub target: TargetInfo,
+    /// Every job, in run order.
+    pub measurements: Vec<Measurement>,
+    /// Runner memory at the end (VmHWM is the peak over the whole bench).
+    pub runner_memory: Option<RunnerMemory>,
+}
+
+/// Progress on stderr: one `\r`-rewritten line on a terminal, one line per job otherwise.
+pub struct Progress {
+    out: Box<dyn Write + Send>,
+    tty: bool,
+    total: usize,
+    done: usize,
+    width: usize,
+}
+
+impl Progress {
+    /// Progress to `out`; `tty` picks the `\r` style.
+    pub fn new(out: Box<dyn Write + Send>, tty: bool, total: usize) -> Progress {
+        Progress {
+            out,
+            tty,
+            total,
+            done: 0,
+            width: 0,
+        }
+    }
+
+    /// Progress to stderr, style chosen by whether stderr is a terminal.
+    pub fn stderr(total: usize) -> Progress {
+        use std::io::IsTerminal;
+        let tty = std::io::stderr().is_terminal();
+        Progress::new(Box::new(std::io::stderr()), tty, total)
+    }
+
+    fn job_done(&mut self, m: &Measurement, rounds: (usize, usize)) {
+        self.done += 1;
+        let phase = if m.warmup {
+            format!("warm-up {}/{}", m.round + 1, rounds.0)
+        } else {
+            format!("run {}/{}", m.round + 1 - rounds.0, rounds.1)
+        };
+        let what = match &m.result {
+            Ok(s) => format!(
+                "wall {:.2} s, ttfsl {}",
+                s.wall.as_secs_f64(),
+                s.ttfsl
+                    .map(|t| format!("{:.2} s", t.as_secs_f64()))
+                    .unwrap_or_else(|| "-".into())
+            ),
+            Err(e) => format!("FAILED: {e}"),
+        };
+        let line = format!(
+            "[{:>w$}/{}] {} {} {}: {}",
+            self.done,
+            self.total,
+            m.scenario,
+            m.mode.as_str(),
+            phase,
+            what,
+            w = self.total.to_string().len()
+        );
+        // Progress is best effort: a closed stderr must not stop the bench.
+        let _ = if self.tty {
+            let pad = self.width.saturating_sub(line.len());
+            self.width = line.len();
+            write!(self.out, "\r{line}{}", " ".repeat(pad))
+        } else {
+            writeln!(self.out, "{line}")
+        };
+        let _ = self.out.flush();
+    }
+
+    /// Ends the `\r` line.
+    pub fn finish(&mut self) {
+        if self.tty && self.done > 0 {
+            // Best effort, as above.
+            let _ = writeln!(self.out);
+        }
+    }
+}
+
+/// Runs `plan` against `target`. Never stops on a failed job: failures are recorded.
+///
+/// Order, per scenario: warm-up rounds then measured rounds; in each round every slot is run
+/// once per mode, modes alternating (dind, shared, dind, shared…), so slow drift of the host
+/// (page cache, thermal, other tenants) hits both modes alike.
+pub async fn run(target: &dyn BenchTarget, plan: &Plan, progress: &mut Progress) -> BenchRun {
+    let host = host::host_facts().await;
+    let info = target.describe().await;
+    let mut measurements = Vec::new();
+    for scenario in &plan.scenarios {
+        let rounds = plan.rounds(scenario);
+        let slots = plan.slots(scenario);
+        for round in 0..rounds.0 + rounds.1 {
+            let warmup = round < rounds.0;
+            let mut index = 0;
+            for slot in &slots {
+                for &mode in &plan.modes {
+                    let specs: Vec<JobSpec> = slot
+                        .iter()
+                        .enumerate()
+                        .map(|(i, job)| JobSpec {
+                            scenario: *scenario,
+                            project_dir: scenario.project_dir(&plan.scenarios_root),
+                            job_name: job.job_name.clone(),
+                            mode,
+                            hooks: job.hooks,
+                            warmup,
+                            round,
+                            index: index + i,
+                        })
+                        .collect();
+                    for spec in &specs {
+                        if let Err(e) = target.prepare(spec).await {
+                            tracing::warn!(scenario = scenario.name, error = %e, "bench prepare failed");
+                        }
+                    }
+                    let results =
+                        futures::future::join_all(specs.iter().map(|s| target.run_job(s))).await;
+                    let leftovers = target.leftovers(mode).await.ok();
+                    let memory = host::runner_memory().await;
+                    for (spec, result) in specs.iter().zip(results) {
+                        let m = Measurement {
+                            scenario: scenario.name,
+                            mode,
+                            round,
+                            index: spec.index,
+                            warmup,
+                            result: result.map_err(|e| e.to_string()),
+                            runner_memory: memory,
+                            leftovers,
+                        };
+                        progress.job_done(&m, rounds);
+                        measurements.push(m);
+                    }
+                }
+                index += slot.len();
+            }
+        }
+    }
+    progress.finish();
+    BenchRun {
+        plan: plan.clone(),
+        host,
+        target: info,
+        measurements,
+        runner_memory: host::runner_memory().await,
+    }
+}

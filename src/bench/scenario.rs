@@ -1,0 +1,142 @@
+//! The benchmark scenarios (performance-anchors.md, "Proposed benchmark suite").
+//!
+//! Each scenario is a local project under `bench/scenarios/<project>/` with a `.gitlab-ci.yml`;
+//! only the images built by `tests/images` are used, so nothing is ever pulled.
+
+use std::path::{Path, PathBuf};
+
+/// How the per-job daemon's build cache is set up before a `build` run. The target applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildCache {
+    /// No local layers in either mode: the shared daemon's build cache is pruned first and the
+    /// per-job daemon gets an ephemeral data root.
+    Cold,
+    /// The per-job daemon gets the project's warm data root (`data_root = "project"`); the
+    /// shared daemon keeps its cache.
+    WarmProject,
+    /// The job builds with `--no-cache` (the "cost of doing nothing" case).
+    NoCache,
+}
+
+/// How one run of a scenario is made of jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// One job per run.
+    Single,
+    /// One `docker build` job per run, with a cache setup.
+    Build(BuildCache),
+    /// `--concurrency` jobs released at once, job names taken in turn from `jobs`.
+    Concurrent {
+        /// Job names in the scenario's `.gitlab-ci.yml`.
+        jobs: &'static [&'static str],
+    },
+    /// One batch of `jobs` sequential jobs per mode (interleaved job by job); every
+    /// `cancel_every`-th is cancelled mid-script and every `kill_sidecar_every`-th has its
+    /// sidecar killed with SIGKILL mid-script. Ignores `--runs` and `--warmup`.
+    Teardown {
+        /// Jobs per batch.
+        jobs: usize,
+        /// Cancel every n-th job (1-based).
+        cancel_every: usize,
+        /// Kill the sidecar of every n-th job (1-based).
+        kill_sidecar_every: usize,
+    },
+}
+
+/// One benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scenario {
+    /// Name used on the command line and in reports.
+    pub name: &'static str,
+    /// Directory under the scenarios root.
+    pub project: &'static str,
+    /// Job to run from the project's `.gitlab-ci.yml` (for `Single` and `Build`).
+    pub job: &'static str,
+    /// One line on what it measures (shown by `--help`-adjacent listings and reports).
+    pub summary: &'static str,
+    /// How runs are made of jobs.
+    pub shape: Shape,
+}
+
+impl Scenario {
+    /// The project directory under `root` (normally `bench/scenarios`).
+    pub fn project_dir(&self, root: &Path) -> PathBuf {
+        root.join(self.project)
+    }
+}
+
+/// Every scenario, in report order.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "noop",
+        project: "noop",
+        job: "noop",
+        summary: "script: true, no services: the fixed cost of each mode (S1)",
+        shape: Shape::Single,
+    },
+    Scenario {
+        name: "docker-run",
+        project: "docker-run",
+        job: "docker-run",
+        summary: "10 x docker run --rm busybox true: API path and inner container start (S2a)",
+        shape: Shape::Single,
+    },
+    Scenario {
+        name: "compose",
+        project: "compose",
+        job: "compose",
+        summary: "3 healthchecked services, ./ bind mount, up --wait, 20 exec, down (S3)",
+        shape: Shape::Single,
+    },
+    Scenario {
+        name: "build-cold",
+        project: "build",
+        job: "build",
+        summary: "5-layer docker build, no local layers in either mode (S4.1)",
+        shape: Shape::Build(BuildCache::Cold),
+    },
+    Scenario {
+        name: "build-warm",
+        project: "build",
+        job: "build",
+        summary: "5-layer docker build, warm shared daemon vs warm per-project data root (S4.2)",
+        shape: Shape::Build(BuildCache::WarmProject),
+    },
+    Scenario {
+        name: "build-no-cache",
+        project: "build",
+        job: "build-no-cache",
+        summary: "5-layer docker build --no-cache: the cost of doing nothing (S4.4)",
+        shape: Shape::Build(BuildCache::NoCache),
+    },
+    Scenario {
+        name: "concurrent",
+        project: "concurrent",
+        job: "noop",
+        summary: "--concurrency jobs (noop and docker-run in turn) released at once (S5)",
+        shape: Shape::Concurrent {
+            jobs: &["noop", "docker-run"],
+        },
+    },
+    Scenario {
+        name: "teardown",
+        project: "teardown",
+        job: "teardown",
+        summary: "100 jobs, every 10th cancelled, every 25th sidecar killed; leftovers (S6)",
+        shape: Shape::Teardown {
+            jobs: 100,
+            cancel_every: 10,
+            kill_sidecar_every: 25,
+        },
+    },
+];
+
+/// Looks a scenario up by name.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+/// Names of every scenario, for error messages.
+pub fn names() -> Vec<&'static str> {
+    SCENARIOS.iter().map(|s| s.name).collect()
+}
