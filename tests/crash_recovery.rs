@@ -17,8 +17,8 @@ use support::wait_until;
 const JOB: u64 = 4242;
 
 fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -51,6 +51,20 @@ fn journal_entry(state: &Path) -> Option<serde_json::Value> {
     serde_json::from_slice(&text).ok()
 }
 
+async fn scrape(url: &str) -> String {
+    reqwest::get(url)
+        .await
+        .expect("scrape /metrics")
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 #[tokio::test]
 async fn sigkilled_runner_cleans_up_and_reports_the_job_on_restart() {
     let mut scope = Scope::new().await;
@@ -76,11 +90,17 @@ async fn sigkilled_runner_cleans_up_and_reports_the_job_on_restart() {
         .push(serde_json::json!({"key": "GIT_STRATEGY", "value": "none", "public": true, "masked": false}));
     fake.enqueue(job);
 
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
     let config = scope.tmp.path().join("config.toml");
     write_private(
         &config,
         &format!(
-            "concurrent = 1\ncheck_interval = 1\nshutdown_timeout = 10\nstate_dir = \"{}\"\n\n\
+            "concurrent = 1\ncheck_interval = 1\nshutdown_timeout = 10\nlisten_address = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n\
              [[runners]]\nname = \"crash\"\nurl = \"{}\"\ntoken = \"{RUNNER_TOKEN}\"\nexecutor = \"docker\"\n\
              builds_dir = \"{}\"\n\n[runners.docker]\nimage = \"{JOB_IMAGE}\"\nhelper_image = \"{JOB_IMAGE}\"\n\n\
              [runners.docker.isolation]\nmode = \"dind\"\nready_timeout = \"90s\"\n",
@@ -118,6 +138,13 @@ async fn sigkilled_runner_cleans_up_and_reports_the_job_on_restart() {
         assert_eq!(mode(&journal_file), 0o600);
         assert_eq!(mode(&state.join("jobs")), 0o700);
     }
+
+    let scraped = scrape(&metrics_url).await;
+    assert_eq!(
+        metric(&scraped, "isolated_runner_sidecar_ready_seconds_count"),
+        Some(1.0),
+        "{scraped}"
+    );
 
     kill(Pid::from_raw(first.id().unwrap() as i32), Signal::SIGKILL).unwrap();
     first.wait().await.unwrap();
@@ -160,6 +187,16 @@ async fn sigkilled_runner_cleans_up_and_reports_the_job_on_restart() {
         "journal entry still there"
     );
     scope.assert_clean().await;
+    let scraped = scrape(&metrics_url).await;
+    assert!(
+        metric(
+            &scraped,
+            "isolated_runner_reaper_leftovers_total{kind=\"container\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{scraped}"
+    );
 
     kill(Pid::from_raw(second.id().unwrap() as i32), Signal::SIGQUIT).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), second.wait())
