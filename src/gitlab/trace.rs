@@ -193,6 +193,17 @@ impl TraceUploader {
         Arc::new(Sink(self.shared.clone()))
     }
 
+    /// The bytes GitLab has acknowledged so far: their count and the CRC-32 over them. The
+    /// daemon's crash journal records this, so a restarted runner can append to the trace at
+    /// the right offset and still send a correct checksum.
+    pub fn acknowledged(&self) -> (u64, u32) {
+        let b = self.shared.lock();
+        let sent = (b.sent as usize).min(b.data.len());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&b.data[..sent]);
+        (sent as u64, h.finalize())
+    }
+
     /// True once GitLab asked to cancel or abort this job.
     pub fn stopped_by_gitlab(&self) -> bool {
         self.shared.stopped_by_gitlab.load(Ordering::SeqCst)

@@ -134,6 +134,7 @@ impl Isolation for DindBackend {
                 tmp_dir: PathBuf::new(),
             },
             inner: None,
+            ready_after: None,
         };
         let built = tokio::select! {
             biased;
@@ -259,6 +260,7 @@ impl DindBackend {
         let addr = SocketAddr::new(IpAddr::V4(sidecar_ip), 2376);
         let inner = wait_ready(docker, &id, addr, tls, iso.ready_timeout).await?;
         let waited = started.elapsed();
+        env.ready_after = Some(waited);
         tracing::info!(
             job.id = spec.job_id,
             ready_ms = waited.as_millis() as u64,
@@ -446,6 +448,7 @@ pub struct DindEnv {
     state: JobState,
     paths: JobPaths,
     inner: Option<Docker>,
+    ready_after: Option<Duration>,
 }
 
 impl DindEnv {
@@ -482,6 +485,24 @@ impl JobEnvironment for DindEnv {
     async fn teardown(self: Box<Self>) -> TeardownReport {
         let this = *self;
         this.state.teardown().await
+    }
+
+    fn resources(&self) -> super::EnvironmentResources {
+        let s = &self.state;
+        super::EnvironmentResources {
+            runner_id: s.naming.runner_id.clone(),
+            labels: crate::docker::label_filters(&s.naming.runner_id, Some(s.naming.job_id)),
+            project_dir: Some(self.paths.project_dir.clone()),
+            tmp_dir: Some(self.paths.tmp_dir.clone()),
+            cert_dir: s.cert_dir.as_ref().map(|c| c.root.clone()),
+            network: s.network.as_ref().map(|n| n.name.clone()),
+            subnet: s.network.as_ref().map(|n| n.subnet.to_string()),
+            bridge_interface: None,
+            sidecar: s.sidecar.clone(),
+            volume: s.volume.clone(),
+            services: s.services.clone(),
+            sidecar_ready: self.ready_after,
+        }
     }
 }
 
