@@ -265,6 +265,13 @@ pub fn git_script(
     } else {
         ""
     };
+    if strategy == GitStrategy::Fetch {
+        // Jobs normally start in a new directory, so a fetch usually has nothing to reuse; the
+        // log must not suggest an incremental fetch happened when it did not.
+        s.push_str(&format!(
+            "if [ -d {dir}/.git ]; then echo 'Reinitialized existing Git repository'; else echo 'Created fresh repository (GIT_STRATEGY=fetch, but this job directory is new: fetching everything)'; fi\n"
+        ));
+    }
     s.push_str(&format!(
         "mkdir -p {dir} {template}\ngit init -q {dir} --template {template}{object_format}\ncd {dir}\n"
     ));
