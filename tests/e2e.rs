@@ -274,10 +274,10 @@ async fn two_jobs_are_isolated_end_to_end() {
             "grep -qx only-in-a /tmp/names",
             "if grep -q only-in-b /tmp/names; then echo SEES-B; exit 9; fi",
             // B's daemon with A's certificate: the TLS handshake fails both ways.
-            "if timeout 20 docker -H \"tcp://$B_IP:2376\" ps; then echo A-CERT-REACHES-B; exit 9; fi",
+            "if timeout 10 docker -H \"tcp://$B_IP:2376\" ps; then echo A-CERT-REACHES-B; exit 9; fi",
             // Without a certificate: no answer either.
-            "if timeout 20 curl -sk --max-time 10 \"https://$B_IP:2376/_ping\"; then echo NOCERT-REACHES-B; exit 9; fi",
-            "if timeout 20 curl -s --max-time 10 \"http://$B_IP:2376/_ping\"; then echo PLAIN-REACHES-B; exit 9; fi",
+            "if timeout 10 curl -sk --max-time 5 \"https://$B_IP:2376/_ping\"; then echo NOCERT-REACHES-B; exit 9; fi",
+            "if timeout 10 curl -s --max-time 5 \"http://$B_IP:2376/_ping\"; then echo PLAIN-REACHES-B; exit 9; fi",
             // Host paths through the job's daemon: an empty directory at best.
             "docker run --rm -v \"$MARKER_DIR\":/h isolated-runner/busybox:test cat /h/marker || echo marker-not-visible",
             "docker run --rm -v \"$CONFIG_DIR\":/c isolated-runner/busybox:test cat /c/config.toml || echo config-not-visible",

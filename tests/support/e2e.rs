@@ -145,6 +145,8 @@ impl E2e {
             },
             trace: TraceOptions {
                 initial_interval: Duration::from_millis(200),
+                // Silent scripts learn of a cancel through keep-alives; keep the wait short.
+                force_send_interval: Duration::from_secs(2),
                 final_retry_pause: Duration::from_millis(50),
                 ..TraceOptions::default()
             },
@@ -251,8 +253,10 @@ impl E2e {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "containers of job {job} still there after {timeout:?}: {:?}",
-                left.iter().map(|c| &c.name).collect::<Vec<_>>()
+                "containers of job {job} still there after {timeout:?}: {:?}; state {:?}; trace:\n{}",
+                left.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                self.fake.job_state(job),
+                self.trace(job)
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -262,11 +266,20 @@ impl E2e {
     pub async fn sidecar_ip(&self, job: u64) -> String {
         let sidecars = self.containers(Some(job), Some("sidecar")).await;
         let sc = sidecars.first().expect("the job has a sidecar");
-        sc.ips
-            .values()
-            .next()
-            .cloned()
-            .unwrap_or_else(|| panic!("sidecar {} has no IP", sc.name))
+        // The list endpoint leaves per-network addresses out; ask for the container itself.
+        let out = tokio::process::Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                &sc.id,
+            ])
+            .output()
+            .await
+            .expect("docker inspect runs");
+        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(!ip.is_empty(), "sidecar {} has no IP", sc.name);
+        ip
     }
 }
 
