@@ -448,3 +448,132 @@ async fn killed_sidecar_fails_the_job_as_a_system_failure() {
     );
     w.scope.assert_clean().await;
 }
+
+/// The built `runner run` binary with a config file (0600, state and builds dirs under the
+/// test's temp dir): a failing job is reported with its exit code and a masked secret; SIGQUIT
+/// mid-job lets the running job finish (with a step that may fail) and then exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_binary_runs_jobs_and_drains_on_sigquit() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::os::unix::fs::PermissionsExt;
+    let mut w = E2e::new().await;
+    // The binary labels what it creates with its system id: pin it so the leak checks (and
+    // the scope's sweep) look for exactly this runner.
+    let system_id = format!("s_{}", &w.scope.runner_id[2..14]);
+    let state = w.scope.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join(".runner_system_id"), format!("{system_id}\n")).unwrap();
+    w.scope.runner_id = system_id;
+    let cfg = w.scope.tmp.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"concurrent = 1
+check_interval = 1
+shutdown_timeout = 60
+state_dir = "{state}"
+
+[[runners]]
+name = "e2e-binary"
+url = "{url}"
+token = "{token}"
+executor = "docker"
+builds_dir = "{builds}"
+
+[runners.docker]
+image = "isolated-runner/job:test"
+
+[runners.docker.isolation]
+sidecar_image = "isolated-runner/dind:test"
+preload_images = ["isolated-runner/busybox:test"]
+ready_timeout = "90s"
+"#,
+            state = state.display(),
+            url = w.fake.url(),
+            token = support::fake_gitlab::RUNNER_TOKEN,
+            builds = w.scope.builds_dir().display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    w.fake.enqueue(w.job(
+        1601,
+        &["echo \"the secret is $SECRET\"", "exit 3"],
+        &["echo after-failure"],
+    ));
+    let mut draining = w.job(1602, &[WAIT_FOR_RELEASE], &["echo after-drain"]);
+    draining["steps"].as_array_mut().unwrap().insert(
+        1,
+        serde_json::json!({"name": "lint", "script": ["exit 4"], "timeout": 600,
+                           "when": "on_success", "allow_failure": true}),
+    );
+    w.fake.enqueue(draining);
+
+    let log = std::fs::File::create(w.scope.tmp.path().join("runner.log")).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start runner run");
+    let runner_log =
+        || std::fs::read_to_string(w.scope.tmp.path().join("runner.log")).unwrap_or_default();
+
+    let f1 = w.wait_final(1601, JOB_TIMEOUT).await;
+    assert_state(&w, 1601, &f1, ("failed", Some("script_failure"), Some(3)));
+    let t = w.trace(1601);
+    assert!(
+        t.contains("the secret is [MASKED]") && !t.contains(SECRET_VALUE),
+        "{t}"
+    );
+    assert!(
+        t.contains("section_start:") && t.contains("step_script"),
+        "{t}"
+    );
+    assert!(t.contains("after-failure"), "{t}");
+
+    w.wait_trace(1602, "waiting-for-release", JOB_TIMEOUT).await;
+    let pid = Pid::from_raw(child.id().expect("runner pid") as i32);
+    kill(pid, Signal::SIGQUIT).expect("send SIGQUIT");
+    // Draining: the job is still running, so the runner must be too.
+    assert!(
+        !support::wait_until(Duration::from_secs(2), || w
+            .fake
+            .final_state(1602)
+            .is_some())
+        .await
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "runner exited while a job ran:\n{}",
+        runner_log()
+    );
+    release(&w, 1602).await;
+    let status = tokio::time::timeout(JOB_TIMEOUT, child.wait())
+        .await
+        .expect("runner exits after draining")
+        .unwrap();
+    assert!(
+        status.success(),
+        "runner exit {status}; log:\n{}",
+        runner_log()
+    );
+    let f2 = w
+        .fake
+        .final_state(1602)
+        .expect("job finished before the runner exited");
+    assert_state(&w, 1602, &f2, ("success", None, None));
+    let t = w.trace(1602);
+    assert!(
+        t.contains("released") && t.contains("allowed to fail") && t.contains("after-drain"),
+        "{t}"
+    );
+    assert!(w.fake.violations().is_empty(), "{:?}", w.fake.violations());
+    w.scope.assert_clean().await;
+}
