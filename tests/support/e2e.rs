@@ -297,11 +297,19 @@ pub struct Daemon {
     handle: tokio::task::JoinHandle<Result<(), daemon::Error>>,
 }
 
+impl Drop for Daemon {
+    /// A test that panics must not leave a daemon creating containers after the scope's sweep
+    /// (the daemon is declared after the [`E2e`], so it is dropped first).
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
 impl Daemon {
     /// SIGQUIT-equivalent: stop polling, let jobs end, and wait for the daemon to return.
-    pub async fn drain(self) {
+    pub async fn drain(mut self) {
         let _ = self.signals.send(ShutdownSignal::Drain);
-        tokio::time::timeout(JOB_TIMEOUT, self.handle)
+        tokio::time::timeout(JOB_TIMEOUT, &mut self.handle)
             .await
             .expect("daemon stops after a drain")
             .expect("daemon task did not panic")
