@@ -267,10 +267,16 @@ impl Worker {
             if closed && final_started.is_none() {
                 final_started = Some(Instant::now());
             }
+            // Only a round that sent something counts as contact: a silent job (`sleep 600`)
+            // must still get keep-alives, whose answers carry GitLab's cancel request.
+            let had_pending = {
+                let b = self.shared.lock();
+                b.sent < b.data.len() as u64
+            };
             let round = self
                 .send_pending(&mut interval, &mut outage_logged, closed)
                 .await;
-            if !matches!(round, Round::Later) {
+            if had_pending && !matches!(round, Round::Later) {
                 last_contact = Instant::now();
             }
             match round {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod e2e;
 pub mod fake_gitlab;
 pub mod local_backend;
 pub mod netns;
