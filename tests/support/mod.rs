@@ -5,6 +5,7 @@ pub mod docker;
 pub mod fake_gitlab;
 pub mod local_backend;
 pub mod netns;
+pub mod security;
 pub mod test_executor;
 
 use std::time::Duration;
