@@ -31,6 +31,7 @@ docker run --rm --pull never isolated-runner/busybox:test sh -c '
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_and_inner_containers_cannot_reach_host_listener_or_other_bridges() {
     let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
     let backend = dind_with(&scope, config(&scope, |_| {}));
     let env = prepare(&backend, &spec(&scope, 801)).await;
     let chain = chain_of(&scope, 801);
@@ -106,6 +107,7 @@ async fn job_and_inner_containers_cannot_reach_host_listener_or_other_bridges() 
 #[tokio::test]
 async fn metadata_is_dropped_before_any_accept_and_dns_stays_open_under_deny() {
     let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
     let cfg = config(&scope, |c| {
         c.docker.isolation.egress = Egress::Deny;
         c.docker.isolation.preload_images.clear();
@@ -181,6 +183,7 @@ async fn metadata_is_dropped_before_any_accept_and_dns_stays_open_under_deny() {
 #[tokio::test]
 async fn reaper_removes_the_chains_of_a_dead_runner() {
     let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
     let cfg = config(&scope, |c| c.docker.isolation.preload_images.clear());
     let backend = dind_with(&scope, cfg);
     let env = prepare(&backend, &spec(&scope, 803)).await;
