@@ -210,8 +210,10 @@ async fn memory_hog_in_an_inner_container_is_killed_inside_the_sidecar_limit() {
         &scope,
         env.clone(),
         "echo hog-started\n\
-         docker run --rm --pull never isolated-runner/busybox:test sh -c 'head -c 2000m /dev/zero | tail' \
+         docker run --name hog --pull never isolated-runner/busybox:test sh -c 'head -c 2000m /dev/zero | tail' \
            && echo HOG-SURVIVED || echo hog-exit=$?\n\
+         docker inspect -f 'hog-oom-killed={{.State.OOMKilled}}' hog\n\
+         docker rm hog >/dev/null\n\
          docker info --format 'daemon-ok={{.ServerVersion}}'\n",
         "hog-started",
         Duration::from_secs(240),
@@ -230,18 +232,13 @@ async fn memory_hog_in_an_inner_container_is_killed_inside_the_sidecar_limit() {
     assert_eq!(state.trim(), "true");
     let (_, full_id, _) = sh("docker", &["inspect", "-f", "{{.Id}}", &sidecar]);
     let dir = format!("/sys/fs/cgroup/memory/docker/{}", full_id.trim());
-    if let (Ok(max), Ok(fail)) = (
-        std::fs::read_to_string(format!("{dir}/memory.max_usage_in_bytes")),
-        std::fs::read_to_string(format!("{dir}/memory.failcnt")),
-    ) {
+    // The inner daemon saw its container OOM-killed (the kernel counts the kill in the
+    // victim's own cgroup, which v1 does not propagate to the sidecar's).
+    assert!(text.contains("hog-oom-killed=true"), "{text}");
+    if let Ok(max) = std::fs::read_to_string(format!("{dir}/memory.max_usage_in_bytes")) {
         let max: u64 = max.trim().parse().unwrap_or(u64::MAX);
-        let fail: u64 = fail.trim().parse().unwrap_or(0);
-        eprintln!("sidecar memory: max usage {max}, failcnt {fail}");
-        assert!(
-            max <= SIDECAR_MEMORY,
-            "sidecar used {max} > {SIDECAR_MEMORY}"
-        );
-        assert!(fail > 0, "the hog must have hit the sidecar's limit");
+        eprintln!("sidecar memory: max usage {max}\n{text}");
+        assert!(max <= SIDECAR_MEMORY, "sidecar used {max} > {SIDECAR_MEMORY}");
     }
     // The job container itself (another cgroup) was not touched: the script went on.
     scope.docker.ping().await.expect("engine answers");
