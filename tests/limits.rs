@@ -238,7 +238,10 @@ async fn memory_hog_in_an_inner_container_is_killed_inside_the_sidecar_limit() {
     if let Ok(max) = std::fs::read_to_string(format!("{dir}/memory.max_usage_in_bytes")) {
         let max: u64 = max.trim().parse().unwrap_or(u64::MAX);
         eprintln!("sidecar memory: max usage {max}\n{text}");
-        assert!(max <= SIDECAR_MEMORY, "sidecar used {max} > {SIDECAR_MEMORY}");
+        assert!(
+            max <= SIDECAR_MEMORY,
+            "sidecar used {max} > {SIDECAR_MEMORY}"
+        );
     }
     // The job container itself (another cgroup) was not touched: the script went on.
     scope.docker.ping().await.expect("engine answers");
