@@ -173,3 +173,35 @@ docker run --rm --pull never -v /var/run/docker.sock:/s $B sh -c 'test -S /s && 
     teardown(b).await;
     scope.assert_clean().await;
 }
+
+/// Not a protection: the residual of the `hardened` profile (H1), kept as a test so the docs
+/// cannot drift. An inner container with `--cap-add SYS_ADMIN` (inside the sidecar's own
+/// capability set, so the inner daemon grants it) can remount its `/proc/sys` read-write; the
+/// sidecar has no user namespace, so non-namespaced sysctls would then be the host's. The test
+/// only reads the mount flags, it never writes a sysctl.
+#[tokio::test]
+async fn residual_hardened_sidecar_lets_a_job_reach_a_writable_proc_sys() {
+    let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
+    let backend = dind_with(&scope, config(&scope, |_| {}));
+    let env = prepare(&backend, &spec(&scope, 1103)).await;
+    let text = expect_ok(
+        env.as_ref(),
+        "docker run --rm --pull never --cap-add SYS_ADMIN isolated-runner/busybox:test sh -c \
+           'echo before=$(grep \" /proc/sys \" /proc/self/mounts | cut -d\" \" -f4 | cut -d, -f1); \
+            mount -o remount,rw /proc/sys 2>/dev/null && echo remount=ok || echo remount=refused; \
+            echo after=$(grep \" /proc/sys \" /proc/self/mounts | tail -1 | cut -d\" \" -f4 | cut -d, -f1)'",
+    )
+    .await;
+    eprintln!("{text}");
+    assert!(text.lines().any(|l| l.trim() == "before=ro"), "{text}");
+    // Record what happens; the docs state the residual as measured here.
+    let remounted = text.lines().any(|l| l.trim() == "remount=ok");
+    let writable = text.lines().any(|l| l.trim() == "after=rw");
+    assert!(
+        remounted && writable,
+        "the hardened residual changed (good news?): update docs/security.md:\n{text}"
+    );
+    teardown(env).await;
+    scope.assert_clean().await;
+}
