@@ -15,6 +15,9 @@ use support::docker::{Collect, Scope};
 use support::security::*;
 use tokio_util::sync::CancellationToken;
 
+/// The attacks run one at a time: the machine is shared and has 2 cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const SIDECAR_MEMORY: u64 = 512 << 20;
 const SIDECAR_PIDS: i64 = 256;
 const JOB_MEMORY: u64 = 256 << 20;
@@ -90,6 +93,7 @@ async fn run_while_host_answers(
 
 #[tokio::test]
 async fn limits_are_applied_to_the_sidecar_and_the_job_container() {
+    let _serial = SERIAL.lock().await;
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
     let cfg = config(&scope, |c| {
@@ -124,6 +128,7 @@ async fn limits_are_applied_to_the_sidecar_and_the_job_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fork_bombs_stop_at_the_pids_limits_and_the_host_stays_healthy() {
+    let _serial = SERIAL.lock().await;
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
     let backend = dind_with(&scope, config(&scope, limited));
@@ -201,6 +206,7 @@ async fn fork_bombs_stop_at_the_pids_limits_and_the_host_stays_healthy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_hog_in_an_inner_container_is_killed_inside_the_sidecar_limit() {
+    let _serial = SERIAL.lock().await;
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
     let backend = dind_with(&scope, config(&scope, limited));

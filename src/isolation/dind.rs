@@ -516,6 +516,22 @@ mod tests {
     }
 
     #[test]
+    fn inner_dns_flags_name_each_resolver() {
+        let r: Vec<IpAddr> = vec![
+            "10.255.255.53".parse().unwrap(),
+            "2001:db8::53".parse().unwrap(),
+        ];
+        assert_eq!(
+            inner_dns_args(&r),
+            vec![
+                "--dns=10.255.255.53".to_string(),
+                "--dns=2001:db8::53".to_string()
+            ]
+        );
+        assert!(inner_dns_args(&[]).is_empty());
+    }
+
+    #[test]
     fn seccomp_profile_is_json() {
         let v: serde_json::Value = serde_json::from_str(HARDENED_SECCOMP).unwrap();
         assert_eq!(v["defaultAction"], "SCMP_ACT_ALLOW");
