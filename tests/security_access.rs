@@ -205,3 +205,70 @@ async fn residual_hardened_sidecar_lets_a_job_reach_a_writable_proc_sys() {
     teardown(env).await;
     scope.assert_clean().await;
 }
+
+/// H1/H7: the host's disks and loop devices are out of reach of the sidecar's root. The sidecar
+/// gets no host devices and its device cgroup denies read/write to block devices, which inner
+/// containers inherit: a job that makes a node for the host disk (`mknod`, allowed by the
+/// default `m` rule) still cannot read a byte of it, and cannot attach a loop device.
+#[tokio::test]
+async fn host_disk_and_loop_devices_are_out_of_reach() {
+    let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
+    // Every real block device of the host (not loop, ram or zram).
+    let mut disks = Vec::new();
+    for e in std::fs::read_dir("/sys/block")
+        .expect("/sys/block")
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if ["loop", "ram", "zram"].iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        if let Ok(dev) = std::fs::read_to_string(e.path().join("dev")) {
+            disks.push((name, dev.trim().replace(':', " ")));
+        }
+    }
+    assert!(!disks.is_empty(), "no host disk found to probe");
+    let backend = dind_with(&scope, config(&scope, |_| {}));
+    let env = prepare(&backend, &spec(&scope, 1104)).await;
+    let mut probe = String::from(
+        "echo sidecar-dev=$(docker run --rm --pull never -v /dev:/d isolated-runner/busybox:test ls /d | tr '\\n' ' ')\n",
+    );
+    for (name, majmin) in &disks {
+        probe.push_str(&format!(
+            "docker run --rm --pull never --cap-add SYS_ADMIN --cap-add MKNOD isolated-runner/busybox:test sh -c \
+               'mknod /tmp/{name} b {majmin} && (head -c 1 /tmp/{name} >/dev/null 2>&1 && echo HOST-DISK-READ-{name} || echo disk-refused-{name}); \
+                mkdir -p /mnt/h; mount /tmp/{name} /mnt/h 2>/dev/null && echo HOST-DISK-MOUNTED-{name} || echo mount-refused-{name}'\n"
+        ));
+    }
+    probe.push_str(
+        "docker run --rm --pull never --cap-add SYS_ADMIN isolated-runner/busybox:test sh -c \
+           'truncate -s 1M /tmp/img 2>/dev/null || dd if=/dev/zero of=/tmp/img bs=1k count=1024 2>/dev/null; \
+            losetup -f /tmp/img 2>/dev/null && echo LOOP-ATTACHED || echo loop-refused'\n",
+    );
+    let text = expect_ok(env.as_ref(), &probe).await;
+    let line = |m: &str| text.lines().any(|l| l.trim() == m);
+    for (name, _) in &disks {
+        assert!(line(&format!("disk-refused-{name}")), "{text}");
+        assert!(line(&format!("mount-refused-{name}")), "{text}");
+        assert!(!text.contains(&format!("HOST-DISK-READ-{name}")), "{text}");
+        assert!(
+            !text.contains(&format!("HOST-DISK-MOUNTED-{name}")),
+            "{text}"
+        );
+    }
+    assert!(line("loop-refused"), "{text}");
+    let sidecar_dev = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sidecar-dev="))
+        .unwrap_or_default();
+    for (name, _) in &disks {
+        assert!(
+            !sidecar_dev.split_whitespace().any(|d| d == name),
+            "host disk node in the sidecar: {sidecar_dev}"
+        );
+    }
+    assert!(!sidecar_dev.contains("loop"), "{sidecar_dev}");
+    teardown(env).await;
+    scope.assert_clean().await;
+}
