@@ -212,3 +212,51 @@ async fn reaper_removes_the_chains_of_a_dead_runner() {
     assert!(rules_mentioning("iptables", &chain).is_empty());
     scope.assert_clean().await;
 }
+
+#[tokio::test]
+async fn reaper_leaves_live_chains_of_other_runners_and_removes_orphans() {
+    let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
+    let cfg = config(&scope, |c| c.docker.isolation.preload_images.clear());
+    let backend = dind_with(&scope, cfg);
+    let env = prepare(&backend, &spec(&scope, 804)).await;
+    let chain = chain_of(&scope, 804);
+    // Another runner on the same host starts up and sweeps: our job is alive (its network
+    // exists), so its chain stays.
+    let other = isolated_runner::isolation::reaper::ReapRequest {
+        runner_id: format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
+        state_dir: scope.tmp.path().join("other-state"),
+        builds_dir: scope.tmp.path().join("other-builds"),
+        dry_run: false,
+    };
+    let report = isolated_runner::isolation::reaper::reap(&scope.docker, &other).await;
+    assert!(
+        !report.found.iter().any(|f| f.contains(&chain)),
+        "{:?}",
+        report.found
+    );
+    assert!(chain_rules("iptables", &chain).is_some());
+    // Our runner dies and its Docker objects vanish (as after a crash and a manual cleanup):
+    // the chain is now an orphan, and the other runner's sweep removes it.
+    drop(env);
+    let label = format!("label=io.isolated-runner.runner={}", scope.runner_id);
+    let (_, ids, _) = sh("docker", &["ps", "-aq", "--filter", &label]);
+    for id in ids.lines() {
+        sh("docker", &["rm", "-fv", id]);
+    }
+    let (_, nets, _) = sh("docker", &["network", "ls", "-q", "--filter", &label]);
+    for n in nets.lines() {
+        sh("docker", &["network", "rm", n]);
+    }
+    let report = isolated_runner::isolation::reaper::reap(&scope.docker, &other).await;
+    assert!(
+        report
+            .removed
+            .iter()
+            .any(|r| r == &format!("firewall chain {chain}")),
+        "{:?}",
+        report
+    );
+    assert!(chain_rules("iptables", &chain).is_none());
+    assert!(chain_rules("ip6tables", &chain).is_none());
+}
