@@ -186,6 +186,10 @@ impl DindBackend {
         let net = common::carve_network(docker, &env.state.naming, iso.address_pool, mtu).await?;
         env.state.network = Some(net.clone());
         let sidecar_ip = net.sidecar_ip();
+        // Host-side rules on the bridge before anything runs on it (see `egress.rs`).
+        let handle = super::egress::handle_for(&self.runner, &spec.runner_id, spec.job_id)?;
+        env.state.egress = Some(handle.clone());
+        super::egress::install(&handle, docker, &self.runner, &env.state.naming, &net).await?;
 
         let pki = crate::pki::issue_job_pki(&crate::pki::PkiRequest::for_sidecar(
             spec.job_id,
@@ -217,11 +221,10 @@ impl DindBackend {
         // The sidecar: only runner config shapes it; no job variable reaches it (threat S2).
         sidecar.name = env.state.naming.name("sidecar");
         sidecar.image = iso.sidecar_image.clone();
-        sidecar.cmd = Some(inner_daemon_args(
-            iso.inner_address_pool,
-            mtu,
-            iso.registry_mirror.as_deref(),
-        ));
+        let mut inner_args =
+            inner_daemon_args(iso.inner_address_pool, mtu, iso.registry_mirror.as_deref());
+        inner_args.extend(inner_dns_args(&super::egress::host_resolvers().await));
+        sidecar.cmd = Some(inner_args);
         sidecar.labels = env.state.naming.labels("sidecar");
         sidecar.network = Some(net.name.clone());
         sidecar.aliases = vec!["docker".to_string()];
@@ -342,6 +345,15 @@ pub fn inner_daemon_args(
     args
 }
 use ipnet::Ipv4Net;
+
+/// `--dns` flags for the inner dockerd: the host's own upstream resolvers (the sidecar's
+/// resolv.conf names only Docker's 127.0.0.11, which the inner daemon cannot hand to its
+/// containers, so without these it would fall back to 8.8.8.8). Queries from inner containers
+/// are NATed behind the sidecar and pass the job bridge's policy, which lets DNS to these
+/// resolvers through even with `egress = "deny"`. Empty when the host has none.
+pub fn inner_dns_args(resolvers: &[IpAddr]) -> Vec<String> {
+    resolvers.iter().map(|ip| format!("--dns={ip}")).collect()
+}
 
 /// A sidecar that cannot start because the host refuses the profile's privileges is a
 /// `ProfileUnavailable` (with what to do), not a generic error: the admin must choose.
@@ -522,6 +534,22 @@ mod tests {
         );
         let b = inner_daemon_args("10.214.0.0/16".parse().unwrap(), None, Some(""));
         assert!(!b.iter().any(|x| x.contains("mtu") || x.contains("mirror")));
+    }
+
+    #[test]
+    fn inner_dns_flags_name_each_resolver() {
+        let r: Vec<IpAddr> = vec![
+            "10.255.255.53".parse().unwrap(),
+            "2001:db8::53".parse().unwrap(),
+        ];
+        assert_eq!(
+            inner_dns_args(&r),
+            vec![
+                "--dns=10.255.255.53".to_string(),
+                "--dns=2001:db8::53".to_string()
+            ]
+        );
+        assert!(inner_dns_args(&[]).is_empty());
     }
 
     #[test]

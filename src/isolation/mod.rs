@@ -6,6 +6,7 @@
 
 mod common;
 pub mod dind;
+pub mod egress;
 pub mod reaper;
 pub mod shared_socket;
 

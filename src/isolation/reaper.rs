@@ -138,6 +138,11 @@ pub async fn reap(docker: &Docker, req: &ReapRequest) -> ReapReport {
             }
         }
     }
+    // Firewall chains: this runner's, and other runners' whose network is gone.
+    let (found, removed, failures) = super::egress::reap(docker, &req.runner_id, req.dry_run).await;
+    report.found.extend(found);
+    report.removed.extend(removed);
+    report.failures.extend(failures);
     for f in &report.failures {
         tracing::warn!(failure = %f, "reaper could not remove a leftover");
     }

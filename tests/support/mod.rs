@@ -6,6 +6,7 @@ pub mod e2e;
 pub mod fake_gitlab;
 pub mod local_backend;
 pub mod netns;
+pub mod security;
 pub mod test_executor;
 
 use std::time::Duration;
