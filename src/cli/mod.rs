@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+pub mod cleanup;
+pub mod doctor;
 pub mod list;
 pub mod register;
 pub mod run;
@@ -59,9 +61,9 @@ pub enum Command {
     /// Benchmark isolated jobs against the shared-socket setup on this host.
     Bench(ConfigArg),
     /// Diagnose the host, the config, the sidecar and GitLab, and say what to fix.
-    Doctor(ConfigArg),
+    Doctor(doctor::DoctorArgs),
     /// Remove what dead or old jobs left behind and prune caches.
-    Cleanup(ConfigArg),
+    Cleanup(cleanup::CleanupArgs),
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -99,8 +101,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(a) => return list::run(&a).await,
         Command::Exec(args) => return exec::run(args).await,
         Command::Bench(_) => "bench",
-        Command::Doctor(_) => "doctor",
-        Command::Cleanup(_) => "cleanup",
+        Command::Doctor(a) => return doctor::run(&a).await,
+        Command::Cleanup(a) => return cleanup::run(&a).await,
         Command::Config(command) => return config::run(command).await,
     };
     Ok(not_built_yet(verb))
