@@ -101,6 +101,10 @@ pub struct Request {
     pub own_runner_ids: Vec<String>,
     /// The cache seam; `None` reports that the cache was not pruned.
     pub cache_pruner: Option<Arc<dyn CachePruner>>,
+    /// Only Docker objects that also carry this `key=value` label (one runner's objects:
+    /// `io.isolated-runner.runner=<id>`). Chains then go only with a job seen among those
+    /// objects.
+    pub label_filter: Option<String>,
 }
 
 impl fmt::Debug for Request {
@@ -113,6 +117,7 @@ impl fmt::Debug for Request {
             .field("dry_run", &self.dry_run)
             .field("own_runner_ids", &self.own_runner_ids)
             .field("cache_pruner", &self.cache_pruner.is_some())
+            .field("label_filter", &self.label_filter)
             .finish_non_exhaustive()
     }
 }
@@ -341,7 +346,8 @@ pub async fn plan(docker: Option<&Docker>, req: &Request) -> Report {
     let mut objects: Vec<(Handle, Kind, String, HashMap<String, String>)> = Vec::new();
     match docker {
         Some(docker) => {
-            let managed = vec![format!("{LABEL_MANAGED}=1")];
+            let mut managed = vec![format!("{LABEL_MANAGED}=1")];
+            managed.extend(req.label_filter.clone());
             match docker.list_containers(&managed).await {
                 Ok(cs) => objects.extend(
                     cs.into_iter()
@@ -425,10 +431,15 @@ pub async fn plan(docker: Option<&Docker>, req: &Request) -> Report {
     if let Some(policy) = &req.netpolicy {
         match policy.list_installed().await {
             Ok(rules) => {
+                // With a label filter, orphan chains are out of scope: only jobs seen among
+                // the filtered objects count.
+                let own: &[String] = if req.label_filter.is_some() {
+                    &[]
+                } else {
+                    &req.own_runner_ids
+                };
                 for rule in rules {
-                    if let Some(reason) =
-                        chain_verdict(&rule, job(rule.job_id), &req.own_runner_ids)
-                    {
+                    if let Some(reason) = chain_verdict(&rule, job(rule.job_id), own) {
                         chain_items.push(Item {
                             kind: Kind::Chain,
                             name: format!(

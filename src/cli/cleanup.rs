@@ -24,6 +24,10 @@ pub struct CleanupArgs {
     /// Only list what would be removed.
     #[arg(long = "dry-run")]
     pub dry_run: bool,
+    /// Only Docker objects that also carry this label, e.g.
+    /// `io.isolated-runner.runner=<id>` for one runner's leftovers.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub label: Option<String>,
 }
 
 fn parse_age(text: &str) -> Result<Duration, String> {
@@ -77,6 +81,7 @@ pub async fn run(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
         ))),
         own_runner_ids,
         cache_pruner: cache_pruner(),
+        label_filter: args.label.clone(),
     };
     let docker = match crate::docker::Docker::connect(docker_host.as_deref()).await {
         Ok(d) => Some(d),

@@ -688,6 +688,7 @@ async fn gather_leftovers(docker: &Docker, config: Option<&Config>) -> Leftovers
         ))),
         own_runner_ids: Vec::new(),
         cache_pruner: None,
+        label_filter: None,
     };
     let plan = cleanup::plan(Some(docker), &req).await;
     Leftovers {
