@@ -135,15 +135,27 @@ async fn valid_token_passes_and_the_human_output_is_grouped() {
     ] {
         assert_eq!(status(&checks, id), want, "{id}: {out}\n{err}");
     }
-    assert_eq!(code, 0, "nothing fails on this host with a good config: {out}\n{err}");
+    assert_eq!(
+        code, 0,
+        "nothing fails on this host with a good config: {out}\n{err}"
+    );
     assert_exit_matches(code, &checks);
     assert!(gitlab.count("POST", "/api/v4/runners/verify") >= 1);
 
     let (code, human, _) = doctor(&["--config", cfg]).await;
     assert_eq!(code, 0, "{human}");
     let mut last = 0;
-    for group in ["config\n", "host\n", "docker\n", "sidecar\n", "network\n", "gitlab\n"] {
-        let at = human.find(group).unwrap_or_else(|| panic!("{group:?}: {human}"));
+    for group in [
+        "config\n",
+        "host\n",
+        "docker\n",
+        "sidecar\n",
+        "network\n",
+        "gitlab\n",
+    ] {
+        let at = human
+            .find(group)
+            .unwrap_or_else(|| panic!("{group:?}: {human}"));
         assert!(at >= last, "groups in order: {human}");
         last = at;
     }
@@ -164,7 +176,10 @@ async fn revoked_token_fails() {
     assert_eq!(status(&checks, "gitlab.reachable"), "ok", "{out}");
     assert_eq!(status(&checks, "gitlab.token"), "fail", "{out}");
     assert_eq!(code, 1);
-    assert!(!out.contains(RUNNER_TOKEN), "the token never appears in the report");
+    assert!(
+        !out.contains(RUNNER_TOKEN),
+        "the token never appears in the report"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -198,4 +213,35 @@ async fn world_readable_token_fails() {
     assert_eq!(status(&checks, "config.permissions"), "fail", "{out}");
     assert_eq!(status(&checks, "gitlab.reachable"), "fail", "{out}");
     assert_eq!(code, 1);
+}
+
+#[tokio::test]
+async fn deep_starts_a_real_sidecar_and_leaves_nothing() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root and Docker");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // No GitLab needed for the sidecar: port 1 on loopback answers nothing.
+    let config = write_config(dir.path(), "http://127.0.0.1:1/", RUNNER_TOKEN, "");
+    let (_, out, err) = doctor(&["--config", config.to_str().unwrap(), "--json", "--deep"]).await;
+    let checks = parse(&out);
+    let profiles = checks.iter().find(|c| c.0 == "sidecar.profiles").unwrap();
+    assert_eq!(profiles.1, "ok", "{out}\n{err}");
+    assert!(
+        profiles.2.contains("hardened: yes (ready over mTLS in"),
+        "{profiles:?}"
+    );
+    // This host lacks CAP_SYS_RESOURCE: the privileged profile is refused, and says why.
+    assert!(profiles.2.contains("privileged: no"), "{profiles:?}");
+    let left = tokio::process::Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .await
+        .unwrap();
+    let names = String::from_utf8_lossy(&left.stdout).into_owned();
+    assert!(
+        !names.lines().any(|n| n.starts_with("ir-doctor-")),
+        "the deep probe removed its containers: {names}"
+    );
 }
