@@ -676,6 +676,7 @@ async fn gather_leftovers(docker: &Docker, config: Option<&Config>) -> Leftovers
             PathBuf::from(crate::isolation::DEFAULT_STATE_DIR),
         ),
     };
+    let own = system_id_readonly(&state_dir).await;
     let req = cleanup::Request {
         builds_dirs,
         state_dir,
@@ -686,7 +687,7 @@ async fn gather_leftovers(docker: &Docker, config: Option<&Config>) -> Leftovers
             "doctor",
             crate::config::IsolationConfig::default().address_pool,
         ))),
-        own_runner_ids: Vec::new(),
+        own_runner_ids: vec![own],
         cache_pruner: None,
         label_filter: None,
     };
