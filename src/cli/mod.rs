@@ -10,6 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+pub mod cleanup;
+pub mod doctor;
 pub mod list;
 pub mod register;
 pub mod run;
@@ -62,9 +64,9 @@ pub enum Command {
     /// Benchmark isolated jobs against the shared-socket setup on this host.
     Bench(BenchArgs),
     /// Diagnose the host, the config, the sidecar and GitLab, and say what to fix.
-    Doctor(ConfigArg),
+    Doctor(doctor::DoctorArgs),
     /// Remove what dead or old jobs left behind and prune caches.
-    Cleanup(ConfigArg),
+    Cleanup(cleanup::CleanupArgs),
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -94,19 +96,18 @@ pub fn init_tracing(cli: &Cli) {
 
 /// Runs the chosen verb and returns the process exit code.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let verb = match cli.command {
-        Command::Run(a) => return run::run(&a.config).await,
-        Command::Register(a) => return register::run(&a).await,
-        Command::Verify(a) => return verify::run(&a).await,
-        Command::Unregister(a) => return unregister::run(&a).await,
-        Command::List(a) => return list::run(&a).await,
-        Command::Exec(args) => return exec::run(args).await,
-        Command::Bench(args) => return bench::run(args).await,
-        Command::Doctor(_) => "doctor",
-        Command::Cleanup(_) => "cleanup",
-        Command::Config(command) => return config::run(command).await,
-    };
-    Ok(not_built_yet(verb))
+    match cli.command {
+        Command::Run(a) => run::run(&a.config).await,
+        Command::Register(a) => register::run(&a).await,
+        Command::Verify(a) => verify::run(&a).await,
+        Command::Unregister(a) => unregister::run(&a).await,
+        Command::List(a) => list::run(&a).await,
+        Command::Exec(args) => exec::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+        Command::Doctor(a) => doctor::run(&a).await,
+        Command::Cleanup(a) => cleanup::run(&a).await,
+        Command::Config(command) => config::run(command).await,
+    }
 }
 
 /// Loads and validates a config file for a verb, logging its warnings. Errors list every problem
@@ -119,10 +120,4 @@ pub async fn load_config(path: &std::path::Path) -> anyhow::Result<crate::config
         tracing::warn!("{warning}");
     }
     Ok(loaded.config)
-}
-
-/// Verbs whose issue has not landed say so plainly and exit 2.
-fn not_built_yet(verb: &str) -> ExitCode {
-    eprintln!("runner {verb}: not built yet");
-    ExitCode::from(2)
 }

@@ -29,6 +29,9 @@ pub const LABEL_DEADLINE: &str = "io.isolated-runner.deadline";
 /// Label with the object's role in the job (`sidecar`, `build`, `helper`, `service`, `network`,
 /// `data`).
 pub const LABEL_ROLE: &str = "io.isolated-runner.role";
+/// Label with the owning runner process (`<boot id>/<pid ns>/<pid>/<start ticks>`), so
+/// `runner cleanup` can tell a live runner's objects from a dead one's (see `cleanup::owner`).
+pub const LABEL_OWNER: &str = "io.isolated-runner.owner";
 
 /// Errors of the Docker layer.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +174,31 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     /// Paths to unmask in /proc and /sys (`systempaths=unconfined` equivalent when empty lists).
     pub unmask_system_paths: bool,
+}
+
+/// What `runner doctor` reads from `docker version` and `docker info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineFacts {
+    /// Engine version (`20.10.24+dfsg1`).
+    pub server_version: String,
+    /// The engine's highest API version (`1.41`).
+    pub api_version: String,
+    /// `(name, version)` of the components (`Engine`, `containerd`, `runc`, `docker-init`).
+    pub components: Vec<(String, String)>,
+    /// `1` or `2`; empty when the engine does not say.
+    pub cgroup_version: String,
+    /// `cgroupfs` or `systemd`.
+    pub cgroup_driver: String,
+    /// Storage driver (`overlay2`, `fuse-overlayfs`).
+    pub storage_driver: String,
+    /// OCI runtimes the daemon knows.
+    pub runtimes: Vec<String>,
+    /// `name=seccomp,profile=default`, `name=apparmor`, `name=userns`, ...
+    pub security_options: Vec<String>,
+    /// The host kernel as the engine reports it.
+    pub kernel_version: String,
+    /// `/var/lib/docker`.
+    pub root_dir: String,
 }
 
 /// What the runner needs to know about a container.
@@ -357,6 +385,38 @@ impl Docker {
                 .unwrap_or_default(),
             info.driver.unwrap_or_default(),
         ))
+    }
+
+    /// Versions and host facts for `runner doctor`: `docker version` and `docker info` in one.
+    pub async fn engine_facts(&self) -> Result<EngineFacts, Error> {
+        let v = self.inner.version().await.map_err(api("docker version"))?;
+        let info = self.inner.info().await.map_err(api("docker info"))?;
+        Ok(EngineFacts {
+            server_version: v.version.unwrap_or_default(),
+            api_version: v.api_version.unwrap_or_default(),
+            components: v
+                .components
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| (c.name, c.version))
+                .collect(),
+            cgroup_version: info
+                .cgroup_version
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            cgroup_driver: info
+                .cgroup_driver
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            storage_driver: info.driver.unwrap_or_default(),
+            runtimes: info
+                .runtimes
+                .map(|r| r.into_keys().collect())
+                .unwrap_or_default(),
+            security_options: info.security_options.unwrap_or_default(),
+            kernel_version: info.kernel_version.unwrap_or_default(),
+            root_dir: info.docker_root_dir.unwrap_or_default(),
+        })
     }
 
     /// Whether an image exists locally.

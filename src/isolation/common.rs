@@ -85,15 +85,19 @@ impl Naming {
         format!("ir-{}-{}-{suffix}", self.runner_id, self.job_id)
     }
 
-    /// Labels of an object with `role`.
+    /// Labels of an object with `role`, including the owning process (for `runner cleanup`).
     pub fn labels(&self, role: &str) -> HashMap<String, String> {
-        HashMap::from([
+        let mut labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "1".to_string()),
             (LABEL_RUNNER.to_string(), self.runner_id.clone()),
             (LABEL_JOB.to_string(), self.job_id.to_string()),
             (LABEL_DEADLINE.to_string(), self.deadline.to_string()),
             (LABEL_ROLE.to_string(), role.to_string()),
-        ])
+        ]);
+        if let Some(owner) = crate::cleanup::owner::current() {
+            labels.insert(docker::LABEL_OWNER.to_string(), owner.label_value());
+        }
+        labels
     }
 }
 
@@ -664,6 +668,7 @@ mod tests {
         let l = n.labels("sidecar");
         assert_eq!(l[LABEL_JOB], "5");
         assert_eq!(l[LABEL_ROLE], "sidecar");
+        assert!(l.contains_key(docker::LABEL_OWNER));
         assert!(Naming::new("a/b", 5, Duration::ZERO).is_err());
     }
 

@@ -1,0 +1,180 @@
+//! `runner cleanup`: removes what dead or old jobs left and prunes the cache (see
+//! `crate::cleanup` for who owns what).
+
+use crate::cleanup::{self, CachePruner, CacheTarget, Request, human_bytes};
+use crate::gitlab::identity;
+use crate::netpolicy::{NetPolicy, Options};
+use anyhow::Context;
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Flags of `runner cleanup`.
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    /// Config file.
+    #[command(flatten)]
+    pub config: super::ConfigArg,
+    /// Job directories no live job owns are removed once older than this (`90m`, `1h`, `2d`).
+    /// What a dead runner process left goes at once, whatever its age.
+    #[arg(long = "older-than", default_value = "1h", value_parser = parse_age)]
+    pub older_than: Duration,
+    /// Only list what would be removed.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Only Docker objects that also carry this label, e.g.
+    /// `io.isolated-runner.runner=<id>` for one runner's leftovers.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub label: Option<String>,
+}
+
+fn parse_age(text: &str) -> Result<Duration, String> {
+    crate::config::validate::parse_duration(text)
+}
+
+/// **Cache seam.** The cache module's pruner, once the lead wires `cache::prune` in (an
+/// implementation of [`CachePruner`] calling `cache::prune(dir, max_size, max_age, dry_run)`).
+/// Until then cleanup reports that the cache was not pruned.
+fn cache_pruner() -> Option<Arc<dyn CachePruner>> {
+    None
+}
+
+/// Runs the verb: exit 0 unless something could not be listed or removed.
+pub async fn run(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(&args.config.config).await?;
+    let first = config
+        .runners
+        .first()
+        .context("the config has no [[runners]] entry")?;
+    let docker_host = first.docker.host.clone();
+    let mut builds_dirs: Vec<PathBuf> = Vec::new();
+    let mut caches: Vec<CacheTarget> = Vec::new();
+    for r in &config.runners {
+        if !builds_dirs.contains(&r.builds_dir) {
+            builds_dirs.push(r.builds_dir.clone());
+        }
+        let target = CacheTarget {
+            dir: r.cache_dir.clone(),
+            max_size: r.cache.max_size,
+            max_age: r.cache.max_age,
+        };
+        if !caches.iter().any(|c| c.dir == target.dir) {
+            caches.push(target);
+        }
+    }
+    let own_runner_ids = own_runner_ids(&config.state_dir).await;
+    let policy_id = own_runner_ids
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "cleanup".to_string());
+    let req = Request {
+        builds_dirs,
+        state_dir: config.state_dir.clone(),
+        caches,
+        older_than: args.older_than,
+        dry_run: args.dry_run,
+        netpolicy: Some(NetPolicy::new(Options::new(
+            policy_id,
+            first.docker.isolation.address_pool,
+        ))),
+        own_runner_ids,
+        cache_pruner: cache_pruner(),
+        label_filter: args.label.clone(),
+    };
+    let docker = match crate::docker::Docker::connect(docker_host.as_deref()).await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    };
+    let report = cleanup::run(docker.as_ref(), &req).await;
+    print_report(&report);
+    let failed = docker.is_none() || !report.failures.is_empty();
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// This host's runner ids without creating anything: the persisted system id, the id derived
+/// from the machine id, and the runner directories under `<state_dir>/certs`.
+async fn own_runner_ids(state_dir: &Path) -> Vec<String> {
+    let mut ids = Vec::new();
+    if let Ok(s) = tokio::fs::read_to_string(state_dir.join(identity::SYSTEM_ID_FILE)).await
+        && identity::is_valid_system_id(s.trim())
+    {
+        ids.push(s.trim().to_string());
+    }
+    for p in identity::MACHINE_ID_PATHS {
+        if let Ok(m) = tokio::fs::read_to_string(p).await
+            && !m.trim().is_empty()
+        {
+            let id = identity::system_id_from_machine_id(&m);
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+            break;
+        }
+    }
+    if let Ok(mut rd) = tokio::fs::read_dir(state_dir.join("certs")).await {
+        while let Ok(Some(entry)) = rd.next_entry().await {
+            if let Some(name) = entry.file_name().to_str()
+                && !ids.iter().any(|i| i == name)
+            {
+                ids.push(name.to_string());
+            }
+        }
+    }
+    ids
+}
+
+fn print_report(report: &cleanup::Report) {
+    let verb = if report.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let shown = if report.dry_run {
+        &report.items
+    } else {
+        &report.removed
+    };
+    for item in shown {
+        let size = item
+            .bytes
+            .map(|b| format!(" [{}]", human_bytes(b)))
+            .unwrap_or_default();
+        println!(
+            "{verb} {} {}{size}: {}",
+            item.kind.as_str(),
+            item.name,
+            item.reason
+        );
+    }
+    for note in &report.notes {
+        println!("note: {note}");
+    }
+    for f in &report.failures {
+        eprintln!("error: could not remove: {f}");
+    }
+    let freed = if report.dry_run {
+        "would free"
+    } else {
+        "freed"
+    };
+    println!(
+        "{} {} object{}, {freed} {}",
+        if report.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        },
+        shown.len(),
+        if shown.len() == 1 { "" } else { "s" },
+        human_bytes(report.freed_bytes)
+    );
+}
