@@ -568,10 +568,13 @@ fn parse_backend_breakdown(text: &str, stages: &mut BTreeMap<String, f64>) {
     }
 }
 
+/// (job containers, sidecar) peaks of one job, bytes.
+type Peaks = (Option<u64>, Option<u64>);
+
 /// Peak memory per bench job, from the containers' memory cgroups.
 #[derive(Default)]
 struct MemWatcher {
-    peaks: Mutex<HashMap<u64, (Option<u64>, Option<u64>)>>,
+    peaks: Mutex<HashMap<u64, Peaks>>,
 }
 
 /// Which job a container belongs to, and whether it is a sidecar.
