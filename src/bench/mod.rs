@@ -8,6 +8,7 @@
 
 pub mod engine;
 pub mod host;
+pub mod real;
 pub mod report;
 pub mod scenario;
 pub mod stats;

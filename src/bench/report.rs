@@ -30,6 +30,10 @@ pub struct ModeReport {
     pub leftovers: Option<u64>,
     /// Runner RSS growth per job over the measured jobs (least squares), bytes.
     pub runner_rss_slope: Option<f64>,
+    /// Median seconds per pipeline stage over the measured jobs that ran it.
+    pub stages_p50: std::collections::BTreeMap<String, f64>,
+    /// Notes of the first failed measured jobs (why they failed), at most five.
+    pub failure_notes: Vec<String>,
 }
 
 /// One scenario.
@@ -122,6 +126,20 @@ pub fn build(run: &BenchRun) -> Report {
                         peak_mem_bytes: peak,
                         leftovers: measured.iter().filter_map(|m| m.leftovers).max(),
                         runner_rss_slope: stats::slope(&rss),
+                        stages_p50: stage_medians(
+                            measured.iter().filter_map(|m| m.result.as_ref().ok()),
+                        ),
+                        failure_notes: measured
+                            .iter()
+                            .filter_map(|m| match &m.result {
+                                Err(e) => Some(e.clone()),
+                                Ok(s) if s.outcome == SampleOutcome::Failed => {
+                                    Some(s.notes.join("; "))
+                                }
+                                Ok(_) => None,
+                            })
+                            .take(5)
+                            .collect(),
                     }
                 })
                 .collect();
@@ -156,6 +174,21 @@ pub fn build(run: &BenchRun) -> Report {
         runner_memory: run.runner_memory,
         scenarios,
     }
+}
+
+/// Median of each stage over the samples that have it.
+fn stage_medians<'a>(
+    samples: impl Iterator<Item = &'a super::target::RunSample>,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut all: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for s in samples {
+        for (k, v) in &s.stages {
+            all.entry(k.clone()).or_default().push(*v);
+        }
+    }
+    all.into_iter()
+        .filter_map(|(k, v)| stats::percentile(&v, 0.5).map(|p| (k, p)))
+        .collect()
 }
 
 fn secs(v: Option<f64>) -> String {
@@ -239,6 +272,21 @@ pub fn render_table(report: &Report) -> String {
                     .unwrap_or_else(|| "-".into())
             );
         }
+        for m in &s.modes {
+            if !m.stages_p50.is_empty() {
+                let stages: Vec<String> = m
+                    .stages_p50
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.2}"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  {} stages p50 (s): {}",
+                    m.mode.as_str(),
+                    stages.join(", ")
+                );
+            }
+        }
         if s.ratio_wall_p50.is_some() || s.ttfsl_overhead_p50_s.is_some() {
             let _ = writeln!(
                 out,
@@ -301,6 +349,12 @@ pub fn to_json(report: &Report) -> Value {
                             "wall_s": summary_json(m.wall),
                             "peak_mem_bytes": m.peak_mem_bytes,
                             "leftovers": m.leftovers,
+                            "ok": m.ok,
+                            "failed": m.failed,
+                            "canceled": m.canceled,
+                            "runner_rss_slope_bytes_per_job": m.runner_rss_slope,
+                            "stages_p50_s": m.stages_p50,
+                            "failure_notes": m.failure_notes,
                         }),
                     )
                 })

@@ -190,21 +190,46 @@ async fn write_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args)?;
     check_projects(&plan).await?;
-    let path = args.config.config.clone();
-    // Loading reads files with std::fs; keep it off the async workers.
-    let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path))
-        .await?
-        .with_context(|| format!("cannot load {}", args.config.config.display()))?;
-    // Wiring point for the lead: build a `BenchTarget` over the job pipeline from
-    // `loaded.config` and return `run_with(&args, &plan, &target).await`.
-    eprintln!(
-        "runner bench: {} scenarios x {} modes = {} jobs planned with {} runner entries in {}; \
-         running jobs through the pipeline is not wired yet",
-        plan.scenarios.len(),
-        plan.modes.len(),
-        plan.total_jobs(),
-        loaded.config.runners.len(),
-        args.config.config.display()
-    );
-    Ok(ExitCode::from(2))
+    let work = std::env::temp_dir().join(format!(
+        "isolated-runner-bench-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    // `-c` when the file exists (its first runner entry); the built-in bench entry otherwise.
+    let mut base = if args.config.config.exists() {
+        let config = super::load_config(&args.config.config).await?;
+        let runner = config.runners.into_iter().next().with_context(|| {
+            format!("{} has no [[runners]] entry", args.config.config.display())
+        })?;
+        eprintln!(
+            "runner bench: runner entry {:?} from {}",
+            runner.name,
+            args.config.config.display()
+        );
+        runner
+    } else {
+        eprintln!(
+            "runner bench: built-in runner entry (no {})",
+            args.config.config.display()
+        );
+        crate::bench::real::builtin_runner(&work)
+    };
+    // Inner daemons must never pull: the scenarios' busybox is always preloaded.
+    let busybox = "isolated-runner/busybox:test".to_string();
+    if !base.docker.isolation.preload_images.contains(&busybox) {
+        base.docker.isolation.preload_images.push(busybox);
+    }
+    let target = crate::bench::real::RealTarget::new(&base, &work, &plan.modes)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let result = run_with(&args, &plan, &target).await;
+    let cleaned = target.clean_scenario_objects().await;
+    if cleaned > 0 {
+        eprintln!(
+            "runner bench: removed {cleaned} objects the shared-socket jobs left on the host"
+        );
+    }
+    drop(target);
+    // Best effort: the work dir holds only the bench's own (now empty) builds and state dirs.
+    let _ = tokio::fs::remove_dir_all(&work).await;
+    result
 }

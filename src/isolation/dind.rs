@@ -36,13 +36,15 @@ use tokio_util::sync::CancellationToken;
 const HARDENED_SECCOMP: &str = include_str!("seccomp-dind.json");
 
 /// Interval of the readiness poll.
-const READY_POLL: Duration = Duration::from_millis(100);
+const READY_POLL: Duration = Duration::from_millis(50);
 
 /// The dind backend.
 pub struct DindBackend {
     docker: Docker,
     runner: Arc<RunnerConfig>,
     state_dir: PathBuf,
+    /// `Some(true)` = iptables-legacy, as the first sidecar's entrypoint found it.
+    iptables: std::sync::Mutex<Option<bool>>,
 }
 
 impl DindBackend {
@@ -53,7 +55,50 @@ impl DindBackend {
             docker,
             runner,
             state_dir,
+            iptables: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Remembers which iptables backend the entrypoint picked (its log says
+    /// `iptables backend: nft|legacy`), so later sidecars skip the probe.
+    async fn learn_iptables(&self, sidecar: &str) {
+        if self.iptables.lock().map(|g| g.is_some()).unwrap_or(true) {
+            return;
+        }
+        let Ok(logs) = self.docker.logs_tail(sidecar, 50).await else {
+            return;
+        };
+        let found = logs.lines().find_map(|l| {
+            let rest = l.split("iptables backend: ").nth(1)?;
+            if rest.starts_with("legacy") {
+                Some(true)
+            } else if rest.starts_with("nft") {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        if let (Some(v), Ok(mut g)) = (found, self.iptables.lock()) {
+            *g = Some(v);
+        }
+    }
+}
+
+/// Durations of the prepare steps, for the "daemon ready" line (and `runner bench`).
+#[derive(Default)]
+struct Timings(Vec<(&'static str, Duration)>);
+
+impl Timings {
+    fn push(&mut self, name: &'static str, since: Instant) {
+        self.0.push((name, since.elapsed()));
+    }
+
+    fn render(&self) -> String {
+        self.0
+            .iter()
+            .map(|(n, d)| format!("{n} {:.2}s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -166,31 +211,68 @@ impl DindBackend {
         let job = JobId::new(spec.job_id);
 
         // Everything that can be refused without creating anything comes first.
+        // Start-up time is the cost of isolation (docs/benchmarks.md): independent steps run
+        // concurrently and each one is timed for the breakdown line.
+        let mut timings = Timings::default();
+        let t = Instant::now();
         let mut sidecar = ContainerSpec::default();
-        profile_flags(docker, iso.sidecar_profile, &mut sidecar).await?;
-        common::require_image(docker, &iso.sidecar_image, "sidecar").await?;
-        common::require_image(docker, &spec.build_image.name, "job").await?;
-        common::require_image(docker, &spec.helper_image, "helper").await?;
-        for s in &spec.services {
-            common::require_image(docker, &s.image.name, "service").await?;
-        }
-        for img in &iso.preload_images {
-            common::require_image(docker, img, "preload").await?;
-        }
+        let mut wanted: Vec<(&str, &str)> = vec![
+            (iso.sidecar_image.as_str(), "sidecar"),
+            (spec.build_image.name.as_str(), "job"),
+            (spec.helper_image.as_str(), "helper"),
+        ];
+        wanted.extend(
+            spec.services
+                .iter()
+                .map(|s| (s.image.name.as_str(), "service")),
+        );
+        wanted.extend(iso.preload_images.iter().map(|i| (i.as_str(), "preload")));
+        let (profile, images) = tokio::join!(
+            profile_flags(docker, iso.sidecar_profile, &mut sidecar),
+            futures::future::join_all(
+                wanted
+                    .iter()
+                    .map(|(img, role)| common::require_image(docker, img, role))
+            )
+        );
+        profile?;
+        images.into_iter().collect::<Result<Vec<()>, Error>>()?;
+        timings.push("checks", t);
 
+        let t = Instant::now();
         let mtu = if iso.network_mtu > 0 {
             Some(iso.network_mtu)
         } else {
             common::host_mtu().await
         };
-        let net = common::carve_network(docker, &env.state.naming, iso.address_pool, mtu).await?;
+        // The network, the job dirs and the data volume do not depend on each other.
+        let volume = env.state.naming.name("docker");
+        let data_labels = env.state.naming.labels("data");
+        let (net, paths, vol) = tokio::join!(
+            common::carve_network(docker, &env.state.naming, iso.address_pool, mtu),
+            crate::paths::create_job_dirs(&self.runner.builds_dir, job),
+            docker.create_volume(&volume, &data_labels),
+        );
+        // Record whatever exists before failing, so teardown removes it.
+        if vol.is_ok() {
+            env.state.volume = Some(volume.clone());
+        }
+        if let Ok(p) = &paths {
+            env.state.paths = Some(p.clone());
+            env.paths = p.clone();
+        }
+        let net = net?;
         env.state.network = Some(net.clone());
+        paths.map_err(other_paths("create job directories"))?;
+        vol.map_err(other("create the sidecar's data volume"))?;
+        timings.push("network", t);
         let sidecar_ip = net.sidecar_ip();
         // Host-side rules on the bridge before anything runs on it (see `egress.rs`).
         let handle = super::egress::handle_for(&self.runner, &spec.runner_id, spec.job_id)?;
         env.state.egress = Some(handle.clone());
         super::egress::install(&handle, docker, &self.runner, &env.state.naming, &net).await?;
 
+        let t_certs = Instant::now();
         let pki = crate::pki::issue_job_pki(&crate::pki::PkiRequest::for_sidecar(
             spec.job_id,
             IpAddr::V4(sidecar_ip),
@@ -204,19 +286,7 @@ impl DindBackend {
             .await
             .map_err(other_paths("write job certificates"))?;
         env.state.cert_dir = Some(certs.clone());
-
-        let paths = crate::paths::create_job_dirs(&self.runner.builds_dir, job)
-            .await
-            .map_err(other_paths("create job directories"))?;
-        env.state.paths = Some(paths.clone());
-        env.paths = paths;
-
-        let volume = env.state.naming.name("docker");
-        docker
-            .create_volume(&volume, &env.state.naming.labels("data"))
-            .await
-            .map_err(other("create the sidecar's data volume"))?;
-        env.state.volume = Some(volume.clone());
+        timings.push("certs", t_certs);
 
         // The sidecar: only runner config shapes it; no job variable reaches it (threat S2).
         sidecar.name = env.state.naming.name("sidecar");
@@ -245,6 +315,15 @@ impl DindBackend {
         // with "error setting rlimit type 7" on hosts with a lower limit.
         // Under memory pressure the job's daemon dies before the host's.
         sidecar.oom_score_adj = Some(500);
+        // The iptables backend the sidecar's entrypoint detected last time: the same kernel
+        // gives the same answer, and skipping the probe saves a few hundred ms per job.
+        if let Ok(guard) = self.iptables.lock()
+            && let Some(legacy) = *guard
+        {
+            sidecar
+                .env
+                .push(format!("DOCKER_IPTABLES_LEGACY={}", u8::from(legacy)));
+        }
         let started = Instant::now();
         let id = docker
             .create_container(&sidecar)
@@ -255,45 +334,53 @@ impl DindBackend {
             .start_container(&id)
             .await
             .map_err(|e| start_error(iso.sidecar_profile, e))?;
+        timings.push("start", started);
 
         let tls = crate::pki::client_config(&pki.client).map_err(|e| Error::Other {
             context: "build the runner's TLS client".to_string(),
             detail: e.to_string(),
         })?;
         let addr = SocketAddr::new(IpAddr::V4(sidecar_ip), 2376);
-        let inner = wait_ready(docker, &id, addr, tls, iso.ready_timeout).await?;
+        // Services live on the outer daemon: start them while the inner one boots.
+        let t_ready = Instant::now();
+        let (ready, services) = tokio::join!(
+            wait_ready(docker, &id, addr, tls, iso.ready_timeout),
+            env.state.start_services(&spec.services, &spec.service_env)
+        );
+        let inner = ready?;
+        services?;
+        timings.push("ready", t_ready);
         let waited = started.elapsed();
         env.ready_after = Some(waited);
+        self.learn_iptables(&id).await;
         tracing::info!(
             job.id = spec.job_id,
             ready_ms = waited.as_millis() as u64,
             profile = profile_name(iso.sidecar_profile),
             "sidecar ready"
         );
-        out.write(
-            format!(
-                "Job docker daemon ready in {:.1}s (sidecar profile {}, network {} {})\n",
-                waited.as_secs_f64(),
-                profile_name(iso.sidecar_profile),
-                net.name,
-                net.subnet
-            )
-            .as_bytes(),
-        );
-
-        env.state
-            .start_services(&spec.services, &spec.service_env)
-            .await?;
-
+        let t = Instant::now();
         for img in &iso.preload_images {
-            let t = Instant::now();
             inner
                 .load_image(docker.export_image(img), img)
                 .await
                 .map_err(other(format!("preload image {img}")))?;
-            out.write(format!("Preloaded {img} in {:.1}s\n", t.elapsed().as_secs_f64()).as_bytes());
+        }
+        if !iso.preload_images.is_empty() {
+            timings.push("preload", t);
         }
         env.inner = Some(inner);
+        out.write(
+            format!(
+                "Job docker daemon ready in {:.1}s (sidecar profile {}, network {} {}) [{}]\n",
+                waited.as_secs_f64(),
+                profile_name(iso.sidecar_profile),
+                net.name,
+                net.subnet,
+                timings.render()
+            )
+            .as_bytes(),
+        );
 
         let job_env = dind_job_env();
         env.state.script = Some(ScriptSettings {
@@ -414,7 +501,7 @@ async fn wait_ready(
         }
         n += 1;
         // Every ~0.5 s: a sidecar that exited will never answer; say so now.
-        if n.is_multiple_of(5)
+        if n.is_multiple_of(10)
             && let Ok(info) = docker.inspect_container(sidecar).await
             && !info.running
         {

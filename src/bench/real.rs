@@ -1,0 +1,739 @@
+//! The real [`BenchTarget`]: each bench job runs through the same [`Pipeline`] as `runner run`
+//! and `runner exec`, with the backend `isolation::backend_for_in` builds for the mode.
+//!
+//! What it measures, and how:
+//! - **TTFSL**: a trace sink timestamps every write. TTFSL is the time from the pipeline call
+//!   to the write that carries the first byte of the job's `$ <first command>` echo inside the
+//!   `step_script` section. The job's own shell prints that echo, so it is the first byte the
+//!   job container produces for the user's script.
+//! - **Stages**: the sink times each `section_start`/`section_end` marker pair as it passes
+//!   (sections are always on for local payloads); the dind backend's prepare breakdown line
+//!   (`Job docker daemon ready … [network …, …]`) adds the sub-stages.
+//! - **Peak memory**: a watcher reads `memory.max_usage_in_bytes` of every running container's
+//!   cgroup (v1: `<memory cgroup>/docker/<id>/`, v2: `memory.peak`) every 100 ms and keeps the
+//!   highest value per bench job, split into sidecar and the rest. Script containers that live
+//!   less than one poll can be missed; the sidecar (whose cgroup includes everything the inner
+//!   daemon runs) cannot.
+//! - **Leftovers**: containers, networks and volumes carrying this run's per-mode runner id,
+//!   plus job and certificate directories under the bench's own builds and state dirs, plus (in
+//!   shared-socket mode) whatever the scenario jobs started on the host with a `bench-job` label.
+
+use super::scenario::{BuildCache, Shape};
+use super::target::{BenchTarget, JobSpec, RunSample, SampleOutcome, TargetError, TargetInfo};
+use crate::config::{DataRoot, IsolationMode, RunnerConfig};
+use crate::docker::{Docker, LABEL_JOB, LABEL_ROLE};
+use crate::isolation::Isolation;
+use crate::job::local::{self, LocalContext};
+use crate::job::{JobControl, JobExecutor, JobOutcome, LocalArtifactStore, LocalTree, Pipeline};
+use crate::secret::Secret;
+use crate::trace::TraceSink;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Label the scenario jobs put on what they start themselves (teardown scenario).
+const SCENARIO_LABEL: &str = "bench-job";
+/// Poll interval of the memory watcher.
+const MEM_POLL: Duration = Duration::from_millis(100);
+
+fn terr(what: &str) -> impl FnOnce(String) -> TargetError + '_ {
+    move |e| TargetError(format!("{what}: {e}"))
+}
+
+/// One mode's setup.
+struct ModeSetup {
+    runner: Arc<RunnerConfig>,
+    runner_id: String,
+    backend: Arc<dyn Isolation>,
+    state_dir: PathBuf,
+}
+
+/// The bench target over the real pipeline.
+pub struct RealTarget {
+    docker: Docker,
+    modes: Vec<(IsolationMode, ModeSetup)>,
+    /// Warm per-project data root for `build-warm` in dind mode (when the config supports it).
+    warm_backend: Option<Arc<dyn Isolation>>,
+    warm_runner: Option<Arc<RunnerConfig>>,
+    work: PathBuf,
+    next_job: AtomicU64,
+    mem: Arc<MemWatcher>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RealTarget {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// The runner entry the bench uses when no `-c` file is given: the test images, the hardened
+/// profile, the bench's busybox preloaded so inner daemons never pull, and builds/state dirs
+/// under `work`.
+pub fn builtin_runner(work: &Path) -> RunnerConfig {
+    let mut r = RunnerConfig {
+        name: "bench".to_string(),
+        builds_dir: work.join("builds"),
+        ..RunnerConfig::default()
+    };
+    r.docker.image = "isolated-runner/job:test".to_string();
+    r.docker.isolation.preload_images = vec!["isolated-runner/busybox:test".to_string()];
+    r
+}
+
+impl RealTarget {
+    /// Sets up one backend per mode from `base` (the `-c` entry or [`builtin_runner`]). Builds
+    /// and state dirs go under `work` (one subdirectory per mode), so leftovers can be counted.
+    pub async fn new(
+        base: &RunnerConfig,
+        work: &Path,
+        modes: &[IsolationMode],
+    ) -> Result<RealTarget, TargetError> {
+        let docker = Docker::connect(base.docker.host.as_deref())
+            .await
+            .map_err(|e| TargetError(format!("connect to the host docker daemon: {e}")))?;
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let tag = &tag[..8];
+        let mut setups: Vec<(IsolationMode, ModeSetup)> = Vec::new();
+        for &mode in modes {
+            let mut r = base.clone();
+            r.docker.isolation.mode = mode;
+            let dir = work.join(mode.as_str());
+            r.builds_dir = dir.join("builds");
+            let state_dir = dir.join("state");
+            for d in [&r.builds_dir, &state_dir] {
+                tokio::fs::create_dir_all(d)
+                    .await
+                    .map_err(|e| TargetError(format!("create {}: {e}", d.display())))?;
+            }
+            let backend = crate::isolation::backend_for_in(&r, &state_dir)
+                .await
+                .map_err(|e| TargetError(format!("set up the {} backend: {e}", mode.as_str())))?;
+            setups.push((
+                mode,
+                ModeSetup {
+                    runner: Arc::new(r),
+                    runner_id: format!("bench-{tag}-{}", short_mode(mode)),
+                    backend,
+                    state_dir,
+                },
+            ));
+        }
+        let (warm_backend, warm_runner) = match setups
+            .iter()
+            .find(|(m, _)| *m == IsolationMode::Dind)
+            .map(|(_, s)| s)
+        {
+            Some(s) => {
+                let mut r = (*s.runner).clone();
+                r.docker.isolation.data_root = DataRoot::Project;
+                match crate::isolation::backend_for_in(&r, &s.state_dir).await {
+                    Ok(b) => (Some(b), Some(Arc::new(r))),
+                    Err(_) => (None, None),
+                }
+            }
+            None => (None, None),
+        };
+        let mem = Arc::new(MemWatcher::default());
+        let watcher = tokio::spawn(mem.clone().run(
+            docker.clone(),
+            setups.iter().map(|(_, s)| s.runner_id.clone()).collect(),
+        ));
+        Ok(RealTarget {
+            docker,
+            modes: setups,
+            warm_backend,
+            warm_runner,
+            work: work.to_path_buf(),
+            next_job: AtomicU64::new(1),
+            mem,
+            watcher,
+        })
+    }
+
+    fn setup(&self, mode: IsolationMode) -> Result<&ModeSetup, TargetError> {
+        self.modes
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .map(|(_, s)| s)
+            .ok_or_else(|| TargetError(format!("mode {} was not set up", mode.as_str())))
+    }
+
+    /// Removes what the scenario jobs left on the host in shared-socket mode (containers and
+    /// networks with the `bench-job` label): the host is left as found. Returns the count.
+    pub async fn clean_scenario_objects(&self) -> u64 {
+        let filter = vec![SCENARIO_LABEL.to_string()];
+        let mut n = 0;
+        if let Ok(list) = self.docker.list_containers(&filter).await {
+            for c in list {
+                if matches!(self.docker.remove_container(&c.id).await, Ok(true)) {
+                    n += 1;
+                }
+            }
+        }
+        if let Ok(list) = self.docker.list_networks(&filter).await {
+            for net in list {
+                if matches!(self.docker.remove_network(&net.name).await, Ok(true)) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// The bench's work directory.
+    pub fn work_dir(&self) -> &Path {
+        &self.work
+    }
+}
+
+fn short_mode(mode: IsolationMode) -> &'static str {
+    match mode {
+        IsolationMode::Dind => "dind",
+        IsolationMode::SharedSocket => "shared",
+    }
+}
+
+#[async_trait::async_trait]
+impl BenchTarget for RealTarget {
+    async fn describe(&self) -> TargetInfo {
+        let (engine, containerd) = docker_versions().await;
+        let storage = self.docker.describe().await.ok().map(|(_, d)| d);
+        let mirror = self
+            .modes
+            .iter()
+            .find_map(|(_, s)| s.runner.docker.isolation.registry_mirror.clone());
+        TargetInfo {
+            docker_engine: engine,
+            containerd,
+            storage_driver: storage,
+            // The sidecar's /var/lib/docker is a named volume on the host filesystem, so the
+            // inner daemon picks overlay2 (checked by hand: see docs/benchmarks.md).
+            inner_storage_driver: self
+                .modes
+                .iter()
+                .any(|(m, _)| *m == IsolationMode::Dind)
+                .then(|| "overlay2 (on a host volume)".to_string()),
+            registry_mirror: mirror,
+        }
+    }
+
+    async fn prepare(&self, job: &JobSpec) -> Result<(), TargetError> {
+        // Cold builds: this host is shared with other people's tests, so the bench does not
+        // prune the host daemon's build cache; the shared-socket "cold" build is warm after its
+        // first run, and docs/benchmarks.md says so.
+        let _ = job;
+        Ok(())
+    }
+
+    async fn run_job(&self, spec: &JobSpec) -> Result<RunSample, TargetError> {
+        let setup = self.setup(spec.mode)?;
+        let text = tokio::fs::read_to_string(spec.project_dir.join(".gitlab-ci.yml"))
+            .await
+            .map_err(|e| TargetError(format!("read {}: {e}", spec.project_dir.display())))?;
+        let ci = local::parse(&text).map_err(|e| terr("parse .gitlab-ci.yml")(e.to_string()))?;
+        // Job ids are unique within the bench and far from real GitLab ids.
+        let job_id = 900_000_000 + self.next_job.fetch_add(1, Ordering::Relaxed);
+        let ctx = LocalContext {
+            job_id,
+            token: Secret::new(format!("glcbt-bench-{}", uuid::Uuid::new_v4().simple())),
+            project_name: spec.scenario.project.to_string(),
+            commit_sha: None,
+            ref_name: None,
+            config_path: ".gitlab-ci.yml".to_string(),
+        };
+        let built = ci
+            .build_payload(&spec.job_name, &ctx)
+            .map_err(|e| terr("build the payload")(e.to_string()))?;
+        let (backend, runner) = match (spec.scenario.shape, spec.mode) {
+            (Shape::Build(BuildCache::WarmProject), IsolationMode::Dind) => {
+                match (&self.warm_backend, &self.warm_runner) {
+                    (Some(b), Some(r)) => (b.clone(), r.clone()),
+                    _ => (setup.backend.clone(), setup.runner.clone()),
+                }
+            }
+            _ => (setup.backend.clone(), setup.runner.clone()),
+        };
+        let pipeline = Pipeline {
+            backend,
+            artifacts: Arc::new(LocalArtifactStore {
+                root: self.work.join("artifacts"),
+            }),
+            cache: None,
+            local_tree: Some(LocalTree {
+                root: spec.project_dir.clone(),
+                files: None,
+            }),
+            runner_id: setup.runner_id.clone(),
+        };
+        let control = JobControl::default();
+        let start = Instant::now();
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let sink = Arc::new(BenchSink::new(start, first_tx));
+        let mut notes = Vec::new();
+        let hook = if spec.hooks.cancel_mid_script || spec.hooks.kill_sidecar_mid_script {
+            let hooks = spec.hooks;
+            let control = control.clone();
+            let docker = self.docker.clone();
+            let runner_id = setup.runner_id.clone();
+            let mode = spec.mode;
+            Some(tokio::spawn(async move {
+                if first_rx.await.is_err() {
+                    return "hook not fired: the script never printed".to_string();
+                }
+                let mut said = Vec::new();
+                if hooks.kill_sidecar_mid_script {
+                    if mode == IsolationMode::Dind {
+                        let f = crate::docker::label_filters(&runner_id, Some(job_id));
+                        let mut killed = 0;
+                        if let Ok(list) = docker.list_containers(&f).await {
+                            for c in list.iter().filter(|c| {
+                                c.labels.get(LABEL_ROLE).map(String::as_str) == Some("sidecar")
+                            }) {
+                                if docker.kill_container(&c.id).await.is_ok() {
+                                    killed += 1;
+                                }
+                            }
+                        }
+                        said.push(format!("SIGKILLed {killed} sidecar(s) mid-script"));
+                    } else {
+                        said.push("no sidecar to kill in shared-socket mode".to_string());
+                    }
+                }
+                if hooks.cancel_mid_script {
+                    control.cancel_gracefully.cancel();
+                    said.push("cancelled mid-script".to_string());
+                }
+                said.join("; ")
+            }))
+        } else {
+            None
+        };
+        let outcome = pipeline
+            .execute(built.payload, runner, sink.clone(), control)
+            .await;
+        let wall = start.elapsed();
+        if let Some(h) = hook {
+            h.abort();
+            if let Ok(note) = h.await {
+                notes.push(note);
+            }
+        }
+        let (ttfsl, stages) = sink.results();
+        let (job_peak, sidecar_peak) = self.mem.take(job_id);
+        let outcome = match outcome {
+            JobOutcome::Success => SampleOutcome::Success,
+            JobOutcome::Canceled => SampleOutcome::Canceled,
+            JobOutcome::Failed { reason, exit_code } => {
+                if spec.hooks.kill_sidecar_mid_script && spec.mode == IsolationMode::Dind {
+                    notes.push(format!("failed as expected ({})", reason.as_str()));
+                    SampleOutcome::Canceled
+                } else {
+                    notes.push(format!(
+                        "failed: {}{}; trace tail: {}",
+                        reason.as_str(),
+                        exit_code.map(|c| format!(" exit {c}")).unwrap_or_default(),
+                        sink.tail(600)
+                    ));
+                    SampleOutcome::Failed
+                }
+            }
+        };
+        Ok(RunSample {
+            outcome,
+            ttfsl,
+            wall,
+            stages,
+            peak_mem_job_bytes: job_peak,
+            peak_mem_sidecar_bytes: if spec.mode == IsolationMode::Dind {
+                sidecar_peak
+            } else {
+                None
+            },
+            notes,
+        })
+    }
+
+    async fn leftovers(&self, mode: IsolationMode) -> Result<u64, TargetError> {
+        let setup = self.setup(mode)?;
+        let f = crate::docker::label_filters(&setup.runner_id, None);
+        let de = |e: crate::docker::Error| TargetError(e.to_string());
+        let mut n = self.docker.list_containers(&f).await.map_err(de)?.len() as u64;
+        n += self.docker.list_networks(&f).await.map_err(de)?.len() as u64;
+        n += self.docker.list_volumes(&f).await.map_err(de)?.len() as u64;
+        if mode == IsolationMode::SharedSocket {
+            let s = vec![SCENARIO_LABEL.to_string()];
+            n += self.docker.list_containers(&s).await.map_err(de)?.len() as u64;
+            n += self.docker.list_networks(&s).await.map_err(de)?.len() as u64;
+        }
+        n += count_entries(&setup.runner.builds_dir).await;
+        n += count_entries(&setup.state_dir.join("certs")).await;
+        Ok(n)
+    }
+}
+
+/// Engine and containerd versions from `docker version` (absent when the CLI is missing).
+async fn docker_versions() -> (Option<String>, Option<String>) {
+    let out = tokio::process::Command::new("docker")
+        .args([
+            "version",
+            "--format",
+            "{{.Server.Version}}|{{range .Server.Components}}{{if eq .Name \"containerd\"}}{{.Version}}{{end}}{{end}}",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .await;
+    let Ok(out) = out else { return (None, None) };
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut it = text.splitn(2, '|');
+    let some = |s: Option<&str>| {
+        s.map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    (some(it.next()), some(it.next()))
+}
+
+/// Entries (recursively, directories only count themselves) under `dir`, 0 if it is missing.
+async fn count_entries(dir: &Path) -> u64 {
+    let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
+        return 0;
+    };
+    let mut n = 0;
+    while let Ok(Some(e)) = rd.next_entry().await {
+        let is_dir = e.file_type().await.map(|t| t.is_dir()).unwrap_or(false);
+        if is_dir {
+            // The per-runner cert root is not itself a leftover; what is inside it is.
+            let inner = Box::pin(count_entries(&e.path())).await;
+            n += if dir.ends_with("certs") { inner } else { 1 };
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Timestamps the trace: section spans, and the first script line.
+struct BenchSink {
+    start: Instant,
+    state: Mutex<SinkState>,
+}
+
+struct SinkState {
+    text: Vec<u8>,
+    scanned: usize,
+    open: Vec<(String, Instant)>,
+    stages: BTreeMap<String, f64>,
+    in_step_script: bool,
+    first_line: Option<Instant>,
+    notify: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// The echo of a command, as `job::script` writes it.
+const ECHO_START: &[u8] = b"\x1b[32;1m$ ";
+
+impl BenchSink {
+    fn new(start: Instant, notify: tokio::sync::oneshot::Sender<()>) -> Self {
+        BenchSink {
+            start,
+            state: Mutex::new(SinkState {
+                text: Vec::new(),
+                scanned: 0,
+                open: Vec::new(),
+                stages: BTreeMap::new(),
+                in_step_script: false,
+                first_line: None,
+                notify: Some(notify),
+            }),
+        }
+    }
+
+    fn results(&self) -> (Option<Duration>, BTreeMap<String, f64>) {
+        let Ok(st) = self.state.lock() else {
+            return (None, BTreeMap::new());
+        };
+        let mut stages = st.stages.clone();
+        let text = String::from_utf8_lossy(&st.text);
+        parse_backend_breakdown(&text, &mut stages);
+        (st.first_line.map(|t| t - self.start), stages)
+    }
+
+    fn tail(&self, n: usize) -> String {
+        let Ok(st) = self.state.lock() else {
+            return String::new();
+        };
+        let from = st.text.len().saturating_sub(n);
+        String::from_utf8_lossy(&st.text[from..])
+            .replace('\r', "\n")
+            .replace("\x1b[0K", "")
+    }
+}
+
+impl TraceSink for BenchSink {
+    fn append(&self, data: &[u8]) {
+        let now = Instant::now();
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        st.text.extend_from_slice(data);
+        // Markers end with '\r'; scan complete ones only, from where the last scan stopped.
+        loop {
+            let from = st.scanned;
+            let rest = &st.text[from..];
+            let Some(cr) = rest.iter().position(|&b| b == b'\r') else {
+                break;
+            };
+            let chunk = String::from_utf8_lossy(&rest[..cr]).into_owned();
+            // Before the marker: maybe the first script line.
+            let marker_at = chunk
+                .rfind("section_start:")
+                .or_else(|| chunk.rfind("section_end:"));
+            let body = &chunk[..marker_at.unwrap_or(chunk.len())];
+            check_first_line(&mut st, body.as_bytes(), now);
+            if let Some(at) = marker_at {
+                handle_marker(&mut st, &chunk[at..], now);
+            }
+            st.scanned = from + cr + 1;
+        }
+        // Text after the last '\r' (script output) may hold the first line already.
+        let from = st.scanned;
+        let rest = st.text[from..].to_vec();
+        check_first_line(&mut st, &rest, now);
+    }
+}
+
+fn check_first_line(st: &mut SinkState, body: &[u8], now: Instant) {
+    if st.in_step_script
+        && st.first_line.is_none()
+        && body.windows(ECHO_START.len()).any(|w| w == ECHO_START)
+    {
+        st.first_line = Some(now);
+        if let Some(n) = st.notify.take() {
+            // Nobody listens unless a hook is set.
+            let _ = n.send(());
+        }
+    }
+}
+
+fn handle_marker(st: &mut SinkState, marker: &str, now: Instant) {
+    // section_start:<ts>:<name>[opts]  /  section_end:<ts>:<name>
+    let mut parts = marker.splitn(3, ':');
+    let kind = parts.next().unwrap_or("");
+    let _ts = parts.next();
+    let name = parts
+        .next()
+        .unwrap_or("")
+        .split('[')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if kind == "section_start" {
+        st.in_step_script = name == "step_script";
+        st.open.push((name, now));
+    } else if kind == "section_end" {
+        if name == "step_script" {
+            st.in_step_script = false;
+        }
+        if let Some(pos) = st.open.iter().rposition(|(n, _)| *n == name) {
+            let (n, t) = st.open.remove(pos);
+            *st.stages.entry(n).or_insert(0.0) += (now - t).as_secs_f64();
+        }
+    }
+}
+
+/// Reads the dind backend's prepare breakdown (`[stage 1.23s, stage 0.04s]` at the end of the
+/// "Job docker daemon ready" line) into `dind_*` stages.
+fn parse_backend_breakdown(text: &str, stages: &mut BTreeMap<String, f64>) {
+    for line in text
+        .lines()
+        .filter(|l| l.contains("Job docker daemon ready"))
+    {
+        let (Some(a), Some(b)) = (line.rfind('['), line.rfind(']')) else {
+            continue;
+        };
+        if b <= a {
+            continue;
+        }
+        for item in line[a + 1..b].split(',') {
+            let mut it = item.split_whitespace();
+            if let (Some(name), Some(v)) = (it.next(), it.next())
+                && let Ok(secs) = v.trim_end_matches('s').parse::<f64>()
+            {
+                stages.insert(format!("dind_{name}"), secs);
+            }
+        }
+    }
+}
+
+/// (job containers, sidecar) peaks of one job, bytes.
+type Peaks = (Option<u64>, Option<u64>);
+
+/// Peak memory per bench job, from the containers' memory cgroups.
+#[derive(Default)]
+struct MemWatcher {
+    peaks: Mutex<HashMap<u64, Peaks>>,
+}
+
+/// Which job a container belongs to, and whether it is a sidecar.
+#[derive(Clone, Copy)]
+struct Owner {
+    job: u64,
+    sidecar: bool,
+}
+
+impl MemWatcher {
+    fn take(&self, job: u64) -> (Option<u64>, Option<u64>) {
+        self.peaks
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&job))
+            .unwrap_or((None, None))
+    }
+
+    async fn run(self: Arc<Self>, docker: Docker, runner_ids: Vec<String>) {
+        let root = memory_cgroup_root().await;
+        let mut owners: HashMap<String, Option<Owner>> = HashMap::new();
+        let mut tick = tokio::time::interval(MEM_POLL);
+        loop {
+            tick.tick().await;
+            let Some(root) = &root else { return };
+            let ids = cgroup_ids(root).await;
+            if ids.iter().any(|id| !owners.contains_key(id)) {
+                // One listing per runner id classifies every new container at once.
+                let mut known = HashMap::new();
+                for rid in &runner_ids {
+                    let f = crate::docker::label_filters(rid, None);
+                    if let Ok(list) = docker.list_containers(&f).await {
+                        for c in list {
+                            let job = c.labels.get(LABEL_JOB).and_then(|j| j.parse().ok());
+                            let sidecar =
+                                c.labels.get(LABEL_ROLE).map(String::as_str) == Some("sidecar");
+                            if let Some(job) = job {
+                                known.insert(c.id, Owner { job, sidecar });
+                            }
+                        }
+                    }
+                }
+                for id in &ids {
+                    if !owners.contains_key(id) {
+                        owners.insert(id.clone(), known.get(id).copied());
+                    }
+                }
+            }
+            let mut sums: HashMap<u64, (u64, u64)> = HashMap::new();
+            for id in &ids {
+                let Some(Some(owner)) = owners.get(id) else {
+                    continue;
+                };
+                let Some(peak) = read_peak(root, id).await else {
+                    continue;
+                };
+                let e = sums.entry(owner.job).or_default();
+                if owner.sidecar {
+                    e.1 = e.1.max(peak);
+                } else {
+                    e.0 += peak;
+                }
+            }
+            if let Ok(mut p) = self.peaks.lock() {
+                for (job, (j, s)) in sums {
+                    let e = p.entry(job).or_insert((None, None));
+                    if j > 0 {
+                        e.0 = Some(e.0.unwrap_or(0).max(j));
+                    }
+                    if s > 0 {
+                        e.1 = Some(e.1.unwrap_or(0).max(s));
+                    }
+                }
+            }
+            let live: HashSet<&String> = ids.iter().collect();
+            owners.retain(|id, _| live.contains(id));
+        }
+    }
+}
+
+/// `/sys/fs/cgroup/memory/docker` (v1) or `/sys/fs/cgroup/system.slice` (v2, systemd driver).
+async fn memory_cgroup_root() -> Option<PathBuf> {
+    for p in [
+        "/sys/fs/cgroup/memory/docker",
+        "/sys/fs/cgroup/system.slice",
+    ] {
+        if tokio::fs::try_exists(p).await.unwrap_or(false) {
+            return Some(PathBuf::from(p));
+        }
+    }
+    None
+}
+
+/// Container ids with a memory cgroup under `root`.
+async fn cgroup_ids(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(mut rd) = tokio::fs::read_dir(root).await else {
+        return out;
+    };
+    while let Ok(Some(e)) = rd.next_entry().await {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let id = name
+            .strip_prefix("docker-")
+            .and_then(|n| n.strip_suffix(".scope"))
+            .unwrap_or(&name);
+        if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            out.push(id.to_string());
+        }
+    }
+    out
+}
+
+async fn read_peak(root: &Path, id: &str) -> Option<u64> {
+    let v1 = root.join(id).join("memory.max_usage_in_bytes");
+    let v2 = root.join(format!("docker-{id}.scope")).join("memory.peak");
+    for p in [v1, v2] {
+        if let Ok(s) = tokio::fs::read_to_string(&p).await
+            && let Ok(v) = s.trim().parse()
+        {
+            return Some(v);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink() -> BenchSink {
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        BenchSink::new(Instant::now(), tx)
+    }
+
+    #[test]
+    fn first_script_line_is_the_echo_inside_step_script() {
+        let s = sink();
+        s.append(b"\x1b[0Ksection_start:1:prepare_executor\r\x1b[0K\x1b[36;1mPreparing\x1b[0;m\n");
+        s.append(b"\x1b[32;1m$ not this\n");
+        s.append(b"\x1b[0Ksection_end:2:prepare_executor\r\x1b[0K");
+        assert!(s.results().0.is_none());
+        s.append(b"\x1b[0Ksection_start:3:step_script\r\x1b[0K\x1b[36;1mExecuting\x1b[0;m\n");
+        assert!(s.results().0.is_none());
+        s.append(b"\x1b[32;1m$ true\x1b[0;m\n");
+        let (ttfsl, stages) = s.results();
+        assert!(ttfsl.is_some());
+        assert!(stages.contains_key("prepare_executor"));
+        s.append(b"\x1b[0Ksection_end:4:step_script\r\x1b[0K");
+        assert!(s.results().1.contains_key("step_script"));
+    }
+
+    #[test]
+    fn breakdown_line_becomes_dind_stages() {
+        let mut st = BTreeMap::new();
+        parse_backend_breakdown(
+            "Job docker daemon ready in 2.1s (x) [network 0.12s, ready 1.90s]\n",
+            &mut st,
+        );
+        assert_eq!(st.get("dind_network"), Some(&0.12));
+        assert_eq!(st.get("dind_ready"), Some(&1.9));
+    }
+}
