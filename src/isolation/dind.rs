@@ -134,6 +134,7 @@ impl Isolation for DindBackend {
                 tmp_dir: PathBuf::new(),
             },
             inner: None,
+            warm: None,
         };
         let built = tokio::select! {
             biased;
@@ -143,7 +144,7 @@ impl Isolation for DindBackend {
         match built {
             Ok(()) => Ok(Box::new(env)),
             Err(e) => {
-                let report = env.state.teardown().await;
+                let report = env.finish().await;
                 for f in &report.failures {
                     out.write(format!("teardown after failed prepare: {f}\n").as_bytes());
                 }
@@ -206,12 +207,23 @@ impl DindBackend {
         env.state.paths = Some(paths.clone());
         env.paths = paths;
 
-        let volume = env.state.naming.name("docker");
-        docker
-            .create_volume(&volume, &env.state.naming.labels("data"))
-            .await
-            .map_err(other("create the sidecar's data volume"))?;
-        env.state.volume = Some(volume.clone());
+        // data_root = "project": a warm volume of this project and protection level, held by
+        // this job alone; otherwise (or when it is busy) an ephemeral one.
+        if iso.data_root == crate::config::DataRoot::Project {
+            env.warm = self.warm_root(spec, &env.state.naming, out).await;
+        }
+        let volume = match &env.warm {
+            Some(lease) => lease.volume.clone(),
+            None => {
+                let volume = env.state.naming.name("docker");
+                docker
+                    .create_volume(&volume, &env.state.naming.labels("data"))
+                    .await
+                    .map_err(other("create the sidecar's data volume"))?;
+                env.state.volume = Some(volume.clone());
+                volume
+            }
+        };
 
         // The sidecar: only runner config shapes it; no job variable reaches it (threat S2).
         sidecar.name = env.state.naming.name("sidecar");
@@ -222,6 +234,9 @@ impl DindBackend {
             iso.registry_mirror.as_deref(),
         ));
         sidecar.labels = env.state.naming.labels("sidecar");
+        if let Some(lease) = &env.warm {
+            sidecar.labels.extend(lease.sidecar_labels());
+        }
         sidecar.network = Some(net.name.clone());
         sidecar.aliases = vec!["docker".to_string()];
         sidecar.ipv4 = Some(sidecar_ip.to_string());
@@ -276,6 +291,14 @@ impl DindBackend {
             .as_bytes(),
         );
 
+        if let Some(lease) = env.warm.as_ref().filter(|l| !l.fresh) {
+            // What the previous job left running or stored goes; images and cache stay.
+            for f in super::data_root::scrub_inner(&inner).await {
+                out.write(format!("WARNING: warm data root: {f}\n").as_bytes());
+            }
+            tracing::debug!(volume = %lease.volume, "warm data root scrubbed");
+        }
+
         env.state
             .start_services(&spec.services, &spec.service_env)
             .await?;
@@ -305,6 +328,47 @@ impl DindBackend {
             job_env,
         });
         Ok(())
+    }
+
+    /// Takes the job's warm data root, or says why it runs on an ephemeral one.
+    async fn warm_root(
+        &self,
+        spec: &EnvironmentSpec,
+        naming: &common::Naming,
+        out: &Arc<dyn OutputSink>,
+    ) -> Option<super::data_root::WarmLease> {
+        let iso = &self.runner.docker.isolation;
+        let req = super::data_root::WarmRequest {
+            state_dir: &self.state_dir,
+            naming,
+            project_id: spec.project_id,
+            protected: spec.protected,
+            max_size: iso.data_root_max_size,
+            max_age: iso.data_root_max_age,
+            helper_image: &spec.helper_image,
+        };
+        match super::data_root::acquire(&self.docker, &req).await {
+            Ok(lease) => {
+                out.write(
+                    format!(
+                        "Using the warm data root {} ({})\n",
+                        lease.volume,
+                        if lease.fresh { "new, cold" } else { "warm" }
+                    )
+                    .as_bytes(),
+                );
+                Some(lease)
+            }
+            Err(miss) => {
+                out.write(
+                    format!(
+                        "The project's warm data root is {miss}; this job uses an ephemeral one\n"
+                    )
+                    .as_bytes(),
+                );
+                None
+            }
+        }
     }
 }
 
@@ -446,9 +510,36 @@ pub struct DindEnv {
     state: JobState,
     paths: JobPaths,
     inner: Option<Docker>,
+    /// The warm data root this job holds (`data_root = "project"`).
+    warm: Option<super::data_root::WarmLease>,
 }
 
 impl DindEnv {
+    /// Teardown with the warm data root's extra steps: its dockerd is stopped gracefully
+    /// before the ordered teardown (which never removes a warm volume), then the volume is
+    /// measured against its cap and its lock released.
+    async fn finish(mut self) -> TeardownReport {
+        let warm = self.warm.take();
+        if warm.is_some()
+            && let Some(id) = self.state.sidecar.as_deref()
+            && let Err(e) = self
+                .state
+                .docker
+                .stop_container(id, super::data_root::STOP_GRACE_SECS)
+                .await
+        {
+            tracing::warn!(error = %e, "could not stop the warm sidecar gracefully");
+        }
+        let docker = self.state.docker.clone();
+        let mut report = self.state.teardown().await;
+        if let Some(lease) = warm {
+            let (removed, failures) = lease.release(&docker).await;
+            report.removed.extend(removed);
+            report.failures.extend(failures);
+        }
+        report
+    }
+
     /// The job's own daemon, as the runner reaches it (mTLS).
     pub fn inner_docker(&self) -> Option<&Docker> {
         self.inner.as_ref()
@@ -480,8 +571,7 @@ impl JobEnvironment for DindEnv {
     }
 
     async fn teardown(self: Box<Self>) -> TeardownReport {
-        let this = *self;
-        this.state.teardown().await
+        self.finish().await
     }
 }
 
