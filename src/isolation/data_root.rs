@@ -133,8 +133,12 @@ impl std::fmt::Display for Miss {
 pub struct WarmRequest<'a> {
     /// The runner's state dir (lock files).
     pub state_dir: &'a Path,
-    /// The job's naming (runner id, job id, deadline) for the measuring container.
-    pub naming: &'a Naming,
+    /// The runner id.
+    pub runner_id: &'a str,
+    /// The job id (labels of the measuring container).
+    pub job_id: u64,
+    /// The job timeout (deadline label of the measuring container).
+    pub timeout: Duration,
     /// Project id.
     pub project_id: u64,
     /// Protected flag of the job.
@@ -189,7 +193,9 @@ impl NoFollow for std::fs::OpenOptions {
 /// too old or held by a leftover container, creates it when missing. `Err(Miss)` means "use an
 /// ephemeral volume" (never an error for the job).
 pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease, Miss> {
-    let runner_id = &req.naming.runner_id;
+    let naming = Naming::new(req.runner_id, req.job_id, req.timeout)
+        .map_err(|e| Miss::Unavailable(e.to_string()))?;
+    let runner_id = req.runner_id;
     let volume = volume_name(runner_id, req.project_id, req.protected);
     let lock = match try_lock(lock_path(req.state_dir, &volume)).await {
         Ok(Some(l)) => l,
@@ -250,7 +256,7 @@ pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease
         fresh,
         max_size: req.max_size,
         helper_image: req.helper_image.to_string(),
-        naming: req.naming.clone(),
+        naming,
         _lock: lock,
     })
 }

@@ -210,7 +210,7 @@ impl DindBackend {
         // data_root = "project": a warm volume of this project and protection level, held by
         // this job alone; otherwise (or when it is busy) an ephemeral one.
         if iso.data_root == crate::config::DataRoot::Project {
-            env.warm = self.warm_root(spec, &env.state.naming, out).await;
+            env.warm = self.warm_root(spec, out).await;
         }
         let volume = match &env.warm {
             Some(lease) => lease.volume.clone(),
@@ -334,13 +334,14 @@ impl DindBackend {
     async fn warm_root(
         &self,
         spec: &EnvironmentSpec,
-        naming: &common::Naming,
         out: &Arc<dyn OutputSink>,
     ) -> Option<super::data_root::WarmLease> {
         let iso = &self.runner.docker.isolation;
         let req = super::data_root::WarmRequest {
             state_dir: &self.state_dir,
-            naming,
+            runner_id: &spec.runner_id,
+            job_id: spec.job_id,
+            timeout: spec.timeout,
             project_id: spec.project_id,
             protected: spec.protected,
             max_size: iso.data_root_max_size,
