@@ -244,3 +244,83 @@ async fn inner_daemon_pulls_through_the_mirror() {
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     scope.assert_clean().await;
 }
+
+/// Measurement for docs/warm-images.md (ignored: slow, pushes the 350 MB job image):
+/// `cargo test --test registry_mirror -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn measure_mirror_pull_against_preload() {
+    let scope = Scope::new().await;
+    let registry = Registry::start(&scope).await;
+    let seeded = format!("{}/library/jobimage:mirrored", registry.loopback);
+    must(&["tag", JOB_IMAGE, &seeded]).await;
+    let pushed = docker_cli(&["push", &seeded]).await;
+    must(&["rmi", &seeded]).await;
+    assert!(pushed.0, "push failed: {}", pushed.1);
+    let mirror = format!("http://{}", registry.for_jobs);
+
+    // Preload: the host daemon's copy streamed into the job's daemon during prepare.
+    let mut cfg = scope.runner_config();
+    cfg.docker.isolation.preload_images = vec![JOB_IMAGE.to_string()];
+    let preload: Arc<dyn Isolation> = Arc::new(isolation::dind::DindBackend::new(
+        scope.docker.clone(),
+        Arc::new(cfg),
+        scope.state_dir(),
+    ));
+    let out = Collect::new();
+    let env = preload
+        .prepare(&spec(&scope, 601), out.clone(), CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
+    assert!(env.teardown().await.failures.is_empty());
+    let preloaded = out.text();
+
+    // Mirror: the job pulls it.
+    let mut cfg = scope.runner_config();
+    cfg.docker.isolation.registry_mirror = Some(mirror.clone());
+    let mirrored: Arc<dyn Isolation> = Arc::new(isolation::dind::DindBackend::new(
+        scope.docker.clone(),
+        Arc::new(cfg),
+        scope.state_dir(),
+    ));
+    let out = Collect::new();
+    let env = mirrored
+        .prepare(&spec(&scope, 602), out.clone(), CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
+    let script = format!(
+        "set -eo pipefail\n\
+         curl -fsS -o /dev/null -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+           {mirror}/v2/library/jobimage/manifests/mirrored\n\
+         start=$(date +%s%N)\n\
+         docker pull -q jobimage:mirrored\n\
+         echo PULL-MS=$(( ($(date +%s%N) - start) / 1000000 ))\n"
+    );
+    let code = env
+        .run_script(
+            ScriptRequest {
+                role: Role::Build,
+                script,
+                env: Vec::new(),
+            },
+            out.clone(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("script");
+    assert!(env.teardown().await.failures.is_empty());
+    registry.stop().await;
+    assert_eq!(code, 0, "{}", out.text());
+    eprintln!(
+        "preload: {}\nmirror: {}",
+        preloaded
+            .lines()
+            .find(|l| l.starts_with("Preloaded"))
+            .unwrap_or("?"),
+        out.text()
+            .lines()
+            .find(|l| l.starts_with("PULL-MS="))
+            .unwrap_or("?")
+    );
+    scope.assert_clean().await;
+}
