@@ -63,7 +63,7 @@ struct Run {
 async fn run(backend: Arc<dyn Isolation>, runner: &RunnerConfig, job: JobResponse) -> Run {
     let sink = Arc::new(BufferSink::new());
     let mut p = Pipeline::new(backend, RecordingStore::new());
-    p.cache = Some(LocalCache::new());
+    p.cache = Some(LocalCache::hook());
     let outcome = p
         .execute(
             job,
@@ -445,7 +445,7 @@ async fn dind_jobs_save_and_restore() {
         scope.state_dir(),
     ));
     let mut pipeline = Pipeline::new(backend, RecordingStore::new());
-    pipeline.cache = Some(LocalCache::new());
+    pipeline.cache = Some(LocalCache::hook());
     pipeline.runner_id = scope.runner_id.clone();
     let pipeline = Arc::new(pipeline);
     let go = |j: JobResponse| {

@@ -63,10 +63,7 @@ impl Registry {
         let gateway = nix::ifaddrs::getifaddrs()
             .expect("getifaddrs")
             .filter(|i| i.interface_name == bridge)
-            .find_map(|i| {
-                i.address
-                    .and_then(|a| a.as_sockaddr_in().map(|s| std::net::Ipv4Addr::from(s.ip())))
-            })
+            .find_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|s| s.ip())))
             .unwrap_or_else(|| panic!("no IPv4 address on the default bridge {bridge:?}"));
         assert!(gateway.is_private(), "{gateway} is not a private address");
         let gateway = gateway.to_string();

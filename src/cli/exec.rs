@@ -228,7 +228,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         artifacts: Arc::new(LocalArtifactStore {
             root: cwd.join(".runner-artifacts"),
         }),
-        cache: Some(crate::job::LocalCache::new()),
+        cache: Some(crate::job::LocalCache::hook()),
         local_tree: Some(LocalTree {
             root: cwd.clone(),
             files,

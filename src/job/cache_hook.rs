@@ -26,7 +26,7 @@ pub struct LocalCache;
 
 impl LocalCache {
     /// The hook, ready to put in [`super::Pipeline::cache`].
-    pub fn new() -> Arc<dyn CacheHook> {
+    pub fn hook() -> Arc<dyn CacheHook> {
         Arc::new(LocalCache)
     }
 }

@@ -77,7 +77,7 @@ impl JobExecutor for RunnerExecutor {
         };
         let mut pipeline = Pipeline::new(backend, Arc::new(ArtifactClient::new(client)));
         // `cache:` is always on: local archives under the entry's `cache_dir`.
-        pipeline.cache = Some(self.cache.clone().unwrap_or_else(super::LocalCache::new));
+        pipeline.cache = Some(self.cache.clone().unwrap_or_else(super::LocalCache::hook));
         pipeline.runner_id = self.runner_id.clone();
         pipeline.execute(job, runner, trace, control).await
     }
