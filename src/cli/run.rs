@@ -39,13 +39,28 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
                 config.state_dir.display()
             )
         })?;
+    let journal = Arc::new(
+        daemon::Journal::open(&config.state_dir)
+            .await
+            .context("cannot open the crash journal")?,
+    );
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let executor = RunnerExecutor::new(
-        system_id,
+        system_id.clone(),
         config.state_dir.clone(),
         ClientOptions::default(),
         None,
-    );
+    )
+    .with_metrics(metrics.clone())
+    .with_observer(journal.clone());
     let signals = daemon::OsSignals::new().context("cannot install signal handlers")?;
-    daemon::run(config, Arc::new(executor), signals).await?;
+    let options = daemon::DaemonOptions {
+        system_id: Some(system_id),
+        journal: Some(journal),
+        metrics: Some(metrics),
+        reap_at_start: true,
+        ..daemon::DaemonOptions::default()
+    };
+    daemon::run_with(config, Arc::new(executor), signals, options).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,13 +1,38 @@
 //! One job on the wire: confirm, stream the trace, run the executor, flush, report.
 
+use super::journal::{ENTRY_VERSION, JournalEntry};
 use super::{RunnerCtx, Shared};
+use crate::gitlab::Client;
 use crate::gitlab::client::{MalformedJob, UpdateJob};
 use crate::gitlab::trace::{JobSignal, TraceUploader, job_signal};
 use crate::gitlab::types::JobResponse;
 use crate::job::{FailureReason, JobControl, JobOutcome};
+use crate::metrics::RunnerMetrics;
 use crate::secret::Secret;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// `PUT /jobs/:id` with the endpoint counted in the metrics.
+async fn update_job(
+    client: &Client,
+    metrics: Option<&RunnerMetrics>,
+    id: u64,
+    token: &Secret,
+    update: &UpdateJob,
+) -> Result<crate::gitlab::client::JobAnswer, crate::gitlab::Error> {
+    let started = std::time::Instant::now();
+    let r = client.update_job(id, token, update).await;
+    if let Some(m) = metrics {
+        let status = match &r {
+            Ok(a) => Some(a.status),
+            Err(e) => e.status(),
+        };
+        if let Some(s) = status {
+            m.api_request_timed("update_job", s, started.elapsed());
+        }
+    }
+    r
+}
 
 /// Maps our reason onto the reasons this GitLab knows (`features.failure_reasons`); an old
 /// GitLab that sends no list gets our reason as is.
@@ -68,7 +93,7 @@ pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, job: JobResponse) 
         ..UpdateJob::default()
     };
     let mut cancelled_before_start = false;
-    match ctx.client.update_job(id, &token, &confirm).await {
+    match update_job(&ctx.client, ctx.metrics.as_ref(), id, &token, &confirm).await {
         Ok(a) if a.status == 404 || job_signal(&a) == JobSignal::Abort => {
             tracing::info!(job.id = id, status = a.status, job_status = ?a.job_status, "job dropped by GitLab before it started");
             return;
@@ -79,6 +104,36 @@ pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, job: JobResponse) 
             tracing::warn!(job.id = id, error = %e, "cannot confirm the job; running it anyway")
         }
     }
+
+    let journal = shared.options.journal.as_deref();
+    if let Some(j) = journal {
+        let entry = JournalEntry {
+            version: ENTRY_VERSION,
+            job_id: id,
+            job_token: token.clone(),
+            gitlab_url: ctx.cfg.url.to_string(),
+            runner_name: ctx.cfg.name.clone(),
+            runner_id: ctx.system_id.clone(),
+            builds_dir: ctx.cfg.builds_dir.clone(),
+            state_dir: shared.state_dir.clone(),
+            isolation_mode: ctx.cfg.docker.isolation.mode.as_str().to_string(),
+            failure_reasons: supported.clone(),
+            started_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            resources: None,
+            trace_offset: 0,
+            trace_crc32: 0,
+        };
+        if let Err(e) = j.record(entry).await {
+            tracing::warn!(job.id = id, error = %e, "cannot record the job in the crash journal; a crash would leave it to the reaper and GitLab's timeout");
+        }
+    }
+    let running = ctx
+        .metrics
+        .as_ref()
+        .map(|m| m.job_started(ctx.cfg.docker.isolation.mode));
 
     let uploader = TraceUploader::start(
         ctx.client.clone(),
@@ -97,11 +152,26 @@ pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, job: JobResponse) 
         let exec_sink = sink.clone();
         let exec_control = control.clone();
         // Its own task so a panic in the pipeline fails this job, not the daemon.
-        match tokio::spawn(
-            async move { executor.execute(job, runner, exec_sink, exec_control).await },
-        )
-        .await
-        {
+        let task =
+            tokio::spawn(
+                async move { executor.execute(job, runner, exec_sink, exec_control).await },
+            );
+        tokio::pin!(task);
+        let mut refresh = tokio::time::interval(shared.options.journal_refresh);
+        let joined = loop {
+            tokio::select! {
+                r = &mut task => break r,
+                _ = refresh.tick(), if journal.is_some() => {
+                    if let Some(j) = journal {
+                        let (offset, crc) = uploader.acknowledged();
+                        if let Err(e) = j.set_trace(id, offset, crc).await {
+                            tracing::debug!(job.id = id, error = %e, "cannot update the journal's trace offset");
+                        }
+                    }
+                }
+            }
+        };
+        match joined {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::error!(job.id = id, error = %e, "the job pipeline crashed");
@@ -128,17 +198,41 @@ pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, job: JobResponse) 
         summary.checksum,
         summary.bytesize,
     );
-    send_final(ctx, shared, id, &token, &update).await;
+    if let Some(r) = running {
+        r.finished(&outcome);
+    }
+    send_final(
+        &ctx.client,
+        shared,
+        ctx.metrics.as_ref(),
+        id,
+        &token,
+        &update,
+    )
+    .await;
+    // The job is over on our side whatever GitLab answered: a restart must not report it again.
+    if let Some(j) = journal
+        && let Err(e) = j.remove(id).await
+    {
+        tracing::warn!(job.id = id, error = %e, "cannot remove the job from the crash journal");
+    }
 }
 
 /// Sends the final state until GitLab accepts it (200), waits while it answers 202, stops on
 /// 403/404 (the job is over on GitLab's side) or after `final_update_deadline`.
-async fn send_final(ctx: &RunnerCtx, shared: &Shared, id: u64, token: &Secret, update: &UpdateJob) {
+pub(super) async fn send_final(
+    client: &Client,
+    shared: &Shared,
+    metrics: Option<&RunnerMetrics>,
+    id: u64,
+    token: &Secret,
+    update: &UpdateJob,
+) {
     let deadline = Instant::now() + shared.options.final_update_deadline;
     let mut pause = shared.options.final_retry_pause;
     let mut warned = false;
     loop {
-        let wait = match ctx.client.update_job(id, token, update).await {
+        let wait = match update_job(client, metrics, id, token, update).await {
             Ok(a) if a.status == 200 => {
                 tracing::info!(job.id = id, state = %update.state, failure_reason = ?update.failure_reason, "job finished");
                 return;
@@ -218,7 +312,22 @@ pub(super) async fn fail_malformed(ctx: &RunnerCtx, shared: &Shared, bad: Malfor
         bytesize: Some(summary.bytesize),
         info: None,
     };
-    send_final(ctx, shared, id, &token, &update).await;
+    if let Some(m) = &ctx.metrics {
+        m.job_started(ctx.cfg.docker.isolation.mode)
+            .finished(&JobOutcome::Failed {
+                reason: FailureReason::RunnerSystemFailure,
+                exit_code: None,
+            });
+    }
+    send_final(
+        &ctx.client,
+        shared,
+        ctx.metrics.as_ref(),
+        id,
+        &token,
+        &update,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -12,9 +12,17 @@
 //!   start.
 //! - SIGQUIT stops polling and waits for jobs; SIGTERM/SIGINT also cancels jobs gracefully and
 //!   aborts them when `shutdown_timeout` runs out; a second SIGTERM/SIGINT aborts at once.
+//! - before the first poll, jobs a killed process left in the [`journal`] are torn down and
+//!   reported failed, and the label reaper sweeps this runner id (`docs/crash-recovery.md`).
+//! - with `listen_address`, `/metrics`, `/health` and `/ready` are served (`docs/metrics.md`).
 
 mod job;
+pub mod journal;
+mod recover;
 pub mod signals;
+
+pub use journal::Journal;
+pub use recover::CLOSING_LINE;
 
 pub use signals::{ChannelSignals, OsSignals, ShutdownSignal, SignalSource, signal_channel};
 
@@ -24,6 +32,7 @@ use crate::gitlab::identity;
 use crate::gitlab::trace::TraceOptions;
 use crate::gitlab::{self, Client};
 use crate::job::JobExecutor;
+use crate::metrics::{self, Metrics, Readiness, RunnerLabels, RunnerMetrics};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,6 +67,9 @@ pub enum Error {
         #[source]
         source: gitlab::Error,
     },
+    /// `listen_address` could not be served.
+    #[error(transparent)]
+    Metrics(#[from] metrics::Error),
 }
 
 /// Knobs that are not in the config file (tests shorten them).
@@ -77,6 +89,15 @@ pub struct DaemonOptions {
     pub abort_grace: Duration,
     /// Overrides the system id (else read from or written to the state dir).
     pub system_id: Option<String>,
+    /// The crash journal (`runner run` sets it; `None` disables crash recovery).
+    pub journal: Option<Arc<Journal>>,
+    /// The metrics registry; served on `listen_address` (one is made when that is set and
+    /// this is `None`).
+    pub metrics: Option<Arc<Metrics>>,
+    /// Run the label reaper for this runner id before the first poll.
+    pub reap_at_start: bool,
+    /// How often a running job's acknowledged trace offset is copied into the journal.
+    pub journal_refresh: Duration,
 }
 
 impl Default for DaemonOptions {
@@ -89,6 +110,10 @@ impl Default for DaemonOptions {
             unhealthy_backoff: Duration::from_secs(60),
             abort_grace: Duration::from_secs(10),
             system_id: None,
+            journal: None,
+            metrics: None,
+            reap_at_start: false,
+            journal_refresh: Duration::from_secs(3),
         }
     }
 }
@@ -111,6 +136,8 @@ struct Shared {
     graceful: CancellationToken,
     force: CancellationToken,
     info: serde_json::Value,
+    state_dir: std::path::PathBuf,
+    readiness: Readiness,
 }
 
 struct RunnerCtx {
@@ -126,6 +153,7 @@ struct RunnerCtx {
     token_rejected: AtomicBool,
     failures: AtomicU32,
     backoff_until: Mutex<Option<Instant>>,
+    metrics: Option<RunnerMetrics>,
 }
 
 /// Job slots held while a request is open and then for the whole job.
@@ -167,6 +195,37 @@ pub async fn run_with(
             }
         },
     };
+    let metrics = match (&options.metrics, &config.listen_address) {
+        (Some(m), _) => Some(m.clone()),
+        (None, Some(_)) => Some(Arc::new(Metrics::new())),
+        (None, None) => None,
+    };
+    let readiness = Readiness::new();
+    // Bound before anything else so a taken port fails the start, not a background task.
+    let server_stop = CancellationToken::new();
+    if let (Some(addr), Some(m)) = (&config.listen_address, &metrics) {
+        let server = metrics::bind(addr).await?;
+        tracing::info!(address = %server.local_addr(), "serving /metrics, /health and /ready");
+        let (m, r, stop) = (m.clone(), readiness.clone(), server_stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = server.serve(m, r, stop).await {
+                tracing::error!(error = %e, "the metrics server stopped");
+            }
+        });
+    }
+    if let Some(m) = &metrics {
+        m.set_concurrent(config.concurrent);
+    }
+    let mut options = options;
+    options.metrics = metrics.clone();
+    let lost = recover::cleanup(
+        &config,
+        &system_id,
+        options.journal.as_deref(),
+        options.reap_at_start,
+        metrics.as_ref(),
+    )
+    .await;
     let shared = Arc::new(Shared {
         executor,
         options: options.clone(),
@@ -176,6 +235,8 @@ pub async fn run_with(
         graceful: CancellationToken::new(),
         force: CancellationToken::new(),
         info: identity::runner_info(),
+        state_dir: config.state_dir.clone(),
+        readiness: readiness.clone(),
     });
     let n = config.runners.len() as u32;
     let mut ctxs = Vec::new();
@@ -185,6 +246,15 @@ pub async fn run_with(
                 name: r.name.clone(),
                 source,
             })?;
+        let runner_metrics = metrics.as_ref().map(|m| {
+            let rm = m.runner(RunnerLabels::new(
+                identity::short_token(r.token.expose()),
+                r.name.clone(),
+                system_id.clone(),
+            ));
+            rm.set_limit(r.limit);
+            rm
+        });
         ctxs.push(Arc::new(RunnerCtx {
             cfg: Arc::new(r.clone()),
             client,
@@ -198,20 +268,34 @@ pub async fn run_with(
             token_rejected: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             backoff_until: Mutex::new(None),
+            metrics: runner_metrics,
         }));
     }
     tracing::info!(runners = n, concurrent = config.concurrent, ?check_interval, %system_id, "runner started");
+    let ctxs_for_lost = ctxs.clone();
     for (i, ctx) in ctxs.into_iter().enumerate() {
         // Entries are staggered so the process sends one request every check_interval / N.
         let offset = check_interval / n * i as u32;
-        shared.tracker.spawn(poll_loop(ctx, shared.clone(), offset));
+        shared
+            .tracker
+            .spawn(poll_loop(ctx.clone(), shared.clone(), offset));
+    }
+    // Lost jobs are reported beside polling: a GitLab outage must not hold up the runner, and
+    // shutdown waits for these reports like for jobs.
+    for entry in lost {
+        let m = ctxs_metrics(&ctxs_for_lost, &entry);
+        shared
+            .tracker
+            .spawn(recover::report_lost(shared.clone(), entry, m));
     }
     shared.tracker.close();
+    readiness.set_ready();
 
     let signal_task = {
         let shared = shared.clone();
         tokio::spawn(async move {
             while let Some(sig) = signals.recv().await {
+                shared.readiness.set_draining();
                 match sig {
                     ShutdownSignal::Drain => {
                         if !shared.polling.is_cancelled() {
@@ -259,8 +343,16 @@ pub async fn run_with(
         }
     }
     signal_task.abort();
+    server_stop.cancel();
     tracing::info!("runner stopped");
     Ok(())
+}
+
+/// The metrics handle of the runner entry a lost job belonged to.
+fn ctxs_metrics(ctxs: &[Arc<RunnerCtx>], entry: &journal::JournalEntry) -> Option<RunnerMetrics> {
+    ctxs.iter()
+        .find(|c| c.cfg.name == entry.runner_name)
+        .and_then(|c| c.metrics.clone())
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -339,8 +431,20 @@ async fn request_and_run(
         last_update: lock(&ctx.last_update).clone(),
         info: shared.info.clone(),
     };
+    let started = std::time::Instant::now();
     let result = ctx.client.request_job(&req, Some(&shared.polling)).await;
     drop(request_slot);
+    if let Some(m) = &ctx.metrics {
+        let status = match &result {
+            Ok(JobRequestOutcome::NoJob { .. }) => Some(204),
+            Ok(JobRequestOutcome::Conflict) => Some(409),
+            Ok(JobRequestOutcome::Job { .. } | JobRequestOutcome::Malformed(_)) => Some(201),
+            Err(e) => e.status(),
+        };
+        if let Some(s) = status {
+            m.api_request_timed("request_job", s, started.elapsed());
+        }
+    }
     let remember = |lu: Option<String>| {
         if let Some(lu) = lu {
             *lock(&ctx.last_update) = Some(lu);

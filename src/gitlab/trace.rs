@@ -193,6 +193,17 @@ impl TraceUploader {
         Arc::new(Sink(self.shared.clone()))
     }
 
+    /// The bytes GitLab has acknowledged so far: their count and the CRC-32 over them. The
+    /// daemon's crash journal records this, so a restarted runner can append to the trace at
+    /// the right offset and still send a correct checksum.
+    pub fn acknowledged(&self) -> (u64, u32) {
+        let b = self.shared.lock();
+        let sent = (b.sent as usize).min(b.data.len());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&b.data[..sent]);
+        (sent as u64, h.finalize())
+    }
+
     /// True once GitLab asked to cancel or abort this job.
     pub fn stopped_by_gitlab(&self) -> bool {
         self.shared.stopped_by_gitlab.load(Ordering::SeqCst)
@@ -256,10 +267,16 @@ impl Worker {
             if closed && final_started.is_none() {
                 final_started = Some(Instant::now());
             }
+            // Only a round that sent something counts as contact: a silent job (`sleep 600`)
+            // must still get keep-alives, whose answers carry GitLab's cancel request.
+            let had_pending = {
+                let b = self.shared.lock();
+                b.sent < b.data.len() as u64
+            };
             let round = self
                 .send_pending(&mut interval, &mut outage_logged, closed)
                 .await;
-            if !matches!(round, Round::Later) {
+            if had_pending && !matches!(round, Round::Later) {
                 last_contact = Instant::now();
             }
             match round {

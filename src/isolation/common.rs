@@ -265,6 +265,8 @@ pub struct JobState {
     pub script: Option<ScriptSettings>,
     /// Counter for script container names.
     pub seq: AtomicU32,
+    /// The job bridge's firewall policy (dind), removed after the containers, before the network.
+    pub egress: Option<super::egress::JobEgress>,
 }
 
 impl JobState {
@@ -282,6 +284,7 @@ impl JobState {
             services: Vec::new(),
             script: None,
             seq: AtomicU32::new(0),
+            egress: None,
         }
     }
 
@@ -562,6 +565,14 @@ impl JobState {
                 Ok(true) => report.removed.push(format!("volume {v}")),
                 Ok(false) => {}
                 Err(e) => report.failures.push(e.to_string()),
+            }
+        }
+        // The firewall chain goes once nothing runs on the bridge, and before the bridge itself
+        // (a chain whose bridge is gone would match a reused interface name).
+        if let Some(e) = self.egress.take() {
+            match e.remove().await {
+                Ok(()) => report.removed.push(format!("firewall chain {}", e.chain())),
+                Err(err) => report.failures.push(err.to_string()),
             }
         }
         let mut networks: Vec<String> = self.network.take().into_iter().map(|n| n.name).collect();

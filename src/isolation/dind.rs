@@ -135,6 +135,7 @@ impl Isolation for DindBackend {
             },
             inner: None,
             warm: None,
+            ready_after: None,
         };
         let built = tokio::select! {
             biased;
@@ -186,6 +187,10 @@ impl DindBackend {
         let net = common::carve_network(docker, &env.state.naming, iso.address_pool, mtu).await?;
         env.state.network = Some(net.clone());
         let sidecar_ip = net.sidecar_ip();
+        // Host-side rules on the bridge before anything runs on it (see `egress.rs`).
+        let handle = super::egress::handle_for(&self.runner, &spec.runner_id, spec.job_id)?;
+        env.state.egress = Some(handle.clone());
+        super::egress::install(&handle, docker, &self.runner, &env.state.naming, &net).await?;
 
         let pki = crate::pki::issue_job_pki(&crate::pki::PkiRequest::for_sidecar(
             spec.job_id,
@@ -228,11 +233,10 @@ impl DindBackend {
         // The sidecar: only runner config shapes it; no job variable reaches it (threat S2).
         sidecar.name = env.state.naming.name("sidecar");
         sidecar.image = iso.sidecar_image.clone();
-        sidecar.cmd = Some(inner_daemon_args(
-            iso.inner_address_pool,
-            mtu,
-            iso.registry_mirror.as_deref(),
-        ));
+        let mut inner_args =
+            inner_daemon_args(iso.inner_address_pool, mtu, iso.registry_mirror.as_deref());
+        inner_args.extend(inner_dns_args(&super::egress::host_resolvers().await));
+        sidecar.cmd = Some(inner_args);
         sidecar.labels = env.state.naming.labels("sidecar");
         if let Some(lease) = &env.warm {
             sidecar.labels.extend(lease.sidecar_labels());
@@ -274,6 +278,7 @@ impl DindBackend {
         let addr = SocketAddr::new(IpAddr::V4(sidecar_ip), 2376);
         let inner = wait_ready(docker, &id, addr, tls, iso.ready_timeout).await?;
         let waited = started.elapsed();
+        env.ready_after = Some(waited);
         tracing::info!(
             job.id = spec.job_id,
             ready_ms = waited.as_millis() as u64,
@@ -406,6 +411,15 @@ pub fn inner_daemon_args(
 }
 use ipnet::Ipv4Net;
 
+/// `--dns` flags for the inner dockerd: the host's own upstream resolvers (the sidecar's
+/// resolv.conf names only Docker's 127.0.0.11, which the inner daemon cannot hand to its
+/// containers, so without these it would fall back to 8.8.8.8). Queries from inner containers
+/// are NATed behind the sidecar and pass the job bridge's policy, which lets DNS to these
+/// resolvers through even with `egress = "deny"`. Empty when the host has none.
+pub fn inner_dns_args(resolvers: &[IpAddr]) -> Vec<String> {
+    resolvers.iter().map(|ip| format!("--dns={ip}")).collect()
+}
+
 /// A sidecar that cannot start because the host refuses the profile's privileges is a
 /// `ProfileUnavailable` (with what to do), not a generic error: the admin must choose.
 fn start_error(profile: SidecarProfile, e: crate::docker::Error) -> Error {
@@ -513,6 +527,7 @@ pub struct DindEnv {
     inner: Option<Docker>,
     /// The warm data root this job holds (`data_root = "project"`).
     warm: Option<super::data_root::WarmLease>,
+    ready_after: Option<Duration>,
 }
 
 impl DindEnv {
@@ -574,6 +589,24 @@ impl JobEnvironment for DindEnv {
     async fn teardown(self: Box<Self>) -> TeardownReport {
         self.finish().await
     }
+
+    fn resources(&self) -> super::EnvironmentResources {
+        let s = &self.state;
+        super::EnvironmentResources {
+            runner_id: s.naming.runner_id.clone(),
+            labels: crate::docker::label_filters(&s.naming.runner_id, Some(s.naming.job_id)),
+            project_dir: Some(self.paths.project_dir.clone()),
+            tmp_dir: Some(self.paths.tmp_dir.clone()),
+            cert_dir: s.cert_dir.as_ref().map(|c| c.root.clone()),
+            network: s.network.as_ref().map(|n| n.name.clone()),
+            subnet: s.network.as_ref().map(|n| n.subnet.to_string()),
+            bridge_interface: None,
+            sidecar: s.sidecar.clone(),
+            volume: s.volume.clone(),
+            services: s.services.clone(),
+            sidecar_ready: self.ready_after,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -592,6 +625,22 @@ mod tests {
         );
         let b = inner_daemon_args("10.214.0.0/16".parse().unwrap(), None, Some(""));
         assert!(!b.iter().any(|x| x.contains("mtu") || x.contains("mirror")));
+    }
+
+    #[test]
+    fn inner_dns_flags_name_each_resolver() {
+        let r: Vec<IpAddr> = vec![
+            "10.255.255.53".parse().unwrap(),
+            "2001:db8::53".parse().unwrap(),
+        ];
+        assert_eq!(
+            inner_dns_args(&r),
+            vec![
+                "--dns=10.255.255.53".to_string(),
+                "--dns=2001:db8::53".to_string()
+            ]
+        );
+        assert!(inner_dns_args(&[]).is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 mod common;
 pub mod data_root;
 pub mod dind;
+pub mod egress;
 pub mod reaper;
 pub mod shared_socket;
 
@@ -135,6 +136,49 @@ pub trait JobEnvironment: Send + Sync {
 
     /// Removes everything the job created, in a defined order, and reports what it removed.
     async fn teardown(self: Box<Self>) -> TeardownReport;
+
+    /// What this environment made on the host, for the daemon's crash journal and metrics.
+    /// The default knows only the job paths; backends add what they created.
+    fn resources(&self) -> EnvironmentResources {
+        EnvironmentResources {
+            project_dir: Some(self.paths().project_dir.clone()),
+            tmp_dir: Some(self.paths().tmp_dir.clone()),
+            ..EnvironmentResources::default()
+        }
+    }
+}
+
+/// What a prepared job environment created on the host. Recorded in the crash journal so a
+/// restarted runner knows what to remove; everything here is also findable by label, this is
+/// the exact list for the operator and for objects without labels (directories).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct EnvironmentResources {
+    /// Runner id the objects are labelled with.
+    pub runner_id: String,
+    /// Labels every object of the job carries (`key=value`), as used for the label sweep.
+    pub labels: Vec<String>,
+    /// `CI_PROJECT_DIR`.
+    pub project_dir: Option<PathBuf>,
+    /// The job's scratch dir.
+    pub tmp_dir: Option<PathBuf>,
+    /// The per-job certificate dir.
+    pub cert_dir: Option<PathBuf>,
+    /// The job network.
+    pub network: Option<String>,
+    /// The job network's subnet.
+    pub subnet: Option<String>,
+    /// Host interface of the job bridge, when known.
+    pub bridge_interface: Option<String>,
+    /// Sidecar container id.
+    pub sidecar: Option<String>,
+    /// Sidecar data volume.
+    pub volume: Option<String>,
+    /// Service container ids.
+    pub services: Vec<String>,
+    /// Time from creating the sidecar to its first mTLS ping (metrics only, not journaled).
+    #[serde(skip)]
+    pub sidecar_ready: Option<Duration>,
 }
 
 /// What a teardown removed and what it could not.

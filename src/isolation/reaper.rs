@@ -138,8 +138,87 @@ pub async fn reap(docker: &Docker, req: &ReapRequest) -> ReapReport {
             }
         }
     }
+    // Firewall chains: this runner's, and other runners' whose network is gone.
+    let (found, removed, failures) = super::egress::reap(docker, &req.runner_id, req.dry_run).await;
+    report.found.extend(found);
+    report.removed.extend(removed);
+    report.failures.extend(failures);
     for f in &report.failures {
         tracing::warn!(failure = %f, "reaper could not remove a leftover");
+    }
+    report
+}
+
+/// Removes one job's leftovers: objects labelled with this runner's id *and* `job_id`, the job's
+/// certificate dir and its job dirs. Crash recovery calls this for each job in the journal
+/// before reporting it; the runner-wide [`reap`] runs after it. Never fails as a whole.
+pub async fn reap_job(docker: &Docker, req: &ReapRequest, job_id: u64) -> ReapReport {
+    let mut report = ReapReport::default();
+    let filters = docker::label_filters(&req.runner_id, Some(job_id));
+    match docker.list_containers(&filters).await {
+        Ok(mut containers) => {
+            // Sidecars last, as in teardown.
+            containers
+                .sort_by_key(|c| c.labels.get(LABEL_ROLE).map(String::as_str) == Some("sidecar"));
+            for c in &containers {
+                report.found.push(format!("container {}", c.name));
+                if !req.dry_run {
+                    match docker.remove_container(&c.id).await {
+                        Ok(_) => report.removed.push(format!("container {}", c.name)),
+                        Err(e) => report.failures.push(e.to_string()),
+                    }
+                }
+            }
+        }
+        Err(e) => report.failures.push(e.to_string()),
+    }
+    match docker.list_volumes(&filters).await {
+        Ok(vols) => {
+            for v in &vols {
+                report.found.push(format!("volume {}", v.name));
+                if !req.dry_run {
+                    match docker.remove_volume(&v.name).await {
+                        Ok(_) => report.removed.push(format!("volume {}", v.name)),
+                        Err(e) => report.failures.push(e.to_string()),
+                    }
+                }
+            }
+        }
+        Err(e) => report.failures.push(e.to_string()),
+    }
+    match docker.list_networks(&filters).await {
+        Ok(nets) => {
+            for n in &nets {
+                report.found.push(format!("network {}", n.name));
+                if !req.dry_run {
+                    match docker.remove_network(&n.name).await {
+                        Ok(_) => report.removed.push(format!("network {}", n.name)),
+                        Err(e) => report.failures.push(e.to_string()),
+                    }
+                }
+            }
+        }
+        Err(e) => report.failures.push(e.to_string()),
+    }
+    let job = JobId::new(job_id);
+    match crate::paths::runner_cert_root(&req.state_dir, &req.runner_id) {
+        Ok(root) => {
+            remove_dir(
+                &root.join(crate::paths::cert_dir_name(job)),
+                req.dry_run,
+                &mut report,
+            )
+            .await
+        }
+        Err(e) => report.failures.push(e.to_string()),
+    }
+    if let Ok(p) = crate::paths::job_paths(&req.builds_dir, job) {
+        for d in [p.project_dir, p.tmp_dir] {
+            remove_dir(&d, req.dry_run, &mut report).await;
+        }
+    }
+    for f in &report.failures {
+        tracing::warn!(job.id = job_id, failure = %f, "reaper could not remove a leftover of a job");
     }
     report
 }

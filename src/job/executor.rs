@@ -5,11 +5,25 @@ use super::{JobControl, JobExecutor, JobOutcome, Pipeline};
 use crate::config::RunnerConfig;
 use crate::gitlab::types::JobResponse;
 use crate::gitlab::{ArtifactClient, Client, ClientOptions};
-use crate::isolation::{self, Isolation};
+use crate::isolation::{
+    self, EnvironmentResources, EnvironmentSpec, Isolation, JobEnvironment, JobPaths, OutputSink,
+    ScriptRequest, TeardownReport,
+};
 use crate::job::{CacheHook, FailureReason};
+use crate::metrics::Metrics;
 use crate::trace::TraceSink;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Told when a job's environment exists, with what it made on the host (the daemon's crash
+/// journal records it).
+#[async_trait::async_trait]
+pub trait JobObserver: Send + Sync {
+    /// `job_id`'s environment is prepared and holds `resources`.
+    async fn environment_ready(&self, job_id: u64, resources: &EnvironmentResources);
+}
 
 /// Runs jobs for the daemon. Backends are made on first use and kept, so a runner entry's
 /// backend state (address allocations, image checks) lives as long as the daemon.
@@ -19,6 +33,8 @@ pub struct RunnerExecutor {
     client_options: ClientOptions,
     cache: Option<Arc<dyn CacheHook>>,
     backends: tokio::sync::Mutex<HashMap<String, Arc<dyn Isolation>>>,
+    metrics: Option<Arc<Metrics>>,
+    observer: Option<Arc<dyn JobObserver>>,
 }
 
 impl RunnerExecutor {
@@ -36,7 +52,21 @@ impl RunnerExecutor {
             client_options,
             cache,
             backends: tokio::sync::Mutex::new(HashMap::new()),
+            metrics: None,
+            observer: None,
         }
+    }
+
+    /// Records backend stage durations, sidecar readiness and teardown time in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Tells `observer` what each prepared environment made.
+    pub fn with_observer(mut self, observer: Arc<dyn JobObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     async fn backend(&self, runner: &RunnerConfig) -> Result<Arc<dyn Isolation>, isolation::Error> {
@@ -45,7 +75,14 @@ impl RunnerExecutor {
         if let Some(b) = backends.get(&key) {
             return Ok(b.clone());
         }
-        let made = isolation::backend_for_in(runner, &self.state_dir).await?;
+        let mut made = isolation::backend_for_in(runner, &self.state_dir).await?;
+        if self.metrics.is_some() || self.observer.is_some() {
+            made = Arc::new(Observed {
+                inner: made,
+                metrics: self.metrics.clone(),
+                observer: self.observer.clone(),
+            });
+        }
         backends.insert(key, made.clone());
         Ok(made)
     }
@@ -80,5 +117,96 @@ impl JobExecutor for RunnerExecutor {
         pipeline.cache = Some(self.cache.clone().unwrap_or_else(super::LocalCache::hook));
         pipeline.runner_id = self.runner_id.clone();
         pipeline.execute(job, runner, trace, control).await
+    }
+}
+
+/// A backend wrapper that times prepare, scripts and teardown and reports prepared
+/// environments, so neither the pipeline nor the backends need to know about metrics or the
+/// journal.
+struct Observed {
+    inner: Arc<dyn Isolation>,
+    metrics: Option<Arc<Metrics>>,
+    observer: Option<Arc<dyn JobObserver>>,
+}
+
+#[async_trait::async_trait]
+impl Isolation for Observed {
+    fn mode(&self) -> crate::config::IsolationMode {
+        self.inner.mode()
+    }
+
+    async fn prepare(
+        &self,
+        spec: &EnvironmentSpec,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<Box<dyn JobEnvironment>, isolation::Error> {
+        let started = Instant::now();
+        let env = self.inner.prepare(spec, out, cancel).await?;
+        let resources = env.resources();
+        if let Some(m) = &self.metrics {
+            m.observe_stage("prepare_executor", started.elapsed());
+            if let Some(d) = resources.sidecar_ready {
+                m.observe_sidecar_ready(d);
+                m.observe_stage("dind_ready", d);
+            }
+        }
+        if let Some(o) = &self.observer {
+            o.environment_ready(spec.job_id, &resources).await;
+        }
+        Ok(Box::new(ObservedEnv {
+            inner: env,
+            metrics: self.metrics.clone(),
+        }))
+    }
+}
+
+struct ObservedEnv {
+    inner: Box<dyn JobEnvironment>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+#[async_trait::async_trait]
+impl JobEnvironment for ObservedEnv {
+    fn paths(&self) -> &JobPaths {
+        self.inner.paths()
+    }
+
+    fn job_env(&self) -> Vec<(String, String)> {
+        self.inner.job_env()
+    }
+
+    async fn run_script(
+        &self,
+        req: ScriptRequest,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<i32, isolation::Error> {
+        let stage = match req.role {
+            isolation::Role::Build => "build_script",
+            isolation::Role::Helper => "helper_script",
+        };
+        let started = Instant::now();
+        let r = self.inner.run_script(req, out, cancel).await;
+        if let Some(m) = &self.metrics {
+            m.observe_stage(stage, started.elapsed());
+        }
+        r
+    }
+
+    async fn teardown(self: Box<Self>) -> TeardownReport {
+        let started = Instant::now();
+        let this = *self;
+        let report = this.inner.teardown().await;
+        if let Some(m) = &this.metrics {
+            let took = started.elapsed();
+            m.observe_teardown(took);
+            m.observe_stage("teardown", took);
+        }
+        report
+    }
+
+    fn resources(&self) -> EnvironmentResources {
+        self.inner.resources()
     }
 }

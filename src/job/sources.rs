@@ -185,6 +185,13 @@ pub struct SourcesScript {
     pub warnings: Vec<String>,
 }
 
+/// Shell that empties `dir` (already quoted) but keeps it: the project directory is a mount point
+/// in the job's containers (identical-path bind mount), so `rm -rf` of the directory itself fails
+/// with "Device or resource busy".
+fn empty_dir(dir: &str) -> String {
+    format!("mkdir -p {dir}\nfind {dir} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +\n")
+}
+
 /// Builds the get_sources script for `strategy`. `pre_hooks`/`post_hooks` are the config and job
 /// hook commands (config first for pre, job first for post, as gitlab-runner orders them).
 pub fn git_script(
@@ -224,7 +231,7 @@ pub fn git_script(
             s.push_str(
                 "echo 'Skipping Git repository setup and creating an empty build directory'\n",
             );
-            s.push_str(&format!("rm -rf {dir}\nmkdir -p {dir}\n"));
+            s.push_str(&empty_dir(&dir));
             return SourcesScript {
                 script: s,
                 env,
@@ -232,7 +239,7 @@ pub fn git_script(
             };
         }
         GitStrategy::Clone => {
-            s.push_str(&format!("rm -rf {dir}\n"));
+            s.push_str(&empty_dir(&dir));
         }
         GitStrategy::Fetch => {
             // Stale locks from a killed job, and config/hooks a previous job may have planted.
@@ -258,6 +265,13 @@ pub fn git_script(
     } else {
         ""
     };
+    if strategy == GitStrategy::Fetch {
+        // Jobs normally start in a new directory, so a fetch usually has nothing to reuse; the
+        // log must not suggest an incremental fetch happened when it did not.
+        s.push_str(&format!(
+            "if [ -d {dir}/.git ]; then echo 'Reinitialized existing Git repository'; else echo 'Created fresh repository (GIT_STRATEGY=fetch, but this job directory is new: fetching everything)'; fi\n"
+        ));
+    }
     s.push_str(&format!(
         "mkdir -p {dir} {template}\ngit init -q {dir} --template {template}{object_format}\ncd {dir}\n"
     ));
@@ -517,5 +531,11 @@ mod tests {
         );
         assert_eq!(s.warnings.len(), 1);
         assert!(s.script.contains("git clean -ffdx"));
+        // The project dir is a mount point in the helper: emptied, never removed.
+        assert!(!s.script.contains("rm -rf /b/p\n"));
+        assert!(
+            s.script
+                .contains("find /b/p -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +")
+        );
     }
 }

@@ -2,9 +2,11 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod e2e;
 pub mod fake_gitlab;
 pub mod local_backend;
 pub mod netns;
+pub mod security;
 pub mod test_executor;
 
 use std::time::Duration;

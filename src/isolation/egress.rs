@@ -1,0 +1,302 @@
+//! Glue between the dind backend and [`crate::netpolicy`]: which endpoints a job needs, which
+//! host interface its bridge is, and which resolvers the inner daemon gets.
+//!
+//! The policy is installed after the job's bridge exists and before the sidecar (or any
+//! service or script container) starts, and removed in teardown after every container is
+//! gone and before the network is removed. The sidecar sits on the job bridge, and the inner
+//! daemon's containers are NATed behind the sidecar's address, so the same chain filters
+//! them too: nothing a job starts on its own daemon has another way out.
+//!
+//! The runner host reaching the sidecar (the mTLS readiness ping, image preloads) is host to
+//! bridge traffic: it leaves through OUTPUT, which the policy does not touch; the replies come
+//! back in through INPUT and are accepted by the chain's ESTABLISHED rule.
+
+use super::Error;
+use super::common::CarvedNetwork;
+use crate::config::{Egress, RunnerConfig};
+use crate::docker::Docker;
+use crate::netpolicy::{self, Endpoint, JobNet, NetPolicy, Options};
+use std::net::{IpAddr, SocketAddr};
+
+/// Where the resolvers come from; Docker reads the same files for its containers.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// With systemd-resolved, `/etc/resolv.conf` names only 127.0.0.53; the real upstreams are here.
+const RESOLVED_CONF: &str = "/run/systemd/resolve/resolv.conf";
+
+/// One job's installed policy; removing it is idempotent.
+#[derive(Debug, Clone)]
+pub struct JobEgress {
+    policy: NetPolicy,
+    job_id: u64,
+    chain: String,
+}
+
+impl JobEgress {
+    /// The per-job chain name (`IR-<runner8>-<job>`), the same in both families.
+    pub fn chain(&self) -> &str {
+        &self.chain
+    }
+
+    /// Removes the job's chains and jumps from both families.
+    pub async fn remove(&self) -> Result<(), Error> {
+        self.policy
+            .remove(self.job_id)
+            .await
+            .map_err(policy_err(format!(
+                "remove the network policy of job {}",
+                self.job_id
+            )))
+    }
+}
+
+fn policy_err(context: String) -> impl FnOnce(netpolicy::Error) -> Error {
+    move |e| Error::Other {
+        context,
+        detail: e.to_string(),
+    }
+}
+
+/// A policy handle for `runner_id` with the runner's address pool.
+pub fn policy_for(runner: &RunnerConfig, runner_id: &str) -> NetPolicy {
+    NetPolicy::new(Options::new(
+        runner_id,
+        runner.docker.isolation.address_pool,
+    ))
+}
+
+/// The handle teardown uses, made before anything is installed: a prepare cancelled in the
+/// middle of `install` still has its half-installed chain removed.
+pub fn handle_for(runner: &RunnerConfig, runner_id: &str, job_id: u64) -> Result<JobEgress, Error> {
+    let policy = policy_for(runner, runner_id);
+    let chain = policy
+        .chain_for(job_id)
+        .map_err(policy_err("name the job's firewall chain".to_string()))?;
+    Ok(JobEgress {
+        policy,
+        job_id,
+        chain,
+    })
+}
+
+/// Installs the job's policy on its bridge. Call after the bridge exists, before any container
+/// starts on it.
+pub async fn install(
+    handle: &JobEgress,
+    docker: &Docker,
+    runner: &RunnerConfig,
+    naming: &super::common::Naming,
+    net: &CarvedNetwork,
+) -> Result<(), Error> {
+    let bridge_iface = bridge_interface(docker, naming, net).await?;
+    let allow = needed_endpoints(runner).await;
+    let job = JobNet {
+        job_id: handle.job_id,
+        bridge_iface,
+        subnet: net.subnet,
+        allow,
+    };
+    handle
+        .policy
+        .install(&job, &runner.docker.isolation.egress)
+        .await
+        .map_err(policy_err(format!(
+            "install the network policy on {}",
+            job.bridge_iface
+        )))
+}
+
+/// `br-<first 12 hex of the network id>`: the name Docker gives a bridge it creates without a
+/// `com.docker.network.bridge.name` option (the runner never sets one).
+async fn bridge_interface(
+    docker: &Docker,
+    naming: &super::common::Naming,
+    net: &CarvedNetwork,
+) -> Result<String, Error> {
+    let filters = crate::docker::label_filters(&naming.runner_id, Some(naming.job_id));
+    let nets = docker
+        .list_networks(&filters)
+        .await
+        .map_err(super::common::other("find the job network's id"))?;
+    let found = nets.iter().find(|n| n.name == net.name);
+    match found.and_then(|n| n.id.get(..12)) {
+        Some(short) => Ok(format!("br-{short}")),
+        None => Err(Error::Other {
+            context: "find the job network's bridge".to_string(),
+            detail: format!("network {} is not listed by the daemon", net.name),
+        }),
+    }
+}
+
+/// What every job must reach even on the host or with egress denied: GitLab (the job clones
+/// from it and the helper uploads artifacts to it), the registry mirror, and, unless egress is
+/// plain `allow`, the host's DNS resolvers (TCP and UDP 53) so names still resolve. Names are
+/// resolved now, so a later DNS answer cannot widen the policy. A name that does not resolve
+/// is skipped (the job will fail to reach it, which is the safe direction).
+pub async fn needed_endpoints(runner: &RunnerConfig) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    let mut urls = vec![runner.url.clone()];
+    if let Some(m) = runner.docker.isolation.registry_mirror.as_deref()
+        && let Ok(u) = url::Url::parse(m)
+    {
+        urls.push(u);
+    }
+    for u in urls {
+        let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) else {
+            continue;
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(addrs) => out.extend(addrs.map(Endpoint::tcp)),
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "cannot resolve an endpoint the job needs; it stays blocked")
+            }
+        }
+    }
+    if runner.docker.isolation.egress != Egress::Allow {
+        for ip in host_resolvers().await {
+            let a = SocketAddr::new(ip, 53);
+            out.push(Endpoint::udp(a));
+            out.push(Endpoint::tcp(a));
+        }
+    }
+    out.sort_by_key(|e| (e.addr, e.protocol == netpolicy::Protocol::Udp));
+    out.dedup();
+    out
+}
+
+/// The host's non-loopback resolvers: `/etc/resolv.conf`, or systemd-resolved's upstream list
+/// when the former names only loopback stubs. Empty when neither has one.
+pub async fn host_resolvers() -> Vec<IpAddr> {
+    for path in [RESOLV_CONF, RESOLVED_CONF] {
+        let Ok(text) = tokio::fs::read_to_string(path).await else {
+            continue;
+        };
+        let found = parse_resolvers(&text);
+        if !found.is_empty() {
+            return found;
+        }
+    }
+    Vec::new()
+}
+
+/// `nameserver` lines that are not loopback (a loopback stub is unreachable from a container).
+pub fn parse_resolvers(text: &str) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = text
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next()).flatten()
+        })
+        // `fe80::1%eth0` carries a zone; such resolvers are link-local and never usable here.
+        .filter_map(|a| a.parse::<IpAddr>().ok())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .collect();
+    out.dedup();
+    out
+}
+
+/// Removes the firewall chains a dead runner left: every chain of `runner_id`, and chains of
+/// other runners whose job network no longer exists on the engine (the policy is installed
+/// after the network is made and removed before it goes, so a chain without its network is
+/// certainly stale). Returns `(found, removed, failures)` lines for the reaper's report.
+pub async fn reap(
+    docker: &Docker,
+    runner_id: &str,
+    dry_run: bool,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (mut found, mut removed, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+    // The pool only matters for installing; listing and removing ignore it.
+    let pool = crate::config::IsolationConfig::default().address_pool;
+    let policy = NetPolicy::new(Options::new(runner_id, pool));
+    let installed = match policy.list_installed().await {
+        Ok(list) => list,
+        // No iptables binary: this host has no firewall we could have written to.
+        Err(netpolicy::Error::Spawn { command, .. }) => {
+            tracing::debug!(%command, "no iptables here; nothing to reap in the firewall");
+            return (found, removed, failures);
+        }
+        Err(e) => {
+            failures.push(format!("list firewall chains: {e}"));
+            return (found, removed, failures);
+        }
+    };
+    let own_chain = |job: u64| policy.chain_for(job).ok();
+    for rule in installed {
+        let mine =
+            rule.runner_id == runner_id || own_chain(rule.job_id) == Some(rule.chain.clone());
+        let stale = mine || network_gone(docker, &rule).await;
+        if !stale {
+            continue;
+        }
+        let line = format!("firewall chain {}", rule.chain);
+        found.push(line.clone());
+        if dry_run {
+            continue;
+        }
+        match policy.remove_installed(&rule).await {
+            Ok(()) => removed.push(line),
+            Err(e) => failures.push(format!("remove {line}: {e}")),
+        }
+    }
+    (found, removed, failures)
+}
+
+/// True when no job network of `rule`'s job and runner exists. Matched on the runner id's
+/// first 7 characters: a chain that crashed before its first rule has no comment, and its
+/// owner is then known only by the prefix in the chain name.
+async fn network_gone(docker: &Docker, rule: &netpolicy::InstalledRule) -> bool {
+    let filters = vec![
+        format!("{}=1", crate::docker::LABEL_MANAGED),
+        format!("{}={}", crate::docker::LABEL_JOB, rule.job_id),
+    ];
+    let prefix: String = rule.runner_id.chars().take(7).collect();
+    match docker.list_networks(&filters).await {
+        Ok(nets) => !nets.iter().any(|n| {
+            n.labels
+                .get(crate::docker::LABEL_RUNNER)
+                .is_some_and(|r| r.starts_with(&prefix))
+        }),
+        // Cannot tell: leave it for a later sweep.
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolvers_skip_loopback_and_garbage() {
+        let text = "# comment\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nnameserver ::1\n\
+                    nameserver fe80::1%eth0\nnameserver 2001:db8::53\nsearch example\nnameserver\n";
+        assert_eq!(
+            parse_resolvers(text),
+            vec![
+                "10.255.255.53".parse::<IpAddr>().unwrap(),
+                "2001:db8::53".parse().unwrap()
+            ]
+        );
+        assert!(parse_resolvers("nameserver 127.0.0.11\n").is_empty());
+    }
+
+    #[tokio::test]
+    async fn gitlab_and_mirror_are_allowed_and_dns_only_when_egress_is_limited() {
+        let mut r = RunnerConfig {
+            url: url::Url::parse("http://127.0.0.1:8929/").unwrap(),
+            ..Default::default()
+        };
+        r.docker.isolation.registry_mirror = Some("https://127.0.0.2:5000".to_string());
+        let eps = needed_endpoints(&r).await;
+        assert!(eps.contains(&Endpoint::tcp("127.0.0.1:8929".parse().unwrap())));
+        assert!(eps.contains(&Endpoint::tcp("127.0.0.2:5000".parse().unwrap())));
+        assert!(eps.iter().all(|e| e.addr.port() != 53));
+        r.docker.isolation.egress = Egress::Deny;
+        let eps = needed_endpoints(&r).await;
+        for ip in host_resolvers().await {
+            assert!(eps.contains(&Endpoint::udp(SocketAddr::new(ip, 53))));
+        }
+    }
+}

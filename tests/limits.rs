@@ -1,0 +1,257 @@
+//! Threats H6/J5 (CPU, memory, PID exhaustion) against the real dind backend: the limits are
+//! applied, a fork bomb stops at the pids limit (in the job container and inside an inner
+//! container on the job's daemon), a memory hog in an inner container is OOM-killed inside the
+//! sidecar's cgroup, and the host (this process, the engine) keeps answering.
+//!
+//! Small limits on purpose: the machine is shared (2 cores).
+
+mod support;
+
+use isolated_runner::config::RunnerConfig;
+use isolated_runner::isolation::{JobEnvironment, Role, ScriptRequest};
+use std::sync::Arc;
+use std::time::Duration;
+use support::docker::{Collect, Scope};
+use support::security::*;
+use tokio_util::sync::CancellationToken;
+
+/// The attacks run one at a time: the machine is shared and has 2 cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const SIDECAR_MEMORY: u64 = 512 << 20;
+const SIDECAR_PIDS: i64 = 256;
+const JOB_MEMORY: u64 = 256 << 20;
+const JOB_PIDS: i64 = 128;
+
+fn limited(c: &mut RunnerConfig) {
+    c.docker.isolation.sidecar_memory = Some(SIDECAR_MEMORY);
+    c.docker.isolation.sidecar_cpus = Some(1.0);
+    c.docker.isolation.sidecar_pids_limit = Some(SIDECAR_PIDS);
+    c.docker.memory = Some(JOB_MEMORY);
+    c.docker.cpus = Some(0.5);
+    c.docker.pids_limit = Some(JOB_PIDS);
+}
+
+fn host_config(container: &str, field: &str) -> String {
+    let (ok, out, err) = sh(
+        "docker",
+        &[
+            "inspect",
+            "-f",
+            &format!("{{{{.HostConfig.{field}}}}}"),
+            container,
+        ],
+    );
+    assert!(ok, "inspect {container}: {err}");
+    out.trim().to_string()
+}
+
+/// Runs `script` in the job container while checking that the engine keeps answering; returns
+/// the exit code (or `None` when the job was stopped at `limit`) and the output.
+async fn run_while_host_answers(
+    scope: &Scope,
+    env: Arc<Box<dyn JobEnvironment>>,
+    script: &str,
+    started: &str,
+    limit: Duration,
+) -> (Option<i32>, String) {
+    let out = Collect::new();
+    let cancel = CancellationToken::new();
+    let task = {
+        let (env, out, cancel) = (env.clone(), out.clone(), cancel.clone());
+        let script = script.to_string();
+        tokio::spawn(async move {
+            env.run_script(
+                ScriptRequest {
+                    role: Role::Build,
+                    script,
+                    env: vec![],
+                },
+                out,
+                cancel,
+            )
+            .await
+        })
+    };
+    out.wait_for(started, Duration::from_secs(120)).await;
+    // The host stays healthy while the job exhausts itself: the engine answers.
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(20), scope.docker.ping())
+            .await
+            .expect("the engine answers within 20 s during the attack")
+            .expect("engine ping");
+    }
+    let code = match tokio::time::timeout(limit, task).await {
+        Ok(r) => r.expect("join").ok(),
+        Err(_) => {
+            cancel.cancel();
+            None
+        }
+    };
+    (code, out.text())
+}
+
+#[tokio::test]
+async fn limits_are_applied_to_the_sidecar_and_the_job_container() {
+    let _serial = SERIAL.lock().await;
+    let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
+    let cfg = config(&scope, |c| {
+        limited(c);
+        c.docker.isolation.preload_images.clear();
+    });
+    let backend = dind_with(&scope, cfg);
+    let env = prepare(&backend, &spec(&scope, 901)).await;
+    let sidecar = format!("ir-{}-901-sidecar", scope.runner_id);
+    assert_eq!(host_config(&sidecar, "Memory"), SIDECAR_MEMORY.to_string());
+    assert_eq!(
+        host_config(&sidecar, "MemorySwap"),
+        SIDECAR_MEMORY.to_string()
+    );
+    assert_eq!(host_config(&sidecar, "NanoCpus"), "1000000000");
+    assert_eq!(host_config(&sidecar, "PidsLimit"), SIDECAR_PIDS.to_string());
+    assert_eq!(host_config(&sidecar, "Privileged"), "false");
+    // The job container's own view of its cgroups (cgroup v1 here).
+    let text = expect_ok(
+        env.as_ref(),
+        "echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)\n\
+         echo pids=$(cat /sys/fs/cgroup/pids/pids.max)\n\
+         echo quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) period=$(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)",
+    )
+    .await;
+    assert!(text.contains(&format!("mem={JOB_MEMORY}")), "{text}");
+    assert!(text.contains(&format!("pids={JOB_PIDS}")), "{text}");
+    assert!(text.contains("quota=50000 period=100000"), "{text}");
+    teardown(env).await;
+    scope.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_bombs_stop_at_the_pids_limits_and_the_host_stays_healthy() {
+    let _serial = SERIAL.lock().await;
+    let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
+    let backend = dind_with(&scope, config(&scope, limited));
+    let env = Arc::new(prepare(&backend, &spec(&scope, 902)).await);
+
+    // 1. In the job container: the classic bomb, killed as a process group after 15 s.
+    let (code, text) = run_while_host_answers(
+        &scope,
+        env.clone(),
+        "echo bomb-started\n\
+         timeout -s KILL 15 bash -c ':(){ :|:& };:' 2>/dev/null\n\
+         echo events=$(cat /sys/fs/cgroup/pids/pids.events)\n\
+         echo max=$(cat /sys/fs/cgroup/pids/pids.max)\n",
+        "bomb-started",
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(code, Some(0), "the job survives its own bomb: {text}");
+    assert!(text.contains(&format!("max={JOB_PIDS}")), "{text}");
+    let hits: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("events=max "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(hits > 0, "the bomb must have hit the pids limit: {text}");
+
+    // 2. Inside an inner container on the job's daemon: bounded by the sidecar's limit.
+    let (code, text) = run_while_host_answers(
+        &scope,
+        env.clone(),
+        "docker run -d --name bomb --pull never isolated-runner/busybox:test \
+            sh -c 'f(){ f|f & }; f; sleep 600' >/dev/null\n\
+         echo inner-bomb-started\n\
+         sleep 15\n\
+         timeout 90 docker rm -f bomb >/dev/null && echo inner-bomb-removed\n\
+         docker info --format 'daemon-ok={{.ServerVersion}}'\n",
+        "inner-bomb-started",
+        Duration::from_secs(240),
+    )
+    .await;
+    eprintln!("inner bomb: exit {code:?}\n{text}");
+    // Sidecar-wide pids stayed within the limit (read on the host: cgroupfs driver).
+    let id = host_config(&format!("ir-{}-902-sidecar", scope.runner_id), "PidsLimit");
+    assert_eq!(id, SIDECAR_PIDS.to_string());
+    let (_, full_id, _) = sh(
+        "docker",
+        &[
+            "inspect",
+            "-f",
+            "{{.Id}}",
+            &format!("ir-{}-902-sidecar", scope.runner_id),
+        ],
+    );
+    if let Ok(events) = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/pids/docker/{}/pids.events",
+        full_id.trim()
+    )) {
+        eprintln!("sidecar pids.events: {events}");
+        assert!(
+            events.trim() != "max 0",
+            "the inner bomb hit the sidecar's pids limit"
+        );
+    }
+    // The job either finished or was stopped within its limit; either way the engine answers
+    // and teardown removes everything.
+    scope
+        .docker
+        .ping()
+        .await
+        .expect("engine answers after the bomb");
+    let env = Arc::try_unwrap(env).ok().expect("single owner");
+    teardown(env).await;
+    scope.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_hog_in_an_inner_container_is_killed_inside_the_sidecar_limit() {
+    let _serial = SERIAL.lock().await;
+    let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
+    let backend = dind_with(&scope, config(&scope, limited));
+    let env = Arc::new(prepare(&backend, &spec(&scope, 903)).await);
+    let sidecar = format!("ir-{}-903-sidecar", scope.runner_id);
+    let (code, text) = run_while_host_answers(
+        &scope,
+        env.clone(),
+        "echo hog-started\n\
+         docker run --name hog --pull never isolated-runner/busybox:test sh -c 'head -c 2000m /dev/zero | tail' \
+           && echo HOG-SURVIVED || echo hog-exit=$?\n\
+         docker inspect -f 'hog-oom-killed={{.State.OOMKilled}}' hog\n\
+         docker rm hog >/dev/null\n\
+         docker info --format 'daemon-ok={{.ServerVersion}}'\n",
+        "hog-started",
+        Duration::from_secs(240),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("HOG-SURVIVED"), "{text}");
+    assert!(text.contains("hog-exit="), "{text}");
+    assert!(
+        text.contains("daemon-ok="),
+        "the job's daemon survives the hog: {text}"
+    );
+    // Still running, and the sidecar's cgroup never went past its limit.
+    assert_eq!(host_config(&sidecar, "Memory"), SIDECAR_MEMORY.to_string());
+    let (_, state, _) = sh("docker", &["inspect", "-f", "{{.State.Running}}", &sidecar]);
+    assert_eq!(state.trim(), "true");
+    let (_, full_id, _) = sh("docker", &["inspect", "-f", "{{.Id}}", &sidecar]);
+    let dir = format!("/sys/fs/cgroup/memory/docker/{}", full_id.trim());
+    // The inner daemon saw its container OOM-killed (the kernel counts the kill in the
+    // victim's own cgroup, which v1 does not propagate to the sidecar's).
+    assert!(text.contains("hog-oom-killed=true"), "{text}");
+    if let Ok(max) = std::fs::read_to_string(format!("{dir}/memory.max_usage_in_bytes")) {
+        let max: u64 = max.trim().parse().unwrap_or(u64::MAX);
+        eprintln!("sidecar memory: max usage {max}\n{text}");
+        assert!(
+            max <= SIDECAR_MEMORY,
+            "sidecar used {max} > {SIDECAR_MEMORY}"
+        );
+    }
+    // The job container itself (another cgroup) was not touched: the script went on.
+    scope.docker.ping().await.expect("engine answers");
+    let env = Arc::try_unwrap(env).ok().expect("single owner");
+    teardown(env).await;
+    scope.assert_clean().await;
+}
