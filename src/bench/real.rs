@@ -243,6 +243,8 @@ impl BenchTarget for RealTarget {
             commit_sha: None,
             ref_name: None,
             config_path: ".gitlab-ci.yml".to_string(),
+            // Bench scenarios use no `cache:key:files`; keep payload building off the disk.
+            checkout: None,
         };
         let built = ci
             .build_payload(&spec.job_name, &ctx)

@@ -95,6 +95,41 @@ async fn writable_builds_dir(configured: &Path) -> PathBuf {
     base.join("isolated-runner").join("builds")
 }
 
+/// Picks a writable cache dir: the configured one, else `$XDG_CACHE_HOME/isolated-runner/cache`
+/// (or `~/.cache/…`), else `/tmp/isolated-runner/cache`. Caches of `exec` then persist between
+/// runs of the same user, like gitlab-runner's local cache.
+async fn writable_cache_dir(configured: &Path) -> PathBuf {
+    async fn writable(dir: &Path) -> bool {
+        if tokio::fs::create_dir_all(dir).await.is_err() {
+            return false;
+        }
+        let probe = dir.join(format!(".probe-{}", uuid::Uuid::new_v4()));
+        let ok = tokio::fs::write(&probe, b"").await.is_ok();
+        // The probe may not exist when the write failed.
+        let _ = tokio::fs::remove_file(&probe).await;
+        ok
+    }
+    if writable(configured).await {
+        return configured.to_path_buf();
+    }
+    let user_cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|h| h.join(".cache"))
+        })
+        .map(|c| c.join("isolated-runner").join("cache"));
+    if let Some(dir) = user_cache
+        && writable(&dir).await
+    {
+        return dir;
+    }
+    PathBuf::from("/tmp/isolated-runner/cache")
+}
+
 /// Entry point of `runner exec`.
 pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let text = tokio::fs::read_to_string(&args.file)
@@ -128,9 +163,13 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         commit_sha,
         ref_name,
         config_path: args.file.to_string_lossy().into_owned(),
+        checkout: Some(cwd.clone()),
     };
-    let built = ci
-        .build_payload(&args.job, &ctx)
+    // `cache:key:files` reads files of the checkout: off the async threads.
+    let job_name = args.job.clone();
+    let built = tokio::task::spawn_blocking(move || ci.build_payload(&job_name, &ctx))
+        .await
+        .context("building the job payload")?
         .with_context(|| format!("in {}", args.file.display()))?;
     for w in &built.warnings {
         eprintln!("warning: {w}");
@@ -157,6 +196,16 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         eprintln!("using builds dir {}", builds.display());
     }
 
+    let cache_dir = writable_cache_dir(&runner.cache_dir).await;
+    if cache_dir != runner.cache_dir {
+        eprintln!(
+            "{} is not writable; using cache dir {}",
+            runner.cache_dir.display(),
+            cache_dir.display()
+        );
+        runner.cache_dir = cache_dir;
+    }
+
     let files = if is_git {
         let listed = capture(&cwd, &["ls-files", "-co", "--exclude-standard", "-z"])
             .await
@@ -179,7 +228,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         artifacts: Arc::new(LocalArtifactStore {
             root: cwd.join(".runner-artifacts"),
         }),
-        cache: None,
+        cache: Some(crate::job::LocalCache::hook()),
         local_tree: Some(LocalTree {
             root: cwd.clone(),
             files,

@@ -510,6 +510,25 @@ impl Docker {
         }
     }
 
+    /// Stops a container gracefully: SIGTERM, then SIGKILL after `grace_secs`. A container that
+    /// is gone or already stopped is not an error. (Warm data roots need their dockerd to shut
+    /// down cleanly before the volume is reused.)
+    pub async fn stop_container(&self, id: &str, grace_secs: i32) -> Result<(), Error> {
+        let opts = q::StopContainerOptionsBuilder::new().t(grace_secs).build();
+        match self.inner.stop_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = api(format!("stop container {id}"))(e);
+                // 404: gone; 304: already stopped.
+                if matches!(e.status(), Some(404) | Some(304)) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     /// Removes a container (forced, with its anonymous volumes). Returns false if it was not
     /// there.
     pub async fn remove_container(&self, id: &str) -> Result<bool, Error> {

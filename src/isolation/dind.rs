@@ -179,6 +179,7 @@ impl Isolation for DindBackend {
                 tmp_dir: PathBuf::new(),
             },
             inner: None,
+            warm: None,
             ready_after: None,
         };
         let built = tokio::select! {
@@ -189,7 +190,7 @@ impl Isolation for DindBackend {
         match built {
             Ok(()) => Ok(Box::new(env)),
             Err(e) => {
-                let report = env.state.teardown().await;
+                let report = env.finish().await;
                 for f in &report.failures {
                     out.write(format!("teardown after failed prepare: {f}\n").as_bytes());
                 }
@@ -245,16 +246,32 @@ impl DindBackend {
         } else {
             common::host_mtu().await
         };
+        // data_root = "project": a warm volume of this project and protection level, held by
+        // this job alone; otherwise (or when it is busy) an ephemeral one.
+        if iso.data_root == crate::config::DataRoot::Project {
+            env.warm = self.warm_root(spec, out).await;
+        }
+        let ephemeral = env.warm.is_none();
+        let volume = match &env.warm {
+            Some(lease) => lease.volume.clone(),
+            None => env.state.naming.name("docker"),
+        };
         // The network, the job dirs and the data volume do not depend on each other.
-        let volume = env.state.naming.name("docker");
         let data_labels = env.state.naming.labels("data");
         let (net, paths, vol) = tokio::join!(
             common::carve_network(docker, &env.state.naming, iso.address_pool, mtu),
             crate::paths::create_job_dirs(&self.runner.builds_dir, job),
-            docker.create_volume(&volume, &data_labels),
+            async {
+                if ephemeral {
+                    docker.create_volume(&volume, &data_labels).await
+                } else {
+                    Ok(())
+                }
+            },
         );
-        // Record whatever exists before failing, so teardown removes it.
-        if vol.is_ok() {
+        // Record whatever exists before failing, so teardown removes it (a warm volume is
+        // kept: it is released by `finish`, not removed).
+        if ephemeral && vol.is_ok() {
             env.state.volume = Some(volume.clone());
         }
         if let Ok(p) = &paths {
@@ -296,6 +313,9 @@ impl DindBackend {
         inner_args.extend(inner_dns_args(&super::egress::host_resolvers().await));
         sidecar.cmd = Some(inner_args);
         sidecar.labels = env.state.naming.labels("sidecar");
+        if let Some(lease) = &env.warm {
+            sidecar.labels.extend(lease.sidecar_labels());
+        }
         sidecar.network = Some(net.name.clone());
         sidecar.aliases = vec!["docker".to_string()];
         sidecar.ipv4 = Some(sidecar_ip.to_string());
@@ -397,6 +417,48 @@ impl DindBackend {
             job_env,
         });
         Ok(())
+    }
+
+    /// Takes the job's warm data root, or says why it runs on an ephemeral one.
+    async fn warm_root(
+        &self,
+        spec: &EnvironmentSpec,
+        out: &Arc<dyn OutputSink>,
+    ) -> Option<super::data_root::WarmLease> {
+        let iso = &self.runner.docker.isolation;
+        let req = super::data_root::WarmRequest {
+            state_dir: &self.state_dir,
+            runner_id: &spec.runner_id,
+            job_id: spec.job_id,
+            timeout: spec.timeout,
+            project_id: spec.project_id,
+            protected: spec.protected,
+            max_size: iso.data_root_max_size,
+            max_age: iso.data_root_max_age,
+            helper_image: &spec.helper_image,
+        };
+        match super::data_root::acquire(&self.docker, &req).await {
+            Ok(lease) => {
+                out.write(
+                    format!(
+                        "Using the warm data root {} ({})\n",
+                        lease.volume,
+                        if lease.fresh { "new, cold" } else { "warm" }
+                    )
+                    .as_bytes(),
+                );
+                Some(lease)
+            }
+            Err(miss) => {
+                out.write(
+                    format!(
+                        "The project's warm data root is {miss}; this job uses an ephemeral one\n"
+                    )
+                    .as_bytes(),
+                );
+                None
+            }
+        }
     }
 }
 
@@ -547,10 +609,37 @@ pub struct DindEnv {
     state: JobState,
     paths: JobPaths,
     inner: Option<Docker>,
+    /// The warm data root this job holds (`data_root = "project"`).
+    warm: Option<super::data_root::WarmLease>,
     ready_after: Option<Duration>,
 }
 
 impl DindEnv {
+    /// Teardown with the warm data root's extra steps: its dockerd is stopped gracefully
+    /// before the ordered teardown (which never removes a warm volume), then the volume is
+    /// measured against its cap and its lock released.
+    async fn finish(mut self) -> TeardownReport {
+        let warm = self.warm.take();
+        if warm.is_some()
+            && let Some(id) = self.state.sidecar.as_deref()
+            && let Err(e) = self
+                .state
+                .docker
+                .stop_container(id, super::data_root::STOP_GRACE_SECS)
+                .await
+        {
+            tracing::warn!(error = %e, "could not stop the warm sidecar gracefully");
+        }
+        let docker = self.state.docker.clone();
+        let mut report = self.state.teardown().await;
+        if let Some(lease) = warm {
+            let (removed, failures) = lease.release(&docker).await;
+            report.removed.extend(removed);
+            report.failures.extend(failures);
+        }
+        report
+    }
+
     /// The job's own daemon, as the runner reaches it (mTLS).
     pub fn inner_docker(&self) -> Option<&Docker> {
         self.inner.as_ref()
@@ -582,8 +671,7 @@ impl JobEnvironment for DindEnv {
     }
 
     async fn teardown(self: Box<Self>) -> TeardownReport {
-        let this = *self;
-        this.state.teardown().await
+        self.finish().await
     }
 
     fn resources(&self) -> super::EnvironmentResources {

@@ -5,6 +5,7 @@
 //! baseline). The job pipeline talks only to these traits.
 
 mod common;
+pub mod data_root;
 pub mod dind;
 pub mod egress;
 pub mod reaper;

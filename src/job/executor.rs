@@ -113,7 +113,8 @@ impl JobExecutor for RunnerExecutor {
             Err(e) => return fail(format!("cannot make a GitLab client: {e}")),
         };
         let mut pipeline = Pipeline::new(backend, Arc::new(ArtifactClient::new(client)));
-        pipeline.cache = self.cache.clone();
+        // `cache:` is always on: local archives under the entry's `cache_dir`.
+        pipeline.cache = Some(self.cache.clone().unwrap_or_else(super::LocalCache::hook));
         pipeline.runner_id = self.runner_id.clone();
         pipeline.execute(job, runner, trace, control).await
     }

@@ -111,6 +111,9 @@ pub struct LocalContext {
     pub ref_name: Option<String>,
     /// Path of the CI file, for `CI_CONFIG_PATH`.
     pub config_path: String,
+    /// The checkout `cache:key:files` are read from (`None`: such keys become `default`).
+    /// With a checkout, [`LocalCi::build_payload`] reads files: call it on a blocking thread.
+    pub checkout: Option<std::path::PathBuf>,
 }
 
 /// One job, ready to run.
@@ -383,7 +386,11 @@ fn artifacts_from(v: &Value, job: &str) -> Result<Vec<Artifact>, LocalCiError> {
     Ok(out)
 }
 
-fn cache_from(v: &Value, warnings: &mut Vec<String>) -> Vec<Cache> {
+fn cache_from(
+    v: &Value,
+    checkout: Option<&std::path::Path>,
+    warnings: &mut Vec<String>,
+) -> Vec<Cache> {
     let items: Vec<&Value> = match v {
         Value::Sequence(s) => s.iter().collect(),
         Value::Null => Vec::new(),
@@ -393,12 +400,7 @@ fn cache_from(v: &Value, warnings: &mut Vec<String>) -> Vec<Cache> {
     for item in items {
         let Value::Mapping(m) = item else { continue };
         let key = match m.get("key") {
-            Some(Value::Mapping(_)) => {
-                warnings.push(
-                    "cache `key: {files: …}` is not computed by exec; using `default`".into(),
-                );
-                "default".to_string()
-            }
+            Some(Value::Mapping(k)) => files_key_of(k, checkout, warnings),
             Some(k) => as_str(k).unwrap_or_else(|| "default".into()),
             None => "default".to_string(),
         };
@@ -423,6 +425,31 @@ fn cache_from(v: &Value, warnings: &mut Vec<String>) -> Vec<Cache> {
         });
     }
     out
+}
+
+/// `key: {files: [...], prefix: ...}` computed like GitLab would before sending the job (see
+/// [`super::cache_hook::files_key`]).
+fn files_key_of(
+    k: &serde_yaml::Mapping,
+    checkout: Option<&std::path::Path>,
+    warnings: &mut Vec<String>,
+) -> String {
+    let files = str_list(k.get("files"));
+    let prefix = k.get("prefix").and_then(as_str);
+    let Some(root) = checkout else {
+        warnings.push("cache `key: {files: …}` needs a checkout; using `default`".into());
+        return match prefix {
+            Some(p) => format!("{p}-default"),
+            None => "default".into(),
+        };
+    };
+    match super::cache_hook::files_key(root, &files, prefix.as_deref()) {
+        Ok(key) => key,
+        Err(e) => {
+            warnings.push(format!("cache `key: {{files: …}}`: {e}; using `default`"));
+            "default".into()
+        }
+    }
 }
 
 fn slug(s: &str) -> String {
@@ -604,7 +631,7 @@ impl LocalCi {
             .unwrap_or_default();
         let cache = job
             .get("cache")
-            .map(|v| cache_from(v, &mut warnings))
+            .map(|v| cache_from(v, ctx.checkout.as_deref(), &mut warnings))
             .unwrap_or_default();
         let mut hooks = Vec::new();
         if let Some(Value::Mapping(h)) = job.get("hooks") {
@@ -804,6 +831,7 @@ job2:
             commit_sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
             ref_name: Some("main".into()),
             config_path: ".gitlab-ci.yml".into(),
+            checkout: None,
         }
     }
 

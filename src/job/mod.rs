@@ -75,6 +75,7 @@ pub trait JobExecutor: Send + Sync {
 }
 
 pub mod artifacts;
+pub mod cache_hook;
 pub mod executor;
 pub mod local;
 pub mod pipeline;
@@ -83,6 +84,7 @@ pub mod sources;
 pub mod vars;
 
 pub use artifacts::{ArtifactError, ArtifactStore, JobRef, LocalArtifactStore};
+pub use cache_hook::LocalCache;
 pub use executor::RunnerExecutor;
 pub use pipeline::{CacheHook, Pipeline, StageContext};
 pub use sources::LocalTree;

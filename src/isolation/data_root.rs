@@ -1,0 +1,513 @@
+//! Warm data roots (`data_root = "project"`): one `/var/lib/docker` volume per (runner,
+//! project, protected flag) that survives the job, so the next job of the same project at the
+//! same protection level starts with its images and build cache.
+//!
+//! Rules (threat J3: a warm root is a channel between jobs, so it only ever connects jobs at
+//! the same trust level):
+//! - **Keyed** by runner id, project id and protected flag, in the name *and* in labels that
+//!   are checked before reuse. Never shared across projects or protection levels.
+//! - **One job at a time**: an exclusive `flock` on `<state_dir>/warm-roots/<volume>.lock`,
+//!   tried without waiting. Busy (or a container of a dead runner still holds the volume) →
+//!   the job gets an ordinary ephemeral volume. Never wait, never share.
+//! - **Size cap** (`data_root_max_size`): measured with `du` in a throw-away helper container
+//!   (no network, volume read-only) after the sidecar stopped; over the cap → removed, the next
+//!   job starts cold.
+//! - **Age cap** (`data_root_max_age`): the `created` label is checked at acquire; older →
+//!   removed and recreated. [`remove_expired`] does the same sweep for `runner cleanup`.
+//! - **Labels**: warm volumes carry [`LABEL_WARM`] and no `managed`/`job` label, so neither a
+//!   job's teardown (it lists `managed` objects of its job) nor the reaper (`managed` objects of
+//!   the runner) removes them; they are not leftovers while within their age.
+//! - **Hygiene**: on reuse, the inner daemon's containers, volumes and custom networks of the
+//!   previous job are removed before the job starts: what stays warm is images and build cache.
+//!   The sidecar is stopped gracefully so dockerd leaves the volume consistent.
+
+use super::Error;
+use super::common::{Naming, other};
+use crate::docker::{ContainerSpec, Docker, LABEL_ROLE, LABEL_RUNNER, MountSpec};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Label marking a warm data-root volume (value `1`).
+pub const LABEL_WARM: &str = "io.isolated-runner.warm-root";
+/// Label with the project id of a warm root.
+pub const LABEL_PROJECT: &str = "io.isolated-runner.project";
+/// Label with the protected flag (`true`/`false`) of a warm root.
+pub const LABEL_PROTECTED: &str = "io.isolated-runner.protected";
+/// Label with the creation time (unix seconds) of a warm root.
+pub const LABEL_CREATED: &str = "io.isolated-runner.created";
+/// Label on a sidecar naming the warm volume it mounts: a volume still mounted by a
+/// container (of a runner that died mid-job) is never handed to a second dockerd.
+pub const LABEL_WARM_VOLUME: &str = "io.isolated-runner.warm-volume";
+
+/// Seconds a warm sidecar gets to stop its dockerd cleanly.
+pub const STOP_GRACE_SECS: i32 = 20;
+
+/// The volume name of a warm root.
+pub fn volume_name(runner_id: &str, project_id: u64, protected: bool) -> String {
+    format!(
+        "ir-{runner_id}-warm-p{project_id}-{}",
+        if protected {
+            "protected"
+        } else {
+            "unprotected"
+        }
+    )
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn labels(runner_id: &str, project_id: u64, protected: bool) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_WARM.to_string(), "1".to_string()),
+        (LABEL_RUNNER.to_string(), runner_id.to_string()),
+        (LABEL_PROJECT.to_string(), project_id.to_string()),
+        (LABEL_PROTECTED.to_string(), protected.to_string()),
+        (LABEL_CREATED.to_string(), now_secs().to_string()),
+        (LABEL_ROLE.to_string(), "data-warm".to_string()),
+    ])
+}
+
+/// Whether a volume's labels say it belongs to exactly this key.
+fn labels_match(
+    l: &HashMap<String, String>,
+    runner_id: &str,
+    project_id: u64,
+    protected: bool,
+) -> bool {
+    let is = |k: &str, v: &str| l.get(k).map(String::as_str) == Some(v);
+    is(LABEL_WARM, "1")
+        && is(LABEL_RUNNER, runner_id)
+        && is(LABEL_PROJECT, &project_id.to_string())
+        && is(LABEL_PROTECTED, &protected.to_string())
+}
+
+fn expired(l: &HashMap<String, String>, max_age: Option<Duration>, now: u64) -> bool {
+    let Some(max) = max_age else { return false };
+    match l.get(LABEL_CREATED).and_then(|c| c.parse::<u64>().ok()) {
+        Some(created) => now.saturating_sub(created) > max.as_secs(),
+        // No readable creation time: cannot prove it is young.
+        None => true,
+    }
+}
+
+/// A warm root held by one job: the volume and its lock. Give it back with [`WarmLease::release`]
+/// after the sidecar is gone; dropping it only releases the lock.
+#[derive(Debug)]
+pub struct WarmLease {
+    /// The volume.
+    pub volume: String,
+    /// Whether the volume was created for this job (cold start).
+    pub fresh: bool,
+    max_size: Option<u64>,
+    helper_image: String,
+    naming: Naming,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Why a job did not get its warm root (it then runs on an ephemeral volume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Miss {
+    /// Another job of the same project and protection level holds it.
+    Busy,
+    /// Something failed; the text says what.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for Miss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Miss::Busy => write!(f, "in use by another job"),
+            Miss::Unavailable(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// What [`acquire`] needs.
+#[derive(Debug, Clone)]
+pub struct WarmRequest<'a> {
+    /// The runner's state dir (lock files).
+    pub state_dir: &'a Path,
+    /// The runner id.
+    pub runner_id: &'a str,
+    /// The job id (labels of the measuring container).
+    pub job_id: u64,
+    /// The job timeout (deadline label of the measuring container).
+    pub timeout: Duration,
+    /// Project id.
+    pub project_id: u64,
+    /// Protected flag of the job.
+    pub protected: bool,
+    /// `data_root_max_size`.
+    pub max_size: Option<u64>,
+    /// `data_root_max_age`.
+    pub max_age: Option<Duration>,
+    /// Image with `du` (the helper image).
+    pub helper_image: &'a str,
+}
+
+fn lock_path(state_dir: &Path, volume: &str) -> PathBuf {
+    state_dir.join("warm-roots").join(format!("{volume}.lock"))
+}
+
+/// Tries to take the lock without waiting. `Ok(None)`: busy.
+async fn try_lock(path: PathBuf) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, String> {
+    tokio::task::spawn_blocking(move || {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags_nofollow()
+            .open(&path)
+            .map_err(|e| format!("open {}: {e}", path.display()))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(Some(l)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(format!("lock {}: {e}", path.display())),
+        }
+    })
+    .await
+    .map_err(|e| format!("lock worker: {e}"))?
+}
+
+trait NoFollow {
+    fn custom_flags_nofollow(&mut self) -> &mut Self;
+}
+
+impl NoFollow for std::fs::OpenOptions {
+    fn custom_flags_nofollow(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+    }
+}
+
+/// Takes the warm root of (runner, project, protected) for one job: locks it, drops it when
+/// too old or held by a leftover container, creates it when missing. `Err(Miss)` means "use an
+/// ephemeral volume" (never an error for the job).
+pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease, Miss> {
+    let naming = Naming::new(req.runner_id, req.job_id, req.timeout)
+        .map_err(|e| Miss::Unavailable(e.to_string()))?;
+    let runner_id = req.runner_id;
+    let volume = volume_name(runner_id, req.project_id, req.protected);
+    let lock = match try_lock(lock_path(req.state_dir, &volume)).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return Err(Miss::Busy),
+        Err(e) => return Err(Miss::Unavailable(e)),
+    };
+    let unavailable =
+        |what: &str, e: crate::docker::Error| Miss::Unavailable(format!("{what}: {e}"));
+    // A container of a runner that died mid-job may still run a dockerd on the volume.
+    let holders = docker
+        .list_containers(&[format!("{LABEL_WARM_VOLUME}={volume}")])
+        .await
+        .map_err(|e| unavailable("list containers", e))?;
+    if !holders.is_empty() {
+        return Err(Miss::Busy);
+    }
+    let existing = docker
+        .list_volumes(&[
+            format!("{LABEL_WARM}=1"),
+            format!("{LABEL_RUNNER}={runner_id}"),
+        ])
+        .await
+        .map_err(|e| unavailable("list volumes", e))?
+        .into_iter()
+        .find(|v| v.name == volume);
+    let mut fresh = true;
+    if let Some(v) = existing {
+        let mine = labels_match(&v.labels, runner_id, req.project_id, req.protected);
+        if mine && !expired(&v.labels, req.max_age, now_secs()) {
+            fresh = false;
+        } else {
+            // Too old, or a volume with our name but not our key: start over.
+            docker
+                .remove_volume(&volume)
+                .await
+                .map_err(|e| unavailable("remove an expired warm root", e))?;
+        }
+    } else {
+        // The volume may also exist without our labels (made by hand): refuse to adopt it.
+        let all = docker
+            .list_volumes(&[])
+            .await
+            .map_err(|e| unavailable("list volumes", e))?;
+        if all.iter().any(|v| v.name == volume) {
+            return Err(Miss::Unavailable(format!(
+                "a volume named {volume} exists without the warm-root labels; not using it"
+            )));
+        }
+    }
+    if fresh {
+        docker
+            .create_volume(&volume, &labels(runner_id, req.project_id, req.protected))
+            .await
+            .map_err(|e| unavailable("create the warm root", e))?;
+    }
+    Ok(WarmLease {
+        volume,
+        fresh,
+        max_size: req.max_size,
+        helper_image: req.helper_image.to_string(),
+        naming,
+        _lock: lock,
+    })
+}
+
+impl WarmLease {
+    /// Labels to add to the sidecar that mounts this volume.
+    pub fn sidecar_labels(&self) -> [(String, String); 1] {
+        [(LABEL_WARM_VOLUME.to_string(), self.volume.clone())]
+    }
+
+    /// After the sidecar is gone: measures the volume against the size cap (removing it when
+    /// over), then releases the lock. Returns lines for the teardown report.
+    pub async fn release(self, docker: &Docker) -> (Vec<String>, Vec<String>) {
+        let mut removed = Vec::new();
+        let mut failures = Vec::new();
+        if let Some(max) = self.max_size {
+            match measure(docker, &self.naming, &self.helper_image, &self.volume).await {
+                Ok(size) if size > max => match docker.remove_volume(&self.volume).await {
+                    Ok(_) => removed.push(format!(
+                        "volume {} (warm root of {size} bytes, over its {max} byte cap)",
+                        self.volume
+                    )),
+                    Err(e) => failures.push(format!("remove oversized warm root: {e}")),
+                },
+                Ok(_) => {}
+                Err(e) => failures.push(format!("measure warm root {}: {e}", self.volume)),
+            }
+        }
+        // The lock goes with `self` here, after the volume is settled.
+        (removed, failures)
+    }
+}
+
+/// Bytes used by a volume: `du` in a helper container with the volume read-only and no
+/// network. The container carries the job's labels, so teardown and the reaper know it.
+pub async fn measure(
+    docker: &Docker,
+    naming: &Naming,
+    helper_image: &str,
+    volume: &str,
+) -> Result<u64, Error> {
+    let spec = ContainerSpec {
+        name: naming.name(&format!("du-{}", uuid::Uuid::new_v4().simple())),
+        image: helper_image.to_string(),
+        entrypoint: Some(vec![]),
+        cmd: Some(vec![
+            "du".to_string(),
+            "-s".to_string(),
+            "-x".to_string(),
+            "-B1".to_string(),
+            "/data".to_string(),
+        ]),
+        labels: naming.labels("measure"),
+        mounts: vec![MountSpec::Volume {
+            name: volume.to_string(),
+            target: "/data".to_string(),
+        }],
+        cap_drop: vec!["ALL".to_string()],
+        // Reading every file of a dockerd's root needs root's DAC override only.
+        cap_add: vec!["DAC_READ_SEARCH".to_string()],
+        security_opt: vec!["no-new-privileges".to_string()],
+        ..Default::default()
+    };
+    let id = docker
+        .create_container(&spec)
+        .await
+        .map_err(other("create the measuring container"))?;
+    let result = async {
+        docker
+            .start_container(&id)
+            .await
+            .map_err(other("start the measuring container"))?;
+        let code = docker
+            .wait_container(&id)
+            .await
+            .map_err(other("wait for the measuring container"))?;
+        let logs = docker
+            .logs_tail(&id, 5)
+            .await
+            .map_err(other("read the measuring container's output"))?;
+        parse_du(&logs).ok_or_else(|| Error::Other {
+            context: "measure a warm root".to_string(),
+            detail: format!("du exited with {code}: {}", logs.trim()),
+        })
+    }
+    .await;
+    if let Err(e) = docker.remove_container(&id).await {
+        tracing::warn!(container = %id, error = %e, "could not remove the measuring container");
+    }
+    result
+}
+
+/// The byte count of `du -s -B1` output (the last line that parses; `du` may warn first).
+fn parse_du(out: &str) -> Option<u64> {
+    out.lines()
+        .rev()
+        .find_map(|l| l.split_whitespace().next().and_then(|n| n.parse().ok()))
+}
+
+/// Removes, in the job's own (warm) daemon, what the previous job left running or stored:
+/// containers, volumes and custom networks. Images and build cache stay (that is the warmth).
+/// Returns what it could not remove.
+pub async fn scrub_inner(inner: &Docker) -> Vec<String> {
+    let mut failures = Vec::new();
+    match inner.list_containers(&[]).await {
+        Ok(list) => {
+            for c in list {
+                if let Err(e) = inner.remove_container(&c.id).await {
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        Err(e) => failures.push(e.to_string()),
+    }
+    match inner.list_networks(&[]).await {
+        Ok(list) => {
+            for n in list {
+                if matches!(n.name.as_str(), "bridge" | "host" | "none") {
+                    continue;
+                }
+                if let Err(e) = inner.remove_network(&n.id).await {
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        Err(e) => failures.push(e.to_string()),
+    }
+    match inner.list_volumes(&[]).await {
+        Ok(list) => {
+            for v in list {
+                if let Err(e) = inner.remove_volume(&v.name).await {
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        Err(e) => failures.push(e.to_string()),
+    }
+    failures
+}
+
+/// What [`remove_expired`] found and did.
+#[derive(Debug, Default, Clone)]
+pub struct ExpiredReport {
+    /// Warm roots older than the cap (removed unless dry run).
+    pub expired: Vec<String>,
+    /// Removed.
+    pub removed: Vec<String>,
+    /// Warm roots kept (young, or in use).
+    pub kept: Vec<String>,
+    /// Failures.
+    pub failures: Vec<String>,
+}
+
+/// For `runner cleanup`: removes this runner's warm roots older than `max_age` (with `None`,
+/// every warm root of the runner) that no job holds. Held roots are kept and retried later.
+pub async fn remove_expired(
+    docker: &Docker,
+    runner_id: &str,
+    state_dir: &Path,
+    max_age: Option<Duration>,
+    dry_run: bool,
+) -> ExpiredReport {
+    let mut report = ExpiredReport::default();
+    let vols = match docker
+        .list_volumes(&[
+            format!("{LABEL_WARM}=1"),
+            format!("{LABEL_RUNNER}={runner_id}"),
+        ])
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            report.failures.push(e.to_string());
+            return report;
+        }
+    };
+    let now = now_secs();
+    for v in vols {
+        let old = max_age.is_none() || expired(&v.labels, max_age, now);
+        if !old {
+            report.kept.push(v.name);
+            continue;
+        }
+        // Held by a job right now: never pull a volume from under a running dockerd.
+        let lock = match try_lock(lock_path(state_dir, &v.name)).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                report.kept.push(v.name);
+                continue;
+            }
+            Err(e) => {
+                report.failures.push(e);
+                continue;
+            }
+        };
+        report.expired.push(v.name.clone());
+        if !dry_run {
+            match docker.remove_volume(&v.name).await {
+                Ok(_) => report.removed.push(v.name),
+                Err(e) => report.failures.push(e.to_string()),
+            }
+        }
+        drop(lock);
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_key_everything() {
+        assert_eq!(volume_name("r1", 7, true), "ir-r1-warm-p7-protected");
+        assert_ne!(volume_name("r1", 7, true), volume_name("r1", 7, false));
+        assert_ne!(volume_name("r1", 7, false), volume_name("r1", 8, false));
+        let l = labels("r1", 7, false);
+        assert!(labels_match(&l, "r1", 7, false));
+        assert!(!labels_match(&l, "r1", 7, true));
+        assert!(!labels_match(&l, "r1", 8, false));
+        assert!(!labels_match(&l, "r2", 7, false));
+        // Neither teardown nor the reaper may see it as theirs.
+        assert!(!l.contains_key(crate::docker::LABEL_MANAGED));
+        assert!(!l.contains_key(crate::docker::LABEL_JOB));
+    }
+
+    #[test]
+    fn age_cap() {
+        let mut l = labels("r", 1, false);
+        l.insert(LABEL_CREATED.into(), "1000".into());
+        assert!(!expired(&l, None, 10_000));
+        assert!(!expired(&l, Some(Duration::from_secs(100)), 1050));
+        assert!(expired(&l, Some(Duration::from_secs(100)), 1101));
+        l.remove(LABEL_CREATED);
+        assert!(expired(&l, Some(Duration::from_secs(100)), 1050));
+    }
+
+    #[test]
+    fn du_output() {
+        assert_eq!(parse_du("12345\t/data\n"), Some(12345));
+        assert_eq!(parse_du("du: cannot read x\n42\t/data\n"), Some(42));
+        assert_eq!(parse_du("nothing"), None);
+    }
+
+    #[tokio::test]
+    async fn lock_is_exclusive_and_released_on_drop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = lock_path(dir.path(), "v");
+        let first = try_lock(p.clone()).await.expect("lock").expect("free");
+        assert!(try_lock(p.clone()).await.expect("lock").is_none());
+        drop(first);
+        assert!(try_lock(p).await.expect("lock").is_some());
+    }
+}

@@ -1,0 +1,337 @@
+//! The pipeline's [`CacheHook`] over the local archives of [`crate::cache`].
+//!
+//! - Keys, fallback keys, paths, `policy` and `when` are expanded with the job's variables
+//!   (GitLab sends `$VARS` unexpanded in cache entries).
+//! - The archive's directory is chosen by the **job's** protected flag, the same value the
+//!   backend uses for warm data roots, so an unprotected job can never feed a protected one.
+//! - `untracked: true` is listed with `git ls-files -o` run by the helper container over the job
+//!   directory: the host's git never runs on an untrusted checkout (a repository's config can
+//!   name programs to run).
+//! - The archives themselves are read and written on the host by the runner, with the
+//!   `O_NOFOLLOW` walk of `src/cache/archive.rs`; no container ever sees the cache directory.
+//! - Failures are warnings (the pipeline logs them); only an unknown `policy`/`when` is reported
+//!   as an error string, which the pipeline turns into a warning too.
+
+use super::pipeline::{CacheHook, StageContext};
+use super::script::sh_quote;
+use crate::cache::{self, CacheContext, JobStatus};
+use crate::gitlab::types::Cache;
+use crate::isolation::{OutputSink, Role, ScriptRequest};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// `cache:` with local archives under the runner entry's `cache_dir`.
+#[derive(Debug, Default, Clone)]
+pub struct LocalCache;
+
+impl LocalCache {
+    /// The hook, ready to put in [`super::Pipeline::cache`].
+    pub fn hook() -> Arc<dyn CacheHook> {
+        Arc::new(LocalCache)
+    }
+}
+
+/// Whether the job runs for a protected ref: the payload's `git_info.protected`, else the
+/// `CI_COMMIT_REF_PROTECTED` variable (as `build_spec` decides it for the backend).
+pub fn job_is_protected(ctx: &StageContext<'_>) -> bool {
+    ctx.job.git_info.protected.unwrap_or_else(|| {
+        ctx.vars
+            .get("CI_COMMIT_REF_PROTECTED")
+            .is_some_and(|v| v.trim() == "true")
+    })
+}
+
+/// The cache context of this job.
+pub fn cache_context(ctx: &StageContext<'_>) -> CacheContext {
+    CacheContext {
+        cache_dir: ctx.runner.cache_dir.clone(),
+        project_dir: ctx.env.paths().project_dir.clone(),
+        project_id: ctx.job.job_info.project_id,
+        protected: job_is_protected(ctx),
+        // gitlab-runner's default key: `<job name>/<ref>`.
+        default_key: format!("{}/{}", ctx.job.job_info.name, ctx.job.git_info.r#ref),
+        fallback_key: ctx
+            .vars
+            .get("CACHE_FALLBACK_KEY")
+            .map(|k| ctx.vars.expand(k))
+            .filter(|k| !k.trim().is_empty()),
+    }
+}
+
+/// The job's cache entries with every string expanded by the job's variables.
+pub fn expanded_entries(ctx: &StageContext<'_>) -> Vec<Cache> {
+    let v = ctx.vars;
+    ctx.job
+        .cache
+        .iter()
+        .map(|c| Cache {
+            key: v.expand(&c.key),
+            untracked: c.untracked,
+            paths: c.paths.iter().map(|p| v.expand(p)).collect(),
+            policy: v.expand(&c.policy),
+            when: v.expand(&c.when),
+            fallback_keys: c.fallback_keys.iter().map(|k| v.expand(k)).collect(),
+        })
+        .collect()
+}
+
+/// Routes the cache's trace lines into the job log.
+fn log_of<'a>(ctx: &'a StageContext<'_>) -> impl Fn(&str) + Send + Sync + 'a {
+    move |line: &str| {
+        if let Some(rest) = line.strip_prefix("WARNING: ") {
+            ctx.log.warning(rest);
+        } else {
+            ctx.log.line(line);
+        }
+    }
+}
+
+/// Collects a helper script's output (the job log is borrowed, a sink must be `'static`).
+#[derive(Default)]
+struct Collect(Mutex<Vec<u8>>);
+
+impl OutputSink for Collect {
+    fn write(&self, data: &[u8]) {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(data);
+        }
+    }
+}
+
+/// Lists untracked files of the checkout with git in the helper container; a directory that
+/// is not a git repository counts as wholly untracked (`.`).
+async fn untracked_files(ctx: &StageContext<'_>) -> Result<Vec<PathBuf>, String> {
+    let paths = ctx.env.paths();
+    let list = paths.tmp_dir.join(format!(
+        "cache-untracked-{}.list",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let dir = sh_quote(&paths.project_dir.to_string_lossy());
+    let l = sh_quote(&list.to_string_lossy());
+    let script = format!(
+        "set -eo pipefail\nif git -c safe.directory='*' -C {dir} rev-parse --git-dir >/dev/null 2>&1; then\n  git -c safe.directory='*' -C {dir} ls-files -o --exclude-standard -z > {l}\nelse\n  printf 'NOT-A-GIT-REPOSITORY' > {l}\nfi\n"
+    );
+    let out = Arc::new(Collect::default());
+    let sink: Arc<dyn OutputSink> = out.clone();
+    let code = ctx
+        .env
+        .run_script(
+            ScriptRequest {
+                role: Role::Helper,
+                script,
+                env: Vec::new(),
+            },
+            sink,
+            ctx.cancel.child_token(),
+        )
+        .await
+        .map_err(|e| format!("listing untracked files: {e}"))?;
+    if code != 0 {
+        let text = out.0.lock().map(|b| b.clone()).unwrap_or_default();
+        return Err(format!(
+            "listing untracked files exited with {code}: {}",
+            String::from_utf8_lossy(&text).trim()
+        ));
+    }
+    let data = tokio::fs::read(&list)
+        .await
+        .map_err(|e| format!("reading {}: {e}", list.display()))?;
+    // Already gone is fine; the tmp dir goes at teardown anyway.
+    let _ = tokio::fs::remove_file(&list).await;
+    Ok(parse_untracked(&data))
+}
+
+fn parse_untracked(data: &[u8]) -> Vec<PathBuf> {
+    if data == b"NOT-A-GIT-REPOSITORY" {
+        return vec![PathBuf::from(".")];
+    }
+    data.split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| PathBuf::from(String::from_utf8_lossy(s).into_owned()))
+        .collect()
+}
+
+/// Whether any entry will be saved and needs the untracked list (avoids a helper container for
+/// the common case).
+fn needs_untracked(entries: &[Cache], status: JobStatus) -> bool {
+    entries.iter().any(|e| {
+        e.untracked
+            && cache::Policy::parse(&e.policy).is_some_and(|p| p != cache::Policy::Pull)
+            && cache::When::parse(&e.when).is_some_and(|w| w.matches(status))
+    })
+}
+
+#[async_trait::async_trait]
+impl CacheHook for LocalCache {
+    async fn restore(&self, ctx: &StageContext<'_>) -> Result<(), String> {
+        let entries = expanded_entries(ctx);
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let cctx = cache_context(ctx);
+        let log = log_of(ctx);
+        cache::restore(&cctx, &entries, &log)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn archive(&self, ctx: &StageContext<'_>, job_failed: bool) -> Result<(), String> {
+        let entries = expanded_entries(ctx);
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let status = if job_failed {
+            JobStatus::Failed
+        } else {
+            JobStatus::Success
+        };
+        let untracked = if needs_untracked(&entries, status) {
+            match untracked_files(ctx).await {
+                Ok(u) => u,
+                Err(e) => {
+                    // The `paths` part of the cache is still worth saving.
+                    ctx.log.warning(&format!("untracked files not cached: {e}"));
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let cctx = cache_context(ctx);
+        let log = log_of(ctx);
+        cache::save(&cctx, &entries, status, &untracked, &log)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Errors of [`files_key`].
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFilesError {
+    /// A listed path is absolute or climbs out of the checkout.
+    #[error("cache key file {0:?} must be a relative path inside the project")]
+    OutsidePath(String),
+    /// A listed file exists but cannot be read.
+    #[error("cannot read cache key file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `cache:key:files` computed locally (for `runner exec`; GitLab computes it server-side and
+/// sends the result): the SHA-256 of the listed files' paths and contents, in the order listed,
+/// shortened to 40 hex digits and prefixed with `prefix-` when a prefix is given. Missing files
+/// are skipped; when none exists the key is `default` (`<prefix>-default`), as in GitLab.
+/// Blocking: call it on a blocking thread.
+pub fn files_key(
+    root: &Path,
+    files: &[String],
+    prefix: Option<&str>,
+) -> Result<String, KeyFilesError> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut found = 0usize;
+    for f in files {
+        let rel = Path::new(f.trim());
+        let inside = rel.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+        if !inside || rel.as_os_str().is_empty() {
+            return Err(KeyFilesError::OutsidePath(f.clone()));
+        }
+        let path = root.join(rel);
+        match std::fs::read(&path) {
+            Ok(data) => {
+                found += 1;
+                hasher.update((f.len() as u64).to_le_bytes());
+                hasher.update(f.as_bytes());
+                hasher.update((data.len() as u64).to_le_bytes());
+                hasher.update(&data);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(KeyFilesError::Read { path, source }),
+        }
+    }
+    let body = if found == 0 {
+        "default".to_string()
+    } else {
+        let digest = hex::encode(hasher.finalize());
+        digest[..40].to_string()
+    };
+    Ok(match prefix.map(str::trim).filter(|p| !p.is_empty()) {
+        Some(p) => format!("{p}-{body}"),
+        None => body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untracked_list_parsing() {
+        assert_eq!(
+            parse_untracked(b"NOT-A-GIT-REPOSITORY"),
+            vec![PathBuf::from(".")]
+        );
+        assert_eq!(
+            parse_untracked(b"a\0dir/b\0"),
+            vec![PathBuf::from("a"), PathBuf::from("dir/b")]
+        );
+        assert!(parse_untracked(b"").is_empty());
+    }
+
+    #[test]
+    fn files_key_follows_contents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = vec!["composer.lock".to_string(), "yarn.lock".to_string()];
+        assert_eq!(files_key(dir.path(), &files, None).expect("key"), "default");
+        assert_eq!(
+            files_key(dir.path(), &files, Some("deps")).expect("key"),
+            "deps-default"
+        );
+        std::fs::write(dir.path().join("composer.lock"), "a").expect("write");
+        let k1 = files_key(dir.path(), &files, Some("deps")).expect("key");
+        assert!(k1.starts_with("deps-") && k1.len() == 45, "{k1}");
+        std::fs::write(dir.path().join("composer.lock"), "b").expect("write");
+        let k2 = files_key(dir.path(), &files, Some("deps")).expect("key");
+        assert_ne!(k1, k2);
+        assert_eq!(
+            k2,
+            files_key(dir.path(), &files, Some("deps")).expect("key")
+        );
+        assert!(files_key(dir.path(), &["../x".to_string()], None).is_err());
+        assert!(files_key(dir.path(), &["/etc/passwd".to_string()], None).is_err());
+    }
+
+    #[test]
+    fn untracked_needed_only_when_saved() {
+        let e = Cache {
+            untracked: true,
+            policy: "pull".into(),
+            ..Default::default()
+        };
+        assert!(!needs_untracked(
+            std::slice::from_ref(&e),
+            JobStatus::Success
+        ));
+        let e = Cache {
+            untracked: true,
+            ..Default::default()
+        };
+        assert!(needs_untracked(
+            std::slice::from_ref(&e),
+            JobStatus::Success
+        ));
+        assert!(!needs_untracked(&[e], JobStatus::Failed));
+    }
+}

@@ -1,0 +1,499 @@
+//! `cache:` through real jobs: `job::Pipeline` with the `LocalCache` hook, on the local test
+//! backend (scripts run with local bash; Docker would add nothing to archive logic) and on the
+//! real dind backend (the untracked list comes from git in the helper container, and the job
+//! directory is only removed after the save).
+
+mod support;
+
+use isolated_runner::config::RunnerConfig;
+use isolated_runner::gitlab::types::{Cache, JobResponse, JobVariable, Step};
+use isolated_runner::isolation::{self, Isolation};
+use isolated_runner::job::{JobControl, JobExecutor, JobOutcome, LocalCache, Pipeline};
+use isolated_runner::secret::Secret;
+use isolated_runner::trace::BufferSink;
+use std::path::Path;
+use std::sync::Arc;
+use support::local_backend::{Faults, LocalIsolation, RecordingStore};
+
+fn var(k: &str, v: &str) -> JobVariable {
+    JobVariable {
+        key: k.into(),
+        value: v.into(),
+        public: true,
+        ..Default::default()
+    }
+}
+
+/// A job of `project` running `script`, with one cache entry.
+fn job(id: u64, project: u64, script: &[&str], cache: Cache) -> JobResponse {
+    let mut j = JobResponse {
+        id,
+        token: Secret::new(format!("glcbt-cachejob{id}token")),
+        steps: vec![Step {
+            name: "script".into(),
+            script: script.iter().map(|s| s.to_string()).collect(),
+            timeout: 3600,
+            when: "on_success".into(),
+            allow_failure: false,
+        }],
+        variables: vec![var("GIT_STRATEGY", "none")],
+        cache: vec![cache],
+        ..Default::default()
+    };
+    j.job_info.name = "build".into();
+    j.job_info.project_id = project;
+    j.git_info.r#ref = "main".into();
+    j.git_info.protected = Some(false);
+    j
+}
+
+fn entry(key: &str) -> Cache {
+    Cache {
+        key: key.into(),
+        paths: vec!["vendor/".into()],
+        ..Default::default()
+    }
+}
+
+struct Run {
+    outcome: JobOutcome,
+    trace: String,
+}
+
+async fn run(backend: Arc<dyn Isolation>, runner: &RunnerConfig, job: JobResponse) -> Run {
+    let sink = Arc::new(BufferSink::new());
+    let mut p = Pipeline::new(backend, RecordingStore::new());
+    p.cache = Some(LocalCache::hook());
+    let outcome = p
+        .execute(
+            job,
+            Arc::new(runner.clone()),
+            sink.clone(),
+            JobControl::default(),
+        )
+        .await;
+    Run {
+        outcome,
+        trace: sink.text(),
+    }
+}
+
+fn local_runner(cache_dir: &Path) -> RunnerConfig {
+    RunnerConfig {
+        cache_dir: cache_dir.to_path_buf(),
+        ..Default::default()
+    }
+}
+
+fn ok(r: &Run) {
+    assert_eq!(r.outcome, JobOutcome::Success, "trace:\n{}", r.trace);
+}
+
+fn failed(r: &Run) {
+    assert!(
+        matches!(r.outcome, JobOutcome::Failed { .. }),
+        "trace:\n{}",
+        r.trace
+    );
+}
+
+#[tokio::test]
+async fn cache_follows_the_project_and_nothing_else() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runner = local_runner(cache.path());
+    let backend = LocalIsolation::new(Faults::default());
+
+    let r = run(
+        backend.clone(),
+        &runner,
+        job(
+            1,
+            7,
+            &["mkdir -p vendor", "echo one > vendor/x"],
+            entry("k"),
+        ),
+    )
+    .await;
+    ok(&r);
+    assert!(r.trace.contains("Created cache"), "{}", r.trace);
+    assert!(
+        isolated_runner::cache::archive_path(cache.path(), 7, false, "k").is_file(),
+        "archive written under the project"
+    );
+
+    // The same project restores it.
+    let r = run(
+        backend.clone(),
+        &runner,
+        job(2, 7, &["test \"$(cat vendor/x)\" = one"], entry("k")),
+    )
+    .await;
+    ok(&r);
+    assert!(
+        r.trace.contains("Successfully extracted cache"),
+        "{}",
+        r.trace
+    );
+
+    // Another project with the same key does not.
+    let r = run(
+        backend.clone(),
+        &runner,
+        job(
+            3,
+            8,
+            &["test ! -e vendor/x"],
+            Cache {
+                policy: "pull".into(),
+                ..entry("k")
+            },
+        ),
+    )
+    .await;
+    ok(&r);
+    assert!(r.trace.contains("cache k not found"), "{}", r.trace);
+    // Every job dir is gone: the save ran before teardown removed the checkout.
+    assert_eq!(backend.teardowns(), 3);
+    assert!(
+        std::fs::read_dir(backend.builds())
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+}
+
+#[tokio::test]
+async fn an_unprotected_job_cannot_feed_a_protected_one() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runner = local_runner(cache.path());
+    let backend = LocalIsolation::new(Faults::default());
+    // An unprotected branch names the protected key on purpose.
+    let r = run(
+        backend.clone(),
+        &runner,
+        job(
+            1,
+            7,
+            &["mkdir -p vendor", "echo evil > vendor/x"],
+            entry("deps-protected"),
+        ),
+    )
+    .await;
+    ok(&r);
+    let mut protected = job(
+        2,
+        7,
+        &[
+            "test ! -e vendor/x",
+            "mkdir -p vendor",
+            "echo good > vendor/x",
+        ],
+        entry("deps-protected"),
+    );
+    protected.git_info.protected = Some(true);
+    let r = run(backend.clone(), &runner, protected).await;
+    ok(&r);
+    // The protected job's own save lands in the protected directory, which the unprotected
+    // one never reads either.
+    assert!(
+        isolated_runner::cache::archive_path(cache.path(), 7, true, "deps-protected").is_file()
+    );
+    let r = run(
+        backend.clone(),
+        &runner,
+        job(
+            3,
+            7,
+            &["test \"$(cat vendor/x)\" = evil"],
+            entry("deps-protected"),
+        ),
+    )
+    .await;
+    ok(&r);
+}
+
+#[tokio::test]
+async fn policy_pull_restores_but_does_not_save() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runner = local_runner(cache.path());
+    let backend = LocalIsolation::new(Faults::default());
+    let pull = |e: Cache| Cache {
+        policy: "pull".into(),
+        ..e
+    };
+    let r = run(
+        backend.clone(),
+        &runner,
+        job(
+            1,
+            7,
+            &["mkdir -p vendor", "echo one > vendor/x"],
+            pull(entry("k")),
+        ),
+    )
+    .await;
+    ok(&r);
+    assert!(
+        r.trace.contains("Not uploading cache k due to policy"),
+        "{}",
+        r.trace
+    );
+    assert!(!isolated_runner::cache::archive_path(cache.path(), 7, false, "k").exists());
+
+    // Seed with pull-push, then a pull job sees it and its changes are not saved.
+    ok(&run(
+        backend.clone(),
+        &runner,
+        job(
+            2,
+            7,
+            &["mkdir -p vendor", "echo two > vendor/x"],
+            entry("k"),
+        ),
+    )
+    .await);
+    ok(&run(
+        backend.clone(),
+        &runner,
+        job(
+            3,
+            7,
+            &["test \"$(cat vendor/x)\" = two", "echo three > vendor/x"],
+            pull(entry("k")),
+        ),
+    )
+    .await);
+    ok(&run(
+        backend.clone(),
+        &runner,
+        job(4, 7, &["test \"$(cat vendor/x)\" = two"], pull(entry("k"))),
+    )
+    .await);
+    // `push` does not restore.
+    ok(&run(
+        backend.clone(),
+        &runner,
+        job(
+            5,
+            7,
+            &["test ! -e vendor/x"],
+            Cache {
+                policy: "push".into(),
+                ..entry("other")
+            },
+        ),
+    )
+    .await);
+}
+
+#[tokio::test]
+async fn when_on_failure_and_on_success() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runner = local_runner(cache.path());
+    let backend = LocalIsolation::new(Faults::default());
+    let when = |key: &str, w: &str| Cache {
+        when: w.into(),
+        ..entry(key)
+    };
+    let archive = |key: &str| isolated_runner::cache::archive_path(cache.path(), 7, false, key);
+    let make = ["mkdir -p vendor", "echo x > vendor/x"];
+    let make_and_fail = ["mkdir -p vendor", "echo x > vendor/x", "false"];
+
+    failed(
+        &run(
+            backend.clone(),
+            &runner,
+            job(1, 7, &make_and_fail, when("f1", "on_failure")),
+        )
+        .await,
+    );
+    assert!(archive("f1").is_file(), "on_failure saves for a failed job");
+    failed(
+        &run(
+            backend.clone(),
+            &runner,
+            job(2, 7, &make_and_fail, when("f2", "on_success")),
+        )
+        .await,
+    );
+    assert!(
+        !archive("f2").exists(),
+        "on_success does not save for a failed job"
+    );
+    ok(&run(
+        backend.clone(),
+        &runner,
+        job(3, 7, &make, when("f3", "on_failure")),
+    )
+    .await);
+    assert!(
+        !archive("f3").exists(),
+        "on_failure does not save for a passed job"
+    );
+    failed(
+        &run(
+            backend.clone(),
+            &runner,
+            job(4, 7, &make_and_fail, when("f4", "always")),
+        )
+        .await,
+    );
+    assert!(archive("f4").is_file(), "always saves");
+}
+
+#[tokio::test]
+async fn keys_expand_and_fall_back() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runner = local_runner(cache.path());
+    let backend = LocalIsolation::new(Faults::default());
+    let mut seed = job(
+        1,
+        7,
+        &["mkdir -p vendor", "echo main > vendor/x"],
+        entry("deps-$BRANCH"),
+    );
+    seed.variables.push(var("BRANCH", "main"));
+    ok(&run(backend.clone(), &runner, seed).await);
+    assert!(isolated_runner::cache::archive_path(cache.path(), 7, false, "deps-main").is_file());
+
+    // A new branch misses its own key and falls back to main's.
+    let mut feature = job(
+        2,
+        7,
+        &["test \"$(cat vendor/x)\" = main"],
+        Cache {
+            fallback_keys: vec!["deps-$DEFAULT".into()],
+            policy: "pull".into(),
+            ..entry("deps-$BRANCH")
+        },
+    );
+    feature.variables.push(var("BRANCH", "feature"));
+    feature.variables.push(var("DEFAULT", "main"));
+    let r = run(backend.clone(), &runner, feature).await;
+    ok(&r);
+    assert!(
+        r.trace.contains("Checking cache for deps-main"),
+        "{}",
+        r.trace
+    );
+
+    // CACHE_FALLBACK_KEY comes last.
+    let mut last = job(
+        3,
+        7,
+        &["test \"$(cat vendor/x)\" = main"],
+        Cache {
+            policy: "pull".into(),
+            ..entry("nothing-here")
+        },
+    );
+    last.variables.push(var("CACHE_FALLBACK_KEY", "deps-main"));
+    ok(&run(backend.clone(), &runner, last).await);
+}
+
+#[tokio::test]
+async fn untracked_files_come_from_git() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runner = local_runner(cache.path());
+    let backend = LocalIsolation::new(Faults::default());
+    let c = Cache {
+        key: "u".into(),
+        untracked: true,
+        ..Default::default()
+    };
+    ok(&run(
+        backend.clone(),
+        &runner,
+        job(
+            1,
+            7,
+            &[
+                "git init -q .",
+                "echo t > tracked",
+                "git add tracked",
+                "git -c user.name=t -c user.email=t@t commit -qm t",
+                "echo u > untracked.txt",
+            ],
+            c.clone(),
+        ),
+    )
+    .await);
+    ok(&run(
+        backend.clone(),
+        &runner,
+        job(
+            2,
+            7,
+            &["test \"$(cat untracked.txt)\" = u", "test ! -e tracked"],
+            c,
+        ),
+    )
+    .await);
+}
+
+/// One real job pair on the dind backend: the job container (root, its own image) writes the
+/// files, the runner archives them on the host, the next job's container reads them.
+#[tokio::test]
+async fn dind_jobs_save_and_restore() {
+    let scope = support::docker::Scope::new().await;
+    let cache = tempfile::tempdir().expect("tempdir");
+    let mut runner = scope.runner_config();
+    runner.cache_dir = cache.path().to_path_buf();
+    let backend: Arc<dyn Isolation> = Arc::new(isolation::dind::DindBackend::new(
+        scope.docker.clone(),
+        Arc::new(runner.clone()),
+        scope.state_dir(),
+    ));
+    let mut pipeline = Pipeline::new(backend, RecordingStore::new());
+    pipeline.cache = Some(LocalCache::hook());
+    pipeline.runner_id = scope.runner_id.clone();
+    let pipeline = Arc::new(pipeline);
+    let go = |j: JobResponse| {
+        let p = pipeline.clone();
+        let r = runner.clone();
+        async move {
+            let sink = Arc::new(BufferSink::new());
+            let outcome = p
+                .execute(j, Arc::new(r), sink.clone(), JobControl::default())
+                .await;
+            Run {
+                outcome,
+                trace: sink.text(),
+            }
+        }
+    };
+    let both = Cache {
+        key: "k".into(),
+        paths: vec!["vendor/".into()],
+        untracked: true,
+        ..Default::default()
+    };
+    let r = go(job(
+        901,
+        7,
+        &[
+            "git init -q . && git -c user.name=t -c user.email=t@t commit -q --allow-empty -m t",
+            "mkdir -p vendor && echo one > vendor/x",
+            "echo u > loose.txt",
+        ],
+        both.clone(),
+    ))
+    .await;
+    ok(&r);
+    assert!(r.trace.contains("untracked: found"), "{}", r.trace);
+    let r = go(job(
+        902,
+        7,
+        &[
+            "test \"$(cat vendor/x)\" = one",
+            "test \"$(cat loose.txt)\" = u",
+        ],
+        Cache {
+            policy: "pull".into(),
+            ..both
+        },
+    ))
+    .await;
+    ok(&r);
+    scope.assert_clean().await;
+}
