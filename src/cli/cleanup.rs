@@ -34,16 +34,26 @@ fn parse_age(text: &str) -> Result<Duration, String> {
     crate::config::validate::parse_duration(text)
 }
 
-/// **Cache seam.** The cache module's pruner, once the lead wires `cache::prune` in (an
-/// implementation of [`CachePruner`] calling `cache::prune(dir, max_size, max_age, dry_run)`).
-/// Until then cleanup reports that the cache was not pruned.
+/// The cache module's pruner (`cache::prune`), applied to every runner's `cache_dir`.
 fn cache_pruner() -> Option<Arc<dyn CachePruner>> {
-    None
+    Some(Arc::new(cleanup::LocalCachePruner))
 }
 
 /// Runs the verb: exit 0 unless something could not be listed or removed.
 pub async fn run(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
-    let config = super::load_config(&args.config.config).await?;
+    // Leftovers of dead runners are found by label, so cleanup also works on a host whose
+    // config is gone (the default path missing): then the default directories are used.
+    let config = if !args.config.config.exists() && args.config.is_default() {
+        eprintln!(
+            "{} does not exist: cleaning up with the default directories",
+            args.config.config.display()
+        );
+        let mut config = crate::config::Config::default();
+        config.runners.push(crate::config::RunnerConfig::default());
+        config
+    } else {
+        super::load_config(&args.config.config).await?
+    };
     let first = config
         .runners
         .first()

@@ -46,6 +46,14 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+impl ConfigArg {
+    /// True when the path is the built-in default (not given on the command line or in the
+    /// environment), so a verb may fall back to defaults when it is missing.
+    pub fn is_default(&self) -> bool {
+        self.config == std::path::Path::new(DEFAULT_CONFIG)
+    }
+}
+
 /// The verbs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
