@@ -686,6 +686,35 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// The cache module's pruner: least recently used archives go first (see `cache::prune`).
+pub struct LocalCachePruner;
+
+#[async_trait::async_trait]
+impl CachePruner for LocalCachePruner {
+    async fn prune(
+        &self,
+        cache_dir: &Path,
+        max_size: Option<u64>,
+        max_age: Option<Duration>,
+        dry_run: bool,
+    ) -> Result<CachePruned, Error> {
+        let report = crate::cache::prune(cache_dir, max_size, max_age, dry_run)
+            .await
+            .map_err(|e| Error::Cache {
+                dir: cache_dir.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        Ok(CachePruned {
+            removed: report
+                .removed
+                .iter()
+                .map(|(p, _)| p.display().to_string())
+                .collect(),
+            freed_bytes: report.freed,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -758,34 +787,5 @@ mod tests {
         assert!(chain_verdict(&rule("other"), JobStanding::Dead, &own).is_some());
         assert!(chain_verdict(&rule("abcdef01"), JobStanding::Unknown, &own).is_some());
         assert!(chain_verdict(&rule("abcdef0123456789"), JobStanding::Live, &own).is_none());
-    }
-}
-
-/// The cache module's pruner: least recently used archives go first (see `cache::prune`).
-pub struct LocalCachePruner;
-
-#[async_trait::async_trait]
-impl CachePruner for LocalCachePruner {
-    async fn prune(
-        &self,
-        cache_dir: &Path,
-        max_size: Option<u64>,
-        max_age: Option<Duration>,
-        dry_run: bool,
-    ) -> Result<CachePruned, Error> {
-        let report = crate::cache::prune(cache_dir, max_size, max_age, dry_run)
-            .await
-            .map_err(|e| Error::Cache {
-                dir: cache_dir.to_path_buf(),
-                detail: e.to_string(),
-            })?;
-        Ok(CachePruned {
-            removed: report
-                .removed
-                .iter()
-                .map(|(p, _)| p.display().to_string())
-                .collect(),
-            freed_bytes: report.freed,
-        })
     }
 }
