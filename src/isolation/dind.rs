@@ -373,6 +373,13 @@ impl DindBackend {
         let waited = started.elapsed();
         env.ready_after = Some(waited);
         self.learn_iptables(&id).await;
+        if let Some(lease) = env.warm.as_ref().filter(|l| !l.fresh) {
+            // What the previous job left running or stored goes; images and cache stay.
+            for f in super::data_root::scrub_inner(&inner).await {
+                out.write(format!("WARNING: warm data root: {f}\n").as_bytes());
+            }
+            tracing::debug!(volume = %lease.volume, "warm data root scrubbed");
+        }
         tracing::info!(
             job.id = spec.job_id,
             ready_ms = waited.as_millis() as u64,
