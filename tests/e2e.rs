@@ -490,7 +490,7 @@ preload_images = ["isolated-runner/busybox:test"]
 ready_timeout = "90s"
 "#,
             state = state.display(),
-            url = w.fake.url(),
+            url = format!("http://{}/", w.git_addr),
             token = support::fake_gitlab::RUNNER_TOKEN,
             builds = w.scope.builds_dir().display(),
         ),

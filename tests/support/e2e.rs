@@ -106,7 +106,12 @@ impl E2e {
     pub fn runner_config(&self) -> RunnerConfig {
         let mut r = self.scope.runner_config();
         r.name = format!("e2e-{}", self.scope.runner_id);
-        r.url = self.fake.url().parse().expect("fake url");
+        // The runner reaches GitLab where its jobs do (the forwarder on docker0): the job
+        // bridge's egress rules allow the runner's GitLab host:port and nothing else on the
+        // host, as in a real install where GitLab runs on the runner's own host.
+        r.url = format!("http://{}/", self.git_addr)
+            .parse()
+            .expect("forwarder url");
         r.token = Secret::new(RUNNER_TOKEN);
         r.docker.image = JOB_IMAGE.to_string();
         r.docker.isolation.preload_images = vec![super::docker::BUSYBOX_IMAGE.to_string()];
