@@ -350,6 +350,17 @@ pub fn cert_dir_name(job: JobId) -> String {
     format!("job-{job}")
 }
 
+/// Where [`write_cert_dir`] puts a job's certificates (nothing is created): teardown records
+/// it before the write, so a write cut short by a cancel is still removed.
+pub fn cert_dir(state_dir: &Path, runner_id: &str, job: JobId) -> Result<CertDir, Error> {
+    let root = runner_cert_root(state_dir, runner_id)?.join(cert_dir_name(job));
+    Ok(CertDir {
+        server: root.join("server"),
+        client: root.join("client"),
+        root,
+    })
+}
+
 /// Writes a job's certificates: directories 0700, files 0600, the server and client halves in
 /// separate subdirectories so each container gets only its half.
 pub async fn write_cert_dir(
@@ -359,12 +370,7 @@ pub async fn write_cert_dir(
     pki: &JobPki,
 ) -> Result<CertDir, Error> {
     let base = runner_cert_root(state_dir, runner_id)?;
-    let root = base.join(cert_dir_name(job));
-    let dir = CertDir {
-        server: root.join("server"),
-        client: root.join("client"),
-        root,
-    };
+    let dir = cert_dir(state_dir, runner_id, job)?;
     let files: Vec<(PathBuf, zeroize::Zeroizing<String>)> =
         [(&dir.server, &pki.server), (&dir.client, &pki.client)]
             .into_iter()
