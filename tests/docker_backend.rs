@@ -387,6 +387,27 @@ async fn services_run_on_the_job_network_with_aliases() {
     )
     .await;
     assert!(text.contains("svc-ok"), "{text}");
+    // Services are as restricted as job containers.
+    let svc = env.resources().services;
+    assert_eq!(svc.len(), 1);
+    let out = tokio::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}}",
+            &svc[0],
+        ])
+        .output()
+        .await
+        .unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    for cap in isolation::JOB_CAP_DROP {
+        assert!(
+            seen.contains(&format!("\"{cap}\"")),
+            "{cap} not dropped: {seen}"
+        );
+    }
+    assert!(seen.contains("no-new-privileges"), "{seen}");
     teardown(&scope, env).await;
 }
 

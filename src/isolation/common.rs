@@ -374,19 +374,7 @@ impl JobState {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             env.extend(svc.env.iter().map(|(k, v)| format!("{k}={v}")));
-            let spec = ContainerSpec {
-                name: self.naming.name(&format!("svc-{i}")),
-                image: svc.image.name.clone(),
-                entrypoint: svc.image.entrypoint.clone(),
-                cmd: (!svc.command.is_empty()).then(|| svc.command.clone()),
-                env,
-                labels: self.naming.labels("service"),
-                network: Some(net.name.clone()),
-                aliases: svc.aliases.clone(),
-                cap_drop: vec!["NET_RAW".to_string(), "MKNOD".to_string()],
-                security_opt: vec!["no-new-privileges".to_string()],
-                ..Default::default()
-            };
+            let spec = service_spec(&self.naming, i, svc, env, &net.name);
             let d = self.docker.clone();
             let id = detached(
                 &self.inflight,
@@ -659,6 +647,32 @@ impl JobState {
     }
 }
 
+/// The container of the job's `i`-th service. Services run images the job names, on the
+/// job's network, so they get the job containers' restrictions: the same capability drop
+/// list and `no-new-privileges` (database and web images drop to their user with
+/// setuid/setgid, which stay; none needs raw sockets, device nodes or chroot).
+fn service_spec(
+    naming: &Naming,
+    i: usize,
+    svc: &super::ServiceSpec,
+    env: Vec<String>,
+    network: &str,
+) -> ContainerSpec {
+    ContainerSpec {
+        name: naming.name(&format!("svc-{i}")),
+        image: svc.image.name.clone(),
+        entrypoint: svc.image.entrypoint.clone(),
+        cmd: (!svc.command.is_empty()).then(|| svc.command.clone()),
+        env,
+        labels: naming.labels("service"),
+        network: Some(network.to_string()),
+        aliases: svc.aliases.clone(),
+        cap_drop: JOB_CAP_DROP.iter().map(|s| s.to_string()).collect(),
+        security_opt: vec!["no-new-privileges".to_string()],
+        ..Default::default()
+    }
+}
+
 impl JobState {
     /// Removes the job's containers (found by label, plus the ones recorded), the sidecar last:
     /// job containers talk to it until they die.
@@ -775,6 +789,27 @@ mod tests {
             .expect("the tracker settles");
         assert!(done.load(Ordering::SeqCst), "the request ran to completion");
         assert_eq!(detached(&inflight, async { 7 }).await, 7);
+    }
+
+    #[test]
+    fn services_are_as_restricted_as_job_containers() {
+        let n = Naming::new("r1", 5, Duration::from_secs(60)).unwrap();
+        let svc = super::super::ServiceSpec {
+            image: super::super::ContainerImage {
+                name: "postgres:16".into(),
+                entrypoint: None,
+            },
+            command: vec![],
+            aliases: vec!["db".into()],
+            env: vec![],
+        };
+        let spec = service_spec(&n, 0, &svc, vec![], "ir-r1-5-net");
+        let drop: Vec<&str> = spec.cap_drop.iter().map(String::as_str).collect();
+        assert_eq!(drop, JOB_CAP_DROP);
+        assert_eq!(spec.security_opt, ["no-new-privileges"]);
+        assert!(!spec.privileged && spec.cap_add.is_empty());
+        assert_eq!(spec.name, "ir-r1-5-svc-0");
+        assert_eq!(spec.network.as_deref(), Some("ir-r1-5-net"));
     }
 
     #[test]
