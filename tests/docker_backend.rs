@@ -387,6 +387,27 @@ async fn services_run_on_the_job_network_with_aliases() {
     )
     .await;
     assert!(text.contains("svc-ok"), "{text}");
+    // Services are as restricted as job containers.
+    let svc = env.resources().services;
+    assert_eq!(svc.len(), 1);
+    let out = tokio::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}}",
+            &svc[0],
+        ])
+        .output()
+        .await
+        .unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    for cap in isolation::JOB_CAP_DROP {
+        assert!(
+            seen.contains(&format!("\"{cap}\"")),
+            "{cap} not dropped: {seen}"
+        );
+    }
+    assert!(seen.contains("no-new-privileges"), "{seen}");
     teardown(&scope, env).await;
 }
 
@@ -545,13 +566,22 @@ async fn privileged_profile_is_an_explicit_opt_in_that_works() {
     }
 }
 
-#[tokio::test]
-async fn cancel_during_prepare_leaves_nothing() {
-    let scope = Scope::new().await;
-    let backend = dind(&scope, |_| {});
+/// The moment a prepare is cancelled at: as soon as the engine shows the job's first object
+/// of this kind.
+#[derive(Clone, Copy, Debug)]
+enum CancelAt {
+    Network,
+    Volume,
+    Container,
+}
+
+/// Starts a prepare of `job_id`, cancels it at `at` and asserts that nothing is left. A cancel
+/// seen while a create request is in flight must still remove what that request makes.
+async fn cancel_prepare_at(scope: &Scope, job_id: u64, at: CancelAt) {
+    let backend = dind(scope, |_| {});
     let cancel = CancellationToken::new();
     let task = {
-        let (backend, s, cancel) = (backend.clone(), spec(&scope, 701), cancel.clone());
+        let (backend, s, cancel) = (backend.clone(), spec(scope, job_id), cancel.clone());
         tokio::spawn(async move {
             backend
                 .prepare(&s, Collect::new(), cancel)
@@ -559,24 +589,41 @@ async fn cancel_during_prepare_leaves_nothing() {
                 .map(|_| ())
         })
     };
-    // Cancel once the sidecar exists, i.e. in the middle of the readiness wait.
-    let filters = isolated_runner::docker::label_filters(&scope.runner_id, Some(701));
+    let filters = isolated_runner::docker::label_filters(&scope.runner_id, Some(job_id));
     let deadline = Instant::now() + WAIT;
     loop {
-        let list = scope.docker.list_containers(&filters).await.unwrap();
-        if !list.is_empty() || task.is_finished() {
+        let seen = match at {
+            CancelAt::Network => !scope
+                .docker
+                .list_networks(&filters)
+                .await
+                .unwrap()
+                .is_empty(),
+            CancelAt::Volume => !scope
+                .docker
+                .list_volumes(&filters)
+                .await
+                .unwrap()
+                .is_empty(),
+            CancelAt::Container => !scope
+                .docker
+                .list_containers(&filters)
+                .await
+                .unwrap()
+                .is_empty(),
+        };
+        if seen || task.is_finished() {
             break;
         }
-        assert!(Instant::now() < deadline, "the sidecar never appeared");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(Instant::now() < deadline, "no {at:?} ever appeared");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     cancel.cancel();
     let r = task.await.unwrap();
     // Either the cancel won, or prepare had already finished (then its env was dropped: the
     // reaper's case). Assert the cancel path when it happened.
     if let Err(e) = &r {
-        assert!(matches!(e, Error::Canceled), "{e}");
-        scope.assert_clean().await;
+        assert!(matches!(e, Error::Canceled), "{at:?}: {e}");
     } else {
         let req = isolation::reaper::ReapRequest {
             runner_id: scope.runner_id.clone(),
@@ -585,6 +632,22 @@ async fn cancel_during_prepare_leaves_nothing() {
             dry_run: false,
         };
         isolation::reaper::reap(&scope.docker, &req).await;
-        scope.assert_clean().await;
     }
+    scope.assert_clean().await;
+}
+
+#[tokio::test]
+async fn cancel_during_prepare_leaves_nothing() {
+    let scope = Scope::new().await;
+    // Once the sidecar exists, i.e. around its create reply or in the readiness wait.
+    cancel_prepare_at(&scope, 701, CancelAt::Container).await;
+}
+
+#[tokio::test]
+async fn cancel_at_every_prepare_step_leaves_nothing() {
+    let scope = Scope::new().await;
+    // While the network, then the volume, then the sidecar are being created.
+    cancel_prepare_at(&scope, 702, CancelAt::Network).await;
+    cancel_prepare_at(&scope, 703, CancelAt::Volume).await;
+    cancel_prepare_at(&scope, 704, CancelAt::Container).await;
 }

@@ -70,8 +70,8 @@ fn job_is_kept_from_host_other_bridges_and_outside_then_rules_vanish() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let before_v4 = netns::firewall_snapshot("iptables");
-    let before_v6 = netns::firewall_snapshot("ip6tables");
+    let before_v4 = netns::firewall_rules("iptables");
+    let before_v6 = netns::firewall_rules("ip6tables");
     let rt = runtime();
     let mut fx = Fixture::new();
     let runner_id = format!("irt{}", fx.id);
@@ -186,8 +186,7 @@ fn job_is_kept_from_host_other_bridges_and_outside_then_rules_vanish() {
     rt.block_on(policy.remove(job_id)).unwrap();
     assert!(fx.reaches(&client, &host_url, "ok-host"));
     drop(fx);
-    assert_eq!(netns::firewall_snapshot("iptables"), before_v4);
-    assert_eq!(netns::firewall_snapshot("ip6tables"), before_v6);
+    unchanged(&before_v4, &before_v6, &[&runner_id]).unwrap();
 }
 
 #[test]
@@ -196,8 +195,8 @@ fn rules_of_a_dead_runner_are_found_and_removed() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let before_v4 = netns::firewall_snapshot("iptables");
-    let before_v6 = netns::firewall_snapshot("ip6tables");
+    let before_v4 = netns::firewall_rules("iptables");
+    let before_v6 = netns::firewall_rules("ip6tables");
     let rt = runtime();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let dead_runner = format!("dead{}", &id[..8]);
@@ -220,6 +219,17 @@ fn rules_of_a_dead_runner_are_found_and_removed() {
         .unwrap();
     }
 
+    // Another runner's job installed meanwhile (a concurrent dind job), left in place until
+    // after the comparison.
+    let bystander = policy(&format!("by{}", &id[..8]));
+    let job = JobNet {
+        job_id: 13,
+        bridge_iface: format!("irz{}", &id[..6]),
+        subnet: "10.213.250.16/28".parse().unwrap(),
+        allow: vec![],
+    };
+    rt.block_on(bystander.install(&job, &Egress::Deny)).unwrap();
+
     let reaper = policy(&format!("live{}", &id[..8]));
     let found = rt.block_on(reaper.list_installed()).unwrap();
     let mut jobs: Vec<u64> = found
@@ -239,6 +249,60 @@ fn rules_of_a_dead_runner_are_found_and_removed() {
         !found.iter().any(|r| r.runner_id == dead_runner),
         "{found:?}"
     );
-    assert_eq!(netns::firewall_snapshot("iptables"), before_v4);
-    assert_eq!(netns::firewall_snapshot("ip6tables"), before_v6);
+    // A bystander's rules (another job running meanwhile) do not count; ours do.
+    let chain = bystander.chain_for(13).unwrap();
+    let during = netns::firewall_rules("iptables");
+    let compared = unchanged(&before_v4, &before_v6, &[&dead_runner]);
+    rt.block_on(bystander.remove(13)).unwrap();
+    assert!(
+        during.contains(&chain),
+        "the bystander was installed: {during}"
+    );
+    compared.unwrap();
+}
+
+/// The firewall equals `before_*` in every line outside Docker's and of `own` runners; lines
+/// of other runners (concurrent jobs) are ignored.
+fn unchanged(before_v4: &str, before_v6: &str, own: &[&str]) -> Result<(), String> {
+    for (binary, before) in [("iptables", before_v4), ("ip6tables", before_v6)] {
+        let now = netns::snapshot_of(&netns::firewall_rules(binary), own);
+        let then = netns::snapshot_of(before, own);
+        if now != then {
+            return Err(format!(
+                "{binary} changed:\nbefore: {then:#?}\nnow: {now:#?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn snapshot_ignores_other_runners_and_keeps_our_own() {
+    let rules = "\
+-P INPUT ACCEPT
+-N IR-irt1234a-7
+-N IR-ir-t-9f0-12
+-N DOCKER
+-A INPUT -i br-1 -m comment --comment \"isolated-runner runner=irt1234abcd job=7\" -j IR-irt1234a-7
+-A INPUT -i br-2 -m comment --comment \"isolated-runner runner=ir-t-9f0e job=12\" -j IR-ir-t-9f0-12
+-A IR-ir-t-9f0-12 -j DROP
+-A IR-irt1234x00000000000000ff -j DROP
+-A DOCKER-USER -j RETURN
+-A FORWARD -j DOCKER-USER";
+    let own = netns::snapshot_of(rules, &["irt1234abcd"]);
+    assert_eq!(
+        own,
+        [
+            "-P INPUT ACCEPT",
+            "-N IR-irt1234a-7",
+            "-A INPUT -i br-1 -m comment --comment \"isolated-runner runner=irt1234abcd job=7\" -j IR-irt1234a-7",
+            "-A IR-irt1234x00000000000000ff -j DROP",
+            "-A DOCKER-USER -j RETURN",
+        ]
+    );
+    // With no runner of its own, a test sees only the firewall outside every runner's rules.
+    assert_eq!(
+        netns::snapshot_of(rules, &[]),
+        ["-P INPUT ACCEPT", "-A DOCKER-USER -j RETURN"]
+    );
 }

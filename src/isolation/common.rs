@@ -16,6 +16,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long teardown waits for create requests still in flight (see [`detached`]). The
+/// Docker client's own request timeout is longer; past this bound teardown goes on and
+/// reports that something may be left for the label sweep.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Attempts at removing a volume the engine still calls "in use" (a container made by a
+/// create that finished late): each attempt first removes the job's containers again.
+const VOLUME_ATTEMPTS: u32 = 5;
 
 /// Where the client half of the certificates appears in job containers (`DOCKER_CERT_PATH`).
 pub const CLIENT_CERT_PATH: &str = "/certs/client";
@@ -48,6 +58,34 @@ pub(crate) fn other_paths(context: impl Into<String>) -> impl FnOnce(crate::path
     move |e| Error::Other {
         context,
         detail: e.to_string(),
+    }
+}
+
+/// Runs a request that creates something (a container, volume, network, directory) on its own
+/// task, tracked by `inflight`, and returns its result.
+///
+/// A prepare is cancelled by dropping its future, and the engine finishes a create whether
+/// or not anyone reads the reply (as does blocking file work): a create dropped half-way would
+/// make its object after teardown had listed what to remove (a sidecar left running, its
+/// volume "in use"). On its own task the request always completes, and teardown waits for
+/// `inflight` before it lists.
+pub fn detached<T, F>(
+    inflight: &TaskTracker,
+    request: F,
+) -> impl std::future::Future<Output = T> + Send + 'static
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    let handle = inflight.spawn(request);
+    async move {
+        match handle.await {
+            Ok(v) => v,
+            // As if the request had run inline: its panic is the caller's panic.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only when the runtime shuts down, which drops the caller as well.
+            Err(_) => std::future::pending().await,
+        }
     }
 }
 
@@ -133,6 +171,7 @@ fn nth_host(net: Ipv4Net, n: u32) -> Ipv4Addr {
 /// retrying when another process takes the same block at the same moment.
 pub async fn carve_network(
     docker: &Docker,
+    inflight: &TaskTracker,
     naming: &Naming,
     pool: Ipv4Net,
     mtu: Option<u32>,
@@ -184,7 +223,8 @@ pub async fn carve_network(
             mtu,
             labels: naming.labels("network"),
         };
-        match docker.create_network(&spec).await {
+        let d = docker.clone();
+        match detached(inflight, async move { d.create_network(&spec).await }).await {
             Ok(_) => return Ok(carved),
             Err(e)
                 if e.daemon_message()
@@ -271,6 +311,8 @@ pub struct JobState {
     pub seq: AtomicU32,
     /// The job bridge's firewall policy (dind), removed after the containers, before the network.
     pub egress: Option<super::egress::JobEgress>,
+    /// Create requests on their own tasks (see [`detached`]); teardown waits for them.
+    pub inflight: TaskTracker,
 }
 
 impl JobState {
@@ -289,6 +331,7 @@ impl JobState {
             script: None,
             seq: AtomicU32::new(0),
             egress: None,
+            inflight: TaskTracker::new(),
         }
     }
 
@@ -331,24 +374,14 @@ impl JobState {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             env.extend(svc.env.iter().map(|(k, v)| format!("{k}={v}")));
-            let spec = ContainerSpec {
-                name: self.naming.name(&format!("svc-{i}")),
-                image: svc.image.name.clone(),
-                entrypoint: svc.image.entrypoint.clone(),
-                cmd: (!svc.command.is_empty()).then(|| svc.command.clone()),
-                env,
-                labels: self.naming.labels("service"),
-                network: Some(net.name.clone()),
-                aliases: svc.aliases.clone(),
-                cap_drop: vec!["NET_RAW".to_string(), "MKNOD".to_string()],
-                security_opt: vec!["no-new-privileges".to_string()],
-                ..Default::default()
-            };
-            let id = self
-                .docker
-                .create_container(&spec)
-                .await
-                .map_err(other(format!("create service {}", svc.image.name)))?;
+            let spec = service_spec(&self.naming, i, svc, env, &net.name);
+            let d = self.docker.clone();
+            let id = detached(
+                &self.inflight,
+                async move { d.create_container(&spec).await },
+            )
+            .await
+            .map_err(other(format!("create service {}", svc.image.name)))?;
             self.services.push(id.clone());
             self.docker
                 .start_container(&id)
@@ -415,11 +448,13 @@ impl JobState {
             init: true,
             ..Default::default()
         };
-        let id = self
-            .docker
-            .create_container(&spec)
-            .await
-            .map_err(other(format!("create {role} container")))?;
+        let d = self.docker.clone();
+        let id = detached(
+            &self.inflight,
+            async move { d.create_container(&spec).await },
+        )
+        .await
+        .map_err(other(format!("create {role} container")))?;
         let result = self.drive(&id, out, cancel).await;
         // The container is gone on every path; a failure here is left to teardown's sweep.
         if let Err(e) = self.docker.remove_container(&id).await {
@@ -525,36 +560,19 @@ impl JobState {
     /// the network, the cert dir, the job dirs. Never stops at a failure.
     pub async fn teardown(mut self) -> TeardownReport {
         let mut report = TeardownReport::default();
+        // Creates still in flight first: what they make must be in the lists below.
+        self.inflight.close();
+        if tokio::time::timeout(SETTLE_TIMEOUT, self.inflight.wait())
+            .await
+            .is_err()
+        {
+            report.failures.push(format!(
+                "create requests still unanswered after {}s; what they make is left to the label sweep",
+                SETTLE_TIMEOUT.as_secs()
+            ));
+        }
         let filters = docker::label_filters(&self.naming.runner_id, Some(self.naming.job_id));
-        let mut containers: Vec<(String, String)> =
-            match self.docker.list_containers(&filters).await {
-                Ok(list) => list
-                    .into_iter()
-                    .map(|c| {
-                        let role = c.labels.get(LABEL_ROLE).cloned().unwrap_or_default();
-                        (c.id, role)
-                    })
-                    .collect(),
-                Err(e) => {
-                    report.failures.push(format!("list containers: {e}"));
-                    Vec::new()
-                }
-            };
-        for id in self.services.iter().chain(self.sidecar.iter()) {
-            if !containers.iter().any(|(c, _)| c == id) {
-                containers.push((id.clone(), String::new()));
-            }
-        }
-        // The sidecar goes last among containers: job containers talk to it until they die.
-        containers
-            .sort_by_key(|(id, role)| role == "sidecar" || self.sidecar.as_deref() == Some(id));
-        for (id, _) in containers {
-            match self.docker.remove_container(&id).await {
-                Ok(true) => report.removed.push(format!("container {}", short(&id))),
-                Ok(false) => {}
-                Err(e) => report.failures.push(e.to_string()),
-            }
-        }
+        self.remove_containers(&filters, &mut report).await;
         // Volumes and networks are also found by label: a prepare cancelled between the
         // daemon's reply and the bookkeeping must not leak them.
         let mut volumes: Vec<String> = self.volume.take().into_iter().collect();
@@ -565,10 +583,24 @@ impl JobState {
         volumes.sort();
         volumes.dedup();
         for v in volumes {
-            match self.docker.remove_volume(&v).await {
-                Ok(true) => report.removed.push(format!("volume {v}")),
-                Ok(false) => {}
-                Err(e) => report.failures.push(e.to_string()),
+            let mut attempt = 1;
+            loop {
+                match self.docker.remove_volume(&v).await {
+                    Ok(true) => report.removed.push(format!("volume {v}")),
+                    Ok(false) => {}
+                    // 409: a container still holds it, one the first listing did not see (a
+                    // create that finished late, outside this process's tracking). Remove the
+                    // job's containers again and retry, a bounded number of times.
+                    Err(e) if e.status() == Some(409) && attempt < VOLUME_ATTEMPTS => {
+                        tracing::debug!(volume = %v, attempt, "volume in use; removing containers again");
+                        self.remove_containers(&filters, &mut report).await;
+                        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    Err(e) => report.failures.push(e.to_string()),
+                }
+                break;
             }
         }
         // The firewall chain goes once nothing runs on the bridge, and before the bridge itself
@@ -612,6 +644,69 @@ impl JobState {
             tracing::warn!(job.id = self.naming.job_id, failure = %f, "teardown left something behind");
         }
         report
+    }
+}
+
+/// The container of the job's `i`-th service. Services run images the job names, on the
+/// job's network, so they get the job containers' restrictions: the same capability drop
+/// list and `no-new-privileges` (database and web images drop to their user with
+/// setuid/setgid, which stay; none needs raw sockets, device nodes or chroot).
+fn service_spec(
+    naming: &Naming,
+    i: usize,
+    svc: &super::ServiceSpec,
+    env: Vec<String>,
+    network: &str,
+) -> ContainerSpec {
+    ContainerSpec {
+        name: naming.name(&format!("svc-{i}")),
+        image: svc.image.name.clone(),
+        entrypoint: svc.image.entrypoint.clone(),
+        cmd: (!svc.command.is_empty()).then(|| svc.command.clone()),
+        env,
+        labels: naming.labels("service"),
+        network: Some(network.to_string()),
+        aliases: svc.aliases.clone(),
+        cap_drop: JOB_CAP_DROP.iter().map(|s| s.to_string()).collect(),
+        security_opt: vec!["no-new-privileges".to_string()],
+        ..Default::default()
+    }
+}
+
+impl JobState {
+    /// Removes the job's containers (found by label, plus the ones recorded), the sidecar last:
+    /// job containers talk to it until they die.
+    async fn remove_containers(&self, filters: &[String], report: &mut TeardownReport) {
+        let mut containers: Vec<(String, String)> = match self.docker.list_containers(filters).await
+        {
+            Ok(list) => list
+                .into_iter()
+                .map(|c| {
+                    let role = c.labels.get(LABEL_ROLE).cloned().unwrap_or_default();
+                    (c.id, role)
+                })
+                .collect(),
+            Err(e) => {
+                report.failures.push(format!("list containers: {e}"));
+                Vec::new()
+            }
+        };
+        for id in self.services.iter().chain(self.sidecar.iter()) {
+            if !containers.iter().any(|(c, _)| c == id) {
+                containers.push((id.clone(), String::new()));
+            }
+        }
+        containers
+            .sort_by_key(|(id, role)| role == "sidecar" || self.sidecar.as_deref() == Some(id));
+        for (id, _) in containers {
+            let label = format!("container {}", short(&id));
+            match self.docker.remove_container(&id).await {
+                // A second pass may meet a container the first one removed.
+                Ok(true) if !report.removed.contains(&label) => report.removed.push(label),
+                Ok(_) => {}
+                Err(e) => report.failures.push(e.to_string()),
+            }
+        }
     }
 }
 
@@ -670,6 +765,51 @@ mod tests {
         assert_eq!(l[LABEL_ROLE], "sidecar");
         assert!(l.contains_key(docker::LABEL_OWNER));
         assert!(Naming::new("a/b", 5, Duration::ZERO).is_err());
+    }
+
+    /// A caller dropped while its request is in flight (a cancelled prepare) must not drop
+    /// the request: it completes, and waiting on the tracker (teardown's first step) sees it.
+    #[tokio::test]
+    async fn detached_request_outlives_its_dropped_caller() {
+        let inflight = TaskTracker::new();
+        let (open, gate) = tokio::sync::oneshot::channel::<()>();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&done);
+        let caller = detached(&inflight, async move {
+            let _ = gate.await;
+            flag.store(true, Ordering::SeqCst);
+            Ok::<_, docker::Error>("id".to_string())
+        });
+        drop(caller);
+        assert!(!done.load(Ordering::SeqCst));
+        let _ = open.send(());
+        inflight.close();
+        tokio::time::timeout(Duration::from_secs(10), inflight.wait())
+            .await
+            .expect("the tracker settles");
+        assert!(done.load(Ordering::SeqCst), "the request ran to completion");
+        assert_eq!(detached(&inflight, async { 7 }).await, 7);
+    }
+
+    #[test]
+    fn services_are_as_restricted_as_job_containers() {
+        let n = Naming::new("r1", 5, Duration::from_secs(60)).unwrap();
+        let svc = super::super::ServiceSpec {
+            image: super::super::ContainerImage {
+                name: "postgres:16".into(),
+                entrypoint: None,
+            },
+            command: vec![],
+            aliases: vec!["db".into()],
+            env: vec![],
+        };
+        let spec = service_spec(&n, 0, &svc, vec![], "ir-r1-5-net");
+        let drop: Vec<&str> = spec.cap_drop.iter().map(String::as_str).collect();
+        assert_eq!(drop, JOB_CAP_DROP);
+        assert_eq!(spec.security_opt, ["no-new-privileges"]);
+        assert!(!spec.privileged && spec.cap_add.is_empty());
+        assert_eq!(spec.name, "ir-r1-5-svc-0");
+        assert_eq!(spec.network.as_deref(), Some("ir-r1-5-net"));
     }
 
     #[test]

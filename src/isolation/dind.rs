@@ -258,12 +258,29 @@ impl DindBackend {
         };
         // The network, the job dirs and the data volume do not depend on each other.
         let data_labels = env.state.naming.labels("data");
+        // Recorded before they exist: a cancel while they are made must not leak them.
+        let job_paths = crate::paths::job_paths(&self.runner.builds_dir, job)
+            .map_err(other_paths("create job directories"))?;
+        env.state.paths = Some(job_paths);
+        let builds_dir = self.runner.builds_dir.clone();
         let (net, paths, vol) = tokio::join!(
-            common::carve_network(docker, &env.state.naming, iso.address_pool, mtu),
-            crate::paths::create_job_dirs(&self.runner.builds_dir, job),
+            common::carve_network(
+                docker,
+                &env.state.inflight,
+                &env.state.naming,
+                iso.address_pool,
+                mtu
+            ),
+            common::detached(&env.state.inflight, async move {
+                crate::paths::create_job_dirs(&builds_dir, job).await
+            }),
             async {
                 if ephemeral {
-                    docker.create_volume(&volume, &data_labels).await
+                    let (d, name) = (docker.clone(), volume.clone());
+                    common::detached(&env.state.inflight, async move {
+                        d.create_volume(&name, &data_labels).await
+                    })
+                    .await
                 } else {
                     Ok(())
                 }
@@ -275,7 +292,6 @@ impl DindBackend {
             env.state.volume = Some(volume.clone());
         }
         if let Ok(p) = &paths {
-            env.state.paths = Some(p.clone());
             env.paths = p.clone();
         }
         let net = net?;
@@ -299,10 +315,19 @@ impl DindBackend {
             context: "issue job certificates".to_string(),
             detail: e.to_string(),
         })?;
-        let certs = crate::paths::write_cert_dir(&self.state_dir, &spec.runner_id, job, &pki)
-            .await
-            .map_err(other_paths("write job certificates"))?;
-        env.state.cert_dir = Some(certs.clone());
+        let tls = crate::pki::client_config(&pki.client).map_err(|e| Error::Other {
+            context: "build the runner's TLS client".to_string(),
+            detail: e.to_string(),
+        })?;
+        env.state.cert_dir = Some(
+            crate::paths::cert_dir(&self.state_dir, &spec.runner_id, job)
+                .map_err(other_paths("write job certificates"))?,
+        );
+        let (state_dir, runner_id) = (self.state_dir.clone(), spec.runner_id.clone());
+        let certs = common::detached(&env.state.inflight, async move {
+            crate::paths::write_cert_dir(&state_dir, &runner_id, job, &pki).await
+        });
+        let certs = certs.await.map_err(other_paths("write job certificates"))?;
         timings.push("certs", t_certs);
 
         // The sidecar: only runner config shapes it; no job variable reaches it (threat S2).
@@ -345,10 +370,13 @@ impl DindBackend {
                 .push(format!("DOCKER_IPTABLES_LEGACY={}", u8::from(legacy)));
         }
         let started = Instant::now();
-        let id = docker
-            .create_container(&sidecar)
-            .await
-            .map_err(other("create the sidecar"))?;
+        // On its own task: a cancel must not drop the request half-way (see `detached`).
+        let d = docker.clone();
+        let id = common::detached(&env.state.inflight, async move {
+            d.create_container(&sidecar).await
+        })
+        .await
+        .map_err(other("create the sidecar"))?;
         env.state.sidecar = Some(id.clone());
         docker
             .start_container(&id)
@@ -356,10 +384,6 @@ impl DindBackend {
             .map_err(|e| start_error(iso.sidecar_profile, e))?;
         timings.push("start", started);
 
-        let tls = crate::pki::client_config(&pki.client).map_err(|e| Error::Other {
-            context: "build the runner's TLS client".to_string(),
-            detail: e.to_string(),
-        })?;
         let addr = SocketAddr::new(IpAddr::V4(sidecar_ip), 2376);
         // Services live on the outer daemon: start them while the inner one boots.
         let t_ready = Instant::now();

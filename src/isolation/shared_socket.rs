@@ -82,12 +82,27 @@ impl SharedSocketBackend {
             common::host_mtu().await
         };
         // A job network still helps: services get their aliases, jobs do not share a bridge.
-        let net = common::carve_network(docker, &state.naming, iso.address_pool, mtu).await?;
+        let net = common::carve_network(
+            docker,
+            &state.inflight,
+            &state.naming,
+            iso.address_pool,
+            mtu,
+        )
+        .await?;
         state.network = Some(net);
-        let paths = crate::paths::create_job_dirs(&self.runner.builds_dir, JobId::new(spec.job_id))
-            .await
-            .map_err(other_paths("create job directories"))?;
-        state.paths = Some(paths.clone());
+        // Recorded before they exist: a cancel while they are made must not leak them.
+        let job = JobId::new(spec.job_id);
+        state.paths = Some(
+            crate::paths::job_paths(&self.runner.builds_dir, job)
+                .map_err(other_paths("create job directories"))?,
+        );
+        let builds_dir = self.runner.builds_dir.clone();
+        let paths = common::detached(&state.inflight, async move {
+            crate::paths::create_job_dirs(&builds_dir, job).await
+        })
+        .await
+        .map_err(other_paths("create job directories"))?;
         state
             .start_services(&spec.services, &spec.service_env)
             .await?;

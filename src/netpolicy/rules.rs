@@ -18,9 +18,6 @@ pub const COMMENT_TAG: &str = "isolated-runner";
 /// Characters of the runner id kept in chain names.
 const RUNNER_ID_CHARS: usize = 8;
 
-/// Longest runner id accepted; comments are capped at 256 bytes by the kernel.
-const MAX_RUNNER_ID_LEN: usize = 64;
-
 /// IPv4 link-local, which holds every cloud's metadata service (S4).
 pub const METADATA_V4: &str = "169.254.0.0/16";
 
@@ -154,18 +151,11 @@ pub fn parse_comment(text: &str) -> Option<(String, u64)> {
     Some((runner.to_string(), job))
 }
 
-/// Runner ids go into chain names and comments, so only a safe alphabet is allowed.
+/// Runner ids go into chain names and comments, so only a safe alphabet is allowed: the same
+/// one as everywhere else ([`crate::paths::check_runner_id`]).
 pub fn validate_runner_id(runner_id: &str) -> Result<(), Error> {
-    let ok = !runner_id.is_empty()
-        && runner_id.len() <= MAX_RUNNER_ID_LEN
-        && runner_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidRunnerId(runner_id.to_string()))
-    }
+    crate::paths::check_runner_id(runner_id)
+        .map_err(|_| Error::InvalidRunnerId(runner_id.to_string()))
 }
 
 /// Interface names come from Docker; refuse anything iptables could misread as an option or a

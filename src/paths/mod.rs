@@ -109,15 +109,22 @@ impl fmt::Display for JobId {
     }
 }
 
-/// Checks that a runner id can be used as a path component and a Docker name part.
+/// Longest runner id: it is in every object name and in firewall comments.
+pub const MAX_RUNNER_ID_LEN: usize = 64;
+
+/// True for a character allowed in a runner id.
+fn runner_id_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// Checks a runner id: 1-[`MAX_RUNNER_ID_LEN`] characters of `A-Z a-z 0-9 - _`. The one
+/// alphabet for every place a runner id goes: path components, Docker names and labels, and
+/// firewall chain names and comments ([`crate::netpolicy`] checks with this function), so an
+/// id accepted for one is never refused by another halfway through a prepare. System ids
+/// (`s_`/`r_` + 12 alphanumerics) and test ids (`ir-t-<hex>`) fit; `.` does not (iptables
+/// chain names).
 pub fn check_runner_id(id: &str) -> Result<(), Error> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    let ok = !id.is_empty() && id.len() <= MAX_RUNNER_ID_LEN && id.bytes().all(runner_id_char);
     if ok {
         Ok(())
     } else {
@@ -350,6 +357,17 @@ pub fn cert_dir_name(job: JobId) -> String {
     format!("job-{job}")
 }
 
+/// Where [`write_cert_dir`] puts a job's certificates (nothing is created): teardown records
+/// it before the write, so a write cut short by a cancel is still removed.
+pub fn cert_dir(state_dir: &Path, runner_id: &str, job: JobId) -> Result<CertDir, Error> {
+    let root = runner_cert_root(state_dir, runner_id)?.join(cert_dir_name(job));
+    Ok(CertDir {
+        server: root.join("server"),
+        client: root.join("client"),
+        root,
+    })
+}
+
 /// Writes a job's certificates: directories 0700, files 0600, the server and client halves in
 /// separate subdirectories so each container gets only its half.
 pub async fn write_cert_dir(
@@ -359,12 +377,7 @@ pub async fn write_cert_dir(
     pki: &JobPki,
 ) -> Result<CertDir, Error> {
     let base = runner_cert_root(state_dir, runner_id)?;
-    let root = base.join(cert_dir_name(job));
-    let dir = CertDir {
-        server: root.join("server"),
-        client: root.join("client"),
-        root,
-    };
+    let dir = cert_dir(state_dir, runner_id, job)?;
     let files: Vec<(PathBuf, zeroize::Zeroizing<String>)> =
         [(&dir.server, &pki.server), (&dir.client, &pki.client)]
             .into_iter()
@@ -483,9 +496,34 @@ mod tests {
 
     #[test]
     fn runner_ids_are_checked() {
-        check_runner_id("r-1_a.b").unwrap();
-        for bad in ["", ".", "..", "a/b", "a b"] {
+        for good in ["s_0123456789ab", "r_ABCdef012345", "ir-t-0f3a9c", "r-1_a"] {
+            check_runner_id(good).unwrap();
+        }
+        check_runner_id(&"a".repeat(MAX_RUNNER_ID_LEN)).unwrap();
+        let long = "a".repeat(MAX_RUNNER_ID_LEN + 1);
+        for bad in ["", ".", "..", "a.b", "a/b", "a b", "a+", "ü", long.as_str()] {
             assert!(check_runner_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Every id the paths accept names a firewall chain too (and the other way round): a
+    /// mismatch made every dind prepare fail at "name the job's firewall chain".
+    #[test]
+    fn runner_id_alphabet_is_the_firewall_alphabet() {
+        for id in [
+            "s_0123456789ab",
+            "ir-t-0f3a9c",
+            "a.b",
+            "a",
+            "",
+            "x y",
+            "IR-x",
+        ] {
+            assert_eq!(
+                check_runner_id(id).is_ok(),
+                crate::netpolicy::rules::chain_name(id, 7).is_ok(),
+                "{id:?}"
+            );
         }
     }
 

@@ -37,21 +37,52 @@ pub fn docker_ready() -> bool {
         .success()
 }
 
-/// `iptables -S` (or `ip6tables -S`) with the lines Docker owns for networks removed: Docker's
-/// own chains and its FORWARD rules. What is left (policies, INPUT, OUTPUT, DOCKER-USER, our
-/// chains, any FORWARD line mentioning ours) must be unchanged by a test.
-pub fn firewall_snapshot(binary: &str) -> Vec<String> {
-    let text = ok(binary, &["-w", "-S"]);
-    text.lines()
+/// `iptables -S` (or `ip6tables -S`) as it is now; compare two of these with [`snapshot_of`].
+pub fn firewall_rules(binary: &str) -> String {
+    ok(binary, &["-w", "-S"])
+}
+
+/// The lines of `rules` a test must leave unchanged: without the lines Docker owns for
+/// networks (its own chains and its FORWARD rules) and without the rules of other runners
+/// (any dind job running at the same time adds `IR-…` chains and jumps to INPUT and
+/// DOCKER-USER). Lines of `own_runners` stay, so a rule of the test's own left behind shows.
+pub fn snapshot_of(rules: &str, own_runners: &[&str]) -> Vec<String> {
+    rules
+        .lines()
         .filter(|l| {
             let words: Vec<&str> = l.split_whitespace().collect();
             let chain = words.get(1).copied().unwrap_or("");
             let docker_owned = chain == "DOCKER" || chain.starts_with("DOCKER-ISOLATION-STAGE");
             let docker_forward = words.first() == Some(&"-A") && chain == "FORWARD";
-            !(docker_owned || docker_forward && !l.contains("IR-"))
+            let foreign = other_runners(&words, own_runners);
+            !(docker_owned || foreign || docker_forward && !l.contains("IR-"))
         })
         .map(str::to_string)
         .collect()
+}
+
+/// True when a rule line names runner chains or comments, none of them of `own_runners`.
+fn other_runners(words: &[&str], own_runners: &[&str]) -> bool {
+    let mut marked = false;
+    for w in words.iter().map(|w| w.trim_matches('"')) {
+        let ours = if let Some(chain) = w.strip_prefix("IR-") {
+            own_runners.iter().any(|id| {
+                // `IR-<runner8>-<job>` or `IR-<runner7>x<hex>` (netpolicy::rules::chain_name).
+                let short: String = id.chars().take(8).collect();
+                let shorter: String = id.chars().take(7).collect();
+                chain.starts_with(&format!("{short}-")) || chain.starts_with(&format!("{shorter}x"))
+            })
+        } else if let Some(runner) = w.strip_prefix("runner=") {
+            own_runners.contains(&runner)
+        } else {
+            continue;
+        };
+        if ours {
+            return false;
+        }
+        marked = true;
+    }
+    marked
 }
 
 /// Packets counted by the DROP rules of `chain` whose line contains `needle`.
