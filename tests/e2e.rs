@@ -476,7 +476,7 @@ state_dir = "{state}"
 
 [[runners]]
 name = "e2e-binary"
-url = "{url}"
+url = "http://{git}/"
 token = "{token}"
 executor = "docker"
 builds_dir = "{builds}"
@@ -490,7 +490,7 @@ preload_images = ["isolated-runner/busybox:test"]
 ready_timeout = "90s"
 "#,
             state = state.display(),
-            url = format!("http://{}/", w.git_addr),
+            git = w.git_addr,
             token = support::fake_gitlab::RUNNER_TOKEN,
             builds = w.scope.builds_dir().display(),
         ),
