@@ -72,19 +72,21 @@ async fn load_config(path: &Path) -> anyhow::Result<RunnerConfig> {
         .with_context(|| format!("{} has no [[runners]] entry", path.display()))
 }
 
+/// Whether `dir` exists (or can be made) and takes a new file: probed by writing one.
+async fn writable(dir: &Path) -> bool {
+    if tokio::fs::create_dir_all(dir).await.is_err() {
+        return false;
+    }
+    let probe = dir.join(format!(".probe-{}", uuid::Uuid::new_v4()));
+    let ok = tokio::fs::write(&probe, b"").await.is_ok();
+    // The probe may not exist when the write failed.
+    let _ = tokio::fs::remove_file(&probe).await;
+    ok
+}
+
 /// Picks a writable builds dir: the configured one, else `$XDG_RUNTIME_DIR/isolated-runner/builds`
 /// or `/tmp/isolated-runner/builds`.
 async fn writable_builds_dir(configured: &Path) -> PathBuf {
-    async fn writable(dir: &Path) -> bool {
-        if tokio::fs::create_dir_all(dir).await.is_err() {
-            return false;
-        }
-        let probe = dir.join(format!(".probe-{}", uuid::Uuid::new_v4()));
-        let ok = tokio::fs::write(&probe, b"").await.is_ok();
-        // The probe may not exist when the write failed.
-        let _ = tokio::fs::remove_file(&probe).await;
-        ok
-    }
     if writable(configured).await {
         return configured.to_path_buf();
     }
@@ -99,16 +101,6 @@ async fn writable_builds_dir(configured: &Path) -> PathBuf {
 /// (or `~/.cache/…`), else `/tmp/isolated-runner/cache`. Caches of `exec` then persist between
 /// runs of the same user, like gitlab-runner's local cache.
 async fn writable_cache_dir(configured: &Path) -> PathBuf {
-    async fn writable(dir: &Path) -> bool {
-        if tokio::fs::create_dir_all(dir).await.is_err() {
-            return false;
-        }
-        let probe = dir.join(format!(".probe-{}", uuid::Uuid::new_v4()));
-        let ok = tokio::fs::write(&probe, b"").await.is_ok();
-        // The probe may not exist when the write failed.
-        let _ = tokio::fs::remove_file(&probe).await;
-        ok
-    }
     if writable(configured).await {
         return configured.to_path_buf();
     }
