@@ -22,7 +22,9 @@ use super::scenario::{BuildCache, Shape};
 use super::target::{BenchTarget, JobSpec, RunSample, SampleOutcome, TargetError, TargetInfo};
 use crate::config::{DataRoot, IsolationMode, RunnerConfig};
 use crate::docker::{Docker, LABEL_JOB, LABEL_ROLE};
-use crate::isolation::Isolation;
+use crate::isolation::{
+    EnvironmentResources, EnvironmentSpec, Isolation, JobEnvironment, OutputSink, TeardownReport,
+};
 use crate::job::local::{self, LocalContext};
 use crate::job::{JobControl, JobExecutor, JobOutcome, LocalArtifactStore, LocalTree, Pipeline};
 use crate::secret::Secret;
@@ -57,6 +59,8 @@ pub struct RealTarget {
     /// Warm per-project data root for `build-warm` in dind mode (when the config supports it).
     warm_backend: Option<Arc<dyn Isolation>>,
     warm_runner: Option<Arc<RunnerConfig>>,
+    /// What each job's environment made, by job id (see [`Recorded`]).
+    seen: Arc<Mutex<HashMap<u64, EnvironmentResources>>>,
     work: PathBuf,
     next_job: AtomicU64,
     mem: Arc<MemWatcher>,
@@ -80,6 +84,8 @@ pub fn builtin_runner(work: &Path) -> RunnerConfig {
     };
     r.docker.image = "isolated-runner/job:test".to_string();
     r.docker.isolation.preload_images = vec!["isolated-runner/busybox:test".to_string()];
+    // What config/config.toml recommends: one sidecar started ahead of the next job.
+    r.docker.isolation.warm_pool = 1;
     r
 }
 
@@ -96,6 +102,7 @@ impl RealTarget {
             .map_err(|e| TargetError(format!("connect to the host docker daemon: {e}")))?;
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let tag = &tag[..8];
+        let seen: Arc<Mutex<HashMap<u64, EnvironmentResources>>> = Arc::default();
         let mut setups: Vec<(IsolationMode, ModeSetup)> = Vec::new();
         for &mode in modes {
             let mut r = base.clone();
@@ -111,11 +118,18 @@ impl RealTarget {
             let backend = crate::isolation::backend_for_in(&r, &state_dir)
                 .await
                 .map_err(|e| TargetError(format!("set up the {} backend: {e}", mode.as_str())))?;
+            let backend: Arc<dyn Isolation> = Arc::new(Recorded {
+                inner: backend,
+                seen: seen.clone(),
+            });
+            let runner_id = format!("bench-{tag}-{}", short_mode(mode));
+            // Pre-started sidecars (warm_pool) fill while the bench sets up.
+            backend.warm_up(&runner_id).await;
             setups.push((
                 mode,
                 ModeSetup {
                     runner: Arc::new(r),
-                    runner_id: format!("bench-{tag}-{}", short_mode(mode)),
+                    runner_id,
                     backend,
                     state_dir,
                 },
@@ -130,7 +144,13 @@ impl RealTarget {
                 let mut r = (*s.runner).clone();
                 r.docker.isolation.data_root = DataRoot::Project;
                 match crate::isolation::backend_for_in(&r, &s.state_dir).await {
-                    Ok(b) => (Some(b), Some(Arc::new(r))),
+                    Ok(b) => (
+                        Some(Arc::new(Recorded {
+                            inner: b,
+                            seen: seen.clone(),
+                        }) as Arc<dyn Isolation>),
+                        Some(Arc::new(r)),
+                    ),
                     Err(_) => (None, None),
                 }
             }
@@ -146,6 +166,7 @@ impl RealTarget {
             modes: setups,
             warm_backend,
             warm_runner,
+            seen,
             work: work.to_path_buf(),
             next_job: AtomicU64::new(1),
             mem,
@@ -181,6 +202,22 @@ impl RealTarget {
             }
         }
         n
+    }
+
+    /// Removes the sidecars the backends started ahead of jobs. Call once, at the end.
+    pub async fn shutdown(&self) -> TeardownReport {
+        let mut report = TeardownReport::default();
+        let backends = self
+            .modes
+            .iter()
+            .map(|(_, s)| s.backend.clone())
+            .chain(self.warm_backend.clone());
+        for b in backends {
+            let r = b.shutdown().await;
+            report.removed.extend(r.removed);
+            report.failures.extend(r.failures);
+        }
+        report
     }
 
     /// The bench's work directory.
@@ -279,7 +316,7 @@ impl BenchTarget for RealTarget {
             let hooks = spec.hooks;
             let control = control.clone();
             let docker = self.docker.clone();
-            let runner_id = setup.runner_id.clone();
+            let seen = self.seen.clone();
             let mode = spec.mode;
             Some(tokio::spawn(async move {
                 if first_rx.await.is_err() {
@@ -288,17 +325,16 @@ impl BenchTarget for RealTarget {
                 let mut said = Vec::new();
                 if hooks.kill_sidecar_mid_script {
                     if mode == IsolationMode::Dind {
-                        let f = crate::docker::label_filters(&runner_id, Some(job_id));
-                        let mut killed = 0;
-                        if let Ok(list) = docker.list_containers(&f).await {
-                            for c in list.iter().filter(|c| {
-                                c.labels.get(LABEL_ROLE).map(String::as_str) == Some("sidecar")
-                            }) {
-                                if docker.kill_container(&c.id).await.is_ok() {
-                                    killed += 1;
-                                }
-                            }
-                        }
+                        // The job's sidecar, as its environment recorded it (a pre-started
+                        // one carries its slot's labels, not the job's).
+                        let sidecar = seen
+                            .lock()
+                            .ok()
+                            .and_then(|m| m.get(&job_id).and_then(|r| r.sidecar.clone()));
+                        let killed = match sidecar {
+                            Some(id) => usize::from(docker.kill_container(&id).await.is_ok()),
+                            None => 0,
+                        };
                         said.push(format!("SIGKILLed {killed} sidecar(s) mid-script"));
                     } else {
                         said.push("no sidecar to kill in shared-socket mode".to_string());
@@ -324,7 +360,15 @@ impl BenchTarget for RealTarget {
             }
         }
         let (ttfsl, stages) = sink.results();
-        let (job_peak, sidecar_peak) = self.mem.take(job_id);
+        // Objects of a job on a pre-started sidecar carry the slot's id.
+        let label_id = self
+            .seen
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&job_id))
+            .and_then(|r| label_job_id(&r.labels))
+            .unwrap_or(job_id);
+        let (job_peak, sidecar_peak) = self.mem.take(label_id);
         let outcome = match outcome {
             JobOutcome::Success => SampleOutcome::Success,
             JobOutcome::Canceled => SampleOutcome::Canceled,
@@ -360,19 +404,108 @@ impl BenchTarget for RealTarget {
 
     async fn leftovers(&self, mode: IsolationMode) -> Result<u64, TargetError> {
         let setup = self.setup(mode)?;
+        // Sidecars started ahead of jobs (idle or being built) are not leftovers.
+        let standby: HashSet<u64> = setup.backend.standby_ids().into_iter().collect();
+        let spare = |labels: &HashMap<String, String>| {
+            labels
+                .get(LABEL_JOB)
+                .and_then(|j| j.parse::<u64>().ok())
+                .is_some_and(|j| standby.contains(&j))
+        };
         let f = crate::docker::label_filters(&setup.runner_id, None);
         let de = |e: crate::docker::Error| TargetError(e.to_string());
-        let mut n = self.docker.list_containers(&f).await.map_err(de)?.len() as u64;
-        n += self.docker.list_networks(&f).await.map_err(de)?.len() as u64;
-        n += self.docker.list_volumes(&f).await.map_err(de)?.len() as u64;
+        let mut n = self
+            .docker
+            .list_containers(&f)
+            .await
+            .map_err(de)?
+            .iter()
+            .filter(|c| !spare(&c.labels))
+            .count() as u64;
+        n += self
+            .docker
+            .list_networks(&f)
+            .await
+            .map_err(de)?
+            .iter()
+            .filter(|x| !spare(&x.labels))
+            .count() as u64;
+        n += self
+            .docker
+            .list_volumes(&f)
+            .await
+            .map_err(de)?
+            .iter()
+            .filter(|x| !spare(&x.labels))
+            .count() as u64;
         if mode == IsolationMode::SharedSocket {
             let s = vec![SCENARIO_LABEL.to_string()];
             n += self.docker.list_containers(&s).await.map_err(de)?.len() as u64;
             n += self.docker.list_networks(&s).await.map_err(de)?.len() as u64;
         }
-        n += count_entries(&setup.runner.builds_dir).await;
-        n += count_entries(&setup.state_dir.join("certs")).await;
+        let spare_names: HashSet<std::ffi::OsString> = standby
+            .iter()
+            .flat_map(|&j| {
+                let j = crate::paths::JobId::new(j);
+                [
+                    crate::paths::project_dir_name(j),
+                    crate::paths::cert_dir_name(j),
+                ]
+            })
+            .map(Into::into)
+            .collect();
+        n += count_entries(&setup.runner.builds_dir, &spare_names).await;
+        n += count_entries(&setup.state_dir.join("certs"), &spare_names).await;
         Ok(n)
+    }
+}
+
+/// The job id in a `io.isolated-runner.job=<id>` label filter.
+fn label_job_id(filters: &[String]) -> Option<u64> {
+    filters.iter().find_map(|f| {
+        f.strip_prefix(LABEL_JOB)
+            .and_then(|rest| rest.strip_prefix('='))
+            .and_then(|id| id.parse().ok())
+    })
+}
+
+/// The bench's view of a backend: records what each prepared environment made, so the
+/// sidecar-kill hook and the memory watcher find a job's objects even when they carry a
+/// pre-started sidecar's slot id instead of the job id.
+struct Recorded {
+    inner: Arc<dyn Isolation>,
+    seen: Arc<Mutex<HashMap<u64, EnvironmentResources>>>,
+}
+
+#[async_trait::async_trait]
+impl Isolation for Recorded {
+    fn mode(&self) -> IsolationMode {
+        self.inner.mode()
+    }
+
+    async fn prepare(
+        &self,
+        spec: &EnvironmentSpec,
+        out: Arc<dyn OutputSink>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<Box<dyn JobEnvironment>, crate::isolation::Error> {
+        let env = self.inner.prepare(spec, out, cancel).await?;
+        if let Ok(mut m) = self.seen.lock() {
+            m.insert(spec.job_id, env.resources());
+        }
+        Ok(env)
+    }
+
+    async fn warm_up(&self, runner_id: &str) {
+        self.inner.warm_up(runner_id).await
+    }
+
+    fn standby_ids(&self) -> Vec<u64> {
+        self.inner.standby_ids()
+    }
+
+    async fn shutdown(&self) -> TeardownReport {
+        self.inner.shutdown().await
     }
 }
 
@@ -399,17 +532,21 @@ async fn docker_versions() -> (Option<String>, Option<String>) {
     (some(it.next()), some(it.next()))
 }
 
-/// Entries (recursively, directories only count themselves) under `dir`, 0 if it is missing.
-async fn count_entries(dir: &Path) -> u64 {
+/// Entries (recursively, directories only count themselves) under `dir`, 0 if it is missing;
+/// entries named in `skip` (a pre-started sidecar's slot root and cert dir) are not counted.
+async fn count_entries(dir: &Path, skip: &HashSet<std::ffi::OsString>) -> u64 {
     let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
         return 0;
     };
     let mut n = 0;
     while let Ok(Some(e)) = rd.next_entry().await {
+        if skip.contains(&e.file_name()) {
+            continue;
+        }
         let is_dir = e.file_type().await.map(|t| t.is_dir()).unwrap_or(false);
         if is_dir {
             // The per-runner cert root is not itself a leftover; what is inside it is.
-            let inner = Box::pin(count_entries(&e.path())).await;
+            let inner = Box::pin(count_entries(&e.path(), skip)).await;
             n += if dir.ends_with("certs") { inner } else { 1 };
         } else {
             n += 1;

@@ -101,6 +101,11 @@ pub struct BenchArgs {
     /// Where the scenario projects live.
     #[arg(long, default_value = "bench/scenarios", value_name = "DIR")]
     pub scenarios_dir: PathBuf,
+
+    /// Sidecars the dind mode keeps started ahead of jobs (`warm_pool`), overriding the
+    /// config; 0 measures a cold sidecar start for every job. The built-in entry uses 1.
+    #[arg(long, value_name = "N")]
+    pub warm_pool: Option<usize>,
 }
 
 /// Builds the plan from the flags (scenario names, modes, counts).
@@ -213,6 +218,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
         crate::bench::real::builtin_runner(&work)
     };
+    if let Some(n) = args.warm_pool {
+        base.docker.isolation.warm_pool = n;
+    }
+    eprintln!(
+        "runner bench: dind warm pool: {} pre-started sidecar(s)",
+        base.docker.isolation.warm_pool
+    );
     // Inner daemons must never pull: the scenarios' busybox is always preloaded.
     let busybox = "isolated-runner/busybox:test".to_string();
     if !base.docker.isolation.preload_images.contains(&busybox) {
@@ -222,6 +234,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let result = run_with(&args, &plan, &target).await;
+    let report = target.shutdown().await;
+    for f in &report.failures {
+        eprintln!("runner bench: removing pre-started sidecars: {f}");
+    }
     let cleaned = target.clean_scenario_objects().await;
     if cleaned > 0 {
         eprintln!(

@@ -212,6 +212,8 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    // One job: a sidecar started ahead for a next job would only be thrown away.
+    runner.docker.isolation.warm_pool = 0;
     let backend = crate::isolation::backend_for(&runner)
         .await
         .context("cannot set up the isolation backend")?;

@@ -298,6 +298,8 @@ pub const ISOLATION: Section = Section {
         "egress",
         "ready_timeout",
         "host_path_map",
+        "warm_pool",
+        "warm_pool_max_idle",
     ],
     ignored: &[],
 };

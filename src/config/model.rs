@@ -192,6 +192,10 @@ pub struct IsolationConfig {
     pub ready_timeout: Duration,
     /// Runner-visible path -> host path, when the runner runs in a container.
     pub host_path_map: BTreeMap<PathBuf, PathBuf>,
+    /// Sidecars kept started and ready ahead of jobs (0 = off); each serves one job.
+    pub warm_pool: usize,
+    /// A pre-started sidecar idle this long is replaced by a fresh one.
+    pub warm_pool_max_idle: Duration,
 }
 
 /// `[runners.cache]`, local archives only.
@@ -285,6 +289,8 @@ impl Default for IsolationConfig {
             egress: Egress::Allow,
             ready_timeout: Duration::from_secs(60),
             host_path_map: BTreeMap::new(),
+            warm_pool: 0,
+            warm_pool_max_idle: Duration::from_secs(30 * 60),
         }
     }
 }

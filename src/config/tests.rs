@@ -222,6 +222,8 @@ preload_images = ["alpine:3"]
 egress = ["10.0.0.0/8", "192.0.2.1"]
 ready_timeout = "90s"
 host_path_map = { "/builds" = "/srv/runner/builds" }
+warm_pool = 3
+warm_pool_max_idle = "10m"
 "#,
     );
     let c = load_str(&text, "config.toml").unwrap().config;
@@ -250,6 +252,8 @@ host_path_map = { "/builds" = "/srv/runner/builds" }
         ])
     );
     assert_eq!(i.ready_timeout, Duration::from_secs(90));
+    assert_eq!(i.warm_pool, 3);
+    assert_eq!(i.warm_pool_max_idle, Duration::from_secs(600));
     assert_eq!(
         i.host_path_map.get(std::path::Path::new("/builds")),
         Some(&std::path::PathBuf::from("/srv/runner/builds"))
@@ -285,6 +289,21 @@ network_mtu = 10
     find(&e, "`sometimes` is not an egress policy");
     find(&e, "`builds` is not an absolute path");
     find(&e, "too small for an MTU");
+}
+
+#[test]
+fn warm_pool_is_bounded_and_explained_with_project_roots() {
+    let e = errors(&runner(
+        "",
+        "[runners.docker.isolation]\nwarm_pool = 65\nwarm_pool_max_idle = \"0s\"",
+    ));
+    assert!(e.iter().any(|d| d.key_path.ends_with("warm_pool")));
+    assert!(e.iter().any(|d| d.key_path.ends_with("warm_pool_max_idle")));
+    let w = warnings(&runner(
+        "",
+        "[runners.docker.isolation]\ndata_root = \"project\"\nwarm_pool = 2",
+    ));
+    assert!(find(&w, "has no effect with data_root").key_path.ends_with("warm_pool"));
 }
 
 #[test]

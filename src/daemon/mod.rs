@@ -289,6 +289,8 @@ pub async fn run_with(
             .spawn(recover::report_lost(shared.clone(), entry, m));
     }
     shared.tracker.close();
+    // Pre-started sidecars (warm_pool) begin now, so even the first job finds one.
+    shared.executor.warm_up(&config.runners, &system_id).await;
     readiness.set_ready();
 
     let signal_task = {
@@ -343,6 +345,7 @@ pub async fn run_with(
         }
     }
     signal_task.abort();
+    shared.executor.shutdown().await;
     server_stop.cancel();
     tracing::info!("runner stopped");
     Ok(())

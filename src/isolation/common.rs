@@ -291,8 +291,14 @@ pub struct JobState {
     pub docker: Docker,
     /// Names and labels.
     pub naming: Naming,
-    /// The job's directories.
+    /// The job's directories, as containers see them (identical paths).
     pub paths: Option<JobPaths>,
+    /// Where the job's directories really are, when not at `paths` (a job on a pre-started
+    /// sidecar: `paths` are then symlinks into the slot's root, see
+    /// `crate::paths::link_job_dirs`). Bind sources and the runner's own writes use these.
+    pub dir_sources: Option<JobPaths>,
+    /// Directories removed after the job dirs (a pre-started sidecar's slot root).
+    pub extra_dirs: Vec<std::path::PathBuf>,
     /// Host path translation.
     pub host_map: HostPathMap,
     /// The job network.
@@ -322,6 +328,8 @@ impl JobState {
             docker,
             naming,
             paths: None,
+            dir_sources: None,
+            extra_dirs: Vec::new(),
             host_map,
             network: None,
             cert_dir: None,
@@ -340,14 +348,18 @@ impl JobState {
         let Some(p) = &self.paths else {
             return Vec::new();
         };
-        [&p.project_dir, &p.tmp_dir]
-            .into_iter()
-            .map(|d| MountSpec::Bind {
-                source: self.host_map.to_host(d).to_string_lossy().into_owned(),
-                target: d.to_string_lossy().into_owned(),
-                read_only: false,
-            })
-            .collect()
+        let src = self.dir_sources.as_ref().unwrap_or(p);
+        [
+            (&src.project_dir, &p.project_dir),
+            (&src.tmp_dir, &p.tmp_dir),
+        ]
+        .into_iter()
+        .map(|(source, target)| MountSpec::Bind {
+            source: self.host_map.to_host(source).to_string_lossy().into_owned(),
+            target: target.to_string_lossy().into_owned(),
+            read_only: false,
+        })
+        .collect()
     }
 
     /// A host bind of a runner-visible path.
@@ -413,8 +425,14 @@ impl JobState {
         };
         // The script goes into the job's scratch dir (same path everywhere) rather than the
         // command line (ARG_MAX) or stdin (a script that reads stdin would eat itself).
-        let script_path = paths.tmp_dir.join(format!("script-{n}-{role}.sh"));
-        write_private_file(&script_path, req.script.as_bytes()).await?;
+        let script_name = format!("script-{n}-{role}.sh");
+        let script_path = paths.tmp_dir.join(&script_name);
+        // Written where the directory really is: the no-follow open refuses a symlinked path.
+        let script_file = self
+            .dir_sources
+            .as_ref()
+            .map_or_else(|| script_path.clone(), |s| s.tmp_dir.join(&script_name));
+        write_private_file(&script_file, req.script.as_bytes()).await?;
 
         let (image, entrypoint) = match req.role {
             Role::Build => (
@@ -461,7 +479,7 @@ impl JobState {
             tracing::warn!(container = %id, error = %e, "could not remove script container");
         }
         // Best effort: the scratch file held the script, which may embed variables.
-        let _ = crate::paths::remove_path_async(&script_path).await;
+        let _ = crate::paths::remove_path_async(&script_file).await;
         result
     }
 
@@ -637,6 +655,13 @@ impl JobState {
                 Ok(dirs) => report
                     .removed
                     .extend(dirs.into_iter().map(|d| format!("dir {}", d.display()))),
+                Err(e) => report.failures.push(e.to_string()),
+            }
+        }
+        for d in std::mem::take(&mut self.extra_dirs) {
+            match crate::paths::remove_path_async(&d).await {
+                Ok(true) => report.removed.push(format!("dir {}", d.display())),
+                Ok(false) => {}
                 Err(e) => report.failures.push(e.to_string()),
             }
         }

@@ -40,25 +40,47 @@ const READY_POLL: Duration = Duration::from_millis(50);
 
 /// The dind backend.
 pub struct DindBackend {
-    docker: Docker,
-    runner: Arc<RunnerConfig>,
-    state_dir: PathBuf,
+    core: Arc<Core>,
+    /// Sidecars started ahead of jobs (`warm_pool > 0`).
+    pool: Option<Arc<super::pool::Pool>>,
+}
+
+/// What every sidecar start needs; shared with the warm pool's background tasks.
+pub(super) struct Core {
+    pub(super) docker: Docker,
+    pub(super) runner: Arc<RunnerConfig>,
+    pub(super) state_dir: PathBuf,
     /// `Some(true)` = iptables-legacy, as the first sidecar's entrypoint found it.
     iptables: std::sync::Mutex<Option<bool>>,
 }
 
 impl DindBackend {
     /// A backend using `docker` (the host daemon), the runner's config, and `state_dir` for the
-    /// per-job certificate directories.
+    /// per-job certificate directories. With `warm_pool > 0` it keeps that many sidecars
+    /// started ahead of jobs once [`Isolation::warm_up`] or the first `prepare` ran.
     pub fn new(docker: Docker, runner: Arc<RunnerConfig>, state_dir: PathBuf) -> Self {
+        let iso = &runner.docker.isolation;
+        // Warm data roots are per project: those jobs start a sidecar on their own volume.
+        let pooled = iso.warm_pool > 0 && iso.data_root == crate::config::DataRoot::Ephemeral;
+        let pool = pooled.then(|| {
+            Arc::new(super::pool::Pool::new(
+                iso.warm_pool,
+                iso.warm_pool_max_idle,
+            ))
+        });
         DindBackend {
-            docker,
-            runner,
-            state_dir,
-            iptables: std::sync::Mutex::new(None),
+            core: Arc::new(Core {
+                docker,
+                runner,
+                state_dir,
+                iptables: std::sync::Mutex::new(None),
+            }),
+            pool,
         }
     }
+}
 
+impl Core {
     /// Remembers which iptables backend the entrypoint picked (its log says
     /// `iptables backend: nft|legacy`), so later sidecars skip the probe.
     async fn learn_iptables(&self, sidecar: &str) {
@@ -86,14 +108,14 @@ impl DindBackend {
 
 /// Durations of the prepare steps, for the "daemon ready" line (and `runner bench`).
 #[derive(Default)]
-struct Timings(Vec<(&'static str, Duration)>);
+pub(super) struct Timings(Vec<(&'static str, Duration)>);
 
 impl Timings {
-    fn push(&mut self, name: &'static str, since: Instant) {
+    pub(super) fn push(&mut self, name: &'static str, since: Instant) {
         self.0.push((name, since.elapsed()));
     }
 
-    fn render(&self) -> String {
+    pub(super) fn render(&self) -> String {
         self.0
             .iter()
             .map(|(n, d)| format!("{n} {:.2}s", d.as_secs_f64()))
@@ -170,10 +192,38 @@ impl Isolation for DindBackend {
         out: Arc<dyn OutputSink>,
         cancel: CancellationToken,
     ) -> Result<Box<dyn JobEnvironment>, Error> {
+        if let Some(pool) = &self.pool {
+            pool.start(&self.core, &spec.runner_id);
+            let slot = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Error::Canceled),
+                s = pool.take(spec, self.core.runner.docker.isolation.ready_timeout) => s,
+            };
+            // Replace what was taken (or start filling) while this job prepares.
+            pool.refill(&self.core);
+            if let Some(slot) = slot {
+                let mut env = DindEnv::from_slot(slot);
+                let attached = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => Err(Error::Canceled),
+                    r = self.core.attach(&mut env, spec, &out) => r,
+                };
+                return match attached {
+                    Ok(()) => Ok(Box::new(env)),
+                    Err(e) => {
+                        let report = env.finish().await;
+                        for f in &report.failures {
+                            out.write(format!("teardown after failed prepare: {f}\n").as_bytes());
+                        }
+                        Err(e)
+                    }
+                };
+            }
+        }
         let naming = Naming::new(&spec.runner_id, spec.job_id, spec.timeout)?;
-        let host_map = HostPathMap::new(self.runner.docker.isolation.host_path_map.clone());
+        let host_map = HostPathMap::new(self.core.runner.docker.isolation.host_path_map.clone());
         let mut env = DindEnv {
-            state: JobState::new(self.docker.clone(), naming, host_map),
+            state: JobState::new(self.core.docker.clone(), naming, host_map),
             paths: JobPaths {
                 project_dir: PathBuf::new(),
                 tmp_dir: PathBuf::new(),
@@ -181,11 +231,13 @@ impl Isolation for DindBackend {
             inner: None,
             warm: None,
             ready_after: None,
+            born: None,
+            client_certs: None,
         };
         let built = tokio::select! {
             biased;
             _ = cancel.cancelled() => Err(Error::Canceled),
-            r = self.build(&mut env, spec, &out) => r,
+            r = self.core.build(&mut env, spec, &out) => r,
         };
         match built {
             Ok(()) => Ok(Box::new(env)),
@@ -198,37 +250,83 @@ impl Isolation for DindBackend {
             }
         }
     }
+
+    async fn warm_up(&self, runner_id: &str) {
+        if let Some(pool) = &self.pool {
+            pool.start(&self.core, runner_id);
+            pool.refill(&self.core);
+        }
+    }
+
+    fn standby_ids(&self) -> Vec<u64> {
+        self.pool.as_ref().map(|p| p.standby_ids()).unwrap_or_default()
+    }
+
+    async fn shutdown(&self) -> TeardownReport {
+        match &self.pool {
+            Some(pool) => pool.shutdown().await,
+            None => TeardownReport::default(),
+        }
+    }
 }
 
-impl DindBackend {
-    async fn build(
+/// The directories a sidecar gets.
+pub(super) enum SidecarDirs {
+    /// A job's: its two directories, bound at identical paths.
+    Job(JobId),
+    /// A pre-started sidecar's: an empty slot root bound at `builds_dir`; the job that takes
+    /// the sidecar gets its directories made inside it (`crate::paths::link_job_dirs`).
+    Slot(PathBuf),
+}
+
+/// What differs between starting a job's own sidecar and a pre-started one.
+pub(super) struct BootPlan<'a> {
+    /// The sidecar's `/var/lib/docker` volume.
+    pub volume: String,
+    /// Whether `volume` is made here (ephemeral) or already exists (a warm data root).
+    pub create_volume: bool,
+    pub dirs: SidecarDirs,
+    /// The certificates cover this (plus the PKI margin).
+    pub validity: Duration,
+    pub services: &'a [super::ServiceSpec],
+    pub service_env: &'a [(String, String)],
+    pub extra_labels: HashMap<String, String>,
+}
+
+/// A daemon that answers, from [`Core::boot`].
+pub(super) struct Booted {
+    pub inner: Docker,
+    /// The client half of the certificates (for job containers).
+    pub client_certs: PathBuf,
+    /// When the certificates expire.
+    pub not_after: std::time::SystemTime,
+    /// Sidecar created → mTLS ping answered.
+    pub waited: Duration,
+}
+
+impl Core {
+    /// Checks, makes and starts everything up to a daemon that answers over mTLS, recording
+    /// each object in `state` as soon as it exists (so teardown after an error removes exactly
+    /// what was made). Shared by a job's own start and the warm pool's.
+    pub(super) async fn boot(
         &self,
-        env: &mut DindEnv,
-        spec: &EnvironmentSpec,
-        out: &Arc<dyn OutputSink>,
-    ) -> Result<(), Error> {
+        state: &mut JobState,
+        plan: BootPlan<'_>,
+        images: &[(&str, &str)],
+        timings: &mut Timings,
+    ) -> Result<Booted, Error> {
         let iso = &self.runner.docker.isolation;
         let docker = &self.docker;
-        let job = JobId::new(spec.job_id);
 
         // Everything that can be refused without creating anything comes first.
         // Start-up time is the cost of isolation (docs/benchmarks.md): independent steps run
         // concurrently and each one is timed for the breakdown line.
-        let mut timings = Timings::default();
         let t = Instant::now();
         let mut sidecar = ContainerSpec::default();
-        let mut wanted: Vec<(&str, &str)> = vec![
-            (iso.sidecar_image.as_str(), "sidecar"),
-            (spec.build_image.name.as_str(), "job"),
-            (spec.helper_image.as_str(), "helper"),
-        ];
-        wanted.extend(
-            spec.services
-                .iter()
-                .map(|s| (s.image.name.as_str(), "service")),
-        );
+        let mut wanted: Vec<(&str, &str)> = vec![(iso.sidecar_image.as_str(), "sidecar")];
+        wanted.extend_from_slice(images);
         wanted.extend(iso.preload_images.iter().map(|i| (i.as_str(), "preload")));
-        let (profile, images) = tokio::join!(
+        let (profile, checked) = tokio::join!(
             profile_flags(docker, iso.sidecar_profile, &mut sidecar),
             futures::future::join_all(
                 wanted
@@ -237,7 +335,7 @@ impl DindBackend {
             )
         );
         profile?;
-        images.into_iter().collect::<Result<Vec<()>, Error>>()?;
+        checked.into_iter().collect::<Result<Vec<()>, Error>>()?;
         timings.push("checks", t);
 
         let t = Instant::now();
@@ -246,38 +344,53 @@ impl DindBackend {
         } else {
             common::host_mtu().await
         };
-        // data_root = "project": a warm volume of this project and protection level, held by
-        // this job alone; otherwise (or when it is busy) an ephemeral one.
-        if iso.data_root == crate::config::DataRoot::Project {
-            env.warm = self.warm_root(spec, out).await;
-        }
-        let ephemeral = env.warm.is_none();
-        let volume = match &env.warm {
-            Some(lease) => lease.volume.clone(),
-            None => env.state.naming.name("docker"),
-        };
-        // The network, the job dirs and the data volume do not depend on each other.
-        let data_labels = env.state.naming.labels("data");
-        // Recorded before they exist: a cancel while they are made must not leak them.
-        let job_paths = crate::paths::job_paths(&self.runner.builds_dir, job)
-            .map_err(other_paths("create job directories"))?;
-        env.state.paths = Some(job_paths);
+        let data_labels = state.naming.labels("data");
         let builds_dir = self.runner.builds_dir.clone();
-        let (net, paths, vol) = tokio::join!(
+        // Recorded before they exist: a cancel while they are made must not leak them.
+        let dir_mounts_of = |state: &JobState| -> Vec<MountSpec> {
+            match &plan.dirs {
+                SidecarDirs::Job(_) => state.job_dir_mounts(),
+                SidecarDirs::Slot(root) => vec![MountSpec::Bind {
+                    source: state.host_map.to_host(root).to_string_lossy().into_owned(),
+                    target: builds_dir.to_string_lossy().into_owned(),
+                    read_only: false,
+                }],
+            }
+        };
+        let make_dirs = match &plan.dirs {
+            SidecarDirs::Job(job) => {
+                let job = *job;
+                state.paths = Some(
+                    crate::paths::job_paths(&builds_dir, job)
+                        .map_err(other_paths("create job directories"))?,
+                );
+                let b = builds_dir.clone();
+                futures::future::Either::Left(common::detached(&state.inflight, async move {
+                    crate::paths::create_job_dirs(&b, job).await.map(|_| ())
+                }))
+            }
+            SidecarDirs::Slot(root) => {
+                state.extra_dirs.push(root.clone());
+                let root = root.clone();
+                futures::future::Either::Right(common::detached(&state.inflight, async move {
+                    crate::paths::create_slot_root(&root).await
+                }))
+            }
+        };
+        // The network, the directories and the data volume do not depend on each other.
+        let (net, dirs, vol) = tokio::join!(
             common::carve_network(
                 docker,
-                &env.state.inflight,
-                &env.state.naming,
+                &state.inflight,
+                &state.naming,
                 iso.address_pool,
                 mtu
             ),
-            common::detached(&env.state.inflight, async move {
-                crate::paths::create_job_dirs(&builds_dir, job).await
-            }),
+            make_dirs,
             async {
-                if ephemeral {
-                    let (d, name) = (docker.clone(), volume.clone());
-                    common::detached(&env.state.inflight, async move {
+                if plan.create_volume {
+                    let (d, name) = (docker.clone(), plan.volume.clone());
+                    common::detached(&state.inflight, async move {
                         d.create_volume(&name, &data_labels).await
                     })
                     .await
@@ -288,70 +401,69 @@ impl DindBackend {
         );
         // Record whatever exists before failing, so teardown removes it (a warm volume is
         // kept: it is released by `finish`, not removed).
-        if ephemeral && vol.is_ok() {
-            env.state.volume = Some(volume.clone());
-        }
-        if let Ok(p) = &paths {
-            env.paths = p.clone();
+        if plan.create_volume && vol.is_ok() {
+            state.volume = Some(plan.volume.clone());
         }
         let net = net?;
-        env.state.network = Some(net.clone());
-        paths.map_err(other_paths("create job directories"))?;
+        state.network = Some(net.clone());
+        dirs.map_err(other_paths("create job directories"))?;
         vol.map_err(other("create the sidecar's data volume"))?;
         timings.push("network", t);
         let sidecar_ip = net.sidecar_ip();
         // Host-side rules on the bridge before anything runs on it (see `egress.rs`).
-        let handle = super::egress::handle_for(&self.runner, &spec.runner_id, spec.job_id)?;
-        env.state.egress = Some(handle.clone());
-        super::egress::install(&handle, docker, &self.runner, &env.state.naming, &net).await?;
+        let handle =
+            super::egress::handle_for(&self.runner, &state.naming.runner_id, state.naming.job_id)?;
+        state.egress = Some(handle.clone());
+        super::egress::install(&handle, docker, &self.runner, &state.naming, &net).await?;
 
         let t_certs = Instant::now();
+        let job = JobId::new(state.naming.job_id);
         let pki = crate::pki::issue_job_pki(&crate::pki::PkiRequest::for_sidecar(
-            spec.job_id,
+            state.naming.job_id,
             IpAddr::V4(sidecar_ip),
-            spec.timeout,
+            plan.validity,
         ))
         .map_err(|e| Error::Other {
             context: "issue job certificates".to_string(),
             detail: e.to_string(),
         })?;
+        let not_after = pki.not_after;
         let tls = crate::pki::client_config(&pki.client).map_err(|e| Error::Other {
             context: "build the runner's TLS client".to_string(),
             detail: e.to_string(),
         })?;
-        env.state.cert_dir = Some(
-            crate::paths::cert_dir(&self.state_dir, &spec.runner_id, job)
+        let runner_id = state.naming.runner_id.clone();
+        state.cert_dir = Some(
+            crate::paths::cert_dir(&self.state_dir, &runner_id, job)
                 .map_err(other_paths("write job certificates"))?,
         );
-        let (state_dir, runner_id) = (self.state_dir.clone(), spec.runner_id.clone());
-        let certs = common::detached(&env.state.inflight, async move {
+        let state_dir = self.state_dir.clone();
+        let certs = common::detached(&state.inflight, async move {
             crate::paths::write_cert_dir(&state_dir, &runner_id, job, &pki).await
         });
         let certs = certs.await.map_err(other_paths("write job certificates"))?;
         timings.push("certs", t_certs);
 
         // The sidecar: only runner config shapes it; no job variable reaches it (threat S2).
-        sidecar.name = env.state.naming.name("sidecar");
+        sidecar.name = state.naming.name("sidecar");
         sidecar.image = iso.sidecar_image.clone();
         let mut inner_args =
             inner_daemon_args(iso.inner_address_pool, mtu, iso.registry_mirror.as_deref());
         inner_args.extend(inner_dns_args(&super::egress::host_resolvers().await));
         sidecar.cmd = Some(inner_args);
-        sidecar.labels = env.state.naming.labels("sidecar");
-        if let Some(lease) = &env.warm {
-            sidecar.labels.extend(lease.sidecar_labels());
-        }
+        sidecar.labels = state.naming.labels("sidecar");
+        sidecar.labels.extend(plan.extra_labels);
         sidecar.network = Some(net.name.clone());
         sidecar.aliases = vec!["docker".to_string()];
         sidecar.ipv4 = Some(sidecar_ip.to_string());
         sidecar.mounts = vec![
             MountSpec::Volume {
-                name: volume,
+                name: plan.volume.clone(),
                 target: "/var/lib/docker".to_string(),
             },
-            env.state.bind(&certs.server, SERVER_CERT_PATH, true),
+            state.bind(&certs.server, SERVER_CERT_PATH, true),
         ];
-        sidecar.mounts.extend(env.state.job_dir_mounts());
+        sidecar.mounts.extend(dir_mounts_of(state));
         sidecar.memory = iso.sidecar_memory.and_then(|m| i64::try_from(m).ok());
         sidecar.cpus = iso.sidecar_cpus;
         sidecar.pids_limit = iso.sidecar_pids_limit;
@@ -372,12 +484,12 @@ impl DindBackend {
         let started = Instant::now();
         // On its own task: a cancel must not drop the request half-way (see `detached`).
         let d = docker.clone();
-        let id = common::detached(&env.state.inflight, async move {
+        let id = common::detached(&state.inflight, async move {
             d.create_container(&sidecar).await
         })
         .await
         .map_err(other("create the sidecar"))?;
-        env.state.sidecar = Some(id.clone());
+        state.sidecar = Some(id.clone());
         docker
             .start_container(&id)
             .await
@@ -389,52 +501,40 @@ impl DindBackend {
         let t_ready = Instant::now();
         let (ready, services) = tokio::join!(
             wait_ready(docker, &id, addr, tls, iso.ready_timeout),
-            env.state.start_services(&spec.services, &spec.service_env)
+            state.start_services(plan.services, plan.service_env)
         );
         let inner = ready?;
         services?;
         timings.push("ready", t_ready);
         let waited = started.elapsed();
-        env.ready_after = Some(waited);
         self.learn_iptables(&id).await;
-        if let Some(lease) = env.warm.as_ref().filter(|l| !l.fresh) {
-            // What the previous job left running or stored goes; images and cache stay.
-            for f in super::data_root::scrub_inner(&inner).await {
-                out.write(format!("WARNING: warm data root: {f}\n").as_bytes());
-            }
-            tracing::debug!(volume = %lease.volume, "warm data root scrubbed");
-        }
-        tracing::info!(
-            job.id = spec.job_id,
-            ready_ms = waited.as_millis() as u64,
-            profile = profile_name(iso.sidecar_profile),
-            "sidecar ready"
-        );
+        Ok(Booted {
+            inner,
+            client_certs: certs.client,
+            not_after,
+            waited,
+        })
+    }
+
+    /// Copies the configured images into a daemon that just started.
+    pub(super) async fn preload(&self, inner: &Docker, timings: &mut Timings) -> Result<(), Error> {
+        let iso = &self.runner.docker.isolation;
         let t = Instant::now();
         for img in &iso.preload_images {
             inner
-                .load_image(docker.export_image(img), img)
+                .load_image(self.docker.export_image(img), img)
                 .await
                 .map_err(other(format!("preload image {img}")))?;
         }
         if !iso.preload_images.is_empty() {
             timings.push("preload", t);
         }
-        env.inner = Some(inner);
-        out.write(
-            format!(
-                "Job docker daemon ready in {:.1}s (sidecar profile {}, network {} {}) [{}]\n",
-                waited.as_secs_f64(),
-                profile_name(iso.sidecar_profile),
-                net.name,
-                net.subnet,
-                timings.render()
-            )
-            .as_bytes(),
-        );
+        Ok(())
+    }
 
-        let job_env = dind_job_env();
-        env.state.script = Some(ScriptSettings {
+    /// How script containers of a job on this runner are made.
+    fn script_settings(&self, spec: &EnvironmentSpec, client: MountSpec) -> ScriptSettings {
+        ScriptSettings {
             build_image: spec.build_image.clone(),
             helper_image: spec.helper_image.clone(),
             memory: self
@@ -444,9 +544,166 @@ impl DindBackend {
                 .and_then(|m| i64::try_from(m).ok()),
             cpus: self.runner.docker.cpus,
             pids_limit: self.runner.docker.pids_limit,
-            extra_mounts: vec![env.state.bind(&certs.client, CLIENT_CERT_PATH, true)],
-            job_env,
-        });
+            extra_mounts: vec![client],
+            job_env: dind_job_env(),
+        }
+    }
+
+    /// A job's own sidecar, started for it (no pre-started one, or a warm data root).
+    async fn build(
+        &self,
+        env: &mut DindEnv,
+        spec: &EnvironmentSpec,
+        out: &Arc<dyn OutputSink>,
+    ) -> Result<(), Error> {
+        let iso = &self.runner.docker.isolation;
+        let job = JobId::new(spec.job_id);
+        let mut timings = Timings::default();
+        // data_root = "project": a warm volume of this project and protection level, held by
+        // this job alone; otherwise (or when it is busy) an ephemeral one.
+        if iso.data_root == crate::config::DataRoot::Project {
+            env.warm = self.warm_root(spec, out).await;
+        }
+        let (volume, extra_labels) = match &env.warm {
+            Some(lease) => (lease.volume.clone(), HashMap::from(lease.sidecar_labels())),
+            None => (env.state.naming.name("docker"), HashMap::new()),
+        };
+        let images = job_images(spec);
+        let booted = self
+            .boot(
+                &mut env.state,
+                BootPlan {
+                    create_volume: env.warm.is_none(),
+                    volume,
+                    dirs: SidecarDirs::Job(job),
+                    validity: spec.timeout,
+                    services: &spec.services,
+                    service_env: &spec.service_env,
+                    extra_labels,
+                },
+                &images,
+                &mut timings,
+            )
+            .await;
+        if let Some(p) = &env.state.paths {
+            env.paths = p.clone();
+        }
+        let booted = booted?;
+        env.ready_after = Some(booted.waited);
+        if let Some(lease) = env.warm.as_ref().filter(|l| !l.fresh) {
+            // What the previous job left running or stored goes; images and cache stay.
+            for f in super::data_root::scrub_inner(&booted.inner).await {
+                out.write(format!("WARNING: warm data root: {f}\n").as_bytes());
+            }
+            tracing::debug!(volume = %lease.volume, "warm data root scrubbed");
+        }
+        tracing::info!(
+            job.id = spec.job_id,
+            ready_ms = booted.waited.as_millis() as u64,
+            profile = profile_name(iso.sidecar_profile),
+            "sidecar ready"
+        );
+        self.preload(&booted.inner, &mut timings).await?;
+        env.inner = Some(booted.inner);
+        let net = env.state.network.clone();
+        out.write(
+            format!(
+                "Job docker daemon ready in {:.1}s (sidecar profile {}, network {} {}) [{}]\n",
+                booted.waited.as_secs_f64(),
+                profile_name(iso.sidecar_profile),
+                net.as_ref().map(|n| n.name.as_str()).unwrap_or("-"),
+                net.as_ref().map(|n| n.subnet.to_string()).unwrap_or_default(),
+                timings.render()
+            )
+            .as_bytes(),
+        );
+        let client = env
+            .state
+            .bind(&booted.client_certs, CLIENT_CERT_PATH, true);
+        env.state.script = Some(self.script_settings(spec, client));
+        Ok(())
+    }
+
+    /// Gives a pre-started sidecar to a job: the job's images checked, its directories made
+    /// inside the slot root (symlinked at the usual paths), its services started on the
+    /// sidecar's network. Nothing of the sidecar itself changes: it was built from runner
+    /// config alone, like every sidecar.
+    async fn attach(
+        &self,
+        env: &mut DindEnv,
+        spec: &EnvironmentSpec,
+        out: &Arc<dyn OutputSink>,
+    ) -> Result<(), Error> {
+        let iso = &self.runner.docker.isolation;
+        let mut timings = Timings::default();
+        let t = Instant::now();
+        let images = job_images(spec);
+        let checked = futures::future::join_all(
+            images
+                .iter()
+                .map(|(img, role)| common::require_image(&self.docker, img, role)),
+        )
+        .await;
+        checked.into_iter().collect::<Result<Vec<()>, Error>>()?;
+        timings.push("checks", t);
+
+        let t = Instant::now();
+        let Some(slot_root) = env.state.extra_dirs.first().cloned() else {
+            return Err(Error::Other {
+                context: "take a pre-started sidecar".to_string(),
+                detail: "the slot has no root directory".to_string(),
+            });
+        };
+        let job = JobId::new(spec.job_id);
+        // Recorded before they exist: teardown removes the links and the slot root.
+        let links = crate::paths::job_paths(&self.runner.builds_dir, job)
+            .map_err(other_paths("create job directories"))?;
+        env.state.paths = Some(links.clone());
+        env.paths = links;
+        let b = self.runner.builds_dir.clone();
+        let (_, real) = common::detached(&env.state.inflight, async move {
+            crate::paths::link_job_dirs(&b, job, &slot_root).await
+        })
+        .await
+        .map_err(other_paths("create job directories"))?;
+        env.state.dir_sources = Some(real);
+        timings.push("dirs", t);
+
+        let t = Instant::now();
+        env.state
+            .start_services(&spec.services, &spec.service_env)
+            .await?;
+        if !spec.services.is_empty() {
+            timings.push("services", t);
+        }
+        let net = env.state.network.clone();
+        out.write(
+            format!(
+                "Job docker daemon ready: pre-started {:.0}s ago, ready in {:.1}s (sidecar profile \
+                 {}, network {} {}) [{}]\n",
+                env.born.map(|b| b.elapsed().as_secs_f64()).unwrap_or(0.0),
+                env.ready_after.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                profile_name(iso.sidecar_profile),
+                net.as_ref().map(|n| n.name.as_str()).unwrap_or("-"),
+                net.as_ref().map(|n| n.subnet.to_string()).unwrap_or_default(),
+                timings.render()
+            )
+            .as_bytes(),
+        );
+        tracing::info!(
+            job.id = spec.job_id,
+            slot = env.state.naming.job_id,
+            "job took a pre-started sidecar"
+        );
+        let client = env
+            .client_certs
+            .as_ref()
+            .map(|c| env.state.bind(c, CLIENT_CERT_PATH, true))
+            .ok_or_else(|| Error::Other {
+                context: "take a pre-started sidecar".to_string(),
+                detail: "the slot has no client certificates".to_string(),
+            })?;
+        env.state.script = Some(self.script_settings(spec, client));
         Ok(())
     }
 
@@ -491,6 +748,20 @@ impl DindBackend {
             }
         }
     }
+}
+
+/// The images a job needs on the host daemon: its own, the helper, its services'.
+fn job_images(spec: &EnvironmentSpec) -> Vec<(&str, &str)> {
+    let mut images = vec![
+        (spec.build_image.name.as_str(), "job"),
+        (spec.helper_image.as_str(), "helper"),
+    ];
+    images.extend(
+        spec.services
+            .iter()
+            .map(|s| (s.image.name.as_str(), "service")),
+    );
+    images
 }
 
 /// Flags for the inner dockerd: MTU for the default bridge *and* for every network it creates
@@ -643,6 +914,28 @@ pub struct DindEnv {
     /// The warm data root this job holds (`data_root = "project"`).
     warm: Option<super::data_root::WarmLease>,
     ready_after: Option<Duration>,
+    /// When the sidecar was started, for a pre-started one (warm pool).
+    born: Option<Instant>,
+    /// The client half of a pre-started sidecar's certificates.
+    client_certs: Option<PathBuf>,
+}
+
+impl DindEnv {
+    /// A job environment around a pre-started sidecar; [`Core::attach`] completes it.
+    pub(super) fn from_slot(slot: super::pool::Slot) -> Self {
+        DindEnv {
+            state: slot.state,
+            paths: JobPaths {
+                project_dir: PathBuf::new(),
+                tmp_dir: PathBuf::new(),
+            },
+            inner: Some(slot.inner),
+            warm: None,
+            ready_after: Some(slot.ready_after),
+            born: Some(slot.born),
+            client_certs: Some(slot.client_certs),
+        }
+    }
 }
 
 impl DindEnv {
@@ -719,7 +1012,8 @@ impl JobEnvironment for DindEnv {
             sidecar: s.sidecar.clone(),
             volume: s.volume.clone(),
             services: s.services.clone(),
-            sidecar_ready: self.ready_after,
+            // A pre-started sidecar's start was not this job's wait.
+            sidecar_ready: self.ready_after.filter(|_| self.born.is_none()),
         }
     }
 }

@@ -8,6 +8,7 @@ mod common;
 pub mod data_root;
 pub mod dind;
 pub mod egress;
+pub mod pool;
 pub mod reaper;
 pub mod shared_socket;
 
@@ -114,6 +115,24 @@ pub trait Isolation: Send + Sync {
         out: Arc<dyn OutputSink>,
         cancel: CancellationToken,
     ) -> Result<Box<dyn JobEnvironment>, Error>;
+
+    /// Starts keeping environments ready ahead of jobs for `runner_id`, where the backend has
+    /// a warm pool (`warm_pool` in config); returns at once, the work runs in the background.
+    /// `prepare` also starts it, so calling this only saves the first job's cold start.
+    async fn warm_up(&self, _runner_id: &str) {}
+
+    /// Job ids labelling the objects of environments made ahead of jobs and not yet given to
+    /// one (idle or being built). Their objects are not leftovers.
+    fn standby_ids(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
+    /// Removes environments made ahead of jobs and waits for the backend's background work.
+    /// Call once, when the process stops taking jobs; `prepare` still works afterwards but
+    /// makes everything per job.
+    async fn shutdown(&self) -> TeardownReport {
+        TeardownReport::default()
+    }
 }
 
 /// A prepared job environment. `teardown` must be called on every path.

@@ -118,6 +118,30 @@ impl JobExecutor for RunnerExecutor {
         pipeline.runner_id = self.runner_id.clone();
         pipeline.execute(job, runner, trace, control).await
     }
+
+    async fn warm_up(&self, runners: &[RunnerConfig], _runner_id: &str) {
+        // Labelled like this executor's jobs (the pool hands slots only to the same id).
+        let runner_id = self.runner_id.as_str();
+        for r in runners.iter().filter(|r| r.docker.isolation.warm_pool > 0) {
+            match self.backend(r).await {
+                Ok(b) => b.warm_up(runner_id).await,
+                Err(e) => {
+                    tracing::warn!(runner = %r.name, error = %e, "cannot pre-start sidecars")
+                }
+            }
+        }
+    }
+
+    async fn shutdown(&self) {
+        let backends: Vec<Arc<dyn Isolation>> =
+            self.backends.lock().await.values().cloned().collect();
+        for b in backends {
+            let report = b.shutdown().await;
+            for f in &report.failures {
+                tracing::warn!(failure = %f, "removing pre-started sidecars left something");
+            }
+        }
+    }
 }
 
 /// A backend wrapper that times prepare, scripts and teardown and reports prepared
@@ -133,6 +157,18 @@ struct Observed {
 impl Isolation for Observed {
     fn mode(&self) -> crate::config::IsolationMode {
         self.inner.mode()
+    }
+
+    async fn warm_up(&self, runner_id: &str) {
+        self.inner.warm_up(runner_id).await
+    }
+
+    fn standby_ids(&self) -> Vec<u64> {
+        self.inner.standby_ids()
+    }
+
+    async fn shutdown(&self) -> TeardownReport {
+        self.inner.shutdown().await
     }
 
     async fn prepare(

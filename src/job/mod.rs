@@ -72,6 +72,13 @@ pub trait JobExecutor: Send + Sync {
         trace: Arc<dyn TraceSink>,
         control: JobControl,
     ) -> JobOutcome;
+
+    /// Called once before the first poll: backends with a warm pool start filling it for
+    /// `runners`, labelled with `runner_id`. Returns at once.
+    async fn warm_up(&self, _runners: &[RunnerConfig], _runner_id: &str) {}
+
+    /// Called once after the last job ended: removes what was made ahead of jobs.
+    async fn shutdown(&self) {}
 }
 
 pub mod artifacts;

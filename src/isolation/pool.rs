@@ -1,0 +1,401 @@
+//! The warm pool: sidecars started and made ready *before* a job asks, so a job's time to its
+//! first script line no longer contains the daemon's start (docs/benchmarks.md: start and
+//! readiness were ~1.2 s of the ~1.6 s that isolation cost per job on the reference host).
+//!
+//! Each slot is a complete per-job environment minus the job: its own network (/28, egress
+//! rules installed), its own CA and certificates, its own data volume, its own dockerd, with
+//! `preload_images` loaded. It is built from runner config alone, exactly like a job's own
+//! sidecar, and serves exactly one job, after which it is torn down like any job's. Nothing
+//! is ever shared between two jobs.
+//!
+//! The one thing a slot cannot have in advance is the job's directory at its identical path
+//! (the job id is not known yet, and a running container cannot gain a bind mount). So a
+//! slot's sidecar gets an empty *slot root*, `<builds_dir>/gitlab-job-<slot id>`, bound at
+//! `<builds_dir>`; the job that takes the slot gets its directories made inside the slot root,
+//! and `<builds_dir>/gitlab-job-<job id>` on the host becomes a relative symlink to them
+//! (`crate::paths::link_job_dirs`). Inside the sidecar `<builds_dir>` then holds this job's
+//! directories and nothing else.
+//!
+//! Slot objects are labelled like a job's, with a *slot id* in place of the job id: ids from
+//! [`SLOT_ID_BASE`] up, far above any GitLab job id, so the label sweep, the crash journal,
+//! `runner cleanup` and the reaper handle them with no special case.
+
+use super::common::{JobState, Naming};
+use super::dind::{BootPlan, Core, SidecarDirs, Timings};
+use super::{Error, TeardownReport};
+use crate::docker::Docker;
+use crate::paths::{HostPathMap, JobId};
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Slot ids start here (2^62). GitLab job ids are database ids, nowhere near.
+pub const SLOT_ID_BASE: u64 = 1 << 62;
+
+/// Whether a job id label names a pool slot.
+pub fn is_slot_id(id: u64) -> bool {
+    id >= SLOT_ID_BASE
+}
+
+/// How long a job on a slot may run, beyond the slot's idle life: the certificates of a slot
+/// are issued for `max_idle` + this (+ the PKI margin). A job whose timeout is longer starts
+/// its own sidecar instead.
+const SLOT_JOB_BUDGET: Duration = Duration::from_secs(6 * 3600);
+
+/// How often idle slots are checked for age and the pool topped up.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(15);
+
+/// A slot whose daemon does not answer a ping this fast is not handed to a job.
+const ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A pre-started sidecar, ready, waiting for a job.
+pub(super) struct Slot {
+    pub state: JobState,
+    pub inner: Docker,
+    pub client_certs: PathBuf,
+    pub not_after: SystemTime,
+    pub born: Instant,
+    pub ready_after: Duration,
+}
+
+impl Slot {
+    fn id(&self) -> u64 {
+        self.state.naming.job_id
+    }
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// The runner id slots are labelled with (known from the first `start`).
+    runner_id: Option<String>,
+    idle: VecDeque<Slot>,
+    /// Slot ids being built.
+    building: HashSet<u64>,
+    /// Consecutive failed builds (backoff).
+    failures: u32,
+    maintenance: bool,
+    /// Jobs waiting in `take` for a slot being built.
+    waiting: usize,
+}
+
+/// Keeps up to `size` slots ready. See the module docs.
+pub struct Pool {
+    size: usize,
+    max_idle: Duration,
+    state: Mutex<PoolState>,
+    /// Signalled whenever a build ends (ready or failed).
+    built: tokio::sync::Notify,
+    tasks: TaskTracker,
+    closed: CancellationToken,
+}
+
+impl Pool {
+    /// A pool of `size` slots, each replaced after `max_idle` unused.
+    pub fn new(size: usize, max_idle: Duration) -> Self {
+        Pool {
+            size,
+            max_idle,
+            state: Mutex::new(PoolState::default()),
+            built: tokio::sync::Notify::new(),
+            tasks: TaskTracker::new(),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // A panic while holding the lock leaves plain data behind; keep using it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Learns the runner id and starts the maintenance loop (once).
+    pub(super) fn start(self: &Arc<Self>, core: &Arc<Core>, runner_id: &str) {
+        if self.closed.is_cancelled() {
+            return;
+        }
+        let mut st = self.lock();
+        if st.runner_id.is_none() {
+            st.runner_id = Some(runner_id.to_string());
+        }
+        if st.maintenance {
+            return;
+        }
+        st.maintenance = true;
+        drop(st);
+        let (pool, core) = (Arc::clone(self), Arc::clone(core));
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = pool.closed.cancelled() => return,
+                    _ = tokio::time::sleep(MAINTENANCE_EVERY) => {}
+                }
+                pool.expire();
+                pool.refill(&core);
+            }
+        });
+    }
+
+    /// A ready slot for a job like `spec`. When none is idle but one is being built (and not
+    /// already promised to another waiting job), waits for it up to `wait`: the rest of a
+    /// build is never longer than a whole cold start. Slots too old are torn down on the way;
+    /// a slot whose certificates would not outlive the job's timeout stays for another job.
+    pub(super) async fn take(
+        &self,
+        spec: &super::EnvironmentSpec,
+        wait: Duration,
+    ) -> Option<Slot> {
+        let needed = SystemTime::now()
+            .checked_add(spec.timeout)
+            .and_then(|t| t.checked_add(crate::pki::VALIDITY_MARGIN))?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.built.notified();
+            tokio::pin!(notified);
+            let slot = {
+                let mut st = self.lock();
+                if st.runner_id.as_deref() != Some(spec.runner_id.as_str()) {
+                    return None;
+                }
+                match st.idle.iter().position(|s| s.not_after >= needed) {
+                    Some(pos) => st.idle.remove(pos),
+                    None if st.building.len() > st.waiting => {
+                        // Registered before the lock is released: a build that ends in
+                        // between still wakes us.
+                        notified.as_mut().enable();
+                        st.waiting += 1;
+                        None
+                    }
+                    None => return None,
+                }
+            };
+            let Some(slot) = slot else {
+                let woke = tokio::time::timeout_at(deadline, notified).await.is_ok();
+                self.lock().waiting -= 1;
+                if !woke || self.closed.is_cancelled() {
+                    return None;
+                }
+                continue;
+            };
+            if slot.born.elapsed() >= self.max_idle {
+                self.discard(slot, "idle too long");
+                continue;
+            }
+            match tokio::time::timeout(ALIVE_TIMEOUT, slot.inner.ping()).await {
+                Ok(Ok(())) => return Some(slot),
+                Ok(Err(e)) => self.discard(slot, &format!("its daemon does not answer: {e}")),
+                Err(_) => self.discard(slot, "its daemon does not answer"),
+            }
+        }
+    }
+
+    /// Starts building slots until idle + building reaches the pool size.
+    pub(super) fn refill(self: &Arc<Self>, core: &Arc<Core>) {
+        if self.closed.is_cancelled() {
+            return;
+        }
+        let mut st = self.lock();
+        let Some(runner_id) = st.runner_id.clone() else {
+            return;
+        };
+        while st.idle.len() + st.building.len() < self.size {
+            let id = new_slot_id(&st);
+            st.building.insert(id);
+            // After failures, wait before trying again: a host that cannot start sidecars
+            // must not be hammered (2, 4, 8 … 60 s).
+            let backoff = match st.failures {
+                0 => Duration::ZERO,
+                n => Duration::from_secs(2u64.saturating_pow(n.min(6)).min(60)),
+            };
+            let (pool, core, runner_id) = (Arc::clone(self), Arc::clone(core), runner_id.clone());
+            self.tasks.spawn(async move {
+                let built = tokio::select! {
+                    _ = pool.closed.cancelled() => Err(Error::Canceled),
+                    _ = tokio::time::sleep(backoff) => {
+                        build_slot(&core, &runner_id, id, pool.max_idle, &pool.closed).await
+                    }
+                };
+                pool.finished(id, built);
+            });
+        }
+    }
+
+    fn finished(&self, id: u64, built: Result<Slot, Error>) {
+        // Waiters re-check once the lock below is released.
+        let _wake = WakeOnDrop(&self.built);
+        let mut st = self.lock();
+        st.building.remove(&id);
+        match built {
+            Ok(slot) if !self.closed.is_cancelled() => {
+                st.failures = 0;
+                tracing::debug!(slot = id, ready_ms = slot.ready_after.as_millis() as u64, "pre-started sidecar ready");
+                st.idle.push_back(slot);
+            }
+            Ok(slot) => {
+                drop(st);
+                self.discard(slot, "the runner is stopping");
+            }
+            Err(Error::Canceled) => {}
+            Err(e) => {
+                st.failures = st.failures.saturating_add(1);
+                tracing::warn!(slot = id, error = %e, failures = st.failures, "could not pre-start a sidecar");
+            }
+        }
+    }
+
+    /// Tears down idle slots past their idle life.
+    fn expire(&self) {
+        let old: Vec<Slot> = {
+            let mut st = self.lock();
+            let (keep, old): (VecDeque<Slot>, VecDeque<Slot>) = std::mem::take(&mut st.idle)
+                .into_iter()
+                .partition(|s| s.born.elapsed() < self.max_idle);
+            st.idle = keep;
+            old.into_iter().collect()
+        };
+        for slot in old {
+            self.discard(slot, "idle too long");
+        }
+    }
+
+    /// Tears a slot down in the background.
+    fn discard(&self, slot: Slot, why: &str) {
+        tracing::info!(slot = slot.id(), reason = why, "removing a pre-started sidecar");
+        self.tasks.spawn(async move {
+            let report = slot.state.teardown().await;
+            for f in report.failures {
+                tracing::warn!(failure = %f, "pre-started sidecar teardown left something");
+            }
+        });
+    }
+
+    /// Ids of idle and building slots.
+    pub(super) fn standby_ids(&self) -> Vec<u64> {
+        let st = self.lock();
+        let mut ids: Vec<u64> = st.idle.iter().map(Slot::id).collect();
+        ids.extend(st.building.iter().copied());
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Stops building, tears down every idle slot and waits for all background work.
+    pub(super) async fn shutdown(&self) -> TeardownReport {
+        self.closed.cancel();
+        self.built.notify_waiters();
+        let idle: Vec<Slot> = std::mem::take(&mut self.lock().idle).into_iter().collect();
+        let reports =
+            futures::future::join_all(idle.into_iter().map(|s| s.state.teardown())).await;
+        self.tasks.close();
+        self.tasks.wait().await;
+        let mut report = TeardownReport::default();
+        for r in reports {
+            report.removed.extend(r.removed);
+            report.failures.extend(r.failures);
+        }
+        report
+    }
+}
+
+/// Wakes every waiting `take` when dropped (after the pool lock guard declared later).
+struct WakeOnDrop<'a>(&'a tokio::sync::Notify);
+
+impl Drop for WakeOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.notify_waiters();
+    }
+}
+
+fn new_slot_id(st: &PoolState) -> u64 {
+    loop {
+        // 40 random bits above the base: unique among this runner's slots, and readable.
+        let id = SLOT_ID_BASE | (uuid::Uuid::new_v4().as_u64_pair().0 >> 24);
+        if !st.building.contains(&id) && !st.idle.iter().any(|s| s.id() == id) {
+            return id;
+        }
+    }
+}
+
+/// Builds one slot; on any error or on `closed`, what was made is torn down.
+async fn build_slot(
+    core: &Core,
+    runner_id: &str,
+    id: u64,
+    max_idle: Duration,
+    closed: &CancellationToken,
+) -> Result<Slot, Error> {
+    let lifetime = max_idle.saturating_add(SLOT_JOB_BUDGET);
+    let naming = Naming::new(runner_id, id, lifetime)?;
+    let volume = naming.name("docker");
+    let host_map = HostPathMap::new(core.runner.docker.isolation.host_path_map.clone());
+    let mut state = JobState::new(core.docker.clone(), naming, host_map);
+    let root = crate::paths::job_paths(&core.runner.builds_dir, JobId::new(id))
+        .map_err(super::common::other_paths("name the slot's directory"))?
+        .project_dir;
+    let mut timings = Timings::default();
+    let started = Instant::now();
+    let built = tokio::select! {
+        biased;
+        _ = closed.cancelled() => Err(Error::Canceled),
+        r = async {
+            let b = core
+                .boot(
+                    &mut state,
+                    BootPlan {
+                        volume,
+                        create_volume: true,
+                        dirs: SidecarDirs::Slot(root),
+                        validity: lifetime,
+                        services: &[],
+                        service_env: &[],
+                        extra_labels: Default::default(),
+                    },
+                    &[],
+                    &mut timings,
+                )
+                .await?;
+            core.preload(&b.inner, &mut timings).await?;
+            Ok(b)
+        } => r,
+    };
+    match built {
+        Ok(b) => {
+            tracing::debug!(slot = id, steps = %timings.render(), total_ms = started.elapsed().as_millis() as u64, "slot built");
+            Ok(Slot {
+                state,
+                inner: b.inner,
+                client_certs: b.client_certs,
+                not_after: b.not_after,
+                born: Instant::now(),
+                ready_after: b.waited,
+            })
+        }
+        Err(e) => {
+            let report = state.teardown().await;
+            for f in report.failures {
+                tracing::warn!(slot = id, failure = %f, "teardown of a failed slot left something");
+            }
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_ids_are_above_job_ids_and_distinct() {
+        let st = PoolState::default();
+        let a = new_slot_id(&st);
+        let b = new_slot_id(&st);
+        assert!(is_slot_id(a) && is_slot_id(b));
+        assert_ne!(a, b);
+        assert!(!is_slot_id(9_999_999_999));
+        // Names built from it stay within Docker's and iptables' limits.
+        let n = Naming::new("r1", a, Duration::from_secs(60)).unwrap();
+        assert!(n.name("sidecar").len() < 64);
+        let chain = crate::netpolicy::rules::chain_name("r1", a).unwrap();
+        assert!(chain.len() <= crate::netpolicy::rules::MAX_CHAIN_LEN);
+    }
+}
