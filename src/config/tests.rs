@@ -303,7 +303,11 @@ fn warm_pool_is_bounded_and_explained_with_project_roots() {
         "",
         "[runners.docker.isolation]\ndata_root = \"project\"\nwarm_pool = 2",
     ));
-    assert!(find(&w, "has no effect with data_root").key_path.ends_with("warm_pool"));
+    assert!(
+        find(&w, "has no effect with data_root")
+            .key_path
+            .ends_with("warm_pool")
+    );
 }
 
 #[test]

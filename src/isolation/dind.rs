@@ -259,7 +259,10 @@ impl Isolation for DindBackend {
     }
 
     fn standby_ids(&self) -> Vec<u64> {
-        self.pool.as_ref().map(|p| p.standby_ids()).unwrap_or_default()
+        self.pool
+            .as_ref()
+            .map(|p| p.standby_ids())
+            .unwrap_or_default()
     }
 
     async fn shutdown(&self) -> TeardownReport {
@@ -612,14 +615,14 @@ impl Core {
                 booted.waited.as_secs_f64(),
                 profile_name(iso.sidecar_profile),
                 net.as_ref().map(|n| n.name.as_str()).unwrap_or("-"),
-                net.as_ref().map(|n| n.subnet.to_string()).unwrap_or_default(),
+                net.as_ref()
+                    .map(|n| n.subnet.to_string())
+                    .unwrap_or_default(),
                 timings.render()
             )
             .as_bytes(),
         );
-        let client = env
-            .state
-            .bind(&booted.client_certs, CLIENT_CERT_PATH, true);
+        let client = env.state.bind(&booted.client_certs, CLIENT_CERT_PATH, true);
         env.state.script = Some(self.script_settings(spec, client));
         Ok(())
     }
@@ -685,7 +688,9 @@ impl Core {
                 env.ready_after.map(|d| d.as_secs_f64()).unwrap_or(0.0),
                 profile_name(iso.sidecar_profile),
                 net.as_ref().map(|n| n.name.as_str()).unwrap_or("-"),
-                net.as_ref().map(|n| n.subnet.to_string()).unwrap_or_default(),
+                net.as_ref()
+                    .map(|n| n.subnet.to_string())
+                    .unwrap_or_default(),
                 timings.render()
             )
             .as_bytes(),

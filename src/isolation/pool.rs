@@ -141,11 +141,7 @@ impl Pool {
     /// already promised to another waiting job), waits for it up to `wait`: the rest of a
     /// build is never longer than a whole cold start. Slots too old are torn down on the way;
     /// a slot whose certificates would not outlive the job's timeout stays for another job.
-    pub(super) async fn take(
-        &self,
-        spec: &super::EnvironmentSpec,
-        wait: Duration,
-    ) -> Option<Slot> {
+    pub(super) async fn take(&self, spec: &super::EnvironmentSpec, wait: Duration) -> Option<Slot> {
         let needed = SystemTime::now()
             .checked_add(spec.timeout)
             .and_then(|t| t.checked_add(crate::pki::VALIDITY_MARGIN))?;
@@ -229,7 +225,11 @@ impl Pool {
         match built {
             Ok(slot) if !self.closed.is_cancelled() => {
                 st.failures = 0;
-                tracing::debug!(slot = id, ready_ms = slot.ready_after.as_millis() as u64, "pre-started sidecar ready");
+                tracing::debug!(
+                    slot = id,
+                    ready_ms = slot.ready_after.as_millis() as u64,
+                    "pre-started sidecar ready"
+                );
                 st.idle.push_back(slot);
             }
             Ok(slot) => {
@@ -261,7 +261,11 @@ impl Pool {
 
     /// Tears a slot down in the background.
     fn discard(&self, slot: Slot, why: &str) {
-        tracing::info!(slot = slot.id(), reason = why, "removing a pre-started sidecar");
+        tracing::info!(
+            slot = slot.id(),
+            reason = why,
+            "removing a pre-started sidecar"
+        );
         self.tasks.spawn(async move {
             let report = slot.state.teardown().await;
             for f in report.failures {
@@ -284,8 +288,7 @@ impl Pool {
         self.closed.cancel();
         self.built.notify_waiters();
         let idle: Vec<Slot> = std::mem::take(&mut self.lock().idle).into_iter().collect();
-        let reports =
-            futures::future::join_all(idle.into_iter().map(|s| s.state.teardown())).await;
+        let reports = futures::future::join_all(idle.into_iter().map(|s| s.state.teardown())).await;
         self.tasks.close();
         self.tasks.wait().await;
         let mut report = TeardownReport::default();

@@ -692,7 +692,11 @@ mod tests {
         assert!(real.project_dir.join("f").exists());
         // A slot root outside builds_dir is refused (the link would point elsewhere).
         let elsewhere = tmp.path().join("x");
-        assert!(link_job_dirs(&builds, JobId::new(8), &elsewhere).await.is_err());
+        assert!(
+            link_job_dirs(&builds, JobId::new(8), &elsewhere)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,234 @@
+//! The warm pool against the real engine: jobs take pre-started sidecars, see their own
+//! directories at the identical path (through the sidecar and its inner containers) and
+//! nothing of another job; a job the slot's certificates cannot cover starts its own sidecar;
+//! shutdown and the reaper leave nothing behind. Every test works in a `Scope` and ends with
+//! `assert_clean`.
+
+mod support;
+
+use isolated_runner::config::RunnerConfig;
+use isolated_runner::isolation::{
+    self, ContainerImage, EnvironmentSpec, Isolation, JobEnvironment, Role, ScriptRequest,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use support::docker::{BUSYBOX_IMAGE, Collect, JOB_IMAGE, Scope};
+use tokio_util::sync::CancellationToken;
+
+fn spec(scope: &Scope, job_id: u64, timeout: Duration) -> EnvironmentSpec {
+    EnvironmentSpec {
+        runner_id: scope.runner_id.clone(),
+        job_id,
+        project_id: 1,
+        protected: false,
+        timeout,
+        build_image: ContainerImage {
+            name: JOB_IMAGE.to_string(),
+            entrypoint: None,
+        },
+        helper_image: JOB_IMAGE.to_string(),
+        services: Vec::new(),
+        service_env: Vec::new(),
+    }
+}
+
+fn pooled(scope: &Scope) -> (Arc<dyn Isolation>, RunnerConfig) {
+    let mut cfg = scope.runner_config();
+    cfg.docker.isolation.preload_images = vec![BUSYBOX_IMAGE.to_string()];
+    cfg.docker.isolation.warm_pool = 1;
+    let backend: Arc<dyn Isolation> = Arc::new(isolation::dind::DindBackend::new(
+        scope.docker.clone(),
+        Arc::new(cfg.clone()),
+        scope.state_dir(),
+    ));
+    (backend, cfg)
+}
+
+async fn prepare(
+    backend: &Arc<dyn Isolation>,
+    spec: &EnvironmentSpec,
+) -> (Box<dyn JobEnvironment>, String) {
+    let out = Collect::new();
+    let env = backend
+        .prepare(spec, out.clone(), CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
+    (env, out.text())
+}
+
+async fn expect_ok(env: &dyn JobEnvironment, script: &str) -> String {
+    let out = Collect::new();
+    let r = env
+        .run_script(
+            ScriptRequest {
+                role: Role::Build,
+                script: format!("set -eo pipefail\n{script}\n"),
+                env: vec![(
+                    "CI_PROJECT_DIR".into(),
+                    env.paths().project_dir.display().to_string(),
+                )],
+            },
+            out.clone(),
+            CancellationToken::new(),
+        )
+        .await;
+    let text = out.text();
+    assert_eq!(r.ok(), Some(0), "script failed:\n{script}\noutput:\n{text}");
+    text
+}
+
+/// What the job's daemon sees at `<builds_dir>`, from an inner container.
+fn list_builds_dir(builds: &std::path::Path) -> String {
+    format!(
+        "docker run --rm --pull=never -v {b}:/b {BUSYBOX_IMAGE} ls -a /b | grep -v '^\\.*$' | sort | tr '\\n' ' '; echo",
+        b = builds.display()
+    )
+}
+
+#[tokio::test]
+async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
+    let scope = Scope::new().await;
+    let (backend, _) = pooled(&scope);
+    backend.warm_up(&scope.runner_id).await;
+    assert_eq!(
+        backend.standby_ids().len(),
+        1,
+        "warm_up starts one slot at once"
+    );
+    assert!(
+        backend
+            .standby_ids()
+            .iter()
+            .all(|&id| isolation::pool::is_slot_id(id))
+    );
+
+    // Job A takes the slot (waiting for it to finish if it is still starting).
+    let (a, said) = prepare(&backend, &spec(&scope, 601, Duration::from_secs(3600))).await;
+    assert!(said.contains("pre-started"), "{said}");
+    let pd = a.paths().project_dir.clone();
+    assert_eq!(pd, scope.builds_dir().join("gitlab-job-601"));
+    assert!(
+        std::fs::symlink_metadata(&pd)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    std::fs::write(pd.join("marker.txt"), "from-the-runner").unwrap();
+    let text = expect_ok(
+        a.as_ref(),
+        &format!(
+            r#"
+test "$DOCKER_HOST" = tcp://docker:2376
+cd "$CI_PROJECT_DIR"
+test "$(cat marker.txt)" = from-the-runner
+# Identical path through the job's daemon: what compose's ./:/app does.
+test "$(docker run --rm --pull=never -v "$CI_PROJECT_DIR":/app {BUSYBOX_IMAGE} cat /app/marker.txt)" = from-the-runner
+docker run --rm --pull=never -v "$CI_PROJECT_DIR":/app {BUSYBOX_IMAGE} sh -c 'echo inner > /app/from-inner'
+echo "A sees: $({list})"
+"#,
+            list = list_builds_dir(&scope.builds_dir())
+        ),
+    )
+    .await;
+    assert!(
+        text.contains("A sees: gitlab-job-601 gitlab-job-601.tmp \n"),
+        "the job's daemon must see exactly its own directories under builds_dir:\n{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(pd.join("from-inner")).unwrap(),
+        "inner\n"
+    );
+
+    // Job B gets the slot built after A took the first; A's files are not in its world.
+    let (b, said) = prepare(&backend, &spec(&scope, 602, Duration::from_secs(3600))).await;
+    assert!(said.contains("pre-started"), "{said}");
+    let text = expect_ok(
+        b.as_ref(),
+        &format!(
+            "echo \"B sees: $({})\"\ntest ! -e {}/gitlab-job-601",
+            list_builds_dir(&scope.builds_dir()),
+            scope.builds_dir().display()
+        ),
+    )
+    .await;
+    assert!(
+        text.contains("B sees: gitlab-job-602 gitlab-job-602.tmp \n"),
+        "{text}"
+    );
+
+    // A job longer than a slot's certificates start its own sidecar; the pool stays.
+    let (c, said) = prepare(
+        &backend,
+        &spec(&scope, 603, Duration::from_secs(30 * 24 * 3600)),
+    )
+    .await;
+    assert!(
+        said.contains("Job docker daemon ready in") && !said.contains("pre-started"),
+        "{said}"
+    );
+    expect_ok(c.as_ref(), "docker info >/dev/null").await;
+
+    for env in [a, b, c] {
+        let report = env.teardown().await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    // The slot refilled after B is idle now (or still starting): shutdown removes it.
+    assert!(!backend.standby_ids().is_empty());
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(backend.standby_ids().is_empty());
+    scope.assert_clean().await;
+}
+
+#[test]
+fn idle_slots_of_a_dead_runner_are_reaped() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let scope = rt.block_on(Scope::new());
+    // The "runner": its own runtime, dropped (all its tasks die) once its slot's sidecar runs.
+    let dead = tokio::runtime::Runtime::new().unwrap();
+    dead.block_on(async {
+        let (backend, _) = pooled(&scope);
+        backend.warm_up(&scope.runner_id).await;
+        let f = isolated_runner::docker::label_filters(&scope.runner_id, None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let running = scope
+                .docker
+                .list_containers(&f)
+                .await
+                .unwrap()
+                .into_iter()
+                .any(|c| c.running);
+            if running {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slot's sidecar never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Let the slot get ready, so the crash leaves a complete one.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    });
+    dead.shutdown_timeout(Duration::from_secs(1));
+
+    rt.block_on(async {
+        let req = isolation::reaper::ReapRequest {
+            runner_id: scope.runner_id.clone(),
+            state_dir: scope.state_dir(),
+            builds_dir: scope.builds_dir(),
+            dry_run: false,
+        };
+        let done = isolation::reaper::reap(&scope.docker, &req).await;
+        assert!(done.failures.is_empty(), "{:?}", done.failures);
+        for kind in ["container ir-", "network ir-", "volume ir-", "dir "] {
+            assert!(
+                done.removed.iter().any(|f| f.starts_with(kind)),
+                "the reaper missed a slot's {kind}: {:?}",
+                done.removed
+            );
+        }
+        scope.assert_clean().await;
+    });
+}
