@@ -138,6 +138,28 @@ echo "A sees: $({list})"
         std::fs::read_to_string(pd.join("from-inner")).unwrap(),
         "inner\n"
     );
+    // `runner cleanup` (even told that every unowned dir is stale) keeps a live pooled job's
+    // links and its slot: the links count as the slot's, whose runner is alive.
+    let plan = isolated_runner::cleanup::plan(
+        Some(&scope.docker),
+        &isolated_runner::cleanup::Request {
+            builds_dirs: vec![scope.builds_dir()],
+            state_dir: scope.state_dir(),
+            caches: Vec::new(),
+            older_than: Duration::ZERO,
+            dry_run: true,
+            netpolicy: None,
+            own_runner_ids: vec![scope.runner_id.clone()],
+            cache_pruner: None,
+            label_filter: Some(format!("io.isolated-runner.runner={}", scope.runner_id)),
+        },
+    )
+    .await;
+    let doomed: Vec<&str> = plan.items.iter().map(|i| i.name.as_str()).collect();
+    assert!(
+        !doomed.iter().any(|n| n.contains("gitlab-job-")),
+        "cleanup would remove a live pooled job's files: {doomed:?}"
+    );
 
     // Job B gets the slot built after A took the first; A's files are not in its world.
     let (b, said) = prepare(&backend, &spec(&scope, 602, Duration::from_secs(3600))).await;

@@ -525,6 +525,22 @@ async fn list_dirs(req: &Request) -> Result<(Vec<FoundDir>, Vec<String>), String
                 };
                 let path = entry.path();
                 let meta = std::fs::symlink_metadata(&path).ok();
+                // A job on a pre-started sidecar: its dirs are links into the slot's root
+                // (`gitlab-job-<slot>/…`) and its objects carry the slot's id, so the link
+                // lives and dies with the slot's objects.
+                let job = if meta.as_ref().is_some_and(|m| m.file_type().is_symlink()) {
+                    std::fs::read_link(&path)
+                        .ok()
+                        .and_then(|t| {
+                            t.components().next().and_then(|c| {
+                                crate::paths::job_id_of_dir_name(c.as_os_str()).map(|j| j.get())
+                            })
+                        })
+                        .filter(|&s| crate::isolation::pool::is_slot_id(s))
+                        .unwrap_or(job)
+                } else {
+                    job
+                };
                 let age = meta
                     .as_ref()
                     .and_then(|m| m.modified().ok())
