@@ -21,8 +21,8 @@ const COMPOSE: &str = r#"services:
       - "8080:8080"
 "#;
 
-/// A compose stack on the job's own daemon, over a real clone: `./` bind mounts see the
-/// checkout, `-v "$PWD":/x` too, and a published port answers at `docker:<port>`. Also: the
+/// A compose stack on the job's own (pre-started) daemon, over a real clone: `./` bind mounts
+/// see the checkout, `-v "$PWD":/x` too, and a published port answers at `docker:<port>`. Also: the
 /// masked variable is masked in the stored trace, sections are marked, the clone is honest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compose_stack_sees_the_clone_and_publishes_ports() {
@@ -57,7 +57,11 @@ async fn compose_stack_sees_the_clone_and_publishes_ports() {
     w.with_repo(&mut job, "compose", &sha, 31);
     push_var(&mut job, "CI_COMMIT_SHA_EXPECTED", &sha, true);
     let id = w.fake.enqueue(job);
-    let daemon = w.start_daemon(w.config(1));
+    // With a warm pool: the daemon pre-starts a sidecar at start-up and the job takes it, so
+    // the clone, compose's `./` mounts and the published port all go through a slot.
+    let mut config = w.config(1);
+    config.runners[0].docker.isolation.warm_pool = 1;
+    let daemon = w.start_daemon(config);
     let f = w.wait_final(id, JOB_TIMEOUT).await;
     daemon.drain().await;
     let trace = w.trace(id);
@@ -66,6 +70,7 @@ async fn compose_stack_sees_the_clone_and_publishes_ports() {
         ("success", None),
         "trace:\n{trace}"
     );
+    assert!(trace.contains("pre-started"), "{trace}");
     assert!(trace.contains("compose-app OK"), "{trace}");
     assert!(trace.contains("port says: hello-from-compose"), "{trace}");
     assert!(
