@@ -205,6 +205,7 @@ async fn a_busy_warm_root_gives_an_ephemeral_one_and_caps_apply() {
             max_size: None,
             max_age: None,
             helper_image: JOB_IMAGE,
+            inflight: &tokio_util::task::TaskTracker::new(),
         },
     )
     .await

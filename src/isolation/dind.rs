@@ -249,7 +249,7 @@ impl DindBackend {
         // data_root = "project": a warm volume of this project and protection level, held by
         // this job alone; otherwise (or when it is busy) an ephemeral one.
         if iso.data_root == crate::config::DataRoot::Project {
-            env.warm = self.warm_root(spec, out).await;
+            env.warm = self.warm_root(spec, &env.state.inflight, out).await;
         }
         let ephemeral = env.warm.is_none();
         let volume = match &env.warm {
@@ -454,6 +454,7 @@ impl DindBackend {
     async fn warm_root(
         &self,
         spec: &EnvironmentSpec,
+        inflight: &tokio_util::task::TaskTracker,
         out: &Arc<dyn OutputSink>,
     ) -> Option<super::data_root::WarmLease> {
         let iso = &self.runner.docker.isolation;
@@ -467,6 +468,7 @@ impl DindBackend {
             max_size: iso.data_root_max_size,
             max_age: iso.data_root_max_age,
             helper_image: &spec.helper_image,
+            inflight,
         };
         match super::data_root::acquire(&self.docker, &req).await {
             Ok(lease) => {
