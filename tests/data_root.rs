@@ -28,6 +28,7 @@ fn spec(scope: &Scope, job_id: u64, project_id: u64, protected: bool) -> Environ
         helper_image: JOB_IMAGE.to_string(),
         services: Vec::new(),
         service_env: Vec::new(),
+        repo_endpoint: None,
     }
 }
 

@@ -303,7 +303,9 @@ impl DindBackend {
         // Host-side rules on the bridge before anything runs on it (see `egress.rs`).
         let handle = super::egress::handle_for(&self.runner, &spec.runner_id, spec.job_id)?;
         env.state.egress = Some(handle.clone());
-        super::egress::install(&handle, docker, &self.runner, &env.state.naming, &net).await?;
+        let repo = spec.repo_endpoint.as_ref();
+        super::egress::install(&handle, docker, &self.runner, repo, &env.state.naming, &net)
+            .await?;
 
         let t_certs = Instant::now();
         let pki = crate::pki::issue_job_pki(&crate::pki::PkiRequest::for_sidecar(
