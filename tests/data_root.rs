@@ -28,6 +28,7 @@ fn spec(scope: &Scope, job_id: u64, project_id: u64, protected: bool) -> Environ
         helper_image: JOB_IMAGE.to_string(),
         services: Vec::new(),
         service_env: Vec::new(),
+        repo_endpoint: None,
     }
 }
 
@@ -205,6 +206,7 @@ async fn a_busy_warm_root_gives_an_ephemeral_one_and_caps_apply() {
             max_size: None,
             max_age: None,
             helper_image: JOB_IMAGE,
+            inflight: &tokio_util::task::TaskTracker::new(),
         },
     )
     .await

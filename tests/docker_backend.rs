@@ -31,6 +31,7 @@ fn spec(scope: &Scope, job_id: u64) -> EnvironmentSpec {
         helper_image: JOB_IMAGE.to_string(),
         services: Vec::new(),
         service_env: Vec::new(),
+        repo_endpoint: None,
     }
 }
 
@@ -120,6 +121,7 @@ async fn dind_ready_over_mtls_docker_info_and_identical_path_mounts() {
 test "$DOCKER_HOST" = tcp://docker:2376
 test ! -e /var/run/docker.sock && echo no-host-socket
 docker info --format 'server={{.ServerVersion}} driver={{.Driver}}'
+HOME=/tmp setpriv --reuid=65534 --regid=65534 --clear-groups docker version --format 'non-root-client={{.Server.Version}}'
 docker run --rm --pull never -v "$PWD":/x isolated-runner/busybox:test cat /x/marker.txt; echo
 docker run --rm --pull never -v "$CI_PROJECT_DIR":"$CI_PROJECT_DIR" -w "$CI_PROJECT_DIR" isolated-runner/busybox:test sh -c 'echo inner > from-inner.txt'
 docker network create mtu-net >/dev/null
@@ -130,6 +132,8 @@ echo "job-mtu=$(cat /sys/class/net/eth0/mtu)"
     )
     .await;
     assert!(text.contains("no-host-socket"), "{text}");
+    // A non-root user of the job image reaches the job's daemon with DOCKER_CERT_PATH.
+    assert!(text.contains("non-root-client="), "{text}");
     assert!(
         text.contains("driver=overlay2"),
         "inner daemon must not fall back to vfs: {text}"
@@ -164,6 +168,81 @@ echo "job-mtu=$(cat /sys/class/net/eth0/mtu)"
         t.elapsed().as_secs_f64() * 1000.0 / 5.0
     );
     teardown(&scope, env).await;
+}
+
+/// A job image running as a non-root user (`--user 65534`, as GitLab's dind setup allows)
+/// reads the client half of its certificates through the mounted `DOCKER_CERT_PATH`. (On the
+/// host, the server half stays out of other users' reach: `paths` unit tests.)
+#[tokio::test]
+async fn a_non_root_job_user_can_read_its_client_certificates() {
+    use isolated_runner::docker::{
+        ContainerSpec, LABEL_JOB, LABEL_MANAGED, LABEL_RUNNER, MountSpec,
+    };
+    use isolated_runner::paths::JobId;
+    let scope = Scope::new().await;
+    const JOB: u64 = 130;
+    let pki = isolated_runner::pki::issue_job_pki(&isolated_runner::pki::PkiRequest::for_sidecar(
+        JOB,
+        "10.0.0.2".parse().expect("ip"),
+        Duration::from_secs(600),
+    ))
+    .expect("issue certificates");
+    let certs = isolated_runner::paths::write_cert_dir(
+        &scope.state_dir(),
+        &scope.runner_id,
+        JobId::new(JOB),
+        &pki,
+    )
+    .await
+    .expect("write certificates");
+    let spec = ContainerSpec {
+        name: format!("ir-{}-{JOB}-nonroot", scope.runner_id),
+        image: JOB_IMAGE.to_string(),
+        entrypoint: Some(vec![]),
+        cmd: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "id -u; cd {dir} && cat ca.pem cert.pem key.pem",
+                dir = isolation::CLIENT_CERT_PATH
+            ),
+        ]),
+        user: Some("65534:65534".to_string()),
+        labels: [
+            (LABEL_MANAGED, "1".to_string()),
+            (LABEL_RUNNER, scope.runner_id.clone()),
+            (LABEL_JOB, JOB.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        mounts: vec![MountSpec::Bind {
+            source: certs.client.display().to_string(),
+            target: isolation::CLIENT_CERT_PATH.to_string(),
+            read_only: true,
+        }],
+        ..Default::default()
+    };
+    let docker = &scope.docker;
+    let id = docker.create_container(&spec).await.expect("create");
+    docker.start_container(&id).await.expect("start");
+    let code = docker.wait_container(&id).await.expect("wait");
+    let logs = docker.logs_tail(&id, 200).await.expect("logs");
+    assert!(docker.remove_container(&id).await.expect("remove"));
+    assert!(
+        isolated_runner::paths::remove_cert_dir(&certs)
+            .await
+            .expect("remove certs")
+    );
+    assert_eq!(code, 0, "uid 65534 could not read the client half:\n{logs}");
+    assert!(logs.starts_with("65534"), "{logs}");
+    let key = pki.client.key_pem.expose();
+    assert!(
+        logs.contains(key.trim()),
+        "the key read is not the client key:\n{logs}"
+    );
+    assert!(logs.contains(pki.client.cert_pem.trim()));
+    scope.assert_clean().await;
 }
 
 #[tokio::test]

@@ -104,6 +104,79 @@ async fn job_and_inner_containers_cannot_reach_host_listener_or_other_bridges() 
     drop(other);
 }
 
+/// An IPv4 address of the host that is not on a job bridge: `docker0`'s when there is one.
+fn host_address() -> String {
+    let (ok, out, err) = sh("ip", &["-4", "-o", "addr", "show", "scope", "global"]);
+    assert!(ok, "ip addr: {err}");
+    let addrs: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let ip = f.get(3)?.split('/').next()?.to_string();
+            Some((f.get(1)?.to_string(), ip))
+        })
+        .filter(|(_, ip)| !ip.starts_with("10.213."))
+        .collect();
+    addrs
+        .iter()
+        .find(|(dev, _)| dev == "docker0")
+        .or(addrs.first())
+        .map(|(_, ip)| ip.clone())
+        .expect("the host has a global IPv4 address")
+}
+
+const MARK_CLONE: &str = "CLONE-HOST-REACHED";
+
+/// GitLab's `clone_url` may point the clone at another host:port than the runner's URL; on the
+/// runner's own host that port would be dropped by the INPUT rules. The job's clone endpoint
+/// is allowed like the GitLab URL, and nothing else on the host opens with it.
+#[tokio::test]
+async fn the_clone_host_on_the_runner_host_is_reachable_and_only_it() {
+    let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
+    let host = host_address();
+    let clone_port = host_listener(&host, MARK_CLONE).await;
+    let other_port = host_listener(&host, MARK_HOST).await;
+    // Once on a sidecar of its own, once on a pre-started one (warm pool), whose firewall was
+    // installed before the job and its clone host were known.
+    for (job, pool) in [(803, 0), (804, 1)] {
+        let backend = dind_with(
+            &scope,
+            config(&scope, |c| {
+                c.docker.isolation.preload_images.clear();
+                c.docker.isolation.warm_pool = pool;
+            }),
+        );
+        backend.warm_up(&scope.runner_id).await;
+        let mut spec = spec(&scope, job);
+        spec.repo_endpoint = Some(isolated_runner::isolation::HostPort {
+            host: host.clone(),
+            port: clone_port,
+        });
+        let env = prepare(&backend, &spec).await;
+        let text = expect_ok(
+            env.as_ref(),
+            &format!(
+                "curl -sS --max-time 5 http://{host}:{clone_port}/ || echo clone-host-blocked\n\
+                 curl -sS --max-time 3 http://{host}:{other_port}/ || echo other-port-blocked\n"
+            ),
+        )
+        .await;
+        assert!(
+            text.contains(MARK_CLONE),
+            "the clone host was dropped (warm_pool {pool}): {text}"
+        );
+        assert!(
+            text.contains("other-port-blocked") && !text.contains(MARK_HOST),
+            "another port of the host opened too (warm_pool {pool}): {text}"
+        );
+        teardown(env).await;
+        let report = backend.shutdown().await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    assert!(rules_mentioning("iptables", &format!("runner={}", scope.runner_id)).is_empty());
+}
+
 #[tokio::test]
 async fn metadata_is_dropped_before_any_accept_and_dns_stays_open_under_deny() {
     let scope = Scope::new().await;

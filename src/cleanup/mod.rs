@@ -613,6 +613,13 @@ pub async fn execute(docker: Option<&Docker>, req: &Request, mut report: Report)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
+            // The runner's dir above a job's cert dir goes too once it is empty.
+            (Handle::Path(p), _) if item.kind == Kind::CertDir => {
+                crate::paths::remove_job_cert_dir(p)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
             (Handle::Path(p), _) => crate::paths::remove_path_async(p)
                 .await
                 .map(|_| ())

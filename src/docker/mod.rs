@@ -18,6 +18,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+#[cfg(test)]
+pub(crate) mod fake;
+
 /// Label every object the runner creates carries (value `1`).
 pub const LABEL_MANAGED: &str = "io.isolated-runner.managed";
 /// Label with the runner id.

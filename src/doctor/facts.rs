@@ -963,6 +963,7 @@ async fn deep_one(
             .unwrap_or_else(|| crate::job::pipeline::DEFAULT_HELPER_IMAGE.to_string()),
         services: Vec::new(),
         service_env: Vec::new(),
+        repo_endpoint: None,
     };
     let started = tokio::time::Instant::now();
     let result = backend

@@ -17,16 +17,23 @@
 //! - **Labels**: warm volumes carry [`LABEL_WARM`] and no `managed`/`job` label, so neither a
 //!   job's teardown (it lists `managed` objects of its job) nor the reaper (`managed` objects of
 //!   the runner) removes them; they are not leftovers while within their age.
+//! - **Cancel-safe creates**: the volume is settled (an expired one removed, a missing one
+//!   created) and the measuring container created on their own tasks of the job's tracker
+//!   (see `common::detached`). The settling task holds the lock until it ends, so a job
+//!   cancelled in the middle leaves either no volume or an ordinary warm root of its key, which
+//!   the next job of that key or [`remove_expired`] finds by its labels; the measuring
+//!   container is removed even when the release is dropped half-way.
 //! - **Hygiene**: on reuse, the inner daemon's containers, volumes and custom networks of the
 //!   previous job are removed before the job starts: what stays warm is images and build cache.
 //!   The sidecar is stopped gracefully so dockerd leaves the volume consistent.
 
 use super::Error;
-use super::common::{Naming, other};
+use super::common::{Naming, detached, other};
 use crate::docker::{ContainerSpec, Docker, LABEL_ROLE, LABEL_RUNNER, MountSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+use tokio_util::task::TaskTracker;
 
 /// Label marking a warm data-root volume (value `1`).
 pub const LABEL_WARM: &str = "io.isolated-runner.warm-root";
@@ -107,6 +114,7 @@ pub struct WarmLease {
     max_size: Option<u64>,
     helper_image: String,
     naming: Naming,
+    inflight: TaskTracker,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -149,6 +157,9 @@ pub struct WarmRequest<'a> {
     pub max_age: Option<Duration>,
     /// Image with `du` (the helper image).
     pub helper_image: &'a str,
+    /// The job's create requests (see `common::detached`): the volume and the measuring
+    /// container are made on its tasks.
+    pub inflight: &'a TaskTracker,
 }
 
 fn lock_path(state_dir: &Path, volume: &str) -> PathBuf {
@@ -202,6 +213,46 @@ pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease
         Ok(None) => return Err(Miss::Busy),
         Err(e) => return Err(Miss::Unavailable(e)),
     };
+    // The rest runs on its own task, which holds the lock until it ends: a prepare cancelled
+    // in the middle cannot drop a create the engine then finishes anyway (see
+    // `common::detached`), and no other job takes the lock while that create, or the removal
+    // of an expired root, is still in flight. A root made for a job cancelled meanwhile is an
+    // ordinary warm root of its key (labels), for the next job or `remove_expired`.
+    let key = Key {
+        runner_id: runner_id.to_string(),
+        project_id: req.project_id,
+        protected: req.protected,
+        max_age: req.max_age,
+    };
+    let (d, v) = (docker.clone(), volume.clone());
+    let (settled, lock) = detached(req.inflight, async move {
+        let fresh = settle(&d, &key, &v).await;
+        (fresh, lock)
+    })
+    .await;
+    Ok(WarmLease {
+        volume,
+        fresh: settled?,
+        max_size: req.max_size,
+        helper_image: req.helper_image.to_string(),
+        naming,
+        inflight: req.inflight.clone(),
+        _lock: lock,
+    })
+}
+
+/// What a warm root is keyed by, owned (for the settling task).
+struct Key {
+    runner_id: String,
+    project_id: u64,
+    protected: bool,
+    max_age: Option<Duration>,
+}
+
+/// Under the lock: drops the root when it is too old or held by a leftover container, creates
+/// it when missing. Returns whether it was created (a cold start).
+async fn settle(docker: &Docker, key: &Key, volume: &str) -> Result<bool, Miss> {
+    let runner_id = key.runner_id.as_str();
     let unavailable =
         |what: &str, e: crate::docker::Error| Miss::Unavailable(format!("{what}: {e}"));
     // A container of a runner that died mid-job may still run a dockerd on the volume.
@@ -223,13 +274,13 @@ pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease
         .find(|v| v.name == volume);
     let mut fresh = true;
     if let Some(v) = existing {
-        let mine = labels_match(&v.labels, runner_id, req.project_id, req.protected);
-        if mine && !expired(&v.labels, req.max_age, now_secs()) {
+        let mine = labels_match(&v.labels, runner_id, key.project_id, key.protected);
+        if mine && !expired(&v.labels, key.max_age, now_secs()) {
             fresh = false;
         } else {
             // Too old, or a volume with our name but not our key: start over.
             docker
-                .remove_volume(&volume)
+                .remove_volume(volume)
                 .await
                 .map_err(|e| unavailable("remove an expired warm root", e))?;
         }
@@ -247,18 +298,11 @@ pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease
     }
     if fresh {
         docker
-            .create_volume(&volume, &labels(runner_id, req.project_id, req.protected))
+            .create_volume(volume, &labels(runner_id, key.project_id, key.protected))
             .await
             .map_err(|e| unavailable("create the warm root", e))?;
     }
-    Ok(WarmLease {
-        volume,
-        fresh,
-        max_size: req.max_size,
-        helper_image: req.helper_image.to_string(),
-        naming,
-        _lock: lock,
-    })
+    Ok(fresh)
 }
 
 impl WarmLease {
@@ -273,7 +317,15 @@ impl WarmLease {
         let mut removed = Vec::new();
         let mut failures = Vec::new();
         if let Some(max) = self.max_size {
-            match measure(docker, &self.naming, &self.helper_image, &self.volume).await {
+            let measured = measure(
+                docker,
+                &self.inflight,
+                &self.naming,
+                &self.helper_image,
+                &self.volume,
+            )
+            .await;
+            match measured {
                 Ok(size) if size > max => match docker.remove_volume(&self.volume).await {
                     Ok(_) => removed.push(format!(
                         "volume {} (warm root of {size} bytes, over its {max} byte cap)",
@@ -291,9 +343,11 @@ impl WarmLease {
 }
 
 /// Bytes used by a volume: `du` in a helper container with the volume read-only and no
-/// network. The container carries the job's labels, so teardown and the reaper know it.
+/// network. The container carries the job's labels, so teardown and the reaper know it; it is
+/// created on a task of `inflight` and removed even when this future is dropped half-way.
 pub async fn measure(
     docker: &Docker,
+    inflight: &TaskTracker,
     naming: &Naming,
     helper_image: &str,
     volume: &str,
@@ -320,10 +374,21 @@ pub async fn measure(
         security_opt: vec!["no-new-privileges".to_string()],
         ..Default::default()
     };
-    let id = docker
-        .create_container(&spec)
-        .await
-        .map_err(other("create the measuring container"))?;
+    // Created on its own task (see `common::detached`) and owned by a guard from the moment
+    // it exists: when this future is dropped, during the create or after it, the guard
+    // removes the container.
+    let (d, tracker) = (docker.clone(), inflight.clone());
+    let scratch = detached(inflight, async move {
+        let id = d.create_container(&spec).await?;
+        Ok::<_, crate::docker::Error>(Scratch {
+            docker: d,
+            id: Some(id),
+            inflight: tracker,
+        })
+    })
+    .await
+    .map_err(other("create the measuring container"))?;
+    let id = scratch.id.clone().unwrap_or_default();
     let result = async {
         docker
             .start_container(&id)
@@ -343,10 +408,53 @@ pub async fn measure(
         })
     }
     .await;
-    if let Err(e) = docker.remove_container(&id).await {
-        tracing::warn!(container = %id, error = %e, "could not remove the measuring container");
-    }
+    scratch.remove().await;
     result
+}
+
+/// A throw-away container of this runner, removed when dropped unless [`Scratch::remove`]
+/// already did: the caller's future may be dropped at any await, and the task that created the
+/// container may finish after its caller is gone (its result is then dropped unread).
+struct Scratch {
+    docker: Docker,
+    id: Option<String>,
+    inflight: TaskTracker,
+}
+
+impl Scratch {
+    /// Removes the container now (a failure is logged: the container carries the job's labels
+    /// and the reaper's sweep finds it).
+    async fn remove(mut self) {
+        let Some(id) = self.id.clone() else { return };
+        if let Err(e) = self.docker.remove_container(&id).await {
+            tracing::warn!(container = %id, error = %e, "could not remove the measuring container");
+        }
+        // Only now: dropped during the request above, the guard still removes it.
+        self.id = None;
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        let docker = self.docker.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                self.inflight.spawn_on(
+                    async move {
+                        if let Err(e) = docker.remove_container(&id).await {
+                            tracing::warn!(container = %id, error = %e, "could not remove the measuring container");
+                        }
+                    },
+                    &rt,
+                );
+            }
+            Err(_) => tracing::warn!(
+                container = %id,
+                "no runtime left to remove the measuring container; the reaper will"
+            ),
+        }
+    }
 }
 
 /// The byte count of `du -s -B1` output (the last line that parses; `du` may warn first).
@@ -509,5 +617,96 @@ mod tests {
         assert!(try_lock(p.clone()).await.expect("lock").is_none());
         drop(first);
         assert!(try_lock(p).await.expect("lock").is_some());
+    }
+
+    fn request<'a>(dir: &'a Path, inflight: &'a TaskTracker) -> WarmRequest<'a> {
+        WarmRequest {
+            state_dir: dir,
+            runner_id: "r1",
+            job_id: 3,
+            timeout: Duration::from_secs(60),
+            project_id: 7,
+            protected: false,
+            max_size: None,
+            max_age: None,
+            helper_image: "helper",
+            inflight,
+        }
+    }
+
+    /// A prepare cancelled while the warm root's create is in flight: the engine makes the
+    /// volume anyway, so the lock must stay taken until the create is answered (no second job
+    /// settles the same volume meanwhile), and the request is not dropped.
+    #[tokio::test]
+    async fn acquire_cancelled_during_the_create_holds_the_lock_until_it_settles() {
+        let engine = crate::docker::fake::FakeEngine::start();
+        let docker = engine.client().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inflight = TaskTracker::new();
+        let gate = engine.hold("POST /volumes/create");
+        let req = request(dir.path(), &inflight);
+        tokio::select! {
+            _ = acquire(&docker, &req) => panic!("acquire finished while its create was held"),
+            _ = gate.arrived() => {}
+        }
+        // The acquire future is gone (a cancelled prepare); its create is still in flight.
+        let lock = lock_path(dir.path(), &volume_name("r1", 7, false));
+        assert!(
+            try_lock(lock.clone()).await.expect("lock").is_none(),
+            "the lock was released while the volume's create was in flight"
+        );
+        gate.open();
+        inflight.close();
+        tokio::time::timeout(Duration::from_secs(10), inflight.wait())
+            .await
+            .expect("the create settles");
+        assert!(try_lock(lock).await.expect("lock").is_some());
+        let creates = engine
+            .requests()
+            .into_iter()
+            .filter(|r| r == "POST /volumes/create")
+            .count();
+        assert_eq!(creates, 1);
+    }
+
+    /// A release dropped while the measuring container's create is in flight: the container
+    /// the engine then makes is removed.
+    #[tokio::test]
+    async fn measure_cancelled_during_the_create_removes_the_container() {
+        let engine = crate::docker::fake::FakeEngine::start();
+        let docker = engine.client().await;
+        let inflight = TaskTracker::new();
+        let naming = Naming::new("r1", 3, Duration::from_secs(60)).expect("naming");
+        let gate = engine.hold("POST /containers/create");
+        tokio::select! {
+            _ = measure(&docker, &inflight, &naming, "helper", "v") => panic!("measured while the create was held"),
+            _ = gate.arrived() => {}
+        }
+        gate.open();
+        engine
+            .wait_for("DELETE /containers/fake0000", Duration::from_secs(10))
+            .await;
+        assert!(
+            !engine.requests().iter().any(|r| r.ends_with("/start")),
+            "{:?}",
+            engine.requests()
+        );
+    }
+
+    /// A release dropped while `du` runs: the measuring container is removed too.
+    #[tokio::test]
+    async fn measure_cancelled_while_du_runs_removes_the_container() {
+        let engine = crate::docker::fake::FakeEngine::start();
+        let docker = engine.client().await;
+        let inflight = TaskTracker::new();
+        let naming = Naming::new("r1", 3, Duration::from_secs(60)).expect("naming");
+        let gate = engine.hold("POST /containers/fake0000/wait");
+        tokio::select! {
+            _ = measure(&docker, &inflight, &naming, "helper", "v") => panic!("measured while du was held"),
+            _ = gate.arrived() => {}
+        }
+        engine
+            .wait_for("DELETE /containers/fake0000", Duration::from_secs(10))
+            .await;
     }
 }

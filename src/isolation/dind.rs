@@ -294,6 +294,8 @@ pub(super) struct BootPlan<'a> {
     pub services: &'a [super::ServiceSpec],
     pub service_env: &'a [(String, String)],
     pub extra_labels: HashMap<String, String>,
+    /// The job's clone host, allowed through the egress policy like GitLab's URL.
+    pub repo: Option<&'a super::HostPort>,
 }
 
 /// A daemon that answers, from [`Core::boot`].
@@ -417,7 +419,15 @@ impl Core {
         let handle =
             super::egress::handle_for(&self.runner, &state.naming.runner_id, state.naming.job_id)?;
         state.egress = Some(handle.clone());
-        super::egress::install(&handle, docker, &self.runner, &state.naming, &net).await?;
+        super::egress::install(
+            &handle,
+            docker,
+            &self.runner,
+            plan.repo,
+            &state.naming,
+            &net,
+        )
+        .await?;
 
         let t_certs = Instant::now();
         let job = JobId::new(state.naming.job_id);
@@ -565,7 +575,7 @@ impl Core {
         // data_root = "project": a warm volume of this project and protection level, held by
         // this job alone; otherwise (or when it is busy) an ephemeral one.
         if iso.data_root == crate::config::DataRoot::Project {
-            env.warm = self.warm_root(spec, out).await;
+            env.warm = self.warm_root(spec, &env.state.inflight, out).await;
         }
         let (volume, extra_labels) = match &env.warm {
             Some(lease) => (lease.volume.clone(), HashMap::from(lease.sidecar_labels())),
@@ -583,6 +593,7 @@ impl Core {
                     services: &spec.services,
                     service_env: &spec.service_env,
                     extra_labels,
+                    repo: spec.repo_endpoint.as_ref(),
                 },
                 &images,
                 &mut timings,
@@ -672,6 +683,25 @@ impl Core {
         env.state.dir_sources = Some(real);
         timings.push("dirs", t);
 
+        // The slot's firewall allows GitLab's URL; a clone host elsewhere is added now, before
+        // any of the job's containers exist (re-installing replaces the slot's rules).
+        if let Some(repo) = spec.repo_endpoint.as_ref()
+            && super::HostPort::from_url(&self.runner.url).as_ref() != Some(repo)
+            && let (Some(handle), Some(net)) = (env.state.egress.clone(), env.state.network.clone())
+        {
+            let t = Instant::now();
+            super::egress::install(
+                &handle,
+                &self.docker,
+                &self.runner,
+                Some(repo),
+                &env.state.naming,
+                &net,
+            )
+            .await?;
+            timings.push("egress", t);
+        }
+
         let t = Instant::now();
         env.state
             .start_services(&spec.services, &spec.service_env)
@@ -716,6 +746,7 @@ impl Core {
     async fn warm_root(
         &self,
         spec: &EnvironmentSpec,
+        inflight: &tokio_util::task::TaskTracker,
         out: &Arc<dyn OutputSink>,
     ) -> Option<super::data_root::WarmLease> {
         let iso = &self.runner.docker.isolation;
@@ -729,6 +760,7 @@ impl Core {
             max_size: iso.data_root_max_size,
             max_age: iso.data_root_max_age,
             helper_image: &spec.helper_image,
+            inflight,
         };
         match super::data_root::acquire(&self.docker, &req).await {
             Ok(lease) => {

@@ -11,8 +11,8 @@
 //! bridge traffic: it leaves through OUTPUT, which the policy does not touch; the replies come
 //! back in through INPUT and are accepted by the chain's ESTABLISHED rule.
 
-use super::Error;
 use super::common::CarvedNetwork;
+use super::{Error, HostPort};
 use crate::config::{Egress, RunnerConfig};
 use crate::docker::Docker;
 use crate::netpolicy::{self, Endpoint, JobNet, NetPolicy, Options};
@@ -79,16 +79,17 @@ pub fn handle_for(runner: &RunnerConfig, runner_id: &str, job_id: u64) -> Result
 }
 
 /// Installs the job's policy on its bridge. Call after the bridge exists, before any container
-/// starts on it.
+/// starts on it. `repo` is the job's clone host ([`super::EnvironmentSpec::repo_endpoint`]).
 pub async fn install(
     handle: &JobEgress,
     docker: &Docker,
     runner: &RunnerConfig,
+    repo: Option<&HostPort>,
     naming: &super::common::Naming,
     net: &CarvedNetwork,
 ) -> Result<(), Error> {
     let bridge_iface = bridge_interface(docker, naming, net).await?;
-    let allow = needed_endpoints(runner).await;
+    let allow = needed_endpoints(runner, repo).await;
     let job = JobNet {
         job_id: handle.job_id,
         bridge_iface,
@@ -128,26 +129,26 @@ async fn bridge_interface(
 }
 
 /// What every job must reach even on the host or with egress denied: GitLab (the job clones
-/// from it and the helper uploads artifacts to it), the registry mirror, and, unless egress is
-/// plain `allow`, the host's DNS resolvers (TCP and UDP 53) so names still resolve. Names are
-/// resolved now, so a later DNS answer cannot widen the policy. A name that does not resolve
-/// is skipped (the job will fail to reach it, which is the safe direction).
-pub async fn needed_endpoints(runner: &RunnerConfig) -> Vec<Endpoint> {
+/// from it and the helper uploads artifacts to it), the host of the job's clone URL (`repo`:
+/// GitLab's `clone_url` may name another host or port than the runner's URL), the registry
+/// mirror, and, unless egress is plain `allow`, the host's DNS resolvers (TCP and UDP 53) so
+/// names still resolve. Names are resolved now, so a later DNS answer cannot widen the policy.
+/// A name that does not resolve is skipped (the job will fail to reach it, which is the safe
+/// direction).
+pub async fn needed_endpoints(runner: &RunnerConfig, repo: Option<&HostPort>) -> Vec<Endpoint> {
     let mut out = Vec::new();
-    let mut urls = vec![runner.url.clone()];
+    let mut hosts: Vec<HostPort> = HostPort::from_url(&runner.url).into_iter().collect();
+    hosts.extend(repo.cloned());
     if let Some(m) = runner.docker.isolation.registry_mirror.as_deref()
-        && let Ok(u) = url::Url::parse(m)
+        && let Some(hp) = url::Url::parse(m)
+            .ok()
+            .as_ref()
+            .and_then(HostPort::from_url)
     {
-        urls.push(u);
+        hosts.push(hp);
     }
-    for u in urls {
-        let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) else {
-            continue;
-        };
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+    hosts.dedup();
+    for HostPort { host, port } in hosts {
         match tokio::net::lookup_host((host.as_str(), port)).await {
             Ok(addrs) => out.extend(addrs.map(Endpoint::tcp)),
             Err(e) => {
@@ -289,14 +290,58 @@ mod tests {
             ..Default::default()
         };
         r.docker.isolation.registry_mirror = Some("https://127.0.0.2:5000".to_string());
-        let eps = needed_endpoints(&r).await;
+        let eps = needed_endpoints(&r, None).await;
         assert!(eps.contains(&Endpoint::tcp("127.0.0.1:8929".parse().unwrap())));
         assert!(eps.contains(&Endpoint::tcp("127.0.0.2:5000".parse().unwrap())));
         assert!(eps.iter().all(|e| e.addr.port() != 53));
         r.docker.isolation.egress = Egress::Deny;
-        let eps = needed_endpoints(&r).await;
+        let eps = needed_endpoints(&r, None).await;
         for ip in host_resolvers().await {
             assert!(eps.contains(&Endpoint::udp(SocketAddr::new(ip, 53))));
         }
+    }
+
+    /// GitLab's `clone_url` may put the clone on another host or port than the runner's URL:
+    /// that host:port is allowed like the GitLab URL, names resolved the same way.
+    #[tokio::test]
+    async fn the_clone_host_is_allowed_like_gitlab() {
+        let r = RunnerConfig {
+            url: url::Url::parse("http://127.0.0.1:8929/").unwrap(),
+            ..Default::default()
+        };
+        let clone = HostPort {
+            host: "127.0.0.3".into(),
+            port: 8443,
+        };
+        let eps = needed_endpoints(&r, Some(&clone)).await;
+        assert!(eps.contains(&Endpoint::tcp("127.0.0.1:8929".parse().unwrap())));
+        assert!(eps.contains(&Endpoint::tcp("127.0.0.3:8443".parse().unwrap())));
+        // Without it, only GitLab's own port is open (the gap this closes).
+        let eps = needed_endpoints(&r, None).await;
+        assert!(!eps.iter().any(|e| e.addr.port() == 8443));
+        // A name goes through the resolver, as the GitLab URL's host does.
+        let by_name = HostPort {
+            host: "localhost".into(),
+            port: 2222,
+        };
+        let eps = needed_endpoints(&r, Some(&by_name)).await;
+        let expected: Vec<Endpoint> = tokio::net::lookup_host(("localhost", 2222))
+            .await
+            .unwrap()
+            .map(Endpoint::tcp)
+            .collect();
+        assert!(!expected.is_empty());
+        for e in &expected {
+            assert!(eps.contains(e), "{e:?} missing from {eps:?}");
+        }
+        // The same host as GitLab's URL adds nothing.
+        let same = HostPort {
+            host: "127.0.0.1".into(),
+            port: 8929,
+        };
+        assert_eq!(
+            needed_endpoints(&r, Some(&same)).await,
+            needed_endpoints(&r, None).await
+        );
     }
 }

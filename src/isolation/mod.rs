@@ -40,6 +40,38 @@ pub struct EnvironmentSpec {
     pub services: Vec<ServiceSpec>,
     /// Variables for service containers (public ones only).
     pub service_env: Vec<(String, String)>,
+    /// Host and port of the job's clone URL (`git_info.repo_url`, never its credentials): it
+    /// may differ from the runner's GitLab URL (GitLab's `clone_url`), and the job's firewall
+    /// lets it through like the GitLab URL.
+    pub repo_endpoint: Option<HostPort>,
+}
+
+/// A host name or address and a port, as taken from a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// Name or address, without IPv6 brackets.
+    pub host: String,
+    /// Port (the scheme's default when the URL names none).
+    pub port: u16,
+}
+
+impl HostPort {
+    /// The host and port of `url`; `None` without a host or a known port. Credentials and
+    /// path are not kept.
+    pub fn from_url(url: &url::Url) -> Option<HostPort> {
+        let host = url
+            .host_str()?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if host.is_empty() {
+            return None;
+        }
+        Some(HostPort {
+            host,
+            port: url.port_or_known_default()?,
+        })
+    }
 }
 
 /// An image with an optional entrypoint override.

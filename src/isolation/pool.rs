@@ -352,6 +352,8 @@ async fn build_slot(
                         services: &[],
                         service_env: &[],
                         extra_labels: Default::default(),
+                        // Added when a job takes the slot, if its clone host differs.
+                        repo: None,
                     },
                     &[],
                     &mut timings,

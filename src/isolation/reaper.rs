@@ -126,7 +126,7 @@ pub async fn reap(docker: &Docker, req: &ReapRequest) -> ReapReport {
         Ok(dirs) => {
             for (job, dir) in dirs {
                 jobs.insert(job.get());
-                remove_dir(&dir, req.dry_run, &mut report).await;
+                remove_cert_dir(&dir, req.dry_run, &mut report).await;
             }
         }
         Err(e) => report.failures.push(e.to_string()),
@@ -203,7 +203,7 @@ pub async fn reap_job(docker: &Docker, req: &ReapRequest, job_id: u64) -> ReapRe
     let job = JobId::new(job_id);
     match crate::paths::runner_cert_root(&req.state_dir, &req.runner_id) {
         Ok(root) => {
-            remove_dir(
+            remove_cert_dir(
                 &root.join(crate::paths::cert_dir_name(job)),
                 req.dry_run,
                 &mut report,
@@ -224,6 +224,15 @@ pub async fn reap_job(docker: &Docker, req: &ReapRequest, job_id: u64) -> ReapRe
 }
 
 async fn remove_dir(dir: &Path, dry_run: bool, report: &mut ReapReport) {
+    remove_dir_with(dir, dry_run, report, false).await
+}
+
+/// A job's certificate dir: the runner's dir above it goes too once it is empty.
+async fn remove_cert_dir(dir: &Path, dry_run: bool, report: &mut ReapReport) {
+    remove_dir_with(dir, dry_run, report, true).await
+}
+
+async fn remove_dir_with(dir: &Path, dry_run: bool, report: &mut ReapReport, cert: bool) {
     if tokio::fs::symlink_metadata(dir).await.is_err() {
         return;
     }
@@ -231,7 +240,12 @@ async fn remove_dir(dir: &Path, dry_run: bool, report: &mut ReapReport) {
     if dry_run {
         return;
     }
-    match crate::paths::remove_path_async(dir).await {
+    let removed = if cert {
+        crate::paths::remove_job_cert_dir(dir).await
+    } else {
+        crate::paths::remove_path_async(dir).await
+    };
+    match removed {
         Ok(_) => report.removed.push(format!("dir {}", dir.display())),
         Err(e) => report.failures.push(e.to_string()),
     }

@@ -279,6 +279,11 @@ pub fn build_spec(
             .unwrap_or_else(|| DEFAULT_HELPER_IMAGE.to_string()),
         services,
         service_env,
+        // Only host and port leave here: the URL carries the job token.
+        repo_endpoint: url::Url::parse(job.git_info.repo_url.expose())
+            .ok()
+            .as_ref()
+            .and_then(isolation::HostPort::from_url),
     })
 }
 
@@ -1180,6 +1185,45 @@ mod tests {
         j.image = None;
         let spec = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect("spec");
         assert_eq!(spec.build_image.name, runner.docker.image);
+    }
+
+    /// The clone host goes into the spec (for the job's firewall) without the job token.
+    #[test]
+    fn spec_carries_the_clone_host_and_port_only() {
+        let runner = RunnerConfig::default();
+        let mut j = job();
+        let vars = build_variables(&j, &runner, None, &[], DEFAULT_JOB_TIMEOUT);
+        let spec_of = |j: &JobResponse| {
+            build_spec(j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect("spec")
+        };
+        j.git_info.repo_url =
+            Secret::new("http://gitlab-ci-token:glcbt-abc123@git.example.test:8929/g/p.git");
+        let spec = spec_of(&j);
+        assert_eq!(
+            spec.repo_endpoint,
+            Some(isolation::HostPort {
+                host: "git.example.test".into(),
+                port: 8929
+            })
+        );
+        assert!(!format!("{spec:?}").contains("glcbt-abc123"));
+        j.git_info.repo_url = Secret::new("https://gitlab-ci-token:t@[2001:db8::7]/g/p.git");
+        assert_eq!(
+            spec_of(&j).repo_endpoint,
+            Some(isolation::HostPort {
+                host: "2001:db8::7".into(),
+                port: 443
+            })
+        );
+        for none in [
+            "",
+            "not a url",
+            "file:///srv/repo.git",
+            "x-custom://h/p.git",
+        ] {
+            j.git_info.repo_url = Secret::new(none);
+            assert_eq!(spec_of(&j).repo_endpoint, None, "{none:?}");
+        }
     }
 
     #[test]

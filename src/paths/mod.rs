@@ -7,9 +7,11 @@
 //! own daemon exactly as they would with the host socket.
 //!
 //! The job's TLS material lives apart from those, under the runner's state directory
-//! (`<state_dir>/certs/<runner>/job-<id>/{server,client}`), 0700 directories and 0600 files: the
-//! sidecar gets only `server/`, the job only `client/`, and no job can reach another job's
-//! directory through a shared host path.
+//! (`<state_dir>/certs/<runner>/job-<id>/{server,client}`): the sidecar gets only `server/`
+//! (0700, files 0600), the job only `client/` (0755, files 0644, so a job image with a non-root
+//! user can read it), the 0700 `job-<id>` above them keeps other local users out of both, and
+//! no job can reach another job's directory through a shared host path. The runner's directory
+//! goes with its last job's.
 //!
 //! Deletion never follows symlinks: a job can plant `gitlab-job-1/evil -> /etc`, and a naive
 //! recursive delete run as root would then empty `/etc` (threat H9). [`remove_tree`] walks with
@@ -429,8 +431,24 @@ pub fn cert_dir(state_dir: &Path, runner_id: &str, job: JobId) -> Result<CertDir
     })
 }
 
-/// Writes a job's certificates: directories 0700, files 0600, the server and client halves in
-/// separate subdirectories so each container gets only its half.
+/// Mode of a job's certificate directory (`job-<id>`): it keeps every other local user out of
+/// both halves on the host, whatever the halves' own modes.
+const CERT_ROOT_MODE: u32 = 0o700;
+/// Mode of `server/` and its files: read by the sidecar's root only.
+const SERVER_DIR_MODE: u32 = 0o700;
+const SERVER_FILE_MODE: u32 = 0o600;
+/// Mode of `client/` and its files: readable by any user *inside the job's containers*, so a
+/// job image with a non-root `USER` can use `DOCKER_CERT_PATH` (GitLab's dind setup runs jobs
+/// as any user). On the host the 0700 job dir above still keeps other users out. The key is
+/// not worth more than the job's own daemon: `client/` is mounted into this job's containers
+/// only, and the certificate is accepted only by this job's sidecar (per-job CA, expiring with
+/// the job); see `docs/security.md`.
+const CLIENT_DIR_MODE: u32 = 0o755;
+const CLIENT_FILE_MODE: u32 = 0o644;
+
+/// Writes a job's certificates, the server and client halves in separate subdirectories so
+/// each container gets only its half: the job dir 0700, `server/` 0700 with 0600 files,
+/// `client/` 0755 with 0644 files (see [`CLIENT_DIR_MODE`] for why).
 pub async fn write_cert_dir(
     state_dir: &Path,
     runner_id: &str,
@@ -439,48 +457,46 @@ pub async fn write_cert_dir(
 ) -> Result<CertDir, Error> {
     let base = runner_cert_root(state_dir, runner_id)?;
     let dir = cert_dir(state_dir, runner_id, job)?;
-    let files: Vec<(PathBuf, zeroize::Zeroizing<String>)> =
-        [(&dir.server, &pki.server), (&dir.client, &pki.client)]
-            .into_iter()
-            .flat_map(|(d, b)| {
-                [
-                    (d.join("ca.pem"), zeroize::Zeroizing::new(b.ca_pem.clone())),
-                    (
-                        d.join("cert.pem"),
-                        zeroize::Zeroizing::new(b.cert_pem.clone()),
-                    ),
-                    (
-                        d.join("key.pem"),
-                        zeroize::Zeroizing::new(b.key_pem.expose().to_string()),
-                    ),
-                ]
-            })
-            .collect();
+    let files: Vec<(PathBuf, u32, zeroize::Zeroizing<String>)> = [
+        (&dir.server, SERVER_FILE_MODE, &pki.server),
+        (&dir.client, CLIENT_FILE_MODE, &pki.client),
+    ]
+    .into_iter()
+    .flat_map(|(d, mode, b)| {
+        [
+            (
+                d.join("ca.pem"),
+                mode,
+                zeroize::Zeroizing::new(b.ca_pem.clone()),
+            ),
+            (
+                d.join("cert.pem"),
+                mode,
+                zeroize::Zeroizing::new(b.cert_pem.clone()),
+            ),
+            (
+                d.join("key.pem"),
+                mode,
+                zeroize::Zeroizing::new(b.key_pem.expose().to_string()),
+            ),
+        ]
+    })
+    .collect();
     let d = dir.clone();
     blocking(move || {
-        for p in [state_dir_certs(&base), base.clone()] {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&p)
-                .map_err(io("create", &p))?;
-        }
-        remove_path(&d.root)?;
-        for p in [&d.root, &d.server, &d.client] {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(p)
-                .map_err(io("create", p))?;
-        }
-        for (path, content) in files {
+        make_cert_dirs(&base, &d, &mut || {})?;
+        for (path, mode, content) in files {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o600)
+                .mode(mode)
                 .custom_flags(libc_o_nofollow())
                 .open(&path)
                 .map_err(io("create", &path))?;
+            // The umask may have cleared bits of `mode`; set it exactly (on the descriptor).
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(io("chmod", &path))?;
             f.write_all(content.as_bytes())
                 .map_err(io("write", &path))?;
         }
@@ -488,6 +504,52 @@ pub async fn write_cert_dir(
     })
     .await?;
     Ok(dir)
+}
+
+/// Creates `<state_dir>/certs/<runner>` (0700, if missing) and a fresh job dir with its two
+/// halves. `between` runs after the parents exist and before the job dir is made (tests use it
+/// to play the race below). Blocking.
+fn make_cert_dirs(base: &Path, d: &CertDir, between: &mut dyn FnMut()) -> Result<(), Error> {
+    let mut retried = false;
+    loop {
+        for p in [state_dir_certs(base), base.to_path_buf()] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .map_err(io("create", &p))?;
+        }
+        between();
+        remove_path(&d.root)?;
+        match std::fs::DirBuilder::new()
+            .mode(CERT_ROOT_MODE)
+            .create(&d.root)
+        {
+            Ok(()) => break,
+            // The last job of this runner removed the then empty runner dir between our
+            // `mkdir -p` and this `mkdir` (see `remove_cert_dir`): make it again. Once is
+            // enough in practice; a second loss is reported rather than looped on.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !retried => retried = true,
+            Err(e) => return Err(io("create", &d.root)(e)),
+        }
+    }
+    // From here on the runner dir is not empty, so no teardown removes it under us.
+    for (p, mode) in [
+        (&d.root, CERT_ROOT_MODE),
+        (&d.server, SERVER_DIR_MODE),
+        (&d.client, CLIENT_DIR_MODE),
+    ] {
+        if p != &d.root {
+            std::fs::DirBuilder::new()
+                .mode(mode)
+                .create(p)
+                .map_err(io("create", p))?;
+        }
+        // The umask may have cleared bits of `mode`; set it exactly.
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(io("chmod", p))?;
+    }
+    Ok(())
 }
 
 fn state_dir_certs(runner_root: &Path) -> PathBuf {
@@ -501,10 +563,45 @@ fn libc_o_nofollow() -> i32 {
     OFlag::O_NOFOLLOW.bits()
 }
 
-/// Removes a job's certificate directory. Returns whether it existed.
+/// Removes a job's certificate directory, then the runner's directory above it when that is
+/// now empty. Returns whether the job's directory existed.
 pub async fn remove_cert_dir(dir: &CertDir) -> Result<bool, Error> {
-    let root = dir.root.clone();
-    blocking(move || remove_path(&root)).await
+    remove_job_cert_dir(&dir.root).await
+}
+
+/// Removes the certificate directory `path` of one job (`<state_dir>/certs/<runner>/job-<id>`)
+/// and the runner's directory above it when that is now empty (teardown, reaper, cleanup).
+/// Returns whether the job's directory existed.
+pub async fn remove_job_cert_dir(path: &Path) -> Result<bool, Error> {
+    let root = path.to_path_buf();
+    blocking(move || {
+        let existed = remove_path(&root)?;
+        if let Some(runner_dir) = root.parent() {
+            remove_dir_if_empty(runner_dir)?;
+        }
+        Ok(existed)
+    })
+    .await
+}
+
+/// `rmdir`: removes `dir` when it is empty. Another job of the runner may be creating its own
+/// directory in it at the same moment, so "not empty" and "already gone" are not errors (the
+/// creator retries when the directory vanishes under it: `make_cert_dirs`). A symlink is
+/// never followed (`rmdir` on one fails with ENOTDIR, reported). Returns whether it removed
+/// the directory. Blocking.
+pub fn remove_dir_if_empty(dir: &Path) -> Result<bool, Error> {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e)
+            if matches!(
+                e.raw_os_error().map(Errno::from_raw),
+                Some(Errno::ENOTEMPTY | Errno::EEXIST | Errno::ENOENT)
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(io("rmdir", dir)(e)),
+    }
 }
 
 /// Lists `(job id, path)` of the certificate directories a runner left in `state_dir`.
@@ -699,26 +796,48 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn cert_dir_modes_and_halves() {
-        let pki = crate::pki::issue_job_pki(&crate::pki::PkiRequest::for_sidecar(
-            9,
+    fn job_pki(job: u64) -> JobPki {
+        crate::pki::issue_job_pki(&crate::pki::PkiRequest::for_sidecar(
+            job,
             "10.0.0.2".parse().unwrap(),
             std::time::Duration::from_secs(60),
         ))
-        .unwrap();
+        .unwrap()
+    }
+
+    /// `cat <path>` as uid/gid 65534 (nobody): whether it could read the file. `None` when
+    /// this test does not run as root and cannot switch users.
+    fn readable_by_nobody(path: &Path) -> Option<bool> {
+        use std::os::unix::process::CommandExt;
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        let out = std::process::Command::new("cat")
+            .arg(path)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run cat as nobody");
+        Some(out.status.success())
+    }
+
+    #[tokio::test]
+    async fn cert_dir_modes_and_halves() {
+        let pki = job_pki(9);
         let tmp = tempfile::tempdir().unwrap();
         let d = write_cert_dir(tmp.path(), "r1", JobId::new(9), &pki)
             .await
             .unwrap();
         let m = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
-        for dir in [&d.root, &d.server, &d.client, &tmp.path().join("certs/r1")] {
+        for dir in [&d.root, &d.server, &tmp.path().join("certs/r1")] {
             assert_eq!(m(dir), 0o700, "{}", dir.display());
         }
-        for half in [&d.server, &d.client] {
-            for f in ["ca.pem", "cert.pem", "key.pem"] {
-                assert_eq!(m(&half.join(f)), 0o600);
-            }
+        // The client half is readable by the job's user, whoever that is (inside the job's
+        // containers, where the dir is mounted on its own).
+        assert_eq!(m(&d.client), 0o755);
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            assert_eq!(m(&d.server.join(f)), 0o600, "server/{f}");
+            assert_eq!(m(&d.client.join(f)), 0o644, "client/{f}");
         }
         assert_eq!(
             std::fs::read_to_string(d.server.join("cert.pem")).unwrap(),
@@ -731,5 +850,89 @@ mod tests {
         assert_eq!(list_cert_dirs(tmp.path(), "r1").await.unwrap().len(), 1);
         assert!(remove_cert_dir(&d).await.unwrap());
         assert!(list_cert_dirs(tmp.path(), "r1").await.unwrap().is_empty());
+    }
+
+    /// Another local user (uid 65534) reads neither half on the host: the 0700 job dir keeps
+    /// it out, and the 0700 server dir would on its own. With the job dir opened up, the
+    /// client half becomes readable (the check itself works) and the server half still not.
+    #[tokio::test]
+    async fn other_local_users_cannot_read_the_server_half() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The state dir's own mode is the operator's; make it traversable so only the cert
+        // dirs' modes are under test.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = write_cert_dir(tmp.path(), "r1", JobId::new(3), &job_pki(3))
+            .await
+            .unwrap();
+        let (server_key, client_key) = (d.server.join("key.pem"), d.client.join("key.pem"));
+        let Some(server_readable) = readable_by_nobody(&server_key) else {
+            eprintln!("not root: cannot switch to uid 65534; only the modes were checked");
+            return;
+        };
+        assert!(!server_readable, "uid 65534 read the server key");
+        assert_eq!(readable_by_nobody(&client_key), Some(false));
+        assert_eq!(readable_by_nobody(&d.server.join("ca.pem")), Some(false));
+        for p in [
+            tmp.path().join("certs"),
+            tmp.path().join("certs/r1"),
+            d.root.clone(),
+        ] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        assert_eq!(readable_by_nobody(&client_key), Some(true), "control");
+        assert_eq!(readable_by_nobody(&server_key), Some(false));
+        assert!(remove_cert_dir(&d).await.unwrap());
+    }
+
+    /// The runner's cert dir goes with its last job's, and not before.
+    #[tokio::test]
+    async fn runner_cert_dir_goes_with_the_last_job() {
+        let tmp = tempfile::tempdir().unwrap();
+        let runner_dir = tmp.path().join("certs/r1");
+        let a = write_cert_dir(tmp.path(), "r1", JobId::new(1), &job_pki(1))
+            .await
+            .unwrap();
+        let b = write_cert_dir(tmp.path(), "r1", JobId::new(2), &job_pki(2))
+            .await
+            .unwrap();
+        assert!(remove_cert_dir(&a).await.unwrap());
+        assert!(runner_dir.is_dir(), "job 2 still has its dir in it");
+        assert!(remove_cert_dir(&b).await.unwrap());
+        assert!(!runner_dir.exists(), "the empty runner dir stayed");
+        assert!(tmp.path().join("certs").is_dir());
+        // Removing again (teardown after the reaper) is quiet.
+        assert!(!remove_cert_dir(&b).await.unwrap());
+        assert!(!remove_dir_if_empty(&runner_dir).unwrap());
+        // A non-empty dir is left alone.
+        std::fs::create_dir_all(runner_dir.join("job-5")).unwrap();
+        assert!(!remove_dir_if_empty(&runner_dir).unwrap());
+        assert!(runner_dir.join("job-5").is_dir());
+    }
+
+    /// The last job's teardown removes the runner dir between another job's `mkdir -p` and its
+    /// own `mkdir`: the creator makes the parent again.
+    #[test]
+    fn cert_dir_creation_survives_its_parent_vanishing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = runner_cert_root(tmp.path(), "r1").unwrap();
+        let d = cert_dir(tmp.path(), "r1", JobId::new(4)).unwrap();
+        let mut calls = 0;
+        make_cert_dirs(&base, &d, &mut || {
+            calls += 1;
+            if calls == 1 {
+                assert!(remove_dir_if_empty(&base).unwrap());
+            }
+        })
+        .unwrap();
+        assert_eq!(calls, 2);
+        assert!(d.server.is_dir() && d.client.is_dir());
+        // Losing it every time is an error, not a loop.
+        let e = cert_dir(tmp.path(), "r1", JobId::new(5)).unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
+        let err = make_cert_dirs(&base, &e, &mut || {
+            let _ = std::fs::remove_dir(&base);
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("job-5"), "{err}");
     }
 }

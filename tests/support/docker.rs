@@ -74,7 +74,7 @@ impl Scope {
     }
 
     /// Asserts that nothing labelled with this scope's runner id is left on the engine and that
-    /// no job or cert directory remains.
+    /// no job or cert directory remains (not even the runner's empty cert dir).
     pub async fn assert_clean(&self) {
         let f = isolated_runner::docker::label_filters(&self.runner_id, None);
         let c = self
@@ -101,8 +101,15 @@ impl Scope {
         );
         let leftover_dirs = list(&self.builds_dir());
         assert!(leftover_dirs.is_empty(), "job dirs left: {leftover_dirs:?}");
-        let certs = list(&self.state_dir().join("certs").join(&self.runner_id));
+        let runner_certs = self.state_dir().join("certs").join(&self.runner_id);
+        let certs = list(&runner_certs);
         assert!(certs.is_empty(), "cert dirs left: {certs:?}");
+        // The runner's own dir goes with its last job's.
+        assert!(
+            !runner_certs.exists(),
+            "empty runner cert dir left: {}",
+            runner_certs.display()
+        );
     }
 }
 
