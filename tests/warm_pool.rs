@@ -29,6 +29,7 @@ fn spec(scope: &Scope, job_id: u64, timeout: Duration) -> EnvironmentSpec {
         helper_image: JOB_IMAGE.to_string(),
         services: Vec::new(),
         service_env: Vec::new(),
+        repo_endpoint: None,
     }
 }
 
