@@ -180,6 +180,63 @@ async fn warm_roots_are_per_project_and_protection() {
     remove_warm(&scope).await;
 }
 
+/// `warm_pool` with warm roots: after a project's job, a sidecar is started on that root for
+/// the project's next job at the same protection level (scrubbed, with the images), never for
+/// another project or protection level.
+#[tokio::test]
+async fn pre_started_sidecars_on_warm_roots_follow_their_project() {
+    let scope = Scope::new().await;
+    let backend = warm_backend(&scope, |c| c.docker.isolation.warm_pool = 2);
+    const P: u64 = 17;
+    const Q: u64 = 18;
+    let text = expect(
+        &backend,
+        &spec(&scope, 21, P, false),
+        &format!(
+            "docker tag {BUSYBOX_IMAGE} poison:latest\n\
+             docker run -d --name leftover {BUSYBOX_IMAGE} sleep 600"
+        ),
+    )
+    .await;
+    assert!(
+        text.contains("(new, cold)") && !text.contains("pre-started"),
+        "{text}"
+    );
+    // Now P's unprotected root has a sidecar starting; the protected level gets none of it.
+    let text = expect(
+        &backend,
+        &spec(&scope, 22, P, true),
+        "! docker image inspect poison:latest >/dev/null 2>&1",
+    )
+    .await;
+    assert!(!text.contains("pre-started"), "{text}");
+    // P's next unprotected job finds its sidecar ready: warm, scrubbed.
+    let text = expect(
+        &backend,
+        &spec(&scope, 23, P, false),
+        "docker image inspect poison:latest >/dev/null\n\
+         ! docker container inspect leftover >/dev/null 2>&1",
+    )
+    .await;
+    assert!(
+        text.contains("pre-started") && text.contains("(warm;"),
+        "{text}"
+    );
+    // Another project never gets P's.
+    let text = expect(
+        &backend,
+        &spec(&scope, 24, Q, false),
+        "! docker image inspect poison:latest >/dev/null 2>&1",
+    )
+    .await;
+    assert!(!text.contains("pre-started"), "{text}");
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(backend.standby_ids().is_empty());
+    assert_eq!(warm_volumes(&scope).await.len(), 3);
+    remove_warm(&scope).await;
+}
+
 #[tokio::test]
 async fn a_busy_warm_root_gives_an_ephemeral_one_and_caps_apply() {
     let scope = Scope::new().await;

@@ -405,7 +405,12 @@ impl BenchTarget for RealTarget {
     async fn leftovers(&self, mode: IsolationMode) -> Result<u64, TargetError> {
         let setup = self.setup(mode)?;
         // Sidecars started ahead of jobs (idle or being built) are not leftovers.
-        let standby: HashSet<u64> = setup.backend.standby_ids().into_iter().collect();
+        let mut standby: HashSet<u64> = setup.backend.standby_ids().into_iter().collect();
+        if mode == IsolationMode::Dind
+            && let Some(w) = &self.warm_backend
+        {
+            standby.extend(w.standby_ids());
+        }
         let spare = |labels: &HashMap<String, String>| {
             labels
                 .get(LABEL_JOB)

@@ -1023,7 +1023,6 @@ impl Loader {
         let mut inner_at = None;
         let mut pools_ok = true;
         let mut data_root_limits = Vec::new();
-        let mut warm_pool_at = None;
         for (key, item) in t.iter() {
             let at = self.at(s, t, key, header);
             match key {
@@ -1156,7 +1155,6 @@ impl Loader {
                 "warm_pool" => {
                     if let Some(n) = self.integer(&at, item, 0, 64) {
                         iso.warm_pool = n as usize;
-                        warm_pool_at = Some(at);
                     }
                 }
                 "warm_pool_max_idle" => {
@@ -1200,16 +1198,6 @@ impl Loader {
                      bridges on the host; choose disjoint ranges",
                     iso.inner_address_pool, iso.address_pool
                 ),
-            );
-        }
-        if iso.data_root == DataRoot::Project
-            && iso.warm_pool > 0
-            && let Some(at) = &warm_pool_at
-        {
-            self.warn(
-                at,
-                "has no effect with data_root = \"project\": a warm data root belongs to one \
-                 project, so each job starts its sidecar on its project's volume",
             );
         }
         if iso.data_root == DataRoot::Ephemeral {

@@ -292,22 +292,13 @@ network_mtu = 10
 }
 
 #[test]
-fn warm_pool_is_bounded_and_explained_with_project_roots() {
+fn warm_pool_is_bounded() {
     let e = errors(&runner(
         "",
         "[runners.docker.isolation]\nwarm_pool = 65\nwarm_pool_max_idle = \"0s\"",
     ));
     assert!(e.iter().any(|d| d.key_path.ends_with("warm_pool")));
     assert!(e.iter().any(|d| d.key_path.ends_with("warm_pool_max_idle")));
-    let w = warnings(&runner(
-        "",
-        "[runners.docker.isolation]\ndata_root = \"project\"\nwarm_pool = 2",
-    ));
-    assert!(
-        find(&w, "has no effect with data_root")
-            .key_path
-            .ends_with("warm_pool")
-    );
 }
 
 #[test]

@@ -60,12 +60,13 @@ impl DindBackend {
     /// started ahead of jobs once [`Isolation::warm_up`] or the first `prepare` ran.
     pub fn new(docker: Docker, runner: Arc<RunnerConfig>, state_dir: PathBuf) -> Self {
         let iso = &runner.docker.isolation;
-        // Warm data roots are per project: those jobs start a sidecar on their own volume.
-        let pooled = iso.warm_pool > 0 && iso.data_root == crate::config::DataRoot::Ephemeral;
-        let pool = pooled.then(|| {
+        // With warm data roots, slots are per project, started after a project's job.
+        let keyed = iso.data_root == crate::config::DataRoot::Project;
+        let pool = (iso.warm_pool > 0).then(|| {
             Arc::new(super::pool::Pool::new(
                 iso.warm_pool,
                 iso.warm_pool_max_idle,
+                keyed,
             ))
         });
         DindBackend {
@@ -192,12 +193,28 @@ impl Isolation for DindBackend {
         out: Arc<dyn OutputSink>,
         cancel: CancellationToken,
     ) -> Result<Box<dyn JobEnvironment>, Error> {
+        let key = (self.core.runner.docker.isolation.data_root == crate::config::DataRoot::Project)
+            .then_some(super::pool::WarmKey {
+                project_id: spec.project_id,
+                protected: spec.protected,
+            });
+        // After this job, a sidecar on its warm root waits for the project's next job.
+        let followup = |env: &DindEnv| -> Option<Followup> {
+            let pool = self.pool.as_ref()?;
+            env.warm.as_ref()?;
+            Some(Followup {
+                pool: Arc::clone(pool),
+                core: Arc::clone(&self.core),
+                key: key?,
+                helper_image: spec.helper_image.clone(),
+            })
+        };
         if let Some(pool) = &self.pool {
             pool.start(&self.core, &spec.runner_id);
             let slot = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(Error::Canceled),
-                s = pool.take(spec, self.core.runner.docker.isolation.ready_timeout) => s,
+                s = pool.take(spec, key, self.core.runner.docker.isolation.ready_timeout) => s,
             };
             // Replace what was taken (or start filling) while this job prepares.
             pool.refill(&self.core);
@@ -209,7 +226,10 @@ impl Isolation for DindBackend {
                     r = self.core.attach(&mut env, spec, &out) => r,
                 };
                 return match attached {
-                    Ok(()) => Ok(Box::new(env)),
+                    Ok(()) => {
+                        env.followup = followup(&env);
+                        Ok(Box::new(env))
+                    }
                     Err(e) => {
                         let report = env.finish().await;
                         for f in &report.failures {
@@ -233,6 +253,7 @@ impl Isolation for DindBackend {
             ready_after: None,
             born: None,
             client_certs: None,
+            followup: None,
         };
         let built = tokio::select! {
             biased;
@@ -240,7 +261,10 @@ impl Isolation for DindBackend {
             r = self.core.build(&mut env, spec, &out) => r,
         };
         match built {
-            Ok(()) => Ok(Box::new(env)),
+            Ok(()) => {
+                env.followup = followup(&env);
+                Ok(Box::new(env))
+            }
             Err(e) => {
                 let report = env.finish().await;
                 for f in &report.failures {
@@ -709,6 +733,17 @@ impl Core {
         if !spec.services.is_empty() {
             timings.push("services", t);
         }
+        if let Some(lease) = &env.warm {
+            out.write(
+                format!(
+                    "Using the warm data root {} ({}; the sidecar was started on it after the \
+                     project's last job)\n",
+                    lease.volume,
+                    if lease.fresh { "new, cold" } else { "warm" }
+                )
+                .as_bytes(),
+            );
+        }
         let net = env.state.network.clone();
         out.write(
             format!(
@@ -943,6 +978,32 @@ fn is_route_error(e: &str) -> bool {
         || e.contains("timed out")
 }
 
+/// The ordered teardown of a sidecar's objects; with a warm data root, its dockerd is first
+/// stopped gracefully (the teardown never removes a warm volume), then the volume is measured
+/// against its cap and its lock released.
+pub(super) async fn finish_parts(
+    state: JobState,
+    warm: Option<super::data_root::WarmLease>,
+) -> TeardownReport {
+    if warm.is_some()
+        && let Some(id) = state.sidecar.as_deref()
+        && let Err(e) = state
+            .docker
+            .stop_container(id, super::data_root::STOP_GRACE_SECS)
+            .await
+    {
+        tracing::warn!(error = %e, "could not stop the warm sidecar gracefully");
+    }
+    let docker = state.docker.clone();
+    let mut report = state.teardown().await;
+    if let Some(lease) = warm {
+        let (removed, failures) = lease.release(&docker).await;
+        report.removed.extend(removed);
+        report.failures.extend(failures);
+    }
+    report
+}
+
 /// A prepared dind job.
 pub struct DindEnv {
     state: JobState,
@@ -955,6 +1016,16 @@ pub struct DindEnv {
     born: Option<Instant>,
     /// The client half of a pre-started sidecar's certificates.
     client_certs: Option<PathBuf>,
+    /// What to start for the project's next job once this one is gone.
+    followup: Option<Followup>,
+}
+
+/// A sidecar to pre-start on a warm data root after its job (see `pool.rs`).
+struct Followup {
+    pool: Arc<super::pool::Pool>,
+    core: Arc<Core>,
+    key: super::pool::WarmKey,
+    helper_image: String,
 }
 
 impl DindEnv {
@@ -967,10 +1038,11 @@ impl DindEnv {
                 tmp_dir: PathBuf::new(),
             },
             inner: Some(slot.inner),
-            warm: None,
+            warm: slot.lease,
             ready_after: Some(slot.ready_after),
             born: Some(slot.born),
             client_certs: Some(slot.client_certs),
+            followup: None,
         }
     }
 }
@@ -980,23 +1052,10 @@ impl DindEnv {
     /// before the ordered teardown (which never removes a warm volume), then the volume is
     /// measured against its cap and its lock released.
     async fn finish(mut self) -> TeardownReport {
-        let warm = self.warm.take();
-        if warm.is_some()
-            && let Some(id) = self.state.sidecar.as_deref()
-            && let Err(e) = self
-                .state
-                .docker
-                .stop_container(id, super::data_root::STOP_GRACE_SECS)
-                .await
-        {
-            tracing::warn!(error = %e, "could not stop the warm sidecar gracefully");
-        }
-        let docker = self.state.docker.clone();
-        let mut report = self.state.teardown().await;
-        if let Some(lease) = warm {
-            let (removed, failures) = lease.release(&docker).await;
-            report.removed.extend(removed);
-            report.failures.extend(failures);
+        let followup = self.followup.take();
+        let report = finish_parts(self.state, self.warm.take()).await;
+        if let Some(f) = followup {
+            f.pool.prestart(&f.core, f.key, f.helper_image);
         }
         report
     }

@@ -16,6 +16,12 @@
 //! (`crate::paths::link_job_dirs`). Inside the sidecar `<builds_dir>` then holds this job's
 //! directories and nothing else.
 //!
+//! With `data_root = "project"` a slot is *keyed*: when a job of a project ends, a sidecar is
+//! started at once on that project's warm data root (same project, same protected flag: the
+//! root's lease is held by the slot, scrubbed as for any reuse) and waits for the project's
+//! next job. Such slots exist only after a project's job, at most `warm_pool` of them (the
+//! oldest idle one makes room).
+//!
 //! Slot objects are labelled like a job's, with a *slot id* in place of the job id: ids from
 //! [`SLOT_ID_BASE`] up, far above any GitLab job id, so the label sweep, the crash journal,
 //! `runner cleanup` and the reaper handle them with no special case.
@@ -25,7 +31,7 @@ use super::dind::{BootPlan, Core, SidecarDirs, Timings};
 use super::{Error, TeardownReport};
 use crate::docker::Docker;
 use crate::paths::{HostPathMap, JobId};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -51,9 +57,20 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(15);
 /// A slot whose daemon does not answer a ping this fast is not handed to a job.
 const ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The project and protection level a keyed slot's warm data root belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct WarmKey {
+    pub project_id: u64,
+    pub protected: bool,
+}
+
 /// A pre-started sidecar, ready, waiting for a job.
 pub(super) struct Slot {
     pub state: JobState,
+    /// `Some` for a slot on a project's warm data root.
+    pub key: Option<WarmKey>,
+    /// The warm data root's lease (keyed slots).
+    pub lease: Option<super::data_root::WarmLease>,
     pub inner: Docker,
     pub client_certs: PathBuf,
     pub not_after: SystemTime,
@@ -72,19 +89,32 @@ struct PoolState {
     /// The runner id slots are labelled with (known from the first `start`).
     runner_id: Option<String>,
     idle: VecDeque<Slot>,
-    /// Slot ids being built.
-    building: HashSet<u64>,
+    /// Slot ids being built, with their key.
+    building: HashMap<u64, Option<WarmKey>>,
     /// Consecutive failed builds (backoff).
     failures: u32,
     maintenance: bool,
-    /// Jobs waiting in `take` for a slot being built.
-    waiting: usize,
+    /// Jobs waiting in `take` for a slot being built, per key.
+    waiting: HashMap<Option<WarmKey>, usize>,
+}
+
+impl PoolState {
+    fn building_for(&self, key: Option<WarmKey>) -> usize {
+        self.building.values().filter(|k| **k == key).count()
+    }
+
+    fn waiting_for(&self, key: Option<WarmKey>) -> usize {
+        self.waiting.get(&key).copied().unwrap_or(0)
+    }
 }
 
 /// Keeps up to `size` slots ready. See the module docs.
 pub struct Pool {
     size: usize,
     max_idle: Duration,
+    /// Slots on warm data roots, started after a project's job (`data_root = "project"`);
+    /// otherwise ephemeral slots, kept at `size`.
+    keyed: bool,
     state: Mutex<PoolState>,
     /// Signalled whenever a build ends (ready or failed).
     built: tokio::sync::Notify,
@@ -93,11 +123,13 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool of `size` slots, each replaced after `max_idle` unused.
-    pub fn new(size: usize, max_idle: Duration) -> Self {
+    /// A pool of `size` slots, each replaced after `max_idle` unused; `keyed` for warm data
+    /// roots.
+    pub fn new(size: usize, max_idle: Duration, keyed: bool) -> Self {
         Pool {
             size,
             max_idle,
+            keyed,
             state: Mutex::new(PoolState::default()),
             built: tokio::sync::Notify::new(),
             tasks: TaskTracker::new(),
@@ -137,11 +169,17 @@ impl Pool {
         });
     }
 
-    /// A ready slot for a job like `spec`. When none is idle but one is being built (and not
-    /// already promised to another waiting job), waits for it up to `wait`: the rest of a
-    /// build is never longer than a whole cold start. Slots too old are torn down on the way;
-    /// a slot whose certificates would not outlive the job's timeout stays for another job.
-    pub(super) async fn take(&self, spec: &super::EnvironmentSpec, wait: Duration) -> Option<Slot> {
+    /// A ready slot for a job like `spec` (with `key`: on that project's warm data root).
+    /// When none is idle but one is being built (and not already promised to another waiting
+    /// job), waits for it up to `wait`: the rest of a build is never longer than a whole cold
+    /// start. Slots too old are torn down on the way; a slot whose certificates would not
+    /// outlive the job's timeout stays for another job.
+    pub(super) async fn take(
+        &self,
+        spec: &super::EnvironmentSpec,
+        key: Option<WarmKey>,
+        wait: Duration,
+    ) -> Option<Slot> {
         let needed = SystemTime::now()
             .checked_add(spec.timeout)
             .and_then(|t| t.checked_add(crate::pki::VALIDITY_MARGIN))?;
@@ -154,13 +192,17 @@ impl Pool {
                 if st.runner_id.as_deref() != Some(spec.runner_id.as_str()) {
                     return None;
                 }
-                match st.idle.iter().position(|s| s.not_after >= needed) {
+                match st
+                    .idle
+                    .iter()
+                    .position(|s| s.key == key && s.not_after >= needed)
+                {
                     Some(pos) => st.idle.remove(pos),
-                    None if st.building.len() > st.waiting => {
+                    None if st.building_for(key) > st.waiting_for(key) => {
                         // Registered before the lock is released: a build that ends in
                         // between still wakes us.
                         notified.as_mut().enable();
-                        st.waiting += 1;
+                        *st.waiting.entry(key).or_default() += 1;
                         None
                     }
                     None => return None,
@@ -168,7 +210,9 @@ impl Pool {
             };
             let Some(slot) = slot else {
                 let woke = tokio::time::timeout_at(deadline, notified).await.is_ok();
-                self.lock().waiting -= 1;
+                if let Some(n) = self.lock().waiting.get_mut(&key) {
+                    *n = n.saturating_sub(1);
+                }
                 if !woke || self.closed.is_cancelled() {
                     return None;
                 }
@@ -186,9 +230,10 @@ impl Pool {
         }
     }
 
-    /// Starts building slots until idle + building reaches the pool size.
+    /// Starts building ephemeral slots until idle + building reaches the pool size (keyed
+    /// pools start theirs in [`Pool::prestart`]).
     pub(super) fn refill(self: &Arc<Self>, core: &Arc<Core>) {
-        if self.closed.is_cancelled() {
+        if self.closed.is_cancelled() || self.keyed {
             return;
         }
         let mut st = self.lock();
@@ -197,24 +242,67 @@ impl Pool {
         };
         while st.idle.len() + st.building.len() < self.size {
             let id = new_slot_id(&st);
-            st.building.insert(id);
+            st.building.insert(id, None);
             // After failures, wait before trying again: a host that cannot start sidecars
             // must not be hammered (2, 4, 8 … 60 s).
             let backoff = match st.failures {
                 0 => Duration::ZERO,
                 n => Duration::from_secs(2u64.saturating_pow(n.min(6)).min(60)),
             };
-            let (pool, core, runner_id) = (Arc::clone(self), Arc::clone(core), runner_id.clone());
-            self.tasks.spawn(async move {
-                let built = tokio::select! {
-                    _ = pool.closed.cancelled() => Err(Error::Canceled),
-                    _ = tokio::time::sleep(backoff) => {
-                        build_slot(&core, &runner_id, id, pool.max_idle, &pool.closed).await
-                    }
-                };
-                pool.finished(id, built);
-            });
+            self.spawn_build(core, runner_id.clone(), id, None, String::new(), backoff);
         }
+    }
+
+    /// After a job on `key`'s warm data root ended: starts a sidecar on that root for the
+    /// project's next job, unless one is idle or starting already. When the pool is full the
+    /// oldest idle slot makes room; when every slot is starting, nothing happens.
+    pub(super) fn prestart(self: &Arc<Self>, core: &Arc<Core>, key: WarmKey, helper_image: String) {
+        if self.closed.is_cancelled() || !self.keyed {
+            return;
+        }
+        let mut st = self.lock();
+        let Some(runner_id) = st.runner_id.clone() else {
+            return;
+        };
+        if st.idle.iter().any(|s| s.key == Some(key)) || st.building_for(Some(key)) > 0 {
+            return;
+        }
+        let mut evicted = None;
+        if st.idle.len() + st.building.len() >= self.size {
+            match st.idle.pop_front() {
+                Some(old) => evicted = Some(old),
+                None => return,
+            }
+        }
+        let id = new_slot_id(&st);
+        st.building.insert(id, Some(key));
+        drop(st);
+        if let Some(old) = evicted {
+            self.discard(old, "room for a more recent project");
+        }
+        self.spawn_build(core, runner_id, id, Some(key), helper_image, Duration::ZERO);
+    }
+
+    fn spawn_build(
+        self: &Arc<Self>,
+        core: &Arc<Core>,
+        runner_id: String,
+        id: u64,
+        key: Option<WarmKey>,
+        helper_image: String,
+        backoff: Duration,
+    ) {
+        let (pool, core) = (Arc::clone(self), Arc::clone(core));
+        self.tasks.spawn(async move {
+            let built = tokio::select! {
+                _ = pool.closed.cancelled() => Err(Error::Canceled),
+                _ = tokio::time::sleep(backoff) => {
+                    let plan = SlotPlan { runner_id: &runner_id, id, key, helper_image: &helper_image };
+                    build_slot(&core, plan, pool.max_idle, &pool.closed).await
+                }
+            };
+            pool.finished(id, built);
+        });
     }
 
     fn finished(&self, id: u64, built: Result<Slot, Error>) {
@@ -237,6 +325,10 @@ impl Pool {
                 self.discard(slot, "the runner is stopping");
             }
             Err(Error::Canceled) => {}
+            // Another job of the project holds its warm root: nothing is wrong.
+            Err(Error::Other { context, detail }) if context == WARM_BUSY => {
+                tracing::debug!(slot = id, %detail, "no pre-started sidecar on a busy warm root");
+            }
             Err(e) => {
                 st.failures = st.failures.saturating_add(1);
                 tracing::warn!(slot = id, error = %e, failures = st.failures, "could not pre-start a sidecar");
@@ -278,7 +370,7 @@ impl Pool {
     pub(super) fn standby_ids(&self) -> Vec<u64> {
         let st = self.lock();
         let mut ids: Vec<u64> = st.idle.iter().map(Slot::id).collect();
-        ids.extend(st.building.iter().copied());
+        ids.extend(st.building.keys().copied());
         ids.sort_unstable();
         ids
     }
@@ -313,45 +405,84 @@ fn new_slot_id(st: &PoolState) -> u64 {
     loop {
         // 40 random bits above the base: unique among this runner's slots, and readable.
         let id = SLOT_ID_BASE | (uuid::Uuid::new_v4().as_u64_pair().0 >> 24);
-        if !st.building.contains(&id) && !st.idle.iter().any(|s| s.id() == id) {
+        if !st.building.contains_key(&id) && !st.idle.iter().any(|s| s.id() == id) {
             return id;
         }
     }
 }
 
-/// Builds one slot; on any error or on `closed`, what was made is torn down.
+/// The `context` of the error a keyed build ends with when the warm root is held.
+const WARM_BUSY: &str = "take the project's warm data root";
+
+/// Which slot to build.
+struct SlotPlan<'a> {
+    runner_id: &'a str,
+    id: u64,
+    key: Option<WarmKey>,
+    /// For the warm root's size check (`du` in a helper container).
+    helper_image: &'a str,
+}
+
+/// Builds one slot; on any error or on `closed`, what was made is torn down (and a warm
+/// root's lease given back).
 async fn build_slot(
     core: &Core,
-    runner_id: &str,
-    id: u64,
+    plan: SlotPlan<'_>,
     max_idle: Duration,
     closed: &CancellationToken,
 ) -> Result<Slot, Error> {
     let lifetime = max_idle.saturating_add(SLOT_JOB_BUDGET);
-    let naming = Naming::new(runner_id, id, lifetime)?;
-    let volume = naming.name("docker");
+    let naming = Naming::new(plan.runner_id, plan.id, lifetime)?;
     let host_map = HostPathMap::new(core.runner.docker.isolation.host_path_map.clone());
     let mut state = JobState::new(core.docker.clone(), naming, host_map);
-    let root = crate::paths::job_paths(&core.runner.builds_dir, JobId::new(id))
+    let root = crate::paths::job_paths(&core.runner.builds_dir, JobId::new(plan.id))
         .map_err(super::common::other_paths("name the slot's directory"))?
         .project_dir;
+    let mut lease = None;
     let mut timings = Timings::default();
     let started = Instant::now();
     let built = tokio::select! {
         biased;
         _ = closed.cancelled() => Err(Error::Canceled),
         r = async {
+            let (volume, create_volume, extra_labels) = match plan.key {
+                Some(key) => {
+                    let iso = &core.runner.docker.isolation;
+                    let req = super::data_root::WarmRequest {
+                        state_dir: &core.state_dir,
+                        runner_id: plan.runner_id,
+                        job_id: plan.id,
+                        timeout: lifetime,
+                        project_id: key.project_id,
+                        protected: key.protected,
+                        max_size: iso.data_root_max_size,
+                        max_age: iso.data_root_max_age,
+                        helper_image: plan.helper_image,
+                        inflight: &state.inflight,
+                    };
+                    let l = super::data_root::acquire(&core.docker, &req)
+                        .await
+                        .map_err(|miss| Error::Other {
+                            context: WARM_BUSY.to_string(),
+                            detail: format!("{miss:?}"),
+                        })?;
+                    let v = (l.volume.clone(), false, l.sidecar_labels().into_iter().collect());
+                    lease = Some(l);
+                    v
+                }
+                None => (state.naming.name("docker"), true, Default::default()),
+            };
             let b = core
                 .boot(
                     &mut state,
                     BootPlan {
                         volume,
-                        create_volume: true,
+                        create_volume,
                         dirs: SidecarDirs::Slot(root),
                         validity: lifetime,
                         services: &[],
                         service_env: &[],
-                        extra_labels: Default::default(),
+                        extra_labels,
                         // Added when a job takes the slot, if its clone host differs.
                         repo: None,
                     },
@@ -359,15 +490,23 @@ async fn build_slot(
                     &mut timings,
                 )
                 .await?;
+            if lease.as_ref().is_some_and(|l| !l.fresh) {
+                // What the previous job left running or stored goes; images and cache stay.
+                for f in super::data_root::scrub_inner(&b.inner).await {
+                    tracing::warn!(slot = plan.id, failure = %f, "warm data root scrub");
+                }
+            }
             core.preload(&b.inner, &mut timings).await?;
             Ok(b)
         } => r,
     };
     match built {
         Ok(b) => {
-            tracing::debug!(slot = id, steps = %timings.render(), total_ms = started.elapsed().as_millis() as u64, "slot built");
+            tracing::debug!(slot = plan.id, steps = %timings.render(), total_ms = started.elapsed().as_millis() as u64, "slot built");
             Ok(Slot {
                 state,
+                key: plan.key,
+                lease,
                 inner: b.inner,
                 client_certs: b.client_certs,
                 not_after: b.not_after,
@@ -376,9 +515,9 @@ async fn build_slot(
             })
         }
         Err(e) => {
-            let report = state.teardown().await;
+            let report = super::dind::finish_parts(state, lease).await;
             for f in report.failures {
-                tracing::warn!(slot = id, failure = %f, "teardown of a failed slot left something");
+                tracing::warn!(slot = plan.id, failure = %f, "teardown of a failed slot left something");
             }
             Err(e)
         }
