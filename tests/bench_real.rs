@@ -58,12 +58,12 @@ fn noop_round_in_both_modes_leaves_nothing() {
         assert!(m["wall_s"]["p50"].as_f64().is_some(), "{m}");
         assert!(m["stages_p50_s"]["step_script"].as_f64().is_some(), "{m}");
     }
-    assert!(
-        noop["modes"]["dind"]["stages_p50_s"]["dind_ready"]
-            .as_f64()
-            .is_some(),
-        "{v}"
-    );
+    // The dind prepare steps are parsed from the backend's "daemon ready" line (a job on a
+    // pre-started sidecar has claim steps, a cold one the whole start).
+    let dind_stages = noop["modes"]["dind"]["stages_p50_s"]
+        .as_object()
+        .expect("stages");
+    assert!(dind_stages.keys().any(|k| k.starts_with("dind_")), "{v}");
     assert!(noop["ratio_wall_p50"].as_f64().is_some(), "{v}");
     assert!(noop["ttfsl_overhead_p50_s"].as_f64().is_some(), "{v}");
 }
