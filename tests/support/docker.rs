@@ -158,6 +158,44 @@ impl Drop for Scope {
                 .args(&nets)
                 .output();
         }
+        sweep_firewall(&self.runner_id);
+    }
+}
+
+/// Removes every firewall chain (and its jumps) whose rules name `runner_id`: the safety net
+/// for a test that panicked before its teardown (synchronous, with the iptables CLI).
+pub fn sweep_firewall(runner_id: &str) {
+    let tag = format!("runner={runner_id} ");
+    let run = |bin: &str, args: &[&str]| -> String {
+        std::process::Command::new(bin)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    for bin in ["iptables", "ip6tables"] {
+        let text = run(bin, &["-w", "-S"]);
+        let mut chains = Vec::new();
+        for line in text.lines().filter(|l| l.contains(&tag)) {
+            let words = isolated_runner::netpolicy::rules::split_rule_line(line);
+            let (Some(hook), Some(target)) = (words.get(1), words.last()) else {
+                continue;
+            };
+            if hook.starts_with("IR-") {
+                chains.push(hook.clone());
+                continue;
+            }
+            let mut args: Vec<&str> = vec!["-w", "-D"];
+            args.extend(words[1..].iter().map(String::as_str));
+            run(bin, &args);
+            chains.push(target.clone());
+        }
+        chains.sort();
+        chains.dedup();
+        for c in chains.iter().filter(|c| c.starts_with("IR-")) {
+            run(bin, &["-w", "-F", c]);
+            run(bin, &["-w", "-X", c]);
+        }
     }
 }
 

@@ -335,30 +335,6 @@ pub struct FirewallSweep(pub String);
 
 impl Drop for FirewallSweep {
     fn drop(&mut self) {
-        let tag = format!("runner={} ", self.0);
-        for bin in ["iptables", "ip6tables"] {
-            let (_, text, _) = sh(bin, &["-w", "-S"]);
-            let mut chains = Vec::new();
-            for line in text.lines().filter(|l| l.contains(&tag)) {
-                let words = isolated_runner::netpolicy::rules::split_rule_line(line);
-                let (Some(hook), Some(target)) = (words.get(1), words.last()) else {
-                    continue;
-                };
-                if hook.starts_with("IR-") {
-                    chains.push(hook.clone());
-                    continue;
-                }
-                let mut args: Vec<&str> = vec!["-w", "-D"];
-                args.extend(words[1..].iter().map(String::as_str));
-                let _ = sh(bin, &args);
-                chains.push(target.clone());
-            }
-            chains.sort();
-            chains.dedup();
-            for c in chains.iter().filter(|c| c.starts_with("IR-")) {
-                let _ = sh(bin, &["-w", "-F", c]);
-                let _ = sh(bin, &["-w", "-X", c]);
-            }
-        }
+        super::docker::sweep_firewall(&self.0);
     }
 }
