@@ -596,12 +596,18 @@ impl MemWatcher {
     }
 
     async fn run(self: Arc<Self>, docker: Docker, runner_ids: Vec<String>) {
-        let root = memory_cgroup_root().await;
+        let mut root = None;
         let mut owners: HashMap<String, Option<Owner>> = HashMap::new();
         let mut tick = tokio::time::interval(MEM_POLL);
         loop {
             tick.tick().await;
-            let Some(root) = &root else { return };
+            // Looked up on every tick until found: with cgroupfs on v1 the host daemon creates
+            // `memory/docker` only when it starts its first container, so on an idle engine it
+            // does not exist when the bench starts (and a one-time lookup measured nothing).
+            if root.is_none() {
+                root = memory_cgroup_root(CGROUP_ROOTS).await;
+            }
+            let Some(root) = &root else { continue };
             let ids = cgroup_ids(root).await;
             if ids.iter().any(|id| !owners.contains_key(id)) {
                 // One listing per runner id classifies every new container at once.
@@ -657,12 +663,13 @@ impl MemWatcher {
     }
 }
 
-/// `/sys/fs/cgroup/memory/docker` (v1) or `/sys/fs/cgroup/system.slice` (v2, systemd driver).
-async fn memory_cgroup_root() -> Option<PathBuf> {
-    for p in [
-        "/sys/fs/cgroup/memory/docker",
-        "/sys/fs/cgroup/system.slice",
-    ] {
+/// Where container memory cgroups live: `memory/docker` (v1, cgroupfs driver) or
+/// `system.slice` (v2, systemd driver).
+const CGROUP_ROOTS: &[&str] = &["/sys/fs/cgroup/memory/docker", "/sys/fs/cgroup/system.slice"];
+
+/// The first of `candidates` that exists.
+async fn memory_cgroup_root(candidates: &[&str]) -> Option<PathBuf> {
+    for p in candidates {
         if tokio::fs::try_exists(p).await.unwrap_or(false) {
             return Some(PathBuf::from(p));
         }
@@ -726,6 +733,24 @@ mod tests {
         assert!(stages.contains_key("prepare_executor"));
         s.append(b"\x1b[0Ksection_end:4:step_script\r\x1b[0K");
         assert!(s.results().1.contains_key("step_script"));
+    }
+
+    #[tokio::test]
+    async fn cgroup_root_is_found_once_it_appears() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let late = dir.path().join("memory").join("docker");
+        let other = dir.path().join("system.slice");
+        let (late_s, other_s) = (
+            late.to_string_lossy().into_owned(),
+            other.to_string_lossy().into_owned(),
+        );
+        let candidates = [late_s.as_str(), other_s.as_str()];
+        // An idle engine: no container has run yet, so its cgroup parent is missing.
+        assert_eq!(memory_cgroup_root(&candidates).await, None);
+        std::fs::create_dir_all(&late).expect("mkdir");
+        assert_eq!(memory_cgroup_root(&candidates).await, Some(late.clone()));
+        std::fs::create_dir_all(&other).expect("mkdir");
+        assert_eq!(memory_cgroup_root(&candidates).await, Some(late));
     }
 
     #[test]
