@@ -186,7 +186,20 @@ async fn failed_jobs_are_counted_not_measured() {
 async fn teardown_hooks_fire_on_every_10th_and_25th_job() {
     let target = FakeTarget::default();
     let plan = plan(&["teardown"], 30, 3);
-    let (run, _) = run(&target, &plan, false).await;
+    let (run, progress) = run(&target, &plan, false).await;
+    // A cancelled job says so on its progress line; a plain one does not.
+    assert!(
+        progress
+            .lines()
+            .any(|l| l.starts_with("[ 19/200] teardown dind") && l.ends_with(", canceled")),
+        "{progress}"
+    );
+    assert!(
+        progress
+            .lines()
+            .next()
+            .is_some_and(|l| !l.contains("canceled"))
+    );
     let calls = target.calls.lock().expect("lock").clone();
     assert_eq!(calls.len(), 200, "one batch of 100 per mode, no warm-up");
     let dind: Vec<_> = calls

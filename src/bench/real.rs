@@ -18,7 +18,6 @@
 //!   plus job and certificate directories under the bench's own builds and state dirs, plus (in
 //!   shared-socket mode) whatever the scenario jobs started on the host with a `bench-job` label.
 
-use super::scenario::{BuildCache, Shape};
 use super::target::{BenchTarget, JobSpec, RunSample, SampleOutcome, TargetError, TargetInfo};
 use crate::config::{DataRoot, IsolationMode, RunnerConfig};
 use crate::docker::{Docker, LABEL_JOB, LABEL_ROLE};
@@ -48,16 +47,31 @@ struct ModeSetup {
     runner_id: String,
     backend: Arc<dyn Isolation>,
     state_dir: PathBuf,
+    /// dind only: the same entry with the other `data_root`, for scenarios that pin theirs
+    /// ([`super::Scenario::data_root_override`]). Same runner id, state dir and builds dir, so
+    /// leftovers and the memory watcher see these jobs like any other.
+    pinned: Vec<(DataRoot, Arc<dyn Isolation>, Arc<RunnerConfig>)>,
+}
+
+impl ModeSetup {
+    /// The backend and runner entry for a job whose scenario wants `data_root` (`None`: the
+    /// config's).
+    fn pick(&self, data_root: Option<DataRoot>) -> (Arc<dyn Isolation>, Arc<RunnerConfig>) {
+        data_root
+            .filter(|d| *d != self.runner.docker.isolation.data_root)
+            .and_then(|d| self.pinned.iter().find(|(p, _, _)| *p == d))
+            .map(|(_, b, r)| (b.clone(), r.clone()))
+            .unwrap_or_else(|| (self.backend.clone(), self.runner.clone()))
+    }
 }
 
 /// The bench target over the real pipeline.
 pub struct RealTarget {
     docker: Docker,
     modes: Vec<(IsolationMode, ModeSetup)>,
-    /// Warm per-project data root for `build-warm` in dind mode (when the config supports it).
-    warm_backend: Option<Arc<dyn Isolation>>,
-    warm_runner: Option<Arc<RunnerConfig>>,
     work: PathBuf,
+    /// Where every job's full trace is written, when asked (`--trace-dir`).
+    trace_dir: Option<PathBuf>,
     next_job: AtomicU64,
     mem: Arc<MemWatcher>,
     watcher: tokio::task::JoinHandle<()>,
@@ -111,6 +125,22 @@ impl RealTarget {
             let backend = crate::isolation::backend_for_in(&r, &state_dir)
                 .await
                 .map_err(|e| TargetError(format!("set up the {} backend: {e}", mode.as_str())))?;
+            let mut pinned = Vec::new();
+            if mode == IsolationMode::Dind {
+                for data_root in [DataRoot::Ephemeral, DataRoot::Project] {
+                    if data_root == r.docker.isolation.data_root {
+                        continue;
+                    }
+                    let mut p = r.clone();
+                    p.docker.isolation.data_root = data_root;
+                    let b = crate::isolation::backend_for_in(&p, &state_dir)
+                        .await
+                        .map_err(|e| {
+                            TargetError(format!("set up the dind backend ({data_root:?}): {e}"))
+                        })?;
+                    pinned.push((data_root, b, Arc::new(p)));
+                }
+            }
             setups.push((
                 mode,
                 ModeSetup {
@@ -118,24 +148,10 @@ impl RealTarget {
                     runner_id: format!("bench-{tag}-{}", short_mode(mode)),
                     backend,
                     state_dir,
+                    pinned,
                 },
             ));
         }
-        let (warm_backend, warm_runner) = match setups
-            .iter()
-            .find(|(m, _)| *m == IsolationMode::Dind)
-            .map(|(_, s)| s)
-        {
-            Some(s) => {
-                let mut r = (*s.runner).clone();
-                r.docker.isolation.data_root = DataRoot::Project;
-                match crate::isolation::backend_for_in(&r, &s.state_dir).await {
-                    Ok(b) => (Some(b), Some(Arc::new(r))),
-                    Err(_) => (None, None),
-                }
-            }
-            None => (None, None),
-        };
         let mem = Arc::new(MemWatcher::default());
         let watcher = tokio::spawn(mem.clone().run(
             docker.clone(),
@@ -144,9 +160,8 @@ impl RealTarget {
         Ok(RealTarget {
             docker,
             modes: setups,
-            warm_backend,
-            warm_runner,
             work: work.to_path_buf(),
+            trace_dir: None,
             next_job: AtomicU64::new(1),
             mem,
             watcher,
@@ -181,6 +196,37 @@ impl RealTarget {
             }
         }
         n
+    }
+
+    /// Removes the warm data roots the bench's dind jobs kept (build-warm): they carry no
+    /// `managed` label, so neither job teardown nor the leftover count sees them, and the bench
+    /// must leave the engine as it found it. The bench's runner id is unique to this run, so
+    /// only its own volumes match. Returns (removed, failures).
+    pub async fn remove_warm_roots(&self) -> (Vec<String>, Vec<String>) {
+        let mut removed = Vec::new();
+        let mut failures = Vec::new();
+        for (_, s) in self.modes.iter().filter(|(m, _)| *m == IsolationMode::Dind) {
+            let r = crate::isolation::data_root::remove_expired(
+                &self.docker,
+                &s.runner_id,
+                &s.state_dir,
+                None,
+                false,
+            )
+            .await;
+            removed.extend(r.removed);
+            failures.extend(r.failures);
+            // `kept` here means a job still holds the root: none should, the bench is over.
+            failures.extend(r.kept.into_iter().map(|v| format!("{v} is still in use")));
+        }
+        (removed, failures)
+    }
+
+    /// Writes every job's trace to `dir` (created if missing) as
+    /// `<scenario>-<mode>-r<round>-i<index>-<job id>.log`.
+    pub fn with_trace_dir(mut self, dir: PathBuf) -> Self {
+        self.trace_dir = Some(dir);
+        self
     }
 
     /// The bench's work directory.
@@ -249,15 +295,7 @@ impl BenchTarget for RealTarget {
         let built = ci
             .build_payload(&spec.job_name, &ctx)
             .map_err(|e| terr("build the payload")(e.to_string()))?;
-        let (backend, runner) = match (spec.scenario.shape, spec.mode) {
-            (Shape::Build(BuildCache::WarmProject), IsolationMode::Dind) => {
-                match (&self.warm_backend, &self.warm_runner) {
-                    (Some(b), Some(r)) => (b.clone(), r.clone()),
-                    _ => (setup.backend.clone(), setup.runner.clone()),
-                }
-            }
-            _ => (setup.backend.clone(), setup.runner.clone()),
-        };
+        let (backend, runner) = setup.pick(spec.scenario.data_root_override());
         let pipeline = Pipeline {
             backend,
             artifacts: Arc::new(LocalArtifactStore {
@@ -324,6 +362,28 @@ impl BenchTarget for RealTarget {
             }
         }
         let (ttfsl, stages) = sink.results();
+        if let Some(dir) = &self.trace_dir {
+            let name = format!(
+                "{}-{}-r{}-i{}-{job_id}.log",
+                spec.scenario.name,
+                short_mode(spec.mode),
+                spec.round,
+                spec.index
+            );
+            let written = async {
+                tokio::fs::create_dir_all(dir).await?;
+                tokio::fs::write(dir.join(&name), sink.text()).await
+            }
+            .await;
+            if let Err(e) = written {
+                notes.push(format!("trace not saved to {}: {e}", dir.display()));
+            }
+        }
+        if spec.mode == IsolationMode::Dind
+            && let Some(note) = warm_root_note(&sink.text())
+        {
+            notes.push(note);
+        }
         let (job_peak, sidecar_peak) = self.mem.take(job_id);
         let outcome = match outcome {
             JobOutcome::Success => SampleOutcome::Success,
@@ -463,6 +523,13 @@ impl BenchSink {
         (st.first_line.map(|t| t - self.start), stages)
     }
 
+    fn text(&self) -> String {
+        self.state
+            .lock()
+            .map(|st| String::from_utf8_lossy(&st.text).into_owned())
+            .unwrap_or_default()
+    }
+
     fn tail(&self, n: usize) -> String {
         let Ok(st) = self.state.lock() else {
             return String::new();
@@ -544,6 +611,32 @@ fn handle_marker(st: &mut SinkState, marker: &str, now: Instant) {
             *st.stages.entry(n).or_insert(0.0) += (now - t).as_secs_f64();
         }
     }
+}
+
+/// What the dind backend said about the job's warm data root (`data_root = "project"`), as a
+/// short note: whether the job got the warm root, a new (cold) one, or missed it and ran on an
+/// ephemeral root (which makes a build-warm sample a cold one).
+fn warm_root_note(trace: &str) -> Option<String> {
+    trace.lines().find_map(|line| {
+        if let Some(rest) = line.split("Using the warm data root ").nth(1) {
+            let state = rest
+                .rsplit_once('(')
+                .and_then(|(_, s)| s.split(')').next())
+                .unwrap_or("?");
+            Some(format!("data root: {state}"))
+        } else if line.contains("this job uses an ephemeral one") {
+            let why = line
+                .split("warm data root is ")
+                .nth(1)
+                .and_then(|r| r.split("; this job").next())
+                .unwrap_or("unavailable");
+            Some(format!(
+                "data root: warm root missed ({why}), ran ephemeral"
+            ))
+        } else {
+            None
+        }
+    })
 }
 
 /// Reads the dind backend's prepare breakdown (`[stage 1.23s, stage 0.04s]` at the end of the
@@ -665,7 +758,10 @@ impl MemWatcher {
 
 /// Where container memory cgroups live: `memory/docker` (v1, cgroupfs driver) or
 /// `system.slice` (v2, systemd driver).
-const CGROUP_ROOTS: &[&str] = &["/sys/fs/cgroup/memory/docker", "/sys/fs/cgroup/system.slice"];
+const CGROUP_ROOTS: &[&str] = &[
+    "/sys/fs/cgroup/memory/docker",
+    "/sys/fs/cgroup/system.slice",
+];
 
 /// The first of `candidates` that exists.
 async fn memory_cgroup_root(candidates: &[&str]) -> Option<PathBuf> {
@@ -751,6 +847,25 @@ mod tests {
         assert_eq!(memory_cgroup_root(&candidates).await, Some(late.clone()));
         std::fs::create_dir_all(&other).expect("mkdir");
         assert_eq!(memory_cgroup_root(&candidates).await, Some(late));
+    }
+
+    #[test]
+    fn warm_root_lines_become_notes() {
+        assert_eq!(
+            warm_root_note("x\nUsing the warm data root ir-b-warm-p1-unprotected (warm)\n"),
+            Some("data root: warm".to_string())
+        );
+        assert_eq!(
+            warm_root_note("Using the warm data root ir-b-warm-p1-unprotected (new, cold)\n"),
+            Some("data root: new, cold".to_string())
+        );
+        assert_eq!(
+            warm_root_note(
+                "The project's warm data root is in use by another job; this job uses an ephemeral one\n"
+            ),
+            Some("data root: warm root missed (in use by another job), ran ephemeral".to_string())
+        );
+        assert_eq!(warm_root_note("Job docker daemon ready\n"), None);
     }
 
     #[test]

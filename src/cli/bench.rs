@@ -34,9 +34,14 @@ Scenarios (bench/scenarios/<project>/.gitlab-ci.yml; local images only, nothing 
                   over the job bridge) and inner container start.
   compose         3 busybox httpd services with healthchecks, a ./ bind mount, `compose up
                   --wait`, 20 `compose exec`, down. Path parity and time to healthy.
-  build-cold      5-layer `docker build` with no local layers in either mode.
-  build-warm      the same build: warm shared daemon vs warm per-project data root.
-  build-no-cache  the same build with --no-cache: what doing nothing about caching costs.
+  build-cold      5-layer `docker build` with no local layers in the per-job daemon (dind runs
+                  with data_root = \"ephemeral\" whatever the config says).
+  build-warm      the same build: warm shared daemon vs warm per-project data root (dind runs
+                  with data_root = \"project\" whatever the config says, so the second and
+                  later builds hit the layer cache; the bench removes the warm volume at the
+                  end). Use --warmup 1 or more: the first dind build fills the root.
+  build-no-cache  the same build with --no-cache: what doing nothing about caching costs
+                  (dind with data_root = \"ephemeral\").
   concurrent      --concurrency jobs (noop and docker-run in turn) released at once.
   teardown        100 jobs per mode, every 10th cancelled mid-script, every 25th with its
                   sidecar killed; counts what is left on the host. Ignores --runs/--warmup.
@@ -97,6 +102,11 @@ pub struct BenchArgs {
     /// Also draw per-scenario medians with p95 whiskers as an SVG chart to FILE.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+
+    /// Write every job's full trace to DIR (one file per job, named after scenario, mode,
+    /// round, index and job id): what to read when a job fails.
+    #[arg(long, value_name = "DIR")]
+    pub trace_dir: Option<PathBuf>,
 
     /// Where the scenario projects live.
     #[arg(long, default_value = "bench/scenarios", value_name = "DIR")]
@@ -218,15 +228,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !base.docker.isolation.preload_images.contains(&busybox) {
         base.docker.isolation.preload_images.push(busybox);
     }
-    let target = crate::bench::real::RealTarget::new(&base, &work, &plan.modes)
+    let mut target = crate::bench::real::RealTarget::new(&base, &work, &plan.modes)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(dir) = &args.trace_dir {
+        target = target.with_trace_dir(dir.clone());
+    }
     let result = run_with(&args, &plan, &target).await;
     let cleaned = target.clean_scenario_objects().await;
     if cleaned > 0 {
         eprintln!(
             "runner bench: removed {cleaned} objects the shared-socket jobs left on the host"
         );
+    }
+    let (warm_removed, warm_failures) = target.remove_warm_roots().await;
+    if !warm_removed.is_empty() {
+        eprintln!(
+            "runner bench: removed the warm data root(s) of build-warm: {}",
+            warm_removed.join(", ")
+        );
+    }
+    for f in &warm_failures {
+        eprintln!("runner bench: WARNING: could not remove a warm data root: {f}");
     }
     drop(target);
     // Best effort: the work dir holds only the bench's own (now empty) builds and state dirs.
