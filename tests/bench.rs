@@ -189,9 +189,10 @@ async fn teardown_hooks_fire_on_every_10th_and_25th_job() {
     let (run, progress) = run(&target, &plan, false).await;
     // A cancelled job says so on its progress line; a plain one does not.
     assert!(
-        progress
-            .lines()
-            .any(|l| l.starts_with("[ 19/200] teardown dind") && l.ends_with(", canceled")),
+        progress.lines().any(
+            |l| l.starts_with("[ 19/200] teardown dind run 1/1 job 10/100:")
+                && l.ends_with(", canceled")
+        ),
         "{progress}"
     );
     assert!(

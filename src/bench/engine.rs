@@ -61,6 +61,7 @@ impl Plan {
                 jobs,
                 cancel_every,
                 kill_sidecar_every,
+                fault_marker,
             } => (1..=jobs)
                 .map(|n| {
                     vec![SlotJob {
@@ -69,6 +70,7 @@ impl Plan {
                             cancel_mid_script: cancel_every > 0 && n % cancel_every == 0,
                             kill_sidecar_mid_script: kill_sidecar_every > 0
                                 && n % kill_sidecar_every == 0,
+                            fault_marker: Some(fault_marker),
                         },
                     }]
                 })
@@ -153,13 +155,18 @@ impl Progress {
         Progress::new(Box::new(std::io::stderr()), tty, total)
     }
 
-    fn job_done(&mut self, m: &Measurement, rounds: (usize, usize)) {
+    /// `per_round`: jobs of one mode in a round (the concurrent batch, the teardown series);
+    /// above 1 the line also says which of them this was.
+    fn job_done(&mut self, m: &Measurement, rounds: (usize, usize), per_round: usize) {
         self.done += 1;
-        let phase = if m.warmup {
+        let mut phase = if m.warmup {
             format!("warm-up {}/{}", m.round + 1, rounds.0)
         } else {
             format!("run {}/{}", m.round + 1 - rounds.0, rounds.1)
         };
+        if per_round > 1 {
+            phase.push_str(&format!(" job {}/{per_round}", m.index + 1));
+        }
         let what = match &m.result {
             Ok(s) => {
                 let mut w = format!(
@@ -251,6 +258,7 @@ pub async fn run(target: &dyn BenchTarget, plan: &Plan, progress: &mut Progress)
     for scenario in &plan.scenarios {
         let rounds = plan.rounds(scenario);
         let slots = plan.slots(scenario);
+        let per_round: usize = slots.iter().map(Vec::len).sum();
         for round in 0..rounds.0 + rounds.1 {
             let warmup = round < rounds.0;
             let mut index = 0;
@@ -290,7 +298,7 @@ pub async fn run(target: &dyn BenchTarget, plan: &Plan, progress: &mut Progress)
                             runner_memory: memory,
                             leftovers,
                         };
-                        progress.job_done(&m, rounds);
+                        progress.job_done(&m, rounds, per_round);
                         measurements.push(m);
                     }
                 }

@@ -34,6 +34,49 @@ use std::time::{Duration, Instant};
 
 /// Label the scenario jobs put on what they start themselves (teardown scenario).
 const SCENARIO_LABEL: &str = "bench-job";
+/// Bench job ids start above this, far from real GitLab ids.
+const JOB_ID_FLOOR: u64 = 900_000_000;
+/// Job ids per bench run.
+const JOB_ID_BLOCK: u64 = 100_000;
+/// Blocks to choose from (ids stay below 1 800 000 000).
+const JOB_ID_BLOCKS: u64 = 9_000;
+
+/// The job ids of one bench run: a block at a random offset. Scenario jobs name and label
+/// what they start after `$CI_JOB_ID` (`bench-net-<id>`, `bench-compose-<id>`, the
+/// `bench-job=<id>` label), which in shared-socket mode lands on the host daemon: two benches
+/// on one host (the lead's and a helper's) must neither collide on those names nor count or
+/// remove each other's objects.
+struct JobIds {
+    base: u64,
+    next: AtomicU64,
+}
+
+impl JobIds {
+    fn new() -> JobIds {
+        let pick = (uuid::Uuid::new_v4().as_u128() % u128::from(JOB_ID_BLOCKS)) as u64;
+        JobIds::at(JOB_ID_FLOOR + pick * JOB_ID_BLOCK)
+    }
+
+    fn at(base: u64) -> JobIds {
+        JobIds {
+            base,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        self.base + self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether a `bench-job` label value names a job of this run.
+    fn owns_label(&self, labels: &HashMap<String, String>) -> bool {
+        labels
+            .get(SCENARIO_LABEL)
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|id| id > self.base && id < self.base + JOB_ID_BLOCK)
+    }
+}
+
 /// Poll interval of the memory watcher.
 const MEM_POLL: Duration = Duration::from_millis(100);
 
@@ -72,7 +115,7 @@ pub struct RealTarget {
     work: PathBuf,
     /// Where every job's full trace is written, when asked (`--trace-dir`).
     trace_dir: Option<PathBuf>,
-    next_job: AtomicU64,
+    job_ids: JobIds,
     mem: Arc<MemWatcher>,
     watcher: tokio::task::JoinHandle<()>,
 }
@@ -162,7 +205,7 @@ impl RealTarget {
             modes: setups,
             work: work.to_path_buf(),
             trace_dir: None,
-            next_job: AtomicU64::new(1),
+            job_ids: JobIds::new(),
             mem,
             watcher,
         })
@@ -176,20 +219,21 @@ impl RealTarget {
             .ok_or_else(|| TargetError(format!("mode {} was not set up", mode.as_str())))
     }
 
-    /// Removes what the scenario jobs left on the host in shared-socket mode (containers and
-    /// networks with the `bench-job` label): the host is left as found. Returns the count.
+    /// Removes what this run's scenario jobs left on the host in shared-socket mode
+    /// (containers and networks with a `bench-job` label naming one of its job ids): the host
+    /// is left as found. Returns the count.
     pub async fn clean_scenario_objects(&self) -> u64 {
         let filter = vec![SCENARIO_LABEL.to_string()];
         let mut n = 0;
         if let Ok(list) = self.docker.list_containers(&filter).await {
-            for c in list {
+            for c in list.iter().filter(|c| self.job_ids.owns_label(&c.labels)) {
                 if matches!(self.docker.remove_container(&c.id).await, Ok(true)) {
                     n += 1;
                 }
             }
         }
         if let Ok(list) = self.docker.list_networks(&filter).await {
-            for net in list {
+            for net in list.iter().filter(|n| self.job_ids.owns_label(&n.labels)) {
                 if matches!(self.docker.remove_network(&net.name).await, Ok(true)) {
                     n += 1;
                 }
@@ -280,8 +324,7 @@ impl BenchTarget for RealTarget {
             .await
             .map_err(|e| TargetError(format!("read {}: {e}", spec.project_dir.display())))?;
         let ci = local::parse(&text).map_err(|e| terr("parse .gitlab-ci.yml")(e.to_string()))?;
-        // Job ids are unique within the bench and far from real GitLab ids.
-        let job_id = 900_000_000 + self.next_job.fetch_add(1, Ordering::Relaxed);
+        let job_id = self.job_ids.next();
         let ctx = LocalContext {
             job_id,
             token: Secret::new(format!("glcbt-bench-{}", uuid::Uuid::new_v4().simple())),
@@ -310,8 +353,8 @@ impl BenchTarget for RealTarget {
         };
         let control = JobControl::default();
         let start = Instant::now();
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        let sink = Arc::new(BenchSink::new(start, first_tx));
+        let (fault_tx, fault_rx) = tokio::sync::oneshot::channel();
+        let sink = Arc::new(BenchSink::new(start, fault_tx, spec.hooks.fault_marker));
         let mut notes = Vec::new();
         let hook = if spec.hooks.cancel_mid_script || spec.hooks.kill_sidecar_mid_script {
             let hooks = spec.hooks;
@@ -320,8 +363,11 @@ impl BenchTarget for RealTarget {
             let runner_id = setup.runner_id.clone();
             let mode = spec.mode;
             Some(tokio::spawn(async move {
-                if first_rx.await.is_err() {
-                    return "hook not fired: the script never printed".to_string();
+                if fault_rx.await.is_err() {
+                    return match hooks.fault_marker {
+                        Some(m) => format!("hook not fired: the job never printed {m:?}"),
+                        None => "hook not fired: the script never printed".to_string(),
+                    };
                 }
                 let mut said = Vec::new();
                 if hooks.kill_sidecar_mid_script {
@@ -426,9 +472,13 @@ impl BenchTarget for RealTarget {
         n += self.docker.list_networks(&f).await.map_err(de)?.len() as u64;
         n += self.docker.list_volumes(&f).await.map_err(de)?.len() as u64;
         if mode == IsolationMode::SharedSocket {
+            // Only this run's: another bench on the host has its own block of job ids.
             let s = vec![SCENARIO_LABEL.to_string()];
-            n += self.docker.list_containers(&s).await.map_err(de)?.len() as u64;
-            n += self.docker.list_networks(&s).await.map_err(de)?.len() as u64;
+            let mine = |l: &HashMap<String, String>| self.job_ids.owns_label(l);
+            let containers = self.docker.list_containers(&s).await.map_err(de)?;
+            n += containers.iter().filter(|c| mine(&c.labels)).count() as u64;
+            let networks = self.docker.list_networks(&s).await.map_err(de)?;
+            n += networks.iter().filter(|net| mine(&net.labels)).count() as u64;
         }
         n += count_entries(&setup.runner.builds_dir).await;
         n += count_entries(&setup.state_dir.join("certs")).await;
@@ -491,6 +541,11 @@ struct SinkState {
     stages: BTreeMap<String, f64>,
     in_step_script: bool,
     first_line: Option<Instant>,
+    /// The fault point's line; `None`: the first script line is the fault point.
+    fault_marker: Option<&'static str>,
+    /// Where the search for the fault marker resumes.
+    marker_scanned: usize,
+    /// Told once, at the fault point.
     notify: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -498,7 +553,11 @@ struct SinkState {
 const ECHO_START: &[u8] = b"\x1b[32;1m$ ";
 
 impl BenchSink {
-    fn new(start: Instant, notify: tokio::sync::oneshot::Sender<()>) -> Self {
+    fn new(
+        start: Instant,
+        notify: tokio::sync::oneshot::Sender<()>,
+        fault_marker: Option<&'static str>,
+    ) -> Self {
         BenchSink {
             start,
             state: Mutex::new(SinkState {
@@ -508,6 +567,8 @@ impl BenchSink {
                 stages: BTreeMap::new(),
                 in_step_script: false,
                 first_line: None,
+                fault_marker,
+                marker_scanned: 0,
                 notify: Some(notify),
             }),
         }
@@ -571,6 +632,35 @@ impl TraceSink for BenchSink {
         let from = st.scanned;
         let rest = st.text[from..].to_vec();
         check_first_line(&mut st, &rest, now);
+        check_fault_marker(&mut st);
+    }
+}
+
+/// Tells the hook once a whole output line equals the fault marker. The command's own echo
+/// (`$ echo "<marker>"`) names the marker too, but never as a whole line.
+fn check_fault_marker(st: &mut SinkState) {
+    let Some(marker) = st.fault_marker else {
+        return;
+    };
+    if st.notify.is_none() {
+        return;
+    }
+    // Only complete lines; resume at the start of the last incomplete one.
+    let Some(end) = st.text.iter().rposition(|&b| b == b'\n') else {
+        return;
+    };
+    let from = st.marker_scanned;
+    if end < from {
+        // No new complete line since the last look.
+        return;
+    }
+    let found = st.text[from..end]
+        .split(|&b| b == b'\n')
+        .any(|line| line.strip_suffix(b"\r").unwrap_or(line) == marker.as_bytes());
+    st.marker_scanned = end + 1;
+    if found && let Some(n) = st.notify.take() {
+        // The hook may be gone already (the job ended); nothing to tell then.
+        let _ = n.send(());
     }
 }
 
@@ -580,7 +670,9 @@ fn check_first_line(st: &mut SinkState, body: &[u8], now: Instant) {
         && body.windows(ECHO_START.len()).any(|w| w == ECHO_START)
     {
         st.first_line = Some(now);
-        if let Some(n) = st.notify.take() {
+        if st.fault_marker.is_none()
+            && let Some(n) = st.notify.take()
+        {
             // Nobody listens unless a hook is set.
             let _ = n.send(());
         }
@@ -811,7 +903,25 @@ mod tests {
 
     fn sink() -> BenchSink {
         let (tx, _rx) = tokio::sync::oneshot::channel();
-        BenchSink::new(Instant::now(), tx)
+        BenchSink::new(Instant::now(), tx, None)
+    }
+
+    #[test]
+    fn the_fault_point_is_the_marker_line_not_its_echo() {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let s = BenchSink::new(Instant::now(), tx, Some("bench: fault point"));
+        s.append(b"\x1b[0Ksection_start:3:step_script\r\x1b[0K\x1b[36;1mExecuting\x1b[0;m\n");
+        s.append(b"\x1b[32;1m$ echo started\x1b[0;m\nstarted\n");
+        // The first script line is not the fault point when there is a marker.
+        assert!(rx.try_recv().is_err());
+        s.append(b"\x1b[32;1m$ echo \"bench: fault point\"\x1b[0;m\n");
+        assert!(rx.try_recv().is_err());
+        // Split across writes, as a stream may deliver it.
+        s.append(b"bench: fault");
+        assert!(rx.try_recv().is_err());
+        s.append(b" point\r\n");
+        assert!(rx.try_recv().is_ok());
+        assert!(s.results().0.is_some());
     }
 
     #[test]
@@ -847,6 +957,26 @@ mod tests {
         assert_eq!(memory_cgroup_root(&candidates).await, Some(late.clone()));
         std::fs::create_dir_all(&other).expect("mkdir");
         assert_eq!(memory_cgroup_root(&candidates).await, Some(late));
+    }
+
+    #[test]
+    fn job_ids_are_a_block_of_their_own() {
+        let ids = JobIds::at(JOB_ID_FLOOR + 7 * JOB_ID_BLOCK);
+        let first = ids.next();
+        assert_eq!(first, JOB_ID_FLOOR + 7 * JOB_ID_BLOCK + 1);
+        assert_eq!(ids.next(), first + 1);
+        let label = |v: &str| HashMap::from([(SCENARIO_LABEL.to_string(), v.to_string())]);
+        assert!(ids.owns_label(&label(&first.to_string())));
+        // The neighbouring blocks belong to other bench runs.
+        assert!(!ids.owns_label(&label(&(JOB_ID_FLOOR + 7 * JOB_ID_BLOCK).to_string())));
+        assert!(!ids.owns_label(&label(&(JOB_ID_FLOOR + 8 * JOB_ID_BLOCK + 1).to_string())));
+        assert!(!ids.owns_label(&label("not-a-number")));
+        assert!(!ids.owns_label(&HashMap::new()));
+        for _ in 0..100 {
+            let base = JobIds::new().base;
+            assert!(base >= JOB_ID_FLOOR && base < JOB_ID_FLOOR + JOB_ID_BLOCKS * JOB_ID_BLOCK);
+            assert_eq!((base - JOB_ID_FLOOR) % JOB_ID_BLOCK, 0);
+        }
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub enum Shape {
     },
     /// One batch of `jobs` sequential jobs per mode (interleaved job by job); every
     /// `cancel_every`-th is cancelled mid-script and every `kill_sidecar_every`-th has its
-    /// sidecar killed with SIGKILL mid-script. Ignores `--runs` and `--warmup`.
+    /// sidecar killed with SIGKILL mid-script, both when the job prints `fault_marker`.
+    /// Ignores `--runs` and `--warmup`.
     Teardown {
         /// Jobs per batch.
         jobs: usize,
@@ -42,6 +43,8 @@ pub enum Shape {
         cancel_every: usize,
         /// Kill the sidecar of every n-th job (1-based).
         kill_sidecar_every: usize,
+        /// The line the job prints once its objects exist ([`super::JobHooks::fault_marker`]).
+        fault_marker: &'static str,
     },
 }
 
@@ -142,6 +145,7 @@ pub const SCENARIOS: &[Scenario] = &[
             jobs: 100,
             cancel_every: 10,
             kill_sidecar_every: 25,
+            fault_marker: "bench: fault point",
         },
     },
 ];

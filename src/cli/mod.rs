@@ -94,7 +94,10 @@ pub enum ConfigCommand {
 pub fn init_tracing(cli: &Cli) {
     use std::io::IsTerminal;
     let fallback = default_log_level(&cli.command);
-    let level = cli.log_level.clone().unwrap_or_else(|| fallback.to_string());
+    let level = cli
+        .log_level
+        .clone()
+        .unwrap_or_else(|| fallback.to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(fallback));
     // An error means a subscriber is already set (tests), which is fine.
