@@ -535,3 +535,26 @@ fn unknown_scenario_is_refused_with_the_list() {
     assert!(text.contains("unknown scenario \"nope\""), "{text}");
     assert!(text.contains("noop, docker-run"), "{text}");
 }
+
+#[tokio::test]
+async fn a_broken_scenario_file_stops_the_bench_before_any_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("noop")).expect("mkdir");
+    // A plain scalar with ": " in it is a mapping: not a command.
+    std::fs::write(
+        dir.path().join("noop/.gitlab-ci.yml"),
+        "noop:\n  image: isolated-runner/job:test\n  script:\n    - echo \"a: b\"\n",
+    )
+    .expect("write");
+    let mut p = plan(&["noop"], 1, 0);
+    p.scenarios_root = dir.path().to_path_buf();
+    let err = isolated_runner::cli::bench::check_projects(&p)
+        .await
+        .expect_err("refused");
+    assert!(format!("{err:#}").contains("job noop"), "{err:#}");
+    // The real scenarios pass.
+    let all: Vec<&str> = bench::SCENARIOS.iter().map(|s| s.name).collect();
+    isolated_runner::cli::bench::check_projects(&plan(&all, 1, 0))
+        .await
+        .expect("the shipped scenarios are valid");
+}

@@ -153,8 +153,11 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
     })
 }
 
-/// Checks that every planned scenario has its `.gitlab-ci.yml`.
+/// Checks that every planned scenario has its `.gitlab-ci.yml` and that every job it runs
+/// builds a payload: a broken scenario file stops the bench here instead of failing each of
+/// its jobs.
 pub async fn check_projects(plan: &Plan) -> anyhow::Result<()> {
+    use crate::job::local::{self, LocalContext};
     for scenario in &plan.scenarios {
         let file = scenario
             .project_dir(&plan.scenarios_root)
@@ -165,6 +168,37 @@ pub async fn check_projects(plan: &Plan) -> anyhow::Result<()> {
                 scenario.name,
                 file.display()
             );
+        }
+        let text = tokio::fs::read_to_string(&file)
+            .await
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let ci = local::parse(&text)
+            .with_context(|| format!("scenario {}: {}", scenario.name, file.display()))?;
+        let mut jobs: Vec<String> = plan
+            .slots(scenario)
+            .into_iter()
+            .flatten()
+            .map(|j| j.job_name)
+            .collect();
+        jobs.sort();
+        jobs.dedup();
+        for job in jobs {
+            let ctx = LocalContext {
+                job_id: 1,
+                token: crate::secret::Secret::new("glcbt-bench-check".to_string()),
+                project_name: scenario.project.to_string(),
+                commit_sha: None,
+                ref_name: None,
+                config_path: ".gitlab-ci.yml".to_string(),
+                checkout: None,
+            };
+            ci.build_payload(&job, &ctx).with_context(|| {
+                format!(
+                    "scenario {}: job {job} in {}",
+                    scenario.name,
+                    file.display()
+                )
+            })?;
         }
     }
     Ok(())
