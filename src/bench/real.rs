@@ -974,7 +974,7 @@ mod tests {
         assert!(!ids.owns_label(&HashMap::new()));
         for _ in 0..100 {
             let base = JobIds::new().base;
-            assert!(base >= JOB_ID_FLOOR && base < JOB_ID_FLOOR + JOB_ID_BLOCKS * JOB_ID_BLOCK);
+            assert!((JOB_ID_FLOOR..JOB_ID_FLOOR + JOB_ID_BLOCKS * JOB_ID_BLOCK).contains(&base));
             assert_eq!((base - JOB_ID_FLOOR) % JOB_ID_BLOCK, 0);
         }
     }
