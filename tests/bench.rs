@@ -186,7 +186,21 @@ async fn failed_jobs_are_counted_not_measured() {
 async fn teardown_hooks_fire_on_every_10th_and_25th_job() {
     let target = FakeTarget::default();
     let plan = plan(&["teardown"], 30, 3);
-    let (run, _) = run(&target, &plan, false).await;
+    let (run, progress) = run(&target, &plan, false).await;
+    // A cancelled job says so on its progress line; a plain one does not.
+    assert!(
+        progress.lines().any(
+            |l| l.starts_with("[ 19/200] teardown dind run 1/1 job 10/100:")
+                && l.ends_with(", canceled")
+        ),
+        "{progress}"
+    );
+    assert!(
+        progress
+            .lines()
+            .next()
+            .is_some_and(|l| !l.contains("canceled"))
+    );
     let calls = target.calls.lock().expect("lock").clone();
     assert_eq!(calls.len(), 200, "one batch of 100 per mode, no warm-up");
     let dind: Vec<_> = calls
@@ -520,4 +534,27 @@ fn unknown_scenario_is_refused_with_the_list() {
     assert!(!out.status.success());
     assert!(text.contains("unknown scenario \"nope\""), "{text}");
     assert!(text.contains("noop, docker-run"), "{text}");
+}
+
+#[tokio::test]
+async fn a_broken_scenario_file_stops_the_bench_before_any_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("noop")).expect("mkdir");
+    // A plain scalar with ": " in it is a mapping: not a command.
+    std::fs::write(
+        dir.path().join("noop/.gitlab-ci.yml"),
+        "noop:\n  image: isolated-runner/job:test\n  script:\n    - echo \"a: b\"\n",
+    )
+    .expect("write");
+    let mut p = plan(&["noop"], 1, 0);
+    p.scenarios_root = dir.path().to_path_buf();
+    let err = isolated_runner::cli::bench::check_projects(&p)
+        .await
+        .expect_err("refused");
+    assert!(format!("{err:#}").contains("job noop"), "{err:#}");
+    // The real scenarios pass.
+    let all: Vec<&str> = bench::SCENARIOS.iter().map(|s| s.name).collect();
+    isolated_runner::cli::bench::check_projects(&plan(&all, 1, 0))
+        .await
+        .expect("the shipped scenarios are valid");
 }

@@ -2,7 +2,7 @@
 
 use super::host::{self, HostFacts, RunnerMemory};
 use super::scenario::{Scenario, Shape};
-use super::target::{BenchTarget, JobHooks, JobSpec, RunSample, TargetInfo};
+use super::target::{BenchTarget, JobHooks, JobSpec, RunSample, SampleOutcome, TargetInfo};
 use crate::config::IsolationMode;
 use std::io::Write;
 use std::path::PathBuf;
@@ -61,6 +61,7 @@ impl Plan {
                 jobs,
                 cancel_every,
                 kill_sidecar_every,
+                fault_marker,
             } => (1..=jobs)
                 .map(|n| {
                     vec![SlotJob {
@@ -69,6 +70,7 @@ impl Plan {
                             cancel_mid_script: cancel_every > 0 && n % cancel_every == 0,
                             kill_sidecar_mid_script: kill_sidecar_every > 0
                                 && n % kill_sidecar_every == 0,
+                            fault_marker: Some(fault_marker),
                         },
                     }]
                 })
@@ -153,21 +155,42 @@ impl Progress {
         Progress::new(Box::new(std::io::stderr()), tty, total)
     }
 
-    fn job_done(&mut self, m: &Measurement, rounds: (usize, usize)) {
+    /// `per_round`: jobs of one mode in a round (the concurrent batch, the teardown series);
+    /// above 1 the line also says which of them this was.
+    fn job_done(&mut self, m: &Measurement, rounds: (usize, usize), per_round: usize) {
         self.done += 1;
-        let phase = if m.warmup {
+        let mut phase = if m.warmup {
             format!("warm-up {}/{}", m.round + 1, rounds.0)
         } else {
             format!("run {}/{}", m.round + 1 - rounds.0, rounds.1)
         };
+        if per_round > 1 {
+            phase.push_str(&format!(" job {}/{per_round}", m.index + 1));
+        }
         let what = match &m.result {
-            Ok(s) => format!(
-                "wall {:.2} s, ttfsl {}",
-                s.wall.as_secs_f64(),
-                s.ttfsl
-                    .map(|t| format!("{:.2} s", t.as_secs_f64()))
-                    .unwrap_or_else(|| "-".into())
-            ),
+            Ok(s) => {
+                let mut w = format!(
+                    "wall {:.2} s, ttfsl {}",
+                    s.wall.as_secs_f64(),
+                    s.ttfsl
+                        .map(|t| format!("{:.2} s", t.as_secs_f64()))
+                        .unwrap_or_else(|| "-".into())
+                );
+                // The job's own work, to tell a warm build from a cold one at a glance.
+                if let Some(step) = s.stages.get("step_script") {
+                    w.push_str(&format!(", step_script {step:.2} s"));
+                }
+                match s.outcome {
+                    SampleOutcome::Success => {}
+                    SampleOutcome::Failed => w.push_str(", FAILED"),
+                    SampleOutcome::Canceled => w.push_str(", canceled"),
+                }
+                let notes = short_notes(&s.notes);
+                if !notes.is_empty() {
+                    w.push_str(&format!(" [{notes}]"));
+                }
+                w
+            }
             Err(e) => format!("FAILED: {e}"),
         };
         let line = format!(
@@ -200,6 +223,29 @@ impl Progress {
     }
 }
 
+/// A job's notes for its progress line: one line, without the trace tail a failure note
+/// carries (that goes to the report's failure notes), at most [`NOTES_MAX`] characters.
+fn short_notes(notes: &[String]) -> String {
+    let text = notes
+        .iter()
+        .map(|n| {
+            let n = n.split("; trace tail:").next().unwrap_or("");
+            n.lines().next().unwrap_or("").trim().to_string()
+        })
+        .filter(|n| !n.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if text.chars().count() > NOTES_MAX {
+        let cut: String = text.chars().take(NOTES_MAX).collect();
+        format!("{cut}…")
+    } else {
+        text
+    }
+}
+
+/// Longest notes text on a progress line.
+const NOTES_MAX: usize = 160;
+
 /// Runs `plan` against `target`. Never stops on a failed job: failures are recorded.
 ///
 /// Order, per scenario: warm-up rounds then measured rounds; in each round every slot is run
@@ -212,6 +258,7 @@ pub async fn run(target: &dyn BenchTarget, plan: &Plan, progress: &mut Progress)
     for scenario in &plan.scenarios {
         let rounds = plan.rounds(scenario);
         let slots = plan.slots(scenario);
+        let per_round: usize = slots.iter().map(Vec::len).sum();
         for round in 0..rounds.0 + rounds.1 {
             let warmup = round < rounds.0;
             let mut index = 0;
@@ -251,7 +298,7 @@ pub async fn run(target: &dyn BenchTarget, plan: &Plan, progress: &mut Progress)
                             runner_memory: memory,
                             leftovers,
                         };
-                        progress.job_done(&m, rounds);
+                        progress.job_done(&m, rounds, per_round);
                         measurements.push(m);
                     }
                 }
@@ -266,5 +313,25 @@ pub async fn run(target: &dyn BenchTarget, plan: &Plan, progress: &mut Progress)
         target: info,
         measurements,
         runner_memory: host::runner_memory().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_on_the_progress_line_are_short_and_one_line() {
+        let notes = vec![
+            "failed: script_failure exit 1; trace tail: line one\nline two".to_string(),
+            "data root: warm".to_string(),
+        ];
+        assert_eq!(
+            short_notes(&notes),
+            "failed: script_failure exit 1; data root: warm"
+        );
+        assert_eq!(short_notes(&[]), "");
+        let long = vec!["x".repeat(500)];
+        assert_eq!(short_notes(&long).chars().count(), NOTES_MAX + 1);
     }
 }

@@ -18,7 +18,6 @@
 //!   plus job and certificate directories under the bench's own builds and state dirs, plus (in
 //!   shared-socket mode) whatever the scenario jobs started on the host with a `bench-job` label.
 
-use super::scenario::{BuildCache, Shape};
 use super::target::{BenchTarget, JobSpec, RunSample, SampleOutcome, TargetError, TargetInfo};
 use crate::config::{DataRoot, IsolationMode, RunnerConfig};
 use crate::docker::{Docker, LABEL_JOB, LABEL_ROLE};
@@ -37,6 +36,49 @@ use std::time::{Duration, Instant};
 
 /// Label the scenario jobs put on what they start themselves (teardown scenario).
 const SCENARIO_LABEL: &str = "bench-job";
+/// Bench job ids start above this, far from real GitLab ids.
+const JOB_ID_FLOOR: u64 = 900_000_000;
+/// Job ids per bench run.
+const JOB_ID_BLOCK: u64 = 100_000;
+/// Blocks to choose from (ids stay below 1 800 000 000).
+const JOB_ID_BLOCKS: u64 = 9_000;
+
+/// The job ids of one bench run: a block at a random offset. Scenario jobs name and label
+/// what they start after `$CI_JOB_ID` (`bench-net-<id>`, `bench-compose-<id>`, the
+/// `bench-job=<id>` label), which in shared-socket mode lands on the host daemon: two benches
+/// on one host (the lead's and a helper's) must neither collide on those names nor count or
+/// remove each other's objects.
+struct JobIds {
+    base: u64,
+    next: AtomicU64,
+}
+
+impl JobIds {
+    fn new() -> JobIds {
+        let pick = (uuid::Uuid::new_v4().as_u128() % u128::from(JOB_ID_BLOCKS)) as u64;
+        JobIds::at(JOB_ID_FLOOR + pick * JOB_ID_BLOCK)
+    }
+
+    fn at(base: u64) -> JobIds {
+        JobIds {
+            base,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        self.base + self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether a `bench-job` label value names a job of this run.
+    fn owns_label(&self, labels: &HashMap<String, String>) -> bool {
+        labels
+            .get(SCENARIO_LABEL)
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|id| id > self.base && id < self.base + JOB_ID_BLOCK)
+    }
+}
+
 /// Poll interval of the memory watcher.
 const MEM_POLL: Duration = Duration::from_millis(100);
 
@@ -50,19 +92,34 @@ struct ModeSetup {
     runner_id: String,
     backend: Arc<dyn Isolation>,
     state_dir: PathBuf,
+    /// dind only: the same entry with the other `data_root`, for scenarios that pin theirs
+    /// ([`super::Scenario::data_root_override`]). Same runner id, state dir and builds dir, so
+    /// leftovers and the memory watcher see these jobs like any other.
+    pinned: Vec<(DataRoot, Arc<dyn Isolation>, Arc<RunnerConfig>)>,
+}
+
+impl ModeSetup {
+    /// The backend and runner entry for a job whose scenario wants `data_root` (`None`: the
+    /// config's).
+    fn pick(&self, data_root: Option<DataRoot>) -> (Arc<dyn Isolation>, Arc<RunnerConfig>) {
+        data_root
+            .filter(|d| *d != self.runner.docker.isolation.data_root)
+            .and_then(|d| self.pinned.iter().find(|(p, _, _)| *p == d))
+            .map(|(_, b, r)| (b.clone(), r.clone()))
+            .unwrap_or_else(|| (self.backend.clone(), self.runner.clone()))
+    }
 }
 
 /// The bench target over the real pipeline.
 pub struct RealTarget {
     docker: Docker,
     modes: Vec<(IsolationMode, ModeSetup)>,
-    /// Warm per-project data root for `build-warm` in dind mode (when the config supports it).
-    warm_backend: Option<Arc<dyn Isolation>>,
-    warm_runner: Option<Arc<RunnerConfig>>,
     /// What each job's environment made, by job id (see [`Recorded`]).
     seen: Arc<Mutex<HashMap<u64, EnvironmentResources>>>,
     work: PathBuf,
-    next_job: AtomicU64,
+    /// Where every job's full trace is written, when asked (`--trace-dir`).
+    trace_dir: Option<PathBuf>,
+    job_ids: JobIds,
     mem: Arc<MemWatcher>,
     watcher: tokio::task::JoinHandle<()>,
 }
@@ -125,6 +182,26 @@ impl RealTarget {
             let runner_id = format!("bench-{tag}-{}", short_mode(mode));
             // Pre-started sidecars (warm_pool) fill while the bench sets up.
             backend.warm_up(&runner_id).await;
+            let mut pinned = Vec::new();
+            if mode == IsolationMode::Dind {
+                for data_root in [DataRoot::Ephemeral, DataRoot::Project] {
+                    if data_root == r.docker.isolation.data_root {
+                        continue;
+                    }
+                    let mut p = r.clone();
+                    p.docker.isolation.data_root = data_root;
+                    let b = crate::isolation::backend_for_in(&p, &state_dir)
+                        .await
+                        .map_err(|e| {
+                            TargetError(format!("set up the dind backend ({data_root:?}): {e}"))
+                        })?;
+                    let b: Arc<dyn Isolation> = Arc::new(Recorded {
+                        inner: b,
+                        seen: seen.clone(),
+                    });
+                    pinned.push((data_root, b, Arc::new(p)));
+                }
+            }
             setups.push((
                 mode,
                 ModeSetup {
@@ -132,30 +209,10 @@ impl RealTarget {
                     runner_id,
                     backend,
                     state_dir,
+                    pinned,
                 },
             ));
         }
-        let (warm_backend, warm_runner) = match setups
-            .iter()
-            .find(|(m, _)| *m == IsolationMode::Dind)
-            .map(|(_, s)| s)
-        {
-            Some(s) => {
-                let mut r = (*s.runner).clone();
-                r.docker.isolation.data_root = DataRoot::Project;
-                match crate::isolation::backend_for_in(&r, &s.state_dir).await {
-                    Ok(b) => (
-                        Some(Arc::new(Recorded {
-                            inner: b,
-                            seen: seen.clone(),
-                        }) as Arc<dyn Isolation>),
-                        Some(Arc::new(r)),
-                    ),
-                    Err(_) => (None, None),
-                }
-            }
-            None => (None, None),
-        };
         let mem = Arc::new(MemWatcher::default());
         let watcher = tokio::spawn(mem.clone().run(
             docker.clone(),
@@ -164,11 +221,10 @@ impl RealTarget {
         Ok(RealTarget {
             docker,
             modes: setups,
-            warm_backend,
-            warm_runner,
             seen,
             work: work.to_path_buf(),
-            next_job: AtomicU64::new(1),
+            trace_dir: None,
+            job_ids: JobIds::new(),
             mem,
             watcher,
         })
@@ -182,20 +238,21 @@ impl RealTarget {
             .ok_or_else(|| TargetError(format!("mode {} was not set up", mode.as_str())))
     }
 
-    /// Removes what the scenario jobs left on the host in shared-socket mode (containers and
-    /// networks with the `bench-job` label): the host is left as found. Returns the count.
+    /// Removes what this run's scenario jobs left on the host in shared-socket mode
+    /// (containers and networks with a `bench-job` label naming one of its job ids): the host
+    /// is left as found. Returns the count.
     pub async fn clean_scenario_objects(&self) -> u64 {
         let filter = vec![SCENARIO_LABEL.to_string()];
         let mut n = 0;
         if let Ok(list) = self.docker.list_containers(&filter).await {
-            for c in list {
+            for c in list.iter().filter(|c| self.job_ids.owns_label(&c.labels)) {
                 if matches!(self.docker.remove_container(&c.id).await, Ok(true)) {
                     n += 1;
                 }
             }
         }
         if let Ok(list) = self.docker.list_networks(&filter).await {
-            for net in list {
+            for net in list.iter().filter(|n| self.job_ids.owns_label(&n.labels)) {
                 if matches!(self.docker.remove_network(&net.name).await, Ok(true)) {
                     n += 1;
                 }
@@ -204,20 +261,50 @@ impl RealTarget {
         n
     }
 
-    /// Removes the sidecars the backends started ahead of jobs. Call once, at the end.
+    /// Removes the sidecars the backends started ahead of jobs. Call once, at the end, before
+    /// [`RealTarget::remove_warm_roots`] (a pre-started sidecar holds its warm root).
     pub async fn shutdown(&self) -> TeardownReport {
         let mut report = TeardownReport::default();
-        let backends = self
-            .modes
-            .iter()
-            .map(|(_, s)| s.backend.clone())
-            .chain(self.warm_backend.clone());
+        let backends = self.modes.iter().flat_map(|(_, s)| {
+            std::iter::once(s.backend.clone()).chain(s.pinned.iter().map(|(_, b, _)| b.clone()))
+        });
         for b in backends {
             let r = b.shutdown().await;
             report.removed.extend(r.removed);
             report.failures.extend(r.failures);
         }
         report
+    }
+
+    /// Removes the warm data roots the bench's dind jobs kept (build-warm): they carry no
+    /// `managed` label, so neither job teardown nor the leftover count sees them, and the bench
+    /// must leave the engine as it found it. The bench's runner id is unique to this run, so
+    /// only its own volumes match. Returns (removed, failures).
+    pub async fn remove_warm_roots(&self) -> (Vec<String>, Vec<String>) {
+        let mut removed = Vec::new();
+        let mut failures = Vec::new();
+        for (_, s) in self.modes.iter().filter(|(m, _)| *m == IsolationMode::Dind) {
+            let r = crate::isolation::data_root::remove_expired(
+                &self.docker,
+                &s.runner_id,
+                &s.state_dir,
+                None,
+                false,
+            )
+            .await;
+            removed.extend(r.removed);
+            failures.extend(r.failures);
+            // `kept` here means a job still holds the root: none should, the bench is over.
+            failures.extend(r.kept.into_iter().map(|v| format!("{v} is still in use")));
+        }
+        (removed, failures)
+    }
+
+    /// Writes every job's trace to `dir` (created if missing) as
+    /// `<scenario>-<mode>-r<round>-i<index>-<job id>.log`.
+    pub fn with_trace_dir(mut self, dir: PathBuf) -> Self {
+        self.trace_dir = Some(dir);
+        self
     }
 
     /// The bench's work directory.
@@ -271,8 +358,7 @@ impl BenchTarget for RealTarget {
             .await
             .map_err(|e| TargetError(format!("read {}: {e}", spec.project_dir.display())))?;
         let ci = local::parse(&text).map_err(|e| terr("parse .gitlab-ci.yml")(e.to_string()))?;
-        // Job ids are unique within the bench and far from real GitLab ids.
-        let job_id = 900_000_000 + self.next_job.fetch_add(1, Ordering::Relaxed);
+        let job_id = self.job_ids.next();
         let ctx = LocalContext {
             job_id,
             token: Secret::new(format!("glcbt-bench-{}", uuid::Uuid::new_v4().simple())),
@@ -286,15 +372,7 @@ impl BenchTarget for RealTarget {
         let built = ci
             .build_payload(&spec.job_name, &ctx)
             .map_err(|e| terr("build the payload")(e.to_string()))?;
-        let (backend, runner) = match (spec.scenario.shape, spec.mode) {
-            (Shape::Build(BuildCache::WarmProject), IsolationMode::Dind) => {
-                match (&self.warm_backend, &self.warm_runner) {
-                    (Some(b), Some(r)) => (b.clone(), r.clone()),
-                    _ => (setup.backend.clone(), setup.runner.clone()),
-                }
-            }
-            _ => (setup.backend.clone(), setup.runner.clone()),
-        };
+        let (backend, runner) = setup.pick(spec.scenario.data_root_override());
         let pipeline = Pipeline {
             backend,
             artifacts: Arc::new(LocalArtifactStore {
@@ -309,8 +387,8 @@ impl BenchTarget for RealTarget {
         };
         let control = JobControl::default();
         let start = Instant::now();
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        let sink = Arc::new(BenchSink::new(start, first_tx));
+        let (fault_tx, fault_rx) = tokio::sync::oneshot::channel();
+        let sink = Arc::new(BenchSink::new(start, fault_tx, spec.hooks.fault_marker));
         let mut notes = Vec::new();
         let hook = if spec.hooks.cancel_mid_script || spec.hooks.kill_sidecar_mid_script {
             let hooks = spec.hooks;
@@ -319,8 +397,11 @@ impl BenchTarget for RealTarget {
             let seen = self.seen.clone();
             let mode = spec.mode;
             Some(tokio::spawn(async move {
-                if first_rx.await.is_err() {
-                    return "hook not fired: the script never printed".to_string();
+                if fault_rx.await.is_err() {
+                    return match hooks.fault_marker {
+                        Some(m) => format!("hook not fired: the job never printed {m:?}"),
+                        None => "hook not fired: the script never printed".to_string(),
+                    };
                 }
                 let mut said = Vec::new();
                 if hooks.kill_sidecar_mid_script {
@@ -360,6 +441,28 @@ impl BenchTarget for RealTarget {
             }
         }
         let (ttfsl, stages) = sink.results();
+        if let Some(dir) = &self.trace_dir {
+            let name = format!(
+                "{}-{}-r{}-i{}-{job_id}.log",
+                spec.scenario.name,
+                short_mode(spec.mode),
+                spec.round,
+                spec.index
+            );
+            let written = async {
+                tokio::fs::create_dir_all(dir).await?;
+                tokio::fs::write(dir.join(&name), sink.text()).await
+            }
+            .await;
+            if let Err(e) = written {
+                notes.push(format!("trace not saved to {}: {e}", dir.display()));
+            }
+        }
+        if spec.mode == IsolationMode::Dind
+            && let Some(note) = warm_root_note(&sink.text())
+        {
+            notes.push(note);
+        }
         // Objects of a job on a pre-started sidecar carry the slot's id.
         let label_id = self
             .seen
@@ -405,12 +508,10 @@ impl BenchTarget for RealTarget {
     async fn leftovers(&self, mode: IsolationMode) -> Result<u64, TargetError> {
         let setup = self.setup(mode)?;
         // Sidecars started ahead of jobs (idle or being built) are not leftovers.
-        let mut standby: HashSet<u64> = setup.backend.standby_ids().into_iter().collect();
-        if mode == IsolationMode::Dind
-            && let Some(w) = &self.warm_backend
-        {
-            standby.extend(w.standby_ids());
-        }
+        let standby: HashSet<u64> = std::iter::once(&setup.backend)
+            .chain(setup.pinned.iter().map(|(_, b, _)| b))
+            .flat_map(|b| b.standby_ids())
+            .collect();
         let spare = |labels: &HashMap<String, String>| {
             labels
                 .get(LABEL_JOB)
@@ -444,9 +545,13 @@ impl BenchTarget for RealTarget {
             .filter(|x| !spare(&x.labels))
             .count() as u64;
         if mode == IsolationMode::SharedSocket {
+            // Only this run's: another bench on the host has its own block of job ids.
             let s = vec![SCENARIO_LABEL.to_string()];
-            n += self.docker.list_containers(&s).await.map_err(de)?.len() as u64;
-            n += self.docker.list_networks(&s).await.map_err(de)?.len() as u64;
+            let mine = |l: &HashMap<String, String>| self.job_ids.owns_label(l);
+            let containers = self.docker.list_containers(&s).await.map_err(de)?;
+            n += containers.iter().filter(|c| mine(&c.labels)).count() as u64;
+            let networks = self.docker.list_networks(&s).await.map_err(de)?;
+            n += networks.iter().filter(|net| mine(&net.labels)).count() as u64;
         }
         let spare_names: HashSet<std::ffi::OsString> = standby
             .iter()
@@ -573,6 +678,11 @@ struct SinkState {
     stages: BTreeMap<String, f64>,
     in_step_script: bool,
     first_line: Option<Instant>,
+    /// The fault point's line; `None`: the first script line is the fault point.
+    fault_marker: Option<&'static str>,
+    /// Where the search for the fault marker resumes.
+    marker_scanned: usize,
+    /// Told once, at the fault point.
     notify: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -580,7 +690,11 @@ struct SinkState {
 const ECHO_START: &[u8] = b"\x1b[32;1m$ ";
 
 impl BenchSink {
-    fn new(start: Instant, notify: tokio::sync::oneshot::Sender<()>) -> Self {
+    fn new(
+        start: Instant,
+        notify: tokio::sync::oneshot::Sender<()>,
+        fault_marker: Option<&'static str>,
+    ) -> Self {
         BenchSink {
             start,
             state: Mutex::new(SinkState {
@@ -590,6 +704,8 @@ impl BenchSink {
                 stages: BTreeMap::new(),
                 in_step_script: false,
                 first_line: None,
+                fault_marker,
+                marker_scanned: 0,
                 notify: Some(notify),
             }),
         }
@@ -603,6 +719,13 @@ impl BenchSink {
         let text = String::from_utf8_lossy(&st.text);
         parse_backend_breakdown(&text, &mut stages);
         (st.first_line.map(|t| t - self.start), stages)
+    }
+
+    fn text(&self) -> String {
+        self.state
+            .lock()
+            .map(|st| String::from_utf8_lossy(&st.text).into_owned())
+            .unwrap_or_default()
     }
 
     fn tail(&self, n: usize) -> String {
@@ -646,6 +769,35 @@ impl TraceSink for BenchSink {
         let from = st.scanned;
         let rest = st.text[from..].to_vec();
         check_first_line(&mut st, &rest, now);
+        check_fault_marker(&mut st);
+    }
+}
+
+/// Tells the hook once a whole output line equals the fault marker. The command's own echo
+/// (`$ echo "<marker>"`) names the marker too, but never as a whole line.
+fn check_fault_marker(st: &mut SinkState) {
+    let Some(marker) = st.fault_marker else {
+        return;
+    };
+    if st.notify.is_none() {
+        return;
+    }
+    // Only complete lines; resume at the start of the last incomplete one.
+    let Some(end) = st.text.iter().rposition(|&b| b == b'\n') else {
+        return;
+    };
+    let from = st.marker_scanned;
+    if end < from {
+        // No new complete line since the last look.
+        return;
+    }
+    let found = st.text[from..end]
+        .split(|&b| b == b'\n')
+        .any(|line| line.strip_suffix(b"\r").unwrap_or(line) == marker.as_bytes());
+    st.marker_scanned = end + 1;
+    if found && let Some(n) = st.notify.take() {
+        // The hook may be gone already (the job ended); nothing to tell then.
+        let _ = n.send(());
     }
 }
 
@@ -655,7 +807,9 @@ fn check_first_line(st: &mut SinkState, body: &[u8], now: Instant) {
         && body.windows(ECHO_START.len()).any(|w| w == ECHO_START)
     {
         st.first_line = Some(now);
-        if let Some(n) = st.notify.take() {
+        if st.fault_marker.is_none()
+            && let Some(n) = st.notify.take()
+        {
             // Nobody listens unless a hook is set.
             let _ = n.send(());
         }
@@ -686,6 +840,32 @@ fn handle_marker(st: &mut SinkState, marker: &str, now: Instant) {
             *st.stages.entry(n).or_insert(0.0) += (now - t).as_secs_f64();
         }
     }
+}
+
+/// What the dind backend said about the job's warm data root (`data_root = "project"`), as a
+/// short note: whether the job got the warm root, a new (cold) one, or missed it and ran on an
+/// ephemeral root (which makes a build-warm sample a cold one).
+fn warm_root_note(trace: &str) -> Option<String> {
+    trace.lines().find_map(|line| {
+        if let Some(rest) = line.split("Using the warm data root ").nth(1) {
+            let state = rest
+                .rsplit_once('(')
+                .and_then(|(_, s)| s.split(')').next())
+                .unwrap_or("?");
+            Some(format!("data root: {state}"))
+        } else if line.contains("this job uses an ephemeral one") {
+            let why = line
+                .split("warm data root is ")
+                .nth(1)
+                .and_then(|r| r.split("; this job").next())
+                .unwrap_or("unavailable");
+            Some(format!(
+                "data root: warm root missed ({why}), ran ephemeral"
+            ))
+        } else {
+            None
+        }
+    })
 }
 
 /// Reads the dind backend's prepare breakdown (`[stage 1.23s, stage 0.04s]` at the end of the
@@ -738,12 +918,18 @@ impl MemWatcher {
     }
 
     async fn run(self: Arc<Self>, docker: Docker, runner_ids: Vec<String>) {
-        let root = memory_cgroup_root().await;
+        let mut root = None;
         let mut owners: HashMap<String, Option<Owner>> = HashMap::new();
         let mut tick = tokio::time::interval(MEM_POLL);
         loop {
             tick.tick().await;
-            let Some(root) = &root else { return };
+            // Looked up on every tick until found: with cgroupfs on v1 the host daemon creates
+            // `memory/docker` only when it starts its first container, so on an idle engine it
+            // does not exist when the bench starts (and a one-time lookup measured nothing).
+            if root.is_none() {
+                root = memory_cgroup_root(CGROUP_ROOTS).await;
+            }
+            let Some(root) = &root else { continue };
             let ids = cgroup_ids(root).await;
             if ids.iter().any(|id| !owners.contains_key(id)) {
                 // One listing per runner id classifies every new container at once.
@@ -799,12 +985,16 @@ impl MemWatcher {
     }
 }
 
-/// `/sys/fs/cgroup/memory/docker` (v1) or `/sys/fs/cgroup/system.slice` (v2, systemd driver).
-async fn memory_cgroup_root() -> Option<PathBuf> {
-    for p in [
-        "/sys/fs/cgroup/memory/docker",
-        "/sys/fs/cgroup/system.slice",
-    ] {
+/// Where container memory cgroups live: `memory/docker` (v1, cgroupfs driver) or
+/// `system.slice` (v2, systemd driver).
+const CGROUP_ROOTS: &[&str] = &[
+    "/sys/fs/cgroup/memory/docker",
+    "/sys/fs/cgroup/system.slice",
+];
+
+/// The first of `candidates` that exists.
+async fn memory_cgroup_root(candidates: &[&str]) -> Option<PathBuf> {
+    for p in candidates {
         if tokio::fs::try_exists(p).await.unwrap_or(false) {
             return Some(PathBuf::from(p));
         }
@@ -850,7 +1040,25 @@ mod tests {
 
     fn sink() -> BenchSink {
         let (tx, _rx) = tokio::sync::oneshot::channel();
-        BenchSink::new(Instant::now(), tx)
+        BenchSink::new(Instant::now(), tx, None)
+    }
+
+    #[test]
+    fn the_fault_point_is_the_marker_line_not_its_echo() {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let s = BenchSink::new(Instant::now(), tx, Some("bench: fault point"));
+        s.append(b"\x1b[0Ksection_start:3:step_script\r\x1b[0K\x1b[36;1mExecuting\x1b[0;m\n");
+        s.append(b"\x1b[32;1m$ echo started\x1b[0;m\nstarted\n");
+        // The first script line is not the fault point when there is a marker.
+        assert!(rx.try_recv().is_err());
+        s.append(b"\x1b[32;1m$ echo \"bench: fault point\"\x1b[0;m\n");
+        assert!(rx.try_recv().is_err());
+        // Split across writes, as a stream may deliver it.
+        s.append(b"bench: fault");
+        assert!(rx.try_recv().is_err());
+        s.append(b" point\r\n");
+        assert!(rx.try_recv().is_ok());
+        assert!(s.results().0.is_some());
     }
 
     #[test]
@@ -868,6 +1076,63 @@ mod tests {
         assert!(stages.contains_key("prepare_executor"));
         s.append(b"\x1b[0Ksection_end:4:step_script\r\x1b[0K");
         assert!(s.results().1.contains_key("step_script"));
+    }
+
+    #[tokio::test]
+    async fn cgroup_root_is_found_once_it_appears() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let late = dir.path().join("memory").join("docker");
+        let other = dir.path().join("system.slice");
+        let (late_s, other_s) = (
+            late.to_string_lossy().into_owned(),
+            other.to_string_lossy().into_owned(),
+        );
+        let candidates = [late_s.as_str(), other_s.as_str()];
+        // An idle engine: no container has run yet, so its cgroup parent is missing.
+        assert_eq!(memory_cgroup_root(&candidates).await, None);
+        std::fs::create_dir_all(&late).expect("mkdir");
+        assert_eq!(memory_cgroup_root(&candidates).await, Some(late.clone()));
+        std::fs::create_dir_all(&other).expect("mkdir");
+        assert_eq!(memory_cgroup_root(&candidates).await, Some(late));
+    }
+
+    #[test]
+    fn job_ids_are_a_block_of_their_own() {
+        let ids = JobIds::at(JOB_ID_FLOOR + 7 * JOB_ID_BLOCK);
+        let first = ids.next();
+        assert_eq!(first, JOB_ID_FLOOR + 7 * JOB_ID_BLOCK + 1);
+        assert_eq!(ids.next(), first + 1);
+        let label = |v: &str| HashMap::from([(SCENARIO_LABEL.to_string(), v.to_string())]);
+        assert!(ids.owns_label(&label(&first.to_string())));
+        // The neighbouring blocks belong to other bench runs.
+        assert!(!ids.owns_label(&label(&(JOB_ID_FLOOR + 7 * JOB_ID_BLOCK).to_string())));
+        assert!(!ids.owns_label(&label(&(JOB_ID_FLOOR + 8 * JOB_ID_BLOCK + 1).to_string())));
+        assert!(!ids.owns_label(&label("not-a-number")));
+        assert!(!ids.owns_label(&HashMap::new()));
+        for _ in 0..100 {
+            let base = JobIds::new().base;
+            assert!((JOB_ID_FLOOR..JOB_ID_FLOOR + JOB_ID_BLOCKS * JOB_ID_BLOCK).contains(&base));
+            assert_eq!((base - JOB_ID_FLOOR) % JOB_ID_BLOCK, 0);
+        }
+    }
+
+    #[test]
+    fn warm_root_lines_become_notes() {
+        assert_eq!(
+            warm_root_note("x\nUsing the warm data root ir-b-warm-p1-unprotected (warm)\n"),
+            Some("data root: warm".to_string())
+        );
+        assert_eq!(
+            warm_root_note("Using the warm data root ir-b-warm-p1-unprotected (new, cold)\n"),
+            Some("data root: new, cold".to_string())
+        );
+        assert_eq!(
+            warm_root_note(
+                "The project's warm data root is in use by another job; this job uses an ephemeral one\n"
+            ),
+            Some("data root: warm root missed (in use by another job), ran ephemeral".to_string())
+        );
+        assert_eq!(warm_root_note("Job docker daemon ready\n"), None);
     }
 
     #[test]

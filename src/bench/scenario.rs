@@ -3,13 +3,15 @@
 //! Each scenario is a local project under `bench/scenarios/<project>/` with a `.gitlab-ci.yml`;
 //! only the images built by `tests/images` are used, so nothing is ever pulled.
 
+use crate::config::DataRoot;
 use std::path::{Path, PathBuf};
 
 /// How the per-job daemon's build cache is set up before a `build` run. The target applies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuildCache {
-    /// No local layers in either mode: the shared daemon's build cache is pruned first and the
-    /// per-job daemon gets an ephemeral data root.
+    /// No local layers in the per-job daemon (an ephemeral data root). The shared daemon's
+    /// build cache is not pruned: the host is shared with other users' builds, so that side is
+    /// warm after its first build (docs/benchmarks.md says so).
     Cold,
     /// The per-job daemon gets the project's warm data root (`data_root = "project"`); the
     /// shared daemon keeps its cache.
@@ -32,7 +34,8 @@ pub enum Shape {
     },
     /// One batch of `jobs` sequential jobs per mode (interleaved job by job); every
     /// `cancel_every`-th is cancelled mid-script and every `kill_sidecar_every`-th has its
-    /// sidecar killed with SIGKILL mid-script. Ignores `--runs` and `--warmup`.
+    /// sidecar killed with SIGKILL mid-script, both when the job prints `fault_marker`.
+    /// Ignores `--runs` and `--warmup`.
     Teardown {
         /// Jobs per batch.
         jobs: usize,
@@ -40,6 +43,8 @@ pub enum Shape {
         cancel_every: usize,
         /// Kill the sidecar of every n-th job (1-based).
         kill_sidecar_every: usize,
+        /// The line the job prints once its objects exist ([`super::JobHooks::fault_marker`]).
+        fault_marker: &'static str,
     },
 }
 
@@ -63,9 +68,22 @@ impl Scenario {
     pub fn project_dir(&self, root: &Path) -> PathBuf {
         root.join(self.project)
     }
+
+    /// The `[runners.docker.isolation] data_root` the dind side of this scenario runs with
+    /// whatever the config says, or `None` to use the config's. The build scenarios are defined
+    /// by their cache state: build-warm needs the warm per-project root (the second and later
+    /// builds hit its layer cache), build-cold and build-no-cache a fresh root per job.
+    pub fn data_root_override(&self) -> Option<DataRoot> {
+        match self.shape {
+            Shape::Build(BuildCache::WarmProject) => Some(DataRoot::Project),
+            Shape::Build(BuildCache::Cold | BuildCache::NoCache) => Some(DataRoot::Ephemeral),
+            _ => None,
+        }
+    }
 }
 
-/// Every scenario, in report order.
+/// Every scenario, in report order. `runner bench --help` and docs/benchmarks.md describe them;
+/// keep the three in step.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "noop",
@@ -127,6 +145,7 @@ pub const SCENARIOS: &[Scenario] = &[
             jobs: 100,
             cancel_every: 10,
             kill_sidecar_every: 25,
+            fault_marker: "bench: fault point",
         },
     },
 ];
@@ -139,4 +158,20 @@ pub fn find(name: &str) -> Option<&'static Scenario> {
 /// Names of every scenario, for error messages.
 pub fn names() -> Vec<&'static str> {
     SCENARIOS.iter().map(|s| s.name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_scenarios_pin_their_data_root() {
+        let root = |name: &str| find(name).expect("scenario").data_root_override();
+        assert_eq!(root("build-warm"), Some(DataRoot::Project));
+        assert_eq!(root("build-cold"), Some(DataRoot::Ephemeral));
+        assert_eq!(root("build-no-cache"), Some(DataRoot::Ephemeral));
+        for name in ["noop", "docker-run", "compose", "concurrent", "teardown"] {
+            assert_eq!(root(name), None, "{name}");
+        }
+    }
 }

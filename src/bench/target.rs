@@ -7,16 +7,23 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Fault injection for one job (the teardown scenario).
+/// Fault injection for one job (the teardown scenario). The faults fire at the *fault point*:
+/// the first line of the job's output that is exactly `fault_marker`, or without a marker the
+/// first script line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JobHooks {
-    /// Once the first script line has appeared, fire the job's graceful cancel
-    /// (`JobControl::cancel_gracefully`), as GitLab does for an interruptible job.
+    /// At the fault point, fire the job's graceful cancel (`JobControl::cancel_gracefully`),
+    /// as GitLab does for an interruptible job.
     pub cancel_mid_script: bool,
-    /// Once the first script line has appeared, SIGKILL the job's sidecar (dind mode). In
-    /// shared-socket mode there is no sidecar: kill the job container's first service instead,
-    /// or nothing, and say so in `RunSample::notes`.
+    /// At the fault point, SIGKILL the job's sidecar (dind mode). In shared-socket mode there
+    /// is no sidecar: kill the job container's first service instead, or nothing, and say so
+    /// in `RunSample::notes`.
     pub kill_sidecar_mid_script: bool,
+    /// A line the job's script prints once it has started what the faults should catch
+    /// mid-flight (the teardown job's long-lived container and network). Firing at the first
+    /// script line instead races the script's first command, and a job cancelled before it
+    /// started anything tests nothing.
+    pub fault_marker: Option<&'static str>,
 }
 
 /// One job to run.

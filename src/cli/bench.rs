@@ -34,9 +34,14 @@ Scenarios (bench/scenarios/<project>/.gitlab-ci.yml; local images only, nothing 
                   over the job bridge) and inner container start.
   compose         3 busybox httpd services with healthchecks, a ./ bind mount, `compose up
                   --wait`, 20 `compose exec`, down. Path parity and time to healthy.
-  build-cold      5-layer `docker build` with no local layers in either mode.
-  build-warm      the same build: warm shared daemon vs warm per-project data root.
-  build-no-cache  the same build with --no-cache: what doing nothing about caching costs.
+  build-cold      5-layer `docker build` with no local layers in the per-job daemon (dind runs
+                  with data_root = \"ephemeral\" whatever the config says).
+  build-warm      the same build: warm shared daemon vs warm per-project data root (dind runs
+                  with data_root = \"project\" whatever the config says, so the second and
+                  later builds hit the layer cache; the bench removes the warm volume at the
+                  end). Use --warmup 1 or more: the first dind build fills the root.
+  build-no-cache  the same build with --no-cache: what doing nothing about caching costs
+                  (dind with data_root = \"ephemeral\").
   concurrent      --concurrency jobs (noop and docker-run in turn) released at once.
   teardown        100 jobs per mode, every 10th cancelled mid-script, every 25th with its
                   sidecar killed; counts what is left on the host. Ignores --runs/--warmup.
@@ -98,6 +103,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
 
+    /// Write every job's full trace to DIR (one file per job, named after scenario, mode,
+    /// round, index and job id): what to read when a job fails.
+    #[arg(long, value_name = "DIR")]
+    pub trace_dir: Option<PathBuf>,
+
     /// Where the scenario projects live.
     #[arg(long, default_value = "bench/scenarios", value_name = "DIR")]
     pub scenarios_dir: PathBuf,
@@ -148,8 +158,11 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
     })
 }
 
-/// Checks that every planned scenario has its `.gitlab-ci.yml`.
+/// Checks that every planned scenario has its `.gitlab-ci.yml` and that every job it runs
+/// builds a payload: a broken scenario file stops the bench here instead of failing each of
+/// its jobs.
 pub async fn check_projects(plan: &Plan) -> anyhow::Result<()> {
+    use crate::job::local::{self, LocalContext};
     for scenario in &plan.scenarios {
         let file = scenario
             .project_dir(&plan.scenarios_root)
@@ -160,6 +173,37 @@ pub async fn check_projects(plan: &Plan) -> anyhow::Result<()> {
                 scenario.name,
                 file.display()
             );
+        }
+        let text = tokio::fs::read_to_string(&file)
+            .await
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let ci = local::parse(&text)
+            .with_context(|| format!("scenario {}: {}", scenario.name, file.display()))?;
+        let mut jobs: Vec<String> = plan
+            .slots(scenario)
+            .into_iter()
+            .flatten()
+            .map(|j| j.job_name)
+            .collect();
+        jobs.sort();
+        jobs.dedup();
+        for job in jobs {
+            let ctx = LocalContext {
+                job_id: 1,
+                token: crate::secret::Secret::new("glcbt-bench-check".to_string()),
+                project_name: scenario.project.to_string(),
+                commit_sha: None,
+                ref_name: None,
+                config_path: ".gitlab-ci.yml".to_string(),
+                checkout: None,
+            };
+            ci.build_payload(&job, &ctx).with_context(|| {
+                format!(
+                    "scenario {}: job {job} in {}",
+                    scenario.name,
+                    file.display()
+                )
+            })?;
         }
     }
     Ok(())
@@ -230,9 +274,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !base.docker.isolation.preload_images.contains(&busybox) {
         base.docker.isolation.preload_images.push(busybox);
     }
-    let target = crate::bench::real::RealTarget::new(&base, &work, &plan.modes)
+    let mut target = crate::bench::real::RealTarget::new(&base, &work, &plan.modes)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(dir) = &args.trace_dir {
+        target = target.with_trace_dir(dir.clone());
+    }
     let result = run_with(&args, &plan, &target).await;
     let report = target.shutdown().await;
     for f in &report.failures {
@@ -243,6 +290,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "runner bench: removed {cleaned} objects the shared-socket jobs left on the host"
         );
+    }
+    let (warm_removed, warm_failures) = target.remove_warm_roots().await;
+    if !warm_removed.is_empty() {
+        eprintln!(
+            "runner bench: removed the warm data root(s) of build-warm: {}",
+            warm_removed.join(", ")
+        );
+    }
+    for f in &warm_failures {
+        eprintln!("runner bench: WARNING: could not remove a warm data root: {f}");
     }
     drop(target);
     // Best effort: the work dir holds only the bench's own (now empty) builds and state dirs.

@@ -92,14 +92,31 @@ pub enum ConfigCommand {
 
 /// Sets up the runner's own logs (stderr; never the job trace).
 pub fn init_tracing(cli: &Cli) {
-    let level = cli.log_level.clone().unwrap_or_else(|| "info".to_string());
+    use std::io::IsTerminal;
+    let fallback = default_log_level(&cli.command);
+    let level = cli
+        .log_level
+        .clone()
+        .unwrap_or_else(|| fallback.to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(fallback));
     // An error means a subscriber is already set (tests), which is fine.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a terminal: logs redirected to a file or CI log stay plain.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// The log level when `--log-level` is not given. `bench` prints one progress line per job on
+/// stderr; the backend's per-job info lines (sidecar ready, …) would interleave with it, so it
+/// logs warnings and errors only.
+fn default_log_level(command: &Command) -> &'static str {
+    match command {
+        Command::Bench(_) => "warn",
+        _ => "info",
+    }
 }
 
 /// Runs the chosen verb and returns the process exit code.
@@ -128,4 +145,18 @@ pub async fn load_config(path: &std::path::Path) -> anyhow::Result<crate::config
         tracing::warn!("{warning}");
     }
     Ok(loaded.config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_logs_warnings_only_by_default() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).expect("parse");
+        let bench = parse(&["runner", "bench", "-c", "/nonexistent"]);
+        assert_eq!(default_log_level(&bench.command), "warn");
+        let exec = parse(&["runner", "exec", "job"]);
+        assert_eq!(default_log_level(&exec.command), "info");
+    }
 }
