@@ -110,7 +110,7 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "build-cold",
         project: "build",
         job: "build",
-        summary: "5-layer docker build, no local layers in either mode (S4.1)",
+        summary: "5-layer docker build, no local layers in the per-job daemon (S4.1)",
         shape: Shape::Build(BuildCache::Cold),
     },
     Scenario {
