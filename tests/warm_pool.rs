@@ -86,6 +86,28 @@ fn list_builds_dir(builds: &std::path::Path) -> String {
     )
 }
 
+/// The sidecar container of slot `id`, once it exists.
+async fn sidecar_of(scope: &Scope, id: u64) -> String {
+    let f = isolated_runner::docker::label_filters(&scope.runner_id, Some(id));
+    for _ in 0..600 {
+        let list = scope.docker.list_containers(&f).await.expect("list");
+        if let Some(c) = list.iter().find(|c| c.name.ends_with("-sidecar")) {
+            return c.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("slot {id} has no sidecar after 60 s");
+}
+
+/// `HostConfig.CpuShares` of a container, as the engine reports it.
+fn cpu_shares(id: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.HostConfig.CpuShares}}", id])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[tokio::test]
 async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
     let scope = Scope::new().await;
@@ -103,9 +125,23 @@ async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
             .all(|&id| isolation::pool::is_slot_id(id))
     );
 
+    // While no job has it, the slot's sidecar runs at a low CPU weight.
+    let slot = backend.standby_ids()[0];
+    let slot_sidecar = sidecar_of(&scope, slot).await;
+    assert_eq!(cpu_shares(&slot_sidecar), "128");
+
     // Job A takes the slot (waiting for it to finish if it is still starting).
     let (a, said) = prepare(&backend, &spec(&scope, 601, Duration::from_secs(3600))).await;
     assert!(said.contains("pre-started"), "{said}");
+    assert_eq!(
+        a.resources().sidecar.as_deref(),
+        Some(slot_sidecar.as_str())
+    );
+    assert_eq!(
+        cpu_shares(&slot_sidecar),
+        "1024",
+        "the job's sidecar gets the default weight"
+    );
     let pd = a.paths().project_dir.clone();
     assert_eq!(pd, scope.builds_dir().join("gitlab-job-601"));
     assert!(

@@ -161,6 +161,8 @@ pub struct ContainerSpec {
     pub memory: Option<i64>,
     /// CPUs.
     pub cpus: Option<f64>,
+    /// Relative CPU weight (cgroup `cpu.shares`; the kernel's default is 1024).
+    pub cpu_shares: Option<i64>,
     /// Pids limit.
     pub pids_limit: Option<i64>,
     /// Sysctls.
@@ -491,6 +493,18 @@ impl Docker {
             ips,
             labels: r.config.and_then(|c| c.labels).unwrap_or_default(),
         })
+    }
+
+    /// Changes a running container's relative CPU weight (`docker update --cpu-shares`).
+    pub async fn set_cpu_shares(&self, id: &str, shares: i64) -> Result<(), Error> {
+        let body = bollard::models::ContainerUpdateBody {
+            cpu_shares: Some(shares),
+            ..Default::default()
+        };
+        self.inner
+            .update_container(id, body)
+            .await
+            .map_err(api(format!("update container {id}")))
     }
 
     /// Sends SIGKILL. A container that is not running is not an error.
@@ -848,6 +862,7 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
         memory: spec.memory,
         memory_swap: spec.memory,
         nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+        cpu_shares: spec.cpu_shares,
         pids_limit: spec.pids_limit,
         sysctls: (!spec.sysctls.is_empty()).then(|| spec.sysctls.clone()),
         ulimits: spec.nofile.map(|(soft, hard)| {

@@ -591,79 +591,107 @@ impl JobState {
         }
         let filters = docker::label_filters(&self.naming.runner_id, Some(self.naming.job_id));
         self.remove_containers(&filters, &mut report).await;
-        // Volumes and networks are also found by label: a prepare cancelled between the
-        // daemon's reply and the bookkeeping must not leak them.
-        let mut volumes: Vec<String> = self.volume.take().into_iter().collect();
-        match self.docker.list_volumes(&filters).await {
-            Ok(list) => volumes.extend(list.into_iter().map(|v| v.name)),
-            Err(e) => report.failures.push(format!("list volumes: {e}")),
-        }
-        volumes.sort();
-        volumes.dedup();
-        for v in volumes {
-            let mut attempt = 1;
-            loop {
-                match self.docker.remove_volume(&v).await {
-                    Ok(true) => report.removed.push(format!("volume {v}")),
-                    Ok(false) => {}
-                    // 409: a container still holds it, one the first listing did not see (a
-                    // create that finished late, outside this process's tracking). Remove the
-                    // job's containers again and retry, a bounded number of times.
-                    Err(e) if e.status() == Some(409) && attempt < VOLUME_ATTEMPTS => {
-                        tracing::debug!(volume = %v, attempt, "volume in use; removing containers again");
-                        self.remove_containers(&filters, &mut report).await;
-                        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-                        attempt += 1;
-                        continue;
+        // With the containers gone, three independent lines run side by side (teardown time is
+        // part of every job's wall time): the volumes; the firewall chain then the network (a
+        // chain whose bridge is gone would match a reused interface name); the directories.
+        let volume = self.volume.take();
+        let egress = self.egress.take();
+        let network = self.network.take();
+        let cert_dir = self.cert_dir.take();
+        let paths = self.paths.take();
+        let extra_dirs = std::mem::take(&mut self.extra_dirs);
+        let this = &self;
+        let filters = &filters;
+        let volumes = async move {
+            let mut r = TeardownReport::default();
+            // Volumes and networks are also found by label: a prepare cancelled between the
+            // daemon's reply and the bookkeeping must not leak them.
+            let mut volumes: Vec<String> = volume.into_iter().collect();
+            match this.docker.list_volumes(filters).await {
+                Ok(list) => volumes.extend(list.into_iter().map(|v| v.name)),
+                Err(e) => r.failures.push(format!("list volumes: {e}")),
+            }
+            volumes.sort();
+            volumes.dedup();
+            for v in volumes {
+                let mut attempt = 1;
+                loop {
+                    match this.docker.remove_volume(&v).await {
+                        Ok(true) => r.removed.push(format!("volume {v}")),
+                        Ok(false) => {}
+                        // 409: a container still holds it, one the first listing did not see
+                        // (a create that finished late, outside this process's tracking).
+                        // Remove the job's containers again and retry, a bounded number of
+                        // times.
+                        Err(e) if e.status() == Some(409) && attempt < VOLUME_ATTEMPTS => {
+                            tracing::debug!(volume = %v, attempt, "volume in use; removing containers again");
+                            this.remove_containers(filters, &mut r).await;
+                            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt)))
+                                .await;
+                            attempt += 1;
+                            continue;
+                        }
+                        Err(e) => r.failures.push(e.to_string()),
                     }
-                    Err(e) => report.failures.push(e.to_string()),
+                    break;
                 }
-                break;
             }
-        }
-        // The firewall chain goes once nothing runs on the bridge, and before the bridge itself
-        // (a chain whose bridge is gone would match a reused interface name).
-        if let Some(e) = self.egress.take() {
-            match e.remove().await {
-                Ok(()) => report.removed.push(format!("firewall chain {}", e.chain())),
-                Err(err) => report.failures.push(err.to_string()),
+            r
+        };
+        let network = async move {
+            let mut r = TeardownReport::default();
+            if let Some(e) = egress {
+                match e.remove().await {
+                    Ok(()) => r.removed.push(format!("firewall chain {}", e.chain())),
+                    Err(err) => r.failures.push(err.to_string()),
+                }
             }
-        }
-        let mut networks: Vec<String> = self.network.take().into_iter().map(|n| n.name).collect();
-        match self.docker.list_networks(&filters).await {
-            Ok(list) => networks.extend(list.into_iter().map(|n| n.name)),
-            Err(e) => report.failures.push(format!("list networks: {e}")),
-        }
-        networks.sort();
-        networks.dedup();
-        for n in networks {
-            match self.docker.remove_network(&n).await {
-                Ok(true) => report.removed.push(format!("network {n}")),
-                Ok(false) => {}
-                Err(e) => report.failures.push(e.to_string()),
+            let mut networks: Vec<String> = network.into_iter().map(|n| n.name).collect();
+            match this.docker.list_networks(filters).await {
+                Ok(list) => networks.extend(list.into_iter().map(|n| n.name)),
+                Err(e) => r.failures.push(format!("list networks: {e}")),
             }
-        }
-        if let Some(c) = self.cert_dir.take() {
-            match crate::paths::remove_cert_dir(&c).await {
-                Ok(true) => report.removed.push(format!("dir {}", c.root.display())),
-                Ok(false) => {}
-                Err(e) => report.failures.push(e.to_string()),
+            networks.sort();
+            networks.dedup();
+            for n in networks {
+                match this.docker.remove_network(&n).await {
+                    Ok(true) => r.removed.push(format!("network {n}")),
+                    Ok(false) => {}
+                    Err(e) => r.failures.push(e.to_string()),
+                }
             }
-        }
-        if let Some(p) = self.paths.take() {
-            match crate::paths::remove_job_dirs(&p).await {
-                Ok(dirs) => report
-                    .removed
-                    .extend(dirs.into_iter().map(|d| format!("dir {}", d.display()))),
-                Err(e) => report.failures.push(e.to_string()),
+            r
+        };
+        let dirs = async move {
+            let mut r = TeardownReport::default();
+            if let Some(c) = cert_dir {
+                match crate::paths::remove_cert_dir(&c).await {
+                    Ok(true) => r.removed.push(format!("dir {}", c.root.display())),
+                    Ok(false) => {}
+                    Err(e) => r.failures.push(e.to_string()),
+                }
             }
-        }
-        for d in std::mem::take(&mut self.extra_dirs) {
-            match crate::paths::remove_path_async(&d).await {
-                Ok(true) => report.removed.push(format!("dir {}", d.display())),
-                Ok(false) => {}
-                Err(e) => report.failures.push(e.to_string()),
+            if let Some(p) = paths {
+                match crate::paths::remove_job_dirs(&p).await {
+                    Ok(dirs) => r
+                        .removed
+                        .extend(dirs.into_iter().map(|d| format!("dir {}", d.display()))),
+                    Err(e) => r.failures.push(e.to_string()),
+                }
             }
+            for d in extra_dirs {
+                match crate::paths::remove_path_async(&d).await {
+                    Ok(true) => r.removed.push(format!("dir {}", d.display())),
+                    Ok(false) => {}
+                    Err(e) => r.failures.push(e.to_string()),
+                }
+            }
+            r
+        };
+        let (v, n, d) = tokio::join!(volumes, network, dirs);
+        for part in [v, n, d] {
+            report.removed.extend(part.removed);
+            report.failures.extend(part.failures);
         }
         for f in &report.failures {
             tracing::warn!(job.id = self.naming.job_id, failure = %f, "teardown left something behind");

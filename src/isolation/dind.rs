@@ -320,7 +320,15 @@ pub(super) struct BootPlan<'a> {
     pub extra_labels: HashMap<String, String>,
     /// The job's clone host, allowed through the egress policy like GitLab's URL.
     pub repo: Option<&'a super::HostPort>,
+    /// A sidecar started ahead of its job: a low CPU weight until a job takes it, so starting
+    /// it never slows running jobs down on a busy host (see [`JOB_CPU_SHARES`]).
+    pub background: bool,
 }
+
+/// The CPU weight of a pre-started sidecar while no job has it (1/8 of the default).
+pub(super) const SLOT_CPU_SHARES: i64 = 128;
+/// The kernel's default CPU weight, which a pre-started sidecar gets when a job takes it.
+pub(super) const JOB_CPU_SHARES: i64 = 1024;
 
 /// A daemon that answers, from [`Core::boot`].
 pub(super) struct Booted {
@@ -503,6 +511,7 @@ impl Core {
         sidecar.mounts.extend(dir_mounts_of(state));
         sidecar.memory = iso.sidecar_memory.and_then(|m| i64::try_from(m).ok());
         sidecar.cpus = iso.sidecar_cpus;
+        sidecar.cpu_shares = plan.background.then_some(SLOT_CPU_SHARES);
         sidecar.pids_limit = iso.sidecar_pids_limit;
         sidecar.sysctls = HashMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
         // nofile is inherited from the host daemon: a fixed value above its hard limit fails
@@ -618,6 +627,7 @@ impl Core {
                     service_env: &spec.service_env,
                     extra_labels,
                     repo: spec.repo_endpoint.as_ref(),
+                    background: false,
                 },
                 &images,
                 &mut timings,
@@ -684,6 +694,16 @@ impl Core {
         .await;
         checked.into_iter().collect::<Result<Vec<()>, Error>>()?;
         timings.push("checks", t);
+
+        let t = Instant::now();
+        // The job's own now: the sidecar gets the default CPU weight back.
+        if let Some(id) = env.state.sidecar.clone() {
+            self.docker
+                .set_cpu_shares(&id, JOB_CPU_SHARES)
+                .await
+                .map_err(other("give the pre-started sidecar its CPU weight"))?;
+        }
+        timings.push("claim", t);
 
         let t = Instant::now();
         let Some(slot_root) = env.state.extra_dirs.first().cloned() else {

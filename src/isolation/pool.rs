@@ -485,6 +485,7 @@ async fn build_slot(
                         extra_labels,
                         // Added when a job takes the slot, if its clone host differs.
                         repo: None,
+                        background: true,
                     },
                     &[],
                     &mut timings,
