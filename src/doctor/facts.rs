@@ -937,6 +937,8 @@ async fn deep_one(
     runner.builds_dir = tmp.join("builds");
     runner.docker.isolation.mode = IsolationMode::Dind;
     runner.docker.isolation.sidecar_profile = profile;
+    // One probe job: a sidecar pre-started for a next job would outlive the probe.
+    runner.docker.isolation.warm_pool = 0;
     let backend = crate::isolation::dind::DindBackend::new(
         docker.clone(),
         Arc::new(runner.clone()),

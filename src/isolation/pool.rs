@@ -209,10 +209,11 @@ impl Pool {
                 }
             };
             let Some(slot) = slot else {
+                // Counted out again however the wait ends, also when the caller drops this
+                // future (a cancelled job): a stale count would stop later jobs from waiting.
+                let _waiting = Waiting { pool: self, key };
                 let woke = tokio::time::timeout_at(deadline, notified).await.is_ok();
-                if let Some(n) = self.lock().waiting.get_mut(&key) {
-                    *n = n.saturating_sub(1);
-                }
+                drop(_waiting);
                 if !woke || self.closed.is_cancelled() {
                     return None;
                 }
@@ -392,6 +393,20 @@ impl Pool {
     }
 }
 
+/// One job waiting in `take` for a slot of `key`; counted out when dropped.
+struct Waiting<'a> {
+    pool: &'a Pool,
+    key: Option<WarmKey>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.pool.lock().waiting.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
 /// Wakes every waiting `take` when dropped (after the pool lock guard declared later).
 struct WakeOnDrop<'a>(&'a tokio::sync::Notify);
 
@@ -528,6 +543,72 @@ async fn build_slot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec() -> crate::isolation::EnvironmentSpec {
+        crate::isolation::EnvironmentSpec {
+            runner_id: "r1".to_string(),
+            job_id: 5,
+            project_id: 1,
+            protected: false,
+            timeout: Duration::from_secs(600),
+            build_image: Default::default(),
+            helper_image: String::new(),
+            services: Vec::new(),
+            service_env: Vec::new(),
+            repo_endpoint: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_a_starting_slot_is_counted_out_however_it_ends() {
+        let pool = Pool::new(1, Duration::from_secs(60), false);
+        {
+            let mut st = pool.lock();
+            st.runner_id = Some("r1".to_string());
+            st.building.insert(SLOT_ID_BASE + 1, None);
+        }
+        let spec = spec();
+        // Waiting: counted in.
+        let mut take = Box::pin(pool.take(&spec, None, Duration::from_secs(30)));
+        tokio::select! {
+            _ = &mut take => panic!("nothing is idle: the take must wait"),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        assert_eq!(pool.lock().waiting_for(None), 1);
+        // A second job does not wait for a slot already promised to the first.
+        assert!(
+            pool.take(&spec, None, Duration::from_secs(30))
+                .await
+                .is_none()
+        );
+        // The waiting job is cancelled (its future dropped): counted out.
+        drop(take);
+        assert_eq!(pool.lock().waiting_for(None), 0);
+        // A wait that runs out: counted out too.
+        assert!(
+            pool.take(&spec, None, Duration::from_millis(20))
+                .await
+                .is_none()
+        );
+        assert_eq!(pool.lock().waiting_for(None), 0);
+        // Another runner id, or a key nobody builds: no wait at all.
+        let mut other = spec.clone();
+        other.runner_id = "r2".to_string();
+        assert!(
+            pool.take(&other, None, Duration::from_secs(30))
+                .await
+                .is_none()
+        );
+        let key = Some(WarmKey {
+            project_id: 1,
+            protected: false,
+        });
+        assert!(
+            pool.take(&spec, key, Duration::from_secs(30))
+                .await
+                .is_none()
+        );
+    }
 
     #[test]
     fn slot_ids_are_above_job_ids_and_distinct() {
