@@ -144,6 +144,18 @@ impl JobExecutor for RunnerExecutor {
     }
 }
 
+/// How a job's sidecar started, for `isolated_runner_sidecars_total`: a job's own sidecar
+/// reports how long it took to get ready; one taken from the warm pool does not (its start
+/// was not this job's wait). `None` without a sidecar (shared-socket).
+fn sidecar_start(r: &EnvironmentResources) -> Option<&'static str> {
+    r.sidecar.as_ref()?;
+    Some(if r.sidecar_ready.is_some() {
+        "cold"
+    } else {
+        "prestarted"
+    })
+}
+
 /// A backend wrapper that times prepare, scripts and teardown and reports prepared
 /// environments, so neither the pipeline nor the backends need to know about metrics or the
 /// journal.
@@ -185,6 +197,9 @@ impl Isolation for Observed {
             if let Some(d) = resources.sidecar_ready {
                 m.observe_sidecar_ready(d);
                 m.observe_stage("dind_ready", d);
+            }
+            if let Some(start) = sidecar_start(&resources) {
+                m.sidecar_started(start);
             }
         }
         if let Some(o) = &self.observer {
@@ -244,5 +259,20 @@ impl JobEnvironment for ObservedEnv {
 
     fn resources(&self) -> EnvironmentResources {
         self.inner.resources()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_start_kind_follows_the_resources() {
+        let mut r = EnvironmentResources::default();
+        assert_eq!(sidecar_start(&r), None, "shared-socket: no sidecar");
+        r.sidecar = Some("abc".to_string());
+        assert_eq!(sidecar_start(&r), Some("prestarted"));
+        r.sidecar_ready = Some(std::time::Duration::from_millis(900));
+        assert_eq!(sidecar_start(&r), Some("cold"));
     }
 }

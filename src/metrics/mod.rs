@@ -126,6 +126,7 @@ pub struct Metrics {
     version_info: Family,
     ir_jobs_total: Family,
     sidecar_ready: Histogram,
+    sidecar_starts: Family,
     teardown: Histogram,
     stage: Histogram,
     leftovers: Family,
@@ -218,6 +219,11 @@ impl Metrics {
                 &[],
                 SIDECAR_READY_BUCKETS,
             ),
+            sidecar_starts: Family::counter(
+                "isolated_runner_sidecars_total",
+                "Sidecars jobs ran on, by how they started: prestarted (taken from the warm pool) or cold (started for the job while it waited). Many cold starts with warm_pool > 0: the pool is smaller than the bursts.",
+                &["start"],
+            ),
             teardown: Histogram::new(
                 "isolated_runner_teardown_seconds",
                 "Time to remove everything a job created.",
@@ -277,6 +283,11 @@ impl Metrics {
         self.sidecar_ready.observe(&[], d.as_secs_f64());
     }
 
+    /// `isolated_runner_sidecars_total{start}`: `prestarted` or `cold`.
+    pub fn sidecar_started(&self, start: &'static str) {
+        self.sidecar_starts.add(&[start], 1.0);
+    }
+
     /// `isolated_runner_teardown_seconds`.
     pub fn observe_teardown(&self, d: Duration) {
         self.teardown.observe(&[], d.as_secs_f64());
@@ -312,6 +323,7 @@ impl Metrics {
             &self.errors_total,
             &self.version_info,
             &self.ir_jobs_total,
+            &self.sidecar_starts,
             &self.leftovers,
         ] {
             f.render(&mut out);
@@ -480,5 +492,22 @@ mod tests {
         assert!(text.contains("gitlab_runner_version_info{name=\"isolated-runner\",version=\""));
         assert!(text.contains("gitlab_runner_errors_total{level=\"error\"} 0"));
         assert!(text.contains("# TYPE process_resident_memory_bytes gauge"));
+    }
+
+    #[test]
+    fn sidecar_starts_are_counted_by_kind() {
+        let m = Metrics::new();
+        m.sidecar_started("prestarted");
+        m.sidecar_started("prestarted");
+        m.sidecar_started("cold");
+        let text = m.render();
+        assert!(
+            text.contains("isolated_runner_sidecars_total{start=\"prestarted\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("isolated_runner_sidecars_total{start=\"cold\"} 1"),
+            "{text}"
+        );
     }
 }
