@@ -210,3 +210,122 @@ async fn sigkilled_runner_cleans_up_and_reports_the_job_on_restart() {
         "the job token reached the log"
     );
 }
+
+/// The same crash with `warm_pool = 1`: the job runs on a sidecar the daemon pre-started (its
+/// objects carry the slot's id, its dirs are links into the slot's root) and a replacement slot
+/// is starting when the runner dies. The next start removes all of it and reports the job; the
+/// next runner's own pre-started sidecar goes when it stops.
+#[tokio::test]
+async fn sigkilled_runner_with_a_warm_pool_leaves_nothing_after_restart() {
+    let mut scope = Scope::new().await;
+    let uuid = uuid::Uuid::new_v4().simple().to_string();
+    scope.runner_id = format!("s_{}", &uuid[..12]);
+    let state = scope.state_dir();
+    let builds = scope.builds_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    write_private(
+        &state.join(".runner_system_id"),
+        &format!("{}\n", scope.runner_id),
+    );
+    let log = scope.tmp.path().join("runner.log");
+    let fake = FakeGitlab::start().await;
+    let mut job = job_payload(JOB, &["echo \"marker $((40+2))\"", "sleep 300"]);
+    job["image"]["name"] = JOB_IMAGE.into();
+    job["variables"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"key": "GIT_STRATEGY", "value": "none", "public": true, "masked": false}));
+    fake.enqueue(job);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = scope.tmp.path().join("config.toml");
+    write_private(
+        &config,
+        &format!(
+            "concurrent = 1\ncheck_interval = 1\nshutdown_timeout = 10\nlisten_address = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n\
+             [[runners]]\nname = \"crash-pool\"\nurl = \"{}\"\ntoken = \"{RUNNER_TOKEN}\"\nexecutor = \"docker\"\n\
+             builds_dir = \"{}\"\n\n[runners.docker]\nimage = \"{JOB_IMAGE}\"\nhelper_image = \"{JOB_IMAGE}\"\n\n\
+             [runners.docker.isolation]\nmode = \"dind\"\nready_timeout = \"90s\"\nwarm_pool = 1\n",
+            state.display(),
+            fake.url(),
+            builds.display()
+        ),
+    );
+
+    let mut first = start_runner(&config, &log);
+    let runs = wait_until(Duration::from_secs(240), || {
+        String::from_utf8_lossy(&fake.job_trace(JOB)).contains("marker 42")
+    })
+    .await;
+    assert!(
+        runs,
+        "the job never printed its marker; trace:\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&fake.job_trace(JOB)),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || journal_entry(&state)
+            .is_some_and(|e| e["resources"]["sidecar"].is_string()
+                && e["trace_offset"].as_u64()
+                    == Some(fake.job_trace(JOB).len() as u64)))
+        .await,
+        "journal entry: {:?}",
+        journal_entry(&state)
+    );
+    let trace = String::from_utf8_lossy(&fake.job_trace(JOB)).into_owned();
+    assert!(trace.contains("pre-started"), "{trace}");
+    let scraped = scrape(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert_eq!(
+        metric(
+            &scraped,
+            "isolated_runner_sidecars_total{start=\"prestarted\"}"
+        ),
+        Some(1.0),
+        "{scraped}"
+    );
+
+    kill(Pid::from_raw(first.id().unwrap() as i32), Signal::SIGKILL).unwrap();
+    first.wait().await.unwrap();
+    // Proof the test can fail: the job's sidecar and its linked directory are still there.
+    let all = label_filters(&scope.runner_id, None);
+    let sidecars = scope
+        .docker
+        .list_containers(&all)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.labels.get(LABEL_ROLE).map(String::as_str) == Some("sidecar"))
+        .count();
+    assert!(sidecars >= 1, "no sidecar left after SIGKILL");
+    let paths = job_paths(&builds, JobId::new(JOB)).unwrap();
+    assert!(
+        std::fs::symlink_metadata(&paths.project_dir)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    let mut second = start_runner(&config, &log);
+    let reported = wait_until(Duration::from_secs(120), || fake.final_state(JOB).is_some()).await;
+    assert!(
+        reported,
+        "the lost job was never reported; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let fin = fake.final_state(JOB).unwrap();
+    assert_eq!(
+        (fin.state.as_str(), fin.failure_reason.as_deref()),
+        ("failed", Some("runner_system_failure"))
+    );
+    assert!(!paths.project_dir.exists() && std::fs::symlink_metadata(&paths.project_dir).is_err());
+    kill(Pid::from_raw(second.id().unwrap() as i32), Signal::SIGQUIT).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), second.wait())
+        .await
+        .expect("the second runner exits on SIGQUIT")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    scope.assert_clean().await;
+}
