@@ -49,7 +49,7 @@ pub struct DindBackend {
 pub(super) struct Core {
     pub(super) docker: Docker,
     pub(super) runner: Arc<RunnerConfig>,
-    pub(super) state_dir: PathBuf,
+    state_dir: PathBuf,
     /// `Some(true)` = iptables-legacy, as the first sidecar's entrypoint found it.
     iptables: std::sync::Mutex<Option<bool>>,
 }
@@ -225,19 +225,7 @@ impl Isolation for DindBackend {
                     _ = cancel.cancelled() => Err(Error::Canceled),
                     r = self.core.attach(&mut env, spec, &out) => r,
                 };
-                return match attached {
-                    Ok(()) => {
-                        env.followup = followup(&env);
-                        Ok(Box::new(env))
-                    }
-                    Err(e) => {
-                        let report = env.finish().await;
-                        for f in &report.failures {
-                            out.write(format!("teardown after failed prepare: {f}\n").as_bytes());
-                        }
-                        Err(e)
-                    }
-                };
+                return settle(env, attached, &out, followup).await;
             }
         }
         let naming = Naming::new(&spec.runner_id, spec.job_id, spec.timeout)?;
@@ -260,19 +248,7 @@ impl Isolation for DindBackend {
             _ = cancel.cancelled() => Err(Error::Canceled),
             r = self.core.build(&mut env, spec, &out) => r,
         };
-        match built {
-            Ok(()) => {
-                env.followup = followup(&env);
-                Ok(Box::new(env))
-            }
-            Err(e) => {
-                let report = env.finish().await;
-                for f in &report.failures {
-                    out.write(format!("teardown after failed prepare: {f}\n").as_bytes());
-                }
-                Err(e)
-            }
-        }
+        settle(env, built, &out, followup).await
     }
 
     async fn warm_up(&self, runner_id: &str) {
@@ -293,6 +269,29 @@ impl Isolation for DindBackend {
         match &self.pool {
             Some(pool) => pool.shutdown().await,
             None => TeardownReport::default(),
+        }
+    }
+}
+
+/// The end of a prepare, either way it went: a ready environment (told what to start for the
+/// project's next job), or everything it made torn down and the error returned.
+async fn settle(
+    mut env: DindEnv,
+    prepared: Result<(), Error>,
+    out: &Arc<dyn OutputSink>,
+    followup: impl FnOnce(&DindEnv) -> Option<Followup>,
+) -> Result<Box<dyn JobEnvironment>, Error> {
+    match prepared {
+        Ok(()) => {
+            env.followup = followup(&env);
+            Ok(Box::new(env))
+        }
+        Err(e) => {
+            let report = env.finish().await;
+            for f in &report.failures {
+                out.write(format!("teardown after failed prepare: {f}\n").as_bytes());
+            }
+            Err(e)
         }
     }
 }
@@ -797,6 +796,32 @@ impl Core {
         Ok(())
     }
 
+    /// Takes the warm data root of `key` for the job (or pool slot) `job_id`, without waiting.
+    pub(super) async fn acquire_warm(
+        &self,
+        runner_id: &str,
+        job_id: u64,
+        timeout: Duration,
+        key: super::pool::WarmKey,
+        helper_image: &str,
+        inflight: &tokio_util::task::TaskTracker,
+    ) -> Result<super::data_root::WarmLease, super::data_root::Miss> {
+        let iso = &self.runner.docker.isolation;
+        let req = super::data_root::WarmRequest {
+            state_dir: &self.state_dir,
+            runner_id,
+            job_id,
+            timeout,
+            project_id: key.project_id,
+            protected: key.protected,
+            max_size: iso.data_root_max_size,
+            max_age: iso.data_root_max_age,
+            helper_image,
+            inflight,
+        };
+        super::data_root::acquire(&self.docker, &req).await
+    }
+
     /// Takes the job's warm data root, or says why it runs on an ephemeral one.
     async fn warm_root(
         &self,
@@ -804,20 +829,21 @@ impl Core {
         inflight: &tokio_util::task::TaskTracker,
         out: &Arc<dyn OutputSink>,
     ) -> Option<super::data_root::WarmLease> {
-        let iso = &self.runner.docker.isolation;
-        let req = super::data_root::WarmRequest {
-            state_dir: &self.state_dir,
-            runner_id: &spec.runner_id,
-            job_id: spec.job_id,
-            timeout: spec.timeout,
+        let key = super::pool::WarmKey {
             project_id: spec.project_id,
             protected: spec.protected,
-            max_size: iso.data_root_max_size,
-            max_age: iso.data_root_max_age,
-            helper_image: &spec.helper_image,
-            inflight,
         };
-        match super::data_root::acquire(&self.docker, &req).await {
+        let acquired = self
+            .acquire_warm(
+                &spec.runner_id,
+                spec.job_id,
+                spec.timeout,
+                key,
+                &spec.helper_image,
+                inflight,
+            )
+            .await;
+        match acquired {
             Ok(lease) => {
                 out.write(
                     format!(

@@ -462,20 +462,15 @@ async fn build_slot(
         r = async {
             let (volume, create_volume, extra_labels) = match plan.key {
                 Some(key) => {
-                    let iso = &core.runner.docker.isolation;
-                    let req = super::data_root::WarmRequest {
-                        state_dir: &core.state_dir,
-                        runner_id: plan.runner_id,
-                        job_id: plan.id,
-                        timeout: lifetime,
-                        project_id: key.project_id,
-                        protected: key.protected,
-                        max_size: iso.data_root_max_size,
-                        max_age: iso.data_root_max_age,
-                        helper_image: plan.helper_image,
-                        inflight: &state.inflight,
-                    };
-                    let l = super::data_root::acquire(&core.docker, &req)
+                    let l = core
+                        .acquire_warm(
+                            plan.runner_id,
+                            plan.id,
+                            lifetime,
+                            key,
+                            plan.helper_image,
+                            &state.inflight,
+                        )
                         .await
                         .map_err(|miss| Error::Other {
                             context: WARM_BUSY.to_string(),
