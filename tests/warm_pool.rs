@@ -6,76 +6,22 @@
 
 mod support;
 
-use isolated_runner::config::RunnerConfig;
-use isolated_runner::isolation::{
-    self, ContainerImage, EnvironmentSpec, Isolation, JobEnvironment, Role, ScriptRequest,
-};
+use isolated_runner::isolation::{self, Isolation};
 use std::sync::Arc;
 use std::time::Duration;
-use support::docker::{BUSYBOX_IMAGE, Collect, JOB_IMAGE, Scope};
-use tokio_util::sync::CancellationToken;
+use support::docker::{BUSYBOX_IMAGE, Scope};
+use support::security::{config, dind_with, expect_ok, prepare_logged as prepare, spec, teardown};
 
-fn spec(scope: &Scope, job_id: u64, timeout: Duration) -> EnvironmentSpec {
-    EnvironmentSpec {
-        runner_id: scope.runner_id.clone(),
-        job_id,
-        project_id: 1,
-        protected: false,
-        timeout,
-        build_image: ContainerImage {
-            name: JOB_IMAGE.to_string(),
-            entrypoint: None,
-        },
-        helper_image: JOB_IMAGE.to_string(),
-        services: Vec::new(),
-        service_env: Vec::new(),
-        repo_endpoint: None,
-    }
+/// A dind backend keeping one sidecar started ahead of jobs.
+fn pooled(scope: &Scope) -> Arc<dyn Isolation> {
+    dind_with(scope, config(scope, |c| c.docker.isolation.warm_pool = 1))
 }
 
-fn pooled(scope: &Scope) -> (Arc<dyn Isolation>, RunnerConfig) {
-    let mut cfg = scope.runner_config();
-    cfg.docker.isolation.preload_images = vec![BUSYBOX_IMAGE.to_string()];
-    cfg.docker.isolation.warm_pool = 1;
-    let backend: Arc<dyn Isolation> = Arc::new(isolation::dind::DindBackend::new(
-        scope.docker.clone(),
-        Arc::new(cfg.clone()),
-        scope.state_dir(),
-    ));
-    (backend, cfg)
-}
-
-async fn prepare(
-    backend: &Arc<dyn Isolation>,
-    spec: &EnvironmentSpec,
-) -> (Box<dyn JobEnvironment>, String) {
-    let out = Collect::new();
-    let env = backend
-        .prepare(spec, out.clone(), CancellationToken::new())
-        .await
-        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
-    (env, out.text())
-}
-
-async fn expect_ok(env: &dyn JobEnvironment, script: &str) -> String {
-    let out = Collect::new();
-    let r = env
-        .run_script(
-            ScriptRequest {
-                role: Role::Build,
-                script: format!("set -eo pipefail\n{script}\n"),
-                env: vec![(
-                    "CI_PROJECT_DIR".into(),
-                    env.paths().project_dir.display().to_string(),
-                )],
-            },
-            out.clone(),
-            CancellationToken::new(),
-        )
-        .await;
-    let text = out.text();
-    assert_eq!(r.ok(), Some(0), "script failed:\n{script}\noutput:\n{text}");
-    text
+/// A job spec with `timeout`.
+fn spec_for(scope: &Scope, job_id: u64, timeout: Duration) -> isolation::EnvironmentSpec {
+    let mut s = spec(scope, job_id);
+    s.timeout = timeout;
+    s
 }
 
 /// What the job's daemon sees at `<builds_dir>`, from an inner container.
@@ -111,7 +57,7 @@ fn cpu_shares(id: &str) -> String {
 #[tokio::test]
 async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
     let scope = Scope::new().await;
-    let (backend, _) = pooled(&scope);
+    let backend = pooled(&scope);
     backend.warm_up(&scope.runner_id).await;
     assert_eq!(
         backend.standby_ids().len(),
@@ -131,7 +77,7 @@ async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
     assert_eq!(cpu_shares(&slot_sidecar), "128");
 
     // Job A takes the slot (waiting for it to finish if it is still starting).
-    let (a, said) = prepare(&backend, &spec(&scope, 601, Duration::from_secs(3600))).await;
+    let (a, said) = prepare(&backend, &spec_for(&scope, 601, Duration::from_secs(3600))).await;
     assert!(said.contains("pre-started"), "{said}");
     assert_eq!(
         a.resources().sidecar.as_deref(),
@@ -155,15 +101,17 @@ async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
         a.as_ref(),
         &format!(
             r#"
+set -o pipefail
 test "$DOCKER_HOST" = tcp://docker:2376
-cd "$CI_PROJECT_DIR"
+cd {pd}
 test "$(cat marker.txt)" = from-the-runner
 # Identical path through the job's daemon: what compose's ./:/app does.
-test "$(docker run --rm --pull=never -v "$CI_PROJECT_DIR":/app {BUSYBOX_IMAGE} cat /app/marker.txt)" = from-the-runner
-docker run --rm --pull=never -v "$CI_PROJECT_DIR":/app {BUSYBOX_IMAGE} sh -c 'echo inner > /app/from-inner'
+test "$(docker run --rm --pull=never -v {pd}:/app {BUSYBOX_IMAGE} cat /app/marker.txt)" = from-the-runner
+docker run --rm --pull=never -v {pd}:/app {BUSYBOX_IMAGE} sh -c 'echo inner > /app/from-inner'
 echo "A sees: $({list})"
 "#,
-            list = list_builds_dir(&scope.builds_dir())
+            list = list_builds_dir(&scope.builds_dir()),
+            pd = pd.display()
         ),
     )
     .await;
@@ -199,12 +147,12 @@ echo "A sees: $({list})"
     );
 
     // Job B gets the slot built after A took the first; A's files are not in its world.
-    let (b, said) = prepare(&backend, &spec(&scope, 602, Duration::from_secs(3600))).await;
+    let (b, said) = prepare(&backend, &spec_for(&scope, 602, Duration::from_secs(3600))).await;
     assert!(said.contains("pre-started"), "{said}");
     let text = expect_ok(
         b.as_ref(),
         &format!(
-            "echo \"B sees: $({})\"\ntest ! -e {}/gitlab-job-601",
+            "set -o pipefail\necho \"B sees: $({})\"\ntest ! -e {}/gitlab-job-601",
             list_builds_dir(&scope.builds_dir()),
             scope.builds_dir().display()
         ),
@@ -218,7 +166,7 @@ echo "A sees: $({list})"
     // A job longer than a slot's certificates start its own sidecar; the pool stays.
     let (c, said) = prepare(
         &backend,
-        &spec(&scope, 603, Duration::from_secs(30 * 24 * 3600)),
+        &spec_for(&scope, 603, Duration::from_secs(30 * 24 * 3600)),
     )
     .await;
     assert!(
@@ -228,8 +176,7 @@ echo "A sees: $({list})"
     expect_ok(c.as_ref(), "docker info >/dev/null").await;
 
     for env in [a, b, c] {
-        let report = env.teardown().await;
-        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        teardown(env).await;
     }
     // The slot refilled after B is idle now (or still starting): shutdown removes it.
     assert!(!backend.standby_ids().is_empty());
@@ -246,7 +193,7 @@ fn idle_slots_of_a_dead_runner_are_reaped() {
     // The "runner": its own runtime, dropped (all its tasks die) once its slot's sidecar runs.
     let dead = tokio::runtime::Runtime::new().unwrap();
     dead.block_on(async {
-        let (backend, _) = pooled(&scope);
+        let backend = pooled(&scope);
         backend.warm_up(&scope.runner_id).await;
         let f = isolated_runner::docker::label_filters(&scope.runner_id, None);
         let deadline = std::time::Instant::now() + Duration::from_secs(120);

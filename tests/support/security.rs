@@ -57,11 +57,20 @@ pub async fn prepare(
     backend: &Arc<dyn Isolation>,
     spec: &EnvironmentSpec,
 ) -> Box<dyn JobEnvironment> {
+    prepare_logged(backend, spec).await.0
+}
+
+/// Prepares a job or panics with the prepare log; returns the environment and that log.
+pub async fn prepare_logged(
+    backend: &Arc<dyn Isolation>,
+    spec: &EnvironmentSpec,
+) -> (Box<dyn JobEnvironment>, String) {
     let out = Collect::new();
-    backend
+    let env = backend
         .prepare(spec, out.clone(), CancellationToken::new())
         .await
-        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()))
+        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
+    (env, out.text())
 }
 
 /// Runs a bash script in the job container; returns the result and the output.
