@@ -65,52 +65,74 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-#[tokio::test]
-async fn sigkilled_runner_cleans_up_and_reports_the_job_on_restart() {
-    let mut scope = Scope::new().await;
-    // The runner labels what it makes with its system id; give it one of this test's own, so the
-    // leak check and the safety-net sweep look at exactly this test's objects.
-    let uuid = uuid::Uuid::new_v4().simple().to_string();
-    scope.runner_id = format!("s_{}", &uuid[..12]);
-    let state = scope.state_dir();
-    let builds = scope.builds_dir();
-    std::fs::create_dir_all(&state).unwrap();
-    write_private(
-        &state.join(".runner_system_id"),
-        &format!("{}\n", scope.runner_id),
-    );
-    let log = scope.tmp.path().join("runner.log");
+/// One crash test's world: a scope whose runner id is the runner's system id (so the leak
+/// check and the safety-net sweep look at exactly this test's objects), the fake GitLab with
+/// the job queued, and a config file for the real binary.
+struct Crash {
+    scope: Scope,
+    state: std::path::PathBuf,
+    builds: std::path::PathBuf,
+    log: std::path::PathBuf,
+    fake: FakeGitlab,
+    metrics_url: String,
+    config: std::path::PathBuf,
+}
 
-    let fake = FakeGitlab::start().await;
-    let mut job = job_payload(JOB, &["echo \"marker $((40+2))\"", "sleep 300"]);
-    job["image"]["name"] = JOB_IMAGE.into();
-    job["variables"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"key": "GIT_STRATEGY", "value": "none", "public": true, "masked": false}));
-    fake.enqueue(job);
+impl Crash {
+    /// `isolation` is appended to `[runners.docker.isolation]`.
+    async fn set_up(name: &str, isolation: &str) -> Crash {
+        let mut scope = Scope::new().await;
+        let uuid = uuid::Uuid::new_v4().simple().to_string();
+        scope.runner_id = format!("s_{}", &uuid[..12]);
+        let state = scope.state_dir();
+        let builds = scope.builds_dir();
+        std::fs::create_dir_all(&state).unwrap();
+        write_private(
+            &state.join(".runner_system_id"),
+            &format!("{}\n", scope.runner_id),
+        );
+        let log = scope.tmp.path().join("runner.log");
+        let fake = FakeGitlab::start().await;
+        let mut job = job_payload(JOB, &["echo \"marker $((40+2))\"", "sleep 300"]);
+        job["image"]["name"] = JOB_IMAGE.into();
+        job["variables"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"key": "GIT_STRATEGY", "value": "none", "public": true, "masked": false}));
+        fake.enqueue(job);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = scope.tmp.path().join("config.toml");
+        write_private(
+            &config,
+            &format!(
+                "concurrent = 1\ncheck_interval = 1\nshutdown_timeout = 10\nlisten_address = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n\
+                 [[runners]]\nname = \"{name}\"\nurl = \"{}\"\ntoken = \"{RUNNER_TOKEN}\"\nexecutor = \"docker\"\n\
+                 builds_dir = \"{}\"\n\n[runners.docker]\nimage = \"{JOB_IMAGE}\"\nhelper_image = \"{JOB_IMAGE}\"\n\n\
+                 [runners.docker.isolation]\nmode = \"dind\"\nready_timeout = \"90s\"\n{isolation}",
+                state.display(),
+                fake.url(),
+                builds.display()
+            ),
+        );
+        Crash {
+            scope,
+            state,
+            builds,
+            log,
+            fake,
+            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+            config,
+        }
+    }
+}
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
-    let config = scope.tmp.path().join("config.toml");
-    write_private(
-        &config,
-        &format!(
-            "concurrent = 1\ncheck_interval = 1\nshutdown_timeout = 10\nlisten_address = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n\
-             [[runners]]\nname = \"crash\"\nurl = \"{}\"\ntoken = \"{RUNNER_TOKEN}\"\nexecutor = \"docker\"\n\
-             builds_dir = \"{}\"\n\n[runners.docker]\nimage = \"{JOB_IMAGE}\"\nhelper_image = \"{JOB_IMAGE}\"\n\n\
-             [runners.docker.isolation]\nmode = \"dind\"\nready_timeout = \"90s\"\n",
-            state.display(),
-            fake.url(),
-            builds.display()
-        ),
-    );
-
-    let mut first = start_runner(&config, &log);
+/// Waits until the job printed its marker and the journal holds its environment and the trace
+/// offset GitLab has (so a restart can send a checksum the strict fake accepts).
+async fn wait_for_job_and_journal(fake: &FakeGitlab, state: &Path, log: &Path) {
     let runs = wait_until(Duration::from_secs(240), || {
         String::from_utf8_lossy(&fake.job_trace(JOB)).contains("marker 42")
     })
@@ -119,18 +141,31 @@ async fn sigkilled_runner_cleans_up_and_reports_the_job_on_restart() {
         runs,
         "the job never printed its marker; trace:\n{}\nlog:\n{}",
         String::from_utf8_lossy(&fake.job_trace(JOB)),
-        std::fs::read_to_string(&log).unwrap_or_default()
+        std::fs::read_to_string(log).unwrap_or_default()
     );
-    // The journal has the environment and the offset GitLab holds: the restart can then send a
-    // checksum the strict fake accepts.
     let journaled = wait_until(Duration::from_secs(30), || {
-        journal_entry(&state).is_some_and(|e| {
+        journal_entry(state).is_some_and(|e| {
             e["resources"]["sidecar"].is_string()
                 && e["trace_offset"].as_u64() == Some(fake.job_trace(JOB).len() as u64)
         })
     })
     .await;
-    assert!(journaled, "journal entry: {:?}", journal_entry(&state));
+    assert!(journaled, "journal entry: {:?}", journal_entry(state));
+}
+
+#[tokio::test]
+async fn sigkilled_runner_cleans_up_and_reports_the_job_on_restart() {
+    let Crash {
+        scope,
+        state,
+        builds,
+        log,
+        fake,
+        metrics_url,
+        config,
+    } = Crash::set_up("crash", "").await;
+    let mut first = start_runner(&config, &log);
+    wait_for_job_and_journal(&fake, &state, &log).await;
     let journal_file = state.join("jobs").join(format!("{JOB}.json"));
     {
         use std::os::unix::fs::PermissionsExt;
@@ -217,67 +252,20 @@ async fn sigkilled_runner_cleans_up_and_reports_the_job_on_restart() {
 /// next runner's own pre-started sidecar goes when it stops.
 #[tokio::test]
 async fn sigkilled_runner_with_a_warm_pool_leaves_nothing_after_restart() {
-    let mut scope = Scope::new().await;
-    let uuid = uuid::Uuid::new_v4().simple().to_string();
-    scope.runner_id = format!("s_{}", &uuid[..12]);
-    let state = scope.state_dir();
-    let builds = scope.builds_dir();
-    std::fs::create_dir_all(&state).unwrap();
-    write_private(
-        &state.join(".runner_system_id"),
-        &format!("{}\n", scope.runner_id),
-    );
-    let log = scope.tmp.path().join("runner.log");
-    let fake = FakeGitlab::start().await;
-    let mut job = job_payload(JOB, &["echo \"marker $((40+2))\"", "sleep 300"]);
-    job["image"]["name"] = JOB_IMAGE.into();
-    job["variables"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"key": "GIT_STRATEGY", "value": "none", "public": true, "masked": false}));
-    fake.enqueue(job);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = scope.tmp.path().join("config.toml");
-    write_private(
-        &config,
-        &format!(
-            "concurrent = 1\ncheck_interval = 1\nshutdown_timeout = 10\nlisten_address = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n\
-             [[runners]]\nname = \"crash-pool\"\nurl = \"{}\"\ntoken = \"{RUNNER_TOKEN}\"\nexecutor = \"docker\"\n\
-             builds_dir = \"{}\"\n\n[runners.docker]\nimage = \"{JOB_IMAGE}\"\nhelper_image = \"{JOB_IMAGE}\"\n\n\
-             [runners.docker.isolation]\nmode = \"dind\"\nready_timeout = \"90s\"\nwarm_pool = 1\n",
-            state.display(),
-            fake.url(),
-            builds.display()
-        ),
-    );
-
+    let Crash {
+        scope,
+        state,
+        builds,
+        log,
+        fake,
+        metrics_url,
+        config,
+    } = Crash::set_up("crash-pool", "warm_pool = 1\n").await;
     let mut first = start_runner(&config, &log);
-    let runs = wait_until(Duration::from_secs(240), || {
-        String::from_utf8_lossy(&fake.job_trace(JOB)).contains("marker 42")
-    })
-    .await;
-    assert!(
-        runs,
-        "the job never printed its marker; trace:\n{}\nlog:\n{}",
-        String::from_utf8_lossy(&fake.job_trace(JOB)),
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || journal_entry(&state)
-            .is_some_and(|e| e["resources"]["sidecar"].is_string()
-                && e["trace_offset"].as_u64()
-                    == Some(fake.job_trace(JOB).len() as u64)))
-        .await,
-        "journal entry: {:?}",
-        journal_entry(&state)
-    );
+    wait_for_job_and_journal(&fake, &state, &log).await;
     let trace = String::from_utf8_lossy(&fake.job_trace(JOB)).into_owned();
     assert!(trace.contains("pre-started"), "{trace}");
-    let scraped = scrape(&format!("http://127.0.0.1:{port}/metrics")).await;
+    let scraped = scrape(&metrics_url).await;
     assert_eq!(
         metric(
             &scraped,
