@@ -628,6 +628,7 @@ pub async fn execute(docker: Option<&Docker>, req: &Request, mut report: Report)
                 Some(policy) => policy
                     .remove_installed(rule)
                     .await
+                    .map(|_| ())
                     .map_err(|e| e.to_string()),
                 None => Err("no firewall access".to_string()),
             },

@@ -225,20 +225,36 @@ pub async fn reap(
         }
     };
     let own_chain = |job: u64| policy.chain_for(job).ok();
+    let mut stale = Vec::new();
+    let mut orphans = false;
     for rule in installed {
         let mine =
             rule.runner_id == runner_id || own_chain(rule.job_id) == Some(rule.chain.clone());
-        let stale = mine || network_gone(docker, &rule).await;
-        if !stale {
-            continue;
+        if mine {
+            stale.push(rule);
+        } else if network_gone(docker, &rule).await {
+            orphans = true;
+            stale.push(rule);
         }
+    }
+    // A live job's teardown removes its chain just before its network: a chain listed before
+    // that and judged after it is already gone. Only what is still installed is a leftover.
+    if orphans {
+        match policy.list_installed().await {
+            Ok(now) => stale.retain(|r| now.iter().any(|n| n.chain == r.chain)),
+            Err(e) => failures.push(format!("list firewall chains: {e}")),
+        }
+    }
+    for rule in stale {
         let line = format!("firewall chain {}", rule.chain);
         found.push(line.clone());
         if dry_run {
             continue;
         }
         match policy.remove_installed(&rule).await {
-            Ok(()) => removed.push(line),
+            Ok(true) => removed.push(line),
+            // Its job's teardown removed it between the listing and now.
+            Ok(false) => {}
             Err(e) => failures.push(format!("remove {line}: {e}")),
         }
     }

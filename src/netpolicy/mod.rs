@@ -280,11 +280,13 @@ impl NetPolicy {
     }
 
     /// Removes one chain found by [`NetPolicy::list_installed`], whichever runner made it.
-    pub async fn remove_installed(&self, rule: &InstalledRule) -> Result<(), Error> {
+    /// Returns false when nothing of it was left (its owner removed it since the listing).
+    pub async fn remove_installed(&self, rule: &InstalledRule) -> Result<bool, Error> {
+        let mut removed = false;
         for family in self.families() {
-            self.remove_chain_in(family, &rule.chain).await?;
+            removed |= self.remove_chain_in(family, &rule.chain).await?;
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Removes every chain of `runner_id` (this runner or a dead one). Returns what it removed.
@@ -298,8 +300,7 @@ impl NetPolicy {
             let by_name = rules::chain_name(runner_id, rule.job_id)
                 .map(|c| c == rule.chain)
                 .unwrap_or(false);
-            if rule.runner_id == runner_id || by_name {
-                self.remove_installed(&rule).await?;
+            if (rule.runner_id == runner_id || by_name) && self.remove_installed(&rule).await? {
                 removed.push(rule);
             }
         }
@@ -339,9 +340,12 @@ impl NetPolicy {
         Ok(found)
     }
 
-    async fn remove_chain_in(&self, family: Family, chain: &str) -> Result<(), Error> {
+    /// Removes `chain` and the jumps to it in one family. Returns whether any of it was there.
+    async fn remove_chain_in(&self, family: Family, chain: &str) -> Result<bool, Error> {
         let text = self.run(family, &["-S".to_string()]).await?;
         let (chains, jumps) = rules::parse_listing(&text);
+        let present =
+            chains.iter().any(|(c, _)| c == chain) || jumps.iter().any(|j| j.target == chain);
         for jump in jumps.iter().filter(|j| j.target == chain) {
             let mut args = vec!["-D".to_string(), jump.hook.clone()];
             args.extend(jump.spec.iter().cloned());
@@ -362,7 +366,7 @@ impl NetPolicy {
             self.run(family, &["-X".to_string(), chain.to_string()])
                 .await?;
         }
-        Ok(())
+        Ok(present)
     }
 
     /// `DOCKER-USER` when Docker manages this family, `FORWARD` otherwise.
