@@ -11,8 +11,14 @@ fn fixture(name: &str) -> PathBuf {
 
 /// Runs `runner config check FILE`; returns (exit code, stdout + stderr).
 fn check(file: &Path) -> (i32, String) {
+    check_with(&[], file)
+}
+
+/// Runs `runner config check ARGS... FILE`.
+fn check_with(args: &[&str], file: &Path) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_runner"))
         .args(["config", "check"])
+        .args(args)
         .arg(file)
         .output()
         .expect("the runner binary starts");
@@ -119,7 +125,6 @@ fn bad_config_reports_every_error_with_lines() {
         "bad.toml:1: concurrent: expected an integer",
         "bad.toml:2: check_interval:",
         "bad.toml:6: [[runners]] url:",
-        "bad.toml:9: [[runners]] limt: unknown key `limt` in [[runners]]; did you mean `limit`?",
         "bad.toml:10: [[runners]] builds_dir:",
         "bad.toml:13: [runners.docker] memory:",
         "bad.toml:14: [runners.docker] volumes:",
@@ -139,7 +144,15 @@ fn bad_config_reports_every_error_with_lines() {
         out.lines()
             .last()
             .unwrap_or_default()
-            .contains("invalid: 11 errors"),
+            .contains("invalid: 10 errors,"),
+        "{out}"
+    );
+    // A misspelt gitlab-runner key only warns, as gitlab-runner starts with it too.
+    assert!(
+        lines_with(&out, "warning:").iter().any(|l| l.contains(
+            "bad.toml:9: [[runners]] limt: unknown key `limt` in [[runners]]: neither gitlab-runner \
+             nor isolated-runner reads it, so it has no effect; did you mean `limit`?"
+        )),
         "{out}"
     );
     assert!(!out.contains("BADTOKEN"), "{out}");
@@ -180,6 +193,108 @@ fn missing_file_exits_1() {
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("cannot read config file /nonexistent/config.toml"),
+        "{out}"
+    );
+}
+
+#[test]
+fn config_as_gitlab_runner_register_writes_it_passes() {
+    let path = fixture("registered.toml");
+    let (code, out) = check(&path);
+    assert_eq!(code, 0, "{out}");
+    assert!(lines_with(&out, "error:").is_empty(), "{out}");
+    assert!(!out.contains("REGTOKEN"), "{out}");
+    let c = isolated_runner::config::load(&path).expect("loads").config;
+    assert_eq!(c.concurrent, 4);
+    assert_eq!(c.runners[0].docker.image, "alpine:3.20");
+}
+
+#[test]
+fn legacy_config_loads_with_warnings_and_fails_only_strict() {
+    let path = fixture("legacy-s3.toml");
+    let (code, out) = check(&path);
+    assert_eq!(code, 0, "{out}");
+    assert!(lines_with(&out, "error:").is_empty(), "{out}");
+    let warnings = lines_with(&out, "warning:");
+    for needle in [
+        "legacy-s3.toml:7: metrics_server: ignored: removed in gitlab-runner 12.0",
+        "legacy-s3.toml:20: [[runners]] clean_git_config: ignored",
+        "legacy-s3.toml:25: [runners.cache] Insecure: ignored: removed in gitlab-runner 12.0",
+        "legacy-s3.toml:26: [runners.cache] ServerAddress: ignored: removed in gitlab-runner 12.0",
+        "legacy-s3.toml:31: [runners.cache.s3] SecretKey: ignored",
+        "legacy-s3.toml:36: [runners.cache.s3] AssumeRoleMaxConcurrency: ignored",
+        "legacy-s3.toml:40: [runners.feature_flags] FF_USE_FASTZIP: ignored",
+        "legacy-s3.toml:54: [runners.docker] volume_keep: ignored",
+        "legacy-s3.toml:55: [runners.docker] cpu_sharez: unknown key `cpu_sharez` in \
+         [runners.docker]: neither gitlab-runner nor isolated-runner reads it, so it has no \
+         effect; did you mean `cpu_shares`?",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.contains(needle)),
+            "missing {needle}:\n{out}"
+        );
+    }
+    let summary = out.lines().last().unwrap_or_default().to_string();
+    assert!(
+        summary.contains("legacy-s3.toml: ok: 0 errors,"),
+        "{summary}"
+    );
+    for secret in [
+        "LEGACYTOKEN",
+        "legacy-secret-do-not-print",
+        "AKIALEGACYACCESS42",
+    ] {
+        assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+    }
+
+    // The loader `runner run` uses accepts it, with the same warnings.
+    let loaded = isolated_runner::config::load(&path).expect("the runner starts with it");
+    assert_eq!(loaded.config.concurrent, 8);
+    assert_eq!(loaded.config.log_level, "warn");
+    assert_eq!(loaded.warnings.len(), warnings.len());
+
+    // --strict: the same report, but warnings fail.
+    let (code, strict_out) = check_with(&["--strict"], &path);
+    assert_eq!(code, 1, "{strict_out}");
+    assert_eq!(
+        lines_with(&strict_out, "warning:"),
+        warnings,
+        "{strict_out}"
+    );
+    assert!(
+        strict_out
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .contains("legacy-s3.toml: fails --strict: 0 errors,"),
+        "{strict_out}"
+    );
+    // A clean file passes --strict.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clean = dir.path().join("clean.toml");
+    std::fs::write(
+        &clean,
+        "concurrent = 1\n[[runners]]\nurl = \"https://gitlab.example.com/\"\ntoken = \"\"\n\
+         executor = \"docker\"\n[runners.docker]\nimage = \"alpine:3.20\"\n",
+    )
+    .expect("write");
+    let (code, out) = check_with(&["--strict"], &clean);
+    // An empty token is warned about (exec only), so even this one fails --strict...
+    assert_eq!(code, 1, "{out}");
+    std::fs::write(
+        &clean,
+        "concurrent = 1\n[[runners]]\nurl = \"https://gitlab.example.com/\"\n\
+         token = \"glrt-CLEANTOKEN-123456\"\nexecutor = \"docker\"\n[runners.docker]\n\
+         image = \"alpine:3.20\"\n",
+    )
+    .expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&clean, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // ...and one without any warning passes it.
+    let (code, out) = check_with(&["--strict"], &clean);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("clean.toml: ok: 0 errors, 0 warnings"),
         "{out}"
     );
 }

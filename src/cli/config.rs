@@ -1,4 +1,5 @@
-//! `runner config check FILE`: print every error and warning with its line, then a summary.
+//! `runner config check [--strict] FILE`: print every error and warning with its line, then a
+//! summary. Warnings fail the check only with `--strict`.
 
 use super::ConfigCommand;
 use crate::config::{self, Diagnostic, Severity};
@@ -8,9 +9,9 @@ use std::process::ExitCode;
 /// Runs a `runner config ...` verb.
 pub async fn run(command: ConfigCommand) -> anyhow::Result<ExitCode> {
     match command {
-        ConfigCommand::Check { file } => {
+        ConfigCommand::Check { file, strict } => {
             // Loading reads files with std::fs; keep it off the async workers.
-            let report = tokio::task::spawn_blocking(move || check_report(&file)).await?;
+            let report = tokio::task::spawn_blocking(move || check_report(&file, strict)).await?;
             print!("{}", report.text);
             Ok(if report.ok {
                 ExitCode::SUCCESS
@@ -28,8 +29,8 @@ struct Report {
 }
 
 /// Builds the report: errors first, then warnings, each `error: file:line: key: message`, then
-/// one summary line.
-fn check_report(file: &Path) -> Report {
+/// one summary line. With `strict`, any warning makes the config fail the check.
+fn check_report(file: &Path, strict: bool) -> Report {
     let origin = file.display().to_string();
     let diagnostics: Vec<Diagnostic> = match config::load(file) {
         Ok(loaded) => loaded.warnings,
@@ -56,14 +57,16 @@ fn check_report(file: &Path) -> Report {
         .count();
     let warnings = sorted.len() - errors;
     let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
-    let verdict = if errors == 0 { "ok" } else { "invalid" };
+    let ok = errors == 0 && !(strict && warnings > 0);
+    let verdict = match (errors, ok) {
+        (0, true) => "ok",
+        (0, false) => "fails --strict",
+        _ => "invalid",
+    };
     text.push_str(&format!(
         "{origin}: {verdict}: {}, {}\n",
         plural(errors, "error"),
         plural(warnings, "warning")
     ));
-    Report {
-        text,
-        ok: errors == 0,
-    }
+    Report { text, ok }
 }

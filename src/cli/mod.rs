@@ -87,6 +87,9 @@ pub enum ConfigCommand {
     Check {
         /// The file to check.
         file: PathBuf,
+        /// Fail (exit 1) on warnings too: unknown, removed and ignored keys, risky settings.
+        #[arg(long)]
+        strict: bool,
     },
 }
 

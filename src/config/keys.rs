@@ -1,6 +1,8 @@
 //! The compatibility table: every key gitlab-runner documents for the docker executor, per
 //! section, either honoured (the loader maps it into the model) or ignored with the reason the
-//! warning gives. A key in neither list is an error with a "did you mean".
+//! warning gives. A key in neither list is a warning with a "did you mean" (gitlab-runner itself
+//! starts with keys it does not know), except in our own `[runners.docker.isolation]` table,
+//! where it is an error.
 
 /// One section's known keys.
 pub struct Section {
@@ -40,6 +42,11 @@ const NEVER_PRIVILEGED: &str = "job and service containers are never privileged 
 const DISTRIBUTED_CACHE: &str = "distributed (S3/GCS/Azure) caches are not supported; the cache \
                                  is kept on this host under cache_dir";
 const REGISTRATION: &str = "written by `gitlab-runner register`; not needed here";
+const REMOVED_CACHE: &str = "removed in gitlab-runner 12.0 (it now belongs in [runners.cache.s3]), \
+                             which ignores it here too; distributed caches are not supported anyway";
+const AUTOSCALING: &str = "autoscaling settings; isolated-runner runs every job on this host";
+const SLOT_CGROUPS: &str = "slot cgroups belong to gitlab-runner's autoscaler; jobs here are \
+                            limited by memory, cpus and pids_limit";
 const SESSION: &str = "the interactive web terminal is not supported";
 
 /// Top-level keys.
@@ -62,6 +69,20 @@ pub const GLOBAL: Section = Section {
             "HTTP connections to GitLab are managed by the client's pool",
         ),
         ("session_server", SESSION),
+        (
+            "labels",
+            "runner labels are not supported; jobs are routed by the tags set in GitLab",
+        ),
+        (
+            "user",
+            "the service user of the shell executor; jobs here always run in containers",
+        ),
+        ("experimental", NOT_YET),
+        ("machine", AUTOSCALING),
+        (
+            "metrics_server",
+            "removed in gitlab-runner 12.0; use listen_address for the metrics endpoint",
+        ),
     ],
 };
 
@@ -141,6 +162,32 @@ pub const RUNNER: Section = Section {
         ("parallels", OTHER_EXECUTOR),
         ("virtualbox", OTHER_EXECUTOR),
         ("custom", OTHER_EXECUTOR),
+        ("instance", OTHER_EXECUTOR),
+        (
+            "labels",
+            "runner labels are not supported; jobs are routed by the tags set in GitLab",
+        ),
+        (
+            "clean_git_config",
+            "the job's git config is never kept: every job fetches into a fresh directory",
+        ),
+        ("safe_directory_checkout", NOT_YET),
+        ("proxy_exec", NOT_YET),
+        ("prepare_timeout", NOT_YET),
+        ("get_sources_timeout", NOT_YET),
+        (
+            "strict_check_interval",
+            "the poll loop spreads check_interval across [[runners]] on its own schedule",
+        ),
+        (
+            "step_runner_image",
+            "CI steps (the step-runner) are not supported",
+        ),
+        ("monitoring", NOT_YET),
+        ("use_slot_cgroups", SLOT_CGROUPS),
+        ("slot_cgroup_template", SLOT_CGROUPS),
+        ("artifact", NOT_YET),
+        ("experimental", NOT_YET),
     ],
 };
 
@@ -274,6 +321,14 @@ pub const DOCKER: Section = Section {
             "services",
             "runner-wide default services are not supported; declare services in .gitlab-ci.yml",
         ),
+        (
+            "volume_keep",
+            "no Docker cache volumes are created, so none are kept",
+        ),
+        ("services_security_opt", WIDENS),
+        ("pid_mode", WIDENS),
+        ("service_slot_cgroup_template", SLOT_CGROUPS),
+        ("log_options", NOT_YET),
     ],
 };
 
@@ -316,6 +371,12 @@ pub const CACHE: Section = Section {
         ("s3", DISTRIBUTED_CACHE),
         ("gcs", DISTRIBUTED_CACHE),
         ("azure", DISTRIBUTED_CACHE),
+        ("Insecure", REMOVED_CACHE),
+        ("ServerAddress", REMOVED_CACHE),
+        ("AccessKey", REMOVED_CACHE),
+        ("SecretKey", REMOVED_CACHE),
+        ("BucketName", REMOVED_CACHE),
+        ("BucketLocation", REMOVED_CACHE),
     ],
 };
 
@@ -339,6 +400,8 @@ pub const CACHE_S3: Section = Section {
         ("PathStyle", DISTRIBUTED_CACHE),
         ("RoleARN", DISTRIBUTED_CACHE),
         ("UploadRoleARN", DISTRIBUTED_CACHE),
+        ("AssumeRoleMaxConcurrency", DISTRIBUTED_CACHE),
+        ("DisableAssumeRoleCredentialsCaching", DISTRIBUTED_CACHE),
     ],
 };
 
@@ -351,6 +414,7 @@ pub const CACHE_GCS: Section = Section {
         ("AccessID", DISTRIBUTED_CACHE),
         ("PrivateKey", DISTRIBUTED_CACHE),
         ("BucketName", DISTRIBUTED_CACHE),
+        ("UniverseDomain", DISTRIBUTED_CACHE),
     ],
 };
 

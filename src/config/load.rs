@@ -163,7 +163,11 @@ impl Loader {
         self.line_of(item.span()).unwrap_or(fallback)
     }
 
-    /// A key the section does not map: a warning when gitlab-runner knows it, else an error.
+    /// A key the section does not map: a warning naming the reason when gitlab-runner knows it;
+    /// a warning with a "did you mean" when nobody knows it, because gitlab-runner starts with such
+    /// files too (its TOML decoder drops unknown keys). Only in our own
+    /// `[runners.docker.isolation]` table is an unknown key an error: nothing else reads it, so a
+    /// typo there would silently weaken a security setting.
     fn not_honoured(&mut self, section: &Section, at: &At, key: &str, item: &Item) {
         if keys::SECRET_KEYS.contains(&key)
             && let Some(s) = item.as_str()
@@ -183,7 +187,17 @@ impl Loader {
         } else {
             format!("in {}", section.name)
         };
-        self.error(at, format!("unknown key `{key}` {where_}{hint}"));
+        if section.name == keys::ISOLATION.name {
+            self.error(at, format!("unknown key `{key}` {where_}{hint}"));
+        } else {
+            self.warn(
+                at,
+                format!(
+                    "unknown key `{key}` {where_}: neither gitlab-runner nor isolated-runner \
+                     reads it, so it has no effect{hint}"
+                ),
+            );
+        }
     }
 
     /// Warns about every key of a table gitlab-runner knows but we ignore as a whole.
@@ -677,13 +691,16 @@ impl Loader {
                                 ignored: &[],
                             };
                             let at = self.at(&section, ft, k, line);
-                            if !k.starts_with("FF_") {
-                                self.error(
-                                    &at,
-                                    format!("`{k}` is not a feature flag (they are named FF_...)"),
-                                );
-                            } else if value.as_bool().is_none() {
+                            if value.as_bool().is_none() {
+                                // gitlab-runner decodes this table as a map of booleans.
                                 self.type_error(&at, "true or false", value);
+                            } else if !k.starts_with("FF_") {
+                                self.warn(
+                                    &at,
+                                    format!(
+                                        "`{k}` is not a feature flag (they are named FF_...); it has no effect"
+                                    ),
+                                );
                             } else {
                                 self.warn(&at, format!("ignored: {}", keys::FEATURE_FLAG_REASON));
                             }

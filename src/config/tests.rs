@@ -61,20 +61,76 @@ fn minimal_config_loads_with_defaults() {
 }
 
 #[test]
-fn unknown_key_is_an_error_with_line_and_suggestion() {
-    let e = errors(&runner("", "volumez = []"));
-    let d = find(&e, "volumez");
+fn unknown_key_is_a_warning_with_line_and_suggestion() {
+    let w = warnings(&runner("", "volumez = []"));
+    let d = find(&w, "volumez");
     assert_eq!(d.line, 10);
     assert_eq!(d.key_path, "[runners.docker] volumez");
+    assert!(d.message.contains("no effect"), "{d}");
     assert!(d.message.contains("did you mean `volumes`?"), "{d}");
     assert_eq!(
         d.to_string(),
         format!("config.toml:10: [runners.docker] volumez: {}", d.message)
     );
-    let e = errors("concurent = 3\n");
-    assert!(find(&e, "concurent").message.contains("`concurrent`"));
-    let e = errors("banana = 3\n");
-    assert!(!find(&e, "banana").message.contains("did you mean"));
+    let w = warnings("concurent = 3\n");
+    assert!(find(&w, "concurent").message.contains("`concurrent`"));
+    let w = warnings("banana = 3\n");
+    assert!(!find(&w, "banana").message.contains("did you mean"));
+    // Unknown keys in tables gitlab-runner owns, however deep, only warn.
+    let w = warnings(&runner(
+        "[runners.cache]\nInsecure = false\n[runners.cache.s3]\nBucketNam = \"b\"",
+        "",
+    ));
+    find(&w, "[runners.cache.s3] BucketNam: unknown key");
+    find(&w, "did you mean `BucketName`?");
+}
+
+#[test]
+fn unknown_key_in_the_isolation_table_is_an_error() {
+    let e = errors(&runner(
+        "",
+        "[runners.docker.isolation]\nsidecar_profil = \"hardened\"",
+    ));
+    let d = find(&e, "sidecar_profil");
+    assert_eq!(d.line, 11);
+    assert!(d.message.contains("did you mean `sidecar_profile`?"), "{d}");
+}
+
+#[test]
+fn removed_and_current_gitlab_runner_keys_warn_with_a_reason() {
+    let text = format!(
+        "metrics_server = \"127.0.0.1:9252\"\nlabels = {{ team = \"ci\" }}\n{}",
+        runner(
+            "clean_git_config = true\nprepare_timeout = \"1m\"\n\
+             [runners.cache]\nType = \"s3\"\nInsecure = false\nServerAddress = \"s3.example.com\"\n\
+             SecretKey = \"very-secret-key-42\"\n[runners.cache.s3]\nAssumeRoleMaxConcurrency = 2",
+            "volume_keep = true\npid_mode = \"host\"\nlog_options = { max-size = \"10m\" }",
+        )
+    );
+    let w = warnings(&text);
+    assert!(find(&w, "metrics_server").message.contains("removed"));
+    assert_eq!(find(&w, "metrics_server").line, 1);
+    find(&w, "labels: ignored");
+    find(&w, "clean_git_config: ignored");
+    find(&w, "prepare_timeout: ignored");
+    let insecure = find(&w, "[runners.cache] Insecure");
+    assert!(
+        insecure.message.contains("removed in gitlab-runner 12.0"),
+        "{insecure}"
+    );
+    find(&w, "[runners.cache] ServerAddress: ignored");
+    find(&w, "[runners.cache.s3] AssumeRoleMaxConcurrency: ignored");
+    find(&w, "[runners.docker] volume_keep: ignored");
+    find(&w, "[runners.docker] pid_mode: ignored");
+    find(&w, "[runners.docker] log_options: ignored");
+    assert!(
+        !w.iter()
+            .any(|d| d.to_string().contains("very-secret-key-42"))
+    );
+    assert!(
+        !w.iter().any(|d| d.message.contains("unknown key")),
+        "{w:#?}"
+    );
 }
 
 #[test]
@@ -359,7 +415,13 @@ fn runner_requires_url_and_token() {
         w.iter()
             .any(|d| d.message.contains("no `token` or `token_file`"))
     );
-    let e = errors(&runner("executor2 = 1", "").replace("https://", "ssh://"));
+    let e = load_str(
+        &runner("executor2 = 1", "").replace("https://", "ssh://"),
+        "c",
+    )
+    .expect_err("an ssh url is an error")
+    .diagnostics()
+    .to_vec();
     find(&e, "http://");
     find(&e, "did you mean `executor`?");
 }
@@ -388,6 +450,15 @@ fn feature_flags_and_cache_tables_warn_per_key() {
     assert!(!format!("{w:?}").contains("verysecretkey123"));
     assert_eq!(loaded.config.runners[0].cache.max_size, Some(10 << 30));
     assert!(!loaded.config.runners[0].custom_build_dir);
+
+    // gitlab-runner decodes the table as a map of booleans: any name loads, a non-boolean fails.
+    let w = warnings(&runner("[runners.feature_flags]\nUSE_FASTZIP = true", ""));
+    find(&w, "`USE_FASTZIP` is not a feature flag");
+    let e = errors(&runner(
+        "[runners.feature_flags]\nFF_USE_FASTZIP = \"yes\"",
+        "",
+    ));
+    find(&e, "expected true or false");
 }
 
 #[test]
@@ -465,7 +536,7 @@ fn environment_and_pull_policies() {
 
 #[test]
 fn error_display_lists_everything_with_lines() {
-    let err = load_str(&runner("limit = -1", "volumez = 1"), "config.toml").unwrap_err();
+    let err = load_str(&runner("limit = -1", "memory = \"lots\""), "config.toml").unwrap_err();
     let shown = err.to_string();
     assert!(shown.starts_with("config.toml: 2 errors"), "{shown}");
     assert!(
@@ -473,7 +544,7 @@ fn error_display_lists_everything_with_lines() {
         "{shown}"
     );
     assert!(
-        shown.contains("config.toml:10: [runners.docker] volumez"),
+        shown.contains("config.toml:10: [runners.docker] memory"),
         "{shown}"
     );
 }
