@@ -376,6 +376,58 @@ async fn outcomes_failure_allow_failure_and_timeout() {
     w.scope.assert_clean().await;
 }
 
+/// A job image with no bash (busybox, `sh` only): the runner picks sh, as gitlab-runner does, and
+/// the generated script runs there. Variables expand, after_script sees the status, and a
+/// failing command fails the job with its own exit code; a passing job on the same image passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sh_only_image_runs_jobs_with_sh() {
+    let w = E2e::new().await;
+    let image = json_image(support::docker::BUSYBOX_IMAGE);
+    // GitLab sends before_script joined to script in the `script` step.
+    let mut fail = w.job(
+        1401,
+        &[
+            "echo \"before: $GREETING\"",
+            "test ! -e /bin/bash && echo no-bash-here",
+            "echo \"script: $GREETING in $CI_PROJECT_DIR\"",
+            "sh -c 'exit 7'",
+            "echo not-reached",
+        ],
+        &["echo \"after sees $CI_JOB_STATUS\""],
+    );
+    fail["image"] = image.clone();
+    push_var(&mut fail, "GREETING", "hello  from sh", true);
+    let mut ok = w.job(1402, &["echo ok-on-sh", "true | cat"], &[]);
+    ok["image"] = image;
+    w.fake.enqueue(fail);
+    w.fake.enqueue(ok);
+    let daemon = w.start_daemon(w.config(1));
+    let f1 = w.wait_final(1401, JOB_TIMEOUT).await;
+    let f2 = w.wait_final(1402, JOB_TIMEOUT).await;
+    daemon.drain().await;
+
+    assert_state(&w, 1401, &f1, ("failed", Some("script_failure"), Some(7)));
+    let t = w.trace(1401);
+    for needle in [
+        "before: hello  from sh\n",
+        "no-bash-here\n",
+        "script: hello  from sh in /",
+        "$ sh -c 'exit 7'",
+        "after sees failed\n",
+    ] {
+        assert!(t.contains(needle), "missing {needle:?}:\n{t}");
+    }
+    assert!(!t.contains("not-reached\n"), "{t}");
+    assert!(!t.contains("bash: not found"), "{t}");
+    assert_state(&w, 1402, &f2, ("success", None, None));
+    assert!(w.trace(1402).contains("ok-on-sh\n"));
+    w.scope.assert_clean().await;
+}
+
+fn json_image(name: &str) -> serde_json::Value {
+    serde_json::json!({"name": name, "entrypoint": null, "ports": [], "pull_policy": null})
+}
+
 /// Cancel through GitLab mid-script: `canceling` runs after_script, `canceled` does not; the
 /// sidecar is gone soon after either. after_script proves it ran by calling the fake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,3 +110,54 @@ async fn exec_of_a_failing_job_exits_1() {
     );
     assert_exec_job_clean(&scope, &out).await;
 }
+
+/// `runner exec` of jobs whose image has no bash (busybox: `sh` only): before_script, script and
+/// after_script run with sh; variables expand; a failing command fails the job with its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_jobs_on_an_sh_only_image() {
+    let scope = Scope::new().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        work.path().join(".gitlab-ci.yml"),
+        r#"variables:
+  GREETING: "hello  from sh"
+default:
+  image: isolated-runner/busybox:test
+  before_script:
+    - 'echo "before: $GREETING"'
+  after_script:
+    - echo "after sees $CI_JOB_STATUS"
+sh-ok:
+  script:
+    - test ! -e /bin/bash && echo no-bash-here
+    - 'echo "script: $GREETING"'
+sh-fail:
+  script:
+    - echo about-to-fail
+    - sh -c 'exit 6'
+    - echo not-reached
+"#,
+    )
+    .expect("write ci file");
+    let (code, out) = exec(work.path(), "sh-ok").await;
+    assert_eq!(code, Some(0), "output:\n{out}");
+    for needle in [
+        "before: hello  from sh\n",
+        "no-bash-here\n",
+        "script: hello  from sh\n",
+        "after sees success\n",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?}:\n{out}");
+    }
+    assert_exec_job_clean(&scope, &out).await;
+
+    let (code, out) = exec(work.path(), "sh-fail").await;
+    assert_eq!(code, Some(1), "output:\n{out}");
+    assert!(
+        out.contains("about-to-fail") && out.contains("exit code 6"),
+        "{out}"
+    );
+    assert!(!out.contains("not-reached\n"), "{out}");
+    assert!(out.contains("after sees failed\n"), "{out}");
+    assert_exec_job_clean(&scope, &out).await;
+}

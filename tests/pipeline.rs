@@ -141,7 +141,7 @@ async fn success_echoes_commands_with_sections_and_tears_down() {
     assert!(
         scripts[1]
             .script
-            .starts_with("set -eo pipefail\nset +o noclobber\n")
+            .starts_with(&isolated_runner::job::script::prologue())
     );
 }
 

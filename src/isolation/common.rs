@@ -449,10 +449,7 @@ impl JobState {
             name: self.naming.name(&format!("{role}-{n}")),
             image,
             entrypoint,
-            cmd: Some(vec![
-                "bash".to_string(),
-                script_path.to_string_lossy().into_owned(),
-            ]),
+            cmd: Some(super::shell::command(&script_path.to_string_lossy())),
             env,
             labels: self.naming.labels(role),
             working_dir: Some(paths.project_dir.to_string_lossy().into_owned()),

@@ -11,6 +11,7 @@ pub mod egress;
 pub mod pool;
 pub mod reaper;
 pub mod shared_socket;
+pub mod shell;
 
 pub use common::{CLIENT_CERT_PATH, JOB_CAP_DROP};
 
@@ -120,7 +121,8 @@ pub enum Role {
 pub struct ScriptRequest {
     /// Container to run in.
     pub role: Role,
-    /// A complete bash script (the pipeline generates it).
+    /// A complete POSIX sh script (the pipeline generates it); run with bash when the image
+    /// has it, else sh ([`shell`]).
     pub script: String,
     /// Environment of the script; the backend adds its own (`DOCKER_HOST`, …).
     pub env: Vec<(String, String)>,

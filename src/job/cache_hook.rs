@@ -109,7 +109,7 @@ async fn untracked_files(ctx: &StageContext<'_>) -> Result<Vec<PathBuf>, String>
     let dir = sh_quote(&paths.project_dir.to_string_lossy());
     let l = sh_quote(&list.to_string_lossy());
     let script = format!(
-        "set -eo pipefail\nif git -c safe.directory='*' -C {dir} rev-parse --git-dir >/dev/null 2>&1; then\n  git -c safe.directory='*' -C {dir} ls-files -o --exclude-standard -z > {l}\nelse\n  printf 'NOT-A-GIT-REPOSITORY' > {l}\nfi\n"
+        "set -e\nif git -c safe.directory='*' -C {dir} rev-parse --git-dir >/dev/null 2>&1; then\n  git -c safe.directory='*' -C {dir} ls-files -o --exclude-standard -z > {l}\nelse\n  printf 'NOT-A-GIT-REPOSITORY' > {l}\nfi\n"
     );
     let out = Arc::new(Collect::default());
     let sink: Arc<dyn OutputSink> = out.clone();

@@ -986,7 +986,7 @@ impl Pipeline {
         let dir = sh_quote(&paths.project_dir.to_string_lossy());
         let l = sh_quote(&list.to_string_lossy());
         let script = format!(
-            "set -eo pipefail\nif git -c safe.directory='*' -C {dir} rev-parse --git-dir >/dev/null 2>&1; then\n  git -c safe.directory='*' -C {dir} ls-files -o --exclude-standard -z > {l}\nelse\n  printf 'NOT-A-GIT-REPOSITORY' > {l}\nfi\n"
+            "set -e\nif git -c safe.directory='*' -C {dir} rev-parse --git-dir >/dev/null 2>&1; then\n  git -c safe.directory='*' -C {dir} ls-files -o --exclude-standard -z > {l}\nelse\n  printf 'NOT-A-GIT-REPOSITORY' > {l}\nfi\n"
         );
         match self
             .run_stage(env, log, guards, Role::Helper, script, export_env(vars))

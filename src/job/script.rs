@@ -1,9 +1,11 @@
-//! Bash script generation, like gitlab-runner's bash shell: `set -eo pipefail`, each command
-//! echoed as `$ cmd` in bold green before it runs, all in one shell per stage.
+//! Script generation, like gitlab-runner's bash/sh shell: errexit (and pipefail where the shell
+//! has it), each command echoed as `$ cmd` in bold green before it runs, all in one shell per
+//! stage. Everything generated here is POSIX sh: the container runs it with bash when the image
+//! has bash and with sh otherwise (`isolation::shell`), so no bash-only syntax may appear.
 
 use crate::trace::{ANSI_BOLD_GREEN, ANSI_RESET};
 
-/// Quotes `s` for bash with single quotes.
+/// Quotes `s` for sh with single quotes (which keep every byte but `'` as it is).
 pub fn sh_quote(s: &str) -> String {
     if !s.is_empty()
         && s.bytes()
@@ -14,28 +16,12 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// Quotes `s` as a bash ANSI-C string (`$'…'`), which can hold escapes and newlines.
-pub fn ansi_c_quote(s: &str) -> String {
-    let mut out = String::from("$'");
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str("\\'"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\x1b' => out.push_str("\\e"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
-
-/// The shell prologue every stage starts with.
+/// The shell prologue every stage starts with. `pipefail` is not POSIX: bash and busybox sh have
+/// it, dash did not for long, and `set` with an unknown option ends a POSIX shell, so it is asked
+/// for only when `set -o` lists it (a builtin check, no `grep` needed in the image).
 pub fn prologue() -> String {
-    "set -eo pipefail\nset +o noclobber\n".to_string()
+    "case $(set -o) in *pipefail*) set -o pipefail ;; esac\nset -o errexit\nset +o noclobber\n"
+        .to_string()
 }
 
 /// How a command is shown before it runs: its first line, with a note when it has more.
@@ -56,7 +42,8 @@ pub fn push_command(script: &mut String, cmd: &str) {
         return;
     }
     let shown = format!("{ANSI_BOLD_GREEN}{}{ANSI_RESET}", echo_text(cmd));
-    script.push_str(&format!("echo {}\n", ansi_c_quote(&shown)));
+    // printf, not echo: sh's echo may interpret backslashes in the command text.
+    script.push_str(&format!("printf '%s\\n' {}\n", sh_quote(&shown)));
     script.push_str(cmd.trim_end_matches('\n'));
     script.push('\n');
 }
@@ -88,7 +75,49 @@ mod tests {
         assert_eq!(sh_quote("abc/d.e"), "abc/d.e");
         assert_eq!(sh_quote("it's"), "'it'\\''s'");
         assert_eq!(sh_quote(""), "''");
-        assert_eq!(ansi_c_quote("a'b\n\x1b"), "$'a\\'b\\n\\e'");
+        assert_eq!(sh_quote("a'b\n\x1b"), "'a'\\''b\n\x1b'");
+    }
+
+    /// The generated script runs under a POSIX sh that is not bash (the host's `/bin/sh`, dash on
+    /// Debian): commands are echoed, variables expand, and the first failing command ends the
+    /// script with its exit code.
+    #[test]
+    fn user_script_runs_under_posix_sh() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let project = dir.path().to_string_lossy().into_owned();
+        let script = user_script(
+            &project,
+            &[
+                "GREETING='hello  world'".into(),
+                "echo \"got: $GREETING in $(pwd)\"".into(),
+                "printf 'back\\\\slash\\n'".into(),
+                "sh -c 'exit 42'".into(),
+                "echo never".into(),
+            ],
+        );
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(42),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("\x1b[32;1m$ echo \"got: $GREETING in $(pwd)\"\x1b[0;m\n"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("got: hello  world in {project}\n")),
+            "{stdout}"
+        );
+        assert!(stdout.contains("$ printf 'back\\\\slash\\n'"), "{stdout}");
+        assert!(stdout.contains("back\\slash\n"), "{stdout}");
+        assert!(stdout.contains("$ sh -c 'exit 42'"), "{stdout}");
+        assert!(!stdout.contains("never\n"), "{stdout}");
     }
 
     #[test]
@@ -99,9 +128,10 @@ mod tests {
             "$ if true; then # collapsed multi-line command"
         );
         let s = user_script("/b/p", &["echo hi".into()]);
-        assert!(s.starts_with("set -eo pipefail\nset +o noclobber\ncd /b/p\n"));
+        assert!(s.starts_with(&prologue()), "{s}");
+        assert!(s.contains("set +o noclobber\ncd /b/p\n"), "{s}");
         assert!(
-            s.contains("echo $'\\e[32;1m$ echo hi\\e[0;m'\necho hi\n"),
+            s.contains("printf '%s\\n' '\x1b[32;1m$ echo hi\x1b[0;m'\necho hi\n"),
             "{s}"
         );
     }
