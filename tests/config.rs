@@ -298,3 +298,75 @@ fn legacy_config_loads_with_warnings_and_fails_only_strict() {
         "{out}"
     );
 }
+
+/// Runs `runner ARGS...` with a clean environment; returns (exit code, stderr).
+fn runner_stderr(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(args)
+        .output()
+        .expect("the runner binary starts");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `runner run` reads `log_level` and `log_format` from the config: it logs the file's warnings
+/// as it starts, in the configured shape and at the configured level; `--log-level` wins. The
+/// state dir cannot be created (under /proc), so the daemon stops right after loading the file.
+#[test]
+fn run_applies_log_level_and_log_format_from_the_config() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    let write = |level: &str, format: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "log_level = \"{level}\"\nlog_format = \"{format}\"\n\
+                 state_dir = \"/proc/isolated-runner-log-test\"\nbogus_key = 1\n\
+                 [[runners]]\nurl = \"https://gitlab.example.com/\"\n\
+                 token = \"glrt-LOGTOKEN-123456\"\nexecutor = \"docker\"\n\
+                 [runners.docker]\nimage = \"alpine:3.20\"\n"
+            ),
+        )
+        .expect("write");
+    };
+    let config = path.to_string_lossy().into_owned();
+
+    write("warning", "json");
+    let (code, err) = runner_stderr(&["run", "-c", &config]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("system id"), "stopped where expected:\n{err}");
+    let json: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let warning = json
+        .iter()
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("unknown key `bogus_key`"))
+        })
+        .unwrap_or_else(|| panic!("no JSON warning line:\n{err}"));
+    assert_eq!(warning["level"], "WARN", "{warning}");
+
+    // `error` hides the warnings; `text` is plain, without colour codes.
+    write("error", "text");
+    let (code, err) = runner_stderr(&["run", "-c", &config]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("bogus_key"), "{err}");
+    // The flag wins over the file.
+    let (code, err) = runner_stderr(&["--log-level", "warn", "run", "-c", &config]);
+    assert_eq!(code, 1, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("unknown key `bogus_key`"))
+        .unwrap_or_else(|| panic!("no warning line:\n{err}"));
+    assert!(line.contains("WARN") && !line.starts_with('{'), "{line}");
+    assert!(!err.contains('\x1b'), "{err}");
+    assert!(!err.contains("LOGTOKEN"), "{err}");
+}

@@ -93,23 +93,55 @@ pub enum ConfigCommand {
     },
 }
 
-/// Sets up the runner's own logs (stderr; never the job trace).
+/// Sets up the runner's own logs (stderr; never the job trace). The level is `--log-level` (or
+/// `RUNNER_LOG_LEVEL`), else the config file's `log_level`, else the verb's default; the shape is
+/// the config file's `log_format`: `json` gives one JSON object per line, `text` plain lines
+/// without colour, `runner` (the default) plain lines coloured on a terminal.
 pub fn init_tracing(cli: &Cli) {
     use std::io::IsTerminal;
     let fallback = default_log_level(&cli.command);
+    let (config_level, config_format) = cli
+        .command
+        .config_path()
+        .map(crate::config::peek_logging)
+        .unwrap_or((None, None));
     let level = cli
         .log_level
         .clone()
+        .or_else(|| config_level.map(str::to_string))
         .unwrap_or_else(|| fallback.to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(fallback));
-    // An error means a subscriber is already set (tests), which is fine.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // An error means a subscriber is already set (tests), which is fine.
+    let _ = match config_format.unwrap_or("runner") {
+        "json" => builder.json().try_init(),
+        "text" => builder.with_ansi(false).try_init(),
         // Colour codes only for a terminal: logs redirected to a file or CI log stay plain.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        _ => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+}
+
+impl Command {
+    /// The config file this verb reads, for the logging settings.
+    fn config_path(&self) -> Option<&std::path::Path> {
+        let arg = match self {
+            Command::Run(a) | Command::List(a) => a,
+            Command::Register(a) => &a.config,
+            Command::Verify(a) => &a.config,
+            Command::Unregister(a) => &a.config,
+            Command::Exec(a) => &a.config,
+            Command::Bench(a) => &a.config,
+            Command::Doctor(a) => &a.config,
+            Command::Cleanup(a) => &a.config,
+            Command::Config(ConfigCommand::Check { file, .. }) => return Some(file),
+        };
+        Some(&arg.config)
+    }
 }
 
 /// The log level when `--log-level` is not given. `bench` prints one progress line per job on

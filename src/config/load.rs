@@ -426,37 +426,17 @@ impl Loader {
                     }
                 }
                 "log_level" => {
-                    if let Some(s) = self.string(&at, item) {
-                        const LEVELS: [&str; 7] = [
-                            "trace", "debug", "info", "warn", "warning", "error", "panic",
-                        ];
-                        if LEVELS.contains(&s.as_str()) || s == "fatal" {
-                            // gitlab-runner's extra levels map onto ours.
-                            config.log_level = match s.as_str() {
-                                "warning" => "warn".into(),
-                                "panic" | "fatal" => "error".into(),
-                                _ => s,
-                            };
-                        } else {
-                            self.error(
-                                &at,
-                                format!(
-                                    "`{s}` is not a log level (error, warn, info, debug, trace)"
-                                ),
-                            );
-                        }
+                    if let Some(s) = self.string(&at, item)
+                        && let Some(level) = self.check(&at, v::parse_log_level(&s))
+                    {
+                        config.log_level = level.to_string();
                     }
                 }
                 "log_format" => {
-                    if let Some(s) = self.string(&at, item) {
-                        if ["text", "json", "runner"].contains(&s.as_str()) {
-                            config.log_format = s;
-                        } else {
-                            self.error(
-                                &at,
-                                format!("`{s}` is not a log format (text, json, runner)"),
-                            );
-                        }
+                    if let Some(s) = self.string(&at, item)
+                        && let Some(format) = self.check(&at, v::parse_log_format(&s))
+                    {
+                        config.log_format = format.to_string();
                     }
                 }
                 "state_dir" => {

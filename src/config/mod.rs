@@ -138,6 +138,27 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
     finish(load::parse(&text, &source), &origin)
 }
 
+/// `log_level` and `log_format` of a config file, read before logging starts (and before the
+/// file is fully loaded, which logs its warnings). Anything missing, unreadable or invalid is
+/// `None`: the full load reports it. Blocking: see the module docs.
+pub fn peek_logging(path: &Path) -> (Option<&'static str>, Option<&'static str>) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return (None, None);
+    };
+    let Ok(doc) = text.parse::<toml_edit::DocumentMut>() else {
+        return (None, None);
+    };
+    let get = |key: &str, parse: fn(&str) -> Result<&'static str, String>| {
+        doc.get(key)
+            .and_then(|i| i.as_str())
+            .and_then(|s| parse(s).ok())
+    };
+    (
+        get("log_level", validate::parse_log_level),
+        get("log_format", validate::parse_log_format),
+    )
+}
+
 /// Parses and validates config text. `origin_name` is the file name used in messages; relative
 /// `token_file` paths are resolved against the current directory.
 pub fn load_str(text: &str, origin_name: &str) -> Result<Loaded, Error> {

@@ -364,6 +364,31 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     previous[b.len()]
 }
 
+/// A `log_level` value as our logger names it; gitlab-runner's `warning`, `panic` and `fatal`
+/// map onto ours.
+pub fn parse_log_level(s: &str) -> Result<&'static str, String> {
+    match s {
+        "trace" => Ok("trace"),
+        "debug" => Ok("debug"),
+        "info" => Ok("info"),
+        "warn" | "warning" => Ok("warn"),
+        "error" | "panic" | "fatal" => Ok("error"),
+        _ => Err(format!(
+            "`{s}` is not a log level (error, warn, info, debug, trace)"
+        )),
+    }
+}
+
+/// A `log_format` value: `text`, `json` or `runner` (gitlab-runner's three).
+pub fn parse_log_format(s: &str) -> Result<&'static str, String> {
+    match s {
+        "text" => Ok("text"),
+        "json" => Ok("json"),
+        "runner" => Ok("runner"),
+        _ => Err(format!("`{s}` is not a log format (text, json, runner)")),
+    }
+}
+
 /// The known key closest to `key`, if it is close enough to be a likely typo. Case and `-`/`_`
 /// differences are free, since `Type` vs `type` and `tls-ca-file` vs `tls_ca_file` are common.
 pub fn did_you_mean<'a>(key: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
