@@ -424,6 +424,48 @@ async fn sh_only_image_runs_jobs_with_sh() {
     w.scope.assert_clean().await;
 }
 
+/// `[runners.docker] extra_hosts`, `dns` and `dns_search` reach the job container's `/etc/hosts`
+/// and `/etc/resolv.conf`, and the DNS settings reach containers the job starts on its own daemon.
+/// No name is looked up: the addresses are only written into the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_hosts_and_dns_reach_the_job_and_its_daemon() {
+    let w = E2e::new().await;
+    let job = w.job(
+        1501,
+        &[
+            "sed 's/^/hosts: /' /etc/hosts",
+            "sed 's/^/resolv: /' /etc/resolv.conf",
+            &format!(
+                "docker run --rm {} cat /etc/resolv.conf | sed 's/^/inner: /'",
+                support::docker::BUSYBOX_IMAGE
+            ),
+        ],
+        &[],
+    );
+    w.fake.enqueue(job);
+    let mut config = w.config(1);
+    let d = &mut config.runners[0].docker;
+    d.extra_hosts = vec!["gitlab.corp.test:10.99.0.7".to_string()];
+    d.dns = vec!["10.99.0.53".parse().expect("ip")];
+    d.dns_search = vec!["corp.test".to_string()];
+    let daemon = w.start_daemon(config);
+    let f = w.wait_final(1501, JOB_TIMEOUT).await;
+    daemon.drain().await;
+    assert_state(&w, 1501, &f, ("success", None, None));
+    let t = w.trace(1501);
+    let has = |prefix: &str, words: &[&str]| {
+        t.lines().any(|l| {
+            l.strip_prefix(prefix)
+                .is_some_and(|rest| rest.split_whitespace().eq(words.iter().copied()))
+        })
+    };
+    assert!(has("hosts: ", &["10.99.0.7", "gitlab.corp.test"]), "{t}");
+    assert!(has("resolv: ", &["search", "corp.test"]), "{t}");
+    assert!(has("inner: ", &["nameserver", "10.99.0.53"]), "{t}");
+    assert!(has("inner: ", &["search", "corp.test"]), "{t}");
+    w.scope.assert_clean().await;
+}
+
 fn json_image(name: &str) -> serde_json::Value {
     serde_json::json!({"name": name, "entrypoint": null, "ports": [], "pull_policy": null})
 }

@@ -210,6 +210,9 @@ pub const DOCKER: Section = Section {
         "allowed_services",
         "network_mtu",
         "isolation",
+        "extra_hosts",
+        "dns",
+        "dns_search",
     ],
     ignored: &[
         (
@@ -231,9 +234,6 @@ pub const DOCKER: Section = Section {
         ("oom_score_adjust", NOT_YET),
         ("shm_size", NOT_YET),
         ("ulimit", NOT_YET),
-        ("dns", NOT_YET),
-        ("dns_search", NOT_YET),
-        ("extra_hosts", NOT_YET),
         ("user", NOT_YET),
         ("group_add", NOT_YET),
         ("allowed_users", NOT_YET),

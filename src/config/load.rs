@@ -925,6 +925,35 @@ impl Loader {
                 "network_mtu" => {
                     docker_mtu = self.mtu(&at, item);
                 }
+                "extra_hosts" => {
+                    if let Some(list) = self.strings(&at, item) {
+                        for entry in &list {
+                            self.check(&at, v::check_extra_host(entry));
+                        }
+                        d.extra_hosts = list;
+                    }
+                }
+                "dns" => {
+                    if let Some(list) = self.strings(&at, item) {
+                        d.dns = list
+                            .iter()
+                            .filter_map(|s| {
+                                let parsed = s
+                                    .parse::<std::net::IpAddr>()
+                                    .map_err(|_| format!("`{s}` is not an IP address"));
+                                self.check(&at, parsed)
+                            })
+                            .collect();
+                    }
+                }
+                "dns_search" => {
+                    if let Some(list) = self.strings(&at, item) {
+                        for domain in &list {
+                            self.check(&at, v::check_search_domain(domain));
+                        }
+                        d.dns_search = list;
+                    }
+                }
                 "isolation" => {
                     if item.is_str() {
                         // gitlab-runner's `isolation` is a Windows container setting.

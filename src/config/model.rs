@@ -101,6 +101,12 @@ pub struct DockerConfig {
     pub allowed_images: Vec<String>,
     /// Service allow-list (globs); empty = any.
     pub allowed_services: Vec<String>,
+    /// `host:ip` entries added to `/etc/hosts` of the job's containers and sidecar.
+    pub extra_hosts: Vec<String>,
+    /// DNS servers of the job's containers, sidecar and inner daemon.
+    pub dns: Vec<std::net::IpAddr>,
+    /// DNS search domains of the same.
+    pub dns_search: Vec<String>,
     /// `[runners.docker.isolation]`.
     pub isolation: IsolationConfig,
 }
@@ -264,6 +270,9 @@ impl Default for DockerConfig {
             allowed_pull_policies: Vec::new(),
             allowed_images: Vec::new(),
             allowed_services: Vec::new(),
+            extra_hosts: Vec::new(),
+            dns: Vec::new(),
+            dns_search: Vec::new(),
             isolation: IsolationConfig::default(),
         }
     }

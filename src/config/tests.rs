@@ -577,3 +577,32 @@ fn every_ignored_gitlab_runner_key_loads_with_a_warning() {
     let w = warnings(&(runner("", "") + "[runners.kubernetes]\nnamespace = \"ci\"\n"));
     find(&w, "[[runners]] kubernetes: ignored");
 }
+
+#[test]
+fn extra_hosts_and_dns_are_honoured_and_checked() {
+    let c = load_str(
+        &runner(
+            "",
+            "extra_hosts = [\"gitlab.corp.test:10.1.2.3\", \"v6.corp.test:2001:db8::1\", \"gw:host-gateway\"]\n\
+             dns = [\"10.1.0.53\"]\ndns_search = [\"corp.test\"]",
+        ),
+        "c",
+    )
+    .expect("loads")
+    .config;
+    let d = &c.runners[0].docker;
+    assert_eq!(d.extra_hosts.len(), 3);
+    assert_eq!(
+        d.dns,
+        vec!["10.1.0.53".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(d.dns_search, vec!["corp.test"]);
+    let e = errors(&runner(
+        "",
+        "extra_hosts = [\"nohost\"]\ndns = [\"dns.example.com\"]\ndns_search = [\"a b\"]",
+    ));
+    assert_eq!(find(&e, "extra_hosts").line, 10);
+    find(&e, "`nohost` is not host:ip");
+    find(&e, "`dns.example.com` is not an IP address");
+    find(&e, "`a b` is not a search domain");
+}

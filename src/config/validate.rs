@@ -364,6 +364,39 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     previous[b.len()]
 }
 
+/// An `extra_hosts` entry: `host:ip` (the IP may be IPv6, or Docker's `host-gateway`).
+pub fn check_extra_host(entry: &str) -> Result<(), String> {
+    let Some((host, ip)) = entry.split_once(':') else {
+        return Err(format!(
+            "`{entry}` is not host:ip, like \"gitlab.example.com:10.0.0.5\""
+        ));
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    if !host_ok {
+        return Err(format!("`{host}` in `{entry}` is not a host name"));
+    }
+    if ip != "host-gateway" && ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!("`{ip}` in `{entry}` is not an IP address"));
+    }
+    Ok(())
+}
+
+/// A `dns_search` domain: a DNS name, no spaces.
+pub fn check_search_domain(domain: &str) -> Result<(), String> {
+    let ok = !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{domain}` is not a search domain"))
+    }
+}
+
 /// A `log_level` value as our logger names it; gitlab-runner's `warning`, `panic` and `fatal`
 /// map onto ours.
 pub fn parse_log_level(s: &str) -> Result<&'static str, String> {

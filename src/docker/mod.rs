@@ -179,6 +179,12 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     /// Paths to unmask in /proc and /sys (`systempaths=unconfined` equivalent when empty lists).
     pub unmask_system_paths: bool,
+    /// `host:ip` entries for `/etc/hosts`.
+    pub extra_hosts: Vec<String>,
+    /// DNS servers.
+    pub dns: Vec<String>,
+    /// DNS search domains.
+    pub dns_search: Vec<String>,
 }
 
 /// What `runner doctor` reads from `docker version` and `docker info`.
@@ -877,6 +883,9 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
         // Empty lists are what `systempaths=unconfined` sends: nothing masked, nothing ro.
         masked_paths: spec.unmask_system_paths.then(Vec::new),
         readonly_paths: spec.unmask_system_paths.then(Vec::new),
+        extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
+        dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
+        dns_search: (!spec.dns_search.is_empty()).then(|| spec.dns_search.clone()),
         ..Default::default()
     };
     let networking_config = spec.network.as_ref().map(|net| NetworkingConfig {
@@ -942,6 +951,7 @@ mod tests {
         };
         let b = container_body(&spec);
         let h = b.host_config.unwrap();
+        assert_eq!(h.extra_hosts, None);
         assert_eq!(h.memory_swap, Some(1 << 30));
         assert_eq!(h.nano_cpus, Some(1_500_000_000));
         assert_eq!(h.network_mode.as_deref(), Some("net"));

@@ -319,6 +319,8 @@ pub struct JobState {
     pub egress: Option<super::egress::JobEgress>,
     /// Create requests on their own tasks (see [`detached`]); teardown waits for them.
     pub inflight: TaskTracker,
+    /// `extra_hosts`/`dns`/`dns_search` for every container the job gets.
+    pub resolve: super::resolve::Resolve,
 }
 
 impl JobState {
@@ -340,6 +342,7 @@ impl JobState {
             seq: AtomicU32::new(0),
             egress: None,
             inflight: TaskTracker::new(),
+            resolve: super::resolve::Resolve::default(),
         }
     }
 
@@ -386,7 +389,8 @@ impl JobState {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             env.extend(svc.env.iter().map(|(k, v)| format!("{k}={v}")));
-            let spec = service_spec(&self.naming, i, svc, env, &net.name);
+            let mut spec = service_spec(&self.naming, i, svc, env, &net.name);
+            self.resolve.apply(&mut spec);
             let d = self.docker.clone();
             let id = detached(
                 &self.inflight,
@@ -445,7 +449,7 @@ impl JobState {
         env.extend(settings.job_env.iter().map(|(k, v)| format!("{k}={v}")));
         let mut mounts = self.job_dir_mounts();
         mounts.extend(settings.extra_mounts.iter().cloned());
-        let spec = ContainerSpec {
+        let mut spec = ContainerSpec {
             name: self.naming.name(&format!("{role}-{n}")),
             image,
             entrypoint,
@@ -463,6 +467,7 @@ impl JobState {
             init: true,
             ..Default::default()
         };
+        self.resolve.apply(&mut spec);
         let d = self.docker.clone();
         let id = detached(
             &self.inflight,

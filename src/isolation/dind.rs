@@ -15,6 +15,7 @@
 use super::common::{
     self, CLIENT_CERT_PATH, JobState, Naming, SERVER_CERT_PATH, ScriptSettings, other, other_paths,
 };
+use super::resolve::Resolve;
 use super::{
     EnvironmentSpec, Error, Isolation, JobEnvironment, JobPaths, OutputSink, ScriptRequest,
     TeardownReport,
@@ -231,7 +232,10 @@ impl Isolation for DindBackend {
         let naming = Naming::new(&spec.runner_id, spec.job_id, spec.timeout)?;
         let host_map = HostPathMap::new(self.core.runner.docker.isolation.host_path_map.clone());
         let mut env = DindEnv {
-            state: JobState::new(self.core.docker.clone(), naming, host_map),
+            state: JobState {
+                resolve: Resolve::from_docker(&self.core.runner.docker),
+                ..JobState::new(self.core.docker.clone(), naming, host_map)
+            },
             paths: JobPaths {
                 project_dir: PathBuf::new(),
                 tmp_dir: PathBuf::new(),
@@ -493,12 +497,18 @@ impl Core {
         sidecar.image = iso.sidecar_image.clone();
         let mut inner_args =
             inner_daemon_args(iso.inner_address_pool, mtu, iso.registry_mirror.as_deref());
-        inner_args.extend(inner_dns_args(&super::egress::host_resolvers().await));
+        inner_args.extend(
+            state
+                .resolve
+                .inner_daemon_args(&super::egress::host_resolvers().await),
+        );
         sidecar.cmd = Some(inner_args);
         sidecar.labels = state.naming.labels("sidecar");
         sidecar.labels.extend(plan.extra_labels);
         sidecar.network = Some(net.name.clone());
         sidecar.aliases = vec!["docker".to_string()];
+        // The inner daemon resolves registries through the sidecar's own resolver and hosts file.
+        state.resolve.apply(&mut sidecar);
         sidecar.ipv4 = Some(sidecar_ip.to_string());
         sidecar.mounts = vec![
             MountSpec::Volume {
@@ -919,7 +929,8 @@ use ipnet::Ipv4Net;
 /// resolv.conf names only Docker's 127.0.0.11, which the inner daemon cannot hand to its
 /// containers, so without these it would fall back to 8.8.8.8). Queries from inner containers
 /// are NATed behind the sidecar and pass the job bridge's policy, which lets DNS to these
-/// resolvers through even with `egress = "deny"`. Empty when the host has none.
+/// resolvers through even with `egress = "deny"`. Empty when the host has none. `[runners.docker]
+/// dns` replaces the host's resolvers (see `Resolve::inner_daemon_args`).
 pub fn inner_dns_args(resolvers: &[IpAddr]) -> Vec<String> {
     resolvers.iter().map(|ip| format!("--dns={ip}")).collect()
 }

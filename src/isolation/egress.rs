@@ -131,8 +131,8 @@ async fn bridge_interface(
 /// What every job must reach even on the host or with egress denied: GitLab (the job clones
 /// from it and the helper uploads artifacts to it), the host of the job's clone URL (`repo`:
 /// GitLab's `clone_url` may name another host or port than the runner's URL), the registry
-/// mirror, and, unless egress is plain `allow`, the host's DNS resolvers (TCP and UDP 53) so
-/// names still resolve. Names are resolved now, so a later DNS answer cannot widen the policy.
+/// mirror, and, unless egress is plain `allow`, the DNS resolvers (TCP and UDP 53: the configured
+/// `dns`, else the host's) so names still resolve. Names are resolved now, so a later DNS answer cannot widen the policy.
 /// A name that does not resolve is skipped (the job will fail to reach it, which is the safe
 /// direction).
 pub async fn needed_endpoints(runner: &RunnerConfig, repo: Option<&HostPort>) -> Vec<Endpoint> {
@@ -157,7 +157,13 @@ pub async fn needed_endpoints(runner: &RunnerConfig, repo: Option<&HostPort>) ->
         }
     }
     if runner.docker.isolation.egress != Egress::Allow {
-        for ip in host_resolvers().await {
+        // `[runners.docker] dns` replaces the host's resolvers for the job's containers.
+        let resolvers = if runner.docker.dns.is_empty() {
+            host_resolvers().await
+        } else {
+            runner.docker.dns.clone()
+        };
+        for ip in resolvers {
             let a = SocketAddr::new(ip, 53);
             out.push(Endpoint::udp(a));
             out.push(Endpoint::tcp(a));

@@ -10,6 +10,7 @@ pub mod dind;
 pub mod egress;
 pub mod pool;
 pub mod reaper;
+pub mod resolve;
 pub mod shared_socket;
 pub mod shell;
 

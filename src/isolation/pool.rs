@@ -450,6 +450,7 @@ async fn build_slot(
     let naming = Naming::new(plan.runner_id, plan.id, lifetime)?;
     let host_map = HostPathMap::new(core.runner.docker.isolation.host_path_map.clone());
     let mut state = JobState::new(core.docker.clone(), naming, host_map);
+    state.resolve = super::resolve::Resolve::from_docker(&core.runner.docker);
     let root = crate::paths::job_paths(&core.runner.builds_dir, JobId::new(plan.id))
         .map_err(super::common::other_paths("name the slot's directory"))?
         .project_dir;

@@ -52,6 +52,7 @@ impl Isolation for SharedSocketBackend {
         let naming = Naming::new(&spec.runner_id, spec.job_id, spec.timeout)?;
         let host_map = HostPathMap::new(self.runner.docker.isolation.host_path_map.clone());
         let mut state = JobState::new(self.docker.clone(), naming, host_map);
+        state.resolve = super::resolve::Resolve::from_docker(&self.runner.docker);
         let built = tokio::select! {
             biased;
             _ = cancel.cancelled() => Err(Error::Canceled),
