@@ -362,6 +362,19 @@ impl JobState {
         .collect()
     }
 
+    /// Fails unless each bind source of [`JobState::job_dir_mounts`] is still a plain
+    /// directory (not swapped for a link).
+    pub fn check_dir_sources(&self) -> Result<(), Error> {
+        let Some(p) = &self.paths else {
+            return Ok(());
+        };
+        let src = self.dir_sources.as_ref().unwrap_or(p);
+        for dir in [&src.project_dir, &src.tmp_dir] {
+            crate::paths::check_plain_dir(dir).map_err(other_paths("mount the job's directories"))?;
+        }
+        Ok(())
+    }
+
     /// A host bind of a runner-visible path.
     pub fn bind(&self, path: &Path, target: &str, read_only: bool) -> MountSpec {
         MountSpec::Bind {
@@ -443,6 +456,9 @@ impl JobState {
         };
         let mut env: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.extend(settings.job_env.iter().map(|(k, v)| format!("{k}={v}")));
+        // Defense in depth: the sources come from the job id (or the slot id), one step
+        // below `builds_dir`; a source that is no longer a plain directory is never mounted.
+        self.check_dir_sources()?;
         let mut mounts = self.job_dir_mounts();
         mounts.extend(settings.extra_mounts.iter().cloned());
         let spec = ContainerSpec {

@@ -9,12 +9,16 @@
 //! is ever shared between two jobs.
 //!
 //! The one thing a slot cannot have in advance is the job's directory at its identical path
-//! (the job id is not known yet, and a running container cannot gain a bind mount). So a
-//! slot's sidecar gets an empty *slot root*, `<builds_dir>/gitlab-job-<slot id>`, bound at
-//! `<builds_dir>`; the job that takes the slot gets its directories made inside the slot root,
-//! and `<builds_dir>/gitlab-job-<job id>` on the host becomes a relative symlink to them
-//! (`crate::paths::link_job_dirs`). Inside the sidecar `<builds_dir>` then holds this job's
-//! directories and nothing else.
+//! (the job id is not known yet, and a running container cannot gain a bind mount). So a slot
+//! makes its own two directories, `<builds_dir>/gitlab-job-<slot id>` and `.tmp`, directly in
+//! `builds_dir` (whose entries no container ever has mounted), and its sidecar binds each of
+//! them at its own path. The job that takes the slot uses them as its directories: job
+//! containers bind them at the job's usual paths, the sidecar gets `gitlab-job-<job id>` links
+//! to them in its own root file system (so the inner daemon resolves `$CI_PROJECT_DIR`), and
+//! the host gets the same relative links for people and `runner cleanup`
+//! (`crate::paths::link_job_dirs`). Every bind source and every runner-side file operation
+//! comes from the slot id, never from a path a job could have changed (see
+//! `docs/architecture.md#warm-pool`).
 //!
 //! With `data_root = "project"` a slot is *keyed*: when a job of a project ends, a sidecar is
 //! started at once on that project's warm data root (same project, same protected flag: the
@@ -450,9 +454,6 @@ async fn build_slot(
     let naming = Naming::new(plan.runner_id, plan.id, lifetime)?;
     let host_map = HostPathMap::new(core.runner.docker.isolation.host_path_map.clone());
     let mut state = JobState::new(core.docker.clone(), naming, host_map);
-    let root = crate::paths::job_paths(&core.runner.builds_dir, JobId::new(plan.id))
-        .map_err(super::common::other_paths("name the slot's directory"))?
-        .project_dir;
     let mut lease = None;
     let mut timings = Timings::default();
     let started = Instant::now();
@@ -488,7 +489,7 @@ async fn build_slot(
                     BootPlan {
                         volume,
                         create_volume,
-                        dirs: SidecarDirs::Slot(root),
+                        dirs: SidecarDirs::Slot(JobId::new(plan.id)),
                         validity: lifetime,
                         services: &[],
                         service_env: &[],
