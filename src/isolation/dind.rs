@@ -613,6 +613,30 @@ impl Core {
         // this job alone; otherwise (or when it is busy) an ephemeral one.
         if iso.data_root == crate::config::DataRoot::Project {
             env.warm = self.warm_root(spec, &env.state.inflight, out).await;
+            // Scrubbed before its dockerd runs, so nothing of the previous job starts again
+            // with this job's directories mounted (M4).
+            if let Some(lease) = env.warm.as_mut() {
+                match lease.make_clean(&self.docker).await {
+                    Ok(None) => {}
+                    Ok(Some(why)) => out.write(
+                        format!(
+                            "WARNING: the warm data root could not be scrubbed ({why}); it was \
+                             replaced by a fresh one and this job starts cold\n"
+                        )
+                        .as_bytes(),
+                    ),
+                    Err(e) => {
+                        out.write(
+                            format!(
+                                "WARNING: the warm data root could not be scrubbed nor \
+                                 replaced ({e}); this job uses an ephemeral one\n"
+                            )
+                            .as_bytes(),
+                        );
+                        env.warm = None;
+                    }
+                }
+            }
         }
         let (volume, extra_labels) = match &env.warm {
             Some(lease) => (lease.volume.clone(), HashMap::from(lease.sidecar_labels())),
@@ -642,11 +666,9 @@ impl Core {
         }
         let booted = booted?;
         env.ready_after = Some(booted.waited);
-        if let Some(lease) = env.warm.as_ref().filter(|l| !l.fresh) {
-            // What the previous job left running or stored goes; images and cache stay.
-            for f in super::data_root::scrub_inner(&booted.inner).await {
-                out.write(format!("WARNING: warm data root: {f}\n").as_bytes());
-            }
+        if let Some(lease) = env.warm.as_mut().filter(|l| !l.fresh) {
+            // Fail closed: a root not proven clean carries no job, and goes at teardown.
+            super::data_root::check_scrubbed(&booted.inner, lease).await?;
             tracing::debug!(volume = %lease.volume, "warm data root scrubbed");
         }
         tracing::info!(

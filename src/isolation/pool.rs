@@ -478,7 +478,11 @@ async fn build_slot(
                             detail: format!("{miss:?}"),
                         })?;
                     let v = (l.volume.clone(), false, l.sidecar_labels().into_iter().collect());
-                    lease = Some(l);
+                    // Scrubbed before its dockerd runs and before the slot can be taken (M4).
+                    let l = lease.insert(l);
+                    if let Some(why) = l.make_clean(&core.docker).await? {
+                        tracing::warn!(slot = plan.id, reason = %why, "warm data root could not be scrubbed; replaced by a fresh one");
+                    }
                     v
                 }
                 None => (state.naming.name("docker"), true, Default::default()),
@@ -502,11 +506,9 @@ async fn build_slot(
                     &mut timings,
                 )
                 .await?;
-            if lease.as_ref().is_some_and(|l| !l.fresh) {
-                // What the previous job left running or stored goes; images and cache stay.
-                for f in super::data_root::scrub_inner(&b.inner).await {
-                    tracing::warn!(slot = plan.id, failure = %f, "warm data root scrub");
-                }
+            if let Some(l) = lease.as_mut().filter(|l| !l.fresh) {
+                // Fail closed: a root not proven clean is never offered to a job.
+                super::data_root::check_scrubbed(&b.inner, l).await?;
             }
             core.preload(&b.inner, &mut timings).await?;
             Ok(b)
