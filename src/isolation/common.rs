@@ -294,10 +294,11 @@ pub struct JobState {
     /// The job's directories, as containers see them (identical paths).
     pub paths: Option<JobPaths>,
     /// Where the job's directories really are, when not at `paths` (a job on a pre-started
-    /// sidecar: `paths` are then symlinks into the slot's root, see
-    /// `crate::paths::link_job_dirs`). Bind sources and the runner's own writes use these.
+    /// sidecar: the slot's own directories, named from the slot id; `paths` are then links
+    /// to them, see `crate::paths::link_job_dirs`). Bind sources and the runner's own writes
+    /// use these, never the links.
     pub dir_sources: Option<JobPaths>,
-    /// Directories removed after the job dirs (a pre-started sidecar's slot root).
+    /// Directories removed after the job dirs (a pre-started sidecar's own two directories).
     pub extra_dirs: Vec<std::path::PathBuf>,
     /// Host path translation.
     pub host_map: HostPathMap,

@@ -23,9 +23,14 @@
 //!   cancelled in the middle leaves either no volume or an ordinary warm root of its key, which
 //!   the next job of that key or [`remove_expired`] finds by its labels; the measuring
 //!   container is removed even when the release is dropped half-way.
-//! - **Hygiene**: on reuse, the inner daemon's containers, volumes and custom networks of the
-//!   previous job are removed before the job starts: what stays warm is images and build cache.
-//!   The sidecar is stopped gracefully so dockerd leaves the volume consistent.
+//! - **Hygiene (M4)**: on reuse, the root is scrubbed *before* a dockerd boots on it
+//!   ([`scrub_offline`]: swarm state, plugins, every container, networks, volumes, containerd's
+//!   state), because dockerd restarts restart-policy containers, enabled plugins and swarm
+//!   tasks as it boots, with the next job's directories already mounted; after the boot
+//!   [`check_scrubbed`] confirms through the API. Fail closed: a root whose scrub fails is
+//!   replaced by a fresh one ([`WarmLease::make_clean`]) or removed ([`WarmLease::poison`]),
+//!   never used. What stays warm is images and build cache. The sidecar is stopped gracefully
+//!   so dockerd leaves the volume consistent.
 
 use super::Error;
 use super::common::{Naming, detached, other};

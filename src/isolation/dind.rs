@@ -698,8 +698,9 @@ impl Core {
         Ok(())
     }
 
-    /// Gives a pre-started sidecar to a job: the job's images checked, its directories made
-    /// inside the slot root (symlinked at the usual paths), its services started on the
+    /// Gives a pre-started sidecar to a job: the job's images checked, the slot's directories
+    /// made the job's (linked at the job's paths in the sidecar and on the host; bound at
+    /// those paths in job containers), its services started on the
     /// sidecar's network. Nothing of the sidecar itself changes: it was built from runner
     /// config alone, like every sidecar.
     async fn attach(

@@ -6,7 +6,8 @@
 //! rules installed), its own CA and certificates, its own data volume, its own dockerd, with
 //! `preload_images` loaded. It is built from runner config alone, exactly like a job's own
 //! sidecar, and serves exactly one job, after which it is torn down like any job's. Nothing
-//! is ever shared between two jobs.
+//! of one job reaches another through a slot, except, by design, a keyed slot's warm data
+//! root (below), which is scrubbed before its daemon boots.
 //!
 //! The one thing a slot cannot have in advance is the job's directory at its identical path
 //! (the job id is not known yet, and a running container cannot gain a bind mount). So a slot
