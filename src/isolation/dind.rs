@@ -1275,6 +1275,42 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_gives_the_job_two_relative_links() {
+        let b = std::path::Path::new("/builds");
+        let links = crate::paths::job_paths(b, JobId::new(7)).unwrap();
+        let real = crate::paths::job_paths(b, JobId::new(super::super::pool::SLOT_ID_BASE)).unwrap();
+        let tar = job_links_tar(&links, &real).unwrap();
+        let mut a = tar::Archive::new(tar.as_slice());
+        let got: Vec<(String, String, bool)> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.link_name().unwrap().unwrap().display().to_string(),
+                    e.header().entry_type() == tar::EntryType::Symlink,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "gitlab-job-7".to_string(),
+                    "gitlab-job-4611686018427387904".to_string(),
+                    true
+                ),
+                (
+                    "gitlab-job-7.tmp".to_string(),
+                    "gitlab-job-4611686018427387904.tmp".to_string(),
+                    true
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn seccomp_profile_is_json() {
         let v: serde_json::Value = serde_json::from_str(HARDENED_SECCOMP).unwrap();
         assert_eq!(v["defaultAction"], "SCMP_ACT_ALLOW");
