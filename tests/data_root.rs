@@ -378,7 +378,12 @@ echo clean"#;
         let backend = warm_backend(&scope, |c| {
             c.docker.isolation.warm_pool = usize::from(pooled);
         });
-        let text = expect(&backend, &spec(&scope, 40 + project, project, false), &plant).await;
+        let text = expect(
+            &backend,
+            &spec(&scope, 40 + project, project, false),
+            &plant,
+        )
+        .await;
         assert!(text.contains("planted"), "{text}");
         let text = expect(&backend, &spec(&scope, 50 + project, project, false), check).await;
         assert!(text.contains("clean"), "{text}");

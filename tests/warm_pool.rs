@@ -415,7 +415,10 @@ async fn a_pooled_job_cannot_redirect_its_directories() {
         )
         .await;
     let trace = sink.text();
-    assert!(trace.contains("pre-started"), "the job took a slot:\n{trace}");
+    assert!(
+        trace.contains("pre-started"),
+        "the job took a slot:\n{trace}"
+    );
     // The attack ran: the job's own links in its sidecar were swapped ...
     assert!(trace.contains("swapped gitlab-job-611"), "{trace}");
     // ... and the job went on, with no effect outside its sidecar (or failed saying why).
@@ -428,7 +431,10 @@ async fn a_pooled_job_cannot_redirect_its_directories() {
         other => panic!("unexpected outcome {other:?}:\n{trace}"),
     }
     assert!(trace.contains("after sees: own.txt"), "{trace}");
-    assert!(!trace.contains("canary-secret"), "the canary was reached:\n{trace}");
+    assert!(
+        !trace.contains("canary-secret"),
+        "the canary was reached:\n{trace}"
+    );
     assert_eq!(snapshot(canary.path()), before, "the canary changed");
     let zips: Vec<std::path::PathBuf> = store.uploads().into_iter().map(|(_, p)| p).collect();
     let texts = archive_texts(cache.path(), &zips);

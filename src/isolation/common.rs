@@ -371,7 +371,8 @@ impl JobState {
         };
         let src = self.dir_sources.as_ref().unwrap_or(p);
         for dir in [&src.project_dir, &src.tmp_dir] {
-            crate::paths::check_plain_dir(dir).map_err(other_paths("mount the job's directories"))?;
+            crate::paths::check_plain_dir(dir)
+                .map_err(other_paths("mount the job's directories"))?;
         }
         Ok(())
     }

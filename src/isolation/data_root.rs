@@ -412,7 +412,9 @@ pub async fn measure(
     helper_image: &str,
     volume: &str,
 ) -> Result<u64, Error> {
-    let cmd = ["du", "-s", "-x", "-B1", "/data"].map(str::to_string).to_vec();
+    let cmd = ["du", "-s", "-x", "-B1", "/data"]
+        .map(str::to_string)
+        .to_vec();
     // Reading every file of a dockerd's root needs root's DAC override only.
     let caps = vec!["DAC_READ_SEARCH".to_string()];
     let (code, logs) = run_scratch(
@@ -468,7 +470,11 @@ pub async fn scrub_offline(
     helper_image: &str,
     volume: &str,
 ) -> Result<(), Error> {
-    let cmd = vec!["sh".to_string(), "-c".to_string(), OFFLINE_SCRUB.to_string()];
+    let cmd = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        OFFLINE_SCRUB.to_string(),
+    ];
     // Removing another user's files in a directory root does not own needs DAC override;
     // FOWNER for sticky directories.
     let caps = ["DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER"]

@@ -759,11 +759,7 @@ impl Core {
             detail: e.to_string(),
         })?;
         self.docker
-            .put_archive(
-                &sidecar,
-                &self.runner.builds_dir.to_string_lossy(),
-                tar,
-            )
+            .put_archive(&sidecar, &self.runner.builds_dir.to_string_lossy(), tar)
             .await
             .map_err(other("link the job's directories in its daemon"))?;
         env.state.dir_sources = Some(real);
@@ -1278,7 +1274,8 @@ mod tests {
     fn a_slot_gives_the_job_two_relative_links() {
         let b = std::path::Path::new("/builds");
         let links = crate::paths::job_paths(b, JobId::new(7)).unwrap();
-        let real = crate::paths::job_paths(b, JobId::new(super::super::pool::SLOT_ID_BASE)).unwrap();
+        let real =
+            crate::paths::job_paths(b, JobId::new(super::super::pool::SLOT_ID_BASE)).unwrap();
         let tar = job_links_tar(&links, &real).unwrap();
         let mut a = tar::Archive::new(tar.as_slice());
         let got: Vec<(String, String, bool)> = a

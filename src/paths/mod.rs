@@ -778,7 +778,10 @@ mod tests {
         let m = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
         assert_eq!(m(&links.tmp_dir), 0o700);
         check_plain_dir(&real.project_dir).unwrap();
-        assert!(check_plain_dir(&links.project_dir).is_err(), "a link is not a plain dir");
+        assert!(
+            check_plain_dir(&links.project_dir).is_err(),
+            "a link is not a plain dir"
+        );
         // Teardown of the links leaves the real dirs for the slot's own teardown.
         assert_eq!(remove_job_dirs(&links).await.unwrap().len(), 2);
         assert!(real.project_dir.join("f").exists());
