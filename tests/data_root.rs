@@ -343,3 +343,58 @@ async fn a_busy_warm_root_gives_an_ephemeral_one_and_caps_apply() {
 
     remove_warm(&scope).await;
 }
+
+/// M4: a job on a warm root leaves a swarm, a managed plugin (made offline: a rootfs dir and
+/// a config.json, nothing pulled) and a `--restart always` container behind. The next job of
+/// the project, on its own sidecar and then on a pre-started one, finds Swarm inactive, no
+/// plugin, no container, and no container start event since its daemon booted; the images
+/// stayed warm.
+#[tokio::test]
+async fn scrub_removes_swarm_plugins_and_restart_policies() {
+    let scope = Scope::new().await;
+    let plant = format!(
+        r#"docker tag {BUSYBOX_IMAGE} warm-marker:1
+docker swarm init --advertise-addr eth0 >/dev/null
+test "$(docker info --format '{{{{.Swarm.LocalNodeState}}}}')" = active
+mkdir -p /tmp/plug/rootfs
+cat > /tmp/plug/config.json <<'JSON'
+{{"description": "test plugin", "documentation": "-", "entrypoint": ["/bin/sh"],
+ "interface": {{"types": ["docker.volumedriver/1.0"], "socket": "p.sock"}},
+ "network": {{"type": "host"}}}}
+JSON
+docker plugin create ir-scrub-test /tmp/plug
+test "$(docker plugin ls -q | wc -l)" = 1
+docker run -d --restart always --pull=never --name keeper {BUSYBOX_IMAGE} sleep 100000
+echo planted"#
+    );
+    let check = r#"test "$(docker info --format '{{.Swarm.LocalNodeState}}')" = inactive
+test "$(docker plugin ls -q | wc -l)" = 0
+test "$(docker ps -aq | wc -l)" = 0
+started="$(docker events --since 0 --until "$(date +%s)" --filter type=container --filter event=start)"
+test -z "$started"
+docker image inspect warm-marker:1 >/dev/null
+echo clean"#;
+    for (pooled, project) in [(false, 31u64), (true, 32u64)] {
+        let backend = warm_backend(&scope, |c| {
+            c.docker.isolation.warm_pool = usize::from(pooled);
+        });
+        let text = expect(
+            &backend,
+            &spec(&scope, 40 + project, project, false),
+            &plant,
+        )
+        .await;
+        assert!(text.contains("planted"), "{text}");
+        let text = expect(&backend, &spec(&scope, 50 + project, project, false), check).await;
+        assert!(text.contains("clean"), "{text}");
+        assert!(!text.contains("could not be scrubbed"), "{text}");
+        assert_eq!(
+            text.contains("pre-started"),
+            pooled,
+            "pooled={pooled}: the next job's sidecar:\n{text}"
+        );
+        let report = backend.shutdown().await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    remove_warm(&scope).await;
+}

@@ -45,6 +45,16 @@ async fn sidecar_of(scope: &Scope, id: u64) -> String {
     panic!("slot {id} has no sidecar after 60 s");
 }
 
+/// The slot id a job's objects are labelled with.
+fn slot_of(env: &dyn isolation::JobEnvironment) -> u64 {
+    env.resources()
+        .labels
+        .iter()
+        .find_map(|l| l.strip_prefix("io.isolated-runner.job="))
+        .and_then(|id| id.parse().ok())
+        .expect("a job label")
+}
+
 /// `HostConfig.CpuShares` of a container, as the engine reports it.
 fn cpu_shares(id: &str) -> String {
     let out = std::process::Command::new("docker")
@@ -96,6 +106,11 @@ async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
             .file_type()
             .is_symlink()
     );
+    // The runner's own file work goes to the slot's real directory, never through the link.
+    assert_eq!(
+        a.host_dirs().project_dir,
+        scope.builds_dir().join(format!("gitlab-job-{slot}"))
+    );
     std::fs::write(pd.join("marker.txt"), "from-the-runner").unwrap();
     let text = expect_ok(
         a.as_ref(),
@@ -115,8 +130,12 @@ echo "A sees: $({list})"
         ),
     )
     .await;
+    // Its own directories (links in the sidecar's file system) and the slot's two
+    // directories they point to (mount points there), nothing else.
     assert!(
-        text.contains("A sees: gitlab-job-601 gitlab-job-601.tmp \n"),
+        text.contains(&format!(
+            "A sees: gitlab-job-{slot} gitlab-job-{slot}.tmp gitlab-job-601 gitlab-job-601.tmp \n"
+        )),
         "the job's daemon must see exactly its own directories under builds_dir:\n{text}"
     );
     assert_eq!(
@@ -158,8 +177,12 @@ echo "A sees: $({list})"
         ),
     )
     .await;
+    let b_slot = slot_of(b.as_ref());
+    assert_ne!(b_slot, slot);
     assert!(
-        text.contains("B sees: gitlab-job-602 gitlab-job-602.tmp \n"),
+        text.contains(&format!(
+            "B sees: gitlab-job-{b_slot} gitlab-job-{b_slot}.tmp gitlab-job-602 gitlab-job-602.tmp \n"
+        )),
         "{text}"
     );
 
@@ -237,4 +260,196 @@ fn idle_slots_of_a_dead_runner_are_reaped() {
         }
         scope.assert_clean().await;
     });
+}
+
+/// Every entry name and content of the archives a job produced (cache `.tar.gz` under
+/// `cache_dir`, artifact zips in the store), for looking for data that must not be there.
+fn archive_texts(cache_dir: &std::path::Path, zips: &[std::path::PathBuf]) -> Vec<String> {
+    use std::io::Read;
+    let mut texts = Vec::new();
+    let mut stack = vec![cache_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("read cache dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".tar.gz") {
+                let f = std::fs::File::open(&p).expect("open cache archive");
+                let mut a = tar::Archive::new(flate2::read::GzDecoder::new(f));
+                for entry in a.entries().expect("cache archive entries") {
+                    let mut entry = entry.expect("cache archive entry");
+                    let mut s = String::new();
+                    let _ = entry.read_to_string(&mut s);
+                    texts.push(format!("{} {s}", entry.path().unwrap().display()));
+                }
+            }
+        }
+    }
+    for z in zips {
+        let mut a = zip::ZipArchive::new(std::fs::File::open(z).expect("open artifact"))
+            .expect("artifact is a zip");
+        for i in 0..a.len() {
+            let mut f = a.by_index(i).expect("zip entry");
+            let mut s = String::new();
+            let _ = f.read_to_string(&mut s);
+            texts.push(format!("{} {s}", f.name().expect("zip entry name")));
+        }
+    }
+    texts
+}
+
+/// Names, contents and mtimes of every entry of `dir` (and the dir's own mtime).
+fn snapshot(dir: &std::path::Path) -> Vec<(String, String, std::time::SystemTime)> {
+    let mut v = vec![(
+        ".".to_string(),
+        String::new(),
+        std::fs::metadata(dir).unwrap().modified().unwrap(),
+    )];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = std::fs::symlink_metadata(e.path()).unwrap();
+        v.push((
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read_to_string(e.path()).unwrap_or_default(),
+            m.modified().unwrap(),
+        ));
+    }
+    v.sort();
+    v
+}
+
+/// C2: a pooled job swaps, through its own daemon, every entry of `builds_dir` it can reach
+/// for a link to a host directory of the test's, then has `after_script`, `cache: untracked`
+/// and artifacts. The slot's directories are mount points in the sidecar (the rename fails)
+/// and only the job's links in the sidecar's own file system can be replaced, so nothing the
+/// runner or the host daemon does later goes near the canary.
+#[tokio::test]
+async fn a_pooled_job_cannot_redirect_its_directories() {
+    use isolated_runner::gitlab::types::{Artifact, Cache, JobResponse, JobVariable, Step};
+    use isolated_runner::job::{JobControl, JobExecutor, JobOutcome, LocalCache, Pipeline};
+    use isolated_runner::trace::BufferSink;
+    use support::local_backend::RecordingStore;
+
+    let scope = Scope::new().await;
+    let canary = tempfile::tempdir().expect("canary dir");
+    std::fs::write(canary.path().join("canary-secret.txt"), "CANARY-DATA\n").unwrap();
+    let before = snapshot(canary.path());
+    let cache = tempfile::tempdir().expect("cache dir");
+    let runner = config(&scope, |c| {
+        c.docker.isolation.warm_pool = 1;
+        c.cache_dir = cache.path().to_path_buf();
+    });
+    let backend = dind_with(&scope, runner.clone());
+    backend.warm_up(&scope.runner_id).await;
+    let store = RecordingStore::new();
+    let mut pipeline = Pipeline::new(backend.clone(), store.clone());
+    pipeline.cache = Some(LocalCache::hook());
+    pipeline.runner_id = scope.runner_id.clone();
+
+    let builds = scope.builds_dir();
+    let attack = format!(
+        "docker run --rm --pull=never -v {b}:/b {BUSYBOX_IMAGE} sh -c 'cd /b; for d in gitlab-job-*; do mv \"$d\" \"moved-$d\" && ln -s {c} \"$d\" && echo \"swapped $d\"; done; ls -la /b'",
+        b = builds.display(),
+        c = canary.path().display()
+    );
+    let step = |name: &str, script: Vec<String>| Step {
+        name: name.into(),
+        script,
+        timeout: 3600,
+        when: "always".into(),
+        allow_failure: false,
+    };
+    let var = |k: &str, v: &str| JobVariable {
+        key: k.into(),
+        value: v.into(),
+        public: true,
+        ..Default::default()
+    };
+    let mut job = JobResponse {
+        id: 611,
+        token: isolated_runner::secret::Secret::new("glcbt-pool611token".to_string()),
+        steps: vec![
+            step(
+                "script",
+                vec![
+                    "echo job-data > own.txt".into(),
+                    attack,
+                    // Through the swapped link, the job's daemon sees only its own view.
+                    format!(
+                        "docker run --rm --pull=never -v $CI_PROJECT_DIR:/app {BUSYBOX_IMAGE} ls -la /app || true"
+                    ),
+                ],
+            ),
+            step(
+                "after_script",
+                vec!["echo \"after sees: $(ls $CI_PROJECT_DIR | tr '\\n' ' ')\"".into()],
+            ),
+        ],
+        variables: vec![var("GIT_STRATEGY", "none"), var("CI_JOB_ID", "611")],
+        cache: vec![Cache {
+            key: "k".into(),
+            untracked: true,
+            when: "always".into(),
+            ..Default::default()
+        }],
+        artifacts: vec![Artifact {
+            name: Some("a".into()),
+            untracked: true,
+            paths: vec!["*".into()],
+            when: "always".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    job.job_info.name = "attack".into();
+    job.job_info.project_id = 7;
+    job.git_info.r#ref = "main".into();
+    job.git_info.protected = Some(false);
+
+    let sink = Arc::new(BufferSink::new());
+    let outcome = pipeline
+        .execute(
+            job,
+            Arc::new(runner.clone()),
+            sink.clone(),
+            JobControl::default(),
+        )
+        .await;
+    let trace = sink.text();
+    assert!(
+        trace.contains("pre-started"),
+        "the job took a slot:\n{trace}"
+    );
+    // The attack ran: the job's own links in its sidecar were swapped ...
+    assert!(trace.contains("swapped gitlab-job-611"), "{trace}");
+    // ... and the job went on, with no effect outside its sidecar (or failed saying why).
+    match &outcome {
+        JobOutcome::Success => {}
+        JobOutcome::Failed { .. } => assert!(
+            trace.contains("no longer a plain directory"),
+            "a failure must say why:\n{trace}"
+        ),
+        other => panic!("unexpected outcome {other:?}:\n{trace}"),
+    }
+    assert!(trace.contains("after sees: own.txt"), "{trace}");
+    assert!(
+        !trace.contains("canary-secret"),
+        "the canary was reached:\n{trace}"
+    );
+    assert_eq!(snapshot(canary.path()), before, "the canary changed");
+    let zips: Vec<std::path::PathBuf> = store.uploads().into_iter().map(|(_, p)| p).collect();
+    let texts = archive_texts(cache.path(), &zips);
+    assert!(
+        texts.iter().any(|t| t.contains("own.txt job-data")),
+        "the artifact or cache holds the job's own file: {texts:?}"
+    );
+    assert!(
+        !texts
+            .iter()
+            .any(|t| t.contains("canary") || t.contains("CANARY")),
+        "canary data in an artifact or the cache: {texts:?}"
+    );
+
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    scope.assert_clean().await;
 }

@@ -559,6 +559,7 @@ impl BenchTarget for RealTarget {
                 let j = crate::paths::JobId::new(j);
                 [
                     crate::paths::project_dir_name(j),
+                    crate::paths::tmp_dir_name(j),
                     crate::paths::cert_dir_name(j),
                 ]
             })
@@ -643,7 +644,7 @@ async fn docker_versions() -> (Option<String>, Option<String>) {
 }
 
 /// Entries (recursively, directories only count themselves) under `dir`, 0 if it is missing;
-/// entries named in `skip` (a pre-started sidecar's slot root and cert dir) are not counted.
+/// entries named in `skip` (a pre-started sidecar's two directories and cert dir) are not counted.
 async fn count_entries(dir: &Path, skip: &HashSet<std::ffi::OsString>) -> u64 {
     let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
         return 0;

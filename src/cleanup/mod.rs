@@ -525,9 +525,9 @@ async fn list_dirs(req: &Request) -> Result<(Vec<FoundDir>, Vec<String>), String
                 };
                 let path = entry.path();
                 let meta = std::fs::symlink_metadata(&path).ok();
-                // A job on a pre-started sidecar: its dirs are links into the slot's root
-                // (`gitlab-job-<slot>/…`) and its objects carry the slot's id, so the link
-                // lives and dies with the slot's objects.
+                // A job on a pre-started sidecar: its dirs are links to the slot's own
+                // (`gitlab-job-<slot>`, `gitlab-job-<slot>.tmp`) and its objects carry the
+                // slot's id, so the link lives and dies with the slot's objects.
                 let job = if meta.as_ref().is_some_and(|m| m.file_type().is_symlink()) {
                     std::fs::read_link(&path)
                         .ok()

@@ -793,6 +793,63 @@ impl Docker {
             .collect())
     }
 
+    /// Extracts the tar archive `tar` at `path` inside a container's own file system
+    /// (`PUT /containers/{id}/archive`; the daemon resolves `path` inside the container).
+    pub async fn put_archive(&self, id: &str, path: &str, tar: Vec<u8>) -> Result<(), Error> {
+        let opts = q::UploadToContainerOptions {
+            path: path.to_string(),
+            no_overwrite_dir_non_dir: Some("true".to_string()),
+            ..Default::default()
+        };
+        self.inner
+            .upload_to_container(id, Some(opts), bollard::body_full(Bytes::from(tar)))
+            .await
+            .map_err(api(format!("copy files into container {id}")))
+    }
+
+    /// Whether this daemon is part of a swarm (any local node state but inactive).
+    pub async fn swarm_active(&self) -> Result<bool, Error> {
+        use bollard::models::LocalNodeState;
+        let info = self.inner.info().await.map_err(api("docker info"))?;
+        Ok(info
+            .swarm
+            .and_then(|s| s.local_node_state)
+            .is_some_and(|s| !matches!(s, LocalNodeState::INACTIVE | LocalNodeState::EMPTY)))
+    }
+
+    /// `docker swarm leave --force`.
+    pub async fn leave_swarm(&self) -> Result<(), Error> {
+        self.inner
+            .leave_swarm(Some(q::LeaveSwarmOptions { force: true }))
+            .await
+            .map_err(api("leave the swarm"))
+    }
+
+    /// Names of the installed plugins (enabled or not).
+    pub async fn list_plugins(&self) -> Result<Vec<String>, Error> {
+        let list = self
+            .inner
+            .list_plugins(None::<q::ListPluginsOptions>)
+            .await
+            .map_err(api("list plugins"))?;
+        Ok(list.into_iter().map(|p| p.name).collect())
+    }
+
+    /// Removes a plugin, disabling it first if it runs (`docker plugin rm --force`).
+    pub async fn remove_plugin(&self, name: &str) -> Result<(), Error> {
+        match self
+            .inner
+            .remove_plugin(name, Some(q::RemovePluginOptions { force: true }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Engines answer 200 with an empty body, which the client cannot decode into the
+            // documented plugin object: the removal itself succeeded.
+            Err(bollard::errors::Error::JsonSerdeError { .. }) => Ok(()),
+            Err(e) => Err(api(format!("remove plugin {name}"))(e)),
+        }
+    }
+
     /// Exports an image as a tar stream (`docker save`).
     pub fn export_image(&self, image: &str) -> ByteStream {
         let ctx = format!("export image {image}");

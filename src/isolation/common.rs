@@ -294,10 +294,11 @@ pub struct JobState {
     /// The job's directories, as containers see them (identical paths).
     pub paths: Option<JobPaths>,
     /// Where the job's directories really are, when not at `paths` (a job on a pre-started
-    /// sidecar: `paths` are then symlinks into the slot's root, see
-    /// `crate::paths::link_job_dirs`). Bind sources and the runner's own writes use these.
+    /// sidecar: the slot's own directories, named from the slot id; `paths` are then links
+    /// to them, see `crate::paths::link_job_dirs`). Bind sources and the runner's own writes
+    /// use these, never the links.
     pub dir_sources: Option<JobPaths>,
-    /// Directories removed after the job dirs (a pre-started sidecar's slot root).
+    /// Directories removed after the job dirs (a pre-started sidecar's own two directories).
     pub extra_dirs: Vec<std::path::PathBuf>,
     /// Host path translation.
     pub host_map: HostPathMap,
@@ -363,6 +364,20 @@ impl JobState {
             read_only: false,
         })
         .collect()
+    }
+
+    /// Fails unless each bind source of [`JobState::job_dir_mounts`] is still a plain
+    /// directory (not swapped for a link).
+    pub fn check_dir_sources(&self) -> Result<(), Error> {
+        let Some(p) = &self.paths else {
+            return Ok(());
+        };
+        let src = self.dir_sources.as_ref().unwrap_or(p);
+        for dir in [&src.project_dir, &src.tmp_dir] {
+            crate::paths::check_plain_dir(dir)
+                .map_err(other_paths("mount the job's directories"))?;
+        }
+        Ok(())
     }
 
     /// A host bind of a runner-visible path.
@@ -447,6 +462,9 @@ impl JobState {
         };
         let mut env: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.extend(settings.job_env.iter().map(|(k, v)| format!("{k}={v}")));
+        // Defense in depth: the sources come from the job id (or the slot id), one step
+        // below `builds_dir`; a source that is no longer a plain directory is never mounted.
+        self.check_dir_sources()?;
         let mut mounts = self.job_dir_mounts();
         mounts.extend(settings.extra_mounts.iter().cloned());
         let mut spec = ContainerSpec {

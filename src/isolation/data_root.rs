@@ -23,9 +23,14 @@
 //!   cancelled in the middle leaves either no volume or an ordinary warm root of its key, which
 //!   the next job of that key or [`remove_expired`] finds by its labels; the measuring
 //!   container is removed even when the release is dropped half-way.
-//! - **Hygiene**: on reuse, the inner daemon's containers, volumes and custom networks of the
-//!   previous job are removed before the job starts: what stays warm is images and build cache.
-//!   The sidecar is stopped gracefully so dockerd leaves the volume consistent.
+//! - **Hygiene (M4)**: on reuse, the root is scrubbed *before* a dockerd boots on it
+//!   ([`scrub_offline`]: swarm state, plugins, every container, networks, volumes, containerd's
+//!   state), because dockerd restarts restart-policy containers, enabled plugins and swarm
+//!   tasks as it boots, with the next job's directories already mounted; after the boot
+//!   [`check_scrubbed`] confirms through the API. Fail closed: a root whose scrub fails is
+//!   replaced by a fresh one ([`WarmLease::make_clean`]) or removed ([`WarmLease::poison`]),
+//!   never used. What stays warm is images and build cache. The sidecar is stopped gracefully
+//!   so dockerd leaves the volume consistent.
 
 use super::Error;
 use super::common::{Naming, detached, other};
@@ -115,6 +120,9 @@ pub struct WarmLease {
     helper_image: String,
     naming: Naming,
     inflight: TaskTracker,
+    /// Set when the root could not be proven clean: [`WarmLease::release`] removes it.
+    poisoned: bool,
+    key: (String, u64, bool),
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -237,6 +245,8 @@ pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease
         helper_image: req.helper_image.to_string(),
         naming,
         inflight: req.inflight.clone(),
+        poisoned: false,
+        key: (runner_id.to_string(), req.project_id, req.protected),
         _lock: lock,
     })
 }
@@ -311,11 +321,61 @@ impl WarmLease {
         [(LABEL_WARM_VOLUME.to_string(), self.volume.clone())]
     }
 
+    /// Makes a warm root that was used before safe for the next job, before any sidecar runs
+    /// on it (see [`scrub_offline`]). When that fails, the root is replaced by a fresh, empty
+    /// one (the job starts cold: fail closed, never a job on an unscrubbed root); `Ok(Some)`
+    /// then says why, for a warning. `Err` when even the replacement failed: the caller must
+    /// not use this root.
+    pub async fn make_clean(&mut self, docker: &Docker) -> Result<Option<String>, Error> {
+        if self.fresh {
+            return Ok(None);
+        }
+        let scrubbed = scrub_offline(
+            docker,
+            &self.inflight,
+            &self.naming,
+            &self.helper_image,
+            &self.volume,
+        )
+        .await;
+        let Err(why) = scrubbed else {
+            return Ok(None);
+        };
+        let (runner_id, project_id, protected) = self.key.clone();
+        docker
+            .remove_volume(&self.volume)
+            .await
+            .map_err(other("remove a warm root that could not be scrubbed"))?;
+        docker
+            .create_volume(&self.volume, &labels(&runner_id, project_id, protected))
+            .await
+            .map_err(other("create a fresh warm root"))?;
+        self.fresh = true;
+        Ok(Some(why.to_string()))
+    }
+
+    /// Marks the root as not proven clean: [`WarmLease::release`] removes it, so the next
+    /// job of its key starts on a fresh one.
+    pub fn poison(&mut self) {
+        self.poisoned = true;
+    }
+
     /// After the sidecar is gone: measures the volume against the size cap (removing it when
-    /// over), then releases the lock. Returns lines for the teardown report.
+    /// over; a poisoned root is removed at once), then releases the lock. Returns lines for
+    /// the teardown report.
     pub async fn release(self, docker: &Docker) -> (Vec<String>, Vec<String>) {
         let mut removed = Vec::new();
         let mut failures = Vec::new();
+        if self.poisoned {
+            match docker.remove_volume(&self.volume).await {
+                Ok(_) => removed.push(format!(
+                    "volume {} (warm root whose scrub failed)",
+                    self.volume
+                )),
+                Err(e) => failures.push(format!("remove a warm root whose scrub failed: {e}")),
+            }
+            return (removed, failures);
+        }
         if let Some(max) = self.max_size {
             let measured = measure(
                 docker,
@@ -352,25 +412,123 @@ pub async fn measure(
     helper_image: &str,
     volume: &str,
 ) -> Result<u64, Error> {
+    let cmd = ["du", "-s", "-x", "-B1", "/data"]
+        .map(str::to_string)
+        .to_vec();
+    // Reading every file of a dockerd's root needs root's DAC override only.
+    let caps = vec!["DAC_READ_SEARCH".to_string()];
+    let (code, logs) = run_scratch(
+        docker,
+        inflight,
+        naming,
+        ("du", "measure", "measuring"),
+        helper_image,
+        volume,
+        cmd,
+        caps,
+    )
+    .await?;
+    parse_du(&logs).ok_or_else(|| Error::Other {
+        context: "measure a warm root".to_string(),
+        detail: format!("du exited with {code}: {}", logs.trim()),
+    })
+}
+
+/// What the offline scrub removes from a warm `/var/lib/docker` before any dockerd runs on it
+/// again: swarm state (the equivalent of `docker swarm leave --force`: a swarm would restart
+/// its services' tasks), managed plugins (enabled ones start with dockerd), every container
+/// with its writable layers (restart policies start containers with dockerd, before any scrub
+/// through the API could run), networks, volumes, and containerd's own state (its restart
+/// monitor). Images (`image/`, the image layers under `overlay2/`) and build cache
+/// (`buildkit/`) stay: that is the warmth. A container's writable layer is named by
+/// `layerdb/mounts/<id>/{mount-id,init-id}`; only names of the driver's own alphabet are
+/// removed, and `rm` never follows a link.
+const OFFLINE_SCRUB: &str = r#"set -eu
+cd /data
+for m in image/*/layerdb/mounts/*; do
+  [ -d "$m" ] || continue
+  for f in mount-id init-id; do
+    id=$(cat "$m/$f" 2>/dev/null || true)
+    case "$id" in
+      ''|*[!0-9a-z-]*) ;;
+      *) rm -rf "overlay2/$id" ;;
+    esac
+  done
+  rm -rf "$m"
+done
+rm -rf swarm plugins containers network volumes containerd tmp runtimes
+echo scrubbed
+"#;
+
+/// Scrubs a warm root with no daemon running on it: [`OFFLINE_SCRUB`] in a throw-away helper
+/// container with the volume and no network, labelled like the job (teardown and the reaper
+/// know it). Fails unless the script says it finished.
+pub async fn scrub_offline(
+    docker: &Docker,
+    inflight: &TaskTracker,
+    naming: &Naming,
+    helper_image: &str,
+    volume: &str,
+) -> Result<(), Error> {
+    let cmd = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        OFFLINE_SCRUB.to_string(),
+    ];
+    // Removing another user's files in a directory root does not own needs DAC override;
+    // FOWNER for sticky directories.
+    let caps = ["DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER"]
+        .map(str::to_string)
+        .to_vec();
+    let (code, logs) = run_scratch(
+        docker,
+        inflight,
+        naming,
+        ("scrub", "scrub", "scrubbing"),
+        helper_image,
+        volume,
+        cmd,
+        caps,
+    )
+    .await?;
+    if code == 0 && logs.lines().any(|l| l.trim() == "scrubbed") {
+        Ok(())
+    } else {
+        Err(Error::Other {
+            context: format!("scrub the warm root {volume}"),
+            detail: format!("the scrub exited with {code}: {}", logs.trim()),
+        })
+    }
+}
+
+/// Runs `cmd` in a throw-away helper container with `volume` at `/data`, no network, only
+/// `caps`; returns its exit code and last output lines. `what` is (name suffix, role label,
+/// verb for messages).
+#[allow(clippy::too_many_arguments)]
+async fn run_scratch(
+    docker: &Docker,
+    inflight: &TaskTracker,
+    naming: &Naming,
+    what: (&str, &str, &str),
+    helper_image: &str,
+    volume: &str,
+    cmd: Vec<String>,
+    caps: Vec<String>,
+) -> Result<(i64, String), Error> {
+    let (suffix, role, verb) = what;
     let spec = ContainerSpec {
-        name: naming.name(&format!("du-{}", uuid::Uuid::new_v4().simple())),
+        name: naming.name(&format!("{suffix}-{}", uuid::Uuid::new_v4().simple())),
         image: helper_image.to_string(),
         entrypoint: Some(vec![]),
-        cmd: Some(vec![
-            "du".to_string(),
-            "-s".to_string(),
-            "-x".to_string(),
-            "-B1".to_string(),
-            "/data".to_string(),
-        ]),
-        labels: naming.labels("measure"),
+        cmd: Some(cmd),
+        labels: naming.labels(role),
         mounts: vec![MountSpec::Volume {
             name: volume.to_string(),
             target: "/data".to_string(),
         }],
+        network: Some("none".to_string()),
         cap_drop: vec!["ALL".to_string()],
-        // Reading every file of a dockerd's root needs root's DAC override only.
-        cap_add: vec!["DAC_READ_SEARCH".to_string()],
+        cap_add: caps,
         security_opt: vec!["no-new-privileges".to_string()],
         ..Default::default()
     };
@@ -387,25 +545,22 @@ pub async fn measure(
         })
     })
     .await
-    .map_err(other("create the measuring container"))?;
+    .map_err(other(format!("create the {verb} container")))?;
     let id = scratch.id.clone().unwrap_or_default();
     let result = async {
         docker
             .start_container(&id)
             .await
-            .map_err(other("start the measuring container"))?;
+            .map_err(other(format!("start the {verb} container")))?;
         let code = docker
             .wait_container(&id)
             .await
-            .map_err(other("wait for the measuring container"))?;
+            .map_err(other(format!("wait for the {verb} container")))?;
         let logs = docker
             .logs_tail(&id, 5)
             .await
-            .map_err(other("read the measuring container's output"))?;
-        parse_du(&logs).ok_or_else(|| Error::Other {
-            context: "measure a warm root".to_string(),
-            detail: format!("du exited with {code}: {}", logs.trim()),
-        })
+            .map_err(other(format!("read the {verb} container's output")))?;
+        Ok((code, logs))
     }
     .await;
     scratch.remove().await;
@@ -464,11 +619,32 @@ fn parse_du(out: &str) -> Option<u64> {
         .find_map(|l| l.split_whitespace().next().and_then(|n| n.parse().ok()))
 }
 
-/// Removes, in the job's own (warm) daemon, what the previous job left running or stored:
-/// containers, volumes and custom networks. Images and build cache stay (that is the warmth).
-/// Returns what it could not remove.
+/// Checks, in the job's own (warm) daemon just booted on a root [`scrub_offline`] already
+/// cleaned, that nothing of the previous job is left, and removes what is: swarm membership,
+/// plugins, containers, volumes and custom networks. Images and build cache stay (that is the
+/// warmth). Returns what it could not remove; any failure means the root is not proven clean
+/// and must not carry a job (the caller fails closed).
 pub async fn scrub_inner(inner: &Docker) -> Vec<String> {
     let mut failures = Vec::new();
+    match inner.swarm_active().await {
+        Ok(true) => {
+            if let Err(e) = inner.leave_swarm().await {
+                failures.push(e.to_string());
+            }
+        }
+        Ok(false) => {}
+        Err(e) => failures.push(e.to_string()),
+    }
+    match inner.list_plugins().await {
+        Ok(list) => {
+            for p in list {
+                if let Err(e) = inner.remove_plugin(&p).await {
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        Err(e) => failures.push(e.to_string()),
+    }
     match inner.list_containers(&[]).await {
         Ok(list) => {
             for c in list {
@@ -503,6 +679,23 @@ pub async fn scrub_inner(inner: &Docker) -> Vec<String> {
         Err(e) => failures.push(e.to_string()),
     }
     failures
+}
+
+/// [`scrub_inner`], failing closed: when anything could not be removed, the lease is poisoned
+/// (its root is removed at release) and the error says what was left.
+pub async fn check_scrubbed(inner: &Docker, lease: &mut WarmLease) -> Result<(), Error> {
+    let failures = scrub_inner(inner).await;
+    if failures.is_empty() {
+        return Ok(());
+    }
+    lease.poison();
+    Err(Error::Other {
+        context: format!(
+            "scrub the warm data root {} (it is removed; the next job starts cold)",
+            lease.volume
+        ),
+        detail: failures.join("; "),
+    })
 }
 
 /// What [`remove_expired`] found and did.

@@ -304,9 +304,11 @@ async fn settle(
 pub(super) enum SidecarDirs {
     /// A job's: its two directories, bound at identical paths.
     Job(JobId),
-    /// A pre-started sidecar's: an empty slot root bound at `builds_dir`; the job that takes
-    /// the sidecar gets its directories made inside it (`crate::paths::link_job_dirs`).
-    Slot(PathBuf),
+    /// A pre-started sidecar's: the slot's own two directories (`gitlab-job-<slot>` and
+    /// `.tmp`, made directly in `builds_dir`), each bound at its own path. The job that takes
+    /// the sidecar uses them as its directories (see [`Core::attach`]); their parent is never
+    /// mounted anywhere, so no job can rename them or put anything in their place.
+    Slot(JobId),
 }
 
 /// What differs between starting a job's own sidecar and a pre-started one.
@@ -390,11 +392,11 @@ impl Core {
         let dir_mounts_of = |state: &JobState| -> Vec<MountSpec> {
             match &plan.dirs {
                 SidecarDirs::Job(_) => state.job_dir_mounts(),
-                SidecarDirs::Slot(root) => vec![MountSpec::Bind {
-                    source: state.host_map.to_host(root).to_string_lossy().into_owned(),
-                    target: builds_dir.to_string_lossy().into_owned(),
-                    read_only: false,
-                }],
+                SidecarDirs::Slot(_) => state
+                    .extra_dirs
+                    .iter()
+                    .map(|dir| state.bind(dir, &dir.to_string_lossy(), false))
+                    .collect(),
             }
         };
         let make_dirs = match &plan.dirs {
@@ -409,11 +411,14 @@ impl Core {
                     crate::paths::create_job_dirs(&b, job).await.map(|_| ())
                 }))
             }
-            SidecarDirs::Slot(root) => {
-                state.extra_dirs.push(root.clone());
-                let root = root.clone();
+            SidecarDirs::Slot(slot) => {
+                let slot = *slot;
+                let real = crate::paths::job_paths(&builds_dir, slot)
+                    .map_err(other_paths("create the slot's directories"))?;
+                state.extra_dirs = vec![real.project_dir, real.tmp_dir];
+                let b = builds_dir.clone();
                 futures::future::Either::Right(common::detached(&state.inflight, async move {
-                    crate::paths::create_slot_root(&root).await
+                    crate::paths::create_job_dirs(&b, slot).await.map(|_| ())
                 }))
             }
         };
@@ -618,6 +623,30 @@ impl Core {
         // this job alone; otherwise (or when it is busy) an ephemeral one.
         if iso.data_root == crate::config::DataRoot::Project {
             env.warm = self.warm_root(spec, &env.state.inflight, out).await;
+            // Scrubbed before its dockerd runs, so nothing of the previous job starts again
+            // with this job's directories mounted (M4).
+            if let Some(lease) = env.warm.as_mut() {
+                match lease.make_clean(&self.docker).await {
+                    Ok(None) => {}
+                    Ok(Some(why)) => out.write(
+                        format!(
+                            "WARNING: the warm data root could not be scrubbed ({why}); it was \
+                             replaced by a fresh one and this job starts cold\n"
+                        )
+                        .as_bytes(),
+                    ),
+                    Err(e) => {
+                        out.write(
+                            format!(
+                                "WARNING: the warm data root could not be scrubbed nor \
+                                 replaced ({e}); this job uses an ephemeral one\n"
+                            )
+                            .as_bytes(),
+                        );
+                        env.warm = None;
+                    }
+                }
+            }
         }
         let (volume, extra_labels) = match &env.warm {
             Some(lease) => (lease.volume.clone(), HashMap::from(lease.sidecar_labels())),
@@ -647,11 +676,9 @@ impl Core {
         }
         let booted = booted?;
         env.ready_after = Some(booted.waited);
-        if let Some(lease) = env.warm.as_ref().filter(|l| !l.fresh) {
-            // What the previous job left running or stored goes; images and cache stay.
-            for f in super::data_root::scrub_inner(&booted.inner).await {
-                out.write(format!("WARNING: warm data root: {f}\n").as_bytes());
-            }
+        if let Some(lease) = env.warm.as_mut().filter(|l| !l.fresh) {
+            // Fail closed: a root not proven clean carries no job, and goes at teardown.
+            super::data_root::check_scrubbed(&booted.inner, lease).await?;
             tracing::debug!(volume = %lease.volume, "warm data root scrubbed");
         }
         tracing::info!(
@@ -681,8 +708,9 @@ impl Core {
         Ok(())
     }
 
-    /// Gives a pre-started sidecar to a job: the job's images checked, its directories made
-    /// inside the slot root (symlinked at the usual paths), its services started on the
+    /// Gives a pre-started sidecar to a job: the job's images checked, the slot's directories
+    /// made the job's (linked at the job's paths in the sidecar and on the host; bound at
+    /// those paths in job containers), its services started on the
     /// sidecar's network. Nothing of the sidecar itself changes: it was built from runner
     /// config alone, like every sidecar.
     async fn attach(
@@ -715,24 +743,35 @@ impl Core {
         timings.push("claim", t);
 
         let t = Instant::now();
-        let Some(slot_root) = env.state.extra_dirs.first().cloned() else {
-            return Err(Error::Other {
-                context: "take a pre-started sidecar".to_string(),
-                detail: "the slot has no root directory".to_string(),
-            });
-        };
         let job = JobId::new(spec.job_id);
-        // Recorded before they exist: teardown removes the links and the slot root.
+        let slot = JobId::new(env.state.naming.job_id);
+        let sidecar = env.state.sidecar.clone().ok_or_else(|| Error::Other {
+            context: "take a pre-started sidecar".to_string(),
+            detail: "the slot has no sidecar".to_string(),
+        })?;
+        // Recorded before they exist: teardown removes the links (never what they point to).
         let links = crate::paths::job_paths(&self.runner.builds_dir, job)
             .map_err(other_paths("create job directories"))?;
         env.state.paths = Some(links.clone());
         env.paths = links;
         let b = self.runner.builds_dir.clone();
-        let (_, real) = common::detached(&env.state.inflight, async move {
-            crate::paths::link_job_dirs(&b, job, &slot_root).await
+        let (links, real) = common::detached(&env.state.inflight, async move {
+            crate::paths::link_job_dirs(&b, job, slot).await
         })
         .await
         .map_err(other_paths("create job directories"))?;
+        // The job's paths inside its own daemon: links in the sidecar's root file system to
+        // the slot's mounts, so `-v $CI_PROJECT_DIR:/app` resolves there. Whatever the job
+        // later does to these links changes only its own sidecar's view; inside the sidecar
+        // the slot's directories are mount points (a rename fails with EBUSY).
+        let tar = job_links_tar(&links, &real).map_err(|e| Error::Other {
+            context: "link the job's directories in its daemon".to_string(),
+            detail: e.to_string(),
+        })?;
+        self.docker
+            .put_archive(&sidecar, &self.runner.builds_dir.to_string_lossy(), tar)
+            .await
+            .map_err(other("link the job's directories in its daemon"))?;
         env.state.dir_sources = Some(real);
         timings.push("dirs", t);
 
@@ -876,6 +915,37 @@ impl Core {
             }
         }
     }
+}
+
+/// A tar of two relative symlinks, `gitlab-job-<job>` -> `gitlab-job-<slot>` and the same for
+/// `.tmp`, to be extracted in `builds_dir` inside a pre-started sidecar.
+fn job_links_tar(
+    links: &JobPaths,
+    real: &JobPaths,
+) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (link, dir) in [
+        (&links.project_dir, &real.project_dir),
+        (&links.tmp_dir, &real.tmp_dir),
+    ] {
+        let (Some(name), Some(target)) = (link.file_name(), dir.file_name()) else {
+            return Err(format!("{} has no file name", link.display()).into());
+        };
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default(),
+        );
+        b.append_link(&mut h, name, target)?;
+    }
+    Ok(b.into_inner()?)
 }
 
 /// The images a job needs on the host daemon: its own, the helper, its services'.
@@ -1134,6 +1204,12 @@ impl JobEnvironment for DindEnv {
         &self.paths
     }
 
+    /// A job on a pre-started sidecar: the slot's own directories (its `paths` are links to
+    /// them, which the runner never resolves).
+    fn host_dirs(&self) -> &JobPaths {
+        self.state.dir_sources.as_ref().unwrap_or(&self.paths)
+    }
+
     fn job_env(&self) -> Vec<(String, String)> {
         dind_job_env()
     }
@@ -1203,6 +1279,43 @@ mod tests {
             ]
         );
         assert!(inner_dns_args(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_slot_gives_the_job_two_relative_links() {
+        let b = std::path::Path::new("/builds");
+        let links = crate::paths::job_paths(b, JobId::new(7)).unwrap();
+        let real =
+            crate::paths::job_paths(b, JobId::new(super::super::pool::SLOT_ID_BASE)).unwrap();
+        let tar = job_links_tar(&links, &real).unwrap();
+        let mut a = tar::Archive::new(tar.as_slice());
+        let got: Vec<(String, String, bool)> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.link_name().unwrap().unwrap().display().to_string(),
+                    e.header().entry_type() == tar::EntryType::Symlink,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "gitlab-job-7".to_string(),
+                    "gitlab-job-4611686018427387904".to_string(),
+                    true
+                ),
+                (
+                    "gitlab-job-7.tmp".to_string(),
+                    "gitlab-job-4611686018427387904.tmp".to_string(),
+                    true
+                ),
+            ]
+        );
     }
 
     #[test]

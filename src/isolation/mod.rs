@@ -176,6 +176,12 @@ pub trait JobEnvironment: Send + Sync {
     /// The job's paths.
     fn paths(&self) -> &JobPaths;
 
+    /// The runner-visible real directories of the job; each reached from `builds_dir` by one
+    /// no-follow step; every runner-side file operation opens its handle from these.
+    fn host_dirs(&self) -> &JobPaths {
+        self.paths()
+    }
+
     /// Variables the backend gives the job (`DOCKER_HOST`, `DOCKER_TLS_VERIFY`, `DOCKER_CERT_PATH`).
     fn job_env(&self) -> Vec<(String, String)>;
 

@@ -6,15 +6,20 @@
 //! rules installed), its own CA and certificates, its own data volume, its own dockerd, with
 //! `preload_images` loaded. It is built from runner config alone, exactly like a job's own
 //! sidecar, and serves exactly one job, after which it is torn down like any job's. Nothing
-//! is ever shared between two jobs.
+//! of one job reaches another through a slot, except, by design, a keyed slot's warm data
+//! root (below), which is scrubbed before its daemon boots.
 //!
 //! The one thing a slot cannot have in advance is the job's directory at its identical path
-//! (the job id is not known yet, and a running container cannot gain a bind mount). So a
-//! slot's sidecar gets an empty *slot root*, `<builds_dir>/gitlab-job-<slot id>`, bound at
-//! `<builds_dir>`; the job that takes the slot gets its directories made inside the slot root,
-//! and `<builds_dir>/gitlab-job-<job id>` on the host becomes a relative symlink to them
-//! (`crate::paths::link_job_dirs`). Inside the sidecar `<builds_dir>` then holds this job's
-//! directories and nothing else.
+//! (the job id is not known yet, and a running container cannot gain a bind mount). So a slot
+//! makes its own two directories, `<builds_dir>/gitlab-job-<slot id>` and `.tmp`, directly in
+//! `builds_dir` (whose entries no container ever has mounted), and its sidecar binds each of
+//! them at its own path. The job that takes the slot uses them as its directories: job
+//! containers bind them at the job's usual paths, the sidecar gets `gitlab-job-<job id>` links
+//! to them in its own root file system (so the inner daemon resolves `$CI_PROJECT_DIR`), and
+//! the host gets the same relative links for people and `runner cleanup`
+//! (`crate::paths::link_job_dirs`). Every bind source and every runner-side file operation
+//! comes from the slot id, never from a path a job could have changed (see
+//! `docs/architecture.md#warm-pool`).
 //!
 //! With `data_root = "project"` a slot is *keyed*: when a job of a project ends, a sidecar is
 //! started at once on that project's warm data root (same project, same protected flag: the
@@ -451,9 +456,6 @@ async fn build_slot(
     let host_map = HostPathMap::new(core.runner.docker.isolation.host_path_map.clone());
     let mut state = JobState::new(core.docker.clone(), naming, host_map);
     state.resolve = super::resolve::Resolve::from_docker(&core.runner.docker);
-    let root = crate::paths::job_paths(&core.runner.builds_dir, JobId::new(plan.id))
-        .map_err(super::common::other_paths("name the slot's directory"))?
-        .project_dir;
     let mut lease = None;
     let mut timings = Timings::default();
     let started = Instant::now();
@@ -478,7 +480,11 @@ async fn build_slot(
                             detail: format!("{miss:?}"),
                         })?;
                     let v = (l.volume.clone(), false, l.sidecar_labels().into_iter().collect());
-                    lease = Some(l);
+                    // Scrubbed before its dockerd runs and before the slot can be taken (M4).
+                    let l = lease.insert(l);
+                    if let Some(why) = l.make_clean(&core.docker).await? {
+                        tracing::warn!(slot = plan.id, reason = %why, "warm data root could not be scrubbed; replaced by a fresh one");
+                    }
                     v
                 }
                 None => (state.naming.name("docker"), true, Default::default()),
@@ -489,7 +495,7 @@ async fn build_slot(
                     BootPlan {
                         volume,
                         create_volume,
-                        dirs: SidecarDirs::Slot(root),
+                        dirs: SidecarDirs::Slot(JobId::new(plan.id)),
                         validity: lifetime,
                         services: &[],
                         service_env: &[],
@@ -502,11 +508,9 @@ async fn build_slot(
                     &mut timings,
                 )
                 .await?;
-            if lease.as_ref().is_some_and(|l| !l.fresh) {
-                // What the previous job left running or stored goes; images and cache stay.
-                for f in super::data_root::scrub_inner(&b.inner).await {
-                    tracing::warn!(slot = plan.id, failure = %f, "warm data root scrub");
-                }
+            if let Some(l) = lease.as_mut().filter(|l| !l.fresh) {
+                // Fail closed: a root not proven clean is never offered to a job.
+                super::data_root::check_scrubbed(&b.inner, l).await?;
             }
             core.preload(&b.inner, &mut timings).await?;
             Ok(b)

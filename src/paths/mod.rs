@@ -195,65 +195,54 @@ pub async fn create_job_dirs(
     Ok(paths)
 }
 
-/// Creates a warm-pool slot's root (0755; `builds_dir` too if missing). It is bound at
-/// `builds_dir` into the slot's sidecar and holds, later, the directories of the one job
-/// that takes the slot. Leftovers at the same path are removed first.
-pub async fn create_slot_root(root: &Path) -> Result<(), Error> {
-    if !root.is_absolute() {
-        return Err(Error::NotAbsolute(root.to_path_buf()));
-    }
-    let root = root.to_path_buf();
-    blocking(move || {
-        if let Some(parent) = root.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent)
-                .map_err(io("create", parent))?;
-        }
-        remove_path(&root)?;
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&root)
-            .map_err(io("create", &root))?;
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
-            .map_err(io("chmod", &root))
-    })
-    .await
-}
-
 /// A job's directories when its sidecar was started before the job existed (the warm pool,
-/// `src/isolation/pool.rs`): the real directories are made inside the slot's root
-/// (`<builds_dir>/gitlab-job-<slot>`), which the sidecar already has bound at `builds_dir`, and
-/// `<builds_dir>/gitlab-job-<job>` (and `.tmp`) become *relative* symlinks to them, so the
-/// runner's own file work keeps using the usual paths (relative: the link resolves the same
-/// for a runner in a container and for the host daemon). Returns `(links, real)`.
+/// `src/isolation/pool.rs`). The slot made its real directories, `<builds_dir>/gitlab-job-<slot>`
+/// and `.tmp` (with [`create_job_dirs`]), directly in `builds_dir`, a directory no container
+/// ever has mounted; the job's usual paths `<builds_dir>/gitlab-job-<job>` (and `.tmp`) become
+/// *relative* symlinks to them, for people and `runner cleanup` (relative: the link resolves the
+/// same for a runner in a container and on the host). The runner itself never resolves through
+/// these links: bind sources and its own file work use the returned real directories, which are
+/// one no-follow step below `builds_dir` (checked here). Returns `(links, real)`.
 pub async fn link_job_dirs(
     builds_dir: &Path,
     job: JobId,
-    slot_root: &Path,
+    slot: JobId,
 ) -> Result<(crate::isolation::JobPaths, crate::isolation::JobPaths), Error> {
     let links = job_paths(builds_dir, job)?;
-    let slot_name = slot_root
-        .file_name()
-        .filter(|_| slot_root.parent() == Some(builds_dir))
-        .ok_or_else(|| Error::NotAbsolute(slot_root.to_path_buf()))?
-        .to_os_string();
-    let real = create_job_dirs(slot_root, job).await?;
-    let l = links.clone();
+    let real = job_paths(builds_dir, slot)?;
+    let (l, r) = (links.clone(), real.clone());
     blocking(move || {
-        for link in [&l.project_dir, &l.tmp_dir] {
+        for (link, dir) in [(&l.project_dir, &r.project_dir), (&l.tmp_dir, &r.tmp_dir)] {
+            check_plain_dir(dir)?;
             remove_path(link)?;
-            let Some(name) = link.file_name() else {
-                return Err(Error::NotAbsolute(link.clone()));
+            let Some(name) = dir.file_name() else {
+                return Err(Error::NotAbsolute(dir.clone()));
             };
-            let target = Path::new(&slot_name).join(name);
-            std::os::unix::fs::symlink(&target, link).map_err(io("symlink", link))?;
+            std::os::unix::fs::symlink(name, link).map_err(io("symlink", link))?;
         }
         Ok(())
     })
     .await?;
     Ok((links, real))
+}
+
+/// Fails unless `path` is a plain directory itself (not a symlink to one, nor anything else).
+/// For paths one step below a trusted directory (`builds_dir`): a bind source is checked with
+/// this before every container create, so a directory swapped for a link is never mounted.
+/// Blocking: call from `spawn_blocking` (or accept a short stat on the caller's thread).
+pub fn check_plain_dir(path: &Path) -> Result<(), Error> {
+    let meta = std::fs::symlink_metadata(path).map_err(io("stat", path))?;
+    if meta.file_type().is_dir() {
+        Ok(())
+    } else {
+        Err(Error::Io {
+            op: "check",
+            path: path.to_path_buf(),
+            source: std::io::Error::other(
+                "is no longer a plain directory (replaced by a link or a file); not mounting it",
+            ),
+        })
+    }
 }
 
 /// Removes both job directories without following symlinks. Returns the paths that existed.
@@ -766,34 +755,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pooled_job_dirs_live_in_the_slot_behind_relative_links() {
+    async fn pooled_job_dirs_are_links_to_the_slots_own_dirs() {
         let tmp = tempfile::tempdir().unwrap();
         let builds = tmp.path().join("builds");
-        let slot = builds.join("gitlab-job-4611686018427387905");
-        std::fs::create_dir_all(&slot).unwrap();
+        let slot = JobId::new(4611686018427387905);
+        let real = create_job_dirs(&builds, slot).await.unwrap();
         // A leftover of an earlier attempt at the same job id is replaced.
         std::fs::create_dir_all(builds.join("gitlab-job-7")).unwrap();
-        let (links, real) = link_job_dirs(&builds, JobId::new(7), &slot).await.unwrap();
+        let (links, got) = link_job_dirs(&builds, JobId::new(7), slot).await.unwrap();
+        assert_eq!(got.project_dir, real.project_dir);
         assert_eq!(links.project_dir, builds.join("gitlab-job-7"));
-        assert_eq!(real.project_dir, slot.join("gitlab-job-7"));
         assert_eq!(
             std::fs::read_link(&links.project_dir).unwrap(),
-            Path::new("gitlab-job-4611686018427387905/gitlab-job-7")
+            Path::new("gitlab-job-4611686018427387905")
         );
-        std::fs::write(links.project_dir.join("f"), b"x").unwrap();
-        assert_eq!(std::fs::read(real.project_dir.join("f")).unwrap(), b"x");
+        assert_eq!(
+            std::fs::read_link(&links.tmp_dir).unwrap(),
+            Path::new("gitlab-job-4611686018427387905.tmp")
+        );
+        std::fs::write(real.project_dir.join("f"), b"x").unwrap();
+        assert_eq!(std::fs::read(links.project_dir.join("f")).unwrap(), b"x");
         let m = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
         assert_eq!(m(&links.tmp_dir), 0o700);
+        check_plain_dir(&real.project_dir).unwrap();
+        assert!(
+            check_plain_dir(&links.project_dir).is_err(),
+            "a link is not a plain dir"
+        );
         // Teardown of the links leaves the real dirs for the slot's own teardown.
         assert_eq!(remove_job_dirs(&links).await.unwrap().len(), 2);
         assert!(real.project_dir.join("f").exists());
-        // A slot root outside builds_dir is refused (the link would point elsewhere).
-        let elsewhere = tmp.path().join("x");
-        assert!(
-            link_job_dirs(&builds, JobId::new(8), &elsewhere)
-                .await
-                .is_err()
-        );
+        // A slot dir swapped for a link is refused, not linked to.
+        std::fs::rename(&real.tmp_dir, tmp.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), &real.tmp_dir).unwrap();
+        assert!(link_job_dirs(&builds, JobId::new(8), slot).await.is_err());
     }
 
     fn job_pki(job: u64) -> JobPki {
