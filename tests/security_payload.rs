@@ -381,7 +381,10 @@ async fn artifact_files_are_never_written_or_read_through_links() {
     });
     let t = tree();
     let (outcome, trace) = run_job(&scope, cfg, payload, t.path()).await;
-    assert!(planter.await.expect("planter"), "could not plant the link\n{trace}");
+    assert!(
+        planter.await.expect("planter"),
+        "could not plant the link\n{trace}"
+    );
     assert!(trace.contains("PLANTED-DEP-LINK-SEEN"), "{trace}");
     assert!(trace.contains("dep=from-dependency"), "{trace}");
     assert_eq!(snapshot(&canary), before, "a canary changed\n{trace}");
@@ -399,13 +402,23 @@ async fn artifact_files_are_never_written_or_read_through_links() {
         let text = String::from_utf8_lossy(data);
         assert!(!text.contains("CANARY-"), "{name} carries canary bytes");
     }
-    let entries = zip_entries(&got[names.iter().position(|n| *n == "artifacts.zip").unwrap_or(0)].1);
+    let entries = zip_entries(
+        &got[names
+            .iter()
+            .position(|n| *n == "artifacts.zip")
+            .unwrap_or(0)]
+        .1,
+    );
     assert!(
-        entries.iter().any(|(n, b)| n == "out/a.txt" && b == b"payload\n"),
+        entries
+            .iter()
+            .any(|(n, b)| n == "out/a.txt" && b == b"payload\n"),
         "{entries:?}"
     );
     assert_eq!(
-        got.iter().find(|(n, _)| n == "sast").map(|(_, d)| d.as_slice()),
+        got.iter()
+            .find(|(n, _)| n == "sast")
+            .map(|(_, d)| d.as_slice()),
         Some(&b"{}\n"[..])
     );
     scope.assert_clean().await;
@@ -485,7 +498,11 @@ async fn racing_inner_container_cannot_redirect_artifact_io() {
                 );
             }
         }
-        assert!(entries.len() > N / 2, "too few entries: {}\n{trace}", entries.len());
+        assert!(
+            entries.len() > N / 2,
+            "too few entries: {}\n{trace}",
+            entries.len()
+        );
     } else {
         panic!("no artifact uploaded ({outcome:?})\n{trace}");
     }

@@ -1123,6 +1123,12 @@ impl JobEnvironment for DindEnv {
         &self.paths
     }
 
+    /// A pooled job's real directories live in the slot root (`paths` are links to them,
+    /// which the runner's no-follow opens refuse); otherwise the same as `paths`.
+    fn host_dirs(&self) -> &JobPaths {
+        self.state.dir_sources.as_ref().unwrap_or(&self.paths)
+    }
+
     fn job_env(&self) -> Vec<(String, String)> {
         dind_job_env()
     }

@@ -224,6 +224,10 @@ impl JobEnvironment for ObservedEnv {
         self.inner.paths()
     }
 
+    fn host_dirs(&self) -> &JobPaths {
+        self.inner.host_dirs()
+    }
+
     fn job_env(&self) -> Vec<(String, String)> {
         self.inner.job_env()
     }
