@@ -620,6 +620,21 @@ async fn artifacts_upload_download_and_413() {
     );
     assert_eq!(stored[0].expire_in.as_deref(), Some("1 week"));
 
+    // A retried upload streams the same open file again from its start (rewound, never
+    // reopened by path).
+    fake.inject(Fault::ServerErrors {
+        endpoint: Endpoint::ArtifactsUpload,
+        status: 502,
+        count: 1,
+    });
+    artifacts.upload(id, &token, &file, &opts).await.unwrap();
+    let stored = fake.artifacts(id);
+    assert_eq!(stored.len(), 2, "the 502 try is not stored, the retry is");
+    assert_eq!(
+        stored.last().map(|a| a.data.as_slice()),
+        Some(&b"PK\x03\x04 pretend zip"[..])
+    );
+
     fake.inject(Fault::ServerErrors {
         endpoint: Endpoint::ArtifactsUpload,
         status: 413,
