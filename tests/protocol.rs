@@ -606,6 +606,7 @@ async fn artifacts_upload_download_and_413() {
         expire_in: Some("1 week".into()),
         ..UploadOptions::default()
     };
+    let file = std::fs::File::open(&file).unwrap();
     artifacts.upload(id, &token, &file, &opts).await.unwrap();
     let stored = fake.artifacts(id);
     assert_eq!(stored.len(), 1);
@@ -619,6 +620,21 @@ async fn artifacts_upload_download_and_413() {
     );
     assert_eq!(stored[0].expire_in.as_deref(), Some("1 week"));
 
+    // A retried upload streams the same open file again from its start (rewound, never
+    // reopened by path).
+    fake.inject(Fault::ServerErrors {
+        endpoint: Endpoint::ArtifactsUpload,
+        status: 502,
+        count: 1,
+    });
+    artifacts.upload(id, &token, &file, &opts).await.unwrap();
+    let stored = fake.artifacts(id);
+    assert_eq!(stored.len(), 2, "the 502 try is not stored, the retry is");
+    assert_eq!(
+        stored.last().map(|a| a.data.as_slice()),
+        Some(&b"PK\x03\x04 pretend zip"[..])
+    );
+
     fake.inject(Fault::ServerErrors {
         endpoint: Endpoint::ArtifactsUpload,
         status: 413,
@@ -631,9 +647,18 @@ async fn artifacts_upload_download_and_413() {
     assert!(matches!(err, gitlab::Error::TooLarge { .. }), "{err}");
 
     fake.put_artifact(id, b"dependency bytes".to_vec());
-    let dest = dir.path().join("dep.zip");
+    let dest_path = dir.path().join("dep.zip");
+    let dest = std::fs::File::options()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&dest_path)
+        .unwrap();
     assert_eq!(artifacts.download(id, &token, &dest).await.unwrap(), 16);
-    assert_eq!(tokio::fs::read(&dest).await.unwrap(), b"dependency bytes");
+    assert_eq!(
+        tokio::fs::read(&dest_path).await.unwrap(),
+        b"dependency bytes"
+    );
     let err = artifacts
         .download(id, &Secret::new("wrong"), &dest)
         .await

@@ -264,3 +264,253 @@ async fn non_numeric_or_zero_job_ids_are_refused_before_anything_is_made() {
     );
     scope.assert_clean().await;
 }
+
+/// Content and mtime of every file in `dir`, to prove canaries untouched.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .expect("read canary dir")
+        .map(|e| {
+            let e = e.expect("entry");
+            let m = e.metadata().expect("stat");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).expect("read canary"),
+                m.modified().expect("mtime"),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every file the local artifact store received for `job`, with its bytes.
+fn uploads(scope: &Scope, job: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = scope.tmp.path().join("artifacts").join(job);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    rd.map(|e| {
+        let e = e.expect("entry");
+        (
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read(e.path()).expect("read upload"),
+        )
+    })
+    .collect()
+}
+
+/// All (name, bytes) of a zip's entries.
+fn zip_entries(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(data)).expect("zip");
+    (0..zip.len())
+        .map(|i| {
+            let mut e = zip.by_index(i).expect("entry");
+            let name = e.name().map(|n| n.to_string()).unwrap_or_default();
+            let mut body = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut e, &mut body);
+            (name, body)
+        })
+        .collect()
+}
+
+/// Finding C1 (and M2's untracked list): the job plants links under every name the runner
+/// used for its own files in the tmp dir (`upload-artifacts.zip`, `upload-sast`,
+/// `dependency-<id>.zip`, `untracked.list`), pointing at host canaries (and `/dev/zero`).
+/// The runner stages its archives in its own directory and reads job files through handles:
+/// the canaries keep their bytes and mtime, no upload carries canary bytes, the dependency is
+/// still extracted, and the poisoned untracked list fails the job with a clear reason
+/// instead of reading `/dev/zero` until the runner is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifact_files_are_never_written_or_read_through_links() {
+    let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
+    let cfg = config(&scope, |c| c.docker.isolation.preload_images.clear());
+    let canary = scope.tmp.path().join("canary");
+    std::fs::create_dir_all(&canary).expect("mkdir");
+    for n in ["c1", "c2", "c3"] {
+        std::fs::write(canary.join(n), format!("CANARY-{n}-BYTES")).expect("write canary");
+    }
+    let before = snapshot(&canary);
+    let c = canary.display().to_string();
+    let (job_id, dep_id) = (1003u64, 1500u64);
+    // The dependency's archive, served by the local store.
+    let dep_dir = scope.tmp.path().join("artifacts").join("dep");
+    std::fs::create_dir_all(&dep_dir).expect("mkdir");
+    {
+        let f = std::fs::File::create(dep_dir.join("artifacts.zip")).expect("create");
+        let mut z = zip::ZipWriter::new(f);
+        z.start_file("dep.txt", zip::write::SimpleFileOptions::default())
+            .expect("entry");
+        std::io::Write::write_all(&mut z, b"from-dependency").expect("write");
+        z.finish().expect("finish");
+    }
+    let extra = json!({
+        "dependencies": [{"id": dep_id, "name": "dep", "token": "",
+                          "artifacts_file": {"filename": "artifacts.zip", "size": 1}}],
+        "artifacts": [
+            {"name": "artifacts", "untracked": false, "when": "on_success", "paths": ["out/"],
+             "artifact_type": "archive", "artifact_format": "zip"},
+            {"name": "sast", "untracked": false, "when": "on_success", "paths": ["sast.json"],
+             "artifact_type": "sast", "artifact_format": "raw"},
+            {"name": "untracked", "untracked": true, "when": "on_success", "paths": [],
+             "artifact_type": "archive", "artifact_format": "zip"}
+        ]
+    });
+    let script = [
+        format!("ln -s {c}/c1 \"$TMPDIR/upload-artifacts.zip\""),
+        format!("ln -s {c}/c2 \"$TMPDIR/upload-sast\""),
+        "ln -s /dev/zero \"$TMPDIR/untracked.list\"".to_string(),
+        format!("test -L \"$TMPDIR/dependency-{dep_id}.zip\" && echo PLANTED-DEP-LINK-SEEN"),
+        "echo dep=$(cat dep.txt)".to_string(),
+        "mkdir -p out && echo payload > out/a.txt && echo '{}' > sast.json".to_string(),
+    ];
+    let payload = payload(
+        job_id,
+        &script.iter().map(|s| s.as_str()).collect::<Vec<&str>>(),
+        extra,
+    );
+    // No job code runs before the download with a local tree, so the test plays the
+    // `pre_get_sources_script` hook: it plants the dependency link as soon as the tmp dir
+    // exists (during prepare, seconds before the download); the script checks it was there.
+    let tmp_dir = scope.builds_dir().join(format!("gitlab-job-{job_id}.tmp"));
+    let dep_link = tmp_dir.join(format!("dependency-{dep_id}.zip"));
+    let target = canary.join("c3");
+    let planter = tokio::spawn(async move {
+        let ok = support::wait_until(Duration::from_secs(180), || tmp_dir.is_dir()).await;
+        ok && std::os::unix::fs::symlink(&target, &dep_link).is_ok()
+    });
+    let t = tree();
+    let (outcome, trace) = run_job(&scope, cfg, payload, t.path()).await;
+    assert!(
+        planter.await.expect("planter"),
+        "could not plant the link\n{trace}"
+    );
+    assert!(trace.contains("PLANTED-DEP-LINK-SEEN"), "{trace}");
+    assert!(trace.contains("dep=from-dependency"), "{trace}");
+    assert_eq!(snapshot(&canary), before, "a canary changed\n{trace}");
+    // The poisoned list fails the job with the reason, after the other uploads.
+    assert!(
+        matches!(outcome, JobOutcome::Failed { .. }),
+        "{outcome:?}\n{trace}"
+    );
+    assert!(trace.contains("reading the untracked list"), "{trace}");
+    let got = uploads(&scope, &format!("job{job_id}"));
+    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"artifacts.zip"), "{names:?}\n{trace}");
+    assert!(names.contains(&"sast"), "{names:?}\n{trace}");
+    for (name, data) in &got {
+        let text = String::from_utf8_lossy(data);
+        assert!(!text.contains("CANARY-"), "{name} carries canary bytes");
+    }
+    let entries = zip_entries(
+        &got[names
+            .iter()
+            .position(|n| *n == "artifacts.zip")
+            .unwrap_or(0)]
+        .1,
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|(n, b)| n == "out/a.txt" && b == b"payload\n"),
+        "{entries:?}"
+    );
+    assert_eq!(
+        got.iter()
+            .find(|(n, _)| n == "sast")
+            .map(|(_, d)| d.as_slice()),
+        Some(&b"{}\n"[..])
+    );
+    scope.assert_clean().await;
+}
+
+/// Finding H1: an inner container on the job's own daemon, with the project dir mounted,
+/// keeps swapping the parents of artifact entries for links to a host canary dir (and an
+/// entry for a device node) while the runner lists and archives 2 000 entries. Every open
+/// goes through the project dir's handle without following links and checks for a regular
+/// file, so the artifact holds only the job's own bytes and the canary is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_inner_container_cannot_redirect_artifact_io() {
+    let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
+    let cfg = config(&scope, |_| {});
+    let canary = scope.tmp.path().join("canary");
+    std::fs::create_dir_all(&canary).expect("mkdir");
+    const N: usize = 2000;
+    const DIRS: usize = 40;
+    for i in 0..N {
+        std::fs::write(canary.join(format!("f{i}")), "CANARY-SECRET").expect("write");
+    }
+    let before = snapshot(&canary);
+    let c = canary.display().to_string();
+    let job_id = 1004;
+    let extra = json!({
+        "artifacts": [{"name": "artifacts", "untracked": false, "when": "on_success",
+                       "paths": ["out/"], "artifact_type": "archive", "artifact_format": "zip"}]
+    });
+    let make = format!(
+        "i=0; while [ $i -lt {N} ]; do d=out/d$((i % {DIRS})); mkdir -p $d; echo \"entry $i\" > $d/f$i; i=$((i+1)); done"
+    );
+    // Swaps every parent for a link to the canary dir and back, and the first entry of each
+    // for a device node (/dev/zero's numbers) and back, until the sidecar goes.
+    let racer = format!(
+        "cd \"$CI_PROJECT_DIR\"; while true; do for k in $(seq 0 {last}); do d=out/d$k; \
+         mv $d $d.r && ln -s {c} $d && rm $d && mv $d.r $d; \
+         f=out/d$k/f$k; mv $f $f.r && mknod $f c 1 5 && rm $f && mv $f.r $f; done; done",
+        last = DIRS - 1
+    );
+    let script = [
+        make,
+        format!(
+            "docker run -d --pull never --name racer -v \"$CI_PROJECT_DIR:$CI_PROJECT_DIR\" \
+             -e CI_PROJECT_DIR=\"$CI_PROJECT_DIR\" isolated-runner/busybox:test sh -c '{racer}'"
+        ),
+        "sleep 2; docker ps --filter name=racer --format 'racer={{.Status}}'".to_string(),
+    ];
+    let payload = payload(
+        job_id,
+        &script.iter().map(|s| s.as_str()).collect::<Vec<&str>>(),
+        extra,
+    );
+    let t = tree();
+    let (outcome, trace) = run_job(&scope, cfg, payload, t.path()).await;
+    assert!(trace.contains("racer=Up"), "the racer did not run\n{trace}");
+    // How often the racer won a window (entries skipped with a warning): informative only,
+    // a race cannot be forced to happen.
+    eprintln!(
+        "entries skipped under the race: {}",
+        trace.matches("skipped (").count()
+    );
+    assert_eq!(snapshot(&canary), before, "the canary changed\n{trace}");
+    let got = uploads(&scope, &format!("job{job_id}"));
+    // The archive may miss entries the racer had swapped (skipped, with a warning), but what
+    // it holds is the job's own data only.
+    if let Some((_, data)) = got.iter().find(|(n, _)| n == "artifacts.zip") {
+        let entries = zip_entries(data);
+        for (name, body) in &entries {
+            assert!(
+                !String::from_utf8_lossy(body).contains("CANARY"),
+                "{name} holds canary data"
+            );
+            let file = name.rsplit('/').next().unwrap_or_default();
+            if let Some(i) = file
+                .strip_prefix('f')
+                .filter(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+            {
+                assert_eq!(
+                    body,
+                    format!("entry {i}\n").as_bytes(),
+                    "{name}: not the job's bytes (a device read?)"
+                );
+            }
+        }
+        assert!(
+            entries.len() > N / 2,
+            "too few entries: {}\n{trace}",
+            entries.len()
+        );
+    } else {
+        panic!("no artifact uploaded ({outcome:?})\n{trace}");
+    }
+    scope.assert_clean().await;
+}

@@ -384,6 +384,7 @@ impl BenchTarget for RealTarget {
                 files: None,
             }),
             runner_id: setup.runner_id.clone(),
+            staging_root: crate::job::staging::staging_root(&setup.state_dir),
         };
         let control = JobControl::default();
         let start = Instant::now();

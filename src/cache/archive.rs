@@ -6,16 +6,16 @@
 //! the cache) or a write (overwriting host files on restore). Blocking code: call it from
 //! `spawn_blocking`.
 
+use crate::paths::{Dir, link_stays_inside};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::fcntl::{OFlag, openat, readlinkat};
-use nix::sys::stat::{Mode, SFlag, fstatat, mkdirat};
+use nix::sys::stat::{Mode, SFlag, fstatat};
 use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -90,15 +90,12 @@ fn archive_entry_path(path: &Path) -> Option<PathBuf> {
     (!out.as_os_str().is_empty()).then_some(out)
 }
 
-/// Whether a symlink at `link` (relative to the project dir) pointing at `target` stays inside.
+/// Whether a symlink at `link` (relative to the project dir) pointing at `target` stays inside,
+/// whatever the other links are (chain-proof, finding L1: see [`link_stays_inside`]).
 /// Absolute targets are refused even when they point inside: the project dir's absolute path
 /// changes from job to job, so they would dangle or, worse, point at another job's checkout.
 pub(crate) fn symlink_stays_inside(link: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let parent = link.parent().unwrap_or(Path::new(""));
-    clean_relative(&parent.join(target)).is_some()
+    link_stays_inside(link, target)
 }
 
 /// Picks the entries matching `patterns` (globs relative to the project dir, `**` crosses
@@ -178,41 +175,24 @@ pub(crate) fn select(
     Ok(selection)
 }
 
-fn open_root(project_dir: &Path) -> Result<OwnedFd, ArchiveError> {
-    openat(
-        nix::fcntl::AT_FDCWD,
-        project_dir,
-        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|errno| ArchiveError::ProjectDir {
+/// The project dir's handle: the project dir itself must not be a link (its parent,
+/// `builds_dir`, is runner config).
+fn open_root(project_dir: &Path) -> Result<Dir, ArchiveError> {
+    Dir::open_job_dir(project_dir).map_err(|e| ArchiveError::ProjectDir {
         path: project_dir.to_path_buf(),
-        source: io::Error::from(errno),
+        source: io::Error::other(e),
     })
 }
 
-/// Opens the directory `rel` below `root` one component at a time, never following a symlink;
-/// with `create`, missing directories are made (0755).
-fn open_dir_beneath(root: &OwnedFd, rel: &Path, create: bool) -> nix::Result<OwnedFd> {
-    let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mut current = root.try_clone().map_err(|_| Errno::EBADF)?;
-    for comp in rel.components() {
-        let Component::Normal(name) = comp else {
-            return Err(Errno::EINVAL);
-        };
-        let next = match openat(current.as_fd(), name, flags, Mode::empty()) {
-            Err(Errno::ENOENT) if create => {
-                match mkdirat(current.as_fd(), name, Mode::from_bits_truncate(0o755)) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(e),
-                }
-                openat(current.as_fd(), name, flags, Mode::empty())?
-            }
-            other => other?,
-        };
-        current = next;
-    }
-    Ok(current)
+/// Opens the directory `rel` below `root` without following any link on the way; with
+/// `create`, missing directories are made (0755).
+fn open_dir_beneath(root: &Dir, rel: &Path, create: bool) -> nix::Result<Dir> {
+    let r = if create {
+        root.create_dirs(rel, 0o755)
+    } else {
+        root.open_dir(rel)
+    };
+    r.map_err(|e| e.errno().unwrap_or(Errno::EIO))
 }
 
 /// Splits a relative path into its parent and its last component.
@@ -334,7 +314,7 @@ fn write_tar(project_dir: &Path, entries: &[PathBuf], tmp: &Path) -> io::Result<
                 continue;
             }
         };
-        let Ok(stat) = fstatat(parent.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+        let Ok(stat) = fstatat(parent.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
             continue; // vanished since the walk
         };
         let kind = SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits());
@@ -348,7 +328,7 @@ fn write_tar(project_dir: &Path, entries: &[PathBuf], tmp: &Path) -> io::Result<
             tar.append_data(&mut header, rel, io::empty())?;
         } else if kind == SFlag::S_IFREG {
             let fd = match openat(
-                parent.as_fd(),
+                parent.fd(),
                 name,
                 OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
                 Mode::empty(),
@@ -377,7 +357,7 @@ fn write_tar(project_dir: &Path, entries: &[PathBuf], tmp: &Path) -> io::Result<
             };
             tar.append_data(&mut header, rel, reader)?;
         } else if kind == SFlag::S_IFLNK {
-            let target = PathBuf::from(readlinkat(parent.as_fd(), name).map_err(io::Error::from)?);
+            let target = PathBuf::from(readlinkat(parent.fd(), name).map_err(io::Error::from)?);
             if !symlink_stays_inside(rel, &target) {
                 warn(
                     &mut written.warnings,
@@ -492,22 +472,23 @@ fn with_context(errno: Errno) -> io::Error {
     }
 }
 
-fn extract_dir(root: &OwnedFd, rel: &Path, mode: u32) -> io::Result<()> {
-    let fd = open_dir_beneath(root, rel, true).map_err(with_context)?;
+fn extract_dir(root: &Dir, rel: &Path, mode: u32) -> io::Result<()> {
+    let dir = open_dir_beneath(root, rel, true).map_err(with_context)?;
+    let fd = dir.fd().try_clone_to_owned()?;
     // Keep directories writable by us so later entries can land in them.
     File::from(fd).set_permissions(std::fs::Permissions::from_mode(mode | 0o700))
 }
 
 /// Removes whatever non-directory sits at `name` (a stale file or a planted symlink) so the
 /// following `O_EXCL` create cannot be redirected.
-fn clear_slot(parent: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<()> {
-    match fstatat(parent.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+fn clear_slot(parent: &Dir, name: &std::ffi::OsStr) -> io::Result<()> {
+    match fstatat(parent.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(stat) => {
             let kind = SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits());
             if kind == SFlag::S_IFDIR {
                 return Err(io::Error::other("a directory is in the way"));
             }
-            unlinkat(parent.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from)
+            unlinkat(parent.fd(), name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from)
         }
         Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(io::Error::from(e)),
@@ -515,7 +496,7 @@ fn clear_slot(parent: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<()> {
 }
 
 fn extract_file(
-    root: &OwnedFd,
+    root: &Dir,
     rel: &Path,
     mode: u32,
     mtime: u64,
@@ -525,7 +506,7 @@ fn extract_file(
     let parent = open_dir_beneath(root, parent_rel, true).map_err(with_context)?;
     clear_slot(&parent, name)?;
     let fd = openat(
-        parent.as_fd(),
+        parent.fd(),
         name,
         OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
@@ -539,11 +520,11 @@ fn extract_file(
     Ok(())
 }
 
-fn extract_symlink(root: &OwnedFd, rel: &Path, target: &Path) -> io::Result<()> {
+fn extract_symlink(root: &Dir, rel: &Path, target: &Path) -> io::Result<()> {
     let (parent_rel, name) = split(rel).ok_or_else(|| io::Error::other("empty path"))?;
     let parent = open_dir_beneath(root, parent_rel, true).map_err(with_context)?;
     clear_slot(&parent, name)?;
-    symlinkat(target, parent.as_fd(), name).map_err(io::Error::from)
+    symlinkat(target, parent.fd(), name).map_err(io::Error::from)
 }
 
 #[cfg(test)]
@@ -587,6 +568,49 @@ mod tests {
             Path::new("l"),
             Path::new("/etc/passwd")
         ));
+    }
+
+    /// Finding L1: `s -> .` then `up -> s/..` is lexically inside, but leaves the tree once
+    /// `s` is followed. Refused when archiving and when extracting.
+    #[test]
+    fn symlink_chains_cannot_escape() {
+        assert!(symlink_stays_inside(Path::new("s"), Path::new(".")));
+        assert!(!symlink_stays_inside(Path::new("up"), Path::new("s/..")));
+        assert!(!symlink_stays_inside(
+            Path::new("a/up"),
+            Path::new("s/../..")
+        ));
+        let t = tempfile::tempdir().expect("tempdir");
+        let proj = t.path().join("gitlab-job-1");
+        std::fs::create_dir(&proj).expect("mkdir");
+        std::os::unix::fs::symlink(".", proj.join("s")).expect("link");
+        std::os::unix::fs::symlink("s/..", proj.join("up")).expect("link");
+        let dest = t.path().join("cache/a.tar.gz");
+        let entries = vec![PathBuf::from("s"), PathBuf::from("up")];
+        let written = create(&proj, &entries, &dest).expect("create");
+        assert_eq!(written.entries, 1, "{:?}", written.warnings);
+        assert!(written.warnings.iter().any(|w| w.contains("up")));
+        // An archive carrying the chain (made by hand) does not recreate `up` either.
+        let out = t.path().join("gitlab-job-2");
+        std::fs::create_dir(&out).expect("mkdir");
+        let crafted = t.path().join("crafted.tar.gz");
+        {
+            let f = File::create(&crafted).expect("create");
+            let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+                f,
+                flate2::Compression::fast(),
+            ));
+            for (name, target) in [("s", "."), ("up", "s/..")] {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, name, target).expect("append");
+            }
+            b.into_inner().expect("tar").finish().expect("gz");
+        }
+        let got = extract(&crafted, &out).expect("extract");
+        assert_eq!(got.entries, 1, "{:?}", got.warnings);
+        assert!(std::fs::symlink_metadata(out.join("up")).is_err());
     }
 
     #[test]

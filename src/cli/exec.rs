@@ -228,6 +228,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             files,
         }),
         runner_id: "exec".into(),
+        staging_root: crate::job::staging::default_staging_root(),
     };
     let control = JobControl::default();
     let signals = control.clone();

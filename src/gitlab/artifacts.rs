@@ -5,18 +5,27 @@
 //! # async fn demo(client: isolated_runner::gitlab::Client, token: isolated_runner::secret::Secret) -> Result<(), isolated_runner::gitlab::Error> {
 //! use isolated_runner::gitlab::{ArtifactClient, UploadOptions};
 //! let artifacts = ArtifactClient::new(client);
+//! let archive = std::fs::File::open("/tmp/artifacts.zip").expect("open");
 //! artifacts
-//!     .upload(42, &token, std::path::Path::new("/tmp/artifacts.zip"), &UploadOptions::default())
+//!     .upload(42, &token, &archive, &UploadOptions::default())
 //!     .await?; // Error::TooLarge on 413: write it in the trace and fail the upload stage
-//! let bytes = artifacts.download(41, &token, std::path::Path::new("/tmp/dep.zip")).await?;
+//! let dest = std::fs::File::create("/tmp/dep.zip").expect("create");
+//! let bytes = artifacts.download(41, &token, &dest).await?;
 //! # let _ = bytes; Ok(()) }
 //! ```
 
 use super::Error;
 use super::client::{Client, secret_header};
 use crate::secret::Secret;
-use std::path::Path;
+use std::fs::File;
+use std::io::Seek;
+use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
+
+/// Stands for the open file in error messages (the file has no path the runner trusts).
+fn fd_path(file: &File) -> PathBuf {
+    PathBuf::from(format!("<fd {}>", std::os::fd::AsRawFd::as_raw_fd(file)))
+}
 
 /// Parameters of one upload (protocol 4.7; sent in the query string like the Go runner).
 #[derive(Debug, Clone)]
@@ -54,13 +63,14 @@ impl ArtifactClient {
         ArtifactClient { client }
     }
 
-    /// Uploads `file` as an artifact of job `job_id`. The file is streamed (re-opened for each
-    /// retry). A `413` comes back as [`Error::TooLarge`].
+    /// Uploads the open `file` as an artifact of job `job_id`. The file is streamed from its
+    /// start, rewound for each retry; it is never reopened by path (the runner uploads exactly
+    /// the file it wrote). A `413` comes back as [`Error::TooLarge`].
     pub async fn upload(
         &self,
         job_id: u64,
         job_token: &Secret,
-        file: &Path,
+        file: &File,
         options: &UploadOptions,
     ) -> Result<(), Error> {
         let path = format!("jobs/{job_id}/artifacts");
@@ -80,17 +90,21 @@ impl ArtifactClient {
             .send(&endpoint, None, || {
                 let url = url.clone();
                 let endpoint = endpoint.clone();
-                let file = file.to_path_buf();
+                let shown = fd_path(file);
+                let dup = file.try_clone();
                 let file_name = options.file_name.clone();
                 let http = self.client.http.clone();
                 async move {
                     let io = |source| Error::Io {
                         endpoint: endpoint.clone(),
-                        path: file.clone(),
+                        path: shown.clone(),
                         source,
                     };
-                    let f = tokio::fs::File::open(&file).await.map_err(io)?;
-                    let len = f.metadata().await.map_err(io)?.len();
+                    // A clone shares the offset: rewind, since an earlier try read it.
+                    let mut f = dup.map_err(io)?;
+                    f.rewind().map_err(io)?;
+                    let len = f.metadata().map_err(io)?.len();
+                    let f = tokio::fs::File::from_std(f);
                     let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
                     let part = reqwest::multipart::Part::stream_with_length(body, len)
                         .file_name(file_name)
@@ -116,9 +130,10 @@ impl ArtifactClient {
         }
     }
 
-    /// Downloads the `archive` artifact of job `job_id` into `dest` (streamed) and returns its
-    /// size. Follows one redirect (object storage) without sending the job token there.
-    pub async fn download(&self, job_id: u64, token: &Secret, dest: &Path) -> Result<u64, Error> {
+    /// Downloads the `archive` artifact of job `job_id` into the open file `dest` (streamed,
+    /// from its start) and returns its size. Follows one redirect (object storage) without
+    /// sending the job token there.
+    pub async fn download(&self, job_id: u64, token: &Secret, dest: &File) -> Result<u64, Error> {
         let path = format!("jobs/{job_id}/artifacts");
         let endpoint = format!("GET /api/v4/{path}");
         let url = self.client.url(&path)?;
@@ -160,10 +175,13 @@ impl ArtifactClient {
         }
         let io = |source| Error::Io {
             endpoint: endpoint.clone(),
-            path: dest.to_path_buf(),
+            path: fd_path(dest),
             source,
         };
-        let mut out = tokio::fs::File::create(dest).await.map_err(io)?;
+        let mut out = dest.try_clone().map_err(io)?;
+        out.rewind().map_err(io)?;
+        out.set_len(0).map_err(io)?;
+        let mut out = tokio::fs::File::from_std(out);
         let mut total = 0u64;
         loop {
             match resp.chunk().await {
@@ -191,7 +209,7 @@ impl crate::job::ArtifactStore for ArtifactClient {
         &self,
         job: &crate::job::JobRef,
         artifact: &crate::gitlab::types::Artifact,
-        archive: &Path,
+        archive: &File,
         file_name: &str,
     ) -> Result<(), crate::job::ArtifactError> {
         let options = UploadOptions {
@@ -224,7 +242,7 @@ impl crate::job::ArtifactStore for ArtifactClient {
         &self,
         job: &crate::job::JobRef,
         dependency: &crate::gitlab::types::Dependency,
-        dest: &Path,
+        dest: &File,
     ) -> Result<(), crate::job::ArtifactError> {
         // Current GitLab hands the running job's token for dependencies; older versions the
         // dependency's own. Use the dependency's when it is set.

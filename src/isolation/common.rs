@@ -787,28 +787,33 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
+/// Writes a new 0600 file `path` inside the job's tmp dir (the runner-visible real
+/// directory, its parent trusted runner config) through the directory's handle, created
+/// `O_CREAT|O_EXCL|O_NOFOLLOW|O_NONBLOCK`: a link or a FIFO the job planted under the name is
+/// refused (finding M2), never written through or blocked on.
 async fn write_private_file(path: &Path, data: &[u8]) -> Result<(), Error> {
-    use tokio::io::AsyncWriteExt;
-    let mut f = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(path)
-        .await
-        .map_err(|e| Error::Other {
-            context: format!("write {}", path.display()),
-            detail: e.to_string(),
+    let fail = |detail: String| Error::Other {
+        context: format!("write {}", path.display()),
+        detail,
+    };
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(fail("not a file path".into()));
+    };
+    let (dir, name, data) = (dir.to_path_buf(), name.to_os_string(), data.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let d = crate::paths::Dir::open_job_dir(&dir).map_err(|e| e.to_string())?;
+        let mut f = d.create_new(Path::new(&name), 0o600).map_err(|e| {
+            if e.errno() == Some(nix::errno::Errno::EEXIST) {
+                format!("{e}: something is already there (planted by the job?), refusing it")
+            } else {
+                e.to_string()
+            }
         })?;
-    f.write_all(data).await.map_err(|e| Error::Other {
-        context: format!("write {}", path.display()),
-        detail: e.to_string(),
-    })?;
-    f.flush().await.map_err(|e| Error::Other {
-        context: format!("write {}", path.display()),
-        detail: e.to_string(),
+        std::io::Write::write_all(&mut f, &data).map_err(|e| e.to_string())
     })
+    .await
+    .map_err(|e| fail(e.to_string()))?
+    .map_err(fail)
 }
 
 /// Fails with [`Error::ImageUnavailable`] unless `image` exists on the daemon (never pulls).
@@ -828,6 +833,42 @@ pub async fn require_image(docker: &Docker, image: &str, role: &str) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Finding M2: a FIFO the job planted under the next script's name must not block a
+    /// blocking thread forever (nor be written to): the create is O_EXCL|O_NONBLOCK.
+    #[tokio::test]
+    async fn script_file_refuses_a_planted_fifo() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let tmp = t.path().join("gitlab-job-4.tmp");
+        std::fs::create_dir(&tmp).expect("mkdir");
+        let script = tmp.join("script-0-build.sh");
+        nix::unistd::mkfifo(&script, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let r = tokio::time::timeout(
+            Duration::from_secs(60),
+            write_private_file(&script, b"echo hi"),
+        )
+        .await
+        .expect("the write must not block on the FIFO");
+        let e = r.expect_err("a planted FIFO is refused");
+        assert!(e.to_string().contains("planted"), "{e}");
+        // A link is refused the same way; a fresh name is written 0600.
+        let canary = t.path().join("canary");
+        std::fs::write(&canary, b"keep").expect("write");
+        std::os::unix::fs::symlink(&canary, tmp.join("script-1-build.sh")).expect("link");
+        assert!(
+            write_private_file(&tmp.join("script-1-build.sh"), b"x")
+                .await
+                .is_err()
+        );
+        assert_eq!(std::fs::read(&canary).expect("canary"), b"keep");
+        write_private_file(&tmp.join("script-2-build.sh"), b"echo ok")
+            .await
+            .expect("write");
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(tmp.join("script-2-build.sh")).expect("stat");
+        assert_eq!(meta.mode() & 0o777, 0o600);
+    }
 
     #[test]
     fn naming_and_labels() {

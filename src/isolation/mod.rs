@@ -173,11 +173,13 @@ pub trait Isolation: Send + Sync {
 /// A prepared job environment. `teardown` must be called on every path.
 #[async_trait::async_trait]
 pub trait JobEnvironment: Send + Sync {
-    /// The job's paths.
+    /// The job's paths as containers see them (`CI_PROJECT_DIR`, `TMPDIR`).
     fn paths(&self) -> &JobPaths;
 
-    /// The runner-visible real directories of the job; each reached from `builds_dir` by one
-    /// no-follow step; every runner-side file operation opens its handle from these.
+    /// The runner-visible real directories of the job; each is reached from `builds_dir` by
+    /// one no-follow step; every runner-side file operation opens its handle from these
+    /// ([`crate::paths::Dir::open_job_dir`]). The same as [`JobEnvironment::paths`] unless the
+    /// backend keeps the real directories elsewhere (a warm-pool slot).
     fn host_dirs(&self) -> &JobPaths {
         self.paths()
     }

@@ -8,10 +8,13 @@
 //! would leave the project directory, and never writes through an existing symlink.
 
 use crate::gitlab::types::{Artifact, Dependency};
+use crate::paths::{Dir, Kind, PATH_MAX, link_stays_inside};
 use crate::secret::Secret;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 
 /// Errors of artifact work.
@@ -69,22 +72,25 @@ pub struct JobRef {
 /// Where artifacts go and come from: GitLab for `runner run`, a local directory for `exec`.
 #[async_trait::async_trait]
 pub trait ArtifactStore: Send + Sync {
-    /// Uploads the archive at `archive` (already in the entry's format) for one `artifacts[]`
-    /// entry of `job`. `file_name` is what GitLab expects as the multipart file name.
+    /// Uploads the archive in the open file `archive` (already in the entry's format, read
+    /// from its start; rewound for each try) for one `artifacts[]` entry of `job`. `file_name`
+    /// is what GitLab expects as the multipart file name. A file, not a path: the runner built
+    /// the archive in its private staging dir and uploads exactly what it wrote (finding C1).
     async fn upload(
         &self,
         job: &JobRef,
         artifact: &Artifact,
-        archive: &Path,
+        archive: &File,
         file_name: &str,
     ) -> Result<(), ArtifactError>;
 
-    /// Downloads the archive of `dependency` into the file `dest`.
+    /// Downloads the archive of `dependency` into the open, empty file `dest` (created by the
+    /// runner in its private staging dir).
     async fn download(
         &self,
         job: &JobRef,
         dependency: &Dependency,
-        dest: &Path,
+        dest: &File,
     ) -> Result<(), ArtifactError>;
 }
 
@@ -177,21 +183,6 @@ fn matches_self_or_ancestor(set: &GlobSet, rel: &Path) -> bool {
     false
 }
 
-/// True when some directory between `root` and `rel` (excluding `rel` itself) is a symlink.
-fn through_symlink(root: &Path, rel: &Path) -> bool {
-    let mut cur = root.to_path_buf();
-    let comps: Vec<_> = rel.components().collect();
-    for c in comps.iter().take(comps.len().saturating_sub(1)) {
-        cur.push(c);
-        match std::fs::symlink_metadata(&cur) {
-            Ok(m) if m.file_type().is_symlink() => return true,
-            Ok(_) => {}
-            Err(_) => return true,
-        }
-    }
-    false
-}
-
 /// The literal directory prefix of a glob (`dist/*.js` → `dist`).
 fn literal_base(pattern: &str) -> PathBuf {
     let mut base = PathBuf::new();
@@ -213,10 +204,13 @@ pub struct Collected {
     pub warnings: Vec<String>,
 }
 
-/// Collects the files of one entry (blocking). `untracked` is the list git gave for untracked
-/// files when the entry asks for them.
+/// Collects the files of one entry (blocking). `project_dir` is the path jobs see (absolute
+/// patterns are taken relative to it); `root` is the handle every listing goes through, so a
+/// directory reached through a symlink is never walked, whatever the job swaps while we walk.
+/// `untracked` is the list git gave for untracked files when the entry asks for them.
 pub fn collect(
     project_dir: &Path,
+    root: &Dir,
     paths: &[String],
     exclude: &[String],
     untracked: &[PathBuf],
@@ -246,28 +240,35 @@ pub fn collect(
     };
     for pattern in &patterns {
         let base = literal_base(pattern);
-        let start = project_dir.join(&base);
-        if through_symlink(project_dir, &base) && !base.as_os_str().is_empty() {
-            out.warnings.push(format!(
-                "{pattern}: not collected, a directory on its path is a symlink or missing"
-            ));
-            continue;
-        }
         let mut any = false;
-        let walker = walkdir::WalkDir::new(&start)
-            .follow_links(false)
-            .follow_root_links(false);
-        for entry in walker.into_iter().filter_map(Result::ok) {
-            let Ok(rel) = entry.path().strip_prefix(project_dir) else {
-                continue;
-            };
-            if rel.as_os_str().is_empty() {
+        let kind = if base.as_os_str().is_empty() {
+            Ok(Kind::Dir)
+        } else {
+            root.stat(&base).map(|st| Kind::of(&st))
+        };
+        match kind {
+            Ok(Kind::Dir) => {
+                for rel in walk(root, &base) {
+                    if matches_self_or_ancestor(&include_set, &rel) {
+                        any = true;
+                        consider(rel, &mut found);
+                    }
+                }
+            }
+            // A file or a link at the base itself: the entry (a link is stored as a link).
+            Ok(_) => {
+                if matches_self_or_ancestor(&include_set, &base) {
+                    any = true;
+                    consider(base.clone(), &mut found);
+                }
+            }
+            Err(e) if e.is_redirect() => {
+                out.warnings.push(format!(
+                    "{pattern}: not collected, a directory on its path is a symlink"
+                ));
                 continue;
             }
-            if matches_self_or_ancestor(&include_set, rel) {
-                any = true;
-                consider(rel.to_path_buf(), &mut found);
-            }
+            Err(_) => {}
         }
         if !any {
             out.warnings.push(format!("{pattern}: no matching files"));
@@ -278,96 +279,202 @@ pub fn collect(
             Ok(r) if !r.is_empty() => PathBuf::from(r),
             _ => continue,
         };
-        if through_symlink(project_dir, &rel) {
-            continue;
+        match root.stat(&rel).map(|st| Kind::of(&st)) {
+            Ok(Kind::Dir) => {
+                for r in walk(root, &rel) {
+                    consider(r, &mut found);
+                }
+            }
+            Ok(_) => consider(rel, &mut found),
+            // Through a link or gone: not collected.
+            Err(_) => {}
         }
-        consider(rel, &mut found);
     }
     out.files = found.into_iter().collect();
     Ok(out)
 }
 
-/// Writes a zip of `files` (relative to `project_dir`) to `dest` (blocking). Symlinks are stored
-/// as symlinks; directories as directory entries.
-pub fn write_zip(
-    project_dir: &Path,
-    files: &[PathBuf],
-    dest: &Path,
-) -> Result<usize, ArtifactError> {
-    let f = std::fs::File::create(dest).map_err(io_err(format!("create {}", dest.display())))?;
-    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(f));
-    let zerr = |e: zip::result::ZipError| ArtifactError::Archive {
-        path: dest.to_path_buf(),
-        detail: e.to_string(),
+/// Lists `base` (a directory below `root`) and everything under it, `base` first, through
+/// handles: each subdirectory is opened from its parent's descriptor without following links,
+/// so a symlinked directory is listed as an entry and never entered. Unreadable or vanished
+/// parts are skipped.
+fn walk(root: &Dir, base: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if !base.as_os_str().is_empty() {
+        out.push(base.to_path_buf());
+    }
+    let Ok(start) = root.open_dir(base) else {
+        return out;
     };
-    let mut n = 0;
-    for rel in files {
-        let path = project_dir.join(rel);
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+    let mut stack = vec![(start, base.to_path_buf())];
+    while let Some((dir, rel)) = stack.pop() {
+        let Ok(mut names) = dir.list() else {
             continue;
         };
-        let name = rel.to_string_lossy().replace('\\', "/");
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o7777;
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated)
-            .unix_permissions(mode);
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path)
-                .map_err(io_err(format!("readlink {}", path.display())))?;
-            zip.add_symlink(name, target.to_string_lossy(), opts)
-                .map_err(zerr)?;
-        } else if meta.is_dir() {
-            zip.add_directory(format!("{name}/"), opts).map_err(zerr)?;
-        } else if meta.is_file() {
-            zip.start_file(name, opts).map_err(zerr)?;
-            let mut src =
-                std::fs::File::open(&path).map_err(io_err(format!("open {}", path.display())))?;
-            std::io::copy(&mut src, &mut zip)
-                .map_err(io_err(format!("read {}", path.display())))?;
-        } else {
-            continue;
+        names.sort();
+        for name in names {
+            let child = rel.join(&name);
+            let Ok(st) = dir.stat(Path::new(&name)) else {
+                continue;
+            };
+            out.push(child.clone());
+            if Kind::of(&st) == Kind::Dir
+                && let Ok(sub) = dir.open_dir(Path::new(&name))
+            {
+                stack.push((sub, child));
+            }
         }
-        n += 1;
     }
-    let mut w = zip.finish().map_err(zerr)?;
-    w.flush()
-        .map_err(io_err(format!("write {}", dest.display())))?;
-    Ok(n)
+    out
 }
 
-/// Builds the archive of one entry in its format (blocking): zip, gzip (first regular file) or
-/// raw (first regular file, copied).
+/// What writing one archive did.
+#[derive(Debug, Default)]
+pub struct Built {
+    /// Entries stored.
+    pub entries: usize,
+    /// Entries skipped, for the trace (a parent swapped for a link, not a regular file, …).
+    pub warnings: Vec<String>,
+}
+
+/// At most this many per-entry warnings per archive; the rest are counted.
+const MAX_WARNINGS: usize = 20;
+
+impl Built {
+    fn skip(&mut self, skipped: &mut usize, line: String) {
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(line);
+        } else {
+            *skipped += 1;
+        }
+    }
+
+    fn finish(mut self, skipped: usize) -> Built {
+        if skipped > 0 {
+            self.warnings
+                .push(format!("{skipped} more entries skipped"));
+        }
+        self
+    }
+}
+
+/// Writes a zip of `files` (relative to `root`) into `out` (blocking). Symlinks are stored as
+/// symlinks; directories as directory entries. Every entry is stat'ed and opened through
+/// `root` without following any link on its path, so an entry whose parent was swapped for a
+/// link since the listing is skipped with a warning, never read through the link; a regular
+/// file is read only up to the size it had when opened.
+pub fn write_zip(root: &Dir, files: &[PathBuf], out: &File) -> Result<Built, ArtifactError> {
+    write_zip_with(root, files, out, &mut |_| {})
+}
+
+/// [`write_zip`] with a hook run before each entry is opened (tests play a racing job in it).
+pub fn write_zip_with(
+    root: &Dir,
+    files: &[PathBuf],
+    out: &File,
+    between: &mut dyn FnMut(&Path),
+) -> Result<Built, ArtifactError> {
+    let shown = root.shown().to_path_buf();
+    let zerr = |e: zip::result::ZipError| ArtifactError::Archive {
+        path: shown.clone(),
+        detail: e.to_string(),
+    };
+    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(out));
+    let mut built = Built::default();
+    let mut skipped = 0usize;
+    for rel in files {
+        between(rel);
+        let st = match root.stat(rel) {
+            Ok(st) => st,
+            Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => continue,
+            Err(e) => {
+                built.skip(&mut skipped, format!("{}: skipped ({e})", rel.display()));
+                continue;
+            }
+        };
+        let name = rel.to_string_lossy().replace('\\', "/");
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .unix_permissions(st.st_mode & 0o777);
+        match Kind::of(&st) {
+            Kind::Symlink => {
+                let target = match root.readlink(rel) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        built.skip(&mut skipped, format!("{}: skipped ({e})", rel.display()));
+                        continue;
+                    }
+                };
+                zip.add_symlink(name, target.to_string_lossy(), opts)
+                    .map_err(zerr)?;
+            }
+            Kind::Dir => zip.add_directory(format!("{name}/"), opts).map_err(zerr)?,
+            Kind::File => {
+                let src = match root.open_regular(rel) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        built.skip(&mut skipped, format!("{}: skipped ({e})", rel.display()));
+                        continue;
+                    }
+                };
+                let len = src
+                    .metadata()
+                    .map_err(io_err(format!("stat {}", rel.display())))?
+                    .len();
+                zip.start_file(name, opts).map_err(zerr)?;
+                std::io::copy(&mut src.take(len), &mut zip)
+                    .map_err(io_err(format!("read {}", rel.display())))?;
+            }
+            Kind::Other => continue,
+        }
+        built.entries += 1;
+    }
+    let mut w = zip.finish().map_err(zerr)?;
+    w.flush().map_err(io_err("write the archive"))?;
+    Ok(built.finish(skipped))
+}
+
+/// Builds the archive of one entry in its format into `out` (blocking): zip, gzip (first
+/// regular file) or raw (first regular file, copied). Files are read through `root` only.
 pub fn build_archive(
     artifact: &Artifact,
-    project_dir: &Path,
+    root: &Dir,
     files: &[PathBuf],
-    dest: &Path,
-) -> Result<usize, ArtifactError> {
+    out: &File,
+) -> Result<Built, ArtifactError> {
     match artifact_format(artifact) {
-        "zip" => write_zip(project_dir, files, dest),
+        "zip" => write_zip(root, files, out),
         fmt @ ("gzip" | "raw") => {
-            let Some(first) = files.iter().find(|f| {
-                std::fs::symlink_metadata(project_dir.join(f))
-                    .map(|m| m.is_file())
-                    .unwrap_or(false)
-            }) else {
-                return Ok(0);
-            };
-            let src_path = project_dir.join(first);
-            let mut src = std::fs::File::open(&src_path)
-                .map_err(io_err(format!("open {}", src_path.display())))?;
-            let out = std::fs::File::create(dest)
-                .map_err(io_err(format!("create {}", dest.display())))?;
-            if fmt == "gzip" {
-                let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
-                std::io::copy(&mut src, &mut gz).map_err(io_err("gzip"))?;
-                gz.finish().map_err(io_err("gzip"))?;
-            } else {
-                let mut out = out;
-                std::io::copy(&mut src, &mut out).map_err(io_err("copy"))?;
+            let mut built = Built::default();
+            let mut skipped = 0;
+            for rel in files {
+                // The listing saw a regular file here; the open checks it again on the
+                // descriptor, never through a link.
+                let src = match root.open_regular(rel) {
+                    Ok(f) => f,
+                    Err(e) if e.is_redirect() => {
+                        built.skip(&mut skipped, format!("{}: skipped ({e})", rel.display()));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                let len = src
+                    .metadata()
+                    .map_err(io_err(format!("stat {}", rel.display())))?
+                    .len();
+                let mut src = src.take(len);
+                if fmt == "gzip" {
+                    let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+                    std::io::copy(&mut src, &mut gz).map_err(io_err("gzip"))?;
+                    gz.finish().map_err(io_err("gzip"))?;
+                } else {
+                    let mut w = out;
+                    std::io::copy(&mut src, &mut w).map_err(io_err("copy"))?;
+                }
+                built.entries = 1;
+                break;
             }
-            Ok(1)
+            Ok(built.finish(skipped))
         }
         other => Err(ArtifactError::Refused {
             what: format!("artifact_format {other}"),
@@ -376,35 +483,23 @@ pub fn build_archive(
     }
 }
 
-/// Lexically normalises `p` (no filesystem access); `None` if it climbs above the start.
-fn lexical_normalize(p: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::RootDir => out.push("/"),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
-            Component::Normal(n) => out.push(n),
-            Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
-
-/// Extracts a zip into `dest` safely (blocking). Entries with `..` or absolute names, and
-/// symlinks pointing outside `dest`, are refused; nothing is written through an existing
-/// symlink. Returns the number of entries written and the warnings.
-pub fn extract_zip(archive: &Path, dest: &Path) -> Result<(usize, Vec<String>), ArtifactError> {
-    let f = std::fs::File::open(archive).map_err(io_err(format!("open {}", archive.display())))?;
+/// Extracts the zip in `archive` (read from its start) into the directory `dest` (blocking).
+/// Entries with `..` or absolute names, symlinks whose target could leave `dest`
+/// ([`crate::paths::link_stays_inside`]) or is longer than `PATH_MAX`, are refused with a
+/// warning. Everything goes through `dest`: directories made one component at a time, files
+/// created `O_EXCL` in a parent reached without following links (a planted or earlier-extracted
+/// link on the way refuses the entry), links made with `symlinkat` and never followed.
+pub fn extract_zip(archive: &File, dest: &Dir) -> Result<(usize, Vec<String>), ArtifactError> {
+    let shown = dest.shown().to_path_buf();
     let aerr = |e: zip::result::ZipError| ArtifactError::Archive {
-        path: archive.to_path_buf(),
+        path: shown.clone(),
         detail: e.to_string(),
     };
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(aerr)?;
+    let mut reader = archive;
+    reader
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(io_err("rewind the archive"))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(reader)).map_err(aerr)?;
     let mut warnings = Vec::new();
     let mut n = 0;
     for i in 0..zip.len() {
@@ -416,73 +511,85 @@ pub fn extract_zip(archive: &Path, dest: &Path) -> Result<(usize, Vec<String>), 
             ));
             continue;
         };
-        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        if rel.as_os_str().is_empty()
+            || rel.components().any(|c| !matches!(c, Component::Normal(_)))
+        {
             warnings.push(format!("refused archive entry {raw_name:?}"));
             continue;
         }
-        if through_symlink(dest, &rel) && rel.components().count() > 1 {
-            // A parent is a symlink (maybe planted by an earlier entry) or missing: create
-            // missing directories, but never write through a symlink.
-            let mut cur = dest.to_path_buf();
-            let comps: Vec<_> = rel.components().collect();
-            let mut refused = false;
-            for c in comps.iter().take(comps.len() - 1) {
-                cur.push(c);
-                match std::fs::symlink_metadata(&cur) {
-                    Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
-                        refused = true;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(_) => std::fs::create_dir_all(&cur)
-                        .map_err(io_err(format!("mkdir {}", cur.display())))?,
+        let refuse = |why: String| format!("refused archive entry {raw_name:?}: {why}");
+        if entry.is_dir() {
+            match dest.create_dirs(&rel, 0o755) {
+                Ok(_) => n += 1,
+                Err(e) => warnings.push(refuse(e.to_string())),
+            }
+            continue;
+        }
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        let Some(name) = rel.file_name().map(Path::new) else {
+            continue;
+        };
+        let parent = match dest.create_dirs(parent_rel, 0o755) {
+            Ok(d) => d,
+            Err(e) => {
+                warnings.push(refuse(format!(
+                    "a parent directory is a symlink or not a directory ({e})"
+                )));
+                continue;
+            }
+        };
+        // Whatever non-directory is in the way (a stale file, a planted link) goes, so the
+        // create below starts from nothing; O_EXCL refuses anything put back meanwhile.
+        match parent.stat(name) {
+            Ok(st) if Kind::of(&st) == Kind::Dir => {
+                warnings.push(refuse("a directory is in the way".into()));
+                continue;
+            }
+            Ok(_) => {
+                if let Err(e) = parent.unlink(name) {
+                    warnings.push(refuse(e.to_string()));
+                    continue;
                 }
             }
-            if refused {
+            Err(_) => {}
+        }
+        if entry.is_symlink() {
+            // Bounded: the "target" of a crafted entry can be a deflate bomb.
+            let mut target = Vec::new();
+            (&mut entry)
+                .take(PATH_MAX as u64)
+                .read_to_end(&mut target)
+                .map_err(io_err(format!("read entry {raw_name}")))?;
+            if target.len() >= PATH_MAX {
+                warnings.push(refuse("its symlink target is longer than PATH_MAX".into()));
+                continue;
+            }
+            let target = PathBuf::from(std::ffi::OsString::from_vec(target));
+            if !link_stays_inside(&rel, &target) {
                 warnings.push(format!(
-                    "refused archive entry {raw_name:?}: a parent directory is a symlink"
+                    "refused symlink {raw_name:?} -> {:?}: it points outside the project directory",
+                    target.display()
                 ));
                 continue;
             }
-        }
-        let out = dest.join(&rel);
-        if let Ok(m) = std::fs::symlink_metadata(&out)
-            && (m.file_type().is_symlink() || m.is_file())
-        {
-            std::fs::remove_file(&out).map_err(io_err(format!("replace {}", out.display())))?;
-        }
-        if entry.is_symlink() {
-            let mut target = String::new();
-            entry
-                .read_to_string(&mut target)
-                .map_err(io_err(format!("read entry {raw_name}")))?;
-            let parent = out.parent().unwrap_or(dest);
-            let resolved = lexical_normalize(&parent.join(&target));
-            let inside = resolved.as_deref().is_some_and(|r| r.starts_with(dest));
-            if !inside {
-                warnings.push(format!("refused symlink {raw_name:?} -> {target:?}: it points outside the project directory"));
+            if let Err(e) = parent.symlink(&target, name) {
+                warnings.push(refuse(e.to_string()));
                 continue;
             }
-            if let Some(p) = out.parent() {
-                std::fs::create_dir_all(p).map_err(io_err(format!("mkdir {}", p.display())))?;
-            }
-            std::os::unix::fs::symlink(&target, &out)
-                .map_err(io_err(format!("symlink {}", out.display())))?;
-        } else if entry.is_dir() {
-            std::fs::create_dir_all(&out).map_err(io_err(format!("mkdir {}", out.display())))?;
         } else {
-            if let Some(p) = out.parent() {
-                std::fs::create_dir_all(p).map_err(io_err(format!("mkdir {}", p.display())))?;
-            }
-            let mut w =
-                std::fs::File::create(&out).map_err(io_err(format!("create {}", out.display())))?;
+            let mut w = match parent.create_new(name, 0o600) {
+                Ok(f) => f,
+                Err(e) => {
+                    warnings.push(refuse(e.to_string()));
+                    continue;
+                }
+            };
             std::io::copy(&mut entry, &mut w)
-                .map_err(io_err(format!("write {}", out.display())))?;
+                .map_err(io_err(format!("write {}", rel.display())))?;
             if let Some(mode) = entry.unix_mode() {
                 use std::os::unix::fs::PermissionsExt;
-                // Never restore setuid/setgid/sticky bits from an archive.
-                let _ =
-                    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode & 0o777));
+                // Never restore setuid/setgid/sticky bits from an archive. On the descriptor.
+                let _ = w.set_permissions(std::fs::Permissions::from_mode(mode & 0o777));
             }
         }
         n += 1;
@@ -512,7 +619,7 @@ impl ArtifactStore for LocalArtifactStore {
         &self,
         job: &JobRef,
         _artifact: &Artifact,
-        archive: &Path,
+        archive: &File,
         file_name: &str,
     ) -> Result<(), ArtifactError> {
         let dir = self.root.join(safe_component(&job.name));
@@ -520,17 +627,24 @@ impl ArtifactStore for LocalArtifactStore {
             .await
             .map_err(io_err(format!("mkdir {}", dir.display())))?;
         let to = dir.join(safe_component(file_name));
-        tokio::fs::copy(archive, &to)
-            .await
-            .map_err(io_err(format!("copy to {}", to.display())))?;
-        Ok(())
+        let mut from = archive
+            .try_clone()
+            .map_err(io_err("reopen the staged archive"))?;
+        tokio::task::spawn_blocking(move || {
+            from.seek(std::io::SeekFrom::Start(0))?;
+            let mut out = File::create(&to)?;
+            std::io::copy(&mut from, &mut out).map(|_| ())
+        })
+        .await
+        .map_err(|e| ArtifactError::Store(e.to_string()))?
+        .map_err(io_err("copy the archive to the local store"))
     }
 
     async fn download(
         &self,
         _job: &JobRef,
         dependency: &Dependency,
-        dest: &Path,
+        dest: &File,
     ) -> Result<(), ArtifactError> {
         let from = self
             .root
@@ -539,10 +653,15 @@ impl ArtifactStore for LocalArtifactStore {
         if !tokio::fs::try_exists(&from).await.unwrap_or(false) {
             return Err(ArtifactError::NotFound(dependency.id));
         }
-        tokio::fs::copy(&from, dest)
-            .await
-            .map_err(io_err(format!("copy {}", from.display())))?;
-        Ok(())
+        let mut to = dest.try_clone().map_err(io_err("reopen the staged file"))?;
+        let shown = from.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut src = File::open(&from)?;
+            std::io::copy(&mut src, &mut to).map(|_| ())
+        })
+        .await
+        .map_err(|e| ArtifactError::Store(e.to_string()))?
+        .map_err(io_err(format!("copy {shown}")))
     }
 }
 
@@ -588,8 +707,10 @@ mod tests {
     #[test]
     fn collect_globs_excludes_and_never_follows_symlinks() {
         let (_root, proj, _outside) = setup();
+        let root = Dir::open_trusted(&proj).expect("open");
         let c = collect(
             &proj,
+            &root,
             &[
                 "dist/".into(),
                 "outdir/secret.txt".into(),
@@ -614,7 +735,8 @@ mod tests {
             c.warnings
         );
         let zip = proj.parent().expect("parent").join("a.zip");
-        write_zip(&proj, &c.files, &zip).expect("zip");
+        let out = File::create(&zip).expect("create");
+        write_zip(&root, &c.files, &out).expect("zip");
         for (name, link, data) in list_zip(&zip).expect("list") {
             assert!(
                 !String::from_utf8_lossy(&data).contains("TOP SECRET"),
@@ -646,7 +768,9 @@ mod tests {
         }
         let dest = dir.path().join("proj");
         std::fs::create_dir_all(&dest).expect("mkdir");
-        let (n, warnings) = extract_zip(&zpath, &dest).expect("extract");
+        let archive = File::open(&zpath).expect("open");
+        let (n, warnings) =
+            extract_zip(&archive, &Dir::open_trusted(&dest).expect("open")).expect("extract");
         assert_eq!(n, 3, "{warnings:?}");
         assert!(!dir.path().join("escape.txt").exists());
         let link = std::fs::symlink_metadata(dest.join("link")).expect("link dir");
@@ -656,6 +780,176 @@ mod tests {
             "fine"
         );
         assert_eq!(warnings.len(), 2, "{warnings:?}");
+    }
+
+    /// Finding C1: the archive is made in a fresh 0700 directory of the runner under its state
+    /// dir, created O_EXCL, and uploaded from the descriptor that wrote it: swapping the path
+    /// for a link afterwards changes nothing in what is uploaded.
+    #[tokio::test]
+    async fn archive_destination_is_runner_private() {
+        use std::os::unix::fs::MetadataExt;
+        let (_root, proj, outside) = setup();
+        let state = tempfile::tempdir().expect("tempdir");
+        let staging_root = crate::job::staging::staging_root(state.path());
+        let staging = crate::job::staging::Staging::create(&staging_root, 9).expect("staging");
+        assert!(staging.path().starts_with(state.path()));
+        for d in [staging.path(), staging_root.as_path()] {
+            assert_eq!(std::fs::metadata(d).expect("stat").mode() & 0o777, 0o700);
+        }
+        let file = staging.create_file("upload-artifacts.zip").expect("create");
+        assert!(
+            staging.create_file("upload-artifacts.zip").is_err(),
+            "created O_EXCL: never opens what is there"
+        );
+        let dir = Dir::open_trusted(&proj).expect("open");
+        let built = write_zip(&dir, &[PathBuf::from("keep.txt")], &file).expect("zip");
+        assert_eq!(built.entries, 1);
+        // Even if the staged name were swapped for a link to a host file, the upload reads
+        // the descriptor it wrote.
+        let staged = staging.path().join("upload-artifacts.zip");
+        std::fs::remove_file(&staged).expect("unlink");
+        std::os::unix::fs::symlink(outside.path().join("secret.txt"), &staged).expect("link");
+        let store_dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalArtifactStore {
+            root: store_dir.path().to_path_buf(),
+        };
+        let job = JobRef {
+            id: 9,
+            name: "j".into(),
+            token: Secret::new("t"),
+        };
+        store
+            .upload(&job, &Artifact::default(), &file, "artifacts.zip")
+            .await
+            .expect("upload");
+        let uploaded = store_dir.path().join("j/artifacts.zip");
+        let entries = list_zip(&uploaded).expect("a zip was uploaded");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].2, b"k");
+        let path = staging.path().to_path_buf();
+        drop(staging);
+        assert!(!path.exists(), "the staging dir goes with its use");
+        assert_eq!(
+            std::fs::read(outside.path().join("secret.txt")).expect("canary"),
+            b"TOP SECRET"
+        );
+    }
+
+    /// Finding H1: a job swaps a parent directory for a link between the runner's listing and
+    /// its open. The entry is skipped with a warning, never read through the link.
+    #[test]
+    fn zip_io_is_fd_relative() {
+        let (root, proj, outside) = setup();
+        std::fs::create_dir_all(outside.path().join("sub")).expect("mkdir");
+        std::fs::write(outside.path().join("sub/b.log"), "TOP SECRET").expect("write");
+        let dir = Dir::open_trusted(&proj).expect("open");
+        let c = collect(&proj, &dir, &["dist".into()], &[], &[]).expect("collect");
+        assert!(
+            c.files.contains(&PathBuf::from("dist/sub/b.log")),
+            "{:?}",
+            c.files
+        );
+        let out = File::create(root.path().join("a.zip")).expect("create");
+        let mut swapped = false;
+        let built = write_zip_with(&dir, &c.files, &out, &mut |rel| {
+            if rel == Path::new("dist/sub/b.log") && !swapped {
+                swapped = true;
+                std::fs::rename(proj.join("dist/sub"), proj.join("dist/sub.real")).expect("rename");
+                std::os::unix::fs::symlink(outside.path().join("sub"), proj.join("dist/sub"))
+                    .expect("link");
+            }
+        })
+        .expect("zip");
+        assert!(swapped);
+        assert!(
+            built.warnings.iter().any(|w| w.contains("dist/sub/b.log")),
+            "{:?}",
+            built.warnings
+        );
+        for (name, _, data) in list_zip(&root.path().join("a.zip")).expect("list") {
+            assert!(
+                !String::from_utf8_lossy(&data).contains("TOP SECRET"),
+                "{name} read through the link"
+            );
+            assert_ne!(name, "dist/sub/b.log");
+        }
+        // The raw/gzip path too.
+        let raw = Artifact {
+            artifact_format: "raw".into(),
+            ..Default::default()
+        };
+        let out = File::create(root.path().join("raw")).expect("create");
+        let built =
+            build_archive(&raw, &dir, &[PathBuf::from("dist/sub/b.log")], &out).expect("raw");
+        assert_eq!(built.entries, 0);
+        assert_eq!(std::fs::read(root.path().join("raw")).expect("read"), b"");
+    }
+
+    /// Finding M2: a symlink entry whose target is longer than PATH_MAX (a deflate bomb as a
+    /// "target") is refused without reading it all.
+    #[test]
+    fn symlink_target_longer_than_path_max_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let zpath = dir.path().join("long.zip");
+        {
+            let f = File::create(&zpath).expect("create");
+            let mut z = zip::ZipWriter::new(f);
+            let o = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated);
+            z.add_symlink("long", "a/".repeat(8 << 20), o)
+                .expect("link");
+            z.add_symlink("short", "ok.txt", o).expect("link");
+            z.finish().expect("finish");
+        }
+        let dest = dir.path().join("proj");
+        std::fs::create_dir_all(&dest).expect("mkdir");
+        let archive = File::open(&zpath).expect("open");
+        let (n, warnings) =
+            extract_zip(&archive, &Dir::open_trusted(&dest).expect("open")).expect("extract");
+        assert_eq!(n, 1, "{warnings:?}");
+        assert!(
+            warnings.iter().any(|w| w.contains("PATH_MAX")),
+            "{warnings:?}"
+        );
+        assert!(std::fs::symlink_metadata(dest.join("long")).is_err());
+        assert!(std::fs::symlink_metadata(dest.join("short")).is_ok());
+    }
+
+    /// Extraction never writes through a link a job planted in its project dir, nor through
+    /// one an earlier entry made, and refuses chains (L1).
+    #[test]
+    fn extraction_never_follows_planted_links() {
+        let (root, proj, outside) = setup();
+        let zpath = root.path().join("dep.zip");
+        {
+            let f = File::create(&zpath).expect("create");
+            let mut z = zip::ZipWriter::new(f);
+            let o = zip::write::SimpleFileOptions::default();
+            z.start_file("outdir/secret.txt", o).expect("entry");
+            z.write_all(b"OVERWRITTEN").expect("write");
+            z.start_file("dist/leak", o).expect("entry");
+            z.write_all(b"replaced").expect("write");
+            z.add_symlink("s", ".", o).expect("link");
+            z.add_symlink("up", "s/..", o).expect("link");
+            z.finish().expect("finish");
+        }
+        let archive = File::open(&zpath).expect("open");
+        let (_, warnings) =
+            extract_zip(&archive, &Dir::open_trusted(&proj).expect("open")).expect("extract");
+        assert_eq!(
+            std::fs::read(outside.path().join("secret.txt")).expect("canary"),
+            b"TOP SECRET",
+            "{warnings:?}"
+        );
+        // The planted link itself was replaced by the entry's file, not written through.
+        assert_eq!(
+            std::fs::read(proj.join("dist/leak")).expect("read"),
+            b"replaced"
+        );
+        assert!(
+            std::fs::symlink_metadata(proj.join("up")).is_err(),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub fn job_is_protected(ctx: &StageContext<'_>) -> bool {
 pub fn cache_context(ctx: &StageContext<'_>) -> CacheContext {
     CacheContext {
         cache_dir: ctx.runner.cache_dir.clone(),
-        project_dir: ctx.env.paths().project_dir.clone(),
+        project_dir: ctx.env.host_dirs().project_dir.clone(),
         project_id: ctx.job.job_info.project_id,
         protected: job_is_protected(ctx),
         // gitlab-runner's default key: `<job name>/<ref>`.
@@ -102,10 +102,8 @@ impl OutputSink for Collect {
 /// is not a git repository counts as wholly untracked (`.`).
 async fn untracked_files(ctx: &StageContext<'_>) -> Result<Vec<PathBuf>, String> {
     let paths = ctx.env.paths();
-    let list = paths.tmp_dir.join(format!(
-        "cache-untracked-{}.list",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let list_name = format!("cache-untracked-{}.list", uuid::Uuid::new_v4().simple());
+    let list = paths.tmp_dir.join(&list_name);
     let dir = sh_quote(&paths.project_dir.to_string_lossy());
     let l = sh_quote(&list.to_string_lossy());
     let script = format!(
@@ -133,11 +131,8 @@ async fn untracked_files(ctx: &StageContext<'_>) -> Result<Vec<PathBuf>, String>
             String::from_utf8_lossy(&text).trim()
         ));
     }
-    let data = tokio::fs::read(&list)
-        .await
-        .map_err(|e| format!("reading {}: {e}", list.display()))?;
-    // Already gone is fine; the tmp dir goes at teardown anyway.
-    let _ = tokio::fs::remove_file(&list).await;
+    // Through the tmp dir's handle, bounded, never through a link or into a FIFO.
+    let data = super::pipeline::read_helper_list(&ctx.env.host_dirs().tmp_dir, &list_name).await?;
     Ok(parse_untracked(&data))
 }
 

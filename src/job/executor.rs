@@ -116,6 +116,7 @@ impl JobExecutor for RunnerExecutor {
         // `cache:` is always on: local archives under the entry's `cache_dir`.
         pipeline.cache = Some(self.cache.clone().unwrap_or_else(super::LocalCache::hook));
         pipeline.runner_id = self.runner_id.clone();
+        pipeline.staging_root = super::staging::staging_root(&self.state_dir);
         pipeline.execute(job, runner, trace, control).await
     }
 

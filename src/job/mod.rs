@@ -88,6 +88,7 @@ pub mod local;
 pub mod pipeline;
 pub mod script;
 pub mod sources;
+pub mod staging;
 pub mod vars;
 
 pub use artifacts::{ArtifactError, ArtifactStore, JobRef, LocalArtifactStore};

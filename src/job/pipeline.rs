@@ -3,6 +3,7 @@
 use super::artifacts::{self, ArtifactStore, JobRef};
 use super::script::{config_commands, sh_quote, user_script};
 use super::sources::{self, GitStrategy, LocalTree};
+use super::staging::{Staging, StagingError};
 use super::vars::{self, Variables};
 use super::{FailureReason, JobControl, JobExecutor, JobOutcome};
 use crate::config::RunnerConfig;
@@ -11,6 +12,7 @@ use crate::isolation::{
     self, ContainerImage, EnvironmentSpec, Isolation, JobEnvironment, JobPaths, OutputSink, Role,
     ScriptRequest, ServiceSpec,
 };
+use crate::paths::Dir;
 use crate::trace::{JobLog, LogOptions, TraceSink};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -66,6 +68,9 @@ pub struct Pipeline {
     pub local_tree: Option<LocalTree>,
     /// Short id of this runner (labels, names).
     pub runner_id: String,
+    /// Where the runner stages artifact archives it uploads and downloads: a 0700 directory
+    /// of the runner's own (`<state_dir>/staging`), never the job's tmp dir (finding C1).
+    pub staging_root: PathBuf,
 }
 
 impl Pipeline {
@@ -77,6 +82,7 @@ impl Pipeline {
             cache: None,
             local_tree: None,
             runner_id: "local".to_string(),
+            staging_root: super::staging::default_staging_root(),
         }
     }
 }
@@ -587,11 +593,12 @@ impl Pipeline {
         timeout: Duration,
     ) -> JobOutcome {
         let paths = env.paths().clone();
+        let host = env.host_dirs().clone();
         let mut vars = build_variables(job, runner, Some(&paths), &env.job_env(), timeout);
         let mut state = State::Running;
 
         // File variables: written once, removed in cleanup_file_variables (and by teardown).
-        let file_vars = match write_file_variables(&mut vars, &paths.tmp_dir).await {
+        let file_vars = match write_file_variables(&mut vars, &paths.tmp_dir, &host.tmp_dir).await {
             Ok(f) => f,
             Err(e) => {
                 log.error(&format!("writing file variables failed: {e}"));
@@ -639,7 +646,7 @@ impl Pipeline {
             if !deps.is_empty() {
                 log.section_start("download_artifacts", "Downloading artifacts", false);
                 for dep in deps {
-                    if let Err(msg) = self.download_dependency(job, dep, &paths, log).await {
+                    if let Err(msg) = self.download_dependency(job, dep, &host, log).await {
                         log.error(&msg);
                         state = State::Failed(FailureReason::UnknownFailure, None);
                         break;
@@ -806,9 +813,19 @@ impl Pipeline {
                 true,
             );
         }
-        for f in &file_vars {
-            // Already gone is fine; teardown removes the whole tmp dir anyway.
-            let _ = tokio::fs::remove_file(f).await;
+        if !file_vars.is_empty() {
+            let tmp = host.tmp_dir.clone();
+            let names = file_vars.clone();
+            // Through the tmp dir's handle; already gone is fine, teardown removes the whole
+            // tmp dir anyway.
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Ok(dir) = Dir::open_job_dir(&tmp) {
+                    for n in names {
+                        let _ = dir.unlink(Path::new(&n));
+                    }
+                }
+            })
+            .await;
         }
         if !file_vars.is_empty() && state != State::Aborted {
             log.section_end("cleanup_file_variables");
@@ -896,19 +913,36 @@ impl Pipeline {
             "Downloading artifacts for {} ({})...",
             dep.name, dep.id
         ));
-        let archive = paths.tmp_dir.join(format!("dependency-{}.zip", dep.id));
+        // Downloaded into the runner's own staging dir, not the job's tmp dir (finding C1),
+        // and extracted from that same descriptor.
+        let root = self.staging_root.clone();
+        let job_id = job.id;
+        let staged = tokio::task::spawn_blocking(move || {
+            let staging = Staging::create(&root, job_id)?;
+            let file = staging.create_file("dependency.zip")?;
+            Ok::<_, StagingError>((staging, file))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("downloading artifacts of {}: {e}", dep.name))?;
+        let (staging, file) = staged;
         let me = job_ref(job);
         self.artifacts
-            .download(&me, dep, &archive)
+            .download(&me, dep, &file)
             .await
             .map_err(|e| format!("downloading artifacts of {} ({}): {e}", dep.name, dep.id))?;
-        let dest = paths.project_dir.clone();
-        let a = archive.clone();
-        let res = tokio::task::spawn_blocking(move || artifacts::extract_zip(&a, &dest))
-            .await
-            .map_err(|e| e.to_string())?;
-        // The archive has served its purpose; the tmp dir goes at teardown anyway.
-        let _ = tokio::fs::remove_file(&archive).await;
+        let project = paths.project_dir.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let dest = Dir::open_job_dir(&project).map_err(|e| artifacts::ArtifactError::Io {
+                context: "open the project dir".into(),
+                source: std::io::Error::other(e),
+            })?;
+            let res = artifacts::extract_zip(&file, &dest);
+            drop(staging);
+            res
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         let (n, warnings) =
             res.map_err(|e| format!("extracting artifacts of {}: {e}", dep.name))?;
         for w in warnings {
@@ -929,6 +963,7 @@ impl Pipeline {
         log: &Arc<JobLog>,
         guards: &Guards,
     ) -> Result<(), String> {
+        let host = env.host_dirs().clone();
         let file_name = artifacts::archive_file_name(artifact);
         let untracked = if artifact.untracked {
             self.untracked_files(env, vars, paths, log, guards).await?
@@ -937,36 +972,48 @@ impl Pipeline {
         };
         let patterns: Vec<String> = artifact.paths.iter().map(|p| vars.expand(p)).collect();
         let exclude: Vec<String> = artifact.exclude.iter().map(|p| vars.expand(p)).collect();
-        let dest = paths.tmp_dir.join(format!("upload-{file_name}"));
         let a = artifact.clone();
         let project = paths.project_dir.clone();
-        let d = dest.clone();
+        let host_project = host.project_dir.clone();
+        let root = self.staging_root.clone();
+        let job_id = job.id;
+        let staged_name = format!("upload-{file_name}");
+        // Every read of the project goes through its handle; the archive is created in the
+        // runner's staging dir (O_CREAT|O_EXCL|O_NOFOLLOW) and uploaded from the same
+        // descriptor (findings C1, H1).
         let built = tokio::task::spawn_blocking(move || {
-            let c = artifacts::collect(&project, &patterns, &exclude, &untracked)?;
-            let n = if c.files.is_empty() {
-                0
-            } else {
-                artifacts::build_archive(&a, &project, &c.files, &d)?
-            };
-            Ok::<_, artifacts::ArtifactError>((n, c.warnings))
+            let dir = Dir::open_job_dir(&host_project).map_err(|e| format!("{e}"))?;
+            let c = artifacts::collect(&project, &dir, &patterns, &exclude, &untracked)
+                .map_err(|e| e.to_string())?;
+            if c.files.is_empty() {
+                return Ok((None, artifacts::Built::default(), c.warnings));
+            }
+            let staging = Staging::create(&root, job_id).map_err(|e| e.to_string())?;
+            let file = staging
+                .create_file(&staged_name)
+                .map_err(|e| e.to_string())?;
+            let built =
+                artifacts::build_archive(&a, &dir, &c.files, &file).map_err(|e| e.to_string())?;
+            Ok::<_, String>((Some((staging, file)), built, c.warnings))
         })
         .await
         .map_err(|e| e.to_string())?;
-        let (n, warnings) = built.map_err(|e| format!("collecting artifacts: {e}"))?;
-        for w in warnings {
-            log.warning(&w);
+        let (staged, built, warnings) = built.map_err(|e| format!("collecting artifacts: {e}"))?;
+        for w in warnings.iter().chain(&built.warnings) {
+            log.warning(w);
         }
-        if n == 0 {
+        let n = built.entries;
+        let Some((staging, file)) = staged.filter(|_| n > 0) else {
             log.warning(&format!("{file_name}: no files to upload"));
             return Ok(());
-        }
+        };
         log.line(&format!("Uploading {file_name} ({n} entries)..."));
         let res = self
             .artifacts
-            .upload(&job_ref(job), artifact, &dest, &file_name)
+            .upload(&job_ref(job), artifact, &file, &file_name)
             .await;
-        // Already gone is fine; the tmp dir goes at teardown anyway.
-        let _ = tokio::fs::remove_file(&dest).await;
+        drop(file);
+        drop(staging);
         res.map_err(|e| format!("uploading {file_name}: {e}"))?;
         log.line(&format!("Uploaded {file_name}"));
         Ok(())
@@ -997,11 +1044,7 @@ impl Pipeline {
             StageEnd::Stopped(_) => return Err("listing untracked files was stopped".into()),
             StageEnd::System(e) => return Err(format!("listing untracked files: {e}")),
         }
-        let data = tokio::fs::read(&list)
-            .await
-            .map_err(|e| format!("reading {}: {e}", list.display()))?;
-        // Already gone is fine.
-        let _ = tokio::fs::remove_file(&list).await;
+        let data = read_untracked_list(&env.host_dirs().tmp_dir).await?;
         if data == b"NOT-A-GIT-REPOSITORY" {
             return Ok(vec![PathBuf::from(".")]);
         }
@@ -1082,9 +1125,47 @@ fn export_env(vars: &Variables) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Writes file variables as 0600 files `<tmp>/<KEY>` and points the variable at the file.
-/// Returns the files written.
-async fn write_file_variables(vars: &mut Variables, tmp: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// Largest `untracked.list` the runner reads (git's NUL-separated list of untracked files).
+const MAX_UNTRACKED_LIST: u64 = 64 << 20;
+
+/// The helper writes this list into the job's tmp dir (`ls-files -o -z`).
+const UNTRACKED_LIST: &str = "untracked.list";
+
+/// Reads and removes `<tmp>/untracked.list` through the tmp dir's handle (finding M2): never
+/// through a link (`untracked.list -> /dev/zero` is refused, not read forever), never blocking
+/// on a FIFO, at most [`MAX_UNTRACKED_LIST`] bytes. `tmp` is the runner-visible tmp dir.
+async fn read_untracked_list(tmp: &Path) -> Result<Vec<u8>, String> {
+    read_helper_list(tmp, UNTRACKED_LIST).await
+}
+
+/// Reads and removes the file `name` a helper script wrote into the job's tmp dir (`tmp`, the
+/// runner-visible real directory): through the directory's handle, never through a link,
+/// never blocking on a FIFO, at most [`MAX_UNTRACKED_LIST`] bytes.
+pub(crate) async fn read_helper_list(tmp: &Path, name: &str) -> Result<Vec<u8>, String> {
+    let tmp = tmp.to_path_buf();
+    let name = PathBuf::from(name);
+    tokio::task::spawn_blocking(move || {
+        let dir =
+            Dir::open_job_dir(&tmp).map_err(|e| format!("reading the untracked list: {e}"))?;
+        let name = name.as_path();
+        let data = dir.read_bounded(name, MAX_UNTRACKED_LIST);
+        // Already gone is fine.
+        let _ = dir.unlink(name);
+        data.map_err(|e| format!("reading the untracked list: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Writes file variables as 0600 files `<KEY>` in the job's tmp dir and points the variable at
+/// the file as jobs see it (`<tmp>/<KEY>`). Each file is created through the tmp dir's handle
+/// (`host_tmp`, the runner-visible directory) with `O_CREAT|O_EXCL|O_NOFOLLOW|O_NONBLOCK`, so
+/// nothing a job planted (a link, a FIFO) is ever opened. Returns the names written.
+async fn write_file_variables(
+    vars: &mut Variables,
+    tmp: &Path,
+    host_tmp: &Path,
+) -> Result<Vec<String>, String> {
     let files: Vec<_> = vars
         .effective()
         .into_iter()
@@ -1094,25 +1175,32 @@ async fn write_file_variables(vars: &mut Variables, tmp: &Path) -> std::io::Resu
     if files.is_empty() {
         return Ok(Vec::new());
     }
-    tokio::fs::create_dir_all(tmp).await?;
+    let host_tmp = host_tmp.to_path_buf();
+    let contents: Vec<(String, crate::secret::Secret)> = files
+        .iter()
+        .map(|v| (v.key.clone(), crate::secret::Secret::new(v.value.clone())))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let dir = Dir::open_job_dir(&host_tmp).map_err(|e| e.to_string())?;
+        for (key, value) in &contents {
+            let name = Path::new(key);
+            // A leftover of an earlier write of the same job (or anything the job put there)
+            // goes first: only a file we create ourselves is written.
+            let _ = dir.remove(name);
+            let mut f = dir.create_new(name, 0o600).map_err(|e| e.to_string())?;
+            std::io::Write::write_all(&mut f, value.expose().as_bytes())
+                .map_err(|e| format!("write {}: {e}", dir.shown().join(key).display()))?;
+        }
+        Ok::<_, String>(())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
     let mut written = Vec::new();
     for mut v in files {
-        let path = tmp.join(&v.key);
-        let mut f = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .await?;
-        tokio::io::AsyncWriteExt::write_all(&mut f, v.value.as_bytes()).await?;
-        // The mode above applies only on creation; make sure of it when the file existed.
-        tokio::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .await?;
-        v.value = path.to_string_lossy().into_owned();
+        v.value = tmp.join(&v.key).to_string_lossy().into_owned();
         v.file = false;
+        written.push(v.key.clone());
         vars.push_var(v);
-        written.push(path);
     }
     Ok(written)
 }
@@ -1268,6 +1356,93 @@ mod tests {
         assert!(!spec.service_env.iter().any(|(k, _)| k == "SECRET"));
         assert!(spec.service_env.iter().any(|(k, _)| k == "FOO"));
         assert!(masked_values(&j).contains(&"s3cr3t-value".to_string()));
+    }
+
+    /// Finding M2: `untracked.list` is read through the tmp dir's handle: a link (to a host
+    /// file, to `/dev/zero`) or a FIFO is refused, not followed or blocked on, and the size is
+    /// bounded.
+    #[tokio::test]
+    async fn untracked_list_is_bounded_and_never_read_through_links() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let tmp = t.path().join("gitlab-job-3.tmp");
+        std::fs::create_dir(&tmp).expect("mkdir");
+        let list = tmp.join(UNTRACKED_LIST);
+        let canary = t.path().join("canary");
+        std::fs::write(&canary, b"a\0b\0").expect("write");
+        let guard = |f| tokio::time::timeout(Duration::from_secs(60), f);
+
+        std::os::unix::fs::symlink(&canary, &list).expect("link");
+        assert!(
+            guard(read_untracked_list(&tmp))
+                .await
+                .expect("no hang")
+                .is_err()
+        );
+        assert_eq!(std::fs::read(&canary).expect("canary"), b"a\0b\0");
+
+        std::fs::remove_file(&list).ok();
+        std::os::unix::fs::symlink("/dev/zero", &list).expect("link");
+        assert!(
+            guard(read_untracked_list(&tmp))
+                .await
+                .expect("no hang")
+                .is_err()
+        );
+
+        std::fs::remove_file(&list).ok();
+        nix::unistd::mkfifo(&list, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        assert!(
+            guard(read_untracked_list(&tmp))
+                .await
+                .expect("no hang")
+                .is_err()
+        );
+
+        std::fs::remove_file(&list).ok();
+        std::fs::File::create(&list)
+            .expect("create")
+            .set_len(MAX_UNTRACKED_LIST + 1)
+            .expect("sparse");
+        let e = read_untracked_list(&tmp).await.expect_err("too large");
+        assert!(e.contains("larger than"), "{e}");
+
+        std::fs::write(&list, b"x\0y/z\0").expect("write");
+        assert_eq!(read_untracked_list(&tmp).await.expect("read"), b"x\0y/z\0");
+        assert!(!list.exists(), "removed after reading");
+
+        // The tmp dir itself swapped for a link is refused too.
+        let moved = t.path().join("moved");
+        std::fs::rename(&tmp, &moved).expect("rename");
+        std::os::unix::fs::symlink(&moved, &tmp).expect("link");
+        std::fs::write(moved.join(UNTRACKED_LIST), b"x").expect("write");
+        assert!(read_untracked_list(&tmp).await.is_err());
+    }
+
+    /// File variables are created through the tmp dir's handle: a link planted under a
+    /// variable's name is replaced, never written through.
+    #[tokio::test]
+    async fn file_variables_never_write_through_links() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let tmp = t.path().join("gitlab-job-3.tmp");
+        std::fs::create_dir(&tmp).expect("mkdir");
+        let canary = t.path().join("canary");
+        std::fs::write(&canary, b"keep").expect("write");
+        std::os::unix::fs::symlink(&canary, tmp.join("CFG")).expect("link");
+        let mut vars = Variables::new();
+        vars.push_var(crate::gitlab::types::JobVariable {
+            key: "CFG".into(),
+            value: "secret".into(),
+            file: true,
+            ..Default::default()
+        });
+        let names = write_file_variables(&mut vars, Path::new("/b/gitlab-job-3.tmp"), &tmp)
+            .await
+            .expect("write");
+        assert_eq!(names, vec!["CFG".to_string()]);
+        assert_eq!(std::fs::read(&canary).expect("canary"), b"keep");
+        assert_eq!(std::fs::read(tmp.join("CFG")).expect("file"), b"secret");
+        assert_eq!(vars.get("CFG"), Some("/b/gitlab-job-3.tmp/CFG"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use isolated_runner::isolation::{
     TeardownReport,
 };
 use isolated_runner::job::{ArtifactError, ArtifactStore, JobRef};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
@@ -274,13 +274,20 @@ impl ArtifactStore for RecordingStore {
         &self,
         _job: &JobRef,
         _artifact: &Artifact,
-        archive: &Path,
+        archive: &std::fs::File,
         file_name: &str,
     ) -> Result<(), ArtifactError> {
+        use std::io::Seek;
         let to = self.dir.path().join(file_name);
-        tokio::fs::copy(archive, &to)
-            .await
+        // The store gets the runner's open file; copy from its start.
+        let mut from = archive
+            .try_clone()
             .map_err(|e| ArtifactError::Store(e.to_string()))?;
+        from.rewind()
+            .map_err(|e| ArtifactError::Store(e.to_string()))?;
+        let mut out =
+            std::fs::File::create(&to).map_err(|e| ArtifactError::Store(e.to_string()))?;
+        std::io::copy(&mut from, &mut out).map_err(|e| ArtifactError::Store(e.to_string()))?;
         self.uploads
             .lock()
             .expect("uploads")
@@ -292,7 +299,7 @@ impl ArtifactStore for RecordingStore {
         &self,
         _job: &JobRef,
         dependency: &Dependency,
-        _dest: &Path,
+        _dest: &std::fs::File,
     ) -> Result<(), ArtifactError> {
         Err(ArtifactError::NotFound(dependency.id))
     }

@@ -330,6 +330,7 @@ pub async fn run_job(
             files: None,
         }),
         runner_id: scope.runner_id.clone(),
+        staging_root: isolated_runner::job::staging::staging_root(&scope.tmp.path().join("state")),
     };
     let trace = Arc::new(Trace::default());
     let outcome = pipeline
