@@ -79,11 +79,8 @@ fn unknown_key_is_an_error_with_line_and_suggestion() {
 
 #[test]
 fn ignored_key_is_a_warning_naming_the_reason() {
-    let w = warnings(&runner(
-        "clone_url = \"https://x\"",
-        "cap_add = [\"NET_ADMIN\"]",
-    ));
-    let d = find(&w, "clone_url");
+    let w = warnings(&runner("shell = \"bash\"", "cap_add = [\"NET_ADMIN\"]"));
+    let d = find(&w, "shell");
     assert_eq!(d.line, 7);
     assert!(d.message.starts_with("ignored: "));
     let d = find(&w, "cap_add");
