@@ -384,6 +384,7 @@ impl BenchTarget for RealTarget {
                 files: None,
             }),
             runner_id: setup.runner_id.clone(),
+            running: Default::default(),
         };
         let control = JobControl::default();
         let start = Instant::now();

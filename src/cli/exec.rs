@@ -228,6 +228,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             files,
         }),
         runner_id: "exec".into(),
+        running: Default::default(),
     };
     let control = JobControl::default();
     let signals = control.clone();

@@ -67,6 +67,9 @@ pub struct Pipeline {
     pub local_tree: Option<LocalTree>,
     /// Short id of this runner (labels, names).
     pub runner_id: String,
+    /// Job ids running on this runner; share one set between every pipeline of a process
+    /// (all `[[runners]]` entries) so a repeated id is refused.
+    pub running: trust::RunningJobs,
 }
 
 impl Pipeline {
@@ -78,6 +81,7 @@ impl Pipeline {
             cache: None,
             local_tree: None,
             runner_id: "local".to_string(),
+            running: trust::RunningJobs::default(),
         }
     }
 }
@@ -486,7 +490,7 @@ impl Pipeline {
         }
         // Held until the job's teardown is over: a second job with this id (another entry or
         // GitLab instance) would name the same directories, containers and chain (H3).
-        let _running = match trust::claim(job.id) {
+        let _running = match self.running.claim(job.id) {
             Ok(claim) => claim,
             Err(msg) => return system(&msg),
         };

@@ -11,7 +11,7 @@ use crate::gitlab::types::JobResponse;
 use crate::isolation::HostPort;
 use crate::isolation::pool::SLOT_ID_BASE;
 use std::collections::BTreeSet;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Whether the job runs for a protected ref: GitLab's `git_info.protected` only.
 ///
@@ -86,38 +86,47 @@ fn display(hp: &HostPort) -> String {
     }
 }
 
-/// Job ids running in this process, across every `[[runners]]` entry and GitLab instance.
-static RUNNING: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+/// The job ids running on this runner, across every `[[runners]]` entry and GitLab instance.
+/// Cheap to clone; clones share the set. The daemon holds one for all its entries.
+#[derive(Debug, Clone, Default)]
+pub struct RunningJobs(Arc<Mutex<BTreeSet<u64>>>);
 
 /// A job id held by one running job; dropping it frees the id.
 #[derive(Debug)]
 pub struct RunningJob {
+    set: RunningJobs,
     id: u64,
 }
 
 impl Drop for RunningJob {
     fn drop(&mut self) {
-        RUNNING
+        self.set
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.id);
     }
 }
 
-/// Claims `id` for one job. Directories, container names, labels, chains and journal entries of
-/// a job are keyed by its id, which is only unique within one GitLab instance; a second job with
-/// an id already running here (another entry, another instance) is refused before anything is
-/// created or deleted, so it can never touch the first one's objects (H3).
-pub fn claim(id: u64) -> Result<RunningJob, String> {
-    check_job_id(id)?;
-    let mut running = RUNNING.lock().unwrap_or_else(PoisonError::into_inner);
-    if !running.insert(id) {
-        return Err(format!(
-            "a job with id {id} is already running on this runner (from another [[runners]] \
-             entry or GitLab instance); refusing to run a second one with the same id"
-        ));
+impl RunningJobs {
+    /// Claims `id` for one job. Directories, container names, labels, chains and journal
+    /// entries of a job are keyed by its id, which is only unique within one GitLab instance; a
+    /// second job with an id already running here (another entry, another instance) is refused
+    /// before anything is created or deleted, so it never touches the first one's objects (H3).
+    pub fn claim(&self, id: u64) -> Result<RunningJob, String> {
+        check_job_id(id)?;
+        let mut running = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !running.insert(id) {
+            return Err(format!(
+                "a job with id {id} is already running on this runner (from another [[runners]] \
+                 entry or GitLab instance); refusing to run a second one with the same id"
+            ));
+        }
+        Ok(RunningJob {
+            set: self.clone(),
+            id,
+        })
     }
-    Ok(RunningJob { id })
 }
 
 #[cfg(test)]
@@ -168,12 +177,22 @@ mod tests {
 
     #[test]
     fn ids_are_claimed_once() {
-        let a = claim(987_654_321).expect("first claim");
-        assert!(claim(987_654_321).unwrap_err().contains("already running"));
+        let running = RunningJobs::default();
+        let a = running.claim(987_654_321).expect("first claim");
+        let shared = running.clone();
+        assert!(
+            shared
+                .claim(987_654_321)
+                .unwrap_err()
+                .contains("already running")
+        );
+        // Another set (another process's pipeline in a test) is independent.
+        let other = RunningJobs::default().claim(987_654_321);
+        assert!(other.is_ok());
         drop(a);
-        let again = claim(987_654_321).expect("freed on drop");
+        let again = running.claim(987_654_321).expect("freed on drop");
         drop(again);
-        assert!(claim(0).is_err());
-        assert!(claim(SLOT_ID_BASE).is_err());
+        assert!(running.claim(0).is_err());
+        assert!(running.claim(SLOT_ID_BASE).is_err());
     }
 }

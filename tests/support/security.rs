@@ -330,6 +330,7 @@ pub async fn run_job(
             files: None,
         }),
         runner_id: scope.runner_id.clone(),
+        running: Default::default(),
     };
     let trace = Arc::new(Trace::default());
     let outcome = pipeline
