@@ -139,7 +139,7 @@ fn accepts_port(rules: &str, port: u16) -> bool {
 /// refused before anything exists, and the firewall never reads the payload: even a spec that
 /// carries that endpoint opens nothing. The same host:port named by the config's `clone_url` is
 /// allowed, on a sidecar of the job's own and on a pre-started one.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clone_url_on_another_host_port_opens_nothing() {
     use isolated_runner::gitlab::types::JobResponse;
     use isolated_runner::job::trust;
@@ -234,7 +234,8 @@ async fn a_clone_url_on_another_host_port_opens_nothing() {
         let report = backend.shutdown().await;
         assert!(report.failures.is_empty(), "{:?}", report.failures);
     }
-    assert!(rules_mentioning("iptables", &format!("runner={}", scope.runner_id)).is_empty());
+    let left = rules_mentioning("iptables", &format!("runner={}", scope.runner_id));
+    assert!(left.is_empty(), "{left:#?}");
 }
 
 /// M5: cloud service addresses outside link-local (Azure WireServer, Alibaba metadata, GCE's

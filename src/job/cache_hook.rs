@@ -41,7 +41,11 @@ pub fn job_is_protected(ctx: &StageContext<'_>) -> bool {
 /// The cache context of this job.
 pub fn cache_context(ctx: &StageContext<'_>) -> CacheContext {
     CacheContext {
-        cache_dir: ctx.runner.cache_dir.clone(),
+        // Scoped by GitLab instance: project ids are only unique within one (H3).
+        cache_dir: ctx
+            .runner
+            .cache_dir
+            .join(crate::job::trust::instance_key(&ctx.runner.url)),
         project_dir: ctx.env.paths().project_dir.clone(),
         project_id: ctx.job.job_info.project_id,
         protected: job_is_protected(ctx),

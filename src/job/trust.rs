@@ -23,6 +23,23 @@ pub fn is_protected(job: &JobResponse) -> bool {
     job.git_info.protected.unwrap_or(false)
 }
 
+/// A short stable name for the GitLab instance of `url`: `gitlab-<12 hex of sha256>` of the URL
+/// without credentials, query, fragment and trailing slashes. Project ids are only unique within
+/// one instance, so what is keyed by a project id on the host (cache directories) is scoped by
+/// this as well (H3): two `[[runners]]` entries of different instances never share them.
+pub fn instance_key(url: &url::Url) -> String {
+    use sha2::Digest;
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    let text = u.as_str().trim_end_matches('/').to_string();
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("gitlab-{hex}")
+}
+
 /// Refuses ids this host cannot key the job by: 0, and ids in the warm pool's slot range
 /// (`>= SLOT_ID_BASE`), which would share directories, labels and chains with a slot (L2).
 pub fn check_job_id(id: u64) -> Result<(), String> {
@@ -173,6 +190,32 @@ mod tests {
         assert!(clone_endpoint(&named, &r).unwrap().is_some());
         // No usable URL: nothing opens, the clone fails by itself.
         assert_eq!(clone_endpoint(&job_cloning(""), &r).unwrap(), None);
+    }
+
+    #[test]
+    fn instance_keys_are_stable_and_distinct() {
+        let k = |u: &str| instance_key(&url::Url::parse(u).unwrap());
+        assert_eq!(
+            k("https://gitlab.example.test/"),
+            k("https://gitlab.example.test")
+        );
+        assert_eq!(
+            k("https://gitlab.example.test/"),
+            k("https://user:pw@GITLAB.example.test/")
+        );
+        assert_ne!(
+            k("https://gitlab.example.test/"),
+            k("https://other.example.test/")
+        );
+        assert_ne!(
+            k("https://gitlab.example.test/"),
+            k("https://gitlab.example.test:8443/")
+        );
+        assert_ne!(k("https://h.test/a/"), k("https://h.test/b/"));
+        assert_eq!(
+            k("https://gitlab.example.test/").len(),
+            "gitlab-".len() + 12
+        );
     }
 
     #[test]
