@@ -510,11 +510,12 @@ async fn dind_jobs_save_and_restore() {
     scope.assert_clean().await;
 }
 
-/// H3 (cache half): two `[[runners]]` entries of different GitLab instances on one host, same
-/// `cache_dir`, same project id and protection: the second never restores (or writes) the
-/// first's archive. Warm data roots are not scoped by instance yet.
+/// H3: two `[[runners]]` entries of different GitLab instances on one host, same `cache_dir`,
+/// same project id and protection: the second never restores (or writes) the first's archive,
+/// and the warm data roots the dind backend would take for them have distinct names (the
+/// backend keys them by its entry's GitLab URL; labels too, see `data_root` unit tests).
 #[tokio::test]
-async fn two_instances_never_share_cache_dirs() {
+async fn two_instances_never_share_cache_or_warm_roots() {
     let cache = tempfile::tempdir().expect("tempdir");
     let backend = LocalIsolation::new(Faults::default());
     let mut a = local_runner(cache.path());
@@ -573,4 +574,15 @@ async fn two_instances_never_share_cache_dirs() {
         !isolated_runner::cache::archive_path(cache.path(), 7, true, "deploy").exists(),
         "an unscoped archive was written"
     );
+
+    // Warm data roots: same runner id, project and flag, another instance, another volume.
+    let warm = |r: &RunnerConfig| {
+        isolated_runner::isolation::data_root::volume_name(
+            "sysid",
+            &isolated_runner::job::trust::instance_key(&r.url),
+            7,
+            true,
+        )
+    };
+    assert_ne!(warm(&a), warm(&b));
 }

@@ -780,9 +780,13 @@ impl Core {
         inflight: &tokio_util::task::TaskTracker,
     ) -> Result<super::data_root::WarmLease, super::data_root::Miss> {
         let iso = &self.runner.docker.isolation;
+        // This backend serves one `[[runners]]` entry: its GitLab URL names the instance whose
+        // project ids `key` holds (H3).
+        let instance = crate::job::trust::instance_key(&self.runner.url);
         let req = super::data_root::WarmRequest {
             state_dir: &self.state_dir,
             runner_id,
+            instance: &instance,
             job_id,
             timeout,
             project_id: key.project_id,

@@ -1267,7 +1267,7 @@ mod tests {
         assert!(!trust::is_protected(&j));
         let cache = crate::cache::project_dir(Path::new("/cache"), 7, spec.protected);
         assert!(cache.ends_with("unprotected"), "{cache:?}");
-        let volume = isolation::data_root::volume_name("r1", 7, spec.protected);
+        let volume = isolation::data_root::volume_name("r1", "gitlab-a", 7, spec.protected);
         assert!(volume.ends_with("-unprotected"), "{volume}");
         // GitLab's own field decides, both ways.
         j.git_info.protected = Some(true);
