@@ -255,15 +255,14 @@ pub fn validate_iface(name: &str) -> Result<(), Error> {
 /// 3. Metadata: drop 169.254.0.0/16 (v4), fd00:ec2::254 and fe80::/10 (v6). Before any accept,
 ///    so neither the allow list nor the egress policy can reopen it (S4).
 /// 4. Allowed endpoints (GitLab, `clone_url`, mirror, resolvers): accept, even when they live
-///    on the host.
-/// 4b. Cloud service addresses outside link-local ([`CLOUD_SERVICES_V4`], [`CLOUD_SERVICES_V6`]):
-///    drop.
+///    on the host. Then cloud service addresses outside link-local ([`CLOUD_SERVICES_V4`],
+///    [`CLOUD_SERVICES_V6`]): drop (row 4b of the docs).
 /// 5. Host: drop each address the host has now, then anything the kernel calls local,
 ///    broadcast (v4) or multicast at packet time (addresses added after install, H8).
 /// 6. v4 only: drop the whole runner address pool (other jobs' bridges, J1); the job's own
-///    subnet was already accepted in 2.
-/// 6b. With `block_private`: return for `egress` list entries inside a private range, then drop
-///    the private ranges ([`PRIVATE_V4`], [`PRIVATE_V6`]).
+///    subnet was already accepted in 2. Then, with `block_private`: return for `egress` list
+///    entries inside a private range and drop the private ranges ([`PRIVATE_V4`],
+///    [`PRIVATE_V6`]) (row 6b of the docs).
 /// 7. Egress: `Allow` returns to Docker's own rules; `Deny` drops; `AllowList` returns for the
 ///    listed CIDRs and drops the rest. Returning rather than accepting keeps Docker's
 ///    inter-network isolation in force for networks outside our pool.
