@@ -153,7 +153,7 @@ pub struct CacheContext {
     pub project_dir: PathBuf,
     /// `job_info.project_id`.
     pub project_id: u64,
-    /// Whether the job runs for a protected ref (`CI_COMMIT_REF_PROTECTED`).
+    /// Whether the job runs for a protected ref (GitLab's `git_info.protected` only).
     pub protected: bool,
     /// Key used when an entry's key is empty: gitlab-runner uses `<job name>/<ref>`.
     pub default_key: String,
