@@ -78,6 +78,13 @@ async fn run(backend: Arc<dyn Isolation>, runner: &RunnerConfig, job: JobRespons
     }
 }
 
+/// The cache directory of the default runner URL's GitLab instance under `root`.
+fn scoped(root: &Path) -> std::path::PathBuf {
+    root.join(isolated_runner::job::trust::instance_key(
+        &RunnerConfig::default().url,
+    ))
+}
+
 fn local_runner(cache_dir: &Path) -> RunnerConfig {
     RunnerConfig {
         cache_dir: cache_dir.to_path_buf(),
@@ -117,7 +124,7 @@ async fn cache_follows_the_project_and_nothing_else() {
     ok(&r);
     assert!(r.trace.contains("Created cache"), "{}", r.trace);
     assert!(
-        isolated_runner::cache::archive_path(cache.path(), 7, false, "k").is_file(),
+        isolated_runner::cache::archive_path(&scoped(cache.path()), 7, false, "k").is_file(),
         "archive written under the project"
     );
 
@@ -196,7 +203,8 @@ async fn an_unprotected_job_cannot_feed_a_protected_one() {
     // The protected job's own save lands in the protected directory, which the unprotected
     // one never reads either.
     assert!(
-        isolated_runner::cache::archive_path(cache.path(), 7, true, "deps-protected").is_file()
+        isolated_runner::cache::archive_path(&scoped(cache.path()), 7, true, "deps-protected")
+            .is_file()
     );
     let r = run(
         backend.clone(),
@@ -238,7 +246,7 @@ async fn policy_pull_restores_but_does_not_save() {
         "{}",
         r.trace
     );
-    assert!(!isolated_runner::cache::archive_path(cache.path(), 7, false, "k").exists());
+    assert!(!isolated_runner::cache::archive_path(&scoped(cache.path()), 7, false, "k").exists());
 
     // Seed with pull-push, then a pull job sees it and its changes are not saved.
     ok(&run(
@@ -295,7 +303,8 @@ async fn when_on_failure_and_on_success() {
         when: w.into(),
         ..entry(key)
     };
-    let archive = |key: &str| isolated_runner::cache::archive_path(cache.path(), 7, false, key);
+    let archive =
+        |key: &str| isolated_runner::cache::archive_path(&scoped(cache.path()), 7, false, key);
     let make = ["mkdir -p vendor", "echo x > vendor/x"];
     let make_and_fail = ["mkdir -p vendor", "echo x > vendor/x", "false"];
 
@@ -354,7 +363,10 @@ async fn keys_expand_and_fall_back() {
     );
     seed.variables.push(var("BRANCH", "main"));
     ok(&run(backend.clone(), &runner, seed).await);
-    assert!(isolated_runner::cache::archive_path(cache.path(), 7, false, "deps-main").is_file());
+    assert!(
+        isolated_runner::cache::archive_path(&scoped(cache.path()), 7, false, "deps-main")
+            .is_file()
+    );
 
     // A new branch misses its own key and falls back to main's.
     let mut feature = job(
@@ -496,4 +508,81 @@ async fn dind_jobs_save_and_restore() {
     .await;
     ok(&r);
     scope.assert_clean().await;
+}
+
+/// H3: two `[[runners]]` entries of different GitLab instances on one host, same `cache_dir`,
+/// same project id and protection: the second never restores (or writes) the first's archive,
+/// and the warm data roots the dind backend would take for them have distinct names (the
+/// backend keys them by its entry's GitLab URL; labels too, see `data_root` unit tests).
+#[tokio::test]
+async fn two_instances_never_share_cache_or_warm_roots() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let backend = LocalIsolation::new(Faults::default());
+    let mut a = local_runner(cache.path());
+    a.url = "https://gitlab-a.example.test/".parse().unwrap();
+    let mut b = local_runner(cache.path());
+    b.url = "https://gitlab-b.example.test/".parse().unwrap();
+    let dir_a = cache
+        .path()
+        .join(isolated_runner::job::trust::instance_key(&a.url));
+    let dir_b = cache
+        .path()
+        .join(isolated_runner::job::trust::instance_key(&b.url));
+    assert_ne!(dir_a, dir_b);
+
+    let protected_job = |id: u64, script: &[&str]| {
+        let mut j = job(id, 7, script, entry("deploy"));
+        j.git_info.protected = Some(true);
+        j
+    };
+    let r = run(
+        backend.clone(),
+        &a,
+        protected_job(61, &["mkdir -p vendor", "echo from-a > vendor/x"]),
+    )
+    .await;
+    ok(&r);
+    assert!(isolated_runner::cache::archive_path(&dir_a, 7, true, "deploy").is_file());
+
+    // Instance B, same project id, protected too: nothing of A's to restore, and its own
+    // archive lands in its own directory, leaving A's untouched.
+    let before = std::fs::read(isolated_runner::cache::archive_path(
+        &dir_a, 7, true, "deploy",
+    ))
+    .expect("A's archive");
+    let r = run(
+        backend.clone(),
+        &b,
+        protected_job(
+            62,
+            &[
+                "test ! -e vendor/x",
+                "mkdir -p vendor",
+                "echo from-b > vendor/x",
+            ],
+        ),
+    )
+    .await;
+    ok(&r);
+    assert!(isolated_runner::cache::archive_path(&dir_b, 7, true, "deploy").is_file());
+    let after = std::fs::read(isolated_runner::cache::archive_path(
+        &dir_a, 7, true, "deploy",
+    ))
+    .expect("A's archive");
+    assert_eq!(before, after, "B rewrote A's archive");
+    assert!(
+        !isolated_runner::cache::archive_path(cache.path(), 7, true, "deploy").exists(),
+        "an unscoped archive was written"
+    );
+
+    // Warm data roots: same runner id, project and flag, another instance, another volume.
+    let warm = |r: &RunnerConfig| {
+        isolated_runner::isolation::data_root::volume_name(
+            "sysid",
+            &isolated_runner::job::trust::instance_key(&r.url),
+            7,
+            true,
+        )
+    };
+    assert_ne!(warm(&a), warm(&b));
 }

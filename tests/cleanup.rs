@@ -346,3 +346,60 @@ state_dir = "{state}"
     assert!(exists("network", &stranger_net));
     drop(planted);
 }
+
+/// L4: when Docker cannot be listed, who owns a job or certificate directory is unknown, and
+/// a job can backdate its own project dir: old directories without a known owner are kept, with
+/// a note saying why. Runs the real binary against an engine address that does not answer.
+#[test]
+fn dirs_kept_when_docker_listing_fails() {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let runner = format!("irl4{}", &id[..8]);
+    let tmp = tempfile::Builder::new()
+        .prefix("ir-cleanup-l4-")
+        .tempdir()
+        .unwrap();
+    let builds = tmp.path().join("builds");
+    let state = tmp.path().join("state");
+    let job_dir = builds.join("gitlab-job-4101");
+    let job_tmp = builds.join("gitlab-job-4101.tmp");
+    let certs = state.join("certs").join(&runner).join("job-4101");
+    for d in [&job_dir, &job_tmp, &certs] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("file"), "live job data").unwrap();
+        set_age(d, Duration::from_secs(48 * 3600));
+    }
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"concurrent = 1
+state_dir = "{state}"
+[[runners]]
+  name = "cleanup-l4"
+  url = "http://127.0.0.1:1/"
+  builds_dir = "{builds}"
+  cache_dir = "{cache}"
+  [runners.docker]
+    host = "unix://{sock}"
+"#,
+            state = state.display(),
+            builds = builds.display(),
+            cache = tmp.path().join("cache").display(),
+            sock = tmp.path().join("no-docker.sock").display(),
+        ),
+    )
+    .unwrap();
+
+    let (_, out, err) = cleanup(&config, &runner, false);
+    for d in [&job_dir, &job_tmp, &certs] {
+        assert!(
+            d.join("file").exists(),
+            "{} removed without Docker:\nstdout:\n{out}\nstderr:\n{err}",
+            d.display()
+        );
+    }
+    assert!(
+        out.contains("kept whatever their age") || err.contains("kept whatever their age"),
+        "no note on why:\nstdout:\n{out}\nstderr:\n{err}"
+    );
+}

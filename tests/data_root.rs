@@ -32,6 +32,11 @@ fn spec(scope: &Scope, job_id: u64, project_id: u64, protected: bool) -> Environ
     }
 }
 
+/// The GitLab instance key of the scope's runner config (its warm roots are named by it).
+fn instance(scope: &Scope) -> String {
+    isolated_runner::job::trust::instance_key(&scope.runner_config().url)
+}
+
 fn warm_backend(scope: &Scope, tweak: impl FnOnce(&mut RunnerConfig)) -> Arc<dyn Isolation> {
     let mut cfg = scope.runner_config();
     cfg.docker.isolation.preload_images = vec![BUSYBOX_IMAGE.to_string()];
@@ -131,7 +136,12 @@ async fn warm_roots_are_per_project_and_protection() {
     assert!(text.contains("(new, cold)"), "{text}");
     assert_eq!(
         warm_volumes(&scope).await,
-        vec![data_root::volume_name(&scope.runner_id, P, false)],
+        vec![data_root::volume_name(
+            &scope.runner_id,
+            &instance(&scope),
+            P,
+            false
+        )],
         "teardown keeps the warm root"
     );
 
@@ -250,12 +260,18 @@ async fn a_busy_warm_root_gives_an_ephemeral_one_and_caps_apply() {
     .await;
 
     // Another job holds it: this one runs cold on an ephemeral volume, at once.
-    let naming = isolated_runner::isolation::data_root::volume_name(&scope.runner_id, P, false);
+    let naming = isolated_runner::isolation::data_root::volume_name(
+        &scope.runner_id,
+        &instance(&scope),
+        P,
+        false,
+    );
     let held = data_root::acquire(
         &scope.docker,
         &WarmRequest {
             state_dir: &scope.state_dir(),
             runner_id: &scope.runner_id,
+            instance: &instance(&scope),
             job_id: 29,
             timeout: Duration::from_secs(60),
             project_id: P,

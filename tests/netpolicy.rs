@@ -306,3 +306,165 @@ fn snapshot_ignores_other_runners_and_keeps_our_own() {
         ["-P INPUT ACCEPT", "-A DOCKER-USER -j RETURN"]
     );
 }
+
+/// A wrapper around `real` that logs every argument vector (one line each) to `log`, then runs
+/// the real binary: the test sees each step the policy takes, in order.
+fn logging_wrapper(dir: &std::path::Path, real: &str, log: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let name = std::path::Path::new(real)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = dir.join(&name);
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec {real} \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// L5: re-installing a job's chain (a leftover of an earlier attempt, a slot's chain) never
+/// leaves its bridge without a jump into a complete chain. Every iptables call of the
+/// re-install is logged; replaying the log, the bridge has at least one jump in each hook after
+/// every single step, and each jump added points at a chain filled before it. The chain keeps
+/// the job's name afterwards.
+#[test]
+fn reinstall_never_leaves_bridge_unfiltered() {
+    if !privileged() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let runner_id = format!("swp{}", &id[..8]);
+    let dir = tempfile::tempdir().unwrap();
+    let (log4, log6) = (dir.path().join("v4.log"), dir.path().join("v6.log"));
+    let bins = tempfile::tempdir().unwrap();
+    let v4_dir = bins.path().join("v4");
+    let v6_dir = bins.path().join("v6");
+    std::fs::create_dir_all(&v4_dir).unwrap();
+    std::fs::create_dir_all(&v6_dir).unwrap();
+    let mut opts = Options::new(&runner_id, TEST_POOL.parse().unwrap());
+    opts.iptables = logging_wrapper(&v4_dir, "/usr/sbin/iptables", &log4);
+    opts.ip6tables = Some(logging_wrapper(&v6_dir, "/usr/sbin/ip6tables", &log6));
+    let policy = NetPolicy::new(opts);
+    // No real bridge needed: the rules only name the interface.
+    let iface = format!("irs{}", &id[..6]);
+    let job = JobNet {
+        job_id: 21,
+        bridge_iface: iface.clone(),
+        subnet: "10.213.250.32/28".parse().unwrap(),
+        allow: vec![],
+    };
+    rt.block_on(policy.install(&job, &Egress::Deny)).unwrap();
+    let first_v4 = std::fs::read_to_string(&log4).unwrap();
+    let first_v6 = std::fs::read_to_string(&log6).unwrap();
+    for _ in 0..2 {
+        rt.block_on(policy.install(&job, &Egress::Deny)).unwrap();
+    }
+    let all_v4 = std::fs::read_to_string(&log4).unwrap();
+    let all_v6 = std::fs::read_to_string(&log6).unwrap();
+    let installed_v4 = netns::firewall_rules("iptables");
+    let installed_v6 = netns::firewall_rules("ip6tables");
+    rt.block_on(policy.remove(21)).unwrap();
+    let after = netns::firewall_rules("iptables") + &netns::firewall_rules("ip6tables");
+
+    for (family, first, all) in [("v4", &first_v4, &all_v4), ("v6", &first_v6, &all_v6)] {
+        let steps: Vec<&str> = all.lines().collect();
+        let reinstall = &steps[first.lines().count()..];
+        assert!(
+            reinstall.iter().any(|l| l.contains(" -X ")),
+            "{family}: the re-install removed no old chain: {reinstall:#?}"
+        );
+        replay_keeps_bridge_filtered(family, &iface, &steps, first.lines().count());
+    }
+    // Exactly one chain and one jump per hook remain after the re-installs.
+    for (family, text) in [("v4", &installed_v4), ("v6", &installed_v6)] {
+        let jumps: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(&format!("-i {iface} ")) && l.contains(" -j IR-"))
+            .collect();
+        assert_eq!(jumps.len(), 2, "{family}: {jumps:#?}");
+        let chains: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("-N IR-") && l.contains(&runner_id[..7]))
+            .collect();
+        assert_eq!(
+            chains,
+            [format!("-N {}", policy.chain_for(21).unwrap())],
+            "{family}:\n{text}"
+        );
+    }
+    assert!(!after.contains(&iface), "rules left after remove:\n{after}");
+}
+
+/// Replays the logged iptables calls of one family and checks, after each call from `from` on,
+/// that both hooks jump from `iface` into some chain, and that every jump added points at a
+/// chain whose rules were all appended before it (the plan's last rule is the verdict).
+fn replay_keeps_bridge_filtered(family: &str, iface: &str, steps: &[&str], from: usize) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut jumps: BTreeSet<(String, String)> = BTreeSet::new(); // (hook, chain)
+    let mut filled: BTreeMap<String, usize> = BTreeMap::new();
+    for (n, line) in steps.iter().enumerate() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        // Every call starts with `-w <secs>`.
+        let args = w.get(2..).unwrap_or_default();
+        let target = args
+            .windows(2)
+            .find(|p| p[0] == "-j")
+            .map(|p| p[1].to_string());
+        match (args.first().copied(), args.get(1)) {
+            (Some("-N"), Some(c)) => {
+                filled.insert(c.to_string(), 0);
+            }
+            (Some("-A"), Some(c)) if c.starts_with("IR-") => {
+                *filled.entry(c.to_string()).or_default() += 1;
+            }
+            (Some("-X"), Some(c)) => {
+                filled.remove(*c);
+            }
+            (Some("-E"), Some(from)) => {
+                let to = args.get(2).copied().unwrap_or_default().to_string();
+                if let Some(r) = filled.remove(*from) {
+                    filled.insert(to.clone(), r);
+                }
+                jumps = jumps
+                    .into_iter()
+                    .map(|(h, c)| if c == *from { (h, to.clone()) } else { (h, c) })
+                    .collect();
+            }
+            (Some("-I"), Some(hook)) if args.contains(&iface) => {
+                let t = target.clone().unwrap_or_default();
+                assert!(
+                    filled.get(&t).is_some_and(|r| *r > 0),
+                    "{family} step {n}: jump into an empty chain: {line}"
+                );
+                jumps.insert((hook.to_string(), t));
+            }
+            (Some("-D"), Some(hook)) if args.contains(&iface) => {
+                jumps.remove(&(hook.to_string(), target.clone().unwrap_or_default()));
+            }
+            _ => {}
+        }
+        if n + 1 >= from {
+            for hook in ["INPUT", "FORWARD-OR-DOCKER-USER"] {
+                let ok = jumps.iter().any(|(h, c)| {
+                    let hook_ok = match hook {
+                        "INPUT" => h == "INPUT",
+                        _ => h == "DOCKER-USER" || h == "FORWARD",
+                    };
+                    hook_ok && filled.contains_key(c)
+                });
+                assert!(
+                    ok,
+                    "{family} after step {n} ({line}): the bridge has no jump from {hook}"
+                );
+            }
+        }
+    }
+}

@@ -78,7 +78,11 @@ async fn run(backend: &Arc<LocalIsolation>, job: JobResponse) -> Run {
         backend.clone(),
         RecordingStore::new(),
         job,
-        RunnerConfig::default(),
+        // The git test's repository URL; the runner clones only from hosts its config names.
+        RunnerConfig {
+            clone_url: Some("http://127.0.0.1:9/".parse().expect("constant URL")),
+            ..Default::default()
+        },
         JobControl::default(),
     )
     .await

@@ -126,34 +126,94 @@ fn host_address() -> String {
 }
 
 const MARK_CLONE: &str = "CLONE-HOST-REACHED";
+const MARK_PRIVATE: &str = "PRIVATE-NET-REACHED";
 
-/// GitLab's `clone_url` may point the clone at another host:port than the runner's URL; on the
-/// runner's own host that port would be dropped by the INPUT rules. The job's clone endpoint
-/// is allowed like the GitLab URL, and nothing else on the host opens with it.
-#[tokio::test]
-async fn the_clone_host_on_the_runner_host_is_reachable_and_only_it() {
+/// Whether `rules` (one chain's `iptables -S`) accepts TCP to `port`.
+fn accepts_port(rules: &str, port: u16) -> bool {
+    rules
+        .lines()
+        .any(|l| l.contains(&format!("--dport {port} ")) && l.ends_with("-j ACCEPT"))
+}
+
+/// H6: a payload whose `git_info.repo_url` names a host:port other than the GitLab URL's is
+/// refused before anything exists, and the firewall never reads the payload: even a spec that
+/// carries that endpoint opens nothing. The same host:port named by the config's `clone_url` is
+/// allowed, on a sidecar of the job's own and on a pre-started one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_url_on_another_host_port_opens_nothing() {
+    use isolated_runner::gitlab::types::JobResponse;
+    use isolated_runner::job::trust;
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
     let host = host_address();
     let clone_port = host_listener(&host, MARK_CLONE).await;
     let other_port = host_listener(&host, MARK_HOST).await;
-    // Once on a sidecar of its own, once on a pre-started one (warm pool), whose firewall was
-    // installed before the job and its clone host were known.
-    for (job, pool) in [(803, 0), (804, 1)] {
-        let backend = dind_with(
-            &scope,
-            config(&scope, |c| {
-                c.docker.isolation.preload_images.clear();
-                c.docker.isolation.warm_pool = pool;
-            }),
-        );
-        backend.warm_up(&scope.runner_id).await;
-        let mut spec = spec(&scope, job);
-        spec.repo_endpoint = Some(isolated_runner::isolation::HostPort {
-            host: host.clone(),
-            port: clone_port,
+    let clone_host = isolated_runner::isolation::HostPort {
+        host: host.clone(),
+        port: clone_port,
+    };
+    // Control: the listener answers the host itself.
+    let (_, from_host, _) = sh(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{host}:{clone_port}/"),
+        ],
+    );
+    assert!(from_host.contains(MARK_CLONE), "control: {from_host}");
+
+    // The payload names the listener: the pipeline's check refuses it with a reason.
+    let mut payload = JobResponse::default();
+    payload.git_info.repo_url = isolated_runner::secret::Secret::new(format!(
+        "http://gitlab-ci-token:glcbt-x@{host}:{clone_port}/g/p.git"
+    ));
+    let plain = config(&scope, |c| c.docker.isolation.preload_images.clear());
+    let refused = trust::clone_endpoint(&payload, &plain).unwrap_err();
+    assert!(
+        refused.contains(&format!("{host}:{clone_port}")),
+        "{refused}"
+    );
+
+    // Even a spec carrying the endpoint (as the pipeline built it before) opens nothing.
+    let backend = dind_with(&scope, plain);
+    let mut s = spec(&scope, 805);
+    s.repo_endpoint = Some(clone_host.clone());
+    let env = prepare(&backend, &s).await;
+    let rules = chain_rules("iptables", &chain_of(&scope, 805)).expect("chain installed");
+    assert!(!accepts_port(&rules, clone_port), "{rules}");
+    let text = expect_ok(
+        env.as_ref(),
+        &format!("curl -sS --max-time 3 http://{host}:{clone_port}/ || echo clone-host-blocked\n"),
+    )
+    .await;
+    assert!(
+        text.contains("clone-host-blocked") && !text.contains(MARK_CLONE),
+        "the payload's clone host opened: {text}"
+    );
+    teardown(env).await;
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+
+    // Named by the config's clone_url: allowed, and nothing else on the host with it. Once on
+    // a sidecar of its own, once on a pre-started one (warm pool), whose firewall was installed
+    // before the job was known.
+    for (job, pool) in [(806, 0), (807, 1)] {
+        let cfg = config(&scope, |c| {
+            c.docker.isolation.preload_images.clear();
+            c.docker.isolation.warm_pool = pool;
+            c.clone_url = Some(format!("http://{host}:{clone_port}/").parse().unwrap());
         });
-        let env = prepare(&backend, &spec).await;
+        assert_eq!(
+            trust::clone_endpoint(&payload, &cfg).unwrap(),
+            Some(clone_host.clone())
+        );
+        let backend = dind_with(&scope, cfg);
+        backend.warm_up(&scope.runner_id).await;
+        let mut s = spec(&scope, job);
+        s.repo_endpoint = Some(clone_host.clone());
+        let env = prepare(&backend, &s).await;
         let text = expect_ok(
             env.as_ref(),
             &format!(
@@ -164,7 +224,7 @@ async fn the_clone_host_on_the_runner_host_is_reachable_and_only_it() {
         .await;
         assert!(
             text.contains(MARK_CLONE),
-            "the clone host was dropped (warm_pool {pool}): {text}"
+            "the configured clone host was dropped (warm_pool {pool}): {text}"
         );
         assert!(
             text.contains("other-port-blocked") && !text.contains(MARK_HOST),
@@ -174,6 +234,95 @@ async fn the_clone_host_on_the_runner_host_is_reachable_and_only_it() {
         let report = backend.shutdown().await;
         assert!(report.failures.is_empty(), "{:?}", report.failures);
     }
+    let left = rules_mentioning("iptables", &format!("runner={}", scope.runner_id));
+    assert!(left.is_empty(), "{left:#?}");
+}
+
+/// M5: cloud service addresses outside link-local (Azure WireServer, Alibaba metadata, GCE's
+/// IPv6 metadata) are dropped by default (read from the installed rules, never probed), and
+/// `block_private_networks` closes private ranges: a host-local non-Docker network of the
+/// test's own (a namespace on 10.214.x.0/30, RFC 1918) answers the job by default, not once
+/// the setting is on, and again when an `egress` list entry names it.
+#[tokio::test]
+async fn private_and_cloud_service_ranges_need_an_explicit_allow() {
+    let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
+    let mut fx = support::netns::Fixture::new();
+    let third = 1 + uuid::Uuid::new_v4().as_bytes()[0] % 250;
+    let prefix = format!("10.214.{third}");
+    let private_ip = fx.outside(&prefix, MARK_PRIVATE);
+    let url = format!("http://{private_ip}:8080/");
+    let probe = format!("curl -sS --max-time 3 {url} || echo private-blocked\n");
+    let listed: ipnet::IpNet = format!("{prefix}.0/30").parse().unwrap();
+    let cases = [
+        (810, false, Egress::Allow, true),
+        (811, true, Egress::Allow, false),
+        (
+            812,
+            true,
+            Egress::AllowList(vec![listed, "0.0.0.0/0".parse().unwrap()]),
+            true,
+        ),
+    ];
+    for (job, block, egress, reachable) in cases {
+        let cfg = config(&scope, |c| {
+            c.docker.isolation.preload_images.clear();
+            c.docker.isolation.block_private_networks = block;
+            c.docker.isolation.egress = egress.clone();
+        });
+        let backend = dind_with(&scope, cfg);
+        let env = prepare(&backend, &spec(&scope, job)).await;
+        let chain = chain_of(&scope, job);
+        let v4 = chain_rules("iptables", &chain).expect("v4 chain");
+        let v6 = chain_rules("ip6tables", &chain).expect("v6 chain");
+        for cloud in ["-d 168.63.129.16/32", "-d 100.100.100.200/32"] {
+            assert!(
+                v4.lines()
+                    .any(|l| l.contains(cloud) && l.ends_with("-j DROP")),
+                "{cloud} not dropped:\n{v4}"
+            );
+        }
+        assert!(
+            v6.lines()
+                .any(|l| l.contains("-d fd20:ce::254/128") && l.ends_with("-j DROP")),
+            "{v6}"
+        );
+        let private_drops = [
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+        ]
+        .iter()
+        .filter(|r| {
+            v4.lines()
+                .any(|l| l.contains(&format!("-d {r} ")) && l.ends_with("-j DROP"))
+        })
+        .count();
+        assert_eq!(private_drops, if block { 4 } else { 0 }, "{v4}");
+        assert_eq!(v6.contains("-d fc00::/7"), block, "{v6}");
+
+        let mut text = String::new();
+        // The namespace's server may take a moment to start the first time.
+        for _ in 0..if reachable { 20 } else { 1 } {
+            text = expect_ok(env.as_ref(), &probe).await;
+            if text.contains(MARK_PRIVATE) {
+                break;
+            }
+        }
+        assert_eq!(
+            text.contains(MARK_PRIVATE),
+            reachable,
+            "job {job} (block {block}): {text}"
+        );
+        if !reachable {
+            assert!(text.contains("private-blocked"), "{text}");
+        }
+        teardown(env).await;
+        let report = backend.shutdown().await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    drop(fx);
     assert!(rules_mentioning("iptables", &format!("runner={}", scope.runner_id)).is_empty());
 }
 

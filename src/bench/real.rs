@@ -385,6 +385,7 @@ impl BenchTarget for RealTarget {
             }),
             runner_id: setup.runner_id.clone(),
             staging_root: crate::job::staging::staging_root(&setup.state_dir),
+            running: Default::default(),
         };
         let control = JobControl::default();
         let start = Instant::now();

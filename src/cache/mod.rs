@@ -2,7 +2,9 @@
 //!
 //! The job pipeline calls [`restore`] after getting the sources and [`save`] after the script
 //! (and `after_script`). Archives live at
-//! `<cache_dir>/project-<id>/<protected|unprotected>/<sanitized key>.tar.gz`.
+//! `<cache_dir>/gitlab-<instance>/project-<id>/<protected|unprotected>/<sanitized key>.tar.gz`
+//! (the job's [`CacheContext::cache_dir`] is already the instance's directory, see
+//! [`crate::job::trust::instance_key`]).
 //!
 //! - **Format: tar + gzip**, not zip. Tar stores symlinks, modes and mtimes natively and streams
 //!   (zip needs a central directory at the end, so a torn zip is only detected late); the archive
@@ -144,13 +146,14 @@ impl<F: Fn(&str) + Send + Sync> CacheLog for F {
 /// Everything about the job the cache needs, as plain values.
 #[derive(Debug, Clone)]
 pub struct CacheContext {
-    /// `cache_dir` of the runner entry.
+    /// `cache_dir` of the runner entry, scoped by GitLab instance
+    /// (`<cache_dir>/gitlab-<instance>`).
     pub cache_dir: PathBuf,
     /// The job's checkout (as the runner sees it); `paths` are relative to it.
     pub project_dir: PathBuf,
     /// `job_info.project_id`.
     pub project_id: u64,
-    /// Whether the job runs for a protected ref (`CI_COMMIT_REF_PROTECTED`).
+    /// Whether the job runs for a protected ref (GitLab's `git_info.protected` only).
     pub protected: bool,
     /// Key used when an entry's key is empty: gitlab-runner uses `<job name>/<ref>`.
     pub default_key: String,

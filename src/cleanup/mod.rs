@@ -275,14 +275,19 @@ pub fn job_standings(objects: &[(Option<u64>, Standing)]) -> BTreeMap<u64, JobSt
 }
 
 /// Whether a job or certificate directory goes, and why. `age` is `None` when unknown.
+/// `owners_known` is false when Docker could not be listed: a job without labelled objects may
+/// then be a live one, and a job can backdate its own project dir's mtime, so age alone never
+/// removes anything (L4).
 pub fn dir_verdict(
     job: JobStanding,
     age: Option<Duration>,
     older_than: Duration,
+    owners_known: bool,
 ) -> Option<String> {
     match job {
         JobStanding::Live => None,
         JobStanding::Dead => Some("its job's runner is gone".to_string()),
+        JobStanding::Unknown if !owners_known => None,
         JobStanding::Unknown => match age {
             Some(a) if a > older_than => Some(format!(
                 "no live job owns it and it is older than {}",
@@ -294,14 +299,18 @@ pub fn dir_verdict(
 }
 
 /// Whether a chain goes, and why.
+/// `owners_known` as for [`dir_verdict`]: without a Docker listing, a chain of a job with no
+/// objects seen may still filter a live job's bridge.
 pub fn chain_verdict(
     rule: &InstalledRule,
     job: JobStanding,
     own_runner_ids: &[String],
+    owners_known: bool,
 ) -> Option<String> {
     match job {
         JobStanding::Live => None,
         JobStanding::Dead => Some("its job's runner is gone".to_string()),
+        JobStanding::Unknown if !owners_known => None,
         JobStanding::Unknown => {
             // An empty chain only names the runner's first 8 characters.
             let ours = own_runner_ids
@@ -344,6 +353,7 @@ pub async fn plan(docker: Option<&Docker>, req: &Request) -> Report {
         .flatten();
     // Pids to judge are read from procfs once, off the async workers.
     let mut objects: Vec<(Handle, Kind, String, HashMap<String, String>)> = Vec::new();
+    let failures_before = report.failures.len();
     match docker {
         Some(docker) => {
             let mut managed = vec![format!("{LABEL_MANAGED}=1")];
@@ -381,6 +391,15 @@ pub async fn plan(docker: Option<&Docker>, req: &Request) -> Report {
         None => report
             .notes
             .push("docker not reachable: containers, networks and volumes not checked".into()),
+    }
+    // Every listing answered: a job none of them names has nothing left on the engine.
+    let owners_known = docker.is_some() && report.failures.len() == failures_before;
+    if !owners_known {
+        report.notes.push(
+            "docker could not be listed, so which jobs still run is unknown: job and certificate \
+             directories and firewall chains without a known owner are kept whatever their age"
+                .into(),
+        );
     }
     let owners: Vec<Option<Owner>> = objects
         .iter()
@@ -439,7 +458,8 @@ pub async fn plan(docker: Option<&Docker>, req: &Request) -> Report {
                     &req.own_runner_ids
                 };
                 for rule in rules {
-                    if let Some(reason) = chain_verdict(&rule, job(rule.job_id), own) {
+                    if let Some(reason) = chain_verdict(&rule, job(rule.job_id), own, owners_known)
+                    {
                         chain_items.push(Item {
                             kind: Kind::Chain,
                             name: format!(
@@ -464,7 +484,7 @@ pub async fn plan(docker: Option<&Docker>, req: &Request) -> Report {
         Ok((found, failures)) => {
             report.failures.extend(failures);
             for d in found {
-                if let Some(reason) = dir_verdict(job(d.job), d.age, req.older_than) {
+                if let Some(reason) = dir_verdict(job(d.job), d.age, req.older_than, owners_known) {
                     dir_items.push(Item {
                         kind: d.kind,
                         name: d.path.display().to_string(),
@@ -791,11 +811,14 @@ mod tests {
         let hour = Duration::from_secs(3600);
         let old = Some(Duration::from_secs(7200));
         let young = Some(Duration::from_secs(60));
-        assert!(dir_verdict(JobStanding::Live, old, hour).is_none());
-        assert!(dir_verdict(JobStanding::Dead, young, hour).is_some());
-        assert!(dir_verdict(JobStanding::Unknown, old, hour).is_some());
-        assert!(dir_verdict(JobStanding::Unknown, young, hour).is_none());
-        assert!(dir_verdict(JobStanding::Unknown, None, hour).is_none());
+        assert!(dir_verdict(JobStanding::Live, old, hour, true).is_none());
+        assert!(dir_verdict(JobStanding::Dead, young, hour, true).is_some());
+        assert!(dir_verdict(JobStanding::Unknown, old, hour, true).is_some());
+        assert!(dir_verdict(JobStanding::Unknown, young, hour, true).is_none());
+        assert!(dir_verdict(JobStanding::Unknown, None, hour, true).is_none());
+        // Docker not listed: age alone removes nothing; a dead runner's dirs still go.
+        assert!(dir_verdict(JobStanding::Unknown, old, hour, false).is_none());
+        assert!(dir_verdict(JobStanding::Dead, old, hour, false).is_some());
     }
 
     #[test]
@@ -807,9 +830,9 @@ mod tests {
             families: vec![],
         };
         let own = vec!["abcdef0123456789".to_string()];
-        assert!(chain_verdict(&rule("other"), JobStanding::Unknown, &own).is_none());
-        assert!(chain_verdict(&rule("other"), JobStanding::Dead, &own).is_some());
-        assert!(chain_verdict(&rule("abcdef01"), JobStanding::Unknown, &own).is_some());
-        assert!(chain_verdict(&rule("abcdef0123456789"), JobStanding::Live, &own).is_none());
+        assert!(chain_verdict(&rule("other"), JobStanding::Unknown, &own, true).is_none());
+        assert!(chain_verdict(&rule("other"), JobStanding::Dead, &own, true).is_some());
+        assert!(chain_verdict(&rule("abcdef01"), JobStanding::Unknown, &own, true).is_some());
+        assert!(chain_verdict(&rule("abcdef0123456789"), JobStanding::Live, &own, true).is_none());
     }
 }

@@ -229,6 +229,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         }),
         runner_id: "exec".into(),
         staging_root: crate::job::staging::default_staging_root(),
+        running: Default::default(),
     };
     let control = JobControl::default();
     let signals = control.clone();

@@ -106,6 +106,7 @@ pub const RUNNER: Section = Section {
         "token",
         "token_file",
         "tls-ca-file",
+        "clone_url",
         "executor",
         "limit",
         "request_concurrency",
@@ -135,10 +136,6 @@ pub const RUNNER: Section = Section {
         (
             "tls-key-file",
             "client certificates towards GitLab are not supported yet",
-        ),
-        (
-            "clone_url",
-            "sources are fetched from the repository URL GitLab sends with each job",
         ),
         (
             "shell",
@@ -351,6 +348,7 @@ pub const ISOLATION: Section = Section {
         "registry_mirror",
         "preload_images",
         "egress",
+        "block_private_networks",
         "ready_timeout",
         "host_path_map",
         "warm_pool",

@@ -560,6 +560,13 @@ impl Loader {
                         r.tls_ca_file = Some(self.resolve(&p));
                     }
                 }
+                "clone_url" => {
+                    if let Some(s) = self.string(&at, item)
+                        && !s.trim().is_empty()
+                    {
+                        r.clone_url = self.check(&at, v::parse_http_url(&s));
+                    }
+                }
                 "executor" => {
                     if let Some(e) = self.string(&at, item)
                         && e != "docker"
@@ -1171,6 +1178,11 @@ impl Loader {
                             .filter_map(|e| self.check(&at, v::parse_egress_entry(e)))
                             .collect();
                         iso.egress = Egress::AllowList(nets);
+                    }
+                }
+                "block_private_networks" => {
+                    if let Some(b) = self.boolean(&at, item) {
+                        iso.block_private_networks = b;
                     }
                 }
                 "ready_timeout" => {

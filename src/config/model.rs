@@ -43,6 +43,9 @@ pub struct RunnerConfig {
     pub token_file: Option<PathBuf>,
     /// `tls-ca-file`: extra CA bundle (PEM) for GitLab's certificate.
     pub tls_ca_file: Option<PathBuf>,
+    /// `clone_url`: where GitLab serves clones when that is not `url` (gitlab-runner's key).
+    /// A job's repository URL may name this host:port or `url`'s, nothing else.
+    pub clone_url: Option<url::Url>,
     /// Jobs at once for this runner entry; 0 = no limit beyond `concurrent`.
     pub limit: usize,
     /// Concurrent `jobs/request` calls for this entry.
@@ -194,6 +197,11 @@ pub struct IsolationConfig {
     pub preload_images: Vec<String>,
     /// Egress policy.
     pub egress: Egress,
+    /// `block_private_networks`: jobs cannot reach RFC 1918, 100.64.0.0/10 (CGNAT) and
+    /// fc00::/7 addresses (the host's LANs, VPCs, libvirt and Kubernetes networks) beyond the
+    /// GitLab URL, `clone_url`, the registry mirror, the host's resolvers and their own network.
+    /// An `egress` list entry inside one of these ranges opens that part again.
+    pub block_private_networks: bool,
     /// How long the sidecar may take to answer an mTLS `/_ping`.
     pub ready_timeout: Duration,
     /// Runner-visible path -> host path, when the runner runs in a container.
@@ -237,6 +245,7 @@ impl Default for RunnerConfig {
             token: Secret::default(),
             token_file: None,
             tls_ca_file: None,
+            clone_url: None,
             limit: 0,
             request_concurrency: 1,
             builds_dir: PathBuf::from("/builds"),
@@ -296,6 +305,7 @@ impl Default for IsolationConfig {
             registry_mirror: None,
             preload_images: Vec::new(),
             egress: Egress::Allow,
+            block_private_networks: false,
             ready_timeout: Duration::from_secs(60),
             host_path_map: BTreeMap::new(),
             warm_pool: 0,

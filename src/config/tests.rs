@@ -135,11 +135,8 @@ fn removed_and_current_gitlab_runner_keys_warn_with_a_reason() {
 
 #[test]
 fn ignored_key_is_a_warning_naming_the_reason() {
-    let w = warnings(&runner(
-        "clone_url = \"https://x\"",
-        "cap_add = [\"NET_ADMIN\"]",
-    ));
-    let d = find(&w, "clone_url");
+    let w = warnings(&runner("shell = \"bash\"", "cap_add = [\"NET_ADMIN\"]"));
+    let d = find(&w, "shell");
     assert_eq!(d.line, 7);
     assert!(d.message.starts_with("ignored: "));
     let d = find(&w, "cap_add");

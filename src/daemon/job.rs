@@ -105,7 +105,10 @@ pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, job: JobResponse) 
         }
     }
 
-    let journal = shared.options.journal.as_deref();
+    // Before the journal entry (keyed by the id) or anything else of the job exists: a job id
+    // another entry or GitLab instance is running now is refused (H3).
+    let claim = shared.running.claim(id);
+    let journal = shared.options.journal.as_deref().filter(|_| claim.is_ok());
     if let Some(j) = journal {
         let entry = JournalEntry {
             version: ENTRY_VERSION,
@@ -146,6 +149,13 @@ pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, job: JobResponse) 
     let outcome = if cancelled_before_start {
         sink.append(b"Job was cancelled before it started\n");
         JobOutcome::Canceled
+    } else if let Err(msg) = &claim {
+        tracing::warn!(job.id = id, reason = %msg, "job refused");
+        sink.append(format!("\x1b[31;1mERROR: {msg}\x1b[0;m\n").as_bytes());
+        JobOutcome::Failed {
+            reason: FailureReason::RunnerSystemFailure,
+            exit_code: None,
+        }
     } else {
         let executor = shared.executor.clone();
         let runner = ctx.cfg.clone();

@@ -138,6 +138,9 @@ struct Shared {
     info: serde_json::Value,
     state_dir: std::path::PathBuf,
     readiness: Readiness,
+    /// Job ids running now, over every entry: the journal and the job's objects are keyed by
+    /// the id, which is only unique within one GitLab instance (H3).
+    running: crate::job::trust::RunningJobs,
 }
 
 struct RunnerCtx {
@@ -237,6 +240,7 @@ pub async fn run_with(
         info: identity::runner_info(),
         state_dir: config.state_dir.clone(),
         readiness: readiness.clone(),
+        running: Default::default(),
     });
     let n = config.runners.len() as u32;
     let mut ctxs = Vec::new();

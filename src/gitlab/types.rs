@@ -123,7 +123,8 @@ pub struct GitInfo {
     /// Shallow depth; 0 = full history.
     #[serde(default, deserialize_with = "null_default")]
     pub depth: u32,
-    /// Whether the ref is protected (18.3+); else fall back to `CI_COMMIT_REF_PROTECTED`.
+    /// Whether the ref is protected (18.3+). Absent means unprotected: `CI_COMMIT_REF_PROTECTED`
+    /// is never a fallback, the job can set it (see `job::trust::is_protected`).
     #[serde(default)]
     pub protected: Option<bool>,
 }

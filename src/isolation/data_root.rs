@@ -55,10 +55,14 @@ pub const LABEL_WARM_VOLUME: &str = "io.isolated-runner.warm-volume";
 /// Seconds a warm sidecar gets to stop its dockerd cleanly.
 pub const STOP_GRACE_SECS: i32 = 20;
 
-/// The volume name of a warm root.
-pub fn volume_name(runner_id: &str, project_id: u64, protected: bool) -> String {
+/// Label with the GitLab instance ([`crate::job::trust::instance_key`]) of a warm root.
+pub const LABEL_INSTANCE: &str = "io.isolated-runner.instance";
+
+/// The volume name of a warm root. `instance` is the GitLab instance's key: project ids are only
+/// unique within one instance (H3).
+pub fn volume_name(runner_id: &str, instance: &str, project_id: u64, protected: bool) -> String {
     format!(
-        "ir-{runner_id}-warm-p{project_id}-{}",
+        "ir-{runner_id}-warm-{instance}-p{project_id}-{}",
         if protected {
             "protected"
         } else {
@@ -74,10 +78,16 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
-fn labels(runner_id: &str, project_id: u64, protected: bool) -> HashMap<String, String> {
+fn labels(
+    runner_id: &str,
+    instance: &str,
+    project_id: u64,
+    protected: bool,
+) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_WARM.to_string(), "1".to_string()),
         (LABEL_RUNNER.to_string(), runner_id.to_string()),
+        (LABEL_INSTANCE.to_string(), instance.to_string()),
         (LABEL_PROJECT.to_string(), project_id.to_string()),
         (LABEL_PROTECTED.to_string(), protected.to_string()),
         (LABEL_CREATED.to_string(), now_secs().to_string()),
@@ -89,12 +99,14 @@ fn labels(runner_id: &str, project_id: u64, protected: bool) -> HashMap<String, 
 fn labels_match(
     l: &HashMap<String, String>,
     runner_id: &str,
+    instance: &str,
     project_id: u64,
     protected: bool,
 ) -> bool {
     let is = |k: &str, v: &str| l.get(k).map(String::as_str) == Some(v);
     is(LABEL_WARM, "1")
         && is(LABEL_RUNNER, runner_id)
+        && is(LABEL_INSTANCE, instance)
         && is(LABEL_PROJECT, &project_id.to_string())
         && is(LABEL_PROTECTED, &protected.to_string())
 }
@@ -122,7 +134,7 @@ pub struct WarmLease {
     inflight: TaskTracker,
     /// Set when the root could not be proven clean: [`WarmLease::release`] removes it.
     poisoned: bool,
-    key: (String, u64, bool),
+    key: (String, String, u64, bool),
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -151,6 +163,8 @@ pub struct WarmRequest<'a> {
     pub state_dir: &'a Path,
     /// The runner id.
     pub runner_id: &'a str,
+    /// The GitLab instance's key ([`crate::job::trust::instance_key`]).
+    pub instance: &'a str,
     /// The job id (labels of the measuring container).
     pub job_id: u64,
     /// The job timeout (deadline label of the measuring container).
@@ -215,7 +229,7 @@ pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease
     let naming = Naming::new(req.runner_id, req.job_id, req.timeout)
         .map_err(|e| Miss::Unavailable(e.to_string()))?;
     let runner_id = req.runner_id;
-    let volume = volume_name(runner_id, req.project_id, req.protected);
+    let volume = volume_name(runner_id, req.instance, req.project_id, req.protected);
     let lock = match try_lock(lock_path(req.state_dir, &volume)).await {
         Ok(Some(l)) => l,
         Ok(None) => return Err(Miss::Busy),
@@ -228,6 +242,7 @@ pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease
     // ordinary warm root of its key (labels), for the next job or `remove_expired`.
     let key = Key {
         runner_id: runner_id.to_string(),
+        instance: req.instance.to_string(),
         project_id: req.project_id,
         protected: req.protected,
         max_age: req.max_age,
@@ -246,7 +261,12 @@ pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease
         naming,
         inflight: req.inflight.clone(),
         poisoned: false,
-        key: (runner_id.to_string(), req.project_id, req.protected),
+        key: (
+            runner_id.to_string(),
+            req.instance.to_string(),
+            req.project_id,
+            req.protected,
+        ),
         _lock: lock,
     })
 }
@@ -254,6 +274,7 @@ pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease
 /// What a warm root is keyed by, owned (for the settling task).
 struct Key {
     runner_id: String,
+    instance: String,
     project_id: u64,
     protected: bool,
     max_age: Option<Duration>,
@@ -284,7 +305,13 @@ async fn settle(docker: &Docker, key: &Key, volume: &str) -> Result<bool, Miss> 
         .find(|v| v.name == volume);
     let mut fresh = true;
     if let Some(v) = existing {
-        let mine = labels_match(&v.labels, runner_id, key.project_id, key.protected);
+        let mine = labels_match(
+            &v.labels,
+            runner_id,
+            &key.instance,
+            key.project_id,
+            key.protected,
+        );
         if mine && !expired(&v.labels, key.max_age, now_secs()) {
             fresh = false;
         } else {
@@ -308,7 +335,10 @@ async fn settle(docker: &Docker, key: &Key, volume: &str) -> Result<bool, Miss> 
     }
     if fresh {
         docker
-            .create_volume(volume, &labels(runner_id, key.project_id, key.protected))
+            .create_volume(
+                volume,
+                &labels(runner_id, &key.instance, key.project_id, key.protected),
+            )
             .await
             .map_err(|e| unavailable("create the warm root", e))?;
     }
@@ -341,13 +371,16 @@ impl WarmLease {
         let Err(why) = scrubbed else {
             return Ok(None);
         };
-        let (runner_id, project_id, protected) = self.key.clone();
+        let (runner_id, instance, project_id, protected) = self.key.clone();
         docker
             .remove_volume(&self.volume)
             .await
             .map_err(other("remove a warm root that could not be scrubbed"))?;
         docker
-            .create_volume(&self.volume, &labels(&runner_id, project_id, protected))
+            .create_volume(
+                &self.volume,
+                &labels(&runner_id, &instance, project_id, protected),
+            )
             .await
             .map_err(other("create a fresh warm root"))?;
         self.fresh = true;
@@ -771,14 +804,29 @@ mod tests {
 
     #[test]
     fn names_and_labels_key_everything() {
-        assert_eq!(volume_name("r1", 7, true), "ir-r1-warm-p7-protected");
-        assert_ne!(volume_name("r1", 7, true), volume_name("r1", 7, false));
-        assert_ne!(volume_name("r1", 7, false), volume_name("r1", 8, false));
-        let l = labels("r1", 7, false);
-        assert!(labels_match(&l, "r1", 7, false));
-        assert!(!labels_match(&l, "r1", 7, true));
-        assert!(!labels_match(&l, "r1", 8, false));
-        assert!(!labels_match(&l, "r2", 7, false));
+        assert_eq!(
+            volume_name("r1", "gitlab-a", 7, true),
+            "ir-r1-warm-gitlab-a-p7-protected"
+        );
+        assert_ne!(
+            volume_name("r1", "gitlab-a", 7, true),
+            volume_name("r1", "gitlab-a", 7, false)
+        );
+        assert_ne!(
+            volume_name("r1", "gitlab-a", 7, false),
+            volume_name("r1", "gitlab-a", 8, false)
+        );
+        // Another GitLab instance's project 7 is another root (H3).
+        assert_ne!(
+            volume_name("r1", "gitlab-a", 7, false),
+            volume_name("r1", "gitlab-b", 7, false)
+        );
+        let l = labels("r1", "gitlab-a", 7, false);
+        assert!(labels_match(&l, "r1", "gitlab-a", 7, false));
+        assert!(!labels_match(&l, "r1", "gitlab-a", 7, true));
+        assert!(!labels_match(&l, "r1", "gitlab-a", 8, false));
+        assert!(!labels_match(&l, "r2", "gitlab-a", 7, false));
+        assert!(!labels_match(&l, "r1", "gitlab-b", 7, false));
         // Neither teardown nor the reaper may see it as theirs.
         assert!(!l.contains_key(crate::docker::LABEL_MANAGED));
         assert!(!l.contains_key(crate::docker::LABEL_JOB));
@@ -786,7 +834,7 @@ mod tests {
 
     #[test]
     fn age_cap() {
-        let mut l = labels("r", 1, false);
+        let mut l = labels("r", "gitlab-a", 1, false);
         l.insert(LABEL_CREATED.into(), "1000".into());
         assert!(!expired(&l, None, 10_000));
         assert!(!expired(&l, Some(Duration::from_secs(100)), 1050));
@@ -816,6 +864,7 @@ mod tests {
         WarmRequest {
             state_dir: dir,
             runner_id: "r1",
+            instance: "gitlab-a",
             job_id: 3,
             timeout: Duration::from_secs(60),
             project_id: 7,
@@ -843,7 +892,7 @@ mod tests {
             _ = gate.arrived() => {}
         }
         // The acquire future is gone (a cancelled prepare); its create is still in flight.
-        let lock = lock_path(dir.path(), &volume_name("r1", 7, false));
+        let lock = lock_path(dir.path(), &volume_name("r1", "gitlab-a", 7, false));
         assert!(
             try_lock(lock.clone()).await.expect("lock").is_none(),
             "the lock was released while the volume's create was in flight"

@@ -323,8 +323,6 @@ pub(super) struct BootPlan<'a> {
     pub services: &'a [super::ServiceSpec],
     pub service_env: &'a [(String, String)],
     pub extra_labels: HashMap<String, String>,
-    /// The job's clone host, allowed through the egress policy like GitLab's URL.
-    pub repo: Option<&'a super::HostPort>,
     /// A sidecar started ahead of its job: a low CPU weight until a job takes it, so starting
     /// it never slows running jobs down on a busy host (see [`JOB_CPU_SHARES`]).
     pub background: bool,
@@ -459,15 +457,7 @@ impl Core {
         let handle =
             super::egress::handle_for(&self.runner, &state.naming.runner_id, state.naming.job_id)?;
         state.egress = Some(handle.clone());
-        super::egress::install(
-            &handle,
-            docker,
-            &self.runner,
-            plan.repo,
-            &state.naming,
-            &net,
-        )
-        .await?;
+        super::egress::install(&handle, docker, &self.runner, &state.naming, &net).await?;
 
         let t_certs = Instant::now();
         let job = JobId::new(state.naming.job_id);
@@ -664,7 +654,6 @@ impl Core {
                     services: &spec.services,
                     service_env: &spec.service_env,
                     extra_labels,
-                    repo: spec.repo_endpoint.as_ref(),
                     background: false,
                 },
                 &images,
@@ -775,25 +764,9 @@ impl Core {
         env.state.dir_sources = Some(real);
         timings.push("dirs", t);
 
-        // The slot's firewall allows GitLab's URL; a clone host elsewhere is added now, before
-        // any of the job's containers exist (re-installing replaces the slot's rules).
-        if let Some(repo) = spec.repo_endpoint.as_ref()
-            && super::HostPort::from_url(&self.runner.url).as_ref() != Some(repo)
-            && let (Some(handle), Some(net)) = (env.state.egress.clone(), env.state.network.clone())
-        {
-            let t = Instant::now();
-            super::egress::install(
-                &handle,
-                &self.docker,
-                &self.runner,
-                Some(repo),
-                &env.state.naming,
-                &net,
-            )
-            .await?;
-            timings.push("egress", t);
-        }
-
+        // The slot's firewall was installed from the config alone (GitLab, `clone_url`, the
+        // mirror); the job's clone URL was checked against the same config before prepare, so
+        // nothing is re-installed here and the bridge is never without its chain.
         let t = Instant::now();
         env.state
             .start_services(&spec.services, &spec.service_env)
@@ -856,9 +829,13 @@ impl Core {
         inflight: &tokio_util::task::TaskTracker,
     ) -> Result<super::data_root::WarmLease, super::data_root::Miss> {
         let iso = &self.runner.docker.isolation;
+        // This backend serves one `[[runners]]` entry: its GitLab URL names the instance whose
+        // project ids `key` holds (H3).
+        let instance = crate::job::trust::instance_key(&self.runner.url);
         let req = super::data_root::WarmRequest {
             state_dir: &self.state_dir,
             runner_id,
+            instance: &instance,
             job_id,
             timeout,
             project_id: key.project_id,

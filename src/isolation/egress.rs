@@ -13,7 +13,7 @@
 
 use super::common::CarvedNetwork;
 use super::{Error, HostPort};
-use crate::config::{Egress, RunnerConfig};
+use crate::config::RunnerConfig;
 use crate::docker::Docker;
 use crate::netpolicy::{self, Endpoint, JobNet, NetPolicy, Options};
 use std::net::{IpAddr, SocketAddr};
@@ -58,10 +58,9 @@ fn policy_err(context: String) -> impl FnOnce(netpolicy::Error) -> Error {
 
 /// A policy handle for `runner_id` with the runner's address pool.
 pub fn policy_for(runner: &RunnerConfig, runner_id: &str) -> NetPolicy {
-    NetPolicy::new(Options::new(
-        runner_id,
-        runner.docker.isolation.address_pool,
-    ))
+    let mut opts = Options::new(runner_id, runner.docker.isolation.address_pool);
+    opts.block_private_networks = runner.docker.isolation.block_private_networks;
+    NetPolicy::new(opts)
 }
 
 /// The handle teardown uses, made before anything is installed: a prepare cancelled in the
@@ -79,17 +78,19 @@ pub fn handle_for(runner: &RunnerConfig, runner_id: &str, job_id: u64) -> Result
 }
 
 /// Installs the job's policy on its bridge. Call after the bridge exists, before any container
-/// starts on it. `repo` is the job's clone host ([`super::EnvironmentSpec::repo_endpoint`]).
+/// starts on it. What it opens comes from the runner's config only ([`needed_endpoints`]): the
+/// payload's clone URL was checked against the same config before the job was prepared
+/// ([`crate::job::trust::clone_endpoint`]), so a slot's rules made before its job was known
+/// already fit the job.
 pub async fn install(
     handle: &JobEgress,
     docker: &Docker,
     runner: &RunnerConfig,
-    repo: Option<&HostPort>,
     naming: &super::common::Naming,
     net: &CarvedNetwork,
 ) -> Result<(), Error> {
     let bridge_iface = bridge_interface(docker, naming, net).await?;
-    let allow = needed_endpoints(runner, repo).await;
+    let allow = needed_endpoints(runner).await;
     let job = JobNet {
         job_id: handle.job_id,
         bridge_iface,
@@ -129,16 +130,15 @@ async fn bridge_interface(
 }
 
 /// What every job must reach even on the host or with egress denied: GitLab (the job clones
-/// from it and the helper uploads artifacts to it), the host of the job's clone URL (`repo`:
-/// GitLab's `clone_url` may name another host or port than the runner's URL), the registry
-/// mirror, and, unless egress is plain `allow`, the DNS resolvers (TCP and UDP 53: the configured
-/// `dns`, else the host's) so names still resolve. Names are resolved now, so a later DNS answer cannot widen the policy.
+/// from it and the helper uploads artifacts to it), the config's `clone_url` (where GitLab
+/// serves clones when that is not its URL), the registry mirror, and the DNS resolvers (TCP and
+/// UDP 53: the configured `dns`, else the host's) so names still resolve. Names are resolved now, so a later DNS answer cannot widen the policy.
 /// A name that does not resolve is skipped (the job will fail to reach it, which is the safe
 /// direction).
-pub async fn needed_endpoints(runner: &RunnerConfig, repo: Option<&HostPort>) -> Vec<Endpoint> {
+/// Nothing here comes from the job's payload (H6).
+pub async fn needed_endpoints(runner: &RunnerConfig) -> Vec<Endpoint> {
     let mut out = Vec::new();
-    let mut hosts: Vec<HostPort> = HostPort::from_url(&runner.url).into_iter().collect();
-    hosts.extend(repo.cloned());
+    let mut hosts: Vec<HostPort> = crate::job::trust::clone_hosts(runner);
     if let Some(m) = runner.docker.isolation.registry_mirror.as_deref()
         && let Some(hp) = url::Url::parse(m)
             .ok()
@@ -156,18 +156,19 @@ pub async fn needed_endpoints(runner: &RunnerConfig, repo: Option<&HostPort>) ->
             }
         }
     }
-    if runner.docker.isolation.egress != Egress::Allow {
-        // `[runners.docker] dns` replaces the host's resolvers for the job's containers.
-        let resolvers = if runner.docker.dns.is_empty() {
-            host_resolvers().await
-        } else {
-            runner.docker.dns.clone()
-        };
-        for ip in resolvers {
-            let a = SocketAddr::new(ip, 53);
-            out.push(Endpoint::udp(a));
-            out.push(Endpoint::tcp(a));
-        }
+    // Always, not only when egress is limited: the sidecar is started with these as `--dns`,
+    // and they may sit in a range the chain drops (a LAN resolver under
+    // `block_private_networks`, Azure's 168.63.129.16). Port 53 only. `[runners.docker] dns`
+    // replaces the host's resolvers for the job's containers.
+    let resolvers = if runner.docker.dns.is_empty() {
+        host_resolvers().await
+    } else {
+        runner.docker.dns.clone()
+    };
+    for ip in resolvers {
+        let a = SocketAddr::new(ip, 53);
+        out.push(Endpoint::udp(a));
+        out.push(Endpoint::tcp(a));
     }
     out.sort_by_key(|e| (e.addr, e.protocol == netpolicy::Protocol::Udp));
     out.dedup();
@@ -230,12 +231,12 @@ pub async fn reap(
             return (found, removed, failures);
         }
     };
-    let own_chain = |job: u64| policy.chain_for(job).ok();
+    let own_chain = |job: u64| netpolicy::rules::chain_names(runner_id, job).ok();
     let mut stale = Vec::new();
     let mut orphans = false;
     for rule in installed {
-        let mine =
-            rule.runner_id == runner_id || own_chain(rule.job_id) == Some(rule.chain.clone());
+        let mine = rule.runner_id == runner_id
+            || own_chain(rule.job_id).is_some_and(|names| names.contains(&rule.chain));
         if mine {
             stale.push(rule);
         } else if network_gone(docker, &rule).await {
@@ -290,6 +291,7 @@ async fn network_gone(docker: &Docker, rule: &netpolicy::InstalledRule) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Egress;
 
     #[test]
     fn resolvers_skip_loopback_and_garbage() {
@@ -306,47 +308,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn gitlab_and_mirror_are_allowed_and_dns_only_when_egress_is_limited() {
+    async fn gitlab_mirror_and_dns_are_allowed_whatever_the_egress() {
         let mut r = RunnerConfig {
             url: url::Url::parse("http://127.0.0.1:8929/").unwrap(),
             ..Default::default()
         };
         r.docker.isolation.registry_mirror = Some("https://127.0.0.2:5000".to_string());
-        let eps = needed_endpoints(&r, None).await;
+        let eps = needed_endpoints(&r).await;
         assert!(eps.contains(&Endpoint::tcp("127.0.0.1:8929".parse().unwrap())));
         assert!(eps.contains(&Endpoint::tcp("127.0.0.2:5000".parse().unwrap())));
-        assert!(eps.iter().all(|e| e.addr.port() != 53));
-        r.docker.isolation.egress = Egress::Deny;
-        let eps = needed_endpoints(&r, None).await;
-        for ip in host_resolvers().await {
-            assert!(eps.contains(&Endpoint::udp(SocketAddr::new(ip, 53))));
+        for egress in [Egress::Allow, Egress::Deny] {
+            r.docker.isolation.egress = egress;
+            let eps = needed_endpoints(&r).await;
+            for ip in host_resolvers().await {
+                assert!(eps.contains(&Endpoint::udp(SocketAddr::new(ip, 53))));
+                assert!(eps.contains(&Endpoint::tcp(SocketAddr::new(ip, 53))));
+            }
         }
     }
 
-    /// GitLab's `clone_url` may put the clone on another host or port than the runner's URL:
-    /// that host:port is allowed like the GitLab URL, names resolved the same way.
+    /// The config's `clone_url` may put the clone on another host or port than the runner's URL:
+    /// that host:port is allowed like the GitLab URL, names resolved the same way. Nothing else
+    /// opens: the payload's clone URL is not an input.
     #[tokio::test]
-    async fn the_clone_host_is_allowed_like_gitlab() {
-        let r = RunnerConfig {
+    async fn the_configured_clone_host_is_allowed_like_gitlab() {
+        let mut r = RunnerConfig {
             url: url::Url::parse("http://127.0.0.1:8929/").unwrap(),
             ..Default::default()
         };
-        let clone = HostPort {
-            host: "127.0.0.3".into(),
-            port: 8443,
-        };
-        let eps = needed_endpoints(&r, Some(&clone)).await;
+        let without = needed_endpoints(&r).await;
+        assert!(!without.iter().any(|e| e.addr.port() == 8443));
+        r.clone_url = Some(url::Url::parse("https://127.0.0.3:8443/").unwrap());
+        let eps = needed_endpoints(&r).await;
         assert!(eps.contains(&Endpoint::tcp("127.0.0.1:8929".parse().unwrap())));
         assert!(eps.contains(&Endpoint::tcp("127.0.0.3:8443".parse().unwrap())));
-        // Without it, only GitLab's own port is open (the gap this closes).
-        let eps = needed_endpoints(&r, None).await;
-        assert!(!eps.iter().any(|e| e.addr.port() == 8443));
         // A name goes through the resolver, as the GitLab URL's host does.
-        let by_name = HostPort {
-            host: "localhost".into(),
-            port: 2222,
-        };
-        let eps = needed_endpoints(&r, Some(&by_name)).await;
+        r.clone_url = Some(url::Url::parse("http://localhost:2222/").unwrap());
+        let eps = needed_endpoints(&r).await;
         let expected: Vec<Endpoint> = tokio::net::lookup_host(("localhost", 2222))
             .await
             .unwrap()
@@ -356,14 +354,8 @@ mod tests {
         for e in &expected {
             assert!(eps.contains(e), "{e:?} missing from {eps:?}");
         }
-        // The same host as GitLab's URL adds nothing.
-        let same = HostPort {
-            host: "127.0.0.1".into(),
-            port: 8929,
-        };
-        assert_eq!(
-            needed_endpoints(&r, Some(&same)).await,
-            needed_endpoints(&r, None).await
-        );
+        // The same host:port as GitLab's URL adds nothing.
+        r.clone_url = Some(url::Url::parse("http://127.0.0.1:8929/other/").unwrap());
+        assert_eq!(needed_endpoints(&r).await, without);
     }
 }

@@ -501,7 +501,6 @@ async fn build_slot(
                         service_env: &[],
                         extra_labels,
                         // Added when a job takes the slot, if its clone host differs.
-                        repo: None,
                         background: true,
                     },
                     &[],

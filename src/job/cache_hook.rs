@@ -31,20 +31,21 @@ impl LocalCache {
     }
 }
 
-/// Whether the job runs for a protected ref: the payload's `git_info.protected`, else the
-/// `CI_COMMIT_REF_PROTECTED` variable (as `build_spec` decides it for the backend).
+/// Whether the job runs for a protected ref: GitLab's `git_info.protected` only, never a
+/// variable the job can set (see [`crate::job::trust::is_protected`]); the same answer
+/// `build_spec` gives the backend.
 pub fn job_is_protected(ctx: &StageContext<'_>) -> bool {
-    ctx.job.git_info.protected.unwrap_or_else(|| {
-        ctx.vars
-            .get("CI_COMMIT_REF_PROTECTED")
-            .is_some_and(|v| v.trim() == "true")
-    })
+    crate::job::trust::is_protected(ctx.job)
 }
 
 /// The cache context of this job.
 pub fn cache_context(ctx: &StageContext<'_>) -> CacheContext {
     CacheContext {
-        cache_dir: ctx.runner.cache_dir.clone(),
+        // Scoped by GitLab instance: project ids are only unique within one (H3).
+        cache_dir: ctx
+            .runner
+            .cache_dir
+            .join(crate::job::trust::instance_key(&ctx.runner.url)),
         project_dir: ctx.env.host_dirs().project_dir.clone(),
         project_id: ctx.job.job_info.project_id,
         protected: job_is_protected(ctx),

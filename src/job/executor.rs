@@ -35,6 +35,8 @@ pub struct RunnerExecutor {
     backends: tokio::sync::Mutex<HashMap<String, Arc<dyn Isolation>>>,
     metrics: Option<Arc<Metrics>>,
     observer: Option<Arc<dyn JobObserver>>,
+    /// One set for every entry this executor serves: a job id already running is refused.
+    running: super::trust::RunningJobs,
 }
 
 impl RunnerExecutor {
@@ -54,6 +56,7 @@ impl RunnerExecutor {
             backends: tokio::sync::Mutex::new(HashMap::new()),
             metrics: None,
             observer: None,
+            running: super::trust::RunningJobs::default(),
         }
     }
 
@@ -117,6 +120,7 @@ impl JobExecutor for RunnerExecutor {
         pipeline.cache = Some(self.cache.clone().unwrap_or_else(super::LocalCache::hook));
         pipeline.runner_id = self.runner_id.clone();
         pipeline.staging_root = super::staging::staging_root(&self.state_dir);
+        pipeline.running = self.running.clone();
         pipeline.execute(job, runner, trace, control).await
     }
 

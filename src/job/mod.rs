@@ -18,6 +18,9 @@ pub enum FailureReason {
     JobExecutionTimeout,
     /// An image could not be found or pulled.
     ImagePullFailure,
+    /// The job asks for something this runner's config does not allow (a clone URL on a
+    /// host:port the config does not name).
+    RunnerUnsupported,
     /// Anything else.
     UnknownFailure,
 }
@@ -30,6 +33,7 @@ impl FailureReason {
             FailureReason::RunnerSystemFailure => "runner_system_failure",
             FailureReason::JobExecutionTimeout => "job_execution_timeout",
             FailureReason::ImagePullFailure => "image_pull_failure",
+            FailureReason::RunnerUnsupported => "runner_unsupported",
             FailureReason::UnknownFailure => "unknown_failure",
         }
     }
@@ -89,6 +93,7 @@ pub mod pipeline;
 pub mod script;
 pub mod sources;
 pub mod staging;
+pub mod trust;
 pub mod vars;
 
 pub use artifacts::{ArtifactError, ArtifactStore, JobRef, LocalArtifactStore};

@@ -4,6 +4,7 @@ use super::artifacts::{self, ArtifactStore, JobRef};
 use super::script::{config_commands, sh_quote, user_script};
 use super::sources::{self, GitStrategy, LocalTree};
 use super::staging::{Staging, StagingError};
+use super::trust;
 use super::vars::{self, Variables};
 use super::{FailureReason, JobControl, JobExecutor, JobOutcome};
 use crate::config::RunnerConfig;
@@ -71,6 +72,9 @@ pub struct Pipeline {
     /// Where the runner stages artifact archives it uploads and downloads: a 0700 directory
     /// of the runner's own (`<state_dir>/staging`), never the job's tmp dir (finding C1).
     pub staging_root: PathBuf,
+    /// Job ids running on this runner; share one set between every pipeline of a process
+    /// (all `[[runners]]` entries) so a repeated id is refused.
+    pub running: trust::RunningJobs,
 }
 
 impl Pipeline {
@@ -83,6 +87,7 @@ impl Pipeline {
             local_tree: None,
             runner_id: "local".to_string(),
             staging_root: super::staging::default_staging_root(),
+            running: trust::RunningJobs::default(),
         }
     }
 }
@@ -167,9 +172,7 @@ impl State {
 
 /// Checks the payload before anything is created.
 pub fn validate(job: &JobResponse) -> Result<(), String> {
-    if job.id == 0 {
-        return Err("the job payload has no numeric job id".into());
-    }
+    trust::check_job_id(job.id)?;
     if job.token.is_empty() {
         return Err(format!("job {} has an empty job token", job.id));
     }
@@ -262,10 +265,8 @@ pub fn build_spec(
     for svc in &job.services {
         services.push(service_spec(svc, vars, &docker.allowed_services)?);
     }
-    let protected = job.git_info.protected.unwrap_or_else(|| {
-        vars.get("CI_COMMIT_REF_PROTECTED")
-            .is_some_and(|v| v.trim() == "true")
-    });
+    let protected = trust::is_protected(job);
+    let repo_endpoint = trust::clone_endpoint(job, runner)?;
     let service_env = vars
         .effective()
         .into_iter()
@@ -286,10 +287,7 @@ pub fn build_spec(
         services,
         service_env,
         // Only host and port leave here: the URL carries the job token.
-        repo_endpoint: url::Url::parse(job.git_info.repo_url.expose())
-            .ok()
-            .as_ref()
-            .and_then(isolation::HostPort::from_url),
+        repo_endpoint,
     })
 }
 
@@ -495,6 +493,20 @@ impl Pipeline {
         };
         if let Err(msg) = validate(job) {
             return system(&msg);
+        }
+        // Held until the job's teardown is over: a second job with this id (another entry or
+        // GitLab instance) would name the same directories, containers and chain (H3).
+        let _running = match self.running.claim(job.id) {
+            Ok(claim) => claim,
+            Err(msg) => return system(&msg),
+        };
+        // Before anything exists: a clone URL the config does not name opens nothing (H6).
+        if let Err(msg) = trust::clone_endpoint(job, runner) {
+            log.error(&msg);
+            return JobOutcome::Failed {
+                reason: FailureReason::RunnerUnsupported,
+                exit_code: None,
+            };
         }
         // Variables without paths are enough to expand image names.
         let pre_vars = build_variables(job, runner, None, &[], timeout);
@@ -1275,18 +1287,19 @@ mod tests {
         assert_eq!(spec.build_image.name, runner.docker.image);
     }
 
-    /// The clone host goes into the spec (for the job's firewall) without the job token.
+    /// The clone host goes into the spec without the job token, and only when the config names
+    /// it (the GitLab URL or `clone_url`).
     #[test]
     fn spec_carries_the_clone_host_and_port_only() {
-        let runner = RunnerConfig::default();
+        let mut runner = RunnerConfig {
+            url: url::Url::parse("http://git.example.test:8929/").unwrap(),
+            ..Default::default()
+        };
         let mut j = job();
         let vars = build_variables(&j, &runner, None, &[], DEFAULT_JOB_TIMEOUT);
-        let spec_of = |j: &JobResponse| {
-            build_spec(j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect("spec")
-        };
         j.git_info.repo_url =
             Secret::new("http://gitlab-ci-token:glcbt-abc123@git.example.test:8929/g/p.git");
-        let spec = spec_of(&j);
+        let spec = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect("spec");
         assert_eq!(
             spec.repo_endpoint,
             Some(isolation::HostPort {
@@ -1296,8 +1309,12 @@ mod tests {
         );
         assert!(!format!("{spec:?}").contains("glcbt-abc123"));
         j.git_info.repo_url = Secret::new("https://gitlab-ci-token:t@[2001:db8::7]/g/p.git");
+        let err = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).unwrap_err();
+        assert!(err.contains("[2001:db8::7]:443"), "{err}");
+        runner.clone_url = Some(url::Url::parse("https://[2001:db8::7]/").unwrap());
+        let spec = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect("spec");
         assert_eq!(
-            spec_of(&j).repo_endpoint,
+            spec.repo_endpoint,
             Some(isolation::HostPort {
                 host: "2001:db8::7".into(),
                 port: 443
@@ -1310,8 +1327,165 @@ mod tests {
             "x-custom://h/p.git",
         ] {
             j.git_info.repo_url = Secret::new(none);
-            assert_eq!(spec_of(&j).repo_endpoint, None, "{none:?}");
+            let spec = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect("spec");
+            assert_eq!(spec.repo_endpoint, None, "{none:?}");
         }
+    }
+
+    /// H2: a job on an unprotected branch sets `CI_COMMIT_REF_PROTECTED: "true"` in its yaml
+    /// variables (sent after the predefined `false`); without `git_info.protected` it stays
+    /// unprotected everywhere the flag is used (spec, cache dir, warm volume).
+    #[test]
+    fn protected_flag_ignores_job_overrides() {
+        let runner = RunnerConfig::default();
+        let mut j = job();
+        j.git_info.protected = None;
+        for value in ["false", "true"] {
+            j.variables.push(JobVariable {
+                key: "CI_COMMIT_REF_PROTECTED".into(),
+                value: value.into(),
+                public: true,
+                ..Default::default()
+            });
+        }
+        let vars = build_variables(&j, &runner, None, &[], DEFAULT_JOB_TIMEOUT);
+        assert_eq!(vars.get("CI_COMMIT_REF_PROTECTED"), Some("true"));
+        let spec = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect("spec");
+        assert!(!spec.protected);
+        assert!(!trust::is_protected(&j));
+        let cache = crate::cache::project_dir(Path::new("/cache"), 7, spec.protected);
+        assert!(cache.ends_with("unprotected"), "{cache:?}");
+        let volume = isolation::data_root::volume_name("r1", "gitlab-a", 7, spec.protected);
+        assert!(volume.ends_with("-unprotected"), "{volume}");
+        // GitLab's own field decides, both ways.
+        j.git_info.protected = Some(true);
+        let spec = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect("spec");
+        assert!(spec.protected);
+        j.git_info.protected = Some(false);
+        let spec = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect("spec");
+        assert!(!spec.protected);
+    }
+
+    /// L2: ids in the warm pool's slot range would share a slot's directories, labels and
+    /// chain; they are refused by the payload check.
+    #[test]
+    fn slot_range_ids_are_refused() {
+        let base = isolation::pool::SLOT_ID_BASE;
+        for id in [base, base + 1, u64::MAX] {
+            let mut j = job();
+            j.id = id;
+            let err = validate(&j).unwrap_err();
+            assert!(err.contains("reserves"), "{id}: {err}");
+        }
+        let mut j = job();
+        j.id = base - 1;
+        assert!(validate(&j).is_ok());
+    }
+
+    /// A backend that records every prepare and holds the first one until released, standing
+    /// for job A's live environment.
+    struct HeldBackend {
+        prepared: std::sync::Mutex<Vec<u64>>,
+        entered: tokio::sync::Notify,
+        release: CancellationToken,
+    }
+
+    #[async_trait::async_trait]
+    impl Isolation for HeldBackend {
+        fn mode(&self) -> crate::config::IsolationMode {
+            crate::config::IsolationMode::Dind
+        }
+        async fn prepare(
+            &self,
+            spec: &EnvironmentSpec,
+            _out: Arc<dyn OutputSink>,
+            _cancel: CancellationToken,
+        ) -> Result<Box<dyn JobEnvironment>, isolation::Error> {
+            if let Ok(mut p) = self.prepared.lock() {
+                p.push(spec.job_id);
+            }
+            self.entered.notify_one();
+            self.release.cancelled().await;
+            Err(isolation::Error::Other {
+                context: "test".into(),
+                detail: "released".into(),
+            })
+        }
+    }
+
+    /// H3: while job A (one GitLab instance) is in prepare, job B with the same id (another
+    /// entry, another instance) is refused before the backend is asked for anything: B creates,
+    /// deletes and tears down nothing of A's (dirs, containers, chain all live behind
+    /// `prepare`/`teardown`). Once A ended, the id is free again.
+    #[tokio::test]
+    async fn a_job_id_already_running_is_refused() {
+        let backend = Arc::new(HeldBackend {
+            prepared: std::sync::Mutex::new(Vec::new()),
+            entered: tokio::sync::Notify::new(),
+            release: CancellationToken::new(),
+        });
+        let store = Arc::new(artifacts::LocalArtifactStore {
+            root: std::env::temp_dir(),
+        });
+        let pipeline = Arc::new(Pipeline::new(backend.clone(), store));
+        let mut a = job();
+        a.id = 4_242_424_242;
+        let runner_a = Arc::new(RunnerConfig {
+            url: url::Url::parse("https://gitlab-a.example.test/").unwrap(),
+            ..Default::default()
+        });
+        let runner_b = Arc::new(RunnerConfig {
+            url: url::Url::parse("https://gitlab-b.example.test/").unwrap(),
+            ..Default::default()
+        });
+        let a_task = {
+            let (p, a, r) = (pipeline.clone(), a.clone(), runner_a.clone());
+            tokio::spawn(async move {
+                let sink = Arc::new(crate::trace::BufferSink::new());
+                p.execute(a, r, sink, JobControl::default()).await
+            })
+        };
+        backend.entered.notified().await;
+
+        let sink_b = Arc::new(crate::trace::BufferSink::new());
+        let outcome = pipeline
+            .execute(
+                a.clone(),
+                runner_b.clone(),
+                sink_b.clone(),
+                JobControl::default(),
+            )
+            .await;
+        assert_eq!(
+            outcome,
+            JobOutcome::Failed {
+                reason: FailureReason::RunnerSystemFailure,
+                exit_code: None
+            }
+        );
+        assert!(
+            sink_b.text().contains("already running"),
+            "{}",
+            sink_b.text()
+        );
+        assert_eq!(
+            *backend.prepared.lock().unwrap(),
+            vec![a.id],
+            "B reached the backend"
+        );
+
+        backend.release.cancel();
+        let _ = a_task.await.expect("A's task");
+        // The id is free once A is over: a later job with it runs (here: reaches prepare).
+        let _ = pipeline
+            .execute(
+                a.clone(),
+                runner_b,
+                Arc::new(crate::trace::BufferSink::new()),
+                JobControl::default(),
+            )
+            .await;
+        assert_eq!(*backend.prepared.lock().unwrap(), vec![a.id, a.id]);
     }
 
     #[test]

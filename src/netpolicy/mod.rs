@@ -150,6 +150,8 @@ pub struct Options {
     pub address_pool: Ipv4Net,
     /// Upper bound for one iptables call, including waiting for the xtables lock.
     pub command_timeout: Duration,
+    /// `block_private_networks` of the isolation config: drop private ranges (M5).
+    pub block_private_networks: bool,
 }
 
 impl Options {
@@ -161,6 +163,7 @@ impl Options {
             runner_id: runner_id.into(),
             address_pool,
             command_timeout: Duration::from_secs(30),
+            block_private_networks: false,
         }
     }
 }
@@ -212,14 +215,38 @@ impl NetPolicy {
     /// ([`NetPolicy::list_installed`]) removes them.
     pub async fn install(&self, job: &JobNet, egress: &Egress) -> Result<(), Error> {
         let plan = self.plan(job, egress).await?;
-        // A chain left by an earlier attempt for this job would make `-N` fail.
-        self.remove(job.job_id).await?;
-        match self.apply(&plan).await {
-            Ok(()) => {
-                tracing::debug!(job.id = job.job_id, chain = %plan.chain, bridge = %job.bridge_iface, "network policy installed");
-                Ok(())
+        let [name, swap] = rules::chain_names(&self.opts.runner_id, job.job_id)?;
+        let [had_name, had_swap] = self.present(&[name.clone(), swap.clone()]).await?;
+        if !had_name {
+            self.apply_or_roll_back(&plan, &name).await?;
+            // A swap chain left by a re-install that crashed midway: the new chain is in front.
+            if had_swap {
+                self.remove_chain(&swap).await?;
             }
-            Err(install) => match self.remove(job.job_id).await {
+        } else {
+            // A re-install (a leftover of an earlier attempt, a slot's chain): the new chain is
+            // built under the swap name and hooked in ahead of the old one, the old one goes,
+            // and the new one takes the job's name (`-E` keeps the jumps pointing at it). The
+            // bridge is filtered at every step (L5).
+            if had_swap {
+                self.remove_chain(&swap).await?;
+            }
+            self.apply_or_roll_back(&plan.renamed(&swap), &swap).await?;
+            self.remove_chain(&name).await?;
+            for family in self.families() {
+                self.run(family, &["-E".to_string(), swap.clone(), name.clone()])
+                    .await?;
+            }
+        }
+        tracing::debug!(job.id = job.job_id, chain = %name, bridge = %job.bridge_iface, "network policy installed");
+        Ok(())
+    }
+
+    /// Applies `plan` (whose chain is `chain`); on error removes what it installed.
+    async fn apply_or_roll_back(&self, plan: &InstallPlan, chain: &str) -> Result<(), Error> {
+        match self.apply(plan).await {
+            Ok(()) => Ok(()),
+            Err(install) => match self.remove_chain(chain).await {
                 Ok(()) => Err(install),
                 Err(rollback) => Err(Error::RollbackFailed {
                     install: Box::new(install),
@@ -227,6 +254,28 @@ impl NetPolicy {
                 }),
             },
         }
+    }
+
+    /// Whether each of `chains` exists (or is jumped to) in any family.
+    async fn present(&self, chains: &[String; 2]) -> Result<[bool; 2], Error> {
+        let mut found = [false; 2];
+        for family in self.families() {
+            let text = self.run(family, &["-S".to_string()]).await?;
+            let (listed, jumps) = rules::parse_listing(&text);
+            for (i, name) in chains.iter().enumerate() {
+                found[i] |= listed.iter().any(|(c, _)| c == name)
+                    || jumps.iter().any(|j| &j.target == name);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Removes one chain name and its jumps from every family.
+    async fn remove_chain(&self, chain: &str) -> Result<(), Error> {
+        for family in self.families() {
+            self.remove_chain_in(family, chain).await?;
+        }
+        Ok(())
     }
 
     /// Builds the plan [`NetPolicy::install`] would run, reading the host's addresses and
@@ -247,6 +296,7 @@ impl NetPolicy {
             allow: &job.allow,
             local_addrs: &locals,
             egress,
+            block_private: self.opts.block_private_networks,
             forward_hook_v4: hook_v4,
             forward_hook_v6: hook_v6,
         })
@@ -272,9 +322,9 @@ impl NetPolicy {
     /// Removes this runner's rules for `job_id` from both families. Removing rules that are
     /// not there is not an error.
     pub async fn remove(&self, job_id: u64) -> Result<(), Error> {
-        let chain = self.chain_for(job_id)?;
-        for family in self.families() {
-            self.remove_chain_in(family, &chain).await?;
+        // Either name: a re-install swaps between them.
+        for chain in rules::chain_names(&self.opts.runner_id, job_id)? {
+            self.remove_chain(&chain).await?;
         }
         Ok(())
     }
@@ -297,8 +347,8 @@ impl NetPolicy {
         rules::validate_runner_id(runner_id)?;
         let mut removed = Vec::new();
         for rule in self.list_installed().await? {
-            let by_name = rules::chain_name(runner_id, rule.job_id)
-                .map(|c| c == rule.chain)
+            let by_name = rules::chain_names(runner_id, rule.job_id)
+                .map(|c| c.contains(&rule.chain))
                 .unwrap_or(false);
             if (rule.runner_id == runner_id || by_name) && self.remove_installed(&rule).await? {
                 removed.push(rule);
@@ -440,14 +490,18 @@ fn render_command(bin: &std::path::Path, wait: &str, args: &[String]) -> String 
     parts.join(" ")
 }
 
-/// `IR-<runner8>-<decimal>` or `IR-<runner7>x<hex16>` back to (runner prefix, job id).
+/// `IR-<runner8>-<decimal>`, `IR-<runner7>x<hex16>` or `IR-<runner7>y<hex16>` (the swap name)
+/// back to (runner prefix, job id).
 fn parse_chain_name(chain: &str) -> Option<(String, u64)> {
     let rest = chain.strip_prefix(rules::CHAIN_PREFIX)?;
     if let Some((runner, Ok(id))) = rest.rsplit_once('-').map(|(r, j)| (r, j.parse())) {
         return Some((runner.to_string(), id));
     }
-    let (runner, hex) = rest.rsplit_once('x')?;
-    Some((runner.to_string(), u64::from_str_radix(hex, 16).ok()?))
+    // The hex part has neither letter, so the last one is the separator.
+    ['x', 'y'].iter().find_map(|sep| {
+        let (runner, hex) = rest.rsplit_once(*sep)?;
+        Some((runner.to_string(), u64::from_str_radix(hex, 16).ok()?))
+    })
 }
 
 /// Every address configured on the host now, read from the kernel (getifaddrs).
@@ -485,6 +539,11 @@ mod tests {
             Some(("abcdefg".to_string(), u64::MAX))
         );
         assert_eq!(parse_chain_name("DOCKER-USER"), None);
+        for job in [7, u64::MAX] {
+            let swap = rules::swap_chain_name("ab-xy_cd", job).unwrap();
+            assert!(swap.len() <= rules::MAX_CHAIN_LEN, "{swap}");
+            assert_eq!(parse_chain_name(&swap), Some(("ab-xy_c".to_string(), job)));
+        }
     }
 
     #[test]

@@ -24,6 +24,30 @@ pub const METADATA_V4: &str = "169.254.0.0/16";
 /// AWS's IPv6 metadata address (S4, residual noted in the threat model).
 pub const METADATA_V6: &str = "fd00:ec2::254/128";
 
+/// Cloud service addresses outside link-local that answer every VM and must not answer a job
+/// (M5). Dropped after the allowed endpoints, so a host resolver among them (Azure's DNS is
+/// 168.63.129.16) stays open on port 53 alone.
+/// - 168.63.129.16: Azure WireServer (VM agent, extension config and certificates, health
+///   probes; also Azure's DNS on port 53).
+/// - 100.100.100.200: Alibaba Cloud ECS metadata service (instance credentials).
+pub const CLOUD_SERVICES_V4: [&str; 2] = ["168.63.129.16/32", "100.100.100.200/32"];
+
+/// IPv6 cloud service addresses outside fd00:ec2::254 (M5).
+/// - fd20:ce::254: Google Compute Engine's metadata server over IPv6 (service account tokens).
+pub const CLOUD_SERVICES_V6: [&str; 1] = ["fd20:ce::254/128"];
+
+/// Private ranges `block_private_networks` closes (M5): RFC 1918 and 100.64.0.0/10 (RFC 6598,
+/// carrier-grade NAT, also used by Kubernetes and Tailscale).
+pub const PRIVATE_V4: [&str; 4] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+];
+
+/// IPv6 unique local addresses (RFC 4193), closed by `block_private_networks`.
+pub const PRIVATE_V6: [&str; 1] = ["fc00::/7"];
+
 /// IPv6 link-local: never routed, so anything that reaches it from a job targets the host.
 pub const LINK_LOCAL_V6: &str = "fe80::/10";
 
@@ -74,6 +98,8 @@ pub struct PlanInput<'a> {
     pub local_addrs: &'a [IpAddr],
     /// Internet policy for everything not decided earlier.
     pub egress: &'a Egress,
+    /// Drop [`PRIVATE_V4`] and [`PRIVATE_V6`] (except `egress` list entries inside them).
+    pub block_private: bool,
     /// Chain that sees forwarded traffic first, per family (`DOCKER-USER`, or `FORWARD` where
     /// Docker does not manage that family).
     pub forward_hook_v4: &'a str,
@@ -95,6 +121,34 @@ pub struct InstallPlan {
 }
 
 impl InstallPlan {
+    /// The same plan for a chain called `chain` (the comments, which name runner and job, stay).
+    pub fn renamed(&self, chain: &str) -> InstallPlan {
+        let rename = |fp: &FamilyPlan| {
+            let map = |args: &Vec<String>| -> Vec<String> {
+                args.iter()
+                    .map(|a| {
+                        if *a == self.chain {
+                            chain.to_string()
+                        } else {
+                            a.clone()
+                        }
+                    })
+                    .collect()
+            };
+            FamilyPlan {
+                create: map(&fp.create),
+                rules: fp.rules.iter().map(map).collect(),
+                jumps: fp.jumps.iter().map(map).collect(),
+            }
+        };
+        InstallPlan {
+            chain: chain.to_string(),
+            comment: self.comment.clone(),
+            v4: rename(&self.v4),
+            v6: rename(&self.v6),
+        }
+    }
+
     /// The commands of one family.
     pub fn family(&self, family: Family) -> &FamilyPlan {
         match family {
@@ -129,6 +183,23 @@ pub fn chain_name(runner_id: &str, job_id: u64) -> Result<String, Error> {
     }
     let shorter: String = runner_id.chars().take(RUNNER_ID_CHARS - 1).collect();
     Ok(format!("{CHAIN_PREFIX}{shorter}x{job_id:016x}"))
+}
+
+/// The job's other chain name, `IR-<runner7>y<hex16>`: a re-install builds the new chain under
+/// the name the job is not using now, hooks it in before the old one, then removes the old one,
+/// so the bridge is never without a chain (L5). Never longer than [`MAX_CHAIN_LEN`].
+pub fn swap_chain_name(runner_id: &str, job_id: u64) -> Result<String, Error> {
+    validate_runner_id(runner_id)?;
+    let shorter: String = runner_id.chars().take(RUNNER_ID_CHARS - 1).collect();
+    Ok(format!("{CHAIN_PREFIX}{shorter}y{job_id:016x}"))
+}
+
+/// Both names a job's chain can have: [`chain_name`] and [`swap_chain_name`].
+pub fn chain_names(runner_id: &str, job_id: u64) -> Result<[String; 2], Error> {
+    Ok([
+        chain_name(runner_id, job_id)?,
+        swap_chain_name(runner_id, job_id)?,
+    ])
 }
 
 /// The comment on every rule of a job: findable with `iptables -S | grep`, parsed back by
@@ -183,11 +254,15 @@ pub fn validate_iface(name: &str) -> Result<(), Error> {
 ///    INPUT path, which has no output interface, so it cannot open the gateway address.
 /// 3. Metadata: drop 169.254.0.0/16 (v4), fd00:ec2::254 and fe80::/10 (v6). Before any accept,
 ///    so neither the allow list nor the egress policy can reopen it (S4).
-/// 4. Allowed endpoints (GitLab, cache): accept, even when they live on the host.
+/// 4. Allowed endpoints (GitLab, `clone_url`, mirror, resolvers): accept, even when they live
+///    on the host. Then cloud service addresses outside link-local ([`CLOUD_SERVICES_V4`],
+///    [`CLOUD_SERVICES_V6`]): drop (row 4b of the docs).
 /// 5. Host: drop each address the host has now, then anything the kernel calls local,
 ///    broadcast (v4) or multicast at packet time (addresses added after install, H8).
 /// 6. v4 only: drop the whole runner address pool (other jobs' bridges, J1); the job's own
-///    subnet was already accepted in 2.
+///    subnet was already accepted in 2. Then, with `block_private`: return for `egress` list
+///    entries inside a private range and drop the private ranges ([`PRIVATE_V4`],
+///    [`PRIVATE_V6`]) (row 6b of the docs).
 /// 7. Egress: `Allow` returns to Docker's own rules; `Deny` drops; `AllowList` returns for the
 ///    listed CIDRs and drops the rest. Returning rather than accepting keeps Docker's
 ///    inter-network isolation in force for networks outside our pool.
@@ -244,6 +319,14 @@ fn plan_family(input: &PlanInput<'_>, family: Family, chain: &str, comment: &str
         rules.push(rule(&["-d", &dst, "-p", proto, "--dport", &port], "ACCEPT"));
     }
 
+    let cloud: &[&str] = match family {
+        Family::V4 => &CLOUD_SERVICES_V4,
+        Family::V6 => &CLOUD_SERVICES_V6,
+    };
+    for net in cloud {
+        rules.push(rule(&["-d", net], "DROP"));
+    }
+
     let mut locals: Vec<IpAddr> = input
         .local_addrs
         .iter()
@@ -266,6 +349,26 @@ fn plan_family(input: &PlanInput<'_>, family: Family, chain: &str, comment: &str
 
     if family == Family::V4 {
         rules.push(rule(&["-d", &input.address_pool.to_string()], "DROP"));
+    }
+
+    if input.block_private {
+        let private: Vec<IpNet> = match family {
+            Family::V4 => PRIVATE_V4.iter().filter_map(|n| n.parse().ok()).collect(),
+            Family::V6 => PRIVATE_V6.iter().filter_map(|n| n.parse().ok()).collect(),
+        };
+        // An explicit list entry inside a private range is the operator opening it.
+        if let Egress::AllowList(cidrs) = input.egress {
+            for net in cidrs
+                .iter()
+                .filter(|n| family.contains(&n.addr()))
+                .filter(|n| private.iter().any(|p| p.contains(*n)))
+            {
+                rules.push(rule(&["-d", &net.trunc().to_string()], "RETURN"));
+            }
+        }
+        for net in &private {
+            rules.push(rule(&["-d", &net.to_string()], "DROP"));
+        }
     }
 
     match input.egress {
@@ -465,6 +568,7 @@ mod tests {
             allow,
             local_addrs: locals,
             egress,
+            block_private: false,
             forward_hook_v4: "DOCKER-USER",
             forward_hook_v6: "FORWARD",
         }
@@ -530,6 +634,8 @@ mod tests {
                 "-o br-0123456789ab -j ACCEPT",
                 "-d 169.254.0.0/16 -j DROP",
                 "-d 192.0.2.2/32 -p tcp --dport 8443 -j ACCEPT",
+                "-d 168.63.129.16/32 -j DROP",
+                "-d 100.100.100.200/32 -j DROP",
                 "-d 10.213.0.17/32 -j DROP",
                 "-d 127.0.0.1/32 -j DROP",
                 "-d 192.0.2.2/32 -j DROP",
@@ -556,6 +662,7 @@ mod tests {
                 "-d fd00:ec2::254/128 -j DROP",
                 "-d fe80::/10 -j DROP",
                 "-d fd00::2/128 -p tcp --dport 443 -j ACCEPT",
+                "-d fd20:ce::254/128 -j DROP",
                 "-d ::1/128 -j DROP",
                 "-d fd00::2/128 -j DROP",
                 "-m addrtype --dst-type LOCAL -j DROP",
@@ -566,6 +673,47 @@ mod tests {
         // v6 jumps from FORWARD (Docker does not manage ip6tables here) and INPUT.
         assert_eq!(plan.v6.jumps[0][..3], ["-I", "FORWARD", "1"]);
         assert_eq!(plan.v6.jumps[1][..3], ["-I", "INPUT", "1"]);
+    }
+
+    /// M5: with `block_private`, the private ranges are dropped after the allowed endpoints
+    /// (GitLab, mirror, resolvers on a LAN stay open) and the pool, before the egress verdict;
+    /// an allow-list entry inside a private range opens that part, one outside does not.
+    #[test]
+    fn private_ranges_closed_on_request_and_reopened_only_by_list_entries() {
+        let allow = [Endpoint::udp("10.1.2.3:53".parse().unwrap())];
+        let locals = locals();
+        let egress = Egress::Allow;
+        let mut inp = input(&egress, &allow, &locals);
+        let open = shapes(&plan_install(&inp).unwrap().v4);
+        assert!(
+            !open.iter().any(|s| s == "-d 10.0.0.0/8 -j DROP"),
+            "{open:#?}"
+        );
+        inp.block_private = true;
+        let v4 = shapes(&plan_install(&inp).unwrap().v4);
+        let accept = position(&v4, "-d 10.1.2.3/32 -p udp --dport 53 -j ACCEPT");
+        let pool = position(&v4, "-d 10.213.0.0/16 -j DROP");
+        for range in PRIVATE_V4 {
+            let at = position(&v4, &format!("-d {range} -j DROP"));
+            assert!(accept < at && pool < at, "{v4:#?}");
+        }
+        assert_eq!(v4.last().map(String::as_str), Some("-j RETURN"));
+        let v6 = shapes(&plan_install(&inp).unwrap().v6);
+        position(&v6, "-d fc00::/7 -j DROP");
+
+        let egress = Egress::AllowList(vec![
+            "192.168.7.0/24".parse().unwrap(),
+            "0.0.0.0/0".parse().unwrap(),
+        ]);
+        let mut inp = input(&egress, &allow, &locals);
+        inp.block_private = true;
+        let v4 = shapes(&plan_install(&inp).unwrap().v4);
+        let reopened = position(&v4, "-d 192.168.7.0/24 -j RETURN");
+        let closed = position(&v4, "-d 192.168.0.0/16 -j DROP");
+        assert!(reopened < closed, "{v4:#?}");
+        // The catch-all list entry is not inside a private range: it comes after the drops.
+        let all = position(&v4, "-d 0.0.0.0/0 -j RETURN");
+        assert!(all > closed, "{v4:#?}");
     }
 
     #[test]

@@ -66,6 +66,9 @@ impl Scope {
     pub fn runner_config(&self) -> RunnerConfig {
         let mut r = RunnerConfig {
             builds_dir: self.builds_dir(),
+            // The test payloads' placeholder repository URL (their sources come from a local
+            // tree): a payload's clone host must be the GitLab URL's or `clone_url`'s.
+            clone_url: Some("http://127.0.0.1:1/".parse().expect("constant URL")),
             ..Default::default()
         };
         r.docker.isolation.sidecar_image = DIND_IMAGE.to_string();

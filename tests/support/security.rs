@@ -331,6 +331,7 @@ pub async fn run_job(
         }),
         runner_id: scope.runner_id.clone(),
         staging_root: isolated_runner::job::staging::staging_root(&scope.tmp.path().join("state")),
+        running: Default::default(),
     };
     let trace = Arc::new(Trace::default());
     let outcome = pipeline
