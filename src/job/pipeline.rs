@@ -12,7 +12,9 @@ use crate::isolation::{
     ScriptRequest, ServiceSpec,
 };
 use crate::trace::{JobLog, LogOptions, TraceSink};
+use futures::FutureExt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(7200);
 /// `after_script` timeout unless `RUNNER_AFTER_SCRIPT_TIMEOUT` says otherwise.
 pub const DEFAULT_AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest job timeout taken from a payload (GitLab's own maximum is one month). Larger
+/// values are clamped: an `Instant` or a certificate's validity must never overflow.
+pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(31 * 24 * 3600);
 /// How long a stage may take to stop after it was told to.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Helper image when the config names none; it must have bash and git.
@@ -386,10 +391,12 @@ fn masked_values(job: &JobResponse) -> Vec<String> {
         .map(|v| v.value.clone())
         .collect();
     out.push(job.token.expose().to_string());
-    if let Ok(u) = url::Url::parse(job.git_info.repo_url.expose())
-        && let Some(p) = u.password()
-    {
-        out.push(p.to_string());
+    if let Ok(u) = url::Url::parse(job.git_info.repo_url.expose()) {
+        if let Some(p) = u.password() {
+            out.push(p.to_string());
+        }
+        // The git helper's `Authorization: Basic` header value, whole (see M3 in security.md).
+        out.extend(sources::basic_credentials(&u));
     }
     for c in &job.credentials {
         out.push(c.password.expose().to_string());
@@ -401,7 +408,27 @@ fn masked_values(job: &JobResponse) -> Vec<String> {
     out
 }
 
-/// Parses `RUNNER_AFTER_SCRIPT_TIMEOUT` (`10m`, `90s`, `300`).
+/// The job's timeout: the payload's seconds (0 = [`DEFAULT_JOB_TIMEOUT`]), at most
+/// [`MAX_JOB_TIMEOUT`].
+pub fn job_timeout(seconds: u64) -> Duration {
+    match seconds {
+        0 => DEFAULT_JOB_TIMEOUT,
+        s => Duration::from_secs(s.min(MAX_JOB_TIMEOUT.as_secs())),
+    }
+}
+
+/// When `after_script` must end: its own timeout from now, but never past the job's deadline,
+/// except that an `after_script` that starts after the job timed out still gets the default
+/// timeout (as before). A job's variables can thus never keep its environment past
+/// `deadline + DEFAULT_AFTER_SCRIPT_TIMEOUT`, and no value overflows.
+fn after_script_deadline(vars: &Variables, now: Instant, job_deadline: Instant) -> Instant {
+    let limit = job_deadline.max(now + DEFAULT_AFTER_SCRIPT_TIMEOUT);
+    now.checked_add(after_script_timeout(vars))
+        .map_or(limit, |d| d.min(limit))
+}
+
+/// Parses `RUNNER_AFTER_SCRIPT_TIMEOUT` (`10m`, `90s`, `300`); any size parses, the caller
+/// clamps.
 fn after_script_timeout(vars: &Variables) -> Duration {
     vars.get("RUNNER_AFTER_SCRIPT_TIMEOUT")
         .and_then(|s| {
@@ -432,10 +459,7 @@ impl JobExecutor for Pipeline {
         trace: Arc<dyn TraceSink>,
         control: JobControl,
     ) -> JobOutcome {
-        let timeout = match job.runner_info.timeout {
-            0 => DEFAULT_JOB_TIMEOUT,
-            s => Duration::from_secs(s),
-        };
+        let timeout = job_timeout(job.runner_info.timeout);
         let deadline = Instant::now() + timeout;
         let log = Arc::new(JobLog::new(
             trace,
@@ -512,12 +536,12 @@ impl Pipeline {
         );
         let stage = CancellationToken::new();
         let out: Arc<dyn OutputSink> = log.clone();
-        let (res, stop) = guarded(
-            self.backend.prepare(&spec, out, stage.clone()),
-            stage,
-            &guards,
-        )
-        .await;
+        // A panic in the backend fails the job, never the runner (M1); what the backend made
+        // so far carries the job's labels for the reaper.
+        let prepare = AssertUnwindSafe(self.backend.prepare(&spec, out, stage.clone()))
+            .catch_unwind()
+            .map(|r| r.unwrap_or_else(|p| Err(crashed("preparing the environment", p.as_ref()))));
+        let (res, stop) = guarded(prepare, stage, &guards).await;
         log.section_end("prepare_executor");
         let env = match (res, stop) {
             (Some(Ok(env)), None) => env,
@@ -540,10 +564,19 @@ impl Pipeline {
             }
             (None, None) => return system("preparing the environment did not finish"),
         };
-        let outcome = self
-            .run_prepared(job, runner, log, &guards, env.as_ref(), timeout)
-            .await;
-        log_teardown(log, env.teardown().await);
+        // From here on the environment is torn down on every path: a panic in the pipeline or
+        // in the backend's `run_script` is caught and fails the job (M1), and should this
+        // future be dropped half-way, the guard starts the teardown on its own task.
+        let guard = TeardownGuard(Some(env));
+        let Some(env_ref) = guard.0.as_deref() else {
+            return system("the job environment vanished");
+        };
+        let outcome =
+            AssertUnwindSafe(self.run_prepared(job, runner, log, &guards, env_ref, timeout))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| system(&crashed("the job", p.as_ref()).to_string()));
+        log_teardown(log, guard.teardown().await);
         outcome
     }
 
@@ -698,7 +731,7 @@ impl Pipeline {
             let after_guards = Guards {
                 abort: guards.abort.clone(),
                 graceful: None,
-                deadline: Instant::now() + after_script_timeout(&vars),
+                deadline: after_script_deadline(&vars, Instant::now(), guards.deadline),
             };
             let script = user_script(&paths.project_dir.to_string_lossy(), &step.script);
             let end = self
@@ -1013,6 +1046,53 @@ impl Pipeline {
     }
 }
 
+/// Owns a prepared environment until its teardown ran. Dropped without [`Self::teardown`]
+/// (the job's future was dropped or unwound), it starts the teardown on a task of its own.
+struct TeardownGuard(Option<Box<dyn JobEnvironment>>);
+
+impl TeardownGuard {
+    async fn teardown(mut self) -> isolation::TeardownReport {
+        match self.0.take() {
+            Some(env) => env.teardown().await,
+            None => isolation::TeardownReport::default(),
+        }
+    }
+}
+
+impl Drop for TeardownGuard {
+    fn drop(&mut self) {
+        let Some(env) = self.0.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    for f in env.teardown().await.failures {
+                        tracing::warn!(failure = %f, "teardown of an interrupted job left something behind");
+                    }
+                });
+            }
+            // No runtime left (the process is ending): the reaper removes it at the next start.
+            Err(_) => {
+                tracing::error!("a job environment was dropped without a runtime to tear it down")
+            }
+        }
+    }
+}
+
+/// The error for a caught panic; the message is the panic's own when it has one.
+fn crashed(what: &str, panic: &(dyn std::any::Any + Send)) -> isolation::Error {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    isolation::Error::Other {
+        context: format!("{what} crashed (a runner bug; the environment is torn down)"),
+        detail,
+    }
+}
+
 fn job_ref(job: &JobResponse) -> JobRef {
     JobRef {
         id: job.id,
@@ -1278,5 +1358,36 @@ mod tests {
         assert_eq!(after_script_timeout(&v), Duration::from_secs(600));
         v.push("RUNNER_AFTER_SCRIPT_TIMEOUT", "42");
         assert_eq!(after_script_timeout(&v), Duration::from_secs(42));
+    }
+
+    /// M1: huge timeouts from the payload or the variables neither overflow nor outlive the job.
+    #[test]
+    fn after_script_timeout_is_clamped() {
+        assert_eq!(job_timeout(0), DEFAULT_JOB_TIMEOUT);
+        assert_eq!(job_timeout(60), Duration::from_secs(60));
+        assert_eq!(job_timeout(u64::MAX), MAX_JOB_TIMEOUT);
+        let now = Instant::now();
+        let job_deadline = now + Duration::from_secs(3600);
+        let mut v = Variables::new();
+        for huge in [
+            u64::MAX.to_string(),
+            "18446744073709551615s".to_string(),
+            "500000000years".to_string(),
+        ] {
+            v.push("RUNNER_AFTER_SCRIPT_TIMEOUT", huge.clone());
+            let d = after_script_deadline(&v, now, job_deadline);
+            assert_eq!(d, job_deadline, "{huge}");
+        }
+        v.push("RUNNER_AFTER_SCRIPT_TIMEOUT", "60");
+        assert_eq!(
+            after_script_deadline(&v, now, job_deadline),
+            now + Duration::from_secs(60)
+        );
+        // The job already timed out: after_script still gets the default, no more.
+        v.push("RUNNER_AFTER_SCRIPT_TIMEOUT", u64::MAX.to_string());
+        assert_eq!(
+            after_script_deadline(&v, now, now),
+            now + DEFAULT_AFTER_SCRIPT_TIMEOUT
+        );
     }
 }
