@@ -187,6 +187,37 @@ pub fn validate(job: &JobResponse) -> Result<(), String> {
     Ok(())
 }
 
+/// The runner's own images (the sidecar's, and the helper's when it is not also the default job
+/// image): a job may name them only when an allow-list names them explicitly, never through an
+/// empty list (L3).
+fn runner_image<'a>(docker: &'a crate::config::DockerConfig, name: &str) -> Option<&'a str> {
+    let own = [
+        Some(docker.isolation.sidecar_image.as_str()),
+        docker
+            .helper_image
+            .as_deref()
+            .filter(|h| *h != docker.image.as_str()),
+    ];
+    own.into_iter().flatten().find(|o| *o == name)
+}
+
+/// Refuses a job's `image:`/`services:` name that is one of the runner's own images unless
+/// `allowed` is non-empty and matches it.
+fn refuse_runner_image(
+    docker: &crate::config::DockerConfig,
+    name: &str,
+    allowed: &[String],
+    key: &str,
+) -> Result<(), String> {
+    match runner_image(docker, name) {
+        Some(own) if allowed.is_empty() => Err(format!(
+            "{own:?} is one of this runner's own images (sidecar or helper) and cannot run as a \
+             job's image or service unless [runners.docker] {key} names it"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn glob_allowed(patterns: &[String], name: &str) -> bool {
     if patterns.is_empty() {
         return true;
@@ -232,6 +263,7 @@ pub fn build_spec(
     let build_image = match &job.image {
         Some(img) if !img.name.trim().is_empty() => {
             let name = vars.expand(&img.name);
+            refuse_runner_image(docker, &name, &docker.allowed_images, "allowed_images")?;
             if !glob_allowed(&docker.allowed_images, &name) {
                 return Err(format!(
                     "the {name:?} image is not present on the list of allowed images ({})",
@@ -257,8 +289,20 @@ pub fn build_spec(
             "no image: the job names none and the config has no [runners.docker] image".into(),
         );
     }
+    // Checked before any container exists: every service is a container on the host (H4).
+    if let Some(max) = docker.services_limit
+        && job.services.len() > max
+    {
+        return Err(format!(
+            "the job asks for {} services; this runner allows at most {max} \
+             ([runners.docker] services_limit)",
+            job.services.len()
+        ));
+    }
     let mut services = Vec::new();
     for svc in &job.services {
+        let name = vars.expand(&svc.name);
+        refuse_runner_image(docker, &name, &docker.allowed_services, "allowed_services")?;
         services.push(service_spec(svc, vars, &docker.allowed_services)?);
     }
     let protected = job.git_info.protected.unwrap_or_else(|| {
@@ -1358,6 +1402,69 @@ mod tests {
         assert_eq!(after_script_timeout(&v), Duration::from_secs(600));
         v.push("RUNNER_AFTER_SCRIPT_TIMEOUT", "42");
         assert_eq!(after_script_timeout(&v), Duration::from_secs(42));
+    }
+
+    /// L3: the sidecar's image (and a separate helper image) cannot be a job's image or
+    /// service through an empty allow-list; only an explicit allow-list entry admits it.
+    #[test]
+    fn runner_images_are_refused_unless_allowed() {
+        let mut runner = RunnerConfig::default();
+        runner.docker.helper_image = Some("registry.example/helper:1".into());
+        let mut j = job();
+        let vars = build_variables(&j, &runner, None, &[], DEFAULT_JOB_TIMEOUT);
+        let sidecar = runner.docker.isolation.sidecar_image.clone();
+        let image = |n: &str| Image {
+            name: n.into(),
+            ..Default::default()
+        };
+        for own in [sidecar.as_str(), "registry.example/helper:1"] {
+            j.image = Some(image(own));
+            let err = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect_err(own);
+            assert!(err.contains("this runner's own images"), "{err}");
+            j.image = None;
+            j.services = vec![image(own)];
+            let err = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect_err(own);
+            assert!(err.contains("allowed_services"), "{err}");
+            j.services.clear();
+        }
+        // The default job image stays usable by name, and an explicit entry admits the rest.
+        j.image = Some(image(&runner.docker.image.clone()));
+        assert!(build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).is_ok());
+        runner.docker.allowed_images = vec!["isolated-runner/*".into()];
+        j.image = Some(image(&sidecar));
+        assert!(build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).is_ok());
+    }
+
+    /// H4: more services than `services_limit` fail the job in `build_spec`, which runs before
+    /// `prepare`, so before any container exists.
+    #[test]
+    fn too_many_services_are_refused() {
+        let mut runner = RunnerConfig::default();
+        let mut j = job();
+        let vars = build_variables(&j, &runner, None, &[], DEFAULT_JOB_TIMEOUT);
+        let svc = |i: usize| Image {
+            name: format!("isolated-runner/busybox:test{i}"),
+            ..Default::default()
+        };
+        let default_max = crate::isolation::limits::DEFAULT_SERVICES_LIMIT;
+        j.services = (0..default_max).map(svc).collect();
+        assert!(build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).is_ok());
+        j.services.push(svc(default_max));
+        let err = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect_err("refused");
+        assert!(
+            err.contains(&format!("asks for {} services", default_max + 1))
+                && err.contains("services_limit"),
+            "{err}"
+        );
+        runner.docker.services_limit = Some(0);
+        j.services.truncate(1);
+        assert!(build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).is_err());
+        j.services.clear();
+        assert!(build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).is_ok());
+        // `-1` in the config: no limit.
+        runner.docker.services_limit = None;
+        j.services = (0..100).map(svc).collect();
+        assert!(build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).is_ok());
     }
 
     /// M1: huge timeouts from the payload or the variables neither overflow nor outlive the job.
