@@ -137,12 +137,14 @@ mod tests {
 
     #[test]
     fn configured_values_win() {
-        let mut d = DockerConfig::default();
-        d.memory = Some(1 << 30);
-        d.pids_limit = Some(100);
-        d.cpus = Some(2.0);
-        d.service_memory = Some(256 << 20);
-        d.service_cpus = Some(0.5);
+        let mut d = DockerConfig {
+            memory: Some(1 << 30),
+            pids_limit: Some(100),
+            cpus: Some(2.0),
+            service_memory: Some(256 << 20),
+            service_cpus: Some(0.5),
+            ..Default::default()
+        };
         d.isolation.service_pids_limit = Some(64);
         d.isolation.sidecar_memory = Some(2 << 30);
         d.isolation.sidecar_pids_limit = Some(512);
