@@ -11,7 +11,7 @@ use isolated_runner::config::RunnerConfig;
 use isolated_runner::isolation::{JobEnvironment, Role, ScriptRequest};
 use std::sync::Arc;
 use std::time::Duration;
-use support::docker::{Collect, Scope};
+use support::docker::{BUSYBOX_IMAGE, Collect, Scope};
 use support::security::*;
 use tokio_util::sync::CancellationToken;
 
@@ -262,6 +262,106 @@ async fn memory_hog_in_an_inner_container_is_killed_inside_the_sidecar_limit() {
     // The job container itself (another cgroup) was not touched: the script went on.
     scope.docker.ping().await.expect("engine answers");
     let env = Arc::try_unwrap(env).ok().expect("single owner");
+    teardown(env).await;
+    scope.assert_clean().await;
+}
+
+const SERVICE_MEMORY: u64 = 64 << 20;
+const SERVICE_PIDS: i64 = 64;
+
+/// The host's view of a container's cgroup file (cgroup v1, cgroupfs driver, as here).
+fn cgroup_file(container: &str, controller: &str, file: &str) -> String {
+    let (ok, id, err) = sh("docker", &["inspect", "-f", "{{.Id}}", container]);
+    assert!(ok, "inspect {container}: {err}");
+    let path = format!("/sys/fs/cgroup/{controller}/docker/{}/{file}", id.trim());
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+/// H4: services are the job's own containers on the host; a fork bomb and a memory hog as
+/// services stop at their limits, and the engine keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_fork_bomb_and_memory_hog_hit_the_limits() {
+    let _serial = SERIAL.lock().await;
+    let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
+    let cfg = config(&scope, |c| {
+        limited(c);
+        c.docker.isolation.preload_images.clear();
+        c.docker.service_memory = Some(SERVICE_MEMORY);
+        c.docker.service_cpus = Some(0.5);
+        c.docker.isolation.service_pids_limit = Some(SERVICE_PIDS);
+    });
+    let backend = dind_with(&scope, cfg);
+    let service = |command: &str| isolated_runner::isolation::ServiceSpec {
+        image: isolated_runner::isolation::ContainerImage {
+            name: BUSYBOX_IMAGE.to_string(),
+            entrypoint: None,
+        },
+        command: vec!["sh".into(), "-c".into(), command.into()],
+        aliases: Vec::new(),
+        env: Vec::new(),
+    };
+    let mut s = spec(&scope, 904);
+    s.services = vec![
+        service("f(){ f|f & }; f; sleep 600"),
+        service("head -c 2000m /dev/zero | tail"),
+    ];
+    let env = prepare(&backend, &s).await;
+    let bomb = format!("ir-{}-904-svc-0", scope.runner_id);
+    let hog = format!("ir-{}-904-svc-1", scope.runner_id);
+    for svc in [&bomb, &hog] {
+        assert_eq!(host_config(svc, "Memory"), SERVICE_MEMORY.to_string());
+        assert_eq!(host_config(svc, "MemorySwap"), SERVICE_MEMORY.to_string());
+        assert_eq!(host_config(svc, "PidsLimit"), SERVICE_PIDS.to_string());
+        assert_eq!(host_config(svc, "NanoCpus"), "500000000");
+    }
+    // Both attacks run on their own; wait until each has met its limit, checking that the
+    // engine answers all along.
+    let mut bomb_hits = 0u64;
+    let mut hog_state = String::new();
+    for _ in 0..120 {
+        tokio::time::timeout(Duration::from_secs(20), scope.docker.ping())
+            .await
+            .expect("the engine answers within 20 s during the attack")
+            .expect("engine ping");
+        bomb_hits = cgroup_file(&bomb, "pids", "pids.events")
+            .trim()
+            .strip_prefix("max ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let (_, state, _) = sh(
+            "docker",
+            &[
+                "inspect",
+                "-f",
+                "{{.State.Running}} oom={{.State.OOMKilled}} exit={{.State.ExitCode}}",
+                &hog,
+            ],
+        );
+        hog_state = state.trim().to_string();
+        if bomb_hits > 0 && hog_state.starts_with("false") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        bomb_hits > 0,
+        "the service's fork bomb hit its pids limit: {hog_state}"
+    );
+    let current: i64 = cgroup_file(&bomb, "pids", "pids.current")
+        .trim()
+        .parse()
+        .expect("pids.current");
+    assert!(current <= SERVICE_PIDS, "{current} pids");
+    assert_eq!(
+        hog_state.split(" exit=").next(),
+        Some("false oom=true"),
+        "the memory hog is OOM-killed"
+    );
+    // The job itself still runs next to its bomb.
+    let text = expect_ok(env.as_ref(), "echo job-still-runs").await;
+    assert!(text.contains("job-still-runs"), "{text}");
+    scope.docker.ping().await.expect("engine answers after");
     teardown(env).await;
     scope.assert_clean().await;
 }

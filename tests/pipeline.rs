@@ -5,7 +5,7 @@ mod support;
 
 use isolated_runner::config::RunnerConfig;
 use isolated_runner::gitlab::types::{
-    Artifact, GitInfo, JobResponse, JobVariable, RunnerInfo, Step,
+    Artifact, GitInfo, Hook, JobResponse, JobVariable, RunnerInfo, Step,
 };
 use isolated_runner::isolation::Role;
 use isolated_runner::job::{FailureReason, JobControl, JobExecutor, JobOutcome, Pipeline};
@@ -414,6 +414,109 @@ async fn infrastructure_failures_are_system_failures() {
     let r = run(&b, j).await;
     assert_eq!(r.outcome, failed(FailureReason::JobExecutionTimeout, None));
     assert_eq!(b.teardowns(), 1);
+}
+
+/// M1: `RUNNER_AFTER_SCRIPT_TIMEOUT = u64::MAX` runs after_script without a panic, and a
+/// backend whose `run_script` panics fails the job as a system failure and is still torn down.
+#[tokio::test]
+async fn after_script_timeout_is_clamped_and_teardown_runs_on_panic() {
+    let b = LocalIsolation::new(Faults::default());
+    let mut j = job(&["true"]);
+    j.steps
+        .push(step("after_script", &["echo after-ran"], "always"));
+    j.variables
+        .push(var("RUNNER_AFTER_SCRIPT_TIMEOUT", &u64::MAX.to_string()));
+    j.runner_info.timeout = u64::MAX;
+    let r = run(&b, j).await;
+    assert_eq!(r.outcome, JobOutcome::Success, "{}", r.trace);
+    assert!(r.trace.contains("after-ran"), "{}", r.trace);
+    assert_eq!(b.teardowns(), 1);
+
+    for panic_at in [0, 1] {
+        let b = LocalIsolation::new(Faults {
+            panic_at: Some(panic_at),
+            ..Default::default()
+        });
+        let mut j = job(&["echo never-here"]);
+        j.steps.push(step("after_script", &["true"], "always"));
+        let r = run(&b, j).await;
+        assert_eq!(
+            r.outcome,
+            failed(FailureReason::RunnerSystemFailure, None),
+            "{}",
+            r.trace
+        );
+        assert!(
+            r.trace.contains("the job crashed")
+                && r.trace.contains("injected: run_script panicked"),
+            "{}",
+            r.trace
+        );
+        assert_eq!(b.teardowns(), 1, "{:?}", b.calls());
+        assert_eq!(b.calls().last().map(String::as_str), Some("teardown"));
+    }
+}
+
+/// M3: the git helper's `Authorization: Basic` header holds the job token 16 bytes into the
+/// encoded text; a hook that prints its environment shows neither the token nor any base64
+/// form of it.
+#[tokio::test]
+async fn credential_header_is_masked() {
+    let b = LocalIsolation::new(Faults::default());
+    let token = "glcbt-64_Zq9xYwVuTsRqPoNm";
+    let mut j = job(&["true"]);
+    j.token = Secret::new(token);
+    j.variables = vec![
+        var("GIT_STRATEGY", "clone"),
+        JobVariable {
+            key: "CI_JOB_TOKEN".into(),
+            value: token.into(),
+            masked: true,
+            ..Default::default()
+        },
+    ];
+    // Loopback port 9 (discard): nothing answers, the clone fails after the hook ran.
+    j.git_info.repo_url = Secret::new(format!(
+        "http://gitlab-ci-token:{token}@127.0.0.1:9/g/p.git"
+    ));
+    j.git_info.sha = "0123456789abcdef0123456789abcdef01234567".into();
+    j.git_info.r#ref = "main".into();
+    j.hooks = vec![Hook {
+        name: "pre_get_sources_script".into(),
+        // The header, then the token base64-encoded by hand 1 and 2 bytes into a group.
+        script: vec![
+            "env | sort".into(),
+            "printf 'abcd%s' \"$CI_JOB_TOKEN\" | base64 -w0; echo".into(),
+            "printf 'x:%s!' \"$CI_JOB_TOKEN\" | base64 -w0; echo".into(),
+        ],
+    }];
+    let r = run(&b, j).await;
+    let header = b
+        .scripts()
+        .iter()
+        .flat_map(|s| s.env.clone())
+        .find(|(k, _)| k == "GIT_CONFIG_VALUE_0")
+        .map(|(_, v)| v)
+        .expect("the helper got the credential header");
+    assert!(header.starts_with("Authorization: Basic "), "{header}");
+    assert!(
+        r.trace.contains("GIT_CONFIG_VALUE_0="),
+        "the hook ran: {}",
+        r.trace
+    );
+    assert!(!r.trace.contains(token), "{}", r.trace);
+    assert!(!r.trace.contains("Zq9xYwVuTsRqPoNm"), "{}", r.trace);
+    let forms = isolated_runner::trace::mask::base64_forms(token.as_bytes());
+    for (k, form) in forms.iter().enumerate() {
+        assert!(
+            !r.trace.contains(form.as_str()),
+            "alignment {k}: {}",
+            r.trace
+        );
+    }
+    // The header itself is in the trace only masked.
+    let encoded = header.trim_start_matches("Authorization: Basic ");
+    assert!(!r.trace.contains(encoded), "{}", r.trace);
 }
 
 #[tokio::test]

@@ -888,6 +888,14 @@ impl Loader {
                 }
                 "cpus" => d.cpus = self.cpus(&at, item),
                 "pids_limit" => d.pids_limit = self.integer(&at, item, 1, i64::from(u32::MAX)),
+                // gitlab-runner's convention: -1 = no limit, 0 = no services at all.
+                "services_limit" => {
+                    if let Some(n) = self.integer(&at, item, -1, 1000) {
+                        d.services_limit = usize::try_from(n).ok();
+                    }
+                }
+                "service_memory" => d.service_memory = self.size(&at, item),
+                "service_cpus" => d.service_cpus = self.cpus(&at, item),
                 "privileged" => {
                     if let Some(b) = self.boolean(&at, item) {
                         d.privileged = b;
@@ -1105,6 +1113,9 @@ impl Loader {
                 "sidecar_cpus" => iso.sidecar_cpus = self.cpus(&at, item),
                 "sidecar_pids_limit" => {
                     iso.sidecar_pids_limit = self.integer(&at, item, 1, i64::from(u32::MAX))
+                }
+                "service_pids_limit" => {
+                    iso.service_pids_limit = self.integer(&at, item, 1, i64::from(u32::MAX))
                 }
                 "network_mtu" => {
                     mtu_set = true;

@@ -94,6 +94,12 @@ pub struct DockerConfig {
     pub cpus: Option<f64>,
     /// Job container pids limit.
     pub pids_limit: Option<i64>,
+    /// `services_limit`: services one job may ask for; `None` = no limit (`-1`).
+    pub services_limit: Option<usize>,
+    /// `service_memory`: each service's memory limit in bytes (default: see `isolation::limits`).
+    pub service_memory: Option<u64>,
+    /// `service_cpus`: each service's CPUs (default: see `isolation::limits`).
+    pub service_cpus: Option<f64>,
     /// Honoured only in shared-socket mode; a warning in isolated mode.
     pub privileged: bool,
     /// `always`, `if-not-present`, `never`.
@@ -179,6 +185,8 @@ pub struct IsolationConfig {
     pub sidecar_cpus: Option<f64>,
     /// Sidecar pids limit.
     pub sidecar_pids_limit: Option<i64>,
+    /// Each service's pids limit (default: see `isolation::limits`).
+    pub service_pids_limit: Option<i64>,
     /// MTU of job networks; 0 = the host's.
     pub network_mtu: u32,
     /// Where per-job bridges are carved from.
@@ -274,6 +282,9 @@ impl Default for DockerConfig {
             memory_swap: None,
             cpus: None,
             pids_limit: None,
+            services_limit: Some(crate::isolation::limits::DEFAULT_SERVICES_LIMIT),
+            service_memory: None,
+            service_cpus: None,
             privileged: false,
             pull_policy: vec!["if-not-present".to_string()],
             allowed_pull_policies: Vec::new(),
@@ -296,6 +307,7 @@ impl Default for IsolationConfig {
             sidecar_memory: None,
             sidecar_cpus: None,
             sidecar_pids_limit: Some(4096),
+            service_pids_limit: None,
             network_mtu: 0,
             address_pool: "10.213.0.0/16".parse().expect("constant CIDR parses"),
             inner_address_pool: "10.214.0.0/16".parse().expect("constant CIDR parses"),

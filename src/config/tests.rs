@@ -603,3 +603,53 @@ fn extra_hosts_and_dns_are_honoured_and_checked() {
     find(&e, "`dns.example.com` is not an IP address");
     find(&e, "`a b` is not a search domain");
 }
+
+#[test]
+fn service_limits_load() {
+    let c = load_str(
+        &runner(
+            "",
+            "services_limit = 3\nservice_memory = \"512m\"\nservice_cpus = \"0.5\"\n\
+             [runners.docker.isolation]\nservice_pids_limit = 256\n",
+        ),
+        "config.toml",
+    )
+    .unwrap()
+    .config;
+    let d = &c.runners[0].docker;
+    assert_eq!(d.services_limit, Some(3));
+    assert_eq!(d.service_memory, Some(512 << 20));
+    assert_eq!(d.service_cpus, Some(0.5));
+    assert_eq!(d.isolation.service_pids_limit, Some(256));
+    let d = load_str(&runner("", ""), "config.toml")
+        .unwrap()
+        .config
+        .runners[0]
+        .docker
+        .clone();
+    assert_eq!(
+        d.services_limit,
+        Some(crate::isolation::limits::DEFAULT_SERVICES_LIMIT)
+    );
+    // gitlab-runner's convention: -1 = no limit, 0 = no services.
+    let d = load_str(&runner("", "services_limit = -1"), "config.toml")
+        .unwrap()
+        .config
+        .runners[0]
+        .docker
+        .clone();
+    assert_eq!(d.services_limit, None);
+    let d = load_str(&runner("", "services_limit = 0"), "config.toml")
+        .unwrap()
+        .config
+        .runners[0]
+        .docker
+        .clone();
+    assert_eq!(d.services_limit, Some(0));
+    find(&errors(&runner("", "services_limit = -2")), "out of range");
+    // service_memory_swap is known and ignored with its reason.
+    find(
+        &warnings(&runner("", "service_memory_swap = \"1g\"")),
+        "services never swap",
+    );
+}

@@ -245,11 +245,17 @@ pub async fn run_with(
     let n = config.runners.len() as u32;
     let mut ctxs = Vec::new();
     for r in &config.runners {
-        let client =
-            Client::new(&r.url, options.client.clone()).map_err(|source| Error::Client {
-                name: r.name.clone(),
-                source,
-            })?;
+        let client = Client::new(
+            &r.url,
+            ClientOptions {
+                tls_ca_file: r.tls_ca_file.clone(),
+                ..options.client.clone()
+            },
+        )
+        .map_err(|source| Error::Client {
+            name: r.name.clone(),
+            source,
+        })?;
         let runner_metrics = metrics.as_ref().map(|m| {
             let rm = m.runner(RunnerLabels::new(
                 identity::short_token(r.token.expose()),

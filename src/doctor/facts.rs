@@ -809,6 +809,7 @@ async fn verify(r: &crate::config::RunnerConfig, system_id: &str, timeout: Durat
             max_attempts: 1,
             ..RetryPolicy::default()
         },
+        tls_ca_file: r.tls_ca_file.clone(),
         ..ClientOptions::default()
     };
     let client = match Client::new(&r.url, options) {

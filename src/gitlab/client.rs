@@ -66,6 +66,9 @@ pub struct ClientOptions {
     pub max_response_body: usize,
     /// `User-Agent` header.
     pub user_agent: String,
+    /// `[[runners]] tls-ca-file`: extra CA certificates (PEM) trusted for GitLab, besides the
+    /// built-in roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -78,6 +81,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             max_response_body: 16 * 1024 * 1024,
             user_agent: default_user_agent(),
+            tls_ca_file: None,
         }
     }
 }
@@ -329,7 +333,24 @@ impl Client {
     /// A client for the GitLab at `url` (the `[[runners]] url`).
     pub fn new(url: &url::Url, options: ClientOptions) -> Result<Client, Error> {
         let base = api_base(url)?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &options.tls_ca_file {
+            let bad = |reason: String| Error::TlsCaFile {
+                path: path.clone(),
+                reason,
+            };
+            // Read once when the client is made (startup), a small file.
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| bad(format!("no usable certificate: {e}")))?;
+            if certs.is_empty() {
+                return Err(bad("no certificate in the file".to_string()));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .user_agent(options.user_agent.clone())
             .connect_timeout(options.connect_timeout)
             // Redirects are followed by hand where needed: reqwest would carry JOB-TOKEN to
@@ -807,6 +828,40 @@ pub fn parse_job(body: &[u8]) -> Result<JobResponse, MalformedJob> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// L6: `tls-ca-file` reaches the job client: a usable bundle is taken, a missing or empty
+    /// one fails with the file's name (never a client that silently ignores it).
+    #[test]
+    fn tls_ca_file_is_loaded_or_refused() {
+        crate::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = url::Url::parse("https://gitlab.example.test/").expect("url");
+        let with = |path: &std::path::Path| {
+            Client::new(
+                &url,
+                ClientOptions {
+                    tls_ca_file: Some(path.to_path_buf()),
+                    ..ClientOptions::default()
+                },
+            )
+        };
+        let ca = rcgen::generate_simple_self_signed(vec!["gitlab.example.test".to_string()])
+            .expect("self-signed certificate");
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).expect("write");
+        assert!(with(&good).is_ok());
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        for bad in [empty, dir.path().join("missing.pem")] {
+            match with(&bad) {
+                Err(e @ Error::TlsCaFile { .. }) => {
+                    assert!(e.to_string().contains(&bad.display().to_string()), "{e}")
+                }
+                Err(e) => panic!("{}: wrong error {e}", bad.display()),
+                Ok(_) => panic!("{}: accepted", bad.display()),
+            }
+        }
+    }
 
     #[test]
     fn api_base_strips_ci_and_slash() {

@@ -38,6 +38,14 @@ pub enum Error {
     /// The HTTP client could not be built (TLS setup).
     #[error("cannot build the http client")]
     ClientSetup(#[source] reqwest::Error),
+    /// `tls-ca-file` cannot be read or holds no certificate.
+    #[error("tls-ca-file {}: {reason}", path.display())]
+    TlsCaFile {
+        /// The configured file.
+        path: std::path::PathBuf,
+        /// Why it is unusable.
+        reason: String,
+    },
     /// No answer: connection refused, reset, timed out.
     #[error("{endpoint}: no answer from gitlab")]
     Transport {

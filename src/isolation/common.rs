@@ -394,6 +394,7 @@ impl JobState {
         &mut self,
         services: &[super::ServiceSpec],
         service_env: &[(String, String)],
+        limits: &super::limits::ContainerLimits,
     ) -> Result<(), Error> {
         let Some(net) = self.network.clone() else {
             return Ok(());
@@ -404,7 +405,7 @@ impl JobState {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             env.extend(svc.env.iter().map(|(k, v)| format!("{k}={v}")));
-            let mut spec = service_spec(&self.naming, i, svc, env, &net.name);
+            let mut spec = service_spec(&self.naming, i, svc, env, &net.name, limits);
             self.resolve.apply(&mut spec);
             let d = self.docker.clone();
             let id = detached(
@@ -723,13 +724,15 @@ impl JobState {
 /// The container of the job's `i`-th service. Services run images the job names, on the
 /// job's network, so they get the job containers' restrictions: the same capability drop
 /// list and `no-new-privileges` (database and web images drop to their user with
-/// setuid/setgid, which stay; none needs raw sockets, device nodes or chroot).
+/// setuid/setgid, which stay; none needs raw sockets, device nodes or chroot). Each has its
+/// own memory, CPU and pids limits (H4): the job chooses its image and command.
 fn service_spec(
     naming: &Naming,
     i: usize,
     svc: &super::ServiceSpec,
     env: Vec<String>,
     network: &str,
+    limits: &super::limits::ContainerLimits,
 ) -> ContainerSpec {
     ContainerSpec {
         name: naming.name(&format!("svc-{i}")),
@@ -742,6 +745,9 @@ fn service_spec(
         aliases: svc.aliases.clone(),
         cap_drop: JOB_CAP_DROP.iter().map(|s| s.to_string()).collect(),
         security_opt: vec!["no-new-privileges".to_string()],
+        memory: limits.memory,
+        cpus: limits.cpus,
+        pids_limit: limits.pids_limit,
         ..Default::default()
     }
 }
@@ -917,7 +923,16 @@ mod tests {
             aliases: vec!["db".into()],
             env: vec![],
         };
-        let spec = service_spec(&n, 0, &svc, vec![], "ir-r1-5-net");
+        let limits = super::super::limits::ContainerLimits {
+            memory: Some(64 << 20),
+            cpus: Some(0.5),
+            pids_limit: Some(32),
+        };
+        let spec = service_spec(&n, 0, &svc, vec![], "ir-r1-5-net", &limits);
+        assert_eq!(
+            (spec.memory, spec.cpus, spec.pids_limit),
+            (Some(64 << 20), Some(0.5), Some(32))
+        );
         let drop: Vec<&str> = spec.cap_drop.iter().map(String::as_str).collect();
         assert_eq!(drop, JOB_CAP_DROP);
         assert_eq!(spec.security_opt, ["no-new-privileges"]);

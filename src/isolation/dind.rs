@@ -513,10 +513,11 @@ impl Core {
             state.bind(&certs.server, SERVER_CERT_PATH, true),
         ];
         sidecar.mounts.extend(dir_mounts_of(state));
-        sidecar.memory = iso.sidecar_memory.and_then(|m| i64::try_from(m).ok());
-        sidecar.cpus = iso.sidecar_cpus;
+        let limits = super::limits::JobLimits::of(&self.runner.docker);
+        sidecar.memory = limits.sidecar.memory;
+        sidecar.cpus = limits.sidecar.cpus;
         sidecar.cpu_shares = plan.background.then_some(SLOT_CPU_SHARES);
-        sidecar.pids_limit = iso.sidecar_pids_limit;
+        sidecar.pids_limit = limits.sidecar.pids_limit;
         sidecar.sysctls = HashMap::from([("net.ipv4.ip_forward".to_string(), "1".to_string())]);
         // nofile is inherited from the host daemon: a fixed value above its hard limit fails
         // with "error setting rlimit type 7" on hosts with a lower limit.
@@ -551,7 +552,7 @@ impl Core {
         let t_ready = Instant::now();
         let (ready, services) = tokio::join!(
             wait_ready(docker, &id, addr, tls, iso.ready_timeout),
-            state.start_services(plan.services, plan.service_env)
+            state.start_services(plan.services, plan.service_env, &limits.service)
         );
         let inner = ready?;
         services?;
@@ -584,16 +585,13 @@ impl Core {
 
     /// How script containers of a job on this runner are made.
     fn script_settings(&self, spec: &EnvironmentSpec, client: MountSpec) -> ScriptSettings {
+        let limits = super::limits::JobLimits::of(&self.runner.docker).job;
         ScriptSettings {
             build_image: spec.build_image.clone(),
             helper_image: spec.helper_image.clone(),
-            memory: self
-                .runner
-                .docker
-                .memory
-                .and_then(|m| i64::try_from(m).ok()),
-            cpus: self.runner.docker.cpus,
-            pids_limit: self.runner.docker.pids_limit,
+            memory: limits.memory,
+            cpus: limits.cpus,
+            pids_limit: limits.pids_limit,
             extra_mounts: vec![client],
             job_env: dind_job_env(),
         }
@@ -768,8 +766,9 @@ impl Core {
         // mirror); the job's clone URL was checked against the same config before prepare, so
         // nothing is re-installed here and the bridge is never without its chain.
         let t = Instant::now();
+        let limits = super::limits::JobLimits::of(&self.runner.docker);
         env.state
-            .start_services(&spec.services, &spec.service_env)
+            .start_services(&spec.services, &spec.service_env, &limits.service)
             .await?;
         if !spec.services.is_empty() {
             timings.push("services", t);

@@ -8,6 +8,7 @@ mod common;
 pub mod data_root;
 pub mod dind;
 pub mod egress;
+pub mod limits;
 pub mod pool;
 pub mod reaper;
 pub mod resolve;

@@ -104,19 +104,16 @@ impl SharedSocketBackend {
         })
         .await
         .map_err(other_paths("create job directories"))?;
+        let limits = super::limits::JobLimits::of(&self.runner.docker);
         state
-            .start_services(&spec.services, &spec.service_env)
+            .start_services(&spec.services, &spec.service_env, &limits.service)
             .await?;
         state.script = Some(ScriptSettings {
             build_image: spec.build_image.clone(),
             helper_image: spec.helper_image.clone(),
-            memory: self
-                .runner
-                .docker
-                .memory
-                .and_then(|m| i64::try_from(m).ok()),
-            cpus: self.runner.docker.cpus,
-            pids_limit: self.runner.docker.pids_limit,
+            memory: limits.job.memory,
+            cpus: limits.job.cpus,
+            pids_limit: limits.job.pids_limit,
             extra_mounts: vec![MountSpec::Bind {
                 source: HOST_SOCKET.to_string(),
                 target: HOST_SOCKET.to_string(),

@@ -18,7 +18,9 @@ use crate::cache::{self, CacheContext, JobStatus};
 use crate::gitlab::types::Cache;
 use crate::isolation::{OutputSink, Role, ScriptRequest};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
 
 /// `cache:` with local archives under the runner entry's `cache_dir`.
 #[derive(Debug, Default, Clone)]
@@ -87,14 +89,49 @@ fn log_of<'a>(ctx: &'a StageContext<'_>) -> impl Fn(&str) + Send + Sync + 'a {
     }
 }
 
-/// Collects a helper script's output (the job log is borrowed, a sink must be `'static`).
-#[derive(Default)]
-struct Collect(Mutex<Vec<u8>>);
+/// The most helper output kept while listing untracked files. The listing itself goes to a
+/// file; what is printed is only shown when the step fails. A repository's own git config
+/// (`core.fsmonitor`, hooks) runs in `git ls-files` and could print without end (M2).
+const HELPER_OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// Collects a helper script's output (the job log is borrowed, a sink must be `'static`), up
+/// to `limit` bytes; past it, `stop` is cancelled so the script is killed.
+struct Collect {
+    buf: Mutex<Vec<u8>>,
+    limit: usize,
+    overflowed: AtomicBool,
+    stop: CancellationToken,
+}
+
+impl Collect {
+    fn new(limit: usize, stop: CancellationToken) -> Self {
+        Collect {
+            buf: Mutex::new(Vec::new()),
+            limit,
+            overflowed: AtomicBool::new(false),
+            stop,
+        }
+    }
+
+    fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::SeqCst)
+    }
+
+    fn text(&self) -> String {
+        let b = self.buf.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&b).trim().to_string()
+    }
+}
 
 impl OutputSink for Collect {
     fn write(&self, data: &[u8]) {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(data);
+        if let Ok(mut b) = self.buf.lock() {
+            let room = self.limit.saturating_sub(b.len());
+            b.extend_from_slice(&data[..data.len().min(room)]);
+            if data.len() > room {
+                self.overflowed.store(true, Ordering::SeqCst);
+                self.stop.cancel();
+            }
         }
     }
 }
@@ -110,9 +147,10 @@ async fn untracked_files(ctx: &StageContext<'_>) -> Result<Vec<PathBuf>, String>
     let script = format!(
         "set -e\nif git -c safe.directory='*' -C {dir} rev-parse --git-dir >/dev/null 2>&1; then\n  git -c safe.directory='*' -C {dir} ls-files -o --exclude-standard -z > {l}\nelse\n  printf 'NOT-A-GIT-REPOSITORY' > {l}\nfi\n"
     );
-    let out = Arc::new(Collect::default());
+    let stop = ctx.cancel.child_token();
+    let out = Arc::new(Collect::new(HELPER_OUTPUT_LIMIT, stop.clone()));
     let sink: Arc<dyn OutputSink> = out.clone();
-    let code = ctx
+    let result = ctx
         .env
         .run_script(
             ScriptRequest {
@@ -121,15 +159,21 @@ async fn untracked_files(ctx: &StageContext<'_>) -> Result<Vec<PathBuf>, String>
                 env: Vec::new(),
             },
             sink,
-            ctx.cancel.child_token(),
+            stop,
         )
-        .await
-        .map_err(|e| format!("listing untracked files: {e}"))?;
+        .await;
+    if out.overflowed() {
+        return Err(format!(
+            "listing untracked files printed more than {} KiB and was stopped (does the \
+             repository's git config run a program, e.g. core.fsmonitor?); this cache is not saved",
+            HELPER_OUTPUT_LIMIT / 1024
+        ));
+    }
+    let code = result.map_err(|e| format!("listing untracked files: {e}"))?;
     if code != 0 {
-        let text = out.0.lock().map(|b| b.clone()).unwrap_or_default();
         return Err(format!(
             "listing untracked files exited with {code}: {}",
-            String::from_utf8_lossy(&text).trim()
+            out.text()
         ));
     }
     // Through the tmp dir's handle, bounded, never through a link or into a FIFO.
@@ -272,6 +316,88 @@ pub fn files_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isolation::{JobEnvironment, JobPaths};
+
+    /// A helper whose git prints without end (a `core.fsmonitor` that writes to stderr) until
+    /// it is told to stop; it counts what it printed.
+    struct Chatty {
+        paths: JobPaths,
+        printed: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl JobEnvironment for Chatty {
+        fn paths(&self) -> &JobPaths {
+            &self.paths
+        }
+        fn job_env(&self) -> Vec<(String, String)> {
+            Vec::new()
+        }
+        async fn run_script(
+            &self,
+            _req: ScriptRequest,
+            out: Arc<dyn OutputSink>,
+            cancel: CancellationToken,
+        ) -> Result<i32, crate::isolation::Error> {
+            let chunk = vec![b'x'; 8192];
+            // 64 MiB at most, so a broken cap fails the test instead of hanging it.
+            for _ in 0..8192 {
+                if cancel.is_cancelled() {
+                    return Err(crate::isolation::Error::Canceled);
+                }
+                out.write(&chunk);
+                self.printed.fetch_add(chunk.len(), Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+            Ok(0)
+        }
+        async fn teardown(self: Box<Self>) -> crate::isolation::TeardownReport {
+            crate::isolation::TeardownReport::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn helper_output_is_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = Chatty {
+            paths: JobPaths {
+                project_dir: dir.path().join("p"),
+                tmp_dir: dir.path().join("t"),
+            },
+            printed: Default::default(),
+        };
+        let job = crate::gitlab::types::JobResponse::default();
+        let runner = crate::config::RunnerConfig::default();
+        let vars = crate::job::vars::Variables::new();
+        let log = crate::trace::JobLog::new(
+            Arc::new(crate::trace::BufferSink::new()),
+            crate::trace::LogOptions {
+                masked_values: Vec::new(),
+                extra_prefixes: Vec::new(),
+                output_limit: 0,
+                sections: false,
+            },
+        );
+        let ctx = StageContext {
+            job: &job,
+            runner: &runner,
+            env: &env,
+            vars: &vars,
+            log: &log,
+            cancel: CancellationToken::new(),
+        };
+        let err = untracked_files(&ctx).await.expect_err("the step fails");
+        assert!(err.contains("printed more than 64 KiB"), "{err}");
+        // Stopped right after the cap, not at the end of its output.
+        let printed = env.printed.load(Ordering::SeqCst);
+        assert!(printed <= HELPER_OUTPUT_LIMIT + 8192, "{printed}");
+
+        let collect = Collect::new(100, CancellationToken::new());
+        collect.write(&[b'a'; 60]);
+        collect.write(&[b'b'; 60]);
+        assert!(collect.overflowed() && collect.stop.is_cancelled());
+        assert_eq!(collect.text().len(), 100);
+    }
 
     #[test]
     fn untracked_list_parsing() {

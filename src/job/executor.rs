@@ -111,7 +111,11 @@ impl JobExecutor for RunnerExecutor {
             Ok(b) => b,
             Err(e) => return fail(format!("cannot set up job isolation: {e}")),
         };
-        let client = match Client::new(&runner.url, self.client_options.clone()) {
+        let options = crate::gitlab::client::ClientOptions {
+            tls_ca_file: runner.tls_ca_file.clone(),
+            ..self.client_options.clone()
+        };
+        let client = match Client::new(&runner.url, options) {
             Ok(c) => c,
             Err(e) => return fail(format!("cannot make a GitLab client: {e}")),
         };

@@ -15,7 +15,9 @@ use crate::isolation::{
 };
 use crate::paths::Dir;
 use crate::trace::{JobLog, LogOptions, TraceSink};
+use futures::FutureExt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(7200);
 /// `after_script` timeout unless `RUNNER_AFTER_SCRIPT_TIMEOUT` says otherwise.
 pub const DEFAULT_AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest job timeout taken from a payload (GitLab's own maximum is one month). Larger
+/// values are clamped: an `Instant` or a certificate's validity must never overflow.
+pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(31 * 24 * 3600);
 /// How long a stage may take to stop after it was told to.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Helper image when the config names none; it must have bash and git.
@@ -191,6 +196,37 @@ pub fn validate(job: &JobResponse) -> Result<(), String> {
     Ok(())
 }
 
+/// The runner's own images (the sidecar's, and the helper's when it is not also the default job
+/// image): a job may name them only when an allow-list names them explicitly, never through an
+/// empty list (L3).
+fn runner_image<'a>(docker: &'a crate::config::DockerConfig, name: &str) -> Option<&'a str> {
+    let own = [
+        Some(docker.isolation.sidecar_image.as_str()),
+        docker
+            .helper_image
+            .as_deref()
+            .filter(|h| *h != docker.image.as_str()),
+    ];
+    own.into_iter().flatten().find(|o| *o == name)
+}
+
+/// Refuses a job's `image:`/`services:` name that is one of the runner's own images unless
+/// `allowed` is non-empty and matches it.
+fn refuse_runner_image(
+    docker: &crate::config::DockerConfig,
+    name: &str,
+    allowed: &[String],
+    key: &str,
+) -> Result<(), String> {
+    match runner_image(docker, name) {
+        Some(own) if allowed.is_empty() => Err(format!(
+            "{own:?} is one of this runner's own images (sidecar or helper) and cannot run as a \
+             job's image or service unless [runners.docker] {key} names it"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn glob_allowed(patterns: &[String], name: &str) -> bool {
     if patterns.is_empty() {
         return true;
@@ -236,6 +272,7 @@ pub fn build_spec(
     let build_image = match &job.image {
         Some(img) if !img.name.trim().is_empty() => {
             let name = vars.expand(&img.name);
+            refuse_runner_image(docker, &name, &docker.allowed_images, "allowed_images")?;
             if !glob_allowed(&docker.allowed_images, &name) {
                 return Err(format!(
                     "the {name:?} image is not present on the list of allowed images ({})",
@@ -261,8 +298,20 @@ pub fn build_spec(
             "no image: the job names none and the config has no [runners.docker] image".into(),
         );
     }
+    // Checked before any container exists: every service is a container on the host (H4).
+    if let Some(max) = docker.services_limit
+        && job.services.len() > max
+    {
+        return Err(format!(
+            "the job asks for {} services; this runner allows at most {max} \
+             ([runners.docker] services_limit)",
+            job.services.len()
+        ));
+    }
     let mut services = Vec::new();
     for svc in &job.services {
+        let name = vars.expand(&svc.name);
+        refuse_runner_image(docker, &name, &docker.allowed_services, "allowed_services")?;
         services.push(service_spec(svc, vars, &docker.allowed_services)?);
     }
     let protected = trust::is_protected(job);
@@ -390,10 +439,12 @@ fn masked_values(job: &JobResponse) -> Vec<String> {
         .map(|v| v.value.clone())
         .collect();
     out.push(job.token.expose().to_string());
-    if let Ok(u) = url::Url::parse(job.git_info.repo_url.expose())
-        && let Some(p) = u.password()
-    {
-        out.push(p.to_string());
+    if let Ok(u) = url::Url::parse(job.git_info.repo_url.expose()) {
+        if let Some(p) = u.password() {
+            out.push(p.to_string());
+        }
+        // The git helper's `Authorization: Basic` header value, whole (see M3 in security.md).
+        out.extend(sources::basic_credentials(&u));
     }
     for c in &job.credentials {
         out.push(c.password.expose().to_string());
@@ -405,7 +456,27 @@ fn masked_values(job: &JobResponse) -> Vec<String> {
     out
 }
 
-/// Parses `RUNNER_AFTER_SCRIPT_TIMEOUT` (`10m`, `90s`, `300`).
+/// The job's timeout: the payload's seconds (0 = [`DEFAULT_JOB_TIMEOUT`]), at most
+/// [`MAX_JOB_TIMEOUT`].
+pub fn job_timeout(seconds: u64) -> Duration {
+    match seconds {
+        0 => DEFAULT_JOB_TIMEOUT,
+        s => Duration::from_secs(s.min(MAX_JOB_TIMEOUT.as_secs())),
+    }
+}
+
+/// When `after_script` must end: its own timeout from now, but never past the job's deadline,
+/// except that an `after_script` that starts after the job timed out still gets the default
+/// timeout (as before). A job's variables can thus never keep its environment past
+/// `deadline + DEFAULT_AFTER_SCRIPT_TIMEOUT`, and no value overflows.
+fn after_script_deadline(vars: &Variables, now: Instant, job_deadline: Instant) -> Instant {
+    let limit = job_deadline.max(now + DEFAULT_AFTER_SCRIPT_TIMEOUT);
+    now.checked_add(after_script_timeout(vars))
+        .map_or(limit, |d| d.min(limit))
+}
+
+/// Parses `RUNNER_AFTER_SCRIPT_TIMEOUT` (`10m`, `90s`, `300`); any size parses, the caller
+/// clamps.
 fn after_script_timeout(vars: &Variables) -> Duration {
     vars.get("RUNNER_AFTER_SCRIPT_TIMEOUT")
         .and_then(|s| {
@@ -436,10 +507,7 @@ impl JobExecutor for Pipeline {
         trace: Arc<dyn TraceSink>,
         control: JobControl,
     ) -> JobOutcome {
-        let timeout = match job.runner_info.timeout {
-            0 => DEFAULT_JOB_TIMEOUT,
-            s => Duration::from_secs(s),
-        };
+        let timeout = job_timeout(job.runner_info.timeout);
         let deadline = Instant::now() + timeout;
         let log = Arc::new(JobLog::new(
             trace,
@@ -530,12 +598,12 @@ impl Pipeline {
         );
         let stage = CancellationToken::new();
         let out: Arc<dyn OutputSink> = log.clone();
-        let (res, stop) = guarded(
-            self.backend.prepare(&spec, out, stage.clone()),
-            stage,
-            &guards,
-        )
-        .await;
+        // A panic in the backend fails the job, never the runner (M1); what the backend made
+        // so far carries the job's labels for the reaper.
+        let prepare = AssertUnwindSafe(self.backend.prepare(&spec, out, stage.clone()))
+            .catch_unwind()
+            .map(|r| r.unwrap_or_else(|p| Err(crashed("preparing the environment", p.as_ref()))));
+        let (res, stop) = guarded(prepare, stage, &guards).await;
         log.section_end("prepare_executor");
         let env = match (res, stop) {
             (Some(Ok(env)), None) => env,
@@ -558,10 +626,19 @@ impl Pipeline {
             }
             (None, None) => return system("preparing the environment did not finish"),
         };
-        let outcome = self
-            .run_prepared(job, runner, log, &guards, env.as_ref(), timeout)
-            .await;
-        log_teardown(log, env.teardown().await);
+        // From here on the environment is torn down on every path: a panic in the pipeline or
+        // in the backend's `run_script` is caught and fails the job (M1), and should this
+        // future be dropped half-way, the guard starts the teardown on its own task.
+        let guard = TeardownGuard(Some(env));
+        let Some(env_ref) = guard.0.as_deref() else {
+            return system("the job environment vanished");
+        };
+        let outcome =
+            AssertUnwindSafe(self.run_prepared(job, runner, log, &guards, env_ref, timeout))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| system(&crashed("the job", p.as_ref()).to_string()));
+        log_teardown(log, guard.teardown().await);
         outcome
     }
 
@@ -717,7 +794,7 @@ impl Pipeline {
             let after_guards = Guards {
                 abort: guards.abort.clone(),
                 graceful: None,
-                deadline: Instant::now() + after_script_timeout(&vars),
+                deadline: after_script_deadline(&vars, Instant::now(), guards.deadline),
             };
             let script = user_script(&paths.project_dir.to_string_lossy(), &step.script);
             let end = self
@@ -1065,6 +1142,53 @@ impl Pipeline {
             .filter(|s| !s.is_empty())
             .map(|s| PathBuf::from(String::from_utf8_lossy(s).into_owned()))
             .collect())
+    }
+}
+
+/// Owns a prepared environment until its teardown ran. Dropped without [`Self::teardown`]
+/// (the job's future was dropped or unwound), it starts the teardown on a task of its own.
+struct TeardownGuard(Option<Box<dyn JobEnvironment>>);
+
+impl TeardownGuard {
+    async fn teardown(mut self) -> isolation::TeardownReport {
+        match self.0.take() {
+            Some(env) => env.teardown().await,
+            None => isolation::TeardownReport::default(),
+        }
+    }
+}
+
+impl Drop for TeardownGuard {
+    fn drop(&mut self) {
+        let Some(env) = self.0.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    for f in env.teardown().await.failures {
+                        tracing::warn!(failure = %f, "teardown of an interrupted job left something behind");
+                    }
+                });
+            }
+            // No runtime left (the process is ending): the reaper removes it at the next start.
+            Err(_) => {
+                tracing::error!("a job environment was dropped without a runtime to tear it down")
+            }
+        }
+    }
+}
+
+/// The error for a caught panic; the message is the panic's own when it has one.
+fn crashed(what: &str, panic: &(dyn std::any::Any + Send)) -> isolation::Error {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    isolation::Error::Other {
+        context: format!("{what} crashed (a runner bug; the environment is torn down)"),
+        detail,
     }
 }
 
@@ -1627,5 +1751,99 @@ mod tests {
         assert_eq!(after_script_timeout(&v), Duration::from_secs(600));
         v.push("RUNNER_AFTER_SCRIPT_TIMEOUT", "42");
         assert_eq!(after_script_timeout(&v), Duration::from_secs(42));
+    }
+
+    /// L3: the sidecar's image (and a separate helper image) cannot be a job's image or
+    /// service through an empty allow-list; only an explicit allow-list entry admits it.
+    #[test]
+    fn runner_images_are_refused_unless_allowed() {
+        let mut runner = RunnerConfig::default();
+        runner.docker.helper_image = Some("registry.example/helper:1".into());
+        let mut j = job();
+        let vars = build_variables(&j, &runner, None, &[], DEFAULT_JOB_TIMEOUT);
+        let sidecar = runner.docker.isolation.sidecar_image.clone();
+        let image = |n: &str| Image {
+            name: n.into(),
+            ..Default::default()
+        };
+        for own in [sidecar.as_str(), "registry.example/helper:1"] {
+            j.image = Some(image(own));
+            let err = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect_err(own);
+            assert!(err.contains("this runner's own images"), "{err}");
+            j.image = None;
+            j.services = vec![image(own)];
+            let err = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect_err(own);
+            assert!(err.contains("allowed_services"), "{err}");
+            j.services.clear();
+        }
+        // The default job image stays usable by name, and an explicit entry admits the rest.
+        j.image = Some(image(&runner.docker.image.clone()));
+        assert!(build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).is_ok());
+        runner.docker.allowed_images = vec!["isolated-runner/*".into()];
+        j.image = Some(image(&sidecar));
+        assert!(build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).is_ok());
+    }
+
+    /// H4: more services than `services_limit` fail the job in `build_spec`, which runs before
+    /// `prepare`, so before any container exists.
+    #[test]
+    fn too_many_services_are_refused() {
+        let mut runner = RunnerConfig::default();
+        let mut j = job();
+        let vars = build_variables(&j, &runner, None, &[], DEFAULT_JOB_TIMEOUT);
+        let svc = |i: usize| Image {
+            name: format!("isolated-runner/busybox:test{i}"),
+            ..Default::default()
+        };
+        let default_max = crate::isolation::limits::DEFAULT_SERVICES_LIMIT;
+        j.services = (0..default_max).map(svc).collect();
+        assert!(build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).is_ok());
+        j.services.push(svc(default_max));
+        let err = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect_err("refused");
+        assert!(
+            err.contains(&format!("asks for {} services", default_max + 1))
+                && err.contains("services_limit"),
+            "{err}"
+        );
+        runner.docker.services_limit = Some(0);
+        j.services.truncate(1);
+        assert!(build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).is_err());
+        j.services.clear();
+        assert!(build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).is_ok());
+        // `-1` in the config: no limit.
+        runner.docker.services_limit = None;
+        j.services = (0..100).map(svc).collect();
+        assert!(build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).is_ok());
+    }
+
+    /// M1: huge timeouts from the payload or the variables neither overflow nor outlive the job.
+    #[test]
+    fn after_script_timeout_is_clamped() {
+        assert_eq!(job_timeout(0), DEFAULT_JOB_TIMEOUT);
+        assert_eq!(job_timeout(60), Duration::from_secs(60));
+        assert_eq!(job_timeout(u64::MAX), MAX_JOB_TIMEOUT);
+        let now = Instant::now();
+        let job_deadline = now + Duration::from_secs(3600);
+        let mut v = Variables::new();
+        for huge in [
+            u64::MAX.to_string(),
+            "18446744073709551615s".to_string(),
+            "500000000years".to_string(),
+        ] {
+            v.push("RUNNER_AFTER_SCRIPT_TIMEOUT", huge.clone());
+            let d = after_script_deadline(&v, now, job_deadline);
+            assert_eq!(d, job_deadline, "{huge}");
+        }
+        v.push("RUNNER_AFTER_SCRIPT_TIMEOUT", "60");
+        assert_eq!(
+            after_script_deadline(&v, now, job_deadline),
+            now + Duration::from_secs(60)
+        );
+        // The job already timed out: after_script still gets the default, no more.
+        v.push("RUNNER_AFTER_SCRIPT_TIMEOUT", u64::MAX.to_string());
+        assert_eq!(
+            after_script_deadline(&v, now, now),
+            now + DEFAULT_AFTER_SCRIPT_TIMEOUT
+        );
     }
 }

@@ -79,23 +79,12 @@ pub fn split_remote(repo_url: &str) -> Remote {
     };
     let scheme = url.scheme().to_string();
     let is_http = scheme == "http" || scheme == "https";
-    let user = percent_decode(url.username());
-    let pass = url.password().map(percent_decode);
-    let auth_header = match (is_http, pass) {
-        (true, Some(p)) => {
-            let user = if user.is_empty() {
-                "gitlab-ci-token".to_string()
-            } else {
-                user
-            };
-            let raw = format!("{user}:{p}");
-            Some(format!(
-                "Authorization: Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(raw)
-            ))
-        }
-        _ => None,
-    };
+    let auth_header = basic_credentials(&url).map(|raw| {
+        format!(
+            "Authorization: Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    });
     // Setting an empty user/password cannot fail on http(s)/file URLs; ignore the unit error
     // for the exotic schemes that have no authority (then there was nothing to strip).
     let _ = url.set_password(None);
@@ -113,6 +102,20 @@ pub fn split_remote(repo_url: &str) -> Remote {
         origin,
         auth_header,
     }
+}
+
+/// `user:password` of an http(s) URL with a password, decoded, as the Basic auth header
+/// carries it (the log masks this exact text and its base64 too).
+pub fn basic_credentials(url: &url::Url) -> Option<String> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    let pass = percent_decode(url.password()?);
+    let user = match percent_decode(url.username()) {
+        u if u.is_empty() => "gitlab-ci-token".to_string(),
+        u => u,
+    };
+    Some(format!("{user}:{pass}"))
 }
 
 fn percent_decode(s: &str) -> String {

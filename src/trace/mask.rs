@@ -65,7 +65,8 @@ pub struct Masker {
 
 impl Masker {
     /// A masker for these secret values and token prefixes. Values shorter than
-    /// [`MIN_MASKED_LEN`] are ignored; base64 and URL-encoded forms of each value are masked too.
+    /// [`MIN_MASKED_LEN`] are ignored; the base64 forms of each value at all three alignments
+    /// (see [`base64_forms`]) and its URL-encoded form are masked too.
     pub fn new<S: AsRef<str>, P: AsRef<str>>(values: &[S], prefixes: &[P]) -> Self {
         let mut patterns: Vec<Pattern> = Vec::new();
         let add_value = |v: Vec<u8>, patterns: &mut Vec<Pattern>| {
@@ -79,12 +80,17 @@ impl Masker {
                 continue;
             }
             add_value(value.as_bytes().to_vec(), &mut patterns);
+            // The whole encoding (with its padding) first: a value encoded on its own is then
+            // masked to the last character.
             add_value(
                 base64::engine::general_purpose::STANDARD
                     .encode(value)
                     .into_bytes(),
                 &mut patterns,
             );
+            for form in base64_forms(value.as_bytes()) {
+                add_value(form.into_bytes(), &mut patterns);
+            }
             add_value(url_encode(value).into_bytes(), &mut patterns);
         }
         for prefix in prefixes {
@@ -170,6 +176,28 @@ impl Masker {
     }
 }
 
+/// The base64 text a value shows wherever it sits in encoded input. Base64 encodes 3-byte
+/// groups, so a value that starts at byte offset 1 or 2 of its group (the job token after
+/// `gitlab-ci-token:` in a Basic auth header) encodes to characters that differ from its own
+/// encoding. For each offset `k` this is the run of characters that depend on the value's
+/// bytes alone: the first characters mixed with the `k` bytes before it (2 for `k = 1`, 3 for
+/// `k = 2`) and the last one mixed with the bytes after it (when the value ends inside a group)
+/// are left out. Those edges carry at most 4 bits of the value each.
+pub fn base64_forms(value: &[u8]) -> [String; 3] {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    [0usize, 1, 2].map(|k| {
+        let mut input = vec![0u8; k];
+        input.extend_from_slice(value);
+        let encoded = STANDARD_NO_PAD.encode(&input);
+        let front = [0, 2, 3][k];
+        let back = usize::from(input.len() % 3 != 0);
+        encoded
+            .get(front..encoded.len().saturating_sub(back))
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters (as a URL query would).
 fn url_encode(value: &str) -> String {
     let mut s = String::with_capacity(value.len());
@@ -220,6 +248,52 @@ mod tests {
         let text = format!("{b64} p%40ss%20word%2F1");
         let s = mask_all(&mut m, &[text.as_bytes()]);
         assert_eq!(s, "[MASKED] [MASKED]");
+    }
+
+    /// The token inside `base64("gitlab-ci-token:" + token)` (offset 16, so 1 byte into a
+    /// group) and a secret at offset 2 are masked, whole and split into random chunks, and the
+    /// text around them decodes to the same prefix as before.
+    #[test]
+    fn all_three_base64_alignments() {
+        use base64::engine::general_purpose::STANDARD;
+        let token = "glcbt-64_Zq9xYwVuTsRqPoNm";
+        let secret = "s3cr3t-value-XYZ";
+        let mut rng = XorShift(0x0ba5_e64a_11c0_ffee);
+        for (lead, value) in [
+            ("", secret),
+            ("a", secret),
+            ("ab", secret),
+            ("gitlab-ci-token:", token),
+            ("x", token),
+            ("xy", token),
+        ] {
+            for tail in ["", "!", "!?", "!?#"] {
+                let encoded = STANDARD.encode(format!("{lead}{value}{tail}"));
+                let line = format!("Authorization: Basic {encoded}\n");
+                // No prefix list: only the value patterns may catch it.
+                let mut m = Masker::new(&[token, secret], &[] as &[&str]);
+                let whole = mask_all(&mut m, &[line.as_bytes()]);
+                assert!(whole.contains("[MASKED]"), "{lead:?}+{tail:?}: {whole}");
+                let bytes = line.as_bytes();
+                let mut chunks = Vec::new();
+                let mut at = 0;
+                while at < bytes.len() {
+                    let end = (at + 1 + rng.below(5)).min(bytes.len());
+                    chunks.push(&bytes[at..end]);
+                    at = end;
+                }
+                let mut m = Masker::new(&[token, secret], &[] as &[&str]);
+                assert_eq!(mask_all(&mut m, &chunks), whole, "chunking changed it");
+                // The characters that encode the value's bytes alone are gone.
+                let k = lead.len() % 3;
+                let forms = base64_forms(value.as_bytes());
+                assert!(
+                    encoded.contains(&forms[k]),
+                    "{lead:?}: form {k} not in {encoded}"
+                );
+                assert!(!whole.contains(&forms[k]), "{lead:?}+{tail:?}: {whole}");
+            }
+        }
     }
 
     #[test]

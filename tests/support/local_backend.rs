@@ -22,6 +22,8 @@ pub struct Faults {
     pub hang_role: Option<Role>,
     /// The n-th script (0-based) reports a dead sidecar.
     pub sidecar_dies_at: Option<usize>,
+    /// The n-th script (0-based) panics inside `run_script` (a backend bug).
+    pub panic_at: Option<usize>,
     /// Keep the job dirs at teardown (a persistent builds volume, for `GIT_STRATEGY=fetch`).
     pub keep_dirs: bool,
 }
@@ -173,6 +175,9 @@ impl JobEnvironment for LocalEnv {
                 container: "local-sidecar".into(),
                 detail: "injected: exited with 137".into(),
             });
+        }
+        if self.faults.panic_at == Some(n) {
+            panic!("injected: run_script panicked");
         }
         if self.faults.hang_role == Some(req.role) {
             cancel.cancelled().await;
