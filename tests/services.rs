@@ -91,7 +91,10 @@ async fn late_service_is_awaited_and_debug_logs_reach_the_trace() {
         ]}),
     );
     let (outcome, trace) = run_job(&scope, cfg, payload, t.path()).await;
-    assert!(matches!(outcome, JobOutcome::Success), "{outcome:?}\n{trace}");
+    assert!(
+        matches!(outcome, JobOutcome::Success),
+        "{outcome:?}\n{trace}"
+    );
     assert!(
         trace.contains("Waiting for services to be up and running (timeout 30 seconds)"),
         "{trace}"
@@ -126,13 +129,20 @@ async fn service_that_never_listens_is_a_warning_with_its_log_and_the_job_runs()
         ]}),
     );
     let (outcome, trace) = run_job(&scope, cfg, payload, t.path()).await;
-    assert!(matches!(outcome, JobOutcome::Success), "{outcome:?}\n{trace}");
     assert!(
-        trace.contains("*** WARNING: Service db (") && trace.contains("probably didn't start properly"),
+        matches!(outcome, JobOutcome::Success),
+        "{outcome:?}\n{trace}"
+    );
+    assert!(
+        trace.contains("*** WARNING: Service db (")
+            && trace.contains("probably didn't start properly"),
         "{trace}"
     );
     assert!(trace.contains("Exposed TCP port(s): 5432"), "{trace}");
-    assert!(trace.contains("no connection to port 5432 within 3s"), "{trace}");
+    assert!(
+        trace.contains("no connection to port 5432 within 3s"),
+        "{trace}"
+    );
     assert!(
         trace.contains("db-line-one") && trace.contains("db-line-three"),
         "{trace}"
@@ -156,7 +166,10 @@ async fn negative_wait_for_services_timeout_skips_the_wait() {
     let svc = service(&image.0, "echo never-listening; exec sleep 3600");
     let payload = payload(5103, &["echo script-ran"], json!({"services": svc}));
     let (outcome, trace) = run_job(&scope, cfg, payload, t.path()).await;
-    assert!(matches!(outcome, JobOutcome::Success), "{outcome:?}\n{trace}");
+    assert!(
+        matches!(outcome, JobOutcome::Success),
+        "{outcome:?}\n{trace}"
+    );
     assert!(!trace.contains("Waiting for services"), "{trace}");
     assert!(!trace.contains("probably didn't start properly"), "{trace}");
     assert!(trace.contains("script-ran"), "{trace}");

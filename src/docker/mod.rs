@@ -969,10 +969,12 @@ mod tests {
 
     #[test]
     fn exposed_tcp_ports_only() {
-        let declared: Vec<String> = ["5432/tcp", "53/udp", "80", "443/TCP", "x/tcp", "0/tcp", "80/tcp"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let declared: Vec<String> = [
+            "5432/tcp", "53/udp", "80", "443/TCP", "x/tcp", "0/tcp", "80/tcp",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         assert_eq!(tcp_ports(&declared), [80, 443, 5432]);
     }
 

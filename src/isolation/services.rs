@@ -9,8 +9,8 @@
 //! runner cannot route to job bridges (a runner in a container, `host_path_map`), and the
 //! runner, which is root, never opens a connection to a container the job controls.
 
-use super::common::{JobState, JOB_CAP_DROP, detached, other};
 use super::Error;
+use super::common::{JOB_CAP_DROP, JobState, detached, other};
 use crate::docker::ContainerSpec;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -157,7 +157,15 @@ impl JobState {
             }
         };
         let error = match self
-            .probe(i, svc, helper_image, &ports, network.name.as_str(), timeout, cancel)
+            .probe(
+                i,
+                svc,
+                helper_image,
+                &ports,
+                network.name.as_str(),
+                timeout,
+                cancel,
+            )
             .await
         {
             Ok(None) => return None,
@@ -182,14 +190,23 @@ impl JobState {
     ) -> Result<Option<String>, Error> {
         let spec = probe_spec(self, i, helper_image, &svc.container, ports, network);
         let d = self.docker.clone();
-        let id = detached(&self.inflight, async move { d.create_container(&spec).await })
-            .await
-            .map_err(other(format!("create the health check of service {}", svc.label())))?;
+        let id = detached(
+            &self.inflight,
+            async move { d.create_container(&spec).await },
+        )
+        .await
+        .map_err(other(format!(
+            "create the health check of service {}",
+            svc.label()
+        )))?;
         let outcome = async {
             self.docker
                 .start_container(&id)
                 .await
-                .map_err(other(format!("start the health check of service {}", svc.label())))?;
+                .map_err(other(format!(
+                    "start the health check of service {}",
+                    svc.label()
+                )))?;
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => Err(Error::Canceled),
@@ -213,7 +230,12 @@ impl JobState {
         outcome
     }
 
-    async fn warning(&self, svc: &StartedService, ports: Vec<u16>, error: String) -> ServiceWarning {
+    async fn warning(
+        &self,
+        svc: &StartedService,
+        ports: Vec<u16>,
+        error: String,
+    ) -> ServiceWarning {
         let logs = self
             .docker
             .logs_tail(&svc.id, WARNING_LOG_LINES)
