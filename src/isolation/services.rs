@@ -169,6 +169,8 @@ impl JobState {
             .await
         {
             Ok(None) => return None,
+            // The job is being stopped: no warning about a wait nobody waits for.
+            Err(Error::Canceled) => return None,
             Ok(Some(error)) => error,
             Err(e) => e.to_string(),
         };
