@@ -213,6 +213,7 @@ pub const DOCKER: Section = Section {
         "extra_hosts",
         "dns",
         "dns_search",
+        "wait_for_services_timeout",
     ],
     ignored: &[
         (
@@ -240,7 +241,6 @@ pub const DOCKER: Section = Section {
         ("tmpfs", NOT_YET),
         ("services_tmpfs", NOT_YET),
         ("container_labels", NOT_YET),
-        ("wait_for_services_timeout", NOT_YET),
         ("disable_entrypoint_overwrite", NOT_YET),
         (
             "service_memory_swap",

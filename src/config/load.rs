@@ -969,6 +969,16 @@ impl Loader {
                         d.dns_search = list;
                     }
                 }
+                "wait_for_services_timeout" => {
+                    // As gitlab-runner: a negative value disables the wait, 0 is the default.
+                    if let Some(n) = self.integer(&at, item, i64::MIN, i64::from(u32::MAX)) {
+                        d.wait_for_services_timeout = match n {
+                            n if n < 0 => None,
+                            0 => Some(super::model::DEFAULT_WAIT_FOR_SERVICES),
+                            n => Some(std::time::Duration::from_secs(n.unsigned_abs())),
+                        };
+                    }
+                }
                 "isolation" => {
                     if item.is_str() {
                         // gitlab-runner's `isolation` is a Windows container setting.

@@ -116,6 +116,10 @@ pub struct DockerConfig {
     pub dns: Vec<std::net::IpAddr>,
     /// DNS search domains of the same.
     pub dns_search: Vec<String>,
+    /// How long to wait for each service's exposed TCP ports before the script runs; `None`
+    /// skips the wait (gitlab-runner's `wait_for_services_timeout`: negative disables, 0 or
+    /// unset is the 30 s default).
+    pub wait_for_services_timeout: Option<std::time::Duration>,
     /// `[runners.docker.isolation]`.
     pub isolation: IsolationConfig,
 }
@@ -271,6 +275,9 @@ impl Default for RunnerConfig {
     }
 }
 
+/// gitlab-runner's default `wait_for_services_timeout`.
+pub const DEFAULT_WAIT_FOR_SERVICES: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Default for DockerConfig {
     fn default() -> Self {
         DockerConfig {
@@ -293,6 +300,7 @@ impl Default for DockerConfig {
             extra_hosts: Vec::new(),
             dns: Vec::new(),
             dns_search: Vec::new(),
+            wait_for_services_timeout: Some(DEFAULT_WAIT_FOR_SERVICES),
             isolation: IsolationConfig::default(),
         }
     }

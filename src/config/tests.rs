@@ -653,3 +653,24 @@ fn service_limits_load() {
         "services never swap",
     );
 }
+
+#[test]
+fn wait_for_services_timeout_as_gitlab_runner_reads_it() {
+    let timeout = |docker: &str| {
+        let l = load_str(&runner("", docker), "config.toml").expect("loads");
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        l.config.runners[0].docker.wait_for_services_timeout
+    };
+    assert_eq!(timeout(""), Some(Duration::from_secs(30)));
+    assert_eq!(
+        timeout("wait_for_services_timeout = 0"),
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(
+        timeout("wait_for_services_timeout = 90"),
+        Some(Duration::from_secs(90))
+    );
+    assert_eq!(timeout("wait_for_services_timeout = -1"), None);
+    let e = errors(&runner("", "wait_for_services_timeout = \"30s\""));
+    assert!(find(&e, "wait_for_services_timeout").line > 0);
+}

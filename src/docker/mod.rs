@@ -441,6 +441,20 @@ impl Docker {
         }
     }
 
+    /// The TCP ports an image declares with `EXPOSE`, ascending and without duplicates.
+    pub async fn image_exposed_tcp_ports(&self, image: &str) -> Result<Vec<u16>, Error> {
+        let info = self
+            .inner
+            .inspect_image(image)
+            .await
+            .map_err(api(format!("inspect image {image}")))?;
+        let declared = info
+            .config
+            .and_then(|c| c.exposed_ports)
+            .unwrap_or_default();
+        Ok(tcp_ports(&declared))
+    }
+
     /// Creates a container and returns its id.
     pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String, Error> {
         let body = container_body(spec);
@@ -976,6 +990,24 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
     }
 }
 
+/// The TCP ports among `ExposedPorts` keys (`5432/tcp`, `53/udp`, a bare `80` is TCP);
+/// anything unparsable is skipped (an image's metadata is outside data).
+pub fn tcp_ports(exposed: &[String]) -> Vec<u16> {
+    let mut ports: Vec<u16> = exposed
+        .iter()
+        .filter_map(|p| {
+            let (port, proto) = p.split_once('/').unwrap_or((p.as_str(), "tcp"));
+            (proto.eq_ignore_ascii_case("tcp"))
+                .then(|| port.parse::<u16>().ok())
+                .flatten()
+        })
+        .filter(|p| *p != 0)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// The label filters (`key=value`) that select one runner's objects, optionally one job's.
 pub fn label_filters(runner_id: &str, job_id: Option<u64>) -> Vec<String> {
     let mut f = vec![
@@ -991,6 +1023,17 @@ pub fn label_filters(runner_id: &str, job_id: Option<u64>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exposed_tcp_ports_only() {
+        let declared: Vec<String> = [
+            "5432/tcp", "53/udp", "80", "443/TCP", "x/tcp", "0/tcp", "80/tcp",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(tcp_ports(&declared), [80, 443, 5432]);
+    }
 
     #[test]
     fn body_translates_limits_and_network() {

@@ -312,6 +312,8 @@ pub struct JobState {
     pub sidecar: Option<String>,
     /// Service containers.
     pub services: Vec<String>,
+    /// The started services, for the wait and their logs ([`super::services`]).
+    pub started: Vec<super::services::StartedService>,
     /// Script container settings (set once prepared).
     pub script: Option<ScriptSettings>,
     /// Counter for script container names.
@@ -339,6 +341,7 @@ impl JobState {
             volume: None,
             sidecar: None,
             services: Vec::new(),
+            started: Vec::new(),
             script: None,
             seq: AtomicU32::new(0),
             egress: None,
@@ -407,6 +410,7 @@ impl JobState {
             env.extend(svc.env.iter().map(|(k, v)| format!("{k}={v}")));
             let mut spec = service_spec(&self.naming, i, svc, env, &net.name, limits);
             self.resolve.apply(&mut spec);
+            let container = spec.name.clone();
             let d = self.docker.clone();
             let id = detached(
                 &self.inflight,
@@ -415,6 +419,12 @@ impl JobState {
             .await
             .map_err(other(format!("create service {}", svc.image.name)))?;
             self.services.push(id.clone());
+            self.started.push(super::services::StartedService {
+                id: id.clone(),
+                container,
+                image: svc.image.name.clone(),
+                alias: svc.aliases.first().cloned(),
+            });
             self.docker
                 .start_container(&id)
                 .await

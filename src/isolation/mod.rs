@@ -12,10 +12,12 @@ pub mod limits;
 pub mod pool;
 pub mod reaper;
 pub mod resolve;
+pub mod services;
 pub mod shared_socket;
 pub mod shell;
 
 pub use common::{CLIENT_CERT_PATH, JOB_CAP_DROP};
+pub use services::{ServiceLog, ServiceWarning};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -196,6 +198,22 @@ pub trait JobEnvironment: Send + Sync {
         out: Arc<dyn OutputSink>,
         cancel: CancellationToken,
     ) -> Result<i32, Error>;
+
+    /// Waits up to `timeout` for every service's exposed TCP ports to accept a connection from
+    /// the job's network; returns the services that did not come up (the job goes on, as in
+    /// gitlab-runner). Returns early, with what it knows, when `cancel` fires.
+    async fn wait_for_services(
+        &self,
+        _timeout: Duration,
+        _cancel: CancellationToken,
+    ) -> Vec<ServiceWarning> {
+        Vec::new()
+    }
+
+    /// The last lines of each service's log (`CI_DEBUG_SERVICES`).
+    async fn service_logs(&self, _lines: usize) -> Vec<ServiceLog> {
+        Vec::new()
+    }
 
     /// Removes everything the job created, in a defined order, and reports what it removed.
     async fn teardown(self: Box<Self>) -> TeardownReport;

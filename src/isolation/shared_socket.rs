@@ -150,6 +150,18 @@ impl JobEnvironment for SharedEnv {
         self.state.run_script(req, out, cancel).await
     }
 
+    async fn wait_for_services(
+        &self,
+        timeout: std::time::Duration,
+        cancel: CancellationToken,
+    ) -> Vec<super::ServiceWarning> {
+        self.state.wait_for_services(timeout, cancel).await
+    }
+
+    async fn service_logs(&self, lines: usize) -> Vec<super::ServiceLog> {
+        self.state.service_logs(lines).await
+    }
+
     async fn teardown(self: Box<Self>) -> TeardownReport {
         let this = *self;
         this.state.teardown().await

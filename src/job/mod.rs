@@ -91,6 +91,7 @@ pub mod executor;
 pub mod local;
 pub mod pipeline;
 pub mod script;
+pub mod services;
 pub mod sources;
 pub mod staging;
 pub mod trust;

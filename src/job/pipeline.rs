@@ -2,6 +2,7 @@
 
 use super::artifacts::{self, ArtifactStore, JobRef};
 use super::script::{config_commands, sh_quote, user_script};
+use super::services;
 use super::sources::{self, GitStrategy, LocalTree};
 use super::staging::{Staging, StagingError};
 use super::trust;
@@ -604,6 +605,21 @@ impl Pipeline {
             .catch_unwind()
             .map(|r| r.unwrap_or_else(|p| Err(crashed("preparing the environment", p.as_ref()))));
         let (res, stop) = guarded(prepare, stage, &guards).await;
+        // The services are awaited inside the prepare section, as gitlab-runner prints it.
+        let (res, stop) = match (res, stop) {
+            (Some(Ok(env)), None) => {
+                let stop = await_services(
+                    log,
+                    &guards,
+                    env.as_ref(),
+                    runner.docker.wait_for_services_timeout,
+                    spec.services.len(),
+                )
+                .await;
+                (Some(Ok(env)), stop)
+            }
+            other => other,
+        };
         log.section_end("prepare_executor");
         let env = match (res, stop) {
             (Some(Ok(env)), None) => env,
@@ -638,6 +654,11 @@ impl Pipeline {
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|p| system(&crashed("the job", p.as_ref()).to_string()));
+        // At the end rather than streamed: the logs of a finished job are complete, and a
+        // service's lines never cut into the script's output mid-line.
+        if services::debug_services(&pre_vars) && !spec.services.is_empty() {
+            services::log_service_logs(log, &env_ref.service_logs(services::DEBUG_LOG_LINES).await);
+        }
         log_teardown(log, guard.teardown().await);
         outcome
     }
@@ -1198,6 +1219,25 @@ fn job_ref(job: &JobResponse) -> JobRef {
         name: job.job_info.name.clone(),
         token: job.token.clone(),
     }
+}
+
+/// Waits for the job's services (`wait_for_services_timeout`; `None` or no services: no wait),
+/// logging a warning for each that did not come up. Returns why it was stopped, if it was.
+async fn await_services(
+    log: &JobLog,
+    guards: &Guards,
+    env: &dyn JobEnvironment,
+    timeout: Option<Duration>,
+    services: usize,
+) -> Option<Stop> {
+    let timeout = timeout.filter(|_| services > 0)?;
+    services::log_waiting(log, timeout);
+    let stage = CancellationToken::new();
+    let (res, stop) = guarded(env.wait_for_services(timeout, stage.clone()), stage, guards).await;
+    for (i, w) in res.unwrap_or_default().iter().enumerate() {
+        services::log_warning(log, i, w);
+    }
+    stop
 }
 
 fn log_teardown(log: &JobLog, report: isolation::TeardownReport) {
