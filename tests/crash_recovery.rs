@@ -110,7 +110,7 @@ impl Crash {
             &config,
             &format!(
                 "concurrent = 1\ncheck_interval = 1\nshutdown_timeout = 10\nlisten_address = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n\
-                 [[runners]]\nname = \"{name}\"\nurl = \"{}\"\ntoken = \"{RUNNER_TOKEN}\"\nexecutor = \"docker\"\n\
+                 [[runners]]\nname = \"{name}\"\nurl = \"{}\"\nclone_url = \"http://127.0.0.1:1/\"\ntoken = \"{RUNNER_TOKEN}\"\nexecutor = \"docker\"\n\
                  builds_dir = \"{}\"\n\n[runners.docker]\nimage = \"{JOB_IMAGE}\"\nhelper_image = \"{JOB_IMAGE}\"\n\n\
                  [runners.docker.isolation]\nmode = \"dind\"\nready_timeout = \"90s\"\n{isolation}",
                 state.display(),
