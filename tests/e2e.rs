@@ -576,6 +576,7 @@ state_dir = "{state}"
 [[runners]]
 name = "e2e-binary"
 url = "http://{git}/"
+clone_url = "http://127.0.0.1:1/"
 token = "{token}"
 executor = "docker"
 builds_dir = "{builds}"
