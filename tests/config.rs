@@ -221,7 +221,6 @@ fn legacy_config_loads_with_warnings_and_fails_only_strict() {
         "legacy-s3.toml:20: [[runners]] clean_git_config: ignored",
         "legacy-s3.toml:25: [runners.cache] Insecure: ignored: removed in gitlab-runner 12.0",
         "legacy-s3.toml:26: [runners.cache] ServerAddress: ignored: removed in gitlab-runner 12.0",
-        "legacy-s3.toml:31: [runners.cache.s3] SecretKey: ignored",
         "legacy-s3.toml:36: [runners.cache.s3] AssumeRoleMaxConcurrency: ignored",
         "legacy-s3.toml:40: [runners.feature_flags] FF_USE_FASTZIP: ignored",
         "legacy-s3.toml:54: [runners.docker] volume_keep: ignored",

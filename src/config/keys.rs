@@ -39,11 +39,13 @@ const WIDENS: &str = "it would widen the job container's privileges, which isola
                       use the job's own Docker daemon (DOCKER_HOST) for privileged work";
 const NEVER_PRIVILEGED: &str = "job and service containers are never privileged in isolated mode; \
                                 sidecar_profile decides the sidecar's privileges";
-const DISTRIBUTED_CACHE: &str = "distributed (S3/GCS/Azure) caches are not supported; the cache \
-                                 is kept on this host under cache_dir";
+const ASSUME_ROLE: &str = "assuming a role is not supported yet; use AuthenticationType = \"iam\" \
+                           with the instance's or pod's own role, or access keys";
+const S3_ENDPOINT: &str = "endpoint variants are not supported yet; set ServerAddress to the \
+                           endpoint you want instead";
 const REGISTRATION: &str = "written by `gitlab-runner register`; not needed here";
 const REMOVED_CACHE: &str = "removed in gitlab-runner 12.0 (it now belongs in [runners.cache.s3]), \
-                             which ignores it here too; distributed caches are not supported anyway";
+                             which ignores it here too";
 const AUTOSCALING: &str = "autoscaling settings; isolated-runner runs every job on this host";
 const SLOT_CGROUPS: &str = "slot cgroups belong to gitlab-runner's autoscaler; jobs here are \
                             limited by memory, cpus and pids_limit";
@@ -361,18 +363,21 @@ pub const ISOLATION: Section = Section {
     ignored: &[],
 };
 
-/// `[runners.cache]`.
+/// `[runners.cache]`. The store keys are read by `load/cache_store.rs`.
 pub const CACHE: Section = Section {
     name: "[runners.cache]",
-    honoured: &["max_size", "max_age"],
+    honoured: &[
+        "max_size",
+        "max_age",
+        "Type",
+        "Path",
+        "Shared",
+        "MaxUploadedArchiveSize",
+        "s3",
+        "gcs",
+        "azure",
+    ],
     ignored: &[
-        ("Type", DISTRIBUTED_CACHE),
-        ("Path", DISTRIBUTED_CACHE),
-        ("Shared", DISTRIBUTED_CACHE),
-        ("MaxUploadedArchiveSize", DISTRIBUTED_CACHE),
-        ("s3", DISTRIBUTED_CACHE),
-        ("gcs", DISTRIBUTED_CACHE),
-        ("azure", DISTRIBUTED_CACHE),
         ("Insecure", REMOVED_CACHE),
         ("ServerAddress", REMOVED_CACHE),
         ("AccessKey", REMOVED_CACHE),
@@ -385,51 +390,52 @@ pub const CACHE: Section = Section {
 /// `[runners.cache.s3]`.
 pub const CACHE_S3: Section = Section {
     name: "[runners.cache.s3]",
-    honoured: &[],
+    honoured: &[
+        "ServerAddress",
+        "AccessKey",
+        "SecretKey",
+        "SessionToken",
+        "BucketName",
+        "BucketLocation",
+        "Insecure",
+        "AuthenticationType",
+        "ServerSideEncryption",
+        "ServerSideEncryptionKeyID",
+        "PathStyle",
+    ],
     ignored: &[
-        ("ServerAddress", DISTRIBUTED_CACHE),
-        ("AccessKey", DISTRIBUTED_CACHE),
-        ("SecretKey", DISTRIBUTED_CACHE),
-        ("SessionToken", DISTRIBUTED_CACHE),
-        ("BucketName", DISTRIBUTED_CACHE),
-        ("BucketLocation", DISTRIBUTED_CACHE),
-        ("Insecure", DISTRIBUTED_CACHE),
-        ("AuthenticationType", DISTRIBUTED_CACHE),
-        ("ServerSideEncryption", DISTRIBUTED_CACHE),
-        ("ServerSideEncryptionKeyID", DISTRIBUTED_CACHE),
-        ("DualStack", DISTRIBUTED_CACHE),
-        ("Accelerate", DISTRIBUTED_CACHE),
-        ("PathStyle", DISTRIBUTED_CACHE),
-        ("RoleARN", DISTRIBUTED_CACHE),
-        ("UploadRoleARN", DISTRIBUTED_CACHE),
-        ("AssumeRoleMaxConcurrency", DISTRIBUTED_CACHE),
-        ("DisableAssumeRoleCredentialsCaching", DISTRIBUTED_CACHE),
+        ("DualStack", S3_ENDPOINT),
+        ("Accelerate", S3_ENDPOINT),
+        ("RoleARN", ASSUME_ROLE),
+        ("UploadRoleARN", ASSUME_ROLE),
+        ("AssumeRoleMaxConcurrency", ASSUME_ROLE),
+        ("DisableAssumeRoleCredentialsCaching", ASSUME_ROLE),
     ],
 };
 
 /// `[runners.cache.gcs]`.
 pub const CACHE_GCS: Section = Section {
     name: "[runners.cache.gcs]",
-    honoured: &[],
-    ignored: &[
-        ("CredentialsFile", DISTRIBUTED_CACHE),
-        ("AccessID", DISTRIBUTED_CACHE),
-        ("PrivateKey", DISTRIBUTED_CACHE),
-        ("BucketName", DISTRIBUTED_CACHE),
-        ("UniverseDomain", DISTRIBUTED_CACHE),
+    honoured: &[
+        "CredentialsFile",
+        "AccessID",
+        "PrivateKey",
+        "BucketName",
+        "UniverseDomain",
     ],
+    ignored: &[],
 };
 
 /// `[runners.cache.azure]`.
 pub const CACHE_AZURE: Section = Section {
     name: "[runners.cache.azure]",
-    honoured: &[],
-    ignored: &[
-        ("AccountName", DISTRIBUTED_CACHE),
-        ("AccountKey", DISTRIBUTED_CACHE),
-        ("ContainerName", DISTRIBUTED_CACHE),
-        ("StorageDomain", DISTRIBUTED_CACHE),
+    honoured: &[
+        "AccountName",
+        "AccountKey",
+        "ContainerName",
+        "StorageDomain",
     ],
+    ignored: &[],
 };
 
 /// `[runners.custom_build_dir]`.

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml_edit::{Item, TableLike, Value};
 
+mod cache_store;
+
 /// Where a key sits: the path shown in messages and its line.
 #[derive(Clone)]
 struct At {
@@ -1038,28 +1040,17 @@ impl Loader {
 
     fn cache(&mut self, t: &dyn TableLike, header: usize) -> CacheConfig {
         let s = &keys::CACHE;
-        let mut c = CacheConfig::default();
+        let mut c = CacheConfig {
+            store: self.cache_store(t, header),
+            ..CacheConfig::default()
+        };
         for (key, item) in t.iter() {
             let at = self.at(s, t, key, header);
             match key {
                 "max_size" => c.max_size = self.size(&at, item),
                 "max_age" => c.max_age = self.positive_duration(&at, item, false),
-                "Type" if item.as_str().is_some_and(str::is_empty) => {
-                    // `Type = ""` is what gitlab-runner writes for a local cache: nothing to say.
-                }
-                "s3" | "gcs" | "azure" => {
-                    let section = match key {
-                        "s3" => &keys::CACHE_S3,
-                        "gcs" => &keys::CACHE_GCS,
-                        _ => &keys::CACHE_AZURE,
-                    };
-                    let line = self.item_line(item, at.line);
-                    if item.as_table_like().is_some_and(|t| t.is_empty()) {
-                        // gitlab-runner writes empty [runners.cache.s3] tables on register.
-                        continue;
-                    }
-                    self.ignored_table(section, item, line);
-                }
+                // The distributed store's keys: see `load/cache_store.rs`.
+                k if cache_store::STORE_KEYS.contains(&k) => {}
                 _ => self.not_honoured(s, &at, key, item),
             }
         }

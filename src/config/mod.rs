@@ -8,11 +8,13 @@
 //! Loading reads files with `std::fs` (the config and any `token_file`): from async code, call
 //! it inside `tokio::task::spawn_blocking`.
 
+mod cache_store;
 mod keys;
 mod load;
 mod model;
 pub mod validate;
 
+pub use cache_store::*;
 pub use model::*;
 
 use std::fmt;

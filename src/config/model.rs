@@ -224,9 +224,12 @@ pub struct IsolationConfig {
     pub warm_pool_max_idle: Duration,
 }
 
-/// `[runners.cache]`, local archives only.
+/// `[runners.cache]`: local archives under `cache_dir`, and optionally a shared store.
 #[derive(Debug, Clone, Default)]
 pub struct CacheConfig {
+    /// The store shared by every runner host (`Type = "s3" | "gcs" | "azure"`); `None` keeps
+    /// the cache on this host only.
+    pub store: Option<super::cache_store::CacheStoreConfig>,
     /// Total size cap of the cache directory in bytes.
     pub max_size: Option<u64>,
     /// Age after which an unused archive is pruned.

@@ -103,7 +103,8 @@ fn removed_and_current_gitlab_runner_keys_warn_with_a_reason() {
         runner(
             "clean_git_config = true\nprepare_timeout = \"1m\"\n\
              [runners.cache]\nType = \"s3\"\nInsecure = false\nServerAddress = \"s3.example.com\"\n\
-             SecretKey = \"very-secret-key-42\"\n[runners.cache.s3]\nAssumeRoleMaxConcurrency = 2",
+             SecretKey = \"very-secret-key-42\"\n[runners.cache.s3]\nAssumeRoleMaxConcurrency = 2\n\
+             BucketName = \"b\"\nAuthenticationType = \"iam\"",
             "volume_keep = true\npid_mode = \"host\"\nlog_options = { max-size = \"10m\" }",
         )
     );
@@ -434,18 +435,30 @@ fn feature_flags_and_cache_tables_warn_per_key() {
     let text = runner(
         "[runners.feature_flags]\nFF_USE_FASTZIP = true\n\
          [runners.cache]\nType = \"s3\"\nShared = true\nmax_size = \"10g\"\n\
-         [runners.cache.s3]\nServerAddress = \"s3.example.com\"\nSecretKey = \"verysecretkey123\"\n\
-         [runners.cache.gcs]\n[runners.custom_build_dir]\nenabled = false",
+         [runners.cache.s3]\nServerAddress = \"s3.example.com\"\nAccessKey = \"AKIAEXAMPLE\"\n\
+         SecretKey = \"verysecretkey123\"\nBucketName = \"b\"\nDualStack = true\n\
+         [runners.cache.gcs]\nBucketName = \"g\"\n[runners.custom_build_dir]\nenabled = false",
         "",
     );
     let loaded = load_str(&text, "c").unwrap();
     let w = &loaded.warnings;
     find(w, "[runners.feature_flags] FF_USE_FASTZIP");
-    find(w, "[runners.cache] Type");
-    find(w, "[runners.cache.s3] ServerAddress");
-    find(w, "[runners.cache.s3] SecretKey");
+    find(w, "[runners.cache.s3] DualStack: ignored");
+    find(w, "[runners.cache] gcs: ignored: Type is \"s3\"");
     assert!(!format!("{w:?}").contains("verysecretkey123"));
     assert_eq!(loaded.config.runners[0].cache.max_size, Some(10 << 30));
+    let store = loaded.config.runners[0]
+        .cache
+        .store
+        .as_ref()
+        .expect("store");
+    assert!(store.shared);
+    assert_eq!(store.s3.bucket_name, "b");
+    assert_eq!(
+        store.s3.secret_key.as_ref().map(|s| s.expose()),
+        Some("verysecretkey123")
+    );
+    assert!(!format!("{store:?}").contains("verysecretkey123"));
     assert!(!loaded.config.runners[0].custom_build_dir);
 
     // gitlab-runner decodes the table as a map of booleans: any name loads, a non-boolean fails.
@@ -673,4 +686,59 @@ fn wait_for_services_timeout_as_gitlab_runner_reads_it() {
     assert_eq!(timeout("wait_for_services_timeout = -1"), None);
     let e = errors(&runner("", "wait_for_services_timeout = \"30s\""));
     assert!(find(&e, "wait_for_services_timeout").line > 0);
+}
+
+#[test]
+fn cache_stores_are_checked_and_name_the_key() {
+    let e = errors(&runner("[runners.cache]\nType = \"ftp\"", ""));
+    find(&e, "[runners.cache] Type");
+    let e = errors(&runner(
+        "[runners.cache]\nType = \"s3\"\n[runners.cache.s3]\nAccessKey = \"a\"\nBucketName = \"b\"",
+        "",
+    ));
+    assert!(
+        find(&e, "[runners.cache] Type")
+            .message
+            .contains("SecretKey")
+    );
+    let e = errors(&runner("[runners.cache]\nType = \"azure\"", ""));
+    assert!(find(&e, "Type").message.contains("AccountName"));
+    let e = errors(&runner(
+        "[runners.cache]\nType = \"s3\"\nPath = \"../x\"\n[runners.cache.s3]\nBucketName = \"b\"",
+        "",
+    ));
+    find(&e, "[runners.cache] Path");
+    let e = errors(&runner(
+        "[runners.cache]\nType = \"s3\"\n[runners.cache.s3]\nBucketName = \"b\"\n\
+         ServerSideEncryption = \"KMS\"",
+        "",
+    ));
+    assert!(find(&e, "ServerSideEncryption").message.contains("KeyID"));
+
+    let text = runner(
+        "[runners.cache]\nType = \"gcs\"\nPath = \"/ci/\"\nMaxUploadedArchiveSize = 1024\n\
+         [runners.cache.gcs]\nBucketName = \"g\"\nAccessID = \"sa@p.iam\"\nPrivateKey = \"pem-secret-77\"",
+        "",
+    );
+    let loaded = load_str(&text, "c").unwrap();
+    let store = loaded.config.runners[0].cache.store.clone().expect("store");
+    assert_eq!(store.kind, CacheStoreType::Gcs);
+    assert_eq!(store.path, "ci");
+    assert_eq!(store.max_uploaded_archive_size, Some(1024));
+    assert!(!store.shared);
+    assert!(!format!("{:?}", loaded.warnings).contains("pem-secret-77"));
+
+    // Without a Type the store's keys do nothing, and say so.
+    let w = warnings(&runner(
+        "[runners.cache]\nShared = true\n[runners.cache.s3]\nBucketName = \"b\"",
+        "",
+    ));
+    find(&w, "[runners.cache] Shared: ignored: no cache Type");
+    let loaded = load_str(
+        &runner("[runners.cache]\nType = \"\"\n[runners.cache.s3]", ""),
+        "c",
+    )
+    .unwrap();
+    assert!(loaded.config.runners[0].cache.store.is_none());
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 }
