@@ -2,10 +2,10 @@
 //! untracked files, protection, symlink and `..` attacks, pruning and atomic writes.
 
 use isolated_runner::cache::{
-    self, CacheContext, JobStatus, RestoreOutcome, SaveOutcome, archive_path, prune_at,
+    self, CacheContext, CacheEntry, JobStatus, RestoreOutcome, SaveOutcome, archive_path, prune_at,
     restore_blocking, save_blocking,
 };
-use isolated_runner::gitlab::types::Cache;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -45,6 +45,7 @@ impl Fixture {
             protected,
             default_key: "build/main".to_string(),
             fallback_key: None,
+            remote: None,
         }
     }
 
@@ -80,20 +81,20 @@ impl Log {
     }
 }
 
-fn entry(key: &str, paths: &[&str]) -> Cache {
-    Cache {
+fn entry(key: &str, paths: &[&str]) -> CacheEntry {
+    CacheEntry {
         key: key.to_string(),
         paths: paths.iter().map(|p| p.to_string()).collect(),
-        ..Cache::default()
+        ..CacheEntry::default()
     }
 }
 
-fn save(ctx: &CacheContext, entries: &[Cache], status: JobStatus) -> Vec<SaveOutcome> {
+fn save(ctx: &CacheContext, entries: &[CacheEntry], status: JobStatus) -> Vec<SaveOutcome> {
     let log = Log::default();
     save_blocking(ctx, entries, status, &[], &log.sink()).expect("valid entries")
 }
 
-fn restore(ctx: &CacheContext, entries: &[Cache]) -> (Vec<RestoreOutcome>, Log) {
+fn restore(ctx: &CacheContext, entries: &[CacheEntry]) -> (Vec<RestoreOutcome>, Log) {
     let log = Log::default();
     let out = restore_blocking(ctx, entries, &log.sink()).expect("valid entries");
     (out, log)

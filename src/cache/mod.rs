@@ -21,13 +21,33 @@
 mod archive;
 mod key;
 mod prune;
+pub mod remote;
+mod shared;
 
 pub use key::{ARCHIVE_SUFFIX, archive_path, project_dir, sanitize_key};
 pub use prune::{PruneReport, prune, prune_at};
 
-use crate::gitlab::types::Cache;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
+
+/// One `cache:` entry of a job, its strings already expanded with the job's variables. The
+/// job module converts GitLab's wire type into this, so the cache knows nothing of the protocol.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// `key`; empty means the context's default key.
+    pub key: String,
+    /// `untracked`.
+    pub untracked: bool,
+    /// `paths`, globs relative to the project dir.
+    pub paths: Vec<String>,
+    /// `policy`: `pull`, `push`, `pull-push` or empty.
+    pub policy: String,
+    /// `when`: `on_success`, `on_failure`, `always` or empty.
+    pub when: String,
+    /// `fallback_keys`, tried in order when `key` misses.
+    pub fallback_keys: Vec<String>,
+}
 
 /// Errors of the cache module.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +179,9 @@ pub struct CacheContext {
     pub default_key: String,
     /// The expanded `CACHE_FALLBACK_KEY` variable, if set; tried after `fallback_keys`.
     pub fallback_key: Option<String>,
+    /// The store shared with other runner hosts, if `[runners.cache] Type` is set; the local
+    /// archives then serve as staging and as the fallback when the store is down.
+    pub remote: Option<Arc<remote::Remote>>,
 }
 
 /// What happened to one `cache:` entry on restore.
@@ -197,21 +220,21 @@ pub enum SaveOutcome {
     Failed,
 }
 
-fn policy_of(entry: &Cache) -> Result<Policy, Error> {
+fn policy_of(entry: &CacheEntry) -> Result<Policy, Error> {
     Policy::parse(&entry.policy).ok_or_else(|| Error::UnknownPolicy {
         key: entry.key.clone(),
         policy: entry.policy.clone(),
     })
 }
 
-fn when_of(entry: &Cache) -> Result<When, Error> {
+fn when_of(entry: &CacheEntry) -> Result<When, Error> {
     When::parse(&entry.when).ok_or_else(|| Error::UnknownWhen {
         key: entry.key.clone(),
         when: entry.when.clone(),
     })
 }
 
-fn key_of<'a>(ctx: &'a CacheContext, entry: &'a Cache) -> &'a str {
+fn key_of<'a>(ctx: &'a CacheContext, entry: &'a CacheEntry) -> &'a str {
     if entry.key.trim().is_empty() {
         &ctx.default_key
     } else {
@@ -219,7 +242,7 @@ fn key_of<'a>(ctx: &'a CacheContext, entry: &'a Cache) -> &'a str {
     }
 }
 
-fn has_content(entry: &Cache) -> bool {
+fn has_content(entry: &CacheEntry) -> bool {
     entry.untracked || entry.paths.iter().any(|p| !p.trim().is_empty())
 }
 
@@ -230,7 +253,7 @@ fn has_content(entry: &Cache) -> bool {
 /// Errors only for an unknown `policy`, before anything is extracted.
 pub fn restore_blocking(
     ctx: &CacheContext,
-    entries: &[Cache],
+    entries: &[CacheEntry],
     log: &dyn CacheLog,
 ) -> Result<Vec<RestoreOutcome>, Error> {
     let policies = entries
@@ -239,33 +262,47 @@ pub fn restore_blocking(
         .collect::<Result<Vec<_>, _>>()?;
     let mut outcomes = Vec::with_capacity(entries.len());
     for (entry, policy) in entries.iter().zip(policies) {
-        let key = key_of(ctx, entry);
-        if !has_content(entry) {
-            outcomes.push(RestoreOutcome::Skipped);
-            continue;
-        }
-        if policy == Policy::Push {
-            log.line(&format!("Not downloading cache {key} due to policy"));
-            outcomes.push(RestoreOutcome::Skipped);
-            continue;
-        }
-        let mut candidates: Vec<&str> = vec![key];
-        candidates.extend(entry.fallback_keys.iter().map(String::as_str));
-        if let Some(fallback) = ctx.fallback_key.as_deref().filter(|k| !k.trim().is_empty()) {
-            // As gitlab-runner: a fallback variable naming a protected cache is refused, so a
-            // variable cannot be used to read protected caches (our directory split already
-            // prevents it; this keeps behaviour identical).
-            if fallback.trim_end().ends_with("-protected") {
-                log.line(&format!(
-                    "WARNING: CACHE_FALLBACK_KEY {fallback} ends with -protected and is ignored"
-                ));
-            } else {
-                candidates.push(fallback);
+        match restore_plan(ctx, entry, policy, log) {
+            Err(skipped) => outcomes.push(skipped),
+            Ok(candidates) => {
+                let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
+                outcomes.push(restore_one(ctx, &candidates, log));
             }
         }
-        outcomes.push(restore_one(ctx, &candidates, log));
     }
     Ok(outcomes)
+}
+
+/// The keys to try for one entry, in order, or the outcome when the entry is not restored.
+fn restore_plan(
+    ctx: &CacheContext,
+    entry: &CacheEntry,
+    policy: Policy,
+    log: &dyn CacheLog,
+) -> Result<Vec<String>, RestoreOutcome> {
+    let key = key_of(ctx, entry);
+    if !has_content(entry) {
+        return Err(RestoreOutcome::Skipped);
+    }
+    if policy == Policy::Push {
+        log.line(&format!("Not downloading cache {key} due to policy"));
+        return Err(RestoreOutcome::Skipped);
+    }
+    let mut candidates: Vec<String> = vec![key.to_string()];
+    candidates.extend(entry.fallback_keys.iter().cloned());
+    if let Some(fallback) = ctx.fallback_key.as_deref().filter(|k| !k.trim().is_empty()) {
+        // As gitlab-runner: a fallback variable naming a protected cache is refused, so a
+        // variable cannot be used to read protected caches (our directory split already
+        // prevents it; this keeps behaviour identical).
+        if fallback.trim_end().ends_with("-protected") {
+            log.line(&format!(
+                "WARNING: CACHE_FALLBACK_KEY {fallback} ends with -protected and is ignored"
+            ));
+        } else {
+            candidates.push(fallback.to_string());
+        }
+    }
+    Ok(candidates)
 }
 
 fn restore_one(ctx: &CacheContext, candidates: &[&str], log: &dyn CacheLog) -> RestoreOutcome {
@@ -283,28 +320,42 @@ fn restore_one(ctx: &CacheContext, candidates: &[&str], log: &dyn CacheLog) -> R
             log.line(&format!("WARNING: cache {candidate} not found"));
             continue;
         }
-        match archive::extract(&path, &ctx.project_dir) {
-            Ok(extracted) => {
-                for warning in &extracted.warnings {
-                    log.line(warning);
-                }
-                touch(&path);
-                log.line("Successfully extracted cache");
-                return RestoreOutcome::Restored {
-                    key: (*candidate).to_string(),
-                    entries: extracted.entries,
-                };
-            }
-            Err(e) => {
-                log.line(&format!(
-                    "WARNING: Failed to extract cache {candidate}: {}",
-                    error_chain(&e)
-                ));
-                outcome = RestoreOutcome::Failed;
-            }
+        match extract_archive(ctx, candidate, &path, log) {
+            RestoreOutcome::Failed => outcome = RestoreOutcome::Failed,
+            done => return done,
         }
     }
     outcome
+}
+
+/// Extracts one archive found for `candidate` into the project dir: `Restored`, or `Failed`
+/// with a warning.
+fn extract_archive(
+    ctx: &CacheContext,
+    candidate: &str,
+    path: &Path,
+    log: &dyn CacheLog,
+) -> RestoreOutcome {
+    match archive::extract(path, &ctx.project_dir) {
+        Ok(extracted) => {
+            for warning in &extracted.warnings {
+                log.line(warning);
+            }
+            touch(path);
+            log.line("Successfully extracted cache");
+            RestoreOutcome::Restored {
+                key: candidate.to_string(),
+                entries: extracted.entries,
+            }
+        }
+        Err(e) => {
+            log.line(&format!(
+                "WARNING: Failed to extract cache {candidate}: {}",
+                error_chain(&e)
+            ));
+            RestoreOutcome::Failed
+        }
+    }
 }
 
 /// Marks an archive as used now, for LRU pruning.
@@ -333,7 +384,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Errors only for an unknown `policy` or `when`, before anything is written.
 pub fn save_blocking(
     ctx: &CacheContext,
-    entries: &[Cache],
+    entries: &[CacheEntry],
     status: JobStatus,
     untracked: &[PathBuf],
     log: &dyn CacheLog,
@@ -385,7 +436,7 @@ pub fn save_blocking(
 
 fn save_one(
     ctx: &CacheContext,
-    entry: &Cache,
+    entry: &CacheEntry,
     key: &str,
     name: &str,
     untracked: &[PathBuf],
@@ -476,9 +527,12 @@ async fn on_blocking_thread<T: Send + 'static>(
 /// lost.
 pub async fn restore(
     ctx: &CacheContext,
-    entries: &[Cache],
+    entries: &[CacheEntry],
     log: &dyn CacheLog,
 ) -> Result<Vec<RestoreOutcome>, Error> {
+    if ctx.remote.is_some() {
+        return shared::restore(ctx, entries, log).await;
+    }
     let ctx = ctx.clone();
     let entries = entries.to_vec();
     on_blocking_thread(log, move |log| restore_blocking(&ctx, &entries, log)).await?
@@ -491,18 +545,24 @@ pub async fn restore(
 /// atomically.
 pub async fn save(
     ctx: &CacheContext,
-    entries: &[Cache],
+    entries: &[CacheEntry],
     status: JobStatus,
     untracked: &[PathBuf],
     log: &dyn CacheLog,
 ) -> Result<Vec<SaveOutcome>, Error> {
-    let ctx = ctx.clone();
-    let entries = entries.to_vec();
-    let untracked = untracked.to_vec();
-    on_blocking_thread(log, move |log| {
-        save_blocking(&ctx, &entries, status, &untracked, log)
-    })
-    .await?
+    let outcomes = {
+        let ctx = ctx.clone();
+        let entries = entries.to_vec();
+        let untracked = untracked.to_vec();
+        on_blocking_thread(log, move |log| {
+            save_blocking(&ctx, &entries, status, &untracked, log)
+        })
+        .await??
+    };
+    if let Some(remote) = &ctx.remote {
+        shared::upload_created(ctx, remote, &outcomes, log).await;
+    }
+    Ok(outcomes)
 }
 
 #[cfg(test)]

@@ -14,8 +14,7 @@
 
 use super::pipeline::{CacheHook, StageContext};
 use super::script::sh_quote;
-use crate::cache::{self, CacheContext, JobStatus};
-use crate::gitlab::types::Cache;
+use crate::cache::{self, CacheContext, CacheEntry, JobStatus};
 use crate::isolation::{OutputSink, Role, ScriptRequest};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,9 +39,25 @@ pub fn job_is_protected(ctx: &StageContext<'_>) -> bool {
     crate::job::trust::is_protected(ctx.job)
 }
 
+/// The shared store of the job's runner entry, if `[runners.cache] Type` is set. A store that
+/// cannot be set up (an unreadable credentials file, say) is a warning: the job uses this
+/// host's cache only.
+fn shared_store(ctx: &StageContext<'_>) -> Option<Arc<cache::remote::Remote>> {
+    let store = ctx.runner.cache.store.as_ref()?;
+    match cache::remote::Remote::new(store, ctx.runner.token.expose()) {
+        Ok(remote) => Some(Arc::new(remote)),
+        Err(e) => {
+            ctx.log
+                .warning(&format!("{e}; the cache stays on this host for this job"));
+            None
+        }
+    }
+}
+
 /// The cache context of this job.
 pub fn cache_context(ctx: &StageContext<'_>) -> CacheContext {
     CacheContext {
+        remote: shared_store(ctx),
         // Scoped by GitLab instance: project ids are only unique within one (H3).
         cache_dir: ctx
             .runner
@@ -61,13 +76,14 @@ pub fn cache_context(ctx: &StageContext<'_>) -> CacheContext {
     }
 }
 
-/// The job's cache entries with every string expanded by the job's variables.
-pub fn expanded_entries(ctx: &StageContext<'_>) -> Vec<Cache> {
+/// The job's cache entries with every string expanded by the job's variables, as the cache
+/// module's own type (it does not know GitLab's wire types).
+pub fn expanded_entries(ctx: &StageContext<'_>) -> Vec<CacheEntry> {
     let v = ctx.vars;
     ctx.job
         .cache
         .iter()
-        .map(|c| Cache {
+        .map(|c| CacheEntry {
             key: v.expand(&c.key),
             untracked: c.untracked,
             paths: c.paths.iter().map(|p| v.expand(p)).collect(),
@@ -193,7 +209,7 @@ fn parse_untracked(data: &[u8]) -> Vec<PathBuf> {
 
 /// Whether any entry will be saved and needs the untracked list (avoids a helper container for
 /// the common case).
-fn needs_untracked(entries: &[Cache], status: JobStatus) -> bool {
+fn needs_untracked(entries: &[CacheEntry], status: JobStatus) -> bool {
     entries.iter().any(|e| {
         e.untracked
             && cache::Policy::parse(&e.policy).is_some_and(|p| p != cache::Policy::Pull)
@@ -437,7 +453,7 @@ mod tests {
 
     #[test]
     fn untracked_needed_only_when_saved() {
-        let e = Cache {
+        let e = CacheEntry {
             untracked: true,
             policy: "pull".into(),
             ..Default::default()
@@ -446,7 +462,7 @@ mod tests {
             std::slice::from_ref(&e),
             JobStatus::Success
         ));
-        let e = Cache {
+        let e = CacheEntry {
             untracked: true,
             ..Default::default()
         };
