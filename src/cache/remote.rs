@@ -112,6 +112,9 @@ pub fn protected_key(key: &str, protected: bool) -> String {
 impl Remote {
     /// Builds the client for `cfg`, for the runner with `token` (only its short form is used).
     pub fn new(cfg: &CacheStoreConfig, token: &str) -> Result<Remote, RemoteError> {
+        // The store's HTTP client needs the process's TLS provider (reqwest is built without
+        // one); idempotent, so a library user or a test need not know.
+        crate::install_crypto_provider();
         let mut secrets = Vec::new();
         let mut keep = |s: &Option<crate::secret::Secret>| {
             if let Some(s) = s.as_ref().filter(|s| !s.is_empty()) {
@@ -329,17 +332,16 @@ impl Remote {
             UPLOAD_PART,
         )
         .with_max_concurrency(UPLOAD_CONCURRENCY);
-        let copied = tokio::io::copy(&mut file, &mut writer).await;
-        let done = match copied {
-            Ok(_) => writer.shutdown().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = done {
-            // Best effort: the multipart upload, if one was started, is abandoned.
+        if let Err(e) = tokio::io::copy(&mut file, &mut writer).await {
+            // Best effort: the parts already sent are dropped by the store.
             let _ = writer.abort().await;
             return Err(RemoteError::Store(self.scrub(&io_error_text(&e))));
         }
-        Ok(())
+        // Completing aborts a multipart upload by itself when it fails.
+        writer
+            .shutdown()
+            .await
+            .map_err(|e| RemoteError::Store(self.scrub(&io_error_text(&e))))
     }
 }
 
