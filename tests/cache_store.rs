@@ -370,7 +370,8 @@ async fn host_a_saves_host_b_restores_through_the_store() {
     let env = String::from_utf8_lossy(&env);
     assert_no_credentials("archive", &env);
     assert_no_credentials("runner log", &logs.text());
-    assert!(!logs.text().is_empty(), "the log capture works");
+    // The capture sees the store client's own logging (and hyper's, at trace level).
+    assert!(logs.text().contains("object_store"), "the log capture works");
 }
 
 #[tokio::test]
