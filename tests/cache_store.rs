@@ -371,7 +371,10 @@ async fn host_a_saves_host_b_restores_through_the_store() {
     assert_no_credentials("archive", &env);
     assert_no_credentials("runner log", &logs.text());
     // The capture sees the store client's own logging (and hyper's, at trace level).
-    assert!(logs.text().contains("object_store"), "the log capture works");
+    assert!(
+        logs.text().contains("object_store"),
+        "the log capture works"
+    );
 }
 
 #[tokio::test]
