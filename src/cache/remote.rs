@@ -437,6 +437,38 @@ mod tests {
     }
 
     #[test]
+    fn gcs_and_azure_configs_reach_object_store() {
+        // Azure: account key and storage domain are accepted by the client builder.
+        let mut c = CacheStoreConfig::new(CacheStoreType::Azure);
+        c.azure.account_name = "acct".into();
+        c.azure.container_name = "cache".into();
+        c.azure.account_key = Some(Secret::new("a2V5LWJ5dGVzLWZvci10ZXN0"));
+        c.azure.storage_domain = "blob.core.example".into();
+        let r = Remote::new(&c, "0123456789").expect("azure client");
+        assert_eq!(r.kind(), "azure");
+        assert_eq!(
+            r.object_name(1, "k-non_protected").as_deref(),
+            Some("runner/01234567/project/1/k-non_protected")
+        );
+
+        // GCS: a key that is not a PEM is refused when the client is built, and the error
+        // names the store without quoting the key.
+        let mut c = CacheStoreConfig::new(CacheStoreType::Gcs);
+        c.gcs.bucket_name = "b".into();
+        c.gcs.access_id = "sa@project.iam.gserviceaccount.com".into();
+        c.gcs.private_key = Some(Secret::new("not-a-pem-private-key-77"));
+        let e = Remote::new(&c, "t").expect_err("bad key").to_string();
+        assert!(e.contains("gcs") && e.contains("pem"), "{e}");
+        assert!(!e.contains("not-a-pem-private-key-77"), "{e}");
+
+        // GCS: a credentials file that does not exist is a setup error too.
+        let mut c = CacheStoreConfig::new(CacheStoreType::Gcs);
+        c.gcs.bucket_name = "b".into();
+        c.gcs.credentials_file = Some("/nonexistent/sa.json".into());
+        assert!(Remote::new(&c, "t").is_err());
+    }
+
+    #[test]
     fn scrub_removes_credentials() {
         let r = s3(false, "");
         assert_eq!(
