@@ -188,6 +188,14 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         eprintln!("using builds dir {}", builds.display());
     }
 
+    // A local run never reads or writes the fleet's shared store: its jobs are not GitLab's
+    // (no protected flag, a made-up job id), and a developer's checkout must not become the
+    // cache CI jobs restore.
+    if runner.cache.store.take().is_some() {
+        eprintln!(
+            "the shared cache store ([runners.cache] Type) is not used by exec; the cache stays local"
+        );
+    }
     let cache_dir = writable_cache_dir(&runner.cache_dir).await;
     if cache_dir != runner.cache_dir {
         eprintln!(
