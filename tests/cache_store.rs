@@ -1,6 +1,8 @@
-//! The shared cache store through real jobs (`job::Pipeline` with the cache hook on the local
-//! test backend) against a real S3 server: moto's, started per test on a free loopback port.
-//! Two runner configs with their own builds and cache dirs act as two hosts.
+//! The shared cache store through real jobs against a real S3 server: moto's, started per test
+//! on a free loopback port. Two runner configs with their own builds and cache dirs act as two
+//! hosts: `job::Pipeline` with the cache hook on the local test backend for the store's cases,
+//! and the real daemon on the dind backend against the fake GitLab for the whole path
+//! (`real_daemons_on_two_hosts_share_a_cache`, needs Docker and the test images).
 //!
 //! Needs `python3 -m moto.server` (`pip install 'moto[server]'`, done by `.ci/run`).
 
@@ -566,4 +568,74 @@ async fn a_zip_from_gitlab_runner_is_not_extracted() {
     assert!(t.contains("is not an archive of this runner"), "{t}");
     assert!(t.contains("cache z not found"), "{t}");
     assert!(!Path::new(&a.local_archive("z", false)).exists());
+}
+
+/// Through the real daemon, the dind backend and the fake GitLab: host A's daemon runs a job
+/// that saves a cache; then host B's daemon, with its own builds and cache dirs, runs a job that
+/// restores it from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_daemons_on_two_hosts_share_a_cache() {
+    use support::e2e::{E2e, JOB_TIMEOUT};
+    let moto = Moto::start().await;
+    let w = E2e::new().await;
+    let mut config_a = w.config(1);
+    config_a.runners[0].cache.store = Some(s3_store(moto.port, false));
+    config_a.runners[0].cache_dir = w.scope.tmp.path().join("cache-a");
+    let mut config_b = config_a.clone();
+    config_b.runners[0].cache_dir = w.scope.tmp.path().join("cache-b");
+    let builds_b = w.scope.tmp.path().join("builds-b");
+    config_b.runners[0].builds_dir = builds_b.clone();
+    let cache = serde_json::json!([{
+        "key": "deps", "paths": ["vendor/"], "policy": "pull-push", "when": "on_success",
+        "untracked": false
+    }]);
+
+    let mut j1 = w.job(
+        1301,
+        &[
+            "mkdir -p vendor",
+            "echo from-host-a > vendor/x",
+            "env > vendor/env",
+        ],
+        &[],
+    );
+    j1["cache"] = cache.clone();
+    w.fake.enqueue(j1);
+    let a = w.start_daemon(config_a);
+    let f1 = w.wait_final(1301, JOB_TIMEOUT).await;
+    a.drain().await;
+    let t1 = w.trace(1301);
+    assert_eq!(f1.state, "success", "{t1}");
+    assert!(t1.contains("Uploaded cache deps"), "{t1}");
+    let objects = moto.objects().await;
+    assert!(
+        objects.len() == 1 && objects[0].ends_with("/deps-non_protected"),
+        "{objects:?}"
+    );
+
+    let mut j2 = w.job(
+        1302,
+        &["test \"$(cat vendor/x)\" = from-host-a", "echo restored-ok"],
+        &[],
+    );
+    j2["cache"] = cache;
+    w.fake.enqueue(j2);
+    let b = w.start_daemon(config_b);
+    let f2 = w.wait_final(1302, JOB_TIMEOUT).await;
+    b.drain().await;
+    let t2 = w.trace(1302);
+    assert_eq!(f2.state, "success", "{t2}");
+    assert!(
+        t2.contains("Downloaded cache deps from the shared s3 store"),
+        "{t2}"
+    );
+    assert!(t2.contains("restored-ok"), "{t2}");
+    for t in [&t1, &t2] {
+        assert_no_credentials("trace", t);
+    }
+    w.scope.assert_clean().await;
+    let left: Vec<_> = std::fs::read_dir(&builds_b)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "host B's job dirs left: {left:?}");
 }
