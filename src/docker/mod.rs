@@ -18,8 +18,12 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub mod auth;
 #[cfg(test)]
 pub(crate) mod fake;
+mod images;
+
+pub use images::{ImageFacts, PullEvent};
 
 /// Label every object the runner creates carries (value `1`).
 pub const LABEL_MANAGED: &str = "io.isolated-runner.managed";
@@ -430,31 +434,6 @@ impl Docker {
         })
     }
 
-    /// Whether an image exists locally.
-    pub async fn image_exists(&self, image: &str) -> Result<bool, Error> {
-        match self.inner.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                let e = api(format!("inspect image {image}"))(e);
-                if e.is_not_found() { Ok(false) } else { Err(e) }
-            }
-        }
-    }
-
-    /// The TCP ports an image declares with `EXPOSE`, ascending and without duplicates.
-    pub async fn image_exposed_tcp_ports(&self, image: &str) -> Result<Vec<u16>, Error> {
-        let info = self
-            .inner
-            .inspect_image(image)
-            .await
-            .map_err(api(format!("inspect image {image}")))?;
-        let declared = info
-            .config
-            .and_then(|c| c.exposed_ports)
-            .unwrap_or_default();
-        Ok(tcp_ports(&declared))
-    }
-
     /// Creates a container and returns its id.
     pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String, Error> {
         let body = container_body(spec);
@@ -862,32 +841,6 @@ impl Docker {
             Err(bollard::errors::Error::JsonSerdeError { .. }) => Ok(()),
             Err(e) => Err(api(format!("remove plugin {name}"))(e)),
         }
-    }
-
-    /// Exports an image as a tar stream (`docker save`).
-    pub fn export_image(&self, image: &str) -> ByteStream {
-        let ctx = format!("export image {image}");
-        Box::pin(
-            self.inner
-                .export_image(image)
-                .map_err(move |e| api(ctx.clone())(e)),
-        )
-    }
-
-    /// Loads an image tar stream into this daemon (`docker load`).
-    pub async fn load_image(&self, tar: ByteStream, what: &str) -> Result<(), Error> {
-        let ctx = format!("load image {what} into {}", self.what);
-        let s = self.inner.import_image_stream(
-            q::ImportImageOptions {
-                quiet: true,
-                ..Default::default()
-            },
-            tar.map_err(|e| std::io::Error::other(e.to_string())),
-            None,
-        );
-        s.map_err(|e| api(ctx.clone())(e))
-            .try_for_each(|_| async { Ok(()) })
-            .await
     }
 }
 
