@@ -13,7 +13,7 @@
 //! with project A's credentials can then be used by project B under `if-not-present`, since
 //! the local copy is used without asking the registry. Here an image is pulled again, so the
 //! registry checks the job's own access, when it was pulled with credentials (remembered by
-//! name and by image id, in a file under the state directory so a restart keeps it) or when
+//! repository and by image id, in a file under the state directory so a restart keeps it) or when
 //! the job has credentials for its registry. An image named only by id that needs such a check
 //! is refused (a registry cannot be asked about an id).
 
@@ -135,7 +135,8 @@ pub struct PullPlan {
     pub notes: Vec<String>,
 }
 
-/// Images pulled with credentials (references and image ids), kept in a file so a restarted
+/// Images pulled with credentials (repository paths as [`auth::image_path`] spells them, and
+/// image ids), kept in a file so a restarted
 /// runner still asks the registry before a job without those credentials gets them.
 #[derive(Debug, Default)]
 pub struct PulledWithAuth {
@@ -239,7 +240,7 @@ async fn ensure_one(
         }
         match with_policy(docker, img, *policy, auth.as_ref(), out, remembered).await {
             Ok(facts) => {
-                match facts.repo_digests.first() {
+                match digest_of(&img.image, &facts.repo_digests) {
                     Some(d) => say(
                         out,
                         &format!(
@@ -276,6 +277,20 @@ async fn ensure_one(
     })
 }
 
+/// The digest `image` was pulled by: the `repo@sha256:…` entry of its own repository (the
+/// same content may have been pulled from several), else the first.
+fn digest_of<'a>(image: &str, digests: &'a [String]) -> Option<&'a String> {
+    let repo = auth::image_path(image);
+    digests
+        .iter()
+        .find(|d| {
+            d.split('@')
+                .next()
+                .is_some_and(|r| auth::image_path(r) == repo)
+        })
+        .or_else(|| digests.first())
+}
+
 /// One policy for one image: the local image's facts, or why not.
 async fn with_policy(
     docker: &Docker,
@@ -290,12 +305,13 @@ async fn with_policy(
         .await
         .map_err(|e| e.to_string())?;
     let by_id = local.as_ref().is_some_and(|f| f.id == img.image);
-    let needs_check = local.as_ref().is_some_and(|f| {
-        remembered.contains(&img.image) || remembered.contains(&f.id) || auth.is_some()
-    });
+    // By repository (any tag or digest of it), and by id for a job naming the id: another
+    // name for the same content was loaded some other way and needs no check.
+    let repo = auth::image_path(&img.image);
     let pulled_with_auth = local
         .as_ref()
-        .is_some_and(|f| remembered.contains(&img.image) || remembered.contains(&f.id));
+        .is_some_and(|f| remembered.contains(&repo) || (by_id && remembered.contains(&f.id)));
+    let needs_check = pulled_with_auth || (local.is_some() && auth.is_some());
     match (policy, local) {
         (PullPolicy::Never, Some(_)) if pulled_with_auth => {
             return Err(
@@ -341,7 +357,7 @@ async fn with_policy(
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} is still not on the host after its pull", img.image))?;
     if auth.is_some() {
-        remembered.add(&[&img.image, &facts.id]);
+        remembered.add(&[&repo, &facts.id]);
     }
     Ok(facts)
 }
@@ -596,6 +612,17 @@ mod tests {
             Some("Digest: sha256:ab".into()),
             "summary lines are never throttled"
         );
+    }
+
+    #[test]
+    fn the_digest_of_the_images_own_repository() {
+        let d = vec![
+            "127.0.0.1:1/other@sha256:aa".to_string(),
+            "127.0.0.1:2/mine@sha256:aa".to_string(),
+        ];
+        assert_eq!(digest_of("127.0.0.1:2/mine:1", &d), Some(&d[1]));
+        assert_eq!(digest_of("unrelated:1", &d), Some(&d[0]));
+        assert_eq!(digest_of("x", &[]), None);
     }
 
     #[test]
