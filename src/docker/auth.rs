@@ -331,7 +331,7 @@ mod tests {
         assert_eq!(got.source, SOURCE_VARIABLE);
         let got = resolve("r.corp:5000/app", &[home, payload.clone()]).expect("found");
         assert_eq!(got.username, "bob");
-        let got = resolve("R.CORP:5000/app", &[payload.clone()]).expect("found");
+        let got = resolve("R.CORP:5000/app", std::slice::from_ref(&payload)).expect("found");
         assert_eq!(got.source, SOURCE_PAYLOAD);
         assert!(resolve("elsewhere.io/app", &[a, payload]).is_none());
     }

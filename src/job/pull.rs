@@ -148,31 +148,32 @@ mod tests {
     }
 
     fn job() -> JobResponse {
-        let mut j = JobResponse::default();
-        j.image = Some(Image {
-            name: "r.corp/app:1".into(),
-            pull_policy: vec!["if-not-present".into()],
-            ..Default::default()
-        });
-        j.services = vec![Image {
-            name: "r.corp/db:1".into(),
-            pull_policy: vec!["never".into()],
-            ..Default::default()
-        }];
-        j.credentials = vec![
-            Credentials {
-                r#type: "registry".into(),
-                url: "r.corp".into(),
-                username: "gitlab-ci-token".into(),
-                password: Secret::new("payload-token"),
-            },
-            Credentials {
-                r#type: "other".into(),
-                url: "x.corp".into(),
+        JobResponse {
+            image: Some(Image {
+                name: "r.corp/app:1".into(),
+                pull_policy: vec!["if-not-present".into()],
                 ..Default::default()
-            },
-        ];
-        j
+            }),
+            services: vec![Image {
+                name: "r.corp/db:1".into(),
+                pull_policy: vec!["never".into()],
+                ..Default::default()
+            }],
+            credentials: vec![
+                Credentials {
+                    r#type: "registry".into(),
+                    url: "r.corp".into(),
+                    username: "gitlab-ci-token".into(),
+                    password: Secret::new("payload-token"),
+                },
+                Credentials {
+                    r#type: "other".into(),
+                    url: "x.corp".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
     }
 
     #[test]
