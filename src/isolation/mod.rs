@@ -12,6 +12,7 @@ pub mod images;
 pub mod limits;
 pub mod pool;
 pub mod reaper;
+pub mod registry_ca;
 pub mod resolve;
 pub mod services;
 pub mod shared_socket;
