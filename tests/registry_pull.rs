@@ -7,7 +7,9 @@
 //! HTTP to loopback registries, and nothing leaves the machine. Test images are pushed into it
 //! from the host engine under a repository named after the test's runner id, the local tag is
 //! removed, so only a pull can bring the image back; every tag pulled is removed at the end.
-//! TLS with a private CA on the host engine is not tested here (see docs/images.md).
+//! TLS with a private CA is tested on the job's own daemon (`registry_ca_files`), not on the
+//! host engine: that would mean writing the host's /etc/docker/certs.d, shared with every other
+//! test and helper on this machine; the host engine's use of it is Docker's own behaviour.
 
 mod support;
 
@@ -49,10 +51,22 @@ struct Registry {
     /// Tags this test made or pulled on the host engine, removed by `stop`.
     tags: Vec<String>,
     _auth_dir: Option<tempfile::TempDir>,
+    _tls_dir: Option<tempfile::TempDir>,
+    /// `docker port` output: every address the registry is published on.
+    ports: String,
 }
 
 impl Registry {
     async fn start(scope: &Scope, user: Option<(&str, &str)>) -> Registry {
+        Self::start_with(scope, user, None).await
+    }
+
+    /// `tls`: (certificate chain PEM, key PEM, host address to publish on besides loopback).
+    async fn start_with(
+        scope: &Scope,
+        user: Option<(&str, &str)>,
+        tls: Option<(&str, &str, std::net::IpAddr)>,
+    ) -> Registry {
         let name = format!("ir-{}-registry", scope.runner_id);
         let label = format!("io.isolated-runner.runner={}", scope.runner_id);
         let mut args: Vec<String> = [
@@ -88,6 +102,24 @@ impl Registry {
             args.push(format!("{}:/auth:ro", d.path().display()));
             d
         });
+        let tls_dir = tls.map(|(cert, key, publish_on)| {
+            let d = tempfile::tempdir().expect("tempdir");
+            std::fs::write(d.path().join("server.crt"), cert).expect("write");
+            std::fs::write(d.path().join("server.key"), key).expect("write");
+            for a in [
+                "-e".to_string(),
+                "REGISTRY_HTTP_TLS_CERTIFICATE=/certs/server.crt".to_string(),
+                "-e".to_string(),
+                "REGISTRY_HTTP_TLS_KEY=/certs/server.key".to_string(),
+                "-v".to_string(),
+                format!("{}:/certs:ro", d.path().display()),
+                "-p".to_string(),
+                format!("{publish_on}::5000"),
+            ] {
+                args.push(a);
+            }
+            d
+        });
         args.push(REGISTRY_IMAGE.to_string());
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         must(&argv, None).await;
@@ -103,6 +135,8 @@ impl Registry {
             client: tempfile::tempdir().expect("tempdir"),
             tags: Vec::new(),
             _auth_dir: auth_dir,
+            _tls_dir: tls_dir,
+            ports: port.clone(),
         };
         // The port proxy accepts before the registry listens: wait for its API.
         let up = support::wait_until(Duration::from_secs(30), || api_answers(&r.addr)).await;
@@ -140,7 +174,7 @@ impl Registry {
     }
 }
 
-/// Whether `GET /v2/` answers (200 anonymous, 401 behind auth).
+/// Whether `GET /v2/` answers (200 anonymous, 401 behind auth, 400 over TLS).
 fn api_answers(addr: &str) -> bool {
     use std::io::{Read, Write};
     let Ok(sock) = addr.parse::<std::net::SocketAddr>() else {
@@ -159,9 +193,11 @@ fn api_answers(addr: &str) -> bool {
     let Ok(n) = c.read(&mut buf) else {
         return false;
     };
-    // `HTTP/1.x 200` or `HTTP/1.x 401`.
+    // `HTTP/1.x 200`, `401` (auth), or `400` (plain HTTP to the TLS listener).
     buf[..n].starts_with(b"HTTP/1.")
-        && (buf[8..n].starts_with(b" 200") || buf[8..n].starts_with(b" 401"))
+        && [&b" 200"[..], b" 401", b" 400"]
+            .iter()
+            .any(|c| buf[8..n].starts_with(c))
 }
 
 async fn local(reference: &str) -> bool {
@@ -357,4 +393,69 @@ async fn authenticated_pulls_and_no_reuse_without_access() {
 fn base64_of(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// `registry_ca_files`: a registry with a private CA, reached by the job's own daemon. With the
+/// admin's CA the job's `docker pull` works; without it, the daemon refuses the certificate.
+/// The registry is published on the host's docker0 address and named as `registry_mirror`,
+/// the one host address the job network may reach besides GitLab (egress rules), which also
+/// keeps the inner daemon's Docker Hub pulls (none here) on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_daemon_trusts_the_admins_registry_ca() {
+    let w = E2e::new().await;
+    let gw = w.git_addr.ip();
+    let pki = isolated_runner::pki::issue_job_pki(&isolated_runner::pki::PkiRequest {
+        job_id: 1,
+        server_dns: Vec::new(),
+        server_ips: vec![gw, "127.0.0.1".parse().expect("ip")],
+        validity: Duration::from_secs(3600),
+    })
+    .expect("certificates");
+    let s = &pki.server;
+    let mut reg =
+        Registry::start_with(&w.scope, None, Some((&s.cert_pem, s.key_pem.expose(), gw))).await;
+    let repo = format!("ir-{}", w.scope.runner_id.to_ascii_lowercase());
+    reg.push(BUSYBOX_IMAGE, &format!("{repo}/bb:1")).await;
+    let port = reg
+        .ports
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{gw}:")))
+        .unwrap_or_else(|| panic!("not published on {gw}: {}", reg.ports))
+        .to_string();
+    let host = format!("{gw}:{port}");
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca_dir.path().join("corp-ca.crt");
+    std::fs::write(&ca, &s.ca_pem).expect("write CA");
+
+    let pull = format!(
+        "docker pull {host}/{repo}/bb:1 2>&1 && echo inner-pull-ok || echo inner-pull-refused"
+    );
+    let mut config = w.config(1);
+    let iso = &mut config.runners[0].docker.isolation;
+    iso.registry_mirror = Some(format!("https://{host}/"));
+    iso.registry_ca_files.insert(host.clone(), ca.clone());
+    w.fake.enqueue(w.job(2201, &[&pull], &[]));
+    let daemon = w.start_daemon(config);
+    let f = w.wait_final(2201, JOB_TIMEOUT).await;
+    daemon.drain().await;
+    let t = w.trace(2201);
+    assert_eq!(f.state, "success", "{t}");
+    assert!(t.contains("inner-pull-ok\n"), "{t}");
+
+    // The same without the CA: refused on the certificate, so the CA above was what worked.
+    let mut config = w.config(1);
+    config.runners[0].docker.isolation.registry_mirror = Some(format!("https://{host}/"));
+    w.fake.enqueue(w.job(2202, &[&pull], &[]));
+    let daemon = w.start_daemon(config);
+    let f = w.wait_final(2202, JOB_TIMEOUT).await;
+    daemon.drain().await;
+    let t = w.trace(2202);
+    assert_eq!(f.state, "success", "{t}");
+    assert!(t.contains("inner-pull-refused\n"), "{t}");
+    assert!(
+        t.contains("x509") || t.contains("certificate"),
+        "refused for another reason:\n{t}"
+    );
+    reg.stop().await;
+    w.scope.assert_clean().await;
 }
