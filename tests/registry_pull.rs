@@ -218,8 +218,8 @@ fn assert_failed(w: &E2e, id: u64, state: &support::fake_gitlab::FinalUpdate, re
 }
 
 /// Anonymous registry: the job image and a service image come only from the registry; the
-/// trace shows the pull and the digest; `never` with a missing image and a missing tag fail
-/// as `image_pull_failure` with the reason.
+/// trace shows the pull and the digest; `never` with a missing image, a missing tag and a
+/// registry that is down (tried again first) fail as `image_pull_failure` with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_and_service_images_are_pulled_and_missing_ones_fail_clearly() {
     let w = E2e::new().await;
@@ -240,7 +240,14 @@ async fn job_and_service_images_are_pulled_and_missing_ones_fail_clearly() {
     never["image"] = image(&format!("{}/{repo}/absent:1", reg.addr), &["never"]);
     let mut absent = w.job(2003, &["echo not-reached"], &[]);
     absent["image"] = image(&format!("{}/{repo}/absent:1", reg.addr), &[]);
-    for j in [ok, never, absent] {
+    // A registry that is not there (a loopback port nobody listens on): connection refused is
+    // transient, so the pull is tried again before the job fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut down = w.job(2004, &["echo not-reached"], &[]);
+    down["image"] = image(&format!("{closed}/{repo}/bb:1"), &[]);
+    for j in [ok, never, absent, down] {
         w.fake.enqueue(j);
     }
     let mut config = w.config(1);
@@ -253,6 +260,7 @@ async fn job_and_service_images_are_pulled_and_missing_ones_fail_clearly() {
     let f1 = w.wait_final(2001, JOB_TIMEOUT).await;
     let f2 = w.wait_final(2002, JOB_TIMEOUT).await;
     let f3 = w.wait_final(2003, JOB_TIMEOUT).await;
+    let f4 = w.wait_final(2004, JOB_TIMEOUT).await;
     daemon.drain().await;
 
     let t = w.trace(2001);
@@ -282,6 +290,12 @@ async fn job_and_service_images_are_pulled_and_missing_ones_fail_clearly() {
         t.contains("manifest unknown") || t.contains("not found"),
         "no registry message:\n{t}"
     );
+
+    assert_failed(&w, 2004, &f4, "image_pull_failure");
+    let t = w.trace(2004);
+    assert!(t.contains("(attempt 2 of 3)"), "{t}");
+    assert!(t.contains("(attempt 3 of 3)"), "{t}");
+    assert!(t.contains("connection refused"), "{t}");
     reg.stop().await;
     w.scope.assert_clean().await;
 }
