@@ -6,7 +6,7 @@ use crate::config::RunnerConfig;
 use crate::docker::auth;
 use crate::gitlab::types::JobResponse;
 use crate::isolation::EnvironmentSpec;
-use crate::isolation::images::{ImagePull, PullPlan, policies_for};
+use crate::isolation::images::{ImagePull, PullPlan, PullPolicy, policies_for};
 use std::path::{Path, PathBuf};
 
 /// The variable holding a docker client config with registry credentials.
@@ -43,11 +43,18 @@ pub fn plan(
             policies: of(&svc.pull_policy).map_err(|e| format!("service {}: {e}", s.image.name))?,
         });
     }
-    // The helper follows the config, never the job (as in gitlab-runner).
+    // The helper follows the config, never the job. The default helper (no `helper_image`) is
+    // the runner's own and is used from the host when there, as gitlab-runner uses its
+    // prebuilt helper without pulling.
+    let helper_policies = if d.helper_image.is_some() {
+        of(&[]).map_err(|e| format!("helper image {}: {e}", spec.helper_image))?
+    } else {
+        vec![PullPolicy::IfNotPresent]
+    };
     images.push(ImagePull {
         image: spec.helper_image.clone(),
         role: "helper".into(),
-        policies: of(&[]).map_err(|e| format!("helper image {}: {e}", spec.helper_image))?,
+        policies: helper_policies,
     });
 
     let mut sources = Vec::new();
@@ -119,7 +126,6 @@ pub fn runner_home() -> Option<PathBuf> {
 mod tests {
     use super::*;
     use crate::gitlab::types::{Credentials, Image};
-    use crate::isolation::images::PullPolicy;
     use crate::isolation::{ContainerImage, ServiceSpec};
     use crate::secret::Secret;
 
@@ -192,6 +198,7 @@ mod tests {
             DOCKER_AUTH_CONFIG,
             r#"{"auths": {"r.corp/app": {"username": "var", "password": "v"}}}"#,
         );
+        runner.docker.helper_image = Some("helper:1".into());
         let p = plan(&job(), &runner, &vars, &spec(), Some(home.path())).expect("plan");
         let pol: Vec<(&str, Vec<PullPolicy>)> = p
             .images
@@ -214,7 +221,13 @@ mod tests {
             "home",
             "home config before payload"
         );
+        runner.docker.helper_image = None;
         let without_home = plan(&job(), &runner, &Variables::new(), &spec(), None).expect("plan");
+        assert_eq!(
+            without_home.images[2].policies,
+            [IfNotPresent],
+            "the default helper is used from the host when there"
+        );
         let got = auth::resolve("r.corp/db:1", &without_home.auth).expect("payload");
         assert_eq!(got.source, auth::SOURCE_PAYLOAD);
         assert!(auth::resolve("x.corp/a", &without_home.auth).is_none());
