@@ -174,6 +174,25 @@ impl Registry {
     }
 }
 
+impl Drop for Registry {
+    /// A failed assertion must not leave the registry or its tags behind (after `stop` these
+    /// are already gone and the commands find nothing).
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            let _ = std::process::Command::new("docker")
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        for t in &self.tags {
+            quiet(&["rmi", t]);
+        }
+        quiet(&["rm", "-f", &self.name]);
+    }
+}
+
 /// Whether `GET /v2/` answers (200 anonymous, 401 behind auth, 400 over TLS).
 fn api_answers(addr: &str) -> bool {
     use std::io::{Read, Write};
