@@ -352,6 +352,7 @@ pub const ISOLATION: Section = Section {
         "data_root_max_size",
         "data_root_max_age",
         "registry_mirror",
+        "registry_ca_files",
         "preload_images",
         "egress",
         "block_private_networks",

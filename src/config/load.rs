@@ -1212,6 +1212,29 @@ impl Loader {
                         iso.warm_pool_max_idle = d;
                     }
                 }
+                "registry_ca_files" => match item.as_table_like() {
+                    Some(map) => {
+                        let mut out = BTreeMap::new();
+                        for (host, file) in map.iter() {
+                            let entry_at = At {
+                                path: format!("{} {host}", at.path),
+                                line: map
+                                    .key(host)
+                                    .and_then(|k| self.line_of(k.span()))
+                                    .unwrap_or(at.line),
+                            };
+                            let host = self.check(&entry_at, v::check_registry_host(host));
+                            let file = self
+                                .abs_path(&entry_at, file)
+                                .and_then(|f| self.check(&entry_at, v::check_ca_file(f)));
+                            if let (Some(h), Some(f)) = (host, file) {
+                                out.insert(h, f);
+                            }
+                        }
+                        iso.registry_ca_files = out;
+                    }
+                    None => self.type_error(&at, "an inline table of registry hosts to CA files, like { \"registry.corp:5000\" = \"/etc/ssl/corp-ca.crt\" }", item),
+                },
                 "host_path_map" => match item.as_table_like() {
                     Some(map) => {
                         let mut out = BTreeMap::new();

@@ -207,6 +207,9 @@ pub struct IsolationConfig {
     pub registry_mirror: Option<String>,
     /// Images copied from the host daemon into each job's daemon.
     pub preload_images: Vec<String>,
+    /// CA certificate file per registry (`host[:port]`), given to each job's daemon as
+    /// `/etc/docker/certs.d/<host>/ca.crt` (see `isolation::registry_ca`).
+    pub registry_ca_files: BTreeMap<String, PathBuf>,
     /// Egress policy.
     pub egress: Egress,
     /// `block_private_networks`: jobs cannot reach RFC 1918, 100.64.0.0/10 (CGNAT) and
@@ -331,6 +334,7 @@ impl Default for IsolationConfig {
             block_private_networks: false,
             ready_timeout: Duration::from_secs(60),
             host_path_map: BTreeMap::new(),
+            registry_ca_files: BTreeMap::new(),
             warm_pool: 0,
             warm_pool_max_idle: Duration::from_secs(30 * 60),
         }

@@ -742,3 +742,44 @@ fn cache_stores_are_checked_and_name_the_key() {
     assert!(loaded.config.runners[0].cache.store.is_none());
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 }
+
+#[test]
+fn registry_ca_files_name_hosts_and_certificates() {
+    let d = tempfile::tempdir().unwrap();
+    let ca = d.path().join("corp-ca.crt");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let not_pem = d.path().join("notes.txt");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let text = runner(
+        "",
+        &format!(
+            "[runners.docker.isolation]\nregistry_ca_files = {{ \"Registry.Corp:5000\" = \"{}\" }}\n",
+            ca.display()
+        ),
+    );
+    let c = load_str(&text, "config.toml").unwrap().config;
+    assert_eq!(
+        c.runners[0]
+            .docker
+            .isolation
+            .registry_ca_files
+            .get("registry.corp:5000"),
+        Some(&ca)
+    );
+    let text = runner(
+        "",
+        &format!(
+            "[runners.docker.isolation]\nregistry_ca_files = {{ \"../../etc\" = \"{}\", \"r.corp\" = \"{}\", \"x.corp\" = \"relative.crt\" }}\n",
+            ca.display(),
+            not_pem.display()
+        ),
+    );
+    let e = errors(&text);
+    find(&e, "`../../etc` is not a registry host");
+    find(&e, "holds no PEM certificate");
+    assert!(e.len() >= 3, "{e:?}");
+}

@@ -183,6 +183,42 @@ fn is_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Checks a `registry_ca_files` key: a registry `host` or `host:port` as Docker names its
+/// `certs.d` directories; it becomes a directory name in each job's daemon, so nothing that
+/// could leave `certs.d` (`/`, `..`, empty) is accepted.
+pub fn check_registry_host(text: &str) -> Result<String, String> {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (text, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with(['.', '-'])
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        && !host.contains("..");
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    if host_ok && port_ok {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "`{text}` is not a registry host (use `host` or `host:port`, like `registry.corp:5000`)"
+        ))
+    }
+}
+
+/// Checks that `path` is a readable PEM file with a certificate (a CA for a registry).
+pub fn check_ca_file(path: std::path::PathBuf) -> Result<std::path::PathBuf, String> {
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.contains("-----BEGIN CERTIFICATE-----") {
+        Ok(path)
+    } else {
+        Err(format!("{} holds no PEM certificate", path.display()))
+    }
+}
+
 /// The pull policies gitlab-runner knows.
 pub const PULL_POLICIES: [&str; 3] = ["always", "if-not-present", "never"];
 
@@ -557,6 +593,20 @@ mod tests {
         assert!(!err.contains("secret"), "must not quote the value: {err}");
         assert!(parse_env_entry("1A=x").is_err());
         assert!(parse_env_entry("=x").is_err());
+    }
+
+    #[test]
+    fn registry_hosts() {
+        assert_eq!(
+            check_registry_host("Registry.Corp:5000"),
+            Ok("registry.corp:5000".into())
+        );
+        assert!(check_registry_host("10.0.0.5").is_ok());
+        for bad in [
+            "", "..", "../etc", "a/b", "r.corp:0", "r.corp:x", ".hidden", "r:5000:1",
+        ] {
+            assert!(check_registry_host(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

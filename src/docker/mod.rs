@@ -5,11 +5,6 @@
 //! [`Error`] with the operation and object it was about. Policy (which flags, which labels, what
 //! order) lives in `isolation`, not here.
 
-use bollard::models::{
-    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig,
-    HostConfigCgroupnsModeEnum, Ipam, IpamConfig, Mount, MountType, NetworkCreateRequest,
-    NetworkingConfig, ResourcesUlimits, VolumeCreateRequest,
-};
 use bollard::query_parameters as q;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -18,8 +13,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub mod auth;
+mod body;
 #[cfg(test)]
 pub(crate) mod fake;
+mod images;
+mod networks;
+
+pub use images::{ImageFacts, PullEvent};
 
 /// Label every object the runner creates carries (value `1`).
 pub const LABEL_MANAGED: &str = "io.isolated-runner.managed";
@@ -430,34 +431,9 @@ impl Docker {
         })
     }
 
-    /// Whether an image exists locally.
-    pub async fn image_exists(&self, image: &str) -> Result<bool, Error> {
-        match self.inner.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                let e = api(format!("inspect image {image}"))(e);
-                if e.is_not_found() { Ok(false) } else { Err(e) }
-            }
-        }
-    }
-
-    /// The TCP ports an image declares with `EXPOSE`, ascending and without duplicates.
-    pub async fn image_exposed_tcp_ports(&self, image: &str) -> Result<Vec<u16>, Error> {
-        let info = self
-            .inner
-            .inspect_image(image)
-            .await
-            .map_err(api(format!("inspect image {image}")))?;
-        let declared = info
-            .config
-            .and_then(|c| c.exposed_ports)
-            .unwrap_or_default();
-        Ok(tcp_ports(&declared))
-    }
-
     /// Creates a container and returns its id.
     pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String, Error> {
-        let body = container_body(spec);
+        let body = body::container_body(spec);
         let opts = q::CreateContainerOptions {
             name: Some(spec.name.clone()),
             ..Default::default()
@@ -688,125 +664,6 @@ impl Docker {
             .collect())
     }
 
-    /// Creates a bridge network.
-    pub async fn create_network(&self, spec: &NetworkSpec) -> Result<String, Error> {
-        let mut options = HashMap::new();
-        if let Some(mtu) = spec.mtu {
-            options.insert("com.docker.network.driver.mtu".to_string(), mtu.to_string());
-        }
-        let req = NetworkCreateRequest {
-            name: spec.name.clone(),
-            driver: Some("bridge".to_string()),
-            ipam: Some(Ipam {
-                driver: Some("default".to_string()),
-                config: Some(vec![IpamConfig {
-                    subnet: Some(spec.subnet.clone()),
-                    gateway: Some(spec.gateway.clone()),
-                    ..Default::default()
-                }]),
-                options: None,
-            }),
-            options: Some(options),
-            labels: Some(spec.labels.clone()),
-            ..Default::default()
-        };
-        let r = self.inner.create_network(req).await.map_err(api(format!(
-            "create network {} ({})",
-            spec.name, spec.subnet
-        )))?;
-        Ok(r.id)
-    }
-
-    /// Removes a network. Returns false if it was not there.
-    pub async fn remove_network(&self, name: &str) -> Result<bool, Error> {
-        match self.inner.remove_network(name).await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let e = api(format!("remove network {name}"))(e);
-                if e.is_not_found() { Ok(false) } else { Err(e) }
-            }
-        }
-    }
-
-    /// Networks matching every `key=value` label filter (all networks when `labels` is empty).
-    pub async fn list_networks(&self, labels: &[String]) -> Result<Vec<NetworkInfo>, Error> {
-        let filters = if labels.is_empty() {
-            None
-        } else {
-            Some(HashMap::from([("label".to_string(), labels.to_vec())]))
-        };
-        let opts = q::ListNetworksOptions { filters };
-        let r = self
-            .inner
-            .list_networks(Some(opts))
-            .await
-            .map_err(api("list networks"))?;
-        Ok(r.into_iter()
-            .map(|n| NetworkInfo {
-                id: n.id.unwrap_or_default(),
-                name: n.name.unwrap_or_default(),
-                labels: n.labels.unwrap_or_default(),
-                subnets: n
-                    .ipam
-                    .and_then(|i| i.config)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|c| c.subnet)
-                    .collect(),
-            })
-            .collect())
-    }
-
-    /// Creates a named volume.
-    pub async fn create_volume(
-        &self,
-        name: &str,
-        labels: &HashMap<String, String>,
-    ) -> Result<(), Error> {
-        let req = VolumeCreateRequest {
-            name: Some(name.to_string()),
-            labels: Some(labels.clone()),
-            ..Default::default()
-        };
-        self.inner
-            .create_volume(req)
-            .await
-            .map(|_| ())
-            .map_err(api(format!("create volume {name}")))
-    }
-
-    /// Removes a volume. Returns false if it was not there.
-    pub async fn remove_volume(&self, name: &str) -> Result<bool, Error> {
-        let opts = q::RemoveVolumeOptions { force: true };
-        match self.inner.remove_volume(name, Some(opts)).await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let e = api(format!("remove volume {name}"))(e);
-                if e.is_not_found() { Ok(false) } else { Err(e) }
-            }
-        }
-    }
-
-    /// Volumes matching every `key=value` label filter.
-    pub async fn list_volumes(&self, labels: &[String]) -> Result<Vec<VolumeInfo>, Error> {
-        let opts = q::ListVolumesOptions {
-            filters: Some(HashMap::from([("label".to_string(), labels.to_vec())])),
-        };
-        let r = self
-            .inner
-            .list_volumes(Some(opts))
-            .await
-            .map_err(api("list volumes"))?;
-        Ok(r.volumes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| VolumeInfo {
-                name: v.name,
-                labels: v.labels,
-            })
-            .collect())
-    }
-
     /// Extracts the tar archive `tar` at `path` inside a container's own file system
     /// (`PUT /containers/{id}/archive`; the daemon resolves `path` inside the container).
     pub async fn put_archive(&self, id: &str, path: &str, tar: Vec<u8>) -> Result<(), Error> {
@@ -863,131 +720,6 @@ impl Docker {
             Err(e) => Err(api(format!("remove plugin {name}"))(e)),
         }
     }
-
-    /// Exports an image as a tar stream (`docker save`).
-    pub fn export_image(&self, image: &str) -> ByteStream {
-        let ctx = format!("export image {image}");
-        Box::pin(
-            self.inner
-                .export_image(image)
-                .map_err(move |e| api(ctx.clone())(e)),
-        )
-    }
-
-    /// Loads an image tar stream into this daemon (`docker load`).
-    pub async fn load_image(&self, tar: ByteStream, what: &str) -> Result<(), Error> {
-        let ctx = format!("load image {what} into {}", self.what);
-        let s = self.inner.import_image_stream(
-            q::ImportImageOptions {
-                quiet: true,
-                ..Default::default()
-            },
-            tar.map_err(|e| std::io::Error::other(e.to_string())),
-            None,
-        );
-        s.map_err(|e| api(ctx.clone())(e))
-            .try_for_each(|_| async { Ok(()) })
-            .await
-    }
-}
-
-fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
-    let mounts = spec
-        .mounts
-        .iter()
-        .map(|m| match m {
-            MountSpec::Bind {
-                source,
-                target,
-                read_only,
-            } => Mount {
-                typ: Some(MountType::BIND),
-                source: Some(source.clone()),
-                target: Some(target.clone()),
-                read_only: Some(*read_only),
-                ..Default::default()
-            },
-            MountSpec::Volume { name, target } => Mount {
-                typ: Some(MountType::VOLUME),
-                source: Some(name.clone()),
-                target: Some(target.clone()),
-                ..Default::default()
-            },
-            MountSpec::Tmpfs { target, size } => Mount {
-                typ: Some(MountType::TMPFS),
-                target: Some(target.clone()),
-                tmpfs_options: size.map(|s| bollard::models::MountTmpfsOptions {
-                    size_bytes: Some(s),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        })
-        .collect();
-    let host_config = HostConfig {
-        mounts: Some(mounts),
-        // Without a network the container gets `none`, never the default bridge.
-        network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".to_string())),
-        privileged: Some(spec.privileged),
-        cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
-        cap_drop: (!spec.cap_drop.is_empty()).then(|| spec.cap_drop.clone()),
-        security_opt: (!spec.security_opt.is_empty()).then(|| spec.security_opt.clone()),
-        cgroupns_mode: spec
-            .cgroupns_private
-            .then_some(HostConfigCgroupnsModeEnum::PRIVATE),
-        runtime: spec.runtime.clone(),
-        memory: spec.memory,
-        memory_swap: spec.memory,
-        nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
-        cpu_shares: spec.cpu_shares,
-        pids_limit: spec.pids_limit,
-        sysctls: (!spec.sysctls.is_empty()).then(|| spec.sysctls.clone()),
-        ulimits: spec.nofile.map(|(soft, hard)| {
-            vec![ResourcesUlimits {
-                name: Some("nofile".to_string()),
-                soft: Some(soft),
-                hard: Some(hard),
-            }]
-        }),
-        oom_score_adj: spec.oom_score_adj,
-        init: spec.init.then_some(true),
-        // Empty lists are what `systempaths=unconfined` sends: nothing masked, nothing ro.
-        masked_paths: spec.unmask_system_paths.then(Vec::new),
-        readonly_paths: spec.unmask_system_paths.then(Vec::new),
-        extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
-        dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
-        dns_search: (!spec.dns_search.is_empty()).then(|| spec.dns_search.clone()),
-        ..Default::default()
-    };
-    let networking_config = spec.network.as_ref().map(|net| NetworkingConfig {
-        endpoints_config: Some(HashMap::from([(
-            net.clone(),
-            EndpointSettings {
-                aliases: (!spec.aliases.is_empty()).then(|| spec.aliases.clone()),
-                ipam_config: spec.ipv4.as_ref().map(|ip| EndpointIpamConfig {
-                    ipv4_address: Some(ip.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )])),
-    });
-    ContainerCreateBody {
-        image: Some(spec.image.clone()),
-        entrypoint: spec.entrypoint.clone(),
-        cmd: spec.cmd.clone(),
-        env: Some(spec.env.clone()),
-        labels: Some(spec.labels.clone()),
-        working_dir: spec.working_dir.clone(),
-        user: spec.user.clone(),
-        open_stdin: Some(spec.open_stdin),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        tty: Some(false),
-        host_config: Some(host_config),
-        networking_config,
-        ..Default::default()
-    }
 }
 
 /// The TCP ports among `ExposedPorts` keys (`5432/tcp`, `53/udp`, a bare `80` is TCP);
@@ -1033,36 +765,6 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         assert_eq!(tcp_ports(&declared), [80, 443, 5432]);
-    }
-
-    #[test]
-    fn body_translates_limits_and_network() {
-        let spec = ContainerSpec {
-            name: "x".into(),
-            image: "img".into(),
-            network: Some("net".into()),
-            aliases: vec!["docker".into()],
-            ipv4: Some("10.0.0.2".into()),
-            memory: Some(1 << 30),
-            cpus: Some(1.5),
-            cgroupns_private: true,
-            unmask_system_paths: true,
-            ..Default::default()
-        };
-        let b = container_body(&spec);
-        let h = b.host_config.unwrap();
-        assert_eq!(h.extra_hosts, None);
-        assert_eq!(h.memory_swap, Some(1 << 30));
-        assert_eq!(h.nano_cpus, Some(1_500_000_000));
-        assert_eq!(h.network_mode.as_deref(), Some("net"));
-        assert_eq!(h.masked_paths, Some(vec![]));
-        let ep = &b.networking_config.unwrap().endpoints_config.unwrap()["net"];
-        assert_eq!(ep.aliases.as_ref().unwrap(), &vec!["docker".to_string()]);
-        let none = container_body(&ContainerSpec::default());
-        assert_eq!(
-            none.host_config.unwrap().network_mode.as_deref(),
-            Some("none")
-        );
     }
 
     #[test]

@@ -832,14 +832,15 @@ async fn write_private_file(path: &Path, data: &[u8]) -> Result<(), Error> {
     .map_err(fail)
 }
 
-/// Fails with [`Error::ImageUnavailable`] unless `image` exists on the daemon (never pulls).
+/// Fails with [`Error::ImageUnavailable`] unless `image` exists on the daemon (pulling is
+/// done before, by [`super::images`]; this catches an image removed in between).
 pub async fn require_image(docker: &Docker, image: &str, role: &str) -> Result<(), Error> {
     match docker.image_exists(image).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(Error::ImageUnavailable {
             image: image.to_string(),
             detail: format!(
-                "the {role} image is not on the host daemon and the runner never pulls; load or build it first"
+                "the {role} image is not on the host daemon (the runner pulls job, service and helper images; the sidecar and preloaded images are the admin's to load)"
             ),
         }),
         Err(e) => Err(other(format!("inspect image {image}"))(e)),

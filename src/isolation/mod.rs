@@ -8,9 +8,11 @@ mod common;
 pub mod data_root;
 pub mod dind;
 pub mod egress;
+pub mod images;
 pub mod limits;
 pub mod pool;
 pub mod reaper;
+pub mod registry_ca;
 pub mod resolve;
 pub mod services;
 pub mod shared_socket;
@@ -153,6 +155,17 @@ pub trait Isolation: Send + Sync {
         out: Arc<dyn OutputSink>,
         cancel: CancellationToken,
     ) -> Result<Box<dyn JobEnvironment>, Error>;
+
+    /// Gets the job's images onto the daemon its containers run on, as `plan` says
+    /// ([`images`]); called before [`Isolation::prepare`]. Backends without pulling (test
+    /// doubles) have nothing to do.
+    async fn ensure_images(
+        &self,
+        _plan: &images::PullPlan,
+        _out: Arc<dyn OutputSink>,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
 
     /// Starts keeping environments ready ahead of jobs for `runner_id`, where the backend has
     /// a warm pool (`warm_pool` in config); returns at once, the work runs in the background.
@@ -346,7 +359,8 @@ pub async fn backend_for_in(
             detail: e.to_string(),
         })?;
     let runner = Arc::new(runner.clone());
-    Ok(match runner.docker.isolation.mode {
+    let host = docker.clone();
+    let inner: Arc<dyn Isolation> = match runner.docker.isolation.mode {
         crate::config::IsolationMode::Dind => Arc::new(dind::DindBackend::new(
             docker,
             runner,
@@ -355,5 +369,7 @@ pub async fn backend_for_in(
         crate::config::IsolationMode::SharedSocket => {
             Arc::new(shared_socket::SharedSocketBackend::new(docker, runner))
         }
-    })
+    };
+    let record = state_dir.join(images::PULLED_WITH_AUTH_FILE);
+    Ok(Arc::new(images::Pulling::new(inner, host, Some(record))))
 }

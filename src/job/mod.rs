@@ -90,6 +90,7 @@ pub mod cache_hook;
 pub mod executor;
 pub mod local;
 pub mod pipeline;
+pub mod pull;
 pub mod script;
 pub mod services;
 pub mod sources;

@@ -583,6 +583,22 @@ impl Pipeline {
             Ok(s) => s,
             Err(msg) => return system(&msg),
         };
+        let pulls = match super::pull::plan(
+            job,
+            runner,
+            &pre_vars,
+            &spec,
+            super::pull::runner_home().as_deref(),
+        ) {
+            Ok(p) => p,
+            Err(msg) => {
+                log.error(&msg);
+                return JobOutcome::Failed {
+                    reason: FailureReason::ImagePullFailure,
+                    exit_code: None,
+                };
+            }
+        };
         let guards = Guards {
             abort: control.abort.clone(),
             graceful: Some(control.cancel_gracefully.clone()),
@@ -601,7 +617,14 @@ impl Pipeline {
         let out: Arc<dyn OutputSink> = log.clone();
         // A panic in the backend fails the job, never the runner (M1); what the backend made
         // so far carries the job's labels for the reaper.
-        let prepare = AssertUnwindSafe(self.backend.prepare(&spec, out, stage.clone()))
+        // Images first, on the host daemon, as gitlab-runner pulls before it creates anything.
+        let backend = &self.backend;
+        let prepare_stage = stage.clone();
+        let prepare = async {
+            backend.ensure_images(&pulls, out.clone()).await?;
+            backend.prepare(&spec, out, prepare_stage).await
+        };
+        let prepare = AssertUnwindSafe(prepare)
             .catch_unwind()
             .map(|r| r.unwrap_or_else(|p| Err(crashed("preparing the environment", p.as_ref()))));
         let (res, stop) = guarded(prepare, stage, &guards).await;

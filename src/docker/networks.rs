@@ -1,0 +1,127 @@
+//! Networks and volumes on one daemon.
+
+use super::{Docker, Error, NetworkInfo, NetworkSpec, VolumeInfo, api};
+use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest, VolumeCreateRequest};
+use bollard::query_parameters as q;
+use std::collections::HashMap;
+
+impl Docker {
+    /// Creates a bridge network.
+    pub async fn create_network(&self, spec: &NetworkSpec) -> Result<String, Error> {
+        let mut options = HashMap::new();
+        if let Some(mtu) = spec.mtu {
+            options.insert("com.docker.network.driver.mtu".to_string(), mtu.to_string());
+        }
+        let req = NetworkCreateRequest {
+            name: spec.name.clone(),
+            driver: Some("bridge".to_string()),
+            ipam: Some(Ipam {
+                driver: Some("default".to_string()),
+                config: Some(vec![IpamConfig {
+                    subnet: Some(spec.subnet.clone()),
+                    gateway: Some(spec.gateway.clone()),
+                    ..Default::default()
+                }]),
+                options: None,
+            }),
+            options: Some(options),
+            labels: Some(spec.labels.clone()),
+            ..Default::default()
+        };
+        let r = self.inner.create_network(req).await.map_err(api(format!(
+            "create network {} ({})",
+            spec.name, spec.subnet
+        )))?;
+        Ok(r.id)
+    }
+
+    /// Removes a network. Returns false if it was not there.
+    pub async fn remove_network(&self, name: &str) -> Result<bool, Error> {
+        match self.inner.remove_network(name).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = api(format!("remove network {name}"))(e);
+                if e.is_not_found() { Ok(false) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Networks matching every `key=value` label filter (all networks when `labels` is empty).
+    pub async fn list_networks(&self, labels: &[String]) -> Result<Vec<NetworkInfo>, Error> {
+        let filters = if labels.is_empty() {
+            None
+        } else {
+            Some(HashMap::from([("label".to_string(), labels.to_vec())]))
+        };
+        let opts = q::ListNetworksOptions { filters };
+        let r = self
+            .inner
+            .list_networks(Some(opts))
+            .await
+            .map_err(api("list networks"))?;
+        Ok(r.into_iter()
+            .map(|n| NetworkInfo {
+                id: n.id.unwrap_or_default(),
+                name: n.name.unwrap_or_default(),
+                labels: n.labels.unwrap_or_default(),
+                subnets: n
+                    .ipam
+                    .and_then(|i| i.config)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|c| c.subnet)
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Creates a named volume.
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<(), Error> {
+        let req = VolumeCreateRequest {
+            name: Some(name.to_string()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        self.inner
+            .create_volume(req)
+            .await
+            .map(|_| ())
+            .map_err(api(format!("create volume {name}")))
+    }
+
+    /// Removes a volume. Returns false if it was not there.
+    pub async fn remove_volume(&self, name: &str) -> Result<bool, Error> {
+        let opts = q::RemoveVolumeOptions { force: true };
+        match self.inner.remove_volume(name, Some(opts)).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = api(format!("remove volume {name}"))(e);
+                if e.is_not_found() { Ok(false) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Volumes matching every `key=value` label filter.
+    pub async fn list_volumes(&self, labels: &[String]) -> Result<Vec<VolumeInfo>, Error> {
+        let opts = q::ListVolumesOptions {
+            filters: Some(HashMap::from([("label".to_string(), labels.to_vec())])),
+        };
+        let r = self
+            .inner
+            .list_volumes(Some(opts))
+            .await
+            .map_err(api("list volumes"))?;
+        Ok(r.volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| VolumeInfo {
+                name: v.name,
+                labels: v.labels,
+            })
+            .collect())
+    }
+}
