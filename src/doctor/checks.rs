@@ -663,6 +663,7 @@ fn static_profile(f: &Facts, p: SidecarProfile) -> ProfileVerdict {
         .map(|e| e.runtimes.clone())
         .unwrap_or_default();
     match p {
+        SidecarProfile::Rootless => rootless_profile(f, has),
         SidecarProfile::Sysbox => {
             if runtimes.iter().any(|r| r == "sysbox-runc") {
                 Ok("sysbox-runc runtime present".into())
@@ -698,6 +699,55 @@ fn static_profile(f: &Facts, p: SidecarProfile) -> ProfileVerdict {
     }
 }
 
+/// What the rootless profile needs from the host: unprivileged user namespaces, a tun device
+/// for its user-mode network, and Docker's default capabilities for the entrypoint's prelude.
+fn rootless_profile(f: &Facts, has: impl Fn(u32) -> bool) -> ProfileVerdict {
+    let h = &f.host;
+    if h.max_user_namespaces == Some(0) {
+        return Err((
+            "user namespaces are disabled (user.max_user_namespaces = 0)".into(),
+            "set user.max_user_namespaces (e.g. 15000) in /etc/sysctl.d and apply it".into(),
+        ));
+    }
+    if h.unprivileged_userns_clone == Some(0) {
+        return Err((
+            "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone = 0)"
+                .into(),
+            "set kernel.unprivileged_userns_clone = 1 in /etc/sysctl.d and apply it".into(),
+        ));
+    }
+    if h.apparmor_restrict_userns == Some(1) {
+        return Err((
+            "AppArmor restricts unprivileged user namespaces \
+             (kernel.apparmor_restrict_unprivileged_userns = 1)"
+                .into(),
+            "set kernel.apparmor_restrict_unprivileged_userns = 0 (see docs/platform-notes.md)"
+                .into(),
+        ));
+    }
+    if !h.tun_device {
+        return Err((
+            "no /dev/net/tun character device (the sidecar's user-mode network needs it)".into(),
+            "load the tun module (`modprobe tun`, and list it in /etc/modules)".into(),
+        ));
+    }
+    let needed = [
+        (caps::CHOWN, "CHOWN"),
+        (caps::SETUID, "SETUID"),
+        (caps::SETGID, "SETGID"),
+        (caps::SETPCAP, "SETPCAP"),
+    ];
+    if let Some((_, name)) = needed.iter().find(|(c, _)| !has(*c)) {
+        return Err((
+            format!(
+                "CAP_{name} is missing from the bounding set (the entrypoint's prelude needs it)"
+            ),
+            "run the runner and the host daemon with Docker's default capabilities".into(),
+        ));
+    }
+    Ok("unprivileged user namespaces and /dev/net/tun available".into())
+}
+
 fn profile_name(p: SidecarProfile) -> &'static str {
     crate::isolation::dind::profile_name(p)
 }
@@ -708,6 +758,7 @@ fn sidecar_profiles(f: &Facts) -> Check {
         return skip(ID, "docker not reachable", "see docker.reachable");
     }
     let all = [
+        SidecarProfile::Rootless,
         SidecarProfile::Hardened,
         SidecarProfile::Sysbox,
         SidecarProfile::Privileged,

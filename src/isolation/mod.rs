@@ -14,6 +14,7 @@ pub mod pool;
 mod profile;
 pub mod reaper;
 pub mod resolve;
+pub mod rootless;
 pub mod services;
 pub mod shared_socket;
 pub mod shell;

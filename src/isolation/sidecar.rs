@@ -6,9 +6,10 @@ use super::naming::{Naming, detached, other, other_paths};
 use super::network::{carve_network, host_mtu};
 use super::pool::{SLOT_JOB_BUDGET, Slot, SlotBuilder, SlotPlan, WARM_BUSY};
 use super::profile::{profile_flags, start_error};
+use super::rootless::{UidBlock, grant_dir};
 use super::state::{JobState, SERVER_CERT_PATH, require_image};
 use super::{Error, TeardownReport};
-use crate::config::RunnerConfig;
+use crate::config::{RunnerConfig, SidecarProfile};
 use crate::docker::{ContainerSpec, Docker, MountSpec};
 use crate::paths::{HostPathMap, JobId};
 use ipnet::Ipv4Net;
@@ -153,8 +154,16 @@ impl Core {
         let mut wanted: Vec<(&str, &str)> = vec![(iso.sidecar_image.as_str(), "sidecar")];
         wanted.extend_from_slice(images);
         wanted.extend(iso.preload_images.iter().map(|i| (i.as_str(), "preload")));
+        if iso.sidecar_profile == SidecarProfile::Rootless {
+            state.uid_block = Some(UidBlock::take(iso.rootless_uid_base)?);
+        }
         let (profile, checked) = tokio::join!(
-            profile_flags(docker, iso.sidecar_profile, &mut sidecar),
+            profile_flags(
+                docker,
+                iso.sidecar_profile,
+                state.uid_block.as_ref(),
+                &mut sidecar
+            ),
             futures::future::join_all(
                 wanted
                     .iter()
@@ -237,6 +246,19 @@ impl Core {
         let net = net?;
         state.network = Some(net.clone());
         dirs.map_err(other_paths("create job directories"))?;
+        if let Some(uid) = state.uid_block.as_ref().map(|b| b.uid) {
+            // The inner daemon's root is `uid`: it must reach the identical-path mounts.
+            let dirs: Vec<PathBuf> = match (&plan.dirs, &state.paths) {
+                (SidecarDirs::Job(_), Some(p)) => vec![p.project_dir.clone(), p.tmp_dir.clone()],
+                _ => state.extra_dirs.clone(),
+            };
+            tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| grant_dir(d, uid)))
+                .await
+                .map_err(|e| Error::Other {
+                    context: "open the job directories to the rootless sidecar".to_string(),
+                    detail: e.to_string(),
+                })??;
+        }
         vol.map_err(other("create the sidecar's data volume"))?;
         timings.push("network", t);
         let sidecar_ip = net.sidecar_ip();

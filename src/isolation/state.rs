@@ -98,6 +98,9 @@ pub struct JobState {
     pub seq: AtomicU32,
     /// The job bridge's firewall policy (dind), removed after the containers, before the network.
     pub egress: Option<super::egress::JobEgress>,
+    /// The host uids of a rootless sidecar; given back when this state is dropped, after
+    /// teardown removed the sidecar.
+    pub uid_block: Option<super::rootless::UidBlock>,
     /// Create requests on their own tasks (see [`detached`]); teardown waits for them.
     pub inflight: TaskTracker,
     /// `extra_hosts`/`dns`/`dns_search` for every container the job gets.
@@ -123,6 +126,7 @@ impl JobState {
             script: None,
             seq: AtomicU32::new(0),
             egress: None,
+            uid_block: None,
             inflight: TaskTracker::new(),
             resolve: super::resolve::Resolve::default(),
         }

@@ -178,10 +178,7 @@ pub fn job_paths(builds_dir: &Path, job: JobId) -> Result<JobPaths, Error> {
 /// Creates the job's directories: `builds_dir` (0755, if missing), the project dir 0755 and the
 /// scratch dir 0700 (it holds file variables). Leftovers of an earlier run of the same job id are
 /// removed first, safely.
-pub async fn create_job_dirs(
-    builds_dir: &Path,
-    job: JobId,
-) -> Result<JobPaths, Error> {
+pub async fn create_job_dirs(builds_dir: &Path, job: JobId) -> Result<JobPaths, Error> {
     let paths = job_paths(builds_dir, job)?;
     let b = builds_dir.to_path_buf();
     let p = paths.clone();
