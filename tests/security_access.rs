@@ -183,7 +183,12 @@ docker run --rm --pull never -v /var/run/docker.sock:/s $B sh -c 'test -S /s && 
 async fn residual_hardened_sidecar_lets_a_job_reach_a_writable_proc_sys() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let backend = dind_with(&scope, config(&scope, |_| {}));
+    let backend = dind_with(
+        &scope,
+        config(&scope, |c| {
+            c.docker.isolation.sidecar_profile = isolated_runner::config::SidecarProfile::Hardened
+        }),
+    );
     let env = prepare(&backend, &spec(&scope, 1103)).await;
     let text = expect_ok(
         env.as_ref(),

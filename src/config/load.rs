@@ -1102,7 +1102,16 @@ impl Loader {
                 "sidecar_profile" => match self.string(&at, item).as_deref() {
                     Some("rootless") => iso.sidecar_profile = SidecarProfile::Rootless,
                     Some("sysbox") => iso.sidecar_profile = SidecarProfile::Sysbox,
-                    Some("hardened") => iso.sidecar_profile = SidecarProfile::Hardened,
+                    Some("hardened") => {
+                        iso.sidecar_profile = SidecarProfile::Hardened;
+                        self.warn(
+                            &at,
+                            "the hardened sidecar holds SYS_ADMIN and NET_ADMIN in the host's \
+                             user namespace: it guards against accidents, it is not a boundary \
+                             against a hostile job (docs/sidecar-profiles.md); prefer \
+                             \"rootless\" where `runner doctor` says it works",
+                        );
+                    }
                     Some("privileged") => {
                         iso.sidecar_profile = SidecarProfile::Privileged;
                         self.warn(

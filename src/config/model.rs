@@ -162,10 +162,15 @@ pub enum SidecarProfile {
 pub const DEFAULT_ROOTLESS_UID_BASE: u32 = 100_000_000;
 /// Host ids per rootless sidecar: its daemon's uid, then 65535 subordinate ids.
 pub const ROOTLESS_UID_BLOCK: u32 = 65_536;
-/// Rootless sidecars that can exist at once per runner process (jobs plus warm slots).
+/// Rootless sidecars on ephemeral data roots that can exist at once per runner process (jobs
+/// plus warm slots): blocks 0..this.
 pub const ROOTLESS_UID_BLOCKS: u32 = 1024;
+/// Blocks after those, one per warm data root (chosen from the volume's name), so a warm root's
+/// files keep their owners from one job to the next.
+pub const ROOTLESS_WARM_BLOCKS: u32 = 16_384;
 /// The host ids all blocks span from `rootless_uid_base`.
-pub const ROOTLESS_UID_SPAN: i64 = ROOTLESS_UID_BLOCK as i64 * ROOTLESS_UID_BLOCKS as i64;
+pub const ROOTLESS_UID_SPAN: i64 =
+    ROOTLESS_UID_BLOCK as i64 * (ROOTLESS_UID_BLOCKS as i64 + ROOTLESS_WARM_BLOCKS as i64);
 
 /// Where the sidecar's `/var/lib/docker` lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,7 +331,7 @@ impl Default for IsolationConfig {
         IsolationConfig {
             mode: IsolationMode::Dind,
             sidecar_image: "isolated-runner/dind:test".to_string(),
-            sidecar_profile: SidecarProfile::Hardened,
+            sidecar_profile: SidecarProfile::Rootless,
             rootless_uid_base: crate::config::DEFAULT_ROOTLESS_UID_BASE,
             sidecar_memory: None,
             sidecar_cpus: None,

@@ -11,7 +11,7 @@
 //! empty table at start is accurate; files left by old uids are removed by root as usual.
 
 use super::Error;
-use crate::config::{ROOTLESS_UID_BLOCK, ROOTLESS_UID_BLOCKS};
+use crate::config::{ROOTLESS_UID_BLOCK, ROOTLESS_UID_BLOCKS, ROOTLESS_WARM_BLOCKS};
 use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
@@ -58,6 +58,36 @@ impl UidBlock {
                 "all {ROOTLESS_UID_BLOCKS} blocks from rootless_uid_base = {base} are in use"
             ),
         })
+    }
+
+    /// The block of a warm data root: always the same for the same volume (its files keep
+    /// their owners across jobs), chosen by a stable hash of the name among the warm blocks.
+    /// Fails when a live sidecar holds it (two live warm roots whose names collide).
+    pub fn take_for_volume(base: u32, volume: &str) -> Result<UidBlock, Error> {
+        // FNV-1a: stable across builds and processes (std's hasher is not).
+        let h = volume.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let n = ROOTLESS_UID_BLOCKS + (h % u64::from(ROOTLESS_WARM_BLOCKS)) as u32;
+        let uid = n
+            .checked_mul(ROOTLESS_UID_BLOCK)
+            .and_then(|o| base.checked_add(o))
+            .filter(|u| u.checked_add(ROOTLESS_UID_BLOCK).is_some())
+            .ok_or_else(|| Error::Other {
+                context: "allocate host uids for a rootless sidecar".to_string(),
+                detail: format!("rootless_uid_base = {base} leaves no room for warm data roots"),
+            })?;
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !taken.insert(uid) {
+            return Err(Error::Other {
+                context: "allocate host uids for a rootless sidecar".to_string(),
+                detail: format!(
+                    "the uid block {uid} of warm data root {volume} is held by another live \
+                     sidecar (a name collision among warm roots); retry the job"
+                ),
+            });
+        }
+        Ok(UidBlock { uid })
     }
 
     /// The subordinate ids: the rest of the block (`start:count`), inner uids 1..=65535.
@@ -180,6 +210,18 @@ mod tests {
         drop(a);
         let d = UidBlock::take(base).unwrap();
         assert_eq!(d.uid, base);
+        // A warm root's block is stable and outside the ephemeral blocks.
+        let w = UidBlock::take_for_volume(base, "ir-data-r1-7-p").unwrap();
+        let uid = w.uid;
+        assert!(uid >= base + ROOTLESS_UID_BLOCKS * ROOTLESS_UID_BLOCK);
+        assert!(UidBlock::take_for_volume(base, "ir-data-r1-7-p").is_err());
+        drop(w);
+        assert_eq!(
+            UidBlock::take_for_volume(base, "ir-data-r1-7-p")
+                .unwrap()
+                .uid,
+            uid
+        );
     }
 
     #[test]

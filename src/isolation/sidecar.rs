@@ -155,7 +155,11 @@ impl Core {
         wanted.extend_from_slice(images);
         wanted.extend(iso.preload_images.iter().map(|i| (i.as_str(), "preload")));
         if iso.sidecar_profile == SidecarProfile::Rootless {
-            state.uid_block = Some(UidBlock::take(iso.rootless_uid_base)?);
+            state.uid_block = Some(if plan.create_volume {
+                UidBlock::take(iso.rootless_uid_base)?
+            } else {
+                UidBlock::take_for_volume(iso.rootless_uid_base, &plan.volume)?
+            });
         }
         let (profile, checked) = tokio::join!(
             profile_flags(

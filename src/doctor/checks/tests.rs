@@ -394,15 +394,25 @@ fn rootless_says_why_it_cannot_run() {
     let cases: [(Breaks, &str); 4] = [
         (|h| h.tun_device = false, "/dev/net/tun"),
         (|h| h.max_user_namespaces = Some(0), "max_user_namespaces"),
-        (|h| h.unprivileged_userns_clone = Some(0), "unprivileged_userns_clone"),
-        (|h| h.apparmor_restrict_userns = Some(1), "apparmor_restrict"),
+        (
+            |h| h.unprivileged_userns_clone = Some(0),
+            "unprivileged_userns_clone",
+        ),
+        (
+            |h| h.apparmor_restrict_userns = Some(1),
+            "apparmor_restrict",
+        ),
     ];
     for (break_it, why) in cases {
         let mut g = healthy();
         rootless(&mut g);
         break_it(&mut g.host);
         let c = assert_status(&g, "sidecar.profiles", Status::Fail);
-        assert!(c.message.contains("rootless: no") && c.message.contains(why), "{}", c.message);
+        assert!(
+            c.message.contains("rootless: no") && c.message.contains(why),
+            "{}",
+            c.message
+        );
     }
 }
 
