@@ -348,3 +348,54 @@ async fn the_sidecar_image_has_no_setuid_binary() {
     );
     scope.assert_clean().await;
 }
+
+/// Not a check: the user-mode network's cost, measured through the real backend (issue 10 asks
+/// for it). A service on the job network serves 300 MB; an inner container of each profile and
+/// the job container itself download it. Run with
+/// `cargo test --test rootless user_mode_network -- --ignored --nocapture`; figures go to
+/// docs/benchmarks.md, never into an assertion.
+#[tokio::test]
+#[ignore = "a measurement, run by hand"]
+async fn user_mode_network_download_300mb() {
+    use isolated_runner::isolation::ServiceSpec;
+    let scope = Scope::new().await;
+    for profile in [SidecarProfile::Rootless, SidecarProfile::Hardened] {
+        let backend = rootless(&scope, |c| c.docker.isolation.sidecar_profile = profile);
+        let mut s = spec(&scope, 540);
+        s.services = vec![ServiceSpec {
+            image: ContainerImage {
+                name: BUSYBOX_IMAGE.to_string(),
+                entrypoint: None,
+            },
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "mkdir -p /w && head -c 300000000 /dev/zero > /w/big && httpd -f -p 80 -h /w"
+                    .into(),
+            ],
+            aliases: vec!["web".into()],
+            env: Vec::new(),
+        }];
+        let env = prepare(&backend, &s).await;
+        let text = expect_ok(
+            env.as_ref(),
+            r#"
+for i in $(seq 1 100); do curl -fsS -o /dev/null -r 0-0 http://web/big && break; sleep 0.2; done
+sleep 2
+# Inner containers do not resolve the job network's aliases (as with any profile): use the address.
+web=$(getent hosts web | cut -d' ' -f1)
+for i in 1 2 3; do
+  s=$(date +%s.%N); curl -fsS -o /dev/null http://web/big; e=$(date +%s.%N)
+  echo "job-container $(awk "BEGIN{print $e - $s}")"
+  s=$(date +%s.%N); docker run --rm --pull never isolated-runner/busybox:test wget -q -O /dev/null "http://$web/big"; e=$(date +%s.%N)
+  echo "inner-container $(awk "BEGIN{print $e - $s}")"
+done
+"#,
+        )
+        .await;
+        eprintln!("profile {profile:?}:\n{text}");
+        let report = env.teardown().await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    scope.assert_clean().await;
+}
