@@ -420,6 +420,11 @@ fn rootless_says_why_it_cannot_run() {
 fn sidecar_profiles_deep() {
     let mut f = healthy();
     f.deep = Some(vec![
+        // The configured (default) profile first.
+        DeepResult {
+            profile: SidecarProfile::Rootless,
+            result: Err("newuidmap: write to uid_map failed".into()),
+        },
         DeepResult {
             profile: SidecarProfile::Hardened,
             result: Err("ProfileUnavailable: unable to apply caps".into()),
