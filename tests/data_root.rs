@@ -370,7 +370,8 @@ async fn scrub_removes_swarm_plugins_and_restart_policies() {
     let scope = Scope::new().await;
     let plant = format!(
         r#"docker tag {BUSYBOX_IMAGE} warm-marker:1
-docker swarm init --advertise-addr eth0 >/dev/null
+# eth0 in a rootful sidecar; tap0 (slirp4netns) in the namespace of a rootless daemon
+docker swarm init --advertise-addr eth0 >/dev/null 2>&1 || docker swarm init --advertise-addr tap0 >/dev/null
 test "$(docker info --format '{{{{.Swarm.LocalNodeState}}}}')" = active
 mkdir -p /tmp/plug/rootfs
 cat > /tmp/plug/config.json <<'JSON'

@@ -232,6 +232,11 @@ async fn deep_starts_a_real_sidecar_and_leaves_nothing() {
         profiles.2.contains("hardened: yes (ready over mTLS in"),
         "{profiles:?}"
     );
+    // The default profile, started for real.
+    assert!(
+        profiles.2.contains("rootless: yes (ready over mTLS in"),
+        "{profiles:?}"
+    );
     // This host lacks CAP_SYS_RESOURCE: the privileged profile is refused, and says why.
     assert!(profiles.2.contains("privileged: no"), "{profiles:?}");
     let left = tokio::process::Command::new("docker")

@@ -341,6 +341,7 @@ pub const ISOLATION: Section = Section {
         "mode",
         "sidecar_image",
         "sidecar_profile",
+        "rootless_uid_base",
         "sidecar_memory",
         "sidecar_cpus",
         "sidecar_pids_limit",

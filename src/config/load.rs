@@ -1091,8 +1091,18 @@ impl Loader {
                     }
                 }
                 "sidecar_profile" => match self.string(&at, item).as_deref() {
+                    Some("rootless") => iso.sidecar_profile = SidecarProfile::Rootless,
                     Some("sysbox") => iso.sidecar_profile = SidecarProfile::Sysbox,
-                    Some("hardened") => iso.sidecar_profile = SidecarProfile::Hardened,
+                    Some("hardened") => {
+                        iso.sidecar_profile = SidecarProfile::Hardened;
+                        self.warn(
+                            &at,
+                            "the hardened sidecar holds SYS_ADMIN and NET_ADMIN in the host's \
+                             user namespace: it guards against accidents, it is not a boundary \
+                             against a hostile job (docs/sidecar-profiles.md); prefer \
+                             \"rootless\" where `runner doctor` says it works",
+                        );
+                    }
                     Some("privileged") => {
                         iso.sidecar_profile = SidecarProfile::Privileged;
                         self.warn(
@@ -1105,7 +1115,7 @@ impl Loader {
                     Some(other) => self.error(
                         &at,
                         format!(
-                            "`{other}` is not a sidecar profile (\"sysbox\", \"hardened\" or \"privileged\")"
+                            "`{other}` is not a sidecar profile (\"rootless\", \"sysbox\", \"hardened\" or \"privileged\")"
                         ),
                     ),
                     None => {}
@@ -1205,6 +1215,13 @@ impl Loader {
                 "warm_pool" => {
                     if let Some(n) = self.integer(&at, item, 0, 64) {
                         iso.warm_pool = n as usize;
+                    }
+                }
+                "rootless_uid_base" => {
+                    // The blocks must stay below the kernel's largest uid (2^32 - 2).
+                    let max = i64::from(u32::MAX) - 1 - crate::config::ROOTLESS_UID_SPAN;
+                    if let Some(n) = self.integer(&at, item, 1, max) {
+                        iso.rootless_uid_base = n as u32;
                     }
                 }
                 "warm_pool_max_idle" => {

@@ -146,6 +146,9 @@ impl IsolationMode {
 /// How much privilege the sidecar gets. Never a silent fallback from one to another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SidecarProfile {
+    /// Rootless dockerd under its own host uid range: no process of the sidecar holds a
+    /// capability in the host's user namespace after start-up (the default).
+    Rootless,
     /// `sysbox-runc` runtime, not privileged.
     Sysbox,
     /// Least privilege that runs dockerd on this host (explicit capabilities, no devices).
@@ -153,6 +156,21 @@ pub enum SidecarProfile {
     /// `--privileged`, explicit opt-in.
     Privileged,
 }
+
+/// Default first host uid of rootless sidecars: far above the ids `useradd` hands out to
+/// people and their subordinate ranges (Debian's start at 100000, 65536 per user).
+pub const DEFAULT_ROOTLESS_UID_BASE: u32 = 100_000_000;
+/// Host ids per rootless sidecar: its daemon's uid, then 65535 subordinate ids.
+pub const ROOTLESS_UID_BLOCK: u32 = 65_536;
+/// Rootless sidecars on ephemeral data roots that can exist at once per runner process (jobs
+/// plus warm slots): blocks 0..this.
+pub const ROOTLESS_UID_BLOCKS: u32 = 1024;
+/// Blocks after those, one per warm data root (chosen from the volume's name), so a warm root's
+/// files keep their owners from one job to the next.
+pub const ROOTLESS_WARM_BLOCKS: u32 = 16_384;
+/// The host ids all blocks span from `rootless_uid_base`.
+pub const ROOTLESS_UID_SPAN: i64 =
+    ROOTLESS_UID_BLOCK as i64 * (ROOTLESS_UID_BLOCKS as i64 + ROOTLESS_WARM_BLOCKS as i64);
 
 /// Where the sidecar's `/var/lib/docker` lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +201,8 @@ pub struct IsolationConfig {
     pub sidecar_image: String,
     /// Privilege profile of the sidecar.
     pub sidecar_profile: SidecarProfile,
+    /// First host uid of the blocks rootless sidecars run under (65536 ids each).
+    pub rootless_uid_base: u32,
     /// Sidecar memory limit in bytes.
     pub sidecar_memory: Option<u64>,
     /// Sidecar CPUs.
@@ -317,7 +337,8 @@ impl Default for IsolationConfig {
         IsolationConfig {
             mode: IsolationMode::Dind,
             sidecar_image: "isolated-runner/dind:test".to_string(),
-            sidecar_profile: SidecarProfile::Hardened,
+            sidecar_profile: SidecarProfile::Rootless,
+            rootless_uid_base: crate::config::DEFAULT_ROOTLESS_UID_BASE,
             sidecar_memory: None,
             sidecar_cpus: None,
             sidecar_pids_limit: Some(4096),

@@ -255,6 +255,29 @@ fn privileged_quiet_in_shared_socket_mode() {
 }
 
 #[test]
+fn rootless_is_the_default_and_hardened_is_warned() {
+    let c = load_str(&runner("", ""), "config.toml").unwrap().config;
+    assert_eq!(
+        c.runners[0].docker.isolation.sidecar_profile,
+        SidecarProfile::Rootless
+    );
+    let text = runner(
+        "",
+        "[runners.docker.isolation]\nsidecar_profile = \"hardened\"",
+    );
+    let w = warnings(&text);
+    assert!(
+        w.iter().any(|d| d.message.contains("not a boundary")),
+        "{w:?}"
+    );
+    let text = runner(
+        "",
+        "[runners.docker.isolation]\nrootless_uid_base = 4294967000",
+    );
+    assert!(load_str(&text, "config.toml").is_err());
+}
+
+#[test]
 fn isolation_table_maps_every_key() {
     let text = runner(
         "",
@@ -262,6 +285,7 @@ fn isolation_table_maps_every_key() {
 mode = "dind"
 sidecar_image = "docker:27-dind"
 sidecar_profile = "sysbox"
+rootless_uid_base = 200000000
 sidecar_memory = "4g"
 sidecar_cpus = "2"
 sidecar_pids_limit = 2048
@@ -284,6 +308,7 @@ warm_pool_max_idle = "10m"
     let i = &c.runners[0].docker.isolation;
     assert_eq!(i.sidecar_image, "docker:27-dind");
     assert_eq!(i.sidecar_profile, SidecarProfile::Sysbox);
+    assert_eq!(i.rootless_uid_base, 200_000_000);
     assert_eq!(i.sidecar_memory, Some(4 << 30));
     assert_eq!(i.sidecar_cpus, Some(2.0));
     assert_eq!(i.sidecar_pids_limit, Some(2048));

@@ -74,6 +74,16 @@ pub(super) fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
         extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
         dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
         dns_search: (!spec.dns_search.is_empty()).then(|| spec.dns_search.clone()),
+        devices: (!spec.devices.is_empty()).then(|| {
+            spec.devices
+                .iter()
+                .map(|d| bollard::models::DeviceMapping {
+                    path_on_host: Some(d.clone()),
+                    path_in_container: Some(d.clone()),
+                    cgroup_permissions: Some("rwm".to_string()),
+                })
+                .collect()
+        }),
         ..Default::default()
     };
     let networking_config = spec.network.as_ref().map(|net| NetworkingConfig {

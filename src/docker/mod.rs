@@ -186,6 +186,8 @@ pub struct ContainerSpec {
     pub dns: Vec<String>,
     /// DNS search domains.
     pub dns_search: Vec<String>,
+    /// Host device nodes given to the container at the same path (`--device`, rwm).
+    pub devices: Vec<String>,
 }
 
 /// What `runner doctor` reads from `docker version` and `docker info`.

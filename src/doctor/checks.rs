@@ -651,140 +651,6 @@ fn images_present(f: &Facts) -> Check {
     )
 }
 
-/// Whether a profile can run: `Ok(note)` or `Err((why, what to do))`.
-type ProfileVerdict = Result<String, (String, String)>;
-
-/// Whether a profile can run here, from static facts.
-fn static_profile(f: &Facts, p: SidecarProfile) -> ProfileVerdict {
-    let has = |cap: u32| f.host.cap_bnd.is_none_or(|b| b & (1u64 << cap) != 0);
-    let runtimes = f
-        .docker
-        .as_ref()
-        .map(|e| e.runtimes.clone())
-        .unwrap_or_default();
-    match p {
-        SidecarProfile::Sysbox => {
-            if runtimes.iter().any(|r| r == "sysbox-runc") {
-                Ok("sysbox-runc runtime present".into())
-            } else {
-                Err((
-                    "no sysbox-runc runtime".into(),
-                    "install Sysbox (package sysbox-ce) and restart dockerd to use sidecar_profile = \"sysbox\"".into(),
-                ))
-            }
-        }
-        SidecarProfile::Hardened => {
-            if has(caps::SYS_ADMIN) && has(caps::NET_ADMIN) {
-                Ok("SYS_ADMIN and NET_ADMIN available".into())
-            } else {
-                Err((
-                    "SYS_ADMIN or NET_ADMIN missing from the bounding set".into(),
-                    "the host (or the container the runner runs in) must keep CAP_SYS_ADMIN and CAP_NET_ADMIN".into(),
-                ))
-            }
-        }
-        SidecarProfile::Privileged => {
-            if has(caps::SYS_RESOURCE) {
-                Ok("full capability set available".into())
-            } else {
-                Err((
-                    "likely refused: CAP_SYS_RESOURCE is missing from the bounding set, so runc \
-                     cannot apply --privileged (\"unable to apply caps\")"
-                        .into(),
-                    "use sidecar_profile = \"hardened\"; see docs/platform-notes.md".into(),
-                ))
-            }
-        }
-    }
-}
-
-fn profile_name(p: SidecarProfile) -> &'static str {
-    crate::isolation::dind::profile_name(p)
-}
-
-fn sidecar_profiles(f: &Facts) -> Check {
-    const ID: &str = "sidecar.profiles";
-    if f.docker.is_err() {
-        return skip(ID, "docker not reachable", "see docker.reachable");
-    }
-    let all = [
-        SidecarProfile::Hardened,
-        SidecarProfile::Sysbox,
-        SidecarProfile::Privileged,
-    ];
-    let verdict = |p: SidecarProfile| -> ProfileVerdict {
-        match &f.deep {
-            Some(results) => match results.iter().find(|r: &&DeepResult| r.profile == p) {
-                Some(DeepResult { result: Ok(d), .. }) => {
-                    Ok(format!("ready over mTLS in {:.1}s", d.as_secs_f64()))
-                }
-                Some(DeepResult { result: Err(e), .. }) => Err((
-                    format!("did not start: {e}"),
-                    static_profile(f, p)
-                        .err()
-                        .map(|s| s.1)
-                        .unwrap_or_else(|| "read the error above; docs/sidecar-profiles.md maps errors to missing pieces".into()),
-                )),
-                None => static_profile(f, p),
-            },
-            None => static_profile(f, p),
-        }
-    };
-    let verdicts: Vec<(SidecarProfile, ProfileVerdict)> =
-        all.iter().map(|p| (*p, verdict(*p))).collect();
-    let summary = verdicts
-        .iter()
-        .map(|(p, v)| match v {
-            Ok(note) => format!("{}: yes ({note})", profile_name(*p)),
-            Err((why, _)) => format!("{}: no ({why})", profile_name(*p)),
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
-    let mode = if f.deep.is_some() {
-        "started"
-    } else {
-        "static"
-    };
-    let configured: Vec<SidecarProfile> = f
-        .config
-        .loaded()
-        .map(|c| {
-            c.runners
-                .iter()
-                .filter(|r| r.docker.isolation.mode == IsolationMode::Dind)
-                .map(|r| r.docker.isolation.sidecar_profile)
-                .collect()
-        })
-        .unwrap_or_default();
-    let broken: Vec<&(SidecarProfile, ProfileVerdict)> = verdicts
-        .iter()
-        .filter(|(p, v)| configured.contains(p) && v.is_err())
-        .collect();
-    if let Some((p, Err((_, hint)))) = broken.first() {
-        return Check::with(
-            ID,
-            Status::Fail,
-            format!(
-                "configured profile {} cannot run here ({mode}): {summary}",
-                profile_name(*p)
-            ),
-            format!(
-                "{hint}; or choose a profile marked yes as sidecar_profile in \
-                 [runners.docker.isolation] (never a silent fallback)"
-            ),
-        );
-    }
-    if configured.is_empty() && verdicts.iter().all(|(_, v)| v.is_err()) {
-        return Check::with(
-            ID,
-            Status::Fail,
-            format!("no sidecar profile can run here ({mode}): {summary}"),
-            "see docs/sidecar-profiles.md and run `runner doctor --deep` for the exact errors",
-        );
-    }
-    Check::ok(ID, format!("{summary} ({mode})"))
-}
-
 /// /28 blocks of `pool` not touched by any of `used`.
 pub fn free_blocks(pool: Ipv4Net, used: &[Ipv4Net]) -> (u64, u64) {
     let prefix = u32::from(pool.prefix_len()).min(28);
@@ -1060,6 +926,9 @@ fn gitlab_clock_skew(f: &Facts) -> Check {
         }
     })
 }
+
+mod profiles;
+use profiles::sidecar_profiles;
 
 #[cfg(test)]
 mod tests;

@@ -158,6 +158,12 @@ pub struct HostFacts {
     pub max_user_namespaces: Option<u64>,
     /// `CapBnd` of this process.
     pub cap_bnd: Option<u64>,
+    /// `/dev/net/tun` is a character device (the rootless profile's user-mode network).
+    pub tun_device: bool,
+    /// `kernel.unprivileged_userns_clone` (Debian kernels; absent elsewhere).
+    pub unprivileged_userns_clone: Option<u64>,
+    /// `kernel.apparmor_restrict_unprivileged_userns` (Ubuntu 23.10+; absent elsewhere).
+    pub apparmor_restrict_userns: Option<u64>,
 }
 
 impl Default for HostFacts {
@@ -172,12 +178,23 @@ impl Default for HostFacts {
             bridge_netfilter: false,
             max_user_namespaces: None,
             cap_bnd: None,
+            tun_device: false,
+            unprivileged_userns_clone: None,
+            apparmor_restrict_userns: None,
         }
     }
 }
 
 /// Capability numbers the checks look at.
 pub mod caps {
+    /// CAP_CHOWN.
+    pub const CHOWN: u32 = 0;
+    /// CAP_SETGID.
+    pub const SETGID: u32 = 6;
+    /// CAP_SETUID.
+    pub const SETUID: u32 = 7;
+    /// CAP_SETPCAP.
+    pub const SETPCAP: u32 = 8;
     /// CAP_NET_ADMIN.
     pub const NET_ADMIN: u32 = 12;
     /// CAP_SYS_ADMIN.
@@ -569,6 +586,12 @@ fn gather_host() -> HostFacts {
         max_user_namespaces: read("/proc/sys/user/max_user_namespaces")
             .and_then(|s| s.trim().parse().ok()),
         cap_bnd,
+        tun_device: std::fs::metadata("/dev/net/tun")
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type())),
+        unprivileged_userns_clone: read("/proc/sys/kernel/unprivileged_userns_clone")
+            .and_then(|s| s.trim().parse().ok()),
+        apparmor_restrict_userns: read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+            .and_then(|s| s.trim().parse().ok()),
     }
 }
 
@@ -912,6 +935,7 @@ async fn gather_deep(docker: &Docker, config: Option<&Config>) -> Vec<DeepResult
         .unwrap_or_default();
     let mut out = Vec::new();
     for profile in [
+        SidecarProfile::Rootless,
         SidecarProfile::Hardened,
         SidecarProfile::Sysbox,
         SidecarProfile::Privileged,

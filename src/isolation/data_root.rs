@@ -33,7 +33,7 @@
 //!   so dockerd leaves the volume consistent.
 
 use super::Error;
-use super::common::{Naming, detached, other};
+use super::naming::{Naming, detached, other};
 use crate::docker::{ContainerSpec, Docker, LABEL_ROLE, LABEL_RUNNER, MountSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

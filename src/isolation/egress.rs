@@ -11,7 +11,7 @@
 //! bridge traffic: it leaves through OUTPUT, which the policy does not touch; the replies come
 //! back in through INPUT and are accepted by the chain's ESTABLISHED rule.
 
-use super::common::CarvedNetwork;
+use super::network::CarvedNetwork;
 use super::{Error, HostPort};
 use crate::config::RunnerConfig;
 use crate::docker::Docker;
@@ -86,7 +86,7 @@ pub async fn install(
     handle: &JobEgress,
     docker: &Docker,
     runner: &RunnerConfig,
-    naming: &super::common::Naming,
+    naming: &super::naming::Naming,
     net: &CarvedNetwork,
 ) -> Result<(), Error> {
     let bridge_iface = bridge_interface(docker, naming, net).await?;
@@ -111,14 +111,14 @@ pub async fn install(
 /// `com.docker.network.bridge.name` option (the runner never sets one).
 async fn bridge_interface(
     docker: &Docker,
-    naming: &super::common::Naming,
+    naming: &super::naming::Naming,
     net: &CarvedNetwork,
 ) -> Result<String, Error> {
     let filters = crate::docker::label_filters(&naming.runner_id, Some(naming.job_id));
     let nets = docker
         .list_networks(&filters)
         .await
-        .map_err(super::common::other("find the job network's id"))?;
+        .map_err(super::naming::other("find the job network's id"))?;
     let found = nets.iter().find(|n| n.name == net.name);
     match found.and_then(|n| n.id.get(..12)) {
         Some(short) => Ok(format!("br-{short}")),

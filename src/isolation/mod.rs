@@ -4,22 +4,27 @@
 //! the `shared-socket` backend (the host socket in the job, the classic setup and the bench
 //! baseline). The job pipeline talks only to these traits.
 
-mod common;
 pub mod data_root;
 pub mod dind;
 pub mod egress;
 pub mod images;
 pub mod limits;
+mod naming;
+mod network;
 pub mod pool;
+mod profile;
 pub mod reaper;
 pub mod registry_ca;
 pub mod resolve;
+pub mod rootless;
 pub mod services;
 pub mod shared_socket;
 pub mod shell;
+mod sidecar;
+mod state;
 
-pub use common::{CLIENT_CERT_PATH, JOB_CAP_DROP};
 pub use services::{ServiceLog, ServiceWarning};
+pub use state::{CLIENT_CERT_PATH, JOB_CAP_DROP};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -103,15 +108,8 @@ pub struct ServiceSpec {
     pub env: Vec<(String, String)>,
 }
 
-/// Where a job's files are, as the runner sees them and as containers see them.
-#[derive(Debug, Clone)]
-pub struct JobPaths {
-    /// `<builds_dir>/gitlab-job-<id>`: `CI_PROJECT_DIR`, the clone. Same path in every container.
-    pub project_dir: PathBuf,
-    /// `<builds_dir>/gitlab-job-<id>.tmp`: scratch (`TMPDIR`, file variables). Same path in
-    /// every container.
-    pub tmp_dir: PathBuf,
-}
+/// Where a job's files are (defined with the path rules that make them, in `paths`).
+pub use crate::paths::JobPaths;
 
 /// Which container a script runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,11 +31,9 @@
 //! [`SLOT_ID_BASE`] up, far above any GitLab job id, so the label sweep, the crash journal,
 //! `runner cleanup` and the reaper handle them with no special case.
 
-use super::common::{JobState, Naming};
-use super::dind::{BootPlan, Core, SidecarDirs, Timings};
+use super::state::JobState;
 use super::{Error, TeardownReport};
 use crate::docker::Docker;
-use crate::paths::{HostPathMap, JobId};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -54,7 +52,7 @@ pub fn is_slot_id(id: u64) -> bool {
 /// How long a job on a slot may run, beyond the slot's idle life: the certificates of a slot
 /// are issued for `max_idle` + this (+ the PKI margin). A job whose timeout is longer starts
 /// its own sidecar instead.
-const SLOT_JOB_BUDGET: Duration = Duration::from_secs(6 * 3600);
+pub(super) const SLOT_JOB_BUDGET: Duration = Duration::from_secs(6 * 3600);
 
 /// How often idle slots are checked for age and the pool topped up.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(15);
@@ -148,7 +146,7 @@ impl Pool {
     }
 
     /// Learns the runner id and starts the maintenance loop (once).
-    pub(super) fn start(self: &Arc<Self>, core: &Arc<Core>, runner_id: &str) {
+    pub(super) fn start<B: SlotBuilder>(self: &Arc<Self>, builder: &Arc<B>, runner_id: &str) {
         if self.closed.is_cancelled() {
             return;
         }
@@ -161,7 +159,7 @@ impl Pool {
         }
         st.maintenance = true;
         drop(st);
-        let (pool, core) = (Arc::clone(self), Arc::clone(core));
+        let (pool, builder) = (Arc::clone(self), Arc::clone(builder));
         self.tasks.spawn(async move {
             loop {
                 tokio::select! {
@@ -169,7 +167,7 @@ impl Pool {
                     _ = tokio::time::sleep(MAINTENANCE_EVERY) => {}
                 }
                 pool.expire();
-                pool.refill(&core);
+                pool.refill(&builder);
             }
         });
     }
@@ -238,7 +236,7 @@ impl Pool {
 
     /// Starts building ephemeral slots until idle + building reaches the pool size (keyed
     /// pools start theirs in [`Pool::prestart`]).
-    pub(super) fn refill(self: &Arc<Self>, core: &Arc<Core>) {
+    pub(super) fn refill<B: SlotBuilder>(self: &Arc<Self>, builder: &Arc<B>) {
         if self.closed.is_cancelled() || self.keyed {
             return;
         }
@@ -255,14 +253,19 @@ impl Pool {
                 0 => Duration::ZERO,
                 n => Duration::from_secs(2u64.saturating_pow(n.min(6)).min(60)),
             };
-            self.spawn_build(core, runner_id.clone(), id, None, String::new(), backoff);
+            self.spawn_build(builder, runner_id.clone(), id, None, String::new(), backoff);
         }
     }
 
     /// After a job on `key`'s warm data root ended: starts a sidecar on that root for the
     /// project's next job, unless one is idle or starting already. When the pool is full the
     /// oldest idle slot makes room; when every slot is starting, nothing happens.
-    pub(super) fn prestart(self: &Arc<Self>, core: &Arc<Core>, key: WarmKey, helper_image: String) {
+    pub(super) fn prestart<B: SlotBuilder>(
+        self: &Arc<Self>,
+        builder: &Arc<B>,
+        key: WarmKey,
+        helper_image: String,
+    ) {
         if self.closed.is_cancelled() || !self.keyed {
             return;
         }
@@ -286,25 +289,32 @@ impl Pool {
         if let Some(old) = evicted {
             self.discard(old, "room for a more recent project");
         }
-        self.spawn_build(core, runner_id, id, Some(key), helper_image, Duration::ZERO);
+        self.spawn_build(
+            builder,
+            runner_id,
+            id,
+            Some(key),
+            helper_image,
+            Duration::ZERO,
+        );
     }
 
-    fn spawn_build(
+    fn spawn_build<B: SlotBuilder>(
         self: &Arc<Self>,
-        core: &Arc<Core>,
+        builder: &Arc<B>,
         runner_id: String,
         id: u64,
         key: Option<WarmKey>,
         helper_image: String,
         backoff: Duration,
     ) {
-        let (pool, core) = (Arc::clone(self), Arc::clone(core));
+        let (pool, builder) = (Arc::clone(self), Arc::clone(builder));
         self.tasks.spawn(async move {
             let built = tokio::select! {
                 _ = pool.closed.cancelled() => Err(Error::Canceled),
                 _ = tokio::time::sleep(backoff) => {
                     let plan = SlotPlan { runner_id: &runner_id, id, key, helper_image: &helper_image };
-                    build_slot(&core, plan, pool.max_idle, &pool.closed).await
+                    builder.build_slot(plan, pool.max_idle, &pool.closed).await
                 }
             };
             pool.finished(id, built);
@@ -432,116 +442,35 @@ fn new_slot_id(st: &PoolState) -> u64 {
 }
 
 /// The `context` of the error a keyed build ends with when the warm root is held.
-const WARM_BUSY: &str = "take the project's warm data root";
+pub(super) const WARM_BUSY: &str = "take the project's warm data root";
 
 /// Which slot to build.
-struct SlotPlan<'a> {
-    runner_id: &'a str,
-    id: u64,
-    key: Option<WarmKey>,
+pub(super) struct SlotPlan<'a> {
+    pub runner_id: &'a str,
+    pub id: u64,
+    pub key: Option<WarmKey>,
     /// For the warm root's size check (`du` in a helper container).
-    helper_image: &'a str,
+    pub helper_image: &'a str,
 }
 
-/// Builds one slot; on any error or on `closed`, what was made is torn down (and a warm
-/// root's lease given back).
-async fn build_slot(
-    core: &Core,
-    plan: SlotPlan<'_>,
-    max_idle: Duration,
-    closed: &CancellationToken,
-) -> Result<Slot, Error> {
-    let lifetime = max_idle.saturating_add(SLOT_JOB_BUDGET);
-    let naming = Naming::new(plan.runner_id, plan.id, lifetime)?;
-    let host_map = HostPathMap::new(core.runner.docker.isolation.host_path_map.clone());
-    let mut state = JobState::new(core.docker.clone(), naming, host_map);
-    state.resolve = super::resolve::Resolve::from_docker(&core.runner.docker);
-    let mut lease = None;
-    let mut timings = Timings::default();
-    let started = Instant::now();
-    let built = tokio::select! {
-        biased;
-        _ = closed.cancelled() => Err(Error::Canceled),
-        r = async {
-            let (volume, create_volume, extra_labels) = match plan.key {
-                Some(key) => {
-                    let l = core
-                        .acquire_warm(
-                            plan.runner_id,
-                            plan.id,
-                            lifetime,
-                            key,
-                            plan.helper_image,
-                            &state.inflight,
-                        )
-                        .await
-                        .map_err(|miss| Error::Other {
-                            context: WARM_BUSY.to_string(),
-                            detail: format!("{miss:?}"),
-                        })?;
-                    let v = (l.volume.clone(), false, l.sidecar_labels().into_iter().collect());
-                    // Scrubbed before its dockerd runs and before the slot can be taken (M4).
-                    let l = lease.insert(l);
-                    if let Some(why) = l.make_clean(&core.docker).await? {
-                        tracing::warn!(slot = plan.id, reason = %why, "warm data root could not be scrubbed; replaced by a fresh one");
-                    }
-                    v
-                }
-                None => (state.naming.name("docker"), true, Default::default()),
-            };
-            let b = core
-                .boot(
-                    &mut state,
-                    BootPlan {
-                        volume,
-                        create_volume,
-                        dirs: SidecarDirs::Slot(JobId::new(plan.id)),
-                        validity: lifetime,
-                        services: &[],
-                        service_env: &[],
-                        extra_labels,
-                        // Added when a job takes the slot, if its clone host differs.
-                        background: true,
-                    },
-                    &[],
-                    &mut timings,
-                )
-                .await?;
-            if let Some(l) = lease.as_mut().filter(|l| !l.fresh) {
-                // Fail closed: a root not proven clean is never offered to a job.
-                super::data_root::check_scrubbed(&b.inner, l).await?;
-            }
-            core.preload(&b.inner, &mut timings).await?;
-            Ok(b)
-        } => r,
-    };
-    match built {
-        Ok(b) => {
-            tracing::debug!(slot = plan.id, steps = %timings.render(), total_ms = started.elapsed().as_millis() as u64, "slot built");
-            Ok(Slot {
-                state,
-                key: plan.key,
-                lease,
-                inner: b.inner,
-                client_certs: b.client_certs,
-                not_after: b.not_after,
-                born: Instant::now(),
-                ready_after: b.waited,
-            })
-        }
-        Err(e) => {
-            let report = super::dind::finish_parts(state, lease).await;
-            for f in report.failures {
-                tracing::warn!(slot = plan.id, failure = %f, "teardown of a failed slot left something");
-            }
-            Err(e)
-        }
-    }
+/// The seam between the pool (when and how many slots) and the backend that knows how to
+/// start a sidecar (what a slot is made of): the pool never imports that backend.
+#[async_trait::async_trait]
+pub(super) trait SlotBuilder: Send + Sync + 'static {
+    /// Builds one slot ready for a job, living at most `max_idle` plus a job's budget; on any
+    /// error or on `closed`, what was made is torn down (and a warm root's lease given back).
+    async fn build_slot(
+        &self,
+        plan: SlotPlan<'_>,
+        max_idle: Duration,
+        closed: &CancellationToken,
+    ) -> Result<Slot, Error>;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::isolation::naming::Naming;
 
     fn spec() -> crate::isolation::EnvironmentSpec {
         crate::isolation::EnvironmentSpec {

@@ -42,10 +42,20 @@ impl Resolve {
         } else {
             &self.dns
         };
-        let mut args = super::dind::inner_dns_args(servers);
+        let mut args = inner_dns_args(servers);
         args.extend(self.dns_search.iter().map(|d| format!("--dns-search={d}")));
         args
     }
+}
+
+/// `--dns` flags for the inner dockerd: the host's own upstream resolvers (the sidecar's
+/// resolv.conf names only Docker's 127.0.0.11, which the inner daemon cannot hand to its
+/// containers, so without these it would fall back to 8.8.8.8). Queries from inner containers
+/// are NATed behind the sidecar and pass the job bridge's policy, which lets DNS to these
+/// resolvers through even with `egress = "deny"`. Empty when the host has none. `[runners.docker]
+/// dns` replaces the host's resolvers (see `Resolve::inner_daemon_args`).
+pub fn inner_dns_args(resolvers: &[IpAddr]) -> Vec<String> {
+    resolvers.iter().map(|ip| format!("--dns={ip}")).collect()
 }
 
 #[cfg(test)]
@@ -84,5 +94,21 @@ mod tests {
             ["--dns=192.0.2.1"]
         );
         assert!(Resolve::default().inner_daemon_args(&[]).is_empty());
+    }
+
+    #[test]
+    fn inner_dns_flags_name_each_resolver() {
+        let r: Vec<IpAddr> = vec![
+            "10.255.255.53".parse().unwrap(),
+            "2001:db8::53".parse().unwrap(),
+        ];
+        assert_eq!(
+            inner_dns_args(&r),
+            vec![
+                "--dns=10.255.255.53".to_string(),
+                "--dns=2001:db8::53".to_string()
+            ]
+        );
+        assert!(inner_dns_args(&[]).is_empty());
     }
 }

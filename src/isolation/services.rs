@@ -10,7 +10,8 @@
 //! runner, which is root, never opens a connection to a container the job controls.
 
 use super::Error;
-use super::common::{JOB_CAP_DROP, JobState, detached, other};
+use super::naming::{detached, other};
+use super::state::{JOB_CAP_DROP, JobState};
 use crate::docker::ContainerSpec;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -282,7 +283,7 @@ pub fn join_ports(ports: &[u16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::isolation::common::Naming;
+    use crate::isolation::naming::Naming;
     use crate::paths::HostPathMap;
 
     #[tokio::test]

@@ -5,7 +5,9 @@
 //! A job here controls the host daemon and therefore the host: use it only on hosts that run
 //! trusted jobs, and as the baseline `runner bench` compares the dind backend against.
 
-use super::common::{self, JobState, Naming, ScriptSettings, other_paths};
+use super::naming::{Naming, detached, other_paths};
+use super::network::{carve_network, host_mtu};
+use super::state::{JobState, ScriptSettings, require_image};
 use super::{
     EnvironmentSpec, Error, Isolation, JobEnvironment, JobPaths, OutputSink, ScriptRequest,
     TeardownReport,
@@ -71,19 +73,19 @@ impl Isolation for SharedSocketBackend {
 impl SharedSocketBackend {
     async fn build(&self, state: &mut JobState, spec: &EnvironmentSpec) -> Result<JobPaths, Error> {
         let docker = &self.docker;
-        common::require_image(docker, &spec.build_image.name, "job").await?;
-        common::require_image(docker, &spec.helper_image, "helper").await?;
+        require_image(docker, &spec.build_image.name, "job").await?;
+        require_image(docker, &spec.helper_image, "helper").await?;
         for s in &spec.services {
-            common::require_image(docker, &s.image.name, "service").await?;
+            require_image(docker, &s.image.name, "service").await?;
         }
         let iso = &self.runner.docker.isolation;
         let mtu = if iso.network_mtu > 0 {
             Some(iso.network_mtu)
         } else {
-            common::host_mtu().await
+            host_mtu().await
         };
         // A job network still helps: services get their aliases, jobs do not share a bridge.
-        let net = common::carve_network(
+        let net = carve_network(
             docker,
             &state.inflight,
             &state.naming,
@@ -99,7 +101,7 @@ impl SharedSocketBackend {
                 .map_err(other_paths("create job directories"))?,
         );
         let builds_dir = self.runner.builds_dir.clone();
-        let paths = common::detached(&state.inflight, async move {
+        let paths = detached(&state.inflight, async move {
             crate::paths::create_job_dirs(&builds_dir, job).await
         })
         .await

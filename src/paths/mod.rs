@@ -154,12 +154,22 @@ pub fn job_id_of_dir_name(name: &OsStr) -> Option<JobId> {
     digits.parse().ok()
 }
 
+/// Where a job's files are, as the runner sees them and as containers see them.
+#[derive(Debug, Clone)]
+pub struct JobPaths {
+    /// `<builds_dir>/gitlab-job-<id>`: `CI_PROJECT_DIR`, the clone. Same path in every container.
+    pub project_dir: PathBuf,
+    /// `<builds_dir>/gitlab-job-<id>.tmp`: scratch (`TMPDIR`, file variables). Same path in
+    /// every container.
+    pub tmp_dir: PathBuf,
+}
+
 /// The two directories of a job (runner-visible paths; same paths inside every container).
-pub fn job_paths(builds_dir: &Path, job: JobId) -> Result<crate::isolation::JobPaths, Error> {
+pub fn job_paths(builds_dir: &Path, job: JobId) -> Result<JobPaths, Error> {
     if !builds_dir.is_absolute() {
         return Err(Error::NotAbsolute(builds_dir.to_path_buf()));
     }
-    Ok(crate::isolation::JobPaths {
+    Ok(JobPaths {
         project_dir: builds_dir.join(project_dir_name(job)),
         tmp_dir: builds_dir.join(tmp_dir_name(job)),
     })
@@ -168,10 +178,7 @@ pub fn job_paths(builds_dir: &Path, job: JobId) -> Result<crate::isolation::JobP
 /// Creates the job's directories: `builds_dir` (0755, if missing), the project dir 0755 and the
 /// scratch dir 0700 (it holds file variables). Leftovers of an earlier run of the same job id are
 /// removed first, safely.
-pub async fn create_job_dirs(
-    builds_dir: &Path,
-    job: JobId,
-) -> Result<crate::isolation::JobPaths, Error> {
+pub async fn create_job_dirs(builds_dir: &Path, job: JobId) -> Result<JobPaths, Error> {
     let paths = job_paths(builds_dir, job)?;
     let b = builds_dir.to_path_buf();
     let p = paths.clone();
@@ -209,7 +216,7 @@ pub async fn link_job_dirs(
     builds_dir: &Path,
     job: JobId,
     slot: JobId,
-) -> Result<(crate::isolation::JobPaths, crate::isolation::JobPaths), Error> {
+) -> Result<(JobPaths, JobPaths), Error> {
     let links = job_paths(builds_dir, job)?;
     let real = job_paths(builds_dir, slot)?;
     let (l, r) = (links.clone(), real.clone());
@@ -248,7 +255,7 @@ pub fn check_plain_dir(path: &Path) -> Result<(), Error> {
 }
 
 /// Removes both job directories without following symlinks. Returns the paths that existed.
-pub async fn remove_job_dirs(paths: &crate::isolation::JobPaths) -> Result<Vec<PathBuf>, Error> {
+pub async fn remove_job_dirs(paths: &JobPaths) -> Result<Vec<PathBuf>, Error> {
     let dirs = [paths.project_dir.clone(), paths.tmp_dir.clone()];
     blocking(move || {
         let mut removed = Vec::new();

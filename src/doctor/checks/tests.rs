@@ -57,6 +57,9 @@ fn healthy() -> Facts {
             bridge_netfilter: true,
             max_user_namespaces: Some(63000),
             cap_bnd: Some(0x1ff_ffff_ffff),
+            tun_device: true,
+            unprivileged_userns_clone: None,
+            apparmor_restrict_userns: None,
         },
         docker: Ok(EngineFacts {
             server_version: "28.0.1".into(),
@@ -378,9 +381,50 @@ fn sidecar_profiles_static() {
 }
 
 #[test]
+fn rootless_says_why_it_cannot_run() {
+    let rootless = |f: &mut Facts| {
+        if let ConfigState::Loaded { config, .. } = &mut f.config.state {
+            config.runners[0].docker.isolation.sidecar_profile = SidecarProfile::Rootless;
+        }
+    };
+    let mut f = healthy();
+    rootless(&mut f);
+    assert_status(&f, "sidecar.profiles", Status::Ok);
+    type Breaks = fn(&mut HostFacts);
+    let cases: [(Breaks, &str); 4] = [
+        (|h| h.tun_device = false, "/dev/net/tun"),
+        (|h| h.max_user_namespaces = Some(0), "max_user_namespaces"),
+        (
+            |h| h.unprivileged_userns_clone = Some(0),
+            "unprivileged_userns_clone",
+        ),
+        (
+            |h| h.apparmor_restrict_userns = Some(1),
+            "apparmor_restrict",
+        ),
+    ];
+    for (break_it, why) in cases {
+        let mut g = healthy();
+        rootless(&mut g);
+        break_it(&mut g.host);
+        let c = assert_status(&g, "sidecar.profiles", Status::Fail);
+        assert!(
+            c.message.contains("rootless: no") && c.message.contains(why),
+            "{}",
+            c.message
+        );
+    }
+}
+
+#[test]
 fn sidecar_profiles_deep() {
     let mut f = healthy();
     f.deep = Some(vec![
+        // The configured (default) profile first.
+        DeepResult {
+            profile: SidecarProfile::Rootless,
+            result: Err("newuidmap: write to uid_map failed".into()),
+        },
         DeepResult {
             profile: SidecarProfile::Hardened,
             result: Err("ProfileUnavailable: unable to apply caps".into()),

@@ -1,20 +1,16 @@
-//! What both backends share: naming and labels, carving a job network, running a script in a
-//! fresh container with attach, and the ordered teardown.
+//! A job's state on the outer daemon, shared by both backends: what was made (recorded as soon
+//! as it exists), running a script in a fresh container with attach, and the ordered teardown.
 
+use super::naming::{Naming, detached, other, other_paths};
+use super::network::CarvedNetwork;
 use super::{Error, JobPaths, OutputSink, Role, ScriptRequest, TeardownReport};
-use crate::docker::{
-    self, ContainerSpec, Docker, LABEL_DEADLINE, LABEL_JOB, LABEL_MANAGED, LABEL_ROLE,
-    LABEL_RUNNER, MountSpec, NetworkSpec, Output,
-};
+use crate::docker::{self, ContainerSpec, Docker, LABEL_ROLE, MountSpec, Output};
 use crate::paths::{CertDir, HostPathMap};
 use futures::StreamExt;
-use ipnet::Ipv4Net;
-use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -44,224 +40,6 @@ pub const JOB_CAP_DROP: &[&str] = &[
     "SETPCAP",
     "SYS_CHROOT",
 ];
-
-pub(crate) fn other(context: impl Into<String>) -> impl FnOnce(docker::Error) -> Error {
-    let context = context.into();
-    move |e| Error::Other {
-        context,
-        detail: e.to_string(),
-    }
-}
-
-pub(crate) fn other_paths(context: impl Into<String>) -> impl FnOnce(crate::paths::Error) -> Error {
-    let context = context.into();
-    move |e| Error::Other {
-        context,
-        detail: e.to_string(),
-    }
-}
-
-/// Runs a request that creates something (a container, volume, network, directory) on its own
-/// task, tracked by `inflight`, and returns its result.
-///
-/// A prepare is cancelled by dropping its future, and the engine finishes a create whether
-/// or not anyone reads the reply (as does blocking file work): a create dropped half-way would
-/// make its object after teardown had listed what to remove (a sidecar left running, its
-/// volume "in use"). On its own task the request always completes, and teardown waits for
-/// `inflight` before it lists.
-pub fn detached<T, F>(
-    inflight: &TaskTracker,
-    request: F,
-) -> impl std::future::Future<Output = T> + Send + 'static
-where
-    T: Send + 'static,
-    F: std::future::Future<Output = T> + Send + 'static,
-{
-    let handle = inflight.spawn(request);
-    async move {
-        match handle.await {
-            Ok(v) => v,
-            // As if the request had run inline: its panic is the caller's panic.
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Only when the runtime shuts down, which drops the caller as well.
-            Err(_) => std::future::pending().await,
-        }
-    }
-}
-
-/// Names and labels of one job's objects.
-#[derive(Debug, Clone)]
-pub struct Naming {
-    /// Runner id (checked path- and name-safe).
-    pub runner_id: String,
-    /// Job id.
-    pub job_id: u64,
-    /// Unix time after which everything of this job is certainly stale.
-    pub deadline: u64,
-}
-
-impl Naming {
-    /// Names for `runner_id`/`job_id` with a deadline of now + `timeout` + the PKI margin.
-    pub fn new(runner_id: &str, job_id: u64, timeout: Duration) -> Result<Self, Error> {
-        crate::paths::check_runner_id(runner_id).map_err(other_paths("runner id"))?;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let deadline = now
-            .saturating_add(timeout)
-            .saturating_add(crate::pki::VALIDITY_MARGIN)
-            .as_secs();
-        Ok(Naming {
-            runner_id: runner_id.to_string(),
-            job_id,
-            deadline,
-        })
-    }
-
-    /// `ir-<runner>-<job>-<suffix>`.
-    pub fn name(&self, suffix: &str) -> String {
-        format!("ir-{}-{}-{suffix}", self.runner_id, self.job_id)
-    }
-
-    /// Labels of an object with `role`, including the owning process (for `runner cleanup`).
-    pub fn labels(&self, role: &str) -> HashMap<String, String> {
-        let mut labels = HashMap::from([
-            (LABEL_MANAGED.to_string(), "1".to_string()),
-            (LABEL_RUNNER.to_string(), self.runner_id.clone()),
-            (LABEL_JOB.to_string(), self.job_id.to_string()),
-            (LABEL_DEADLINE.to_string(), self.deadline.to_string()),
-            (LABEL_ROLE.to_string(), role.to_string()),
-        ]);
-        if let Some(owner) = crate::cleanup::owner::current() {
-            labels.insert(docker::LABEL_OWNER.to_string(), owner.label_value());
-        }
-        labels
-    }
-}
-
-/// Serialises subnet carving inside this process; other processes are handled by the
-/// daemon's overlap check and a retry.
-static CARVE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A job network that was created.
-#[derive(Debug, Clone)]
-pub struct CarvedNetwork {
-    /// Network name.
-    pub name: String,
-    /// Its /28.
-    pub subnet: Ipv4Net,
-}
-
-impl CarvedNetwork {
-    /// The gateway (first host address).
-    pub fn gateway(&self) -> Ipv4Addr {
-        nth_host(self.subnet, 1)
-    }
-    /// The sidecar's fixed address (second host address).
-    pub fn sidecar_ip(&self) -> Ipv4Addr {
-        nth_host(self.subnet, 2)
-    }
-}
-
-fn nth_host(net: Ipv4Net, n: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(net.network()).saturating_add(n))
-}
-
-/// Creates the job's private bridge: a /28 from `pool` that overlaps no network on the engine,
-/// retrying when another process takes the same block at the same moment.
-pub async fn carve_network(
-    docker: &Docker,
-    inflight: &TaskTracker,
-    naming: &Naming,
-    pool: Ipv4Net,
-    mtu: Option<u32>,
-) -> Result<CarvedNetwork, Error> {
-    let _guard = CARVE_LOCK.lock().await;
-    let blocks: Vec<Ipv4Net> = pool
-        .subnets(28.max(pool.prefix_len()))
-        .map_err(|e| Error::Other {
-            context: format!("address pool {pool}"),
-            detail: e.to_string(),
-        })?
-        .collect();
-    if blocks.is_empty() {
-        return Err(Error::Other {
-            context: format!("address pool {pool}"),
-            detail: "holds no /28".to_string(),
-        });
-    }
-    let name = naming.name("net");
-    let mut refused: HashSet<Ipv4Net> = HashSet::new();
-    // A random start spreads concurrent runners over the pool, so they rarely race for a block.
-    let start = (uuid::Uuid::new_v4().as_u128() % blocks.len() as u128) as usize;
-    for _attempt in 0..8 {
-        let used: Vec<Ipv4Net> = docker
-            .list_networks(&[])
-            .await
-            .map_err(other("list networks"))?
-            .into_iter()
-            .flat_map(|n| n.subnets)
-            .filter_map(|s| s.parse::<Ipv4Net>().ok())
-            .collect();
-        let free = (0..blocks.len())
-            .map(|i| blocks[(start + i) % blocks.len()])
-            .find(|b| !refused.contains(b) && !used.iter().any(|u| overlaps(*u, *b)));
-        let Some(subnet) = free else {
-            return Err(Error::Other {
-                context: format!("address pool {pool}"),
-                detail: "no free /28 left; raise the pool or lower concurrency".to_string(),
-            });
-        };
-        let carved = CarvedNetwork {
-            name: name.clone(),
-            subnet,
-        };
-        let spec = NetworkSpec {
-            name: name.clone(),
-            subnet: subnet.to_string(),
-            gateway: carved.gateway().to_string(),
-            mtu,
-            labels: naming.labels("network"),
-        };
-        let d = docker.clone();
-        match detached(inflight, async move { d.create_network(&spec).await }).await {
-            Ok(_) => return Ok(carved),
-            Err(e)
-                if e.daemon_message()
-                    .is_some_and(|m| m.contains("overlap") || m.contains("in use")) =>
-            {
-                refused.insert(subnet);
-            }
-            Err(e) => return Err(other(format!("create network {name}"))(e)),
-        }
-    }
-    Err(Error::Other {
-        context: format!("create network {name}"),
-        detail: "every candidate /28 was taken concurrently; retry".to_string(),
-    })
-}
-
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
-}
-
-/// The MTU of the host's default route interface, if it can be read.
-pub async fn host_mtu() -> Option<u32> {
-    let routes = tokio::fs::read_to_string("/proc/net/route").await.ok()?;
-    let iface = routes.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
-    })?;
-    if iface.contains('/') || iface.contains("..") {
-        return None;
-    }
-    tokio::fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
-        .await
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
 
 /// Settings of the job's script containers.
 #[derive(Debug, Clone)]
@@ -320,6 +98,9 @@ pub struct JobState {
     pub seq: AtomicU32,
     /// The job bridge's firewall policy (dind), removed after the containers, before the network.
     pub egress: Option<super::egress::JobEgress>,
+    /// The host uids of a rootless sidecar; given back when this state is dropped, after
+    /// teardown removed the sidecar.
+    pub uid_block: Option<super::rootless::UidBlock>,
     /// Create requests on their own tasks (see [`detached`]); teardown waits for them.
     pub inflight: TaskTracker,
     /// `extra_hosts`/`dns`/`dns_search` for every container the job gets.
@@ -345,6 +126,7 @@ impl JobState {
             script: None,
             seq: AtomicU32::new(0),
             egress: None,
+            uid_block: None,
             inflight: TaskTracker::new(),
             resolve: super::resolve::Resolve::default(),
         }
@@ -888,41 +670,6 @@ mod tests {
     }
 
     #[test]
-    fn naming_and_labels() {
-        let n = Naming::new("r1", 5, Duration::from_secs(60)).unwrap();
-        assert_eq!(n.name("net"), "ir-r1-5-net");
-        let l = n.labels("sidecar");
-        assert_eq!(l[LABEL_JOB], "5");
-        assert_eq!(l[LABEL_ROLE], "sidecar");
-        assert!(l.contains_key(docker::LABEL_OWNER));
-        assert!(Naming::new("a/b", 5, Duration::ZERO).is_err());
-    }
-
-    /// A caller dropped while its request is in flight (a cancelled prepare) must not drop
-    /// the request: it completes, and waiting on the tracker (teardown's first step) sees it.
-    #[tokio::test]
-    async fn detached_request_outlives_its_dropped_caller() {
-        let inflight = TaskTracker::new();
-        let (open, gate) = tokio::sync::oneshot::channel::<()>();
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = Arc::clone(&done);
-        let caller = detached(&inflight, async move {
-            let _ = gate.await;
-            flag.store(true, Ordering::SeqCst);
-            Ok::<_, docker::Error>("id".to_string())
-        });
-        drop(caller);
-        assert!(!done.load(Ordering::SeqCst));
-        let _ = open.send(());
-        inflight.close();
-        tokio::time::timeout(Duration::from_secs(10), inflight.wait())
-            .await
-            .expect("the tracker settles");
-        assert!(done.load(Ordering::SeqCst), "the request ran to completion");
-        assert_eq!(detached(&inflight, async { 7 }).await, 7);
-    }
-
-    #[test]
     fn services_are_as_restricted_as_job_containers() {
         let n = Naming::new("r1", 5, Duration::from_secs(60)).unwrap();
         let svc = super::super::ServiceSpec {
@@ -950,23 +697,5 @@ mod tests {
         assert!(!spec.privileged && spec.cap_add.is_empty());
         assert_eq!(spec.name, "ir-r1-5-svc-0");
         assert_eq!(spec.network.as_deref(), Some("ir-r1-5-net"));
-    }
-
-    #[test]
-    fn carved_addresses() {
-        let c = CarvedNetwork {
-            name: "n".into(),
-            subnet: "10.213.0.16/28".parse().unwrap(),
-        };
-        assert_eq!(c.gateway(), Ipv4Addr::new(10, 213, 0, 17));
-        assert_eq!(c.sidecar_ip(), Ipv4Addr::new(10, 213, 0, 18));
-        assert!(overlaps(
-            "10.0.0.0/8".parse().unwrap(),
-            "10.1.0.0/28".parse().unwrap()
-        ));
-        assert!(!overlaps(
-            "10.0.0.0/28".parse().unwrap(),
-            "10.0.0.16/28".parse().unwrap()
-        ));
     }
 }

@@ -1,0 +1,148 @@
+//! Sidecar profiles: the container flags each one gives the sidecar, checked against what the
+//! host offers, and never substituted by another (see `docs/sidecar-profiles.md`).
+
+use super::Error;
+use super::naming::other;
+use super::rootless::UidBlock;
+use crate::config::SidecarProfile;
+use crate::docker::{ContainerSpec, Docker};
+
+/// The seccomp profile of the `hardened` profile: Docker's permissive base with host-level
+/// syscalls (modules, kexec, clock, swap, reboot, bpf, io_uring, …) refused. Found sufficient
+/// for dockerd, overlay2, bridge/NAT, compose and BuildKit on cgroup v1 by the ladder in
+/// `tests/images/ladder`.
+const HARDENED_SECCOMP: &str = include_str!("seccomp-dind.json");
+
+/// The container flags of a sidecar profile, checked against what the daemon offers. Never
+/// substitutes another profile (a silent fallback would hand a job more privilege than the
+/// admin chose, or less isolation than they believe they have).
+pub async fn profile_flags(
+    docker: &Docker,
+    profile: SidecarProfile,
+    rootless: Option<&UidBlock>,
+    spec: &mut ContainerSpec,
+) -> Result<(), Error> {
+    spec.cgroupns_private = true;
+    match profile {
+        SidecarProfile::Rootless => {
+            let Some(block) = rootless else {
+                return Err(Error::Other {
+                    context: "start a rootless sidecar".to_string(),
+                    detail: "no host uid block was allocated for it".to_string(),
+                });
+            };
+            // Not privileged, nothing beyond Docker's default capabilities, and of those only
+            // what the entrypoint's root prelude needs (hand /dev/net/tun, the data root and
+            // the certificates to the daemon's uid, then drop to it): CHOWN, SETUID/SETGID
+            // (the drop, and the bounding set the file-capability newuidmap/newgidmap need),
+            // SETPCAP (shrinking the bounding set). After the drop no process of the sidecar
+            // holds a capability in the host's user namespace. The tun device backs
+            // slirp4netns; /proc and /sys are unmasked because the daemon mounts its own proc
+            // and sysfs in its namespaces (its user namespace gives it no power over the host's
+            // files there); seccomp as for hardened; AppArmor unconfined (mounts in the
+            // daemon's namespaces), a no-op elsewhere.
+            spec.cap_drop = vec!["ALL".to_string()];
+            spec.cap_add = ["CHOWN", "SETUID", "SETGID", "SETPCAP"]
+                .map(String::from)
+                .to_vec();
+            spec.devices = vec!["/dev/net/tun".to_string()];
+            spec.unmask_system_paths = true;
+            spec.security_opt = vec![
+                format!("seccomp={HARDENED_SECCOMP}"),
+                "apparmor=unconfined".to_string(),
+            ];
+            spec.env.extend(block.env());
+            // Published ports of the inner daemon are bound in the sidecar's network namespace
+            // by the (unprivileged) port driver: let it bind ports below 1024 there.
+            spec.sysctls.insert(
+                "net.ipv4.ip_unprivileged_port_start".to_string(),
+                "0".to_string(),
+            );
+        }
+        SidecarProfile::Hardened => {
+            // Not privileged: default capabilities + SYS_ADMIN (mounts: overlay, cgroup remount)
+            // + NET_ADMIN (bridge, iptables); seccomp refuses host-level syscalls; Docker's
+            // masked and read-only /proc and /sys paths stay (the image's entrypoint re-opens
+            // only /proc/sys/net, which dockerd needs for its containers' interfaces); no host
+            // devices. AppArmor must be unconfined on AppArmor hosts (mounts), a no-op elsewhere.
+            spec.cap_add = vec!["SYS_ADMIN".to_string(), "NET_ADMIN".to_string()];
+            spec.security_opt = vec![
+                format!("seccomp={HARDENED_SECCOMP}"),
+                "apparmor=unconfined".to_string(),
+            ];
+        }
+        SidecarProfile::Privileged => {
+            spec.privileged = true;
+        }
+        SidecarProfile::Sysbox => {
+            let runtimes = docker
+                .runtimes()
+                .await
+                .map_err(other("list the daemon's runtimes"))?;
+            if !runtimes.iter().any(|r| r == "sysbox-runc") {
+                return Err(Error::ProfileUnavailable {
+                    profile: "sysbox".to_string(),
+                    detail: format!(
+                        "the host daemon has no sysbox-runc runtime (it has: {}); install Sysbox \
+                         (nestybox/sysbox, package sysbox-ce) and restart dockerd, or choose \
+                         sidecar_profile = \"hardened\" explicitly",
+                        runtimes.join(", ")
+                    ),
+                });
+            }
+            spec.runtime = Some("sysbox-runc".to_string());
+        }
+    }
+    Ok(())
+}
+
+/// The name used in config and reports.
+pub fn profile_name(p: SidecarProfile) -> &'static str {
+    match p {
+        SidecarProfile::Rootless => "rootless",
+        SidecarProfile::Hardened => "hardened",
+        SidecarProfile::Privileged => "privileged",
+        SidecarProfile::Sysbox => "sysbox",
+    }
+}
+
+/// A sidecar that cannot start because the host refuses the profile's privileges is a
+/// `ProfileUnavailable` (with what to do), not a generic error: the admin must choose.
+pub(super) fn start_error(profile: SidecarProfile, e: crate::docker::Error) -> Error {
+    let msg = e.daemon_message().unwrap_or_default().to_string();
+    if profile == SidecarProfile::Rootless && msg.contains("/dev/net/tun") {
+        return Error::ProfileUnavailable {
+            profile: profile_name(profile).to_string(),
+            detail: format!(
+                "the host has no usable /dev/net/tun for the sidecar's user-mode network \
+                 ({msg}); load the tun module (`modprobe tun`) or choose another \
+                 sidecar_profile explicitly (`runner doctor` says which work)"
+            ),
+        };
+    }
+    let refused = msg.contains("unable to apply caps")
+        || msg.contains("operation not permitted")
+        || msg.contains("unknown or invalid runtime");
+    if refused {
+        return Error::ProfileUnavailable {
+            profile: profile_name(profile).to_string(),
+            detail: format!(
+                "the host daemon could not start the sidecar with this profile's privileges \
+                 ({msg}); the daemon itself probably runs with a reduced capability set. \
+                 Choose another sidecar_profile explicitly"
+            ),
+        };
+    }
+    other("start the sidecar")(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seccomp_profile_is_json() {
+        let v: serde_json::Value = serde_json::from_str(HARDENED_SECCOMP).unwrap();
+        assert_eq!(v["defaultAction"], "SCMP_ACT_ALLOW");
+    }
+}

@@ -1,0 +1,261 @@
+//! The host side of the `rootless` profile: each sidecar's own block of host uids, and the job
+//! directories opened to the inner daemon's root by ACL.
+//!
+//! A rootless sidecar's daemon runs as the first uid of its block, and its user namespace maps
+//! inner uid 0 to that uid and inner uids 1..65535 to the rest of the block. Blocks are
+//! `ROOTLESS_UID_BLOCK` ids from `rootless_uid_base`, handed out lowest-free-first to the
+//! sidecars alive in this process (jobs and warm slots) and given back when the sidecar's state
+//! is dropped, after its teardown. Two concurrent jobs therefore never share a host uid, and a
+//! job that escapes its inner daemon is an unprivileged uid that owns nothing of another job.
+//! After a crash the start-up reaper removes every sidecar of the runner before jobs run, so an
+//! empty table at start is accurate; files left by old uids are removed by root as usual.
+
+use super::Error;
+use crate::config::{ROOTLESS_UID_BLOCK, ROOTLESS_UID_BLOCKS, ROOTLESS_WARM_BLOCKS};
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// First uids of the blocks in use in this process (several runners may share it, each with
+/// its own base: overlap is checked on the uids, not on block numbers).
+static TAKEN: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+/// A block of host uids held by one sidecar; given back when dropped.
+#[derive(Debug)]
+pub struct UidBlock {
+    /// The daemon's uid (inner root).
+    pub uid: u32,
+}
+
+impl UidBlock {
+    /// The lowest free block from `base`.
+    pub fn take(base: u32) -> Result<UidBlock, Error> {
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        for n in 0..ROOTLESS_UID_BLOCKS {
+            let Some(uid) = n
+                .checked_mul(ROOTLESS_UID_BLOCK)
+                .and_then(|o| base.checked_add(o))
+                .filter(|u| u.checked_add(ROOTLESS_UID_BLOCK).is_some())
+            else {
+                break;
+            };
+            let clash = taken
+                .range(
+                    uid.saturating_sub(ROOTLESS_UID_BLOCK - 1)
+                        ..uid.saturating_add(ROOTLESS_UID_BLOCK),
+                )
+                .next()
+                .is_some();
+            if !clash {
+                taken.insert(uid);
+                return Ok(UidBlock { uid });
+            }
+        }
+        Err(Error::Other {
+            context: "allocate host uids for a rootless sidecar".to_string(),
+            detail: format!(
+                "all {ROOTLESS_UID_BLOCKS} blocks from rootless_uid_base = {base} are in use"
+            ),
+        })
+    }
+
+    /// The block of a warm data root: always the same for the same volume (its files keep
+    /// their owners across jobs), chosen by a stable hash of the name among the warm blocks.
+    /// Fails when a live sidecar holds it (two live warm roots whose names collide).
+    pub fn take_for_volume(base: u32, volume: &str) -> Result<UidBlock, Error> {
+        // FNV-1a: stable across builds and processes (std's hasher is not).
+        let h = volume.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let n = ROOTLESS_UID_BLOCKS + (h % u64::from(ROOTLESS_WARM_BLOCKS)) as u32;
+        let uid = n
+            .checked_mul(ROOTLESS_UID_BLOCK)
+            .and_then(|o| base.checked_add(o))
+            .filter(|u| u.checked_add(ROOTLESS_UID_BLOCK).is_some())
+            .ok_or_else(|| Error::Other {
+                context: "allocate host uids for a rootless sidecar".to_string(),
+                detail: format!("rootless_uid_base = {base} leaves no room for warm data roots"),
+            })?;
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !taken.insert(uid) {
+            return Err(Error::Other {
+                context: "allocate host uids for a rootless sidecar".to_string(),
+                detail: format!(
+                    "the uid block {uid} of warm data root {volume} is held by another live \
+                     sidecar (a name collision among warm roots); retry the job"
+                ),
+            });
+        }
+        Ok(UidBlock { uid })
+    }
+
+    /// The subordinate ids: the rest of the block (`start:count`), inner uids 1..=65535.
+    pub fn subids(&self) -> String {
+        format!("{}:{}", self.uid + 1, ROOTLESS_UID_BLOCK - 1)
+    }
+
+    /// The sidecar entrypoint's variables that select the rootless start.
+    pub fn env(&self) -> Vec<String> {
+        vec![
+            format!("IR_ROOTLESS_UID={}", self.uid),
+            format!("IR_ROOTLESS_SUBIDS={}", self.subids()),
+        ]
+    }
+}
+
+impl Drop for UidBlock {
+    fn drop(&mut self) {
+        TAKEN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.uid);
+    }
+}
+
+/// Gives `uid` (a rootless sidecar's inner root) read, write and search access to a job
+/// directory that the runner just made, and the same on everything later created in it (a
+/// default ACL), so inner containers can read and write the identical-path bind mount of files
+/// that the job container (host root) cloned or wrote. The directory keeps its owner and mode
+/// bits for everyone else; files created with restrictive modes (the runner's 0600 script and
+/// file variables) stay closed to `uid`, since the ACL mask follows the creating mode.
+///
+/// The directory is opened without following links (`paths::Dir`); blocking.
+pub fn grant_dir(dir: &Path, uid: u32) -> Result<(), Error> {
+    let d = crate::paths::Dir::open_job_dir(dir).map_err(|e| Error::Other {
+        context: "open a job directory for the rootless sidecar".to_string(),
+        detail: e.to_string(),
+    })?;
+    let st = nix::sys::stat::fstat(d.fd()).map_err(|e| acl_error(dir, e))?;
+    let acl = acl_bytes(st.st_mode, uid);
+    for name in [c"system.posix_acl_access", c"system.posix_acl_default"] {
+        set_xattr(d.fd(), name, &acl).map_err(|e| acl_error(dir, e))?;
+    }
+    Ok(())
+}
+
+fn acl_error(dir: &Path, e: nix::errno::Errno) -> Error {
+    Error::Other {
+        context: format!("give the rootless sidecar access to {}", dir.display()),
+        detail: format!(
+            "{e} (the builds_dir file system must support POSIX ACLs for the rootless profile)"
+        ),
+    }
+}
+
+fn set_xattr(
+    fd: BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    value: &[u8],
+) -> Result<(), nix::errno::Errno> {
+    // SAFETY: fd is a live descriptor, name a NUL-terminated string, value a live buffer of
+    // value.len() bytes; the kernel only reads them.
+    let r = unsafe {
+        nix::libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(nix::errno::Errno::last())
+    }
+}
+
+/// The kernel's POSIX ACL xattr (version 2): owner, `uid`, group and other from `mode`, and a
+/// mask that lets `uid`'s rwx through. Entries sorted by tag, as the kernel requires.
+fn acl_bytes(mode: u32, uid: u32) -> Vec<u8> {
+    const USER_OBJ: u16 = 0x01;
+    const USER: u16 = 0x02;
+    const GROUP_OBJ: u16 = 0x04;
+    const MASK: u16 = 0x10;
+    const OTHER: u16 = 0x20;
+    const UNDEFINED_ID: u32 = u32::MAX;
+    let bits = |shift: u32| ((mode >> shift) & 0o7) as u16;
+    let entries = [
+        (USER_OBJ, bits(6), UNDEFINED_ID),
+        (USER, 0o7, uid),
+        (GROUP_OBJ, bits(3), UNDEFINED_ID),
+        (MASK, 0o7, UNDEFINED_ID),
+        (OTHER, bits(0), UNDEFINED_ID),
+    ];
+    let mut out = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_disjoint_and_given_back() {
+        let base = 3_000_000_000;
+        let a = UidBlock::take(base).unwrap();
+        let b = UidBlock::take(base).unwrap();
+        assert_eq!(a.uid, base);
+        assert_eq!(b.uid, base + ROOTLESS_UID_BLOCK);
+        assert_eq!(a.subids(), format!("{}:65535", base + 1));
+        // Another runner whose base falls inside a's block does not get a's ids.
+        let c = UidBlock::take(base + 10).unwrap();
+        assert!(c.uid >= b.uid + ROOTLESS_UID_BLOCK, "{}", c.uid);
+        drop(a);
+        let d = UidBlock::take(base).unwrap();
+        assert_eq!(d.uid, base);
+        // A warm root's block is stable and outside the ephemeral blocks.
+        let w = UidBlock::take_for_volume(base, "ir-data-r1-7-p").unwrap();
+        let uid = w.uid;
+        assert!(uid >= base + ROOTLESS_UID_BLOCKS * ROOTLESS_UID_BLOCK);
+        assert!(UidBlock::take_for_volume(base, "ir-data-r1-7-p").is_err());
+        drop(w);
+        assert_eq!(
+            UidBlock::take_for_volume(base, "ir-data-r1-7-p")
+                .unwrap()
+                .uid,
+            uid
+        );
+    }
+
+    #[test]
+    fn acl_grants_the_uid_and_keeps_the_mode() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("gitlab-job-1");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        match grant_dir(&dir, 123_456_789) {
+            Ok(()) => {}
+            // A test file system without ACLs says so clearly.
+            Err(e) if e.to_string().contains("EOPNOTSUPP") => return,
+            Err(e) => panic!("{e}"),
+        }
+        let acl = xattr_of(&dir, "system.posix_acl_default");
+        assert_eq!(acl, acl_bytes(0o40755, 123_456_789));
+    }
+
+    fn xattr_of(p: &Path, name: &str) -> Vec<u8> {
+        let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let name = std::ffi::CString::new(name).unwrap();
+        let mut buf = vec![0u8; 256];
+        // SAFETY: valid C strings and a live buffer of buf.len() bytes.
+        let n = unsafe {
+            nix::libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert!(n >= 0, "getxattr: {}", std::io::Error::last_os_error());
+        buf.truncate(n as usize);
+        buf
+    }
+}
