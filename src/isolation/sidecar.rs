@@ -354,6 +354,7 @@ impl Core {
         .await
         .map_err(other("create the sidecar"))?;
         state.sidecar = Some(id.clone());
+        super::registry_ca::install(docker, &id, &iso.registry_ca_files).await?;
         docker
             .start_container(&id)
             .await
