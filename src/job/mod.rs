@@ -88,12 +88,17 @@ pub trait JobExecutor: Send + Sync {
 pub mod artifacts;
 pub mod cache_hook;
 pub mod executor;
+pub(crate) mod helper_files;
 pub mod local;
 pub mod pipeline;
 pub mod script;
 pub mod services;
 pub mod sources;
+pub mod spec;
+mod stage;
+mod stages;
 pub mod staging;
+mod transfer;
 pub mod trust;
 pub mod vars;
 
