@@ -100,6 +100,7 @@ mod stages;
 pub mod staging;
 mod transfer;
 pub mod trust;
+mod user;
 pub mod vars;
 
 pub use artifacts::{ArtifactError, ArtifactStore, JobRef, LocalArtifactStore};

@@ -12,7 +12,9 @@ use super::vars::{self, Variables};
 use super::{FailureReason, JobControl, JobExecutor, JobOutcome};
 use crate::config::RunnerConfig;
 use crate::gitlab::types::JobResponse;
-use crate::isolation::{self, Isolation, JobEnvironment, OutputSink, Role, ScriptRequest};
+use crate::isolation::{
+    self, Isolation, JobEnvironment, OutputSink, Role, ScriptRequest, ScriptUser,
+};
 use crate::trace::{JobLog, LogOptions, TraceSink};
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
@@ -161,6 +163,14 @@ impl Pipeline {
                 exit_code: None,
             };
         }
+        // `image: docker:` options are checked before anything exists, like the clone URL.
+        if let Err(msg) = super::user::requested_user(job) {
+            log.error(&msg);
+            return JobOutcome::Failed {
+                reason: FailureReason::RunnerUnsupported,
+                exit_code: None,
+            };
+        }
         // Variables without paths are enough to expand image names.
         let pre_vars = build_variables(job, runner, None, &[], timeout);
         let spec = match build_spec(job, runner, &self.runner_id, &pre_vars, timeout) {
@@ -255,6 +265,7 @@ impl Pipeline {
         log: &Arc<JobLog>,
         guards: &Guards,
         role: Role,
+        user: &ScriptUser,
         script: String,
         vars_env: Vec<(String, String)>,
     ) -> StageEnd {
@@ -265,7 +276,12 @@ impl Pipeline {
             script,
             env: vars_env,
         };
-        let (res, stop) = guarded(env.run_script(req, out, stage.clone()), stage, guards).await;
+        let (res, stop) = guarded(
+            env.run_script_as(req, user, out, stage.clone()),
+            stage,
+            guards,
+        )
+        .await;
         match (res, stop) {
             (_, Some(stop)) => StageEnd::Stopped(stop),
             (Some(Ok(0)), None) => StageEnd::Ok,

@@ -13,11 +13,12 @@ use super::stage::{
     DEFAULT_AFTER_SCRIPT_TIMEOUT, Guards, StageEnd, State, Stop, after_script_deadline, apply_end,
     export_env, section, when_matches,
 };
+use super::user::{self, BuildUser};
 use super::vars::Variables;
 use super::{FailureReason, JobOutcome};
 use crate::config::RunnerConfig;
 use crate::gitlab::types::{Artifact, JobResponse};
-use crate::isolation::{JobEnvironment, JobPaths, Role};
+use crate::isolation::{JobEnvironment, JobPaths, Role, ScriptUser};
 use crate::trace::JobLog;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,8 @@ enum Stage {
     GetSources,
     RestoreCache,
     DownloadArtifacts,
+    /// Non-root build user: the checkout and the tmp dir become the user's.
+    HandToBuildUser,
     /// The payload's step at this index (never `after_script`).
     Step(usize),
     AfterScript,
@@ -43,6 +46,7 @@ fn plan(job: &JobResponse) -> Vec<Stage> {
         Stage::GetSources,
         Stage::RestoreCache,
         Stage::DownloadArtifacts,
+        Stage::HandToBuildUser,
     ];
     stages.extend(
         job.steps
@@ -105,8 +109,31 @@ pub(super) async fn run(
             };
         }
     };
+    // Who runs the build scripts: asked of the image before the first stage, so that a user
+    // the image does not have fails the job before anything ran.
+    let build_user = match user::resolve(job, env, guards.abort.clone()).await {
+        Ok(u) => u,
+        Err(e) => {
+            log.error(&e);
+            return JobOutcome::Failed {
+                reason: FailureReason::RunnerSystemFailure,
+                exit_code: None,
+            };
+        }
+    };
+    let script_user = match &build_user {
+        Some(u) => u.script_user(),
+        // Root (or the image's own root user): only a `docker: user` spelling of root is
+        // passed on.
+        None => ScriptUser {
+            user: user::requested_user(job).ok().flatten(),
+            owner: None,
+        },
+    };
     let mut run = Run {
         pipeline,
+        build_user,
+        script_user,
         job,
         runner,
         log,
@@ -138,6 +165,10 @@ pub(super) async fn run(
 /// What the stages of one job read and change.
 struct Run<'a> {
     pipeline: &'a Pipeline,
+    /// The non-root user of the build scripts, if any.
+    build_user: Option<BuildUser>,
+    /// How build scripts run (user, script owner).
+    script_user: ScriptUser,
     job: &'a JobResponse,
     runner: &'a RunnerConfig,
     log: &'a Arc<JobLog>,
@@ -173,6 +204,16 @@ impl Run<'_> {
                         .any(|d| d.artifacts_file.is_some()) =>
             {
                 Section::new("download_artifacts", "Downloading artifacts")
+            }
+            Stage::HandToBuildUser if !failed => {
+                let u = self.build_user.as_ref()?;
+                Section::new(
+                    "build_user",
+                    format!(
+                        "Handing the project dir and TMPDIR to uid {}:{}",
+                        u.uid, u.gid
+                    ),
+                )
             }
             Stage::Step(i) => {
                 let step = self.job.steps.get(i)?;
@@ -236,6 +277,31 @@ impl Run<'_> {
                 }
             }
             Stage::DownloadArtifacts => self.download_artifacts().await,
+            Stage::HandToBuildUser => {
+                let Some(u) = &self.build_user else {
+                    return;
+                };
+                let script = u.chown_script(&self.paths);
+                let end = self
+                    .pipeline
+                    .run_stage(
+                        self.env,
+                        self.log,
+                        self.guards,
+                        Role::Helper,
+                        &ScriptUser::default(),
+                        script,
+                        Vec::new(),
+                    )
+                    .await;
+                apply_end(
+                    self.log,
+                    &mut self.state,
+                    end,
+                    false,
+                    "handing the checkout to the build user",
+                );
+            }
             Stage::Step(i) => self.step(i).await,
             Stage::AfterScript => self.after_script_stage().await,
             Stage::ArchiveCache => {
@@ -333,7 +399,15 @@ impl Run<'_> {
         let mut env_vars = export_env(vars);
         env_vars.extend(s.env);
         self.pipeline
-            .run_stage(self.env, log, self.guards, Role::Helper, s.script, env_vars)
+            .run_stage(
+                self.env,
+                log,
+                self.guards,
+                Role::Helper,
+                &ScriptUser::default(),
+                s.script,
+                env_vars,
+            )
             .await
     }
 
@@ -383,6 +457,7 @@ impl Run<'_> {
                 self.log,
                 self.guards,
                 Role::Build,
+                &self.script_user,
                 script,
                 export_env(&self.vars),
             )
@@ -413,6 +488,7 @@ impl Run<'_> {
                 self.log,
                 &after_guards,
                 Role::Build,
+                &self.script_user,
                 script,
                 export_env(&self.vars),
             )

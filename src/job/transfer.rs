@@ -9,7 +9,7 @@ use super::stage::{Guards, StageEnd, export_env};
 use super::staging::{Staging, StagingError};
 use super::vars::Variables;
 use crate::gitlab::types::{Artifact, Dependency, JobResponse};
-use crate::isolation::{JobEnvironment, JobPaths, Role};
+use crate::isolation::{JobEnvironment, JobPaths, Role, ScriptUser};
 use crate::paths::Dir;
 use crate::trace::JobLog;
 use std::path::PathBuf;
@@ -146,7 +146,15 @@ impl Pipeline {
         let list = paths.tmp_dir.join(UNTRACKED_LIST);
         let script = untracked_script(&paths.project_dir, &list);
         match self
-            .run_stage(env, log, guards, Role::Helper, script, export_env(vars))
+            .run_stage(
+                env,
+                log,
+                guards,
+                Role::Helper,
+                &ScriptUser::default(),
+                script,
+                export_env(vars),
+            )
             .await
         {
             StageEnd::Ok => {}
