@@ -735,3 +735,108 @@ async fn artifacts_never_follow_symlinks_out_of_the_job_dir() {
     }
     assert_eq!(b.teardowns(), 1);
 }
+
+/// Issue 11 item 7: `CI_DEBUG_TRACE` traces commands (with a warning, masked values still
+/// masked); `RUNNER_SCRIPT_TIMEOUT` stops the script with `job_execution_timeout` and
+/// after_script still runs; after_script runs in a shell of its own, so what before_script
+/// exported is not there (as in gitlab-runner).
+#[tokio::test]
+async fn debug_trace_script_timeout_and_after_script_shell() {
+    let b = LocalIsolation::new(Faults::default());
+    let mut j = job(&[
+        "export FROM_BEFORE=yes",
+        "echo \"seen:$MASKED_X\"",
+        "sleep 600",
+    ]);
+    j.steps.push(step(
+        "after_script",
+        &["echo \"after:${FROM_BEFORE:-unset}\""],
+        "always",
+    ));
+    j.variables.push(var("CI_DEBUG_TRACE", "true"));
+    j.variables.push(var("RUNNER_SCRIPT_TIMEOUT", "2s"));
+    j.variables.push(JobVariable {
+        key: "MASKED_X".into(),
+        value: "hunter2-very-secret".into(),
+        masked: true,
+        ..Default::default()
+    });
+    let r = run(&b, j).await;
+    assert_eq!(
+        r.outcome,
+        failed(FailureReason::JobExecutionTimeout, None),
+        "{}",
+        r.trace
+    );
+    assert!(r.trace.contains("CI_DEBUG_TRACE is enabled"), "{}", r.trace);
+    assert!(r.trace.contains("+ sleep 600"), "xtrace: {}", r.trace);
+    assert!(!r.trace.contains("hunter2-very-secret"), "{}", r.trace);
+    assert!(
+        r.trace.contains("RUNNER_SCRIPT_TIMEOUT (2s)"),
+        "{}",
+        r.trace
+    );
+    assert!(r.trace.contains("after:unset"), "{}", r.trace);
+}
+
+/// Config and job get_sources hooks in gitlab-runner's order (config pre, job pre, git, job
+/// post, config post), and `GET_SOURCES_ATTEMPTS` retries a failed get_sources.
+#[tokio::test]
+async fn get_sources_hooks_order_and_attempts() {
+    let b = LocalIsolation::new(Faults::default());
+    let mut j = job(&["echo never"]);
+    j.variables = vec![
+        var("GIT_STRATEGY", "clone"),
+        var("GET_SOURCES_ATTEMPTS", "2"),
+    ];
+    j.git_info = GitInfo {
+        // Port 9 (discard): nothing listens, the fetch fails at once.
+        repo_url: Secret::new("http://127.0.0.1:9/g/none.git"),
+        r#ref: "main".into(),
+        sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        ..Default::default()
+    };
+    j.hooks = vec![
+        Hook {
+            name: "post_get_sources_script".into(),
+            script: vec!["echo job-post".into()],
+        },
+        Hook {
+            name: "pre_get_sources_script".into(),
+            script: vec!["echo job-pre".into()],
+        },
+    ];
+    let runner = RunnerConfig {
+        clone_url: Some("http://127.0.0.1:9/".parse().expect("constant URL")),
+        pre_get_sources_script: Some("echo config-pre".into()),
+        post_get_sources_script: Some("echo config-post".into()),
+        ..Default::default()
+    };
+    let r = run_with(
+        b.clone(),
+        RecordingStore::new(),
+        j,
+        runner,
+        JobControl::default(),
+    )
+    .await;
+    assert!(
+        matches!(r.outcome, JobOutcome::Failed { .. }),
+        "{}",
+        r.trace
+    );
+    let helpers: Vec<_> = b
+        .scripts()
+        .into_iter()
+        .filter(|s| s.role == Role::Helper)
+        .collect();
+    assert_eq!(helpers.len(), 2, "two attempts: {}", r.trace);
+    assert!(r.trace.contains("attempt 2 of 2"), "{}", r.trace);
+    let s = &helpers[0].script;
+    let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle}: {s}"));
+    assert!(at("echo config-pre") < at("echo job-pre"));
+    assert!(at("echo job-pre") < at("git fetch"));
+    assert!(at("git fetch") < at("echo job-post"));
+    assert!(at("echo job-post") < at("echo config-post"));
+    assert!(!r.trace.contains("never\n"), "{}", r.trace);
+}

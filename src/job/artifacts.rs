@@ -434,8 +434,10 @@ pub fn write_zip_with(
     Ok(built.finish(skipped))
 }
 
-/// Builds the archive of one entry in its format into `out` (blocking): zip, gzip (first
-/// regular file) or raw (first regular file, copied). Files are read through `root` only.
+/// Builds the archive of one entry in its format into `out` (blocking): zip; gzip, every file
+/// as its own gzip member (named after the file) one after the other, as gitlab-runner's gzip
+/// archiver writes reports with several files (GitLab reads every member); raw, the first
+/// regular file, copied (raw holds one file). Files are read through `root` only.
 pub fn build_archive(
     artifact: &Artifact,
     root: &Dir,
@@ -464,15 +466,18 @@ pub fn build_archive(
                     .len();
                 let mut src = src.take(len);
                 if fmt == "gzip" {
-                    let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+                    let mut gz = flate2::GzBuilder::new()
+                        .filename(rel.to_string_lossy().as_bytes())
+                        .write(out, flate2::Compression::default());
                     std::io::copy(&mut src, &mut gz).map_err(io_err("gzip"))?;
                     gz.finish().map_err(io_err("gzip"))?;
+                    built.entries += 1;
                 } else {
                     let mut w = out;
                     std::io::copy(&mut src, &mut w).map_err(io_err("copy"))?;
+                    built.entries = 1;
+                    break;
                 }
-                built.entries = 1;
-                break;
             }
             Ok(built.finish(skipped))
         }
@@ -883,6 +888,40 @@ mod tests {
             build_archive(&raw, &dir, &[PathBuf::from("dist/sub/b.log")], &out).expect("raw");
         assert_eq!(built.entries, 0);
         assert_eq!(std::fs::read(root.path().join("raw")).expect("read"), b"");
+    }
+
+    /// Issue 11 item 7: a gzip report with several files holds all of them, each its own
+    /// member named after the file (as gitlab-runner's gzip archiver writes them).
+    #[test]
+    fn gzip_reports_hold_every_file() {
+        use std::io::Read;
+        let root = tempfile::tempdir().expect("tempdir");
+        let proj = root.path().join("p");
+        std::fs::create_dir_all(proj.join("r")).expect("mkdir");
+        std::fs::write(proj.join("r/a.xml"), b"<a/>").expect("write");
+        std::fs::write(proj.join("r/b.xml"), b"<b/>").expect("write");
+        let dir = Dir::open_job_dir(&proj).expect("open");
+        let junit = Artifact {
+            artifact_type: "junit".into(),
+            artifact_format: "gzip".into(),
+            ..Default::default()
+        };
+        let path = root.path().join("junit.gz");
+        let out = File::create(&path).expect("create");
+        let files = [PathBuf::from("r/a.xml"), PathBuf::from("r/b.xml")];
+        let built = build_archive(&junit, &dir, &files, &out).expect("gzip");
+        assert_eq!(built.entries, 2);
+        let data = std::fs::read(&path).expect("read");
+        let mut all = String::new();
+        flate2::read::MultiGzDecoder::new(&data[..])
+            .read_to_string(&mut all)
+            .expect("gunzip");
+        assert_eq!(all, "<a/><b/>");
+        let first = flate2::read::GzDecoder::new(&data[..]);
+        assert_eq!(
+            first.header().and_then(|h| h.filename()),
+            Some(&b"r/a.xml"[..])
+        );
     }
 
     /// Finding M2: a symlink entry whose target is longer than PATH_MAX (a deflate bomb as a

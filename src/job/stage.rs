@@ -109,7 +109,12 @@ pub(super) fn after_script_deadline(
 /// Parses `RUNNER_AFTER_SCRIPT_TIMEOUT` (`10m`, `90s`, `300`); any size parses, the caller
 /// clamps.
 fn after_script_timeout(vars: &Variables) -> Duration {
-    vars.get("RUNNER_AFTER_SCRIPT_TIMEOUT")
+    duration_var(vars, "RUNNER_AFTER_SCRIPT_TIMEOUT").unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT)
+}
+
+/// A duration variable (`10m`, `90s`, `300`); unset, zero or unreadable: `None`.
+fn duration_var(vars: &Variables, key: &str) -> Option<Duration> {
+    vars.get(key)
         .and_then(|s| {
             let s = s.trim();
             s.parse::<u64>()
@@ -118,7 +123,48 @@ fn after_script_timeout(vars: &Variables) -> Duration {
                 .or_else(|| humantime::parse_duration(s).ok())
         })
         .filter(|d| !d.is_zero())
-        .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT)
+}
+
+/// When the script steps must end: `RUNNER_SCRIPT_TIMEOUT` from `now` (gitlab-runner's
+/// timeout for `before_script` + `script`, after which `after_script` still runs), never past
+/// the job's deadline. `None`: the variable is not set, the job's deadline applies.
+pub(super) fn script_deadline(
+    vars: &Variables,
+    now: Instant,
+    job_deadline: Instant,
+) -> Option<Instant> {
+    let d = duration_var(vars, "RUNNER_SCRIPT_TIMEOUT")?;
+    Some(
+        now.checked_add(d)
+            .map_or(job_deadline, |t| t.min(job_deadline)),
+    )
+}
+
+/// How many times a stage is tried: the `*_ATTEMPTS` variable (`GET_SOURCES_ATTEMPTS`,
+/// `ARTIFACT_DOWNLOAD_ATTEMPTS`, `RESTORE_CACHE_ATTEMPTS`, `EXECUTOR_JOB_SECTION_ATTEMPTS`), 1
+/// to 10 as in gitlab-runner; unset: 1. A value outside that range is refused with a warning
+/// and 1 is used.
+pub(super) fn attempts(vars: &Variables, key: &str, log: &JobLog) -> u32 {
+    match vars.get(key).map(str::trim) {
+        None | Some("") => 1,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n @ 1..=10) => n,
+            _ => {
+                log.warning(&format!(
+                    "{key}={v:?} is not a number of attempts from 1 to 10; using 1"
+                ));
+                1
+            }
+        },
+    }
+}
+
+/// Whether `CI_DEBUG_TRACE` asks for shell tracing (Go's `ParseBool` spellings of true).
+pub(super) fn debug_trace(vars: &Variables) -> bool {
+    matches!(
+        vars.get("CI_DEBUG_TRACE").map(str::trim),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+    )
 }
 
 pub(super) fn when_matches(when: &str, failed: bool) -> bool {
@@ -209,6 +255,41 @@ pub(super) async fn section<T>(
 mod tests {
     use super::*;
     use crate::job::spec::{DEFAULT_JOB_TIMEOUT, MAX_JOB_TIMEOUT, job_timeout};
+
+    #[test]
+    fn script_timeout_attempts_and_debug_trace() {
+        let now = Instant::now();
+        let job_deadline = now + Duration::from_secs(3600);
+        let mut v = Variables::new();
+        assert_eq!(script_deadline(&v, now, job_deadline), None);
+        v.push("RUNNER_SCRIPT_TIMEOUT", "2m");
+        assert_eq!(
+            script_deadline(&v, now, job_deadline),
+            Some(now + Duration::from_secs(120))
+        );
+        v.push("RUNNER_SCRIPT_TIMEOUT", "500000000years");
+        assert_eq!(script_deadline(&v, now, job_deadline), Some(job_deadline));
+
+        let sink = std::sync::Arc::new(crate::trace::BufferSink::new());
+        let log = JobLog::new(sink.clone(), crate::trace::LogOptions::default());
+        assert_eq!(attempts(&v, "GET_SOURCES_ATTEMPTS", &log), 1);
+        v.push("GET_SOURCES_ATTEMPTS", "3");
+        assert_eq!(attempts(&v, "GET_SOURCES_ATTEMPTS", &log), 3);
+        v.push("GET_SOURCES_ATTEMPTS", "11");
+        assert_eq!(attempts(&v, "GET_SOURCES_ATTEMPTS", &log), 1);
+        log.finish();
+        assert!(
+            sink.text().contains("GET_SOURCES_ATTEMPTS=\"11\""),
+            "{}",
+            sink.text()
+        );
+
+        assert!(!debug_trace(&v));
+        v.push("CI_DEBUG_TRACE", "true");
+        assert!(debug_trace(&v));
+        v.push("CI_DEBUG_TRACE", "no");
+        assert!(!debug_trace(&v));
+    }
 
     #[test]
     fn after_script_timeout_parsing() {

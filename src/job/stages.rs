@@ -11,7 +11,7 @@ use super::sources::{self, GitStrategy};
 use super::spec::build_variables;
 use super::stage::{
     DEFAULT_AFTER_SCRIPT_TIMEOUT, Guards, StageEnd, State, Stop, after_script_deadline, apply_end,
-    export_env, section, when_matches,
+    attempts, debug_trace, export_env, script_deadline, section, when_matches,
 };
 use super::user::{self, BuildUser};
 use super::vars::Variables;
@@ -130,8 +130,17 @@ pub(super) async fn run(
             owner: None,
         },
     };
+    let debug = debug_trace(&vars);
+    if debug {
+        log.warning(
+            "CI_DEBUG_TRACE is enabled: every command is traced with the values of its \
+             variables (masked values stay masked); disable it once the job is debugged",
+        );
+    }
     let mut run = Run {
         pipeline,
+        debug,
+        script_deadline: None,
         build_user,
         script_user,
         job,
@@ -165,6 +174,10 @@ pub(super) async fn run(
 /// What the stages of one job read and change.
 struct Run<'a> {
     pipeline: &'a Pipeline,
+    /// `CI_DEBUG_TRACE`: scripts run with `set -x`.
+    debug: bool,
+    /// `RUNNER_SCRIPT_TIMEOUT`'s end, fixed when the first step starts.
+    script_deadline: Option<Instant>,
     /// The non-root user of the build scripts, if any.
     build_user: Option<BuildUser>,
     /// How build scripts run (user, script owner).
@@ -264,16 +277,35 @@ impl Run<'_> {
     async fn exec(&mut self, stage: Stage) {
         match stage {
             Stage::GetSources => {
-                let end = self.get_sources().await;
+                let tries = attempts(&self.vars, "GET_SOURCES_ATTEMPTS", self.log);
+                let mut end = self.get_sources().await;
+                for n in 2..=tries {
+                    if !matches!(end, StageEnd::Exit(_) | StageEnd::System(_)) {
+                        break;
+                    }
+                    self.log
+                        .warning(&format!("getting sources failed; attempt {n} of {tries}"));
+                    end = self.get_sources().await;
+                }
                 apply_end(self.log, &mut self.state, end, false, "getting sources");
             }
             Stage::RestoreCache => {
-                if let Some(cache) = &self.pipeline.cache
-                    && let Err(e) = cache.restore(&self.cache_context()).await
-                {
-                    // Cache failures are warnings, never job failures (as in gitlab-runner).
-                    self.log
-                        .warning(&format!("restoring the cache failed: {e}"));
+                let tries = attempts(&self.vars, "RESTORE_CACHE_ATTEMPTS", self.log);
+                if let Some(cache) = &self.pipeline.cache {
+                    for n in 1..=tries {
+                        match cache.restore(&self.cache_context()).await {
+                            Ok(()) => break,
+                            // Cache failures are warnings, never job failures (as in
+                            // gitlab-runner).
+                            Err(e) if n == tries => self
+                                .log
+                                .warning(&format!("restoring the cache failed: {e}")),
+                            Err(e) => self.log.warning(&format!(
+                                "restoring the cache failed: {e}; attempt {} of {tries}",
+                                n + 1
+                            )),
+                        }
+                    }
                 }
             }
             Stage::DownloadArtifacts => self.download_artifacts().await,
@@ -384,6 +416,10 @@ impl Run<'_> {
                 other => log.warning(&format!("ignoring unknown hook {other:?}")),
             }
         }
+        // gitlab-runner's order: the job's post hook first, then the config's.
+        if let Some(p) = &self.runner.post_get_sources_script {
+            post.extend(config_commands(p));
+        }
         let s = sources::git_script(
             job,
             vars,
@@ -405,7 +441,7 @@ impl Run<'_> {
                 self.guards,
                 Role::Helper,
                 &ScriptUser::default(),
-                s.script,
+                self.traced(s.script),
                 env_vars,
             )
             .await
@@ -417,12 +453,28 @@ impl Run<'_> {
             .dependencies
             .iter()
             .filter(|d| d.artifacts_file.is_some());
+        let tries = attempts(&self.vars, "ARTIFACT_DOWNLOAD_ATTEMPTS", self.log);
         for dep in deps {
-            if let Err(msg) = self
-                .pipeline
-                .download_dependency(self.job, dep, &self.host, self.log)
-                .await
-            {
+            let mut res = Err(String::new());
+            for n in 1..=tries {
+                if n > 1 {
+                    self.log
+                        .warning(&format!("downloading artifacts: attempt {n} of {tries}"));
+                }
+                res = self
+                    .pipeline
+                    .download_dependency(self.job, dep, &self.host, self.log)
+                    .await;
+                if res.is_ok() {
+                    break;
+                }
+                if let Err(msg) = &res
+                    && n < tries
+                {
+                    self.log.warning(msg);
+                }
+            }
+            if let Err(msg) = res {
                 self.log.error(&msg);
                 self.state = State::Failed(FailureReason::UnknownFailure, None);
                 break;
@@ -450,18 +502,24 @@ impl Run<'_> {
             commands.extend(config_commands(post));
         }
         let script = user_script(&self.paths.project_dir.to_string_lossy(), &commands);
-        let end = self
-            .pipeline
-            .run_stage(
-                self.env,
-                self.log,
-                self.guards,
-                Role::Build,
-                &self.script_user,
-                script,
-                export_env(&self.vars),
-            )
-            .await;
+        let job_deadline = self.guards.deadline;
+        let deadline = *self.script_deadline.get_or_insert_with(|| {
+            script_deadline(&self.vars, Instant::now(), job_deadline).unwrap_or(job_deadline)
+        });
+        let guards = Guards {
+            deadline,
+            ..self.guards.clone()
+        };
+        let end = self.run_build(script, &guards).await;
+        if matches!(end, StageEnd::Stopped(Stop::Timeout)) && deadline < job_deadline {
+            self.log.error(&format!(
+                "the script ran past RUNNER_SCRIPT_TIMEOUT ({})",
+                self.vars
+                    .get("RUNNER_SCRIPT_TIMEOUT")
+                    .unwrap_or_default()
+                    .trim()
+            ));
+        }
         let name = format!("step_{}", step.name);
         apply_end(self.log, &mut self.state, end, step.allow_failure, &name);
     }
@@ -481,18 +539,7 @@ impl Run<'_> {
             deadline: after_script_deadline(&self.vars, Instant::now(), self.guards.deadline),
         };
         let script = user_script(&self.paths.project_dir.to_string_lossy(), &commands);
-        let end = self
-            .pipeline
-            .run_stage(
-                self.env,
-                self.log,
-                &after_guards,
-                Role::Build,
-                &self.script_user,
-                script,
-                export_env(&self.vars),
-            )
-            .await;
+        let end = self.run_build(script, &after_guards).await;
         let strict = self
             .vars
             .get("AFTER_SCRIPT_IGNORE_ERRORS")
@@ -515,6 +562,47 @@ impl Run<'_> {
                 }
             }
             StageEnd::System(e) => self.log.warning(&format!("after_script failed: {e}")),
+        }
+    }
+
+    /// `script` with `set -x` first when `CI_DEBUG_TRACE` is on.
+    fn traced(&self, script: String) -> String {
+        if self.debug {
+            format!("set -x\n{script}")
+        } else {
+            script
+        }
+    }
+
+    /// Runs a build script as the build user, tried again (up to
+    /// `EXECUTOR_JOB_SECTION_ATTEMPTS`) when the backend failed to run it, never when the
+    /// script itself failed or was stopped.
+    async fn run_build(&self, script: String, guards: &Guards) -> StageEnd {
+        let tries = attempts(&self.vars, "EXECUTOR_JOB_SECTION_ATTEMPTS", self.log);
+        let script = self.traced(script);
+        let mut n = 1;
+        loop {
+            let end = self
+                .pipeline
+                .run_stage(
+                    self.env,
+                    self.log,
+                    guards,
+                    Role::Build,
+                    &self.script_user,
+                    script.clone(),
+                    export_env(&self.vars),
+                )
+                .await;
+            match end {
+                StageEnd::System(e) if n < tries => {
+                    n += 1;
+                    self.log.warning(&format!(
+                        "running the script failed: {e}; attempt {n} of {tries}"
+                    ));
+                }
+                end => return end,
+            }
         }
     }
 
