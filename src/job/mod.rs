@@ -92,6 +92,7 @@ pub(crate) mod helper_files;
 pub mod local;
 pub mod pipeline;
 pub mod script;
+pub mod server_ca;
 pub mod services;
 pub mod sources;
 pub mod spec;

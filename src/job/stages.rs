@@ -7,6 +7,7 @@
 use super::helper_files::{remove_file_variables, write_file_variables};
 use super::pipeline::{Pipeline, StageContext};
 use super::script::{config_commands, user_script};
+use super::server_ca;
 use super::sources::{self, GitStrategy};
 use super::spec::build_variables;
 use super::stage::{
@@ -98,6 +99,19 @@ pub(super) async fn run(
     let paths = env.paths().clone();
     let host = env.host_dirs().clone();
     let mut vars = build_variables(job, runner, Some(&paths), &env.job_env(), timeout);
+    // The GitLab server's private CA, as gitlab-runner gives it to the job and to git.
+    let certs = std::path::Path::new(server_ca::CERTS_DIR);
+    let with_ca = match server_ca::variable(runner, certs).await {
+        Ok(Some(v)) => {
+            vars.push_var(v);
+            true
+        }
+        Ok(None) => false,
+        Err(w) => {
+            log.warning(&w);
+            false
+        }
+    };
     // File variables: written once, removed in cleanup_file_variables (and by teardown).
     let file_vars = match write_file_variables(&mut vars, &paths.tmp_dir, &host.tmp_dir).await {
         Ok(f) => f,
@@ -130,6 +144,9 @@ pub(super) async fn run(
             owner: None,
         },
     };
+    let ca_path = with_ca
+        .then(|| vars.get(server_ca::CA_VARIABLE).map(str::to_string))
+        .flatten();
     let debug = debug_trace(&vars);
     if debug {
         log.warning(
@@ -140,6 +157,7 @@ pub(super) async fn run(
     let mut run = Run {
         pipeline,
         debug,
+        ca_path,
         script_deadline: None,
         build_user,
         script_user,
@@ -176,6 +194,8 @@ struct Run<'a> {
     pipeline: &'a Pipeline,
     /// `CI_DEBUG_TRACE`: scripts run with `set -x`.
     debug: bool,
+    /// Where the job sees `CI_SERVER_TLS_CA_FILE`, when the runner has a CA for GitLab.
+    ca_path: Option<String>,
     /// `RUNNER_SCRIPT_TIMEOUT`'s end, fixed when the first step starts.
     script_deadline: Option<Instant>,
     /// The non-root user of the build scripts, if any.
@@ -434,6 +454,9 @@ impl Run<'_> {
         }
         let mut env_vars = export_env(vars);
         env_vars.extend(s.env);
+        if let Some(ca) = &self.ca_path {
+            server_ca::add_git_ca(&mut env_vars, job, ca);
+        }
         self.pipeline
             .run_stage(
                 self.env,
