@@ -1001,3 +1001,41 @@ async fn clone_over_tls_with_a_private_ca() {
     );
     assert!(!r.trace.contains("over-tls\n"), "{}", r.trace);
 }
+
+/// `GIT_CLONE_PATH` outside the builds dir (or with custom build dirs off) fails the job with
+/// gitlab-runner's reason before any step; one inside is accepted (with a warning: not
+/// honoured yet).
+#[tokio::test]
+async fn git_clone_path_escapes_are_refused() {
+    let b = LocalIsolation::new(Faults::default());
+    let mut j = job(&["echo step-ran"]);
+    j.variables
+        .push(var("GIT_CLONE_PATH", "$CI_BUILDS_DIR/../escaped"));
+    let r = run(&b, j).await;
+    assert_eq!(
+        r.outcome,
+        failed(FailureReason::ScriptFailure, None),
+        "{}",
+        r.trace
+    );
+    assert!(r.trace.contains("has to be within"), "{}", r.trace);
+    assert!(!r.trace.contains("step_script"), "{}", r.trace);
+
+    let mut j = job(&["echo step-ran"]);
+    j.variables
+        .push(var("GIT_CLONE_PATH", "$CI_BUILDS_DIR/group/project"));
+    let r = run(&b, j.clone()).await;
+    assert_eq!(r.outcome, JobOutcome::Success, "{}", r.trace);
+    assert!(r.trace.contains("not honoured yet"), "{}", r.trace);
+
+    let runner = RunnerConfig {
+        custom_build_dir: false,
+        ..Default::default()
+    };
+    let r = run_with(b, RecordingStore::new(), j, runner, JobControl::default()).await;
+    assert!(
+        r.trace.contains("enable `custom_build_dir` feature"),
+        "{}",
+        r.trace
+    );
+}

@@ -87,6 +87,7 @@ pub trait JobExecutor: Send + Sync {
 
 pub mod artifacts;
 pub mod cache_hook;
+pub mod clone_path;
 pub mod executor;
 pub(crate) mod helper_files;
 pub mod local;
