@@ -259,7 +259,8 @@ impl Run<'_> {
             {
                 Section::new("download_artifacts", "Downloading artifacts")
             }
-            Stage::HandToBuildUser if !failed => {
+            // Also after a failure: `on_failure` steps and after_script still run as the user.
+            Stage::HandToBuildUser if self.state != State::Aborted => {
                 let u = self.build_user.as_ref()?;
                 Section::new(
                     "build_user",
