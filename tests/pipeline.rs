@@ -1020,6 +1020,8 @@ async fn git_clone_path_escapes_are_refused() {
     );
     assert!(r.trace.contains("has to be within"), "{}", r.trace);
     assert!(!r.trace.contains("step_script"), "{}", r.trace);
+    let escaped = b.builds().parent().expect("parent").join("escaped");
+    assert!(!escaped.exists(), "{}", escaped.display());
 
     let mut j = job(&["echo step-ran"]);
     j.variables

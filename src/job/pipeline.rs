@@ -164,12 +164,15 @@ impl Pipeline {
             };
         }
         // `image: docker:` options are checked before anything exists, like the clone URL.
-        if let Err(msg) = super::user::requested_user(job) {
-            log.error(&msg);
-            return JobOutcome::Failed {
-                reason: FailureReason::RunnerUnsupported,
-                exit_code: None,
-            };
+        match super::user::executor_opts(job) {
+            Ok((_, warnings)) => warnings.iter().for_each(|w| log.warning(w)),
+            Err(msg) => {
+                log.error(&msg);
+                return JobOutcome::Failed {
+                    reason: FailureReason::RunnerUnsupported,
+                    exit_code: None,
+                };
+            }
         }
         // Variables without paths are enough to expand image names.
         let pre_vars = build_variables(job, runner, None, &[], timeout);

@@ -54,23 +54,24 @@ impl BuildUser {
     }
 }
 
-/// The job's `image: docker: user` (GitLab's `executor_opts`). Any other key than `user` and
-/// `platform` under `docker`, or anything but `docker`, is refused as gitlab-runner does.
-pub(super) fn requested_user(job: &JobResponse) -> Result<Option<String>, String> {
+/// The job's `image: docker: user` (GitLab's `executor_opts`), and a warning for each option
+/// this runner does not act on (anything but `docker: user`; `docker: platform` included). A
+/// `user` that is not a string fails the job. Options are never acted on beyond the user: a
+/// payload's `privileged` or `volumes` there is named in a warning and ignored.
+pub(super) fn executor_opts(job: &JobResponse) -> Result<(Option<String>, Vec<String>), String> {
     let Some(opts) = job.image.as_ref().and_then(|i| i.executor_opts.as_ref()) else {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     };
-    let bad = |what: String| format!("image: {what} (`image: docker:` accepts user and platform)");
+    let ignored = |what: &str| format!("ignoring image executor option {what}: not supported");
+    let mut warnings = Vec::new();
     let Some(map) = opts.as_object() else {
-        return Err(bad("executor options are not a mapping".into()));
+        return Ok((None, vec![ignored("(not a mapping)")]));
     };
     let mut user = None;
     for (k, v) in map {
-        if k != "docker" {
-            return Err(bad(format!("unsupported executor option {k:?}")));
-        }
-        let Some(docker) = v.as_object() else {
-            return Err(bad("`docker:` is not a mapping".into()));
+        let Some(docker) = v.as_object().filter(|_| k == "docker") else {
+            warnings.push(ignored(k));
+            continue;
         };
         for (dk, dv) in docker {
             match (dk.as_str(), dv) {
@@ -78,13 +79,19 @@ pub(super) fn requested_user(job: &JobResponse) -> Result<Option<String>, String
                     user = Some(u.trim().to_string())
                 }
                 ("user", serde_json::Value::String(_) | serde_json::Value::Null) => {}
-                ("user", _) => return Err(bad("`docker: user` is not a string".into())),
-                ("platform", _) => {}
-                (other, _) => return Err(bad(format!("unsupported `docker:` option {other:?}"))),
+                ("user", _) => {
+                    return Err("image: docker: user must be a string".into());
+                }
+                (other, _) => warnings.push(ignored(&format!("docker: {other}"))),
             }
         }
     }
-    Ok(user)
+    Ok((user, warnings))
+}
+
+/// The job's `image: docker: user`, if any (see [`executor_opts`]).
+pub(super) fn requested_user(job: &JobResponse) -> Result<Option<String>, String> {
+    executor_opts(job).map(|(u, _)| u)
 }
 
 /// Whether `user` (`name`, `uid`, `name:group`, `uid:gid`) means root.
