@@ -231,14 +231,27 @@ mod tests {
     #[test]
     fn executor_opts_user() {
         let j = job_with(serde_json::json!({"docker": {"user": "1000:1000", "platform": "amd64"}}));
-        assert_eq!(requested_user(&j).unwrap(), Some("1000:1000".into()));
+        let (user, warnings) = executor_opts(&j).unwrap();
+        assert_eq!(user, Some("1000:1000".into()));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert_eq!(requested_user(&JobResponse::default()).unwrap(), None);
-        let e = requested_user(&job_with(
-            serde_json::json!({"docker": {"privileged": true}}),
+        // Never acted on, named in a warning.
+        let (user, warnings) = executor_opts(&job_with(
+            serde_json::json!({"docker": {"privileged": true, "volumes": ["/:/host"]}}),
         ))
-        .unwrap_err();
-        assert!(e.contains("privileged"), "{e}");
-        assert!(requested_user(&job_with(serde_json::json!({"kubernetes": {}}))).is_err());
+        .unwrap();
+        assert_eq!(user, None);
+        assert!(
+            warnings.iter().any(|w| w.contains("privileged")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains("volumes")),
+            "{warnings:?}"
+        );
+        let (_, warnings) =
+            executor_opts(&job_with(serde_json::json!({"kubernetes": {}}))).unwrap();
+        assert_eq!(warnings.len(), 1);
         assert!(requested_user(&job_with(serde_json::json!({"docker": {"user": 5}}))).is_err());
     }
 
