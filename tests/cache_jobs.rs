@@ -586,3 +586,147 @@ async fn two_instances_never_share_cache_or_warm_roots() {
     };
     assert_ne!(warm(&a), warm(&b));
 }
+
+/// A `USER 1000` image made from the job image for one test, removed when dropped.
+struct UserImage(String);
+
+impl UserImage {
+    fn build(scope: &support::docker::Scope) -> UserImage {
+        use std::io::Write;
+        let tag = format!("isolated-runner/job-uid1000:{}", scope.runner_id);
+        let mut child = std::process::Command::new("docker")
+            .args(["build", "-q", "-t", &tag, "--label"])
+            .arg(format!("io.isolated-runner.runner={}", scope.runner_id))
+            .arg("-")
+            // The legacy builder never resolves FROM against a registry (the image is local).
+            .env("DOCKER_BUILDKIT", "0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("docker build");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("FROM {}\nUSER 1000\n", support::docker::JOB_IMAGE).as_bytes())
+            .expect("write Dockerfile");
+        assert!(
+            child.wait().expect("docker build").success(),
+            "docker build {tag}"
+        );
+        UserImage(tag)
+    }
+}
+
+impl Drop for UserImage {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &self.0])
+            .output();
+    }
+}
+
+/// Issue 11 item 4: on an image whose `USER` is 1000 the script runs as 1000 (with
+/// no-new-privileges), writes into the project dir and `TMPDIR`, reads its file variable; the
+/// artifact is collected and the cache saved. A job on the root image with `image: docker:
+/// user: nobody` runs as that user, looked up in the image.
+#[tokio::test]
+async fn non_root_images_run_write_and_save() {
+    let scope = support::docker::Scope::new().await;
+    let image = UserImage::build(&scope);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let mut runner = scope.runner_config();
+    runner.cache_dir = cache.path().to_path_buf();
+    runner.docker.image = image.0.clone();
+    let backend: Arc<dyn Isolation> = Arc::new(isolation::dind::DindBackend::new(
+        scope.docker.clone(),
+        Arc::new(runner.clone()),
+        scope.state_dir(),
+    ));
+    let store = RecordingStore::new();
+    let mut pipeline = Pipeline::new(backend, store.clone());
+    pipeline.cache = Some(LocalCache::hook());
+    pipeline.runner_id = scope.runner_id.clone();
+    let go = |j: JobResponse| {
+        let (p, r) = (&pipeline, runner.clone());
+        async move {
+            let sink = Arc::new(BufferSink::new());
+            let outcome = p
+                .execute(j, Arc::new(r), sink.clone(), JobControl::default())
+                .await;
+            Run {
+                outcome,
+                trace: sink.text(),
+            }
+        }
+    };
+
+    let mut j = job(
+        911,
+        8,
+        &[
+            "test \"$(id -u)\" = 1000",
+            "grep -q '^NoNewPrivs:[[:space:]]*1' /proc/self/status",
+            "echo out > out.txt",
+            "mkdir -p vendor && echo v > vendor/x",
+            "echo t > \"$TMPDIR/scratch\" && cat \"$TMPDIR/scratch\"",
+            "test \"$(cat \"$CFG\")\" = file-secret",
+        ],
+        entry("nonroot"),
+    );
+    j.variables.push(JobVariable {
+        key: "CFG".into(),
+        value: "file-secret".into(),
+        file: true,
+        ..Default::default()
+    });
+    j.artifacts = vec![isolated_runner::gitlab::types::Artifact {
+        name: Some("out".into()),
+        paths: vec!["out.txt".into()],
+        artifact_type: "archive".into(),
+        artifact_format: "zip".into(),
+        when: "on_success".into(),
+        ..Default::default()
+    }];
+    let r = go(j).await;
+    ok(&r);
+    assert!(r.trace.contains("uid 1000:0"), "{}", r.trace);
+    assert!(r.trace.contains("Created cache"), "{}", r.trace);
+    assert_eq!(store.uploads().len(), 1, "{}", r.trace);
+    assert!(
+        isolated_runner::cache::archive_path(&scoped(cache.path()), 8, false, "nonroot").is_file()
+    );
+
+    // `image: docker: user` by name, on the root image.
+    let mut j = job(
+        912,
+        8,
+        &["test \"$(id -un)\" = nobody", "echo x > y.txt"],
+        entry("nonroot2"),
+    );
+    j.image = Some(isolated_runner::gitlab::types::Image {
+        name: support::docker::JOB_IMAGE.into(),
+        executor_opts: Some(serde_json::json!({"docker": {"user": "nobody"}})),
+        ..Default::default()
+    });
+    let r = go(j).await;
+    ok(&r);
+    assert!(r.trace.contains("uid 65534:65534"), "{}", r.trace);
+
+    // A user the image does not have fails the job with the reason, before any step.
+    let mut j = job(913, 8, &["echo never-ran"], entry("nonroot3"));
+    j.image = Some(isolated_runner::gitlab::types::Image {
+        name: support::docker::JOB_IMAGE.into(),
+        executor_opts: Some(serde_json::json!({"docker": {"user": "no-such-user"}})),
+        ..Default::default()
+    });
+    let r = go(j).await;
+    failed(&r);
+    assert!(
+        r.trace.contains("has no user \"no-such-user\""),
+        "{}",
+        r.trace
+    );
+    assert!(!r.trace.contains("step_script"), "{}", r.trace);
+    scope.assert_clean().await;
+}

@@ -164,6 +164,8 @@ async fn symlinks_in_artifacts_and_the_job_dir_and_path_variables_stay_inside() 
     std::fs::write(precious.join("keep.txt"), "keep-me").expect("write");
     let p = precious.display().to_string();
     let job_id = 1002;
+    // No GIT_CLONE_PATH here: one outside builds_dir now fails the job before any step, as in
+    // gitlab-runner (`tests/pipeline.rs` `git_clone_path_escapes_are_refused`).
     let extra = json!({
         "artifacts": [{"name": "artifacts", "untracked": false, "when": "on_success",
                        "paths": ["leak/passwd", "leak", "shadowlink", "precious-link/keep.txt", "ok.txt"],
@@ -171,7 +173,6 @@ async fn symlinks_in_artifacts_and_the_job_dir_and_path_variables_stay_inside() 
         "variables": [
             {"key": "CI_PROJECT_DIR", "value": p, "public": true},
             {"key": "CI_BUILDS_DIR", "value": "/", "public": true},
-            {"key": "GIT_CLONE_PATH", "value": format!("{p}/clone"), "public": true},
             {"key": "RUNNER_TEMP_PROJECT_DIR", "value": p, "public": true}
         ]
     });

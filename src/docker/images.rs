@@ -39,6 +39,19 @@ impl Docker {
         }
     }
 
+    /// The `USER` an image's config names (`None`: none, so root).
+    pub async fn image_user(&self, image: &str) -> Result<Option<String>, Error> {
+        let info = self
+            .inner
+            .inspect_image(image)
+            .await
+            .map_err(api(format!("inspect image {image}")))?;
+        Ok(info
+            .config
+            .and_then(|c| c.user)
+            .filter(|u| !u.trim().is_empty()))
+    }
+
     /// The TCP ports an image declares with `EXPOSE`, ascending and without duplicates.
     pub async fn image_exposed_tcp_ports(&self, image: &str) -> Result<Vec<u16>, Error> {
         let info = self

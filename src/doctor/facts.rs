@@ -626,7 +626,7 @@ async fn gather_images(docker: &Docker, config: &Config) -> Vec<ImageFact> {
             r.docker
                 .helper_image
                 .clone()
-                .unwrap_or_else(|| crate::job::pipeline::DEFAULT_HELPER_IMAGE.to_string()),
+                .unwrap_or_else(|| crate::job::spec::DEFAULT_HELPER_IMAGE.to_string()),
         ));
         for p in &r.docker.isolation.preload_images {
             wanted.push(("preload", p.clone()));
@@ -987,7 +987,7 @@ async fn deep_one(
             .docker
             .helper_image
             .clone()
-            .unwrap_or_else(|| crate::job::pipeline::DEFAULT_HELPER_IMAGE.to_string()),
+            .unwrap_or_else(|| crate::job::spec::DEFAULT_HELPER_IMAGE.to_string()),
         services: Vec::new(),
         service_env: Vec::new(),
         repo_endpoint: None,

@@ -153,7 +153,8 @@ pub fn short_token(token: &str) -> String {
 ///
 /// Left out on purpose: `shared` (builds dirs are per job), `session`/`terminal` (no session
 /// server), `proxy` (Kubernetes only), `vault_secrets` (no secret providers),
-/// `image_executor_opts`/`service_executor_opts` (not interpreted), `native_steps_integration`
+/// `service_executor_opts` (not interpreted; `image_executor_opts` is: `docker: user`),
+/// `native_steps_integration`
 /// (no `run:`), `two_phase_job_commit` (we confirm with `PUT running` anyway but do not
 /// implement the pending keep-alive), `job_inputs`.
 pub const FEATURES: &[(&str, bool)] = &[
@@ -182,7 +183,7 @@ pub const FEATURES: &[(&str, bool)] = &[
     ("return_exit_code", true),
     ("service_variables", true),
     ("service_multiple_aliases", true),
-    ("image_executor_opts", false),
+    ("image_executor_opts", true),
     ("service_executor_opts", false),
     ("cancel_gracefully", true),
     ("native_steps_integration", false),

@@ -609,6 +609,20 @@ impl JobEnvironment for DindEnv {
         self.state.run_script(req, out, cancel).await
     }
 
+    async fn run_script_as(
+        &self,
+        req: ScriptRequest,
+        user: &super::ScriptUser,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<i32, Error> {
+        self.state.run_script_as(req, user, out, cancel).await
+    }
+
+    async fn image_user(&self) -> Result<Option<String>, Error> {
+        self.state.image_user().await
+    }
+
     async fn wait_for_services(
         &self,
         timeout: std::time::Duration,

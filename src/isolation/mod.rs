@@ -132,6 +132,16 @@ pub struct ScriptRequest {
     pub env: Vec<(String, String)>,
 }
 
+/// Who a build script runs as, when not simply the image's `USER` (non-root images, `image:
+/// docker: user`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScriptUser {
+    /// The container's `--user` (`uid[:gid]` or a name); `None`: the image's `USER`.
+    pub user: Option<String>,
+    /// Numeric owner of the script file, so that a non-root user can read it (it stays 0600).
+    pub owner: Option<(u32, u32)>,
+}
+
 /// Receives a script's stdout and stderr, interleaved in the order they were written.
 pub trait OutputSink: Send + Sync {
     /// Appends raw output.
@@ -209,6 +219,23 @@ pub trait JobEnvironment: Send + Sync {
         out: Arc<dyn OutputSink>,
         cancel: CancellationToken,
     ) -> Result<i32, Error>;
+
+    /// [`JobEnvironment::run_script`] as `user`. Backends without users (test doubles) run it
+    /// as they run any script.
+    async fn run_script_as(
+        &self,
+        req: ScriptRequest,
+        _user: &ScriptUser,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<i32, Error> {
+        self.run_script(req, out, cancel).await
+    }
+
+    /// The build image's `USER` (empty or missing: root); `None` when the backend cannot tell.
+    async fn image_user(&self) -> Result<Option<String>, Error> {
+        Ok(None)
+    }
 
     /// Waits up to `timeout` for every service's exposed TCP ports to accept a connection from
     /// the job's network; returns the services that did not come up (the job goes on, as in

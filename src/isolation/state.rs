@@ -224,6 +224,34 @@ impl JobState {
         out: Arc<dyn OutputSink>,
         cancel: CancellationToken,
     ) -> Result<i32, Error> {
+        self.run_script_as(req, &super::ScriptUser::default(), out, cancel)
+            .await
+    }
+
+    /// The build image's `USER` (from the image's config on the daemon).
+    pub async fn image_user(&self) -> Result<Option<String>, Error> {
+        let Some(settings) = &self.script else {
+            return Ok(None);
+        };
+        let image = &settings.build_image.name;
+        self.docker
+            .image_user(image)
+            .await
+            .map_err(other(format!("inspect image {image}")))
+    }
+
+    /// Runs a script; a build script as `user` (helper scripts always run as root).
+    pub async fn run_script_as(
+        &self,
+        req: ScriptRequest,
+        user: &super::ScriptUser,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<i32, Error> {
+        let user = match req.role {
+            Role::Build => user.clone(),
+            Role::Helper => super::ScriptUser::default(),
+        };
         let (Some(settings), Some(paths)) = (&self.script, &self.paths) else {
             return Err(Error::Other {
                 context: "run script".to_string(),
@@ -244,7 +272,7 @@ impl JobState {
             .dir_sources
             .as_ref()
             .map_or_else(|| script_path.clone(), |s| s.tmp_dir.join(&script_name));
-        write_private_file(&script_file, req.script.as_bytes()).await?;
+        write_private_file(&script_file, req.script.as_bytes(), user.owner).await?;
 
         let (image, entrypoint) = match req.role {
             Role::Build => (
@@ -276,6 +304,7 @@ impl JobState {
             cpus: settings.cpus,
             pids_limit: settings.pids_limit,
             init: true,
+            user: user.user.clone(),
             ..Default::default()
         };
         self.resolve.apply(&mut spec);
@@ -589,7 +618,11 @@ fn short(id: &str) -> &str {
 /// directory, its parent trusted runner config) through the directory's handle, created
 /// `O_CREAT|O_EXCL|O_NOFOLLOW|O_NONBLOCK`: a link or a FIFO the job planted under the name is
 /// refused (finding M2), never written through or blocked on.
-async fn write_private_file(path: &Path, data: &[u8]) -> Result<(), Error> {
+async fn write_private_file(
+    path: &Path,
+    data: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), Error> {
     let fail = |detail: String| Error::Other {
         context: format!("write {}", path.display()),
         detail,
@@ -607,6 +640,10 @@ async fn write_private_file(path: &Path, data: &[u8]) -> Result<(), Error> {
                 e.to_string()
             }
         })?;
+        // Through the descriptor just created: the build script's user must read it.
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        }
         std::io::Write::write_all(&mut f, &data).map_err(|e| e.to_string())
     })
     .await
@@ -645,7 +682,7 @@ mod tests {
             .expect("mkfifo");
         let r = tokio::time::timeout(
             Duration::from_secs(60),
-            write_private_file(&script, b"echo hi"),
+            write_private_file(&script, b"echo hi", None),
         )
         .await
         .expect("the write must not block on the FIFO");
@@ -656,12 +693,12 @@ mod tests {
         std::fs::write(&canary, b"keep").expect("write");
         std::os::unix::fs::symlink(&canary, tmp.join("script-1-build.sh")).expect("link");
         assert!(
-            write_private_file(&tmp.join("script-1-build.sh"), b"x")
+            write_private_file(&tmp.join("script-1-build.sh"), b"x", None)
                 .await
                 .is_err()
         );
         assert_eq!(std::fs::read(&canary).expect("canary"), b"keep");
-        write_private_file(&tmp.join("script-2-build.sh"), b"echo ok")
+        write_private_file(&tmp.join("script-2-build.sh"), b"echo ok", None)
             .await
             .expect("write");
         use std::os::unix::fs::MetadataExt;

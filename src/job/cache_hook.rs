@@ -12,8 +12,8 @@
 //! - Failures are warnings (the pipeline logs them); only an unknown `policy`/`when` is reported
 //!   as an error string, which the pipeline turns into a warning too.
 
+use super::helper_files::{parse_untracked, read_helper_list, untracked_script};
 use super::pipeline::{CacheHook, StageContext};
-use super::script::sh_quote;
 use crate::cache::{self, CacheContext, CacheEntry, JobStatus};
 use crate::isolation::{OutputSink, Role, ScriptRequest};
 use std::path::{Path, PathBuf};
@@ -158,11 +158,7 @@ async fn untracked_files(ctx: &StageContext<'_>) -> Result<Vec<PathBuf>, String>
     let paths = ctx.env.paths();
     let list_name = format!("cache-untracked-{}.list", uuid::Uuid::new_v4().simple());
     let list = paths.tmp_dir.join(&list_name);
-    let dir = sh_quote(&paths.project_dir.to_string_lossy());
-    let l = sh_quote(&list.to_string_lossy());
-    let script = format!(
-        "set -e\nif git -c safe.directory='*' -C {dir} rev-parse --git-dir >/dev/null 2>&1; then\n  git -c safe.directory='*' -C {dir} ls-files -o --exclude-standard -z > {l}\nelse\n  printf 'NOT-A-GIT-REPOSITORY' > {l}\nfi\n"
-    );
+    let script = untracked_script(&paths.project_dir, &list);
     let stop = ctx.cancel.child_token();
     let out = Arc::new(Collect::new(HELPER_OUTPUT_LIMIT, stop.clone()));
     let sink: Arc<dyn OutputSink> = out.clone();
@@ -193,18 +189,8 @@ async fn untracked_files(ctx: &StageContext<'_>) -> Result<Vec<PathBuf>, String>
         ));
     }
     // Through the tmp dir's handle, bounded, never through a link or into a FIFO.
-    let data = super::pipeline::read_helper_list(&ctx.env.host_dirs().tmp_dir, &list_name).await?;
+    let data = read_helper_list(&ctx.env.host_dirs().tmp_dir, &list_name).await?;
     Ok(parse_untracked(&data))
-}
-
-fn parse_untracked(data: &[u8]) -> Vec<PathBuf> {
-    if data == b"NOT-A-GIT-REPOSITORY" {
-        return vec![PathBuf::from(".")];
-    }
-    data.split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| PathBuf::from(String::from_utf8_lossy(s).into_owned()))
-        .collect()
 }
 
 /// Whether any entry will be saved and needs the untracked list (avoids a helper container for

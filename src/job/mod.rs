@@ -87,15 +87,23 @@ pub trait JobExecutor: Send + Sync {
 
 pub mod artifacts;
 pub mod cache_hook;
+pub mod clone_path;
 pub mod executor;
+pub(crate) mod helper_files;
 pub mod local;
 pub mod pipeline;
 pub mod pull;
 pub mod script;
+pub mod server_ca;
 pub mod services;
 pub mod sources;
+pub mod spec;
+mod stage;
+mod stages;
 pub mod staging;
+mod transfer;
 pub mod trust;
+mod user;
 pub mod vars;
 
 pub use artifacts::{ArtifactError, ArtifactStore, JobRef, LocalArtifactStore};

@@ -195,6 +195,29 @@ fn empty_dir(dir: &str) -> String {
     format!("mkdir -p {dir}\nfind {dir} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +\n")
 }
 
+/// `git lfs pull` after the checkout when the helper image has git-lfs; without it LFS files
+/// stay pointers, as with gitlab-runner (which pulls only when `git lfs version` succeeds).
+const LFS_PULL: &str = "if git lfs version >/dev/null 2>&1; then\n  echo 'Pulling Git LFS objects...'\n  git lfs pull\nfi\n";
+
+/// `GIT_SUBMODULE_PATHS` as pathspec arguments after `--` (empty when unset): space-separated
+/// paths, `:(exclude)path` to leave one out, as gitlab-runner passes them to `git submodule`.
+/// Entries starting with `-` are refused with a warning (they would be options).
+fn submodule_paths(value: Option<&str>, warnings: &mut Vec<String>) -> String {
+    let mut out = Vec::new();
+    for p in value.unwrap_or("").split_whitespace() {
+        if p.starts_with('-') {
+            warnings.push(format!("ignoring GIT_SUBMODULE_PATHS entry {p:?}"));
+        } else {
+            out.push(sh_quote(p));
+        }
+    }
+    if out.is_empty() {
+        String::new()
+    } else {
+        format!(" -- {}", out.join(" "))
+    }
+}
+
 /// Builds the get_sources script for `strategy`. `pre_hooks`/`post_hooks` are the config and job
 /// hook commands (config first for pre, job first for post, as gitlab-runner orders them).
 pub fn git_script(
@@ -317,8 +340,9 @@ pub fn git_script(
         warnings.push("the job has no commit sha to check out".to_string());
     } else {
         let short: String = sha.chars().take(8).collect();
+        // Smudge skipped here as in gitlab-runner: LFS objects come with `git lfs pull` below.
         s.push_str(&format!(
-            "echo {}\ngit -c submodule.recurse=false checkout -f -q {}\n",
+            "echo {}\nGIT_LFS_SKIP_SMUDGE=1 git -c submodule.recurse=false checkout -f -q {}\n",
             sh_quote(&format!(
                 "Checking out {short} as {}...",
                 job.git_info.r#ref
@@ -328,6 +352,7 @@ pub fn git_script(
         if !clean.is_empty() {
             s.push_str(&format!("git clean {}\n", clean.join(" ")));
         }
+        s.push_str(LFS_PULL);
     }
     let sub = vars
         .get("GIT_SUBMODULE_STRATEGY")
@@ -367,8 +392,9 @@ pub fn git_script(
             } else {
                 format!(" {}", update_flags.join(" "))
             };
+            let paths = submodule_paths(vars.get("GIT_SUBMODULE_PATHS"), &mut warnings);
             s.push_str(&format!(
-                "echo 'Updating/initializing submodules{}...'\ngit submodule init\ngit submodule sync{rec}\ngit submodule update --init{rec}{sub_depth}{upd}\n",
+                "echo 'Updating/initializing submodules{}...'\ngit submodule init{paths}\ngit submodule sync{rec}{paths}\ngit submodule update --init{rec}{sub_depth}{upd}{paths}\n",
                 if rec.is_empty() { "" } else { " recursively" }
             ));
             let clean_cmd = if clean.is_empty() {
@@ -379,6 +405,9 @@ pub fn git_script(
             s.push_str(&format!(
                 "git submodule foreach{rec} {}\n",
                 sh_quote(&format!("{clean_cmd}git reset --hard"))
+            ));
+            s.push_str(&format!(
+                "if git lfs version >/dev/null 2>&1; then git submodule foreach{rec} 'git lfs pull'; fi\n"
             ));
         }
         other => warnings.push(format!(
@@ -540,5 +569,56 @@ mod tests {
             s.script
                 .contains("find /b/p -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +")
         );
+    }
+
+    #[test]
+    fn submodule_paths_and_lfs() {
+        let job = JobResponse {
+            id: 1,
+            token: Secret::new("glcbt-abc123"),
+            git_info: crate::gitlab::types::GitInfo {
+                repo_url: Secret::new("https://h/g/p.git"),
+                sha: "0123456789abcdef".into(),
+                r#ref: "main".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut v = Variables::new();
+        v.push("GIT_SUBMODULE_STRATEGY", "normal");
+        v.push("GIT_SUBMODULE_PATHS", "libs/a :(exclude)libs/b --force");
+        let s = git_script(
+            &job,
+            &v,
+            GitStrategy::Clone,
+            Path::new("/b/p"),
+            Path::new("/b/p.tmp"),
+            &[],
+            &[],
+        );
+        assert!(
+            s.script
+                .contains("git submodule update --init -- libs/a ':(exclude)libs/b'\n"),
+            "{}",
+            s.script
+        );
+        assert!(
+            s.script
+                .contains("git submodule sync -- libs/a ':(exclude)libs/b'\n")
+        );
+        assert_eq!(
+            s.warnings,
+            vec!["ignoring GIT_SUBMODULE_PATHS entry \"--force\"".to_string()]
+        );
+        // LFS: smudge skipped on checkout, pulled when the helper has git-lfs.
+        assert!(
+            s.script
+                .contains("GIT_LFS_SKIP_SMUDGE=1 git -c submodule.recurse=false checkout")
+        );
+        let lfs = s.script.find("git lfs pull").expect("lfs pull");
+        assert!(lfs > s.script.find("checkout -f -q").expect("checkout"));
+        assert!(s.script.contains(
+            "if git lfs version >/dev/null 2>&1; then git submodule foreach 'git lfs pull'; fi"
+        ));
     }
 }
