@@ -328,7 +328,7 @@ async fn svg_is_well_formed_with_one_group_per_scenario_and_both_modes() {
     let (run, _) = run(&target, &plan, false).await;
     let report = bench::build_report(&run);
     let svg = bench::render_svg(&report);
-    // For looking at it: BENCH_SVG_OUT=/tmp/bench.svg cargo test --test bench svg
+    // For looking at it: BENCH_SVG_OUT=/tmp/bench.svg cargo test --test suite bench::svg
     if let Some(path) = std::env::var_os("BENCH_SVG_OUT") {
         std::fs::write(path, &svg).expect("write svg");
     }

@@ -2,7 +2,7 @@
 //! each in a copy under a temp dir so the working tree stays clean. Needs the test images
 //! (`tests/images/build`).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use support::docker::Scope;

@@ -1,6 +1,6 @@
 //! The daemon serves its metrics on `listen_address`: scraped over real HTTP while it polls.
 
-mod support;
+use crate::support;
 
 use isolated_runner::config::{Config, RunnerConfig};
 use isolated_runner::daemon::{self, DaemonOptions, ShutdownSignal};

@@ -1,7 +1,7 @@
 //! Crash recovery against the real binary and the real engine: a runner is SIGKILLed while a
 //! dind job runs; the next start tears the job down, closes its trace and reports it failed.
 
-mod support;
+use crate::support;
 
 use isolated_runner::daemon::CLOSING_LINE;
 use isolated_runner::docker::{LABEL_ROLE, label_filters};

@@ -6,7 +6,7 @@
 //! scoped to this test's objects with `--label io.isolated-runner.runner=<test id>`, so parallel
 //! tests' objects on the shared engine are never touched.
 
-mod support;
+use crate::support;
 
 use isolated_runner::config::Egress;
 use isolated_runner::netpolicy::{JobNet, NetPolicy, Options};

@@ -3,7 +3,7 @@
 //! by the script's first command; one that never opens it gets a warning with its log and the
 //! job still runs; `-1` skips the wait; `CI_DEBUG_SERVICES` puts the service's log in the trace.
 
-mod support;
+use crate::support;
 
 use isolated_runner::job::JobOutcome;
 use serde_json::{Value, json};

@@ -1,6 +1,6 @@
 //! The daemon and the GitLab client against the strict fake coordinator.
 
-mod support;
+use crate::support;
 
 use isolated_runner::config::{Config, RunnerConfig};
 use isolated_runner::daemon::{self, DaemonOptions, ShutdownSignal};

@@ -4,7 +4,7 @@
 //!
 //! Needs root, iptables, Docker and the test images. Two sidecars.
 
-mod support;
+use crate::support;
 
 use isolated_runner::isolation::{ContainerImage, Role, ScriptRequest, ServiceSpec};
 use std::os::unix::fs::PermissionsExt;

@@ -4,7 +4,7 @@
 //! to the test's own listener, containers and network namespace; metadata addresses are checked
 //! by reading the installed rules, never by sending to them.
 
-mod support;
+use crate::support;
 
 use isolated_runner::config::Egress;
 use isolated_runner::netpolicy::{Endpoint, JobNet, NetPolicy, Options};

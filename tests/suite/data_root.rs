@@ -2,7 +2,7 @@
 //! project, protected flag), one job at a time, scrubbed of the previous job's containers,
 //! kept by teardown and the reaper, capped in size, removed by `remove_expired`.
 
-mod support;
+use crate::support;
 
 use isolated_runner::config::{DataRoot, RunnerConfig};
 use isolated_runner::isolation::data_root::{self, LABEL_WARM, WarmRequest};

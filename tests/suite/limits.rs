@@ -5,7 +5,7 @@
 //!
 //! Small limits on purpose: the machine is shared (2 cores).
 
-mod support;
+use crate::support;
 
 use isolated_runner::config::RunnerConfig;
 use isolated_runner::isolation::{JobEnvironment, Role, ScriptRequest};

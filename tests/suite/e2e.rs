@@ -4,7 +4,7 @@
 //!
 //! Needs the test images (`tests/images/build`); a missing image fails the test with that hint.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::e2e::{E2e, JOB_TIMEOUT, push_var};

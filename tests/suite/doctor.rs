@@ -2,7 +2,7 @@
 //! GitLab checks against the fake GitLab on loopback (valid token ok, revoked token fail). No
 //! traffic leaves the machine: GitLab is the fake on 127.0.0.1, Docker the local engine.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //!
 //! Needs root, iptables, Docker and the test images.
 
-mod support;
+use crate::support;
 
 use isolated_runner::config::Egress;
 use support::docker::Scope;

@@ -1,7 +1,7 @@
 //! The job pipeline against the local test backend: outcomes, stages, variables, masking,
 //! sources with real git, artifacts, cancellation, and teardown on every path.
 
-mod support;
+use crate::support;
 
 use isolated_runner::config::RunnerConfig;
 use isolated_runner::gitlab::types::{

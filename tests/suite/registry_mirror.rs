@@ -9,7 +9,7 @@
 //! has a reason to fall back to Docker Hub. The registry's access log then proves the pull
 //! came through it.
 
-mod support;
+use crate::support;
 
 use isolated_runner::isolation::{
     self, ContainerImage, EnvironmentSpec, Isolation, Role, ScriptRequest,
@@ -244,7 +244,7 @@ async fn inner_daemon_pulls_through_the_mirror() {
 }
 
 /// Measurement for docs/warm-images.md (ignored: slow, pushes the 350 MB job image):
-/// `cargo test --test registry_mirror -- --ignored --nocapture`.
+/// `cargo test --test suite registry_mirror:: -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore]
 async fn measure_mirror_pull_against_preload() {

@@ -3,7 +3,7 @@
 //! real dind backend (the untracked list comes from git in the helper container, and the job
 //! directory is only removed after the save).
 
-mod support;
+use crate::support;
 
 use isolated_runner::config::RunnerConfig;
 use isolated_runner::gitlab::types::{Cache, JobResponse, JobVariable, Step};

@@ -3,7 +3,7 @@
 //! Every test works inside a `Scope` (a uuid runner id labelling all it creates) and ends by
 //! asserting that nothing with that label, and no directory, is left.
 
-mod support;
+use crate::support;
 
 use isolated_runner::config::{IsolationMode, RunnerConfig, SidecarProfile};
 use isolated_runner::isolation::{

@@ -4,7 +4,7 @@
 //! shutdown and the reaper leave nothing behind. Every test works in a `Scope` and ends with
 //! `assert_clean`.
 
-mod support;
+use crate::support;
 
 use isolated_runner::isolation::{self, Isolation};
 use std::sync::Arc;

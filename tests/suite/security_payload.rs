@@ -3,7 +3,7 @@
 //! dockerd flags, entrypoint overrides, symlinks in artifacts and in the job dir, path
 //! injection through ids and variables.
 
-mod support;
+use crate::support;
 
 use isolated_runner::gitlab::types::JobResponse;
 use isolated_runner::job::{FailureReason, JobOutcome};
