@@ -15,15 +15,6 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 use support::netns::{self, ok, run};
 
-fn ready() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root || !netns::docker_ready() {
-        eprintln!("SKIPPED: needs root, Docker and {}", netns::BUSYBOX);
-        return false;
-    }
-    true
-}
-
 /// An owner label value for a process that has exited: right boot and namespace, a pid that no
 /// longer runs (or runs with another start time).
 fn dead_owner() -> String {
@@ -140,9 +131,7 @@ fn dead_chains(runner: &str) -> Vec<u64> {
 
 #[test]
 fn dead_runner_leftovers_go_and_live_young_and_foreign_objects_stay() {
-    if !ready() {
-        return;
-    }
+    netns::require_root_and_docker();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let runner = format!("dead{}", &id[..8]);
     let test_label = format!("isolated-runner.test={id}");

@@ -217,10 +217,7 @@ async fn world_readable_token_fails() {
 
 #[tokio::test]
 async fn deep_starts_a_real_sidecar_and_leaves_nothing() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: needs root and Docker");
-        return;
-    }
+    crate::support::netns::require_root_and_docker();
     let dir = tempfile::tempdir().unwrap();
     // No GitLab needed for the sidecar: port 1 on loopback answers nothing.
     let config = write_config(dir.path(), "http://127.0.0.1:1/", RUNNER_TOKEN, "");

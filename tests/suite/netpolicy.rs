@@ -18,15 +18,6 @@ const TEST_POOL: &str = "10.213.128.0/17";
 /// Both tests change INPUT and DOCKER-USER and compare snapshots of them: run one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn privileged() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root || !netns::docker_ready() {
-        eprintln!("SKIPPED: needs root, Docker and {}", netns::BUSYBOX);
-        return false;
-    }
-    true
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
@@ -66,9 +57,7 @@ fn host_listener(rt: &tokio::runtime::Runtime, ip: &str, marker: &'static str) -
 
 #[test]
 fn job_is_kept_from_host_other_bridges_and_outside_then_rules_vanish() {
-    if !privileged() {
-        return;
-    }
+    netns::require_root_and_docker();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let before_v4 = netns::firewall_rules("iptables");
     let before_v6 = netns::firewall_rules("ip6tables");
@@ -191,9 +180,7 @@ fn job_is_kept_from_host_other_bridges_and_outside_then_rules_vanish() {
 
 #[test]
 fn rules_of_a_dead_runner_are_found_and_removed() {
-    if !privileged() {
-        return;
-    }
+    netns::require_root_and_docker();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let before_v4 = netns::firewall_rules("iptables");
     let before_v6 = netns::firewall_rules("ip6tables");
@@ -335,9 +322,7 @@ fn logging_wrapper(dir: &std::path::Path, real: &str, log: &std::path::Path) -> 
 /// the job's name afterwards.
 #[test]
 fn reinstall_never_leaves_bridge_unfiltered() {
-    if !privileged() {
-        return;
-    }
+    netns::require_root_and_docker();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let rt = runtime();
     let id = uuid::Uuid::new_v4().simple().to_string();

@@ -27,13 +27,34 @@ pub struct Scope {
     pub docker: Docker,
 }
 
+/// The host's Docker Engine, or a panic that says why the test cannot run.
+///
+/// A test that needs the engine fails without one instead of skipping: a skip would let CI (and a
+/// developer's `cargo test`) pass without having tried any isolation at all. The tests that need
+/// no engine run alone with `cargo test --lib` and `cargo test --test suite -- config:: exec::`.
+pub async fn engine() -> Docker {
+    let docker = match Docker::connect(None).await {
+        Ok(docker) => docker,
+        Err(e) => panic!(
+            "this test needs a running Docker Engine and found none ({e}); it fails rather than \
+             skips so that a run without an engine cannot pass: start dockerd (or set DOCKER_HOST), \
+             then run tests/images/build"
+        ),
+    };
+    if let Err(e) = docker.ping().await {
+        panic!(
+            "this test needs a running Docker Engine, and the engine does not answer ({e}); it \
+             fails rather than skips so that a run without an engine cannot pass"
+        );
+    }
+    docker
+}
+
 impl Scope {
     /// A new scope; panics with a hint when an image is missing.
     pub async fn new() -> Scope {
         isolated_runner::install_crypto_provider();
-        let docker = Docker::connect(None)
-            .await
-            .expect("connect to the host docker daemon");
+        let docker = engine().await;
         for img in [DIND_IMAGE, JOB_IMAGE, BUSYBOX_IMAGE] {
             assert!(
                 docker.image_exists(img).await.expect("inspect image"),

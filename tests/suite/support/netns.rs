@@ -30,11 +30,22 @@ pub fn ok(prog: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// True when Docker answers and the test image is present.
-pub fn docker_ready() -> bool {
-    run("docker", &["image", "inspect", BUSYBOX])
-        .status
-        .success()
+/// Panics, saying what is missing, unless this process is root and Docker answers with the test
+/// image present. Such a test fails instead of skipping: a skip would let CI pass without having
+/// tried the firewall or the engine at all.
+pub fn require_root_and_docker() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test changes the host firewall and Docker's objects, so it needs root; it fails \
+         rather than skips so that a run without root cannot pass"
+    );
+    let image = run("docker", &["image", "inspect", BUSYBOX]);
+    assert!(
+        image.status.success(),
+        "this test needs a running Docker Engine with {BUSYBOX} (build it with tests/images/build); \
+         `docker image inspect` said: {}",
+        String::from_utf8_lossy(&image.stderr).trim()
+    );
 }
 
 /// `iptables -S` (or `ip6tables -S`) as it is now; compare two of these with [`snapshot_of`].
