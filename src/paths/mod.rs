@@ -78,6 +78,15 @@ fn errno<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> Error + 
     }
 }
 
+/// Slot ids start here (2^62). GitLab job ids are database ids, nowhere near. A pre-started
+/// sidecar (a pool slot) labels its objects and names its dirs with such an id.
+pub const SLOT_ID_BASE: u64 = 1 << 62;
+
+/// Whether a job id label names a pool slot.
+pub fn is_slot_id(id: u64) -> bool {
+    id >= SLOT_ID_BASE
+}
+
 /// A GitLab job id, checked to be decimal digits before any path is built from it (threat G3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct JobId(u64);

@@ -4,10 +4,13 @@
 //! At start-up no job of this runner is running, so everything labelled with this runner's id is
 //! a leftover. Objects of *other* runners are touched only once their deadline label has passed
 //! (their job cannot still be running: certificates expired at that moment too).
+//!
+//! This is the start-up policy of the sweeper; `runner cleanup` ([`super::plan`]) is the policy
+//! for a host whose runners may still be alive. Both list and remove through [`labelled`].
 
-use crate::docker::{
-    self, Docker, LABEL_DEADLINE, LABEL_JOB, LABEL_MANAGED, LABEL_ROLE, LABEL_RUNNER,
-};
+use super::labelled::{self, Labelled};
+use crate::docker::{self, Docker, LABEL_DEADLINE, LABEL_JOB, LABEL_MANAGED, LABEL_RUNNER};
+use crate::netpolicy::{self, NetPolicy, Options};
 use crate::paths::JobId;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -64,62 +67,13 @@ pub async fn reap(docker: &Docker, req: &ReapRequest) -> ReapReport {
         }
     };
 
-    let mut containers = match docker.list_containers(&managed).await {
-        Ok(c) => c,
-        Err(e) => {
-            report.failures.push(e.to_string());
-            Vec::new()
-        }
-    };
-    containers.retain(|c| stale(&c.labels, &req.runner_id, now));
-    // Sidecars last, as in teardown.
-    containers.sort_by_key(|c| c.labels.get(LABEL_ROLE).map(String::as_str) == Some("sidecar"));
-    for c in &containers {
-        note_job(&c.labels);
-        report.found.push(format!("container {}", c.name));
-        if !req.dry_run {
-            match docker.remove_container(&c.id).await {
-                Ok(_) => report.removed.push(format!("container {}", c.name)),
-                Err(e) => report.failures.push(e.to_string()),
-            }
-        }
+    let (mut objects, failures) = labelled::list_labelled(docker, &managed).await;
+    report.failures.extend(failures);
+    objects.retain(|o| stale(&o.labels, &req.runner_id, now));
+    for o in &objects {
+        note_job(&o.labels);
     }
-    match docker.list_volumes(&managed).await {
-        Ok(vols) => {
-            for v in vols
-                .iter()
-                .filter(|v| stale(&v.labels, &req.runner_id, now))
-            {
-                note_job(&v.labels);
-                report.found.push(format!("volume {}", v.name));
-                if !req.dry_run {
-                    match docker.remove_volume(&v.name).await {
-                        Ok(_) => report.removed.push(format!("volume {}", v.name)),
-                        Err(e) => report.failures.push(e.to_string()),
-                    }
-                }
-            }
-        }
-        Err(e) => report.failures.push(e.to_string()),
-    }
-    match docker.list_networks(&managed).await {
-        Ok(nets) => {
-            for n in nets
-                .iter()
-                .filter(|n| stale(&n.labels, &req.runner_id, now))
-            {
-                note_job(&n.labels);
-                report.found.push(format!("network {}", n.name));
-                if !req.dry_run {
-                    match docker.remove_network(&n.name).await {
-                        Ok(_) => report.removed.push(format!("network {}", n.name)),
-                        Err(e) => report.failures.push(e.to_string()),
-                    }
-                }
-            }
-        }
-        Err(e) => report.failures.push(e.to_string()),
-    }
+    remove_objects(docker, &objects, req.dry_run, &mut report).await;
 
     // Cert dirs of this runner are all leftovers; their names give more job ids.
     match crate::paths::list_cert_dirs(&req.state_dir, &req.runner_id).await {
@@ -139,7 +93,7 @@ pub async fn reap(docker: &Docker, req: &ReapRequest) -> ReapReport {
         }
     }
     // Firewall chains: this runner's, and other runners' whose network is gone.
-    let (found, removed, failures) = super::egress::reap(docker, &req.runner_id, req.dry_run).await;
+    let (found, removed, failures) = reap_chains(docker, &req.runner_id, req.dry_run).await;
     report.found.extend(found);
     report.removed.extend(removed);
     report.failures.extend(failures);
@@ -155,51 +109,9 @@ pub async fn reap(docker: &Docker, req: &ReapRequest) -> ReapReport {
 pub async fn reap_job(docker: &Docker, req: &ReapRequest, job_id: u64) -> ReapReport {
     let mut report = ReapReport::default();
     let filters = docker::label_filters(&req.runner_id, Some(job_id));
-    match docker.list_containers(&filters).await {
-        Ok(mut containers) => {
-            // Sidecars last, as in teardown.
-            containers
-                .sort_by_key(|c| c.labels.get(LABEL_ROLE).map(String::as_str) == Some("sidecar"));
-            for c in &containers {
-                report.found.push(format!("container {}", c.name));
-                if !req.dry_run {
-                    match docker.remove_container(&c.id).await {
-                        Ok(_) => report.removed.push(format!("container {}", c.name)),
-                        Err(e) => report.failures.push(e.to_string()),
-                    }
-                }
-            }
-        }
-        Err(e) => report.failures.push(e.to_string()),
-    }
-    match docker.list_volumes(&filters).await {
-        Ok(vols) => {
-            for v in &vols {
-                report.found.push(format!("volume {}", v.name));
-                if !req.dry_run {
-                    match docker.remove_volume(&v.name).await {
-                        Ok(_) => report.removed.push(format!("volume {}", v.name)),
-                        Err(e) => report.failures.push(e.to_string()),
-                    }
-                }
-            }
-        }
-        Err(e) => report.failures.push(e.to_string()),
-    }
-    match docker.list_networks(&filters).await {
-        Ok(nets) => {
-            for n in &nets {
-                report.found.push(format!("network {}", n.name));
-                if !req.dry_run {
-                    match docker.remove_network(&n.name).await {
-                        Ok(_) => report.removed.push(format!("network {}", n.name)),
-                        Err(e) => report.failures.push(e.to_string()),
-                    }
-                }
-            }
-        }
-        Err(e) => report.failures.push(e.to_string()),
-    }
+    let (objects, failures) = labelled::list_labelled(docker, &filters).await;
+    report.failures.extend(failures);
+    remove_objects(docker, &objects, req.dry_run, &mut report).await;
     let job = JobId::new(job_id);
     match crate::paths::runner_cert_root(&req.state_dir, &req.runner_id) {
         Ok(root) => {
@@ -221,6 +133,24 @@ pub async fn reap_job(docker: &Docker, req: &ReapRequest, job_id: u64) -> ReapRe
         tracing::warn!(job.id = job_id, failure = %f, "reaper could not remove a leftover of a job");
     }
     report
+}
+
+/// Notes each object as found and, unless `dry_run`, removes it.
+async fn remove_objects(
+    docker: &Docker,
+    objects: &[Labelled],
+    dry_run: bool,
+    report: &mut ReapReport,
+) {
+    for o in objects {
+        report.found.push(o.describe());
+        if !dry_run {
+            match labelled::remove(docker, o.kind, &o.handle).await {
+                Ok(_) => report.removed.push(o.describe()),
+                Err(e) => report.failures.push(e.to_string()),
+            }
+        }
+    }
 }
 
 async fn remove_dir(dir: &Path, dry_run: bool, report: &mut ReapReport) {
@@ -248,6 +178,88 @@ async fn remove_dir_with(dir: &Path, dry_run: bool, report: &mut ReapReport, cer
     match removed {
         Ok(_) => report.removed.push(format!("dir {}", dir.display())),
         Err(e) => report.failures.push(e.to_string()),
+    }
+}
+
+/// Removes the firewall chains a dead runner left: every chain of `runner_id`, and chains of
+/// other runners whose job network no longer exists on the engine (the policy is installed
+/// after the network is made and removed before it goes, so a chain without its network is
+/// certainly stale). Returns `(found, removed, failures)` lines for the report.
+pub async fn reap_chains(
+    docker: &Docker,
+    runner_id: &str,
+    dry_run: bool,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (mut found, mut removed, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+    // The pool only matters for installing; listing and removing ignore it.
+    let pool = crate::config::IsolationConfig::default().address_pool;
+    let policy = NetPolicy::new(Options::new(runner_id, pool));
+    let installed = match policy.list_installed().await {
+        Ok(list) => list,
+        // No iptables binary: this host has no firewall we could have written to.
+        Err(netpolicy::Error::Spawn { command, .. }) => {
+            tracing::debug!(%command, "no iptables here; nothing to reap in the firewall");
+            return (found, removed, failures);
+        }
+        Err(e) => {
+            failures.push(format!("list firewall chains: {e}"));
+            return (found, removed, failures);
+        }
+    };
+    let own_chain = |job: u64| netpolicy::rules::chain_names(runner_id, job).ok();
+    let mut stale = Vec::new();
+    let mut orphans = false;
+    for rule in installed {
+        let mine = rule.runner_id == runner_id
+            || own_chain(rule.job_id).is_some_and(|names| names.contains(&rule.chain));
+        if mine {
+            stale.push(rule);
+        } else if network_gone(docker, &rule).await {
+            orphans = true;
+            stale.push(rule);
+        }
+    }
+    // A live job's teardown removes its chain just before its network: a chain listed before
+    // that and judged after it is already gone. Only what is still installed is a leftover.
+    if orphans {
+        match policy.list_installed().await {
+            Ok(now) => stale.retain(|r| now.iter().any(|n| n.chain == r.chain)),
+            Err(e) => failures.push(format!("list firewall chains: {e}")),
+        }
+    }
+    for rule in stale {
+        let line = format!("firewall chain {}", rule.chain);
+        found.push(line.clone());
+        if dry_run {
+            continue;
+        }
+        match policy.remove_installed(&rule).await {
+            Ok(true) => removed.push(line),
+            // Its job's teardown removed it between the listing and now.
+            Ok(false) => {}
+            Err(e) => failures.push(format!("remove {line}: {e}")),
+        }
+    }
+    (found, removed, failures)
+}
+
+/// True when no job network of `rule`'s job and runner exists. Matched on the runner id's
+/// first 7 characters: a chain that crashed before its first rule has no comment, and its
+/// owner is then known only by the prefix in the chain name.
+async fn network_gone(docker: &Docker, rule: &netpolicy::InstalledRule) -> bool {
+    let filters = vec![
+        format!("{}=1", crate::docker::LABEL_MANAGED),
+        format!("{}={}", crate::docker::LABEL_JOB, rule.job_id),
+    ];
+    let prefix: String = rule.runner_id.chars().take(7).collect();
+    match docker.list_networks(&filters).await {
+        Ok(nets) => !nets.iter().any(|n| {
+            n.labels
+                .get(crate::docker::LABEL_RUNNER)
+                .is_some_and(|r| r.starts_with(&prefix))
+        }),
+        // Cannot tell: leave it for a later sweep.
+        Err(_) => false,
     }
 }
 
