@@ -134,11 +134,9 @@ pub struct ScriptRequest {
     pub env: Vec<(String, String)>,
 }
 
-/// Receives a script's stdout and stderr, interleaved in the order they were written.
-pub trait OutputSink: Send + Sync {
-    /// Appends raw output.
-    fn write(&self, data: &[u8]);
-}
+// Defined in trace/, below isolation, so the job log can be a sink without trace/ importing the
+// backends; re-exported here, where backends and tests have always found it.
+pub use crate::trace::OutputSink;
 
 /// Builds job environments.
 #[async_trait::async_trait]

@@ -163,6 +163,8 @@ pub fn job_id_of_dir_name(name: &OsStr) -> Option<JobId> {
     digits.parse().ok()
 }
 
+// Upward import, listed in tests/suite/layers.rs: `JobPaths` is still defined in isolation/ and
+// moves here with the isolation work (issue 14).
 /// The two directories of a job (runner-visible paths; same paths inside every container).
 pub fn job_paths(builds_dir: &Path, job: JobId) -> Result<crate::isolation::JobPaths, Error> {
     if !builds_dir.is_absolute() {

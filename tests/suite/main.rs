@@ -23,6 +23,7 @@ mod doctor;
 mod e2e;
 mod e2e_exec;
 mod exec;
+mod layers;
 mod limits;
 mod metrics;
 mod netpolicy;
