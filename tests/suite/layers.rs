@@ -1,8 +1,9 @@
 //! The library's modules form layers, and an import only ever goes down: from `src/` it reads
-//! every `crate::<module>` path (in `use` lines and inline, outside comments, `#[cfg(test)]` code
-//! and `tests.rs` files), and fails on an import into the same or a higher layer unless [`EXCEPTIONS`] lists it
-//! with its reason. With every edge going strictly down there can be no loop between modules
-//! except through a listed exception. A new top-level module must be given a layer here.
+//! every `crate::<module>` path (in `use` lines and inline, outside comments, `#[cfg(test)]`
+//! code and `tests.rs` files), and fails on an import into the same or a higher layer unless
+//! [`EXCEPTIONS`] lists it with its reason. With every edge going strictly down there can be no
+//! loop between modules except through a listed exception. A new top-level module must be given
+//! a layer here.
 //!
 //! The layers are drawn in `docs/architecture.md`; keep the two alike.
 
