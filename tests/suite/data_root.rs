@@ -7,7 +7,7 @@ use crate::support;
 use isolated_runner::config::{DataRoot, RunnerConfig};
 use isolated_runner::isolation::data_root::{self, LABEL_WARM, WarmRequest};
 use isolated_runner::isolation::{
-    self, ContainerImage, EnvironmentSpec, Isolation, JobEnvironment, Role, ScriptRequest,
+    self, EnvironmentSpec, Isolation, JobEnvironment, Role, ScriptRequest,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,19 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 fn spec(scope: &Scope, job_id: u64, project_id: u64, protected: bool) -> EnvironmentSpec {
     EnvironmentSpec {
-        runner_id: scope.runner_id.clone(),
-        job_id,
         project_id,
         protected,
-        timeout: Duration::from_secs(3600),
-        build_image: ContainerImage {
-            name: JOB_IMAGE.to_string(),
-            entrypoint: None,
-        },
-        helper_image: JOB_IMAGE.to_string(),
-        services: Vec::new(),
-        service_env: Vec::new(),
-        repo_endpoint: None,
+        ..scope.spec(job_id)
     }
 }
 

@@ -17,33 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-fn spec(scope: &Scope, job_id: u64) -> EnvironmentSpec {
-    EnvironmentSpec {
-        runner_id: scope.runner_id.clone(),
-        job_id,
-        project_id: 1,
-        protected: false,
-        timeout: Duration::from_secs(3600),
-        build_image: ContainerImage {
-            name: JOB_IMAGE.to_string(),
-            entrypoint: None,
-        },
-        helper_image: JOB_IMAGE.to_string(),
-        services: Vec::new(),
-        service_env: Vec::new(),
-        repo_endpoint: None,
-    }
-}
-
 fn dind(scope: &Scope, tweak: impl FnOnce(&mut RunnerConfig)) -> Arc<dyn Isolation> {
-    let mut cfg = scope.runner_config();
-    cfg.docker.isolation.preload_images = vec![BUSYBOX_IMAGE.to_string()];
-    tweak(&mut cfg);
-    Arc::new(isolation::dind::DindBackend::new(
-        scope.docker.clone(),
-        Arc::new(cfg),
-        scope.state_dir(),
-    ))
+    scope.dind(scope.config(tweak))
 }
 
 async fn run(env: &dyn JobEnvironment, script: &str) -> (Result<i32, Error>, String) {
@@ -109,7 +84,7 @@ async fn teardown(scope: &Scope, env: Box<dyn JobEnvironment>) {
 async fn dind_ready_over_mtls_docker_info_and_identical_path_mounts() {
     let scope = Scope::new().await;
     let backend = dind(&scope, |_| {});
-    let (env, _) = prepare(&backend, &spec(&scope, 101)).await;
+    let (env, _) = prepare(&backend, &scope.spec(101)).await;
     assert_eq!(backend.mode(), IsolationMode::Dind);
     let pd = env.paths().project_dir.clone();
     assert!(pd.ends_with("gitlab-job-101"));
@@ -249,7 +224,7 @@ async fn a_non_root_job_user_can_read_its_client_certificates() {
 async fn compose_bind_mount_and_published_port() {
     let scope = Scope::new().await;
     let backend = dind(&scope, |_| {});
-    let (env, _) = prepare(&backend, &spec(&scope, 102)).await;
+    let (env, _) = prepare(&backend, &scope.spec(102)).await;
     let pd = env.paths().project_dir.clone();
     std::fs::write(pd.join("index.html"), "served-from-job-dir").unwrap();
     std::fs::write(
@@ -297,7 +272,7 @@ docker compose down -v
 async fn two_jobs_are_isolated_from_each_other() {
     let scope = Scope::new().await;
     let backend = dind(&scope, |_| {});
-    let (sa, sb) = (spec(&scope, 201), spec(&scope, 202));
+    let (sa, sb) = (scope.spec(201), scope.spec(202));
     let ((a, _), (b, _)) = tokio::join!(prepare(&backend, &sa), prepare(&backend, &sb));
     expect_ok(
         b.as_ref(),
@@ -367,7 +342,7 @@ test ! -S /var/run/docker.sock && echo no-host-socket
 async fn teardown_is_clean_after_script_failure() {
     let scope = Scope::new().await;
     let backend = dind(&scope, |c| c.docker.isolation.preload_images.clear());
-    let (env, _) = prepare(&backend, &spec(&scope, 301)).await;
+    let (env, _) = prepare(&backend, &scope.spec(301)).await;
     let (r, text) = run(env.as_ref(), "echo out; echo err >&2; exit 3").await;
     assert_eq!(r.ok(), Some(3), "{text}");
     assert!(text.contains("out") && text.contains("err"));
@@ -378,7 +353,7 @@ async fn teardown_is_clean_after_script_failure() {
 async fn cancel_kills_the_script_and_teardown_is_clean() {
     let scope = Scope::new().await;
     let backend = dind(&scope, |c| c.docker.isolation.preload_images.clear());
-    let (env, _) = prepare(&backend, &spec(&scope, 302)).await;
+    let (env, _) = prepare(&backend, &scope.spec(302)).await;
     let out = Collect::new();
     let cancel = CancellationToken::new();
     let env = Arc::new(env);
@@ -412,7 +387,7 @@ async fn cancel_kills_the_script_and_teardown_is_clean() {
 async fn killed_sidecar_is_reported_and_teardown_is_clean() {
     let scope = Scope::new().await;
     let backend = dind(&scope, |c| c.docker.isolation.preload_images.clear());
-    let (env, _) = prepare(&backend, &spec(&scope, 303)).await;
+    let (env, _) = prepare(&backend, &scope.spec(303)).await;
     let out = Collect::new();
     let env = Arc::new(env);
     let task = {
@@ -445,7 +420,7 @@ async fn killed_sidecar_is_reported_and_teardown_is_clean() {
 async fn services_run_on_the_job_network_with_aliases() {
     let scope = Scope::new().await;
     let backend = dind(&scope, |c| c.docker.isolation.preload_images.clear());
-    let mut s = spec(&scope, 304);
+    let mut s = scope.spec(304);
     s.services = vec![ServiceSpec {
         image: ContainerImage {
             name: BUSYBOX_IMAGE.into(),
@@ -494,7 +469,7 @@ async fn services_run_on_the_job_network_with_aliases() {
 async fn missing_image_and_missing_sysbox_fail_clearly_and_leave_nothing() {
     let scope = Scope::new().await;
     let backend = dind(&scope, |_| {});
-    let mut s = spec(&scope, 305);
+    let mut s = scope.spec(305);
     s.build_image.name = "isolated-runner/does-not-exist:never".into();
     let r = backend
         .prepare(&s, Collect::new(), CancellationToken::new())
@@ -510,7 +485,7 @@ async fn missing_image_and_missing_sysbox_fail_clearly_and_leave_nothing() {
         c.docker.isolation.sidecar_profile = SidecarProfile::Sysbox
     });
     let r = sysbox
-        .prepare(&spec(&scope, 306), Collect::new(), CancellationToken::new())
+        .prepare(&scope.spec(306), Collect::new(), CancellationToken::new())
         .await;
     match r {
         Err(Error::ProfileUnavailable { profile, detail }) => {
@@ -527,7 +502,7 @@ async fn missing_image_and_missing_sysbox_fail_clearly_and_leave_nothing() {
 async fn reaper_removes_what_a_dead_runner_left() {
     let scope = Scope::new().await;
     let backend = dind(&scope, |c| c.docker.isolation.preload_images.clear());
-    let (env, _) = prepare(&backend, &spec(&scope, 401)).await;
+    let (env, _) = prepare(&backend, &scope.spec(401)).await;
     expect_ok(env.as_ref(), "true").await;
     // The runner "dies": the environment is dropped without teardown.
     drop(env);
@@ -574,7 +549,7 @@ async fn shared_socket_backend_uses_the_host_daemon_at_identical_paths() {
         scope.docker.clone(),
         Arc::new(cfg),
     ));
-    let (env, _) = prepare(&backend, &spec(&scope, 501)).await;
+    let (env, _) = prepare(&backend, &scope.spec(501)).await;
     std::fs::write(env.paths().project_dir.join("marker.txt"), "shared-marker").unwrap();
     let label = format!("io.isolated-runner.runner={}", scope.runner_id);
     let text = expect_ok(
@@ -597,7 +572,7 @@ async fn sidecar_that_never_answers_is_not_ready_with_its_logs() {
         c.docker.isolation.ready_timeout = Duration::from_secs(30);
     });
     let r = backend
-        .prepare(&spec(&scope, 601), Collect::new(), CancellationToken::new())
+        .prepare(&scope.spec(601), Collect::new(), CancellationToken::new())
         .await;
     match r {
         Err(Error::NotReady { last_logs, .. }) => {
@@ -624,7 +599,7 @@ async fn privileged_profile_is_an_explicit_opt_in_that_works() {
     // host's daemon cannot grant every capability, so `--privileged` cannot start here).
     let out = Collect::new();
     match backend
-        .prepare(&spec(&scope, 602), out.clone(), CancellationToken::new())
+        .prepare(&scope.spec(602), out.clone(), CancellationToken::new())
         .await
     {
         Ok(env) => {
@@ -660,7 +635,7 @@ async fn cancel_prepare_at(scope: &Scope, job_id: u64, at: CancelAt) {
     let backend = dind(scope, |_| {});
     let cancel = CancellationToken::new();
     let task = {
-        let (backend, s, cancel) = (backend.clone(), spec(scope, job_id), cancel.clone());
+        let (backend, s, cancel) = (backend.clone(), scope.spec(job_id), cancel.clone());
         tokio::spawn(async move {
             backend
                 .prepare(&s, Collect::new(), cancel)

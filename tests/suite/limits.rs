@@ -96,12 +96,12 @@ async fn limits_are_applied_to_the_sidecar_and_the_job_container() {
     let _serial = SERIAL.lock().await;
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let cfg = config(&scope, |c| {
+    let cfg = scope.config(|c| {
         limited(c);
         c.docker.isolation.preload_images.clear();
     });
-    let backend = dind_with(&scope, cfg);
-    let env = prepare(&backend, &spec(&scope, 901)).await;
+    let backend = scope.dind(cfg);
+    let env = prepare(&backend, &scope.spec(901)).await;
     let sidecar = format!("ir-{}-901-sidecar", scope.runner_id);
     assert_eq!(host_config(&sidecar, "Memory"), SIDECAR_MEMORY.to_string());
     assert_eq!(
@@ -131,8 +131,8 @@ async fn fork_bombs_stop_at_the_pids_limits_and_the_host_stays_healthy() {
     let _serial = SERIAL.lock().await;
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let backend = dind_with(&scope, config(&scope, limited));
-    let env = Arc::new(prepare(&backend, &spec(&scope, 902)).await);
+    let backend = scope.dind(scope.config(limited));
+    let env = Arc::new(prepare(&backend, &scope.spec(902)).await);
 
     // 1. In the job container: the classic bomb, killed as a process group after 15 s.
     let (code, text) = run_while_host_answers(
@@ -218,8 +218,8 @@ async fn memory_hog_in_an_inner_container_is_killed_inside_the_sidecar_limit() {
     let _serial = SERIAL.lock().await;
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let backend = dind_with(&scope, config(&scope, limited));
-    let env = Arc::new(prepare(&backend, &spec(&scope, 903)).await);
+    let backend = scope.dind(scope.config(limited));
+    let env = Arc::new(prepare(&backend, &scope.spec(903)).await);
     let sidecar = format!("ir-{}-903-sidecar", scope.runner_id);
     let (code, text) = run_while_host_answers(
         &scope,
@@ -284,14 +284,14 @@ async fn service_fork_bomb_and_memory_hog_hit_the_limits() {
     let _serial = SERIAL.lock().await;
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let cfg = config(&scope, |c| {
+    let cfg = scope.config(|c| {
         limited(c);
         c.docker.isolation.preload_images.clear();
         c.docker.service_memory = Some(SERVICE_MEMORY);
         c.docker.service_cpus = Some(0.5);
         c.docker.isolation.service_pids_limit = Some(SERVICE_PIDS);
     });
-    let backend = dind_with(&scope, cfg);
+    let backend = scope.dind(cfg);
     let service = |command: &str| isolated_runner::isolation::ServiceSpec {
         image: isolated_runner::isolation::ContainerImage {
             name: BUSYBOX_IMAGE.to_string(),
@@ -301,7 +301,7 @@ async fn service_fork_bomb_and_memory_hog_hit_the_limits() {
         aliases: Vec::new(),
         env: Vec::new(),
     };
-    let mut s = spec(&scope, 904);
+    let mut s = scope.spec(904);
     s.services = vec![
         service("f(){ f|f & }; f; sleep 600"),
         service("head -c 2000m /dev/zero | tail"),

@@ -11,9 +11,7 @@
 
 use crate::support;
 
-use isolated_runner::isolation::{
-    self, ContainerImage, EnvironmentSpec, Isolation, Role, ScriptRequest,
-};
+use isolated_runner::isolation::{self, Isolation, Role, ScriptRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::docker::{BUSYBOX_IMAGE, Collect, JOB_IMAGE, Scope};
@@ -138,24 +136,6 @@ async fn api_answers(addr: &str) -> bool {
     )
 }
 
-fn spec(scope: &Scope, job_id: u64) -> EnvironmentSpec {
-    EnvironmentSpec {
-        runner_id: scope.runner_id.clone(),
-        job_id,
-        project_id: 1,
-        protected: false,
-        timeout: Duration::from_secs(3600),
-        build_image: ContainerImage {
-            name: JOB_IMAGE.to_string(),
-            entrypoint: None,
-        },
-        helper_image: JOB_IMAGE.to_string(),
-        services: Vec::new(),
-        service_env: Vec::new(),
-        repo_endpoint: None,
-    }
-}
-
 #[tokio::test]
 async fn inner_daemon_pulls_through_the_mirror() {
     let scope = Scope::new().await;
@@ -186,7 +166,7 @@ async fn inner_daemon_pulls_through_the_mirror() {
     ));
     let out = Collect::new();
     let env = backend
-        .prepare(&spec(&scope, 501), out.clone(), CancellationToken::new())
+        .prepare(&scope.spec(501), out.clone(), CancellationToken::new())
         .await
         .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
     // Guards first (set -e): no pull unless the daemon has the mirror and the mirror answers.
@@ -267,7 +247,7 @@ async fn measure_mirror_pull_against_preload() {
     ));
     let out = Collect::new();
     let env = preload
-        .prepare(&spec(&scope, 601), out.clone(), CancellationToken::new())
+        .prepare(&scope.spec(601), out.clone(), CancellationToken::new())
         .await
         .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
     assert!(env.teardown().await.failures.is_empty());
@@ -283,7 +263,7 @@ async fn measure_mirror_pull_against_preload() {
     ));
     let out = Collect::new();
     let env = mirrored
-        .prepare(&spec(&scope, 602), out.clone(), CancellationToken::new())
+        .prepare(&scope.spec(602), out.clone(), CancellationToken::new())
         .await
         .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
     let script = format!(

@@ -27,8 +27,8 @@ async fn job_cannot_reach_another_jobs_daemon_certs_or_the_runners_secrets() {
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(state.join("token-copy"), &token).unwrap();
 
-    let backend = dind_with(&scope, config(&scope, |_| {}));
-    let mut sa = spec(&scope, 1101);
+    let backend = scope.dind(scope.config(|_| {}));
+    let mut sa = scope.spec(1101);
     sa.services = vec![ServiceSpec {
         image: ContainerImage {
             name: BUSYBOX_IMAGE.into(),
@@ -38,7 +38,7 @@ async fn job_cannot_reach_another_jobs_daemon_certs_or_the_runners_secrets() {
         aliases: vec!["svc".into()],
         env: vec![],
     }];
-    let sb = spec(&scope, 1102);
+    let sb = scope.spec(1102);
     let (a, b) = tokio::join!(prepare(&backend, &sa), prepare(&backend, &sb));
 
     let b_sidecar = format!("ir-{}-1102-sidecar", scope.runner_id);
@@ -183,8 +183,8 @@ docker run --rm --pull never -v /var/run/docker.sock:/s $B sh -c 'test -S /s && 
 async fn residual_hardened_sidecar_lets_a_job_reach_a_writable_proc_sys() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let backend = dind_with(&scope, config(&scope, |_| {}));
-    let env = prepare(&backend, &spec(&scope, 1103)).await;
+    let backend = scope.dind(scope.config(|_| {}));
+    let env = prepare(&backend, &scope.spec(1103)).await;
     let text = expect_ok(
         env.as_ref(),
         "docker run --rm --pull never --cap-add SYS_ADMIN isolated-runner/busybox:test sh -c \
@@ -229,8 +229,8 @@ async fn host_disk_and_loop_devices_are_out_of_reach() {
         }
     }
     assert!(!disks.is_empty(), "no host disk found to probe");
-    let backend = dind_with(&scope, config(&scope, |_| {}));
-    let env = prepare(&backend, &spec(&scope, 1104)).await;
+    let backend = scope.dind(scope.config(|_| {}));
+    let env = prepare(&backend, &scope.spec(1104)).await;
     let mut probe = String::from(
         "echo sidecar-dev=$(docker run --rm --pull never -v /dev:/d isolated-runner/busybox:test ls /d | tr '\\n' ' ')\n",
     );

@@ -32,8 +32,8 @@ docker run --rm --pull never isolated-runner/busybox:test sh -c '
 async fn job_and_inner_containers_cannot_reach_host_listener_or_other_bridges() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let backend = dind_with(&scope, config(&scope, |_| {}));
-    let env = prepare(&backend, &spec(&scope, 801)).await;
+    let backend = scope.dind(scope.config(|_| {}));
+    let env = prepare(&backend, &scope.spec(801)).await;
     let chain = chain_of(&scope, 801);
 
     // The test's own listener on the job bridge's gateway (an address of the host) and a
@@ -169,7 +169,7 @@ async fn a_clone_url_on_another_host_port_opens_nothing() {
     payload.git_info.repo_url = isolated_runner::secret::Secret::new(format!(
         "http://gitlab-ci-token:glcbt-x@{host}:{clone_port}/g/p.git"
     ));
-    let plain = config(&scope, |c| c.docker.isolation.preload_images.clear());
+    let plain = scope.config(|c| c.docker.isolation.preload_images.clear());
     let refused = trust::clone_endpoint(&payload, &plain).unwrap_err();
     assert!(
         refused.contains(&format!("{host}:{clone_port}")),
@@ -177,8 +177,8 @@ async fn a_clone_url_on_another_host_port_opens_nothing() {
     );
 
     // Even a spec carrying the endpoint (as the pipeline built it before) opens nothing.
-    let backend = dind_with(&scope, plain);
-    let mut s = spec(&scope, 805);
+    let backend = scope.dind(plain);
+    let mut s = scope.spec(805);
     s.repo_endpoint = Some(clone_host.clone());
     let env = prepare(&backend, &s).await;
     let rules = chain_rules("iptables", &chain_of(&scope, 805)).expect("chain installed");
@@ -200,7 +200,7 @@ async fn a_clone_url_on_another_host_port_opens_nothing() {
     // a sidecar of its own, once on a pre-started one (warm pool), whose firewall was installed
     // before the job was known.
     for (job, pool) in [(806, 0), (807, 1)] {
-        let cfg = config(&scope, |c| {
+        let cfg = scope.config(|c| {
             c.docker.isolation.preload_images.clear();
             c.docker.isolation.warm_pool = pool;
             c.clone_url = Some(format!("http://{host}:{clone_port}/").parse().unwrap());
@@ -209,9 +209,9 @@ async fn a_clone_url_on_another_host_port_opens_nothing() {
             trust::clone_endpoint(&payload, &cfg).unwrap(),
             Some(clone_host.clone())
         );
-        let backend = dind_with(&scope, cfg);
+        let backend = scope.dind(cfg);
         backend.warm_up(&scope.runner_id).await;
-        let mut s = spec(&scope, job);
+        let mut s = scope.spec(job);
         s.repo_endpoint = Some(clone_host.clone());
         let env = prepare(&backend, &s).await;
         let text = expect_ok(
@@ -265,13 +265,13 @@ async fn private_and_cloud_service_ranges_need_an_explicit_allow() {
         ),
     ];
     for (job, block, egress, reachable) in cases {
-        let cfg = config(&scope, |c| {
+        let cfg = scope.config(|c| {
             c.docker.isolation.preload_images.clear();
             c.docker.isolation.block_private_networks = block;
             c.docker.isolation.egress = egress.clone();
         });
-        let backend = dind_with(&scope, cfg);
-        let env = prepare(&backend, &spec(&scope, job)).await;
+        let backend = scope.dind(cfg);
+        let env = prepare(&backend, &scope.spec(job)).await;
         let chain = chain_of(&scope, job);
         let v4 = chain_rules("iptables", &chain).expect("v4 chain");
         let v6 = chain_rules("ip6tables", &chain).expect("v6 chain");
@@ -330,12 +330,12 @@ async fn private_and_cloud_service_ranges_need_an_explicit_allow() {
 async fn metadata_is_dropped_before_any_accept_and_dns_stays_open_under_deny() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let cfg = config(&scope, |c| {
+    let cfg = scope.config(|c| {
         c.docker.isolation.egress = Egress::Deny;
         c.docker.isolation.preload_images.clear();
     });
-    let backend = dind_with(&scope, cfg);
-    let env = prepare(&backend, &spec(&scope, 802)).await;
+    let backend = scope.dind(cfg);
+    let env = prepare(&backend, &scope.spec(802)).await;
     let chain = chain_of(&scope, 802);
 
     let v4 = chain_rules("iptables", &chain).expect("v4 chain installed");
@@ -406,9 +406,9 @@ async fn metadata_is_dropped_before_any_accept_and_dns_stays_open_under_deny() {
 async fn reaper_removes_the_chains_of_a_dead_runner() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let cfg = config(&scope, |c| c.docker.isolation.preload_images.clear());
-    let backend = dind_with(&scope, cfg);
-    let env = prepare(&backend, &spec(&scope, 803)).await;
+    let cfg = scope.config(|c| c.docker.isolation.preload_images.clear());
+    let backend = scope.dind(cfg);
+    let env = prepare(&backend, &scope.spec(803)).await;
     let chain = chain_of(&scope, 803);
     assert!(chain_rules("iptables", &chain).is_some());
     // The runner "dies": no teardown.
@@ -439,9 +439,9 @@ async fn reaper_removes_the_chains_of_a_dead_runner() {
 async fn reaper_leaves_live_chains_of_other_runners_and_removes_orphans() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let cfg = config(&scope, |c| c.docker.isolation.preload_images.clear());
-    let backend = dind_with(&scope, cfg);
-    let env = prepare(&backend, &spec(&scope, 804)).await;
+    let cfg = scope.config(|c| c.docker.isolation.preload_images.clear());
+    let backend = scope.dind(cfg);
+    let env = prepare(&backend, &scope.spec(804)).await;
     let chain = chain_of(&scope, 804);
     // Another runner on the same host starts up and sweeps: our job is alive (its network
     // exists), so its chain stays.

@@ -35,7 +35,7 @@ async fn payload_cannot_ask_for_privilege_or_shape_the_sidecar() {
     // The admin allowed the sidecar image as a service: the runner's own images are refused as
     // `services:` otherwise (L3, `pipeline::tests::runner_images_are_refused_unless_allowed`).
     // Even allowed, the payload must not get it any privilege.
-    let cfg = config(&scope, |c| {
+    let cfg = scope.config(|c| {
         c.docker.allowed_services = vec![DIND_IMAGE.to_string()];
     });
     let job_id = 1001;
@@ -157,7 +157,7 @@ async fn payload_cannot_ask_for_privilege_or_shape_the_sidecar() {
 async fn symlinks_in_artifacts_and_the_job_dir_and_path_variables_stay_inside() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let cfg = config(&scope, |c| c.docker.isolation.preload_images.clear());
+    let cfg = scope.config(|c| c.docker.isolation.preload_images.clear());
     // Host directories the job must neither read through artifacts nor damage at cleanup.
     let precious = scope.tmp.path().join("precious");
     std::fs::create_dir_all(&precious).expect("mkdir");
@@ -256,7 +256,7 @@ async fn non_numeric_or_zero_job_ids_are_refused_before_anything_is_made() {
     }
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let cfg = config(&scope, |c| c.docker.isolation.preload_images.clear());
+    let cfg = scope.config(|c| c.docker.isolation.preload_images.clear());
     let t = tree();
     let (outcome, trace) = run_job(&scope, cfg, payload(0, &["true"], json!({})), t.path()).await;
     assert_eq!(
@@ -329,7 +329,7 @@ fn zip_entries(data: &[u8]) -> Vec<(String, Vec<u8>)> {
 async fn artifact_files_are_never_written_or_read_through_links() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let cfg = config(&scope, |c| c.docker.isolation.preload_images.clear());
+    let cfg = scope.config(|c| c.docker.isolation.preload_images.clear());
     let canary = scope.tmp.path().join("canary");
     std::fs::create_dir_all(&canary).expect("mkdir");
     for n in ["c1", "c2", "c3"] {
@@ -438,7 +438,7 @@ async fn artifact_files_are_never_written_or_read_through_links() {
 async fn racing_inner_container_cannot_redirect_artifact_io() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let cfg = config(&scope, |_| {});
+    let cfg = scope.config(|_| {});
     let canary = scope.tmp.path().join("canary");
     std::fs::create_dir_all(&canary).expect("mkdir");
     const N: usize = 2000;

@@ -75,7 +75,7 @@ async fn late_service_is_awaited_and_debug_logs_reach_the_trace() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
     let image = ServiceImage::build(&scope);
-    let cfg = config(&scope, |_| {});
+    let cfg = scope.config(|_| {});
     let t = tree();
     // Opens its port only after a while: longer than the sidecar takes to be ready here, so
     // without the wait the first command would meet a closed port.
@@ -113,7 +113,7 @@ async fn service_that_never_listens_is_a_warning_with_its_log_and_the_job_runs()
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
     let image = ServiceImage::build(&scope);
-    let cfg = config(&scope, |c| {
+    let cfg = scope.config(|c| {
         c.docker.wait_for_services_timeout = Some(Duration::from_secs(3));
     });
     let t = tree();
@@ -161,7 +161,7 @@ async fn negative_wait_for_services_timeout_skips_the_wait() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
     let image = ServiceImage::build(&scope);
-    let cfg = config(&scope, |c| c.docker.wait_for_services_timeout = None);
+    let cfg = scope.config(|c| c.docker.wait_for_services_timeout = None);
     let t = tree();
     let svc = service(&image.0, "echo never-listening; exec sleep 3600");
     let payload = payload(5103, &["echo script-ran"], json!({"services": svc}));

@@ -10,16 +10,16 @@ use isolated_runner::isolation::{self, Isolation};
 use std::sync::Arc;
 use std::time::Duration;
 use support::docker::{BUSYBOX_IMAGE, Scope};
-use support::security::{config, dind_with, expect_ok, prepare_logged as prepare, spec, teardown};
+use support::security::{expect_ok, prepare_logged as prepare, teardown};
 
 /// A dind backend keeping one sidecar started ahead of jobs.
 fn pooled(scope: &Scope) -> Arc<dyn Isolation> {
-    dind_with(scope, config(scope, |c| c.docker.isolation.warm_pool = 1))
+    scope.dind(scope.config(|c| c.docker.isolation.warm_pool = 1))
 }
 
 /// A job spec with `timeout`.
 fn spec_for(scope: &Scope, job_id: u64, timeout: Duration) -> isolation::EnvironmentSpec {
-    let mut s = spec(scope, job_id);
+    let mut s = scope.spec(job_id);
     s.timeout = timeout;
     s
 }
@@ -334,11 +334,11 @@ async fn a_pooled_job_cannot_redirect_its_directories() {
     std::fs::write(canary.path().join("canary-secret.txt"), "CANARY-DATA\n").unwrap();
     let before = snapshot(canary.path());
     let cache = tempfile::tempdir().expect("cache dir");
-    let runner = config(&scope, |c| {
+    let runner = scope.config(|c| {
         c.docker.isolation.warm_pool = 1;
         c.cache_dir = cache.path().to_path_buf();
     });
-    let backend = dind_with(&scope, runner.clone());
+    let backend = scope.dind(runner.clone());
     backend.warm_up(&scope.runner_id).await;
     let store = RecordingStore::new();
     let mut pipeline = Pipeline::new(backend.clone(), store.clone());

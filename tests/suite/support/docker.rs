@@ -4,7 +4,7 @@
 
 use isolated_runner::config::RunnerConfig;
 use isolated_runner::docker::Docker;
-use isolated_runner::isolation::OutputSink;
+use isolated_runner::isolation::{ContainerImage, EnvironmentSpec, Isolation, OutputSink};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,6 +71,42 @@ impl Scope {
             tmp,
             docker,
         }
+    }
+
+    /// A spec for `job_id` of project 1 (unprotected), the job image for build and helper.
+    pub fn spec(&self, job_id: u64) -> EnvironmentSpec {
+        EnvironmentSpec {
+            runner_id: self.runner_id.clone(),
+            job_id,
+            project_id: 1,
+            protected: false,
+            timeout: Duration::from_secs(3600),
+            build_image: ContainerImage {
+                name: JOB_IMAGE.to_string(),
+                entrypoint: None,
+            },
+            helper_image: JOB_IMAGE.to_string(),
+            services: Vec::new(),
+            service_env: Vec::new(),
+            repo_endpoint: None,
+        }
+    }
+
+    /// [`Scope::runner_config`] with busybox preloaded into each job's daemon, then `tweak`.
+    pub fn config(&self, tweak: impl FnOnce(&mut RunnerConfig)) -> RunnerConfig {
+        let mut cfg = self.runner_config();
+        cfg.docker.isolation.preload_images = vec![BUSYBOX_IMAGE.to_string()];
+        tweak(&mut cfg);
+        cfg
+    }
+
+    /// A dind backend for `cfg` on this scope's engine and state dir.
+    pub fn dind(&self, cfg: RunnerConfig) -> Arc<dyn Isolation> {
+        Arc::new(isolated_runner::isolation::dind::DindBackend::new(
+            self.docker.clone(),
+            Arc::new(cfg),
+            self.state_dir(),
+        ))
     }
 
     /// `<tmp>/builds`.

@@ -6,51 +6,14 @@ use super::docker::{BUSYBOX_IMAGE, Collect, JOB_IMAGE, Scope};
 use isolated_runner::config::RunnerConfig;
 use isolated_runner::gitlab::types::JobResponse;
 use isolated_runner::isolation::{
-    self, ContainerImage, EnvironmentSpec, Error, Isolation, JobEnvironment, Role, ScriptRequest,
+    EnvironmentSpec, Error, Isolation, JobEnvironment, Role, ScriptRequest,
 };
 use isolated_runner::job::{JobControl, JobExecutor, JobOutcome, LocalArtifactStore, Pipeline};
 use isolated_runner::trace::TraceSink;
 use serde_json::{Value, json};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// A spec for `job_id` with the job image for build and helper.
-pub fn spec(scope: &Scope, job_id: u64) -> EnvironmentSpec {
-    EnvironmentSpec {
-        runner_id: scope.runner_id.clone(),
-        job_id,
-        project_id: 1,
-        protected: false,
-        timeout: Duration::from_secs(3600),
-        build_image: ContainerImage {
-            name: JOB_IMAGE.to_string(),
-            entrypoint: None,
-        },
-        helper_image: JOB_IMAGE.to_string(),
-        services: Vec::new(),
-        service_env: Vec::new(),
-        repo_endpoint: None,
-    }
-}
-
-/// The scope's runner config with busybox preloaded into each job's daemon, then `tweak`.
-pub fn config(scope: &Scope, tweak: impl FnOnce(&mut RunnerConfig)) -> RunnerConfig {
-    let mut cfg = scope.runner_config();
-    cfg.docker.isolation.preload_images = vec![BUSYBOX_IMAGE.to_string()];
-    tweak(&mut cfg);
-    cfg
-}
-
-/// A dind backend for `cfg`.
-pub fn dind_with(scope: &Scope, cfg: RunnerConfig) -> Arc<dyn Isolation> {
-    Arc::new(isolation::dind::DindBackend::new(
-        scope.docker.clone(),
-        Arc::new(cfg),
-        scope.state_dir(),
-    ))
-}
 
 /// Prepares a job or panics with the prepare log.
 pub async fn prepare(
@@ -318,7 +281,7 @@ pub async fn run_job(
     tree: &std::path::Path,
 ) -> (JobOutcome, String) {
     let job: JobResponse = serde_json::from_value(payload).expect("payload parses");
-    let backend = dind_with(scope, cfg.clone());
+    let backend = scope.dind(cfg.clone());
     let pipeline = Pipeline {
         backend,
         artifacts: Arc::new(LocalArtifactStore {
