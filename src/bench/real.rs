@@ -527,30 +527,12 @@ impl BenchTarget for RealTarget {
         };
         let f = crate::docker::label_filters(&setup.runner_id, None);
         let de = |e: crate::docker::Error| TargetError(e.to_string());
-        let mut n = self
-            .docker
-            .list_containers(&f)
-            .await
-            .map_err(de)?
-            .iter()
-            .filter(|c| !spare(&c.labels))
-            .count() as u64;
-        n += self
-            .docker
-            .list_networks(&f)
-            .await
-            .map_err(de)?
-            .iter()
-            .filter(|x| !spare(&x.labels))
-            .count() as u64;
-        n += self
-            .docker
-            .list_volumes(&f)
-            .await
-            .map_err(de)?
-            .iter()
-            .filter(|x| !spare(&x.labels))
-            .count() as u64;
+        // The sweepers' listing, so the bench counts exactly what the reaper would remove.
+        let (objects, failures) = crate::cleanup::labelled::list_labelled(&self.docker, &f).await;
+        if let Some(e) = failures.into_iter().next() {
+            return Err(TargetError(e));
+        }
+        let mut n = objects.iter().filter(|o| !spare(&o.labels)).count() as u64;
         if mode == IsolationMode::SharedSocket {
             // Only this run's: another bench on the host has its own block of job ids.
             let s = vec![SCENARIO_LABEL.to_string()];
