@@ -63,7 +63,7 @@ async fn compose_stack_sees_the_clone_and_publishes_ports() {
     config.runners[0].docker.isolation.warm_pool = 1;
     let daemon = w.start_daemon(config);
     let f = w.wait_final(id, JOB_TIMEOUT).await;
-    daemon.drain().await;
+    daemon.drain(JOB_TIMEOUT).await;
     let trace = w.trace(id);
     assert_eq!(
         (f.state.as_str(), f.failure_reason.as_deref()),
@@ -188,7 +188,7 @@ async fn sources_clone_fetch_none_and_a_wrong_token() {
     let f = w.wait_final(1102, JOB_TIMEOUT).await;
     let n = w.wait_final(1103, JOB_TIMEOUT).await;
     let x = w.wait_final(1104, JOB_TIMEOUT).await;
-    daemon.drain().await;
+    daemon.drain(JOB_TIMEOUT).await;
 
     assert_state(&w, 1101, &c, ("success", None, None));
     let t = w.trace(1101);
@@ -305,7 +305,7 @@ async fn two_jobs_are_isolated_end_to_end() {
     let fa = w.wait_final(1201, JOB_TIMEOUT).await;
     release(&w, 1202).await;
     let fb = w.wait_final(1202, JOB_TIMEOUT).await;
-    daemon.drain().await;
+    daemon.drain(JOB_TIMEOUT).await;
 
     assert_state(&w, 1201, &fa, ("success", None, None));
     assert_state(&w, 1202, &fb, ("success", None, None));
@@ -349,7 +349,7 @@ async fn outcomes_failure_allow_failure_and_timeout() {
     let f1 = w.wait_final(1301, JOB_TIMEOUT).await;
     let f2 = w.wait_final(1302, JOB_TIMEOUT).await;
     let f3 = w.wait_final(1303, JOB_TIMEOUT).await;
-    daemon.drain().await;
+    daemon.drain(JOB_TIMEOUT).await;
 
     assert_state(&w, 1301, &f1, ("failed", Some("script_failure"), Some(3)));
     let t = w.trace(1301);
@@ -404,7 +404,7 @@ async fn sh_only_image_runs_jobs_with_sh() {
     let daemon = w.start_daemon(w.config(1));
     let f1 = w.wait_final(1401, JOB_TIMEOUT).await;
     let f2 = w.wait_final(1402, JOB_TIMEOUT).await;
-    daemon.drain().await;
+    daemon.drain(JOB_TIMEOUT).await;
 
     assert_state(&w, 1401, &f1, ("failed", Some("script_failure"), Some(7)));
     let t = w.trace(1401);
@@ -450,7 +450,7 @@ async fn extra_hosts_and_dns_reach_the_job_and_its_daemon() {
     d.dns_search = vec!["corp.test".to_string()];
     let daemon = w.start_daemon(config);
     let f = w.wait_final(1501, JOB_TIMEOUT).await;
-    daemon.drain().await;
+    daemon.drain(JOB_TIMEOUT).await;
     assert_state(&w, 1501, &f, ("success", None, None));
     let t = w.trace(1501);
     let has = |prefix: &str, words: &[&str]| {
@@ -495,7 +495,7 @@ async fn cancel_mid_script_graceful_and_hard() {
             "job {id} state {:?}",
             w.fake.job_state(id)
         );
-        daemon.drain().await;
+        daemon.drain(JOB_TIMEOUT).await;
         let called = w
             .fake
             .requests()
@@ -533,7 +533,7 @@ async fn killed_sidecar_fails_the_job_as_a_system_failure() {
         .await
         .expect("kill the sidecar");
     let f = w.wait_final(1501, Duration::from_secs(120)).await;
-    daemon.drain().await;
+    daemon.drain(JOB_TIMEOUT).await;
     assert_state(
         &w,
         1501,

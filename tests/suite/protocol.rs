@@ -6,20 +6,20 @@ use crate::support;
 mod binary;
 
 use isolated_runner::config::{Config, RunnerConfig};
-use isolated_runner::daemon::{self, DaemonOptions, ShutdownSignal};
+use isolated_runner::daemon::{DaemonOptions, ShutdownSignal};
 use isolated_runner::gitlab::client::{ClientOptions, RetryPolicy};
 use isolated_runner::gitlab::trace::TraceOptions;
 use isolated_runner::gitlab::{self, ArtifactClient, Client, UploadOptions};
 use isolated_runner::secret::Secret;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::daemon::start;
 use support::fake_gitlab::{
     CancelKind, Endpoint, FakeGitlab, Fault, RUNNER_TOKEN, SECRET_VALUE, job_payload,
     job_payload_with_after,
 };
 use support::test_executor::{Event, TestExecutor};
 use support::wait_until;
-use tokio::sync::mpsc::UnboundedSender;
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -66,32 +66,6 @@ fn options() -> DaemonOptions {
     }
 }
 
-struct Running {
-    signals: UnboundedSender<ShutdownSignal>,
-    handle: tokio::task::JoinHandle<Result<(), daemon::Error>>,
-}
-
-fn start(config: Config, exec: Arc<TestExecutor>, opts: DaemonOptions) -> Running {
-    isolated_runner::install_crypto_provider();
-    let (tx, source) = daemon::signal_channel();
-    let handle = tokio::spawn(daemon::run_with(config, exec, source, opts));
-    Running {
-        signals: tx,
-        handle,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.signals.send(ShutdownSignal::Stop);
-        tokio::time::timeout(LONG, self.handle)
-            .await
-            .expect("daemon stops")
-            .expect("no panic")
-            .expect("daemon ok");
-    }
-}
-
 async fn wait_final(fake: &FakeGitlab, id: u64) -> support::fake_gitlab::FinalUpdate {
     assert!(
         wait_until(LONG, || fake.final_state(id).is_some()).await,
@@ -115,7 +89,7 @@ async fn idle_polling_respects_check_interval_and_sends_last_update() {
     tokio::time::sleep(Duration::from_secs(2)).await; // a measuring window, not a sync point
     let n = fake.count("POST", "/api/v4/jobs/request");
     let elapsed = first.elapsed();
-    run.stop().await;
+    run.stop(LONG).await;
     let allowed = (elapsed.as_millis() / 500) as usize + 2;
     assert!(
         n <= allowed,
@@ -156,7 +130,7 @@ async fn job_success_trace_byte_identical_and_checksum() {
     ));
     let run = start(config(&fake, |_| {}), exec.clone(), options());
     let fin = wait_final(&fake, id).await;
-    run.stop().await;
+    run.stop(LONG).await;
     assert_eq!(fin.state, "success");
     let trace = fake.job_trace(id);
     assert_eq!(trace.len(), exec.written(id).len());
@@ -221,7 +195,7 @@ async fn trace_survives_5xx_hangs_and_416() {
     ));
     let run = start(config(&fake, |_| {}), exec.clone(), options());
     let fin = wait_final(&fake, id).await;
-    run.stop().await;
+    run.stop(LONG).await;
     assert_eq!(fin.state, "success");
     assert!(
         fake.job_trace(id) == exec.written(id),
@@ -246,7 +220,7 @@ async fn trace_recovers_when_server_has_more_than_we_think() {
     ));
     let run = start(config(&fake, |_| {}), exec.clone(), options());
     let fin = wait_final(&fake, id).await;
-    run.stop().await;
+    run.stop(LONG).await;
     assert_eq!(fin.state, "success");
     assert!(fake.job_trace(id) == exec.written(id));
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
@@ -266,7 +240,7 @@ async fn canceling_runs_after_script_then_reports() {
     });
     let run = start(config(&fake, |_| {}), exec.clone(), options());
     let fin = wait_final(&fake, id).await;
-    run.stop().await;
+    run.stop(LONG).await;
     assert!(exec.events().contains(&Event::CanceledGracefully(id)));
     assert_eq!(fin.state, "failed");
     assert_eq!(fin.failure_reason.as_deref(), Some("unknown_failure"));
@@ -290,7 +264,7 @@ async fn canceled_aborts_without_after_script() {
     // GitLab refuses updates of a canceled job; no final state is recorded and nothing hangs.
     let next = fake.enqueue(job_payload(23, &["echo next"]));
     assert_eq!(wait_final(&fake, next).await.state, "success");
-    run.stop().await;
+    run.stop(LONG).await;
     assert!(!String::from_utf8_lossy(&exec.written(id)).contains("after"));
     assert_eq!(fake.job_state(id).as_deref(), Some("canceled"));
     assert!(fake.final_state(id).is_none());
@@ -309,7 +283,7 @@ async fn final_update_is_retried_until_accepted() {
     let id = fake.enqueue(job_payload(31, &["echo x", "exit 3"]));
     let run = start(config(&fake, |_| {}), exec.clone(), options());
     let fin = wait_final(&fake, id).await;
-    run.stop().await;
+    run.stop(LONG).await;
     assert_eq!(fin.state, "failed");
     assert_eq!(fin.failure_reason.as_deref(), Some("script_failure"));
     assert_eq!(fin.exit_code, Some(3));
@@ -351,7 +325,7 @@ async fn invalid_runner_token_is_logged_once_without_tight_loop() {
     assert!(wait_until(LONG, || fake.count("POST", "/api/v4/jobs/request") >= 1).await);
     tokio::time::sleep(Duration::from_secs(1)).await; // a measuring window: 20 intervals
     let n = fake.count("POST", "/api/v4/jobs/request");
-    run.stop().await;
+    run.stop(LONG).await;
     assert_eq!(n, 1, "403 must not be retried in a loop");
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     let errors = logs
@@ -380,7 +354,7 @@ async fn malformed_payload_fails_that_job_and_runner_keeps_serving() {
     let run = start(config(&fake, |_| {}), exec.clone(), options());
     let bad = wait_final(&fake, 41).await;
     assert_eq!(wait_final(&fake, good).await.state, "success");
-    run.stop().await;
+    run.stop(LONG).await;
     assert_eq!(bad.state, "failed");
     assert_eq!(bad.failure_reason.as_deref(), Some("runner_system_failure"));
     assert!(String::from_utf8_lossy(&fake.job_trace(41)).contains("could not read the job"));
@@ -408,7 +382,7 @@ async fn limit_bounds_running_jobs() {
     for id in &ids {
         assert_eq!(wait_final(&fake, *id).await.state, "success");
     }
-    run.stop().await;
+    run.stop(LONG).await;
     assert_eq!(exec.max_running(), 2);
 }
 
@@ -434,7 +408,7 @@ async fn concurrent_bounds_running_jobs_across_runners() {
     for id in &ids {
         assert_eq!(wait_final(&fake, *id).await.state, "success");
     }
-    run.stop().await;
+    run.stop(LONG).await;
     assert_eq!(exec.max_running(), 1);
 }
 
@@ -457,7 +431,7 @@ async fn request_concurrency_bounds_open_requests() {
             options(),
         );
         assert!(wait_until(LONG, || fake.count("POST", "/api/v4/jobs/request") >= 4).await);
-        run.stop().await;
+        run.stop(LONG).await;
         let max = fake.max_concurrent_job_requests();
         if expect_parallel {
             assert!(
@@ -482,7 +456,7 @@ async fn rate_limit_is_honoured() {
     let id = fake.enqueue(job_payload(71, &["echo hi"]));
     let run = start(config(&fake, |_| {}), exec, options());
     assert_eq!(wait_final(&fake, id).await.state, "success");
-    run.stop().await;
+    run.stop(LONG).await;
     let polls: Vec<_> = fake
         .requests()
         .into_iter()
@@ -499,14 +473,10 @@ async fn sigquit_drains_running_jobs() {
     let id = fake.enqueue(job_payload(81, &["sleep 1", "echo done"]));
     let run = start(config(&fake, |_| {}), exec.clone(), options());
     assert!(wait_until(LONG, || exec.events().contains(&Event::Started(id))).await);
-    run.signals.send(ShutdownSignal::Drain).unwrap();
+    run.signal(ShutdownSignal::Drain);
     let after_drain = fake.count("POST", "/api/v4/jobs/request");
     let later = fake.enqueue(job_payload(82, &["echo never"]));
-    tokio::time::timeout(LONG, run.handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    run.finished(LONG).await;
     assert_eq!(fake.final_state(id).unwrap().state, "success");
     assert!(exec.events().contains(&Event::Finished(id)));
     // At most the one request already in flight when the signal came.
@@ -521,12 +491,8 @@ async fn sigterm_cancels_gracefully_and_reports_system_failure() {
     let id = fake.enqueue(job_payload(91, &["sleep 60"]));
     let run = start(config(&fake, |_| {}), exec.clone(), options());
     assert!(wait_until(LONG, || exec.events().contains(&Event::Started(id))).await);
-    run.signals.send(ShutdownSignal::Stop).unwrap();
-    tokio::time::timeout(LONG, run.handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    run.signal(ShutdownSignal::Stop);
+    run.finished(LONG).await;
     assert!(exec.events().contains(&Event::CanceledGracefully(id)));
     let fin = fake.final_state(id).expect("final update sent before exit");
     assert_eq!(fin.failure_reason.as_deref(), Some("runner_system_failure"));
@@ -540,19 +506,15 @@ async fn second_signal_forces_abort() {
     let id = fake.enqueue(job_payload_with_after(92, &["sleep 60"], &["sleep 60"]));
     let run = start(config(&fake, |_| {}), exec.clone(), options());
     assert!(wait_until(LONG, || exec.events().contains(&Event::Started(id))).await);
-    run.signals.send(ShutdownSignal::Stop).unwrap();
+    run.signal(ShutdownSignal::Stop);
     assert!(
         wait_until(LONG, || exec
             .events()
             .contains(&Event::CanceledGracefully(id)))
         .await
     );
-    run.signals.send(ShutdownSignal::Stop).unwrap();
-    tokio::time::timeout(LONG, run.handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    run.signal(ShutdownSignal::Stop);
+    run.finished(LONG).await;
     assert!(exec.events().contains(&Event::Aborted(id)));
     assert_eq!(fake.final_state(id).unwrap().state, "failed");
 }
@@ -568,12 +530,8 @@ async fn shutdown_timeout_aborts_stuck_jobs() {
         options(),
     );
     assert!(wait_until(LONG, || exec.events().contains(&Event::Started(id))).await);
-    run.signals.send(ShutdownSignal::Stop).unwrap();
-    tokio::time::timeout(LONG, run.handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    run.signal(ShutdownSignal::Stop);
+    run.finished(LONG).await;
     assert!(exec.events().contains(&Event::Aborted(id)));
     assert_eq!(
         fake.final_state(id).unwrap().failure_reason.as_deref(),

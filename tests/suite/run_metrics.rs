@@ -3,7 +3,7 @@
 use crate::support;
 
 use isolated_runner::config::{Config, RunnerConfig};
-use isolated_runner::daemon::{self, DaemonOptions, ShutdownSignal};
+use isolated_runner::daemon::{DaemonOptions, ShutdownSignal};
 use isolated_runner::gitlab::ClientOptions;
 use isolated_runner::gitlab::trace::TraceOptions;
 use isolated_runner::secret::Secret;
@@ -74,8 +74,7 @@ async fn daemon_serves_job_api_and_readiness_metrics() {
         ..DaemonOptions::default()
     };
     let exec = TestExecutor::new();
-    let (tx, source) = daemon::signal_channel();
-    let handle = tokio::spawn(daemon::run_with(config, exec, source, options));
+    let daemon = support::daemon::start(config, exec, options);
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
 
@@ -147,7 +146,7 @@ async fn daemon_serves_job_api_and_readiness_metrics() {
     // A job that keeps running holds the daemon in its drain: /ready says so.
     fake.enqueue(job_payload(3, &["sleep 30"]));
     assert!(wait_until(LONG, || fake.job_state(3).as_deref() == Some("running")).await);
-    tx.send(ShutdownSignal::Drain).unwrap();
+    daemon.signal(ShutdownSignal::Drain);
     let deadline = tokio::time::Instant::now() + LONG;
     let mut draining = false;
     while tokio::time::Instant::now() < deadline {
@@ -158,11 +157,6 @@ async fn daemon_serves_job_api_and_readiness_metrics() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(draining, "/ready never answered 503 while draining");
-    tx.send(ShutdownSignal::Stop).unwrap();
-    tokio::time::timeout(LONG, handle)
-        .await
-        .expect("daemon stops")
-        .expect("no panic")
-        .expect("daemon ok");
+    daemon.stop(LONG).await;
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
 }

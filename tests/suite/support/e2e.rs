@@ -12,7 +12,7 @@
 use super::docker::{JOB_IMAGE, Scope};
 use super::fake_gitlab::{FakeGitlab, FinalUpdate, RUNNER_TOKEN, job_payload_with_after};
 use isolated_runner::config::{Config, RunnerConfig};
-use isolated_runner::daemon::{self, DaemonOptions, ShutdownSignal};
+use isolated_runner::daemon::DaemonOptions;
 use isolated_runner::docker::ContainerInfo;
 use isolated_runner::gitlab::client::{ClientOptions, RetryPolicy};
 use isolated_runner::gitlab::trace::TraceOptions;
@@ -22,7 +22,6 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedSender;
 
 /// Generous bound for a whole job on a busy 2-core machine (sidecar start, compose, teardown).
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(300);
@@ -131,7 +130,7 @@ impl E2e {
     }
 
     /// Starts the real daemon with the real executor (dind on the host engine).
-    pub fn start_daemon(&self, config: Config) -> Daemon {
+    pub fn start_daemon(&self, config: Config) -> super::daemon::Daemon {
         isolated_runner::install_crypto_provider();
         let executor = RunnerExecutor::new(
             self.scope.runner_id.clone(),
@@ -159,17 +158,7 @@ impl E2e {
             system_id: Some(format!("s_{}", &self.scope.runner_id[2..14])),
             ..DaemonOptions::default()
         };
-        let (tx, source) = daemon::signal_channel();
-        let handle = tokio::spawn(daemon::run_with(
-            config,
-            Arc::new(executor),
-            source,
-            options,
-        ));
-        Daemon {
-            signals: tx,
-            handle,
-        }
+        super::daemon::start(config, Arc::new(executor), options)
     }
 
     /// Clone URL for `name` as GitLab sends it: the job token embedded as the password.
@@ -294,30 +283,4 @@ pub fn push_var(job: &mut Value, key: &str, value: &str, public: bool) {
         .as_array_mut()
         .expect("variables array")
         .push(json!({"key": key, "value": value, "public": public, "masked": false}));
-}
-
-/// The running daemon of a test.
-pub struct Daemon {
-    signals: UnboundedSender<ShutdownSignal>,
-    handle: tokio::task::JoinHandle<Result<(), daemon::Error>>,
-}
-
-impl Drop for Daemon {
-    /// A test that panics must not leave a daemon creating containers after the scope's sweep
-    /// (the daemon is declared after the [`E2e`], so it is dropped first).
-    fn drop(&mut self) {
-        self.handle.abort();
-    }
-}
-
-impl Daemon {
-    /// SIGQUIT-equivalent: stop polling, let jobs end, and wait for the daemon to return.
-    pub async fn drain(mut self) {
-        let _ = self.signals.send(ShutdownSignal::Drain);
-        tokio::time::timeout(JOB_TIMEOUT, &mut self.handle)
-            .await
-            .expect("daemon stops after a drain")
-            .expect("daemon task did not panic")
-            .expect("daemon ran without error");
-    }
 }

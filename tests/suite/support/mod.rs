@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod docker;
 pub mod e2e;
 pub mod fake_gitlab;
