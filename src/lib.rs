@@ -20,6 +20,7 @@ pub mod isolation;
 pub mod job;
 pub mod metrics;
 pub mod netpolicy;
+pub mod outcome;
 pub mod paths;
 pub mod pki;
 pub mod secret;

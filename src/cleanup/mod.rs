@@ -17,7 +17,9 @@
 //!   left and the chain belongs to one of this host's runner ids.
 //! - The cache directory is pruned to its configured limits through the [`CachePruner`] seam.
 
+pub mod labelled;
 pub mod owner;
+pub mod reaper;
 
 use crate::docker::{
     Docker, LABEL_DEADLINE, LABEL_JOB, LABEL_MANAGED, LABEL_OWNER, LABEL_ROLE, LABEL_RUNNER,
@@ -358,35 +360,16 @@ pub async fn plan(docker: Option<&Docker>, req: &Request) -> Report {
         Some(docker) => {
             let mut managed = vec![format!("{LABEL_MANAGED}=1")];
             managed.extend(req.label_filter.clone());
-            match docker.list_containers(&managed).await {
-                Ok(cs) => objects.extend(
-                    cs.into_iter()
-                        .map(|c| (Handle::Container(c.id), Kind::Container, c.name, c.labels)),
-                ),
-                Err(e) => report.failures.push(e.to_string()),
-            }
-            match docker.list_volumes(&managed).await {
-                Ok(vs) => objects.extend(vs.into_iter().map(|v| {
-                    (
-                        Handle::Volume(v.name.clone()),
-                        Kind::Volume,
-                        v.name,
-                        v.labels,
-                    )
-                })),
-                Err(e) => report.failures.push(e.to_string()),
-            }
-            match docker.list_networks(&managed).await {
-                Ok(ns) => objects.extend(ns.into_iter().map(|n| {
-                    (
-                        Handle::Network(n.name.clone()),
-                        Kind::Network,
-                        n.name,
-                        n.labels,
-                    )
-                })),
-                Err(e) => report.failures.push(e.to_string()),
-            }
+            let (found, failures) = labelled::list_labelled(docker, &managed).await;
+            report.failures.extend(failures);
+            objects.extend(found.into_iter().map(|o| {
+                let handle = match o.kind {
+                    Kind::Container => Handle::Container(o.handle),
+                    Kind::Volume => Handle::Volume(o.handle),
+                    _ => Handle::Network(o.handle),
+                };
+                (handle, o.kind, o.name, o.labels)
+            }));
         }
         None => report
             .notes
@@ -556,7 +539,7 @@ async fn list_dirs(req: &Request) -> Result<(Vec<FoundDir>, Vec<String>), String
                                 crate::paths::job_id_of_dir_name(c.as_os_str()).map(|j| j.get())
                             })
                         })
-                        .filter(|&s| crate::isolation::pool::is_slot_id(s))
+                        .filter(|&s| crate::paths::is_slot_id(s))
                         .unwrap_or(job)
                 } else {
                     job
@@ -618,21 +601,12 @@ pub async fn execute(docker: Option<&Docker>, req: &Request, mut report: Report)
             continue;
         }
         let result: Result<(), String> = match (&item.handle, docker) {
-            (Handle::Container(id), Some(d)) => d
-                .remove_container(id)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            (Handle::Volume(n), Some(d)) => d
-                .remove_volume(n)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            (Handle::Network(n), Some(d)) => d
-                .remove_network(n)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            (Handle::Container(h) | Handle::Volume(h) | Handle::Network(h), Some(d)) => {
+                labelled::remove(d, item.kind, h)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
             // The runner's dir above a job's cert dir goes too once it is empty.
             (Handle::Path(p), _) if item.kind == Kind::CertDir => {
                 crate::paths::remove_job_cert_dir(p)

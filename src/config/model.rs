@@ -301,6 +301,9 @@ impl Default for RunnerConfig {
     }
 }
 
+/// Services a job may ask for unless `services_limit` says otherwise.
+pub const DEFAULT_SERVICES_LIMIT: usize = 8;
+
 /// gitlab-runner's default `wait_for_services_timeout`.
 pub const DEFAULT_WAIT_FOR_SERVICES: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -315,7 +318,7 @@ impl Default for DockerConfig {
             memory_swap: None,
             cpus: None,
             pids_limit: None,
-            services_limit: Some(crate::isolation::limits::DEFAULT_SERVICES_LIMIT),
+            services_limit: Some(DEFAULT_SERVICES_LIMIT),
             service_memory: None,
             service_cpus: None,
             privileged: false,

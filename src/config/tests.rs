@@ -667,7 +667,7 @@ fn service_limits_load() {
         .clone();
     assert_eq!(
         d.services_limit,
-        Some(crate::isolation::limits::DEFAULT_SERVICES_LIMIT)
+        Some(crate::config::DEFAULT_SERVICES_LIMIT)
     );
     // gitlab-runner's convention: -1 = no limit, 0 = no services.
     let d = load_str(&runner("", "services_limit = -1"), "config.toml")

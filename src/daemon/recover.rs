@@ -5,11 +5,11 @@
 use super::Shared;
 use super::job::{map_failure_reason, send_final};
 use super::journal::{Journal, JournalEntry};
+use crate::cleanup::reaper::{self, ReapReport, ReapRequest};
 use crate::config::Config;
 use crate::gitlab::Client;
 use crate::gitlab::client::UpdateJob;
 use crate::gitlab::trace::checksum_string;
-use crate::isolation::reaper::{self, ReapReport, ReapRequest};
 use crate::job::FailureReason;
 use crate::metrics::{Metrics, RunnerMetrics};
 use bytes::Bytes;

@@ -6,7 +6,7 @@
 //! makes it resend from the offset the server names.
 
 use super::client::{Client, JobAnswer, UpdateJob};
-use crate::job::JobControl;
+use crate::outcome::JobControl;
 use crate::secret::Secret;
 use crate::trace::TraceSink;
 use bytes::Bytes;

@@ -15,8 +15,8 @@ pub const DEFAULT_JOB_PIDS: i64 = 4096;
 /// Pids of a service unless `service_pids_limit` says otherwise: databases and web servers
 /// run tens to a few hundred processes or threads.
 pub const DEFAULT_SERVICE_PIDS: i64 = 1024;
-/// Services a job may ask for unless `services_limit` says otherwise.
-pub const DEFAULT_SERVICES_LIMIT: usize = 8;
+// A config default, so it lives in config/ (below isolation); re-exported for the backends.
+pub use crate::config::DEFAULT_SERVICES_LIMIT;
 
 /// What the host has, read once (the machine does not change size while the runner runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

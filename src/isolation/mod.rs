@@ -13,7 +13,9 @@ mod naming;
 mod network;
 pub mod pool;
 mod profile;
-pub mod reaper;
+// The reaper is the sweeper's start-up policy and lives with it in cleanup/; this keeps the old
+// path `isolation::reaper` working for callers not yet moved.
+pub use crate::cleanup::reaper;
 pub mod registry_ca;
 pub mod resolve;
 pub mod rootless;
@@ -142,11 +144,9 @@ pub struct ScriptUser {
     pub owner: Option<(u32, u32)>,
 }
 
-/// Receives a script's stdout and stderr, interleaved in the order they were written.
-pub trait OutputSink: Send + Sync {
-    /// Appends raw output.
-    fn write(&self, data: &[u8]);
-}
+// Defined in trace/, below isolation, so the job log can be a sink without trace/ importing the
+// backends; re-exported here, where backends and tests have always found it.
+pub use crate::trace::OutputSink;
 
 /// Builds job environments.
 #[async_trait::async_trait]

@@ -41,13 +41,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Slot ids start here (2^62). GitLab job ids are database ids, nowhere near.
-pub const SLOT_ID_BASE: u64 = 1 << 62;
-
-/// Whether a job id label names a pool slot.
-pub fn is_slot_id(id: u64) -> bool {
-    id >= SLOT_ID_BASE
-}
+// Beside `JobId` in paths/, so cleanup can tell a slot's dirs without importing isolation.
+pub use crate::paths::{SLOT_ID_BASE, is_slot_id};
 
 /// How long a job on a slot may run, beyond the slot's idle life: the certificates of a slot
 /// are issued for `max_idle` + this (+ the PKI margin). A job whose timeout is longer starts

@@ -24,7 +24,7 @@ mod server;
 pub use server::{Readiness, Server, bind, serve};
 
 use crate::config::IsolationMode;
-use crate::job::JobOutcome;
+use crate::outcome::JobOutcome;
 use family::{Family, Histogram};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -456,7 +456,7 @@ impl Drop for RunningJob {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::FailureReason;
+    use crate::outcome::FailureReason;
 
     fn runner() -> RunnerMetrics {
         Arc::new(Metrics::new()).runner(RunnerLabels::new("abc", "r1", "s_1"))

@@ -241,7 +241,14 @@ impl JobLog {
     }
 }
 
-impl crate::isolation::OutputSink for JobLog {
+/// Receives a script's stdout and stderr, interleaved in the order they were written. The
+/// isolation backends write a job's output here; [`JobLog`] is the sink of a real job.
+pub trait OutputSink: Send + Sync {
+    /// Appends raw output.
+    fn write(&self, data: &[u8]);
+}
+
+impl OutputSink for JobLog {
     fn write(&self, data: &[u8]) {
         JobLog::write(self, data);
     }

@@ -1,0 +1,407 @@
+//! `data_root = "project"` against the real engine: a warm `/var/lib/docker` per (runner,
+//! project, protected flag), one job at a time, scrubbed of the previous job's containers,
+//! kept by teardown and the reaper, capped in size, removed by `remove_expired`.
+
+use crate::support;
+
+use isolated_runner::config::{DataRoot, RunnerConfig};
+use isolated_runner::isolation::data_root::{self, LABEL_WARM, WarmRequest};
+use isolated_runner::isolation::{
+    self, EnvironmentSpec, Isolation, JobEnvironment, Role, ScriptRequest,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use support::docker::{BUSYBOX_IMAGE, Collect, JOB_IMAGE, Scope};
+use tokio_util::sync::CancellationToken;
+
+fn spec(scope: &Scope, job_id: u64, project_id: u64, protected: bool) -> EnvironmentSpec {
+    EnvironmentSpec {
+        project_id,
+        protected,
+        ..scope.spec(job_id)
+    }
+}
+
+/// The GitLab instance key of the scope's runner config (its warm roots are named by it).
+fn instance(scope: &Scope) -> String {
+    isolated_runner::job::trust::instance_key(&scope.runner_config().url)
+}
+
+fn warm_backend(scope: &Scope, tweak: impl FnOnce(&mut RunnerConfig)) -> Arc<dyn Isolation> {
+    let mut cfg = scope.runner_config();
+    cfg.docker.isolation.preload_images = vec![BUSYBOX_IMAGE.to_string()];
+    cfg.docker.isolation.data_root = DataRoot::Project;
+    tweak(&mut cfg);
+    Arc::new(isolation::dind::DindBackend::new(
+        scope.docker.clone(),
+        Arc::new(cfg),
+        scope.state_dir(),
+    ))
+}
+
+/// Prepares a job, runs `script` in it, tears it down; returns (exit code, prepare log + output).
+async fn job(backend: &Arc<dyn Isolation>, spec: &EnvironmentSpec, script: &str) -> (i32, String) {
+    let out = Collect::new();
+    let env = backend
+        .prepare(spec, out.clone(), CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
+    let code = run(env.as_ref(), script, &out).await;
+    let report = env.teardown().await;
+    assert!(
+        report.failures.is_empty(),
+        "teardown failures: {:?}",
+        report.failures
+    );
+    (code, out.text())
+}
+
+async fn run(env: &dyn JobEnvironment, script: &str, out: &Arc<Collect>) -> i32 {
+    env.run_script(
+        ScriptRequest {
+            role: Role::Build,
+            script: format!("set -eo pipefail\n{script}\n"),
+            env: Vec::new(),
+        },
+        out.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("script error: {e}\n{}", out.text()))
+}
+
+async fn expect(backend: &Arc<dyn Isolation>, spec: &EnvironmentSpec, script: &str) -> String {
+    let (code, text) = job(backend, spec, script).await;
+    assert_eq!(code, 0, "job {} failed:\n{script}\n{text}", spec.job_id);
+    text
+}
+
+async fn warm_volumes(scope: &Scope) -> Vec<String> {
+    let mut v: Vec<String> = scope
+        .docker
+        .list_volumes(&[
+            format!("{LABEL_WARM}=1"),
+            format!("io.isolated-runner.runner={}", scope.runner_id),
+        ])
+        .await
+        .expect("list volumes")
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    v.sort();
+    v
+}
+
+async fn remove_warm(scope: &Scope) {
+    let r = data_root::remove_expired(
+        &scope.docker,
+        &scope.runner_id,
+        &scope.state_dir(),
+        None,
+        false,
+    )
+    .await;
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    assert!(warm_volumes(scope).await.is_empty());
+    scope.assert_clean().await;
+}
+
+#[tokio::test]
+async fn warm_roots_are_per_project_and_protection() {
+    let scope = Scope::new().await;
+    let backend = warm_backend(&scope, |_| {});
+    const P: u64 = 7;
+    const Q: u64 = 8;
+
+    // An unprotected job of P plants a tag and leaves a container running.
+    let text = expect(
+        &backend,
+        &spec(&scope, 11, P, false),
+        &format!(
+            "docker tag {BUSYBOX_IMAGE} poison:latest\n\
+             docker run -d --name leftover {BUSYBOX_IMAGE} sleep 600"
+        ),
+    )
+    .await;
+    assert!(text.contains("(new, cold)"), "{text}");
+    assert_eq!(
+        warm_volumes(&scope).await,
+        vec![data_root::volume_name(
+            &scope.runner_id,
+            &instance(&scope),
+            P,
+            false
+        )],
+        "teardown keeps the warm root"
+    );
+
+    // The reaper does not take it for a leftover.
+    let reaped = isolation::reaper::reap(
+        &scope.docker,
+        &isolation::reaper::ReapRequest {
+            runner_id: scope.runner_id.clone(),
+            state_dir: scope.state_dir(),
+            builds_dir: scope.builds_dir(),
+            dry_run: false,
+        },
+    )
+    .await;
+    assert!(reaped.failures.is_empty(), "{:?}", reaped.failures);
+    assert_eq!(warm_volumes(&scope).await.len(), 1, "reaper kept it");
+
+    // A protected job of P does not see it.
+    let text = expect(
+        &backend,
+        &spec(&scope, 12, P, true),
+        "! docker image inspect poison:latest >/dev/null 2>&1",
+    )
+    .await;
+    assert!(text.contains("(new, cold)"), "{text}");
+
+    // A later unprotected job of P does (warmth), without the previous job's container.
+    let text = expect(
+        &backend,
+        &spec(&scope, 13, P, false),
+        "docker image inspect poison:latest >/dev/null\n\
+         ! docker container inspect leftover >/dev/null 2>&1",
+    )
+    .await;
+    assert!(text.contains("(warm)"), "{text}");
+
+    // A job of Q does not.
+    expect(
+        &backend,
+        &spec(&scope, 14, Q, false),
+        "! docker image inspect poison:latest >/dev/null 2>&1",
+    )
+    .await;
+    assert_eq!(warm_volumes(&scope).await.len(), 3);
+
+    remove_warm(&scope).await;
+}
+
+/// `warm_pool` with warm roots: after a project's job, a sidecar is started on that root for
+/// the project's next job at the same protection level (scrubbed, with the images), never for
+/// another project or protection level.
+#[tokio::test]
+async fn pre_started_sidecars_on_warm_roots_follow_their_project() {
+    let scope = Scope::new().await;
+    let backend = warm_backend(&scope, |c| c.docker.isolation.warm_pool = 2);
+    const P: u64 = 17;
+    const Q: u64 = 18;
+    let text = expect(
+        &backend,
+        &spec(&scope, 21, P, false),
+        &format!(
+            "docker tag {BUSYBOX_IMAGE} poison:latest\n\
+             docker run -d --name leftover {BUSYBOX_IMAGE} sleep 600"
+        ),
+    )
+    .await;
+    assert!(
+        text.contains("(new, cold)") && !text.contains("pre-started"),
+        "{text}"
+    );
+    // Now P's unprotected root has a sidecar starting; the protected level gets none of it.
+    let text = expect(
+        &backend,
+        &spec(&scope, 22, P, true),
+        "! docker image inspect poison:latest >/dev/null 2>&1",
+    )
+    .await;
+    assert!(!text.contains("pre-started"), "{text}");
+    // P's next unprotected job finds its sidecar ready: warm, scrubbed.
+    let text = expect(
+        &backend,
+        &spec(&scope, 23, P, false),
+        "docker image inspect poison:latest >/dev/null\n\
+         ! docker container inspect leftover >/dev/null 2>&1",
+    )
+    .await;
+    assert!(
+        text.contains("pre-started") && text.contains("(warm;"),
+        "{text}"
+    );
+    // Another project never gets P's.
+    let text = expect(
+        &backend,
+        &spec(&scope, 24, Q, false),
+        "! docker image inspect poison:latest >/dev/null 2>&1",
+    )
+    .await;
+    assert!(!text.contains("pre-started"), "{text}");
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(backend.standby_ids().is_empty());
+    assert_eq!(warm_volumes(&scope).await.len(), 3);
+    remove_warm(&scope).await;
+}
+
+#[tokio::test]
+async fn a_busy_warm_root_gives_an_ephemeral_one_and_caps_apply() {
+    let scope = Scope::new().await;
+    let backend = warm_backend(&scope, |_| {});
+    const P: u64 = 9;
+    expect(
+        &backend,
+        &spec(&scope, 21, P, false),
+        &format!("docker tag {BUSYBOX_IMAGE} poison:latest"),
+    )
+    .await;
+
+    // Another job holds it: this one runs cold on an ephemeral volume, at once.
+    let naming = isolated_runner::isolation::data_root::volume_name(
+        &scope.runner_id,
+        &instance(&scope),
+        P,
+        false,
+    );
+    let held = data_root::acquire(
+        &scope.docker,
+        &WarmRequest {
+            state_dir: &scope.state_dir(),
+            runner_id: &scope.runner_id,
+            instance: &instance(&scope),
+            job_id: 29,
+            timeout: Duration::from_secs(60),
+            project_id: P,
+            protected: false,
+            max_size: None,
+            max_age: None,
+            helper_image: JOB_IMAGE,
+            inflight: &tokio_util::task::TaskTracker::new(),
+        },
+    )
+    .await
+    .expect("the warm root is free");
+    assert_eq!(held.volume, naming);
+    let text = expect(
+        &backend,
+        &spec(&scope, 22, P, false),
+        "! docker image inspect poison:latest >/dev/null 2>&1",
+    )
+    .await;
+    assert!(text.contains("in use by another job"), "{text}");
+    // `runner cleanup` does not pull a held root from under its job.
+    let r = data_root::remove_expired(
+        &scope.docker,
+        &scope.runner_id,
+        &scope.state_dir(),
+        None,
+        true,
+    )
+    .await;
+    assert!(r.kept.contains(&naming), "{r:?}");
+    drop(held);
+
+    // A size cap of one byte: the root is measured after the job and removed.
+    let capped = warm_backend(&scope, |c| c.docker.isolation.data_root_max_size = Some(1));
+    let (code, text) = job(&capped, &spec(&scope, 23, P, false), "true").await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        warm_volumes(&scope).await.is_empty(),
+        "oversized root removed"
+    );
+
+    // An age cap the root is past: recreated cold.
+    expect(
+        &backend,
+        &spec(&scope, 24, P, false),
+        "docker tag isolated-runner/busybox:test poison:latest",
+    )
+    .await;
+    let aged = warm_backend(&scope, |c| {
+        c.docker.isolation.data_root_max_age = Some(Duration::from_secs(1))
+    });
+    // Wait on the condition "the root is older than its cap" (labels have second resolution).
+    let vol = scope
+        .docker
+        .list_volumes(&[
+            format!("{LABEL_WARM}=1"),
+            format!("io.isolated-runner.runner={}", scope.runner_id),
+        ])
+        .await
+        .expect("list volumes")
+        .into_iter()
+        .next()
+        .expect("warm root");
+    let created: u64 = vol.labels[data_root::LABEL_CREATED]
+        .parse()
+        .expect("created label");
+    support::wait_for(
+        "the warm root to pass its age cap",
+        Duration::from_secs(10),
+        || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() > created + 1)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    let text = expect(
+        &aged,
+        &spec(&scope, 25, P, false),
+        "! docker image inspect poison:latest >/dev/null 2>&1",
+    )
+    .await;
+    assert!(text.contains("(new, cold)"), "{text}");
+
+    remove_warm(&scope).await;
+}
+
+/// M4: a job on a warm root leaves a swarm, a managed plugin (made offline: a rootfs dir and
+/// a config.json, nothing pulled) and a `--restart always` container behind. The next job of
+/// the project, on its own sidecar and then on a pre-started one, finds Swarm inactive, no
+/// plugin, no container, and no container start event since its daemon booted; the images
+/// stayed warm.
+#[tokio::test]
+async fn scrub_removes_swarm_plugins_and_restart_policies() {
+    let scope = Scope::new().await;
+    let plant = format!(
+        r#"docker tag {BUSYBOX_IMAGE} warm-marker:1
+# eth0 in a rootful sidecar; tap0 (slirp4netns) in the namespace of a rootless daemon
+docker swarm init --advertise-addr eth0 >/dev/null 2>&1 || docker swarm init --advertise-addr tap0 >/dev/null
+test "$(docker info --format '{{{{.Swarm.LocalNodeState}}}}')" = active
+mkdir -p /tmp/plug/rootfs
+cat > /tmp/plug/config.json <<'JSON'
+{{"description": "test plugin", "documentation": "-", "entrypoint": ["/bin/sh"],
+ "interface": {{"types": ["docker.volumedriver/1.0"], "socket": "p.sock"}},
+ "network": {{"type": "host"}}}}
+JSON
+docker plugin create ir-scrub-test /tmp/plug
+test "$(docker plugin ls -q | wc -l)" = 1
+docker run -d --restart always --pull=never --name keeper {BUSYBOX_IMAGE} sleep 100000
+echo planted"#
+    );
+    let check = r#"test "$(docker info --format '{{.Swarm.LocalNodeState}}')" = inactive
+test "$(docker plugin ls -q | wc -l)" = 0
+test "$(docker ps -aq | wc -l)" = 0
+started="$(docker events --since 0 --until "$(date +%s)" --filter type=container --filter event=start)"
+test -z "$started"
+docker image inspect warm-marker:1 >/dev/null
+echo clean"#;
+    for (pooled, project) in [(false, 31u64), (true, 32u64)] {
+        let backend = warm_backend(&scope, |c| {
+            c.docker.isolation.warm_pool = usize::from(pooled);
+        });
+        let text = expect(
+            &backend,
+            &spec(&scope, 40 + project, project, false),
+            &plant,
+        )
+        .await;
+        assert!(text.contains("planted"), "{text}");
+        let text = expect(&backend, &spec(&scope, 50 + project, project, false), check).await;
+        assert!(text.contains("clean"), "{text}");
+        assert!(!text.contains("could not be scrubbed"), "{text}");
+        assert_eq!(
+            text.contains("pre-started"),
+            pooled,
+            "pooled={pooled}: the next job's sidecar:\n{text}"
+        );
+        let report = backend.shutdown().await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    remove_warm(&scope).await;
+}

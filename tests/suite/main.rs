@@ -1,0 +1,42 @@
+//! The integration test suite: one binary, one module per area, sharing `support`.
+//!
+//! One binary instead of one per file, so `support/` compiles once and the link step runs once
+//! (cargo's own `tests/testsuite` and ripgrep's `tests/tests.rs` do the same). `cargo test` runs it
+//! with everything else; one area alone is `cargo test --test suite e2e::`, one test
+//! `cargo test --test suite e2e::compose_stack_sees_the_clone_and_publishes_ports`.
+//!
+//! A new area: add `tests/suite/<area>.rs`, declare it below (sorted), and reach the helpers as
+//! `crate::support::…` (or `use crate::support;` then `support::…`).
+
+mod support;
+
+mod bench;
+mod bench_real;
+mod cache;
+mod cache_jobs;
+mod cache_store;
+mod cleanup;
+mod config;
+mod crash_recovery;
+mod data_root;
+mod docker_backend;
+mod doctor;
+mod e2e;
+mod e2e_exec;
+mod exec;
+mod layers;
+mod limits;
+mod metrics;
+mod netpolicy;
+mod pipeline;
+mod protocol;
+mod registry_mirror;
+mod registry_pull;
+mod rootless;
+mod run_metrics;
+mod security_access;
+mod security_network;
+mod security_payload;
+mod services;
+mod systemd;
+mod warm_pool;

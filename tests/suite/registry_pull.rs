@@ -1,0 +1,494 @@
+//! `registry_pull`: jobs whose images exist only in a registry, pulled by the runner onto the
+//! host engine the way gitlab-runner's docker executor pulls, end to end through the real
+//! daemon and the fake GitLab.
+//!
+//! The registry is `isolated-runner/registry:test` (Debian's docker-registry, storage inside the
+//! container), started by each test, published on loopback only: the host engine talks plain
+//! HTTP to loopback registries, and nothing leaves the machine. Test images are pushed into it
+//! from the host engine under a repository named after the test's runner id, the local tag is
+//! removed, so only a pull can bring the image back; every tag pulled is removed at the end.
+//! TLS with a private CA is tested on the job's own daemon (`registry_ca_files`), not on the
+//! host engine: that would mean writing the host's /etc/docker/certs.d, shared with every other
+//! test and helper on this machine; the host engine's use of it is Docker's own behaviour.
+
+use crate::support;
+
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+use support::docker::{BUSYBOX_IMAGE, Scope};
+use support::e2e::{E2e, JOB_TIMEOUT, push_var};
+
+const REGISTRY_IMAGE: &str = "isolated-runner/registry:test";
+
+async fn docker_cli(args: &[&str], config_dir: Option<&Path>) -> (bool, String) {
+    let mut cmd = tokio::process::Command::new("docker");
+    cmd.args(args).stdin(std::process::Stdio::null());
+    // `docker login` for the pushes goes to a private client config: the runner reads the
+    // runner user's own ~/.docker/config.json, which must stay as it was.
+    if let Some(d) = config_dir {
+        cmd.env("DOCKER_CONFIG", d);
+    }
+    let out = cmd.output().await.expect("run the docker CLI");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+async fn must(args: &[&str], config_dir: Option<&Path>) -> String {
+    let (ok, text) = docker_cli(args, config_dir).await;
+    assert!(ok, "docker {args:?} failed: {text}");
+    text.trim().to_string()
+}
+
+/// A registry on loopback, optionally behind basic auth; removed by `stop`.
+struct Registry {
+    name: String,
+    /// `127.0.0.1:<port>`.
+    addr: String,
+    /// A private docker client config (the pushes' login).
+    client: tempfile::TempDir,
+    /// Tags this test made or pulled on the host engine, removed by `stop`.
+    tags: Vec<String>,
+    _auth_dir: Option<tempfile::TempDir>,
+    _tls_dir: Option<tempfile::TempDir>,
+    /// `docker port` output: every address the registry is published on.
+    ports: String,
+}
+
+impl Registry {
+    async fn start(scope: &Scope, user: Option<(&str, &str)>) -> Registry {
+        Self::start_with(scope, user, None).await
+    }
+
+    /// `tls`: (certificate chain PEM, key PEM, host address to publish on besides loopback).
+    async fn start_with(
+        scope: &Scope,
+        user: Option<(&str, &str)>,
+        tls: Option<(&str, &str, std::net::IpAddr)>,
+    ) -> Registry {
+        let name = format!("ir-{}-registry", scope.runner_id);
+        let label = format!("io.isolated-runner.runner={}", scope.runner_id);
+        let mut args: Vec<String> = [
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            &label,
+            "-p",
+            "127.0.0.1::5000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let auth_dir = user.map(|(u, p)| {
+            let d = tempfile::tempdir().expect("tempdir");
+            let hash = bcrypt::hash(p, 4).expect("bcrypt");
+            std::fs::write(d.path().join("htpasswd"), format!("{u}:{hash}\n")).expect("write");
+            args.extend(
+                [
+                    "-e",
+                    "REGISTRY_AUTH=htpasswd",
+                    "-e",
+                    "REGISTRY_AUTH_HTPASSWD_REALM=isolated-runner-test",
+                    "-e",
+                    "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd",
+                    "-v",
+                ]
+                .iter()
+                .map(|s| s.to_string()),
+            );
+            args.push(format!("{}:/auth:ro", d.path().display()));
+            d
+        });
+        let tls_dir = tls.map(|(cert, key, publish_on)| {
+            let d = tempfile::tempdir().expect("tempdir");
+            std::fs::write(d.path().join("server.crt"), cert).expect("write");
+            std::fs::write(d.path().join("server.key"), key).expect("write");
+            for a in [
+                "-e".to_string(),
+                "REGISTRY_HTTP_TLS_CERTIFICATE=/certs/server.crt".to_string(),
+                "-e".to_string(),
+                "REGISTRY_HTTP_TLS_KEY=/certs/server.key".to_string(),
+                "-v".to_string(),
+                format!("{}:/certs:ro", d.path().display()),
+                "-p".to_string(),
+                format!("{publish_on}::5000"),
+            ] {
+                args.push(a);
+            }
+            d
+        });
+        args.push(REGISTRY_IMAGE.to_string());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        must(&argv, None).await;
+        let port = must(&["port", &name, "5000/tcp"], None).await;
+        let addr = port
+            .lines()
+            .find(|l| l.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no loopback port: {port}"))
+            .to_string();
+        let r = Registry {
+            name,
+            addr,
+            client: tempfile::tempdir().expect("tempdir"),
+            tags: Vec::new(),
+            _auth_dir: auth_dir,
+            _tls_dir: tls_dir,
+            ports: port.clone(),
+        };
+        // The port proxy accepts before the registry listens: wait for its API.
+        let up = support::wait_until(Duration::from_secs(30), || api_answers(&r.addr)).await;
+        assert!(up, "registry never answered: {}", r.logs().await);
+        if let Some((u, p)) = user {
+            must(&["login", "-u", u, "-p", p, &r.addr], Some(r.client.path())).await;
+        }
+        r
+    }
+
+    /// Pushes `local` as `<registry>/<repo>` and removes the local tag again.
+    async fn push(&mut self, local: &str, repo: &str) -> String {
+        let reference = format!("{}/{repo}", self.addr);
+        must(&["tag", local, &reference], None).await;
+        self.tags.push(reference.clone());
+        must(&["push", &reference], Some(self.client.path())).await;
+        self.untag(&reference).await;
+        reference
+    }
+
+    async fn untag(&self, reference: &str) {
+        // Only the tag goes: the image keeps its other names (the test images).
+        must(&["rmi", reference], None).await;
+    }
+
+    async fn logs(&self) -> String {
+        docker_cli(&["logs", &self.name], None).await.1
+    }
+
+    async fn stop(self) {
+        for t in &self.tags {
+            let _ = docker_cli(&["rmi", t], None).await;
+        }
+        must(&["rm", "-f", &self.name], None).await;
+    }
+}
+
+impl Drop for Registry {
+    /// A failed assertion must not leave the registry or its tags behind (after `stop` these
+    /// are already gone and the commands find nothing).
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            let _ = std::process::Command::new("docker")
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        for t in &self.tags {
+            quiet(&["rmi", t]);
+        }
+        quiet(&["rm", "-f", &self.name]);
+    }
+}
+
+/// Whether `GET /v2/` answers (200 anonymous, 401 behind auth, 400 over TLS).
+fn api_answers(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(sock) = addr.parse::<std::net::SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut c) = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    if c.write_all(b"GET /v2/ HTTP/1.0\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    let Ok(n) = c.read(&mut buf) else {
+        return false;
+    };
+    // `HTTP/1.x 200`, `401` (auth), or `400` (plain HTTP to the TLS listener).
+    buf[..n].starts_with(b"HTTP/1.")
+        && [&b" 200"[..], b" 401", b" 400"]
+            .iter()
+            .any(|c| buf[8..n].starts_with(c))
+}
+
+async fn local(reference: &str) -> bool {
+    docker_cli(&["image", "inspect", reference], None).await.0
+}
+
+fn image(name: &str, policy: &[&str]) -> serde_json::Value {
+    json!({"name": name, "entrypoint": null, "ports": [], "pull_policy": policy})
+}
+
+fn assert_failed(w: &E2e, id: u64, state: &support::fake_gitlab::FinalUpdate, reason: &str) {
+    assert_eq!(
+        (state.state.as_str(), state.failure_reason.as_deref()),
+        ("failed", Some(reason)),
+        "job {id}:\n{}",
+        w.trace(id)
+    );
+}
+
+/// Anonymous registry: the job image and a service image come only from the registry; the
+/// trace shows the pull and the digest; `never` with a missing image, a missing tag and a
+/// registry that is down (tried again first) fail as `image_pull_failure` with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_and_service_images_are_pulled_and_missing_ones_fail_clearly() {
+    let w = E2e::new().await;
+    let mut reg = Registry::start(&w.scope, None).await;
+    let repo = format!("ir-{}", w.scope.runner_id.to_ascii_lowercase());
+    let job_img = reg.push(BUSYBOX_IMAGE, &format!("{repo}/bb:1")).await;
+    let svc_img = reg.push(BUSYBOX_IMAGE, &format!("{repo}/svc:1")).await;
+    assert!(
+        !local(&job_img).await,
+        "the test image must exist only in the registry"
+    );
+
+    let mut ok = w.job(2001, &["echo pulled-image-runs"], &[]);
+    ok["image"] = image(&job_img, &[]);
+    ok["services"] = json!([{"name": svc_img, "command": ["sleep", "600"], "alias": "svc",
+                             "entrypoint": null, "ports": [], "pull_policy": ["always"]}]);
+    let mut never = w.job(2002, &["echo not-reached"], &[]);
+    never["image"] = image(&format!("{}/{repo}/absent:1", reg.addr), &["never"]);
+    let mut absent = w.job(2003, &["echo not-reached"], &[]);
+    absent["image"] = image(&format!("{}/{repo}/absent:1", reg.addr), &[]);
+    // A registry that is not there (a loopback port nobody listens on): connection refused is
+    // transient, so the pull is tried again before the job fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut down = w.job(2004, &["echo not-reached"], &[]);
+    down["image"] = image(&format!("{closed}/{repo}/bb:1"), &[]);
+    for j in [ok, never, absent, down] {
+        w.fake.enqueue(j);
+    }
+    let mut config = w.config(1);
+    let d = &mut config.runners[0].docker;
+    d.allowed_pull_policies = ["always", "if-not-present", "never"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let daemon = w.start_daemon(config);
+    let f1 = w.wait_final(2001, JOB_TIMEOUT).await;
+    let f2 = w.wait_final(2002, JOB_TIMEOUT).await;
+    let f3 = w.wait_final(2003, JOB_TIMEOUT).await;
+    let f4 = w.wait_final(2004, JOB_TIMEOUT).await;
+    daemon.drain(JOB_TIMEOUT).await;
+
+    let t = w.trace(2001);
+    assert_eq!(f1.state, "success", "{t}");
+    assert!(t.contains("pulled-image-runs\n"), "{t}");
+    assert!(
+        t.contains(&format!("Pulling docker image {job_img} ...")),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!("Pulling docker image {svc_img} ...")),
+        "{t}"
+    );
+    let digest = format!("for {job_img} with digest {}/{repo}/bb@sha256:", reg.addr);
+    assert!(t.contains(&digest), "missing {digest:?}:\n{t}");
+    assert!(local(&job_img).await && local(&svc_img).await);
+
+    assert_failed(&w, 2002, &f2, "image_pull_failure");
+    let t = w.trace(2002);
+    assert!(t.contains("the pull policy is \"never\""), "{t}");
+    assert!(!t.contains("not-reached"), "{t}");
+
+    assert_failed(&w, 2003, &f3, "image_pull_failure");
+    let t = w.trace(2003);
+    // The registry's own words reach the trace.
+    assert!(
+        t.contains("manifest unknown") || t.contains("not found"),
+        "no registry message:\n{t}"
+    );
+
+    assert_failed(&w, 2004, &f4, "image_pull_failure");
+    let t = w.trace(2004);
+    assert!(t.contains("(attempt 2 of 3)"), "{t}");
+    assert!(t.contains("(attempt 3 of 3)"), "{t}");
+    assert!(t.contains("connection refused"), "{t}");
+    reg.stop().await;
+    w.scope.assert_clean().await;
+}
+
+/// Registry behind basic auth: the payload's `credentials` and `DOCKER_AUTH_CONFIG` (job
+/// variable, then the config's `environment`) pull; no credential reaches the trace; a wrong
+/// password fails with the registry's message. The attack: project B, without credentials,
+/// asks under `if-not-present` for the private image project A just pulled; B must not get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_pulls_and_no_reuse_without_access() {
+    let w = E2e::new().await;
+    let password = format!("pw-{}", w.scope.runner_id);
+    let mut reg = Registry::start(&w.scope, Some(("puller", &password))).await;
+    let repo = format!("ir-{}", w.scope.runner_id.to_ascii_lowercase());
+    let img = reg.push(BUSYBOX_IMAGE, &format!("{repo}/private:1")).await;
+    let creds = |pw: &str| json!([{"type": "registry", "url": reg.addr, "username": "puller", "password": pw}]);
+    let auth_config =
+        json!({"auths": {reg.addr.clone(): {"auth": base64_of(&format!("puller:{password}"))}}})
+            .to_string();
+
+    // Phase 1: payload credentials, then B without credentials (image now local).
+    let mut a = w.job(2101, &["echo project-a-ran"], &[]);
+    a["image"] = image(&img, &[]);
+    a["credentials"] = creds(&password);
+    let mut b = w.job(2102, &["echo project-b-got-it"], &[]);
+    b["image"] = image(&img, &["if-not-present"]);
+    w.fake.enqueue(a);
+    w.fake.enqueue(b);
+    let daemon = w.start_daemon(w.config(1));
+    let fa = w.wait_final(2101, JOB_TIMEOUT).await;
+    let fb = w.wait_final(2102, JOB_TIMEOUT).await;
+    daemon.drain(JOB_TIMEOUT).await;
+    let t = w.trace(2101);
+    assert_eq!(fa.state, "success", "{t}");
+    assert!(
+        t.contains("Authenticating with credentials from job payload (GitLab Registry)"),
+        "{t}"
+    );
+    assert!(t.contains(&format!("for {img} with digest")), "{t}");
+    assert!(local(&img).await);
+    assert_failed(&w, 2102, &fb, "image_pull_failure");
+    let t = w.trace(2102);
+    assert!(!t.contains("project-b-got-it"), "{t}");
+    assert!(t.contains("\"if-not-present\" acts as \"always\""), "{t}");
+    assert!(
+        t.contains("no basic auth credentials") || t.contains("unauthorized"),
+        "no registry refusal:\n{t}"
+    );
+
+    // Phase 2: DOCKER_AUTH_CONFIG as a job variable (not masked: the runner must not print
+    // it anyway), and a wrong password.
+    reg.untag(&img).await;
+    let mut c = w.job(2103, &["echo var-config-ran"], &[]);
+    c["image"] = image(&img, &[]);
+    push_var(&mut c, "DOCKER_AUTH_CONFIG", &auth_config, false);
+    let mut d = w.job(2104, &["echo not-reached"], &[]);
+    d["image"] = image(&format!("{}/{repo}/private:1", reg.addr), &["always"]);
+    d["credentials"] = creds("wrong-password-xyz");
+    w.fake.enqueue(c);
+    w.fake.enqueue(d);
+    let mut config = w.config(1);
+    config.runners[0].docker.allowed_pull_policies =
+        vec!["always".to_string(), "if-not-present".to_string()];
+    let daemon = w.start_daemon(config);
+    let fc = w.wait_final(2103, JOB_TIMEOUT).await;
+    let fd = w.wait_final(2104, JOB_TIMEOUT).await;
+    daemon.drain(JOB_TIMEOUT).await;
+    let t = w.trace(2103);
+    assert_eq!(fc.state, "success", "{t}");
+    assert!(
+        t.contains("Authenticating with credentials from $DOCKER_AUTH_CONFIG"),
+        "{t}"
+    );
+    assert_failed(&w, 2104, &fd, "image_pull_failure");
+    let t = w.trace(2104);
+    assert!(t.contains("unauthorized"), "no registry message:\n{t}");
+    assert!(!t.contains("not-reached\n"), "{t}");
+
+    // Phase 3: DOCKER_AUTH_CONFIG in the config's `environment`.
+    reg.untag(&img).await;
+    let mut e = w.job(2105, &["echo env-config-ran"], &[]);
+    e["image"] = image(&img, &[]);
+    w.fake.enqueue(e);
+    let mut config = w.config(1);
+    config.runners[0]
+        .environment
+        .push(("DOCKER_AUTH_CONFIG".to_string(), auth_config.clone()));
+    let daemon = w.start_daemon(config);
+    let fe = w.wait_final(2105, JOB_TIMEOUT).await;
+    daemon.drain(JOB_TIMEOUT).await;
+    let t = w.trace(2105);
+    assert_eq!(fe.state, "success", "{t}");
+    assert!(t.contains("env-config-ran\n"), "{t}");
+
+    for id in 2101..=2105 {
+        let t = w.trace(id);
+        for secret in [password.as_str(), "wrong-password-xyz"] {
+            assert!(!t.contains(secret), "job {id} trace has a credential:\n{t}");
+        }
+        assert!(
+            !t.contains(&base64_of(&format!("puller:{password}"))),
+            "{t}"
+        );
+    }
+    reg.stop().await;
+    w.scope.assert_clean().await;
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// `registry_ca_files`: a registry with a private CA, reached by the job's own daemon. With the
+/// admin's CA the job's `docker pull` works; without it, the daemon refuses the certificate.
+/// The registry is published on the host's docker0 address and named as `registry_mirror`,
+/// the one host address the job network may reach besides GitLab (egress rules), which also
+/// keeps the inner daemon's Docker Hub pulls (none here) on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_daemon_trusts_the_admins_registry_ca() {
+    let w = E2e::new().await;
+    let gw = w.git_addr.ip();
+    let pki = isolated_runner::pki::issue_job_pki(&isolated_runner::pki::PkiRequest {
+        job_id: 1,
+        server_dns: Vec::new(),
+        server_ips: vec![gw, "127.0.0.1".parse().expect("ip")],
+        validity: Duration::from_secs(3600),
+    })
+    .expect("certificates");
+    let s = &pki.server;
+    let mut reg =
+        Registry::start_with(&w.scope, None, Some((&s.cert_pem, s.key_pem.expose(), gw))).await;
+    let repo = format!("ir-{}", w.scope.runner_id.to_ascii_lowercase());
+    reg.push(BUSYBOX_IMAGE, &format!("{repo}/bb:1")).await;
+    let port = reg
+        .ports
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{gw}:")))
+        .unwrap_or_else(|| panic!("not published on {gw}: {}", reg.ports))
+        .to_string();
+    let host = format!("{gw}:{port}");
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let ca = ca_dir.path().join("corp-ca.crt");
+    std::fs::write(&ca, &s.ca_pem).expect("write CA");
+
+    let pull = format!(
+        "docker pull {host}/{repo}/bb:1 2>&1 && echo inner-pull-ok || echo inner-pull-refused"
+    );
+    let mut config = w.config(1);
+    let iso = &mut config.runners[0].docker.isolation;
+    iso.registry_mirror = Some(format!("https://{host}/"));
+    iso.registry_ca_files.insert(host.clone(), ca.clone());
+    w.fake.enqueue(w.job(2201, &[&pull], &[]));
+    let daemon = w.start_daemon(config);
+    let f = w.wait_final(2201, JOB_TIMEOUT).await;
+    daemon.drain(JOB_TIMEOUT).await;
+    let t = w.trace(2201);
+    assert_eq!(f.state, "success", "{t}");
+    assert!(t.contains("inner-pull-ok\n"), "{t}");
+
+    // The same without the CA: refused on the certificate, so the CA above was what worked.
+    let mut config = w.config(1);
+    config.runners[0].docker.isolation.registry_mirror = Some(format!("https://{host}/"));
+    w.fake.enqueue(w.job(2202, &[&pull], &[]));
+    let daemon = w.start_daemon(config);
+    let f = w.wait_final(2202, JOB_TIMEOUT).await;
+    daemon.drain(JOB_TIMEOUT).await;
+    let t = w.trace(2202);
+    assert_eq!(f.state, "success", "{t}");
+    assert!(t.contains("inner-pull-refused\n"), "{t}");
+    assert!(
+        t.contains("x509") || t.contains("certificate"),
+        "refused for another reason:\n{t}"
+    );
+    reg.stop().await;
+    w.scope.assert_clean().await;
+}

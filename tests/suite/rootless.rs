@@ -1,0 +1,401 @@
+//! The `rootless` sidecar profile against the real engine (issue 10): a normal job works
+//! end to end (mTLS docker:2376, inner runs, identical-path bind mounts readable and writable
+//! by inner containers, compose `./:/app` with a published port, docker build), and the attacks
+//! that reach host root under `hardened` are refused: a host sysctl written from an inner
+//! `--cap-add SYS_ADMIN` container (the current value written back, never a change), inner
+//! `--privileged`, another job's files through the inner daemon, a capability held by any
+//! sidecar process in the host's user namespace, a setuid binary in the sidecar image, two
+//! jobs sharing a host uid.
+
+use crate::support;
+
+use isolated_runner::config::{RunnerConfig, SidecarProfile};
+use isolated_runner::docker::{ContainerSpec, LABEL_JOB, LABEL_MANAGED, LABEL_ROLE, LABEL_RUNNER};
+use isolated_runner::isolation::{
+    self, ContainerImage, EnvironmentSpec, Error, Isolation, JobEnvironment, Role, ScriptRequest,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use support::docker::{BUSYBOX_IMAGE, Collect, DIND_IMAGE, JOB_IMAGE, Scope};
+use tokio_util::sync::CancellationToken;
+
+fn spec(scope: &Scope, job_id: u64) -> EnvironmentSpec {
+    EnvironmentSpec {
+        runner_id: scope.runner_id.clone(),
+        job_id,
+        project_id: 1,
+        protected: false,
+        timeout: Duration::from_secs(3600),
+        build_image: ContainerImage {
+            name: JOB_IMAGE.to_string(),
+            entrypoint: None,
+        },
+        helper_image: JOB_IMAGE.to_string(),
+        services: Vec::new(),
+        service_env: Vec::new(),
+        repo_endpoint: None,
+    }
+}
+
+fn rootless(scope: &Scope, tweak: impl FnOnce(&mut RunnerConfig)) -> Arc<dyn Isolation> {
+    let mut cfg = scope.runner_config();
+    cfg.docker.isolation.sidecar_profile = SidecarProfile::Rootless;
+    cfg.docker.isolation.preload_images = vec![BUSYBOX_IMAGE.to_string()];
+    tweak(&mut cfg);
+    Arc::new(isolation::dind::DindBackend::new(
+        scope.docker.clone(),
+        Arc::new(cfg),
+        scope.state_dir(),
+    ))
+}
+
+async fn prepare(backend: &Arc<dyn Isolation>, spec: &EnvironmentSpec) -> Box<dyn JobEnvironment> {
+    let out = Collect::new();
+    let env = backend
+        .prepare(spec, out.clone(), CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
+    eprintln!("job {} prepared: {}", spec.job_id, out.text().trim());
+    env
+}
+
+async fn run(env: &dyn JobEnvironment, script: &str) -> (Result<i32, Error>, String) {
+    let out = Collect::new();
+    let r = env
+        .run_script(
+            ScriptRequest {
+                role: Role::Build,
+                script: format!("set -eo pipefail\n{script}\n"),
+                env: vec![(
+                    "CI_PROJECT_DIR".into(),
+                    env.paths().project_dir.display().to_string(),
+                )],
+            },
+            out.clone(),
+            CancellationToken::new(),
+        )
+        .await;
+    (r, out.text())
+}
+
+async fn expect_ok(env: &dyn JobEnvironment, script: &str) -> String {
+    let (r, text) = run(env, script).await;
+    assert_eq!(r.ok(), Some(0), "script failed:\n{script}\noutput:\n{text}");
+    text
+}
+
+async fn teardown(scope: &Scope, env: Box<dyn JobEnvironment>) {
+    let report = env.teardown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    scope.assert_clean().await;
+}
+
+/// The sidecar container of `job`.
+async fn sidecar_of(scope: &Scope, job: u64) -> String {
+    let found = scope
+        .docker
+        .list_containers(&[
+            format!("{LABEL_RUNNER}={}", scope.runner_id),
+            format!("{LABEL_JOB}={job}"),
+            format!("{LABEL_ROLE}=sidecar"),
+        ])
+        .await
+        .expect("list");
+    assert_eq!(found.len(), 1, "{found:?}");
+    found[0].id.clone()
+}
+
+/// `(pid, uid, CapEff, same user namespace as the runner)` of every host process in the
+/// container's cgroup (cgroupfs and systemd drivers both put the id in the path).
+fn processes_of(container_id: &str) -> Vec<(u32, u32, u64, bool)> {
+    let own_ns = std::fs::read_link("/proc/self/ns/user").expect("own user ns");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        if !cg.contains(container_id) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+                .unwrap_or_default()
+        };
+        let uid: u32 = field("Uid:").parse().unwrap_or(u32::MAX);
+        let cap = u64::from_str_radix(&field("CapEff:"), 16).unwrap_or(u64::MAX);
+        let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/user")) else {
+            continue;
+        };
+        out.push((pid, uid, cap, ns == own_ns));
+    }
+    out
+}
+
+#[tokio::test]
+async fn rootless_job_end_to_end() {
+    let scope = Scope::new().await;
+    let backend = rootless(&scope, |_| {});
+    let env = prepare(&backend, &spec(&scope, 501)).await;
+    let pd = env.paths().project_dir.clone();
+    std::fs::write(pd.join("marker.txt"), "from-the-runner\n").unwrap();
+    std::fs::write(pd.join("index.html"), "served-from-job-dir").unwrap();
+    std::fs::write(
+        pd.join("compose.yaml"),
+        r#"services:
+  web:
+    image: isolated-runner/busybox:test
+    pull_policy: never
+    command: ["httpd", "-f", "-p", "80", "-h", "/app"]
+    ports: ["8080:80"]
+    volumes: ["./:/app"]
+  writer:
+    image: isolated-runner/busybox:test
+    pull_policy: never
+    command: ["sh", "-c", "echo written-by-compose > /app/compose-out.txt"]
+    volumes: ["./:/app"]
+"#,
+    )
+    .unwrap();
+    let text = expect_ok(
+        env.as_ref(),
+        r#"
+test "$DOCKER_HOST" = tcp://docker:2376
+docker info --format 'driver={{.Driver}} opts={{.SecurityOptions}}'
+echo from-the-job > "$CI_PROJECT_DIR/job-file.txt"
+docker run --rm --pull never -v "$CI_PROJECT_DIR":"$CI_PROJECT_DIR" -w "$CI_PROJECT_DIR" isolated-runner/busybox:test sh -c 'cat marker.txt job-file.txt; echo inner > from-inner.txt; echo appended >> job-file.txt; mkdir -p inner-dir; echo x > inner-dir/f'
+cat from-inner.txt job-file.txt
+docker compose up -d
+for i in $(seq 1 100); do curl -fsS http://docker:8080/index.html && break; sleep 0.1; done
+echo
+docker compose wait writer || true
+docker compose down -v
+printf 'FROM isolated-runner/busybox:test\nRUN echo built > /built.txt\n' > Dockerfile
+DOCKER_BUILDKIT=0 docker build -q -t legacy-built . >/dev/null
+docker run --rm legacy-built cat /built.txt
+DOCKER_BUILDKIT=1 docker build -q -t kit-built . >/dev/null && docker run --rm kit-built cat /built.txt | sed 's/^/kit-/'
+"#,
+    )
+    .await;
+    assert!(
+        text.contains("name=rootless"),
+        "the inner daemon is rootless: {text}"
+    );
+    assert!(text.contains("driver=overlay2"), "{text}");
+    assert!(text.contains("from-the-runner"), "{text}");
+    // Inner containers read what the job wrote, write new files and change the job's files.
+    assert!(text.contains("appended"), "{text}");
+    assert!(
+        text.contains("served-from-job-dir"),
+        "published port at docker:8080: {text}"
+    );
+    assert!(text.contains("built"), "legacy docker build: {text}");
+    assert!(text.contains("kit-built"), "BuildKit docker build: {text}");
+    assert_eq!(
+        std::fs::read_to_string(pd.join("from-inner.txt"))
+            .unwrap()
+            .trim(),
+        "inner"
+    );
+    assert_eq!(
+        std::fs::read_to_string(pd.join("compose-out.txt"))
+            .unwrap()
+            .trim(),
+        "written-by-compose"
+    );
+    // The runner removes what inner containers made, whoever owns it (assert_clean).
+    teardown(&scope, env).await;
+}
+
+#[tokio::test]
+async fn rootless_sidecars_hold_no_host_capability_and_own_distinct_uids() {
+    let scope = Scope::new().await;
+    let backend = rootless(&scope, |_| {});
+    let (sa, sb) = (spec(&scope, 511), spec(&scope, 512));
+    let (a, b) = tokio::join!(prepare(&backend, &sa), prepare(&backend, &sb));
+    let mut uids = Vec::new();
+    for job in [511, 512] {
+        let id = sidecar_of(&scope, job).await;
+        let procs = processes_of(&id);
+        assert!(procs.len() >= 3, "sidecar processes found: {procs:?}");
+        let host: Vec<_> = procs.iter().filter(|p| p.3).collect();
+        assert!(!host.is_empty(), "{procs:?}");
+        for (pid, uid, cap, _) in &host {
+            assert_eq!(
+                *cap, 0,
+                "pid {pid} (uid {uid}) holds capabilities on the host: {procs:?}"
+            );
+            assert_ne!(*uid, 0, "pid {pid} runs as host root: {procs:?}");
+        }
+        // Every process in the host's namespace runs as the sidecar's one uid.
+        let mut u: Vec<u32> = host.iter().map(|p| p.1).collect();
+        u.dedup();
+        assert_eq!(u.len(), 1, "{procs:?}");
+        uids.push(u[0]);
+    }
+    assert_ne!(uids[0], uids[1], "two jobs' inner roots share a host uid");
+    // The inner root of each job is its sidecar's uid.
+    let text = expect_ok(
+        a.as_ref(),
+        "docker run --rm --pull never -v \"$CI_PROJECT_DIR\":/x isolated-runner/busybox:test sh -c 'touch /x/owned'",
+    )
+    .await;
+    let meta = std::fs::metadata(a.paths().project_dir.join("owned")).expect("stat");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        uids[0],
+        "{text}"
+    );
+    teardown_both(&scope, a, b).await;
+}
+
+async fn teardown_both(scope: &Scope, a: Box<dyn JobEnvironment>, b: Box<dyn JobEnvironment>) {
+    for env in [a, b] {
+        let report = env.teardown().await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    scope.assert_clean().await;
+}
+
+/// The attacks of issue 10 from inside a job. A sysctl is only ever written with its current
+/// value, so the test cannot change the host even if the boundary failed.
+#[tokio::test]
+async fn rootless_refuses_host_sysctls_privileged_and_other_jobs_files() {
+    let scope = Scope::new().await;
+    let backend = rootless(&scope, |_| {});
+    let victim = prepare(&backend, &spec(&scope, 521)).await;
+    let attacker = prepare(&backend, &spec(&scope, 522)).await;
+    let secret = victim.paths().project_dir.join("secret.txt");
+    std::fs::write(&secret, "victim-secret-5a1b").unwrap();
+    let script = format!(
+        r#"
+docker run --rm --pull never --cap-add SYS_ADMIN isolated-runner/busybox:test sh -c '
+  mount -o remount,rw /proc/sys 2>&1 || true
+  v=$(cat /proc/sys/kernel/core_pattern)
+  if printf "%s\n" "$v" > /proc/sys/kernel/core_pattern; then echo SYSCTL-WRITTEN; else echo SYSCTL-REFUSED; fi
+  v=$(cat /proc/sys/vm/overcommit_memory)
+  if echo "$v" > /proc/sys/vm/overcommit_memory; then echo VM-WRITTEN; else echo VM-REFUSED; fi
+' 2>&1
+if docker run --rm --pull never --privileged isolated-runner/busybox:test true 2>priv.err; then echo PRIVILEGED-RAN; else echo PRIVILEGED-FAILED; cat priv.err; fi
+docker run --rm --pull never -v {dir}:/v isolated-runner/busybox:test cat /v/secret.txt 2>&1 || true
+docker run --rm --pull never -v /:/host isolated-runner/busybox:test cat /host{secret} 2>&1 || true
+docker run --rm --pull never --cap-add SYS_ADMIN --cap-add DAC_READ_SEARCH -v /:/host isolated-runner/busybox:test sh -c 'ls /host{builds}' 2>&1 || true
+docker run --rm --pull never --cap-add SYS_ADMIN isolated-runner/busybox:test sh -c 'ls /dev; mknod /tmp/b b 8 0 2>&1; head -c 16 /tmp/b 2>&1' || true
+"#,
+        dir = victim.paths().project_dir.display(),
+        secret = secret.display(),
+        builds = scope.builds_dir().display(),
+    );
+    let text = expect_ok(attacker.as_ref(), &script).await;
+    assert!(text.contains("SYSCTL-REFUSED"), "{text}");
+    assert!(!text.contains("SYSCTL-WRITTEN"), "{text}");
+    assert!(text.contains("VM-REFUSED"), "{text}");
+    assert!(text.contains("PRIVILEGED-FAILED"), "{text}");
+    assert!(!text.contains("PRIVILEGED-RAN"), "{text}");
+    assert!(
+        !text.contains("victim-secret-5a1b"),
+        "another job's file was read: {text}"
+    );
+    teardown_both(&scope, victim, attacker).await;
+}
+
+/// No setuid or setgid file in the sidecar image, and newuidmap/newgidmap carry file
+/// capabilities instead (the image recipe's check, repeated against the image in use).
+#[tokio::test]
+async fn the_sidecar_image_has_no_setuid_binary() {
+    let scope = Scope::new().await;
+    let spec = ContainerSpec {
+        name: format!("ir-{}-530-suid", scope.runner_id),
+        image: DIND_IMAGE.to_string(),
+        entrypoint: Some(vec!["sh".into()]),
+        cmd: Some(vec![
+            "-c".into(),
+            "find / -xdev -type f -perm /6000; getcap /usr/bin/newuidmap /usr/bin/newgidmap".into(),
+        ]),
+        labels: [
+            (LABEL_MANAGED, "1".to_string()),
+            (LABEL_RUNNER, scope.runner_id.clone()),
+            (LABEL_JOB, "530".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        ..Default::default()
+    };
+    let docker = &scope.docker;
+    let id = docker.create_container(&spec).await.expect("create");
+    docker.start_container(&id).await.expect("start");
+    let code = docker.wait_container(&id).await.expect("wait");
+    let logs = docker.logs_tail(&id, 200).await.expect("logs");
+    assert!(docker.remove_container(&id).await.expect("remove"));
+    assert_eq!(code, 0, "{logs}");
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines,
+        [
+            "/usr/bin/newuidmap cap_setuid=ep",
+            "/usr/bin/newgidmap cap_setgid=ep"
+        ],
+        "setuid/setgid files or missing file capabilities:\n{logs}"
+    );
+    scope.assert_clean().await;
+}
+
+/// Not a check: the user-mode network's cost, measured through the real backend (issue 10 asks
+/// for it). A service on the job network serves 300 MB; an inner container of each profile and
+/// the job container itself download it. Run with
+/// `cargo test --test rootless user_mode_network -- --ignored --nocapture`; figures go to
+/// docs/benchmarks.md, never into an assertion.
+#[tokio::test]
+#[ignore = "a measurement, run by hand"]
+async fn user_mode_network_download_300mb() {
+    use isolated_runner::isolation::ServiceSpec;
+    let scope = Scope::new().await;
+    for profile in [SidecarProfile::Rootless, SidecarProfile::Hardened] {
+        let backend = rootless(&scope, |c| c.docker.isolation.sidecar_profile = profile);
+        let mut s = spec(&scope, 540);
+        s.services = vec![ServiceSpec {
+            image: ContainerImage {
+                name: BUSYBOX_IMAGE.to_string(),
+                entrypoint: None,
+            },
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "mkdir -p /w && head -c 300000000 /dev/zero > /w/big && httpd -f -p 80 -h /w"
+                    .into(),
+            ],
+            aliases: vec!["web".into()],
+            env: Vec::new(),
+        }];
+        let env = prepare(&backend, &s).await;
+        let text = expect_ok(
+            env.as_ref(),
+            r#"
+for i in $(seq 1 100); do curl -fsS -o /dev/null -r 0-0 http://web/big && break; sleep 0.2; done
+sleep 2
+# Inner containers do not resolve the job network's aliases (as with any profile): use the address.
+web=$(getent hosts web | cut -d' ' -f1)
+for i in 1 2 3; do
+  s=$(date +%s.%N); curl -fsS -o /dev/null http://web/big; e=$(date +%s.%N)
+  echo "job-container $(awk "BEGIN{print $e - $s}")"
+  s=$(date +%s.%N); docker run --rm --pull never isolated-runner/busybox:test wget -q -O /dev/null "http://$web/big"; e=$(date +%s.%N)
+  echo "inner-container $(awk "BEGIN{print $e - $s}")"
+done
+"#,
+        )
+        .await;
+        eprintln!("profile {profile:?}:\n{text}");
+        let report = env.teardown().await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    scope.assert_clean().await;
+}

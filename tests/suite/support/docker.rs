@@ -1,0 +1,300 @@
+//! Docker test helpers: a per-test scope (uuid-labelled runner id, temp builds/state dirs), a
+//! sweep guard, leak assertions and image checks. Tests never pull: a missing image is a clear
+//! panic that says how to build it.
+
+use isolated_runner::config::RunnerConfig;
+use isolated_runner::docker::Docker;
+use isolated_runner::isolation::{ContainerImage, EnvironmentSpec, Isolation, OutputSink};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The test images (built by `tests/images/build`).
+pub const DIND_IMAGE: &str = "isolated-runner/dind:test";
+/// Job and helper image.
+pub const JOB_IMAGE: &str = "isolated-runner/job:test";
+/// Tiny image for inner daemons.
+pub const BUSYBOX_IMAGE: &str = "isolated-runner/busybox:test";
+
+/// One test's world: its runner id carries a fresh uuid, so every object the backends create
+/// is labelled with it (`io.isolated-runner.runner=t-<uuid>`), and its directories are private.
+pub struct Scope {
+    /// `t-<uuid>`.
+    pub runner_id: String,
+    /// Temp root holding `builds/` and `state/`.
+    pub tmp: tempfile::TempDir,
+    /// The host daemon.
+    pub docker: Docker,
+}
+
+/// The host's Docker Engine, or a panic that says why the test cannot run.
+///
+/// A test that needs the engine fails without one instead of skipping: a skip would let CI (and a
+/// developer's `cargo test`) pass without having tried any isolation at all. The tests that need
+/// no engine run alone with `cargo test --lib` and `cargo test --test suite -- config:: exec::`.
+pub async fn engine() -> Docker {
+    let docker = match Docker::connect(None).await {
+        Ok(docker) => docker,
+        Err(e) => panic!(
+            "this test needs a running Docker Engine and found none ({e}); it fails rather than \
+             skips so that a run without an engine cannot pass: start dockerd (or set DOCKER_HOST), \
+             then run tests/images/build"
+        ),
+    };
+    if let Err(e) = docker.ping().await {
+        panic!(
+            "this test needs a running Docker Engine, and the engine does not answer ({e}); it \
+             fails rather than skips so that a run without an engine cannot pass"
+        );
+    }
+    docker
+}
+
+impl Scope {
+    /// A new scope; panics with a hint when an image is missing.
+    pub async fn new() -> Scope {
+        isolated_runner::install_crypto_provider();
+        let docker = engine().await;
+        for img in [DIND_IMAGE, JOB_IMAGE, BUSYBOX_IMAGE] {
+            assert!(
+                docker.image_exists(img).await.expect("inspect image"),
+                "test image {img} is missing: run tests/images/build (the tests never pull)"
+            );
+        }
+        let uuid = uuid::Uuid::new_v4().simple().to_string();
+        let tmp = tempfile::Builder::new()
+            .prefix("ir-test-")
+            .tempdir()
+            .expect("tempdir");
+        Scope {
+            runner_id: format!("t-{}", &uuid[..16]),
+            tmp,
+            docker,
+        }
+    }
+
+    /// A spec for `job_id` of project 1 (unprotected), the job image for build and helper.
+    pub fn spec(&self, job_id: u64) -> EnvironmentSpec {
+        EnvironmentSpec {
+            runner_id: self.runner_id.clone(),
+            job_id,
+            project_id: 1,
+            protected: false,
+            timeout: Duration::from_secs(3600),
+            build_image: ContainerImage {
+                name: JOB_IMAGE.to_string(),
+                entrypoint: None,
+            },
+            helper_image: JOB_IMAGE.to_string(),
+            services: Vec::new(),
+            service_env: Vec::new(),
+            repo_endpoint: None,
+        }
+    }
+
+    /// [`Scope::runner_config`] with busybox preloaded into each job's daemon, then `tweak`.
+    pub fn config(&self, tweak: impl FnOnce(&mut RunnerConfig)) -> RunnerConfig {
+        let mut cfg = self.runner_config();
+        cfg.docker.isolation.preload_images = vec![BUSYBOX_IMAGE.to_string()];
+        tweak(&mut cfg);
+        cfg
+    }
+
+    /// A dind backend for `cfg` on this scope's engine and state dir.
+    pub fn dind(&self, cfg: RunnerConfig) -> Arc<dyn Isolation> {
+        Arc::new(isolated_runner::isolation::dind::DindBackend::new(
+            self.docker.clone(),
+            Arc::new(cfg),
+            self.state_dir(),
+        ))
+    }
+
+    /// `<tmp>/builds`.
+    pub fn builds_dir(&self) -> PathBuf {
+        self.tmp.path().join("builds")
+    }
+
+    /// `<tmp>/state`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    /// A runner config pointing at this scope's directories.
+    pub fn runner_config(&self) -> RunnerConfig {
+        let mut r = RunnerConfig {
+            builds_dir: self.builds_dir(),
+            // The test payloads' placeholder repository URL (their sources come from a local
+            // tree): a payload's clone host must be the GitLab URL's or `clone_url`'s.
+            clone_url: Some("http://127.0.0.1:1/".parse().expect("constant URL")),
+            ..Default::default()
+        };
+        r.docker.isolation.sidecar_image = DIND_IMAGE.to_string();
+        r.docker.isolation.ready_timeout = Duration::from_secs(90);
+        r
+    }
+
+    /// Asserts that nothing labelled with this scope's runner id is left on the engine and that
+    /// no job or cert directory remains (not even the runner's empty cert dir).
+    pub async fn assert_clean(&self) {
+        let f = isolated_runner::docker::label_filters(&self.runner_id, None);
+        let c = self
+            .docker
+            .list_containers(&f)
+            .await
+            .expect("list containers");
+        assert!(
+            c.is_empty(),
+            "containers left: {:?}",
+            c.iter().map(|c| &c.name).collect::<Vec<_>>()
+        );
+        let n = self.docker.list_networks(&f).await.expect("list networks");
+        assert!(
+            n.is_empty(),
+            "networks left: {:?}",
+            n.iter().map(|n| &n.name).collect::<Vec<_>>()
+        );
+        let v = self.docker.list_volumes(&f).await.expect("list volumes");
+        assert!(
+            v.is_empty(),
+            "volumes left: {:?}",
+            v.iter().map(|v| &v.name).collect::<Vec<_>>()
+        );
+        let leftover_dirs = list(&self.builds_dir());
+        assert!(leftover_dirs.is_empty(), "job dirs left: {leftover_dirs:?}");
+        let runner_certs = self.state_dir().join("certs").join(&self.runner_id);
+        let certs = list(&runner_certs);
+        assert!(certs.is_empty(), "cert dirs left: {certs:?}");
+        // The runner's own dir goes with its last job's.
+        assert!(
+            !runner_certs.exists(),
+            "empty runner cert dir left: {}",
+            runner_certs.display()
+        );
+    }
+}
+
+fn list(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+impl Drop for Scope {
+    /// The safety net when a test panics before its teardown: remove by label with the docker
+    /// CLI (synchronous on purpose: async work cannot run in `Drop`).
+    fn drop(&mut self) {
+        let label = format!("label=io.isolated-runner.runner={}", self.runner_id);
+        let ids = |args: &[&str]| -> Vec<String> {
+            std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let containers = ids(&["ps", "-aq", "--filter", &label]);
+        if !containers.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-fv"])
+                .args(&containers)
+                .output();
+        }
+        let vols = ids(&["volume", "ls", "-q", "--filter", &label]);
+        if !vols.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["volume", "rm", "-f"])
+                .args(&vols)
+                .output();
+        }
+        let nets = ids(&["network", "ls", "-q", "--filter", &label]);
+        if !nets.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["network", "rm"])
+                .args(&nets)
+                .output();
+        }
+        sweep_firewall(&self.runner_id);
+    }
+}
+
+/// Removes every firewall chain (and its jumps) whose rules name `runner_id`: the safety net
+/// for a test that panicked before its teardown (synchronous, with the iptables CLI).
+pub fn sweep_firewall(runner_id: &str) {
+    let tag = format!("runner={runner_id} ");
+    let run = |bin: &str, args: &[&str]| -> String {
+        std::process::Command::new(bin)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    for bin in ["iptables", "ip6tables"] {
+        let text = run(bin, &["-w", "-S"]);
+        let mut chains = Vec::new();
+        for line in text.lines().filter(|l| l.contains(&tag)) {
+            let words = isolated_runner::netpolicy::rules::split_rule_line(line);
+            let (Some(hook), Some(target)) = (words.get(1), words.last()) else {
+                continue;
+            };
+            if hook.starts_with("IR-") {
+                chains.push(hook.clone());
+                continue;
+            }
+            let mut args: Vec<&str> = vec!["-w", "-D"];
+            args.extend(words[1..].iter().map(String::as_str));
+            run(bin, &args);
+            chains.push(target.clone());
+        }
+        chains.sort();
+        chains.dedup();
+        for c in chains.iter().filter(|c| c.starts_with("IR-")) {
+            run(bin, &["-w", "-F", c]);
+            run(bin, &["-w", "-X", c]);
+        }
+    }
+}
+
+/// Collects script output and lets a test wait for a marker.
+#[derive(Default)]
+pub struct Collect {
+    buf: Mutex<Vec<u8>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Collect {
+    /// A new shared sink.
+    pub fn new() -> Arc<Collect> {
+        Arc::new(Collect::default())
+    }
+
+    /// Everything written so far, lossily decoded.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().expect("sink lock")).into_owned()
+    }
+
+    /// Waits until the output contains `needle`, panicking after `timeout`.
+    pub async fn wait_for(&self, needle: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            if self.text().contains(needle) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("output never contained {needle:?}; got:\n{}", self.text());
+            }
+        }
+    }
+}
+
+impl OutputSink for Collect {
+    fn write(&self, data: &[u8]) {
+        self.buf.lock().expect("sink lock").extend_from_slice(data);
+        self.notify.notify_waiters();
+    }
+}

@@ -1,0 +1,35 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+pub mod daemon;
+pub mod docker;
+pub mod e2e;
+pub mod fake_gitlab;
+pub mod local_backend;
+pub mod netns;
+pub mod security;
+pub mod test_executor;
+
+use std::time::Duration;
+
+/// Waits until `cond` holds, checking every few milliseconds; panics after `timeout`.
+pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    assert!(
+        wait_until(timeout, &mut cond).await,
+        "timed out waiting for {what}"
+    );
+}
+
+/// Waits until `cond` holds, checking every 20 ms, at most `timeout`; returns whether it held.
+pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,460 @@
+//! The warm pool against the real engine: jobs take pre-started sidecars, see their own
+//! directories at the identical path (through the sidecar and its inner containers) and
+//! nothing of another job; a job the slot's certificates cannot cover starts its own sidecar;
+//! shutdown and the reaper leave nothing behind. Every test works in a `Scope` and ends with
+//! `assert_clean`.
+
+use crate::support;
+
+use isolated_runner::isolation::{self, Isolation};
+use std::sync::Arc;
+use std::time::Duration;
+use support::docker::{BUSYBOX_IMAGE, Scope};
+use support::security::{expect_ok, prepare_logged as prepare, teardown};
+
+/// A dind backend keeping one sidecar started ahead of jobs.
+fn pooled(scope: &Scope) -> Arc<dyn Isolation> {
+    scope.dind(scope.config(|c| c.docker.isolation.warm_pool = 1))
+}
+
+/// A job spec with `timeout`.
+fn spec_for(scope: &Scope, job_id: u64, timeout: Duration) -> isolation::EnvironmentSpec {
+    let mut s = scope.spec(job_id);
+    s.timeout = timeout;
+    s
+}
+
+/// What the job's daemon sees at `<builds_dir>`, from an inner container.
+fn list_builds_dir(builds: &std::path::Path) -> String {
+    format!(
+        "docker run --rm --pull=never -v {b}:/b {BUSYBOX_IMAGE} ls -a /b | grep -v '^\\.*$' | sort | tr '\\n' ' '; echo",
+        b = builds.display()
+    )
+}
+
+/// The sidecar container of slot `id`, once it exists.
+async fn sidecar_of(scope: &Scope, id: u64) -> String {
+    let f = isolated_runner::docker::label_filters(&scope.runner_id, Some(id));
+    for _ in 0..600 {
+        let list = scope.docker.list_containers(&f).await.expect("list");
+        if let Some(c) = list.iter().find(|c| c.name.ends_with("-sidecar")) {
+            return c.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("slot {id} has no sidecar after 60 s");
+}
+
+/// The slot id a job's objects are labelled with.
+fn slot_of(env: &dyn isolation::JobEnvironment) -> u64 {
+    env.resources()
+        .labels
+        .iter()
+        .find_map(|l| l.strip_prefix("io.isolated-runner.job="))
+        .and_then(|id| id.parse().ok())
+        .expect("a job label")
+}
+
+/// `HostConfig.CpuShares` of a container, as the engine reports it.
+fn cpu_shares(id: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.HostConfig.CpuShares}}", id])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
+    let scope = Scope::new().await;
+    let backend = pooled(&scope);
+    backend.warm_up(&scope.runner_id).await;
+    assert_eq!(
+        backend.standby_ids().len(),
+        1,
+        "warm_up starts one slot at once"
+    );
+    assert!(
+        backend
+            .standby_ids()
+            .iter()
+            .all(|&id| isolation::pool::is_slot_id(id))
+    );
+
+    // While no job has it, the slot's sidecar runs at a low CPU weight.
+    let slot = backend.standby_ids()[0];
+    let slot_sidecar = sidecar_of(&scope, slot).await;
+    assert_eq!(cpu_shares(&slot_sidecar), "128");
+
+    // Job A takes the slot (waiting for it to finish if it is still starting).
+    let (a, said) = prepare(&backend, &spec_for(&scope, 601, Duration::from_secs(3600))).await;
+    assert!(said.contains("pre-started"), "{said}");
+    assert_eq!(
+        a.resources().sidecar.as_deref(),
+        Some(slot_sidecar.as_str())
+    );
+    assert_eq!(
+        cpu_shares(&slot_sidecar),
+        "1024",
+        "the job's sidecar gets the default weight"
+    );
+    let pd = a.paths().project_dir.clone();
+    assert_eq!(pd, scope.builds_dir().join("gitlab-job-601"));
+    assert!(
+        std::fs::symlink_metadata(&pd)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // The runner's own file work goes to the slot's real directory, never through the link.
+    assert_eq!(
+        a.host_dirs().project_dir,
+        scope.builds_dir().join(format!("gitlab-job-{slot}"))
+    );
+    std::fs::write(pd.join("marker.txt"), "from-the-runner").unwrap();
+    let text = expect_ok(
+        a.as_ref(),
+        &format!(
+            r#"
+set -o pipefail
+test "$DOCKER_HOST" = tcp://docker:2376
+cd {pd}
+test "$(cat marker.txt)" = from-the-runner
+# Identical path through the job's daemon: what compose's ./:/app does.
+test "$(docker run --rm --pull=never -v {pd}:/app {BUSYBOX_IMAGE} cat /app/marker.txt)" = from-the-runner
+docker run --rm --pull=never -v {pd}:/app {BUSYBOX_IMAGE} sh -c 'echo inner > /app/from-inner'
+echo "A sees: $({list})"
+"#,
+            list = list_builds_dir(&scope.builds_dir()),
+            pd = pd.display()
+        ),
+    )
+    .await;
+    // Its own directories (links in the sidecar's file system) and the slot's two
+    // directories they point to (mount points there), nothing else.
+    assert!(
+        text.contains(&format!(
+            "A sees: gitlab-job-{slot} gitlab-job-{slot}.tmp gitlab-job-601 gitlab-job-601.tmp \n"
+        )),
+        "the job's daemon must see exactly its own directories under builds_dir:\n{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(pd.join("from-inner")).unwrap(),
+        "inner\n"
+    );
+    // `runner cleanup` (even told that every unowned dir is stale) keeps a live pooled job's
+    // links and its slot: the links count as the slot's, whose runner is alive.
+    let plan = isolated_runner::cleanup::plan(
+        Some(&scope.docker),
+        &isolated_runner::cleanup::Request {
+            builds_dirs: vec![scope.builds_dir()],
+            state_dir: scope.state_dir(),
+            caches: Vec::new(),
+            older_than: Duration::ZERO,
+            dry_run: true,
+            netpolicy: None,
+            own_runner_ids: vec![scope.runner_id.clone()],
+            cache_pruner: None,
+            label_filter: Some(format!("io.isolated-runner.runner={}", scope.runner_id)),
+        },
+    )
+    .await;
+    let doomed: Vec<&str> = plan.items.iter().map(|i| i.name.as_str()).collect();
+    assert!(
+        !doomed.iter().any(|n| n.contains("gitlab-job-")),
+        "cleanup would remove a live pooled job's files: {doomed:?}"
+    );
+
+    // Job B gets the slot built after A took the first; A's files are not in its world.
+    let (b, said) = prepare(&backend, &spec_for(&scope, 602, Duration::from_secs(3600))).await;
+    assert!(said.contains("pre-started"), "{said}");
+    let text = expect_ok(
+        b.as_ref(),
+        &format!(
+            "set -o pipefail\necho \"B sees: $({})\"\ntest ! -e {}/gitlab-job-601",
+            list_builds_dir(&scope.builds_dir()),
+            scope.builds_dir().display()
+        ),
+    )
+    .await;
+    let b_slot = slot_of(b.as_ref());
+    assert_ne!(b_slot, slot);
+    assert!(
+        text.contains(&format!(
+            "B sees: gitlab-job-{b_slot} gitlab-job-{b_slot}.tmp gitlab-job-602 gitlab-job-602.tmp \n"
+        )),
+        "{text}"
+    );
+
+    // A job longer than a slot's certificates start its own sidecar; the pool stays.
+    let (c, said) = prepare(
+        &backend,
+        &spec_for(&scope, 603, Duration::from_secs(30 * 24 * 3600)),
+    )
+    .await;
+    assert!(
+        said.contains("Job docker daemon ready in") && !said.contains("pre-started"),
+        "{said}"
+    );
+    expect_ok(c.as_ref(), "docker info >/dev/null").await;
+
+    for env in [a, b, c] {
+        teardown(env).await;
+    }
+    // The slot refilled after B is idle now (or still starting): shutdown removes it.
+    assert!(!backend.standby_ids().is_empty());
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(backend.standby_ids().is_empty());
+    scope.assert_clean().await;
+}
+
+#[test]
+fn idle_slots_of_a_dead_runner_are_reaped() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let scope = rt.block_on(Scope::new());
+    // The "runner": its own runtime, dropped (all its tasks die) once its slot's sidecar runs.
+    let dead = tokio::runtime::Runtime::new().unwrap();
+    dead.block_on(async {
+        let backend = pooled(&scope);
+        backend.warm_up(&scope.runner_id).await;
+        let f = isolated_runner::docker::label_filters(&scope.runner_id, None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let running = scope
+                .docker
+                .list_containers(&f)
+                .await
+                .unwrap()
+                .into_iter()
+                .any(|c| c.running);
+            if running {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slot's sidecar never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Let the slot get ready, so the crash leaves a complete one.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    });
+    dead.shutdown_timeout(Duration::from_secs(1));
+
+    rt.block_on(async {
+        let req = isolation::reaper::ReapRequest {
+            runner_id: scope.runner_id.clone(),
+            state_dir: scope.state_dir(),
+            builds_dir: scope.builds_dir(),
+            dry_run: false,
+        };
+        let done = isolation::reaper::reap(&scope.docker, &req).await;
+        assert!(done.failures.is_empty(), "{:?}", done.failures);
+        for kind in ["container ir-", "network ir-", "volume ir-", "dir "] {
+            assert!(
+                done.removed.iter().any(|f| f.starts_with(kind)),
+                "the reaper missed a slot's {kind}: {:?}",
+                done.removed
+            );
+        }
+        scope.assert_clean().await;
+    });
+}
+
+/// Every entry name and content of the archives a job produced (cache `.tar.gz` under
+/// `cache_dir`, artifact zips in the store), for looking for data that must not be there.
+fn archive_texts(cache_dir: &std::path::Path, zips: &[std::path::PathBuf]) -> Vec<String> {
+    use std::io::Read;
+    let mut texts = Vec::new();
+    let mut stack = vec![cache_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("read cache dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".tar.gz") {
+                let f = std::fs::File::open(&p).expect("open cache archive");
+                let mut a = tar::Archive::new(flate2::read::GzDecoder::new(f));
+                for entry in a.entries().expect("cache archive entries") {
+                    let mut entry = entry.expect("cache archive entry");
+                    let mut s = String::new();
+                    let _ = entry.read_to_string(&mut s);
+                    texts.push(format!("{} {s}", entry.path().unwrap().display()));
+                }
+            }
+        }
+    }
+    for z in zips {
+        let mut a = zip::ZipArchive::new(std::fs::File::open(z).expect("open artifact"))
+            .expect("artifact is a zip");
+        for i in 0..a.len() {
+            let mut f = a.by_index(i).expect("zip entry");
+            let mut s = String::new();
+            let _ = f.read_to_string(&mut s);
+            texts.push(format!("{} {s}", f.name().expect("zip entry name")));
+        }
+    }
+    texts
+}
+
+/// Names, contents and mtimes of every entry of `dir` (and the dir's own mtime).
+fn snapshot(dir: &std::path::Path) -> Vec<(String, String, std::time::SystemTime)> {
+    let mut v = vec![(
+        ".".to_string(),
+        String::new(),
+        std::fs::metadata(dir).unwrap().modified().unwrap(),
+    )];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = std::fs::symlink_metadata(e.path()).unwrap();
+        v.push((
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read_to_string(e.path()).unwrap_or_default(),
+            m.modified().unwrap(),
+        ));
+    }
+    v.sort();
+    v
+}
+
+/// C2: a pooled job swaps, through its own daemon, every entry of `builds_dir` it can reach
+/// for a link to a host directory of the test's, then has `after_script`, `cache: untracked`
+/// and artifacts. The slot's directories are mount points in the sidecar (the rename fails)
+/// and only the job's links in the sidecar's own file system can be replaced, so nothing the
+/// runner or the host daemon does later goes near the canary.
+#[tokio::test]
+async fn a_pooled_job_cannot_redirect_its_directories() {
+    use isolated_runner::gitlab::types::{Artifact, Cache, JobResponse, JobVariable, Step};
+    use isolated_runner::job::{JobControl, JobExecutor, JobOutcome, LocalCache, Pipeline};
+    use isolated_runner::trace::BufferSink;
+    use support::local_backend::RecordingStore;
+
+    let scope = Scope::new().await;
+    let canary = tempfile::tempdir().expect("canary dir");
+    std::fs::write(canary.path().join("canary-secret.txt"), "CANARY-DATA\n").unwrap();
+    let before = snapshot(canary.path());
+    let cache = tempfile::tempdir().expect("cache dir");
+    let runner = scope.config(|c| {
+        c.docker.isolation.warm_pool = 1;
+        c.cache_dir = cache.path().to_path_buf();
+    });
+    let backend = scope.dind(runner.clone());
+    backend.warm_up(&scope.runner_id).await;
+    let store = RecordingStore::new();
+    let mut pipeline = Pipeline::new(backend.clone(), store.clone());
+    pipeline.cache = Some(LocalCache::hook());
+    pipeline.runner_id = scope.runner_id.clone();
+
+    let builds = scope.builds_dir();
+    let attack = format!(
+        "docker run --rm --pull=never -v {b}:/b {BUSYBOX_IMAGE} sh -c 'cd /b; for d in gitlab-job-*; do mv \"$d\" \"moved-$d\" && ln -s {c} \"$d\" && echo \"swapped $d\"; done; ls -la /b'",
+        b = builds.display(),
+        c = canary.path().display()
+    );
+    let step = |name: &str, script: Vec<String>| Step {
+        name: name.into(),
+        script,
+        timeout: 3600,
+        when: "always".into(),
+        allow_failure: false,
+    };
+    let var = |k: &str, v: &str| JobVariable {
+        key: k.into(),
+        value: v.into(),
+        public: true,
+        ..Default::default()
+    };
+    let mut job = JobResponse {
+        id: 611,
+        token: isolated_runner::secret::Secret::new("glcbt-pool611token".to_string()),
+        steps: vec![
+            step(
+                "script",
+                vec![
+                    "echo job-data > own.txt".into(),
+                    attack,
+                    // Through the swapped link, the job's daemon sees only its own view.
+                    format!(
+                        "docker run --rm --pull=never -v $CI_PROJECT_DIR:/app {BUSYBOX_IMAGE} ls -la /app || true"
+                    ),
+                ],
+            ),
+            step(
+                "after_script",
+                vec!["echo \"after sees: $(ls $CI_PROJECT_DIR | tr '\\n' ' ')\"".into()],
+            ),
+        ],
+        variables: vec![var("GIT_STRATEGY", "none"), var("CI_JOB_ID", "611")],
+        cache: vec![Cache {
+            key: "k".into(),
+            untracked: true,
+            when: "always".into(),
+            ..Default::default()
+        }],
+        artifacts: vec![Artifact {
+            name: Some("a".into()),
+            untracked: true,
+            paths: vec!["*".into()],
+            when: "always".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    job.job_info.name = "attack".into();
+    job.job_info.project_id = 7;
+    job.git_info.r#ref = "main".into();
+    job.git_info.protected = Some(false);
+
+    let sink = Arc::new(BufferSink::new());
+    let outcome = pipeline
+        .execute(
+            job,
+            Arc::new(runner.clone()),
+            sink.clone(),
+            JobControl::default(),
+        )
+        .await;
+    let trace = sink.text();
+    assert!(
+        trace.contains("pre-started"),
+        "the job took a slot:\n{trace}"
+    );
+    // The attack ran: the job's own links in its sidecar were swapped (hardened), or the
+    // unprivileged inner daemon could not even rename them (rootless, the default) ...
+    assert!(
+        trace.contains("swapped gitlab-job-611")
+            || trace.contains("can't rename 'gitlab-job-611': Permission denied"),
+        "{trace}"
+    );
+    // ... and the job went on, with no effect outside its sidecar (or failed saying why).
+    match &outcome {
+        JobOutcome::Success => {}
+        JobOutcome::Failed { .. } => assert!(
+            trace.contains("no longer a plain directory"),
+            "a failure must say why:\n{trace}"
+        ),
+        other => panic!("unexpected outcome {other:?}:\n{trace}"),
+    }
+    assert!(trace.contains("after sees: own.txt"), "{trace}");
+    assert!(
+        !trace.contains("canary-secret"),
+        "the canary was reached:\n{trace}"
+    );
+    assert_eq!(snapshot(canary.path()), before, "the canary changed");
+    let zips: Vec<std::path::PathBuf> = store.uploads().into_iter().map(|(_, p)| p).collect();
+    let texts = archive_texts(cache.path(), &zips);
+    assert!(
+        texts.iter().any(|t| t.contains("own.txt job-data")),
+        "the artifact or cache holds the job's own file: {texts:?}"
+    );
+    assert!(
+        !texts
+            .iter()
+            .any(|t| t.contains("canary") || t.contains("CANARY")),
+        "canary data in an artifact or the cache: {texts:?}"
+    );
+
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    scope.assert_clean().await;
+}
