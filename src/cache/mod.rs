@@ -4,7 +4,7 @@
 //! (and `after_script`). Archives live at
 //! `<cache_dir>/gitlab-<instance>/project-<id>/<protected|unprotected>/<sanitized key>.tar.gz`
 //! (the job's [`CacheContext::cache_dir`] is already the instance's directory, see
-//! [`crate::job::trust::instance_key`]).
+//! [`crate::config::instance_key`]).
 //!
 //! - **Format: tar + gzip**, not zip. Tar stores symlinks, modes and mtimes natively and streams
 //!   (zip needs a central directory at the end, so a torn zip is only detected late); the archive

@@ -9,12 +9,14 @@
 //! it inside `tokio::task::spawn_blocking`.
 
 mod cache_store;
+mod instance;
 mod keys;
 mod load;
 mod model;
 pub mod validate;
 
 pub use cache_store::*;
+pub use instance::instance_key;
 pub use model::*;
 
 use std::fmt;

@@ -126,7 +126,7 @@ pub enum MountSpec {
 pub struct ContainerSpec {
     /// Container name.
     pub name: String,
-    /// Image reference (must exist locally: the runner never pulls).
+    /// Image reference (must exist locally: pulls happen before, in `isolation::images`).
     pub image: String,
     /// Entrypoint override; `Some(vec![])` clears the image's.
     pub entrypoint: Option<Vec<String>>,

@@ -80,7 +80,7 @@ pub fn handle_for(runner: &RunnerConfig, runner_id: &str, job_id: u64) -> Result
 /// Installs the job's policy on its bridge. Call after the bridge exists, before any container
 /// starts on it. What it opens comes from the runner's config only ([`needed_endpoints`]): the
 /// payload's clone URL was checked against the same config before the job was prepared
-/// ([`crate::job::trust::clone_endpoint`]), so a slot's rules made before its job was known
+/// (`job::trust::clone_endpoint`), so a slot's rules made before its job was known
 /// already fit the job.
 pub async fn install(
     handle: &JobEgress,
@@ -138,7 +138,7 @@ async fn bridge_interface(
 /// Nothing here comes from the job's payload (H6).
 pub async fn needed_endpoints(runner: &RunnerConfig) -> Vec<Endpoint> {
     let mut out = Vec::new();
-    let mut hosts: Vec<HostPort> = crate::job::trust::clone_hosts(runner);
+    let mut hosts: Vec<HostPort> = super::clone_hosts(runner);
     if let Some(m) = runner.docker.isolation.registry_mirror.as_deref()
         && let Some(hp) = url::Url::parse(m)
             .ok()

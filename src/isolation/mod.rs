@@ -60,6 +60,17 @@ pub struct EnvironmentSpec {
     pub repo_endpoint: Option<HostPort>,
 }
 
+/// The hosts and ports a job may clone from: the GitLab URL's and the config's `clone_url`'s.
+pub fn clone_hosts(runner: &crate::config::RunnerConfig) -> Vec<HostPort> {
+    let mut out: Vec<HostPort> = HostPort::from_url(&runner.url).into_iter().collect();
+    if let Some(c) = runner.clone_url.as_ref().and_then(HostPort::from_url)
+        && !out.contains(&c)
+    {
+        out.push(c);
+    }
+    out
+}
+
 /// A host name or address and a port, as taken from a URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPort {

@@ -11,7 +11,7 @@
 
 use super::Error;
 use super::naming::{detached, other};
-use super::state::{JOB_CAP_DROP, JobState};
+use super::state::{JOB_CAP_DROP, JobState, StartedService};
 use crate::docker::ContainerSpec;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -19,26 +19,6 @@ use tokio_util::sync::CancellationToken;
 /// How many log lines a warning about a service carries (gitlab-runner shows the container's
 /// recent log too).
 pub const WARNING_LOG_LINES: usize = 100;
-
-/// A service container the job started.
-#[derive(Debug, Clone)]
-pub struct StartedService {
-    /// Container id.
-    pub id: String,
-    /// Container name, resolvable on the job network.
-    pub container: String,
-    /// Image reference as the job named it.
-    pub image: String,
-    /// First alias, when the service has one.
-    pub alias: Option<String>,
-}
-
-impl StartedService {
-    /// How the trace names the service: its alias, else its image.
-    pub fn label(&self) -> &str {
-        self.alias.as_deref().unwrap_or(&self.image)
-    }
-}
 
 /// A service that did not accept connections in time.
 #[derive(Debug, Clone, PartialEq, Eq)]

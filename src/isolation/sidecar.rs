@@ -410,7 +410,7 @@ impl Core {
         let iso = &self.runner.docker.isolation;
         // This backend serves one `[[runners]]` entry: its GitLab URL names the instance whose
         // project ids `key` holds (H3).
-        let instance = crate::job::trust::instance_key(&self.runner.url);
+        let instance = crate::config::instance_key(&self.runner.url);
         let req = super::data_root::WarmRequest {
             state_dir: &self.state_dir,
             runner_id,

@@ -60,6 +60,26 @@ pub struct ScriptSettings {
     pub job_env: Vec<(String, String)>,
 }
 
+/// A service container the job started.
+#[derive(Debug, Clone)]
+pub struct StartedService {
+    /// Container id.
+    pub id: String,
+    /// Container name, resolvable on the job network.
+    pub container: String,
+    /// Image reference as the job named it.
+    pub image: String,
+    /// First alias, when the service has one.
+    pub alias: Option<String>,
+}
+
+impl StartedService {
+    /// How the trace names the service: its alias, else its image.
+    pub fn label(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.image)
+    }
+}
+
 /// The state of one job on the outer daemon, shared by both backends. Every field that names
 /// an object is filled in as soon as the object exists, so teardown after a partial prepare
 /// removes exactly what was made.
@@ -91,7 +111,7 @@ pub struct JobState {
     /// Service containers.
     pub services: Vec<String>,
     /// The started services, for the wait and their logs ([`super::services`]).
-    pub started: Vec<super::services::StartedService>,
+    pub started: Vec<StartedService>,
     /// Script container settings (set once prepared).
     pub script: Option<ScriptSettings>,
     /// Counter for script container names.
@@ -201,7 +221,7 @@ impl JobState {
             .await
             .map_err(other(format!("create service {}", svc.image.name)))?;
             self.services.push(id.clone());
-            self.started.push(super::services::StartedService {
+            self.started.push(StartedService {
                 id: id.clone(),
                 container,
                 image: svc.image.name.clone(),

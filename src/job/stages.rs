@@ -5,6 +5,9 @@
 //! trace section, and [`Run::exec`] runs it. Each stage folds its end into the job's [`State`].
 
 use super::helper_files::{remove_file_variables, write_file_variables};
+// The one loop of files in job/, on purpose: the table of stages runs inside the frame that
+// `pipeline.rs` sets up (payload checks, prepare, teardown) and reads that frame's parts; the frame
+// calls the table once. Splitting the frame's types out would scatter one idea over three files.
 use super::pipeline::{Pipeline, StageContext};
 use super::script::{config_commands, user_script};
 use super::server_ca;

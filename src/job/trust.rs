@@ -23,22 +23,10 @@ pub fn is_protected(job: &JobResponse) -> bool {
     job.git_info.protected.unwrap_or(false)
 }
 
-/// A short stable name for the GitLab instance of `url`: `gitlab-<12 hex of sha256>` of the URL
-/// without credentials, query, fragment and trailing slashes. Project ids are only unique within
-/// one instance, so what is keyed by a project id on the host (cache directories) is scoped by
-/// this as well (H3): two `[[runners]]` entries of different instances never share them.
-pub fn instance_key(url: &url::Url) -> String {
-    use sha2::Digest;
-    let mut u = url.clone();
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    u.set_query(None);
-    u.set_fragment(None);
-    let text = u.as_str().trim_end_matches('/').to_string();
-    let digest = sha2::Sha256::digest(text.as_bytes());
-    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    format!("gitlab-{hex}")
-}
+// The instance key and the configured clone hosts are runner policy that isolation/ needs too
+// (warm roots, the egress allow-list): they live below it and are re-exported here.
+pub use crate::config::instance_key;
+pub use crate::isolation::clone_hosts;
 
 /// Refuses ids this host cannot key the job by: 0, and ids in the warm pool's slot range
 /// (`>= SLOT_ID_BASE`), which would share directories, labels and chains with a slot (L2).
@@ -53,17 +41,6 @@ pub fn check_job_id(id: u64) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// The hosts and ports a job may clone from: the GitLab URL's and the config's `clone_url`'s.
-pub fn clone_hosts(runner: &RunnerConfig) -> Vec<HostPort> {
-    let mut out: Vec<HostPort> = HostPort::from_url(&runner.url).into_iter().collect();
-    if let Some(c) = runner.clone_url.as_ref().and_then(HostPort::from_url)
-        && !out.contains(&c)
-    {
-        out.push(c);
-    }
-    out
 }
 
 /// The host and port of the payload's `git_info.repo_url` when the runner's config names them

@@ -29,6 +29,7 @@ mod limits;
 mod metrics;
 mod netpolicy;
 mod pipeline;
+mod pipeline_compat;
 mod protocol;
 mod registry_mirror;
 mod registry_pull;

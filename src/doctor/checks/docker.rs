@@ -139,11 +139,18 @@ pub(super) fn images_present(f: &Facts) -> Check {
     if f.docker.is_err() {
         return skip(ID, "docker not reachable", "see docker.reachable");
     }
+    // The sidecar and preloaded images are the admin's: the runner never pulls them, so a
+    // missing one fails every job. Job and helper images are pulled at the first job that
+    // needs them (pull_policy, docs/images.md): missing is normal, unless nothing may pull.
     let mut missing = Vec::new();
+    let mut pulled_later = Vec::new();
     let mut errors = Vec::new();
     for i in &f.images {
         match &i.present {
             Ok(true) => {}
+            Ok(false) if matches!(i.role, "job" | "helper") => {
+                pulled_later.push(format!("{} {}", i.role, i.image))
+            }
             Ok(false) => missing.push(format!("{} {}", i.role, i.image)),
             Err(e) => errors.push(format!("{} {}: {e}", i.role, i.image)),
         }
@@ -154,8 +161,20 @@ pub(super) fn images_present(f: &Facts) -> Check {
             Status::Fail,
             format!("missing on the host daemon: {}", missing.join(", ")),
             "load them on the host before jobs run (`docker load -i FILE` or `docker pull \
-             IMAGE` from a registry you trust): the runner never pulls sidecar, job or helper \
+             IMAGE` from a registry you trust): the runner never pulls sidecar or preloaded \
              images itself",
+        );
+    }
+    if !pulled_later.is_empty() {
+        return Check::with(
+            ID,
+            Status::Warn,
+            format!(
+                "not on the host daemon yet: {} (pulled by the first job that uses them)",
+                pulled_later.join(", ")
+            ),
+            "nothing to do if the host can reach their registry; with pull_policy = \"never\" or \
+             an unreachable registry, load them first (`docker load -i FILE`); see docs/images.md",
         );
     }
     if !errors.is_empty() {

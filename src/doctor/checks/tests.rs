@@ -353,9 +353,19 @@ fn images() {
         image: "helper:1".into(),
         present: Ok(false),
     });
-    let c = assert_status(&f, "images.present", Status::Fail);
+    // A job or helper image is pulled by the first job that needs it: a warning.
+    let c = assert_status(&f, "images.present", Status::Warn);
     assert!(c.message.contains("helper:1"));
-    assert!(c.hint.contains("never pulls"));
+    assert!(c.message.contains("pulled by the first job"));
+    // The sidecar image is the admin's to load: missing fails.
+    f.images.push(ImageFact {
+        role: "sidecar",
+        image: "dind:1".into(),
+        present: Ok(false),
+    });
+    let c = assert_status(&f, "images.present", Status::Fail);
+    assert!(c.message.contains("dind:1") && !c.message.contains("helper:1"));
+    assert!(c.hint.contains("never pulls sidecar or preloaded"));
 }
 
 #[test]
