@@ -402,19 +402,6 @@ mod tests {
     }
 
     #[test]
-    fn untracked_list_parsing() {
-        assert_eq!(
-            parse_untracked(b"NOT-A-GIT-REPOSITORY"),
-            vec![PathBuf::from(".")]
-        );
-        assert_eq!(
-            parse_untracked(b"a\0dir/b\0"),
-            vec![PathBuf::from("a"), PathBuf::from("dir/b")]
-        );
-        assert!(parse_untracked(b"").is_empty());
-    }
-
-    #[test]
     fn files_key_follows_contents() {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = vec!["composer.lock".to_string(), "yarn.lock".to_string()];

@@ -15,27 +15,8 @@ use isolated_runner::isolation::{
     self, ContainerImage, EnvironmentSpec, Error, Isolation, JobEnvironment, Role, ScriptRequest,
 };
 use std::sync::Arc;
-use std::time::Duration;
-use support::docker::{BUSYBOX_IMAGE, Collect, DIND_IMAGE, JOB_IMAGE, Scope};
+use support::docker::{BUSYBOX_IMAGE, Collect, DIND_IMAGE, Scope};
 use tokio_util::sync::CancellationToken;
-
-fn spec(scope: &Scope, job_id: u64) -> EnvironmentSpec {
-    EnvironmentSpec {
-        runner_id: scope.runner_id.clone(),
-        job_id,
-        project_id: 1,
-        protected: false,
-        timeout: Duration::from_secs(3600),
-        build_image: ContainerImage {
-            name: JOB_IMAGE.to_string(),
-            entrypoint: None,
-        },
-        helper_image: JOB_IMAGE.to_string(),
-        services: Vec::new(),
-        service_env: Vec::new(),
-        repo_endpoint: None,
-    }
-}
 
 fn rootless(scope: &Scope, tweak: impl FnOnce(&mut RunnerConfig)) -> Arc<dyn Isolation> {
     let mut cfg = scope.runner_config();
@@ -144,7 +125,7 @@ fn processes_of(container_id: &str) -> Vec<(u32, u32, u64, bool)> {
 async fn rootless_job_end_to_end() {
     let scope = Scope::new().await;
     let backend = rootless(&scope, |_| {});
-    let env = prepare(&backend, &spec(&scope, 501)).await;
+    let env = prepare(&backend, &scope.spec(501)).await;
     let pd = env.paths().project_dir.clone();
     std::fs::write(pd.join("marker.txt"), "from-the-runner\n").unwrap();
     std::fs::write(pd.join("index.html"), "served-from-job-dir").unwrap();
@@ -219,7 +200,7 @@ DOCKER_BUILDKIT=1 docker build -q -t kit-built . >/dev/null && docker run --rm k
 async fn rootless_sidecars_hold_no_host_capability_and_own_distinct_uids() {
     let scope = Scope::new().await;
     let backend = rootless(&scope, |_| {});
-    let (sa, sb) = (spec(&scope, 511), spec(&scope, 512));
+    let (sa, sb) = (scope.spec(511), scope.spec(512));
     let (a, b) = tokio::join!(prepare(&backend, &sa), prepare(&backend, &sb));
     let mut uids = Vec::new();
     for job in [511, 512] {
@@ -271,8 +252,8 @@ async fn teardown_both(scope: &Scope, a: Box<dyn JobEnvironment>, b: Box<dyn Job
 async fn rootless_refuses_host_sysctls_privileged_and_other_jobs_files() {
     let scope = Scope::new().await;
     let backend = rootless(&scope, |_| {});
-    let victim = prepare(&backend, &spec(&scope, 521)).await;
-    let attacker = prepare(&backend, &spec(&scope, 522)).await;
+    let victim = prepare(&backend, &scope.spec(521)).await;
+    let attacker = prepare(&backend, &scope.spec(522)).await;
     let secret = victim.paths().project_dir.join("secret.txt");
     std::fs::write(&secret, "victim-secret-5a1b").unwrap();
     let script = format!(
@@ -361,7 +342,7 @@ async fn user_mode_network_download_300mb() {
     let scope = Scope::new().await;
     for profile in [SidecarProfile::Rootless, SidecarProfile::Hardened] {
         let backend = rootless(&scope, |c| c.docker.isolation.sidecar_profile = profile);
-        let mut s = spec(&scope, 540);
+        let mut s = scope.spec(540);
         s.services = vec![ServiceSpec {
             image: ContainerImage {
                 name: BUSYBOX_IMAGE.to_string(),
