@@ -112,6 +112,8 @@ pub const RUNNER: Section = Section {
         "executor",
         "limit",
         "request_concurrency",
+        "unhealthy_requests_limit",
+        "unhealthy_interval",
         "builds_dir",
         "cache_dir",
         "environment",
@@ -145,14 +147,6 @@ pub const RUNNER: Section = Section {
         ),
         ("debug_trace_disabled", NOT_YET),
         ("referees", "metrics referees are not supported"),
-        (
-            "unhealthy_requests_limit",
-            "the poll loop backs off on its own schedule",
-        ),
-        (
-            "unhealthy_interval",
-            "the poll loop backs off on its own schedule",
-        ),
         ("job_status_final_update_retry_limit", NOT_YET),
         ("kubernetes", OTHER_EXECUTOR),
         ("machine", OTHER_EXECUTOR),

@@ -50,6 +50,12 @@ pub struct RunnerConfig {
     pub limit: usize,
     /// Concurrent `jobs/request` calls for this entry.
     pub request_concurrency: usize,
+    /// `unhealthy_requests_limit`: consecutive failed job requests (token refused, no answer)
+    /// after which this entry stops asking GitLab for jobs (gitlab-runner's default: 3).
+    pub unhealthy_requests_limit: u32,
+    /// `unhealthy_interval`: how long an unhealthy entry stops asking, counted from its last
+    /// healthy answer as gitlab-runner does (default: 1 hour).
+    pub unhealthy_interval: Duration,
     /// Root of the per-job directories (`<builds_dir>/gitlab-job-<id>`).
     pub builds_dir: PathBuf,
     /// Root of local cache archives.
@@ -286,6 +292,8 @@ impl Default for RunnerConfig {
             clone_url: None,
             limit: 0,
             request_concurrency: 1,
+            unhealthy_requests_limit: DEFAULT_UNHEALTHY_REQUESTS_LIMIT,
+            unhealthy_interval: DEFAULT_UNHEALTHY_INTERVAL,
             builds_dir: PathBuf::from("/builds"),
             cache_dir: PathBuf::from("/cache"),
             environment: Vec::new(),
@@ -303,6 +311,11 @@ impl Default for RunnerConfig {
 
 /// Services a job may ask for unless `services_limit` says otherwise.
 pub const DEFAULT_SERVICES_LIMIT: usize = 8;
+
+/// gitlab-runner's `DefaultUnhealthyRequestsLimit`.
+pub const DEFAULT_UNHEALTHY_REQUESTS_LIMIT: u32 = 3;
+/// gitlab-runner's `DefaultUnhealthyInterval`.
+pub const DEFAULT_UNHEALTHY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// gitlab-runner's default `wait_for_services_timeout`.
 pub const DEFAULT_WAIT_FOR_SERVICES: std::time::Duration = std::time::Duration::from_secs(30);

@@ -808,3 +808,31 @@ fn registry_ca_files_name_hosts_and_certificates() {
     find(&e, "holds no PEM certificate");
     assert!(e.len() >= 3, "{e:?}");
 }
+
+#[test]
+fn unhealthy_keys_are_read_with_gitlab_runner_defaults() {
+    let c = load_str(&runner("", ""), "config.toml").unwrap().config;
+    assert_eq!(c.runners[0].unhealthy_requests_limit, 3);
+    assert_eq!(c.runners[0].unhealthy_interval, Duration::from_secs(3600));
+    let l = load_str(
+        &runner(
+            "unhealthy_requests_limit = 5\nunhealthy_interval = \"1h30m0s\"",
+            "",
+        ),
+        "config.toml",
+    )
+    .unwrap();
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert_eq!(l.config.runners[0].unhealthy_requests_limit, 5);
+    assert_eq!(
+        l.config.runners[0].unhealthy_interval,
+        Duration::from_secs(5400)
+    );
+    // gitlab-runner takes a limit below 1 as its default.
+    let c = load_str(&runner("unhealthy_requests_limit = 0", ""), "config.toml")
+        .unwrap()
+        .config;
+    assert_eq!(c.runners[0].unhealthy_requests_limit, 3);
+    let e = errors(&runner("unhealthy_interval = 3600", ""));
+    assert_eq!(find(&e, "unhealthy_interval").line, 7);
+}

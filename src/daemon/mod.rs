@@ -16,6 +16,7 @@
 //!   reported failed, and the label reaper sweeps this runner id (`docs/crash-recovery.md`).
 //! - with `listen_address`, `/metrics`, `/health` and `/ready` are served (`docs/metrics.md`).
 
+mod health;
 mod job;
 pub mod journal;
 mod recover;
@@ -155,6 +156,7 @@ struct RunnerCtx {
     interval: Duration,
     token_rejected: AtomicBool,
     failures: AtomicU32,
+    health: health::Health,
     backoff_until: Mutex<Option<Instant>>,
     metrics: Option<RunnerMetrics>,
 }
@@ -263,6 +265,7 @@ pub async fn run_with(
                 system_id.clone(),
             ));
             rm.set_limit(r.limit);
+            rm.set_unhealthy(false);
             rm
         });
         ctxs.push(Arc::new(RunnerCtx {
@@ -277,6 +280,7 @@ pub async fn run_with(
             interval: check_interval,
             token_rejected: AtomicBool::new(false),
             failures: AtomicU32::new(0),
+            health: health::Health::new(r.unhealthy_requests_limit, r.unhealthy_interval),
             backoff_until: Mutex::new(None),
             metrics: runner_metrics,
         }));
@@ -401,6 +405,24 @@ async fn poll_loop(ctx: Arc<RunnerCtx>, shared: Arc<Shared>, offset: Duration) {
             next = until;
             continue;
         }
+        match ctx.health.gate(Instant::now()) {
+            health::Gate::Open => {}
+            health::Gate::ClosedUntil(until) => {
+                next = until;
+                continue;
+            }
+            health::Gate::Forced { failures } => {
+                // gitlab-runner's wording and fields, so existing log alerts still match.
+                tracing::warn!(
+                    runner = %ctx.cfg.name,
+                    token = %ctx.short_token,
+                    unhealthy_requests = failures,
+                    unhealthy_requests_limit = ctx.health.limit(),
+                    unhealthy_interval = ?ctx.health.interval(),
+                    "runner is not healthy, but a check for a new job is forced"
+                );
+            }
+        }
         let Ok(request_slot) = ctx.requests.clone().try_acquire_owned() else {
             continue;
         };
@@ -446,6 +468,12 @@ async fn request_and_run(
     };
     let started = std::time::Instant::now();
     let result = ctx.client.request_job(&req, Some(&shared.polling)).await;
+    // Marked before the request slot is freed, so the poll loop's next gate check sees it.
+    match &result {
+        Err(e) if health::counts_as_unhealthy(e) => mark_health(&ctx, false),
+        Err(gitlab::Error::Cancelled { .. }) => {}
+        _ => mark_health(&ctx, true),
+    }
     drop(request_slot);
     if let Some(m) = &ctx.metrics {
         let status = match &result {
@@ -518,6 +546,33 @@ async fn request_and_run(
         }
     }
     drop(permits);
+}
+
+/// Feeds one request's outcome to the entry's health gate and logs a change of state.
+fn mark_health(ctx: &RunnerCtx, healthy: bool) {
+    match ctx.health.mark(healthy, Instant::now()) {
+        health::Change::None => {}
+        health::Change::BecameUnhealthy { failures } => {
+            tracing::error!(
+                runner = %ctx.cfg.name,
+                token = %ctx.short_token,
+                unhealthy_requests = failures,
+                unhealthy_requests_limit = ctx.health.limit(),
+                unhealthy_interval = ?ctx.health.interval(),
+                "runner is unhealthy: no job requests for unhealthy_interval (counted from its \
+                 last healthy answer)"
+            );
+            if let Some(m) = &ctx.metrics {
+                m.set_unhealthy(true);
+            }
+        }
+        health::Change::Recovered => {
+            tracing::info!(runner = %ctx.cfg.name, token = %ctx.short_token, "runner is healthy again");
+            if let Some(m) = &ctx.metrics {
+                m.set_unhealthy(false);
+            }
+        }
+    }
 }
 
 fn healthy(ctx: &RunnerCtx) {

@@ -336,6 +336,72 @@ async fn invalid_runner_token_is_logged_once_without_tight_loop() {
     assert!(!logs.contains(RUNNER_TOKEN), "token leaked into logs");
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn unhealthy_runner_stops_asking_for_unhealthy_interval_then_recovers() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = || String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let fake = FakeGitlab::start().await;
+    fake.revoke_runner_token(RUNNER_TOKEN);
+    let metrics = Arc::new(isolated_runner::metrics::Metrics::new());
+    let unhealthy_gauge = |v: &str| {
+        metrics.render().lines().any(|l| {
+            l.starts_with("isolated_runner_unhealthy{")
+                && l.contains("runner_name=\"test-runner\"")
+                && l.ends_with(&format!(" {v}"))
+        })
+    };
+    let exec = TestExecutor::new();
+    let run = start(
+        config(&fake, |c| {
+            c.check_interval = Duration::from_millis(50);
+            c.runners[0].unhealthy_requests_limit = 2;
+            c.runners[0].unhealthy_interval = Duration::from_secs(3);
+        }),
+        exec,
+        DaemonOptions {
+            // The token-refused backoff as short as the interval: only the health gate spaces
+            // the requests here.
+            unhealthy_backoff: Duration::from_millis(50),
+            metrics: Some(metrics.clone()),
+            ..options()
+        },
+    );
+    assert!(wait_until(LONG, || logs().contains("runner is unhealthy")).await);
+    assert!(unhealthy_gauge("1"), "{}", metrics.render());
+    let at_limit = fake.count("POST", "/api/v4/jobs/request");
+    assert_eq!(
+        at_limit, 2,
+        "unhealthy after unhealthy_requests_limit failures"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await; // a measuring window: 20 check intervals
+    assert_eq!(
+        fake.count("POST", "/api/v4/jobs/request"),
+        at_limit,
+        "an unhealthy runner asks for no job"
+    );
+    // GitLab takes the token again: after unhealthy_interval one check is forced, gets the job,
+    // and the runner is healthy again.
+    fake.add_runner_token(RUNNER_TOKEN);
+    let id = fake.enqueue(job_payload(91, &["echo back"]));
+    assert_eq!(wait_final(&fake, id).await.state, "success");
+    run.stop(LONG).await;
+    let logs = logs();
+    assert!(
+        logs.contains("runner is not healthy, but a check for a new job is forced"),
+        "{logs}"
+    );
+    assert!(logs.contains("runner is healthy again"), "{logs}");
+    assert_eq!(logs.matches("runner is unhealthy").count(), 1, "{logs}");
+    assert!(unhealthy_gauge("0"), "{}", metrics.render());
+    assert!(!logs.contains(RUNNER_TOKEN), "token leaked into logs");
+}
+
 #[tokio::test]
 async fn malformed_payload_fails_that_job_and_runner_keeps_serving() {
     let fake = FakeGitlab::start().await;

@@ -85,6 +85,23 @@ impl Loader {
                         r.request_concurrency = (n as usize).max(1);
                     }
                 }
+                "unhealthy_requests_limit" => {
+                    // gitlab-runner takes anything below 1 as its default.
+                    if let Some(n) = self.integer(&at, item, i64::MIN, 1_000_000) {
+                        r.unhealthy_requests_limit = if n < 1 {
+                            DEFAULT_UNHEALTHY_REQUESTS_LIMIT
+                        } else {
+                            n as u32
+                        };
+                    }
+                }
+                "unhealthy_interval" => {
+                    // A Go duration string in gitlab-runner ("1h0m0s"); a bare integer would be
+                    // nanoseconds there, so only strings are taken.
+                    if let Some(d) = self.duration(&at, item, false) {
+                        r.unhealthy_interval = d;
+                    }
+                }
                 "builds_dir" => {
                     if let Some(p) = self.abs_path(&at, item) {
                         r.builds_dir = p;
