@@ -606,6 +606,47 @@ async fn shutdown_timeout_aborts_stuck_jobs() {
 }
 
 #[tokio::test]
+async fn reset_token_replaces_the_runner_token() {
+    isolated_runner::install_crypto_provider();
+    let fake = FakeGitlab::start().await;
+    let id = fake.enqueue(job_payload(111, &[]));
+    let client = Client::new(&fake.url().parse().unwrap(), ClientOptions::default()).unwrap();
+    let old = Secret::new(RUNNER_TOKEN);
+    let answer = client.reset_token(&old).await.unwrap();
+    let new = answer.token.clone().unwrap();
+    assert_ne!(new.expose(), RUNNER_TOKEN);
+    assert_eq!(
+        answer.token_expires_at.as_deref(),
+        Some("2030-01-01T00:00:00.000Z")
+    );
+    assert!(
+        !format!("{answer:?}").contains(new.expose()),
+        "the answer's Debug shows the token"
+    );
+    let req = |token: &Secret| gitlab::JobRequest {
+        token: token.clone(),
+        system_id: "s_0123456789ab".into(),
+        last_update: None,
+        info: gitlab::identity::runner_info(),
+    };
+    let err = client.request_job(&req(&old), None).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "the old token is dead");
+    match client.request_job(&req(&new), None).await.unwrap() {
+        gitlab::JobRequestOutcome::Job { job, .. } => assert_eq!(job.id, id),
+        other => panic!("expected the job, got {other:?}"),
+    }
+    let err = client.reset_token(&old).await.unwrap_err();
+    assert_eq!(err.status(), Some(403));
+    let request = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/api/v4/runners/reset_authentication_token")
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(body, serde_json::json!({"token": RUNNER_TOKEN}));
+}
+
+#[tokio::test]
 async fn artifacts_upload_download_and_413() {
     isolated_runner::install_crypto_provider();
     let fake = FakeGitlab::start().await;
