@@ -107,6 +107,8 @@ pub const RUNNER: Section = Section {
         "url",
         "token",
         "token_file",
+        "token_obtained_at",
+        "token_expires_at",
         "tls-ca-file",
         "clone_url",
         "executor",
@@ -131,8 +133,6 @@ pub const RUNNER: Section = Section {
     ],
     ignored: &[
         ("id", REGISTRATION),
-        ("token_obtained_at", REGISTRATION),
-        ("token_expires_at", REGISTRATION),
         (
             "tls-cert-file",
             "client certificates towards GitLab are not supported yet",

@@ -41,6 +41,11 @@ pub struct RunnerConfig {
     /// Where the token was read from, when it came from `token_file` instead of inline `token`
     /// (verbs that rewrite the config must not inline it).
     pub token_file: Option<PathBuf>,
+    /// `token_obtained_at`: when the token was issued (written by register and by rotation).
+    pub token_obtained_at: Option<std::time::SystemTime>,
+    /// `token_expires_at`: when GitLab stops taking the token; `runner run` resets the token
+    /// before then (gitlab-runner's rule: at three quarters of its lifetime).
+    pub token_expires_at: Option<std::time::SystemTime>,
     /// `tls-ca-file`: extra CA bundle (PEM) for GitLab's certificate.
     pub tls_ca_file: Option<PathBuf>,
     /// `clone_url`: where GitLab serves clones when that is not `url` (gitlab-runner's key).
@@ -288,6 +293,8 @@ impl Default for RunnerConfig {
             url: url::Url::parse("http://localhost/").expect("constant URL parses"),
             token: Secret::default(),
             token_file: None,
+            token_obtained_at: None,
+            token_expires_at: None,
             tls_ca_file: None,
             clone_url: None,
             limit: 0,

@@ -21,6 +21,7 @@ mod job;
 pub mod journal;
 mod recover;
 pub mod signals;
+mod token;
 
 pub use journal::Journal;
 pub use recover::CLOSING_LINE;
@@ -99,6 +100,8 @@ pub struct DaemonOptions {
     pub reap_at_start: bool,
     /// How often a running job's acknowledged trace offset is copied into the journal.
     pub journal_refresh: Duration,
+    /// The config file a reset runner token is written back to (`runner run` sets it).
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 impl Default for DaemonOptions {
@@ -115,6 +118,7 @@ impl Default for DaemonOptions {
             metrics: None,
             reap_at_start: false,
             journal_refresh: Duration::from_secs(3),
+            config_path: None,
         }
     }
 }
@@ -149,6 +153,10 @@ struct RunnerCtx {
     client: Client,
     system_id: String,
     short_token: String,
+    /// The runner token now: rotation replaces it.
+    token: Mutex<crate::secret::Secret>,
+    /// The token's lifetime, when it has one (then it is rotated).
+    validity: Mutex<Option<token::Validity>>,
     limit: Option<Arc<Semaphore>>,
     requests: Arc<Semaphore>,
     last_update: Mutex<Option<String>>,
@@ -273,6 +281,17 @@ pub async fn run_with(
             client,
             system_id: system_id.clone(),
             short_token: identity::short_token(r.token.expose()),
+            token: Mutex::new(r.token.clone()),
+            validity: Mutex::new(r.token_expires_at.map(|expires| {
+                token::Validity {
+                    // gitlab-runner counts from a zero time when this is missing (an immediate
+                    // reset); counting from now is the gentler reading of a hand-edited file.
+                    obtained: r
+                        .token_obtained_at
+                        .unwrap_or_else(std::time::SystemTime::now),
+                    expires,
+                }
+            })),
             limit: (r.limit > 0).then(|| Arc::new(Semaphore::new(r.limit))),
             requests: Arc::new(Semaphore::new(r.request_concurrency.max(1))),
             last_update: Mutex::new(None),
@@ -293,6 +312,11 @@ pub async fn run_with(
         shared
             .tracker
             .spawn(poll_loop(ctx.clone(), shared.clone(), offset));
+        if lock(&ctx.validity).is_some() {
+            shared
+                .tracker
+                .spawn(token::rotate(ctx.clone(), shared.clone()));
+        }
     }
     // Lost jobs are reported beside polling: a GitLab outage must not hold up the runner, and
     // shutdown waits for these reports like for jobs.
@@ -461,7 +485,7 @@ async fn request_and_run(
     request_slot: OwnedSemaphorePermit,
 ) {
     let req = JobRequest {
-        token: ctx.cfg.token.clone(),
+        token: lock(&ctx.token).clone(),
         system_id: ctx.system_id.clone(),
         last_update: lock(&ctx.last_update).clone(),
         info: shared.info.clone(),
