@@ -492,6 +492,16 @@ async fn request_and_run(
     };
     let started = std::time::Instant::now();
     let result = ctx.client.request_job(&req, Some(&shared.polling)).await;
+    if let Err(e) = &result
+        && matches!(e.status(), Some(401 | 403 | 422))
+        && lock(&ctx.token).expose() != req.token.expose()
+    {
+        // The token was reset while this request was out: the refusal is about the old one.
+        drop(request_slot);
+        drop(permits);
+        ctx.repoll.notify_one();
+        return;
+    }
     // Marked before the request slot is freed, so the poll loop's next gate check sees it.
     match &result {
         Err(e) if health::counts_as_unhealthy(e) => mark_health(&ctx, false),

@@ -646,6 +646,81 @@ async fn reset_token_replaces_the_runner_token() {
     assert_eq!(body, serde_json::json!({"token": RUNNER_TOKEN}));
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn expiring_runner_token_is_reset_used_and_saved() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let fake = FakeGitlab::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let text = format!(
+        "# the admin's comment\nconcurrent = 4\n\n[[runners]]\n  name = \"test-runner\" # why\n  \
+         url = \"{}\"\n  token = \"{RUNNER_TOKEN}\"\n  executor = \"docker\"\n",
+        fake.url()
+    );
+    tokio::fs::write(&path, &text).await.unwrap();
+    let now = std::time::SystemTime::now();
+    let exec = TestExecutor::new();
+    let run = start(
+        config(&fake, |c| {
+            // Three quarters of the lifetime passed already: reset at start.
+            c.runners[0].token_obtained_at = Some(now - Duration::from_secs(3600));
+            c.runners[0].token_expires_at = Some(now + Duration::from_secs(60));
+        }),
+        exec,
+        DaemonOptions {
+            config_path: Some(path.clone()),
+            ..options()
+        },
+    );
+    assert!(
+        wait_until(LONG, || !fake
+            .runner_tokens()
+            .contains(&RUNNER_TOKEN.to_string()))
+        .await,
+        "the token was not reset"
+    );
+    let new = fake.runner_tokens().pop().unwrap();
+    assert!(
+        wait_until(LONG, || std::fs::read_to_string(&path)
+            .unwrap()
+            .contains(&new))
+        .await,
+        "the new token was not saved"
+    );
+    let id = fake.enqueue(job_payload(121, &["echo with the new token"]));
+    assert_eq!(wait_final(&fake, id).await.state, "success");
+    run.stop(LONG).await;
+    let saved = std::fs::read_to_string(&path).unwrap();
+    assert!(saved.starts_with("# the admin's comment\n"), "{saved}");
+    assert!(saved.contains("name = \"test-runner\" # why"), "{saved}");
+    assert!(!saved.contains(RUNNER_TOKEN), "{saved}");
+    let loaded = isolated_runner::config::load_str(&saved, "config.toml").unwrap();
+    assert_eq!(loaded.config.runners[0].token.expose(), new);
+    assert!(loaded.config.runners[0].token_expires_at.is_some());
+    // Written to the second.
+    assert!(loaded.config.runners[0].token_obtained_at.unwrap() >= now - Duration::from_secs(1));
+    let job_requests: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/v4/jobs/request")
+        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["token"].to_string())
+        .collect();
+    assert!(
+        job_requests.last().unwrap().contains(&new),
+        "the last job request used the old token"
+    );
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("runner token reset"), "{logs}");
+    assert!(!logs.contains(&new), "new token leaked into logs");
+    assert!(!logs.contains(RUNNER_TOKEN), "old token leaked into logs");
+}
+
 #[tokio::test]
 async fn artifacts_upload_download_and_413() {
     isolated_runner::install_crypto_provider();
