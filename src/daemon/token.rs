@@ -109,7 +109,7 @@ pub(super) async fn rotate(ctx: Arc<RunnerCtx>, shared: Arc<Shared>) {
         )
         .await
         {
-            tracing::error!(runner = %ctx.cfg.name, error = %e, "the runner token was reset but could not be saved: register again after the runner stops");
+            tracing::error!(runner = %ctx.cfg.name, error = %e, "the runner token was reset but could not be saved: the file still holds the old token, which GitLab no longer takes; fix the file and restart before this runner stops, or register again");
         }
     }
 }
