@@ -59,6 +59,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         journal: Some(journal),
         metrics: Some(metrics),
         reap_at_start: true,
+        config_path: Some(config_path.to_path_buf()),
         ..daemon::DaemonOptions::default()
     };
     daemon::run_with(config, Arc::new(executor), signals, options).await?;

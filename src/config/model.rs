@@ -41,6 +41,11 @@ pub struct RunnerConfig {
     /// Where the token was read from, when it came from `token_file` instead of inline `token`
     /// (verbs that rewrite the config must not inline it).
     pub token_file: Option<PathBuf>,
+    /// `token_obtained_at`: when the token was issued (written by register and by rotation).
+    pub token_obtained_at: Option<std::time::SystemTime>,
+    /// `token_expires_at`: when GitLab stops taking the token; `runner run` resets the token
+    /// before then (gitlab-runner's rule: at three quarters of its lifetime).
+    pub token_expires_at: Option<std::time::SystemTime>,
     /// `tls-ca-file`: extra CA bundle (PEM) for GitLab's certificate.
     pub tls_ca_file: Option<PathBuf>,
     /// `clone_url`: where GitLab serves clones when that is not `url` (gitlab-runner's key).
@@ -50,6 +55,12 @@ pub struct RunnerConfig {
     pub limit: usize,
     /// Concurrent `jobs/request` calls for this entry.
     pub request_concurrency: usize,
+    /// `unhealthy_requests_limit`: consecutive failed job requests (token refused, no answer)
+    /// after which this entry stops asking GitLab for jobs (gitlab-runner's default: 3).
+    pub unhealthy_requests_limit: u32,
+    /// `unhealthy_interval`: how long an unhealthy entry stops asking, counted from its last
+    /// healthy answer as gitlab-runner does (default: 1 hour).
+    pub unhealthy_interval: Duration,
     /// Root of the per-job directories (`<builds_dir>/gitlab-job-<id>`).
     pub builds_dir: PathBuf,
     /// Root of local cache archives.
@@ -282,10 +293,14 @@ impl Default for RunnerConfig {
             url: url::Url::parse("http://localhost/").expect("constant URL parses"),
             token: Secret::default(),
             token_file: None,
+            token_obtained_at: None,
+            token_expires_at: None,
             tls_ca_file: None,
             clone_url: None,
             limit: 0,
             request_concurrency: 1,
+            unhealthy_requests_limit: DEFAULT_UNHEALTHY_REQUESTS_LIMIT,
+            unhealthy_interval: DEFAULT_UNHEALTHY_INTERVAL,
             builds_dir: PathBuf::from("/builds"),
             cache_dir: PathBuf::from("/cache"),
             environment: Vec::new(),
@@ -303,6 +318,11 @@ impl Default for RunnerConfig {
 
 /// Services a job may ask for unless `services_limit` says otherwise.
 pub const DEFAULT_SERVICES_LIMIT: usize = 8;
+
+/// gitlab-runner's `DefaultUnhealthyRequestsLimit`.
+pub const DEFAULT_UNHEALTHY_REQUESTS_LIMIT: u32 = 3;
+/// gitlab-runner's `DefaultUnhealthyInterval`.
+pub const DEFAULT_UNHEALTHY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// gitlab-runner's default `wait_for_services_timeout`.
 pub const DEFAULT_WAIT_FOR_SERVICES: std::time::Duration = std::time::Duration::from_secs(30);

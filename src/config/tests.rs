@@ -808,3 +808,66 @@ fn registry_ca_files_name_hosts_and_certificates() {
     find(&e, "holds no PEM certificate");
     assert!(e.len() >= 3, "{e:?}");
 }
+
+#[test]
+fn unhealthy_keys_are_read_with_gitlab_runner_defaults() {
+    let c = load_str(&runner("", ""), "config.toml").unwrap().config;
+    assert_eq!(c.runners[0].unhealthy_requests_limit, 3);
+    assert_eq!(c.runners[0].unhealthy_interval, Duration::from_secs(3600));
+    let l = load_str(
+        &runner(
+            "unhealthy_requests_limit = 5\nunhealthy_interval = \"1h30m0s\"",
+            "",
+        ),
+        "config.toml",
+    )
+    .unwrap();
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert_eq!(l.config.runners[0].unhealthy_requests_limit, 5);
+    assert_eq!(
+        l.config.runners[0].unhealthy_interval,
+        Duration::from_secs(5400)
+    );
+    // gitlab-runner takes a limit below 1 as its default.
+    let c = load_str(&runner("unhealthy_requests_limit = 0", ""), "config.toml")
+        .unwrap()
+        .config;
+    assert_eq!(c.runners[0].unhealthy_requests_limit, 3);
+    let e = errors(&runner("unhealthy_interval = 3600", ""));
+    assert_eq!(find(&e, "unhealthy_interval").line, 7);
+}
+
+#[test]
+fn token_times_are_read_as_toml_datetimes_or_strings() {
+    let c = load_str(
+        &runner(
+            "token_obtained_at = 2025-01-01T00:00:00Z\ntoken_expires_at = \"2025-01-31T00:00:00.000Z\"",
+            "",
+        ),
+        "config.toml",
+    )
+    .unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let r = &c.config.runners[0];
+    let obtained = r.token_obtained_at.unwrap();
+    assert_eq!(
+        r.token_expires_at
+            .unwrap()
+            .duration_since(obtained)
+            .unwrap(),
+        Duration::from_secs(30 * 86400)
+    );
+    // Go's zero time, as gitlab-runner writes for a token that does not expire.
+    let c = load_str(
+        &runner("token_expires_at = 0001-01-01T00:00:00Z", ""),
+        "config.toml",
+    )
+    .unwrap();
+    assert_eq!(c.config.runners[0].token_expires_at, None);
+    let w = warnings(&runner("token_expires_at = \"soon\"", ""));
+    assert!(
+        find(&w, "token_expires_at")
+            .message
+            .contains("not be rotated")
+    );
+}

@@ -16,10 +16,12 @@
 //!   reported failed, and the label reaper sweeps this runner id (`docs/crash-recovery.md`).
 //! - with `listen_address`, `/metrics`, `/health` and `/ready` are served (`docs/metrics.md`).
 
+mod health;
 mod job;
 pub mod journal;
 mod recover;
 pub mod signals;
+mod token;
 
 pub use journal::Journal;
 pub use recover::CLOSING_LINE;
@@ -98,6 +100,8 @@ pub struct DaemonOptions {
     pub reap_at_start: bool,
     /// How often a running job's acknowledged trace offset is copied into the journal.
     pub journal_refresh: Duration,
+    /// The config file a reset runner token is written back to (`runner run` sets it).
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 impl Default for DaemonOptions {
@@ -114,6 +118,7 @@ impl Default for DaemonOptions {
             metrics: None,
             reap_at_start: false,
             journal_refresh: Duration::from_secs(3),
+            config_path: None,
         }
     }
 }
@@ -148,6 +153,10 @@ struct RunnerCtx {
     client: Client,
     system_id: String,
     short_token: String,
+    /// The runner token now: rotation replaces it.
+    token: Mutex<crate::secret::Secret>,
+    /// The token's lifetime, when it has one (then it is rotated).
+    validity: Mutex<Option<token::Validity>>,
     limit: Option<Arc<Semaphore>>,
     requests: Arc<Semaphore>,
     last_update: Mutex<Option<String>>,
@@ -155,6 +164,7 @@ struct RunnerCtx {
     interval: Duration,
     token_rejected: AtomicBool,
     failures: AtomicU32,
+    health: health::Health,
     backoff_until: Mutex<Option<Instant>>,
     metrics: Option<RunnerMetrics>,
 }
@@ -263,6 +273,7 @@ pub async fn run_with(
                 system_id.clone(),
             ));
             rm.set_limit(r.limit);
+            rm.set_unhealthy(false);
             rm
         });
         ctxs.push(Arc::new(RunnerCtx {
@@ -270,6 +281,17 @@ pub async fn run_with(
             client,
             system_id: system_id.clone(),
             short_token: identity::short_token(r.token.expose()),
+            token: Mutex::new(r.token.clone()),
+            validity: Mutex::new(r.token_expires_at.map(|expires| {
+                token::Validity {
+                    // gitlab-runner counts from a zero time when this is missing (an immediate
+                    // reset); counting from now is the gentler reading of a hand-edited file.
+                    obtained: r
+                        .token_obtained_at
+                        .unwrap_or_else(std::time::SystemTime::now),
+                    expires,
+                }
+            })),
             limit: (r.limit > 0).then(|| Arc::new(Semaphore::new(r.limit))),
             requests: Arc::new(Semaphore::new(r.request_concurrency.max(1))),
             last_update: Mutex::new(None),
@@ -277,6 +299,7 @@ pub async fn run_with(
             interval: check_interval,
             token_rejected: AtomicBool::new(false),
             failures: AtomicU32::new(0),
+            health: health::Health::new(r.unhealthy_requests_limit, r.unhealthy_interval),
             backoff_until: Mutex::new(None),
             metrics: runner_metrics,
         }));
@@ -289,6 +312,11 @@ pub async fn run_with(
         shared
             .tracker
             .spawn(poll_loop(ctx.clone(), shared.clone(), offset));
+        if lock(&ctx.validity).is_some() {
+            shared
+                .tracker
+                .spawn(token::rotate(ctx.clone(), shared.clone()));
+        }
     }
     // Lost jobs are reported beside polling: a GitLab outage must not hold up the runner, and
     // shutdown waits for these reports like for jobs.
@@ -401,6 +429,24 @@ async fn poll_loop(ctx: Arc<RunnerCtx>, shared: Arc<Shared>, offset: Duration) {
             next = until;
             continue;
         }
+        match ctx.health.gate(Instant::now()) {
+            health::Gate::Open => {}
+            health::Gate::ClosedUntil(until) => {
+                next = until;
+                continue;
+            }
+            health::Gate::Forced { failures } => {
+                // gitlab-runner's wording and fields, so existing log alerts still match.
+                tracing::warn!(
+                    runner = %ctx.cfg.name,
+                    token = %ctx.short_token,
+                    unhealthy_requests = failures,
+                    unhealthy_requests_limit = ctx.health.limit(),
+                    unhealthy_interval = ?ctx.health.interval(),
+                    "runner is not healthy, but a check for a new job is forced"
+                );
+            }
+        }
         let Ok(request_slot) = ctx.requests.clone().try_acquire_owned() else {
             continue;
         };
@@ -439,13 +485,29 @@ async fn request_and_run(
     request_slot: OwnedSemaphorePermit,
 ) {
     let req = JobRequest {
-        token: ctx.cfg.token.clone(),
+        token: lock(&ctx.token).clone(),
         system_id: ctx.system_id.clone(),
         last_update: lock(&ctx.last_update).clone(),
         info: shared.info.clone(),
     };
     let started = std::time::Instant::now();
     let result = ctx.client.request_job(&req, Some(&shared.polling)).await;
+    if let Err(e) = &result
+        && matches!(e.status(), Some(401 | 403 | 422))
+        && lock(&ctx.token).expose() != req.token.expose()
+    {
+        // The token was reset while this request was out: the refusal is about the old one.
+        drop(request_slot);
+        drop(permits);
+        ctx.repoll.notify_one();
+        return;
+    }
+    // Marked before the request slot is freed, so the poll loop's next gate check sees it.
+    match &result {
+        Err(e) if health::counts_as_unhealthy(e) => mark_health(&ctx, false),
+        Err(gitlab::Error::Cancelled { .. }) => {}
+        _ => mark_health(&ctx, true),
+    }
     drop(request_slot);
     if let Some(m) = &ctx.metrics {
         let status = match &result {
@@ -518,6 +580,33 @@ async fn request_and_run(
         }
     }
     drop(permits);
+}
+
+/// Feeds one request's outcome to the entry's health gate and logs a change of state.
+fn mark_health(ctx: &RunnerCtx, healthy: bool) {
+    match ctx.health.mark(healthy, Instant::now()) {
+        health::Change::None => {}
+        health::Change::BecameUnhealthy { failures } => {
+            tracing::error!(
+                runner = %ctx.cfg.name,
+                token = %ctx.short_token,
+                unhealthy_requests = failures,
+                unhealthy_requests_limit = ctx.health.limit(),
+                unhealthy_interval = ?ctx.health.interval(),
+                "runner is unhealthy: no job requests for unhealthy_interval (counted from its \
+                 last healthy answer)"
+            );
+            if let Some(m) = &ctx.metrics {
+                m.set_unhealthy(true);
+            }
+        }
+        health::Change::Recovered => {
+            tracing::info!(runner = %ctx.cfg.name, token = %ctx.short_token, "runner is healthy again");
+            if let Some(m) = &ctx.metrics {
+                m.set_unhealthy(false);
+            }
+        }
+    }
 }
 
 fn healthy(ctx: &RunnerCtx) {

@@ -571,6 +571,33 @@ impl Client {
         }
     }
 
+    /// `POST /runners/reset_authentication_token`: GitLab replaces `token` with a new one (201
+    /// with `token` and `token_expires_at`); the old token stops working at once. gitlab-runner
+    /// calls this when three quarters of the token's lifetime have passed.
+    pub async fn reset_token(&self, token: &Secret) -> Result<VerifyResponse, Error> {
+        let body = json!({"token": token.expose()});
+        let (endpoint, resp) = self
+            .post_json(
+                "runners/reset_authentication_token",
+                body,
+                self.options.request_timeout,
+                None,
+                Some(token),
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(Self::error_for(&endpoint, resp).await);
+        }
+        let answer = Self::parse_verify(&endpoint, resp).await?;
+        if answer.token.is_none() {
+            return Err(Error::Decode {
+                endpoint,
+                reason: "no token in the answer".into(),
+            });
+        }
+        Ok(answer)
+    }
+
     /// `POST /runners`: legacy registration with a registration token.
     pub async fn register(&self, req: &RegisterRequest) -> Result<VerifyResponse, Error> {
         let mut body = json!({

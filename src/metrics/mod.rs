@@ -130,6 +130,7 @@ pub struct Metrics {
     teardown: Histogram,
     stage: Histogram,
     leftovers: Family,
+    unhealthy: Family,
 }
 
 impl Default for Metrics {
@@ -241,6 +242,11 @@ impl Metrics {
                 "Objects the reaper found left behind by dead or old jobs, by kind.",
                 &["kind"],
             ),
+            unhealthy: Family::gauge(
+                "isolated_runner_unhealthy",
+                "1 while this runner entry is unhealthy and asks for no jobs (unhealthy_requests_limit failed requests in a row; for unhealthy_interval).",
+                RUNNER,
+            ),
         };
         m.errors_total.add(&["warning"], 0.0);
         m.errors_total.add(&["error"], 0.0);
@@ -325,6 +331,7 @@ impl Metrics {
             &self.ir_jobs_total,
             &self.sidecar_starts,
             &self.leftovers,
+            &self.unhealthy,
         ] {
             f.render(&mut out);
         }
@@ -398,6 +405,14 @@ impl RunnerMetrics {
         self.metrics
             .api_duration
             .observe(&[r, s, endpoint, &class], took.as_secs_f64());
+    }
+
+    /// `isolated_runner_unhealthy` of this entry.
+    pub fn set_unhealthy(&self, unhealthy: bool) {
+        let [r, n, s] = self.ids();
+        self.metrics
+            .unhealthy
+            .set(&[r, n, s], if unhealthy { 1.0 } else { 0.0 });
     }
 
     /// `gitlab_runner_limit` of this entry.

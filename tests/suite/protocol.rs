@@ -4,6 +4,8 @@ use crate::support;
 
 // The CLI verbs and real signals, through the built binary.
 mod binary;
+// Runner health (unhealthy_requests_limit) and token rotation.
+mod health;
 
 use isolated_runner::config::{Config, RunnerConfig};
 use isolated_runner::daemon::{DaemonOptions, ShutdownSignal};

@@ -85,6 +85,25 @@ impl Loader {
                         r.request_concurrency = (n as usize).max(1);
                     }
                 }
+                "token_obtained_at" => r.token_obtained_at = self.timestamp(&at, item),
+                "token_expires_at" => r.token_expires_at = self.timestamp(&at, item),
+                "unhealthy_requests_limit" => {
+                    // gitlab-runner takes anything below 1 as its default.
+                    if let Some(n) = self.integer(&at, item, i64::MIN, 1_000_000) {
+                        r.unhealthy_requests_limit = if n < 1 {
+                            DEFAULT_UNHEALTHY_REQUESTS_LIMIT
+                        } else {
+                            n as u32
+                        };
+                    }
+                }
+                "unhealthy_interval" => {
+                    // A Go duration string in gitlab-runner ("1h0m0s"); a bare integer would be
+                    // nanoseconds there, so only strings are taken.
+                    if let Some(d) = self.duration(&at, item, false) {
+                        r.unhealthy_interval = d;
+                    }
+                }
                 "builds_dir" => {
                     if let Some(p) = self.abs_path(&at, item) {
                         r.builds_dir = p;
@@ -222,6 +241,36 @@ impl Loader {
         }
         self.runner_checks(&r, &facts);
         ok.then_some(r)
+    }
+
+    /// An RFC 3339 time, written as a TOML datetime (gitlab-runner) or a string (`runner
+    /// register`). Go's zero time (`0001-01-01T00:00:00Z`) means "not set", as there.
+    pub(super) fn timestamp(&mut self, at: &At, item: &Item) -> Option<std::time::SystemTime> {
+        let text = match (item.as_datetime(), item.as_str()) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(s)) => s.trim().to_string(),
+            (None, None) => {
+                self.type_error(at, "an RFC 3339 time like 2025-01-31T12:00:00Z", item);
+                return None;
+            }
+        };
+        if text.is_empty() || text.starts_with("0001-01-01") {
+            return None;
+        }
+        match humantime::parse_rfc3339_weak(&text) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // A warning: a time this reader cannot take (an offset other than Z) must not
+                // stop a gitlab-runner config from loading; it only turns rotation off.
+                self.warn(
+                    at,
+                    format!(
+                        "{text:?} is not an RFC 3339 UTC time ({e}); the token will not be rotated"
+                    ),
+                );
+                None
+            }
+        }
     }
 
     /// Reads a token file (relative paths are relative to the config file's directory).

@@ -147,6 +147,25 @@ pub(super) async fn verify_runner(State(s): State<Shared>, body: Bytes) -> Respo
         .into_response()
 }
 
+/// `POST /runners/reset_authentication_token`: GitLab's answer is 201 with the new token and
+/// its expiry; the old token stops working at once.
+pub(super) async fn reset_runner_token(State(s): State<Shared>, body: Bytes) -> Response {
+    let v = parse_json(&body).unwrap_or(Value::Null);
+    let old = v["token"].as_str().unwrap_or_default().to_string();
+    let mut st = lock(&s);
+    let Some(id) = st.runner_tokens.remove(&old) else {
+        return error(StatusCode::FORBIDDEN, "403 Forbidden");
+    };
+    st.next_runner_id += 1;
+    let token = format!("glrt-reset{id:04}x{:08}", st.next_runner_id);
+    st.runner_tokens.insert(token.clone(), id);
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({"token": token, "token_expires_at": "2030-01-01T00:00:00.000Z"})),
+    )
+        .into_response()
+}
+
 pub(super) async fn register_runner(State(s): State<Shared>, body: Bytes) -> Response {
     let v = parse_json(&body).unwrap_or(Value::Null);
     let mut st = lock(&s);

@@ -22,7 +22,7 @@ mod git;
 
 use api::{
     delete_manager, delete_runner, download_artifacts, observe, patch_trace, register_runner,
-    request_job, update_job, upload_artifacts, verify_runner,
+    request_job, reset_runner_token, update_job, upload_artifacts, verify_runner,
 };
 use axum::Router;
 use axum::body::Bytes;
@@ -338,6 +338,10 @@ impl FakeGitlab {
                 post(register_runner).delete(delete_runner),
             )
             .route("/api/v4/runners/managers", delete(delete_manager))
+            .route(
+                "/api/v4/runners/reset_authentication_token",
+                post(reset_runner_token),
+            )
             .route("/api/v4/jobs/request", post(request_job))
             .route("/api/v4/jobs/{id}", put(update_job))
             .route("/api/v4/jobs/{id}/trace", patch(patch_trace))
