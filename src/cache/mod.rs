@@ -19,11 +19,13 @@
 //!   or `when` is an error, because gitlab-runner fails the stage for those.
 
 mod archive;
+mod files_key;
 mod key;
 mod prune;
 pub mod remote;
 mod shared;
 
+pub use files_key::{KeyFilesError, files_key};
 pub use key::{ARCHIVE_SUFFIX, archive_path, project_dir, sanitize_key};
 pub use prune::{PruneReport, prune, prune_at};
 

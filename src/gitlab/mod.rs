@@ -15,6 +15,7 @@
 pub mod artifacts;
 pub mod client;
 pub mod identity;
+pub mod local_ci;
 pub mod trace;
 pub mod types;
 

@@ -1,4 +1,4 @@
-//! Unit tests of `local.rs`.
+//! Unit tests of `local_ci.rs`.
 use super::*;
 
 const CI: &str = r#"

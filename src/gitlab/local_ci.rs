@@ -4,7 +4,7 @@
 //! Only what a single job needs is read; keywords that decide *whether* or *with what* a job runs
 //! in a pipeline (`rules`, `needs`, `include`, …) are named in warnings, never silently dropped.
 
-use crate::gitlab::types::{
+use super::types::{
     Artifact, Cache, GitInfo, GitlabFeatures, Hook, Image, JobInfo, JobResponse, JobVariable,
     RunnerInfo, Step,
 };
@@ -428,7 +428,7 @@ fn cache_from(
 }
 
 /// `key: {files: [...], prefix: ...}` computed like GitLab would before sending the job (see
-/// [`super::cache_hook::files_key`]).
+/// [`crate::cache::files_key`]).
 fn files_key_of(
     k: &serde_yaml::Mapping,
     checkout: Option<&std::path::Path>,
@@ -443,7 +443,7 @@ fn files_key_of(
             None => "default".into(),
         };
     };
-    match super::cache_hook::files_key(root, &files, prefix.as_deref()) {
+    match crate::cache::files_key(root, &files, prefix.as_deref()) {
         Ok(key) => key,
         Err(e) => {
             warnings.push(format!("cache `key: {{files: …}}`: {e}; using `default`"));
@@ -790,5 +790,5 @@ impl LocalCi {
 }
 
 #[cfg(test)]
-#[path = "local_tests.rs"]
+#[path = "local_ci_tests.rs"]
 mod tests;
