@@ -13,37 +13,14 @@ use isolated_runner::isolation::{
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::docker::{BUSYBOX_IMAGE, Collect, JOB_IMAGE, Scope};
+// The build-script runner shared by docker_backend and rootless (support/docker.rs).
+use support::docker::{expect_project_script_ok as expect_ok, run_project_script as run};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(120);
 
 fn dind(scope: &Scope, tweak: impl FnOnce(&mut RunnerConfig)) -> Arc<dyn Isolation> {
     scope.dind(scope.config(tweak))
-}
-
-async fn run(env: &dyn JobEnvironment, script: &str) -> (Result<i32, Error>, String) {
-    let out = Collect::new();
-    let r = env
-        .run_script(
-            ScriptRequest {
-                role: Role::Build,
-                script: format!("set -eo pipefail\n{script}\n"),
-                env: vec![(
-                    "CI_PROJECT_DIR".into(),
-                    env.paths().project_dir.display().to_string(),
-                )],
-            },
-            out.clone(),
-            CancellationToken::new(),
-        )
-        .await;
-    (r, out.text())
-}
-
-async fn expect_ok(env: &dyn JobEnvironment, script: &str) -> String {
-    let (r, text) = run(env, script).await;
-    assert_eq!(r.ok(), Some(0), "script failed:\n{script}\noutput:\n{text}");
-    text
 }
 
 async fn prepare(

@@ -12,10 +12,12 @@ use crate::support;
 use isolated_runner::config::{RunnerConfig, SidecarProfile};
 use isolated_runner::docker::{ContainerSpec, LABEL_JOB, LABEL_MANAGED, LABEL_ROLE, LABEL_RUNNER};
 use isolated_runner::isolation::{
-    self, ContainerImage, EnvironmentSpec, Error, Isolation, JobEnvironment, Role, ScriptRequest,
+    self, ContainerImage, EnvironmentSpec, Isolation, JobEnvironment,
 };
 use std::sync::Arc;
 use support::docker::{BUSYBOX_IMAGE, Collect, DIND_IMAGE, Scope};
+// The build-script runner shared by docker_backend and rootless (support/docker.rs).
+use support::docker::expect_project_script_ok as expect_ok;
 use tokio_util::sync::CancellationToken;
 
 fn rootless(scope: &Scope, tweak: impl FnOnce(&mut RunnerConfig)) -> Arc<dyn Isolation> {
@@ -38,31 +40,6 @@ async fn prepare(backend: &Arc<dyn Isolation>, spec: &EnvironmentSpec) -> Box<dy
         .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
     eprintln!("job {} prepared: {}", spec.job_id, out.text().trim());
     env
-}
-
-async fn run(env: &dyn JobEnvironment, script: &str) -> (Result<i32, Error>, String) {
-    let out = Collect::new();
-    let r = env
-        .run_script(
-            ScriptRequest {
-                role: Role::Build,
-                script: format!("set -eo pipefail\n{script}\n"),
-                env: vec![(
-                    "CI_PROJECT_DIR".into(),
-                    env.paths().project_dir.display().to_string(),
-                )],
-            },
-            out.clone(),
-            CancellationToken::new(),
-        )
-        .await;
-    (r, out.text())
-}
-
-async fn expect_ok(env: &dyn JobEnvironment, script: &str) -> String {
-    let (r, text) = run(env, script).await;
-    assert_eq!(r.ok(), Some(0), "script failed:\n{script}\noutput:\n{text}");
-    text
 }
 
 async fn teardown(scope: &Scope, env: Box<dyn JobEnvironment>) {

@@ -4,7 +4,10 @@
 
 use isolated_runner::config::RunnerConfig;
 use isolated_runner::docker::Docker;
-use isolated_runner::isolation::{ContainerImage, EnvironmentSpec, Isolation, OutputSink};
+use isolated_runner::isolation::{
+    ContainerImage, EnvironmentSpec, Error, Isolation, JobEnvironment, OutputSink, Role,
+    ScriptRequest,
+};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -297,4 +300,35 @@ impl OutputSink for Collect {
         self.buf.lock().expect("sink lock").extend_from_slice(data);
         self.notify.notify_waiters();
     }
+}
+
+/// Runs `script` as a build script under `set -eo pipefail`, with `CI_PROJECT_DIR` set, in the
+/// job container; returns the result and the output.
+pub async fn run_project_script(
+    env: &dyn JobEnvironment,
+    script: &str,
+) -> (Result<i32, Error>, String) {
+    let out = Collect::new();
+    let r = env
+        .run_script(
+            ScriptRequest {
+                role: Role::Build,
+                script: format!("set -eo pipefail\n{script}\n"),
+                env: vec![(
+                    "CI_PROJECT_DIR".into(),
+                    env.paths().project_dir.display().to_string(),
+                )],
+            },
+            out.clone(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+    (r, out.text())
+}
+
+/// [`run_project_script`] that must exit 0; returns its output.
+pub async fn expect_project_script_ok(env: &dyn JobEnvironment, script: &str) -> String {
+    let (r, text) = run_project_script(env, script).await;
+    assert_eq!(r.ok(), Some(0), "script failed:\n{script}\noutput:\n{text}");
+    text
 }
