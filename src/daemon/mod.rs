@@ -312,11 +312,10 @@ pub async fn run_with(
         shared
             .tracker
             .spawn(poll_loop(ctx.clone(), shared.clone(), offset));
-        if lock(&ctx.validity).is_some() {
-            shared
-                .tracker
-                .spawn(token::rotate(ctx.clone(), shared.clone()));
-        }
+        // Also without a known expiry: rotate() first asks GitLab for it (glrt- tokens).
+        shared
+            .tracker
+            .spawn(token::rotate(ctx.clone(), shared.clone()));
     }
     // Lost jobs are reported beside polling: a GitLab outage must not hold up the runner, and
     // shutdown waits for these reports like for jobs.

@@ -3,6 +3,11 @@
 //! the new token is used for every later request and written back to the config file (or the
 //! entry's `token_file`), with `token_obtained_at` and `token_expires_at`, keeping the file's
 //! comments and other keys. The token itself is never logged.
+//!
+//! A runner authentication token (`glrt-`) whose expiry the config does not hold is verified
+//! once at start (`POST /runners/verify`, whose answer carries `token_expires_at`, as
+//! gitlab-runner's `verify` records it): an expiring token is then rotated like one whose expiry
+//! was in the file, and the expiry is written to the config so the next start knows it.
 
 use super::{RunnerCtx, Shared, lock};
 use crate::gitlab::identity;
@@ -54,8 +59,76 @@ pub(super) enum PersistError {
     },
 }
 
-/// Runs until polling stops: sleeps until the reset time, resets, persists, repeats.
+/// The prefix of runner authentication tokens (GitLab 16+), the only ones that can expire
+/// and be reset.
+const AUTH_TOKEN_PREFIX: &str = "glrt-";
+
+/// Parses GitLab's `token_expires_at`; GitLab's zero time and `null` mean "never".
+fn parse_expiry(value: Option<&str>) -> Option<SystemTime> {
+    value
+        .filter(|t| !t.starts_with("0001-01-01"))
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+}
+
+/// At start: asks GitLab when a `glrt-` token without a known expiry expires, records the
+/// answer in `ctx.validity` (and in the config file). A failed verify is logged and leaves
+/// the token as it was: polling shows soon enough whether GitLab takes it.
+async fn learn_expiry(ctx: &RunnerCtx, shared: &Shared) {
+    let token = lock(&ctx.token).clone();
+    if !token.expose().starts_with(AUTH_TOKEN_PREFIX) {
+        return;
+    }
+    let answer = tokio::select! {
+        _ = shared.polling.cancelled() => return,
+        a = ctx.client.verify(&token, &ctx.system_id, &shared.info) => a,
+    };
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(runner = %ctx.cfg.name, token = %ctx.short_token, error = %e, "cannot verify the runner token to learn its expiry; it is not rotated until the next start");
+            return;
+        }
+    };
+    let Some(expires) = parse_expiry(answer.token_expires_at.as_deref()) else {
+        tracing::debug!(runner = %ctx.cfg.name, token = %ctx.short_token, "the runner token does not expire");
+        return;
+    };
+    // A token whose issue time is unknown counts from now: the reset comes at 3/4 of what is
+    // left, never at once for a token that may have just been issued.
+    let obtained = ctx.cfg.token_obtained_at.unwrap_or_else(SystemTime::now);
+    {
+        let mut v = lock(&ctx.validity);
+        if v.is_some() {
+            return;
+        }
+        *v = Some(Validity { obtained, expires });
+    }
+    let expires_text = answer.token_expires_at.unwrap_or_default();
+    tracing::info!(runner = %ctx.cfg.name, token = %ctx.short_token, expires_at = %expires_text, "runner token expiry learnt from GitLab");
+    let Some(path) = &shared.options.config_path else {
+        return;
+    };
+    let obtained_text = humantime::format_rfc3339_seconds(obtained).to_string();
+    if let Err(e) = persist(
+        path,
+        &token,
+        ctx.cfg.token_file.as_deref(),
+        &token,
+        &obtained_text,
+        Some(&expires_text),
+    )
+    .await
+    {
+        tracing::warn!(runner = %ctx.cfg.name, error = %e, "cannot write the runner token's expiry to the config; it is verified again at the next start");
+    }
+}
+
+/// Runs until polling stops: learns the token's expiry when the config has none, then sleeps
+/// until the reset time, resets, persists, repeats.
 pub(super) async fn rotate(ctx: Arc<RunnerCtx>, shared: Arc<Shared>) {
+    if lock(&ctx.validity).is_none() {
+        learn_expiry(&ctx, &shared).await;
+    }
     loop {
         let Some(validity) = *lock(&ctx.validity) else {
             return;
@@ -80,11 +153,7 @@ pub(super) async fn rotate(ctx: Arc<RunnerCtx>, shared: Arc<Shared>) {
         // reset_token refuses an answer without a token.
         let Some(new) = answer.token else { return };
         let obtained = SystemTime::now();
-        let expires = answer
-            .token_expires_at
-            .as_deref()
-            .filter(|t| !t.starts_with("0001-01-01"))
-            .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+        let expires = parse_expiry(answer.token_expires_at.as_deref());
         // From here GitLab only takes the new token: switch first, then write it down.
         *lock(&ctx.token) = new.clone();
         *lock(&ctx.validity) = expires.map(|expires| Validity { obtained, expires });

@@ -195,3 +195,101 @@ async fn expiring_runner_token_is_reset_used_and_saved() {
     assert!(!logs.contains(&new), "new token leaked into logs");
     assert!(!logs.contains(RUNNER_TOKEN), "old token leaked into logs");
 }
+
+/// A `glrt-` token whose expiry the config does not hold: at start the runner asks GitLab
+/// (`runners/verify` answers `token_expires_at`), writes the expiry to the config, and resets
+/// the token at three quarters of the time left, before it expires.
+#[tokio::test(flavor = "current_thread")]
+async fn token_expiry_is_verified_at_start_recorded_and_rotated() {
+    let fake = FakeGitlab::start().await;
+    let now = std::time::SystemTime::now();
+    // Reset due at 3/4 of 8 s: long enough to see the expiry written first.
+    let expires = humantime::format_rfc3339_millis(now + Duration::from_secs(8)).to_string();
+    fake.set_verify_expires_at(Some(&expires));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let text = format!(
+        "concurrent = 1\n\n[[runners]]\n  name = \"test-runner\"\n  url = \"{}\"\n  \
+         token = \"{RUNNER_TOKEN}\"\n  executor = \"docker\"\n",
+        fake.url()
+    );
+    tokio::fs::write(&path, &text).await.unwrap();
+    let run = start(
+        config(&fake, |_| {}),
+        TestExecutor::new(),
+        DaemonOptions {
+            config_path: Some(path.clone()),
+            ..options()
+        },
+    );
+    assert!(
+        wait_until(LONG, || std::fs::read_to_string(&path)
+            .unwrap()
+            .contains(&expires))
+        .await,
+        "the expiry GitLab gave was not recorded:\n{}",
+        std::fs::read_to_string(&path).unwrap()
+    );
+    let saved = std::fs::read_to_string(&path).unwrap();
+    assert!(saved.contains(RUNNER_TOKEN), "reset too early:\n{saved}");
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r.path == "/api/v4/runners/verify"),
+        "no verify at start"
+    );
+    assert!(
+        wait_until(LONG, || !fake
+            .runner_tokens()
+            .contains(&RUNNER_TOKEN.to_string()))
+        .await,
+        "the token was not reset before it expired"
+    );
+    assert!(
+        std::time::SystemTime::now() < now + Duration::from_secs(8) + Duration::from_secs(2),
+        "reset only after the expiry"
+    );
+    let new = fake.runner_tokens().pop().unwrap();
+    assert!(
+        wait_until(LONG, || std::fs::read_to_string(&path)
+            .unwrap()
+            .contains(&new))
+        .await,
+        "the new token was not saved"
+    );
+    run.stop(LONG).await;
+}
+
+/// A token GitLab says never expires is left alone: verified once, never reset, the file
+/// untouched.
+#[tokio::test(flavor = "current_thread")]
+async fn token_without_expiry_is_verified_once_and_kept() {
+    let fake = FakeGitlab::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let text = format!(
+        "[[runners]]\n  name = \"test-runner\"\n  url = \"{}\"\n  token = \"{RUNNER_TOKEN}\"\n",
+        fake.url()
+    );
+    tokio::fs::write(&path, &text).await.unwrap();
+    let exec = TestExecutor::new();
+    let run = start(
+        config(&fake, |_| {}),
+        exec,
+        DaemonOptions {
+            config_path: Some(path.clone()),
+            ..options()
+        },
+    );
+    let id = fake.enqueue(job_payload(131, &["echo ok"]));
+    assert_eq!(wait_final(&fake, id).await.state, "success");
+    run.stop(LONG).await;
+    let verifies = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/v4/runners/verify")
+        .count();
+    assert_eq!(verifies, 1);
+    assert!(fake.runner_tokens().contains(&RUNNER_TOKEN.to_string()));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+}

@@ -142,7 +142,7 @@ pub(super) async fn verify_runner(State(s): State<Shared>, body: Bytes) -> Respo
     }
     (
         StatusCode::OK,
-        axum::Json(json!({"id": id, "token": token, "token_expires_at": null})),
+        axum::Json(json!({"id": id, "token": token, "token_expires_at": st.verify_expires_at})),
     )
         .into_response()
 }

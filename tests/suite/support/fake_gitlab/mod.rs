@@ -179,6 +179,8 @@ struct FakeJob {
 #[derive(Default)]
 struct Inner {
     runner_tokens: HashMap<String, u64>,
+    /// `token_expires_at` that `runners/verify` answers (`null` when `None`).
+    verify_expires_at: Option<String>,
     registration_tokens: HashSet<String>,
     managers: HashSet<(String, String)>,
     next_runner_id: u64,
@@ -397,6 +399,11 @@ impl FakeGitlab {
     /// `(token, system_id)` pairs seen by verify and not removed.
     pub fn managers(&self) -> Vec<(String, String)> {
         lock(&self.state).managers.iter().cloned().collect()
+    }
+
+    /// The `token_expires_at` that `runners/verify` answers from now on (`None`: `null`).
+    pub fn set_verify_expires_at(&self, at: Option<&str>) {
+        lock(&self.state).verify_expires_at = at.map(str::to_string);
     }
 
     /// `X-GitLab-Trace-Update-Interval` to send on trace/update answers.
