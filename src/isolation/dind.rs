@@ -25,7 +25,7 @@ use crate::config::{IsolationMode, RunnerConfig};
 use crate::docker::{Docker, MountSpec};
 use crate::paths::{HostPathMap, JobId};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -236,6 +236,9 @@ impl Core {
             None => (env.state.naming.name("docker"), HashMap::new()),
         };
         let images = job_images(spec);
+        // GIT_CLONE_PATH: the sidecar binds the project directory there (a sidecar of its
+        // own is made for this job alone), so its daemon resolves the path like the job does.
+        env.state.project_target = spec.clone_path.clone();
         let booted = self
             .boot(
                 &mut env.state,
@@ -255,6 +258,9 @@ impl Core {
             .await;
         if let Some(p) = &env.state.paths {
             env.paths = p.clone();
+        }
+        if let Some(target) = &spec.clone_path {
+            env.paths.project_dir = target.clone();
         }
         let booted = booted?;
         env.ready_after = Some(booted.waited);
@@ -354,6 +360,22 @@ impl Core {
             .put_archive(&sidecar, &self.runner.builds_dir.to_string_lossy(), tar)
             .await
             .map_err(other("link the job's directories in its daemon"))?;
+        if let Some(target) = &spec.clone_path {
+            // GIT_CLONE_PATH: one more link in the sidecar, to the slot's project directory
+            // (the slot was made before the job was known, so it cannot bind the path).
+            let tar = clone_path_tar(&self.runner.builds_dir, target, &real.project_dir).map_err(
+                |e| Error::Other {
+                    context: "link GIT_CLONE_PATH in the job's daemon".to_string(),
+                    detail: e.to_string(),
+                },
+            )?;
+            self.docker
+                .put_archive(&sidecar, &self.runner.builds_dir.to_string_lossy(), tar)
+                .await
+                .map_err(other("link GIT_CLONE_PATH in the job's daemon"))?;
+            env.state.project_target = Some(target.clone());
+            env.paths.project_dir = target.clone();
+        }
         env.state.dir_sources = Some(real);
         timings.push("dirs", t);
 
@@ -489,6 +511,53 @@ fn job_links_tar(
     Ok(b.into_inner()?)
 }
 
+/// A tar that makes `clone_path` (below `builds_dir`, where it is extracted) a relative
+/// symlink to the directory `project` (one step below `builds_dir`), with the directories on
+/// the way (0755).
+fn clone_path_tar(
+    builds_dir: &Path,
+    clone_path: &Path,
+    project: &Path,
+) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    let rel = clone_path.strip_prefix(builds_dir).map_err(|_| {
+        format!(
+            "{} is not below {}",
+            clone_path.display(),
+            builds_dir.display()
+        )
+    })?;
+    let target = project
+        .file_name()
+        .ok_or_else(|| format!("{} has no file name", project.display()))?;
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = PathBuf::new();
+    let parts: Vec<_> = rel.components().collect();
+    for c in parts.iter().take(parts.len().saturating_sub(1)) {
+        dir.push(c);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o755);
+        h.set_mtime(mtime);
+        b.append_data(&mut h, &dir, std::io::empty())?;
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_mtime(mtime);
+    b.append_link(
+        &mut h,
+        rel,
+        crate::paths::clone_link::relative_target(rel, target),
+    )?;
+    Ok(b.into_inner()?)
+}
+
 /// The images a job needs on the host daemon: its own, the helper, its services'.
 fn job_images(spec: &EnvironmentSpec) -> Vec<(&str, &str)> {
     let mut images = vec![
@@ -593,7 +662,12 @@ impl JobEnvironment for DindEnv {
     /// A job on a pre-started sidecar: the slot's own directories (its `paths` are links to
     /// them, which the runner never resolves).
     fn host_dirs(&self) -> &JobPaths {
-        self.state.dir_sources.as_ref().unwrap_or(&self.paths)
+        // `paths` may name GIT_CLONE_PATH, a place only containers see: the state's are real.
+        self.state
+            .dir_sources
+            .as_ref()
+            .or(self.state.paths.as_ref())
+            .unwrap_or(&self.paths)
     }
 
     fn job_env(&self) -> Vec<(String, String)> {

@@ -58,6 +58,10 @@ pub struct EnvironmentSpec {
     /// may differ from the runner's GitLab URL (GitLab's `clone_url`), and the job's firewall
     /// lets it through like the GitLab URL.
     pub repo_endpoint: Option<HostPort>,
+    /// `GIT_CLONE_PATH`, already checked to lie below `builds_dir` and outside the runner's own
+    /// `gitlab-job-*` entries: where the job's containers and its daemon see the project
+    /// directory instead of `<builds_dir>/gitlab-job-<id>` (`None`: the usual place).
+    pub clone_path: Option<std::path::PathBuf>,
 }
 
 /// The hosts and ports a job may clone from: the GitLab URL's and the config's `clone_url`'s.

@@ -479,6 +479,7 @@ mod tests {
             services: Vec::new(),
             service_env: Vec::new(),
             repo_endpoint: None,
+            clone_path: None,
         }
     }
 

@@ -61,7 +61,12 @@ impl Isolation for SharedSocketBackend {
             r = self.build(&mut state, spec) => r,
         };
         match built {
-            Ok(paths) => Ok(Box::new(SharedEnv { state, paths })),
+            Ok(mut paths) => {
+                if let Some(target) = &spec.clone_path {
+                    paths.project_dir = target.clone();
+                }
+                Ok(Box::new(SharedEnv { state, paths }))
+            }
             Err(e) => {
                 state.teardown().await;
                 Err(e)
@@ -106,6 +111,9 @@ impl SharedSocketBackend {
         })
         .await
         .map_err(other_paths("create job directories"))?;
+        if let Some(target) = &spec.clone_path {
+            self.link_clone_path(state, target, &paths).await?;
+        }
         let limits = super::limits::JobLimits::of(&self.runner.docker);
         state
             .start_services(&spec.services, &spec.service_env, &limits.service)
@@ -127,6 +135,50 @@ impl SharedSocketBackend {
     }
 }
 
+impl SharedSocketBackend {
+    /// GIT_CLONE_PATH on the host daemon: bind sources resolve in the host's file system, so
+    /// the path becomes a host link to the project directory (removed at teardown). Jobs on
+    /// one host share that file system: a clone path in use is refused, as two jobs in one
+    /// directory would break each other (gitlab-runner leaves this to `$CI_CONCURRENT_ID` in
+    /// the path).
+    async fn link_clone_path(
+        &self,
+        state: &mut JobState,
+        target: &std::path::Path,
+        paths: &JobPaths,
+    ) -> Result<(), Error> {
+        let fail = |detail: String| Error::Other {
+            context: format!("use GIT_CLONE_PATH={}", target.display()),
+            detail,
+        };
+        let builds = &self.runner.builds_dir;
+        let rel = target
+            .strip_prefix(builds)
+            .map_err(|_| fail(format!("not below {}", builds.display())))?;
+        let name = paths
+            .project_dir
+            .file_name()
+            .ok_or_else(|| fail("the project directory has no name".to_string()))?;
+        match crate::paths::clone_link::link_clone_path(builds, rel, name).await {
+            Ok(()) => {}
+            Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => {
+                return Err(fail(
+                    "another job on this host uses this path; make it unique per job, e.g.                      with $CI_JOB_ID or $CI_CONCURRENT_ID"
+                        .to_string(),
+                ));
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        }
+        state.clone_link = Some(super::state::CloneLink {
+            builds_dir: builds.clone(),
+            rel: rel.to_path_buf(),
+            target: name.to_os_string(),
+        });
+        state.project_target = Some(target.to_path_buf());
+        Ok(())
+    }
+}
+
 /// A prepared shared-socket job.
 pub struct SharedEnv {
     state: JobState,
@@ -137,6 +189,11 @@ pub struct SharedEnv {
 impl JobEnvironment for SharedEnv {
     fn paths(&self) -> &JobPaths {
         &self.paths
+    }
+
+    /// `paths` may name GIT_CLONE_PATH (a link): the runner works in the real directories.
+    fn host_dirs(&self) -> &JobPaths {
+        self.state.paths.as_ref().unwrap_or(&self.paths)
     }
 
     fn job_env(&self) -> Vec<(String, String)> {

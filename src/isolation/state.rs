@@ -80,6 +80,18 @@ impl StartedService {
     }
 }
 
+/// A host link `<builds_dir>/<rel>` -> the job's project directory (`GIT_CLONE_PATH` on the
+/// shared socket), see `crate::paths::clone_link`.
+#[derive(Debug, Clone)]
+pub struct CloneLink {
+    /// The runner's `builds_dir`.
+    pub builds_dir: std::path::PathBuf,
+    /// The clone path below it.
+    pub rel: std::path::PathBuf,
+    /// The project directory's name in `builds_dir`.
+    pub target: std::ffi::OsString,
+}
+
 /// The state of one job on the outer daemon, shared by both backends. Every field that names
 /// an object is filled in as soon as the object exists, so teardown after a partial prepare
 /// removes exactly what was made.
@@ -98,6 +110,11 @@ pub struct JobState {
     pub dir_sources: Option<JobPaths>,
     /// Directories removed after the job dirs (a pre-started sidecar's own two directories).
     pub extra_dirs: Vec<std::path::PathBuf>,
+    /// `GIT_CLONE_PATH`: where containers see the project directory, when not at
+    /// `paths.project_dir` (the bind target; sources stay the real directories).
+    pub project_target: Option<std::path::PathBuf>,
+    /// A host link made for `GIT_CLONE_PATH` (shared socket): removed at teardown.
+    pub clone_link: Option<CloneLink>,
     /// Host path translation.
     pub host_map: HostPathMap,
     /// The job network.
@@ -136,6 +153,8 @@ impl JobState {
             paths: None,
             dir_sources: None,
             extra_dirs: Vec::new(),
+            project_target: None,
+            clone_link: None,
             host_map,
             network: None,
             cert_dir: None,
@@ -159,7 +178,10 @@ impl JobState {
         };
         let src = self.dir_sources.as_ref().unwrap_or(p);
         [
-            (&src.project_dir, &p.project_dir),
+            (
+                &src.project_dir,
+                self.project_target.as_ref().unwrap_or(&p.project_dir),
+            ),
             (&src.tmp_dir, &p.tmp_dir),
         ]
         .into_iter()
@@ -315,7 +337,13 @@ impl JobState {
             cmd: Some(super::shell::command(&script_path.to_string_lossy())),
             env,
             labels: self.naming.labels(role),
-            working_dir: Some(paths.project_dir.to_string_lossy().into_owned()),
+            working_dir: Some(
+                self.project_target
+                    .as_ref()
+                    .unwrap_or(&paths.project_dir)
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
             mounts,
             network: self.network.as_ref().map(|n| n.name.clone()),
             cap_drop: JOB_CAP_DROP.iter().map(|s| s.to_string()).collect(),
@@ -462,6 +490,7 @@ impl JobState {
         let cert_dir = self.cert_dir.take();
         let paths = self.paths.take();
         let extra_dirs = std::mem::take(&mut self.extra_dirs);
+        let clone_link = self.clone_link.take();
         let this = &self;
         let filters = &filters;
         let volumes = async move {
@@ -529,6 +558,17 @@ impl JobState {
             if let Some(c) = cert_dir {
                 match crate::paths::remove_cert_dir(&c).await {
                     Ok(true) => r.removed.push(format!("dir {}", c.root.display())),
+                    Ok(false) => {}
+                    Err(e) => r.failures.push(e.to_string()),
+                }
+            }
+            if let Some(l) = clone_link {
+                match crate::paths::clone_link::unlink_clone_path(&l.builds_dir, &l.rel, &l.target)
+                    .await
+                {
+                    Ok(true) => r
+                        .removed
+                        .push(format!("link {}", l.builds_dir.join(&l.rel).display())),
                     Ok(false) => {}
                     Err(e) => r.failures.push(e.to_string()),
                 }

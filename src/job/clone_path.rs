@@ -2,8 +2,12 @@
 //! them (`getCustomBuildDir`): a path is allowed only when custom build dirs are enabled and it
 //! lies within the builds dir; anything else fails the job with the reason.
 //!
-//! Not honoured yet: an allowed path does not move the checkout (the job directories are bind
-//! mounts the backend makes at fixed paths); the job gets a warning naming `CI_PROJECT_DIR`.
+//! An allowed path becomes the job's `CI_PROJECT_DIR`: the backend binds the job's project
+//! directory there in every container and makes the same path resolve in the job's daemon
+//! (see `EnvironmentSpec::clone_path`). The directory itself stays the job's own
+//! `gitlab-job-<id>`, so two jobs with the same `GIT_CLONE_PATH` never share a checkout (on the
+//! shared socket, where the host's file system is common, the second one is refused). Paths
+//! inside the runner's own `gitlab-job-*` entries are refused: they are the runner's names.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -22,6 +26,56 @@ pub enum ClonePathError {
         /// The builds dir as jobs see it.
         builds: String,
     },
+    /// Inside one of the runner's own `gitlab-job-*` entries (another job's, a slot's, or
+    /// below this job's own directory).
+    #[error(
+        "the GIT_CLONE_PATH={path:?} is inside {entry:?}, a directory this runner manages; \
+         choose a path beside it in the builds dir"
+    )]
+    Reserved {
+        /// The path asked for.
+        path: String,
+        /// The runner's entry it falls into.
+        entry: String,
+    },
+}
+
+/// The prefix of the runner's own entries in the builds dir.
+const RUNNER_ENTRY_PREFIX: &str = "gitlab-job-";
+
+/// `GIT_CLONE_PATH` of a job, expanded with the job's variables and `CI_BUILDS_DIR`, checked:
+/// `Ok(None)` when unset or the usual `<builds_dir>/gitlab-job-<id>`, `Ok(Some(path))` for
+/// another allowed path.
+pub fn resolve(
+    vars: &super::vars::Variables,
+    builds_dir: &Path,
+    job_id: u64,
+    enabled: bool,
+) -> Result<Option<PathBuf>, ClonePathError> {
+    let Some(want) = vars.get("GIT_CLONE_PATH").filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let mut v = vars.clone();
+    v.push("CI_BUILDS_DIR", builds_dir.to_string_lossy());
+    let value = v.expand(want);
+    let path = check(&value, builds_dir, enabled)?;
+    let usual = builds_dir.join(format!("{RUNNER_ENTRY_PREFIX}{job_id}"));
+    if path == usual {
+        return Ok(None);
+    }
+    let first = path
+        .strip_prefix(builds_dir)
+        .ok()
+        .and_then(|r| r.components().next())
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if first.starts_with(RUNNER_ENTRY_PREFIX) {
+        return Err(ClonePathError::Reserved {
+            path: value,
+            entry: builds_dir.join(first).display().to_string(),
+        });
+    }
+    Ok(Some(path))
 }
 
 /// Checks `value` (already expanded) against `builds_dir`; returns the clean path.
@@ -84,5 +138,39 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn resolve_expands_and_keeps_the_runner_entries() {
+        let b = Path::new("/builds");
+        let mut v = crate::job::vars::Variables::new();
+        assert_eq!(resolve(&v, b, 7, true), Ok(None));
+        v.push("CI_PROJECT_PATH", "g/p");
+        v.push("GIT_CLONE_PATH", "$CI_BUILDS_DIR/go/src/$CI_PROJECT_PATH");
+        assert_eq!(
+            resolve(&v, b, 7, true),
+            Ok(Some(PathBuf::from("/builds/go/src/g/p")))
+        );
+        v.push("GIT_CLONE_PATH", "$CI_BUILDS_DIR/gitlab-job-7");
+        assert_eq!(resolve(&v, b, 7, true), Ok(None));
+        for bad in [
+            "/builds/gitlab-job-8",
+            "/builds/gitlab-job-7/sub",
+            "/builds/gitlab-job-7.tmp",
+        ] {
+            v.push("GIT_CLONE_PATH", bad);
+            assert!(
+                matches!(
+                    resolve(&v, b, 7, true),
+                    Err(ClonePathError::Reserved { .. })
+                ),
+                "{bad}"
+            );
+        }
+        v.push("GIT_CLONE_PATH", "$CI_BUILDS_DIR/../etc");
+        assert!(matches!(
+            resolve(&v, b, 7, true),
+            Err(ClonePathError::Outside { .. })
+        ));
     }
 }

@@ -176,9 +176,26 @@ impl Pipeline {
         }
         // Variables without paths are enough to expand image names.
         let pre_vars = build_variables(job, runner, None, &[], timeout);
-        let spec = match build_spec(job, runner, &self.runner_id, &pre_vars, timeout) {
+        let mut spec = match build_spec(job, runner, &self.runner_id, &pre_vars, timeout) {
             Ok(s) => s,
             Err(msg) => return system(&msg),
+        };
+        // GIT_CLONE_PATH: checked like gitlab-runner (refused outside the builds dir or when
+        // custom build dirs are off) before anything exists; the backend puts the project there.
+        spec.clone_path = match super::clone_path::resolve(
+            &pre_vars,
+            &runner.builds_dir,
+            job.id,
+            runner.custom_build_dir,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                log.error(&e.to_string());
+                return JobOutcome::Failed {
+                    reason: FailureReason::ScriptFailure,
+                    exit_code: None,
+                };
+            }
         };
         let pulls = match super::pull::plan(
             job,

@@ -150,6 +150,7 @@ mod tests {
             }],
             service_env: Vec::new(),
             repo_endpoint: None,
+            clone_path: None,
         }
     }
 

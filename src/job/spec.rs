@@ -7,7 +7,7 @@ use super::vars::{self, Variables};
 use crate::config::RunnerConfig;
 use crate::gitlab::types::{Image, JobResponse};
 use crate::isolation::{ContainerImage, EnvironmentSpec, JobPaths, ServiceSpec};
-use std::path::Path;
+
 use std::time::Duration;
 
 /// Job timeout when GitLab sends 0.
@@ -180,6 +180,7 @@ pub fn build_spec(
         service_env,
         // Only host and port leave here: the URL carries the job token.
         repo_endpoint,
+        clone_path: None,
     })
 }
 
@@ -244,10 +245,12 @@ pub fn build_variables(
         v.push(k, val.clone());
     }
     if let Some(p) = paths {
+        // The tmp dir's parent, not the project dir's: with GIT_CLONE_PATH the project is
+        // deeper, the tmp dir never moves.
         let builds = p
-            .project_dir
+            .tmp_dir
             .parent()
-            .map(Path::to_path_buf)
+            .map(std::path::Path::to_path_buf)
             .unwrap_or_else(|| runner.builds_dir.clone());
         v.push("CI_BUILDS_DIR", builds.to_string_lossy());
         v.push("CI_PROJECT_DIR", p.project_dir.to_string_lossy());
@@ -445,7 +448,7 @@ mod tests {
         let spec = build_spec(&j, &runner, "r1", &vars, DEFAULT_JOB_TIMEOUT).expect("spec");
         assert!(!spec.protected);
         assert!(!trust::is_protected(&j));
-        let cache = crate::cache::project_dir(Path::new("/cache"), 7, spec.protected);
+        let cache = crate::cache::project_dir(std::path::Path::new("/cache"), 7, spec.protected);
         assert!(cache.ends_with("unprotected"), "{cache:?}");
         let volume = isolation::data_root::volume_name("r1", "gitlab-a", 7, spec.protected);
         assert!(volume.ends_with("-unprotected"), "{volume}");

@@ -147,27 +147,6 @@ pub(super) async fn run(
             owner: None,
         },
     };
-    // GIT_CLONE_PATH: checked like gitlab-runner (refused outside the builds dir or when
-    // custom build dirs are off), before any stage runs.
-    if let Some(want) = vars.get("GIT_CLONE_PATH").filter(|v| !v.trim().is_empty()) {
-        let want = vars.expand(want);
-        let builds = paths.project_dir.parent().unwrap_or(&paths.project_dir);
-        match super::clone_path::check(&want, builds, runner.custom_build_dir) {
-            Ok(p) if p == paths.project_dir => {}
-            Ok(p) => log.warning(&format!(
-                "GIT_CLONE_PATH={} is not honoured yet by this runner: the project is at {}",
-                p.display(),
-                paths.project_dir.display()
-            )),
-            Err(e) => {
-                log.error(&e.to_string());
-                return JobOutcome::Failed {
-                    reason: FailureReason::ScriptFailure,
-                    exit_code: None,
-                };
-            }
-        }
-    }
     let ca_path = with_ca
         .then(|| vars.get(server_ca::CA_VARIABLE).map(str::to_string))
         .flatten();

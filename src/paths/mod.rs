@@ -19,6 +19,7 @@
 //! symlink is only ever unlinked, never entered.
 
 pub mod beneath;
+pub mod clone_link;
 
 pub use beneath::{Dir, Kind, PATH_MAX, link_stays_inside, remove_tree};
 

@@ -16,6 +16,7 @@ mod cache;
 mod cache_jobs;
 mod cache_store;
 mod cleanup;
+mod clone_path;
 mod config;
 mod crash_recovery;
 mod data_root;

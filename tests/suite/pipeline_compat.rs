@@ -281,9 +281,10 @@ async fn clone_over_tls_with_a_private_ca() {
     assert!(!r.trace.contains("over-tls\n"), "{}", r.trace);
 }
 
-/// `GIT_CLONE_PATH` outside the builds dir (or with custom build dirs off) fails the job with
-/// gitlab-runner's reason before any step; one inside is accepted (with a warning: not
-/// honoured yet).
+/// `GIT_CLONE_PATH` outside the builds dir (or with custom build dirs off, or inside the
+/// runner's own `gitlab-job-*` entries) fails the job with gitlab-runner's reason before any
+/// step; one inside is accepted and becomes `CI_PROJECT_DIR` (the backends' part is tested in
+/// `clone_path::`).
 #[tokio::test]
 async fn git_clone_path_escapes_are_refused() {
     let b = LocalIsolation::new(Faults::default());
@@ -307,7 +308,19 @@ async fn git_clone_path_escapes_are_refused() {
         .push(var("GIT_CLONE_PATH", "$CI_BUILDS_DIR/group/project"));
     let r = run(&b, j.clone()).await;
     assert_eq!(r.outcome, JobOutcome::Success, "{}", r.trace);
-    assert!(r.trace.contains("not honoured yet"), "{}", r.trace);
+    assert!(!r.trace.contains("not honoured"), "{}", r.trace);
+
+    let mut other = job(&["echo step-ran"]);
+    other
+        .variables
+        .push(var("GIT_CLONE_PATH", "$CI_BUILDS_DIR/gitlab-job-1/x"));
+    let r = run(&b, other).await;
+    assert!(
+        r.trace.contains("a directory this runner manages"),
+        "{}",
+        r.trace
+    );
+    assert!(!r.trace.contains("step-ran"), "{}", r.trace);
 
     let runner = RunnerConfig {
         custom_build_dir: false,

@@ -66,6 +66,7 @@ pub(super) async fn deep_one(
         services: Vec::new(),
         service_env: Vec::new(),
         repo_endpoint: None,
+        clone_path: None,
     };
     let started = tokio::time::Instant::now();
     let result = backend

@@ -92,6 +92,7 @@ impl Scope {
             services: Vec::new(),
             service_env: Vec::new(),
             repo_endpoint: None,
+            clone_path: None,
         }
     }
 
