@@ -154,6 +154,63 @@ pub fn credential_env(remote: &Remote) -> Vec<(String, String)> {
     env
 }
 
+/// Whether a variable is true as Go's `strconv.ParseBool` reads it (gitlab-runner's reading of
+/// `GIT_LFS_SKIP_SMUDGE` and `GIT_SUBMODULE_FORCE_HTTPS`).
+fn truthy(value: Option<&str>) -> bool {
+    matches!(
+        value.map(str::trim),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+    )
+}
+
+/// `GIT_SUBMODULE_FORCE_HTTPS`: submodule URLs over SSH to the GitLab host are rewritten to its
+/// HTTP(S) origin (where the job token's header applies), as gitlab-runner's insteadOf rules do:
+/// `git@<host>:` and `ssh://git@<host>` with the default SSH port, `ssh://git@<host>:<port>`
+/// otherwise; the host is `CI_SERVER_SHELL_SSH_HOST`, else `CI_SERVER_HOST`, else the remote's.
+fn force_https_rules(remote: &Remote, vars: &Variables) -> Vec<(String, String)> {
+    let Some(origin) = &remote.origin else {
+        return Vec::new();
+    };
+    let base = origin.trim_end_matches('/');
+    let url_host = url::Url::parse(origin)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    let non_empty = |k: &str| vars.get(k).map(str::trim).filter(|v| !v.is_empty());
+    let host = non_empty("CI_SERVER_SHELL_SSH_HOST")
+        .or(non_empty("CI_SERVER_HOST"))
+        .map(str::to_string)
+        .unwrap_or(url_host);
+    match non_empty("CI_SERVER_SHELL_SSH_PORT") {
+        None | Some("22") => vec![
+            (format!("url.{base}/.insteadOf"), format!("git@{host}:")),
+            (format!("url.{base}.insteadOf"), format!("ssh://git@{host}")),
+        ],
+        Some(port) => vec![(
+            format!("url.{base}.insteadOf"),
+            format!("ssh://git@{host}:{port}"),
+        )],
+    }
+}
+
+/// Adds `GIT_CONFIG_KEY_n`/`VALUE_n` entries after those already in `env`.
+fn push_git_config(env: &mut Vec<(String, String)>, entries: Vec<(String, String)>) {
+    let count_at = env.iter().position(|(k, _)| k == "GIT_CONFIG_COUNT");
+    let mut n: usize = count_at
+        .and_then(|i| env[i].1.parse().ok())
+        .unwrap_or_default();
+    for (k, v) in entries {
+        env.push((format!("GIT_CONFIG_KEY_{n}"), k));
+        env.push((format!("GIT_CONFIG_VALUE_{n}"), v));
+        n += 1;
+    }
+    match count_at {
+        Some(i) => env[i].1 = n.to_string(),
+        None if n > 0 => env.push(("GIT_CONFIG_COUNT".to_string(), n.to_string())),
+        None => {}
+    }
+}
+
 /// Splits a flags variable on whitespace, quoting each word. `none` means no flags.
 fn flags(value: Option<&str>, default: &str) -> Vec<String> {
     let v = value.unwrap_or(default).trim();
@@ -233,7 +290,13 @@ pub fn git_script(
     let dir = sh_quote(&project_dir.to_string_lossy());
     let mut s = super::script::prologue();
     let remote = split_remote(job.git_info.repo_url.expose());
-    let env = credential_env(&remote);
+    let mut env = credential_env(&remote);
+    if truthy(vars.get("GIT_SUBMODULE_FORCE_HTTPS")) {
+        push_git_config(&mut env, force_https_rules(&remote, vars));
+    }
+    // GIT_LFS_SKIP_SMUDGE set by the job: LFS files stay pointers, no `git lfs pull` (as
+    // gitlab-runner's IsLFSSmudgeDisabled).
+    let lfs = !truthy(vars.get("GIT_LFS_SKIP_SMUDGE"));
     // Hooks are skipped for none/empty, as in gitlab-runner.
     let with_hooks = matches!(strategy, GitStrategy::Clone | GitStrategy::Fetch);
     if with_hooks && !pre_hooks.is_empty() {
@@ -352,7 +415,9 @@ pub fn git_script(
         if !clean.is_empty() {
             s.push_str(&format!("git clean {}\n", clean.join(" ")));
         }
-        s.push_str(LFS_PULL);
+        if lfs {
+            s.push_str(LFS_PULL);
+        }
     }
     let sub = vars
         .get("GIT_SUBMODULE_STRATEGY")
@@ -393,8 +458,10 @@ pub fn git_script(
                 format!(" {}", update_flags.join(" "))
             };
             let paths = submodule_paths(vars.get("GIT_SUBMODULE_PATHS"), &mut warnings);
+            // `init` of every submodule first, as gitlab-runner does (so .git/config is
+            // complete before `sync`); GIT_SUBMODULE_PATHS narrows sync and update.
             s.push_str(&format!(
-                "echo 'Updating/initializing submodules{}...'\ngit submodule init{paths}\ngit submodule sync{rec}{paths}\ngit submodule update --init{rec}{sub_depth}{upd}{paths}\n",
+                "echo 'Updating/initializing submodules{}...'\ngit submodule init\ngit submodule sync{rec}{paths}\ngit submodule update --init{rec}{sub_depth}{upd}{paths}\n",
                 if rec.is_empty() { "" } else { " recursively" }
             ));
             let clean_cmd = if clean.is_empty() {
@@ -406,9 +473,11 @@ pub fn git_script(
                 "git submodule foreach{rec} {}\n",
                 sh_quote(&format!("{clean_cmd}git reset --hard"))
             ));
-            s.push_str(&format!(
-                "if git lfs version >/dev/null 2>&1; then git submodule foreach{rec} 'git lfs pull'; fi\n"
-            ));
+            if lfs {
+                s.push_str(&format!(
+                    "if git lfs version >/dev/null 2>&1; then git submodule foreach{rec} 'git lfs pull'; fi\n"
+                ));
+            }
         }
         other => warnings.push(format!(
             "unknown GIT_SUBMODULE_STRATEGY {other:?}, skipping submodules"
@@ -606,6 +675,7 @@ mod tests {
             s.script
                 .contains("git submodule sync -- libs/a ':(exclude)libs/b'\n")
         );
+        assert!(s.script.contains("git submodule init\n"), "{}", s.script);
         assert_eq!(
             s.warnings,
             vec!["ignoring GIT_SUBMODULE_PATHS entry \"--force\"".to_string()]
@@ -620,5 +690,51 @@ mod tests {
         assert!(s.script.contains(
             "if git lfs version >/dev/null 2>&1; then git submodule foreach 'git lfs pull'; fi"
         ));
+        // GIT_LFS_SKIP_SMUDGE from the job: no pull at all.
+        v.push("GIT_LFS_SKIP_SMUDGE", "true");
+        let s = git_script(
+            &job,
+            &v,
+            GitStrategy::Clone,
+            Path::new("/b/p"),
+            Path::new("/b/p.tmp"),
+            &[],
+            &[],
+        );
+        assert!(!s.script.contains("git lfs pull"), "{}", s.script);
+    }
+
+    #[test]
+    fn force_https_rewrites_ssh_urls_to_the_origin() {
+        let r = split_remote("https://gitlab-ci-token:tok@gitlab.example.com/g/p.git");
+        let mut v = Variables::new();
+        v.push("CI_SERVER_HOST", "gitlab.example.com");
+        let mut env = credential_env(&r);
+        push_git_config(&mut env, force_https_rules(&r, &v));
+        let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(get("GIT_CONFIG_COUNT").as_deref(), Some("3"));
+        assert_eq!(
+            get("GIT_CONFIG_KEY_1").as_deref(),
+            Some("url.https://gitlab.example.com/.insteadOf")
+        );
+        assert_eq!(
+            get("GIT_CONFIG_VALUE_1").as_deref(),
+            Some("git@gitlab.example.com:")
+        );
+        assert_eq!(
+            get("GIT_CONFIG_VALUE_2").as_deref(),
+            Some("ssh://git@gitlab.example.com")
+        );
+        v.push("CI_SERVER_SHELL_SSH_PORT", "2222");
+        let rules = force_https_rules(&r, &v);
+        assert_eq!(
+            rules,
+            vec![(
+                "url.https://gitlab.example.com.insteadOf".to_string(),
+                "ssh://git@gitlab.example.com:2222".to_string()
+            )]
+        );
+        // The token is never in a rule: the origin's header carries it.
+        assert!(!format!("{env:?}").contains("tok@"));
     }
 }

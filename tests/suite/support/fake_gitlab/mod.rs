@@ -19,6 +19,7 @@
 
 mod api;
 mod git;
+pub use git::Submodule;
 
 use api::{
     delete_manager, delete_runner, download_artifacts, observe, patch_trace, register_runner,
@@ -31,7 +32,6 @@ use axum::routing::{any, delete, patch, post, put};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -179,6 +179,8 @@ struct FakeJob {
 #[derive(Default)]
 struct Inner {
     runner_tokens: HashMap<String, u64>,
+    /// Git LFS objects by sha256 oid, served by the LFS batch API (see `git.rs`).
+    lfs_objects: HashMap<String, Vec<u8>>,
     /// `token_expires_at` that `runners/verify` answers (`null` when `None`).
     verify_expires_at: Option<String>,
     registration_tokens: HashSet<String>,
@@ -541,75 +543,8 @@ impl FakeGitlab {
         files: &[(&str, &str)],
         pipeline_id: Option<u64>,
     ) -> String {
-        let work = tempfile::tempdir().expect("temp work tree");
-        let git = |args: Vec<String>, dir: PathBuf| async move {
-            let out = tokio::process::Command::new("git")
-                .args(&args)
-                .current_dir(&dir)
-                .env("GIT_AUTHOR_NAME", "Fake")
-                .env("GIT_AUTHOR_EMAIL", "fake@example.invalid")
-                .env("GIT_COMMITTER_NAME", "Fake")
-                .env("GIT_COMMITTER_EMAIL", "fake@example.invalid")
-                .output()
-                .await
-                .expect("git runs");
-            assert!(
-                out.status.success(),
-                "git {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
-        let w = work.path().to_path_buf();
-        git(
-            vec!["init".into(), "-q".into(), "-b".into(), "main".into()],
-            w.clone(),
-        )
-        .await;
-        for (path, content) in files {
-            let p = w.join(path);
-            if let Some(parent) = p.parent() {
-                tokio::fs::create_dir_all(parent).await.expect("mkdir");
-            }
-            tokio::fs::write(&p, content).await.expect("write file");
-        }
-        git(vec!["add".into(), "-A".into()], w.clone()).await;
-        git(
-            vec![
-                "commit".into(),
-                "-q".into(),
-                "--allow-empty".into(),
-                "-m".into(),
-                "initial".into(),
-            ],
-            w.clone(),
-        )
-        .await;
-        let sha = git(vec!["rev-parse".into(), "HEAD".into()], w.clone()).await;
-        let bare = self.git_root.path().join(format!("{name}.git"));
-        git(
-            vec![
-                "clone".into(),
-                "-q".into(),
-                "--bare".into(),
-                w.display().to_string(),
-                bare.display().to_string(),
-            ],
-            w.clone(),
-        )
-        .await;
-        if let Some(p) = pipeline_id {
-            git(
-                vec![
-                    "update-ref".into(),
-                    format!("refs/pipelines/{p}"),
-                    sha.clone(),
-                ],
-                bare.clone(),
-            )
-            .await;
-        }
-        sha
+        self.create_repo_with_submodules(name, files, &[], pipeline_id)
+            .await
     }
 }
 
