@@ -1,7 +1,7 @@
 //! The executor `runner run` uses: the job pipeline with, per `[[runners]]` entry, the isolation
 //! backend its config asks for and GitLab as the artifact store.
 
-use super::{JobControl, JobExecutor, JobOutcome, Pipeline};
+use super::{JobControl, JobExecutor, JobOutcome, PendingTeardown, Pipeline};
 use crate::config::RunnerConfig;
 use crate::gitlab::types::JobResponse;
 use crate::gitlab::{ArtifactClient, Client, ClientOptions};
@@ -91,6 +91,38 @@ impl RunnerExecutor {
     }
 }
 
+impl RunnerExecutor {
+    /// The pipeline for one job of `runner`: its backend and GitLab as the artifact store.
+    async fn pipeline(&self, runner: &RunnerConfig) -> Result<Pipeline, String> {
+        let backend = self
+            .backend(runner)
+            .await
+            .map_err(|e| format!("cannot set up job isolation: {e}"))?;
+        let options = crate::gitlab::client::ClientOptions {
+            tls_ca_file: runner.tls_ca_file.clone(),
+            ..self.client_options.clone()
+        };
+        let client = Client::new(&runner.url, options)
+            .map_err(|e| format!("cannot make a GitLab client: {e}"))?;
+        let mut pipeline = Pipeline::new(backend, Arc::new(ArtifactClient::new(client)));
+        // `cache:` is always on: local archives under the entry's `cache_dir`.
+        pipeline.cache = Some(self.cache.clone().unwrap_or_else(super::LocalCache::hook));
+        pipeline.runner_id = self.runner_id.clone();
+        pipeline.staging_root = super::staging::staging_root(&self.state_dir);
+        pipeline.running = self.running.clone();
+        Ok(pipeline)
+    }
+}
+
+/// A job that could not start: the reason in its trace, a system failure.
+fn setup_failed(trace: &dyn TraceSink, what: &str) -> JobOutcome {
+    trace.append(format!("\x1b[31;1mERROR: {what}\x1b[0;m\n").as_bytes());
+    JobOutcome::Failed {
+        reason: FailureReason::RunnerSystemFailure,
+        exit_code: None,
+    }
+}
+
 #[async_trait::async_trait]
 impl JobExecutor for RunnerExecutor {
     async fn execute(
@@ -100,32 +132,23 @@ impl JobExecutor for RunnerExecutor {
         trace: Arc<dyn TraceSink>,
         control: JobControl,
     ) -> JobOutcome {
-        let fail = |what: String| {
-            trace.append(format!("\x1b[31;1mERROR: {what}\x1b[0;m\n").as_bytes());
-            JobOutcome::Failed {
-                reason: FailureReason::RunnerSystemFailure,
-                exit_code: None,
-            }
-        };
-        let backend = match self.backend(&runner).await {
-            Ok(b) => b,
-            Err(e) => return fail(format!("cannot set up job isolation: {e}")),
-        };
-        let options = crate::gitlab::client::ClientOptions {
-            tls_ca_file: runner.tls_ca_file.clone(),
-            ..self.client_options.clone()
-        };
-        let client = match Client::new(&runner.url, options) {
-            Ok(c) => c,
-            Err(e) => return fail(format!("cannot make a GitLab client: {e}")),
-        };
-        let mut pipeline = Pipeline::new(backend, Arc::new(ArtifactClient::new(client)));
-        // `cache:` is always on: local archives under the entry's `cache_dir`.
-        pipeline.cache = Some(self.cache.clone().unwrap_or_else(super::LocalCache::hook));
-        pipeline.runner_id = self.runner_id.clone();
-        pipeline.staging_root = super::staging::staging_root(&self.state_dir);
-        pipeline.running = self.running.clone();
-        pipeline.execute(job, runner, trace, control).await
+        match self.pipeline(&runner).await {
+            Ok(p) => p.execute(job, runner, trace, control).await,
+            Err(what) => setup_failed(trace.as_ref(), &what),
+        }
+    }
+
+    async fn execute_deferred(
+        &self,
+        job: JobResponse,
+        runner: Arc<RunnerConfig>,
+        trace: Arc<dyn TraceSink>,
+        control: JobControl,
+    ) -> (JobOutcome, Option<PendingTeardown>) {
+        match self.pipeline(&runner).await {
+            Ok(p) => p.execute_deferred(job, runner, trace, control).await,
+            Err(what) => (setup_failed(trace.as_ref(), &what), None),
+        }
     }
 
     async fn warm_up(&self, runners: &[RunnerConfig], _runner_id: &str) {
@@ -266,6 +289,9 @@ impl JobEnvironment for ObservedEnv {
             let took = started.elapsed();
             m.observe_teardown(took);
             m.observe_stage("teardown", took);
+            if !report.failures.is_empty() {
+                m.teardown_failed();
+            }
         }
         report
     }
