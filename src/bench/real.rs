@@ -146,8 +146,8 @@ pub fn builtin_runner(work: &Path) -> RunnerConfig {
     };
     r.docker.image = "isolated-runner/job:test".to_string();
     r.docker.isolation.preload_images = vec!["isolated-runner/busybox:test".to_string()];
-    // What config/config.toml recommends: one sidecar started ahead of the next job.
-    r.docker.isolation.warm_pool = 1;
+    // What a config file gets without a `warm_pool` line: the pool follows demand.
+    r.docker.isolation.warm_pool_auto = true;
     r
 }
 

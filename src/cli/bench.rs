@@ -268,11 +268,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(n) = args.warm_pool {
         base.docker.isolation.warm_pool = n;
+        base.docker.isolation.warm_pool_auto = false;
     }
-    eprintln!(
-        "runner bench: dind warm pool: {} pre-started sidecar(s)",
-        base.docker.isolation.warm_pool
-    );
+    if base.docker.isolation.warm_pool_auto {
+        eprintln!("runner bench: dind warm pool: auto (sized from the bench's own demand)");
+    } else {
+        eprintln!(
+            "runner bench: dind warm pool: {} pre-started sidecar(s)",
+            base.docker.isolation.warm_pool
+        );
+    }
     // Inner daemons must never pull: the scenarios' busybox is always preloaded.
     let busybox = "isolated-runner/busybox:test".to_string();
     if !base.docker.isolation.preload_images.contains(&busybox) {

@@ -37,6 +37,8 @@ pub struct RunnerExecutor {
     observer: Option<Arc<dyn JobObserver>>,
     /// One set for every entry this executor serves: a job id already running is refused.
     running: super::trust::RunningJobs,
+    /// `concurrent`: no backend keeps more environments ready than could run at once.
+    concurrent: Option<usize>,
 }
 
 impl RunnerExecutor {
@@ -57,7 +59,15 @@ impl RunnerExecutor {
             metrics: None,
             observer: None,
             running: super::trust::RunningJobs::default(),
+            concurrent: None,
         }
+    }
+
+    /// Bounds every backend's warm pool by the process's `concurrent` (and each entry's
+    /// `limit`).
+    pub fn with_concurrent(mut self, concurrent: usize) -> Self {
+        self.concurrent = Some(concurrent);
+        self
     }
 
     /// Records backend stage durations, sidecar readiness and teardown time in `metrics`.
@@ -79,12 +89,19 @@ impl RunnerExecutor {
             return Ok(b.clone());
         }
         let mut made = isolation::backend_for_in(runner, &self.state_dir).await?;
+        if let Some(n) = self.concurrent {
+            made.set_job_cap(n);
+        }
         if self.metrics.is_some() || self.observer.is_some() {
             made = Arc::new(Observed {
                 inner: made,
                 metrics: self.metrics.clone(),
                 observer: self.observer.clone(),
+                runner_name: runner.name.clone(),
             });
+            if let (Some(m), Some(t)) = (&self.metrics, made.pool_target()) {
+                m.set_warm_pool_target(&runner.name, t);
+            }
         }
         backends.insert(key, made.clone());
         Ok(made)
@@ -154,7 +171,10 @@ impl JobExecutor for RunnerExecutor {
     async fn warm_up(&self, runners: &[RunnerConfig], _runner_id: &str) {
         // Labelled like this executor's jobs (the pool hands slots only to the same id).
         let runner_id = self.runner_id.as_str();
-        for r in runners.iter().filter(|r| r.docker.isolation.warm_pool > 0) {
+        for r in runners
+            .iter()
+            .filter(|r| r.docker.isolation.warm_pool > 0 || r.docker.isolation.warm_pool_auto)
+        {
             match self.backend(r).await {
                 Ok(b) => b.warm_up(runner_id).await,
                 Err(e) => {
@@ -195,6 +215,8 @@ struct Observed {
     inner: Arc<dyn Isolation>,
     metrics: Option<Arc<Metrics>>,
     observer: Option<Arc<dyn JobObserver>>,
+    /// The entry's name, for `isolated_runner_warm_pool_target`.
+    runner_name: String,
 }
 
 #[async_trait::async_trait]
@@ -211,6 +233,14 @@ impl Isolation for Observed {
         self.inner.standby_ids()
     }
 
+    fn set_job_cap(&self, cap: usize) {
+        self.inner.set_job_cap(cap)
+    }
+
+    fn pool_target(&self) -> Option<usize> {
+        self.inner.pool_target()
+    }
+
     async fn shutdown(&self) -> TeardownReport {
         self.inner.shutdown().await
     }
@@ -225,6 +255,10 @@ impl Isolation for Observed {
         let env = self.inner.prepare(spec, out, cancel).await?;
         let resources = env.resources();
         if let Some(m) = &self.metrics {
+            // Demand moves the auto size with every job.
+            if let Some(t) = self.inner.pool_target() {
+                m.set_warm_pool_target(&self.runner_name, t);
+            }
             m.observe_stage("prepare_executor", started.elapsed());
             if let Some(d) = resources.sidecar_ready {
                 m.observe_sidecar_ready(d);

@@ -240,7 +240,8 @@ async fn pre_started_sidecars_on_warm_roots_follow_their_project() {
 #[tokio::test]
 async fn a_busy_warm_root_gives_an_ephemeral_one_and_caps_apply() {
     let scope = Scope::new().await;
-    let backend = warm_backend(&scope, |_| {});
+    // One root per key: its holder leaves the next job none.
+    let backend = warm_backend(&scope, |c| c.docker.isolation.data_root_per_key = 1);
     const P: u64 = 9;
     expect(
         &backend,
@@ -268,6 +269,7 @@ async fn a_busy_warm_root_gives_an_ephemeral_one_and_caps_apply() {
             protected: false,
             max_size: None,
             max_age: None,
+            per_key: 1,
             helper_image: JOB_IMAGE,
             inflight: &tokio_util::task::TaskTracker::new(),
         },
