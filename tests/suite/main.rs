@@ -24,6 +24,7 @@ mod doctor;
 mod e2e;
 mod e2e_exec;
 mod exec;
+mod final_state;
 mod layers;
 mod limits;
 mod metrics;
