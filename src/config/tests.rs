@@ -385,13 +385,14 @@ fn warm_pool_is_bounded() {
 /// table); "auto" says so explicitly; anything else is an error naming the key.
 #[test]
 fn warm_pool_is_auto_by_default() {
-    let c = load_str(&runner("", ""), "config.toml")
-    .unwrap()
-    .config;
+    let c = load_str(&runner("", ""), "config.toml").unwrap().config;
     let i = &c.runners[0].docker.isolation;
     assert!(i.warm_pool_auto);
     assert_eq!(i.warm_pool, 0);
-    assert_eq!(i.data_root_per_key, crate::config::DEFAULT_DATA_ROOT_PER_KEY);
+    assert_eq!(
+        i.data_root_per_key,
+        crate::config::DEFAULT_DATA_ROOT_PER_KEY
+    );
     let c = load_str(
         &runner(
             "",
@@ -402,7 +403,10 @@ fn warm_pool_is_auto_by_default() {
     .unwrap()
     .config;
     let i = &c.runners[0].docker.isolation;
-    assert!(i.warm_pool_auto, "only preload_images: the fast path without tuning");
+    assert!(
+        i.warm_pool_auto,
+        "only preload_images: the fast path without tuning"
+    );
     assert_eq!(i.data_root_per_key, 3);
     let c = load_str(
         &runner("", "[runners.docker.isolation]\nwarm_pool = \"auto\""),
@@ -411,16 +415,28 @@ fn warm_pool_is_auto_by_default() {
     .unwrap()
     .config;
     assert!(c.runners[0].docker.isolation.warm_pool_auto);
-    let e = errors(&runner("", "[runners.docker.isolation]\nwarm_pool = \"many\""));
+    let e = errors(&runner(
+        "",
+        "[runners.docker.isolation]\nwarm_pool = \"many\"",
+    ));
     assert!(e.iter().any(|d| d.key_path.ends_with("warm_pool")), "{e:?}");
     let e = errors(&runner(
         "",
         "[runners.docker.isolation]\ndata_root = \"project\"\ndata_root_per_key = 0",
     ));
-    assert!(e.iter().any(|d| d.key_path.ends_with("data_root_per_key")), "{e:?}");
+    assert!(
+        e.iter().any(|d| d.key_path.ends_with("data_root_per_key")),
+        "{e:?}"
+    );
     // Without warm roots it does nothing, and says so.
-    let w = warnings(&runner("", "[runners.docker.isolation]\ndata_root_per_key = 2"));
-    assert!(w.iter().any(|d| d.key_path.ends_with("data_root_per_key")), "{w:?}");
+    let w = warnings(&runner(
+        "",
+        "[runners.docker.isolation]\ndata_root_per_key = 2",
+    ));
+    assert!(
+        w.iter().any(|d| d.key_path.ends_with("data_root_per_key")),
+        "{w:?}"
+    );
 }
 
 #[test]

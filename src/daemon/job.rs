@@ -263,7 +263,11 @@ async fn teardown_after_final(
     // Its own task, like the pipeline: a panic in a backend's teardown must not end the daemon.
     match tokio::spawn(pending.run()).await {
         Ok(report) if report.failures.is_empty() => {
-            tracing::debug!(job.id = id, took_ms = started.elapsed().as_millis() as u64, "job environment removed");
+            tracing::debug!(
+                job.id = id,
+                took_ms = started.elapsed().as_millis() as u64,
+                "job environment removed"
+            );
         }
         Ok(report) => {
             for f in &report.failures {

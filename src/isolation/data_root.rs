@@ -252,7 +252,15 @@ impl NoFollow for std::fs::OpenOptions {
 /// the job).
 pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease, Miss> {
     let names: Vec<String> = (0..req.per_key.max(1))
-        .map(|i| volume_name_at(req.runner_id, req.instance, req.project_id, req.protected, i))
+        .map(|i| {
+            volume_name_at(
+                req.runner_id,
+                req.instance,
+                req.project_id,
+                req.protected,
+                i,
+            )
+        })
         .collect();
     // Only an ordering hint: the lock and `settle` decide, so a failed listing costs warmth,
     // never safety.

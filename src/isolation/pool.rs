@@ -217,10 +217,7 @@ impl Pool {
                 {
                     st.starts.pop_front();
                 }
-                let wanted = demand_target(
-                    &st.starts,
-                    st.build_time.unwrap_or(FIRST_BUILD_GUESS),
-                );
+                let wanted = demand_target(&st.starts, st.build_time.unwrap_or(FIRST_BUILD_GUESS));
                 let cap = self
                     .job_cap
                     .load(std::sync::atomic::Ordering::Relaxed)
@@ -407,8 +404,8 @@ impl Pool {
         let Some(runner_id) = st.runner_id.clone() else {
             return;
         };
-        let of_key = st.idle.iter().filter(|s| s.key == Some(key)).count()
-            + st.building_for(Some(key));
+        let of_key =
+            st.idle.iter().filter(|s| s.key == Some(key)).count() + st.building_for(Some(key));
         if of_key >= per_key.max(1) {
             return;
         }
@@ -733,7 +730,9 @@ mod tests {
         assert_eq!(pool.target(), 2, "memory bounds it");
         // The window (max_idle) passes: demand is forgotten.
         for t in pool.lock().starts.iter_mut() {
-            *t = t.checked_sub(Duration::from_secs(61)).expect("an uptime over a minute");
+            *t = t
+                .checked_sub(Duration::from_secs(61))
+                .expect("an uptime over a minute");
         }
         assert_eq!(pool.target(), 0);
         // An explicit floor is never undercut.

@@ -431,7 +431,12 @@ async fn prepare_on_root(
 fn rootless_uid(env: &dyn JobEnvironment) -> String {
     let sidecar = env.resources().sidecar.expect("a sidecar");
     let out = std::process::Command::new("docker")
-        .args(["inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", &sidecar])
+        .args([
+            "inspect",
+            "-f",
+            "{{range .Config.Env}}{{println .}}{{end}}",
+            &sidecar,
+        ])
         .output()
         .expect("docker inspect");
     String::from_utf8_lossy(&out.stdout)
@@ -470,7 +475,10 @@ async fn parallel_jobs_of_one_project_each_get_their_own_warm_root() {
     );
     assert_ne!(ra, rb, "two live daemons on one warm root");
     for r in [&ra, &rb] {
-        assert!(r.starts_with(&first_of_p), "{r} is not a root of project {P}");
+        assert!(
+            r.starts_with(&first_of_p),
+            "{r} is not a root of project {P}"
+        );
     }
     assert!(
         !rc.starts_with(&first_of_p),
@@ -495,11 +503,16 @@ async fn parallel_jobs_of_one_project_each_get_their_own_warm_root() {
 
     // Both of P's next parallel jobs start warm, each on one of P's two roots.
     let (sa, sb) = (spec(&scope, 44, P, false), spec(&scope, 45, P, false));
-    let ((a, ta, ra), (b, tb, rb)) =
-        tokio::join!(prepare_on_root(&backend, &sa), prepare_on_root(&backend, &sb));
+    let ((a, ta, ra), (b, tb, rb)) = tokio::join!(
+        prepare_on_root(&backend, &sa),
+        prepare_on_root(&backend, &sb)
+    );
     for (t, r) in [(&ta, &ra), (&tb, &rb)] {
         assert!(t.contains("(warm)"), "{t}");
-        assert!(r.as_deref().is_some_and(|r| r.starts_with(&first_of_p)), "{t}");
+        assert!(
+            r.as_deref().is_some_and(|r| r.starts_with(&first_of_p)),
+            "{t}"
+        );
     }
     assert_ne!(ra, rb);
     for env in [a, b] {

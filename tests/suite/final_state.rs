@@ -11,9 +11,9 @@ use isolated_runner::cleanup::reaper::{self, ReapRequest};
 use isolated_runner::metrics::Metrics;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
 use support::e2e::{E2e, JOB_TIMEOUT};
 use support::fake_gitlab::{Endpoint, Fault};
+use tokio::time::Instant;
 
 /// When the job's sidecar or network was last seen on the engine (the time the listing
 /// started: the object existed at that moment or later) and whether it was ever seen.
@@ -92,7 +92,11 @@ async fn the_final_state_goes_out_before_the_teardown_and_the_slot_waits_for_it(
     watcher.abort();
 
     let put = final_put_at(&e2e, a);
-    let last_seen = seen.lock().unwrap().last_seen.expect("job a's sidecar was seen");
+    let last_seen = seen
+        .lock()
+        .unwrap()
+        .last_seen
+        .expect("job a's sidecar was seen");
     assert!(
         last_seen > put,
         "job a's sidecar and network were gone {:?} before GitLab got its final state",
@@ -158,7 +162,8 @@ async fn a_failing_background_teardown_is_counted_and_reaped() {
         .enqueue(e2e.job(id, &["echo READY-FOR-INTRUDER", "sleep 6"], &[]));
     let metrics = Arc::new(Metrics::new());
     let daemon = e2e.start_daemon_with_metrics(e2e.config(1), Some(metrics.clone()));
-    e2e.wait_trace(id, "READY-FOR-INTRUDER\n", JOB_TIMEOUT).await;
+    e2e.wait_trace(id, "READY-FOR-INTRUDER\n", JOB_TIMEOUT)
+        .await;
     let filters = isolated_runner::docker::label_filters(&e2e.scope.runner_id, Some(id));
     let net = e2e
         .scope

@@ -477,7 +477,11 @@ async fn the_auto_pool_grows_under_a_stream_and_shrinks_when_idle() {
 
     let (sa, sb) = (scope.spec(801), scope.spec(802));
     let ((a, _), (b, _)) = tokio::join!(prepare(&backend, &sa), prepare(&backend, &sb));
-    assert_eq!(backend.pool_target(), Some(2), "two jobs within one build time");
+    assert_eq!(
+        backend.pool_target(),
+        Some(2),
+        "two jobs within one build time"
+    );
     let grown = support::wait_until(Duration::from_secs(180), || {
         backend.standby_ids().len() >= 2
     })
