@@ -146,8 +146,8 @@ pub fn builtin_runner(work: &Path) -> RunnerConfig {
     };
     r.docker.image = "isolated-runner/job:test".to_string();
     r.docker.isolation.preload_images = vec!["isolated-runner/busybox:test".to_string()];
-    // What config/config.toml recommends: one sidecar started ahead of the next job.
-    r.docker.isolation.warm_pool = 1;
+    // What a config file gets without a `warm_pool` line: the pool follows demand.
+    r.docker.isolation.warm_pool_auto = true;
     r
 }
 
@@ -437,9 +437,17 @@ impl BenchTarget for RealTarget {
         } else {
             None
         };
-        let outcome = pipeline
-            .execute(built.payload, runner, sink.clone(), control)
+        // As the daemon runs it: the outcome first (the final state goes to GitLab then), the
+        // teardown after it; both times are reported.
+        let (outcome, pending) = pipeline
+            .execute_deferred(built.payload, runner, sink.clone(), control)
             .await;
+        let final_state = start.elapsed();
+        if let Some(p) = pending {
+            for f in p.run().await.failures {
+                notes.push(format!("teardown: {f}"));
+            }
+        }
         let wall = start.elapsed();
         if let Some(h) = hook {
             h.abort();
@@ -501,6 +509,7 @@ impl BenchTarget for RealTarget {
             outcome,
             ttfsl,
             wall,
+            final_state: Some(final_state),
             stages,
             peak_mem_job_bytes: job_peak,
             peak_mem_sidecar_bytes: if spec.mode == IsolationMode::Dind {

@@ -23,6 +23,8 @@ pub struct ModeReport {
     pub ttfsl: Option<Summary>,
     /// Wall time, seconds.
     pub wall: Option<Summary>,
+    /// Time to the final state (as GitLab sees the job; teardown after it), seconds.
+    pub final_state: Option<Summary>,
     /// Highest job-containers + sidecar peak over the measured jobs (an upper bound: the two
     /// peaks need not be simultaneous).
     pub peak_mem_bytes: Option<u64>,
@@ -51,6 +53,8 @@ pub struct ScenarioReport {
     pub modes: Vec<ModeReport>,
     /// Wall p50 dind / shared-socket.
     pub ratio_wall_p50: Option<f64>,
+    /// Time-to-final-state p50 dind / shared-socket: the wall ratio as GitLab sees it.
+    pub ratio_final_p50: Option<f64>,
     /// TTFSL p50 dind − shared-socket, seconds.
     pub ttfsl_overhead_p50_s: Option<f64>,
     /// TTFSL p95 dind − shared-socket, seconds.
@@ -104,6 +108,10 @@ pub fn build(run: &BenchRun) -> Report {
                         .filter_map(|s| s.ttfsl.map(|t| t.as_secs_f64()))
                         .collect();
                     let wall: Vec<f64> = ok.iter().map(|s| s.wall.as_secs_f64()).collect();
+                    let final_state: Vec<f64> = ok
+                        .iter()
+                        .filter_map(|s| s.final_state.map(|t| t.as_secs_f64()))
+                        .collect();
                     let peak = measured
                         .iter()
                         .filter_map(|m| m.result.as_ref().ok())
@@ -123,6 +131,7 @@ pub fn build(run: &BenchRun) -> Report {
                         canceled,
                         ttfsl: stats::summarize(&ttfsl),
                         wall: stats::summarize(&wall),
+                        final_state: stats::summarize(&final_state),
                         peak_mem_bytes: peak,
                         leftovers: measured.iter().filter_map(|m| m.leftovers).max(),
                         runner_rss_slope: stats::slope(&rss),
@@ -155,6 +164,10 @@ pub fn build(run: &BenchRun) -> Report {
                 ratio_wall_p50: stats::ratio(
                     pick(dind, |m| m.wall.map(|s| s.p50)),
                     pick(shared, |m| m.wall.map(|s| s.p50)),
+                ),
+                ratio_final_p50: stats::ratio(
+                    pick(dind, |m| m.final_state.map(|s| s.p50)),
+                    pick(shared, |m| m.final_state.map(|s| s.p50)),
                 ),
                 ttfsl_overhead_p50_s: stats::overhead(
                     pick(dind, |m| m.ttfsl.map(|s| s.p50)),
@@ -302,6 +315,28 @@ pub fn render_table(report: &Report) -> String {
                     .unwrap_or_else(|| "-".into()),
             );
         }
+        if s.modes.iter().any(|m| m.final_state.is_some()) {
+            let per_mode: Vec<String> = s
+                .modes
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} p50 {} p95 {}",
+                        m.mode.as_str(),
+                        secs(m.final_state.map(|x| x.p50)),
+                        secs(m.final_state.map(|x| x.p95))
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  to final state (as GitLab sees the job; teardown after it): {}   dind/shared-socket p50: {}",
+                per_mode.join(", "),
+                s.ratio_final_p50
+                    .map(|r| format!("{r:.2}x"))
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
     }
     out
 }
@@ -347,6 +382,7 @@ pub fn to_json(report: &Report) -> Value {
                         json!({
                             "ttfsl_s": summary_json(m.ttfsl),
                             "wall_s": summary_json(m.wall),
+                            "final_state_s": summary_json(m.final_state),
                             "peak_mem_bytes": m.peak_mem_bytes,
                             "leftovers": m.leftovers,
                             "ok": m.ok,
@@ -364,6 +400,7 @@ pub fn to_json(report: &Report) -> Value {
                 "runs": s.runs,
                 "modes": modes,
                 "ratio_wall_p50": s.ratio_wall_p50,
+                "ratio_final_state_p50": s.ratio_final_p50,
                 "ttfsl_overhead_p50_s": s.ttfsl_overhead_p50_s,
                 "ttfsl_overhead_p95_s": s.ttfsl_overhead_p95_s,
             })

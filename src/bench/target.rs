@@ -68,6 +68,10 @@ pub struct RunSample {
     pub ttfsl: Option<Duration>,
     /// Job handed to the pipeline → pipeline returned (teardown included).
     pub wall: Duration,
+    /// Job handed to the pipeline → its outcome known and its log finished, the moment the
+    /// daemon sends the final state to GitLab (the teardown runs after it): the job's time
+    /// as a pipeline sees it. `None` when the target cannot tell.
+    pub final_state: Option<Duration>,
     /// Seconds per pipeline stage (`prepare_executor`, `dind_ready`, `step_script`,
     /// `dind_teardown`, …).
     pub stages: BTreeMap<String, f64>,

@@ -50,6 +50,10 @@ Metrics:
   TTFSL      time to first script line: job handed to the pipeline -> first byte of output of
              the user's `script`. What a developer waits for before their job does anything.
   wall       job handed to the pipeline -> pipeline done, teardown included.
+  to final state
+             job handed to the pipeline -> outcome known and log finished: when `runner run`
+             sends the final state to GitLab (the teardown runs after it, its slot still
+             held). The job's time as a pipeline sees it.
   peak mem   highest cgroup memory peak of the job's containers plus the sidecar.
   leftovers  containers, networks, volumes, cert dirs and firewall rules left after teardown;
              anything but 0 in dind mode is a bug.
@@ -264,11 +268,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(n) = args.warm_pool {
         base.docker.isolation.warm_pool = n;
+        base.docker.isolation.warm_pool_auto = false;
     }
-    eprintln!(
-        "runner bench: dind warm pool: {} pre-started sidecar(s)",
-        base.docker.isolation.warm_pool
-    );
+    if base.docker.isolation.warm_pool_auto {
+        eprintln!("runner bench: dind warm pool: auto (sized from the bench's own demand)");
+    } else {
+        eprintln!(
+            "runner bench: dind warm pool: {} pre-started sidecar(s)",
+            base.docker.isolation.warm_pool
+        );
+    }
     // Inner daemons must never pull: the scenarios' busybox is always preloaded.
     let busybox = "isolated-runner/busybox:test".to_string();
     if !base.docker.isolation.preload_images.contains(&busybox) {

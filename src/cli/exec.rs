@@ -222,6 +222,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     };
     // One job: a sidecar started ahead for a next job would only be thrown away.
     runner.docker.isolation.warm_pool = 0;
+    runner.docker.isolation.warm_pool_auto = false;
     let backend = crate::isolation::backend_for(&runner)
         .await
         .context("cannot set up the isolation backend")?;

@@ -51,6 +51,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         ClientOptions::default(),
         None,
     )
+    .with_concurrent(config.concurrent)
     .with_metrics(metrics.clone())
     .with_observer(journal.clone());
     let signals = daemon::OsSignals::new().context("cannot install signal handlers")?;

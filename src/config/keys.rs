@@ -346,6 +346,7 @@ pub const ISOLATION: Section = Section {
         "data_root",
         "data_root_max_size",
         "data_root_max_age",
+        "data_root_per_key",
         "registry_mirror",
         "registry_ca_files",
         "preload_images",

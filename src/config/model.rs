@@ -171,6 +171,9 @@ pub enum SidecarProfile {
 /// Default first host uid of rootless sidecars: far above the ids `useradd` hands out to
 /// people and their subordinate ranges (Debian's start at 100000, 65536 per user).
 pub const DEFAULT_ROOTLESS_UID_BASE: u32 = 100_000_000;
+/// Default `data_root_per_key`.
+pub const DEFAULT_DATA_ROOT_PER_KEY: usize = 4;
+
 /// Host ids per rootless sidecar: its daemon's uid, then 65535 subordinate ids.
 pub const ROOTLESS_UID_BLOCK: u32 = 65_536;
 /// Rootless sidecars on ephemeral data roots that can exist at once per runner process (jobs
@@ -252,8 +255,17 @@ pub struct IsolationConfig {
     pub ready_timeout: Duration,
     /// Runner-visible path -> host path, when the runner runs in a container.
     pub host_path_map: BTreeMap<PathBuf, PathBuf>,
-    /// Sidecars kept started and ready ahead of jobs (0 = off); each serves one job.
+    /// Sidecars kept started and ready ahead of jobs (0 = off); each serves one job. With
+    /// `warm_pool_auto`, the pool is sized from recent demand instead and this is 0.
     pub warm_pool: usize,
+    /// `warm_pool = "auto"`, the config file's default: the pool's size follows recent demand
+    /// (job starts within one slot build time, over the last `warm_pool_max_idle`), bounded by
+    /// `concurrent`/`limit` and by available memory. `Default` leaves it off (library callers
+    /// and tests opt in); the file loader turns it on unless `warm_pool` is a number.
+    pub warm_pool_auto: bool,
+    /// Warm data roots per (project, protected flag) with `data_root = "project"`: that many
+    /// parallel jobs of one project and protection level each start warm.
+    pub data_root_per_key: usize,
     /// A pre-started sidecar idle this long is replaced by a fresh one.
     pub warm_pool_max_idle: Duration,
 }
@@ -380,6 +392,8 @@ impl Default for IsolationConfig {
             host_path_map: BTreeMap::new(),
             registry_ca_files: BTreeMap::new(),
             warm_pool: 0,
+            warm_pool_auto: false,
+            data_root_per_key: DEFAULT_DATA_ROOT_PER_KEY,
             warm_pool_max_idle: Duration::from_secs(30 * 60),
         }
     }

@@ -332,6 +332,7 @@ warm_pool_max_idle = "10m"
     );
     assert_eq!(i.ready_timeout, Duration::from_secs(90));
     assert_eq!(i.warm_pool, 3);
+    assert!(!i.warm_pool_auto, "a number pins the pool's size");
     assert_eq!(i.warm_pool_max_idle, Duration::from_secs(600));
     assert_eq!(
         i.host_path_map.get(std::path::Path::new("/builds")),
@@ -378,6 +379,64 @@ fn warm_pool_is_bounded() {
     ));
     assert!(e.iter().any(|d| d.key_path.ends_with("warm_pool")));
     assert!(e.iter().any(|d| d.key_path.ends_with("warm_pool_max_idle")));
+}
+
+/// A file that says nothing about the pool gets the auto size (with or without the isolation
+/// table); "auto" says so explicitly; anything else is an error naming the key.
+#[test]
+fn warm_pool_is_auto_by_default() {
+    let c = load_str(&runner("", ""), "config.toml").unwrap().config;
+    let i = &c.runners[0].docker.isolation;
+    assert!(i.warm_pool_auto);
+    assert_eq!(i.warm_pool, 0);
+    assert_eq!(
+        i.data_root_per_key,
+        crate::config::DEFAULT_DATA_ROOT_PER_KEY
+    );
+    let c = load_str(
+        &runner(
+            "",
+            "[runners.docker.isolation]\npreload_images = [\"alpine:3\"]\ndata_root = \"project\"\ndata_root_per_key = 3",
+        ),
+        "config.toml",
+    )
+    .unwrap()
+    .config;
+    let i = &c.runners[0].docker.isolation;
+    assert!(
+        i.warm_pool_auto,
+        "only preload_images: the fast path without tuning"
+    );
+    assert_eq!(i.data_root_per_key, 3);
+    let c = load_str(
+        &runner("", "[runners.docker.isolation]\nwarm_pool = \"auto\""),
+        "config.toml",
+    )
+    .unwrap()
+    .config;
+    assert!(c.runners[0].docker.isolation.warm_pool_auto);
+    let e = errors(&runner(
+        "",
+        "[runners.docker.isolation]\nwarm_pool = \"many\"",
+    ));
+    assert!(e.iter().any(|d| d.key_path.ends_with("warm_pool")), "{e:?}");
+    let e = errors(&runner(
+        "",
+        "[runners.docker.isolation]\ndata_root = \"project\"\ndata_root_per_key = 0",
+    ));
+    assert!(
+        e.iter().any(|d| d.key_path.ends_with("data_root_per_key")),
+        "{e:?}"
+    );
+    // Without warm roots it does nothing, and says so.
+    let w = warnings(&runner(
+        "",
+        "[runners.docker.isolation]\ndata_root_per_key = 2",
+    ));
+    assert!(
+        w.iter().any(|d| d.key_path.ends_with("data_root_per_key")),
+        "{w:?}"
+    );
 }
 
 #[test]

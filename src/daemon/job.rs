@@ -128,6 +128,7 @@ pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, job: JobResponse) 
             resources: None,
             trace_offset: 0,
             trace_crc32: 0,
+            final_sent: false,
         };
         if let Err(e) = j.record(entry).await {
             tracing::warn!(job.id = id, error = %e, "cannot record the job in the crash journal; a crash would leave it to the reaper and GitLab's timeout");
@@ -146,26 +147,31 @@ pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, job: JobResponse) 
         shared.options.trace.clone(),
     );
     let sink = uploader.sink();
-    let outcome = if cancelled_before_start {
+    let (outcome, pending) = if cancelled_before_start {
         sink.append(b"Job was cancelled before it started\n");
-        JobOutcome::Canceled
+        (JobOutcome::Canceled, None)
     } else if let Err(msg) = &claim {
         tracing::warn!(job.id = id, reason = %msg, "job refused");
         sink.append(format!("\x1b[31;1mERROR: {msg}\x1b[0;m\n").as_bytes());
-        JobOutcome::Failed {
-            reason: FailureReason::RunnerSystemFailure,
-            exit_code: None,
-        }
+        (
+            JobOutcome::Failed {
+                reason: FailureReason::RunnerSystemFailure,
+                exit_code: None,
+            },
+            None,
+        )
     } else {
         let executor = shared.executor.clone();
         let runner = ctx.cfg.clone();
         let exec_sink = sink.clone();
         let exec_control = control.clone();
-        // Its own task so a panic in the pipeline fails this job, not the daemon.
-        let task =
-            tokio::spawn(
-                async move { executor.execute(job, runner, exec_sink, exec_control).await },
-            );
+        // Its own task so a panic in the pipeline fails this job, not the daemon. The task ends
+        // with the job's last stage: its teardown comes back to run after the final state.
+        let task = tokio::spawn(async move {
+            executor
+                .execute_deferred(job, runner, exec_sink, exec_control)
+                .await
+        });
         tokio::pin!(task);
         let mut refresh = tokio::time::interval(shared.options.journal_refresh);
         let joined = loop {
@@ -182,14 +188,17 @@ pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, job: JobResponse) 
             }
         };
         match joined {
-            Ok(outcome) => outcome,
+            Ok(done) => done,
             Err(e) => {
                 tracing::error!(job.id = id, error = %e, "the job pipeline crashed");
                 sink.append(b"\x1b[31;1mERROR: the runner's job pipeline crashed; this is a runner bug\x1b[0;m\n");
-                JobOutcome::Failed {
-                    reason: FailureReason::RunnerSystemFailure,
-                    exit_code: None,
-                }
+                (
+                    JobOutcome::Failed {
+                        reason: FailureReason::RunnerSystemFailure,
+                        exit_code: None,
+                    },
+                    None,
+                )
             }
         }
     };
@@ -220,11 +229,57 @@ pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, job: JobResponse) 
         &update,
     )
     .await;
-    // The job is over on our side whatever GitLab answered: a restart must not report it again.
+    if let Some(pending) = pending {
+        // The job is over for GitLab whatever it answered: a restart must not report it again,
+        // only remove what the teardown below did not get to.
+        if let Some(j) = journal
+            && let Err(e) = j.set_final_sent(id).await
+        {
+            tracing::warn!(job.id = id, error = %e, "cannot mark the job reported in the crash journal");
+        }
+        teardown_after_final(id, pending, shared.options.metrics.as_deref()).await;
+    }
     if let Some(j) = journal
         && let Err(e) = j.remove(id).await
     {
         tracing::warn!(job.id = id, error = %e, "cannot remove the job from the crash journal");
+    }
+}
+
+/// Tears a finished job's environment down after its final state went out. The caller still
+/// holds the job's concurrency permits (so `concurrent` and `limit` bound sidecars, not only
+/// jobs GitLab sees running) and runs inside the daemon's tracker (so shutdown waits for it).
+/// What it leaves is logged here, counted by the executor's metrics
+/// (`isolated_runner_teardown_failures_total`) and removed by the label reaper.
+async fn teardown_after_final(
+    id: u64,
+    pending: crate::job::PendingTeardown,
+    metrics: Option<&crate::metrics::Metrics>,
+) {
+    if let Some(m) = metrics {
+        m.teardown_pending(1.0);
+    }
+    let started = std::time::Instant::now();
+    // Its own task, like the pipeline: a panic in a backend's teardown must not end the daemon.
+    match tokio::spawn(pending.run()).await {
+        Ok(report) if report.failures.is_empty() => {
+            tracing::debug!(
+                job.id = id,
+                took_ms = started.elapsed().as_millis() as u64,
+                "job environment removed"
+            );
+        }
+        Ok(report) => {
+            for f in &report.failures {
+                tracing::warn!(job.id = id, failure = %f, "job teardown left something; the reaper removes it");
+            }
+        }
+        Err(e) => {
+            tracing::error!(job.id = id, error = %e, "the job teardown crashed; the reaper removes what is left");
+        }
+    }
+    if let Some(m) = metrics {
+        m.teardown_pending(-1.0);
     }
 }
 

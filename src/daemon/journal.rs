@@ -3,7 +3,8 @@
 //!
 //! An entry is written right after GitLab accepted `PUT state=running`, rewritten once the
 //! environment is prepared (with what it made) and whenever the acknowledged trace offset moves,
-//! and removed after the final update. Every write is atomic (temp file with mode 0600, fsync,
+//! marked `final_sent` once GitLab has the final state (the teardown runs after it), and removed
+//! when the teardown is over. Every write is atomic (temp file with mode 0600, fsync,
 //! rename, fsync of the 0700 directory), so a crash leaves either the old or the new entry,
 //! never a torn one. The entry holds the job token: without it the restarted runner cannot append to
 //! the trace or report the job failed (GitLab authenticates those calls with the job token only),
@@ -85,6 +86,10 @@ pub struct JournalEntry {
     /// CRC-32 over those bytes (continues into the checksum of the final update).
     #[serde(default)]
     pub trace_crc32: u32,
+    /// GitLab has the job's final state; only the teardown was left (it runs after the final
+    /// update). Recovery then removes what the job left and reports nothing.
+    #[serde(default)]
+    pub final_sent: bool,
 }
 
 /// The journal of one runner process. Cheap to share behind an `Arc`.
@@ -203,7 +208,17 @@ impl Journal {
         self.persist(job_id).await
     }
 
-    /// Forgets a job (its final update was sent, or it was recovered).
+    /// Marks a job whose final state went out and whose teardown is still to run: a crash
+    /// from here on leaves the teardown to recovery, which reports nothing more.
+    pub async fn set_final_sent(&self, job_id: u64) -> Result<(), Error> {
+        match self.lock().get_mut(&job_id) {
+            Some(e) if !e.final_sent => e.final_sent = true,
+            _ => return Ok(()),
+        }
+        self.persist(job_id).await
+    }
+
+    /// Forgets a job (its final update was sent and its teardown over, or it was recovered).
     pub async fn remove(&self, job_id: u64) -> Result<(), Error> {
         self.lock().remove(&job_id);
         self.persist(job_id).await
@@ -302,6 +317,7 @@ mod tests {
             resources: None,
             trace_offset: 0,
             trace_crc32: 0,
+            final_sent: false,
         }
     }
 

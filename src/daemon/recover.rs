@@ -75,11 +75,20 @@ pub(super) async fn cleanup(
         }
     }
     for e in &entries {
-        tracing::warn!(
-            job.id = e.job_id,
-            runner = %e.runner_name,
-            "the runner stopped while this job ran; cleaning it up"
-        );
+        if e.final_sent {
+            tracing::warn!(
+                job.id = e.job_id,
+                runner = %e.runner_name,
+                "the runner stopped while this job's environment was torn down (its final state \
+                 was sent); removing what is left"
+            );
+        } else {
+            tracing::warn!(
+                job.id = e.job_id,
+                runner = %e.runner_name,
+                "the runner stopped while this job ran; cleaning it up"
+            );
+        }
         let Some(docker) = connect(config, Some(&e.runner_name)).await else {
             continue;
         };
@@ -97,6 +106,13 @@ pub(super) async fn cleanup(
             failures = report.failures.len(),
             "removed what the lost job left"
         );
+    }
+    // A job whose final state GitLab has is done once its leftovers are gone (above): nothing
+    // more to report, so it leaves the journal here.
+    let (done, entries): (Vec<JournalEntry>, Vec<JournalEntry>) =
+        entries.into_iter().partition(|e| e.final_sent);
+    for e in done {
+        forget(journal, e.job_id).await;
     }
     if reap_runner {
         // One sweep per (docker host, builds dir): everything labelled with this runner id is a

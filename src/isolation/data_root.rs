@@ -6,9 +6,12 @@
 //! the same trust level):
 //! - **Keyed** by runner id, project id and protected flag, in the name *and* in labels that
 //!   are checked before reuse. Never shared across projects or protection levels.
-//! - **One job at a time**: an exclusive `flock` on `<state_dir>/warm-roots/<volume>.lock`,
-//!   tried without waiting. Busy (or a container of a dead runner still holds the volume) →
-//!   the job gets an ordinary ephemeral volume. Never wait, never share.
+//! - **One job at a time per root, several roots per key**: a key has up to
+//!   `data_root_per_key` roots (`…-p<project>-<protected>`, then `-1`, `-2`, …), each with
+//!   its own exclusive `flock` on `<state_dir>/warm-roots/<volume>.lock`, tried without
+//!   waiting, existing roots first. All busy (or held by a container of a dead runner) → the
+//!   job gets an ordinary ephemeral volume. Never wait, never share a root between two live
+//!   daemons; parallel jobs of one project and protection level each get their own root.
 //! - **Size cap** (`data_root_max_size`): measured with `du` in a throw-away helper container
 //!   (no network, volume read-only) after the sidecar stopped; over the cap → removed, the next
 //!   job starts cold.
@@ -58,8 +61,8 @@ pub const STOP_GRACE_SECS: i32 = 20;
 /// Label with the GitLab instance ([`crate::config::instance_key`]) of a warm root.
 pub const LABEL_INSTANCE: &str = "io.isolated-runner.instance";
 
-/// The volume name of a warm root. `instance` is the GitLab instance's key: project ids are only
-/// unique within one instance (H3).
+/// The volume name of a key's first warm root. `instance` is the GitLab instance's key: project
+/// ids are only unique within one instance (H3).
 pub fn volume_name(runner_id: &str, instance: &str, project_id: u64, protected: bool) -> String {
     format!(
         "ir-{runner_id}-warm-{instance}-p{project_id}-{}",
@@ -69,6 +72,24 @@ pub fn volume_name(runner_id: &str, instance: &str, project_id: u64, protected: 
             "unprotected"
         }
     )
+}
+
+/// The volume name of a key's warm root number `index` (`0..data_root_per_key`): the first
+/// keeps [`volume_name`] (roots made before there were several stay in use), the others add
+/// `-<index>`. Each has its own lock file, and on the rootless profile its own uid block (the
+/// block follows the name).
+pub fn volume_name_at(
+    runner_id: &str,
+    instance: &str,
+    project_id: u64,
+    protected: bool,
+    index: usize,
+) -> String {
+    let first = volume_name(runner_id, instance, project_id, protected);
+    match index {
+        0 => first,
+        n => format!("{first}-{n}"),
+    }
 }
 
 fn now_secs() -> u64 {
@@ -177,6 +198,8 @@ pub struct WarmRequest<'a> {
     pub max_size: Option<u64>,
     /// `data_root_max_age`.
     pub max_age: Option<Duration>,
+    /// `data_root_per_key`: warm roots this key may have (at least 1).
+    pub per_key: usize,
     /// Image with `du` (the helper image).
     pub helper_image: &'a str,
     /// The job's create requests (see `common::detached`): the volume and the measuring
@@ -222,14 +245,56 @@ impl NoFollow for std::fs::OpenOptions {
     }
 }
 
-/// Takes the warm root of (runner, project, protected) for one job: locks it, drops it when
-/// too old or held by a leftover container, creates it when missing. `Err(Miss)` means "use an
-/// ephemeral volume" (never an error for the job).
+/// Takes a free warm root of (runner, project, protected) for one job: one of the key's
+/// `per_key` roots whose lock nobody holds, preferring roots that exist (warm) over ones still
+/// to be made; drops it when too old or held by a leftover container (then tries the next),
+/// creates it when missing. `Err(Miss)` means "use an ephemeral volume" (never an error for
+/// the job).
 pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease, Miss> {
+    let names: Vec<String> = (0..req.per_key.max(1))
+        .map(|i| {
+            volume_name_at(
+                req.runner_id,
+                req.instance,
+                req.project_id,
+                req.protected,
+                i,
+            )
+        })
+        .collect();
+    // Only an ordering hint: the lock and `settle` decide, so a failed listing costs warmth,
+    // never safety.
+    let existing: std::collections::HashSet<String> = docker
+        .list_volumes(&[
+            format!("{LABEL_WARM}=1"),
+            format!("{LABEL_RUNNER}={}", req.runner_id),
+        ])
+        .await
+        .map(|vs| vs.into_iter().map(|v| v.name).collect())
+        .unwrap_or_default();
+    let (mut warm, cold): (Vec<String>, Vec<String>) =
+        names.into_iter().partition(|n| existing.contains(n));
+    warm.extend(cold);
+    let mut miss = Miss::Busy;
+    for volume in warm {
+        match acquire_one(docker, req, volume).await {
+            Ok(lease) => return Ok(lease),
+            Err(Miss::Busy) => {}
+            Err(m) => miss = m,
+        }
+    }
+    Err(miss)
+}
+
+/// Takes the warm root `volume` of the request's key, without waiting.
+async fn acquire_one(
+    docker: &Docker,
+    req: &WarmRequest<'_>,
+    volume: String,
+) -> Result<WarmLease, Miss> {
     let naming = Naming::new(req.runner_id, req.job_id, req.timeout)
         .map_err(|e| Miss::Unavailable(e.to_string()))?;
     let runner_id = req.runner_id;
-    let volume = volume_name(runner_id, req.instance, req.project_id, req.protected);
     let lock = match try_lock(lock_path(req.state_dir, &volume)).await {
         Ok(Some(l)) => l,
         Ok(None) => return Err(Miss::Busy),

@@ -70,6 +70,7 @@ fn request<'a>(dir: &'a Path, inflight: &'a TaskTracker) -> WarmRequest<'a> {
         protected: false,
         max_size: None,
         max_age: None,
+        per_key: 1,
         helper_image: "helper",
         inflight,
     }

@@ -13,7 +13,7 @@
 //! and the client half of the certificates. The host socket is never mounted.
 
 use super::naming::{Naming, other, other_paths};
-use super::pool::{Pool, Slot, WarmKey};
+use super::pool::{Pool, Sizing, Slot, WarmKey};
 use super::resolve::Resolve;
 use super::sidecar::{BootPlan, Core, JOB_CPU_SHARES, SidecarDirs, Timings, finish_parts};
 use super::state::{CLIENT_CERT_PATH, JobState, ScriptSettings};
@@ -49,8 +49,20 @@ impl DindBackend {
         let iso = &runner.docker.isolation;
         // With warm data roots, slots are per project, started after a project's job.
         let keyed = iso.data_root == crate::config::DataRoot::Project;
-        let pool = (iso.warm_pool > 0)
-            .then(|| Arc::new(Pool::new(iso.warm_pool, iso.warm_pool_max_idle, keyed)));
+        let sizing = if iso.warm_pool_auto {
+            Sizing::Auto {
+                floor: iso.warm_pool,
+            }
+        } else {
+            Sizing::Fixed(iso.warm_pool)
+        };
+        let pool = (iso.warm_pool > 0 || iso.warm_pool_auto)
+            .then(|| Arc::new(Pool::with_sizing(sizing, iso.warm_pool_max_idle, keyed)));
+        if let Some(p) = &pool
+            && runner.limit > 0
+        {
+            p.set_job_cap(runner.limit);
+        }
         DindBackend {
             core: Arc::new(Core::new(docker, runner, state_dir)),
             pool,
@@ -136,6 +148,17 @@ impl Isolation for DindBackend {
             pool.start(&self.core, runner_id);
             pool.refill(&self.core);
         }
+    }
+
+    fn set_job_cap(&self, cap: usize) {
+        if let Some(pool) = &self.pool {
+            let limit = self.core.runner.limit;
+            pool.set_job_cap(if limit > 0 { cap.min(limit) } else { cap });
+        }
+    }
+
+    fn pool_target(&self) -> Option<usize> {
+        self.pool.as_ref().map(|p| p.target())
     }
 
     fn standby_ids(&self) -> Vec<u64> {
@@ -637,7 +660,8 @@ impl DindEnv {
         let followup = self.followup.take();
         let report = finish_parts(self.state, self.warm.take()).await;
         if let Some(f) = followup {
-            f.pool.prestart(&f.core, f.key, f.helper_image);
+            let per_key = f.core.runner.docker.isolation.data_root_per_key;
+            f.pool.prestart(&f.core, f.key, f.helper_image, per_key);
         }
         report
     }

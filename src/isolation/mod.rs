@@ -201,6 +201,16 @@ pub trait Isolation: Send + Sync {
         Vec::new()
     }
 
+    /// Bounds how many environments are made ahead of jobs (`concurrent`/`limit`: more could
+    /// never be in use at once). Backends without a warm pool ignore it.
+    fn set_job_cap(&self, _cap: usize) {}
+
+    /// The number of environments the backend aims to keep ready now (`warm_pool`, or what
+    /// `warm_pool = "auto"` derived from recent demand); `None` without a warm pool.
+    fn pool_target(&self) -> Option<usize> {
+        None
+    }
+
     /// Removes environments made ahead of jobs and waits for the backend's background work.
     /// Call once, when the process stops taking jobs; `prepare` still works afterwards but
     /// makes everything per job.

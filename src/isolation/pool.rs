@@ -55,6 +55,14 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(15);
 /// A slot whose daemon does not answer a ping this fast is not handed to a job.
 const ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `warm_pool = "auto"`: the build time assumed before the first slot was built (a cold start
+/// on the reference host is 2–4 s).
+const FIRST_BUILD_GUESS: Duration = Duration::from_secs(4);
+
+/// `warm_pool = "auto"`: memory one idle sidecar is assumed to need (an idle dockerd with its
+/// containerd is ~60–120 MB here; the margin covers the job's first inner containers).
+pub const SIDECAR_MEMORY_ESTIMATE: u64 = 256 * 1024 * 1024;
+
 /// The project and protection level a keyed slot's warm data root belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct WarmKey {
@@ -94,6 +102,13 @@ struct PoolState {
     maintenance: bool,
     /// Jobs waiting in `take` for a slot being built, per key.
     waiting: HashMap<Option<WarmKey>, usize>,
+    /// When jobs asked for a slot, over the last `max_idle` (`warm_pool = "auto"`; tokio's
+    /// clock, so tests can move it).
+    starts: VecDeque<tokio::time::Instant>,
+    /// Recent slot build time (moving average); `None` before the first build.
+    build_time: Option<Duration>,
+    /// Slots that available memory allows beside the idle ones (read every maintenance round).
+    memory_room: Option<usize>,
 }
 
 impl PoolState {
@@ -106,9 +121,39 @@ impl PoolState {
     }
 }
 
-/// Keeps up to `size` slots ready. See the module docs.
+/// How many slots a pool keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sizing {
+    /// Exactly this many (`warm_pool = N`).
+    Fixed(usize),
+    /// From recent demand (`warm_pool = "auto"`), never below `floor`.
+    Auto {
+        /// What the admin set explicitly (0 when nothing).
+        floor: usize,
+    },
+}
+
+/// The slots recent demand asks for: the most job starts that fell within one slot build time
+/// of each other in `starts` (oldest first). A job that arrives within a build time of another
+/// cannot be served by that one's replacement, so each of them needs a slot started ahead; one
+/// start alone asks for one slot (the next job of a stream).
+pub fn demand_target(starts: &VecDeque<tokio::time::Instant>, build_time: Duration) -> usize {
+    let mut best = 0;
+    let mut lo = 0;
+    for (hi, t) in starts.iter().enumerate() {
+        while lo < hi && t.duration_since(starts[lo]) > build_time {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best
+}
+
+/// Keeps slots ready: a fixed number, or as many as recent demand asks for. See the module docs.
 pub struct Pool {
-    size: usize,
+    sizing: Sizing,
+    /// `concurrent`/`limit` of the runner (more slots could never be in use at once).
+    job_cap: std::sync::atomic::AtomicUsize,
     max_idle: Duration,
     /// Slots on warm data roots, started after a project's job (`data_root = "project"`);
     /// otherwise ephemeral slots, kept at `size`.
@@ -124,8 +169,15 @@ impl Pool {
     /// A pool of `size` slots, each replaced after `max_idle` unused; `keyed` for warm data
     /// roots.
     pub fn new(size: usize, max_idle: Duration, keyed: bool) -> Self {
+        Self::with_sizing(Sizing::Fixed(size), max_idle, keyed)
+    }
+
+    /// A pool sized by `sizing`; with [`Sizing::Auto`], `max_idle` is also the window of
+    /// demand it looks back on.
+    pub fn with_sizing(sizing: Sizing, max_idle: Duration, keyed: bool) -> Self {
         Pool {
-            size,
+            sizing,
+            job_cap: std::sync::atomic::AtomicUsize::new(usize::MAX),
             max_idle,
             keyed,
             state: Mutex::new(PoolState::default()),
@@ -138,6 +190,80 @@ impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         // A panic while holding the lock leaves plain data behind; keep using it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bounds the auto size by `concurrent`/`limit`.
+    pub fn set_job_cap(&self, cap: usize) {
+        self.job_cap
+            .store(cap.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many slots the pool aims to keep now (idle, building, and for keyed pools the
+    /// most that may exist).
+    pub fn target(&self) -> usize {
+        let mut st = self.lock();
+        self.target_locked(&mut st)
+    }
+
+    fn target_locked(&self, st: &mut PoolState) -> usize {
+        match self.sizing {
+            Sizing::Fixed(n) => n,
+            Sizing::Auto { floor } => {
+                let now = tokio::time::Instant::now();
+                while st
+                    .starts
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > self.max_idle)
+                {
+                    st.starts.pop_front();
+                }
+                let wanted = demand_target(&st.starts, st.build_time.unwrap_or(FIRST_BUILD_GUESS));
+                let cap = self
+                    .job_cap
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .min(st.memory_room.map_or(usize::MAX, |m| m + st.idle.len()));
+                wanted.min(cap).max(floor)
+            }
+        }
+    }
+
+    /// Remembers that a job asked for a slot (demand, for `warm_pool = "auto"`).
+    fn record_start(&self, st: &mut PoolState) {
+        if matches!(self.sizing, Sizing::Auto { .. }) {
+            st.starts.push_back(tokio::time::Instant::now());
+            // Bounded whatever the window: more starts than this within one build time would
+            // exceed any cap anyway.
+            if st.starts.len() > 4096 {
+                st.starts.pop_front();
+            }
+        }
+    }
+
+    /// Reads available memory for the auto size's bound.
+    async fn measure_memory(&self) {
+        if !matches!(self.sizing, Sizing::Auto { .. }) {
+            return;
+        }
+        let room = tokio::fs::read_to_string("/proc/meminfo")
+            .await
+            .ok()
+            .and_then(|t| mem_available(&t))
+            .map(|b| (b / SIDECAR_MEMORY_ESTIMATE) as usize);
+        self.lock().memory_room = room;
+    }
+
+    /// Removes idle slots above the target (demand fell), oldest first.
+    fn shrink(&self) {
+        let extra: Vec<Slot> = {
+            let mut st = self.lock();
+            let target = self.target_locked(&mut st);
+            let over = (st.idle.len() + st.building.len()).saturating_sub(target);
+            let n = over.min(st.idle.len());
+            st.idle.drain(..n).collect()
+        };
+        for slot in extra {
+            self.discard(slot, "demand fell");
+        }
     }
 
     /// Learns the runner id and starts the maintenance loop (once).
@@ -156,12 +282,15 @@ impl Pool {
         drop(st);
         let (pool, builder) = (Arc::clone(self), Arc::clone(builder));
         self.tasks.spawn(async move {
+            pool.measure_memory().await;
             loop {
                 tokio::select! {
                     _ = pool.closed.cancelled() => return,
                     _ = tokio::time::sleep(MAINTENANCE_EVERY) => {}
                 }
+                pool.measure_memory().await;
                 pool.expire();
+                pool.shrink();
                 pool.refill(&builder);
             }
         });
@@ -182,6 +311,10 @@ impl Pool {
             .checked_add(spec.timeout)
             .and_then(|t| t.checked_add(crate::pki::VALIDITY_MARGIN))?;
         let deadline = tokio::time::Instant::now() + wait;
+        {
+            let mut st = self.lock();
+            self.record_start(&mut st);
+        }
         loop {
             let notified = self.built.notified();
             tokio::pin!(notified);
@@ -239,7 +372,8 @@ impl Pool {
         let Some(runner_id) = st.runner_id.clone() else {
             return;
         };
-        while st.idle.len() + st.building.len() < self.size {
+        let target = self.target_locked(&mut st);
+        while st.idle.len() + st.building.len() < target {
             let id = new_slot_id(&st);
             st.building.insert(id, None);
             // After failures, wait before trying again: a host that cannot start sidecars
@@ -252,14 +386,16 @@ impl Pool {
         }
     }
 
-    /// After a job on `key`'s warm data root ended: starts a sidecar on that root for the
-    /// project's next job, unless one is idle or starting already. When the pool is full the
-    /// oldest idle slot makes room; when every slot is starting, nothing happens.
+    /// After a job on one of `key`'s warm data roots ended: starts a sidecar on a free root of
+    /// that key for the project's next job, unless `per_key` are idle or starting already
+    /// (parallel jobs of one project each find one). When the pool is full the oldest idle
+    /// slot makes room; when every slot is starting, nothing happens.
     pub(super) fn prestart<B: SlotBuilder>(
         self: &Arc<Self>,
         builder: &Arc<B>,
         key: WarmKey,
         helper_image: String,
+        per_key: usize,
     ) {
         if self.closed.is_cancelled() || !self.keyed {
             return;
@@ -268,11 +404,14 @@ impl Pool {
         let Some(runner_id) = st.runner_id.clone() else {
             return;
         };
-        if st.idle.iter().any(|s| s.key == Some(key)) || st.building_for(Some(key)) > 0 {
+        let of_key =
+            st.idle.iter().filter(|s| s.key == Some(key)).count() + st.building_for(Some(key));
+        if of_key >= per_key.max(1) {
             return;
         }
         let mut evicted = None;
-        if st.idle.len() + st.building.len() >= self.size {
+        let target = self.target_locked(&mut st);
+        if st.idle.len() + st.building.len() >= target {
             match st.idle.pop_front() {
                 Some(old) => evicted = Some(old),
                 None => return,
@@ -309,10 +448,25 @@ impl Pool {
                 _ = pool.closed.cancelled() => Err(Error::Canceled),
                 _ = tokio::time::sleep(backoff) => {
                     let plan = SlotPlan { runner_id: &runner_id, id, key, helper_image: &helper_image };
-                    builder.build_slot(plan, pool.max_idle, &pool.closed).await
+                    let started = Instant::now();
+                    let r = builder.build_slot(plan, pool.max_idle, &pool.closed).await;
+                    if r.is_ok() {
+                        pool.learn_build_time(started.elapsed());
+                    }
+                    r
                 }
             };
             pool.finished(id, built);
+        });
+    }
+
+    /// Moving average of build times (new builds weigh 1/4): what "within one build time"
+    /// means for the auto size.
+    fn learn_build_time(&self, took: Duration) {
+        let mut st = self.lock();
+        st.build_time = Some(match st.build_time {
+            None => took,
+            Some(avg) => (avg * 3 + took) / 4,
         });
     }
 
@@ -401,6 +555,15 @@ impl Pool {
         }
         report
     }
+}
+
+/// `MemAvailable` of `/proc/meminfo`, bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    meminfo.lines().find_map(|l| {
+        let rest = l.strip_prefix("MemAvailable:")?;
+        let kb: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
+        kb.checked_mul(1024)
+    })
 }
 
 /// One job waiting in `take` for a slot of `key`; counted out when dropped.
@@ -532,6 +695,60 @@ mod tests {
                 .await
                 .is_none()
         );
+    }
+
+    /// The auto size: a lone start asks for one slot, starts within one build time of each
+    /// other each ask for one, spread-out starts do not add up; bounded by the job cap and by
+    /// memory, never below the floor; back to the floor once the window has passed.
+    #[test]
+    fn auto_size_follows_demand_within_its_bounds() {
+        let now = tokio::time::Instant::now();
+        let at = |ms: u64| now + Duration::from_millis(ms);
+        let build = Duration::from_secs(3);
+        assert_eq!(demand_target(&VecDeque::new(), build), 0);
+        assert_eq!(demand_target(&VecDeque::from([at(0)]), build), 1);
+        // A stream one job every 5 s: each replacement is ready before the next job.
+        let stream = VecDeque::from([at(0), at(5_000), at(10_000), at(15_000)]);
+        assert_eq!(demand_target(&stream, build), 1);
+        // A stream one job a second: three arrive while one slot builds.
+        let fast = VecDeque::from([at(0), at(1_000), at(2_000), at(3_000), at(4_000)]);
+        assert_eq!(demand_target(&fast, build), 4);
+        // A stage of four parallel jobs, then quiet.
+        let burst = VecDeque::from([at(0), at(10), at(20), at(30), at(20_000)]);
+        assert_eq!(demand_target(&burst, build), 4);
+
+        let pool = Pool::with_sizing(Sizing::Auto { floor: 0 }, Duration::from_secs(60), false);
+        assert_eq!(pool.target(), 0, "no demand yet");
+        for _ in 0..6 {
+            let mut st = pool.lock();
+            pool.record_start(&mut st);
+        }
+        pool.lock().build_time = Some(build);
+        assert_eq!(pool.target(), 6, "six jobs at once");
+        pool.set_job_cap(4);
+        assert_eq!(pool.target(), 4, "concurrent/limit bound it");
+        pool.lock().memory_room = Some(2);
+        assert_eq!(pool.target(), 2, "memory bounds it");
+        // The window (max_idle) passes: demand is forgotten.
+        for t in pool.lock().starts.iter_mut() {
+            *t = t
+                .checked_sub(Duration::from_secs(61))
+                .expect("an uptime over a minute");
+        }
+        assert_eq!(pool.target(), 0);
+        // An explicit floor is never undercut.
+        let floored = Pool::with_sizing(Sizing::Auto { floor: 2 }, Duration::from_secs(60), false);
+        floored.lock().memory_room = Some(0);
+        assert_eq!(floored.target(), 2);
+        // A number is a number.
+        assert_eq!(Pool::new(3, Duration::from_secs(60), false).target(), 3);
+    }
+
+    #[test]
+    fn meminfo_is_read() {
+        let text = "MemTotal:        8000000 kB\nMemFree:  100 kB\nMemAvailable:    2097152 kB\n";
+        assert_eq!(mem_available(text), Some(2 << 30));
+        assert_eq!(mem_available("MemFree: 1 kB\n"), None);
     }
 
     #[test]

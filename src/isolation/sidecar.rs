@@ -421,6 +421,7 @@ impl Core {
             protected: key.protected,
             max_size: iso.data_root_max_size,
             max_age: iso.data_root_max_age,
+            per_key: iso.data_root_per_key,
             helper_image,
             inflight,
         };

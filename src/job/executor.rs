@@ -1,7 +1,7 @@
 //! The executor `runner run` uses: the job pipeline with, per `[[runners]]` entry, the isolation
 //! backend its config asks for and GitLab as the artifact store.
 
-use super::{JobControl, JobExecutor, JobOutcome, Pipeline};
+use super::{JobControl, JobExecutor, JobOutcome, PendingTeardown, Pipeline};
 use crate::config::RunnerConfig;
 use crate::gitlab::types::JobResponse;
 use crate::gitlab::{ArtifactClient, Client, ClientOptions};
@@ -37,6 +37,8 @@ pub struct RunnerExecutor {
     observer: Option<Arc<dyn JobObserver>>,
     /// One set for every entry this executor serves: a job id already running is refused.
     running: super::trust::RunningJobs,
+    /// `concurrent`: no backend keeps more environments ready than could run at once.
+    concurrent: Option<usize>,
 }
 
 impl RunnerExecutor {
@@ -57,7 +59,15 @@ impl RunnerExecutor {
             metrics: None,
             observer: None,
             running: super::trust::RunningJobs::default(),
+            concurrent: None,
         }
+    }
+
+    /// Bounds every backend's warm pool by the process's `concurrent` (and each entry's
+    /// `limit`).
+    pub fn with_concurrent(mut self, concurrent: usize) -> Self {
+        self.concurrent = Some(concurrent);
+        self
     }
 
     /// Records backend stage durations, sidecar readiness and teardown time in `metrics`.
@@ -79,15 +89,54 @@ impl RunnerExecutor {
             return Ok(b.clone());
         }
         let mut made = isolation::backend_for_in(runner, &self.state_dir).await?;
+        if let Some(n) = self.concurrent {
+            made.set_job_cap(n);
+        }
         if self.metrics.is_some() || self.observer.is_some() {
             made = Arc::new(Observed {
                 inner: made,
                 metrics: self.metrics.clone(),
                 observer: self.observer.clone(),
+                runner_name: runner.name.clone(),
             });
+            if let (Some(m), Some(t)) = (&self.metrics, made.pool_target()) {
+                m.set_warm_pool_target(&runner.name, t);
+            }
         }
         backends.insert(key, made.clone());
         Ok(made)
+    }
+}
+
+impl RunnerExecutor {
+    /// The pipeline for one job of `runner`: its backend and GitLab as the artifact store.
+    async fn pipeline(&self, runner: &RunnerConfig) -> Result<Pipeline, String> {
+        let backend = self
+            .backend(runner)
+            .await
+            .map_err(|e| format!("cannot set up job isolation: {e}"))?;
+        let options = crate::gitlab::client::ClientOptions {
+            tls_ca_file: runner.tls_ca_file.clone(),
+            ..self.client_options.clone()
+        };
+        let client = Client::new(&runner.url, options)
+            .map_err(|e| format!("cannot make a GitLab client: {e}"))?;
+        let mut pipeline = Pipeline::new(backend, Arc::new(ArtifactClient::new(client)));
+        // `cache:` is always on: local archives under the entry's `cache_dir`.
+        pipeline.cache = Some(self.cache.clone().unwrap_or_else(super::LocalCache::hook));
+        pipeline.runner_id = self.runner_id.clone();
+        pipeline.staging_root = super::staging::staging_root(&self.state_dir);
+        pipeline.running = self.running.clone();
+        Ok(pipeline)
+    }
+}
+
+/// A job that could not start: the reason in its trace, a system failure.
+fn setup_failed(trace: &dyn TraceSink, what: &str) -> JobOutcome {
+    trace.append(format!("\x1b[31;1mERROR: {what}\x1b[0;m\n").as_bytes());
+    JobOutcome::Failed {
+        reason: FailureReason::RunnerSystemFailure,
+        exit_code: None,
     }
 }
 
@@ -100,38 +149,32 @@ impl JobExecutor for RunnerExecutor {
         trace: Arc<dyn TraceSink>,
         control: JobControl,
     ) -> JobOutcome {
-        let fail = |what: String| {
-            trace.append(format!("\x1b[31;1mERROR: {what}\x1b[0;m\n").as_bytes());
-            JobOutcome::Failed {
-                reason: FailureReason::RunnerSystemFailure,
-                exit_code: None,
-            }
-        };
-        let backend = match self.backend(&runner).await {
-            Ok(b) => b,
-            Err(e) => return fail(format!("cannot set up job isolation: {e}")),
-        };
-        let options = crate::gitlab::client::ClientOptions {
-            tls_ca_file: runner.tls_ca_file.clone(),
-            ..self.client_options.clone()
-        };
-        let client = match Client::new(&runner.url, options) {
-            Ok(c) => c,
-            Err(e) => return fail(format!("cannot make a GitLab client: {e}")),
-        };
-        let mut pipeline = Pipeline::new(backend, Arc::new(ArtifactClient::new(client)));
-        // `cache:` is always on: local archives under the entry's `cache_dir`.
-        pipeline.cache = Some(self.cache.clone().unwrap_or_else(super::LocalCache::hook));
-        pipeline.runner_id = self.runner_id.clone();
-        pipeline.staging_root = super::staging::staging_root(&self.state_dir);
-        pipeline.running = self.running.clone();
-        pipeline.execute(job, runner, trace, control).await
+        match self.pipeline(&runner).await {
+            Ok(p) => p.execute(job, runner, trace, control).await,
+            Err(what) => setup_failed(trace.as_ref(), &what),
+        }
+    }
+
+    async fn execute_deferred(
+        &self,
+        job: JobResponse,
+        runner: Arc<RunnerConfig>,
+        trace: Arc<dyn TraceSink>,
+        control: JobControl,
+    ) -> (JobOutcome, Option<PendingTeardown>) {
+        match self.pipeline(&runner).await {
+            Ok(p) => p.execute_deferred(job, runner, trace, control).await,
+            Err(what) => (setup_failed(trace.as_ref(), &what), None),
+        }
     }
 
     async fn warm_up(&self, runners: &[RunnerConfig], _runner_id: &str) {
         // Labelled like this executor's jobs (the pool hands slots only to the same id).
         let runner_id = self.runner_id.as_str();
-        for r in runners.iter().filter(|r| r.docker.isolation.warm_pool > 0) {
+        for r in runners
+            .iter()
+            .filter(|r| r.docker.isolation.warm_pool > 0 || r.docker.isolation.warm_pool_auto)
+        {
             match self.backend(r).await {
                 Ok(b) => b.warm_up(runner_id).await,
                 Err(e) => {
@@ -172,6 +215,8 @@ struct Observed {
     inner: Arc<dyn Isolation>,
     metrics: Option<Arc<Metrics>>,
     observer: Option<Arc<dyn JobObserver>>,
+    /// The entry's name, for `isolated_runner_warm_pool_target`.
+    runner_name: String,
 }
 
 #[async_trait::async_trait]
@@ -188,6 +233,14 @@ impl Isolation for Observed {
         self.inner.standby_ids()
     }
 
+    fn set_job_cap(&self, cap: usize) {
+        self.inner.set_job_cap(cap)
+    }
+
+    fn pool_target(&self) -> Option<usize> {
+        self.inner.pool_target()
+    }
+
     async fn shutdown(&self) -> TeardownReport {
         self.inner.shutdown().await
     }
@@ -202,6 +255,10 @@ impl Isolation for Observed {
         let env = self.inner.prepare(spec, out, cancel).await?;
         let resources = env.resources();
         if let Some(m) = &self.metrics {
+            // Demand moves the auto size with every job.
+            if let Some(t) = self.inner.pool_target() {
+                m.set_warm_pool_target(&self.runner_name, t);
+            }
             m.observe_stage("prepare_executor", started.elapsed());
             if let Some(d) = resources.sidecar_ready {
                 m.observe_sidecar_ready(d);
@@ -266,6 +323,9 @@ impl JobEnvironment for ObservedEnv {
             let took = started.elapsed();
             m.observe_teardown(took);
             m.observe_stage("teardown", took);
+            if !report.failures.is_empty() {
+                m.teardown_failed();
+            }
         }
         report
     }

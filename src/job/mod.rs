@@ -23,6 +23,22 @@ pub trait JobExecutor: Send + Sync {
         control: JobControl,
     ) -> JobOutcome;
 
+    /// Like [`JobExecutor::execute`], but returns as soon as the job's last stage is done and
+    /// its log is finished: the environment's teardown comes back as a [`PendingTeardown`] for
+    /// the caller to run afterwards (the daemon sends the final state to GitLab first). `None`
+    /// when nothing is left to tear down. Teardown failures then reach the daemon's log and
+    /// metrics, not the job's trace (it is closed by then). The default runs `execute`, whose
+    /// teardown is already over when it returns.
+    async fn execute_deferred(
+        &self,
+        job: JobResponse,
+        runner: Arc<RunnerConfig>,
+        trace: Arc<dyn TraceSink>,
+        control: JobControl,
+    ) -> (JobOutcome, Option<PendingTeardown>) {
+        (self.execute(job, runner, trace, control).await, None)
+    }
+
     /// Called once before the first poll: backends with a warm pool start filling it for
     /// `runners`, labelled with `runner_id`. Returns at once.
     async fn warm_up(&self, _runners: &[RunnerConfig], _runner_id: &str) {}
@@ -58,5 +74,5 @@ pub mod vars;
 pub use artifacts::{ArtifactError, ArtifactStore, JobRef, LocalArtifactStore};
 pub use cache_hook::LocalCache;
 pub use executor::RunnerExecutor;
-pub use pipeline::{CacheHook, Pipeline, StageContext};
+pub use pipeline::{CacheHook, PendingTeardown, Pipeline, StageContext};
 pub use sources::LocalTree;

@@ -94,6 +94,33 @@ impl JobExecutor for Pipeline {
         trace: Arc<dyn TraceSink>,
         control: JobControl,
     ) -> JobOutcome {
+        self.execute_with(job, runner, trace, control, false)
+            .await
+            .0
+    }
+
+    async fn execute_deferred(
+        &self,
+        job: JobResponse,
+        runner: Arc<RunnerConfig>,
+        trace: Arc<dyn TraceSink>,
+        control: JobControl,
+    ) -> (JobOutcome, Option<PendingTeardown>) {
+        self.execute_with(job, runner, trace, control, true).await
+    }
+}
+
+impl Pipeline {
+    /// The job from payload to its log's last line; with `defer`, the teardown of a prepared
+    /// environment is handed back instead of run (see [`JobExecutor::execute_deferred`]).
+    async fn execute_with(
+        &self,
+        job: JobResponse,
+        runner: Arc<RunnerConfig>,
+        trace: Arc<dyn TraceSink>,
+        control: JobControl,
+        defer: bool,
+    ) -> (JobOutcome, Option<PendingTeardown>) {
         let timeout = job_timeout(job.runner_info.timeout);
         let deadline = Instant::now() + timeout;
         let log = Arc::new(JobLog::new(
@@ -110,8 +137,16 @@ impl JobExecutor for Pipeline {
             vars::RUNNER_VERSION,
             self.backend.mode().as_str()
         ));
+        let mut pending = None;
         let outcome = self
-            .run(&job, &runner, &log, &control, deadline, timeout)
+            .run(
+                &job,
+                &runner,
+                &log,
+                &control,
+                (deadline, timeout),
+                defer.then_some(&mut pending),
+            )
             .await;
         match &outcome {
             JobOutcome::Success => log.success("Job succeeded"),
@@ -125,19 +160,19 @@ impl JobExecutor for Pipeline {
             }
         }
         log.finish();
-        outcome
+        (outcome, pending)
     }
-}
 
-impl Pipeline {
+    /// With `pending`, a prepared environment's teardown (and the job id's claim) is put
+    /// there instead of run.
     async fn run(
         &self,
         job: &JobResponse,
         runner: &RunnerConfig,
         log: &Arc<JobLog>,
         control: &JobControl,
-        deadline: Instant,
-        timeout: Duration,
+        (deadline, timeout): (Instant, Duration),
+        pending: Option<&mut Option<PendingTeardown>>,
     ) -> JobOutcome {
         let system = |msg: &str| {
             log.error(msg);
@@ -151,7 +186,7 @@ impl Pipeline {
         }
         // Held until the job's teardown is over: a second job with this id (another entry or
         // GitLab instance) would name the same directories, containers and chain (H3).
-        let _running = match self.running.claim(job.id) {
+        let running = match self.running.claim(job.id) {
             Ok(claim) => claim,
             Err(msg) => return system(&msg),
         };
@@ -295,7 +330,18 @@ impl Pipeline {
         if services::debug_services(&pre_vars) && !spec.services.is_empty() {
             services::log_service_logs(log, &env_ref.service_logs(services::DEBUG_LOG_LINES).await);
         }
-        log_teardown(log, guard.teardown().await);
+        match pending {
+            Some(slot) => {
+                *slot = Some(PendingTeardown {
+                    guard,
+                    _running: running,
+                })
+            }
+            None => {
+                log_teardown(log, guard.teardown().await);
+                drop(running);
+            }
+        }
         outcome
     }
 
@@ -333,6 +379,23 @@ impl Pipeline {
             (Some(Err(e)), None) => StageEnd::System(e.to_string()),
             (None, None) => StageEnd::System("the script did not finish".into()),
         }
+    }
+}
+
+/// A finished job's environment whose teardown has not run yet, with the job id's claim (a
+/// second job with this id is refused until the teardown is over). Run it with
+/// [`PendingTeardown::run`]; dropped, it starts the teardown on a task of its own.
+pub struct PendingTeardown {
+    guard: TeardownGuard,
+    _running: trust::RunningJob,
+}
+
+impl PendingTeardown {
+    /// Tears the environment down; the report lists what was left (the caller logs and counts
+    /// it; the reaper removes it by label).
+    pub async fn run(self) -> isolation::TeardownReport {
+        let PendingTeardown { guard, _running } = self;
+        guard.teardown().await
     }
 }
 

@@ -131,6 +131,9 @@ pub struct Metrics {
     stage: Histogram,
     leftovers: Family,
     unhealthy: Family,
+    teardown_failures: Family,
+    teardowns_pending: Family,
+    warm_pool_target: Family,
 }
 
 impl Default for Metrics {
@@ -247,7 +250,24 @@ impl Metrics {
                 "1 while this runner entry is unhealthy and asks for no jobs (unhealthy_requests_limit failed requests in a row; for unhealthy_interval).",
                 RUNNER,
             ),
+            teardown_failures: Family::counter(
+                "isolated_runner_teardown_failures_total",
+                "Job teardowns that left something behind (logged; the reaper removes it by label).",
+                &[],
+            ),
+            teardowns_pending: Family::gauge(
+                "isolated_runner_teardowns_in_progress",
+                "Jobs whose final state GitLab has and whose environment is still being torn down (each still holds its concurrency slot).",
+                &[],
+            ),
+            warm_pool_target: Family::gauge(
+                "isolated_runner_warm_pool_target",
+                "Pre-started sidecars the warm pool aims to keep now, per runner entry (warm_pool = \"auto\" follows recent demand).",
+                &["runner_name"],
+            ),
         };
+        m.teardown_failures.add(&[], 0.0);
+        m.teardowns_pending.set(&[], 0.0);
         m.errors_total.add(&["warning"], 0.0);
         m.errors_total.add(&["error"], 0.0);
         m.version_info.set(
@@ -299,6 +319,22 @@ impl Metrics {
         self.teardown.observe(&[], d.as_secs_f64());
     }
 
+    /// `isolated_runner_teardown_failures_total`: a teardown left something.
+    pub fn teardown_failed(&self) {
+        self.teardown_failures.add(&[], 1.0);
+    }
+
+    /// `isolated_runner_teardowns_in_progress`: a teardown after the final state began
+    /// (`+1`) or ended (`-1`).
+    pub fn teardown_pending(&self, delta: f64) {
+        self.teardowns_pending.add(&[], delta);
+    }
+
+    /// `isolated_runner_warm_pool_target{runner_name}`.
+    pub fn set_warm_pool_target(&self, runner_name: &str, target: usize) {
+        self.warm_pool_target.set(&[runner_name], target as f64);
+    }
+
     /// One job stage's duration, into `isolated_runner_stage_seconds{stage}` and gitlab-runner's
     /// `gitlab_runner_job_stage_duration_seconds{stage}`. `stage` is a `'static` name
     /// (`get_sources`, `step_script`, `dind_ready`, …) so no job-controlled text can become a
@@ -332,6 +368,9 @@ impl Metrics {
             &self.sidecar_starts,
             &self.leftovers,
             &self.unhealthy,
+            &self.teardown_failures,
+            &self.teardowns_pending,
+            &self.warm_pool_target,
         ] {
             f.render(&mut out);
         }

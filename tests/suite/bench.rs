@@ -57,6 +57,10 @@ impl BenchTarget for FakeTarget {
             },
             ttfsl: Some(Duration::from_secs_f64(ttfsl)),
             wall: Duration::from_secs_f64(wall),
+            // The teardown after the final state: 0.5 s with a sidecar, 0.1 s without.
+            final_state: Some(Duration::from_secs_f64(
+                wall - if sidecar.is_some() { 0.5 } else { 0.1 },
+            )),
             stages: BTreeMap::from([("step_script".to_string(), 0.1)]),
             peak_mem_job_bytes: Some(50_000_000),
             peak_mem_sidecar_bytes: sidecar,
@@ -159,6 +163,8 @@ async fn statistics_ratio_and_overhead_from_known_samples() {
     // shared wall 3..=7: p50 5 -> ratio 7/5.
     assert!((shared.wall.expect("wall").p50 - 5.0).abs() < 1e-9);
     assert!((s.ratio_wall_p50.expect("ratio") - 1.4).abs() < 1e-9);
+    // As GitLab sees it: dind 6.5 (7 - 0.5), shared 4.9 (5 - 0.1).
+    assert!((s.ratio_final_p50.expect("final ratio") - 6.5 / 4.9).abs() < 1e-9);
     // TTFSL dind 2.2..2.6, shared 0.7..1.1: overhead 1.5 at every percentile.
     assert!((s.ttfsl_overhead_p50_s.expect("p50") - 1.5).abs() < 1e-9);
     assert!((s.ttfsl_overhead_p95_s.expect("p95") - 1.5).abs() < 1e-9);
@@ -281,6 +287,7 @@ async fn json_has_exactly_the_documented_shape() {
             vec![
                 "modes",
                 "name",
+                "ratio_final_state_p50",
                 "ratio_wall_p50",
                 "runs",
                 "ttfsl_overhead_p50_s",
@@ -299,6 +306,7 @@ async fn json_has_exactly_the_documented_shape() {
                     "canceled",
                     "failed",
                     "failure_notes",
+                    "final_state_s",
                     "leftovers",
                     "ok",
                     "peak_mem_bytes",

@@ -240,7 +240,8 @@ async fn pre_started_sidecars_on_warm_roots_follow_their_project() {
 #[tokio::test]
 async fn a_busy_warm_root_gives_an_ephemeral_one_and_caps_apply() {
     let scope = Scope::new().await;
-    let backend = warm_backend(&scope, |_| {});
+    // One root per key: its holder leaves the next job none.
+    let backend = warm_backend(&scope, |c| c.docker.isolation.data_root_per_key = 1);
     const P: u64 = 9;
     expect(
         &backend,
@@ -268,6 +269,7 @@ async fn a_busy_warm_root_gives_an_ephemeral_one_and_caps_apply() {
             protected: false,
             max_size: None,
             max_age: None,
+            per_key: 1,
             helper_image: JOB_IMAGE,
             inflight: &tokio_util::task::TaskTracker::new(),
         },
@@ -401,6 +403,120 @@ echo clean"#;
             "pooled={pooled}: the next job's sidecar:\n{text}"
         );
         let report = backend.shutdown().await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    remove_warm(&scope).await;
+}
+
+/// Prepares a job and returns it with its prepare log and the warm root it got (`None`:
+/// ephemeral), read from the log line every warm job prints.
+async fn prepare_on_root(
+    backend: &Arc<dyn Isolation>,
+    spec: &EnvironmentSpec,
+) -> (Box<dyn JobEnvironment>, String, Option<String>) {
+    let out = Collect::new();
+    let env = backend
+        .prepare(spec, out.clone(), CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
+    let text = out.text();
+    let root = text.lines().find_map(|l| {
+        let rest = l.split("Using the warm data root ").nth(1)?;
+        rest.split_whitespace().next().map(str::to_string)
+    });
+    (env, text, root)
+}
+
+/// The host uid a rootless sidecar's daemon runs as (`IR_ROOTLESS_UID` of its environment).
+fn rootless_uid(env: &dyn JobEnvironment) -> String {
+    let sidecar = env.resources().sidecar.expect("a sidecar");
+    let out = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .Config.Env}}{{println .}}{{end}}",
+            &sidecar,
+        ])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("IR_ROOTLESS_UID=").map(str::to_string))
+        .expect("a rootless sidecar names its uid")
+}
+
+/// `data_root_per_key`: two parallel jobs of one project and protection level each get a warm
+/// root of their own (two volumes, and on the rootless profile two host uid blocks), and both
+/// start warm the next time; a job of another project running beside them gets neither.
+#[tokio::test]
+async fn parallel_jobs_of_one_project_each_get_their_own_warm_root() {
+    let scope = Scope::new().await;
+    let backend = warm_backend(&scope, |c| {
+        c.docker.isolation.sidecar_profile = isolated_runner::config::SidecarProfile::Rootless;
+        c.docker.isolation.data_root_per_key = 2;
+    });
+    const P: u64 = 31;
+    const Q: u64 = 32;
+    let first_of_p = data_root::volume_name(&scope.runner_id, &instance(&scope), P, false);
+    let (sa, sb, sc) = (
+        spec(&scope, 41, P, false),
+        spec(&scope, 42, P, false),
+        spec(&scope, 43, Q, false),
+    );
+    let ((a, ta, ra), (b, tb, rb), (c, tc, rc)) = tokio::join!(
+        prepare_on_root(&backend, &sa),
+        prepare_on_root(&backend, &sb),
+        prepare_on_root(&backend, &sc),
+    );
+    let (ra, rb, rc) = (
+        ra.unwrap_or_else(|| panic!("job a ran cold:\n{ta}")),
+        rb.unwrap_or_else(|| panic!("job b ran cold:\n{tb}")),
+        rc.unwrap_or_else(|| panic!("job c ran cold:\n{tc}")),
+    );
+    assert_ne!(ra, rb, "two live daemons on one warm root");
+    for r in [&ra, &rb] {
+        assert!(
+            r.starts_with(&first_of_p),
+            "{r} is not a root of project {P}"
+        );
+    }
+    assert!(
+        !rc.starts_with(&first_of_p),
+        "project {Q}'s job got project {P}'s root {rc}"
+    );
+    let uids = [
+        rootless_uid(a.as_ref()),
+        rootless_uid(b.as_ref()),
+        rootless_uid(c.as_ref()),
+    ];
+    assert_ne!(uids[0], uids[1], "two jobs' inner roots share host uids");
+    assert_ne!(uids[0], uids[2]);
+    assert_ne!(uids[1], uids[2]);
+    // What a job leaves in its root stays with that root, for its project only.
+    let tag = "docker tag isolated-runner/busybox:test poison:latest";
+    assert_eq!(run(a.as_ref(), tag, &Collect::new()).await, 0);
+    for env in [a, b, c] {
+        let report = env.teardown().await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    assert_eq!(warm_volumes(&scope).await.len(), 3);
+
+    // Both of P's next parallel jobs start warm, each on one of P's two roots.
+    let (sa, sb) = (spec(&scope, 44, P, false), spec(&scope, 45, P, false));
+    let ((a, ta, ra), (b, tb, rb)) = tokio::join!(
+        prepare_on_root(&backend, &sa),
+        prepare_on_root(&backend, &sb)
+    );
+    for (t, r) in [(&ta, &ra), (&tb, &rb)] {
+        assert!(t.contains("(warm)"), "{t}");
+        assert!(
+            r.as_deref().is_some_and(|r| r.starts_with(&first_of_p)),
+            "{t}"
+        );
+    }
+    assert_ne!(ra, rb);
+    for env in [a, b] {
+        let report = env.teardown().await;
         assert!(report.failures.is_empty(), "{:?}", report.failures);
     }
     remove_warm(&scope).await;

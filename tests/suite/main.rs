@@ -25,6 +25,7 @@ mod doctor;
 mod e2e;
 mod e2e_exec;
 mod exec;
+mod final_state;
 mod git_sources;
 mod layers;
 mod limits;

@@ -458,3 +458,58 @@ async fn a_pooled_job_cannot_redirect_its_directories() {
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     scope.assert_clean().await;
 }
+
+/// `warm_pool = "auto"` (the config file's default): no slot before any demand; a stage of two
+/// parallel jobs makes the pool aim for two and build them; the next two jobs take pre-started
+/// sidecars; once the demand window (`warm_pool_max_idle`) passed without jobs, the pool aims
+/// for none and its slots are gone.
+#[tokio::test]
+async fn the_auto_pool_grows_under_a_stream_and_shrinks_when_idle() {
+    let scope = Scope::new().await;
+    let backend = scope.dind(scope.config(|c| {
+        c.docker.isolation.warm_pool_auto = true;
+        // Long enough to cover two cold starts on a loaded 2-core host.
+        c.docker.isolation.warm_pool_max_idle = Duration::from_secs(90);
+    }));
+    backend.warm_up(&scope.runner_id).await;
+    assert_eq!(backend.pool_target(), Some(0), "no demand yet");
+    assert!(backend.standby_ids().is_empty());
+
+    let (sa, sb) = (scope.spec(801), scope.spec(802));
+    let ((a, _), (b, _)) = tokio::join!(prepare(&backend, &sa), prepare(&backend, &sb));
+    assert_eq!(
+        backend.pool_target(),
+        Some(2),
+        "two jobs within one build time"
+    );
+    let grown = support::wait_until(Duration::from_secs(180), || {
+        backend.standby_ids().len() >= 2
+    })
+    .await;
+    assert!(grown, "the pool did not grow: {:?}", backend.standby_ids());
+    teardown(a).await;
+    teardown(b).await;
+    // Wait for the slots to be ready, then the next stage finds them.
+    let (sc, sd) = (scope.spec(803), scope.spec(804));
+    let ((c, tc), (d, td)) = tokio::join!(prepare(&backend, &sc), prepare(&backend, &sd));
+    for t in [&tc, &td] {
+        assert!(t.contains("pre-started"), "{t}");
+    }
+    teardown(c).await;
+    teardown(d).await;
+
+    // Idle: the demand leaves the window and the slots go (maintenance every 15 s).
+    let shrunk = support::wait_until(Duration::from_secs(240), || {
+        backend.standby_ids().is_empty() && backend.pool_target() == Some(0)
+    })
+    .await;
+    assert!(
+        shrunk,
+        "still {:?} standby, target {:?}",
+        backend.standby_ids(),
+        backend.pool_target()
+    );
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    scope.assert_clean().await;
+}

@@ -12,6 +12,8 @@ impl Loader {
     ) -> DockerConfig {
         let s = &keys::DOCKER;
         let mut d = DockerConfig::default();
+        // The file's default when the isolation table is absent (see `warm_pool_auto`).
+        d.isolation.warm_pool_auto = true;
         let mut docker_mtu: Option<u32> = None;
         let mut isolation_mtu_set = false;
         let mut saw_image = false;
@@ -225,7 +227,11 @@ impl Loader {
         header: usize,
     ) -> (IsolationConfig, bool) {
         let s = &keys::ISOLATION;
-        let mut iso = IsolationConfig::default();
+        let mut iso = IsolationConfig {
+            // The file's default (see `IsolationConfig::warm_pool_auto`).
+            warm_pool_auto: true,
+            ..IsolationConfig::default()
+        };
         let mut mtu_set = false;
         let mut pool_at = None;
         let mut inner_at = None;
@@ -379,9 +385,20 @@ impl Loader {
                     }
                 }
                 "warm_pool" => {
-                    if let Some(n) = self.integer(&at, item, 0, 64) {
+                    if item.as_str() == Some("auto") {
+                        iso.warm_pool_auto = true;
+                    } else if item.is_str() {
+                        self.error(&at, "expected \"auto\" or a number of sidecars (0 to 64)");
+                    } else if let Some(n) = self.integer(&at, item, 0, 64) {
                         iso.warm_pool = n as usize;
+                        iso.warm_pool_auto = false;
                     }
+                }
+                "data_root_per_key" => {
+                    if let Some(n) = self.integer(&at, item, 1, 64) {
+                        iso.data_root_per_key = n as usize;
+                    }
+                    data_root_limits.push(at);
                 }
                 "rootless_uid_base" => {
                     // The blocks must stay below the kernel's largest uid (2^32 - 2).

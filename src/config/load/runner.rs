@@ -7,6 +7,8 @@ impl Loader {
     pub(super) fn runner(&mut self, t: &dyn TableLike, header: usize) -> Option<RunnerConfig> {
         let s = &keys::RUNNER;
         let mut r = RunnerConfig::default();
+        // The file's default when the isolation table is absent (see `warm_pool_auto`).
+        r.docker.isolation.warm_pool_auto = true;
         let mut url = None;
         let mut token: Option<(At, Secret)> = None;
         let mut token_file: Option<At> = None;

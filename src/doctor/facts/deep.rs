@@ -39,6 +39,7 @@ pub(super) async fn deep_one(
     runner.docker.isolation.sidecar_profile = profile;
     // One probe job: a sidecar pre-started for a next job would outlive the probe.
     runner.docker.isolation.warm_pool = 0;
+    runner.docker.isolation.warm_pool_auto = false;
     let backend = crate::isolation::dind::DindBackend::new(
         docker.clone(),
         Arc::new(runner.clone()),

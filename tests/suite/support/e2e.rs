@@ -131,13 +131,26 @@ impl E2e {
 
     /// Starts the real daemon with the real executor (dind on the host engine).
     pub fn start_daemon(&self, config: Config) -> super::daemon::Daemon {
+        self.start_daemon_with_metrics(config, None)
+    }
+
+    /// [`E2e::start_daemon`], recording into `metrics` (as `runner run` does) when given.
+    pub fn start_daemon_with_metrics(
+        &self,
+        config: Config,
+        metrics: Option<Arc<isolated_runner::metrics::Metrics>>,
+    ) -> super::daemon::Daemon {
         isolated_runner::install_crypto_provider();
-        let executor = RunnerExecutor::new(
+        let mut executor = RunnerExecutor::new(
             self.scope.runner_id.clone(),
             self.scope.state_dir(),
             ClientOptions::default(),
             None,
-        );
+        )
+        .with_concurrent(config.concurrent);
+        if let Some(m) = &metrics {
+            executor = executor.with_metrics(m.clone());
+        }
         let options = DaemonOptions {
             client: ClientOptions {
                 retry: RetryPolicy {
@@ -156,6 +169,7 @@ impl E2e {
             },
             final_retry_pause: Duration::from_millis(50),
             system_id: Some(format!("s_{}", &self.scope.runner_id[2..14])),
+            metrics,
             ..DaemonOptions::default()
         };
         super::daemon::start(config, Arc::new(executor), options)
