@@ -399,3 +399,28 @@ docker run --rm --pull never isolated-runner/busybox:test cat /sys/class/net/eth
     }
     scope.assert_clean().await;
 }
+
+/// `runner doctor`'s ACL probe against real file systems: the test's tmp dir (ext4/xfs/tmpfs
+/// here: ACLs) and a ramfs mounted for the test (no xattrs, so no ACLs), which a rootless job
+/// could not start on.
+#[test]
+fn doctor_acl_probe_tells_a_file_system_without_acls() {
+    use isolated_runner::doctor::facts::{AclProbe, probe_acl};
+    let t = tempfile::tempdir().expect("tempdir");
+    let ok = probe_acl(t.path(), 100_000_000);
+    assert_eq!(ok, AclProbe::Supported, "the test's tmp dir");
+    let mnt = t.path().join("ramfs");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "ramfs", "ir-acl-probe"])
+        .arg(&mnt)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mount ramfs (the suite runs as root)");
+    let probe = probe_acl(&mnt, 100_000_000);
+    let left = std::fs::read_dir(&mnt).map(|d| d.count()).unwrap_or(usize::MAX);
+    let unmounted = std::process::Command::new("umount").arg(&mnt).status();
+    assert!(unmounted.is_ok_and(|s| s.success()), "umount {}", mnt.display());
+    assert!(matches!(probe, AclProbe::Unsupported(_)), "{probe:?}");
+    assert_eq!(left, 0, "the probe left its directory behind");
+}
