@@ -418,9 +418,15 @@ fn doctor_acl_probe_tells_a_file_system_without_acls() {
         .expect("mount");
     assert!(mounted.success(), "mount ramfs (the suite runs as root)");
     let probe = probe_acl(&mnt, 100_000_000);
-    let left = std::fs::read_dir(&mnt).map(|d| d.count()).unwrap_or(usize::MAX);
+    let left = std::fs::read_dir(&mnt)
+        .map(|d| d.count())
+        .unwrap_or(usize::MAX);
     let unmounted = std::process::Command::new("umount").arg(&mnt).status();
-    assert!(unmounted.is_ok_and(|s| s.success()), "umount {}", mnt.display());
+    assert!(
+        unmounted.is_ok_and(|s| s.success()),
+        "umount {}",
+        mnt.display()
+    );
     assert!(matches!(probe, AclProbe::Unsupported(_)), "{probe:?}");
     assert_eq!(left, 0, "the probe left its directory behind");
 }
