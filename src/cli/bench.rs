@@ -2,7 +2,7 @@
 
 use super::ConfigArg;
 use crate::bench::{self, BenchTarget, Plan, Progress, SCENARIOS};
-use crate::config::IsolationMode;
+use crate::config::{IsolationMode, SidecarProfile};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -22,6 +22,30 @@ impl From<ModeArg> for IsolationMode {
         match mode {
             ModeArg::Dind => IsolationMode::Dind,
             ModeArg::SharedSocket => IsolationMode::SharedSocket,
+        }
+    }
+}
+
+/// Sidecar profiles as clap values (`--sidecar-profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileArg {
+    /// Rootless dockerd, no capability on the host (the default profile).
+    Rootless,
+    /// Root with SYS_ADMIN and NET_ADMIN: not a security boundary.
+    Hardened,
+    /// `--privileged`.
+    Privileged,
+    /// The sysbox-runc runtime.
+    Sysbox,
+}
+
+impl From<ProfileArg> for SidecarProfile {
+    fn from(p: ProfileArg) -> Self {
+        match p {
+            ProfileArg::Rootless => SidecarProfile::Rootless,
+            ProfileArg::Hardened => SidecarProfile::Hardened,
+            ProfileArg::Privileged => SidecarProfile::Privileged,
+            ProfileArg::Sysbox => SidecarProfile::Sysbox,
         }
     }
 }
@@ -120,6 +144,31 @@ pub struct BenchArgs {
     /// config; 0 measures a cold sidecar start for every job. The built-in entry uses 1.
     #[arg(long, value_name = "N")]
     pub warm_pool: Option<usize>,
+
+    /// Sidecar profiles of the dind mode, overriding the config's; several (comma-separated)
+    /// run the whole plan once per profile in this one invocation, each an ordinary
+    /// interleaved run against the shared socket, its report headed by the profile and its
+    /// --json/--svg file named FILE-<profile>.<ext>.
+    #[arg(
+        long = "sidecar-profile",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "PROFILE"
+    )]
+    pub sidecar_profiles: Vec<ProfileArg>,
+}
+
+/// `path` with `-<profile>` before its extension (`out.json` → `out-rootless.json`).
+pub fn per_profile_path(path: &Path, profile: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{profile}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{profile}"),
+    };
+    path.with_file_name(name)
 }
 
 /// Builds the plan from the flags (scenario names, modes, counts).
@@ -283,13 +332,63 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !base.docker.isolation.preload_images.contains(&busybox) {
         base.docker.isolation.preload_images.push(busybox);
     }
-    let mut target = crate::bench::real::RealTarget::new(&base, &work, &plan.modes)
+    let result = if args.sidecar_profiles.len() <= 1 {
+        if let Some(p) = args.sidecar_profiles.first() {
+            base.docker.isolation.sidecar_profile = (*p).into();
+        }
+        run_profile(&args, &plan, &base, &work).await
+    } else {
+        run_profiles(&args, &plan, &base, &work).await
+    };
+    // Best effort: the work dir holds only the bench's own (now empty) builds and state dirs.
+    let _ = tokio::fs::remove_dir_all(&work).await;
+    result
+}
+
+/// One whole run per profile, one after the other: the profiles' columns come from runs
+/// minutes apart, each with its own shared-socket baseline of the same minutes.
+async fn run_profiles(
+    args: &BenchArgs,
+    plan: &Plan,
+    base: &crate::config::RunnerConfig,
+    work: &Path,
+) -> anyhow::Result<ExitCode> {
+    let mut code = ExitCode::SUCCESS;
+    for p in &args.sidecar_profiles {
+        let profile: SidecarProfile = (*p).into();
+        let name = crate::isolation::dind::profile_name(profile);
+        let mut base = base.clone();
+        base.docker.isolation.sidecar_profile = profile;
+        let mut one = args.clone();
+        one.json = args.json.as_deref().map(|f| per_profile_path(f, name));
+        one.svg = args.svg.as_deref().map(|f| per_profile_path(f, name));
+        println!("== sidecar profile: {name}");
+        eprintln!("runner bench: sidecar profile {name}");
+        if run_profile(&one, plan, &base, work).await? != ExitCode::SUCCESS {
+            code = ExitCode::FAILURE;
+        }
+    }
+    Ok(code)
+}
+
+/// One run of `plan` with `base` as the runner entry of both modes.
+async fn run_profile(
+    args: &BenchArgs,
+    plan: &Plan,
+    base: &crate::config::RunnerConfig,
+    work: &Path,
+) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "runner bench: dind sidecar profile: {}",
+        crate::isolation::dind::profile_name(base.docker.isolation.sidecar_profile)
+    );
+    let mut target = crate::bench::real::RealTarget::new(base, work, &plan.modes)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(dir) = &args.trace_dir {
         target = target.with_trace_dir(dir.clone());
     }
-    let result = run_with(&args, &plan, &target).await;
+    let result = run_with(args, plan, &target).await;
     let report = target.shutdown().await;
     for f in &report.failures {
         eprintln!("runner bench: removing pre-started sidecars: {f}");
@@ -311,7 +410,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("runner bench: WARNING: could not remove a warm data root: {f}");
     }
     drop(target);
-    // Best effort: the work dir holds only the bench's own (now empty) builds and state dirs.
-    let _ = tokio::fs::remove_dir_all(&work).await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_profile_gets_its_own_report_file() {
+        assert_eq!(
+            per_profile_path(Path::new("/tmp/out.json"), "rootless"),
+            PathBuf::from("/tmp/out-rootless.json")
+        );
+        assert_eq!(
+            per_profile_path(Path::new("chart"), "hardened"),
+            PathBuf::from("chart-hardened")
+        );
+    }
 }

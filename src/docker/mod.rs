@@ -618,9 +618,36 @@ impl Docker {
 
     /// The last `lines` lines of a container's log (stdout and stderr together).
     pub async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, Error> {
+        self.logs(id, 0, lines, false).await
+    }
+
+    /// The last `lines` lines of a container's log from the second of `since` on, each
+    /// prefixed with the engine's RFC 3339 timestamp and a space (the caller compares them
+    /// with `since` itself: the daemon's filter counts in whole seconds).
+    pub async fn logs_since(
+        &self,
+        id: &str,
+        since: std::time::SystemTime,
+        lines: usize,
+    ) -> Result<String, Error> {
+        let since = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
+        self.logs(id, since, lines, true).await
+    }
+
+    async fn logs(
+        &self,
+        id: &str,
+        since: i32,
+        lines: usize,
+        timestamps: bool,
+    ) -> Result<String, Error> {
         let opts = q::LogsOptions {
             stdout: true,
             stderr: true,
+            since,
+            timestamps,
             tail: lines.to_string(),
             ..Default::default()
         };

@@ -1,6 +1,7 @@
 //! The checks: pure functions from [`Facts`] to [`Check`]s. Ids and hints are documented in
 //! `docs/doctor.md`; keep both in step.
 
+mod acl;
 mod config;
 mod docker;
 mod gitlab;
@@ -15,6 +16,7 @@ use super::versions::{self, Advisory};
 use super::{Check, Status};
 use crate::config::validate::{exposes_docker_socket, parse_volume, shared_volume_warning};
 use crate::config::{IsolationMode, SidecarProfile};
+use acl::rootless_acl;
 use config::*;
 use docker::*;
 use gitlab::*;
@@ -42,6 +44,7 @@ pub fn evaluate(f: &Facts) -> Vec<Check> {
         docker_component(f, "docker.containerd", "containerd", versions::CONTAINERD),
         images_present(f),
         sidecar_profiles(f),
+        rootless_acl(f),
         network_address_pool(f),
         netpolicy_rules(f),
         gitlab_reachable(f),

@@ -1,11 +1,14 @@
 //! Gathering: everything the checks look at, read once. Reading only: nothing is pulled,
 //! written or changed, except that `--deep` starts and removes throwaway sidecars.
 
+mod acl;
 mod deep;
 mod file;
 mod gitlab;
 mod host;
 
+use acl::gather_acl;
+pub use acl::{AclFact, AclProbe, probe as probe_acl};
 use deep::*;
 pub use file::raw_runners;
 use file::*;
@@ -50,6 +53,8 @@ pub struct Facts {
     pub networks: Option<Vec<NetFact>>,
     /// Free space of `builds_dir` and `cache_dir`.
     pub disks: Vec<DiskFact>,
+    /// POSIX ACL support of each rootless runner's `builds_dir`.
+    pub acl: Vec<AclFact>,
     /// What `runner cleanup` would remove now (`None` when not looked at).
     pub leftovers: Option<Leftovers>,
     /// The firewall.
@@ -399,6 +404,10 @@ pub async fn gather(opts: &Options) -> Facts {
         Some(c) => gather_disks(c).await,
         None => Vec::new(),
     };
+    let acl = match &loaded {
+        Some(c) => gather_acl(c).await,
+        None => Vec::new(),
+    };
     let leftovers = match &docker {
         Some(d) => Some(gather_leftovers(d, loaded.as_ref()).await),
         None => None,
@@ -419,6 +428,7 @@ pub async fn gather(opts: &Options) -> Facts {
         images,
         networks,
         disks,
+        acl,
         leftovers,
         netpolicy,
         gitlab,

@@ -19,6 +19,7 @@ pub use crate::cleanup::reaper;
 pub mod registry_ca;
 pub mod resolve;
 pub mod rootless;
+mod sandbox_hint;
 pub mod services;
 pub mod shared_socket;
 pub mod shell;

@@ -303,8 +303,12 @@ impl Core {
         // The sidecar: only runner config shapes it; no job variable reaches it (threat S2).
         sidecar.name = state.naming.name("sidecar");
         sidecar.image = iso.sidecar_image.clone();
-        let mut inner_args =
-            inner_daemon_args(iso.inner_address_pool, mtu, iso.registry_mirror.as_deref());
+        let inner_mtu = super::profile::inner_mtu(iso.sidecar_profile, mtu);
+        let mut inner_args = inner_daemon_args(
+            iso.inner_address_pool,
+            inner_mtu,
+            iso.registry_mirror.as_deref(),
+        );
         inner_args.extend(
             state
                 .resolve

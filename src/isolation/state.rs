@@ -384,6 +384,7 @@ impl JobState {
             .attach_output(id)
             .await
             .map_err(other("attach to script container"))?;
+        let started = std::time::SystemTime::now();
         self.docker
             .start_container(id)
             .await
@@ -431,6 +432,12 @@ impl JobState {
             && let Some(err) = self.sidecar_died().await
         {
             return Err(err);
+        }
+        if code != 0
+            && self.uid_block.is_some()
+            && let Some(sidecar) = &self.sidecar
+        {
+            super::sandbox_hint::explain(&self.docker, sidecar, started, out.as_ref()).await;
         }
         Ok(i32::try_from(code).unwrap_or(-1))
     }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use support::docker::{BUSYBOX_IMAGE, Collect, DIND_IMAGE, Scope};
 // The build-script runner shared by docker_backend and rootless (support/docker.rs).
 use support::docker::expect_project_script_ok as expect_ok;
+use support::docker::run_project_script;
 use tokio_util::sync::CancellationToken;
 
 fn rootless(scope: &Scope, tweak: impl FnOnce(&mut RunnerConfig)) -> Arc<dyn Isolation> {
@@ -129,7 +130,7 @@ async fn rootless_job_end_to_end() {
 test "$DOCKER_HOST" = tcp://docker:2376
 docker info --format 'driver={{.Driver}} opts={{.SecurityOptions}}'
 echo from-the-job > "$CI_PROJECT_DIR/job-file.txt"
-docker run --rm --pull never -v "$CI_PROJECT_DIR":"$CI_PROJECT_DIR" -w "$CI_PROJECT_DIR" isolated-runner/busybox:test sh -c 'cat marker.txt job-file.txt; echo inner > from-inner.txt; echo appended >> job-file.txt; mkdir -p inner-dir; echo x > inner-dir/f'
+docker run --rm --pull never -v "$CI_PROJECT_DIR":"$CI_PROJECT_DIR" -w "$CI_PROJECT_DIR" isolated-runner/busybox:test sh -c 'cat marker.txt job-file.txt; echo inner > from-inner.txt; echo appended >> job-file.txt; mkdir -p inner-dir; echo x > inner-dir/f; echo inner-mtu=$(cat /sys/class/net/eth0/mtu)'
 cat from-inner.txt job-file.txt
 docker compose up -d
 for i in $(seq 1 100); do curl -fsS http://docker:8080/index.html && break; sleep 0.1; done
@@ -148,6 +149,9 @@ DOCKER_BUILDKIT=1 docker build -q -t kit-built . >/dev/null && docker run --rm k
         "the inner daemon is rootless: {text}"
     );
     assert!(text.contains("driver=overlay2"), "{text}");
+    // Inner networks have the user-mode network's large MTU (the fast path, see
+    // `profile::ROOTLESS_MTU`), not the job network's.
+    assert!(text.contains("inner-mtu=65520"), "{text}");
     assert!(text.contains("from-the-runner"), "{text}");
     // Inner containers read what the job wrote, write new files and change the job's files.
     assert!(text.contains("appended"), "{text}");
@@ -262,6 +266,34 @@ docker run --rm --pull never --cap-add SYS_ADMIN isolated-runner/busybox:test sh
         !text.contains("victim-secret-5a1b"),
         "another job's file was read: {text}"
     );
+    // A step that fails for a reason of its own gets no hint; one that fails on inner
+    // `--privileged` or a host device gets the runner's words in its trace, not only runc's.
+    let hint = "isolated-runner: an inner container asked for `--privileged`";
+    let (r, own) = run_project_script(
+        attacker.as_ref(),
+        "docker run --rm --pull never isolated-runner/busybox:test false",
+    )
+    .await;
+    assert_eq!(r.ok(), Some(1), "{own}");
+    assert!(!own.contains("isolated-runner:"), "{own}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the log's 1 s grain
+    let (r, priv_text) = run_project_script(
+        attacker.as_ref(),
+        "docker run --rm --pull never --privileged isolated-runner/busybox:test true",
+    )
+    .await;
+    assert_eq!(r.ok(), Some(125), "{priv_text}");
+    assert_eq!(priv_text.matches(hint).count(), 1, "{priv_text}");
+    let (r, dev_text) = run_project_script(
+        attacker.as_ref(),
+        "docker run --rm --pull never --device /dev/sda isolated-runner/busybox:test true",
+    )
+    .await;
+    assert_ne!(r.ok(), Some(0), "{dev_text}");
+    assert!(
+        dev_text.contains("isolated-runner: an inner container asked for a host device"),
+        "{dev_text}"
+    );
     teardown_both(&scope, victim, attacker).await;
 }
 
@@ -317,8 +349,16 @@ async fn the_sidecar_image_has_no_setuid_binary() {
 async fn user_mode_network_download_300mb() {
     use isolated_runner::isolation::ServiceSpec;
     let scope = Scope::new().await;
+    // IR_BENCH_SIDECAR_IMAGE measures an image under trial (an entrypoint or package change)
+    // without retagging the one other tests use.
+    let image = std::env::var("IR_BENCH_SIDECAR_IMAGE").ok();
     for profile in [SidecarProfile::Rootless, SidecarProfile::Hardened] {
-        let backend = rootless(&scope, |c| c.docker.isolation.sidecar_profile = profile);
+        let backend = rootless(&scope, |c| {
+            c.docker.isolation.sidecar_profile = profile;
+            if let Some(i) = &image {
+                c.docker.isolation.sidecar_image = i.clone();
+            }
+        });
         let mut s = scope.spec(540);
         s.services = vec![ServiceSpec {
             image: ContainerImage {
@@ -347,7 +387,9 @@ for i in 1 2 3; do
   echo "job-container $(awk "BEGIN{print $e - $s}")"
   s=$(date +%s.%N); docker run --rm --pull never isolated-runner/busybox:test wget -q -O /dev/null "http://$web/big"; e=$(date +%s.%N)
   echo "inner-container $(awk "BEGIN{print $e - $s}")"
+  docker run --rm --pull never isolated-runner/busybox:test sh -c "a=\$(cut -d' ' -f1 /proc/uptime); wget -q -O /dev/null http://$web/big; b=\$(cut -d' ' -f1 /proc/uptime); echo inner-transfer-only \$a \$b" | awk '{print $1, $3 - $2}'
 done
+docker run --rm --pull never isolated-runner/busybox:test cat /sys/class/net/eth0/mtu | sed 's/^/inner-eth0-mtu /'
 "#,
         )
         .await;
@@ -356,4 +398,35 @@ done
         assert!(report.failures.is_empty(), "{:?}", report.failures);
     }
     scope.assert_clean().await;
+}
+
+/// `runner doctor`'s ACL probe against real file systems: the test's tmp dir (ext4/xfs/tmpfs
+/// here: ACLs) and a ramfs mounted for the test (no xattrs, so no ACLs), which a rootless job
+/// could not start on.
+#[test]
+fn doctor_acl_probe_tells_a_file_system_without_acls() {
+    use isolated_runner::doctor::facts::{AclProbe, probe_acl};
+    let t = tempfile::tempdir().expect("tempdir");
+    let ok = probe_acl(t.path(), 100_000_000);
+    assert_eq!(ok, AclProbe::Supported, "the test's tmp dir");
+    let mnt = t.path().join("ramfs");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "ramfs", "ir-acl-probe"])
+        .arg(&mnt)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mount ramfs (the suite runs as root)");
+    let probe = probe_acl(&mnt, 100_000_000);
+    let left = std::fs::read_dir(&mnt)
+        .map(|d| d.count())
+        .unwrap_or(usize::MAX);
+    let unmounted = std::process::Command::new("umount").arg(&mnt).status();
+    assert!(
+        unmounted.is_ok_and(|s| s.success()),
+        "umount {}",
+        mnt.display()
+    );
+    assert!(matches!(probe, AclProbe::Unsupported(_)), "{probe:?}");
+    assert_eq!(left, 0, "the probe left its directory behind");
 }

@@ -4,8 +4,8 @@ use super::*;
 use crate::config::Config;
 use crate::docker::EngineFacts;
 use crate::doctor::facts::{
-    ConfigFacts, DiskFact, GitlabFact, HostFacts, ImageFact, Leftovers, NetFact, NetpolicyFacts,
-    Probe, RawRunner,
+    AclFact, AclProbe, ConfigFacts, DiskFact, GitlabFact, HostFacts, ImageFact, Leftovers, NetFact,
+    NetpolicyFacts, Probe, RawRunner,
 };
 use crate::netpolicy::InstalledRule;
 use crate::secret::Secret;
@@ -101,6 +101,10 @@ fn healthy() -> Facts {
                 space: Ok((100 * GIB, 200 * GIB)),
             },
         ],
+        acl: vec![AclFact {
+            builds_dir: "/builds".into(),
+            probe: AclProbe::Supported,
+        }],
         leftovers: Some(Leftovers::default()),
         netpolicy: NetpolicyFacts {
             needed: true,
@@ -578,4 +582,29 @@ fn clock_skew() {
     assert!(c.message.contains("behind"));
     set(&mut f, now + Duration::from_secs(2));
     assert_status(&f, "gitlab.clock_skew", Status::Ok);
+}
+
+fn find(checks: &[Check], id: &str) -> Check {
+    checks
+        .iter()
+        .find(|c| c.id == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no check {id}"))
+}
+
+#[test]
+fn rootless_acl() {
+    let f = healthy();
+    let c = find(&evaluate(&f), "sidecar.acl");
+    assert_eq!(c.status, Status::Ok, "{c:?}");
+    let mut f = healthy();
+    f.acl[0].probe = AclProbe::Unsupported("EOPNOTSUPP: Operation not supported".into());
+    let c = find(&evaluate(&f), "sidecar.acl");
+    assert_eq!(c.status, Status::Fail);
+    assert!(c.message.contains("/builds"), "{c:?}");
+    assert!(c.hint.contains("POSIX ACLs"), "{c:?}");
+    f.acl[0].probe = AclProbe::Missing;
+    assert_eq!(find(&evaluate(&f), "sidecar.acl").status, Status::Warn);
+    f.acl.clear();
+    assert_eq!(find(&evaluate(&f), "sidecar.acl").status, Status::Skip);
 }
