@@ -75,6 +75,22 @@ impl Docker {
             .collect())
     }
 
+    /// The IPv4 gateway of a network (the host's address on its bridge: `172.17.0.1` for the
+    /// default `bridge`), if it has one.
+    pub async fn network_gateway(&self, name: &str) -> Result<Option<String>, Error> {
+        let r = self
+            .inner
+            .inspect_network(name, None::<q::InspectNetworkOptions>)
+            .await
+            .map_err(api(format!("inspect network {name}")))?;
+        Ok(r.ipam
+            .and_then(|i| i.config)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.gateway)
+            .find(|g| g.parse::<std::net::Ipv4Addr>().is_ok()))
+    }
+
     /// Creates a named volume.
     pub async fn create_volume(
         &self,
