@@ -5,6 +5,7 @@ mod config;
 mod docker;
 mod gitlab;
 mod host;
+mod mirror;
 mod network;
 mod profiles;
 
@@ -19,6 +20,7 @@ use config::*;
 use docker::*;
 use gitlab::*;
 use host::*;
+use mirror::mirror_up;
 use ipnet::Ipv4Net;
 pub use network::free_blocks;
 use network::*;
@@ -41,6 +43,7 @@ pub fn evaluate(f: &Facts) -> Vec<Check> {
         docker_component(f, "docker.runc", "runc", versions::RUNC),
         docker_component(f, "docker.containerd", "containerd", versions::CONTAINERD),
         images_present(f),
+        mirror_up(f),
         sidecar_profiles(f),
         network_address_pool(f),
         netpolicy_rules(f),

@@ -26,6 +26,7 @@ mod e2e_exec;
 mod exec;
 mod layers;
 mod limits;
+mod managed_mirror;
 mod metrics;
 mod netpolicy;
 mod pipeline;

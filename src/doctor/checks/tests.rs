@@ -118,6 +118,7 @@ fn healthy() -> Facts {
             token: TokenFact::Valid,
         }],
         deep: None,
+        mirrors: vec![],
     }
 }
 
