@@ -278,8 +278,7 @@ async fn create(docker: &Docker, w: &Wanted) -> Result<(), Error> {
         return Err(Error::ImageMissing(w.mirror.image.clone()));
     }
     make_storage_dir(&w.storage_dir).await?;
-    let gateway = docker
-        .network_gateway("bridge")
+    let gateway = bridge_gateway(docker)
         .await
         .map_err(docker_err(&name))?
         .ok_or(Error::NoGateway)?;
@@ -293,6 +292,30 @@ async fn create(docker: &Docker, w: &Wanted) -> Result<(), Error> {
         .start_container(&name)
         .await
         .map_err(docker_err(&name))
+}
+
+/// The host's address on the engine's default bridge (`docker0`): the IPAM gateway when the
+/// engine names one, else the interface's own IPv4 address. Host-local: job networks reach it
+/// through the host, nothing outside the machine does unless the host routes it.
+pub async fn bridge_gateway(docker: &Docker) -> Result<Option<String>, crate::docker::Error> {
+    let (gateway, iface) = docker.network_bridge("bridge").await?;
+    if gateway.is_some() {
+        return Ok(gateway);
+    }
+    let Some(iface) = iface else { return Ok(None) };
+    let found = tokio::task::spawn_blocking(move || {
+        nix::ifaddrs::getifaddrs().ok().and_then(|mut addrs| {
+            addrs.find_map(|a| {
+                (a.interface_name == iface)
+                    .then(|| a.address.and_then(|s| s.as_sockaddr_in().map(|s| s.ip())))
+                    .flatten()
+            })
+        })
+    })
+    .await
+    .ok()
+    .flatten();
+    Ok(found.map(|ip| ip.to_string()))
 }
 
 /// The storage dir: root's, 0700 (the registry runs as root without capabilities, as its owner).

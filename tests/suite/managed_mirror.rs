@@ -55,9 +55,7 @@ struct Upstream {
 
 impl Upstream {
     async fn start(scope: &Scope, user: Option<(&str, &str)>) -> Upstream {
-        let gateway = scope
-            .docker
-            .network_gateway("bridge")
+        let gateway = mirror::bridge_gateway(&scope.docker)
             .await
             .expect("inspect the default bridge")
             .expect("the default bridge has a gateway");
@@ -206,6 +204,8 @@ fn wanted(config: &Config) -> Wanted {
 
 fn mirror_config(w: &E2e, upstream: &Upstream) -> Config {
     let mut config = w.config(1);
+    // Nothing preloaded: busybox in the job's daemon would make the pull a no-op.
+    config.runners[0].docker.isolation.preload_images = Vec::new();
     config.runners[0].docker.isolation.mirror = Some(ManagedMirror {
         upstream: format!("http://{}", upstream.for_bridge)
             .parse()
