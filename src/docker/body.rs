@@ -86,7 +86,7 @@ pub(super) fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
                 .collect()
         }),
         port_bindings: (!spec.publish.is_empty()).then(|| port_bindings(&spec.publish)),
-        restart_policy: spec.restart_unless_stopped.then(|| RestartPolicy {
+        restart_policy: spec.restart_unless_stopped.then_some(RestartPolicy {
             name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
             maximum_retry_count: None,
         }),

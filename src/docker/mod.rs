@@ -517,7 +517,11 @@ impl Docker {
             status: state.status.map(|s| s.to_string()).unwrap_or_default(),
             ips,
             published,
-            image: r.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default(),
+            image: r
+                .config
+                .as_ref()
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default(),
             labels: r.config.and_then(|c| c.labels).unwrap_or_default(),
         })
     }

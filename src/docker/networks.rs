@@ -78,7 +78,10 @@ impl Docker {
     /// The IPv4 gateway a network's IPAM config names, and the host bridge interface its
     /// options name. The default `bridge` usually has no IPAM gateway (its address is the one
     /// `docker0` has, `bip`), only the interface name.
-    pub async fn network_bridge(&self, name: &str) -> Result<(Option<String>, Option<String>), Error> {
+    pub async fn network_bridge(
+        &self,
+        name: &str,
+    ) -> Result<(Option<String>, Option<String>), Error> {
         let r = self
             .inner
             .inspect_network(name, None::<q::InspectNetworkOptions>)

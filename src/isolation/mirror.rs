@@ -70,7 +70,9 @@ pub enum Error {
     #[error("managed registry mirror {0}: the engine reports no published port")]
     NoPort(String),
     /// The registry did not answer in time.
-    #[error("managed registry mirror {name} at {url} did not answer GET /v2/ within {waited:?}{logs}")]
+    #[error(
+        "managed registry mirror {name} at {url} did not answer GET /v2/ within {waited:?}{logs}"
+    )]
     NotReady {
         /// Container name.
         name: String,
@@ -371,10 +373,7 @@ async fn wait_ready(docker: &Docker, name: &str, url: &str) -> Result<(), Error>
 /// environment apply, and the answer is read only as far as its status line).
 pub async fn answers(url: &str) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Some(addr) = url
-        .strip_prefix("http://")
-        .map(|a| a.trim_end_matches('/'))
-    else {
+    let Some(addr) = url.strip_prefix("http://").map(|a| a.trim_end_matches('/')) else {
         return false;
     };
     let Ok(Ok(mut c)) =
@@ -619,7 +618,11 @@ mod tests {
                 .contains(&"REGISTRY_PROXY_REMOTEURL=https://registry-1.docker.io/".to_string())
         );
         // No credentials of any kind reach the registry.
-        assert!(!s.env.iter().any(|e| e.contains("USERNAME") || e.contains("PASSWORD")));
+        assert!(
+            !s.env
+                .iter()
+                .any(|e| e.contains("USERNAME") || e.contains("PASSWORD"))
+        );
         // Not a job object: the sweepers' `managed` label is absent.
         assert!(!s.labels.contains_key(crate::docker::LABEL_MANAGED));
         assert_eq!(s.labels.get(LABEL_ROLE).map(String::as_str), Some("mirror"));

@@ -253,7 +253,8 @@ fn pull_job(w: &E2e, id: u64, project: u64, tag: &str) -> Value {
     let script = [
         "set -eo pipefail".to_string(),
         // Guards: no pull unless the daemon lists a mirror and the mirror holds the manifest.
-        "M=$(docker info --format '{{range .RegistryConfig.Mirrors}}{{.}}{{end}}'); M=${M%/}".to_string(),
+        "M=$(docker info --format '{{range .RegistryConfig.Mirrors}}{{.}}{{end}}'); M=${M%/}"
+            .to_string(),
         "echo \"MIRROR=$M\"; test -n \"$M\"".to_string(),
         format!(
             "curl -fsS -o /dev/null -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \"$M/v2/library/busybox/manifests/{tag}\""
@@ -275,7 +276,11 @@ fn blob_files(storage: &Path) -> BTreeMap<String, u64> {
     let root = storage.join("docker/registry/v2/blobs/sha256");
     let mut out = BTreeMap::new();
     for prefix in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        for blob in std::fs::read_dir(prefix.path()).into_iter().flatten().flatten() {
+        for blob in std::fs::read_dir(prefix.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if let Ok(m) = std::fs::metadata(blob.path().join("data")) {
                 out.insert(
                     format!("sha256:{}", blob.file_name().to_string_lossy()),
@@ -319,7 +324,10 @@ async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_m
     // a request that arrives while the first fetch runs; what matters is that later jobs add
     // nothing.
     let cold = upstream.blob_gets(&digests).await;
-    assert!(cold.values().all(|n| *n >= 1), "not pulled through the upstream: {cold:?}");
+    assert!(
+        cold.values().all(|n| *n >= 1),
+        "not pulled through the upstream: {cold:?}"
+    );
     let b = w.fake.enqueue(pull_job(&w, 9102, 8, "mirrored"));
     let fb = w.wait_final(b, JOB_TIMEOUT).await;
     daemon.stop(JOB_TIMEOUT).await;
@@ -327,10 +335,16 @@ async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_m
         let trace = w.trace(id);
         assert_eq!(f.state, "success", "job {id}:\n{trace}");
         assert!(trace.contains(&format!("MIRROR={url}")), "{trace}");
-        assert!(trace.contains("MIRROR-OK") && trace.contains("RAN-OK"), "{trace}");
+        assert!(
+            trace.contains("MIRROR-OK") && trace.contains("RAN-OK"),
+            "{trace}"
+        );
         eprintln!(
             "job {id}: {}",
-            trace.lines().find(|l| l.starts_with("PULL-MS=")).unwrap_or("?")
+            trace
+                .lines()
+                .find(|l| l.starts_with("PULL-MS="))
+                .unwrap_or("?")
         );
     }
 
@@ -359,7 +373,10 @@ async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_m
     )
     .await;
     assert!(
-        !reaped.found.iter().any(|f| f.contains(&want.container_name())),
+        !reaped
+            .found
+            .iter()
+            .any(|f| f.contains(&want.container_name())),
         "{:?}",
         reaped.found
     );
@@ -379,7 +396,10 @@ async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_m
     )
     .await;
     assert!(
-        !plan.items.iter().any(|i| i.name.contains(&want.container_name())),
+        !plan
+            .items
+            .iter()
+            .any(|i| i.name.contains(&want.container_name())),
         "{:?}",
         plan.items
     );
@@ -393,7 +413,11 @@ async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_m
     assert_eq!(first_id, second_id, "the restart replaced the mirror");
     assert_eq!(url, second_url);
     assert_eq!(fc.state, "success", "{}", w.trace(c));
-    assert_eq!(upstream.blob_gets(&digests).await, cold, "fetched again after the restart");
+    assert_eq!(
+        upstream.blob_gets(&digests).await,
+        cold,
+        "fetched again after the restart"
+    );
 
     // `runner cleanup`'s bound: under the cap nothing goes; over it the cache is emptied and
     // the mirror answers again.
@@ -411,15 +435,26 @@ async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_m
         .await
         .expect("bound");
     assert!(bounded.emptied, "{bounded:?}");
-    assert!(blob_files(&storage).is_empty(), "{:?}", blob_files(&storage));
+    assert!(
+        blob_files(&storage).is_empty(),
+        "{:?}",
+        blob_files(&storage)
+    );
     let after = cleanup::disk_usage(&storage);
     assert!(after < bounded.bytes, "{after} >= {}", bounded.bytes);
     assert!(
-        mirror::ensure(&w.scope.docker, &want).await.expect("up").reused,
+        mirror::ensure(&w.scope.docker, &want)
+            .await
+            .expect("up")
+            .reused,
         "cleanup must restart the same container"
     );
 
-    assert!(mirror::remove(&w.scope.docker, &want).await.expect("remove"));
+    assert!(
+        mirror::remove(&w.scope.docker, &want)
+            .await
+            .expect("remove")
+    );
     upstream.stop().await;
     w.scope.assert_clean().await;
 }
@@ -440,7 +475,10 @@ async fn a_private_image_pulled_with_credentials_is_never_served_to_another_proj
     // The upstream refuses anonymous pulls and serves the holder of the credentials (the
     // seed's push and this pull, on the host: job networks reach no host port but the mirror's).
     let manifest = "/v2/library/secret/manifests/1";
-    assert_eq!(status_of(&upstream.loopback, manifest, None).await, Some(401));
+    assert_eq!(
+        status_of(&upstream.loopback, manifest, None).await,
+        Some(401)
+    );
     assert_eq!(
         status_of(&upstream.loopback, manifest, Some(("alice", "s3cret-pw"))).await,
         Some(200)
@@ -503,7 +541,11 @@ async fn a_private_image_pulled_with_credentials_is_never_served_to_another_proj
         assert!(!held.contains_key(d), "the mirror stored private blob {d}");
     }
 
-    assert!(mirror::remove(&w.scope.docker, &want).await.expect("remove"));
+    assert!(
+        mirror::remove(&w.scope.docker, &want)
+            .await
+            .expect("remove")
+    );
     upstream.stop().await;
     w.scope.assert_clean().await;
 }

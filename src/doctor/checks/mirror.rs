@@ -78,13 +78,22 @@ mod tests {
 
     #[test]
     fn states_map_to_statuses() {
-        assert_eq!(one(&fact(MirrorState::Up("http://172.17.0.1:1".into()))).status, Status::Ok);
+        assert_eq!(
+            one(&fact(MirrorState::Up("http://172.17.0.1:1".into()))).status,
+            Status::Ok
+        );
         assert_eq!(one(&fact(MirrorState::Absent)).status, Status::Warn);
         assert_eq!(one(&fact(MirrorState::Stopped)).status, Status::Warn);
         assert_eq!(
-            one(&fact(MirrorState::NotAnswering("http://172.17.0.1:1".into()))).status,
+            one(&fact(MirrorState::NotAnswering(
+                "http://172.17.0.1:1".into()
+            )))
+            .status,
             Status::Fail
         );
-        assert_eq!(one(&fact(MirrorState::Unknown("x".into()))).status, Status::Fail);
+        assert_eq!(
+            one(&fact(MirrorState::Unknown("x".into()))).status,
+            Status::Fail
+        );
     }
 }
