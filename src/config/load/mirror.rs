@@ -85,4 +85,45 @@ mod tests {
         assert!(parse_upstream("ftp://x").is_err());
         assert!(parse_upstream("https://x/?a=b").is_err());
     }
+
+    #[test]
+    fn the_table_loads_and_its_errors_name_key_and_line() {
+        let doc = |iso: &str| {
+            format!(
+                "[[runners]]\nname = \"r\"\nurl = \"https://gitlab.example.com/\"\n\
+                 token = \"glrt-x\"\n[runners.docker]\nimage = \"debian:12\"\n{iso}\n"
+            )
+        };
+        let ok = crate::config::load_str(
+            &doc("[runners.docker.isolation.mirror]\nmax_size = \"5g\"\nport = 5005"),
+            "c.toml",
+        )
+        .expect("loads");
+        let m = ok.config.runners[0]
+            .docker
+            .isolation
+            .mirror
+            .clone()
+            .expect("mirror");
+        assert_eq!(m.upstream.as_str(), "https://registry-1.docker.io/");
+        assert_eq!((m.max_size, m.port), (5 * 1024 * 1024 * 1024, 5005));
+        let bad = doc(
+            "[runners.docker.isolation]\nregistry_mirror = \"http://m:5000\"\n\
+             [runners.docker.isolation.mirror]\nupstream = \"https://u:hunter2@reg.example\"\nsize = 1",
+        );
+        let e = crate::config::load_str(&bad, "c.toml").expect_err("errors");
+        let text = e.to_string();
+        let diags = e.diagnostics();
+        let at = |needle: &str| {
+            diags
+                .iter()
+                .find(|d| d.to_string().contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in {text}"))
+                .line
+        };
+        assert_eq!(at("not both"), 8);
+        assert_eq!(at("credentials"), 10);
+        assert_eq!(at("unknown key `size`"), 11);
+        assert!(!text.contains("hunter2"), "{text}");
+    }
 }
