@@ -102,12 +102,53 @@ pub async fn run(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
     };
     let report = cleanup::run(docker.as_ref(), &req).await;
     print_report(&report);
-    let failed = docker.is_none() || !report.failures.is_empty();
+    let mirrors_ok = bound_mirrors(docker.as_ref(), &config, args.dry_run).await;
+    let failed = docker.is_none() || !report.failures.is_empty() || !mirrors_ok;
     Ok(if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Bounds each managed registry mirror's storage to its `max_size` (emptied when over it, see
+/// `isolation::mirror::bound_storage`). False when one could not be bounded.
+async fn bound_mirrors(
+    docker: Option<&crate::docker::Docker>,
+    config: &crate::config::Config,
+    dry_run: bool,
+) -> bool {
+    use crate::isolation::mirror;
+    let wanted = match mirror::wanted(config) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return false;
+        }
+    };
+    let mut ok = true;
+    for w in wanted {
+        match mirror::bound_storage(docker, &w, dry_run).await {
+            Ok(r) if r.emptied => println!(
+                "{} registry mirror cache {} [{}]: over its max_size of {}",
+                if dry_run { "would empty" } else { "emptied" },
+                r.dir.display(),
+                human_bytes(r.bytes),
+                human_bytes(r.max_size)
+            ),
+            Ok(r) => println!(
+                "registry mirror cache {}: {} of {} max_size",
+                r.dir.display(),
+                human_bytes(r.bytes),
+                human_bytes(r.max_size)
+            ),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 /// This host's runner ids without creating anything: the persisted system id, the id derived

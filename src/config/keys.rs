@@ -356,7 +356,15 @@ pub const ISOLATION: Section = Section {
         "host_path_map",
         "warm_pool",
         "warm_pool_max_idle",
+        "mirror",
     ],
+    ignored: &[],
+};
+
+/// `[runners.docker.isolation.mirror]`: our own table, all honoured.
+pub const MIRROR: Section = Section {
+    name: "[runners.docker.isolation.mirror]",
+    honoured: &["upstream", "image", "storage_dir", "max_size", "port"],
     ignored: &[],
 };
 
@@ -471,6 +479,7 @@ mod tests {
             &RUNNER,
             &DOCKER,
             &ISOLATION,
+            &MIRROR,
             &CACHE,
             &CACHE_S3,
             &CACHE_GCS,

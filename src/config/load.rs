@@ -3,6 +3,7 @@
 
 mod cache_store;
 mod docker;
+mod mirror;
 mod runner;
 mod values;
 
@@ -192,7 +193,7 @@ impl Loader {
         } else {
             format!("in {}", section.name)
         };
-        if section.name == keys::ISOLATION.name {
+        if section.name == keys::ISOLATION.name || section.name == keys::MIRROR.name {
             self.error(at, format!("unknown key `{key}` {where_}{hint}"));
         } else {
             self.warn(

@@ -12,11 +12,13 @@ mod cache_store;
 mod instance;
 mod keys;
 mod load;
+mod mirror;
 mod model;
 pub mod validate;
 
 pub use cache_store::*;
 pub use instance::instance_key;
+pub use mirror::*;
 pub use model::*;
 
 use std::fmt;

@@ -237,8 +237,11 @@ pub struct IsolationConfig {
     pub data_root_max_size: Option<u64>,
     /// Age cap of a warm data root.
     pub data_root_max_age: Option<Duration>,
-    /// Pull-through cache for the inner daemons.
+    /// Pull-through cache for the inner daemons. With a managed `mirror`, `runner run` sets it
+    /// to that mirror's address once it answers.
     pub registry_mirror: Option<String>,
+    /// `[runners.docker.isolation.mirror]`: a mirror the runner starts and owns on the host.
+    pub mirror: Option<super::mirror::ManagedMirror>,
     /// Images copied from the host daemon into each job's daemon.
     pub preload_images: Vec<String>,
     /// CA certificate file per registry (`host[:port]`), given to each job's daemon as
@@ -385,6 +388,7 @@ impl Default for IsolationConfig {
             data_root_max_size: None,
             data_root_max_age: None,
             registry_mirror: None,
+            mirror: None,
             preload_images: Vec::new(),
             egress: Egress::Allow,
             block_private_networks: false,

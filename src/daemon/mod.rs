@@ -72,6 +72,9 @@ pub enum Error {
     /// `listen_address` could not be served.
     #[error(transparent)]
     Metrics(#[from] metrics::Error),
+    /// The managed registry mirror could not be started.
+    #[error(transparent)]
+    Mirror(#[from] crate::isolation::mirror::Error),
 }
 
 /// Knobs that are not in the config file (tests shorten them).
@@ -193,6 +196,9 @@ pub async fn run_with(
     if config.concurrent == 0 {
         return Err(Error::ZeroConcurrent);
     }
+    // The managed registry mirror answers before the first job's daemon is pointed at it.
+    let mut config = config;
+    crate::isolation::mirror::start_for(&mut config).await?;
     let check_interval = if config.check_interval.is_zero() {
         Duration::from_secs(3)
     } else {

@@ -1,10 +1,11 @@
 //! Our [`ContainerSpec`] as bollard's container-create body: the one place that knows how each
 //! field maps onto Docker's `HostConfig` and `NetworkingConfig`.
 
-use super::{ContainerSpec, MountSpec};
+use super::{ContainerSpec, MountSpec, PublishedPort};
 use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig,
-    HostConfigCgroupnsModeEnum, Mount, MountType, NetworkingConfig, ResourcesUlimits,
+    HostConfigCgroupnsModeEnum, Mount, MountType, NetworkingConfig, PortBinding, ResourcesUlimits,
+    RestartPolicy, RestartPolicyNameEnum,
 };
 use std::collections::HashMap;
 
@@ -84,6 +85,12 @@ pub(super) fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
                 })
                 .collect()
         }),
+        port_bindings: (!spec.publish.is_empty()).then(|| port_bindings(&spec.publish)),
+        restart_policy: spec.restart_unless_stopped.then_some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        }),
+        readonly_rootfs: spec.read_only_root.then_some(true),
         ..Default::default()
     };
     let networking_config = spec.network.as_ref().map(|net| NetworkingConfig {
@@ -99,8 +106,15 @@ pub(super) fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
             },
         )])),
     });
+    let exposed_ports = (!spec.publish.is_empty()).then(|| {
+        spec.publish
+            .iter()
+            .map(|p| format!("{}/tcp", p.container_port))
+            .collect()
+    });
     ContainerCreateBody {
         image: Some(spec.image.clone()),
+        exposed_ports,
         entrypoint: spec.entrypoint.clone(),
         cmd: spec.cmd.clone(),
         env: Some(spec.env.clone()),
@@ -115,6 +129,25 @@ pub(super) fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
         networking_config,
         ..Default::default()
     }
+}
+
+/// `-p <ip>:<port>:<container>/tcp` per entry; port 0 is sent empty so the engine picks one.
+fn port_bindings(publish: &[PublishedPort]) -> HashMap<String, Option<Vec<PortBinding>>> {
+    let mut out: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in publish {
+        out.entry(format!("{}/tcp", p.container_port))
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: Some(p.host_ip.clone()),
+                host_port: Some(if p.host_port == 0 {
+                    String::new()
+                } else {
+                    p.host_port.to_string()
+                }),
+            });
+    }
+    out
 }
 
 #[cfg(test)]

@@ -188,6 +188,23 @@ pub struct ContainerSpec {
     pub dns_search: Vec<String>,
     /// Host device nodes given to the container at the same path (`--device`, rwm).
     pub devices: Vec<String>,
+    /// Ports published on the host (`-p <host_ip>:<host_port>:<container_port>/tcp`).
+    pub publish: Vec<PublishedPort>,
+    /// `--restart unless-stopped`: the engine starts it again after its own restart.
+    pub restart_unless_stopped: bool,
+    /// `--read-only`: the root file system is read-only.
+    pub read_only_root: bool,
+}
+
+/// A TCP port published on a host address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishedPort {
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Host address it is published on (never empty: the runner never publishes on all).
+    pub host_ip: String,
+    /// Host port; 0 = the engine picks a free one.
+    pub host_port: u16,
 }
 
 /// What `runner doctor` reads from `docker version` and `docker info`.
@@ -234,6 +251,10 @@ pub struct ContainerInfo {
     pub ips: HashMap<String, String>,
     /// Labels.
     pub labels: HashMap<String, String>,
+    /// TCP ports published on the host, as the engine bound them.
+    pub published: Vec<PublishedPort>,
+    /// Image reference the container was created from.
+    pub image: String,
 }
 
 /// A network, as listed.
@@ -464,6 +485,12 @@ impl Docker {
             .await
             .map_err(api(format!("inspect container {id}")))?;
         let state = r.state.unwrap_or_default();
+        let published = r
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.ports.as_ref())
+            .map(published_ports)
+            .unwrap_or_default();
         let ips = r
             .network_settings
             .and_then(|n| n.networks)
@@ -489,6 +516,12 @@ impl Docker {
             oom_killed: state.oom_killed.unwrap_or(false),
             status: state.status.map(|s| s.to_string()).unwrap_or_default(),
             ips,
+            published,
+            image: r
+                .config
+                .as_ref()
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default(),
             labels: r.config.and_then(|c| c.labels).unwrap_or_default(),
         })
     }
@@ -749,6 +782,28 @@ impl Docker {
             Err(e) => Err(api(format!("remove plugin {name}"))(e)),
         }
     }
+}
+
+/// The engine's `NetworkSettings.Ports` map as our type: TCP bindings with a host port only.
+fn published_ports(
+    ports: &HashMap<String, Option<Vec<bollard::models::PortBinding>>>,
+) -> Vec<PublishedPort> {
+    let mut out: Vec<PublishedPort> = ports
+        .iter()
+        .filter_map(|(k, b)| {
+            let port = k.strip_suffix("/tcp")?.parse().ok()?;
+            Some(b.iter().flatten().filter_map(move |b| {
+                Some(PublishedPort {
+                    container_port: port,
+                    host_ip: b.host_ip.clone().unwrap_or_default(),
+                    host_port: b.host_port.as_deref()?.parse().ok()?,
+                })
+            }))
+        })
+        .flatten()
+        .collect();
+    out.sort_by(|a, b| (a.container_port, &a.host_ip).cmp(&(b.container_port, &b.host_ip)));
+    out
 }
 
 /// The TCP ports among `ExposedPorts` keys (`5432/tcp`, `53/udp`, a bare `80` is TCP);

@@ -75,6 +75,32 @@ impl Docker {
             .collect())
     }
 
+    /// The IPv4 gateway a network's IPAM config names, and the host bridge interface its
+    /// options name. The default `bridge` usually has no IPAM gateway (its address is the one
+    /// `docker0` has, `bip`), only the interface name.
+    pub async fn network_bridge(
+        &self,
+        name: &str,
+    ) -> Result<(Option<String>, Option<String>), Error> {
+        let r = self
+            .inner
+            .inspect_network(name, None::<q::InspectNetworkOptions>)
+            .await
+            .map_err(api(format!("inspect network {name}")))?;
+        let iface = r
+            .options
+            .as_ref()
+            .and_then(|o| o.get("com.docker.network.bridge.name").cloned());
+        let gateway = r
+            .ipam
+            .and_then(|i| i.config)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.gateway)
+            .find(|g| g.parse::<std::net::Ipv4Addr>().is_ok());
+        Ok((gateway, iface))
+    }
+
     /// Creates a named volume.
     pub async fn create_volume(
         &self,

@@ -6,6 +6,7 @@ mod config;
 mod docker;
 mod gitlab;
 mod host;
+mod mirror;
 mod network;
 mod profiles;
 
@@ -22,6 +23,7 @@ use docker::*;
 use gitlab::*;
 use host::*;
 use ipnet::Ipv4Net;
+use mirror::mirror_up;
 pub use network::free_blocks;
 use network::*;
 use profiles::sidecar_profiles;
@@ -43,6 +45,7 @@ pub fn evaluate(f: &Facts) -> Vec<Check> {
         docker_component(f, "docker.runc", "runc", versions::RUNC),
         docker_component(f, "docker.containerd", "containerd", versions::CONTAINERD),
         images_present(f),
+        mirror_up(f),
         sidecar_profiles(f),
         rootless_acl(f),
         network_address_pool(f),

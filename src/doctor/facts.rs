@@ -6,6 +6,7 @@ mod deep;
 mod file;
 mod gitlab;
 mod host;
+mod mirror;
 
 use acl::gather_acl;
 pub use acl::{AclFact, AclProbe, probe as probe_acl};
@@ -15,6 +16,7 @@ use file::*;
 pub use gitlab::system_id_readonly;
 use gitlab::*;
 use host::*;
+pub use mirror::{MirrorFact, MirrorState};
 
 use crate::cleanup;
 use crate::config::{self, Config, IsolationMode, SidecarProfile};
@@ -63,6 +65,8 @@ pub struct Facts {
     pub gitlab: Vec<GitlabFact>,
     /// `--deep` results, one per profile.
     pub deep: Option<Vec<DeepResult>>,
+    /// Managed registry mirrors the config asks for, and how each stands.
+    pub mirrors: Vec<MirrorFact>,
 }
 
 /// How the config file stands.
@@ -417,6 +421,10 @@ pub async fn gather(opts: &Options) -> Facts {
         Some(c) => gather_gitlab(c, opts.gitlab_timeout).await,
         None => Vec::new(),
     };
+    let mirrors = match (&docker, &loaded) {
+        (Some(d), Some(c)) => mirror::gather_mirrors(d, c).await,
+        _ => Vec::new(),
+    };
     let deep = match (&docker, opts.deep) {
         (Some(d), true) => Some(gather_deep(d, loaded.as_ref()).await),
         _ => None,
@@ -433,6 +441,7 @@ pub async fn gather(opts: &Options) -> Facts {
         netpolicy,
         gitlab,
         deep,
+        mirrors,
     }
 }
 

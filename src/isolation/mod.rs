@@ -9,6 +9,7 @@ pub mod dind;
 pub mod egress;
 pub mod images;
 pub mod limits;
+pub mod mirror;
 mod naming;
 mod network;
 pub mod pool;

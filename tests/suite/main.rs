@@ -29,6 +29,7 @@ mod final_state;
 mod git_sources;
 mod layers;
 mod limits;
+mod managed_mirror;
 mod metrics;
 mod netpolicy;
 mod pipeline;

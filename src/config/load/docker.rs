@@ -237,6 +237,8 @@ impl Loader {
         let mut inner_at = None;
         let mut pools_ok = true;
         let mut data_root_limits = Vec::new();
+        let mut mirror_at = None;
+        let mut mirror_url_at: Option<At> = None;
         for (key, item) in t.iter() {
             let at = self.at(s, t, key, header);
             match key {
@@ -339,7 +341,16 @@ impl Loader {
                     iso.data_root_max_age = self.positive_duration(&at, item, false);
                     data_root_limits.push(at);
                 }
+                "mirror" => match item.as_table_like() {
+                    Some(mt) => {
+                        let line = self.item_line(item, at.line);
+                        iso.mirror = Some(self.mirror(mt, line));
+                        mirror_at = Some(at);
+                    }
+                    None => self.type_error(&at, "a table ([runners.docker.isolation.mirror])", item),
+                },
                 "registry_mirror" => {
+                    mirror_url_at = Some(at.clone());
                     if let Some(s) = self.string(&at, item)
                         && !s.trim().is_empty()
                     {
@@ -471,6 +482,21 @@ impl Loader {
                      bridges on the host; choose disjoint ranges",
                     iso.inner_address_pool, iso.address_pool
                 ),
+            );
+        }
+        if let (Some(at), Some(_)) = (mirror_url_at, mirror_at.as_ref()) {
+            self.error(
+                &at,
+                "set either registry_mirror (a mirror you run) or the                  [runners.docker.isolation.mirror] table (a mirror the runner runs), not both",
+            );
+        }
+        if let Some(at) = mirror_at
+            && iso.mode == IsolationMode::SharedSocket
+        {
+            self.warn(
+                &at,
+                "has no effect with mode = \"shared-socket\": jobs use the host's daemon and its \
+                 own mirror settings",
             );
         }
         if iso.data_root == DataRoot::Ephemeral {

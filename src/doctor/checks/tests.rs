@@ -122,6 +122,7 @@ fn healthy() -> Facts {
             token: TokenFact::Valid,
         }],
         deep: None,
+        mirrors: vec![],
     }
 }
 

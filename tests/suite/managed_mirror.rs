@@ -1,0 +1,633 @@
+//! `managed_mirror`: the pull-through registry mirror the runner starts and owns on the host
+//! (`[runners.docker.isolation.mirror]`, `isolation::mirror`), end to end through the real
+//! daemon, the fake GitLab, real job daemons and Debian's docker-registry.
+//!
+//! Nothing leaves the machine: the mirror's upstream is always a registry of the test's own
+//! (`isolated-runner/registry:test`), published on loopback (for the host's push) and on the
+//! default bridge's gateway (where the mirror, itself on the default bridge, reaches it). Jobs
+//! pull `docker.io/library/...` names (dockerd applies mirrors to Docker Hub names only), and
+//! every pull is guarded: the job first checks that its daemon lists the mirror and that the
+//! mirror serves the manifest, so its daemon never has a reason to fall back to Docker Hub.
+//! Each test owns its mirror (named after its own state dir) and removes it at the end.
+
+use crate::support;
+
+use isolated_runner::cleanup;
+use isolated_runner::config::{Config, ManagedMirror};
+use isolated_runner::isolation::mirror::{self, Wanted};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::docker::{BUSYBOX_IMAGE, Scope};
+use support::e2e::{E2e, JOB_TIMEOUT};
+
+const REGISTRY_IMAGE: &str = "isolated-runner/registry:test";
+
+async fn docker_cli(args: &[&str], config_dir: Option<&Path>) -> (bool, String) {
+    let mut cmd = tokio::process::Command::new("docker");
+    cmd.args(args).stdin(std::process::Stdio::null());
+    // Logins for the pushes go to a private client config, never the host user's.
+    if let Some(d) = config_dir {
+        cmd.env("DOCKER_CONFIG", d);
+    }
+    let out = cmd.output().await.expect("run the docker CLI");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+async fn must(args: &[&str], config_dir: Option<&Path>) -> String {
+    let (ok, text) = docker_cli(args, config_dir).await;
+    assert!(ok, "docker {args:?} failed: {text}");
+    text.trim().to_string()
+}
+
+/// The upstream: a plain registry of our own, optionally behind basic auth.
+struct Upstream {
+    name: String,
+    loopback: String,
+    /// `<gateway>:<port>`: what the mirror (on the default bridge) dials.
+    for_bridge: String,
+    client: tempfile::TempDir,
+    _auth: Option<tempfile::TempDir>,
+}
+
+impl Upstream {
+    async fn start(scope: &Scope, user: Option<(&str, &str)>) -> Upstream {
+        let gateway = mirror::bridge_gateway(&scope.docker)
+            .await
+            .expect("inspect the default bridge")
+            .expect("the default bridge has a gateway");
+        let name = format!("ir-{}-upstream", scope.runner_id);
+        let label = format!("io.isolated-runner.runner={}", scope.runner_id);
+        let publish = format!("{gateway}::5000");
+        let mut args: Vec<String> = [
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            &label,
+            "-p",
+            "127.0.0.1::5000",
+            "-p",
+            &publish,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let auth = user.map(|(u, p)| {
+            let d = tempfile::tempdir().expect("tempdir");
+            let hash = bcrypt::hash(p, 4).expect("bcrypt");
+            std::fs::write(d.path().join("htpasswd"), format!("{u}:{hash}\n")).expect("write");
+            for a in [
+                "-e",
+                "REGISTRY_AUTH=htpasswd",
+                "-e",
+                "REGISTRY_AUTH_HTPASSWD_REALM=ir-test",
+                "-e",
+                "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd",
+                "-v",
+            ] {
+                args.push(a.to_string());
+            }
+            args.push(format!("{}:/auth:ro", d.path().display()));
+            d
+        });
+        args.push(REGISTRY_IMAGE.to_string());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        must(&argv, None).await;
+        let ports = must(&["port", &name, "5000/tcp"], None).await;
+        let port_on = |ip: &str| {
+            ports
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{ip}:")).map(str::to_string))
+                .unwrap_or_else(|| panic!("no port on {ip}: {ports}"))
+        };
+        let up = Upstream {
+            loopback: format!("127.0.0.1:{}", port_on("127.0.0.1")),
+            for_bridge: format!("{gateway}:{}", port_on(&gateway)),
+            name,
+            client: tempfile::tempdir().expect("tempdir"),
+            _auth: auth,
+        };
+        // The port proxy accepts before the registry listens; an authenticating one answers
+        // 401, which is an answer too.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !matches!(status_of(&up.loopback, "/v2/", None).await, Some(200 | 401)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "upstream never listened: {}",
+                up.logs().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some((u, p)) = user {
+            must(
+                &["login", "-u", u, "-p", p, &up.loopback],
+                Some(up.client.path()),
+            )
+            .await;
+        }
+        up
+    }
+
+    /// Pushes the host's `image` as `<repo>:<tag>`; returns the digests of its blobs (config and
+    /// layers), read back from the registry's manifest.
+    async fn seed(&self, image: &str, repo: &str, tag: &str) -> Vec<String> {
+        let r = format!("{}/{repo}:{tag}", self.loopback);
+        must(&["tag", image, &r], None).await;
+        let pushed = docker_cli(&["push", &r], Some(self.client.path())).await;
+        must(&["rmi", &r], None).await;
+        assert!(pushed.0, "push failed: {}", pushed.1);
+        let manifest = must(
+            &["manifest", "inspect", "--insecure", "-v", &r],
+            Some(self.client.path()),
+        )
+        .await;
+        let v: Value = serde_json::from_str(&manifest).expect("manifest json");
+        let m = &v["SchemaV2Manifest"];
+        let mut digests = vec![m["config"]["digest"].as_str().expect("config").to_string()];
+        for l in m["layers"].as_array().expect("layers") {
+            digests.push(l["digest"].as_str().expect("layer").to_string());
+        }
+        digests
+    }
+
+    async fn logs(&self) -> String {
+        docker_cli(&["logs", &self.name], None).await.1
+    }
+
+    /// GETs of each blob the upstream answered with 200 so far.
+    async fn blob_gets(&self, digests: &[String]) -> BTreeMap<String, usize> {
+        let logs = self.logs().await;
+        digests
+            .iter()
+            .map(|d| (d.clone(), count_blob_gets(&logs, d)))
+            .collect()
+    }
+
+    async fn stop(self) {
+        must(&["rm", "-f", &self.name], None).await;
+    }
+}
+
+/// The HTTP status of `GET http://<addr><path>` (with basic auth when given), from the test
+/// process: a raw HTTP/1.0 request, so no proxy setting of the environment applies.
+async fn status_of(addr: &str, path: &str, auth: Option<(&str, &str)>) -> Option<u16> {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let mut req = format!(
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/vnd.docker.distribution.manifest.v2+json\r\n"
+    );
+    if let Some((u, p)) = auth {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        req.push_str(&format!("Authorization: Basic {token}\r\n"));
+    }
+    req.push_str("\r\n");
+    c.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = [0u8; 32];
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The mirror a config with `upstream` asks for in `state_dir`.
+fn wanted(config: &Config) -> Wanted {
+    let mut w = mirror::wanted(config).expect("one mirror");
+    assert_eq!(w.len(), 1);
+    w.remove(0)
+}
+
+fn mirror_config(w: &E2e, upstream: &Upstream) -> Config {
+    let mut config = w.config(1);
+    // Nothing preloaded: busybox in the job's daemon would make the pull a no-op.
+    config.runners[0].docker.isolation.preload_images = Vec::new();
+    config.runners[0].docker.isolation.mirror = Some(ManagedMirror {
+        upstream: format!("http://{}", upstream.for_bridge)
+            .parse()
+            .expect("url"),
+        image: REGISTRY_IMAGE.to_string(),
+        ..ManagedMirror::default()
+    });
+    config
+}
+
+/// Waits until the daemon under test has the mirror up; returns (container id, URL).
+async fn wait_mirror(w: &E2e, want: &Wanted) -> (String, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some((run, true))) = mirror::status(&w.scope.docker, want).await {
+            let id = w
+                .scope
+                .docker
+                .inspect_container(&run.name)
+                .await
+                .expect("inspect mirror")
+                .id;
+            return (id, run.url);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the daemon never started the managed mirror"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A job of `project` whose script checks the mirror, then pulls `busybox:<tag>` (a Docker Hub
+/// name) through it and runs it.
+fn pull_job(w: &E2e, id: u64, project: u64, tag: &str) -> Value {
+    let script = [
+        "set -eo pipefail".to_string(),
+        // Guards: no pull unless the daemon lists a mirror and the mirror holds the manifest.
+        "M=$(docker info --format '{{range .RegistryConfig.Mirrors}}{{.}}{{end}}'); M=${M%/}"
+            .to_string(),
+        "echo \"MIRROR=$M\"; test -n \"$M\"".to_string(),
+        format!(
+            "curl -fsS -o /dev/null -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \"$M/v2/library/busybox/manifests/{tag}\""
+        ),
+        "echo MIRROR-OK".to_string(),
+        "start=$(date +%s%N)".to_string(),
+        format!("docker pull -q busybox:{tag}"),
+        "echo PULL-MS=$(( ($(date +%s%N) - start) / 1000000 ))".to_string(),
+        format!("docker run --rm busybox:{tag} true"),
+        "echo RAN-OK".to_string(),
+    ];
+    let lines: Vec<&str> = script.iter().map(String::as_str).collect();
+    let mut j = w.job(id, &lines, &[]);
+    j["job_info"]["project_id"] = json!(project);
+    j
+}
+
+fn blob_files(storage: &Path) -> BTreeMap<String, u64> {
+    let root = storage.join("docker/registry/v2/blobs/sha256");
+    let mut out = BTreeMap::new();
+    for prefix in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        for blob in std::fs::read_dir(prefix.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(m) = std::fs::metadata(blob.path().join("data")) {
+                out.insert(
+                    format!("sha256:{}", blob.file_name().to_string_lossy()),
+                    m.len(),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn count_blob_gets(logs: &str, digest: &str) -> usize {
+    logs.lines()
+        .filter(|l| {
+            l.contains("http.request.method=GET")
+                && l.contains(&format!("/blobs/{digest}"))
+                && l.contains("http.response.status=200")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_mirror() {
+    let w = E2e::new().await;
+    let upstream = Upstream::start(&w.scope, None).await;
+    let digests = upstream
+        .seed(BUSYBOX_IMAGE, "library/busybox", "mirrored")
+        .await;
+    let config = mirror_config(&w, &upstream);
+    let want = wanted(&config);
+    let storage: PathBuf = want.storage_dir.clone();
+    assert!(storage.starts_with(w.scope.state_dir()));
+
+    // First start: the daemon creates the mirror before its first poll.
+    let daemon = w.start_daemon(config.clone());
+    let (first_id, url) = wait_mirror(&w, &want).await;
+    let a = w.fake.enqueue(pull_job(&w, 9101, 7, "mirrored"));
+    let fa = w.wait_final(a, JOB_TIMEOUT).await;
+    // What the first (cold) pull cost the upstream. docker-registry 2.8 fetches a blob it does
+    // not hold twice on a miss (once to serve the client, once to store it) and once more for
+    // a request that arrives while the first fetch runs; what matters is that later jobs add
+    // nothing.
+    let cold = upstream.blob_gets(&digests).await;
+    assert!(
+        cold.values().all(|n| *n >= 1),
+        "not pulled through the upstream: {cold:?}"
+    );
+    let b = w.fake.enqueue(pull_job(&w, 9102, 8, "mirrored"));
+    let fb = w.wait_final(b, JOB_TIMEOUT).await;
+    daemon.stop(JOB_TIMEOUT).await;
+    for (id, f) in [(a, &fa), (b, &fb)] {
+        let trace = w.trace(id);
+        assert_eq!(f.state, "success", "job {id}:\n{trace}");
+        assert!(trace.contains(&format!("MIRROR={url}")), "{trace}");
+        assert!(
+            trace.contains("MIRROR-OK") && trace.contains("RAN-OK"),
+            "{trace}"
+        );
+        eprintln!(
+            "job {id}: {}",
+            trace
+                .lines()
+                .find(|l| l.starts_with("PULL-MS="))
+                .unwrap_or("?")
+        );
+    }
+
+    // The second project's pull came from the mirror's storage: the upstream served nothing more.
+    assert_eq!(
+        upstream.blob_gets(&digests).await,
+        cold,
+        "the second job's pull reached the upstream:\n{}",
+        upstream.logs().await
+    );
+    eprintln!("upstream blob GETs for two projects' pulls: {cold:?}");
+    let held = blob_files(&storage);
+    for d in &digests {
+        assert!(held.contains_key(d), "mirror storage lacks {d}: {held:?}");
+    }
+
+    // Neither the start-up reaper nor `runner cleanup` takes the mirror for a leftover.
+    let reaped = cleanup::reaper::reap(
+        &w.scope.docker,
+        &cleanup::reaper::ReapRequest {
+            runner_id: w.scope.runner_id.clone(),
+            state_dir: w.scope.state_dir(),
+            builds_dir: w.scope.builds_dir(),
+            dry_run: true,
+        },
+    )
+    .await;
+    assert!(
+        !reaped
+            .found
+            .iter()
+            .any(|f| f.contains(&want.container_name())),
+        "{:?}",
+        reaped.found
+    );
+    let plan = cleanup::plan(
+        Some(&w.scope.docker),
+        &cleanup::Request {
+            builds_dirs: vec![w.scope.builds_dir()],
+            state_dir: w.scope.state_dir(),
+            caches: Vec::new(),
+            older_than: Duration::ZERO,
+            dry_run: true,
+            netpolicy: None,
+            own_runner_ids: vec![w.scope.runner_id.clone()],
+            cache_pruner: None,
+            label_filter: None,
+        },
+    )
+    .await;
+    assert!(
+        !plan
+            .items
+            .iter()
+            .any(|i| i.name.contains(&want.container_name())),
+        "{:?}",
+        plan.items
+    );
+
+    // A restart reuses it: same container, same address, and the cache still serves.
+    let daemon = w.start_daemon(config.clone());
+    let (second_id, second_url) = wait_mirror(&w, &want).await;
+    let c = w.fake.enqueue(pull_job(&w, 9103, 9, "mirrored"));
+    let fc = w.wait_final(c, JOB_TIMEOUT).await;
+    daemon.stop(JOB_TIMEOUT).await;
+    assert_eq!(first_id, second_id, "the restart replaced the mirror");
+    assert_eq!(url, second_url);
+    assert_eq!(fc.state, "success", "{}", w.trace(c));
+    assert_eq!(
+        upstream.blob_gets(&digests).await,
+        cold,
+        "fetched again after the restart"
+    );
+
+    // `runner cleanup`'s bound: under the cap nothing goes; over it the cache is emptied and
+    // the mirror answers again.
+    let kept = mirror::bound_storage(Some(&w.scope.docker), &want, false)
+        .await
+        .expect("bound");
+    assert!(!kept.emptied && kept.bytes > 0, "{kept:?}");
+    let mut tight = want.clone();
+    tight.mirror.max_size = 1;
+    let dry = mirror::bound_storage(Some(&w.scope.docker), &tight, true)
+        .await
+        .expect("dry run");
+    assert!(dry.emptied && !blob_files(&storage).is_empty());
+    let bounded = mirror::bound_storage(Some(&w.scope.docker), &tight, false)
+        .await
+        .expect("bound");
+    assert!(bounded.emptied, "{bounded:?}");
+    assert!(
+        blob_files(&storage).is_empty(),
+        "{:?}",
+        blob_files(&storage)
+    );
+    let after = cleanup::disk_usage(&storage);
+    assert!(after < bounded.bytes, "{after} >= {}", bounded.bytes);
+    assert!(
+        mirror::ensure(&w.scope.docker, &want)
+            .await
+            .expect("up")
+            .reused,
+        "cleanup must restart the same container"
+    );
+
+    assert!(
+        mirror::remove(&w.scope.docker, &want)
+            .await
+            .expect("remove")
+    );
+    upstream.stop().await;
+    w.scope.assert_clean().await;
+}
+
+#[tokio::test]
+async fn a_private_image_pulled_with_credentials_is_never_served_to_another_project() {
+    let w = E2e::new().await;
+    let upstream = Upstream::start(&w.scope, Some(("alice", "s3cret-pw"))).await;
+    let digests = upstream.seed(BUSYBOX_IMAGE, "library/secret", "1").await;
+    let config = mirror_config(&w, &upstream);
+    let want = wanted(&config);
+    let daemon = w.start_daemon(config.clone());
+    let (_, url) = wait_mirror(&w, &want).await;
+    let accept = "Accept: application/vnd.docker.distribution.manifest.v2+json";
+    let code = |auth: &str, path: &str| {
+        format!("curl -s -o /dev/null -w '%{{http_code}}' {auth} -H '{accept}' \"{url}{path}\"")
+    };
+    // The upstream refuses anonymous pulls and serves the holder of the credentials (the
+    // seed's push and this pull, on the host: job networks reach no host port but the mirror's).
+    let manifest = "/v2/library/secret/manifests/1";
+    assert_eq!(
+        status_of(&upstream.loopback, manifest, None).await,
+        Some(401)
+    );
+    assert_eq!(
+        status_of(&upstream.loopback, manifest, Some(("alice", "s3cret-pw"))).await,
+        Some(200)
+    );
+    let private = format!("{}/library/secret:1", upstream.loopback);
+    must(&["pull", "-q", &private], Some(upstream.client.path())).await;
+    must(&["rmi", &private], None).await;
+
+    // Project 7 holds the credentials and offers them to the mirror, as its daemon would to a
+    // registry that asks: the mirror must not use them upstream.
+    let lines = [
+        "set -eo pipefail".to_string(),
+        format!(
+            "echo VIA-MIRROR-AUTH=$({})",
+            code("-u alice:s3cret-pw", manifest)
+        ),
+    ];
+    let a_lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let mut ja = w.job(9201, &a_lines, &[]);
+    ja["job_info"]["project_id"] = json!(7);
+    let a = w.fake.enqueue(ja);
+    let fa = w.wait_final(a, JOB_TIMEOUT).await;
+
+    // Project 8 has no credentials: the mirror gives it neither the manifest nor any blob.
+    let mut lines = vec![format!("echo VIA-MIRROR=$({})", code("", manifest))];
+    for d in &digests {
+        lines.push(format!(
+            "echo BLOB-{d}=$({})",
+            code("", &format!("/v2/library/secret/blobs/{d}"))
+        ));
+    }
+    let b_lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let mut jb = w.job(9202, &b_lines, &[]);
+    jb["job_info"]["project_id"] = json!(8);
+    let b = w.fake.enqueue(jb);
+    let fb = w.wait_final(b, JOB_TIMEOUT).await;
+    daemon.stop(JOB_TIMEOUT).await;
+
+    let ta = w.trace(a);
+    assert_eq!(fa.state, "success", "{ta}");
+    assert!(ta.contains("VIA-MIRROR-AUTH="), "{ta}");
+    assert!(
+        !ta.contains("VIA-MIRROR-AUTH=200"),
+        "the mirror passed a job's credentials upstream: {ta}"
+    );
+    let tb = w.trace(b);
+    assert_eq!(fb.state, "success", "{tb}");
+    assert!(tb.contains("VIA-MIRROR="), "{tb}");
+    assert!(!tb.contains("VIA-MIRROR=200"), "{tb}");
+    for d in &digests {
+        let line = tb
+            .lines()
+            .find(|l| l.starts_with(&format!("BLOB-{d}=")))
+            .unwrap_or_else(|| panic!("no line for {d}: {tb}"));
+        assert!(!line.ends_with("=200"), "served a private blob: {line}");
+    }
+    // And nothing of it is in the mirror's storage.
+    let held = blob_files(&want.storage_dir);
+    for d in &digests {
+        assert!(!held.contains_key(d), "the mirror stored private blob {d}");
+    }
+
+    assert!(
+        mirror::remove(&w.scope.docker, &want)
+            .await
+            .expect("remove")
+    );
+    upstream.stop().await;
+    w.scope.assert_clean().await;
+}
+
+/// Measurement for docs/warm-images.md (ignored: slow, pushes the 344 MB job image): a pull of
+/// `isolated-runner/job:test` through the managed mirror by two jobs' daemons, cold (the mirror
+/// fetches from the upstream as it serves) then warm (from its storage).
+/// `cargo test --test suite managed_mirror::measure -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn measure_cold_and_warm_pulls_through_the_managed_mirror() {
+    use isolated_runner::isolation::{Role, ScriptRequest};
+    use tokio_util::sync::CancellationToken;
+    let scope = Scope::new().await;
+    let upstream = Upstream::start(&scope, None).await;
+    upstream
+        .seed(support::docker::JOB_IMAGE, "library/jobimage", "mirrored")
+        .await;
+    let mut config = Config {
+        state_dir: scope.state_dir(),
+        runners: vec![scope.runner_config()],
+        ..Config::default()
+    };
+    config.runners[0].docker.isolation.mirror = Some(ManagedMirror {
+        upstream: format!("http://{}", upstream.for_bridge)
+            .parse()
+            .expect("url"),
+        image: REGISTRY_IMAGE.to_string(),
+        ..ManagedMirror::default()
+    });
+    let want = wanted(&config);
+    let running = mirror::start_all(&scope.docker, &mut config)
+        .await
+        .expect("mirror up");
+    let url = running[0].url.clone();
+    let backend = scope.dind(config.runners[0].clone());
+    let mut times = Vec::new();
+    for (job, project) in [(701u64, 7u64), (702, 8)] {
+        let mut spec = scope.spec(job);
+        spec.project_id = project;
+        let out = support::docker::Collect::new();
+        let env = backend
+            .prepare(&spec, out.clone(), CancellationToken::new())
+            .await
+            .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
+        let script = format!(
+            "set -eo pipefail\n\
+             curl -fsS -o /dev/null -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+               {url}/v2/library/jobimage/manifests/mirrored\n\
+             start=$(date +%s%N)\n\
+             docker pull -q jobimage:mirrored\n\
+             echo PULL-MS=$(( ($(date +%s%N) - start) / 1000000 ))\n"
+        );
+        let code = env
+            .run_script(
+                ScriptRequest {
+                    role: Role::Build,
+                    script,
+                    env: Vec::new(),
+                },
+                out.clone(),
+                CancellationToken::new(),
+            )
+            .await
+            .expect("script");
+        assert!(env.teardown().await.failures.is_empty());
+        assert_eq!(code, 0, "{}", out.text());
+        times.push(
+            out.text()
+                .lines()
+                .find(|l| l.starts_with("PULL-MS="))
+                .unwrap_or("?")
+                .to_string(),
+        );
+    }
+    eprintln!(
+        "cold: {}\nwarm: {}\nstorage: {} bytes",
+        times[0],
+        times[1],
+        cleanup::disk_usage(&want.storage_dir)
+    );
+    assert!(mirror::remove(&scope.docker, &want).await.expect("remove"));
+    upstream.stop().await;
+    scope.assert_clean().await;
+}
