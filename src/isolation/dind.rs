@@ -236,11 +236,18 @@ impl Core {
             None => (env.state.naming.name("docker"), HashMap::new()),
         };
         let images = job_images(spec);
+        // An ephemeral data root with preload images: a snapshot of the golden, if the store
+        // works here (else the images are copied in after the boot, as before).
+        let root = match env.warm {
+            None => self.job_root(&mut env.state, Some(&**out), &mut timings).await?,
+            Some(_) => None,
+        };
         let booted = self
             .boot(
                 &mut env.state,
                 BootPlan {
-                    create_volume: env.warm.is_none(),
+                    create_volume: env.warm.is_none() && root.is_none(),
+                    bind_root: root.clone(),
                     volume,
                     dirs: SidecarDirs::Job(job),
                     validity: spec.timeout,
@@ -269,7 +276,9 @@ impl Core {
             profile = profile_name(iso.sidecar_profile),
             "sidecar ready"
         );
-        self.preload(&booted.inner, &mut timings).await?;
+        if root.is_none() {
+            self.preload(&booted.inner, &mut timings).await?;
+        }
         env.inner = Some(booted.inner);
         let net = env.state.network.clone();
         out.write(
