@@ -132,6 +132,7 @@ impl Isolation for DindBackend {
     }
 
     async fn warm_up(&self, runner_id: &str) {
+        self.core.prepare_golden(runner_id);
         if let Some(pool) = &self.pool {
             pool.start(&self.core, runner_id);
             pool.refill(&self.core);
@@ -146,10 +147,15 @@ impl Isolation for DindBackend {
     }
 
     async fn shutdown(&self) -> TeardownReport {
-        match &self.pool {
+        let mut report = match &self.pool {
             Some(pool) => pool.shutdown().await,
             None => TeardownReport::default(),
+        };
+        // The root store this backend mounted goes with it (its image file stays).
+        if let Some(e) = self.core.close_store().await {
+            report.failures.push(e);
         }
+        report
     }
 }
 

@@ -15,6 +15,7 @@ use crate::config::{ROOTLESS_UID_BLOCK, RootStore as Mode, SidecarProfile};
 use crate::paths::{HostPathMap, JobId};
 use sha2::Digest;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bumped when what a golden holds changes shape (its key changes with it).
@@ -292,6 +293,37 @@ impl Core {
         Ok(Some(path))
     }
 
+    /// Makes the golden ahead of the first job (at warm-up), so no job waits for it.
+    pub(super) fn prepare_golden(self: &Arc<Self>, runner_id: &str) {
+        if self.runner.docker.isolation.preload_images.is_empty() {
+            return;
+        }
+        let (core, runner_id) = (Arc::clone(self), runner_id.to_string());
+        tokio::spawn(async move {
+            if let StoreState::Open(store) = core.root_store().await
+                && let Err(e) = core.golden(&store, &runner_id, None).await
+            {
+                tracing::warn!(error = %e, "could not make the golden data root ahead of jobs");
+            }
+        });
+    }
+
+    /// At shutdown: unmounts the store if this backend mounted it and no job root holds it.
+    pub(super) async fn close_store(&self) -> Option<String> {
+        let StoreState::Open(store) = self.store.get()?.clone() else {
+            return None;
+        };
+        if !store.mounted_now {
+            return None;
+        }
+        let _one = self.golden_lock.lock().await;
+        match tokio::task::spawn_blocking(move || store.unmount()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
     fn fallback_warning(&self, why: &str, out: Option<&dyn OutputSink>) {
         if !self
             .store_warned
@@ -309,4 +341,75 @@ impl Core {
             );
         }
     }
+}
+
+/// A root younger than this is spared by sweeps that are not its own runner's start-up: its
+/// job may be between the snapshot and its sidecar's creation in another process.
+pub const SWEEP_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// What a sweep of job roots found.
+#[derive(Debug, Default)]
+pub struct RootSweep {
+    /// Roots removed (or that would be, on a dry run).
+    pub removed: Vec<String>,
+    /// What could not be removed.
+    pub failures: Vec<String>,
+}
+
+/// The store directory of a runner config under `state_dir` (configured or default).
+pub fn store_dir(runner: &crate::config::RunnerConfig, state_dir: &std::path::Path) -> PathBuf {
+    runner
+        .docker
+        .isolation
+        .root_store_path
+        .clone()
+        .unwrap_or_else(|| super::root_store::default_path(state_dir))
+}
+
+/// Removes the job roots in the store at `dir` whose sidecar is gone: at a runner's start-up
+/// every root of `own_runner` (no job of it runs yet), otherwise roots older than
+/// [`SWEEP_GRACE`] whose sidecar container no longer exists (dead jobs of any runner).
+/// Never mounts the store: a store that is not there has nothing to sweep.
+pub async fn sweep_roots(
+    docker: &crate::docker::Docker,
+    dir: &std::path::Path,
+    own_runner: Option<&str>,
+    dry_run: bool,
+) -> RootSweep {
+    let mut report = RootSweep::default();
+    let d = dir.to_path_buf();
+    let Ok(Some(store)) = tokio::task::spawn_blocking(move || RootStore::existing(&d)).await
+    else {
+        return report;
+    };
+    for name in store.job_roots() {
+        let Some((runner, job)) = super::root_store::parse_root_name(&name) else {
+            continue;
+        };
+        let dead = if own_runner == Some(runner) {
+            true
+        } else {
+            let young = store.root_age(&name).is_some_and(|a| a < SWEEP_GRACE);
+            let sidecar = format!("ir-{runner}-{job}-sidecar");
+            let gone = match docker.inspect_container(&sidecar).await {
+                Ok(_) => false,
+                Err(e) => e.is_not_found(),
+            };
+            gone && !young
+        };
+        if !dead {
+            continue;
+        }
+        if dry_run {
+            report.removed.push(format!("job root {name}"));
+            continue;
+        }
+        let (s, n) = (store.clone(), name.clone());
+        match tokio::task::spawn_blocking(move || s.remove_root(&n)).await {
+            Ok(Ok(_)) => report.removed.push(format!("job root {name}")),
+            Ok(Err(e)) => report.failures.push(e.to_string()),
+            Err(e) => report.failures.push(format!("remove job root {name}: {e}")),
+        }
+    }
+    report
 }

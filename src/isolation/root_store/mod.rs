@@ -15,6 +15,7 @@
 //! build/<key>    a golden being made (removed when the build fails or the runner dies)
 //! jobs/<name>    one writable snapshot per job sidecar (`ir-<runner>-<job>-root`)
 //! mnt/<name>     rootless: the snapshot's idmapped mount, bound into the sidecar
+//! stamps/<name>  made before the snapshot: its mtime says when (sweeps spare young roots)
 //! ```
 //!
 //! The store is the state directory itself when that is btrfs, otherwise a sparse image file
@@ -65,7 +66,13 @@ pub struct RootStore {
     pub dir: PathBuf,
     /// Whether the runner loop-mounted an image file there (else the directory was btrfs).
     pub loop_mounted: bool,
+    /// Whether this `open` made the mount (its owner unmounts it at shutdown).
+    pub mounted_now: bool,
 }
+
+/// One `open` at a time in this process: two backends opening the same store must not both
+/// mount it.
+static OPENING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Where the store of `state_dir` lives when `root_store_path` is not set.
 pub fn default_path(state_dir: &Path) -> PathBuf {
@@ -84,8 +91,10 @@ impl RootStore {
     /// btrfs, else `<dir>.img` (sparse, `size` bytes) formatted btrfs and loop-mounted there.
     /// Idempotent: a store already mounted is used as it is.
     pub fn open(dir: &Path, size: u64) -> Result<RootStore, StoreError> {
+        let _one = OPENING.lock().unwrap_or_else(|e| e.into_inner());
         make_private_dir(dir)?;
         let loop_mounted;
+        let mut mounted_now = false;
         if !btrfs::is_btrfs(dir).map_err(op(format!("statfs {}", dir.display())))? {
             let img = image_file(dir);
             if !img.exists() {
@@ -93,6 +102,7 @@ impl RootStore {
             }
             btrfs::loop_mount(&img, dir)?;
             loop_mounted = true;
+            mounted_now = true;
             if !btrfs::is_btrfs(dir).map_err(op(format!("statfs {}", dir.display())))? {
                 return Err(StoreError::Unavailable(format!(
                     "{} is mounted at {} but is not btrfs",
@@ -109,8 +119,9 @@ impl RootStore {
         let store = RootStore {
             dir: dir.to_path_buf(),
             loop_mounted,
+            mounted_now,
         };
-        for sub in ["golden", "build", "jobs", "mnt"] {
+        for sub in ["golden", "build", "jobs", "mnt", "stamps"] {
             make_private_dir(&store.dir.join(sub))?;
         }
         btrfs::check_tool()?;
@@ -188,7 +199,12 @@ impl RootStore {
             // A leftover of a crashed runner with the same job id: never reuse it.
             self.remove_root(name)?;
         }
-        btrfs::snapshot(&golden, &snap, false)?;
+        let stamp = self.dir.join("stamps").join(name);
+        std::fs::write(&stamp, b"").map_err(op(format!("write {}", stamp.display())))?;
+        if let Err(e) = btrfs::snapshot(&golden, &snap, false) {
+            let _ = std::fs::remove_file(&stamp);
+            return Err(e);
+        }
         let Some(map) = map else {
             return Ok(snap);
         };
@@ -224,13 +240,44 @@ impl RootStore {
             existed = true;
             btrfs::delete_tree(&self.dir, &snap)?;
         }
+        let stamp = self.dir.join("stamps").join(name);
+        match std::fs::remove_file(&stamp) {
+            Ok(()) => existed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(op(format!("remove {}", stamp.display()))(e)),
+        }
         Ok(existed)
+    }
+
+    /// How long ago the root `name` was made (its stamp's age); `None` without a stamp.
+    pub fn root_age(&self, name: &str) -> Option<std::time::Duration> {
+        let m = std::fs::metadata(self.dir.join("stamps").join(name))
+            .ok()?
+            .modified()
+            .ok()?;
+        m.elapsed().ok()
+    }
+
+    /// The store at `dir` as it is, without mounting or making anything (sweeps); `None`
+    /// when there is no store there.
+    pub fn existing(dir: &Path) -> Option<RootStore> {
+        if !dir.join("jobs").is_dir() || !btrfs::is_btrfs(dir).unwrap_or(false) {
+            return None;
+        }
+        Some(RootStore {
+            dir: dir.to_path_buf(),
+            loop_mounted: btrfs::is_mount_point(dir).unwrap_or(false) && image_file(dir).exists(),
+            mounted_now: false,
+        })
     }
 
     /// Names of the job roots in the store (`ir-<runner>-<job>-root`).
     pub fn job_roots(&self) -> Vec<String> {
         let mut v = list_names(&self.dir.join("jobs"));
-        for m in list_names(&self.dir.join("mnt")) {
+        for m in list_names(&self.dir.join("mnt"))
+            .into_iter()
+            .chain(list_names(&self.dir.join("stamps")))
+        {
             if !v.contains(&m) {
                 v.push(m);
             }
@@ -248,10 +295,10 @@ impl RootStore {
         )
     }
 
-    /// Unmounts a loop-mounted store (the image file stays; the next `open` mounts it again).
-    /// Fails while job roots are mounted.
+    /// Unmounts a store this process mounted (the image file stays; the next `open` mounts
+    /// it again). Fails while job roots are mounted or bound into sidecars.
     pub fn unmount(&self) -> Result<(), StoreError> {
-        if self.loop_mounted {
+        if self.mounted_now {
             btrfs::unmount_store(&self.dir)?;
         }
         Ok(())
