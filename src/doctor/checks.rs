@@ -7,9 +7,11 @@ mod gitlab;
 mod host;
 mod network;
 mod profiles;
+mod root_store;
 
 use super::facts::{
-    Cgroup, ConfigState, DeepResult, Facts, GitlabFact, ProbeError, TokenFact, caps,
+    Cgroup, ConfigState, DeepResult, Facts, GitlabFact, ProbeError, RootStoreState, TokenFact,
+    caps,
 };
 use super::versions::{self, Advisory};
 use super::{Check, Status};
@@ -23,6 +25,7 @@ use ipnet::Ipv4Net;
 pub use network::free_blocks;
 use network::*;
 use profiles::sidecar_profiles;
+use root_store::root_store;
 use std::time::Duration;
 
 /// Every check, in display order within its group.
@@ -41,6 +44,7 @@ pub fn evaluate(f: &Facts) -> Vec<Check> {
         docker_component(f, "docker.runc", "runc", versions::RUNC),
         docker_component(f, "docker.containerd", "containerd", versions::CONTAINERD),
         images_present(f),
+        root_store(f),
         sidecar_profiles(f),
         network_address_pool(f),
         netpolicy_rules(f),

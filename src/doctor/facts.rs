@@ -5,6 +5,7 @@ mod deep;
 mod file;
 mod gitlab;
 mod host;
+mod root_store;
 
 use deep::*;
 pub use file::raw_runners;
@@ -12,6 +13,8 @@ use file::*;
 pub use gitlab::system_id_readonly;
 use gitlab::*;
 use host::*;
+pub use root_store::{RootStoreFact, RootStoreState};
+use root_store::gather_root_stores;
 
 use crate::cleanup;
 use crate::config::{self, Config, IsolationMode, SidecarProfile};
@@ -58,6 +61,8 @@ pub struct Facts {
     pub gitlab: Vec<GitlabFact>,
     /// `--deep` results, one per profile.
     pub deep: Option<Vec<DeepResult>>,
+    /// Which path preload images take, per runner entry.
+    pub root_stores: Vec<RootStoreFact>,
 }
 
 /// How the config file stands.
@@ -408,6 +413,10 @@ pub async fn gather(opts: &Options) -> Facts {
         Some(c) => gather_gitlab(c, opts.gitlab_timeout).await,
         None => Vec::new(),
     };
+    let root_stores = match &loaded {
+        Some(c) => gather_root_stores(c, &host),
+        None => Vec::new(),
+    };
     let deep = match (&docker, opts.deep) {
         (Some(d), true) => Some(gather_deep(d, loaded.as_ref()).await),
         _ => None,
@@ -423,6 +432,7 @@ pub async fn gather(opts: &Options) -> Facts {
         netpolicy,
         gitlab,
         deep,
+        root_stores,
     }
 }
 

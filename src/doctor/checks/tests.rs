@@ -27,7 +27,7 @@ fn healthy_config() -> Config {
     c
 }
 
-fn healthy() -> Facts {
+pub(super) fn healthy() -> Facts {
     let now = SystemTime::now();
     Facts {
         config: ConfigFacts {
@@ -118,6 +118,7 @@ fn healthy() -> Facts {
             token: TokenFact::Valid,
         }],
         deep: None,
+        root_stores: vec![],
     }
 }
 
