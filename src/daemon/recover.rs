@@ -125,7 +125,10 @@ pub(super) async fn cleanup(
                 tracing::warn!(failure = %f, "a job root of an earlier run could not be removed");
             }
             if !roots.removed.is_empty() {
-                tracing::warn!(removed = roots.removed.len(), "removed job roots of an earlier run of this runner");
+                tracing::warn!(
+                    removed = roots.removed.len(),
+                    "removed job roots of an earlier run of this runner"
+                );
             }
             if !report.found.is_empty() {
                 tracing::warn!(

@@ -10,8 +10,7 @@ mod profiles;
 mod root_store;
 
 use super::facts::{
-    Cgroup, ConfigState, DeepResult, Facts, GitlabFact, ProbeError, RootStoreState, TokenFact,
-    caps,
+    Cgroup, ConfigState, DeepResult, Facts, GitlabFact, ProbeError, RootStoreState, TokenFact, caps,
 };
 use super::versions::{self, Advisory};
 use super::{Check, Status};

@@ -13,8 +13,8 @@ use file::*;
 pub use gitlab::system_id_readonly;
 use gitlab::*;
 use host::*;
-pub use root_store::{RootStoreFact, RootStoreState};
 use root_store::gather_root_stores;
+pub use root_store::{RootStoreFact, RootStoreState};
 
 use crate::cleanup;
 use crate::config::{self, Config, IsolationMode, SidecarProfile};

@@ -245,7 +245,10 @@ impl Core {
         // An ephemeral data root with preload images: a snapshot of the golden, if the store
         // works here (else the images are copied in after the boot, as before).
         let root = match env.warm {
-            None => self.job_root(&mut env.state, Some(&**out), &mut timings).await?,
+            None => {
+                self.job_root(&mut env.state, Some(&**out), &mut timings)
+                    .await?
+            }
             Some(_) => None,
         };
         let booted = self

@@ -378,8 +378,7 @@ pub async fn sweep_roots(
 ) -> RootSweep {
     let mut report = RootSweep::default();
     let d = dir.to_path_buf();
-    let Ok(Some(store)) = tokio::task::spawn_blocking(move || RootStore::existing(&d)).await
-    else {
+    let Ok(Some(store)) = tokio::task::spawn_blocking(move || RootStore::existing(&d)).await else {
         return report;
     };
     for name in store.job_roots() {

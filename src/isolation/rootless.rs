@@ -51,7 +51,10 @@ impl UidBlock {
                 .is_some();
             if !clash {
                 taken.insert(uid);
-                return Ok(UidBlock { uid, in_table: true });
+                return Ok(UidBlock {
+                    uid,
+                    in_table: true,
+                });
             }
         }
         Err(Error::Other {

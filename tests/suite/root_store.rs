@@ -14,8 +14,8 @@ use isolated_runner::isolation::{self, Isolation, JobEnvironment};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use support::docker::{BUSYBOX_IMAGE, Collect, Scope};
 use support::docker::expect_project_script_ok as expect_ok;
+use support::docker::{BUSYBOX_IMAGE, Collect, Scope};
 use tokio_util::sync::CancellationToken;
 
 /// Unmounts the test's store (and any job root still mounted) when the test ends, after
@@ -51,9 +51,7 @@ impl Drop for StoreGuard {
                     .output();
             }
         }
-        let _ = std::process::Command::new("umount")
-            .arg(&self.dir)
-            .output();
+        let _ = std::process::Command::new("umount").arg(&self.dir).output();
     }
 }
 
@@ -75,7 +73,11 @@ fn backend(
     (scope.dind(cfg), guard)
 }
 
-async fn prepare(backend: &Arc<dyn Isolation>, scope: &Scope, job: u64) -> (Box<dyn JobEnvironment>, String) {
+async fn prepare(
+    backend: &Arc<dyn Isolation>,
+    scope: &Scope,
+    job: u64,
+) -> (Box<dyn JobEnvironment>, String) {
     let out = Collect::new();
     let env = backend
         .prepare(&scope.spec(job), out.clone(), CancellationToken::new())
@@ -179,11 +181,17 @@ async fn rootless_jobs_get_private_snapshots_of_the_golden() {
     let busybox_id = host_image_id(&scope, BUSYBOX_IMAGE).await;
 
     let (a, trace_a) = prepare(&backend, &scope, 1201).await;
-    assert!(trace_a.contains("Preparing the golden data root"), "{trace_a}");
+    assert!(
+        trace_a.contains("Preparing the golden data root"),
+        "{trace_a}"
+    );
     assert_from_golden(&trace_a);
     let (b, trace_b) = prepare(&backend, &scope, 1202).await;
     assert_from_golden(&trace_b);
-    assert!(!trace_b.contains("Preparing the golden"), "golden made twice: {trace_b}");
+    assert!(
+        !trace_b.contains("Preparing the golden"),
+        "golden made twice: {trace_b}"
+    );
 
     // The image is the host's, in both daemons, without a load.
     for env in [&a, &b] {
@@ -197,13 +205,22 @@ async fn rootless_jobs_get_private_snapshots_of_the_golden() {
 
     // Seen from the host through each sidecar: its data root belongs to its own uid block;
     // on disk both snapshots keep the golden block's owner.
-    let (pa, pb) = (sidecar_pid(&scope, 1201).await, sidecar_pid(&scope, 1202).await);
+    let (pa, pb) = (
+        sidecar_pid(&scope, 1201).await,
+        sidecar_pid(&scope, 1202).await,
+    );
     let ua = owner(Path::new(&format!("/proc/{pa}/root/var/lib/docker/image")));
     let ub = owner(Path::new(&format!("/proc/{pb}/root/var/lib/docker/image")));
-    assert_ne!(ua, ub, "two live jobs share a host uid for their data roots");
+    assert_ne!(
+        ua, ub,
+        "two live jobs share a host uid for their data roots"
+    );
     let base = isolated_runner::config::DEFAULT_ROOTLESS_UID_BASE;
     let golden = isolation::golden::golden_uid(base).unwrap();
-    assert!(ua >= base && ua < golden && ub >= base && ub < golden, "{ua} {ub}");
+    assert!(
+        ua >= base && ua < golden && ub >= base && ub < golden,
+        "{ua} {ub}"
+    );
     let snap_a = store
         .join("jobs")
         .join(format!("ir-{}-1201-root", scope.runner_id));
@@ -212,7 +229,10 @@ async fn rootless_jobs_get_private_snapshots_of_the_golden() {
 
     // Job A tags an image and replaces files inside its image layers: it sees its own change.
     let out = expect_ok(a.as_ref(), POISON).await;
-    assert!(out.contains("pwned"), "the attack did not even work in A: {out}");
+    assert!(
+        out.contains("pwned"),
+        "the attack did not even work in A: {out}"
+    );
     // Job B sees neither; nor does the golden.
     let out = expect_ok(
         b.as_ref(),
@@ -268,7 +288,10 @@ async fn hardened_job_starts_from_the_golden() {
     )
     .await;
     assert!(out.contains(&busybox_id), "{out}");
-    assert!(out.contains("overlay2") && out.contains("inner-ok"), "{out}");
+    assert!(
+        out.contains("overlay2") && out.contains("inner-ok"),
+        "{out}"
+    );
     let report = env.teardown().await;
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     assert_store_empty(&guard.dir);
@@ -299,8 +322,8 @@ async fn a_crashed_jobs_root_is_reaped() {
     };
     let r = isolated_runner::cleanup::reaper::reap(&docker, &req).await;
     assert!(r.failures.is_empty(), "{:?}", r.failures);
-    let s = isolation::golden::sweep_roots(&docker, &guard.dir, Some(&scope.runner_id), false)
-        .await;
+    let s =
+        isolation::golden::sweep_roots(&docker, &guard.dir, Some(&scope.runner_id), false).await;
     assert_eq!(s.removed.len(), 1, "{s:?}");
     assert!(s.failures.is_empty(), "{s:?}");
     assert_store_empty(&guard.dir);

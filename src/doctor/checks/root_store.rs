@@ -74,8 +74,8 @@ pub(super) fn root_store(f: &Facts) -> Check {
 
 #[cfg(test)]
 mod tests {
-    use crate::doctor::facts::RootStoreFact;
     use super::*;
+    use crate::doctor::facts::RootStoreFact;
 
     #[test]
     fn forced_path_warns_with_the_fix() {

@@ -211,7 +211,7 @@ pub(super) fn delete_tree(store: &Path, snap: &Path) -> Result<(), StoreError> {
             Some((path.matches('/').count(), id))
         })
         .collect();
-    nested.sort_by(|a, b| b.0.cmp(&a.0));
+    nested.sort_by_key(|n| std::cmp::Reverse(n.0));
     for (_, id) in &nested {
         run(
             "btrfs",

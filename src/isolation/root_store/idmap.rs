@@ -74,23 +74,23 @@ fn userns_with(map: IdMap) -> Result<OwnedFd, StoreError> {
             }
         });
     }
-    let mut child = cmd.spawn().map_err(|e| StoreError::Unavailable(format!(
-        "cannot make a user namespace for an idmapped mount ({e}); user namespaces must be \
-         enabled (the rootless profile needs them too)"
-    )))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot make a user namespace for an idmapped mount ({e}); user namespaces must be \
+             enabled (the rootless profile needs them too)"
+        ))
+    })?;
     let pid = child.id();
-    let result = (|| {
-        let line = format!("{} {} {}\n", map.from, map.to, map.count);
-        std::fs::write(format!("/proc/{pid}/uid_map"), &line)
-            .and_then(|()| std::fs::write(format!("/proc/{pid}/setgroups"), "deny"))
-            .and_then(|()| std::fs::write(format!("/proc/{pid}/gid_map"), &line))
-            .and_then(|()| std::fs::File::open(format!("/proc/{pid}/ns/user")))
-            .map(OwnedFd::from)
-            .map_err(|e| StoreError::Op {
-                context: "write the id map of an idmapped mount".to_string(),
-                detail: e.to_string(),
-            })
-    })();
+    let line = format!("{} {} {}\n", map.from, map.to, map.count);
+    let result = std::fs::write(format!("/proc/{pid}/uid_map"), &line)
+        .and_then(|()| std::fs::write(format!("/proc/{pid}/setgroups"), "deny"))
+        .and_then(|()| std::fs::write(format!("/proc/{pid}/gid_map"), &line))
+        .and_then(|()| std::fs::File::open(format!("/proc/{pid}/ns/user")))
+        .map(OwnedFd::from)
+        .map_err(|e| StoreError::Op {
+            context: "write the id map of an idmapped mount".to_string(),
+            detail: e.to_string(),
+        });
     let _ = child.kill();
     let _ = child.wait();
     result
