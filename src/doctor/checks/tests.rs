@@ -118,7 +118,13 @@ pub(super) fn healthy() -> Facts {
             token: TokenFact::Valid,
         }],
         deep: None,
-        root_stores: vec![],
+        root_stores: vec![crate::doctor::facts::RootStoreFact {
+            runner: "r1".into(),
+            state: RootStoreState::WillMount {
+                dir: "/var/lib/isolated-runner/roots".into(),
+                image: "/var/lib/isolated-runner/roots.img".into(),
+            },
+        }],
     }
 }
 
