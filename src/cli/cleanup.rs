@@ -102,8 +102,35 @@ pub async fn run(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
     };
     let report = cleanup::run(docker.as_ref(), &req).await;
     print_report(&report);
+    let mut roots_failed = false;
+    // Snapshots in the root store whose sidecar is gone (a crashed runner's jobs).
+    if let Some(d) = docker.as_ref() {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for r in &config.runners {
+            let dir = crate::isolation::golden::store_dir(r, &config.state_dir);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        for dir in dirs {
+            let s = crate::isolation::golden::sweep_roots(d, &dir, None, args.dry_run).await;
+            let verb = if args.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            };
+            for r in &s.removed {
+                println!("{verb} {r}: its sidecar is gone");
+            }
+            for f in &s.failures {
+                eprintln!("error: could not remove: {f}");
+            }
+            roots_failed |= !s.failures.is_empty();
+        }
+    }
     let mirrors_ok = bound_mirrors(docker.as_ref(), &config, args.dry_run).await;
-    let failed = docker.is_none() || !report.failures.is_empty() || !mirrors_ok;
+    let failed =
+        docker.is_none() || !report.failures.is_empty() || roots_failed || !mirrors_ok;
     Ok(if failed {
         ExitCode::from(1)
     } else {

@@ -182,9 +182,27 @@ pub const ROOTLESS_UID_BLOCKS: u32 = 1024;
 /// Blocks after those, one per warm data root (chosen from the volume's name), so a warm root's
 /// files keep their owners from one job to the next.
 pub const ROOTLESS_WARM_BLOCKS: u32 = 16_384;
+/// One block after those, for the golden data roots of the root store (`isolation::root_store`):
+/// the daemon that loads the preloaded images into a golden runs under it, and each job's
+/// snapshot is mapped from it onto the job's own block.
+pub const ROOTLESS_GOLDEN_BLOCKS: u32 = 1;
 /// The host ids all blocks span from `rootless_uid_base`.
-pub const ROOTLESS_UID_SPAN: i64 =
-    ROOTLESS_UID_BLOCK as i64 * (ROOTLESS_UID_BLOCKS as i64 + ROOTLESS_WARM_BLOCKS as i64);
+pub const ROOTLESS_UID_SPAN: i64 = ROOTLESS_UID_BLOCK as i64
+    * (ROOTLESS_UID_BLOCKS as i64 + ROOTLESS_WARM_BLOCKS as i64 + ROOTLESS_GOLDEN_BLOCKS as i64);
+
+/// Whether ephemeral data roots start as copy-on-write snapshots of a prepared golden root
+/// holding `preload_images` (see `isolation::root_store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootStore {
+    /// Use the store when the host allows it (btrfs, or a loop-mounted btrfs image file);
+    /// otherwise copy the images into each daemon, with a warning.
+    Auto,
+    /// Always copy the images into each daemon.
+    Off,
+}
+
+/// Default size of the root store's sparse image file (only written blocks take disk).
+pub const DEFAULT_ROOT_STORE_SIZE: u64 = 50 * 1024 * 1024 * 1024;
 
 /// Where the sidecar's `/var/lib/docker` lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +262,12 @@ pub struct IsolationConfig {
     pub mirror: Option<super::mirror::ManagedMirror>,
     /// Images copied from the host daemon into each job's daemon.
     pub preload_images: Vec<String>,
+    /// `root_store`: preloaded images through copy-on-write snapshots of a golden data root.
+    pub root_store: RootStore,
+    /// `root_store_size`: size of the store's image file when the runner makes one.
+    pub root_store_size: u64,
+    /// `root_store_path`: where the store is mounted (default `<state_dir>/roots`).
+    pub root_store_path: Option<PathBuf>,
     /// CA certificate file per registry (`host[:port]`), given to each job's daemon as
     /// `/etc/docker/certs.d/<host>/ca.crt` (see `isolation::registry_ca`).
     pub registry_ca_files: BTreeMap<String, PathBuf>,
@@ -390,6 +414,9 @@ impl Default for IsolationConfig {
             registry_mirror: None,
             mirror: None,
             preload_images: Vec::new(),
+            root_store: RootStore::Auto,
+            root_store_size: DEFAULT_ROOT_STORE_SIZE,
+            root_store_path: None,
             egress: Egress::Allow,
             block_private_networks: false,
             ready_timeout: Duration::from_secs(60),

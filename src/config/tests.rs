@@ -930,3 +930,28 @@ fn token_times_are_read_as_toml_datetimes_or_strings() {
             .contains("not be rotated")
     );
 }
+
+#[test]
+fn root_store_keys() {
+    let text = runner(
+        "",
+        "[runners.docker.isolation]\nroot_store = \"off\"\nroot_store_size = \"2g\"\nroot_store_path = \"/srv/roots\"",
+    );
+    let c = load_str(&text, "config.toml").unwrap().config;
+    let i = &c.runners[0].docker.isolation;
+    assert_eq!(i.root_store, RootStore::Off);
+    assert_eq!(i.root_store_size, 2 * 1024 * 1024 * 1024);
+    assert_eq!(i.root_store_path, Some(PathBuf::from("/srv/roots")));
+    let d = IsolationConfig::default();
+    assert_eq!(d.root_store, RootStore::Auto);
+    assert_eq!(d.root_store_size, DEFAULT_ROOT_STORE_SIZE);
+    for (bad, says) in [
+        ("root_store = \"maybe\"", "not a root store mode"),
+        ("root_store_size = \"10m\"", "at least 1 GiB"),
+        ("root_store_path = \"relative\"", "root_store_path"),
+    ] {
+        let text = runner("", &format!("[runners.docker.isolation]\n{bad}"));
+        let e = load_str(&text, "config.toml").unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

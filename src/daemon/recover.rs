@@ -133,6 +133,19 @@ pub(super) async fn cleanup(
             };
             let report = reaper::reap(&docker, &req).await;
             count_leftovers(metrics, &report);
+            // The root store's snapshots of this runner's dead sidecars (`isolation::golden`).
+            let dir = crate::isolation::golden::store_dir(r, &config.state_dir);
+            let roots =
+                crate::isolation::golden::sweep_roots(&docker, &dir, Some(system_id), false).await;
+            for f in &roots.failures {
+                tracing::warn!(failure = %f, "a job root of an earlier run could not be removed");
+            }
+            if !roots.removed.is_empty() {
+                tracing::warn!(
+                    removed = roots.removed.len(),
+                    "removed job roots of an earlier run of this runner"
+                );
+            }
             if !report.found.is_empty() {
                 tracing::warn!(
                     runner = %r.name,

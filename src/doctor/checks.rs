@@ -9,9 +9,10 @@ mod host;
 mod mirror;
 mod network;
 mod profiles;
+mod root_store;
 
 use super::facts::{
-    Cgroup, ConfigState, DeepResult, Facts, GitlabFact, ProbeError, TokenFact, caps,
+    Cgroup, ConfigState, DeepResult, Facts, GitlabFact, ProbeError, RootStoreState, TokenFact, caps,
 };
 use super::versions::{self, Advisory};
 use super::{Check, Status};
@@ -27,6 +28,7 @@ use mirror::mirror_up;
 pub use network::free_blocks;
 use network::*;
 use profiles::sidecar_profiles;
+use root_store::root_store;
 use std::time::Duration;
 
 /// Every check, in display order within its group.
@@ -46,6 +48,7 @@ pub fn evaluate(f: &Facts) -> Vec<Check> {
         docker_component(f, "docker.containerd", "containerd", versions::CONTAINERD),
         images_present(f),
         mirror_up(f),
+        root_store(f),
         sidecar_profiles(f),
         rootless_acl(f),
         network_address_pool(f),

@@ -7,6 +7,7 @@ mod file;
 mod gitlab;
 mod host;
 mod mirror;
+mod root_store;
 
 use acl::gather_acl;
 pub use acl::{AclFact, AclProbe, probe as probe_acl};
@@ -17,6 +18,8 @@ pub use gitlab::system_id_readonly;
 use gitlab::*;
 use host::*;
 pub use mirror::{MirrorFact, MirrorState};
+use root_store::gather_root_stores;
+pub use root_store::{RootStoreFact, RootStoreState};
 
 use crate::cleanup;
 use crate::config::{self, Config, IsolationMode, SidecarProfile};
@@ -67,6 +70,8 @@ pub struct Facts {
     pub deep: Option<Vec<DeepResult>>,
     /// Managed registry mirrors the config asks for, and how each stands.
     pub mirrors: Vec<MirrorFact>,
+    /// Which path preload images take, per runner entry.
+    pub root_stores: Vec<RootStoreFact>,
 }
 
 /// How the config file stands.
@@ -425,6 +430,10 @@ pub async fn gather(opts: &Options) -> Facts {
         (Some(d), Some(c)) => mirror::gather_mirrors(d, c).await,
         _ => Vec::new(),
     };
+    let root_stores = match &loaded {
+        Some(c) => gather_root_stores(c, &host),
+        None => Vec::new(),
+    };
     let deep = match (&docker, opts.deep) {
         (Some(d), true) => Some(gather_deep(d, loaded.as_ref()).await),
         _ => None,
@@ -442,6 +451,7 @@ pub async fn gather(opts: &Options) -> Facts {
         gitlab,
         deep,
         mirrors,
+        root_stores,
     }
 }
 

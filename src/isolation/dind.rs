@@ -144,6 +144,7 @@ impl Isolation for DindBackend {
     }
 
     async fn warm_up(&self, runner_id: &str) {
+        self.core.prepare_golden(runner_id);
         if let Some(pool) = &self.pool {
             pool.start(&self.core, runner_id);
             pool.refill(&self.core);
@@ -169,10 +170,15 @@ impl Isolation for DindBackend {
     }
 
     async fn shutdown(&self) -> TeardownReport {
-        match &self.pool {
+        let mut report = match &self.pool {
             Some(pool) => pool.shutdown().await,
             None => TeardownReport::default(),
+        };
+        // The root store this backend mounted goes with it (its image file stays).
+        if let Some(e) = self.core.close_store().await {
+            report.failures.push(e);
         }
+        report
     }
 }
 
@@ -262,11 +268,21 @@ impl Core {
         // GIT_CLONE_PATH: the sidecar binds the project directory there (a sidecar of its
         // own is made for this job alone), so its daemon resolves the path like the job does.
         env.state.project_target = spec.clone_path.clone();
+        // An ephemeral data root with preload images: a snapshot of the golden, if the store
+        // works here (else the images are copied in after the boot, as before).
+        let root = match env.warm {
+            None => {
+                self.job_root(&mut env.state, Some(&**out), &mut timings)
+                    .await?
+            }
+            Some(_) => None,
+        };
         let booted = self
             .boot(
                 &mut env.state,
                 BootPlan {
-                    create_volume: env.warm.is_none(),
+                    create_volume: env.warm.is_none() && root.is_none(),
+                    bind_root: root.clone(),
                     volume,
                     dirs: SidecarDirs::Job(job),
                     validity: spec.timeout,
@@ -298,7 +314,9 @@ impl Core {
             profile = profile_name(iso.sidecar_profile),
             "sidecar ready"
         );
-        self.preload(&booted.inner, &mut timings).await?;
+        if root.is_none() {
+            self.preload(&booted.inner, &mut timings).await?;
+        }
         env.inner = Some(booted.inner);
         let net = env.state.network.clone();
         out.write(

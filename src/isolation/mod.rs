@@ -7,6 +7,7 @@
 pub mod data_root;
 pub mod dind;
 pub mod egress;
+pub mod golden;
 pub mod images;
 pub mod limits;
 pub mod mirror;
@@ -19,6 +20,7 @@ mod profile;
 pub use crate::cleanup::reaper;
 pub mod registry_ca;
 pub mod resolve;
+pub mod root_store;
 pub mod rootless;
 mod sandbox_hint;
 pub mod services;

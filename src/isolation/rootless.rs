@@ -26,6 +26,8 @@ static TAKEN: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 pub struct UidBlock {
     /// The daemon's uid (inner root).
     pub uid: u32,
+    /// Whether the block is in this process's table (given back on drop).
+    in_table: bool,
 }
 
 impl UidBlock {
@@ -49,7 +51,10 @@ impl UidBlock {
                 .is_some();
             if !clash {
                 taken.insert(uid);
-                return Ok(UidBlock { uid });
+                return Ok(UidBlock {
+                    uid,
+                    in_table: true,
+                });
             }
         }
         Err(Error::Other {
@@ -87,7 +92,19 @@ impl UidBlock {
                 ),
             });
         }
-        Ok(UidBlock { uid })
+        Ok(UidBlock {
+            uid,
+            in_table: true,
+        })
+    }
+
+    /// The golden block of the root store (`golden.rs`): outside the table, since the
+    /// daemons that run under it only load the admin's preload images, never a job.
+    pub fn outside_table(uid: u32) -> UidBlock {
+        UidBlock {
+            uid,
+            in_table: false,
+        }
     }
 
     /// The subordinate ids: the rest of the block (`start:count`), inner uids 1..=65535.
@@ -106,6 +123,9 @@ impl UidBlock {
 
 impl Drop for UidBlock {
     fn drop(&mut self) {
+        if !self.in_table {
+            return;
+        }
         TAKEN
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -30,6 +30,12 @@ pub(super) struct Core {
     pub(super) state_dir: PathBuf,
     /// `Some(true)` = iptables-legacy, as the first sidecar's entrypoint found it.
     pub(super) iptables: std::sync::Mutex<Option<bool>>,
+    /// The root store, opened on first use (`golden.rs`).
+    pub(super) store: tokio::sync::OnceCell<super::golden::StoreState>,
+    /// One golden build at a time.
+    pub(super) golden_lock: tokio::sync::Mutex<()>,
+    /// Whether the fallback from the store was logged already.
+    pub(super) store_warned: std::sync::atomic::AtomicBool,
 }
 
 impl Core {
@@ -40,6 +46,9 @@ impl Core {
             runner,
             state_dir,
             iptables: std::sync::Mutex::new(None),
+            store: tokio::sync::OnceCell::new(),
+            golden_lock: tokio::sync::Mutex::new(()),
+            store_warned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -105,6 +114,9 @@ pub(super) struct BootPlan<'a> {
     pub volume: String,
     /// Whether `volume` is made here (ephemeral) or already exists (a warm data root).
     pub create_volume: bool,
+    /// A directory bound as `/var/lib/docker` instead of `volume` (a snapshot of the root
+    /// store's golden, or a golden being made); the inner daemon then uses overlay2.
+    pub bind_root: Option<PathBuf>,
     pub dirs: SidecarDirs,
     /// The certificates cover this (plus the PKI margin).
     pub validity: Duration,
@@ -154,7 +166,8 @@ impl Core {
         let mut wanted: Vec<(&str, &str)> = vec![(iso.sidecar_image.as_str(), "sidecar")];
         wanted.extend_from_slice(images);
         wanted.extend(iso.preload_images.iter().map(|i| (i.as_str(), "preload")));
-        if iso.sidecar_profile == SidecarProfile::Rootless {
+        // A block taken already belongs to a snapshot mapped onto it (`golden.rs`).
+        if iso.sidecar_profile == SidecarProfile::Rootless && state.uid_block.is_none() {
             state.uid_block = Some(if plan.create_volume {
                 UidBlock::take(iso.rootless_uid_base)?
             } else {
@@ -314,6 +327,11 @@ impl Core {
                 .resolve
                 .inner_daemon_args(&super::egress::host_resolvers().await),
         );
+        if plan.bind_root.is_some() {
+            // A golden and its snapshots must agree on the driver, and btrfs' own driver would
+            // keep layers in nested subvolumes, which a snapshot does not carry.
+            inner_args.push("--storage-driver=overlay2".to_string());
+        }
         sidecar.cmd = Some(inner_args);
         sidecar.labels = state.naming.labels("sidecar");
         sidecar.labels.extend(plan.extra_labels);
@@ -322,13 +340,14 @@ impl Core {
         // The inner daemon resolves registries through the sidecar's own resolver and hosts file.
         state.resolve.apply(&mut sidecar);
         sidecar.ipv4 = Some(sidecar_ip.to_string());
-        sidecar.mounts = vec![
-            MountSpec::Volume {
+        let data_root = match &plan.bind_root {
+            Some(dir) => state.bind(dir, "/var/lib/docker", false),
+            None => MountSpec::Volume {
                 name: plan.volume.clone(),
                 target: "/var/lib/docker".to_string(),
             },
-            state.bind(&certs.server, SERVER_CERT_PATH, true),
-        ];
+        };
+        sidecar.mounts = vec![data_root, state.bind(&certs.server, SERVER_CERT_PATH, true)];
         sidecar.mounts.extend(dir_mounts_of(state));
         let limits = super::limits::JobLimits::of(&self.runner.docker);
         sidecar.memory = limits.sidecar.memory;
@@ -482,12 +501,19 @@ impl SlotBuilder for Core {
                     }
                     None => (state.naming.name("docker"), true, Default::default()),
                 };
+                // Ephemeral with preload images: a snapshot of the golden when the store works.
+                let root = if plan.key.is_none() {
+                    core.job_root(&mut state, None, &mut timings).await?
+                } else {
+                    None
+                };
                 let b = core
                     .boot(
                         &mut state,
                         BootPlan {
                             volume,
-                            create_volume,
+                            create_volume: create_volume && root.is_none(),
+                            bind_root: root.clone(),
                             dirs: SidecarDirs::Slot(JobId::new(plan.id)),
                             validity: lifetime,
                             services: &[],
@@ -504,7 +530,9 @@ impl SlotBuilder for Core {
                     // Fail closed: a root not proven clean is never offered to a job.
                     super::data_root::check_scrubbed(&b.inner, l).await?;
                 }
-                core.preload(&b.inner, &mut timings).await?;
+                if root.is_none() {
+                    core.preload(&b.inner, &mut timings).await?;
+                }
                 Ok(b)
             } => r,
         };

@@ -138,6 +138,8 @@ pub struct JobState {
     /// The host uids of a rootless sidecar; given back when this state is dropped, after
     /// teardown removed the sidecar.
     pub uid_block: Option<super::rootless::UidBlock>,
+    /// The sidecar's snapshot in the root store, removed after the sidecar (`golden.rs`).
+    pub root: Option<super::golden::JobRoot>,
     /// Create requests on their own tasks (see [`detached`]); teardown waits for them.
     pub inflight: TaskTracker,
     /// `extra_hosts`/`dns`/`dns_search` for every container the job gets.
@@ -166,6 +168,7 @@ impl JobState {
             seq: AtomicU32::new(0),
             egress: None,
             uid_block: None,
+            root: None,
             inflight: TaskTracker::new(),
             resolve: super::resolve::Resolve::default(),
         }
@@ -492,6 +495,7 @@ impl JobState {
         // part of every job's wall time): the volumes; the firewall chain then the network (a
         // chain whose bridge is gone would match a reused interface name); the directories.
         let volume = self.volume.take();
+        let root = self.root.take();
         let egress = self.egress.take();
         let network = self.network.take();
         let cert_dir = self.cert_dir.take();
@@ -502,6 +506,14 @@ impl JobState {
         let filters = &filters;
         let volumes = async move {
             let mut r = TeardownReport::default();
+            if let Some(root) = root {
+                let name = root.name.clone();
+                match root.remove().await {
+                    Ok(true) => r.removed.push(format!("job root {name}")),
+                    Ok(false) => {}
+                    Err(e) => r.failures.push(e),
+                }
+            }
             // Volumes and networks are also found by label: a prepare cancelled between the
             // daemon's reply and the bookkeeping must not leak them.
             let mut volumes: Vec<String> = volume.into_iter().collect();

@@ -587,6 +587,7 @@ image = "isolated-runner/job:test"
 [runners.docker.isolation]
 sidecar_image = "isolated-runner/dind:test"
 preload_images = ["isolated-runner/busybox:test"]
+root_store = "off"
 ready_timeout = "90s"
 "#,
             state = state.display(),

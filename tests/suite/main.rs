@@ -37,6 +37,7 @@ mod pipeline_compat;
 mod protocol;
 mod registry_mirror;
 mod registry_pull;
+mod root_store;
 mod rootless;
 mod run_metrics;
 mod security_access;

@@ -367,6 +367,28 @@ impl Loader {
                         iso.preload_images = list;
                     }
                 }
+                "root_store" => match self.string(&at, item).as_deref() {
+                    Some("auto") => iso.root_store = RootStore::Auto,
+                    Some("off") => iso.root_store = RootStore::Off,
+                    Some(other) => self.error(
+                        &at,
+                        format!("`{other}` is not a root store mode (\"auto\" or \"off\")"),
+                    ),
+                    None => {}
+                },
+                "root_store_size" => {
+                    if let Some(n) = self.size(&at, item) {
+                        // mkfs.btrfs refuses smaller devices; a store this small holds nothing.
+                        if n < 1024 * 1024 * 1024 {
+                            self.error(&at, "the root store needs at least 1 GiB");
+                        } else {
+                            iso.root_store_size = n;
+                        }
+                    }
+                }
+                "root_store_path" => {
+                    iso.root_store_path = self.abs_path(&at, item);
+                }
                 "egress" => {
                     if let Some(word) = item.as_str() {
                         match word {

@@ -27,7 +27,7 @@ fn healthy_config() -> Config {
     c
 }
 
-fn healthy() -> Facts {
+pub(super) fn healthy() -> Facts {
     let now = SystemTime::now();
     Facts {
         config: ConfigFacts {
@@ -123,6 +123,13 @@ fn healthy() -> Facts {
         }],
         deep: None,
         mirrors: vec![],
+        root_stores: vec![crate::doctor::facts::RootStoreFact {
+            runner: "r1".into(),
+            state: RootStoreState::WillMount {
+                dir: "/var/lib/isolated-runner/roots".into(),
+                image: "/var/lib/isolated-runner/roots.img".into(),
+            },
+        }],
     }
 }
 

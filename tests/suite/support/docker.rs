@@ -134,6 +134,9 @@ impl Scope {
         };
         r.docker.isolation.sidecar_image = DIND_IMAGE.to_string();
         r.docker.isolation.ready_timeout = Duration::from_secs(90);
+        // The root store (a loop-mounted btrfs per state dir) is tested in `root_store`;
+        // elsewhere the images are copied, as on a host without it.
+        r.docker.isolation.root_store = isolated_runner::config::RootStore::Off;
         r
     }
 

@@ -1,0 +1,414 @@
+//! Ephemeral data roots from the root store (`root_store`): the golden data root of this
+//! runner's `preload_images`, made once by a throw-away sidecar, and each job's (or pool
+//! slot's) writable snapshot of it, which replaces copying the images into every daemon.
+//!
+//! When the store cannot work (no btrfs, no loop device, `root_store = "off"`) or a golden
+//! cannot be made, sidecars fall back to the copy (`Core::preload`), with a warning.
+
+use super::naming::Naming;
+use super::root_store::{RootStore, StoreError, idmap::IdMap};
+use super::rootless::UidBlock;
+use super::sidecar::{BootPlan, Core, SidecarDirs, Timings, finish_parts};
+use super::state::JobState;
+use super::{Error, OutputSink};
+use crate::config::{ROOTLESS_UID_BLOCK, RootStore as Mode, SidecarProfile};
+use crate::paths::{HostPathMap, JobId};
+use sha2::Digest;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bumped when what a golden holds changes shape (its key changes with it).
+const GOLDEN_FORMAT: &str = "ir-golden-1";
+
+/// How long a golden build may take (boot, load every preload image, stop).
+const GOLDEN_BUILD_BUDGET: Duration = Duration::from_secs(30 * 60);
+
+/// A job's snapshot in the store, removed by the job's teardown (after its sidecar).
+#[derive(Debug)]
+pub struct JobRoot {
+    /// The store it is in.
+    pub store: RootStore,
+    /// `ir-<runner>-<job>-root`.
+    pub name: String,
+}
+
+impl JobRoot {
+    /// Unmounts and deletes the snapshot; `Ok(true)` when something was removed.
+    pub async fn remove(self) -> Result<bool, String> {
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || self.store.remove_root(&self.name))
+            .await
+            .map_err(|e| format!("remove job root {name}: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// What the store of a runner came to, decided once per backend.
+#[derive(Debug, Clone)]
+pub(super) enum StoreState {
+    /// Open and usable.
+    Open(RootStore),
+    /// Not used, with the reason (said once in the log and in each job's trace).
+    Off(String),
+}
+
+/// The first uid of the golden block of `base` (after the ephemeral and warm blocks).
+pub fn golden_uid(base: u32) -> Option<u32> {
+    let n = crate::config::ROOTLESS_UID_BLOCKS + crate::config::ROOTLESS_WARM_BLOCKS;
+    n.checked_mul(ROOTLESS_UID_BLOCK)
+        .and_then(|o| base.checked_add(o))
+        .filter(|u| u.checked_add(ROOTLESS_UID_BLOCK).is_some())
+}
+
+fn store_error(e: StoreError) -> Error {
+    Error::Other {
+        context: "use the root store".to_string(),
+        detail: e.to_string(),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Other {
+            context: "use the root store".to_string(),
+            detail: e.to_string(),
+        })?
+        .map_err(store_error)
+}
+
+impl Core {
+    /// The store of this runner, opened (and mounted) on first use.
+    pub(super) async fn root_store(&self) -> StoreState {
+        self.store
+            .get_or_init(|| async {
+                let iso = &self.runner.docker.isolation;
+                if iso.root_store == Mode::Off {
+                    return StoreState::Off("root_store = \"off\"".to_string());
+                }
+                if !matches!(
+                    iso.sidecar_profile,
+                    SidecarProfile::Rootless | SidecarProfile::Hardened
+                ) {
+                    return StoreState::Off(format!(
+                        "the root store serves the rootless and hardened profiles, not {}",
+                        super::profile::profile_name(iso.sidecar_profile)
+                    ));
+                }
+                let dir = iso
+                    .root_store_path
+                    .clone()
+                    .unwrap_or_else(|| super::root_store::default_path(&self.state_dir));
+                let size = iso.root_store_size;
+                match tokio::task::spawn_blocking(move || RootStore::open(&dir, size)).await {
+                    Ok(Ok(s)) => StoreState::Open(s),
+                    Ok(Err(e)) => StoreState::Off(e.to_string()),
+                    Err(e) => StoreState::Off(e.to_string()),
+                }
+            })
+            .await
+            .clone()
+    }
+
+    /// The key of the golden for this runner's config: profile, sidecar image and preload
+    /// image ids (a rebuilt image gives a new golden), and for rootless the golden uid block.
+    async fn golden_key(&self) -> Result<String, Error> {
+        let iso = &self.runner.docker.isolation;
+        let mut h = sha2::Sha256::new();
+        h.update(GOLDEN_FORMAT.as_bytes());
+        h.update(super::profile::profile_name(iso.sidecar_profile).as_bytes());
+        if iso.sidecar_profile == SidecarProfile::Rootless {
+            h.update(iso.rootless_uid_base.to_le_bytes());
+        }
+        for img in std::iter::once(&iso.sidecar_image).chain(&iso.preload_images) {
+            let facts = self
+                .docker
+                .image_facts(img)
+                .await
+                .map_err(super::naming::other(format!("inspect image {img}")))?
+                .ok_or_else(|| Error::ImageUnavailable {
+                    image: img.clone(),
+                    detail: "not on the host daemon".to_string(),
+                })?;
+            h.update(b"\0");
+            h.update(img.as_bytes());
+            h.update(b"\0");
+            h.update(facts.id.as_bytes());
+        }
+        Ok(hex::encode(&h.finalize()[..12]))
+    }
+
+    /// The golden of this runner's config, made now if it does not exist yet (one build at a
+    /// time per backend; later callers wait for it and use it).
+    async fn golden(
+        &self,
+        store: &RootStore,
+        runner_id: &str,
+        out: Option<&dyn OutputSink>,
+    ) -> Result<String, Error> {
+        let _one = self.golden_lock.lock().await;
+        let key = self.golden_key().await?;
+        if store.golden(&key).is_some() {
+            return Ok(key);
+        }
+        if let Some(out) = out {
+            out.write(
+                format!(
+                    "Preparing the golden data root of preload_images {:?} (once per image \
+                     change)\n",
+                    self.runner.docker.isolation.preload_images
+                )
+                .as_bytes(),
+            );
+        }
+        let t = Instant::now();
+        let (s, k) = (store.clone(), key.clone());
+        let path = blocking(move || s.begin_golden(&k)).await?;
+        let built = self.fill_golden(path, runner_id).await;
+        let (s, k) = (store.clone(), key.clone());
+        match built {
+            Ok(()) => {
+                blocking(move || s.commit_golden(&k).map(|_| ())).await?;
+                tracing::info!(key = %key, secs = t.elapsed().as_secs_f64(), "golden data root made");
+                Ok(key)
+            }
+            Err(e) => {
+                if let Err(d) = blocking(move || s.discard_build(&k)).await {
+                    tracing::warn!(error = %d, "could not delete a failed golden build");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Boots a throw-away sidecar on `path`, loads the preload images into it and stops its
+    /// daemon gracefully, so the data root on disk is consistent.
+    async fn fill_golden(&self, path: PathBuf, runner_id: &str) -> Result<(), Error> {
+        let iso = &self.runner.docker.isolation;
+        let id = crate::paths::SLOT_ID_BASE | (uuid::Uuid::new_v4().as_u64_pair().0 >> 24);
+        let naming = Naming::new(runner_id, id, GOLDEN_BUILD_BUDGET)?;
+        let host_map = HostPathMap::new(iso.host_path_map.clone());
+        let mut state = JobState::new(self.docker.clone(), naming, host_map);
+        if iso.sidecar_profile == SidecarProfile::Rootless {
+            let uid = golden_uid(iso.rootless_uid_base).ok_or_else(|| Error::Other {
+                context: "make a golden data root".to_string(),
+                detail: "rootless_uid_base leaves no room for the golden uid block".to_string(),
+            })?;
+            state.uid_block = Some(UidBlock::outside_table(uid));
+        }
+        let mut timings = Timings::default();
+        let filled = async {
+            let b = self
+                .boot(
+                    &mut state,
+                    BootPlan {
+                        volume: String::new(),
+                        create_volume: false,
+                        bind_root: Some(path),
+                        dirs: SidecarDirs::Slot(JobId::new(id)),
+                        validity: GOLDEN_BUILD_BUDGET,
+                        services: &[],
+                        service_env: &[],
+                        extra_labels: Default::default(),
+                        background: false,
+                    },
+                    &[],
+                    &mut timings,
+                )
+                .await?;
+            self.preload(&b.inner, &mut timings).await?;
+            if let Some(sidecar) = state.sidecar.as_deref() {
+                self.docker
+                    .stop_container(sidecar, super::data_root::STOP_GRACE_SECS)
+                    .await
+                    .map_err(super::naming::other("stop the golden's daemon"))?;
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        let report = finish_parts(state, None).await;
+        for f in report.failures {
+            tracing::warn!(failure = %f, "teardown of a golden build left something");
+        }
+        tracing::debug!(steps = %timings.render(), "golden build");
+        filled
+    }
+
+    /// For a sidecar on an ephemeral data root with `preload_images`: a writable snapshot of
+    /// the golden (made first if needed), recorded in `state` for teardown; `None` when the
+    /// store is off or fails (the caller copies the images instead, as before). For rootless,
+    /// takes the sidecar's uid block here (the snapshot is mapped onto it).
+    pub(super) async fn job_root(
+        &self,
+        state: &mut JobState,
+        out: Option<&dyn OutputSink>,
+        timings: &mut Timings,
+    ) -> Result<Option<PathBuf>, Error> {
+        let iso = &self.runner.docker.isolation;
+        if iso.preload_images.is_empty() {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let store = match self.root_store().await {
+            StoreState::Open(s) => s,
+            StoreState::Off(why) => {
+                self.fallback_warning(&why, out);
+                return Ok(None);
+            }
+        };
+        let runner_id = state.naming.runner_id.clone();
+        let key = match self.golden(&store, &runner_id, out).await {
+            Ok(k) => k,
+            Err(Error::Canceled) => return Err(Error::Canceled),
+            Err(e) => {
+                self.fallback_warning(&format!("the golden data root could not be made: {e}"), out);
+                return Ok(None);
+            }
+        };
+        let map = if iso.sidecar_profile == SidecarProfile::Rootless {
+            if state.uid_block.is_none() {
+                state.uid_block = Some(UidBlock::take(iso.rootless_uid_base)?);
+            }
+            let to = state.uid_block.as_ref().map(|b| b.uid).unwrap_or_default();
+            let from = golden_uid(iso.rootless_uid_base).unwrap_or_default();
+            Some(IdMap {
+                from,
+                to,
+                count: ROOTLESS_UID_BLOCK,
+            })
+        } else {
+            None
+        };
+        let name = state.naming.name("root");
+        // Recorded before it exists: a cancel while it is made must not leak it.
+        state.root = Some(JobRoot {
+            store: store.clone(),
+            name: name.clone(),
+        });
+        let path = blocking(move || store.snapshot_for(&key, &name, map)).await?;
+        timings.push("root", t);
+        Ok(Some(path))
+    }
+
+    /// Makes the golden ahead of the first job (at warm-up), so no job waits for it.
+    pub(super) fn prepare_golden(self: &Arc<Self>, runner_id: &str) {
+        if self.runner.docker.isolation.preload_images.is_empty() {
+            return;
+        }
+        let (core, runner_id) = (Arc::clone(self), runner_id.to_string());
+        tokio::spawn(async move {
+            if let StoreState::Open(store) = core.root_store().await
+                && let Err(e) = core.golden(&store, &runner_id, None).await
+            {
+                tracing::warn!(error = %e, "could not make the golden data root ahead of jobs");
+            }
+        });
+    }
+
+    /// At shutdown: unmounts the store if this backend mounted it and no job root holds it.
+    pub(super) async fn close_store(&self) -> Option<String> {
+        let StoreState::Open(store) = self.store.get()?.clone() else {
+            return None;
+        };
+        if !store.mounted_now {
+            return None;
+        }
+        let _one = self.golden_lock.lock().await;
+        match tokio::task::spawn_blocking(move || store.unmount()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    fn fallback_warning(&self, why: &str, out: Option<&dyn OutputSink>) {
+        if !self
+            .store_warned
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(reason = %why, "root store unavailable: preload_images are copied into each job's daemon (slower; `runner doctor` says why)");
+        }
+        if let Some(out) = out {
+            out.write(
+                format!(
+                    "WARNING: preload_images are copied into this job's daemon (the root store \
+                     is not used: {why})\n"
+                )
+                .as_bytes(),
+            );
+        }
+    }
+}
+
+/// A root younger than this is spared by sweeps that are not its own runner's start-up: its
+/// job may be between the snapshot and its sidecar's creation in another process.
+pub const SWEEP_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// What a sweep of job roots found.
+#[derive(Debug, Default)]
+pub struct RootSweep {
+    /// Roots removed (or that would be, on a dry run).
+    pub removed: Vec<String>,
+    /// What could not be removed.
+    pub failures: Vec<String>,
+}
+
+/// The store directory of a runner config under `state_dir` (configured or default).
+pub fn store_dir(runner: &crate::config::RunnerConfig, state_dir: &std::path::Path) -> PathBuf {
+    runner
+        .docker
+        .isolation
+        .root_store_path
+        .clone()
+        .unwrap_or_else(|| super::root_store::default_path(state_dir))
+}
+
+/// Removes the job roots in the store at `dir` whose sidecar is gone: at a runner's start-up
+/// every root of `own_runner` (no job of it runs yet), otherwise roots older than
+/// [`SWEEP_GRACE`] whose sidecar container no longer exists (dead jobs of any runner).
+/// Never mounts the store: a store that is not there has nothing to sweep.
+pub async fn sweep_roots(
+    docker: &crate::docker::Docker,
+    dir: &std::path::Path,
+    own_runner: Option<&str>,
+    dry_run: bool,
+) -> RootSweep {
+    let mut report = RootSweep::default();
+    let d = dir.to_path_buf();
+    let Ok(Some(store)) = tokio::task::spawn_blocking(move || RootStore::existing(&d)).await else {
+        return report;
+    };
+    for name in store.job_roots() {
+        let Some((runner, job)) = super::root_store::parse_root_name(&name) else {
+            continue;
+        };
+        let dead = if own_runner == Some(runner) {
+            true
+        } else {
+            let young = store.root_age(&name).is_some_and(|a| a < SWEEP_GRACE);
+            let sidecar = format!("ir-{runner}-{job}-sidecar");
+            let gone = match docker.inspect_container(&sidecar).await {
+                Ok(_) => false,
+                Err(e) => e.is_not_found(),
+            };
+            gone && !young
+        };
+        if !dead {
+            continue;
+        }
+        if dry_run {
+            report.removed.push(format!("job root {name}"));
+            continue;
+        }
+        let (s, n) = (store.clone(), name.clone());
+        match tokio::task::spawn_blocking(move || s.remove_root(&n)).await {
+            Ok(Ok(_)) => report.removed.push(format!("job root {name}")),
+            Ok(Err(e)) => report.failures.push(e.to_string()),
+            Err(e) => report.failures.push(format!("remove job root {name}: {e}")),
+        }
+    }
+    report
+}

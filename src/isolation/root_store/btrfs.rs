@@ -1,0 +1,242 @@
+//! The btrfs operations of the store, through btrfs-progs and util-linux (`mkfs.btrfs`,
+//! `btrfs`, `mount`), whose error output is passed on as it is: it names what is missing.
+
+use super::StoreError;
+use std::path::Path;
+use std::process::Command;
+
+/// `BTRFS_SUPER_MAGIC` from linux/magic.h.
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
+
+/// Whether `dir` is on btrfs.
+pub(super) fn is_btrfs(dir: &Path) -> std::io::Result<bool> {
+    let st = nix::sys::statfs::statfs(dir).map_err(std::io::Error::from)?;
+    Ok(st.filesystem_type().0 as i64 == BTRFS_SUPER_MAGIC)
+}
+
+/// Whether something is mounted exactly at `dir` in this mount namespace (btrfs subvolumes
+/// have their own device numbers, so comparing `st_dev` with the parent's would not tell).
+pub(super) fn is_mount_point(dir: &Path) -> std::io::Result<bool> {
+    let dir = std::fs::canonicalize(dir)?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let want = dir.to_string_lossy();
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| unescape_mountinfo(m) == want))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && let Some(oct) = s.get(i + 1..i + 4)
+            && let Ok(v) = u8::from_str_radix(oct, 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs a tool; a missing tool is `Unavailable` naming its package.
+fn run(tool: &str, args: &[&std::ffi::OsStr], context: &str) -> Result<String, StoreError> {
+    let out = Command::new(tool).args(args).output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StoreError::Unavailable(format!(
+                "`{tool}` is not installed (Debian: apt-get install {})",
+                if tool == "mount" || tool == "umount" {
+                    "mount"
+                } else {
+                    "btrfs-progs"
+                }
+            ))
+        } else {
+            StoreError::Op {
+                context: context.to_string(),
+                detail: format!("{tool}: {e}"),
+            }
+        }
+    })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(StoreError::Op {
+            context: context.to_string(),
+            detail: format!(
+                "{tool} {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+/// Fails when `btrfs` (btrfs-progs) is missing.
+pub(super) fn check_tool() -> Result<(), StoreError> {
+    run("btrfs", &[os("--version")], "run btrfs --version").map(|_| ())
+}
+
+/// A sparse file of `size` bytes formatted btrfs.
+pub(super) fn make_image(img: &Path, size: u64) -> Result<(), StoreError> {
+    // Made under a temporary name: a crash half-way never leaves an unformatted image behind.
+    let tmp = super::image_file(&img.with_extension("new"));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(super::op(format!("create {}", tmp.display())))?;
+    f.set_len(size)
+        .map_err(super::op(format!("size {}", tmp.display())))?;
+    drop(f);
+    let made = run(
+        "mkfs.btrfs",
+        &[os("-q"), os("-f"), tmp.as_os_str()],
+        &format!("format {} as btrfs", tmp.display()),
+    )
+    .and_then(|_| {
+        std::fs::rename(&tmp, img).map_err(super::op(format!("rename to {}", img.display())))
+    });
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    made
+}
+
+/// Loop-mounts `img` at `dir` unless something is mounted there already.
+pub(super) fn loop_mount(img: &Path, dir: &Path) -> Result<(), StoreError> {
+    if is_mount_point(dir).unwrap_or(false) {
+        return Ok(());
+    }
+    run(
+        "mount",
+        &[
+            os("-t"),
+            os("btrfs"),
+            os("-o"),
+            os("loop,noatime"),
+            img.as_os_str(),
+            dir.as_os_str(),
+        ],
+        &format!("loop-mount {} at {}", img.display(), dir.display()),
+    )
+    .map_err(|e| match e {
+        StoreError::Op { detail, .. } => StoreError::Unavailable(format!(
+            "cannot loop-mount {} at {} ({detail}); the store needs loop devices (`modprobe \
+             loop`) and btrfs (`modprobe btrfs`), or set root_store_path to a directory on \
+             btrfs, or root_store = \"off\"",
+            img.display(),
+            dir.display()
+        )),
+        other => other,
+    })
+    .map(|_| ())
+}
+
+/// Unmounts the store (a loop mount made with `-o loop` frees its device on unmount).
+pub(super) fn unmount_store(dir: &Path) -> Result<(), StoreError> {
+    run(
+        "umount",
+        &[dir.as_os_str()],
+        &format!("unmount {}", dir.display()),
+    )
+    .map(|_| ())
+}
+
+pub(super) fn create_subvolume(p: &Path) -> Result<(), StoreError> {
+    run(
+        "btrfs",
+        &[os("-q"), os("subvolume"), os("create"), p.as_os_str()],
+        &format!("create subvolume {}", p.display()),
+    )
+    .map(|_| ())
+}
+
+pub(super) fn snapshot(src: &Path, dst: &Path, read_only: bool) -> Result<(), StoreError> {
+    let mut args = vec![os("-q"), os("subvolume"), os("snapshot")];
+    if read_only {
+        args.push(os("-r"));
+    }
+    args.extend([src.as_os_str(), dst.as_os_str()]);
+    run(
+        "btrfs",
+        &args,
+        &format!("snapshot {} to {}", src.display(), dst.display()),
+    )
+    .map(|_| ())
+}
+
+/// Deletes one subvolume (a golden or build, made by the runner: nothing nested).
+pub(super) fn delete_subvolume(p: &Path) -> Result<(), StoreError> {
+    run(
+        "btrfs",
+        &[os("-q"), os("subvolume"), os("delete"), p.as_os_str()],
+        &format!("delete subvolume {}", p.display()),
+    )
+    .map(|_| ())
+}
+
+/// Deletes a job's snapshot and every subvolume the job made inside it. Nested subvolumes are
+/// found by the kernel's listing and deleted by id from the store's root, never through a
+/// path inside the snapshot (which the job controls).
+pub(super) fn delete_tree(store: &Path, snap: &Path) -> Result<(), StoreError> {
+    if delete_subvolume(snap).is_ok() {
+        return Ok(());
+    }
+    let listing = run(
+        "btrfs",
+        &[os("subvolume"), os("list"), os("-o"), snap.as_os_str()],
+        &format!("list subvolumes in {}", snap.display()),
+    )?;
+    // `ID <id> gen <g> top level <parent> path <path>`: deepest first.
+    let mut nested: Vec<(usize, String)> = listing
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "ID").then_some(())?;
+            let id = w.next()?.to_string();
+            let path = l.split(" path ").nth(1)?;
+            Some((path.matches('/').count(), id))
+        })
+        .collect();
+    nested.sort_by_key(|n| std::cmp::Reverse(n.0));
+    for (_, id) in &nested {
+        run(
+            "btrfs",
+            &[
+                os("-q"),
+                os("subvolume"),
+                os("delete"),
+                os("--subvolid"),
+                os(id),
+                store.as_os_str(),
+            ],
+            &format!("delete nested subvolume {id} of {}", snap.display()),
+        )?;
+    }
+    delete_subvolume(snap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo(r"/x\134y"), r"/x\y");
+    }
+}

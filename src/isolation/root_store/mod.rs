@@ -1,0 +1,373 @@
+//! The root store: prepared ("golden") data roots of job daemons, and one copy-on-write
+//! snapshot of a golden per job, on btrfs.
+//!
+//! Copying `preload_images` into every job's daemon (`docker save | docker load`) costs seconds
+//! per hundred MB, every job. A golden is a daemon's `/var/lib/docker` with those images already
+//! loaded, made once per (profile, sidecar image, preload image ids) by a throw-away sidecar and
+//! then made read-only. Each job's sidecar gets a writable btrfs snapshot of it as its data root:
+//! a few milliseconds whatever the images' size, and what the job writes lands in its snapshot
+//! only (the golden is a read-only subvolume, and no job's mount namespace holds it).
+//!
+//! Layout under the store directory (mode 0700, the runner's alone):
+//!
+//! ```text
+//! golden/<key>   read-only subvolumes, one per golden key
+//! build/<key>    a golden being made (removed when the build fails or the runner dies)
+//! jobs/<name>    one writable snapshot per job sidecar (`ir-<runner>-<job>-root`)
+//! mnt/<name>     rootless: the snapshot's idmapped mount, bound into the sidecar
+//! stamps/<name>  made before the snapshot: its mtime says when (sweeps spare young roots)
+//! ```
+//!
+//! The store is the state directory itself when that is btrfs, otherwise a sparse image file
+//! `<path>.img` formatted btrfs and loop-mounted at `<path>` (made once, mounted again after a
+//! reboot). Every operation here is blocking; callers use `spawn_blocking`.
+//!
+//! Nothing here opens a path inside a snapshot: snapshots are made, mounted and deleted as
+//! whole subvolumes (nested subvolumes a job made are deleted by id), so what a job wrote into
+//! its data root (links included) never steers a runner operation.
+
+mod btrfs;
+pub mod idmap;
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// What went wrong with the store, naming the tool, device or path.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The host lacks something the store needs.
+    #[error("the root store cannot work on this host: {0}")]
+    Unavailable(String),
+    /// An operation on an existing store failed.
+    #[error("root store: {context}: {detail}")]
+    Op {
+        /// What the runner was doing.
+        context: String,
+        /// The cause.
+        detail: String,
+    },
+}
+
+fn op(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |e| StoreError::Op {
+        context,
+        detail: e.to_string(),
+    }
+}
+
+/// The suffix of a job snapshot's name (`ir-<runner>-<job>-root`, from `Naming::name`).
+pub const ROOT_SUFFIX: &str = "-root";
+
+/// An open (mounted) store.
+#[derive(Debug, Clone)]
+pub struct RootStore {
+    /// The btrfs directory holding `golden/`, `build/`, `jobs/`, `mnt/`.
+    pub dir: PathBuf,
+    /// Whether the runner loop-mounted an image file there (else the directory was btrfs).
+    pub loop_mounted: bool,
+    /// Whether this `open` made the mount (its owner unmounts it at shutdown).
+    pub mounted_now: bool,
+}
+
+/// One `open` at a time in this process: two backends opening the same store must not both
+/// mount it.
+static OPENING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Where the store of `state_dir` lives when `root_store_path` is not set.
+pub fn default_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("roots")
+}
+
+/// The image file backing a store mounted at `dir` when its file system is not btrfs.
+pub fn image_file(dir: &Path) -> PathBuf {
+    let mut s = dir.as_os_str().to_owned();
+    s.push(".img");
+    PathBuf::from(s)
+}
+
+impl RootStore {
+    /// Opens the store at `dir`, making it first if needed: the directory itself when it is on
+    /// btrfs, else `<dir>.img` (sparse, `size` bytes) formatted btrfs and loop-mounted there.
+    /// Idempotent: a store already mounted is used as it is.
+    pub fn open(dir: &Path, size: u64) -> Result<RootStore, StoreError> {
+        let _one = OPENING.lock().unwrap_or_else(|e| e.into_inner());
+        make_private_dir(dir)?;
+        let loop_mounted;
+        let mut mounted_now = false;
+        if !btrfs::is_btrfs(dir).map_err(op(format!("statfs {}", dir.display())))? {
+            let img = image_file(dir);
+            if !img.exists() {
+                btrfs::make_image(&img, size)?;
+            }
+            btrfs::loop_mount(&img, dir)?;
+            loop_mounted = true;
+            mounted_now = true;
+            if !btrfs::is_btrfs(dir).map_err(op(format!("statfs {}", dir.display())))? {
+                return Err(StoreError::Unavailable(format!(
+                    "{} is mounted at {} but is not btrfs",
+                    img.display(),
+                    dir.display()
+                )));
+            }
+        } else {
+            loop_mounted = btrfs::is_mount_point(dir).unwrap_or(false) && image_file(dir).exists();
+        }
+        // The mounted file system's root has its own mode: keep it the runner's alone.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(op(format!("chmod {}", dir.display())))?;
+        let store = RootStore {
+            dir: dir.to_path_buf(),
+            loop_mounted,
+            mounted_now,
+        };
+        for sub in ["golden", "build", "jobs", "mnt", "stamps"] {
+            make_private_dir(&store.dir.join(sub))?;
+        }
+        btrfs::check_tool()?;
+        Ok(store)
+    }
+
+    /// The read-only golden of `key`, if it exists.
+    pub fn golden(&self, key: &str) -> Option<PathBuf> {
+        let p = self.dir.join("golden").join(key);
+        p.is_dir().then_some(p)
+    }
+
+    /// Keys of the goldens in the store.
+    pub fn golden_keys(&self) -> Vec<String> {
+        list_names(&self.dir.join("golden"))
+    }
+
+    /// A fresh, empty, writable subvolume for building the golden of `key` (a leftover of an
+    /// earlier attempt is deleted first). The caller's throw-away daemon fills it.
+    pub fn begin_golden(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let p = self.dir.join("build").join(key);
+        if p.exists() {
+            btrfs::delete_subvolume(&p)?;
+        }
+        btrfs::create_subvolume(&p)?;
+        Ok(p)
+    }
+
+    /// Makes the built subvolume of `key` the read-only golden (a read-only snapshot, atomic),
+    /// then deletes the build.
+    pub fn commit_golden(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let build = self.dir.join("build").join(key);
+        let golden = self.dir.join("golden").join(key);
+        if golden.exists() {
+            btrfs::delete_subvolume(&golden)?;
+        }
+        btrfs::snapshot(&build, &golden, true)?;
+        btrfs::delete_subvolume(&build)?;
+        Ok(golden)
+    }
+
+    /// Deletes the build of `key` (a failed golden build).
+    pub fn discard_build(&self, key: &str) -> Result<(), StoreError> {
+        let p = self.dir.join("build").join(key);
+        if p.exists() {
+            btrfs::delete_subvolume(&p)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the golden of `key` (no longer wanted; jobs running on snapshots of it are not
+    /// affected: a snapshot does not depend on its source).
+    pub fn remove_golden(&self, key: &str) -> Result<bool, StoreError> {
+        let p = self.dir.join("golden").join(key);
+        if !p.exists() {
+            return Ok(false);
+        }
+        btrfs::delete_subvolume(&p)?;
+        Ok(true)
+    }
+
+    /// A writable snapshot of the golden of `key` for the sidecar `name`; with `map`, mounted
+    /// idmapped (the golden's uid block shown as the job's) at `mnt/<name>`. Returns the
+    /// directory to bind at the sidecar's `/var/lib/docker`.
+    pub fn snapshot_for(
+        &self,
+        key: &str,
+        name: &str,
+        map: Option<idmap::IdMap>,
+    ) -> Result<PathBuf, StoreError> {
+        check_name(name)?;
+        let golden = self.dir.join("golden").join(key);
+        let snap = self.dir.join("jobs").join(name);
+        if snap.exists() {
+            // A leftover of a crashed runner with the same job id: never reuse it.
+            self.remove_root(name)?;
+        }
+        let stamp = self.dir.join("stamps").join(name);
+        std::fs::write(&stamp, b"").map_err(op(format!("write {}", stamp.display())))?;
+        if let Err(e) = btrfs::snapshot(&golden, &snap, false) {
+            let _ = std::fs::remove_file(&stamp);
+            return Err(e);
+        }
+        let Some(map) = map else {
+            return Ok(snap);
+        };
+        let mnt = self.dir.join("mnt").join(name);
+        let made = std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&mnt)
+            .map_err(op(format!("mkdir {}", mnt.display())))
+            .and_then(|()| idmap::mount_idmapped(&snap, &mnt, map));
+        if let Err(e) = made {
+            let _ = self.remove_root(name);
+            return Err(e);
+        }
+        Ok(mnt)
+    }
+
+    /// Removes the job root `name`: its idmapped mount (if any), then its snapshot and every
+    /// subvolume the job made inside it. Returns whether anything existed. The sidecar must be
+    /// gone (its mount namespace no longer holds the snapshot).
+    pub fn remove_root(&self, name: &str) -> Result<bool, StoreError> {
+        check_name(name)?;
+        let mnt = self.dir.join("mnt").join(name);
+        let snap = self.dir.join("jobs").join(name);
+        let mut existed = false;
+        if mnt.exists() {
+            existed = true;
+            if btrfs::is_mount_point(&mnt).unwrap_or(false) {
+                idmap::unmount(&mnt)?;
+            }
+            std::fs::remove_dir(&mnt).map_err(op(format!("rmdir {}", mnt.display())))?;
+        }
+        if snap.exists() {
+            existed = true;
+            btrfs::delete_tree(&self.dir, &snap)?;
+        }
+        let stamp = self.dir.join("stamps").join(name);
+        match std::fs::remove_file(&stamp) {
+            Ok(()) => existed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(op(format!("remove {}", stamp.display()))(e)),
+        }
+        Ok(existed)
+    }
+
+    /// How long ago the root `name` was made (its stamp's age); `None` without a stamp.
+    pub fn root_age(&self, name: &str) -> Option<std::time::Duration> {
+        let m = std::fs::metadata(self.dir.join("stamps").join(name))
+            .ok()?
+            .modified()
+            .ok()?;
+        m.elapsed().ok()
+    }
+
+    /// The store at `dir` as it is, without mounting or making anything (sweeps); `None`
+    /// when there is no store there.
+    pub fn existing(dir: &Path) -> Option<RootStore> {
+        if !dir.join("jobs").is_dir() || !btrfs::is_btrfs(dir).unwrap_or(false) {
+            return None;
+        }
+        Some(RootStore {
+            dir: dir.to_path_buf(),
+            loop_mounted: btrfs::is_mount_point(dir).unwrap_or(false) && image_file(dir).exists(),
+            mounted_now: false,
+        })
+    }
+
+    /// Names of the job roots in the store (`ir-<runner>-<job>-root`).
+    pub fn job_roots(&self) -> Vec<String> {
+        let mut v = list_names(&self.dir.join("jobs"));
+        for m in list_names(&self.dir.join("mnt"))
+            .into_iter()
+            .chain(list_names(&self.dir.join("stamps")))
+        {
+            if !v.contains(&m) {
+                v.push(m);
+            }
+        }
+        v.sort();
+        v
+    }
+
+    /// Bytes the store's file system uses (what the goldens and the jobs' writes hold).
+    pub fn used_bytes(&self) -> Option<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.dir).ok()?;
+        Some(
+            (st.blocks().saturating_sub(st.blocks_free()) as u64)
+                .saturating_mul(st.fragment_size() as u64),
+        )
+    }
+
+    /// Unmounts a store this process mounted (the image file stays; the next `open` mounts
+    /// it again). Fails while job roots are mounted or bound into sidecars.
+    pub fn unmount(&self) -> Result<(), StoreError> {
+        if self.mounted_now {
+            btrfs::unmount_store(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// The job and runner a job root's name belongs to: `ir-<runner>-<job>-root`.
+pub fn parse_root_name(name: &str) -> Option<(&str, u64)> {
+    let rest = name.strip_prefix("ir-")?.strip_suffix(ROOT_SUFFIX)?;
+    let (runner, job) = rest.rsplit_once('-')?;
+    Some((runner, job.parse().ok()?))
+}
+
+/// A name is one path component of the runner's own making.
+fn check_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Op {
+            context: "name a job root".to_string(),
+            detail: format!("{name:?} is not a plain name"),
+        })
+    }
+}
+
+fn make_private_dir(dir: &Path) -> Result<(), StoreError> {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(op(format!("create {}", dir.display()))(e)),
+    }
+}
+
+fn list_names(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = rd
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_names_parse() {
+        assert_eq!(parse_root_name("ir-t-abc-42-root"), Some(("t-abc", 42)));
+        assert_eq!(parse_root_name("ir-r1-7-root"), Some(("r1", 7)));
+        assert_eq!(parse_root_name("ir-r1-x-root"), None);
+        assert_eq!(parse_root_name("golden"), None);
+        assert!(check_name("ir-r1-7-root").is_ok());
+        assert!(check_name("..").is_err());
+        assert!(check_name("a/b").is_err());
+        assert_eq!(
+            image_file(Path::new("/var/lib/ir/roots")),
+            PathBuf::from("/var/lib/ir/roots.img")
+        );
+    }
+}

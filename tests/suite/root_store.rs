@@ -1,0 +1,333 @@
+//! The root store (issue 12): preloaded images reach a job's daemon through a copy-on-write
+//! snapshot of a golden data root instead of `docker save | docker load`, for the rootless and
+//! hardened profiles. Each test has its own store (a loop-mounted btrfs image in its state
+//! dir, unmounted at the end) and asserts: the image is there with the host's id and was not
+//! loaded; two live jobs' data roots belong to different host uids; what job A writes into
+//! its daemon (a tag, files replaced inside its image layers) never reaches job B, a later job
+//! or the golden; teardown and a crash followed by the reaper leave no snapshot or mount.
+
+use crate::support;
+
+use isolated_runner::config::{RootStore as Mode, RunnerConfig, SidecarProfile};
+use isolated_runner::docker::{LABEL_JOB, LABEL_ROLE, LABEL_RUNNER};
+use isolated_runner::isolation::{self, Isolation, JobEnvironment};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use support::docker::expect_project_script_ok as expect_ok;
+use support::docker::{BUSYBOX_IMAGE, Collect, Scope};
+use tokio_util::sync::CancellationToken;
+
+/// Unmounts the test's store (and any job root still mounted) when the test ends, after
+/// removing the test's containers (which hold the mounts).
+struct StoreGuard {
+    dir: PathBuf,
+    runner_id: String,
+}
+
+impl Drop for StoreGuard {
+    fn drop(&mut self) {
+        let label = format!("label=io.isolated-runner.runner={}", self.runner_id);
+        if let Ok(o) = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &label])
+            .output()
+        {
+            let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-fv"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("mnt")) {
+            for e in rd.flatten() {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(e.path())
+                    .output();
+            }
+        }
+        let _ = std::process::Command::new("umount").arg(&self.dir).output();
+    }
+}
+
+fn backend(
+    scope: &Scope,
+    profile: SidecarProfile,
+    tweak: impl FnOnce(&mut RunnerConfig),
+) -> (Arc<dyn Isolation>, StoreGuard) {
+    let mut cfg = scope.runner_config();
+    cfg.docker.isolation.sidecar_profile = profile;
+    cfg.docker.isolation.preload_images = vec![BUSYBOX_IMAGE.to_string()];
+    cfg.docker.isolation.root_store = Mode::Auto;
+    cfg.docker.isolation.root_store_size = 2 * 1024 * 1024 * 1024;
+    tweak(&mut cfg);
+    let guard = StoreGuard {
+        dir: isolation::golden::store_dir(&cfg, &scope.state_dir()),
+        runner_id: scope.runner_id.clone(),
+    };
+    (scope.dind(cfg), guard)
+}
+
+async fn prepare(
+    backend: &Arc<dyn Isolation>,
+    scope: &Scope,
+    job: u64,
+) -> (Box<dyn JobEnvironment>, String) {
+    let out = Collect::new();
+    let env = backend
+        .prepare(&scope.spec(job), out.clone(), CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
+    let text = out.text();
+    eprintln!("job {job} prepared: {}", text.trim());
+    (env, text)
+}
+
+/// The "daemon ready" line shows a `root` step (the snapshot) and no `preload` step (no copy).
+fn assert_from_golden(trace: &str) {
+    let line = trace
+        .lines()
+        .find(|l| l.starts_with("Job docker daemon ready"))
+        .unwrap_or_else(|| panic!("no ready line in:\n{trace}"));
+    assert!(line.contains("root "), "no snapshot step: {line}");
+    assert!(!line.contains("preload "), "images were copied: {line}");
+    assert!(!trace.contains("WARNING"), "{trace}");
+}
+
+async fn host_image_id(scope: &Scope, image: &str) -> String {
+    scope
+        .docker
+        .image_facts(image)
+        .await
+        .expect("inspect")
+        .expect("image on the host")
+        .id
+}
+
+async fn sidecar_pid(scope: &Scope, job: u64) -> u32 {
+    let found = scope
+        .docker
+        .list_containers(&[
+            format!("{LABEL_RUNNER}={}", scope.runner_id),
+            format!("{LABEL_JOB}={job}"),
+            format!("{LABEL_ROLE}=sidecar"),
+        ])
+        .await
+        .expect("list");
+    assert_eq!(found.len(), 1, "{found:?}");
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Pid}}", &found[0].id])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+fn owner(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+        .uid()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Files named `name` in any layer of any golden of the store (read as root on the host).
+fn in_goldens(store: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for key in entries(&store.join("golden")) {
+        let layers = store.join("golden").join(&key).join("overlay2");
+        for l in entries(&layers) {
+            let p = layers.join(&l).join("diff").join(name);
+            if p.exists() {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+fn assert_store_empty(store: &Path) {
+    for sub in ["jobs", "mnt", "stamps", "build"] {
+        let left = entries(&store.join(sub));
+        assert!(left.is_empty(), "{sub}/ left in the store: {left:?}");
+    }
+}
+
+const POISON: &str = r#"docker tag isolated-runner/busybox:test a-only:1
+docker run --rm -v /var/lib/docker:/d isolated-runner/busybox:test sh -c \
+  'n=0; for d in /d/overlay2/*/diff; do echo pwned > "$d/pwned-by-a" && n=$((n+1)); done; echo "poisoned $n layers"'
+docker run --rm isolated-runner/busybox:test cat /pwned-by-a"#;
+
+#[tokio::test]
+async fn rootless_jobs_get_private_snapshots_of_the_golden() {
+    let scope = Scope::new().await;
+    let (backend, guard) = backend(&scope, SidecarProfile::Rootless, |_| {});
+    let store = guard.dir.clone();
+    let busybox_id = host_image_id(&scope, BUSYBOX_IMAGE).await;
+
+    let (a, trace_a) = prepare(&backend, &scope, 1201).await;
+    assert!(
+        trace_a.contains("Preparing the golden data root"),
+        "{trace_a}"
+    );
+    assert_from_golden(&trace_a);
+    let (b, trace_b) = prepare(&backend, &scope, 1202).await;
+    assert_from_golden(&trace_b);
+    assert!(
+        !trace_b.contains("Preparing the golden"),
+        "golden made twice: {trace_b}"
+    );
+
+    // The image is the host's, in both daemons, without a load.
+    for env in [&a, &b] {
+        let id = expect_ok(
+            env.as_ref(),
+            "docker image inspect -f '{{.Id}}' isolated-runner/busybox:test",
+        )
+        .await;
+        assert_eq!(id.trim(), busybox_id);
+    }
+
+    // Seen from the host through each sidecar: its data root belongs to its own uid block;
+    // on disk both snapshots keep the golden block's owner.
+    let (pa, pb) = (
+        sidecar_pid(&scope, 1201).await,
+        sidecar_pid(&scope, 1202).await,
+    );
+    let ua = owner(Path::new(&format!("/proc/{pa}/root/var/lib/docker/image")));
+    let ub = owner(Path::new(&format!("/proc/{pb}/root/var/lib/docker/image")));
+    assert_ne!(
+        ua, ub,
+        "two live jobs share a host uid for their data roots"
+    );
+    let base = isolated_runner::config::DEFAULT_ROOTLESS_UID_BASE;
+    let golden = isolation::golden::golden_uid(base).unwrap();
+    assert!(
+        ua >= base && ua < golden && ub >= base && ub < golden,
+        "{ua} {ub}"
+    );
+    let snap_a = store
+        .join("jobs")
+        .join(format!("ir-{}-1201-root", scope.runner_id));
+    let on_disk = owner(&snap_a.join("image"));
+    assert_eq!(on_disk, golden);
+
+    // Job A tags an image and replaces files inside its image layers: it sees its own change.
+    let out = expect_ok(a.as_ref(), POISON).await;
+    assert!(
+        out.contains("pwned"),
+        "the attack did not even work in A: {out}"
+    );
+    // Job B sees neither; nor does the golden.
+    let out = expect_ok(
+        b.as_ref(),
+        "docker images --format '{{.Repository}}:{{.Tag}}'; \
+         docker run --rm isolated-runner/busybox:test sh -c 'cat /pwned-by-a 2>/dev/null || echo clean'",
+    )
+    .await;
+    assert!(!out.contains("a-only"), "{out}");
+    assert!(out.contains("clean") && !out.contains("pwned"), "{out}");
+    assert!(in_goldens(&store, "pwned-by-a").is_empty());
+
+    for env in [a, b] {
+        let report = env.teardown().await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        assert!(
+            report.removed.iter().any(|r| r.starts_with("job root ")),
+            "{:?}",
+            report.removed
+        );
+    }
+    assert_store_empty(&store);
+
+    // A later job starts from the untouched golden.
+    let (c, trace_c) = prepare(&backend, &scope, 1203).await;
+    assert_from_golden(&trace_c);
+    let out = expect_ok(
+        c.as_ref(),
+        "docker images --format '{{.Repository}}:{{.Tag}}'; \
+         docker run --rm isolated-runner/busybox:test sh -c 'cat /pwned-by-a 2>/dev/null || echo clean'",
+    )
+    .await;
+    assert!(!out.contains("a-only") && out.contains("clean"), "{out}");
+    let report = c.teardown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_store_empty(&store);
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    scope.assert_clean().await;
+    drop(guard);
+}
+
+#[tokio::test]
+async fn hardened_job_starts_from_the_golden() {
+    let scope = Scope::new().await;
+    let (backend, guard) = backend(&scope, SidecarProfile::Hardened, |_| {});
+    let busybox_id = host_image_id(&scope, BUSYBOX_IMAGE).await;
+    let (env, trace) = prepare(&backend, &scope, 1301).await;
+    assert_from_golden(&trace);
+    let out = expect_ok(
+        env.as_ref(),
+        "docker image inspect -f '{{.Id}}' isolated-runner/busybox:test; \
+         docker info -f '{{.Driver}}'; docker run --rm isolated-runner/busybox:test echo inner-ok",
+    )
+    .await;
+    assert!(out.contains(&busybox_id), "{out}");
+    assert!(
+        out.contains("overlay2") && out.contains("inner-ok"),
+        "{out}"
+    );
+    let report = env.teardown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_store_empty(&guard.dir);
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    scope.assert_clean().await;
+}
+
+#[tokio::test]
+async fn a_crashed_jobs_root_is_reaped() {
+    let scope = Scope::new().await;
+    let (backend, guard) = backend(&scope, SidecarProfile::Rootless, |_| {});
+    let (env, trace) = prepare(&backend, &scope, 1401).await;
+    assert_from_golden(&trace);
+    // The runner dies: no teardown runs.
+    std::mem::forget(env);
+    let docker = scope.docker.clone();
+    // `runner cleanup` while the sidecar still runs (or within the grace of a young root)
+    // leaves the root alone.
+    let s = isolation::golden::sweep_roots(&docker, &guard.dir, None, false).await;
+    assert!(s.removed.is_empty() && s.failures.is_empty(), "{s:?}");
+    // The start-up of the same runner: the label reaper, then the root sweep.
+    let req = isolated_runner::cleanup::reaper::ReapRequest {
+        runner_id: scope.runner_id.clone(),
+        state_dir: scope.state_dir(),
+        builds_dir: scope.builds_dir(),
+        dry_run: false,
+    };
+    let r = isolated_runner::cleanup::reaper::reap(&docker, &req).await;
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    let s =
+        isolation::golden::sweep_roots(&docker, &guard.dir, Some(&scope.runner_id), false).await;
+    assert_eq!(s.removed.len(), 1, "{s:?}");
+    assert!(s.failures.is_empty(), "{s:?}");
+    assert_store_empty(&guard.dir);
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    scope.assert_clean().await;
+}
