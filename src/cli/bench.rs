@@ -43,6 +43,14 @@ Scenarios (bench/scenarios/<project>/.gitlab-ci.yml; local images only, nothing 
   build-no-cache  the same build with --no-cache: what doing nothing about caching costs
                   (dind with data_root = \"ephemeral\").
   concurrent      --concurrency jobs (noop and docker-run in turn) released at once.
+  concurrent-mixed
+                  --concurrency jobs in one burst with the modes mixed (job i in mode i mod
+                  modes): each mode's TTFSL p95 under the same load.
+  compose-heavy   a compose stack of php, node and postgres images (~450 MB together) pulled
+                  from a registry the bench starts on this host (and removes), `docker
+                  compose run` in each service. `--runs 10 --warmup 0`: 10 jobs of one project
+                  in a row per mode.
+  compose-heavy-4 the same job, 4 at once per mode: a stage of parallel jobs of one project.
   teardown        100 jobs per mode, every 10th cancelled mid-script, every 25th with its
                   sidecar killed; counts what is left on the host. Ignores --runs/--warmup.
 
@@ -235,6 +243,32 @@ async fn write_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Starts the bench's registry when a planned scenario pulls from it (compose-heavy).
+async fn start_registry(
+    plan: &Plan,
+    work: &Path,
+) -> anyhow::Result<Option<crate::bench::real::registry::BenchRegistry>> {
+    let mut images: Vec<(&str, &str)> = Vec::new();
+    for s in &plan.scenarios {
+        for image in s.registry_images() {
+            if !images.contains(image) {
+                images.push(*image);
+            }
+        }
+    }
+    if images.is_empty() {
+        return Ok(None);
+    }
+    eprintln!(
+        "runner bench: starting a registry of the bench's own and pushing {} image(s) into it",
+        images.len()
+    );
+    let r = crate::bench::real::registry::BenchRegistry::start(&work.join("registry"), &images)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Some(r))
+}
+
 /// `runner bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args)?;
@@ -274,9 +308,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !base.docker.isolation.preload_images.contains(&busybox) {
         base.docker.isolation.preload_images.push(busybox);
     }
-    let mut target = crate::bench::real::RealTarget::new(&base, &work, &plan.modes)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The compose-heavy scenarios pull from a registry of the bench's own (started, filled
+    // and removed here); the dind side is pointed at it before its backends are built.
+    let registry = start_registry(&plan, &work).await?;
+    if let Some(r) = &registry {
+        r.configure(&mut base);
+    }
+    let target = crate::bench::real::RealTarget::new(&base, &work, &plan.modes).await;
+    let mut target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(r) = registry {
+                for f in r.stop().await {
+                    eprintln!("runner bench: removing the bench registry: {f}");
+                }
+            }
+            anyhow::bail!("{e}");
+        }
+    };
+    if let Some(r) = &registry {
+        target = target.with_variables(r.variables());
+    }
     if let Some(dir) = &args.trace_dir {
         target = target.with_trace_dir(dir.clone());
     }
@@ -302,6 +354,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("runner bench: WARNING: could not remove a warm data root: {f}");
     }
     drop(target);
+    if let Some(r) = registry {
+        for f in r.stop().await {
+            eprintln!("runner bench: WARNING: removing the bench registry: {f}");
+        }
+    }
     // Best effort: the work dir holds only the bench's own (now empty) builds and state dirs.
     let _ = tokio::fs::remove_dir_all(&work).await;
     result
