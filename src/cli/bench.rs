@@ -266,6 +266,15 @@ async fn start_registry(
     let r = crate::bench::real::registry::BenchRegistry::start(&work.join("registry"), &images)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "runner bench: registry {} ready; dind jobs pull from {}",
+        r.container(),
+        r.variables()
+            .into_iter()
+            .find(|(m, _, _)| *m == IsolationMode::Dind)
+            .map(|(_, _, v)| v)
+            .unwrap_or_default()
+    );
     Ok(Some(r))
 }
 

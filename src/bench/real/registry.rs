@@ -83,17 +83,28 @@ impl BenchRegistry {
                     ))
                 })?;
         }
-        // The default bridge's gateway: the host address containers reach the host on.
-        let gateway: std::net::IpAddr = docker(&[
+        // The default bridge's host address (docker0): containers reach the host on it.
+        let bridge = docker(&[
             "network",
             "inspect",
             "bridge",
             "-f",
-            "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+            "{{index .Options \"com.docker.network.bridge.name\"}}",
         ])
-        .await?
-        .parse()
-        .map_err(|e| TargetError(format!("the default bridge has no gateway address: {e}")))?;
+        .await
+        .ok()
+        .filter(|b| !b.is_empty() && b != "<no value>")
+        .unwrap_or_else(|| "docker0".to_string());
+        let gateway: std::net::IpAddr = nix::ifaddrs::getifaddrs()
+            .map_err(|e| TargetError(format!("list network interfaces: {e}")))?
+            .filter(|i| i.interface_name == bridge)
+            .find_map(|i| {
+                i.address
+                    .and_then(|a| a.as_sockaddr_in().map(|s| s.ip().into()))
+            })
+            .ok_or_else(|| {
+                TargetError(format!("the default bridge {bridge} has no IPv4 address"))
+            })?;
         if !is_local_private(gateway) {
             return Err(TargetError(format!(
                 "the default bridge's gateway {gateway} is not a private address; the bench \
@@ -206,6 +217,11 @@ impl BenchRegistry {
             "registry {} never listened",
             self.container
         )))
+    }
+
+    /// The registry container's name.
+    pub fn container(&self) -> &str {
+        &self.container
     }
 
     /// Points the dind side at the registry: its CA for the job daemons and the mirror entry
