@@ -162,7 +162,7 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "compose-heavy",
         project: "compose-heavy",
         job: "compose-heavy",
-        summary: "php+node+postgres (~450 MB) from a local registry, compose run in each (one job)",
+        summary: "php+node+postgres (~765 MB) from a local registry, compose run in each (one job)",
         shape: Shape::Single,
     },
     Scenario {

@@ -46,7 +46,7 @@ Scenarios (bench/scenarios/<project>/.gitlab-ci.yml; local images only, nothing 
   concurrent-mixed
                   --concurrency jobs in one burst with the modes mixed (job i in mode i mod
                   modes): each mode's TTFSL p95 under the same load.
-  compose-heavy   a compose stack of php, node and postgres images (~450 MB together) pulled
+  compose-heavy   a compose stack of php, node and postgres images (~765 MB together) pulled
                   from a registry the bench starts on this host (and removes), `docker
                   compose run` in each service. `--runs 10 --warmup 0`: 10 jobs of one project
                   in a row per mode.

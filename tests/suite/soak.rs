@@ -158,6 +158,9 @@ fn fs_used(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// A series' y coordinate for a sample.
+type SeriesY<'a> = Box<dyn Fn(&Sample) -> f64 + 'a>;
+
 /// The graph: RSS (MiB) on the left axis, open fds and threads on the right, over jobs done.
 fn svg(samples: &[Sample], warmup: usize, title: &str) -> String {
     const W: f64 = 760.0;
@@ -249,7 +252,7 @@ fn svg(samples: &[Sample], warmup: usize, title: &str) -> String {
         L + pw,
         T + ph
     );
-    let series: [(&str, &str, Box<dyn Fn(&Sample) -> f64>); 3] = [
+    let series: [(&str, &str, SeriesY); 3] = [
         (
             "RSS MiB",
             "#d95f02",
