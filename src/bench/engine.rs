@@ -51,6 +51,21 @@ impl Plan {
         };
         match scenario.shape {
             Shape::Single | Shape::Build(_) => vec![vec![plain(scenario.job)]],
+            Shape::Parallel { width } => {
+                vec![(0..width.max(1)).map(|_| plain(scenario.job)).collect()]
+            }
+            // One burst: job i runs in mode i mod modes (see `run`), so the burst is
+            // --concurrency jobs in all, job names taken in turn per mode.
+            Shape::Mixed { jobs } => {
+                let modes = self.modes.len().max(1);
+                let batch = (0..self.concurrency.max(1))
+                    .map(|i| {
+                        let k = (i / modes) % jobs.len().max(1);
+                        plain(jobs.get(k).copied().unwrap_or("noop"))
+                    })
+                    .collect();
+                vec![batch]
+            }
             Shape::Concurrent { jobs } => {
                 let batch = (0..self.concurrency.max(1))
                     .map(|i| plain(jobs.get(i % jobs.len().max(1)).copied().unwrap_or("noop")))
@@ -85,7 +100,12 @@ impl Plan {
             .map(|s| {
                 let (warm, measured) = self.rounds(s);
                 let per_round: usize = self.slots(s).iter().map(Vec::len).sum();
-                (warm + measured) * per_round * self.modes.len()
+                // A mixed burst holds every mode's jobs already.
+                let modes = match s.shape {
+                    Shape::Mixed { .. } => 1,
+                    _ => self.modes.len(),
+                };
+                (warm + measured) * per_round * modes
             })
             .sum()
     }
@@ -110,6 +130,9 @@ pub struct Measurement {
     pub runner_memory: Option<RunnerMemory>,
     /// Objects left on the host after the job's teardown (from [`BenchTarget::leftovers`]).
     pub leftovers: Option<u64>,
+    /// The host's 1-minute load average right after the job (the machine may be shared:
+    /// every number is read next to it).
+    pub load1: Option<f64>,
 }
 
 /// Everything a bench produced.
@@ -263,11 +286,22 @@ pub async fn run(target: &dyn BenchTarget, plan: &Plan, progress: &mut Progress)
             let warmup = round < rounds.0;
             let mut index = 0;
             for slot in &slots {
-                for &mode in &plan.modes {
+                // Which mode each release of the slot runs in: one release per mode, or (mixed
+                // burst) one release whose job i runs in mode i mod modes.
+                let releases: Vec<Vec<IsolationMode>> = match scenario.shape {
+                    Shape::Mixed { .. } => vec![
+                        (0..slot.len())
+                            .map(|i| plan.modes[i % plan.modes.len()])
+                            .collect(),
+                    ],
+                    _ => plan.modes.iter().map(|&m| vec![m; slot.len()]).collect(),
+                };
+                for modes in releases {
                     let specs: Vec<JobSpec> = slot
                         .iter()
+                        .zip(&modes)
                         .enumerate()
-                        .map(|(i, job)| JobSpec {
+                        .map(|(i, (job, &mode))| JobSpec {
                             scenario: *scenario,
                             project_dir: scenario.project_dir(&plan.scenarios_root),
                             job_name: job.job_name.clone(),
@@ -285,18 +319,28 @@ pub async fn run(target: &dyn BenchTarget, plan: &Plan, progress: &mut Progress)
                     }
                     let results =
                         futures::future::join_all(specs.iter().map(|s| target.run_job(s))).await;
-                    let leftovers = target.leftovers(mode).await.ok();
+                    let mut leftovers: Vec<(IsolationMode, Option<u64>)> = Vec::new();
+                    for &mode in &modes {
+                        if !leftovers.iter().any(|(m, _)| *m == mode) {
+                            leftovers.push((mode, target.leftovers(mode).await.ok()));
+                        }
+                    }
                     let memory = host::runner_memory().await;
+                    let load1 = host::load1().await;
                     for (spec, result) in specs.iter().zip(results) {
                         let m = Measurement {
                             scenario: scenario.name,
-                            mode,
+                            mode: spec.mode,
                             round,
                             index: spec.index,
                             warmup,
                             result: result.map_err(|e| e.to_string()),
                             runner_memory: memory,
-                            leftovers,
+                            leftovers: leftovers
+                                .iter()
+                                .find(|(m, _)| *m == spec.mode)
+                                .and_then(|(_, n)| *n),
+                            load1,
                         };
                         progress.job_done(&m, rounds, per_round);
                         measurements.push(m);

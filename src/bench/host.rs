@@ -30,6 +30,17 @@ pub async fn runner_memory() -> Option<RunnerMemory> {
     parse_status(&text)
 }
 
+/// The host's 1-minute load average, from `/proc/loadavg`; `None` off Linux.
+pub async fn load1() -> Option<f64> {
+    let text = tokio::fs::read_to_string("/proc/loadavg").await.ok()?;
+    parse_load1(&text)
+}
+
+/// The first field of a `/proc/loadavg` text.
+pub fn parse_load1(text: &str) -> Option<f64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// The host as seen by the runner (the Docker side comes from the target).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HostFacts {
@@ -110,6 +121,12 @@ mod tests {
             parse_meminfo("MemTotal:       24576000 kB\nMemFree: 1 kB\n"),
             Some(24_576_000 * 1024)
         );
+    }
+
+    #[test]
+    fn parses_loadavg() {
+        assert_eq!(parse_load1("2.53 1.90 1.20 3/812 4242\n"), Some(2.53));
+        assert_eq!(parse_load1(""), None);
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@
 //!   shared-socket mode) whatever the scenario jobs started on the host with a `bench-job` label.
 
 mod mem;
+pub mod registry;
 mod sink;
 
 use super::target::{BenchTarget, JobSpec, RunSample, SampleOutcome, TargetError, TargetInfo};
@@ -127,6 +128,8 @@ pub struct RealTarget {
     job_ids: JobIds,
     mem: Arc<MemWatcher>,
     watcher: tokio::task::JoinHandle<()>,
+    /// Variables added to every job of a mode (the compose-heavy registry's address).
+    variables: Vec<(IsolationMode, String, String)>,
 }
 
 impl Drop for RealTarget {
@@ -232,6 +235,7 @@ impl RealTarget {
             job_ids: JobIds::new(),
             mem,
             watcher,
+            variables: Vec::new(),
         })
     }
 
@@ -312,6 +316,12 @@ impl RealTarget {
         self
     }
 
+    /// Adds `(mode, key, value)` variables to every job of that mode (public, unmasked).
+    pub fn with_variables(mut self, vars: Vec<(IsolationMode, String, String)>) -> Self {
+        self.variables.extend(vars);
+        self
+    }
+
     /// The bench's work directory.
     pub fn work_dir(&self) -> &Path {
         &self.work
@@ -374,9 +384,20 @@ impl BenchTarget for RealTarget {
             // Bench scenarios use no `cache:key:files`; keep payload building off the disk.
             checkout: None,
         };
-        let built = ci
+        let mut built = ci
             .build_payload(&spec.job_name, &ctx)
             .map_err(|e| terr("build the payload")(e.to_string()))?;
+        for (_, key, value) in self.variables.iter().filter(|(m, _, _)| *m == spec.mode) {
+            built
+                .payload
+                .variables
+                .push(crate::gitlab::types::JobVariable {
+                    key: key.clone(),
+                    value: value.clone(),
+                    public: true,
+                    ..Default::default()
+                });
+        }
         let (backend, runner) = setup.pick(spec.scenario.data_root_override());
         let pipeline = Pipeline {
             backend,

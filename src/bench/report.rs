@@ -36,6 +36,33 @@ pub struct ModeReport {
     pub stages_p50: std::collections::BTreeMap<String, f64>,
     /// Notes of the first failed measured jobs (why they failed), at most five.
     pub failure_notes: Vec<String>,
+    /// The host's 1-minute load average after this mode's measured jobs.
+    pub load1: Option<Load>,
+}
+
+/// Load average over a set of jobs (the 1-minute figure read after each).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    /// Lowest.
+    pub min: f64,
+    /// Mean.
+    pub mean: f64,
+    /// Highest.
+    pub max: f64,
+}
+
+impl Load {
+    /// `None` when no value was read.
+    pub fn of(values: &[f64]) -> Option<Load> {
+        if values.is_empty() {
+            return None;
+        }
+        Some(Load {
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            mean: values.iter().sum::<f64>() / values.len() as f64,
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        })
+    }
 }
 
 /// One scenario.
@@ -59,6 +86,10 @@ pub struct ScenarioReport {
     pub ttfsl_overhead_p50_s: Option<f64>,
     /// TTFSL p95 dind − shared-socket, seconds.
     pub ttfsl_overhead_p95_s: Option<f64>,
+    /// TTFSL p95 dind / shared-socket (the concurrent-mixed target reads this one).
+    pub ratio_ttfsl_p95: Option<f64>,
+    /// Wall p95 dind / shared-socket.
+    pub ratio_wall_p95: Option<f64>,
 }
 
 /// The whole report.
@@ -149,6 +180,9 @@ pub fn build(run: &BenchRun) -> Report {
                             })
                             .take(5)
                             .collect(),
+                        load1: Load::of(
+                            &measured.iter().filter_map(|m| m.load1).collect::<Vec<_>>(),
+                        ),
                     }
                 })
                 .collect();
@@ -176,6 +210,14 @@ pub fn build(run: &BenchRun) -> Report {
                 ttfsl_overhead_p95_s: stats::overhead(
                     pick(dind, |m| m.ttfsl.map(|s| s.p95)),
                     pick(shared, |m| m.ttfsl.map(|s| s.p95)),
+                ),
+                ratio_ttfsl_p95: stats::ratio(
+                    pick(dind, |m| m.ttfsl.map(|s| s.p95)),
+                    pick(shared, |m| m.ttfsl.map(|s| s.p95)),
+                ),
+                ratio_wall_p95: stats::ratio(
+                    pick(dind, |m| m.wall.map(|s| s.p95)),
+                    pick(shared, |m| m.wall.map(|s| s.p95)),
                 ),
                 modes,
             }
@@ -337,6 +379,37 @@ pub fn render_table(report: &Report) -> String {
                     .unwrap_or_else(|| "-".into()),
             );
         }
+        if s.ratio_ttfsl_p95.is_some() || s.ratio_wall_p95.is_some() {
+            let x = |r: Option<f64>| r.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "  p95 dind/shared-socket: TTFSL {}, wall {}",
+                x(s.ratio_ttfsl_p95),
+                x(s.ratio_wall_p95)
+            );
+        }
+        let loads: Vec<String> = s
+            .modes
+            .iter()
+            .filter_map(|m| {
+                m.load1.map(|l| {
+                    format!(
+                        "{} {:.2} ({:.2}-{:.2})",
+                        m.mode.as_str(),
+                        l.mean,
+                        l.min,
+                        l.max
+                    )
+                })
+            })
+            .collect();
+        if !loads.is_empty() {
+            let _ = writeln!(
+                out,
+                "  load average (1 min) after the measured jobs, mean (min-max): {}",
+                loads.join(", ")
+            );
+        }
     }
     out
 }
@@ -391,6 +464,7 @@ pub fn to_json(report: &Report) -> Value {
                             "runner_rss_slope_bytes_per_job": m.runner_rss_slope,
                             "stages_p50_s": m.stages_p50,
                             "failure_notes": m.failure_notes,
+                            "load1": m.load1.map(|l| json!({"min": l.min, "mean": l.mean, "max": l.max})),
                         }),
                     )
                 })
@@ -403,6 +477,8 @@ pub fn to_json(report: &Report) -> Value {
                 "ratio_final_state_p50": s.ratio_final_p50,
                 "ttfsl_overhead_p50_s": s.ttfsl_overhead_p50_s,
                 "ttfsl_overhead_p95_s": s.ttfsl_overhead_p95_s,
+                "ratio_ttfsl_p95": s.ratio_ttfsl_p95,
+                "ratio_wall_p95": s.ratio_wall_p95,
             })
         })
         .collect();

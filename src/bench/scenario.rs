@@ -32,6 +32,19 @@ pub enum Shape {
         /// Job names in the scenario's `.gitlab-ci.yml`.
         jobs: &'static [&'static str],
     },
+    /// `width` jobs of the scenario's job released at once, per mode (the modes' batches in
+    /// turn, like [`Shape::Concurrent`], but a fixed width: "4 parallel jobs of one stage").
+    Parallel {
+        /// Jobs released at once.
+        width: usize,
+    },
+    /// `--concurrency` jobs released at once in one burst that mixes the modes (job i runs in
+    /// mode i mod modes), so every mode's jobs start under the same load: the TTFSL p95 of
+    /// each mode is compared within one burst, not across bursts.
+    Mixed {
+        /// Job names in the scenario's `.gitlab-ci.yml`, taken in turn per mode.
+        jobs: &'static [&'static str],
+    },
     /// One batch of `jobs` sequential jobs per mode (interleaved job by job); every
     /// `cancel_every`-th is cancelled mid-script and every `kill_sidecar_every`-th has its
     /// sidecar killed with SIGKILL mid-script, both when the job prints `fault_marker`.
@@ -137,6 +150,29 @@ pub const SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        name: "concurrent-mixed",
+        project: "concurrent",
+        job: "noop",
+        summary: "--concurrency jobs in one burst, modes mixed: TTFSL p95 of each in the same burst",
+        shape: Shape::Mixed {
+            jobs: &["noop", "docker-run"],
+        },
+    },
+    Scenario {
+        name: "compose-heavy",
+        project: "compose-heavy",
+        job: "compose-heavy",
+        summary: "php+node+postgres (~765 MB) from a local registry, compose run in each (one job)",
+        shape: Shape::Single,
+    },
+    Scenario {
+        name: "compose-heavy-4",
+        project: "compose-heavy",
+        job: "compose-heavy",
+        summary: "the compose-heavy job, 4 at once: a stage of parallel jobs of one project",
+        shape: Shape::Parallel { width: 4 },
+    },
+    Scenario {
         name: "teardown",
         project: "teardown",
         job: "teardown",
@@ -149,6 +185,26 @@ pub const SCENARIOS: &[Scenario] = &[
         },
     },
 ];
+
+/// The images the compose-heavy scenarios pull from a registry the bench starts and fills
+/// (`isolated-runner/<name>:test`, built by `tests/images/build`), as (local image, name in the
+/// registry). The jobs name them `$BENCH_REGISTRY/<name in the registry>`.
+pub const HEAVY_IMAGES: &[(&str, &str)] = &[
+    ("isolated-runner/php:test", "php:heavy"),
+    ("isolated-runner/node:test", "node:heavy"),
+    ("isolated-runner/postgres:test", "postgres:heavy"),
+];
+
+impl Scenario {
+    /// Images this scenario's jobs pull from the bench's own registry (empty: none, and no
+    /// registry is started for it).
+    pub fn registry_images(&self) -> &'static [(&'static str, &'static str)] {
+        match self.project {
+            "compose-heavy" => HEAVY_IMAGES,
+            _ => &[],
+        }
+    }
+}
 
 /// Looks a scenario up by name.
 pub fn find(name: &str) -> Option<&'static Scenario> {
@@ -170,8 +226,25 @@ mod tests {
         assert_eq!(root("build-warm"), Some(DataRoot::Project));
         assert_eq!(root("build-cold"), Some(DataRoot::Ephemeral));
         assert_eq!(root("build-no-cache"), Some(DataRoot::Ephemeral));
-        for name in ["noop", "docker-run", "compose", "concurrent", "teardown"] {
+        for name in [
+            "noop",
+            "docker-run",
+            "compose",
+            "concurrent",
+            "concurrent-mixed",
+            "compose-heavy",
+            "compose-heavy-4",
+            "teardown",
+        ] {
             assert_eq!(root(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_the_heavy_scenarios_need_the_registry() {
+        for s in SCENARIOS {
+            let heavy = s.name.starts_with("compose-heavy");
+            assert_eq!(!s.registry_images().is_empty(), heavy, "{}", s.name);
         }
     }
 }

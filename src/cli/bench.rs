@@ -1,6 +1,7 @@
 //! `runner bench`: flags, plan, and the reports on stdout and in files.
 
 use super::ConfigArg;
+use crate::bench::real::registry::BenchRegistry;
 use crate::bench::{self, BenchTarget, Plan, Progress, SCENARIOS};
 use crate::config::{IsolationMode, SidecarProfile};
 use anyhow::{Context, bail};
@@ -67,6 +68,14 @@ Scenarios (bench/scenarios/<project>/.gitlab-ci.yml; local images only, nothing 
   build-no-cache  the same build with --no-cache: what doing nothing about caching costs
                   (dind with data_root = \"ephemeral\").
   concurrent      --concurrency jobs (noop and docker-run in turn) released at once.
+  concurrent-mixed
+                  --concurrency jobs in one burst with the modes mixed (job i in mode i mod
+                  modes): each mode's TTFSL p95 under the same load.
+  compose-heavy   a compose stack of php, node and postgres images (~765 MB together) pulled
+                  from a registry the bench starts on this host (and removes), `docker
+                  compose run` in each service. `--runs 10 --warmup 0`: 10 jobs of one project
+                  in a row per mode.
+  compose-heavy-4 the same job, 4 at once per mode: a stage of parallel jobs of one project.
   teardown        100 jobs per mode, every 10th cancelled mid-script, every 25th with its
                   sidecar killed; counts what is left on the host. Ignores --runs/--warmup.
 
@@ -288,6 +297,41 @@ async fn write_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Starts the bench's registry when a planned scenario pulls from it (compose-heavy).
+async fn start_registry(
+    plan: &Plan,
+    work: &Path,
+) -> anyhow::Result<Option<crate::bench::real::registry::BenchRegistry>> {
+    let mut images: Vec<(&str, &str)> = Vec::new();
+    for s in &plan.scenarios {
+        for image in s.registry_images() {
+            if !images.contains(image) {
+                images.push(*image);
+            }
+        }
+    }
+    if images.is_empty() {
+        return Ok(None);
+    }
+    eprintln!(
+        "runner bench: starting a registry of the bench's own and pushing {} image(s) into it",
+        images.len()
+    );
+    let r = crate::bench::real::registry::BenchRegistry::start(&work.join("registry"), &images)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "runner bench: registry {} ready; dind jobs pull from {}",
+        r.container(),
+        r.variables()
+            .into_iter()
+            .find(|(m, _, _)| *m == IsolationMode::Dind)
+            .map(|(_, _, v)| v)
+            .unwrap_or_default()
+    );
+    Ok(Some(r))
+}
+
 /// `runner bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args)?;
@@ -332,14 +376,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !base.docker.isolation.preload_images.contains(&busybox) {
         base.docker.isolation.preload_images.push(busybox);
     }
+    // The compose-heavy scenarios pull from a registry of the bench's own (started, filled
+    // and removed here); the dind side is pointed at it before its backends are built.
+    let registry = start_registry(&plan, &work).await?;
+    if let Some(r) = &registry {
+        r.configure(&mut base);
+    }
     let result = if args.sidecar_profiles.len() <= 1 {
         if let Some(p) = args.sidecar_profiles.first() {
             base.docker.isolation.sidecar_profile = (*p).into();
         }
-        run_profile(&args, &plan, &base, &work).await
+        run_profile(&args, &plan, &base, &work, registry.as_ref()).await
     } else {
-        run_profiles(&args, &plan, &base, &work).await
+        run_profiles(&args, &plan, &base, &work, registry.as_ref()).await
     };
+    if let Some(r) = registry {
+        for f in r.stop().await {
+            eprintln!("runner bench: WARNING: removing the bench registry: {f}");
+        }
+    }
     // Best effort: the work dir holds only the bench's own (now empty) builds and state dirs.
     let _ = tokio::fs::remove_dir_all(&work).await;
     result
@@ -352,6 +407,7 @@ async fn run_profiles(
     plan: &Plan,
     base: &crate::config::RunnerConfig,
     work: &Path,
+    registry: Option<&BenchRegistry>,
 ) -> anyhow::Result<ExitCode> {
     let mut code = ExitCode::SUCCESS;
     for p in &args.sidecar_profiles {
@@ -364,7 +420,7 @@ async fn run_profiles(
         one.svg = args.svg.as_deref().map(|f| per_profile_path(f, name));
         println!("== sidecar profile: {name}");
         eprintln!("runner bench: sidecar profile {name}");
-        if run_profile(&one, plan, &base, work).await? != ExitCode::SUCCESS {
+        if run_profile(&one, plan, &base, work, registry).await? != ExitCode::SUCCESS {
             code = ExitCode::FAILURE;
         }
     }
@@ -377,6 +433,7 @@ async fn run_profile(
     plan: &Plan,
     base: &crate::config::RunnerConfig,
     work: &Path,
+    registry: Option<&BenchRegistry>,
 ) -> anyhow::Result<ExitCode> {
     eprintln!(
         "runner bench: dind sidecar profile: {}",
@@ -385,6 +442,9 @@ async fn run_profile(
     let mut target = crate::bench::real::RealTarget::new(base, work, &plan.modes)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(r) = registry {
+        target = target.with_variables(r.variables());
+    }
     if let Some(dir) = &args.trace_dir {
         target = target.with_trace_dir(dir.clone());
     }

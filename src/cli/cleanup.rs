@@ -129,8 +129,7 @@ pub async fn run(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let mirrors_ok = bound_mirrors(docker.as_ref(), &config, args.dry_run).await;
-    let failed =
-        docker.is_none() || !report.failures.is_empty() || roots_failed || !mirrors_ok;
+    let failed = docker.is_none() || !report.failures.is_empty() || roots_failed || !mirrors_ok;
     Ok(if failed {
         ExitCode::from(1)
     } else {

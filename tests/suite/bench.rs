@@ -288,7 +288,9 @@ async fn json_has_exactly_the_documented_shape() {
                 "modes",
                 "name",
                 "ratio_final_state_p50",
+                "ratio_ttfsl_p95",
                 "ratio_wall_p50",
+                "ratio_wall_p95",
                 "runs",
                 "ttfsl_overhead_p50_s",
                 "ttfsl_overhead_p95_s"
@@ -308,6 +310,7 @@ async fn json_has_exactly_the_documented_shape() {
                     "failure_notes",
                     "final_state_s",
                     "leftovers",
+                    "load1",
                     "ok",
                     "peak_mem_bytes",
                     "runner_rss_slope_bytes_per_job",
@@ -427,7 +430,15 @@ fn images_in(value: &serde_yaml::Value, found: &mut Vec<String>) {
     }
 }
 
-const LOCAL: &[&str] = &["isolated-runner/job:test", "isolated-runner/busybox:test"];
+const LOCAL: &[&str] = &[
+    "isolated-runner/job:test",
+    "isolated-runner/busybox:test",
+    // Built by tests/images/build; the compose-heavy scenarios pull them from the bench's own
+    // registry (see the compose file check below).
+    "isolated-runner/php:test",
+    "isolated-runner/node:test",
+    "isolated-runner/postgres:test",
+];
 
 #[test]
 fn scenario_files_parse_and_use_only_local_images() {
@@ -446,10 +457,25 @@ fn scenario_files_parse_and_use_only_local_images() {
         for file in ["docker-compose.yml", "compose.yml"] {
             if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
                 let compose: serde_yaml::Value = serde_yaml::from_str(&text).expect("compose YAML");
+                // The heavy scenarios pull, but only from the bench's own registry.
+                let pulls = !scenario.registry_images().is_empty();
                 for (_, service) in compose["services"].as_mapping().expect("services") {
-                    assert_eq!(service["pull_policy"].as_str(), Some("never"), "{file}");
+                    let policy = if pulls { "missing" } else { "never" };
+                    assert_eq!(service["pull_policy"].as_str(), Some(policy), "{file}");
                 }
-                images_in(&compose, &mut images);
+                let mut named = Vec::new();
+                images_in(&compose, &mut named);
+                for image in named {
+                    let from_registry = scenario.registry_images().iter().find(|(_, name)| {
+                        image == format!("${{BENCH_REGISTRY:?set by runner bench}}/{name}")
+                    });
+                    // Checked against the local image the bench pushes under that name.
+                    images.push(
+                        from_registry
+                            .map(|(local, _)| local.to_string())
+                            .unwrap_or(image),
+                    );
+                }
             }
         }
         if let Ok(text) = std::fs::read_to_string(dir.join("Dockerfile")) {
@@ -565,4 +591,62 @@ async fn a_broken_scenario_file_stops_the_bench_before_any_job() {
     isolated_runner::cli::bench::check_projects(&plan(&all, 1, 0))
         .await
         .expect("the shipped scenarios are valid");
+}
+
+/// `concurrent-mixed`: one burst of `--concurrency` jobs holds every mode (job i in mode
+/// i mod modes), so the modes start under the same load; the report compares their TTFSL p95.
+#[tokio::test]
+async fn mixed_burst_runs_both_modes_at_once() {
+    let target = FakeTarget::default();
+    let plan = plan(&["concurrent-mixed"], 2, 1);
+    // 4 jobs per burst in all (not per mode), 3 bursts.
+    assert_eq!(plan.total_jobs(), 12);
+    let (run, _) = run(&target, &plan, false).await;
+    let calls = target.calls.lock().expect("lock").clone();
+    use IsolationMode::{Dind as A, SharedSocket as B};
+    let modes: Vec<IsolationMode> = calls.iter().map(|c| c.1).collect();
+    assert_eq!(modes, [A, B, A, B].repeat(3));
+    // Job names go in turn per mode: noop for the first of each mode, docker-run next.
+    let report = bench::build_report(&run);
+    let s = &report.scenarios[0];
+    assert_eq!((s.modes[0].ok, s.modes[1].ok), (4, 4));
+    // TTFSL p95 over rounds 1..=2: dind 2.1..2.2, shared 0.6..0.7.
+    let p95 = |m: usize| s.modes[m].ttfsl.expect("ttfsl").p95;
+    assert!((s.ratio_ttfsl_p95.expect("ratio") - p95(0) / p95(1)).abs() < 1e-9);
+    assert!(s.modes.iter().all(|m| m.load1.is_some()), "{s:?}");
+    let table = bench::render_table(&report);
+    assert!(table.contains("p95 dind/shared-socket: TTFSL"), "{table}");
+    assert!(table.contains("load average (1 min)"), "{table}");
+    let json = bench::to_json(&report);
+    assert!(json["scenarios"][0]["ratio_ttfsl_p95"].is_f64(), "{json}");
+    assert!(
+        json["scenarios"][0]["modes"]["dind"]["load1"]["mean"].is_f64(),
+        "{json}"
+    );
+}
+
+/// `compose-heavy-4`: four jobs of one project at once per mode, modes in turn; the heavy
+/// scenarios name the images the bench's registry must hold.
+#[tokio::test]
+async fn parallel_shape_releases_four_jobs_per_mode() {
+    let target = FakeTarget::default();
+    let plan = plan(&["compose-heavy-4"], 1, 0);
+    assert_eq!(plan.total_jobs(), 8);
+    run(&target, &plan, false).await;
+    let calls = target.calls.lock().expect("lock").clone();
+    use IsolationMode::{Dind as A, SharedSocket as B};
+    let modes: Vec<IsolationMode> = calls.iter().map(|c| c.1).collect();
+    assert_eq!(modes, [[A; 4], [B; 4]].concat());
+    for name in ["compose-heavy", "compose-heavy-4"] {
+        let s = bench::scenario::find(name).expect("scenario");
+        let images: Vec<&str> = s.registry_images().iter().map(|i| i.0).collect();
+        assert_eq!(
+            images,
+            [
+                "isolated-runner/php:test",
+                "isolated-runner/node:test",
+                "isolated-runner/postgres:test"
+            ]
+        );
+    }
 }

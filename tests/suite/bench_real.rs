@@ -67,3 +67,96 @@ fn noop_round_in_both_modes_leaves_nothing() {
     assert!(noop["ratio_wall_p50"].as_f64().is_some(), "{v}");
     assert!(noop["ttfsl_overhead_p50_s"].as_f64().is_some(), "{v}");
 }
+
+/// Runs `runner bench` with `args` from the repository root; returns (JSON report, stderr).
+fn bench_json(args: &[&str]) -> (serde_json::Value, String) {
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let json = out_dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .current_dir(repo())
+        .args(["bench", "-c"])
+        .arg(out_dir.path().join("no-config.toml"))
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("runner bench runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "runner bench failed: {stderr}");
+    let text = std::fs::read_to_string(&json).expect("JSON written");
+    (serde_json::from_str(&text).expect("valid JSON"), stderr)
+}
+
+/// A mixed burst: both modes' jobs at once, each mode reported with its TTFSL p95, the p95
+/// ratio and the load average.
+#[test]
+fn mixed_burst_reports_both_modes_of_one_burst() {
+    let (v, _) = bench_json(&[
+        "--scenario",
+        "concurrent-mixed",
+        "--concurrency",
+        "2",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    let s = &v["scenarios"][0];
+    assert_eq!(s["name"], "concurrent-mixed");
+    for mode in ["dind", "shared-socket"] {
+        let m = &s["modes"][mode];
+        assert_eq!(m["ok"], 1, "mode {mode}: {m}");
+        assert_eq!(m["leftovers"], 0, "mode {mode}: {m}");
+        assert!(m["ttfsl_s"]["p95"].as_f64().is_some(), "{m}");
+        assert!(m["load1"]["mean"].as_f64().is_some(), "{m}");
+    }
+    assert!(s["ratio_ttfsl_p95"].as_f64().is_some(), "{s}");
+}
+
+/// compose-heavy: the bench starts its own registry, pushes the three big images, each mode's
+/// job pulls them (dind: into its own daemon over TLS; shared socket: onto the host) and runs a
+/// command in each service; afterwards the registry and the pulled tags are gone.
+#[test]
+fn compose_heavy_pulls_from_the_benchs_own_registry_and_removes_it() {
+    let (v, stderr) = bench_json(&[
+        "--scenario",
+        "compose-heavy",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    let s = &v["scenarios"][0];
+    assert_eq!(s["name"], "compose-heavy");
+    for mode in ["dind", "shared-socket"] {
+        let m = &s["modes"][mode];
+        assert_eq!(m["ok"], 1, "mode {mode} did not pass: {m}\n{stderr}");
+        assert_eq!(m["leftovers"], 0, "mode {mode} left objects behind: {m}");
+    }
+    assert!(v["host"]["registry_mirror"].is_string(), "{v}");
+    let registry = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("runner bench: registry "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no registry line: {stderr}"));
+    let prefix = stderr
+        .lines()
+        .find_map(|l| l.split("dind jobs pull from ").nth(1))
+        .and_then(|p| p.split('/').nth(1))
+        .unwrap_or_else(|| panic!("no registry prefix: {stderr}"))
+        .to_string();
+    let ps = Command::new("docker")
+        .args(["ps", "-a", "--filter", &format!("name={registry}"), "-q"])
+        .output()
+        .expect("docker ps");
+    assert!(ps.stdout.is_empty(), "registry {registry} left running");
+    let images = Command::new("docker")
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .output()
+        .expect("docker images");
+    let images = String::from_utf8_lossy(&images.stdout);
+    assert!(
+        !images.lines().any(|l| l.contains(&prefix)),
+        "pulled tags of {prefix} left on the host:\n{images}"
+    );
+}

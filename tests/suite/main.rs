@@ -44,5 +44,6 @@ mod security_access;
 mod security_network;
 mod security_payload;
 mod services;
+mod soak;
 mod systemd;
 mod warm_pool;

@@ -24,11 +24,10 @@ pub(super) fn rootless_acl(f: &Facts) -> Check {
                     ID,
                     Status::Fail,
                     format!("{dir} does not take POSIX ACLs ({e}): every rootless job will fail to start"),
-                    format!(
-                        "put builds_dir on a file system with POSIX ACLs (ext4, xfs, btrfs and tmpfs have \
-                         them; on ext4 check the mount has no `noacl`), or choose another \
-                         sidecar_profile explicitly (docs/sidecar-profiles.md)"
-                    ),
+                    "put builds_dir on a file system with POSIX ACLs (ext4, xfs, btrfs and tmpfs have \
+                     them; on ext4 check the mount has no `noacl`), or choose another \
+                     sidecar_profile explicitly (docs/sidecar-profiles.md)"
+                        .to_string(),
                 ),
                 AclProbe::Missing => Check::with(
                     ID,
