@@ -65,6 +65,23 @@ pub struct AuthSource {
     pub name: String,
     /// Entries by the registry key they were written under.
     pub entries: Vec<(String, RegistryAuth)>,
+    /// `credHelpers`: registry key → helper name, asked only for an image of that registry
+    /// ([`resolve_with_helpers`]).
+    pub helpers: Vec<(String, String)>,
+    /// `credsStore`: the helper holding every other registry's credentials.
+    pub store: Option<String>,
+}
+
+/// Whether a config's `credHelpers`/`credsStore` may be run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelperUse {
+    /// The admin's config (the runner's home, the runner's `environment`): run them, as
+    /// gitlab-runner does.
+    Run,
+    /// A config the job chose (its own `$DOCKER_AUTH_CONFIG`): never run. A job must not make
+    /// the runner, as root, execute programs or read the host's keychains for it; it can
+    /// always put credentials under `auths` itself.
+    Refuse,
 }
 
 impl std::fmt::Debug for AuthSource {
@@ -78,21 +95,55 @@ impl std::fmt::Debug for AuthSource {
 }
 
 /// Reads a docker client config (`{"auths": {...}}`, or the legacy `.dockercfg` map of
-/// registries) into a source named `name`. `credsStore`/`credHelpers` are reported in the
-/// returned notes, not run: the runner executes no helper binaries named by a file.
-pub fn parse_config(name: &str, json: &str) -> Result<(AuthSource, Vec<String>), String> {
+/// registries) into a source named `name`. `credsStore`/`credHelpers` are kept for
+/// [`resolve_with_helpers`] when `helpers` is [`HelperUse::Run`], and reported in the returned
+/// notes otherwise.
+pub fn parse_config(
+    name: &str,
+    json: &str,
+    helpers: HelperUse,
+) -> Result<(AuthSource, Vec<String>), String> {
     let v: serde_json::Value =
         serde_json::from_str(json).map_err(|e| format!("not valid JSON: {e}"))?;
     let obj = v
         .as_object()
         .ok_or_else(|| "not a JSON object".to_string())?;
     let mut notes = Vec::new();
-    for key in ["credsStore", "credHelpers"] {
-        if obj.contains_key(key) {
-            notes.push(format!(
-                "{name}: `{key}` is not supported (no credential helper is run); \
-                 put the credentials under `auths`"
-            ));
+    let mut helper_map = Vec::new();
+    let mut store = None;
+    if helpers == HelperUse::Refuse {
+        for key in ["credsStore", "credHelpers"] {
+            if obj.contains_key(key) {
+                notes.push(format!(
+                    "{name}: `{key}` is not run for a job's own config (the runner only runs \
+                     credential helpers its admin configured); put the credentials under `auths`"
+                ));
+            }
+        }
+    } else {
+        if let Some(h) = obj.get("credHelpers") {
+            let map = h
+                .as_object()
+                .ok_or_else(|| "`credHelpers` is not an object".to_string())?;
+            for (registry, helper) in map {
+                match helper.as_str() {
+                    Some(n) if super::cred_helper::valid_name(n) => {
+                        helper_map.push((registry.clone(), n.to_string()))
+                    }
+                    _ => notes.push(format!(
+                        "{name}: the credential helper of {registry:?} is not a helper name; ignored"
+                    )),
+                }
+            }
+        }
+        match obj.get("credsStore") {
+            None => {}
+            Some(serde_json::Value::String(n)) if super::cred_helper::valid_name(n) => {
+                store = Some(n.clone())
+            }
+            Some(_) => notes.push(format!(
+                "{name}: `credsStore` is not a helper name; ignored"
+            )),
         }
     }
     // The current format nests entries under `auths`; `.dockercfg` has them at the top.
@@ -105,6 +156,8 @@ pub fn parse_config(name: &str, json: &str) -> Result<(AuthSource, Vec<String>),
                 AuthSource {
                     name: name.into(),
                     entries: Vec::new(),
+                    helpers: helper_map,
+                    store,
                 },
                 notes,
             ));
@@ -151,6 +204,8 @@ pub fn parse_config(name: &str, json: &str) -> Result<(AuthSource, Vec<String>),
         AuthSource {
             name: name.into(),
             entries,
+            helpers: helper_map,
+            store,
         },
         notes,
     ))
@@ -176,7 +231,60 @@ pub fn payload_source(creds: impl IntoIterator<Item = (String, String, String)>)
     AuthSource {
         name: SOURCE_PAYLOAD.into(),
         entries,
+        ..Default::default()
     }
+}
+
+/// The server address a `credsStore` is asked for: Docker Hub under its legacy index URL, as
+/// `docker login` stores it, any other registry under its host.
+fn store_key(host: &str) -> String {
+    if host == DEFAULT_REGISTRY {
+        "https://index.docker.io/v1/".to_string()
+    } else {
+        host.to_string()
+    }
+}
+
+/// [`resolve`], after asking the sources' credential helpers for `image`'s registry: a
+/// `credHelpers` entry whose registry is on the image's path, else the `credsStore` for the
+/// image's host when the source has no entry of its own for it. A helper that fails is a note
+/// (that source gives nothing for this image), as gitlab-runner warns and goes on.
+pub async fn resolve_with_helpers(
+    image: &str,
+    sources: &[AuthSource],
+) -> (Option<RegistryAuth>, Vec<String>) {
+    let path = image_path(image);
+    let host = registry_host(image);
+    let on_path = |key: &str| {
+        let k = registry_path(key);
+        path == k || path.starts_with(&format!("{k}/"))
+    };
+    let mut notes = Vec::new();
+    let mut augmented = Vec::with_capacity(sources.len());
+    for s in sources {
+        let mut s = s.clone();
+        let mut asks: Vec<(String, String)> = s
+            .helpers
+            .iter()
+            .filter(|(key, _)| on_path(key))
+            .cloned()
+            .collect();
+        if asks.is_empty()
+            && let Some(store) = &s.store
+            && !s.entries.iter().any(|(k, _)| on_path(k))
+        {
+            asks.push((store_key(&host), store.clone()));
+        }
+        for (key, helper) in asks {
+            match super::cred_helper::get(&helper, &key, &s.name).await {
+                Ok(Some(a)) => s.entries.push((key, a)),
+                Ok(None) => {}
+                Err(e) => notes.push(format!("{}: {e}", s.name)),
+            }
+        }
+        augmented.push(s);
+    }
+    (resolve(image, &augmented), notes)
 }
 
 /// The credentials for `image` from `sources` (earlier sources win for the same registry
@@ -311,11 +419,11 @@ mod tests {
             r#"{{"auths": {{"r.corp:5000": {{"auth": "{}"}}, "other.io": {{"username": "u2", "password": "p2"}}}}}}"#,
             b64("alice:s3:cret")
         );
-        let (a, notes) = parse_config(SOURCE_VARIABLE, &var).expect("parse");
+        let (a, notes) = parse_config(SOURCE_VARIABLE, &var, HelperUse::Refuse).expect("parse");
         assert!(notes.is_empty());
         // Legacy .dockercfg: the registries at the top level.
         let legacy = format!(r#"{{"r.corp:5000": {{"auth": "{}"}}}}"#, b64("bob:x"));
-        let (home, _) = parse_config("/root/.dockercfg", &legacy).expect("parse");
+        let (home, _) = parse_config("/root/.dockercfg", &legacy, HelperUse::Run).expect("parse");
         let payload = payload_source([(
             "r.corp:5000".to_string(),
             "gitlab-ci-token".to_string(),
@@ -340,20 +448,34 @@ mod tests {
     fn longest_path_wins() {
         let json = r#"{"auths": {"r.corp/group": {"username": "g", "password": "1"},
                                   "r.corp": {"username": "h", "password": "2"}}}"#;
-        let (s, _) = parse_config("x", json).expect("parse");
+        let (s, _) = parse_config("x", json, HelperUse::Run).expect("parse");
         let src = [s];
         assert_eq!(resolve("r.corp/group/app", &src).expect("g").username, "g");
         assert_eq!(resolve("r.corp/other/app", &src).expect("h").username, "h");
     }
 
     #[test]
-    fn helpers_are_noted_not_run_and_secrets_not_debugged() {
-        let (s, notes) =
-            parse_config("cfg", r#"{"credsStore": "desktop", "auths": {}}"#).expect("parse");
-        assert!(s.entries.is_empty());
-        assert!(notes[0].contains("credsStore"));
-        assert!(parse_config("cfg", "{not json").is_err());
-        assert!(parse_config("cfg", r#"{"auths": {"r": {"auth": "%%%"}}}"#).is_err());
+    fn job_helpers_are_noted_not_kept_and_secrets_not_debugged() {
+        let json = r#"{"credsStore": "desktop", "credHelpers": {"r.corp": "pass"}, "auths": {}}"#;
+        let (s, notes) = parse_config("cfg", json, HelperUse::Refuse).expect("parse");
+        assert!(s.entries.is_empty() && s.helpers.is_empty() && s.store.is_none());
+        assert!(notes[0].contains("credsStore") && notes[1].contains("credHelpers"));
+        let (s, notes) = parse_config("cfg", json, HelperUse::Run).expect("parse");
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(s.store.as_deref(), Some("desktop"));
+        assert_eq!(s.helpers, vec![("r.corp".to_string(), "pass".to_string())]);
+        let bad = r#"{"credHelpers": {"r.corp": "../../bin/sh"}}"#;
+        let (s, notes) = parse_config("cfg", bad, HelperUse::Run).expect("parse");
+        assert!(s.helpers.is_empty() && notes[0].contains("not a helper name"));
+        assert!(parse_config("cfg", "{not json", HelperUse::Run).is_err());
+        assert!(
+            parse_config(
+                "cfg",
+                r#"{"auths": {"r": {"auth": "%%%"}}}"#,
+                HelperUse::Run
+            )
+            .is_err()
+        );
         let a = payload_source([("r".into(), "u".into(), "hunter2".into())]);
         assert!(!format!("{a:?}").contains("hunter2"));
         assert!(!format!("{:?}", a.entries[0].1).contains("hunter2"));

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 pub mod auth;
 mod body;
+pub mod cred_helper;
 #[cfg(test)]
 pub(crate) mod fake;
 mod images;

@@ -225,7 +225,10 @@ async fn ensure_one(
     out: &dyn OutputSink,
     remembered: &PulledWithAuth,
 ) -> Result<(), Error> {
-    let auth = auth::resolve(&img.image, sources);
+    let (auth, notes) = auth::resolve_with_helpers(&img.image, sources).await;
+    for n in notes {
+        say(out, &format!("WARNING: {n}"));
+    }
     let mut last = String::new();
     for (i, policy) in img.policies.iter().enumerate() {
         if i > 0 {

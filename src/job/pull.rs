@@ -63,7 +63,18 @@ pub fn plan(
         .get(DOCKER_AUTH_CONFIG)
         .filter(|t| !t.trim().is_empty())
     {
-        match auth::parse_config(auth::SOURCE_VARIABLE, text) {
+        // The admin's value (the config's `environment`, not overridden by the job) may name
+        // credential helpers; a job's own value may not (auth::HelperUse).
+        let admins = runner
+            .environment
+            .iter()
+            .any(|(k, v)| k == DOCKER_AUTH_CONFIG && v == text);
+        let helpers = if admins {
+            auth::HelperUse::Run
+        } else {
+            auth::HelperUse::Refuse
+        };
+        match auth::parse_config(auth::SOURCE_VARIABLE, text, helpers) {
             Ok((s, n)) => {
                 sources.push(s);
                 notes.extend(n);
@@ -74,7 +85,7 @@ pub fn plan(
     }
     if let Some((path, text)) = home.and_then(home_config) {
         let name = path.display().to_string();
-        match auth::parse_config(&name, &text) {
+        match auth::parse_config(&name, &text, auth::HelperUse::Run) {
             Ok((s, n)) => {
                 sources.push(s);
                 notes.extend(n);

@@ -492,3 +492,119 @@ async fn job_daemon_trusts_the_admins_registry_ca() {
     reg.stop().await;
     w.scope.assert_clean().await;
 }
+
+/// A `docker-credential-<name>` program on the runner's `PATH` for one test, removed on drop.
+/// It answers `secret` for `server` and "not found" otherwise, and logs every server it is
+/// asked for, so a test can tell whether the runner ran it.
+struct CredHelper {
+    name: String,
+    program: std::path::PathBuf,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl CredHelper {
+    fn install(runner_id: &str, server: &str, user: &str, secret: &str) -> CredHelper {
+        use std::os::unix::fs::PermissionsExt;
+        let name = format!("ir-test-{}", runner_id.to_ascii_lowercase());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("asked");
+        // /usr/local/bin is on the test process's PATH, which the in-process runner inherits.
+        let program = std::path::PathBuf::from(format!("/usr/local/bin/docker-credential-{name}"));
+        let script = format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r server\n\
+             echo \"$server\" >> '{log}'\n\
+             if [ \"$server\" = '{server}' ]; then\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{secret}\"}}' \"$server\"\n\
+             else echo 'credentials not found in native keychain'; exit 1; fi\n",
+            log = log.display()
+        );
+        std::fs::write(&program, script).expect("write helper");
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        CredHelper {
+            name,
+            program,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn asked(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for CredHelper {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.program);
+    }
+}
+
+/// Credential helpers like gitlab-runner's: `credHelpers` in the admin's `DOCKER_AUTH_CONFIG`
+/// (the config's `environment`) runs `docker-credential-<name> get` and the pull uses its
+/// answer. The attack: a job's own `DOCKER_AUTH_CONFIG` naming the same helper must not make
+/// the runner run it (a job never chooses what the root runner executes or which host keychain
+/// it reads): the helper is not asked, the pull is refused by the registry, and the trace says
+/// why. No secret reaches a trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_helpers_of_the_admin_run_and_a_jobs_do_not() {
+    let w = E2e::new().await;
+    let password = format!("helper-pw-{}", w.scope.runner_id);
+    let mut reg = Registry::start(&w.scope, Some(("puller", &password))).await;
+    let repo = format!("ir-{}", w.scope.runner_id.to_ascii_lowercase());
+    let img = reg.push(BUSYBOX_IMAGE, &format!("{repo}/helped:1")).await;
+    let helper = CredHelper::install(&w.scope.runner_id, &reg.addr, "puller", &password);
+    let config_json = json!({"credHelpers": {reg.addr.clone(): helper.name.clone()}}).to_string();
+
+    // The admin's config: the helper is asked for this registry and its answer pulls.
+    let mut a = w.job(2201, &["echo helper-pull-ran"], &[]);
+    a["image"] = image(&img, &[]);
+    w.fake.enqueue(a);
+    let mut config = w.config(1);
+    config.runners[0]
+        .environment
+        .push(("DOCKER_AUTH_CONFIG".to_string(), config_json.clone()));
+    let daemon = w.start_daemon(config);
+    let fa = w.wait_final(2201, JOB_TIMEOUT).await;
+    daemon.drain(JOB_TIMEOUT).await;
+    let t = w.trace(2201);
+    assert_eq!(fa.state, "success", "{t}");
+    assert!(t.contains("helper-pull-ran\n"), "{t}");
+    assert!(
+        t.contains(&format!("docker-credential-{}", helper.name)),
+        "the trace does not say where the credentials came from:\n{t}"
+    );
+    assert_eq!(helper.asked().trim(), reg.addr, "helper log");
+
+    // The job's own config naming the helper: not run, the registry refuses.
+    reg.untag(&img).await;
+    let mut b = w.job(2202, &["echo job-helper-ran"], &[]);
+    b["image"] = image(&img, &[]);
+    push_var(&mut b, "DOCKER_AUTH_CONFIG", &config_json, false);
+    w.fake.enqueue(b);
+    let daemon = w.start_daemon(w.config(1));
+    let fb = w.wait_final(2202, JOB_TIMEOUT).await;
+    daemon.drain(JOB_TIMEOUT).await;
+    assert_failed(&w, 2202, &fb, "image_pull_failure");
+    let t = w.trace(2202);
+    assert!(!t.contains("job-helper-ran\n"), "{t}");
+    assert!(
+        t.contains("is not run for a job's own config"),
+        "no reason given:\n{t}"
+    );
+    assert_eq!(
+        helper.asked().lines().count(),
+        1,
+        "the runner ran a helper a job named: {}",
+        helper.asked()
+    );
+    for id in [2201, 2202] {
+        assert!(
+            !w.trace(id).contains(&password),
+            "job {id} trace has the secret"
+        );
+    }
+    reg.stop().await;
+    drop(helper);
+    w.scope.assert_clean().await;
+}
