@@ -7,9 +7,9 @@
 //! HTTP to loopback registries, and nothing leaves the machine. Test images are pushed into it
 //! from the host engine under a repository named after the test's runner id, the local tag is
 //! removed, so only a pull can bring the image back; every tag pulled is removed at the end.
-//! TLS with a private CA is tested on the job's own daemon (`registry_ca_files`), not on the
-//! host engine: that would mean writing the host's /etc/docker/certs.d, shared with every other
-//! test and helper on this machine; the host engine's use of it is Docker's own behaviour.
+//! TLS with a private CA is tested on the job's own daemon (`registry_ca_files`) and on the host
+//! engine (a `/etc/docker/certs.d/<address:port>` directory for the test's own registry only,
+//! removed when the test ends).
 
 use crate::support;
 
@@ -606,5 +606,83 @@ async fn credential_helpers_of_the_admin_run_and_a_jobs_do_not() {
     }
     reg.stop().await;
     drop(helper);
+    w.scope.assert_clean().await;
+}
+
+/// The admin's CA for a registry in `/etc/docker/certs.d/<host:port>/` for one test, removed
+/// on drop (a directory of this test's own registry address only).
+struct HostCertsD(std::path::PathBuf);
+
+impl Drop for HostCertsD {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The job image in a registry with a private CA, pulled by the host engine as gitlab-runner's
+/// docker executor pulls it: without the CA the pull fails with `image_pull_failure` and the
+/// engine's certificate error in the trace; with the CA where Docker reads it for that
+/// registry (`/etc/docker/certs.d/<host:port>/ca.crt`, the admin's step, as for
+/// gitlab-runner) the same job runs. The registry is published on a non-loopback address, so
+/// the engine verifies its certificate (loopback registries are insecure by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_image_over_tls_with_a_private_ca_on_the_host_engine() {
+    let w = E2e::new().await;
+    let gw = w.git_addr.ip();
+    let pki = isolated_runner::pki::issue_job_pki(&isolated_runner::pki::PkiRequest {
+        job_id: 1,
+        server_dns: Vec::new(),
+        server_ips: vec![gw, "127.0.0.1".parse().expect("ip")],
+        validity: Duration::from_secs(3600),
+    })
+    .expect("certificates");
+    let s = &pki.server;
+    let mut reg =
+        Registry::start_with(&w.scope, None, Some((&s.cert_pem, s.key_pem.expose(), gw))).await;
+    let repo = format!("ir-{}", w.scope.runner_id.to_ascii_lowercase());
+    reg.push(BUSYBOX_IMAGE, &format!("{repo}/tls:1")).await;
+    let port = reg
+        .ports
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{gw}:")))
+        .unwrap_or_else(|| panic!("not published on {gw}: {}", reg.ports))
+        .to_string();
+    let img = format!("{gw}:{port}/{repo}/tls:1");
+
+    // No CA: the engine refuses the certificate.
+    let mut a = w.job(2301, &["echo tls-without-ca-ran"], &[]);
+    a["image"] = image(&img, &[]);
+    w.fake.enqueue(a);
+    let daemon = w.start_daemon(w.config(1));
+    let fa = w.wait_final(2301, JOB_TIMEOUT).await;
+    daemon.drain(JOB_TIMEOUT).await;
+    assert_failed(&w, 2301, &fa, "image_pull_failure");
+    let t = w.trace(2301);
+    assert!(!t.contains("tls-without-ca-ran\n"), "{t}");
+    assert!(
+        t.contains("x509") || t.contains("certificate"),
+        "refused for another reason:\n{t}"
+    );
+    assert!(!local(&img).await);
+
+    // The admin's CA for this registry: pulled and run.
+    let dir = std::path::PathBuf::from(format!("/etc/docker/certs.d/{gw}:{port}"));
+    std::fs::create_dir_all(&dir).expect("certs.d dir");
+    let certs_d = HostCertsD(dir);
+    std::fs::write(certs_d.0.join("ca.crt"), &s.ca_pem).expect("write CA");
+    let mut b = w.job(2302, &["echo tls-with-ca-ran"], &[]);
+    b["image"] = image(&img, &[]);
+    w.fake.enqueue(b);
+    let daemon = w.start_daemon(w.config(1));
+    let fb = w.wait_final(2302, JOB_TIMEOUT).await;
+    daemon.drain(JOB_TIMEOUT).await;
+    let t = w.trace(2302);
+    assert_eq!(fb.state, "success", "{t}");
+    assert!(t.contains("tls-with-ca-ran\n"), "{t}");
+    assert!(t.contains(&format!("for {img} with digest")), "{t}");
+    assert!(local(&img).await);
+    reg.untag(&img).await;
+    drop(certs_d);
+    reg.stop().await;
     w.scope.assert_clean().await;
 }
