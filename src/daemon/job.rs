@@ -76,8 +76,25 @@ fn final_update(
     }
 }
 
-pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, job: JobResponse) {
+pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, mut job: JobResponse) {
     let id = job.id;
+    // Held to the end of this function, so past the teardown, like the job's slot.
+    let concurrent = ctx.concurrent_ids.take(job.job_info.project_id);
+    // First, so a variable of the job's own with the same name still wins.
+    for (key, value) in [
+        ("CI_CONCURRENT_ID", concurrent.id),
+        ("CI_CONCURRENT_PROJECT_ID", concurrent.project_id),
+    ] {
+        job.variables.insert(
+            0,
+            crate::gitlab::types::JobVariable {
+                key: key.into(),
+                value: value.to_string(),
+                public: true,
+                ..Default::default()
+            },
+        );
+    }
     let token = job.token.clone();
     let supported = job.features.failure_reasons.clone();
     let control = JobControl {

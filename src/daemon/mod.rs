@@ -16,6 +16,7 @@
 //!   reported failed, and the label reaper sweeps this runner id (`docs/crash-recovery.md`).
 //! - with `listen_address`, `/metrics`, `/health` and `/ready` are served (`docs/metrics.md`).
 
+mod concurrent_id;
 mod health;
 mod job;
 pub mod journal;
@@ -170,6 +171,8 @@ struct RunnerCtx {
     health: health::Health,
     backoff_until: Mutex<Option<Instant>>,
     metrics: Option<RunnerMetrics>,
+    /// `CI_CONCURRENT_ID`/`CI_CONCURRENT_PROJECT_ID` of the jobs running now.
+    concurrent_ids: Arc<concurrent_id::ConcurrentIds>,
 }
 
 /// Job slots held while a request is open and then for the whole job.
@@ -307,6 +310,7 @@ pub async fn run_with(
             failures: AtomicU32::new(0),
             health: health::Health::new(r.unhealthy_requests_limit, r.unhealthy_interval),
             backoff_until: Mutex::new(None),
+            concurrent_ids: Arc::default(),
             metrics: runner_metrics,
         }));
     }

@@ -139,8 +139,8 @@ impl SharedSocketBackend {
     /// GIT_CLONE_PATH on the host daemon: bind sources resolve in the host's file system, so
     /// the path becomes a host link to the project directory (removed at teardown). Jobs on
     /// one host share that file system: a clone path in use is refused, as two jobs in one
-    /// directory would break each other (gitlab-runner leaves this to the path, with its
-    /// `$CI_CONCURRENT_ID`, which this runner does not set: `$CI_JOB_ID` does it here).
+    /// directory would break each other (gitlab-runner leaves this to the path: put
+    /// `$CI_CONCURRENT_ID` or `$CI_JOB_ID` in it).
     async fn link_clone_path(
         &self,
         state: &mut JobState,
@@ -163,7 +163,7 @@ impl SharedSocketBackend {
             Ok(()) => {}
             Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => {
                 return Err(fail(
-                    "another job on this host uses this path; make it unique per job, e.g. with $CI_JOB_ID"
+                    "another job on this host uses this path; make it unique per job, e.g. with $CI_CONCURRENT_ID or $CI_JOB_ID"
                         .to_string(),
                 ));
             }

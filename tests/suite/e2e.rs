@@ -678,3 +678,49 @@ ready_timeout = "90s"
     assert!(w.fake.violations().is_empty(), "{:?}", w.fake.violations());
     w.scope.assert_clean().await;
 }
+
+/// `CI_CONCURRENT_ID` and `CI_CONCURRENT_PROJECT_ID` as gitlab-runner sets them: three jobs
+/// running at once on one runner entry get the indexes 0, 1 and 2; the two of project 7 get
+/// project indexes 0 and 1, the one of project 8 gets 0 (freed indexes being reused is the
+/// unit test of `daemon::concurrent_id`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ids_are_the_smallest_free_per_runner_and_per_project() {
+    let w = E2e::new().await;
+    // Long enough that the three overlap however their sidecars' starts spread.
+    let script = [
+        "echo IDS=$CI_CONCURRENT_ID/$CI_CONCURRENT_PROJECT_ID",
+        "sleep 20",
+    ];
+    for (id, project) in [(3101, 7), (3102, 7), (3103, 8)] {
+        let mut j = w.job(id, &script, &[]);
+        j["job_info"]["project_id"] = serde_json::json!(project);
+        w.fake.enqueue(j);
+    }
+    let daemon = w.start_daemon(w.config(3));
+    let ids = |id: u64| -> (String, String) {
+        let t = w.trace(id);
+        let line = t
+            .lines()
+            .find_map(|l| l.strip_prefix("IDS="))
+            .unwrap_or_else(|| panic!("job {id} printed no ids:\n{t}"))
+            .trim()
+            .to_string();
+        let (r, p) = line.split_once('/').expect("two ids");
+        (r.to_string(), p.to_string())
+    };
+    for id in 3101..=3103 {
+        let f = w.wait_final(id, JOB_TIMEOUT).await;
+        assert_eq!(f.state, "success", "{}", w.trace(id));
+    }
+    let (a, b, c) = (ids(3101), ids(3102), ids(3103));
+    let mut runner_ids = vec![a.0.clone(), b.0.clone(), c.0.clone()];
+    runner_ids.sort();
+    assert_eq!(runner_ids, ["0", "1", "2"], "{a:?} {b:?} {c:?}");
+    let mut project7 = vec![a.1.clone(), b.1.clone()];
+    project7.sort();
+    assert_eq!(project7, ["0", "1"], "{a:?} {b:?}");
+    assert_eq!(c.1, "0", "project 8: {c:?}");
+
+    daemon.drain(JOB_TIMEOUT).await;
+    w.scope.assert_clean().await;
+}
