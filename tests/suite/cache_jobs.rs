@@ -595,7 +595,9 @@ impl UserImage {
         use std::io::Write;
         let tag = format!("isolated-runner/job-uid1000:{}", scope.runner_id);
         let mut child = std::process::Command::new("docker")
-            .args(["build", "-q", "-t", &tag, "--label"])
+            // --no-cache: a cached intermediate shared with another test's build of the same
+            // Dockerfile vanishes when that test removes its image.
+            .args(["build", "-q", "--no-cache", "-t", &tag, "--label"])
             .arg(format!("io.isolated-runner.runner={}", scope.runner_id))
             .arg("-")
             // The legacy builder never resolves FROM against a registry (the image is local).

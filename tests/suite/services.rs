@@ -20,7 +20,10 @@ impl ServiceImage {
     fn build(scope: &Scope) -> ServiceImage {
         let tag = format!("ir-test-svc-{}:test", scope.runner_id);
         let mut child = Command::new("docker")
-            .args(["build", "-q", "-t", &tag, "--label"])
+            // --no-cache: tests build this same Dockerfile side by side, and a cached
+            // intermediate shared between them vanishes when the other test removes its image
+            // ("failed to get digest" from the legacy builder, seen in CI).
+            .args(["build", "-q", "--no-cache", "-t", &tag, "--label"])
             .arg(format!("io.isolated-runner.runner={}", scope.runner_id))
             .arg("-")
             // The legacy builder uses the local image as is; nothing is pulled.
