@@ -114,6 +114,7 @@ async fn rootless_job_end_to_end() {
     image: isolated-runner/busybox:test
     pull_policy: never
     command: ["httpd", "-f", "-p", "80", "-h", "/app"]
+    init: true
     ports: ["8080:80"]
     volumes: ["./:/app"]
   writer:
@@ -132,6 +133,7 @@ docker info --format 'driver={{.Driver}} opts={{.SecurityOptions}}'
 echo from-the-job > "$CI_PROJECT_DIR/job-file.txt"
 docker run --rm --pull never -v "$CI_PROJECT_DIR":"$CI_PROJECT_DIR" -w "$CI_PROJECT_DIR" isolated-runner/busybox:test sh -c 'cat marker.txt job-file.txt; echo inner > from-inner.txt; echo appended >> job-file.txt; mkdir -p inner-dir; echo x > inner-dir/f; echo inner-mtu=$(cat /sys/class/net/eth0/mtu)'
 cat from-inner.txt job-file.txt
+docker run --rm --pull never --init -v "$CI_PROJECT_DIR":/ro:ro isolated-runner/busybox:test sh -c 'echo "init-pid1=$(cat /proc/1/comm) $(cat /ro/marker.txt)"'
 docker compose up -d
 for i in $(seq 1 100); do curl -fsS http://docker:8080/index.html && break; sleep 0.1; done
 echo
@@ -153,6 +155,11 @@ DOCKER_BUILDKIT=1 docker build -q -t kit-built . >/dev/null && docker run --rm k
     // `profile::ROOTLESS_MTU`), not the job network's.
     assert!(text.contains("inner-mtu=65520"), "{text}");
     assert!(text.contains("from-the-runner"), "{text}");
+    // `--init` (and compose `init: true` above): docker-init is PID 1; a read-only bind works.
+    assert!(
+        text.contains("init-pid1=docker-init from-the-runner"),
+        "{text}"
+    );
     // Inner containers read what the job wrote, write new files and change the job's files.
     assert!(text.contains("appended"), "{text}");
     assert!(
