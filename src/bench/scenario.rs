@@ -85,11 +85,15 @@ impl Scenario {
     /// The `[runners.docker.isolation] data_root` the dind side of this scenario runs with
     /// whatever the config says, or `None` to use the config's. The build scenarios are defined
     /// by their cache state: build-warm needs the warm per-project root (the second and later
-    /// builds hit its layer cache), build-cold and build-no-cache a fresh root per job.
+    /// builds hit its layer cache), build-cold and build-no-cache a fresh root per job. The
+    /// compose-heavy scenarios are a stream of one project's jobs: what they measure is whether
+    /// that project's images stay warm in its own daemons (the shared daemon keeps every image
+    /// of every project), so they run on the project's warm roots too.
     pub fn data_root_override(&self) -> Option<DataRoot> {
         match self.shape {
             Shape::Build(BuildCache::WarmProject) => Some(DataRoot::Project),
             Shape::Build(BuildCache::Cold | BuildCache::NoCache) => Some(DataRoot::Ephemeral),
+            _ if !self.registry_images().is_empty() => Some(DataRoot::Project),
             _ => None,
         }
     }
@@ -226,14 +230,14 @@ mod tests {
         assert_eq!(root("build-warm"), Some(DataRoot::Project));
         assert_eq!(root("build-cold"), Some(DataRoot::Ephemeral));
         assert_eq!(root("build-no-cache"), Some(DataRoot::Ephemeral));
+        assert_eq!(root("compose-heavy"), Some(DataRoot::Project));
+        assert_eq!(root("compose-heavy-4"), Some(DataRoot::Project));
         for name in [
             "noop",
             "docker-run",
             "compose",
             "concurrent",
             "concurrent-mixed",
-            "compose-heavy",
-            "compose-heavy-4",
             "teardown",
         ] {
             assert_eq!(root(name), None, "{name}");

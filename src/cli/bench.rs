@@ -73,9 +73,12 @@ Scenarios (bench/scenarios/<project>/.gitlab-ci.yml; local images only, nothing 
                   modes): each mode's TTFSL p95 under the same load.
   compose-heavy   a compose stack of php, node and postgres images (~765 MB together) pulled
                   from a registry the bench starts on this host (and removes), `docker
-                  compose run` in each service. `--runs 10 --warmup 0`: 10 jobs of one project
-                  in a row per mode.
-  compose-heavy-4 the same job, 4 at once per mode: a stage of parallel jobs of one project.
+                  compose run` in each service. dind runs on the project's warm data roots
+                  (data_root = \"project\" whatever the config says; removed at the end), as
+                  the shared daemon keeps its images. `--runs 10 --warmup 0`: 10 jobs of one
+                  project in a row per mode; the first dind job fills its root.
+  compose-heavy-4 the same job, 4 at once per mode: a stage of parallel jobs of one project
+                  (`--warmup 1` fills the project's roots first, data_root_per_key of them).
   teardown        100 jobs per mode, every 10th cancelled mid-script, every 25th with its
                   sidecar killed; counts what is left on the host. Ignores --runs/--warmup.
 
