@@ -292,12 +292,10 @@ async fn git_clone_path_escapes_are_refused() {
     j.variables
         .push(var("GIT_CLONE_PATH", "$CI_BUILDS_DIR/../escaped"));
     let r = run(&b, j).await;
-    assert_eq!(
-        r.outcome,
-        failed(FailureReason::ScriptFailure, None),
-        "{}",
-        r.trace
-    );
+    // A configuration error, as gitlab-runner reports it: no script ran, so not a script's
+    // failure.
+    let refused = failed(FailureReason::RunnerConfigurationError, None);
+    assert_eq!(r.outcome, refused, "{}", r.trace);
     assert!(r.trace.contains("has to be within"), "{}", r.trace);
     assert!(!r.trace.contains("step_script"), "{}", r.trace);
     let escaped = b.builds().parent().expect("parent").join("escaped");
@@ -315,6 +313,7 @@ async fn git_clone_path_escapes_are_refused() {
         .variables
         .push(var("GIT_CLONE_PATH", "$CI_BUILDS_DIR/gitlab-job-1/x"));
     let r = run(&b, other).await;
+    assert_eq!(r.outcome, refused, "{}", r.trace);
     assert!(
         r.trace.contains("a directory this runner manages"),
         "{}",
@@ -327,6 +326,7 @@ async fn git_clone_path_escapes_are_refused() {
         ..Default::default()
     };
     let r = run_with(b, RecordingStore::new(), j, runner, JobControl::default()).await;
+    assert_eq!(r.outcome, refused, "{}", r.trace);
     assert!(
         r.trace.contains("enable `custom_build_dir` feature"),
         "{}",
