@@ -7,6 +7,7 @@ pub mod e2e;
 pub mod fake_gitlab;
 pub mod local_backend;
 pub mod netns;
+pub mod registry;
 pub mod security;
 pub mod test_executor;
 
