@@ -10,7 +10,7 @@
 use crate::support;
 
 use isolated_runner::config::{RunnerConfig, SidecarProfile};
-use isolated_runner::docker::{ContainerSpec, LABEL_JOB, LABEL_MANAGED, LABEL_ROLE, LABEL_RUNNER};
+use isolated_runner::docker::{ContainerSpec, LABEL_JOB, LABEL_MANAGED, LABEL_RUNNER};
 use isolated_runner::isolation::{
     self, ContainerImage, EnvironmentSpec, Isolation, JobEnvironment,
 };
@@ -47,21 +47,6 @@ async fn teardown(scope: &Scope, env: Box<dyn JobEnvironment>) {
     let report = env.teardown().await;
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     scope.assert_clean().await;
-}
-
-/// The sidecar container of `job`.
-async fn sidecar_of(scope: &Scope, job: u64) -> String {
-    let found = scope
-        .docker
-        .list_containers(&[
-            format!("{LABEL_RUNNER}={}", scope.runner_id),
-            format!("{LABEL_JOB}={job}"),
-            format!("{LABEL_ROLE}=sidecar"),
-        ])
-        .await
-        .expect("list");
-    assert_eq!(found.len(), 1, "{found:?}");
-    found[0].id.clone()
 }
 
 /// `(pid, uid, CapEff, same user namespace as the runner)` of every host process in the
@@ -185,7 +170,7 @@ async fn rootless_sidecars_hold_no_host_capability_and_own_distinct_uids() {
     let (a, b) = tokio::join!(prepare(&backend, &sa), prepare(&backend, &sb));
     let mut uids = Vec::new();
     for job in [511, 512] {
-        let id = sidecar_of(&scope, job).await;
+        let id = scope.sidecar_of(job).await;
         let procs = processes_of(&id);
         assert!(procs.len() >= 3, "sidecar processes found: {procs:?}");
         let host: Vec<_> = procs.iter().filter(|p| p.3).collect();

@@ -140,6 +140,35 @@ impl Scope {
         r
     }
 
+    /// The id of the one sidecar container of `job`.
+    pub async fn sidecar_of(&self, job: u64) -> String {
+        let mut filters = isolated_runner::docker::label_filters(&self.runner_id, Some(job));
+        filters.push(format!("{}=sidecar", isolated_runner::docker::LABEL_ROLE));
+        let found = self
+            .docker
+            .list_containers(&filters)
+            .await
+            .expect("list containers");
+        assert_eq!(found.len(), 1, "sidecars of job {job}: {found:?}");
+        found[0].id.clone()
+    }
+
+    /// The host pid of the main process of `job`'s sidecar (for its `/proc/<pid>/root`).
+    pub async fn sidecar_pid(&self, job: u64) -> u32 {
+        let id = self.sidecar_of(job).await;
+        let out = tokio::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}", &id])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("run docker inspect");
+        let text = String::from_utf8_lossy(&out.stdout);
+        match text.trim().parse() {
+            Ok(pid) if pid > 0 => pid,
+            _ => panic!("no pid for sidecar {id}: {text}"),
+        }
+    }
+
     /// Asserts that nothing labelled with this scope's runner id is left on the engine and that
     /// no job or cert directory remains (not even the runner's empty cert dir).
     pub async fn assert_clean(&self) {
