@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::docker::{BUSYBOX_IMAGE, Scope};
 use support::e2e::{E2e, JOB_TIMEOUT};
-use support::registry::{REGISTRY_IMAGE, Registry, Setup, http_status, must};
+use support::registry::{
+    REGISTRY_IMAGE, Registry, Setup, http_status, mirrored_pull_lines, must, pull_ms,
+    served_blob_gets,
+};
 
 /// The upstream (a plain registry of the test's own, `support::registry`) holding the host's
 /// `image` as `<repo>:<tag>`; returns it with the digests of the image's blobs (config and
@@ -33,14 +36,7 @@ async fn seeded_upstream(
     repo: &str,
     tag: &str,
 ) -> (Registry, Vec<String>) {
-    let mut upstream = Registry::start(
-        scope,
-        Setup {
-            user,
-            ..Setup::default()
-        },
-    )
-    .await;
+    let mut upstream = Registry::start(scope, Setup { user, tls: None }).await;
     let pushed = upstream.push(image, &format!("{repo}:{tag}")).await;
     let digests = upstream.blob_digests(&pushed).await;
     (upstream, digests)
@@ -51,8 +47,19 @@ async fn blob_gets(upstream: &Registry, digests: &[String]) -> BTreeMap<String, 
     let logs = upstream.logs().await;
     digests
         .iter()
-        .map(|d| (d.clone(), count_blob_gets(&logs, d)))
+        .map(|d| (d.clone(), served_blob_gets(&logs, &format!("/blobs/{d}"))))
         .collect()
+}
+
+/// Removes the test's managed mirror (it must still be there) and its upstream, then checks
+/// that nothing of the test is left.
+async fn remove_all(scope: &Scope, want: &Wanted, upstream: Registry) {
+    assert!(
+        mirror::remove(&scope.docker, want).await.expect("remove"),
+        "the managed mirror was gone before the test removed it"
+    );
+    upstream.stop().await;
+    scope.assert_clean().await;
 }
 
 /// The mirror a config with `upstream` asks for in `state_dir`.
@@ -106,22 +113,16 @@ async fn wait_mirror(w: &E2e, want: &Wanted) -> (String, String) {
 /// A job of `project` whose script checks the mirror, then pulls `busybox:<tag>` (a Docker Hub
 /// name) through it and runs it.
 fn pull_job(w: &E2e, id: u64, project: u64, tag: &str) -> Value {
-    let script = [
+    let mut script = vec![
         "set -eo pipefail".to_string(),
         // Guards: no pull unless the daemon lists a mirror and the mirror holds the manifest.
         "M=$(docker info --format '{{range .RegistryConfig.Mirrors}}{{.}}{{end}}'); M=${M%/}"
             .to_string(),
         "echo \"MIRROR=$M\"; test -n \"$M\"".to_string(),
-        format!(
-            "curl -fsS -o /dev/null -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \"$M/v2/library/busybox/manifests/{tag}\""
-        ),
-        "echo MIRROR-OK".to_string(),
-        "start=$(date +%s%N)".to_string(),
-        format!("docker pull -q busybox:{tag}"),
-        "echo PULL-MS=$(( ($(date +%s%N) - start) / 1000000 ))".to_string(),
-        format!("docker run --rm busybox:{tag} true"),
-        "echo RAN-OK".to_string(),
     ];
+    script.extend(mirrored_pull_lines("$M", "busybox", tag));
+    script.push(format!("docker run --rm busybox:{tag} true"));
+    script.push("echo RAN-OK".to_string());
     let lines: Vec<&str> = script.iter().map(String::as_str).collect();
     let mut j = w.job(id, &lines, &[]);
     j["job_info"]["project_id"] = json!(project);
@@ -146,16 +147,6 @@ fn blob_files(storage: &Path) -> BTreeMap<String, u64> {
         }
     }
     out
-}
-
-fn count_blob_gets(logs: &str, digest: &str) -> usize {
-    logs.lines()
-        .filter(|l| {
-            l.contains("http.request.method=GET")
-                && l.contains(&format!("/blobs/{digest}"))
-                && l.contains("http.response.status=200")
-        })
-        .count()
 }
 
 #[tokio::test]
@@ -193,13 +184,7 @@ async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_m
             trace.contains("MIRROR-OK") && trace.contains("RAN-OK"),
             "{trace}"
         );
-        eprintln!(
-            "job {id}: {}",
-            trace
-                .lines()
-                .find(|l| l.starts_with("PULL-MS="))
-                .unwrap_or("?")
-        );
+        eprintln!("job {id}: {}", pull_ms(&trace));
     }
 
     // The second project's pull came from the mirror's storage: the upstream served nothing more.
@@ -304,13 +289,7 @@ async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_m
         "cleanup must restart the same container"
     );
 
-    assert!(
-        mirror::remove(&w.scope.docker, &want)
-            .await
-            .expect("remove")
-    );
-    upstream.stop().await;
-    w.scope.assert_clean().await;
+    remove_all(&w.scope, &want, upstream).await;
 }
 
 #[tokio::test]
@@ -396,13 +375,7 @@ async fn a_private_image_pulled_with_credentials_is_never_served_to_another_proj
         assert!(!held.contains_key(d), "the mirror stored private blob {d}");
     }
 
-    assert!(
-        mirror::remove(&w.scope.docker, &want)
-            .await
-            .expect("remove")
-    );
-    upstream.stop().await;
-    w.scope.assert_clean().await;
+    remove_all(&w.scope, &want, upstream).await;
 }
 
 /// Measurement for docs/warm-images.md (ignored: slow, pushes the 344 MB job image): a pull of
@@ -412,8 +385,7 @@ async fn a_private_image_pulled_with_credentials_is_never_served_to_another_proj
 #[tokio::test]
 #[ignore]
 async fn measure_cold_and_warm_pulls_through_the_managed_mirror() {
-    use isolated_runner::isolation::{Role, ScriptRequest};
-    use tokio_util::sync::CancellationToken;
+    use support::security::{prepare, run, teardown};
     let scope = Scope::new().await;
     let (upstream, _) = seeded_upstream(
         &scope,
@@ -439,40 +411,13 @@ async fn measure_cold_and_warm_pulls_through_the_managed_mirror() {
     for (job, project) in [(701u64, 7u64), (702, 8)] {
         let mut spec = scope.spec(job);
         spec.project_id = project;
-        let out = support::docker::Collect::new();
-        let env = backend
-            .prepare(&spec, out.clone(), CancellationToken::new())
-            .await
-            .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
-        let script = format!(
-            "set -eo pipefail\n\
-             curl -fsS -o /dev/null -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
-               {url}/v2/library/jobimage/manifests/mirrored\n\
-             start=$(date +%s%N)\n\
-             docker pull -q jobimage:mirrored\n\
-             echo PULL-MS=$(( ($(date +%s%N) - start) / 1000000 ))\n"
-        );
-        let code = env
-            .run_script(
-                ScriptRequest {
-                    role: Role::Build,
-                    script,
-                    env: Vec::new(),
-                },
-                out.clone(),
-                CancellationToken::new(),
-            )
-            .await
-            .expect("script");
-        assert!(env.teardown().await.failures.is_empty());
-        assert_eq!(code, 0, "{}", out.text());
-        times.push(
-            out.text()
-                .lines()
-                .find(|l| l.starts_with("PULL-MS="))
-                .unwrap_or("?")
-                .to_string(),
-        );
+        let env = prepare(&backend, &spec).await;
+        let mut script = vec!["set -eo pipefail".to_string()];
+        script.extend(mirrored_pull_lines(&url, "jobimage", "mirrored"));
+        let (code, text) = run(env.as_ref(), &script.join("\n")).await;
+        teardown(env).await;
+        assert_eq!(code.expect("script"), 0, "{text}");
+        times.push(pull_ms(&text).to_string());
     }
     eprintln!(
         "cold: {}\nwarm: {}\nstorage: {} bytes",
@@ -480,7 +425,5 @@ async fn measure_cold_and_warm_pulls_through_the_managed_mirror() {
         times[1],
         cleanup::disk_usage(&want.storage_dir)
     );
-    assert!(mirror::remove(&scope.docker, &want).await.expect("remove"));
-    upstream.stop().await;
-    scope.assert_clean().await;
+    remove_all(&scope, &want, upstream).await;
 }

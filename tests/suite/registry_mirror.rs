@@ -11,12 +11,10 @@
 
 use crate::support;
 
-use isolated_runner::isolation::{self, Isolation, Role, ScriptRequest};
-use std::sync::Arc;
 use std::time::Instant;
-use support::docker::{BUSYBOX_IMAGE, Collect, JOB_IMAGE, Scope};
-use support::registry::{Registry, Setup};
-use tokio_util::sync::CancellationToken;
+use support::docker::{BUSYBOX_IMAGE, JOB_IMAGE, Scope};
+use support::registry::{Registry, Setup, mirrored_pull_lines, pull_ms, served_blob_gets};
+use support::security::{prepare, prepare_logged, run, teardown};
 
 #[tokio::test]
 async fn inner_daemon_pulls_through_the_mirror() {
@@ -31,67 +29,39 @@ async fn inner_daemon_pulls_through_the_mirror() {
     let mirror = format!("http://{}", registry.for_jobs);
     let mut cfg = scope.runner_config();
     cfg.docker.isolation.registry_mirror = Some(mirror.clone());
-    let backend: Arc<dyn Isolation> = Arc::new(isolation::dind::DindBackend::new(
-        scope.docker.clone(),
-        Arc::new(cfg),
-        scope.state_dir(),
-    ));
-    let out = Collect::new();
-    let env = backend
-        .prepare(&scope.spec(501), out.clone(), CancellationToken::new())
-        .await
-        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
+    let (env, prepared) = prepare_logged(&scope.dind(cfg), &scope.spec(501)).await;
     // Guards first (set -e): no pull unless the daemon has the mirror and the mirror answers.
-    let script = format!(
-        "set -eo pipefail\n\
-         docker info --format '{{{{json .RegistryConfig.Mirrors}}}}' | tee /dev/stderr | grep -F '{mirror}'\n\
-         curl -fsS -o /dev/null -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
-           {mirror}/v2/library/busybox/manifests/mirrored\n\
-         echo MIRROR-OK\n\
-         start=$(date +%s%N)\n\
-         docker pull -q busybox:mirrored\n\
-         echo PULL-MS=$(( ($(date +%s%N) - start) / 1000000 ))\n\
-         docker run --rm busybox:mirrored true\n\
-         echo RAN-OK\n"
-    );
-    let code = env
-        .run_script(
-            ScriptRequest {
-                role: Role::Build,
-                script,
-                env: Vec::new(),
-            },
-            out.clone(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("script error: {e}\n{}", out.text()));
+    let mut script = vec![
+        "set -eo pipefail".to_string(),
+        format!(
+            "docker info --format '{{{{json .RegistryConfig.Mirrors}}}}' | tee /dev/stderr | grep -F '{mirror}'"
+        ),
+    ];
+    script.extend(mirrored_pull_lines(&mirror, "busybox", "mirrored"));
+    script.push("docker run --rm busybox:mirrored true".to_string());
+    script.push("echo RAN-OK".to_string());
+    let (code, text) = run(env.as_ref(), &script.join("\n")).await;
     let t = Instant::now();
-    let report = env.teardown().await;
+    teardown(env).await;
     eprintln!("teardown in {:.1}s", t.elapsed().as_secs_f64());
     let logs = registry.logs().await;
     registry.stop().await;
-    let text = out.text();
-    assert_eq!(code, 0, "job failed:\n{text}\nregistry log:\n{logs}");
+    let code = code.unwrap_or_else(|e| panic!("script error: {e}\n{prepared}{text}"));
+    assert_eq!(
+        code, 0,
+        "job failed:\n{prepared}{text}\nregistry log:\n{logs}"
+    );
     assert!(
         text.contains("MIRROR-OK") && text.contains("RAN-OK"),
         "{text}"
     );
-    eprintln!(
-        "{}",
-        text.lines()
-            .find(|l| l.starts_with("PULL-MS="))
-            .unwrap_or("")
-    );
+    eprintln!("{}", pull_ms(&text));
     // The pull went through our registry: layers were downloaded from it (the host's push
     // only ever HEADs blobs, and curl fetched a manifest, not a blob).
     assert!(
-        logs.lines().any(|l| l.contains("http.request.method=GET")
-            && l.contains("/v2/library/busybox/blobs/sha256:")
-            && l.contains("http.response.status=200")),
+        served_blob_gets(&logs, "/v2/library/busybox/blobs/sha256:") > 0,
         "the registry never served the daemon's pull:\n{logs}"
     );
-    assert!(report.failures.is_empty(), "{:?}", report.failures);
     scope.assert_clean().await;
 }
 
@@ -108,65 +78,26 @@ async fn measure_mirror_pull_against_preload() {
     // Preload: the host daemon's copy streamed into the job's daemon during prepare.
     let mut cfg = scope.runner_config();
     cfg.docker.isolation.preload_images = vec![JOB_IMAGE.to_string()];
-    let preload: Arc<dyn Isolation> = Arc::new(isolation::dind::DindBackend::new(
-        scope.docker.clone(),
-        Arc::new(cfg),
-        scope.state_dir(),
-    ));
-    let out = Collect::new();
-    let env = preload
-        .prepare(&scope.spec(601), out.clone(), CancellationToken::new())
-        .await
-        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
-    assert!(env.teardown().await.failures.is_empty());
-    let preloaded = out.text();
+    let (env, preloaded) = prepare_logged(&scope.dind(cfg), &scope.spec(601)).await;
+    teardown(env).await;
 
     // Mirror: the job pulls it.
     let mut cfg = scope.runner_config();
     cfg.docker.isolation.registry_mirror = Some(mirror.clone());
-    let mirrored: Arc<dyn Isolation> = Arc::new(isolation::dind::DindBackend::new(
-        scope.docker.clone(),
-        Arc::new(cfg),
-        scope.state_dir(),
-    ));
-    let out = Collect::new();
-    let env = mirrored
-        .prepare(&scope.spec(602), out.clone(), CancellationToken::new())
-        .await
-        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
-    let script = format!(
-        "set -eo pipefail\n\
-         curl -fsS -o /dev/null -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
-           {mirror}/v2/library/jobimage/manifests/mirrored\n\
-         start=$(date +%s%N)\n\
-         docker pull -q jobimage:mirrored\n\
-         echo PULL-MS=$(( ($(date +%s%N) - start) / 1000000 ))\n"
-    );
-    let code = env
-        .run_script(
-            ScriptRequest {
-                role: Role::Build,
-                script,
-                env: Vec::new(),
-            },
-            out.clone(),
-            CancellationToken::new(),
-        )
-        .await
-        .expect("script");
-    assert!(env.teardown().await.failures.is_empty());
+    let env = prepare(&scope.dind(cfg), &scope.spec(602)).await;
+    let mut script = vec!["set -eo pipefail".to_string()];
+    script.extend(mirrored_pull_lines(&mirror, "jobimage", "mirrored"));
+    let (code, text) = run(env.as_ref(), &script.join("\n")).await;
+    teardown(env).await;
     registry.stop().await;
-    assert_eq!(code, 0, "{}", out.text());
+    assert_eq!(code.expect("script"), 0, "{text}");
     eprintln!(
         "preload: {}\nmirror: {}",
         preloaded
             .lines()
             .find(|l| l.starts_with("Preloaded"))
             .unwrap_or("?"),
-        out.text()
-            .lines()
-            .find(|l| l.starts_with("PULL-MS="))
-            .unwrap_or("?")
+        pull_ms(&text)
     );
     scope.assert_clean().await;
 }

@@ -126,14 +126,7 @@ async fn job_and_service_images_are_pulled_and_missing_ones_fail_clearly() {
 async fn authenticated_pulls_and_no_reuse_without_access() {
     let w = E2e::new().await;
     let password = format!("pw-{}", w.scope.runner_id);
-    let mut reg = Registry::start(
-        &w.scope,
-        Setup {
-            user: Some(("puller", &password)),
-            ..Setup::default()
-        },
-    )
-    .await;
+    let mut reg = Registry::start(&w.scope, Setup::user("puller", &password)).await;
     let repo = repo_prefix(&w.scope);
     let img = reg.push(BUSYBOX_IMAGE, &format!("{repo}/private:1")).await;
     let creds = |pw: &str| json!([{"type": "registry", "url": reg.loopback, "username": "puller", "password": pw}]);
@@ -362,14 +355,7 @@ impl Drop for CredHelper {
 async fn credential_helpers_of_the_admin_run_and_a_jobs_do_not() {
     let w = E2e::new().await;
     let password = format!("helper-pw-{}", w.scope.runner_id);
-    let mut reg = Registry::start(
-        &w.scope,
-        Setup {
-            user: Some(("puller", &password)),
-            ..Setup::default()
-        },
-    )
-    .await;
+    let mut reg = Registry::start(&w.scope, Setup::user("puller", &password)).await;
     let repo = repo_prefix(&w.scope);
     let img = reg.push(BUSYBOX_IMAGE, &format!("{repo}/helped:1")).await;
     let helper = CredHelper::install(&w.scope.runner_id, &reg.loopback, "puller", &password);

@@ -96,6 +96,42 @@ pub async fn http_status(addr: &str, path: &str, auth: Option<(&str, &str)>) -> 
         .ok()
 }
 
+/// Script lines that pull the Docker Hub name `<name>:<tag>` through the job daemon's registry
+/// mirror `mirror` (a URL, or a shell expression such as `$M`) and print `PULL-MS=<ms>`. A guard
+/// comes first: curl checks that the mirror serves the manifest, so under `set -e` no pull
+/// starts that dockerd could send on to Docker Hub.
+pub fn mirrored_pull_lines(mirror: &str, name: &str, tag: &str) -> Vec<String> {
+    vec![
+        format!(
+            "curl -fsS -o /dev/null -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \"{mirror}/v2/library/{name}/manifests/{tag}\""
+        ),
+        "echo MIRROR-OK".to_string(),
+        "start=$(date +%s%N)".to_string(),
+        format!("docker pull -q {name}:{tag}"),
+        "echo PULL-MS=$(( ($(date +%s%N) - start) / 1000000 ))".to_string(),
+    ]
+}
+
+/// The `PULL-MS=<ms>` line of a script built with [`mirrored_pull_lines`] (`?` when missing).
+pub fn pull_ms(output: &str) -> &str {
+    output
+        .lines()
+        .find(|l| l.starts_with("PULL-MS="))
+        .unwrap_or("?")
+}
+
+/// How many `GET`s of blobs whose path contains `blob_path` a registry's access log shows it
+/// answered with 200 (a pull downloads blobs with GET; a push only ever HEADs them).
+pub fn served_blob_gets(logs: &str, blob_path: &str) -> usize {
+    logs.lines()
+        .filter(|l| {
+            l.contains("http.request.method=GET")
+                && l.contains(blob_path)
+                && l.contains("http.response.status=200")
+        })
+        .count()
+}
+
 /// How a test's registry is set up.
 #[derive(Default)]
 pub struct Setup<'a> {
@@ -105,6 +141,16 @@ pub struct Setup<'a> {
     /// TLS: (certificate chain PEM, key PEM); the certificate must name the gateway address
     /// ([`bridge_gateway`]). Without it the registry speaks plain HTTP.
     pub tls: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> Setup<'a> {
+    /// Plain HTTP behind basic auth for `user` with `password`.
+    pub fn user(user: &'a str, password: &'a str) -> Setup<'a> {
+        Setup {
+            user: Some((user, password)),
+            tls: None,
+        }
+    }
 }
 
 /// A running registry of the test's own; removed by [`Registry::stop`], or on drop when a test
