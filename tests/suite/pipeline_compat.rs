@@ -193,24 +193,7 @@ async fn https_file_server(root: std::path::PathBuf, cert_pem: String, key_pem: 
 /// `CI_SERVER_TLS_CA_FILE`. Without the CA the same clone fails on the certificate.
 #[tokio::test]
 async fn clone_over_tls_with_a_private_ca() {
-    let repos = tempfile::tempdir().expect("tempdir");
-    let work = repos.path().join("work");
-    let bare = repos.path().join("demo.git");
-    std::fs::create_dir_all(&work).expect("mkdir");
-    git(&work, &["init", "-q", "-b", "main"]);
-    std::fs::write(work.join("README"), "over-tls").expect("write");
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "-qm", "one"]);
-    git(
-        repos.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.to_str().expect("utf8"),
-            bare.to_str().expect("utf8"),
-        ],
-    );
+    let (repos, work, bare) = repo_with_bare_clone("over-tls");
     git(&bare, &["update-server-info"]);
     let sha = git(&work, &["rev-parse", "HEAD"]);
     let pki = isolated_runner::pki::issue_job_pki(&isolated_runner::pki::PkiRequest {

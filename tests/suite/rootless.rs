@@ -15,7 +15,10 @@ use isolated_runner::isolation::{
     self, ContainerImage, EnvironmentSpec, Isolation, JobEnvironment,
 };
 use std::sync::Arc;
-use support::docker::{BUSYBOX_IMAGE, Collect, DIND_IMAGE, Scope};
+use support::docker::{
+    BUSYBOX_IMAGE, COMPOSE_PROJECT_SCRIPT, Collect, DIND_IMAGE, Scope, assert_compose_project_ran,
+    write_compose_project,
+};
 // The build-script runner shared by docker_backend and rootless (support/docker.rs).
 use support::docker::expect_project_script_ok as expect_ok;
 use support::docker::run_project_script;
@@ -91,44 +94,23 @@ async fn rootless_job_end_to_end() {
     let env = prepare(&backend, &scope.spec(501)).await;
     let pd = env.paths().project_dir.clone();
     std::fs::write(pd.join("marker.txt"), "from-the-runner\n").unwrap();
-    std::fs::write(pd.join("index.html"), "served-from-job-dir").unwrap();
-    std::fs::write(
-        pd.join("compose.yaml"),
-        r#"services:
-  web:
-    image: isolated-runner/busybox:test
-    pull_policy: never
-    command: ["httpd", "-f", "-p", "80", "-h", "/app"]
-    ports: ["8080:80"]
-    volumes: ["./:/app"]
-  writer:
-    image: isolated-runner/busybox:test
-    pull_policy: never
-    command: ["sh", "-c", "echo written-by-compose > /app/compose-out.txt"]
-    volumes: ["./:/app"]
-"#,
-    )
-    .unwrap();
-    let text = expect_ok(
-        env.as_ref(),
+    write_compose_project(&pd);
+    let script = [
         r#"
 test "$DOCKER_HOST" = tcp://docker:2376
 docker info --format 'driver={{.Driver}} opts={{.SecurityOptions}}'
 echo from-the-job > "$CI_PROJECT_DIR/job-file.txt"
 docker run --rm --pull never -v "$CI_PROJECT_DIR":"$CI_PROJECT_DIR" -w "$CI_PROJECT_DIR" isolated-runner/busybox:test sh -c 'cat marker.txt job-file.txt; echo inner > from-inner.txt; echo appended >> job-file.txt; mkdir -p inner-dir; echo x > inner-dir/f; echo inner-mtu=$(cat /sys/class/net/eth0/mtu)'
-cat from-inner.txt job-file.txt
-docker compose up -d
-for i in $(seq 1 100); do curl -fsS http://docker:8080/index.html && break; sleep 0.1; done
-echo
-docker compose wait writer || true
-docker compose down -v
-printf 'FROM isolated-runner/busybox:test\nRUN echo built > /built.txt\n' > Dockerfile
+cat from-inner.txt job-file.txt"#,
+        COMPOSE_PROJECT_SCRIPT,
+        r#"printf 'FROM isolated-runner/busybox:test\nRUN echo built > /built.txt\n' > Dockerfile
 DOCKER_BUILDKIT=0 docker build -q -t legacy-built . >/dev/null
 docker run --rm legacy-built cat /built.txt
 DOCKER_BUILDKIT=1 docker build -q -t kit-built . >/dev/null && docker run --rm kit-built cat /built.txt | sed 's/^/kit-/'
 "#,
-    )
-    .await;
+    ]
+    .join("\n");
+    let text = expect_ok(env.as_ref(), &script).await;
     assert!(
         text.contains("name=rootless"),
         "the inner daemon is rootless: {text}"
@@ -140,10 +122,6 @@ DOCKER_BUILDKIT=1 docker build -q -t kit-built . >/dev/null && docker run --rm k
     assert!(text.contains("from-the-runner"), "{text}");
     // Inner containers read what the job wrote, write new files and change the job's files.
     assert!(text.contains("appended"), "{text}");
-    assert!(
-        text.contains("served-from-job-dir"),
-        "published port at docker:8080: {text}"
-    );
     assert!(text.contains("built"), "legacy docker build: {text}");
     assert!(text.contains("kit-built"), "BuildKit docker build: {text}");
     assert_eq!(
@@ -152,12 +130,7 @@ DOCKER_BUILDKIT=1 docker build -q -t kit-built . >/dev/null && docker run --rm k
             .trim(),
         "inner"
     );
-    assert_eq!(
-        std::fs::read_to_string(pd.join("compose-out.txt"))
-            .unwrap()
-            .trim(),
-        "written-by-compose"
-    );
+    assert_compose_project_ran(&pd, &text);
     // The runner removes what inner containers made, whoever owns it (assert_clean).
     teardown(&scope, env).await;
 }

@@ -335,6 +335,54 @@ impl OutputSink for Collect {
     }
 }
 
+/// Writes a compose project into `dir` (a job's project dir): `web` serves `dir` (its
+/// `index.html` says `served-from-job-dir`) through a `./` bind mount on the daemon's port
+/// 8080, and `writer` writes `compose-out.txt` into `dir` through the same mount. Run it with
+/// [`COMPOSE_PROJECT_SCRIPT`], check it with [`assert_compose_project_ran`].
+pub fn write_compose_project(dir: &Path) {
+    std::fs::write(dir.join("index.html"), "served-from-job-dir").expect("write index.html");
+    std::fs::write(
+        dir.join("compose.yaml"),
+        r#"services:
+  web:
+    image: isolated-runner/busybox:test
+    pull_policy: never
+    command: ["httpd", "-f", "-p", "80", "-h", "/app"]
+    ports: ["8080:80"]
+    volumes: ["./:/app"]
+  writer:
+    image: isolated-runner/busybox:test
+    pull_policy: never
+    command: ["sh", "-c", "echo written-by-compose > /app/compose-out.txt"]
+    volumes: ["./:/app"]
+"#,
+    )
+    .expect("write compose.yaml");
+}
+
+/// Script lines that run [`write_compose_project`]'s project in the job: up, the page through
+/// the published port (`docker:8080`), the writer's end, down.
+pub const COMPOSE_PROJECT_SCRIPT: &str = r#"docker compose up -d
+for i in $(seq 1 100); do curl -fsS http://docker:8080/index.html && break; sleep 0.1; done
+echo
+docker compose wait writer || true
+docker compose down -v"#;
+
+/// Asserts that [`COMPOSE_PROJECT_SCRIPT`] worked: the page came through the published port
+/// (in the job's output `text`) and the writer's file is in `dir` on the host (path parity).
+pub fn assert_compose_project_ran(dir: &Path, text: &str) {
+    assert!(
+        text.contains("served-from-job-dir"),
+        "published port not reachable at docker:8080: {text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("compose-out.txt"))
+            .unwrap_or_else(|e| panic!("the writer's file in {}: {e}", dir.display()))
+            .trim(),
+        "written-by-compose"
+    );
+}
+
 /// Runs `script` as a build script under `set -eo pipefail`, with `CI_PROJECT_DIR` set, in the
 /// job container; returns the result and the output.
 pub async fn run_project_script(
