@@ -10,9 +10,9 @@ use isolated_runner::config::IsolationMode;
 use isolated_runner::isolation::{self, EnvironmentSpec, Isolation, JobEnvironment};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 use support::docker::{Collect, Scope};
 use support::docker::{expect_project_script_ok as expect_ok, run_project_script as run};
+use support::security::{prepare, teardown};
 use tokio_util::sync::CancellationToken;
 
 /// A GOPATH-style clone path, as gitlab-runner's docs show it.
@@ -25,27 +25,6 @@ fn spec(scope: &Scope, job_id: u64) -> EnvironmentSpec {
         clone_path: Some(clone_path(scope)),
         ..scope.spec(job_id)
     }
-}
-
-async fn prepare(backend: &Arc<dyn Isolation>, spec: &EnvironmentSpec) -> Box<dyn JobEnvironment> {
-    let out = Collect::new();
-    let t = Instant::now();
-    let env = backend
-        .prepare(spec, out.clone(), CancellationToken::new())
-        .await
-        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
-    eprintln!(
-        "job {} prepared in {:.2}s: {}",
-        spec.job_id,
-        t.elapsed().as_secs_f64(),
-        out.text().trim()
-    );
-    env
-}
-
-async fn teardown(env: Box<dyn JobEnvironment>) {
-    let report = env.teardown().await;
-    assert!(report.failures.is_empty(), "{:?}", report.failures);
 }
 
 /// Writes `text` into the job's project directory the way the runner does (its real

@@ -11,18 +11,16 @@ use crate::support;
 
 use isolated_runner::config::{RunnerConfig, SidecarProfile};
 use isolated_runner::docker::{ContainerSpec, LABEL_JOB, LABEL_MANAGED, LABEL_RUNNER};
-use isolated_runner::isolation::{
-    self, ContainerImage, EnvironmentSpec, Isolation, JobEnvironment,
-};
+use isolated_runner::isolation::{self, ContainerImage, Isolation, JobEnvironment};
 use std::sync::Arc;
 use support::docker::{
-    BUSYBOX_IMAGE, COMPOSE_PROJECT_SCRIPT, Collect, DIND_IMAGE, Scope, assert_compose_project_ran,
+    BUSYBOX_IMAGE, COMPOSE_PROJECT_SCRIPT, DIND_IMAGE, Scope, assert_compose_project_ran,
     write_compose_project,
 };
 // The build-script runner shared by docker_backend and rootless (support/docker.rs).
 use support::docker::expect_project_script_ok as expect_ok;
 use support::docker::run_project_script;
-use tokio_util::sync::CancellationToken;
+use support::security::prepare;
 
 fn rootless(scope: &Scope, tweak: impl FnOnce(&mut RunnerConfig)) -> Arc<dyn Isolation> {
     let mut cfg = scope.runner_config();
@@ -36,19 +34,8 @@ fn rootless(scope: &Scope, tweak: impl FnOnce(&mut RunnerConfig)) -> Arc<dyn Iso
     ))
 }
 
-async fn prepare(backend: &Arc<dyn Isolation>, spec: &EnvironmentSpec) -> Box<dyn JobEnvironment> {
-    let out = Collect::new();
-    let env = backend
-        .prepare(spec, out.clone(), CancellationToken::new())
-        .await
-        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
-    eprintln!("job {} prepared: {}", spec.job_id, out.text().trim());
-    env
-}
-
 async fn teardown(scope: &Scope, env: Box<dyn JobEnvironment>) {
-    let report = env.teardown().await;
-    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    support::security::teardown(env).await;
     scope.assert_clean().await;
 }
 
@@ -178,11 +165,8 @@ async fn rootless_sidecars_hold_no_host_capability_and_own_distinct_uids() {
 }
 
 async fn teardown_both(scope: &Scope, a: Box<dyn JobEnvironment>, b: Box<dyn JobEnvironment>) {
-    for env in [a, b] {
-        let report = env.teardown().await;
-        assert!(report.failures.is_empty(), "{:?}", report.failures);
-    }
-    scope.assert_clean().await;
+    support::security::teardown(a).await;
+    teardown(scope, b).await;
 }
 
 /// The attacks of issue 10 from inside a job. A sysctl is only ever written with its current
