@@ -6,10 +6,8 @@
 
 use crate::support;
 
-use isolated_runner::config::IsolationMode;
-use isolated_runner::isolation::{self, EnvironmentSpec, Isolation, JobEnvironment};
+use isolated_runner::isolation::{EnvironmentSpec, JobEnvironment};
 use std::path::PathBuf;
-use std::sync::Arc;
 use support::docker::{Collect, Scope};
 use support::docker::{expect_project_script_ok as expect_ok, run_project_script as run};
 use support::security::{prepare, teardown};
@@ -121,12 +119,7 @@ async fn a_pre_started_sidecar_links_the_clone_path() {
 #[tokio::test]
 async fn the_shared_socket_links_the_clone_path_on_the_host_for_one_job() {
     let scope = Scope::new().await;
-    let mut cfg = scope.runner_config();
-    cfg.docker.isolation.mode = IsolationMode::SharedSocket;
-    let backend: Arc<dyn Isolation> = Arc::new(isolation::shared_socket::SharedSocketBackend::new(
-        scope.docker.clone(),
-        Arc::new(cfg),
-    ));
+    let backend = scope.shared_socket();
     let env = prepare(&backend, &spec(&scope, 721)).await;
     let link = clone_path(&scope);
     assert!(

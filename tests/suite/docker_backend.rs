@@ -491,12 +491,7 @@ async fn reaper_removes_what_a_dead_runner_left() {
 #[tokio::test]
 async fn shared_socket_backend_uses_the_host_daemon_at_identical_paths() {
     let scope = Scope::new().await;
-    let mut cfg = scope.runner_config();
-    cfg.docker.isolation.mode = IsolationMode::SharedSocket;
-    let backend: Arc<dyn Isolation> = Arc::new(isolation::shared_socket::SharedSocketBackend::new(
-        scope.docker.clone(),
-        Arc::new(cfg),
-    ));
+    let backend = scope.shared_socket();
     let (env, _) = prepare(&backend, &scope.spec(501)).await;
     std::fs::write(env.paths().project_dir.join("marker.txt"), "shared-marker").unwrap();
     let label = format!("io.isolated-runner.runner={}", scope.runner_id);

@@ -113,6 +113,18 @@ impl Scope {
         ))
     }
 
+    /// A shared-socket backend (this scope's runner config, the host engine).
+    pub fn shared_socket(&self) -> Arc<dyn Isolation> {
+        let mut cfg = self.runner_config();
+        cfg.docker.isolation.mode = isolated_runner::config::IsolationMode::SharedSocket;
+        Arc::new(
+            isolated_runner::isolation::shared_socket::SharedSocketBackend::new(
+                self.docker.clone(),
+                Arc::new(cfg),
+            ),
+        )
+    }
+
     /// `<tmp>/builds`.
     pub fn builds_dir(&self) -> PathBuf {
         self.tmp.path().join("builds")
