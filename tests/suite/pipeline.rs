@@ -14,6 +14,7 @@ use isolated_runner::trace::BufferSink;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use support::git;
 use support::local_backend::{Faults, LocalIsolation, RecordingStore};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
@@ -532,25 +533,6 @@ async fn bad_payloads_fail_before_prepare() {
     let r = run(&b, j).await;
     assert_eq!(r.outcome, failed(FailureReason::RunnerSystemFailure, None));
     assert!(b.calls().is_empty(), "nothing prepared: {:?}", b.calls());
-}
-
-pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A temp dir holding `work`, a git repository on `main` with one commit (a README saying

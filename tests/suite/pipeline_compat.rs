@@ -13,6 +13,7 @@ use isolated_runner::secret::Secret;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use support::git;
 use support::local_backend::{Faults, LocalIsolation, RecordingStore};
 
 /// Issue 11 item 7: `CI_DEBUG_TRACE` traces commands (with a warning, masked values still
