@@ -370,8 +370,13 @@ async fn start_registry(
         return Ok(None);
     }
     eprintln!(
-        "runner bench: starting a registry of the bench's own and pushing {} image(s) into it",
-        images.len()
+        "runner bench: starting a registry of the bench's own and pushing {} image(s) into it: {}",
+        images.len(),
+        images
+            .iter()
+            .map(|(local, name)| format!("{local} as {name}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let r = crate::bench::real::registry::BenchRegistry::start(&work.join("registry"), images)
         .await

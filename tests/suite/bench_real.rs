@@ -162,12 +162,12 @@ impl Drop for HeavyStandIn {
     }
 }
 
-/// Runs compose-heavy once per mode with `extra` flags and checks it end to end: both modes'
-/// jobs passed (each pulled the services from the bench's registry: dind into its own daemon
-/// over TLS, the shared socket onto the host, and ran a command in each service that reads
-/// the job's bind-mounted file), nothing was left behind, and afterwards the registry and the
-/// pulled tags are gone.
-fn check_compose_heavy(extra: &[&str]) {
+/// Runs compose-heavy once per mode with `extra` flags and checks it end to end: the bench
+/// pushed `pushed` (as `<local image> as <name>`), both modes' jobs passed (each pulled the
+/// services from the bench's registry: dind into its own daemon over TLS, the shared socket
+/// onto the host, and ran a command in each service that reads the job's bind-mounted file),
+/// nothing was left behind, and afterwards the registry and the pulled tags are gone.
+fn check_compose_heavy(extra: &[&str], pushed: &[String]) {
     let mut args = vec![
         "--scenario",
         "compose-heavy",
@@ -178,6 +178,13 @@ fn check_compose_heavy(extra: &[&str]) {
     ];
     args.extend_from_slice(extra);
     let (v, stderr) = bench_json(&args);
+    let pushing = stderr
+        .lines()
+        .find(|l| l.contains("pushing"))
+        .unwrap_or_else(|| panic!("no push line: {stderr}"));
+    for p in pushed {
+        assert!(pushing.contains(p.as_str()), "{p} not pushed: {pushing}");
+    }
     let s = &v["scenarios"][0];
     assert_eq!(s["name"], "compose-heavy");
     for mode in ["dind", "shared-socket"] {
@@ -227,7 +234,8 @@ fn compose_heavy_pulls_from_the_benchs_own_registry_and_removes_it() {
     for o in &overrides {
         extra.extend(["--registry-image", o.as_str()]);
     }
-    check_compose_heavy(&extra);
+    let pushed: Vec<String> = overrides.iter().map(|o| o.replace('=', " as ")).collect();
+    check_compose_heavy(&extra, &pushed);
 }
 
 /// compose-heavy with its real images (php, node, postgres: 765 MB pushed into the registry;
@@ -236,5 +244,9 @@ fn compose_heavy_pulls_from_the_benchs_own_registry_and_removes_it() {
 #[test]
 #[ignore]
 fn compose_heavy_with_the_real_images() {
-    check_compose_heavy(&[]);
+    let pushed: Vec<String> = isolated_runner::bench::scenario::HEAVY_IMAGES
+        .iter()
+        .map(|(local, name)| format!("{local} as {name}"))
+        .collect();
+    check_compose_heavy(&[], &pushed);
 }
