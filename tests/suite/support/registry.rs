@@ -314,13 +314,18 @@ impl Registry {
             let _ = docker_cli(&["rmi", &t], None).await;
         }
         must(&["rm", "-f", &self.name], None).await;
+        // Gone: nothing for `drop` to do.
+        self.name.clear();
     }
 }
 
 impl Drop for Registry {
-    /// A failed assertion must not leave the registry or its tags behind (after `stop` the
-    /// tags are forgotten and the container is gone, so the command finds nothing).
+    /// A failed assertion must not leave the registry or its tags behind (blocking on purpose:
+    /// async work cannot run in `drop`; after `stop` there is nothing left to do).
     fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
         let quiet = |args: &[&str]| {
             let _ = std::process::Command::new("docker")
                 .args(args)
