@@ -114,8 +114,9 @@ fn mixed_burst_reports_both_modes_of_one_burst() {
 }
 
 /// The compose-heavy services in small: one busybox-based image whose `php`, `node` and
-/// `postgres` print a version word and the file the scenario's job wrote through the `./` bind
-/// mount (`/app/probe.txt`), which is what the job checks in each service. Labelled like a test
+/// `postgres` print the file the scenario's job wrote through the `./` bind mount
+/// (`/app/probe.txt`), which is what the job checks in each service (`--version`: a version
+/// line only). Labelled like a test
 /// scope's objects and removed on drop; built from the local busybox by the legacy builder, so
 /// nothing is pulled.
 struct HeavyStandIn(String);
@@ -131,7 +132,12 @@ impl HeavyStandIn {
             let path = ctx.path().join(tool);
             std::fs::write(
                 &path,
-                format!("#!/bin/sh\necho \"{tool} stand-in $(cat /app/probe.txt)\"\n"),
+                // `--version` prints only a version, as the real ones do: the scenario's
+                // postgres step reads the probe with `cat` after it.
+                format!(
+                    "#!/bin/sh\nif [ \"$1\" = --version ]; then echo '{tool} (stand-in) 0'; \
+                     else echo \"{tool} stand-in $(cat /app/probe.txt)\"; fi\n"
+                ),
             )
             .expect("write stand-in");
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
