@@ -152,6 +152,18 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench/scenarios", value_name = "DIR")]
     pub scenarios_dir: PathBuf,
 
+    /// An image the registry scenarios (compose-heavy) push into the bench's own registry
+    /// instead of the php, node and postgres test images, as LOCAL=NAME with NAME as the
+    /// scenario's compose file names it (php:heavy, node:heavy, postgres:heavy); repeat for
+    /// each. For a quick check of the registry path (TLS, mirror entry, pulls) with small
+    /// images: the timings then say nothing about the real ones.
+    #[arg(
+        long = "registry-image",
+        value_name = "LOCAL=NAME",
+        value_parser = parse_registry_image
+    )]
+    pub registry_images: Vec<(String, String)>,
+
     /// Sidecars the dind mode keeps started ahead of jobs (`warm_pool`), overriding the
     /// config; 0 measures a cold sidecar start for every job. The built-in entry uses 1.
     #[arg(long, value_name = "N")]
@@ -168,6 +180,21 @@ pub struct BenchArgs {
         value_name = "PROFILE"
     )]
     pub sidecar_profiles: Vec<ProfileArg>,
+}
+
+/// `--registry-image LOCAL=NAME`: both sides non-empty, no white space.
+fn parse_registry_image(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((local, name))
+            if !local.is_empty() && !name.is_empty() && !value.contains(char::is_whitespace) =>
+        {
+            Ok((local.to_string(), name.to_string()))
+        }
+        _ => Err(format!(
+            "{value:?} is not LOCAL=NAME (a local image and its name in the bench's registry, \
+             e.g. isolated-runner/php:test=php:heavy)"
+        )),
+    }
 }
 
 /// `path` with `-<profile>` before its extension (`out.json` → `out-rootless.json`).
@@ -300,11 +327,14 @@ async fn write_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Starts the bench's registry when a planned scenario pulls from it (compose-heavy).
-async fn start_registry(
+/// The images to push into the bench's registry as (local image, name in the registry): the
+/// planned scenarios' (compose-heavy), or `overrides` (`--registry-image`) in their place.
+/// Empty when no planned scenario pulls from the registry; `overrides` then are an error, as
+/// they would do nothing.
+fn registry_images<'a>(
     plan: &Plan,
-    work: &Path,
-) -> anyhow::Result<Option<crate::bench::real::registry::BenchRegistry>> {
+    overrides: &'a [(String, String)],
+) -> anyhow::Result<Vec<(&'a str, &'a str)>> {
     let mut images: Vec<(&str, &str)> = Vec::new();
     for s in &plan.scenarios {
         for image in s.registry_images() {
@@ -313,14 +343,45 @@ async fn start_registry(
             }
         }
     }
+    if overrides.is_empty() {
+        return Ok(images);
+    }
+    if images.is_empty() {
+        bail!(
+            "--registry-image: no planned scenario pulls from the bench's registry (those that \
+             do: {})",
+            SCENARIOS
+                .iter()
+                .filter(|s| !s.registry_images().is_empty())
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(overrides
+        .iter()
+        .map(|(local, name)| (local.as_str(), name.as_str()))
+        .collect())
+}
+
+/// Starts the bench's registry holding `images` (none: no registry).
+async fn start_registry(
+    images: &[(&str, &str)],
+    work: &Path,
+) -> anyhow::Result<Option<crate::bench::real::registry::BenchRegistry>> {
     if images.is_empty() {
         return Ok(None);
     }
     eprintln!(
-        "runner bench: starting a registry of the bench's own and pushing {} image(s) into it",
-        images.len()
+        "runner bench: starting a registry of the bench's own and pushing {} image(s) into it: {}",
+        images.len(),
+        images
+            .iter()
+            .map(|(local, name)| format!("{local} as {name}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    let r = crate::bench::real::registry::BenchRegistry::start(&work.join("registry"), &images)
+    let r = crate::bench::real::registry::BenchRegistry::start(&work.join("registry"), images)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!(
@@ -339,6 +400,7 @@ async fn start_registry(
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args)?;
     check_projects(&plan).await?;
+    let registry_images = registry_images(&plan, &args.registry_images)?;
     let work = std::env::temp_dir().join(format!(
         "isolated-runner-bench-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -381,7 +443,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     // The compose-heavy scenarios pull from a registry of the bench's own (started, filled
     // and removed here); the dind side is pointed at it before its backends are built.
-    let registry = start_registry(&plan, &work).await?;
+    let registry = start_registry(&registry_images, &work).await?;
     if let Some(r) = &registry {
         r.configure(&mut base);
     }
@@ -479,6 +541,57 @@ async fn run_profile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_images_are_the_scenarios_or_the_overrides() {
+        let args = |extra: &[&str]| {
+            use clap::Parser;
+            #[derive(Parser)]
+            struct Cli {
+                #[command(flatten)]
+                bench: BenchArgs,
+            }
+            let mut argv = vec!["bench"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|c| c.bench)
+        };
+        let heavy = args(&["--scenario", "compose-heavy"]).expect("args");
+        let p = plan(&heavy).expect("plan");
+        assert_eq!(
+            registry_images(&p, &heavy.registry_images).expect("images"),
+            crate::bench::scenario::HEAVY_IMAGES.to_vec()
+        );
+        let light = args(&[
+            "--scenario",
+            "compose-heavy",
+            "--registry-image",
+            "isolated-runner/busybox:test=php:heavy",
+            "--registry-image",
+            "isolated-runner/busybox:test=node:heavy",
+        ])
+        .expect("args");
+        assert_eq!(
+            registry_images(&plan(&light).expect("plan"), &light.registry_images).expect("images"),
+            vec![
+                ("isolated-runner/busybox:test", "php:heavy"),
+                ("isolated-runner/busybox:test", "node:heavy")
+            ]
+        );
+        // An override no planned scenario would use is refused, not ignored.
+        let unused = args(&["--scenario", "noop", "--registry-image", "a=b"]).expect("args");
+        let e = registry_images(&plan(&unused).expect("plan"), &unused.registry_images)
+            .expect_err("unused override");
+        assert!(e.to_string().contains("compose-heavy"), "{e}");
+        assert!(
+            registry_images(&plan(&unused).expect("plan"), &[])
+                .expect("none")
+                .is_empty()
+        );
+        for bad in ["a", "=b", "a=", "a b=c"] {
+            let e = args(&["--registry-image", bad]).expect_err("refused");
+            assert!(e.to_string().contains("LOCAL=NAME"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn each_profile_gets_its_own_report_file() {

@@ -34,13 +34,14 @@ async fn update_job(
     r
 }
 
-/// Maps our reason onto the reasons this GitLab knows (`features.failure_reasons`); an old
-/// GitLab that sends no list gets our reason as is.
+/// Maps our reason onto the reasons this GitLab knows (`features.failure_reasons`), with
+/// gitlab-runner's fallbacks ([`FailureReason::for_gitlab`]); an old GitLab that sends no list
+/// gets our reason as is.
 pub(crate) fn map_failure_reason(reason: &str, supported: &[String]) -> String {
-    if supported.is_empty() || supported.iter().any(|s| s == reason) {
-        reason.to_string()
-    } else {
-        FailureReason::UnknownFailure.as_str().to_string()
+    match FailureReason::from_name(reason) {
+        Some(r) => r.for_gitlab(supported).as_str().to_string(),
+        None if supported.is_empty() || supported.iter().any(|s| s == reason) => reason.to_string(),
+        None => FailureReason::UnknownFailure.as_str().to_string(),
     }
 }
 
@@ -426,8 +427,17 @@ mod tests {
             map_failure_reason("script_failure", &list),
             "script_failure"
         );
+        // Not listed: gitlab-runner's fallback, the reason it was split from.
         assert_eq!(
             map_failure_reason("image_pull_failure", &list),
+            "runner_system_failure"
+        );
+        assert_eq!(
+            map_failure_reason("runner_configuration_error", &list),
+            "script_failure"
+        );
+        assert_eq!(
+            map_failure_reason("runner_unsupported", &list),
             "unknown_failure"
         );
         assert_eq!(

@@ -134,10 +134,7 @@ impl RunnerExecutor {
 /// A job that could not start: the reason in its trace, a system failure.
 fn setup_failed(trace: &dyn TraceSink, what: &str) -> JobOutcome {
     trace.append(format!("\x1b[31;1mERROR: {what}\x1b[0;m\n").as_bytes());
-    JobOutcome::Failed {
-        reason: FailureReason::RunnerSystemFailure,
-        exit_code: None,
-    }
+    JobOutcome::failed(FailureReason::RunnerSystemFailure)
 }
 
 #[async_trait::async_trait]

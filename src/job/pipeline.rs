@@ -174,13 +174,12 @@ impl Pipeline {
         (deadline, timeout): (Instant, Duration),
         pending: Option<&mut Option<PendingTeardown>>,
     ) -> JobOutcome {
-        let system = |msg: &str| {
+        // Every refusal before a script runs: the reason in the log, no exit code.
+        let refuse = |reason: FailureReason, msg: &str| {
             log.error(msg);
-            JobOutcome::Failed {
-                reason: FailureReason::RunnerSystemFailure,
-                exit_code: None,
-            }
+            JobOutcome::failed(reason)
         };
+        let system = |msg: &str| refuse(FailureReason::RunnerSystemFailure, msg);
         if let Err(msg) = validate(job) {
             return system(&msg);
         }
@@ -192,22 +191,12 @@ impl Pipeline {
         };
         // Before anything exists: a clone URL the config does not name opens nothing (H6).
         if let Err(msg) = trust::clone_endpoint(job, runner) {
-            log.error(&msg);
-            return JobOutcome::Failed {
-                reason: FailureReason::RunnerUnsupported,
-                exit_code: None,
-            };
+            return refuse(FailureReason::RunnerUnsupported, &msg);
         }
         // `image: docker:` options are checked before anything exists, like the clone URL.
         match super::user::executor_opts(job) {
             Ok((_, warnings)) => warnings.iter().for_each(|w| log.warning(w)),
-            Err(msg) => {
-                log.error(&msg);
-                return JobOutcome::Failed {
-                    reason: FailureReason::RunnerUnsupported,
-                    exit_code: None,
-                };
-            }
+            Err(msg) => return refuse(FailureReason::RunnerUnsupported, &msg),
         }
         // Variables without paths are enough to expand image names.
         let pre_vars = build_variables(job, runner, None, &[], timeout);
@@ -217,6 +206,8 @@ impl Pipeline {
         };
         // GIT_CLONE_PATH: checked like gitlab-runner (refused outside the builds dir or when
         // custom build dirs are off) before anything exists; the backend puts the project there.
+        // A refusal is a configuration error, as gitlab-runner reports it (no script has run;
+        // a GitLab that does not know the reason gets `script_failure`, gitlab-runner's fallback).
         spec.clone_path = match super::clone_path::resolve(
             &pre_vars,
             &runner.builds_dir,
@@ -224,13 +215,7 @@ impl Pipeline {
             runner.custom_build_dir,
         ) {
             Ok(p) => p,
-            Err(e) => {
-                log.error(&e.to_string());
-                return JobOutcome::Failed {
-                    reason: FailureReason::ScriptFailure,
-                    exit_code: None,
-                };
-            }
+            Err(e) => return refuse(FailureReason::RunnerConfigurationError, &e.to_string()),
         };
         let pulls = match super::pull::plan(
             job,
@@ -240,13 +225,7 @@ impl Pipeline {
             super::pull::runner_home().as_deref(),
         ) {
             Ok(p) => p,
-            Err(msg) => {
-                log.error(&msg);
-                return JobOutcome::Failed {
-                    reason: FailureReason::ImagePullFailure,
-                    exit_code: None,
-                };
-            }
+            Err(msg) => return refuse(FailureReason::ImagePullFailure, &msg),
         };
         let guards = Guards {
             abort: control.abort.clone(),
@@ -304,11 +283,7 @@ impl Pipeline {
                     isolation::Error::ImageUnavailable { .. } => FailureReason::ImagePullFailure,
                     _ => FailureReason::RunnerSystemFailure,
                 };
-                log.error(&format!("preparing the environment failed: {e}"));
-                return JobOutcome::Failed {
-                    reason,
-                    exit_code: None,
-                };
+                return refuse(reason, &format!("preparing the environment failed: {e}"));
             }
             (None, None) => return system("preparing the environment did not finish"),
         };

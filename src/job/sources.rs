@@ -563,6 +563,34 @@ mod tests {
     use super::*;
     use crate::secret::Secret;
 
+    /// A job (token `glcbt-abc123`) of `repo_url` at commit `0123456789abcdef` of `main`.
+    fn job_from(repo_url: &str) -> JobResponse {
+        JobResponse {
+            id: 1,
+            token: Secret::new("glcbt-abc123"),
+            git_info: crate::gitlab::types::GitInfo {
+                repo_url: Secret::new(repo_url),
+                sha: "0123456789abcdef".into(),
+                r#ref: "main".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// The `clone` script for `job` into `/b/p`, without hooks.
+    fn clone_script(job: &JobResponse, vars: &Variables) -> SourcesScript {
+        git_script(
+            job,
+            vars,
+            GitStrategy::Clone,
+            Path::new("/b/p"),
+            Path::new("/b/p.tmp"),
+            &[],
+            &[],
+        )
+    }
+
     #[test]
     fn strategy_defaults() {
         assert_eq!(GitStrategy::resolve(None, true), Ok(GitStrategy::Fetch));
@@ -600,29 +628,11 @@ mod tests {
 
     #[test]
     fn script_never_contains_the_token() {
-        let job = JobResponse {
-            id: 1,
-            token: Secret::new("glcbt-abc123"),
-            git_info: crate::gitlab::types::GitInfo {
-                repo_url: Secret::new("https://gitlab-ci-token:glcbt-abc123@h/g/p.git"),
-                sha: "0123456789abcdef".into(),
-                r#ref: "main".into(),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let job = job_from("https://gitlab-ci-token:glcbt-abc123@h/g/p.git");
         let mut v = Variables::new();
         v.push("GIT_SUBMODULE_STRATEGY", "recursive");
         v.push("GIT_SUBMODULE_UPDATE_FLAGS", "--remote --jobs=4 ;rm");
-        let s = git_script(
-            &job,
-            &v,
-            GitStrategy::Clone,
-            Path::new("/b/p"),
-            Path::new("/b/p.tmp"),
-            &[],
-            &[],
-        );
+        let s = clone_script(&job, &v);
         assert!(!s.script.contains("glcbt-abc123"));
         assert!(s.script.contains("git remote add origin https://h/g/p.git"));
         assert!(s.script.contains("Checking out 01234567 as main..."));
@@ -642,29 +652,11 @@ mod tests {
 
     #[test]
     fn submodule_paths_and_lfs() {
-        let job = JobResponse {
-            id: 1,
-            token: Secret::new("glcbt-abc123"),
-            git_info: crate::gitlab::types::GitInfo {
-                repo_url: Secret::new("https://h/g/p.git"),
-                sha: "0123456789abcdef".into(),
-                r#ref: "main".into(),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let job = job_from("https://h/g/p.git");
         let mut v = Variables::new();
         v.push("GIT_SUBMODULE_STRATEGY", "normal");
         v.push("GIT_SUBMODULE_PATHS", "libs/a :(exclude)libs/b --force");
-        let s = git_script(
-            &job,
-            &v,
-            GitStrategy::Clone,
-            Path::new("/b/p"),
-            Path::new("/b/p.tmp"),
-            &[],
-            &[],
-        );
+        let s = clone_script(&job, &v);
         assert!(
             s.script
                 .contains("git submodule update --init -- libs/a ':(exclude)libs/b'\n"),
@@ -692,15 +684,7 @@ mod tests {
         ));
         // GIT_LFS_SKIP_SMUDGE from the job: no pull at all.
         v.push("GIT_LFS_SKIP_SMUDGE", "true");
-        let s = git_script(
-            &job,
-            &v,
-            GitStrategy::Clone,
-            Path::new("/b/p"),
-            Path::new("/b/p.tmp"),
-            &[],
-            &[],
-        );
+        let s = clone_script(&job, &v);
         assert!(!s.script.contains("git lfs pull"), "{}", s.script);
     }
 

@@ -120,10 +120,7 @@ pub(super) async fn run(
         Ok(f) => f,
         Err(e) => {
             log.error(&format!("writing file variables failed: {e}"));
-            return JobOutcome::Failed {
-                reason: FailureReason::RunnerSystemFailure,
-                exit_code: None,
-            };
+            return JobOutcome::failed(FailureReason::RunnerSystemFailure);
         }
     };
     // Who runs the build scripts: asked of the image before the first stage, so that a user
@@ -132,10 +129,7 @@ pub(super) async fn run(
         Ok(u) => u,
         Err(e) => {
             log.error(&e);
-            return JobOutcome::Failed {
-                reason: FailureReason::RunnerSystemFailure,
-                exit_code: None,
-            };
+            return JobOutcome::failed(FailureReason::RunnerSystemFailure);
         }
     };
     let script_user = match &build_user {

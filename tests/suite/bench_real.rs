@@ -113,19 +113,84 @@ fn mixed_burst_reports_both_modes_of_one_burst() {
     assert!(s["ratio_ttfsl_p95"].as_f64().is_some(), "{s}");
 }
 
-/// compose-heavy: the bench starts its own registry, pushes the three big images, each mode's
-/// job pulls them (dind: into its own daemon over TLS; shared socket: onto the host) and runs a
-/// command in each service; afterwards the registry and the pulled tags are gone.
-#[test]
-fn compose_heavy_pulls_from_the_benchs_own_registry_and_removes_it() {
-    let (v, stderr) = bench_json(&[
+/// The compose-heavy services in small: one busybox-based image whose `php`, `node` and
+/// `postgres` print the file the scenario's job wrote through the `./` bind mount
+/// (`/app/probe.txt`), which is what the job checks in each service (`--version`: a version
+/// line only). Labelled like a test
+/// scope's objects and removed on drop; built from the local busybox by the legacy builder, so
+/// nothing is pulled.
+struct HeavyStandIn(String);
+
+impl HeavyStandIn {
+    fn build() -> HeavyStandIn {
+        use std::os::unix::fs::PermissionsExt;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let tag = format!("ir-test-heavy-{}:test", &id[..16]);
+        let ctx = tempfile::tempdir().expect("temp dir");
+        let mut dockerfile = String::from("FROM isolated-runner/busybox:test\n");
+        for tool in ["php", "node", "postgres"] {
+            let path = ctx.path().join(tool);
+            std::fs::write(
+                &path,
+                // `--version` prints only a version, as the real ones do: the scenario's
+                // postgres step reads the probe with `cat` after it.
+                format!(
+                    "#!/bin/sh\nif [ \"$1\" = --version ]; then echo '{tool} (stand-in) 0'; \
+                     else echo \"{tool} stand-in $(cat /app/probe.txt)\"; fi\n"
+                ),
+            )
+            .expect("write stand-in");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod stand-in");
+            dockerfile.push_str(&format!("COPY {tool} /bin/{tool}\n"));
+        }
+        std::fs::write(ctx.path().join("Dockerfile"), dockerfile).expect("write Dockerfile");
+        let out = Command::new("docker")
+            .args(["build", "-q", "--no-cache", "-t", &tag, "--label"])
+            .arg(format!("io.isolated-runner.runner=t-{}", &id[..16]))
+            .arg(ctx.path())
+            // The legacy builder uses the local image as is; nothing is pulled.
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .expect("run docker build");
+        assert!(
+            out.status.success(),
+            "docker build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        HeavyStandIn(tag)
+    }
+}
+
+impl Drop for HeavyStandIn {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
+/// Runs compose-heavy once per mode with `extra` flags and checks it end to end: the bench
+/// pushed `pushed` (as `<local image> as <name>`), both modes' jobs passed (each pulled the
+/// services from the bench's registry: dind into its own daemon over TLS, the shared socket
+/// onto the host, and ran a command in each service that reads the job's bind-mounted file),
+/// nothing was left behind, and afterwards the registry and the pulled tags are gone.
+fn check_compose_heavy(extra: &[&str], pushed: &[String]) {
+    let mut args = vec![
         "--scenario",
         "compose-heavy",
         "--runs",
         "1",
         "--warmup",
         "0",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (v, stderr) = bench_json(&args);
+    let pushing = stderr
+        .lines()
+        .find(|l| l.contains("pushing"))
+        .unwrap_or_else(|| panic!("no push line: {stderr}"));
+    for p in pushed {
+        assert!(pushing.contains(p.as_str()), "{p} not pushed: {pushing}");
+    }
     let s = &v["scenarios"][0];
     assert_eq!(s["name"], "compose-heavy");
     for mode in ["dind", "shared-socket"] {
@@ -159,4 +224,35 @@ fn compose_heavy_pulls_from_the_benchs_own_registry_and_removes_it() {
         !images.lines().any(|l| l.contains(&prefix)),
         "pulled tags of {prefix} left on the host:\n{images}"
     );
+}
+
+/// compose-heavy's real job and compose file with small images (`--registry-image`): the same
+/// registry, TLS, mirror entry, pulls and `./` bind mount as with the real images, without
+/// pushing 765 MB on every run.
+#[test]
+fn compose_heavy_pulls_from_the_benchs_own_registry_and_removes_it() {
+    let image = HeavyStandIn::build();
+    let overrides: Vec<String> = ["php:heavy", "node:heavy", "postgres:heavy"]
+        .iter()
+        .map(|name| format!("{}={name}", image.0))
+        .collect();
+    let mut extra = Vec::new();
+    for o in &overrides {
+        extra.extend(["--registry-image", o.as_str()]);
+    }
+    let pushed: Vec<String> = overrides.iter().map(|o| o.replace('=', " as ")).collect();
+    check_compose_heavy(&extra, &pushed);
+}
+
+/// compose-heavy with its real images (php, node, postgres: 765 MB pushed into the registry;
+/// ignored: minutes). Run it after changing those images or the scenario:
+/// `cargo test --test suite bench_real::compose_heavy_with_the_real_images -- --ignored`.
+#[test]
+#[ignore]
+fn compose_heavy_with_the_real_images() {
+    let pushed: Vec<String> = isolated_runner::bench::scenario::HEAVY_IMAGES
+        .iter()
+        .map(|(local, name)| format!("{local} as {name}"))
+        .collect();
+    check_compose_heavy(&[], &pushed);
 }

@@ -6,13 +6,11 @@
 
 use crate::support;
 
-use isolated_runner::config::IsolationMode;
-use isolated_runner::isolation::{self, EnvironmentSpec, Isolation, JobEnvironment};
+use isolated_runner::isolation::{EnvironmentSpec, JobEnvironment};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
 use support::docker::{Collect, Scope};
 use support::docker::{expect_project_script_ok as expect_ok, run_project_script as run};
+use support::security::{prepare, teardown};
 use tokio_util::sync::CancellationToken;
 
 /// A GOPATH-style clone path, as gitlab-runner's docs show it.
@@ -25,27 +23,6 @@ fn spec(scope: &Scope, job_id: u64) -> EnvironmentSpec {
         clone_path: Some(clone_path(scope)),
         ..scope.spec(job_id)
     }
-}
-
-async fn prepare(backend: &Arc<dyn Isolation>, spec: &EnvironmentSpec) -> Box<dyn JobEnvironment> {
-    let out = Collect::new();
-    let t = Instant::now();
-    let env = backend
-        .prepare(spec, out.clone(), CancellationToken::new())
-        .await
-        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
-    eprintln!(
-        "job {} prepared in {:.2}s: {}",
-        spec.job_id,
-        t.elapsed().as_secs_f64(),
-        out.text().trim()
-    );
-    env
-}
-
-async fn teardown(env: Box<dyn JobEnvironment>) {
-    let report = env.teardown().await;
-    assert!(report.failures.is_empty(), "{:?}", report.failures);
 }
 
 /// Writes `text` into the job's project directory the way the runner does (its real
@@ -142,12 +119,7 @@ async fn a_pre_started_sidecar_links_the_clone_path() {
 #[tokio::test]
 async fn the_shared_socket_links_the_clone_path_on_the_host_for_one_job() {
     let scope = Scope::new().await;
-    let mut cfg = scope.runner_config();
-    cfg.docker.isolation.mode = IsolationMode::SharedSocket;
-    let backend: Arc<dyn Isolation> = Arc::new(isolation::shared_socket::SharedSocketBackend::new(
-        scope.docker.clone(),
-        Arc::new(cfg),
-    ));
+    let backend = scope.shared_socket();
     let env = prepare(&backend, &spec(&scope, 721)).await;
     let link = clone_path(&scope);
     assert!(

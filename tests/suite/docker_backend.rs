@@ -12,7 +12,10 @@ use isolated_runner::isolation::{
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::docker::{BUSYBOX_IMAGE, Collect, JOB_IMAGE, Scope};
+use support::docker::{
+    BUSYBOX_IMAGE, COMPOSE_PROJECT_SCRIPT, Collect, JOB_IMAGE, Scope, assert_compose_project_ran,
+    write_compose_project,
+};
 // The build-script runner shared by docker_backend and rootless (support/docker.rs).
 use support::docker::{expect_project_script_ok as expect_ok, run_project_script as run};
 use tokio_util::sync::CancellationToken;
@@ -207,45 +210,9 @@ async fn compose_bind_mount_and_published_port() {
     let backend = dind(&scope, |_| {});
     let (env, _) = prepare(&backend, &scope.spec(102)).await;
     let pd = env.paths().project_dir.clone();
-    std::fs::write(pd.join("index.html"), "served-from-job-dir").unwrap();
-    std::fs::write(
-        pd.join("compose.yaml"),
-        r#"services:
-  web:
-    image: isolated-runner/busybox:test
-    pull_policy: never
-    command: ["httpd", "-f", "-p", "80", "-h", "/app"]
-    ports: ["8080:80"]
-    volumes: ["./:/app"]
-  writer:
-    image: isolated-runner/busybox:test
-    pull_policy: never
-    command: ["sh", "-c", "echo written-by-compose > /app/compose-out.txt"]
-    volumes: ["./:/app"]
-"#,
-    )
-    .unwrap();
-    let text = expect_ok(
-        env.as_ref(),
-        r#"
-docker compose up -d
-for i in $(seq 1 100); do curl -fsS http://docker:8080/index.html && break; sleep 0.1; done
-echo
-docker compose wait writer || true
-docker compose down -v
-"#,
-    )
-    .await;
-    assert!(
-        text.contains("served-from-job-dir"),
-        "published port reachable at docker:8080: {text}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(pd.join("compose-out.txt"))
-            .unwrap()
-            .trim(),
-        "written-by-compose"
-    );
+    write_compose_project(&pd);
+    let text = expect_ok(env.as_ref(), COMPOSE_PROJECT_SCRIPT).await;
+    assert_compose_project_ran(&pd, &text);
     teardown(&scope, env).await;
 }
 
@@ -524,12 +491,7 @@ async fn reaper_removes_what_a_dead_runner_left() {
 #[tokio::test]
 async fn shared_socket_backend_uses_the_host_daemon_at_identical_paths() {
     let scope = Scope::new().await;
-    let mut cfg = scope.runner_config();
-    cfg.docker.isolation.mode = IsolationMode::SharedSocket;
-    let backend: Arc<dyn Isolation> = Arc::new(isolation::shared_socket::SharedSocketBackend::new(
-        scope.docker.clone(),
-        Arc::new(cfg),
-    ));
+    let backend = scope.shared_socket();
     let (env, _) = prepare(&backend, &scope.spec(501)).await;
     std::fs::write(env.paths().project_dir.join("marker.txt"), "shared-marker").unwrap();
     let label = format!("io.isolated-runner.runner={}", scope.runner_id);

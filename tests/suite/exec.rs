@@ -113,19 +113,7 @@ fn unknown_job_lists_the_jobs() {
 fn custom_file_and_commit_sha_from_the_local_repo() {
     let dir = project();
     std::fs::rename(dir.path().join(".gitlab-ci.yml"), dir.path().join("ci.yml")).expect("mv");
-    let git = |args: &[&str]| {
-        let ok = Command::new("git")
-            .current_dir(dir.path())
-            .args(args)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.com")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.com")
-            .output()
-            .expect("git");
-        assert!(ok.status.success());
-        String::from_utf8_lossy(&ok.stdout).trim().to_string()
-    };
+    let git = |args: &[&str]| crate::support::git(dir.path(), args);
     git(&["init", "-q", "-b", "feature"]);
     git(&["add", "."]);
     git(&["commit", "-qm", "x"]);

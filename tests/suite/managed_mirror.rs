@@ -21,187 +21,45 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::docker::{BUSYBOX_IMAGE, Scope};
 use support::e2e::{E2e, JOB_TIMEOUT};
+use support::registry::{
+    REGISTRY_IMAGE, Registry, Setup, http_status, mirrored_pull_lines, must, pull_ms,
+    served_blob_gets,
+};
 
-const REGISTRY_IMAGE: &str = "isolated-runner/registry:test";
-
-async fn docker_cli(args: &[&str], config_dir: Option<&Path>) -> (bool, String) {
-    let mut cmd = tokio::process::Command::new("docker");
-    cmd.args(args).stdin(std::process::Stdio::null());
-    // Logins for the pushes go to a private client config, never the host user's.
-    if let Some(d) = config_dir {
-        cmd.env("DOCKER_CONFIG", d);
-    }
-    let out = cmd.output().await.expect("run the docker CLI");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+/// The upstream (a plain registry of the test's own, `support::registry`) holding the host's
+/// `image` as `<repo>:<tag>`; returns it with the digests of the image's blobs (config and
+/// layers) as the registry holds them.
+async fn seeded_upstream(
+    scope: &Scope,
+    user: Option<(&str, &str)>,
+    image: &str,
+    repo: &str,
+    tag: &str,
+) -> (Registry, Vec<String>) {
+    let mut upstream = Registry::start(scope, Setup { user, tls: None }).await;
+    let pushed = upstream.push(image, &format!("{repo}:{tag}")).await;
+    let digests = upstream.blob_digests(&pushed).await;
+    (upstream, digests)
 }
 
-async fn must(args: &[&str], config_dir: Option<&Path>) -> String {
-    let (ok, text) = docker_cli(args, config_dir).await;
-    assert!(ok, "docker {args:?} failed: {text}");
-    text.trim().to_string()
-}
-
-/// The upstream: a plain registry of our own, optionally behind basic auth.
-struct Upstream {
-    name: String,
-    loopback: String,
-    /// `<gateway>:<port>`: what the mirror (on the default bridge) dials.
-    for_bridge: String,
-    client: tempfile::TempDir,
-    _auth: Option<tempfile::TempDir>,
-}
-
-impl Upstream {
-    async fn start(scope: &Scope, user: Option<(&str, &str)>) -> Upstream {
-        let gateway = mirror::bridge_gateway(&scope.docker)
-            .await
-            .expect("inspect the default bridge")
-            .expect("the default bridge has a gateway");
-        let name = format!("ir-{}-upstream", scope.runner_id);
-        let label = format!("io.isolated-runner.runner={}", scope.runner_id);
-        let publish = format!("{gateway}::5000");
-        let mut args: Vec<String> = [
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--label",
-            &label,
-            "-p",
-            "127.0.0.1::5000",
-            "-p",
-            &publish,
-        ]
+/// GETs of each blob `upstream` answered with 200 so far.
+async fn blob_gets(upstream: &Registry, digests: &[String]) -> BTreeMap<String, usize> {
+    let logs = upstream.logs().await;
+    digests
         .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let auth = user.map(|(u, p)| {
-            let d = tempfile::tempdir().expect("tempdir");
-            let hash = bcrypt::hash(p, 4).expect("bcrypt");
-            std::fs::write(d.path().join("htpasswd"), format!("{u}:{hash}\n")).expect("write");
-            for a in [
-                "-e",
-                "REGISTRY_AUTH=htpasswd",
-                "-e",
-                "REGISTRY_AUTH_HTPASSWD_REALM=ir-test",
-                "-e",
-                "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd",
-                "-v",
-            ] {
-                args.push(a.to_string());
-            }
-            args.push(format!("{}:/auth:ro", d.path().display()));
-            d
-        });
-        args.push(REGISTRY_IMAGE.to_string());
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        must(&argv, None).await;
-        let ports = must(&["port", &name, "5000/tcp"], None).await;
-        let port_on = |ip: &str| {
-            ports
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{ip}:")).map(str::to_string))
-                .unwrap_or_else(|| panic!("no port on {ip}: {ports}"))
-        };
-        let up = Upstream {
-            loopback: format!("127.0.0.1:{}", port_on("127.0.0.1")),
-            for_bridge: format!("{gateway}:{}", port_on(&gateway)),
-            name,
-            client: tempfile::tempdir().expect("tempdir"),
-            _auth: auth,
-        };
-        // The port proxy accepts before the registry listens; an authenticating one answers
-        // 401, which is an answer too.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !matches!(status_of(&up.loopback, "/v2/", None).await, Some(200 | 401)) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "upstream never listened: {}",
-                up.logs().await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if let Some((u, p)) = user {
-            must(
-                &["login", "-u", u, "-p", p, &up.loopback],
-                Some(up.client.path()),
-            )
-            .await;
-        }
-        up
-    }
-
-    /// Pushes the host's `image` as `<repo>:<tag>`; returns the digests of its blobs (config and
-    /// layers), read back from the registry's manifest.
-    async fn seed(&self, image: &str, repo: &str, tag: &str) -> Vec<String> {
-        let r = format!("{}/{repo}:{tag}", self.loopback);
-        must(&["tag", image, &r], None).await;
-        let pushed = docker_cli(&["push", &r], Some(self.client.path())).await;
-        must(&["rmi", &r], None).await;
-        assert!(pushed.0, "push failed: {}", pushed.1);
-        let manifest = must(
-            &["manifest", "inspect", "--insecure", "-v", &r],
-            Some(self.client.path()),
-        )
-        .await;
-        let v: Value = serde_json::from_str(&manifest).expect("manifest json");
-        let m = &v["SchemaV2Manifest"];
-        let mut digests = vec![m["config"]["digest"].as_str().expect("config").to_string()];
-        for l in m["layers"].as_array().expect("layers") {
-            digests.push(l["digest"].as_str().expect("layer").to_string());
-        }
-        digests
-    }
-
-    async fn logs(&self) -> String {
-        docker_cli(&["logs", &self.name], None).await.1
-    }
-
-    /// GETs of each blob the upstream answered with 200 so far.
-    async fn blob_gets(&self, digests: &[String]) -> BTreeMap<String, usize> {
-        let logs = self.logs().await;
-        digests
-            .iter()
-            .map(|d| (d.clone(), count_blob_gets(&logs, d)))
-            .collect()
-    }
-
-    async fn stop(self) {
-        must(&["rm", "-f", &self.name], None).await;
-    }
+        .map(|d| (d.clone(), served_blob_gets(&logs, &format!("/blobs/{d}"))))
+        .collect()
 }
 
-/// The HTTP status of `GET http://<addr><path>` (with basic auth when given), from the test
-/// process: a raw HTTP/1.0 request, so no proxy setting of the environment applies.
-async fn status_of(addr: &str, path: &str, auth: Option<(&str, &str)>) -> Option<u16> {
-    use base64::Engine;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    let mut req = format!(
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/vnd.docker.distribution.manifest.v2+json\r\n"
+/// Removes the test's managed mirror (it must still be there) and its upstream, then checks
+/// that nothing of the test is left.
+async fn remove_all(scope: &Scope, want: &Wanted, upstream: Registry) {
+    assert!(
+        mirror::remove(&scope.docker, want).await.expect("remove"),
+        "the managed mirror was gone before the test removed it"
     );
-    if let Some((u, p)) = auth {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
-        req.push_str(&format!("Authorization: Basic {token}\r\n"));
-    }
-    req.push_str("\r\n");
-    c.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = [0u8; 32];
-    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    std::str::from_utf8(&buf[..n])
-        .ok()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    upstream.stop().await;
+    scope.assert_clean().await;
 }
 
 /// The mirror a config with `upstream` asks for in `state_dir`.
@@ -211,17 +69,22 @@ fn wanted(config: &Config) -> Wanted {
     w.remove(0)
 }
 
-fn mirror_config(w: &E2e, upstream: &Upstream) -> Config {
-    let mut config = w.config(1);
-    // Nothing preloaded: busybox in the job's daemon would make the pull a no-op.
-    config.runners[0].docker.isolation.preload_images = Vec::new();
-    config.runners[0].docker.isolation.mirror = Some(ManagedMirror {
-        upstream: format!("http://{}", upstream.for_bridge)
+/// A managed mirror of `upstream`, run from the test's registry image.
+fn managed_mirror(upstream: &Registry) -> ManagedMirror {
+    ManagedMirror {
+        upstream: format!("http://{}", upstream.for_jobs)
             .parse()
             .expect("url"),
         image: REGISTRY_IMAGE.to_string(),
         ..ManagedMirror::default()
-    });
+    }
+}
+
+fn mirror_config(w: &E2e, upstream: &Registry) -> Config {
+    let mut config = w.config(1);
+    // Nothing preloaded: busybox in the job's daemon would make the pull a no-op.
+    config.runners[0].docker.isolation.preload_images = Vec::new();
+    config.runners[0].docker.isolation.mirror = Some(managed_mirror(upstream));
     config
 }
 
@@ -250,22 +113,16 @@ async fn wait_mirror(w: &E2e, want: &Wanted) -> (String, String) {
 /// A job of `project` whose script checks the mirror, then pulls `busybox:<tag>` (a Docker Hub
 /// name) through it and runs it.
 fn pull_job(w: &E2e, id: u64, project: u64, tag: &str) -> Value {
-    let script = [
+    let mut script = vec![
         "set -eo pipefail".to_string(),
         // Guards: no pull unless the daemon lists a mirror and the mirror holds the manifest.
         "M=$(docker info --format '{{range .RegistryConfig.Mirrors}}{{.}}{{end}}'); M=${M%/}"
             .to_string(),
         "echo \"MIRROR=$M\"; test -n \"$M\"".to_string(),
-        format!(
-            "curl -fsS -o /dev/null -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \"$M/v2/library/busybox/manifests/{tag}\""
-        ),
-        "echo MIRROR-OK".to_string(),
-        "start=$(date +%s%N)".to_string(),
-        format!("docker pull -q busybox:{tag}"),
-        "echo PULL-MS=$(( ($(date +%s%N) - start) / 1000000 ))".to_string(),
-        format!("docker run --rm busybox:{tag} true"),
-        "echo RAN-OK".to_string(),
     ];
+    script.extend(mirrored_pull_lines("$M", "busybox", tag));
+    script.push(format!("docker run --rm busybox:{tag} true"));
+    script.push("echo RAN-OK".to_string());
     let lines: Vec<&str> = script.iter().map(String::as_str).collect();
     let mut j = w.job(id, &lines, &[]);
     j["job_info"]["project_id"] = json!(project);
@@ -292,23 +149,11 @@ fn blob_files(storage: &Path) -> BTreeMap<String, u64> {
     out
 }
 
-fn count_blob_gets(logs: &str, digest: &str) -> usize {
-    logs.lines()
-        .filter(|l| {
-            l.contains("http.request.method=GET")
-                && l.contains(&format!("/blobs/{digest}"))
-                && l.contains("http.response.status=200")
-        })
-        .count()
-}
-
 #[tokio::test]
 async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_mirror() {
     let w = E2e::new().await;
-    let upstream = Upstream::start(&w.scope, None).await;
-    let digests = upstream
-        .seed(BUSYBOX_IMAGE, "library/busybox", "mirrored")
-        .await;
+    let (upstream, digests) =
+        seeded_upstream(&w.scope, None, BUSYBOX_IMAGE, "library/busybox", "mirrored").await;
     let config = mirror_config(&w, &upstream);
     let want = wanted(&config);
     let storage: PathBuf = want.storage_dir.clone();
@@ -323,7 +168,7 @@ async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_m
     // not hold twice on a miss (once to serve the client, once to store it) and once more for
     // a request that arrives while the first fetch runs; what matters is that later jobs add
     // nothing.
-    let cold = upstream.blob_gets(&digests).await;
+    let cold = blob_gets(&upstream, &digests).await;
     assert!(
         cold.values().all(|n| *n >= 1),
         "not pulled through the upstream: {cold:?}"
@@ -339,18 +184,12 @@ async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_m
             trace.contains("MIRROR-OK") && trace.contains("RAN-OK"),
             "{trace}"
         );
-        eprintln!(
-            "job {id}: {}",
-            trace
-                .lines()
-                .find(|l| l.starts_with("PULL-MS="))
-                .unwrap_or("?")
-        );
+        eprintln!("job {id}: {}", pull_ms(&trace));
     }
 
     // The second project's pull came from the mirror's storage: the upstream served nothing more.
     assert_eq!(
-        upstream.blob_gets(&digests).await,
+        blob_gets(&upstream, &digests).await,
         cold,
         "the second job's pull reached the upstream:\n{}",
         upstream.logs().await
@@ -414,7 +253,7 @@ async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_m
     assert_eq!(url, second_url);
     assert_eq!(fc.state, "success", "{}", w.trace(c));
     assert_eq!(
-        upstream.blob_gets(&digests).await,
+        blob_gets(&upstream, &digests).await,
         cold,
         "fetched again after the restart"
     );
@@ -450,20 +289,15 @@ async fn two_projects_cost_the_upstream_one_cold_pull_and_a_restart_reuses_the_m
         "cleanup must restart the same container"
     );
 
-    assert!(
-        mirror::remove(&w.scope.docker, &want)
-            .await
-            .expect("remove")
-    );
-    upstream.stop().await;
-    w.scope.assert_clean().await;
+    remove_all(&w.scope, &want, upstream).await;
 }
 
 #[tokio::test]
 async fn a_private_image_pulled_with_credentials_is_never_served_to_another_project() {
     let w = E2e::new().await;
-    let upstream = Upstream::start(&w.scope, Some(("alice", "s3cret-pw"))).await;
-    let digests = upstream.seed(BUSYBOX_IMAGE, "library/secret", "1").await;
+    let user = Some(("alice", "s3cret-pw"));
+    let (upstream, digests) =
+        seeded_upstream(&w.scope, user, BUSYBOX_IMAGE, "library/secret", "1").await;
     let config = mirror_config(&w, &upstream);
     let want = wanted(&config);
     let daemon = w.start_daemon(config.clone());
@@ -476,16 +310,16 @@ async fn a_private_image_pulled_with_credentials_is_never_served_to_another_proj
     // seed's push and this pull, on the host: job networks reach no host port but the mirror's).
     let manifest = "/v2/library/secret/manifests/1";
     assert_eq!(
-        status_of(&upstream.loopback, manifest, None).await,
+        http_status(&upstream.loopback, manifest, None).await,
         Some(401)
     );
     assert_eq!(
-        status_of(&upstream.loopback, manifest, Some(("alice", "s3cret-pw"))).await,
+        http_status(&upstream.loopback, manifest, user).await,
         Some(200)
     );
     let private = format!("{}/library/secret:1", upstream.loopback);
     must(&["pull", "-q", &private], Some(upstream.client.path())).await;
-    must(&["rmi", &private], None).await;
+    upstream.untag(&private).await;
 
     // Project 7 holds the credentials and offers them to the mirror, as its daemon would to a
     // registry that asks: the mirror must not use them upstream.
@@ -541,13 +375,7 @@ async fn a_private_image_pulled_with_credentials_is_never_served_to_another_proj
         assert!(!held.contains_key(d), "the mirror stored private blob {d}");
     }
 
-    assert!(
-        mirror::remove(&w.scope.docker, &want)
-            .await
-            .expect("remove")
-    );
-    upstream.stop().await;
-    w.scope.assert_clean().await;
+    remove_all(&w.scope, &want, upstream).await;
 }
 
 /// Measurement for docs/warm-images.md (ignored: slow, pushes the 344 MB job image): a pull of
@@ -557,25 +385,22 @@ async fn a_private_image_pulled_with_credentials_is_never_served_to_another_proj
 #[tokio::test]
 #[ignore]
 async fn measure_cold_and_warm_pulls_through_the_managed_mirror() {
-    use isolated_runner::isolation::{Role, ScriptRequest};
-    use tokio_util::sync::CancellationToken;
+    use support::security::{prepare, run, teardown};
     let scope = Scope::new().await;
-    let upstream = Upstream::start(&scope, None).await;
-    upstream
-        .seed(support::docker::JOB_IMAGE, "library/jobimage", "mirrored")
-        .await;
+    let (upstream, _) = seeded_upstream(
+        &scope,
+        None,
+        support::docker::JOB_IMAGE,
+        "library/jobimage",
+        "mirrored",
+    )
+    .await;
     let mut config = Config {
         state_dir: scope.state_dir(),
         runners: vec![scope.runner_config()],
         ..Config::default()
     };
-    config.runners[0].docker.isolation.mirror = Some(ManagedMirror {
-        upstream: format!("http://{}", upstream.for_bridge)
-            .parse()
-            .expect("url"),
-        image: REGISTRY_IMAGE.to_string(),
-        ..ManagedMirror::default()
-    });
+    config.runners[0].docker.isolation.mirror = Some(managed_mirror(&upstream));
     let want = wanted(&config);
     let running = mirror::start_all(&scope.docker, &mut config)
         .await
@@ -586,40 +411,13 @@ async fn measure_cold_and_warm_pulls_through_the_managed_mirror() {
     for (job, project) in [(701u64, 7u64), (702, 8)] {
         let mut spec = scope.spec(job);
         spec.project_id = project;
-        let out = support::docker::Collect::new();
-        let env = backend
-            .prepare(&spec, out.clone(), CancellationToken::new())
-            .await
-            .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
-        let script = format!(
-            "set -eo pipefail\n\
-             curl -fsS -o /dev/null -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
-               {url}/v2/library/jobimage/manifests/mirrored\n\
-             start=$(date +%s%N)\n\
-             docker pull -q jobimage:mirrored\n\
-             echo PULL-MS=$(( ($(date +%s%N) - start) / 1000000 ))\n"
-        );
-        let code = env
-            .run_script(
-                ScriptRequest {
-                    role: Role::Build,
-                    script,
-                    env: Vec::new(),
-                },
-                out.clone(),
-                CancellationToken::new(),
-            )
-            .await
-            .expect("script");
-        assert!(env.teardown().await.failures.is_empty());
-        assert_eq!(code, 0, "{}", out.text());
-        times.push(
-            out.text()
-                .lines()
-                .find(|l| l.starts_with("PULL-MS="))
-                .unwrap_or("?")
-                .to_string(),
-        );
+        let env = prepare(&backend, &spec).await;
+        let mut script = vec!["set -eo pipefail".to_string()];
+        script.extend(mirrored_pull_lines(&url, "jobimage", "mirrored"));
+        let (code, text) = run(env.as_ref(), &script.join("\n")).await;
+        teardown(env).await;
+        assert_eq!(code.expect("script"), 0, "{text}");
+        times.push(pull_ms(&text).to_string());
     }
     eprintln!(
         "cold: {}\nwarm: {}\nstorage: {} bytes",
@@ -627,7 +425,5 @@ async fn measure_cold_and_warm_pulls_through_the_managed_mirror() {
         times[1],
         cleanup::disk_usage(&want.storage_dir)
     );
-    assert!(mirror::remove(&scope.docker, &want).await.expect("remove"));
-    upstream.stop().await;
-    scope.assert_clean().await;
+    remove_all(&scope, &want, upstream).await;
 }

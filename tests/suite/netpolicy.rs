@@ -31,28 +31,10 @@ fn random_octets(lo: u8, hi: u8) -> Vec<u8> {
     (start..hi).chain(lo..start).collect()
 }
 
-/// A tiny HTTP server on the host, bound to `ip`, answering `marker` to every request.
+/// A tiny HTTP server on the host, bound to `ip`, answering `marker` to every request; it
+/// runs on `rt` (multi-threaded) while the test goes on.
 fn host_listener(rt: &tokio::runtime::Runtime, ip: &str, marker: &'static str) -> u16 {
-    let listener = rt.block_on(tokio::net::TcpListener::bind((ip, 0))).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    rt.spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let _ = sock.read(&mut buf).await;
-                let body = format!(
-                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{marker}",
-                    marker.len()
-                );
-                let _ = sock.write_all(body.as_bytes()).await;
-            });
-        }
-    });
-    port
+    rt.block_on(support::security::host_listener(ip, marker))
 }
 
 #[test]

@@ -11,9 +11,10 @@ use isolated_runner::isolation::Role;
 use isolated_runner::job::{FailureReason, JobControl, JobExecutor, JobOutcome, Pipeline};
 use isolated_runner::secret::Secret;
 use isolated_runner::trace::BufferSink;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use support::git;
 use support::local_backend::{Faults, LocalIsolation, RecordingStore};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
@@ -534,33 +535,15 @@ async fn bad_payloads_fail_before_prepare() {
     assert!(b.calls().is_empty(), "nothing prepared: {:?}", b.calls());
 }
 
-pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-#[tokio::test]
-async fn git_clone_fetch_none_without_token_in_config() {
+/// A temp dir holding `work`, a git repository on `main` with one commit (a README saying
+/// `readme`), and `demo.git`, a bare clone of it; returns (the temp dir, work, bare).
+pub(crate) fn repo_with_bare_clone(readme: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let repos = tempfile::tempdir().expect("tempdir");
     let work = repos.path().join("work");
     let bare = repos.path().join("demo.git");
     std::fs::create_dir_all(&work).expect("mkdir");
     git(&work, &["init", "-q", "-b", "main"]);
-    std::fs::write(work.join("README"), "v1").expect("write");
+    std::fs::write(work.join("README"), readme).expect("write");
     git(&work, &["add", "."]);
     git(&work, &["commit", "-qm", "one"]);
     git(
@@ -573,6 +556,12 @@ async fn git_clone_fetch_none_without_token_in_config() {
             bare.to_str().expect("utf8"),
         ],
     );
+    (repos, work, bare)
+}
+
+#[tokio::test]
+async fn git_clone_fetch_none_without_token_in_config() {
+    let (repos, work, bare) = repo_with_bare_clone("v1");
     let sha1 = git(&work, &["rev-parse", "HEAD"]);
     // The job's URL is an HTTP one with the token in it, as GitLab sends; a git config rule
     // (only for this test) maps it onto the local bare repo, so nothing goes to the network.

@@ -13,6 +13,7 @@ use isolated_runner::secret::Secret;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use support::git;
 use support::local_backend::{Faults, LocalIsolation, RecordingStore};
 
 /// Issue 11 item 7: `CI_DEBUG_TRACE` traces commands (with a warning, masked values still
@@ -193,24 +194,7 @@ async fn https_file_server(root: std::path::PathBuf, cert_pem: String, key_pem: 
 /// `CI_SERVER_TLS_CA_FILE`. Without the CA the same clone fails on the certificate.
 #[tokio::test]
 async fn clone_over_tls_with_a_private_ca() {
-    let repos = tempfile::tempdir().expect("tempdir");
-    let work = repos.path().join("work");
-    let bare = repos.path().join("demo.git");
-    std::fs::create_dir_all(&work).expect("mkdir");
-    git(&work, &["init", "-q", "-b", "main"]);
-    std::fs::write(work.join("README"), "over-tls").expect("write");
-    git(&work, &["add", "."]);
-    git(&work, &["commit", "-qm", "one"]);
-    git(
-        repos.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.to_str().expect("utf8"),
-            bare.to_str().expect("utf8"),
-        ],
-    );
+    let (repos, work, bare) = repo_with_bare_clone("over-tls");
     git(&bare, &["update-server-info"]);
     let sha = git(&work, &["rev-parse", "HEAD"]);
     let pki = isolated_runner::pki::issue_job_pki(&isolated_runner::pki::PkiRequest {
@@ -292,12 +276,10 @@ async fn git_clone_path_escapes_are_refused() {
     j.variables
         .push(var("GIT_CLONE_PATH", "$CI_BUILDS_DIR/../escaped"));
     let r = run(&b, j).await;
-    assert_eq!(
-        r.outcome,
-        failed(FailureReason::ScriptFailure, None),
-        "{}",
-        r.trace
-    );
+    // A configuration error, as gitlab-runner reports it: no script ran, so not a script's
+    // failure.
+    let refused = failed(FailureReason::RunnerConfigurationError, None);
+    assert_eq!(r.outcome, refused, "{}", r.trace);
     assert!(r.trace.contains("has to be within"), "{}", r.trace);
     assert!(!r.trace.contains("step_script"), "{}", r.trace);
     let escaped = b.builds().parent().expect("parent").join("escaped");
@@ -315,6 +297,7 @@ async fn git_clone_path_escapes_are_refused() {
         .variables
         .push(var("GIT_CLONE_PATH", "$CI_BUILDS_DIR/gitlab-job-1/x"));
     let r = run(&b, other).await;
+    assert_eq!(r.outcome, refused, "{}", r.trace);
     assert!(
         r.trace.contains("a directory this runner manages"),
         "{}",
@@ -327,6 +310,7 @@ async fn git_clone_path_escapes_are_refused() {
         ..Default::default()
     };
     let r = run_with(b, RecordingStore::new(), j, runner, JobControl::default()).await;
+    assert_eq!(r.outcome, refused, "{}", r.trace);
     assert!(
         r.trace.contains("enable `custom_build_dir` feature"),
         "{}",

@@ -2,8 +2,8 @@
 //! host engine the way gitlab-runner's docker executor pulls, end to end through the real
 //! daemon and the fake GitLab.
 //!
-//! The registry is `isolated-runner/registry:test` (Debian's docker-registry, storage inside the
-//! container), started by each test, published on loopback only: the host engine talks plain
+//! The registry is `isolated-runner/registry:test` (`support::registry`), started by each test,
+//! published on loopback and the default bridge's gateway only: the host engine talks plain
 //! HTTP to loopback registries, and nothing leaves the machine. Test images are pushed into it
 //! from the host engine under a repository named after the test's runner id, the local tag is
 //! removed, so only a pull can bring the image back; every tag pulled is removed at the end.
@@ -14,214 +14,10 @@
 use crate::support;
 
 use serde_json::json;
-use std::path::Path;
 use std::time::Duration;
-use support::docker::{BUSYBOX_IMAGE, Scope};
+use support::docker::BUSYBOX_IMAGE;
 use support::e2e::{E2e, JOB_TIMEOUT, push_var};
-
-const REGISTRY_IMAGE: &str = "isolated-runner/registry:test";
-
-async fn docker_cli(args: &[&str], config_dir: Option<&Path>) -> (bool, String) {
-    let mut cmd = tokio::process::Command::new("docker");
-    cmd.args(args).stdin(std::process::Stdio::null());
-    // `docker login` for the pushes goes to a private client config: the runner reads the
-    // runner user's own ~/.docker/config.json, which must stay as it was.
-    if let Some(d) = config_dir {
-        cmd.env("DOCKER_CONFIG", d);
-    }
-    let out = cmd.output().await.expect("run the docker CLI");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
-async fn must(args: &[&str], config_dir: Option<&Path>) -> String {
-    let (ok, text) = docker_cli(args, config_dir).await;
-    assert!(ok, "docker {args:?} failed: {text}");
-    text.trim().to_string()
-}
-
-/// A registry on loopback, optionally behind basic auth; removed by `stop`.
-struct Registry {
-    name: String,
-    /// `127.0.0.1:<port>`.
-    addr: String,
-    /// A private docker client config (the pushes' login).
-    client: tempfile::TempDir,
-    /// Tags this test made or pulled on the host engine, removed by `stop`.
-    tags: Vec<String>,
-    _auth_dir: Option<tempfile::TempDir>,
-    _tls_dir: Option<tempfile::TempDir>,
-    /// `docker port` output: every address the registry is published on.
-    ports: String,
-}
-
-impl Registry {
-    async fn start(scope: &Scope, user: Option<(&str, &str)>) -> Registry {
-        Self::start_with(scope, user, None).await
-    }
-
-    /// `tls`: (certificate chain PEM, key PEM, host address to publish on besides loopback).
-    async fn start_with(
-        scope: &Scope,
-        user: Option<(&str, &str)>,
-        tls: Option<(&str, &str, std::net::IpAddr)>,
-    ) -> Registry {
-        let name = format!("ir-{}-registry", scope.runner_id);
-        let label = format!("io.isolated-runner.runner={}", scope.runner_id);
-        let mut args: Vec<String> = [
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--label",
-            &label,
-            "-p",
-            "127.0.0.1::5000",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let auth_dir = user.map(|(u, p)| {
-            let d = tempfile::tempdir().expect("tempdir");
-            let hash = bcrypt::hash(p, 4).expect("bcrypt");
-            std::fs::write(d.path().join("htpasswd"), format!("{u}:{hash}\n")).expect("write");
-            args.extend(
-                [
-                    "-e",
-                    "REGISTRY_AUTH=htpasswd",
-                    "-e",
-                    "REGISTRY_AUTH_HTPASSWD_REALM=isolated-runner-test",
-                    "-e",
-                    "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd",
-                    "-v",
-                ]
-                .iter()
-                .map(|s| s.to_string()),
-            );
-            args.push(format!("{}:/auth:ro", d.path().display()));
-            d
-        });
-        let tls_dir = tls.map(|(cert, key, publish_on)| {
-            let d = tempfile::tempdir().expect("tempdir");
-            std::fs::write(d.path().join("server.crt"), cert).expect("write");
-            std::fs::write(d.path().join("server.key"), key).expect("write");
-            for a in [
-                "-e".to_string(),
-                "REGISTRY_HTTP_TLS_CERTIFICATE=/certs/server.crt".to_string(),
-                "-e".to_string(),
-                "REGISTRY_HTTP_TLS_KEY=/certs/server.key".to_string(),
-                "-v".to_string(),
-                format!("{}:/certs:ro", d.path().display()),
-                "-p".to_string(),
-                format!("{publish_on}::5000"),
-            ] {
-                args.push(a);
-            }
-            d
-        });
-        args.push(REGISTRY_IMAGE.to_string());
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        must(&argv, None).await;
-        let port = must(&["port", &name, "5000/tcp"], None).await;
-        let addr = port
-            .lines()
-            .find(|l| l.starts_with("127.0.0.1:"))
-            .unwrap_or_else(|| panic!("no loopback port: {port}"))
-            .to_string();
-        let r = Registry {
-            name,
-            addr,
-            client: tempfile::tempdir().expect("tempdir"),
-            tags: Vec::new(),
-            _auth_dir: auth_dir,
-            _tls_dir: tls_dir,
-            ports: port.clone(),
-        };
-        // The port proxy accepts before the registry listens: wait for its API.
-        let up = support::wait_until(Duration::from_secs(30), || api_answers(&r.addr)).await;
-        assert!(up, "registry never answered: {}", r.logs().await);
-        if let Some((u, p)) = user {
-            must(&["login", "-u", u, "-p", p, &r.addr], Some(r.client.path())).await;
-        }
-        r
-    }
-
-    /// Pushes `local` as `<registry>/<repo>` and removes the local tag again.
-    async fn push(&mut self, local: &str, repo: &str) -> String {
-        let reference = format!("{}/{repo}", self.addr);
-        must(&["tag", local, &reference], None).await;
-        self.tags.push(reference.clone());
-        must(&["push", &reference], Some(self.client.path())).await;
-        self.untag(&reference).await;
-        reference
-    }
-
-    async fn untag(&self, reference: &str) {
-        // Only the tag goes: the image keeps its other names (the test images).
-        must(&["rmi", reference], None).await;
-    }
-
-    async fn logs(&self) -> String {
-        docker_cli(&["logs", &self.name], None).await.1
-    }
-
-    async fn stop(self) {
-        for t in &self.tags {
-            let _ = docker_cli(&["rmi", t], None).await;
-        }
-        must(&["rm", "-f", &self.name], None).await;
-    }
-}
-
-impl Drop for Registry {
-    /// A failed assertion must not leave the registry or its tags behind (after `stop` these
-    /// are already gone and the commands find nothing).
-    fn drop(&mut self) {
-        let quiet = |args: &[&str]| {
-            let _ = std::process::Command::new("docker")
-                .args(args)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        };
-        for t in &self.tags {
-            quiet(&["rmi", t]);
-        }
-        quiet(&["rm", "-f", &self.name]);
-    }
-}
-
-/// Whether `GET /v2/` answers (200 anonymous, 401 behind auth, 400 over TLS).
-fn api_answers(addr: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(sock) = addr.parse::<std::net::SocketAddr>() else {
-        return false;
-    };
-    let Ok(mut c) = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)) else {
-        return false;
-    };
-    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-    if c.write_all(b"GET /v2/ HTTP/1.0\r\nHost: x\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    let Ok(n) = c.read(&mut buf) else {
-        return false;
-    };
-    // `HTTP/1.x 200`, `401` (auth), or `400` (plain HTTP to the TLS listener).
-    buf[..n].starts_with(b"HTTP/1.")
-        && [&b" 200"[..], b" 401", b" 400"]
-            .iter()
-            .any(|c| buf[8..n].starts_with(c))
-}
-
-async fn local(reference: &str) -> bool {
-    docker_cli(&["image", "inspect", reference], None).await.0
-}
+use support::registry::{Registry, Setup, local, repo_prefix};
 
 fn image(name: &str, policy: &[&str]) -> serde_json::Value {
     json!({"name": name, "entrypoint": null, "ports": [], "pull_policy": policy})
@@ -242,8 +38,8 @@ fn assert_failed(w: &E2e, id: u64, state: &support::fake_gitlab::FinalUpdate, re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_and_service_images_are_pulled_and_missing_ones_fail_clearly() {
     let w = E2e::new().await;
-    let mut reg = Registry::start(&w.scope, None).await;
-    let repo = format!("ir-{}", w.scope.runner_id.to_ascii_lowercase());
+    let mut reg = Registry::start(&w.scope, Setup::default()).await;
+    let repo = repo_prefix(&w.scope);
     let job_img = reg.push(BUSYBOX_IMAGE, &format!("{repo}/bb:1")).await;
     let svc_img = reg.push(BUSYBOX_IMAGE, &format!("{repo}/svc:1")).await;
     assert!(
@@ -256,9 +52,9 @@ async fn job_and_service_images_are_pulled_and_missing_ones_fail_clearly() {
     ok["services"] = json!([{"name": svc_img, "command": ["sleep", "600"], "alias": "svc",
                              "entrypoint": null, "ports": [], "pull_policy": ["always"]}]);
     let mut never = w.job(2002, &["echo not-reached"], &[]);
-    never["image"] = image(&format!("{}/{repo}/absent:1", reg.addr), &["never"]);
+    never["image"] = image(&format!("{}/{repo}/absent:1", reg.loopback), &["never"]);
     let mut absent = w.job(2003, &["echo not-reached"], &[]);
-    absent["image"] = image(&format!("{}/{repo}/absent:1", reg.addr), &[]);
+    absent["image"] = image(&format!("{}/{repo}/absent:1", reg.loopback), &[]);
     // A registry that is not there (a loopback port nobody listens on): connection refused is
     // transient, so the pull is tried again before the job fails.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -293,7 +89,10 @@ async fn job_and_service_images_are_pulled_and_missing_ones_fail_clearly() {
         t.contains(&format!("Pulling docker image {svc_img} ...")),
         "{t}"
     );
-    let digest = format!("for {job_img} with digest {}/{repo}/bb@sha256:", reg.addr);
+    let digest = format!(
+        "for {job_img} with digest {}/{repo}/bb@sha256:",
+        reg.loopback
+    );
     assert!(t.contains(&digest), "missing {digest:?}:\n{t}");
     assert!(local(&job_img).await && local(&svc_img).await);
 
@@ -327,12 +126,12 @@ async fn job_and_service_images_are_pulled_and_missing_ones_fail_clearly() {
 async fn authenticated_pulls_and_no_reuse_without_access() {
     let w = E2e::new().await;
     let password = format!("pw-{}", w.scope.runner_id);
-    let mut reg = Registry::start(&w.scope, Some(("puller", &password))).await;
-    let repo = format!("ir-{}", w.scope.runner_id.to_ascii_lowercase());
+    let mut reg = Registry::start(&w.scope, Setup::user("puller", &password)).await;
+    let repo = repo_prefix(&w.scope);
     let img = reg.push(BUSYBOX_IMAGE, &format!("{repo}/private:1")).await;
-    let creds = |pw: &str| json!([{"type": "registry", "url": reg.addr, "username": "puller", "password": pw}]);
+    let creds = |pw: &str| json!([{"type": "registry", "url": reg.loopback, "username": "puller", "password": pw}]);
     let auth_config =
-        json!({"auths": {reg.addr.clone(): {"auth": base64_of(&format!("puller:{password}"))}}})
+        json!({"auths": {reg.loopback.clone(): {"auth": base64_of(&format!("puller:{password}"))}}})
             .to_string();
 
     // Phase 1: payload credentials, then B without credentials (image now local).
@@ -371,7 +170,7 @@ async fn authenticated_pulls_and_no_reuse_without_access() {
     c["image"] = image(&img, &[]);
     push_var(&mut c, "DOCKER_AUTH_CONFIG", &auth_config, false);
     let mut d = w.job(2104, &["echo not-reached"], &[]);
-    d["image"] = image(&format!("{}/{repo}/private:1", reg.addr), &["always"]);
+    d["image"] = image(&format!("{}/{repo}/private:1", reg.loopback), &["always"]);
     d["credentials"] = creds("wrong-password-xyz");
     w.fake.enqueue(c);
     w.fake.enqueue(d);
@@ -428,15 +227,13 @@ fn base64_of(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// `registry_ca_files`: a registry with a private CA, reached by the job's own daemon. With the
-/// admin's CA the job's `docker pull` works; without it, the daemon refuses the certificate.
-/// The registry is published on the host's docker0 address and named as `registry_mirror`,
-/// the one host address the job network may reach besides GitLab (egress rules), which also
-/// keeps the inner daemon's Docker Hub pulls (none here) on it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_daemon_trusts_the_admins_registry_ca() {
-    let w = E2e::new().await;
-    let gw = w.git_addr.ip();
+/// A registry serving TLS with a certificate of a private CA (for the default bridge's gateway
+/// and loopback), holding busybox as `<repo prefix>/<name>`. Returns the registry, the image's
+/// name on the gateway address (where the engine verifies the certificate: loopback registries
+/// are insecure by default) and the CA's PEM, which nothing trusts until the test puts it
+/// somewhere.
+async fn tls_registry_on_gateway(w: &E2e, name: &str) -> (Registry, String, String) {
+    let gw = support::registry::bridge_gateway(&w.scope).await;
     let pki = isolated_runner::pki::issue_job_pki(&isolated_runner::pki::PkiRequest {
         job_id: 1,
         server_dns: Vec::new(),
@@ -445,24 +242,32 @@ async fn job_daemon_trusts_the_admins_registry_ca() {
     })
     .expect("certificates");
     let s = &pki.server;
-    let mut reg =
-        Registry::start_with(&w.scope, None, Some((&s.cert_pem, s.key_pem.expose(), gw))).await;
-    let repo = format!("ir-{}", w.scope.runner_id.to_ascii_lowercase());
-    reg.push(BUSYBOX_IMAGE, &format!("{repo}/bb:1")).await;
-    let port = reg
-        .ports
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{gw}:")))
-        .unwrap_or_else(|| panic!("not published on {gw}: {}", reg.ports))
-        .to_string();
-    let host = format!("{gw}:{port}");
+    let setup = Setup {
+        tls: Some((&s.cert_pem, s.key_pem.expose())),
+        ..Setup::default()
+    };
+    let mut reg = Registry::start(&w.scope, setup).await;
+    let repo = format!("{}/{name}", repo_prefix(&w.scope));
+    reg.push(BUSYBOX_IMAGE, &repo).await;
+    let img = format!("{}/{repo}", reg.for_jobs);
+    (reg, img, s.ca_pem.clone())
+}
+
+/// `registry_ca_files`: a registry with a private CA, reached by the job's own daemon. With the
+/// admin's CA the job's `docker pull` works; without it, the daemon refuses the certificate.
+/// The registry is published on the host's docker0 address and named as `registry_mirror`,
+/// the one host address the job network may reach besides GitLab (egress rules), which also
+/// keeps the inner daemon's Docker Hub pulls (none here) on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_daemon_trusts_the_admins_registry_ca() {
+    let w = E2e::new().await;
+    let (reg, img, ca_pem) = tls_registry_on_gateway(&w, "bb:1").await;
+    let host = reg.for_jobs.clone();
     let ca_dir = tempfile::tempdir().expect("tempdir");
     let ca = ca_dir.path().join("corp-ca.crt");
-    std::fs::write(&ca, &s.ca_pem).expect("write CA");
+    std::fs::write(&ca, &ca_pem).expect("write CA");
 
-    let pull = format!(
-        "docker pull {host}/{repo}/bb:1 2>&1 && echo inner-pull-ok || echo inner-pull-refused"
-    );
+    let pull = format!("docker pull {img} 2>&1 && echo inner-pull-ok || echo inner-pull-refused");
     let mut config = w.config(1);
     let iso = &mut config.runners[0].docker.isolation;
     iso.registry_mirror = Some(format!("https://{host}/"));
@@ -550,11 +355,12 @@ impl Drop for CredHelper {
 async fn credential_helpers_of_the_admin_run_and_a_jobs_do_not() {
     let w = E2e::new().await;
     let password = format!("helper-pw-{}", w.scope.runner_id);
-    let mut reg = Registry::start(&w.scope, Some(("puller", &password))).await;
-    let repo = format!("ir-{}", w.scope.runner_id.to_ascii_lowercase());
+    let mut reg = Registry::start(&w.scope, Setup::user("puller", &password)).await;
+    let repo = repo_prefix(&w.scope);
     let img = reg.push(BUSYBOX_IMAGE, &format!("{repo}/helped:1")).await;
-    let helper = CredHelper::install(&w.scope.runner_id, &reg.addr, "puller", &password);
-    let config_json = json!({"credHelpers": {reg.addr.clone(): helper.name.clone()}}).to_string();
+    let helper = CredHelper::install(&w.scope.runner_id, &reg.loopback, "puller", &password);
+    let config_json =
+        json!({"credHelpers": {reg.loopback.clone(): helper.name.clone()}}).to_string();
 
     // The admin's config: the helper is asked for this registry and its answer pulls.
     let mut a = w.job(2201, &["echo helper-pull-ran"], &[]);
@@ -574,7 +380,7 @@ async fn credential_helpers_of_the_admin_run_and_a_jobs_do_not() {
         t.contains(&format!("docker-credential-{}", helper.name)),
         "the trace does not say where the credentials came from:\n{t}"
     );
-    assert_eq!(helper.asked().trim(), reg.addr, "helper log");
+    assert_eq!(helper.asked().trim(), reg.loopback, "helper log");
 
     // The job's own config naming the helper: not run, the registry refuses.
     reg.untag(&img).await;
@@ -628,26 +434,7 @@ impl Drop for HostCertsD {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_image_over_tls_with_a_private_ca_on_the_host_engine() {
     let w = E2e::new().await;
-    let gw = w.git_addr.ip();
-    let pki = isolated_runner::pki::issue_job_pki(&isolated_runner::pki::PkiRequest {
-        job_id: 1,
-        server_dns: Vec::new(),
-        server_ips: vec![gw, "127.0.0.1".parse().expect("ip")],
-        validity: Duration::from_secs(3600),
-    })
-    .expect("certificates");
-    let s = &pki.server;
-    let mut reg =
-        Registry::start_with(&w.scope, None, Some((&s.cert_pem, s.key_pem.expose(), gw))).await;
-    let repo = format!("ir-{}", w.scope.runner_id.to_ascii_lowercase());
-    reg.push(BUSYBOX_IMAGE, &format!("{repo}/tls:1")).await;
-    let port = reg
-        .ports
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{gw}:")))
-        .unwrap_or_else(|| panic!("not published on {gw}: {}", reg.ports))
-        .to_string();
-    let img = format!("{gw}:{port}/{repo}/tls:1");
+    let (reg, img, ca_pem) = tls_registry_on_gateway(&w, "tls:1").await;
 
     // No CA: the engine refuses the certificate.
     let mut a = w.job(2301, &["echo tls-without-ca-ran"], &[]);
@@ -666,10 +453,10 @@ async fn job_image_over_tls_with_a_private_ca_on_the_host_engine() {
     assert!(!local(&img).await);
 
     // The admin's CA for this registry: pulled and run.
-    let dir = std::path::PathBuf::from(format!("/etc/docker/certs.d/{gw}:{port}"));
+    let dir = std::path::PathBuf::from(format!("/etc/docker/certs.d/{}", reg.for_jobs));
     std::fs::create_dir_all(&dir).expect("certs.d dir");
     let certs_d = HostCertsD(dir);
-    std::fs::write(certs_d.0.join("ca.crt"), &s.ca_pem).expect("write CA");
+    std::fs::write(certs_d.0.join("ca.crt"), &ca_pem).expect("write CA");
     let mut b = w.job(2302, &["echo tls-with-ca-ran"], &[]);
     b["image"] = image(&img, &[]);
     w.fake.enqueue(b);

@@ -9,7 +9,6 @@
 use crate::support;
 
 use isolated_runner::config::{RootStore as Mode, RunnerConfig, SidecarProfile};
-use isolated_runner::docker::{LABEL_JOB, LABEL_ROLE, LABEL_RUNNER};
 use isolated_runner::isolation::{self, Isolation, JobEnvironment};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -109,27 +108,6 @@ async fn host_image_id(scope: &Scope, image: &str) -> String {
         .id
 }
 
-async fn sidecar_pid(scope: &Scope, job: u64) -> u32 {
-    let found = scope
-        .docker
-        .list_containers(&[
-            format!("{LABEL_RUNNER}={}", scope.runner_id),
-            format!("{LABEL_JOB}={job}"),
-            format!("{LABEL_ROLE}=sidecar"),
-        ])
-        .await
-        .expect("list");
-    assert_eq!(found.len(), 1, "{found:?}");
-    let out = std::process::Command::new("docker")
-        .args(["inspect", "-f", "{{.State.Pid}}", &found[0].id])
-        .output()
-        .expect("docker inspect");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("pid")
-}
-
 fn owner(p: &Path) -> u32 {
     std::fs::metadata(p)
         .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
@@ -205,10 +183,7 @@ async fn rootless_jobs_get_private_snapshots_of_the_golden() {
 
     // Seen from the host through each sidecar: its data root belongs to its own uid block;
     // on disk both snapshots keep the golden block's owner.
-    let (pa, pb) = (
-        sidecar_pid(&scope, 1201).await,
-        sidecar_pid(&scope, 1202).await,
-    );
+    let (pa, pb) = (scope.sidecar_pid(1201).await, scope.sidecar_pid(1202).await);
     let ua = owner(Path::new(&format!("/proc/{pa}/root/var/lib/docker/image")));
     let ub = owner(Path::new(&format!("/proc/{pb}/root/var/lib/docker/image")));
     assert_ne!(

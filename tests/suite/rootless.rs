@@ -10,16 +10,17 @@
 use crate::support;
 
 use isolated_runner::config::{RunnerConfig, SidecarProfile};
-use isolated_runner::docker::{ContainerSpec, LABEL_JOB, LABEL_MANAGED, LABEL_ROLE, LABEL_RUNNER};
-use isolated_runner::isolation::{
-    self, ContainerImage, EnvironmentSpec, Isolation, JobEnvironment,
-};
+use isolated_runner::docker::{ContainerSpec, LABEL_JOB, LABEL_MANAGED, LABEL_RUNNER};
+use isolated_runner::isolation::{self, ContainerImage, Isolation, JobEnvironment};
 use std::sync::Arc;
-use support::docker::{BUSYBOX_IMAGE, Collect, DIND_IMAGE, Scope};
+use support::docker::{
+    BUSYBOX_IMAGE, COMPOSE_PROJECT_SCRIPT, DIND_IMAGE, Scope, assert_compose_project_ran,
+    write_compose_project,
+};
 // The build-script runner shared by docker_backend and rootless (support/docker.rs).
 use support::docker::expect_project_script_ok as expect_ok;
 use support::docker::run_project_script;
-use tokio_util::sync::CancellationToken;
+use support::security::prepare;
 
 fn rootless(scope: &Scope, tweak: impl FnOnce(&mut RunnerConfig)) -> Arc<dyn Isolation> {
     let mut cfg = scope.runner_config();
@@ -33,35 +34,9 @@ fn rootless(scope: &Scope, tweak: impl FnOnce(&mut RunnerConfig)) -> Arc<dyn Iso
     ))
 }
 
-async fn prepare(backend: &Arc<dyn Isolation>, spec: &EnvironmentSpec) -> Box<dyn JobEnvironment> {
-    let out = Collect::new();
-    let env = backend
-        .prepare(spec, out.clone(), CancellationToken::new())
-        .await
-        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
-    eprintln!("job {} prepared: {}", spec.job_id, out.text().trim());
-    env
-}
-
 async fn teardown(scope: &Scope, env: Box<dyn JobEnvironment>) {
-    let report = env.teardown().await;
-    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    support::security::teardown(env).await;
     scope.assert_clean().await;
-}
-
-/// The sidecar container of `job`.
-async fn sidecar_of(scope: &Scope, job: u64) -> String {
-    let found = scope
-        .docker
-        .list_containers(&[
-            format!("{LABEL_RUNNER}={}", scope.runner_id),
-            format!("{LABEL_JOB}={job}"),
-            format!("{LABEL_ROLE}=sidecar"),
-        ])
-        .await
-        .expect("list");
-    assert_eq!(found.len(), 1, "{found:?}");
-    found[0].id.clone()
 }
 
 /// `(pid, uid, CapEff, same user namespace as the runner)` of every host process in the
@@ -106,46 +81,24 @@ async fn rootless_job_end_to_end() {
     let env = prepare(&backend, &scope.spec(501)).await;
     let pd = env.paths().project_dir.clone();
     std::fs::write(pd.join("marker.txt"), "from-the-runner\n").unwrap();
-    std::fs::write(pd.join("index.html"), "served-from-job-dir").unwrap();
-    std::fs::write(
-        pd.join("compose.yaml"),
-        r#"services:
-  web:
-    image: isolated-runner/busybox:test
-    pull_policy: never
-    command: ["httpd", "-f", "-p", "80", "-h", "/app"]
-    init: true
-    ports: ["8080:80"]
-    volumes: ["./:/app"]
-  writer:
-    image: isolated-runner/busybox:test
-    pull_policy: never
-    command: ["sh", "-c", "echo written-by-compose > /app/compose-out.txt"]
-    volumes: ["./:/app"]
-"#,
-    )
-    .unwrap();
-    let text = expect_ok(
-        env.as_ref(),
+    write_compose_project(&pd);
+    let script = [
         r#"
 test "$DOCKER_HOST" = tcp://docker:2376
 docker info --format 'driver={{.Driver}} opts={{.SecurityOptions}}'
 echo from-the-job > "$CI_PROJECT_DIR/job-file.txt"
 docker run --rm --pull never -v "$CI_PROJECT_DIR":"$CI_PROJECT_DIR" -w "$CI_PROJECT_DIR" isolated-runner/busybox:test sh -c 'cat marker.txt job-file.txt; echo inner > from-inner.txt; echo appended >> job-file.txt; mkdir -p inner-dir; echo x > inner-dir/f; echo inner-mtu=$(cat /sys/class/net/eth0/mtu)'
 cat from-inner.txt job-file.txt
-docker run --rm --pull never --init -v "$CI_PROJECT_DIR":/ro:ro isolated-runner/busybox:test sh -c 'echo "init-pid1=$(cat /proc/1/comm) $(cat /ro/marker.txt)"'
-docker compose up -d
-for i in $(seq 1 100); do curl -fsS http://docker:8080/index.html && break; sleep 0.1; done
-echo
-docker compose wait writer || true
-docker compose down -v
-printf 'FROM isolated-runner/busybox:test\nRUN echo built > /built.txt\n' > Dockerfile
+docker run --rm --pull never --init -v "$CI_PROJECT_DIR":/ro:ro isolated-runner/busybox:test sh -c 'echo "init-pid1=$(cat /proc/1/comm) $(cat /ro/marker.txt)"'"#,
+        COMPOSE_PROJECT_SCRIPT,
+        r#"printf 'FROM isolated-runner/busybox:test\nRUN echo built > /built.txt\n' > Dockerfile
 DOCKER_BUILDKIT=0 docker build -q -t legacy-built . >/dev/null
 docker run --rm legacy-built cat /built.txt
 DOCKER_BUILDKIT=1 docker build -q -t kit-built . >/dev/null && docker run --rm kit-built cat /built.txt | sed 's/^/kit-/'
 "#,
-    )
-    .await;
+    ]
+    .join("\n");
+    let text = expect_ok(env.as_ref(), &script).await;
     assert!(
         text.contains("name=rootless"),
         "the inner daemon is rootless: {text}"
@@ -162,10 +115,6 @@ DOCKER_BUILDKIT=1 docker build -q -t kit-built . >/dev/null && docker run --rm k
     );
     // Inner containers read what the job wrote, write new files and change the job's files.
     assert!(text.contains("appended"), "{text}");
-    assert!(
-        text.contains("served-from-job-dir"),
-        "published port at docker:8080: {text}"
-    );
     assert!(text.contains("built"), "legacy docker build: {text}");
     assert!(text.contains("kit-built"), "BuildKit docker build: {text}");
     assert_eq!(
@@ -174,12 +123,7 @@ DOCKER_BUILDKIT=1 docker build -q -t kit-built . >/dev/null && docker run --rm k
             .trim(),
         "inner"
     );
-    assert_eq!(
-        std::fs::read_to_string(pd.join("compose-out.txt"))
-            .unwrap()
-            .trim(),
-        "written-by-compose"
-    );
+    assert_compose_project_ran(&pd, &text);
     // The runner removes what inner containers made, whoever owns it (assert_clean).
     teardown(&scope, env).await;
 }
@@ -192,7 +136,7 @@ async fn rootless_sidecars_hold_no_host_capability_and_own_distinct_uids() {
     let (a, b) = tokio::join!(prepare(&backend, &sa), prepare(&backend, &sb));
     let mut uids = Vec::new();
     for job in [511, 512] {
-        let id = sidecar_of(&scope, job).await;
+        let id = scope.sidecar_of(job).await;
         let procs = processes_of(&id);
         assert!(procs.len() >= 3, "sidecar processes found: {procs:?}");
         let host: Vec<_> = procs.iter().filter(|p| p.3).collect();
@@ -227,11 +171,8 @@ async fn rootless_sidecars_hold_no_host_capability_and_own_distinct_uids() {
 }
 
 async fn teardown_both(scope: &Scope, a: Box<dyn JobEnvironment>, b: Box<dyn JobEnvironment>) {
-    for env in [a, b] {
-        let report = env.teardown().await;
-        assert!(report.failures.is_empty(), "{:?}", report.failures);
-    }
-    scope.assert_clean().await;
+    support::security::teardown(a).await;
+    teardown(scope, b).await;
 }
 
 /// The attacks of issue 10 from inside a job. A sysctl is only ever written with its current

@@ -113,6 +113,18 @@ impl Scope {
         ))
     }
 
+    /// A shared-socket backend (this scope's runner config, the host engine).
+    pub fn shared_socket(&self) -> Arc<dyn Isolation> {
+        let mut cfg = self.runner_config();
+        cfg.docker.isolation.mode = isolated_runner::config::IsolationMode::SharedSocket;
+        Arc::new(
+            isolated_runner::isolation::shared_socket::SharedSocketBackend::new(
+                self.docker.clone(),
+                Arc::new(cfg),
+            ),
+        )
+    }
+
     /// `<tmp>/builds`.
     pub fn builds_dir(&self) -> PathBuf {
         self.tmp.path().join("builds")
@@ -138,6 +150,35 @@ impl Scope {
         // elsewhere the images are copied, as on a host without it.
         r.docker.isolation.root_store = isolated_runner::config::RootStore::Off;
         r
+    }
+
+    /// The id of the one sidecar container of `job`.
+    pub async fn sidecar_of(&self, job: u64) -> String {
+        let mut filters = isolated_runner::docker::label_filters(&self.runner_id, Some(job));
+        filters.push(format!("{}=sidecar", isolated_runner::docker::LABEL_ROLE));
+        let found = self
+            .docker
+            .list_containers(&filters)
+            .await
+            .expect("list containers");
+        assert_eq!(found.len(), 1, "sidecars of job {job}: {found:?}");
+        found[0].id.clone()
+    }
+
+    /// The host pid of the main process of `job`'s sidecar (for its `/proc/<pid>/root`).
+    pub async fn sidecar_pid(&self, job: u64) -> u32 {
+        let id = self.sidecar_of(job).await;
+        let out = tokio::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}", &id])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("run docker inspect");
+        let text = String::from_utf8_lossy(&out.stdout);
+        match text.trim().parse() {
+            Ok(pid) if pid > 0 => pid,
+            _ => panic!("no pid for sidecar {id}: {text}"),
+        }
     }
 
     /// Asserts that nothing labelled with this scope's runner id is left on the engine and that
@@ -304,6 +345,56 @@ impl OutputSink for Collect {
         self.buf.lock().expect("sink lock").extend_from_slice(data);
         self.notify.notify_waiters();
     }
+}
+
+/// Writes a compose project into `dir` (a job's project dir): `web` serves `dir` (its
+/// `index.html` says `served-from-job-dir`) through a `./` bind mount on the daemon's port
+/// 8080, and `writer` writes `compose-out.txt` into `dir` through the same mount. Run it with
+/// [`COMPOSE_PROJECT_SCRIPT`], check it with [`assert_compose_project_ran`]. The web service
+/// runs with `init: true` (docker-init bound into it), which the rootless profile once failed.
+pub fn write_compose_project(dir: &Path) {
+    std::fs::write(dir.join("index.html"), "served-from-job-dir").expect("write index.html");
+    std::fs::write(
+        dir.join("compose.yaml"),
+        r#"services:
+  web:
+    image: isolated-runner/busybox:test
+    pull_policy: never
+    command: ["httpd", "-f", "-p", "80", "-h", "/app"]
+    init: true
+    ports: ["8080:80"]
+    volumes: ["./:/app"]
+  writer:
+    image: isolated-runner/busybox:test
+    pull_policy: never
+    command: ["sh", "-c", "echo written-by-compose > /app/compose-out.txt"]
+    volumes: ["./:/app"]
+"#,
+    )
+    .expect("write compose.yaml");
+}
+
+/// Script lines that run [`write_compose_project`]'s project in the job: up, the page through
+/// the published port (`docker:8080`), the writer's end, down.
+pub const COMPOSE_PROJECT_SCRIPT: &str = r#"docker compose up -d
+for i in $(seq 1 100); do curl -fsS http://docker:8080/index.html && break; sleep 0.1; done
+echo
+docker compose wait writer || true
+docker compose down -v"#;
+
+/// Asserts that [`COMPOSE_PROJECT_SCRIPT`] worked: the page came through the published port
+/// (in the job's output `text`) and the writer's file is in `dir` on the host (path parity).
+pub fn assert_compose_project_ran(dir: &Path, text: &str) {
+    assert!(
+        text.contains("served-from-job-dir"),
+        "published port not reachable at docker:8080: {text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("compose-out.txt"))
+            .unwrap_or_else(|e| panic!("the writer's file in {}: {e}", dir.display()))
+            .trim(),
+        "written-by-compose"
+    );
 }
 
 /// Runs `script` as a build script under `set -eo pipefail`, with `CI_PROJECT_DIR` set, in the

@@ -33,7 +33,10 @@ pub async fn prepare_logged(
         .prepare(spec, out.clone(), CancellationToken::new())
         .await
         .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
-    (env, out.text())
+    let log = out.text();
+    // Seen only with --nocapture or when the test fails: what the backend did for the job.
+    eprintln!("job {} prepared: {}", spec.job_id, log.trim());
+    (env, log)
 }
 
 /// Runs a bash script in the job container; returns the result and the output.
