@@ -138,15 +138,17 @@ fn slope(points: &[(f64, f64)]) -> Option<f64> {
     (sxx > 0.0).then(|| sxy / sxx)
 }
 
-/// Bytes under `dir` (files only, not following links); 0 when missing.
+/// Bytes allocated under `dir` (files only, not following links); 0 when missing. Blocks, not
+/// lengths: the root store's `roots.img` is a sparse 50 GiB file holding a few hundred MB.
 fn du(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     walkdir::WalkDir::new(dir)
         .follow_links(false)
         .into_iter()
         .filter_map(Result::ok)
         .filter_map(|e| e.metadata().ok())
         .filter(|m| m.is_file())
-        .map(|m| m.len())
+        .map(|m| m.blocks() * 512)
         .sum()
 }
 
