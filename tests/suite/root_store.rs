@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use support::docker::expect_project_script_ok as expect_ok;
-use support::docker::{BUSYBOX_IMAGE, Collect, Scope};
+use support::docker::{BUSYBOX_IMAGE, Collect, JOB_IMAGE, Scope};
 use tokio_util::sync::CancellationToken;
 
 /// Unmounts the test's store (and any job root still mounted) when the test ends, after
@@ -294,6 +294,62 @@ async fn hardened_job_starts_from_the_golden() {
     );
     let report = env.teardown().await;
     assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_store_empty(&guard.dir);
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    scope.assert_clean().await;
+}
+
+/// The attack on the store from a hardened job: the sidecar holds CAP_SYS_ADMIN in the host's
+/// user namespace and its data root is a btrfs snapshot, so an inner container given
+/// SYS_ADMIN with the sidecar's `/var/lib/docker` bound could list every subvolume of the store
+/// (`btrfs subvolume list` is a tree search: other jobs' snapshots, the goldens) and make
+/// subvolumes. The sidecar's seccomp profile refuses every btrfs ioctl. The controls show the
+/// refusal is the filter's alone: the tool is there, the mount is btrfs, and the inner
+/// container really holds SYS_ADMIN (it mounts a tmpfs).
+#[tokio::test]
+async fn hardened_job_cannot_use_btrfs_ioctls_on_the_store() {
+    let scope = Scope::new().await;
+    let (backend, guard) = backend(&scope, SidecarProfile::Hardened, |cfg| {
+        // The job image brings btrfs-progs into the inner daemon (preloaded, so no pull).
+        cfg.docker.isolation.preload_images =
+            vec![BUSYBOX_IMAGE.to_string(), JOB_IMAGE.to_string()];
+    });
+    let (a, trace) = prepare(&backend, &scope, 1501).await;
+    assert_from_golden(&trace);
+    // A second live job: its snapshot is what a listing would show job A.
+    let (b, trace) = prepare(&backend, &scope, 1502).await;
+    assert_from_golden(&trace);
+    let out = expect_ok(
+        a.as_ref(),
+        &format!(
+            "docker run --rm --cap-add SYS_ADMIN -v /var/lib/docker:/d {JOB_IMAGE} sh -c '\
+             btrfs --version; stat -f -c \"fs=%T\" /d; \
+             mount -t tmpfs none /mnt && echo \"sys_admin=held\"; \
+             btrfs subvolume list -a /d 2>&1; echo \"list rc=$?\"; \
+             btrfs subvolume create /d/nested 2>&1; echo \"create rc=$?\"'"
+        ),
+    )
+    .await;
+    eprintln!("{out}");
+    assert!(out.contains("btrfs-progs v"), "no btrfs tool: {out}");
+    assert!(out.contains("fs=btrfs"), "the data root is not btrfs: {out}");
+    assert!(out.contains("sys_admin=held"), "no SYS_ADMIN: {out}");
+    assert!(out.contains("list rc=1"), "the tree search was not refused: {out}");
+    assert!(out.contains("create rc=1"), "a subvolume was made: {out}");
+    assert!(
+        out.contains("Operation not permitted"),
+        "refused for another reason: {out}"
+    );
+    let other = format!("ir-{}-1502-root", scope.runner_id);
+    assert!(
+        !out.contains("golden/") && !out.contains(&other),
+        "the store's subvolumes were listed: {out}"
+    );
+    for env in [a, b] {
+        let report = env.teardown().await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
     assert_store_empty(&guard.dir);
     let report = backend.shutdown().await;
     assert!(report.failures.is_empty(), "{:?}", report.failures);
