@@ -203,13 +203,7 @@ mod tests {
         let rules = v["syscalls"].as_array().unwrap();
         let on_ioctl: Vec<&serde_json::Value> = rules
             .iter()
-            .filter(|r| {
-                r["names"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|n| n == "ioctl")
-            })
+            .filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == "ioctl"))
             .collect();
         assert_eq!(on_ioctl.len(), 1, "{on_ioctl:?}");
         let rule = on_ioctl[0];
