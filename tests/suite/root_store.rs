@@ -320,29 +320,41 @@ async fn hardened_job_cannot_use_btrfs_ioctls_on_the_store() {
     // A second live job: its snapshot is what a listing would show job A.
     let (b, trace) = prepare(&backend, &scope, 1502).await;
     assert_from_golden(&trace);
+    // Twice: under the inner daemon's own default seccomp profile, and with it turned off
+    // (filters only stack: the sidecar's still applies).
     let out = expect_ok(
         a.as_ref(),
         &format!(
-            "docker run --rm --cap-add SYS_ADMIN -v /var/lib/docker:/d {JOB_IMAGE} sh -c '\
+            "for opt in '' --security-opt=seccomp=unconfined; do \
+             echo \"== ${{opt:-inner default seccomp}}\"; \
+             docker run --rm --cap-add SYS_ADMIN $opt -v /var/lib/docker:/d \
+             {JOB_IMAGE} sh -c '\
              btrfs --version; stat -f -c \"fs=%T\" /d; \
              mount -t tmpfs none /mnt && echo \"sys_admin=held\"; \
              btrfs subvolume list -a /d 2>&1; echo \"list rc=$?\"; \
-             btrfs subvolume create /d/nested 2>&1; echo \"create rc=$?\"'"
+             btrfs subvolume create /d/nested 2>&1; echo \"create rc=$?\"'; \
+             done"
         ),
     )
     .await;
     eprintln!("{out}");
     assert!(out.contains("btrfs-progs v"), "no btrfs tool: {out}");
-    assert!(
-        out.contains("fs=btrfs"),
-        "the data root is not btrfs: {out}"
+    assert_eq!(out.matches("fs=btrfs").count(), 2, "not btrfs: {out}");
+    assert_eq!(
+        out.matches("sys_admin=held").count(),
+        2,
+        "no SYS_ADMIN: {out}"
     );
-    assert!(out.contains("sys_admin=held"), "no SYS_ADMIN: {out}");
-    assert!(
-        out.contains("list rc=1"),
+    assert_eq!(
+        out.matches("list rc=1").count(),
+        2,
         "the tree search was not refused: {out}"
     );
-    assert!(out.contains("create rc=1"), "a subvolume was made: {out}");
+    assert_eq!(
+        out.matches("create rc=1").count(),
+        2,
+        "a subvolume was made: {out}"
+    );
     assert!(
         out.contains("Operation not permitted"),
         "refused for another reason: {out}"
