@@ -506,6 +506,7 @@ async fn goldens_no_runner_entry_uses_are_removed() {
     // The config changes again: nothing preloaded, so no golden is wanted at all.
     config.runners[0].docker.isolation.preload_images.clear();
     let s = sweep_unused_goldens(&config, Duration::ZERO, false).await;
+    eprintln!("{s:?}");
     assert_eq!(s[0].removed, vec![live.clone()], "{s:?}");
 
     assert!(store.remove_root(&name).expect("remove the job root"));
