@@ -171,9 +171,14 @@ async fn sweep_goldens(config: &crate::config::Config, dry_run: bool) -> bool {
                 .map(|b| format!(", freed {}", human_bytes(b)))
                 .unwrap_or_default();
             println!(
-                "golden data roots in {}: {} {verb}, {} kept (in use){freed}",
+                "golden data roots in {}: {} {}, {} kept (in use){freed}",
                 s.store.display(),
                 s.removed.len(),
+                if dry_run {
+                    "would be removed"
+                } else {
+                    "removed"
+                },
                 s.kept.len()
             );
         }
