@@ -636,3 +636,33 @@ pub async fn sweep_unused_goldens(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{IsolationMode, RunnerConfig};
+
+    /// The golden sweep keeps a golden only for entries whose sidecars start from one: the
+    /// same conditions `Core::root_store` and `job_root` apply.
+    #[test]
+    fn only_entries_that_start_from_goldens_want_one() {
+        let mut r = RunnerConfig::default();
+        r.docker.isolation.root_store = Mode::Auto;
+        assert!(!uses_goldens(&r), "nothing to preload");
+        r.docker.isolation.preload_images = vec!["img:1".to_string()];
+        for p in [SidecarProfile::Rootless, SidecarProfile::Hardened] {
+            r.docker.isolation.sidecar_profile = p;
+            assert!(uses_goldens(&r), "{p:?}");
+        }
+        for p in [SidecarProfile::Privileged, SidecarProfile::Sysbox] {
+            r.docker.isolation.sidecar_profile = p;
+            assert!(!uses_goldens(&r), "{p:?}");
+        }
+        r.docker.isolation.sidecar_profile = SidecarProfile::Hardened;
+        r.docker.isolation.root_store = Mode::Off;
+        assert!(!uses_goldens(&r));
+        r.docker.isolation.root_store = Mode::Auto;
+        r.docker.isolation.mode = IsolationMode::SharedSocket;
+        assert!(!uses_goldens(&r));
+    }
+}
