@@ -505,9 +505,17 @@ async fn goldens_no_runner_entry_uses_are_removed() {
 
     // The config changes again: nothing preloaded, so no golden is wanted at all.
     config.runners[0].docker.isolation.preload_images.clear();
+    let p = store.begin_golden(&live).expect("begin");
+    // Some data of its own, so its removal frees a measurable amount.
+    std::fs::write(p.join("blob"), vec![7u8; 8 << 20]).expect("write blob");
+    store.commit_golden(&live).expect("commit");
     let s = sweep_unused_goldens(&config, Duration::ZERO, false).await;
     eprintln!("{s:?}");
     assert_eq!(s[0].removed, vec![live.clone()], "{s:?}");
+    assert!(
+        s[0].freed.is_some_and(|b| b >= 8 << 20),
+        "an unshared golden's space comes back: {s:?}"
+    );
 
     assert!(store.remove_root(&name).expect("remove the job root"));
     for key in [rebuilding, building] {

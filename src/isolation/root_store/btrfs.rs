@@ -257,12 +257,23 @@ fn parse_time(s: &str) -> Option<i64> {
     )
 }
 
-/// Waits until the kernel has cleaned the deleted subvolumes `ids` (their space is free
-/// only then: `subvolume delete` returns before the cleaner has run).
+/// Waits until the kernel has cleaned the deleted subvolumes `ids` and committed it, so the
+/// file system's use shows their space free. `subvolume delete` returns before the cleaner
+/// ran, and the cleaner waits for a transaction commit: measured here, `subvolume sync` alone
+/// waited 29 s for a 200 MB subvolume (the 30 s commit interval), 0.08 s with a commit first;
+/// without the last commit `statfs` still counts the freed extents as used.
 pub(super) fn wait_cleaned(store: &Path, ids: &[u64]) -> Result<(), StoreError> {
     if ids.is_empty() {
         return Ok(());
     }
+    let commit = || {
+        run(
+            "btrfs",
+            &[os("filesystem"), os("sync"), store.as_os_str()],
+            &format!("commit {}", store.display()),
+        )
+    };
+    commit()?;
     let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
     let mut args = vec![os("subvolume"), os("sync"), store.as_os_str()];
     args.extend(ids.iter().map(|i| os(i)));
@@ -270,8 +281,8 @@ pub(super) fn wait_cleaned(store: &Path, ids: &[u64]) -> Result<(), StoreError> 
         "btrfs",
         &args,
         &format!("wait for deleted subvolumes of {}", store.display()),
-    )
-    .map(|_| ())
+    )?;
+    commit().map(|_| ())
 }
 
 /// Deletes a job's snapshot and every subvolume the job made inside it. Nested subvolumes are
