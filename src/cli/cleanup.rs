@@ -43,7 +43,8 @@ fn cache_pruner() -> Option<Arc<dyn CachePruner>> {
 pub async fn run(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
     // Leftovers of dead runners are found by label, so cleanup also works on a host whose
     // config is gone (the default path missing): then the default directories are used.
-    let config = if !args.config.config.exists() && args.config.is_default() {
+    let no_config = !args.config.config.exists() && args.config.is_default();
+    let config = if no_config {
         eprintln!(
             "{} does not exist: cleaning up with the default directories",
             args.config.config.display()
@@ -128,13 +129,61 @@ pub async fn run(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
             roots_failed |= !s.failures.is_empty();
         }
     }
+    // Goldens of image sets no entry of this config uses. Without a config what the runner
+    // wants is unknown: goldens are left alone then.
+    let goldens_ok = no_config || sweep_goldens(&config, args.dry_run).await;
     let mirrors_ok = bound_mirrors(docker.as_ref(), &config, args.dry_run).await;
-    let failed = docker.is_none() || !report.failures.is_empty() || roots_failed || !mirrors_ok;
+    let failed = docker.is_none()
+        || !report.failures.is_empty()
+        || roots_failed
+        || !goldens_ok
+        || !mirrors_ok;
     Ok(if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Removes the goldens in the root stores that no `[[runners]]` entry uses (see
+/// `isolation::golden::sweep_unused_goldens`) and says so. False when one could not be.
+async fn sweep_goldens(config: &crate::config::Config, dry_run: bool) -> bool {
+    use crate::isolation::golden;
+    let mut ok = true;
+    for s in golden::sweep_unused_goldens(config, golden::GOLDEN_GRACE, dry_run).await {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        for key in &s.removed {
+            println!(
+                "{verb} golden data root {key} in {}: no [[runners]] entry uses its image set",
+                s.store.display()
+            );
+        }
+        for why in &s.spared {
+            println!("note: unused golden data root {why}: left for now");
+        }
+        for f in &s.failures {
+            eprintln!("error: could not remove: {f}");
+        }
+        ok &= s.failures.is_empty();
+        if s.found {
+            let freed = s
+                .freed
+                .map(|b| format!(", freed {}", human_bytes(b)))
+                .unwrap_or_default();
+            println!(
+                "golden data roots in {}: {} {}, {} kept (in use){freed}",
+                s.store.display(),
+                s.removed.len(),
+                if dry_run {
+                    "would be removed"
+                } else {
+                    "removed"
+                },
+                s.kept.len()
+            );
+        }
+    }
+    ok
 }
 
 /// Bounds each managed registry mirror's storage to its `max_size` (emptied when over it, see

@@ -156,6 +156,12 @@ pub(super) async fn cleanup(
                 );
             }
         }
+        // Goldens of image sets no entry of this config uses any more (a changed
+        // preload_images, a rebuilt image): otherwise the store grows with every change.
+        let grace = crate::isolation::golden::GOLDEN_GRACE;
+        for s in crate::isolation::golden::sweep_unused_goldens(config, grace, false).await {
+            s.log();
+        }
     }
     entries
 }

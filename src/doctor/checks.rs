@@ -8,6 +8,7 @@ mod gitlab;
 mod host;
 mod mirror;
 mod network;
+mod pool;
 mod profiles;
 mod root_store;
 
@@ -27,6 +28,7 @@ use ipnet::Ipv4Net;
 use mirror::mirror_up;
 pub use network::free_blocks;
 use network::*;
+use pool::warm_pool;
 use profiles::sidecar_profiles;
 use root_store::root_store;
 use std::time::Duration;
@@ -50,6 +52,7 @@ pub fn evaluate(f: &Facts) -> Vec<Check> {
         mirror_up(f),
         root_store(f),
         sidecar_profiles(f),
+        warm_pool(f),
         rootless_acl(f),
         network_address_pool(f),
         netpolicy_rules(f),

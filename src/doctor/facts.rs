@@ -190,6 +190,8 @@ pub struct HostFacts {
     pub unprivileged_userns_clone: Option<u64>,
     /// `kernel.apparmor_restrict_unprivileged_userns` (Ubuntu 23.10+; absent elsewhere).
     pub apparmor_restrict_userns: Option<u64>,
+    /// `MemAvailable` in bytes (bounds `warm_pool = "auto"`).
+    pub mem_available: Option<u64>,
 }
 
 impl Default for HostFacts {
@@ -207,6 +209,7 @@ impl Default for HostFacts {
             tun_device: false,
             unprivileged_userns_clone: None,
             apparmor_restrict_userns: None,
+            mem_available: None,
         }
     }
 }

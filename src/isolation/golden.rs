@@ -14,6 +14,7 @@ use super::{Error, OutputSink};
 use crate::config::{ROOTLESS_UID_BLOCK, RootStore as Mode, SidecarProfile};
 use crate::paths::{HostPathMap, JobId};
 use sha2::Digest;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,6 +81,48 @@ async fn blocking<T: Send + 'static>(
         .map_err(store_error)
 }
 
+/// The key of the golden for an isolation config: profile, sidecar image and preload image
+/// ids on `docker` (a rebuilt image gives a new golden), and for rootless the golden uid block.
+pub async fn golden_key(
+    docker: &crate::docker::Docker,
+    iso: &crate::config::IsolationConfig,
+) -> Result<String, Error> {
+    let mut h = sha2::Sha256::new();
+    h.update(GOLDEN_FORMAT.as_bytes());
+    h.update(super::profile::profile_name(iso.sidecar_profile).as_bytes());
+    if iso.sidecar_profile == SidecarProfile::Rootless {
+        h.update(iso.rootless_uid_base.to_le_bytes());
+    }
+    for img in std::iter::once(&iso.sidecar_image).chain(&iso.preload_images) {
+        let facts = docker
+            .image_facts(img)
+            .await
+            .map_err(super::naming::other(format!("inspect image {img}")))?
+            .ok_or_else(|| Error::ImageUnavailable {
+                image: img.clone(),
+                detail: "not on the host daemon".to_string(),
+            })?;
+        h.update(b"\0");
+        h.update(img.as_bytes());
+        h.update(b"\0");
+        h.update(facts.id.as_bytes());
+    }
+    Ok(hex::encode(&h.finalize()[..12]))
+}
+
+/// Whether a runner entry's sidecars start from goldens: dind, a profile the store serves,
+/// `root_store` not off, something to preload (as `Core::root_store` and `job_root` decide).
+pub fn uses_goldens(runner: &crate::config::RunnerConfig) -> bool {
+    let iso = &runner.docker.isolation;
+    iso.mode == crate::config::IsolationMode::Dind
+        && iso.root_store != Mode::Off
+        && matches!(
+            iso.sidecar_profile,
+            SidecarProfile::Rootless | SidecarProfile::Hardened
+        )
+        && !iso.preload_images.is_empty()
+}
+
 impl Core {
     /// The store of this runner, opened (and mounted) on first use.
     pub(super) async fn root_store(&self) -> StoreState {
@@ -113,32 +156,9 @@ impl Core {
             .clone()
     }
 
-    /// The key of the golden for this runner's config: profile, sidecar image and preload
-    /// image ids (a rebuilt image gives a new golden), and for rootless the golden uid block.
+    /// The key of the golden for this runner's config ([`golden_key`]).
     async fn golden_key(&self) -> Result<String, Error> {
-        let iso = &self.runner.docker.isolation;
-        let mut h = sha2::Sha256::new();
-        h.update(GOLDEN_FORMAT.as_bytes());
-        h.update(super::profile::profile_name(iso.sidecar_profile).as_bytes());
-        if iso.sidecar_profile == SidecarProfile::Rootless {
-            h.update(iso.rootless_uid_base.to_le_bytes());
-        }
-        for img in std::iter::once(&iso.sidecar_image).chain(&iso.preload_images) {
-            let facts = self
-                .docker
-                .image_facts(img)
-                .await
-                .map_err(super::naming::other(format!("inspect image {img}")))?
-                .ok_or_else(|| Error::ImageUnavailable {
-                    image: img.clone(),
-                    detail: "not on the host daemon".to_string(),
-                })?;
-            h.update(b"\0");
-            h.update(img.as_bytes());
-            h.update(b"\0");
-            h.update(facts.id.as_bytes());
-        }
-        Ok(hex::encode(&h.finalize()[..12]))
+        golden_key(&self.docker, &self.runner.docker.isolation).await
     }
 
     /// The golden of this runner's config, made now if it does not exist yet (one build at a
@@ -411,4 +431,238 @@ pub async fn sweep_roots(
         }
     }
     report
+}
+
+/// A golden younger than this is spared by the golden sweep: it may be the fresh golden of a
+/// runner process with another config on the same store, committed just now.
+pub const GOLDEN_GRACE: Duration = SWEEP_GRACE;
+
+/// The goldens each store of `config` should keep: per store directory, the current key of
+/// every runner entry on it that starts from goldens. An entry whose image is not on its
+/// daemon has no current key (it cannot make or use a golden now). `Err` for a store when an
+/// entry's key cannot be known (its daemon did not answer): nothing is removed there.
+pub async fn wanted_goldens(
+    config: &crate::config::Config,
+) -> Vec<(PathBuf, Result<BTreeSet<String>, String>)> {
+    let mut wanted: Vec<(PathBuf, Result<BTreeSet<String>, String>)> = Vec::new();
+    for r in &config.runners {
+        let dir = store_dir(r, &config.state_dir);
+        let i = match wanted.iter().position(|(d, _)| *d == dir) {
+            Some(i) => i,
+            None => {
+                wanted.push((dir, Ok(BTreeSet::new())));
+                wanted.len() - 1
+            }
+        };
+        if !uses_goldens(r) {
+            continue;
+        }
+        let key = match crate::docker::Docker::connect(r.docker.host.as_deref()).await {
+            Ok(d) => golden_key(&d, &r.docker.isolation).await,
+            Err(e) => Err(Error::Other {
+                context: "reach the docker daemon".to_string(),
+                detail: e.to_string(),
+            }),
+        };
+        let slot = &mut wanted[i].1;
+        match key {
+            Ok(k) => {
+                if let Ok(keys) = slot {
+                    keys.insert(k);
+                }
+            }
+            Err(Error::ImageUnavailable { image, .. }) => {
+                tracing::info!(runner = %r.name, image = %image, "no current golden for this runner entry: an image is not on its daemon");
+            }
+            Err(e) => *slot = Err(format!("the golden key of runner {:?}: {e}", r.name)),
+        }
+    }
+    wanted
+}
+
+/// What a sweep of one store's goldens did.
+#[derive(Debug, Default)]
+pub struct GoldenSweep {
+    /// The store directory.
+    pub store: PathBuf,
+    /// Whether there is a store there.
+    pub found: bool,
+    /// Keys of the goldens removed (or that would be, on a dry run).
+    pub removed: Vec<String>,
+    /// Keys of the goldens a runner entry uses now.
+    pub kept: Vec<String>,
+    /// Goldens no entry wants that were left, each with why (`<key>: ...`).
+    pub spared: Vec<String>,
+    /// What could not be removed.
+    pub failures: Vec<String>,
+    /// Bytes the store's file system used less afterwards (deleted subvolumes cleaned).
+    pub freed: Option<u64>,
+}
+
+/// Removes the goldens in the store at `dir` whose key is not in `wanted`. Never touches a
+/// golden whose key is being built (`build/<key>`) or one younger than `grace` (another
+/// process may just have made it). Jobs running on snapshots of a removed golden are not
+/// affected: a snapshot is an independent subvolume. Never mounts the store.
+pub async fn sweep_goldens(
+    dir: &std::path::Path,
+    wanted: &BTreeSet<String>,
+    grace: Duration,
+    dry_run: bool,
+) -> GoldenSweep {
+    let (d, wanted) = (dir.to_path_buf(), wanted.clone());
+    let done =
+        tokio::task::spawn_blocking(move || sweep_goldens_blocking(&d, &wanted, grace, dry_run))
+            .await;
+    match done {
+        Ok(s) => s,
+        Err(e) => GoldenSweep {
+            store: dir.to_path_buf(),
+            failures: vec![format!("sweep the goldens of {}: {e}", dir.display())],
+            ..GoldenSweep::default()
+        },
+    }
+}
+
+fn sweep_goldens_blocking(
+    dir: &std::path::Path,
+    wanted: &BTreeSet<String>,
+    grace: Duration,
+    dry_run: bool,
+) -> GoldenSweep {
+    let mut report = GoldenSweep {
+        store: dir.to_path_buf(),
+        ..GoldenSweep::default()
+    };
+    let Some(store) = RootStore::existing(dir) else {
+        return report;
+    };
+    report.found = true;
+    let building = store.builds();
+    let before = store.used_bytes();
+    let mut deleted = Vec::new();
+    for key in store.golden_keys() {
+        if wanted.contains(&key) {
+            report.kept.push(key);
+            continue;
+        }
+        if building.contains(&key) {
+            report.spared.push(format!("{key}: being built"));
+            continue;
+        }
+        let id = match store.golden_info(&key) {
+            Ok((_, Some(age))) if age < grace => {
+                report
+                    .spared
+                    .push(format!("{key}: made {}s ago", age.as_secs()));
+                continue;
+            }
+            Ok((_, None)) if !grace.is_zero() => {
+                report.spared.push(format!("{key}: its age is unknown"));
+                continue;
+            }
+            Ok((id, _)) => id,
+            Err(e) => {
+                report.failures.push(e.to_string());
+                continue;
+            }
+        };
+        if dry_run {
+            report.removed.push(key);
+            continue;
+        }
+        match store.remove_golden(&key) {
+            Ok(_) => {
+                deleted.push(id);
+                report.removed.push(key);
+            }
+            Err(e) => report.failures.push(e.to_string()),
+        }
+    }
+    if !deleted.is_empty() {
+        match store.wait_cleaned(&deleted) {
+            Ok(()) => {
+                report.freed = before
+                    .zip(store.used_bytes())
+                    .map(|(b, a)| b.saturating_sub(a));
+            }
+            Err(e) => report.failures.push(e.to_string()),
+        }
+    }
+    report
+}
+
+impl GoldenSweep {
+    /// Logs what the sweep did (start-up).
+    pub fn log(&self) {
+        for key in &self.removed {
+            tracing::info!(store = %self.store.display(), key = %key, "removed a golden data root no runner entry uses any more");
+        }
+        if !self.removed.is_empty() {
+            tracing::info!(
+                store = %self.store.display(),
+                removed = self.removed.len(),
+                kept = self.kept.len(),
+                freed_bytes = self.freed,
+                "goldens of unused image sets removed"
+            );
+        }
+        for s in &self.spared {
+            tracing::debug!(store = %self.store.display(), golden = %s, "unused golden left for now");
+        }
+        for f in &self.failures {
+            tracing::warn!(failure = %f, "a golden data root could not be removed");
+        }
+    }
+}
+
+/// Removes the goldens no runner entry of `config` uses any more, in every store of the
+/// config (start-up, `runner cleanup`). A store where an entry's key cannot be known is left
+/// as it is, with why in `failures`.
+pub async fn sweep_unused_goldens(
+    config: &crate::config::Config,
+    grace: Duration,
+    dry_run: bool,
+) -> Vec<GoldenSweep> {
+    let mut out = Vec::new();
+    for (dir, wanted) in wanted_goldens(config).await {
+        match wanted {
+            Ok(w) => out.push(sweep_goldens(&dir, &w, grace, dry_run).await),
+            Err(e) => out.push(GoldenSweep {
+                store: dir.clone(),
+                failures: vec![format!("goldens in {} left alone: {e}", dir.display())],
+                ..GoldenSweep::default()
+            }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{IsolationMode, RunnerConfig};
+
+    /// The golden sweep keeps a golden only for entries whose sidecars start from one: the
+    /// same conditions `Core::root_store` and `job_root` apply.
+    #[test]
+    fn only_entries_that_start_from_goldens_want_one() {
+        let mut r = RunnerConfig::default();
+        r.docker.isolation.root_store = Mode::Auto;
+        assert!(!uses_goldens(&r), "nothing to preload");
+        r.docker.isolation.preload_images = vec!["img:1".to_string()];
+        for p in [SidecarProfile::Rootless, SidecarProfile::Hardened] {
+            r.docker.isolation.sidecar_profile = p;
+            assert!(uses_goldens(&r), "{p:?}");
+        }
+        for p in [SidecarProfile::Privileged, SidecarProfile::Sysbox] {
+            r.docker.isolation.sidecar_profile = p;
+            assert!(!uses_goldens(&r), "{p:?}");
+        }
+        r.docker.isolation.sidecar_profile = SidecarProfile::Hardened;
+        r.docker.isolation.root_store = Mode::Off;
+        assert!(!uses_goldens(&r));
+        r.docker.isolation.root_store = Mode::Auto;
+        r.docker.isolation.mode = IsolationMode::SharedSocket;
+        assert!(!uses_goldens(&r));
+    }
 }

@@ -557,8 +557,8 @@ impl Pool {
     }
 }
 
-/// `MemAvailable` of `/proc/meminfo`, bytes.
-fn mem_available(meminfo: &str) -> Option<u64> {
+/// `MemAvailable` of `/proc/meminfo`, bytes (also read by `runner doctor`'s pool fact).
+pub fn mem_available(meminfo: &str) -> Option<u64> {
     meminfo.lines().find_map(|l| {
         let rest = l.strip_prefix("MemAvailable:")?;
         let kb: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;

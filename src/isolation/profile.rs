@@ -10,7 +10,13 @@ use crate::docker::{ContainerSpec, Docker};
 /// The seccomp profile of the `hardened` profile: Docker's permissive base with host-level
 /// syscalls (modules, kexec, clock, swap, reboot, bpf, io_uring, …) refused. Found sufficient
 /// for dockerd, overlay2, bridge/NAT, compose and BuildKit on cgroup v1 by the ladder in
-/// `tests/images/ladder`.
+/// `tests/images/ladder`. It also refuses every btrfs ioctl (type byte 0x94) with EPERM, for
+/// the sidecar and everything it starts (seccomp filters are inherited and only ever added
+/// to): with the root store a job's data root is a btrfs snapshot, and hardened holds
+/// CAP_SYS_ADMIN in the host's user namespace, which is all `BTRFS_IOC_TREE_SEARCH` asks to
+/// read the metadata of the whole store (other jobs' snapshots, the goldens) and the
+/// subvolume ioctls ask to make or delete subvolumes. rootless gets the same filter: it holds
+/// no host capability, but creating a subvolume or a snapshot of one it owns needs none.
 const HARDENED_SECCOMP: &str = include_str!("seccomp-dind.json");
 
 /// The container flags of a sidecar profile, checked against what the daemon offers. Never
@@ -186,5 +192,33 @@ mod tests {
     fn seccomp_profile_is_json() {
         let v: serde_json::Value = serde_json::from_str(HARDENED_SECCOMP).unwrap();
         assert_eq!(v["defaultAction"], "SCMP_ACT_ALLOW");
+    }
+
+    /// The btrfs block: ioctls of type 0x94 refused with EPERM, and nothing that would make
+    /// libseccomp drop it (an unconditional allow of `ioctl` beside it wins silently, measured
+    /// with libseccomp 2.5.4: docs/sidecar-profiles.md).
+    #[test]
+    fn seccomp_profile_refuses_btrfs_ioctls() {
+        let v: serde_json::Value = serde_json::from_str(HARDENED_SECCOMP).unwrap();
+        let rules = v["syscalls"].as_array().unwrap();
+        let on_ioctl: Vec<&serde_json::Value> = rules
+            .iter()
+            .filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == "ioctl"))
+            .collect();
+        assert_eq!(on_ioctl.len(), 1, "{on_ioctl:?}");
+        let rule = on_ioctl[0];
+        assert_eq!(rule["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(rule["errnoRet"], 1, "EPERM");
+        let args = rule["args"].as_array().unwrap();
+        assert_eq!(args.len(), 1);
+        // Docker's MASKED_EQ: `value` is the mask, `valueTwo` the value after masking.
+        assert_eq!(args[0]["index"], 1);
+        assert_eq!(args[0]["op"], "SCMP_CMP_MASKED_EQ");
+        assert_eq!(args[0]["value"], 0xff00);
+        assert_eq!(args[0]["valueTwo"], 0x9400);
+        // BTRFS_IOC_TREE_SEARCH = _IOWR(0x94, 17, 4096 bytes) is caught; TCGETS is not.
+        let caught = |cmd: u64| cmd & 0xff00 == 0x9400;
+        assert!(caught(0xD000_9411));
+        assert!(!caught(0x5401));
     }
 }

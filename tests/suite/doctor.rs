@@ -163,6 +163,15 @@ async fn valid_token_passes_and_the_human_output_is_grouped() {
     assert!(human.contains("! docker.runc"), "{human}");
     assert!(human.contains("- gitlab.tls"), "{human}");
     assert!(human.contains("      → "), "hints are indented: {human}");
+    // The warm pool as it will be: the file's default is "auto", bounded by `concurrent = 2`
+    // (this host has far more than 2 × 256 MiB available).
+    assert!(
+        human.contains(
+            "doctor-test: warm pool auto: follows recent demand, at most 2 sidecar(s) now \
+             (concurrent 2; memory "
+        ),
+        "{human}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use support::docker::expect_project_script_ok as expect_ok;
-use support::docker::{BUSYBOX_IMAGE, Collect, Scope};
+use support::docker::{BUSYBOX_IMAGE, Collect, JOB_IMAGE, Scope};
 use tokio_util::sync::CancellationToken;
 
 /// Unmounts the test's store (and any job root still mounted) when the test ends, after
@@ -275,6 +275,80 @@ async fn hardened_job_starts_from_the_golden() {
     scope.assert_clean().await;
 }
 
+/// The attack on the store from a hardened job: the sidecar holds CAP_SYS_ADMIN in the host's
+/// user namespace and its data root is a btrfs snapshot, so an inner container given
+/// SYS_ADMIN with the sidecar's `/var/lib/docker` bound could list every subvolume of the store
+/// (`btrfs subvolume list` is a tree search: other jobs' snapshots, the goldens) and make
+/// subvolumes. The sidecar's seccomp profile refuses every btrfs ioctl. The controls show the
+/// refusal is the filter's alone: the tool is there, the mount is btrfs, and the inner
+/// container really holds SYS_ADMIN (it mounts a tmpfs).
+#[tokio::test]
+async fn hardened_job_cannot_use_btrfs_ioctls_on_the_store() {
+    let scope = Scope::new().await;
+    let (backend, guard) = backend(&scope, SidecarProfile::Hardened, |cfg| {
+        // The job image brings btrfs-progs into the inner daemon (preloaded, so no pull).
+        cfg.docker.isolation.preload_images =
+            vec![BUSYBOX_IMAGE.to_string(), JOB_IMAGE.to_string()];
+    });
+    let (a, trace) = prepare(&backend, &scope, 1501).await;
+    assert_from_golden(&trace);
+    // A second live job: its snapshot is what a listing would show job A.
+    let (b, trace) = prepare(&backend, &scope, 1502).await;
+    assert_from_golden(&trace);
+    // Twice: under the inner daemon's own default seccomp profile, and with it turned off
+    // (filters only stack: the sidecar's still applies).
+    let out = expect_ok(
+        a.as_ref(),
+        &format!(
+            "for opt in '' --security-opt=seccomp=unconfined; do \
+             echo \"== ${{opt:-inner default seccomp}}\"; \
+             docker run --rm --cap-add SYS_ADMIN $opt -v /var/lib/docker:/d \
+             {JOB_IMAGE} sh -c '\
+             btrfs --version; stat -f -c \"fs=%T\" /d; \
+             mount -t tmpfs none /mnt && echo \"sys_admin=held\"; \
+             btrfs subvolume list -a /d 2>&1; echo \"list rc=$?\"; \
+             btrfs subvolume create /d/nested 2>&1; echo \"create rc=$?\"'; \
+             done"
+        ),
+    )
+    .await;
+    eprintln!("{out}");
+    assert!(out.contains("btrfs-progs v"), "no btrfs tool: {out}");
+    assert_eq!(out.matches("fs=btrfs").count(), 2, "not btrfs: {out}");
+    assert_eq!(
+        out.matches("sys_admin=held").count(),
+        2,
+        "no SYS_ADMIN: {out}"
+    );
+    assert_eq!(
+        out.matches("list rc=1").count(),
+        2,
+        "the tree search was not refused: {out}"
+    );
+    assert_eq!(
+        out.matches("create rc=1").count(),
+        2,
+        "a subvolume was made: {out}"
+    );
+    assert!(
+        out.contains("Operation not permitted"),
+        "refused for another reason: {out}"
+    );
+    let other = format!("ir-{}-1502-root", scope.runner_id);
+    assert!(
+        !out.contains("golden/") && !out.contains(&other),
+        "the store's subvolumes were listed: {out}"
+    );
+    for env in [a, b] {
+        let report = env.teardown().await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    assert_store_empty(&guard.dir);
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    scope.assert_clean().await;
+}
+
 #[tokio::test]
 async fn a_crashed_jobs_root_is_reaped() {
     let scope = Scope::new().await;
@@ -305,4 +379,126 @@ async fn a_crashed_jobs_root_is_reaped() {
     let report = backend.shutdown().await;
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     scope.assert_clean().await;
+}
+
+/// Goldens of image sets no runner entry uses any more are removed (start-up and `runner
+/// cleanup` call this sweep): the config's current golden stays, a golden being rebuilt and a
+/// young golden stay, and a job's snapshot of a removed golden stays readable (a snapshot is an
+/// independent subvolume, so removing its golden never breaks a running job).
+#[tokio::test]
+async fn goldens_no_runner_entry_uses_are_removed() {
+    use isolation::golden::{GOLDEN_GRACE, golden_key, sweep_unused_goldens};
+    use isolation::root_store::RootStore;
+    use std::time::Duration;
+    let scope = Scope::new().await;
+    let mut cfg = scope.runner_config();
+    cfg.docker.isolation.sidecar_profile = SidecarProfile::Hardened;
+    cfg.docker.isolation.preload_images = vec![BUSYBOX_IMAGE.to_string()];
+    cfg.docker.isolation.root_store = Mode::Auto;
+    let dir = isolation::golden::store_dir(&cfg, &scope.state_dir());
+    let guard = StoreGuard {
+        dir: dir.clone(),
+        runner_id: scope.runner_id.clone(),
+    };
+    let store = RootStore::open(&dir, 1024 * 1024 * 1024).expect("open the store");
+    // The config before (busybox and the job image preloaded) and now (busybox only).
+    let mut before = cfg.clone();
+    before
+        .docker
+        .isolation
+        .preload_images
+        .push(JOB_IMAGE.to_string());
+    let old = golden_key(&scope.docker, &before.docker.isolation)
+        .await
+        .expect("old key");
+    let live = golden_key(&scope.docker, &cfg.docker.isolation)
+        .await
+        .expect("live key");
+    assert_ne!(old, live);
+    // A third key being rebuilt (golden and build both there), a fourth only building.
+    let (rebuilding, building) = ("0123456789abcdef01234567", "fedcba9876543210fedcba98");
+    for key in [old.as_str(), live.as_str(), rebuilding] {
+        let p = store.begin_golden(key).expect("begin");
+        std::fs::write(p.join("marker"), key).expect("write marker");
+        store.commit_golden(key).expect("commit");
+    }
+    store.begin_golden(rebuilding).expect("begin rebuild");
+    store.begin_golden(building).expect("begin build");
+    // A running job's snapshot of the old golden, with what the job wrote.
+    let name = format!("ir-{}-1601-root", scope.runner_id);
+    let snap = store.snapshot_for(&old, &name, None).expect("snapshot");
+    std::fs::write(snap.join("job-data"), "written by the job").expect("job writes");
+
+    let mut config = isolated_runner::config::Config {
+        state_dir: scope.state_dir(),
+        ..Default::default()
+    };
+    config.runners = vec![cfg.clone()];
+
+    // Within the grace (another process may have just made it) nothing goes.
+    let s = sweep_unused_goldens(&config, GOLDEN_GRACE, false).await;
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(s[0].removed.is_empty() && s[0].failures.is_empty(), "{s:?}");
+    assert!(
+        s[0].spared
+            .iter()
+            .any(|x| x.starts_with(&old) && x.contains("ago")),
+        "{s:?}"
+    );
+    // A dry run says what would go and removes nothing.
+    let s = sweep_unused_goldens(&config, Duration::ZERO, true).await;
+    assert_eq!(s[0].removed, vec![old.clone()], "{s:?}");
+    assert!(store.golden(&old).is_some());
+
+    let s = sweep_unused_goldens(&config, Duration::ZERO, false).await;
+    eprintln!("{s:?}");
+    let s = &s[0];
+    assert!(s.found && s.failures.is_empty(), "{s:?}");
+    assert_eq!(s.removed, vec![old.clone()]);
+    assert_eq!(s.kept, vec![live.clone()]);
+    assert!(
+        s.spared
+            .iter()
+            .any(|x| x.starts_with(rebuilding) && x.contains("being built")),
+        "{s:?}"
+    );
+    assert!(s.freed.is_some(), "{s:?}");
+    assert!(
+        store.golden(&old).is_none(),
+        "the unused golden is still there"
+    );
+    assert!(store.golden(&live).is_some(), "the live golden was removed");
+    assert!(store.golden(rebuilding).is_some());
+    assert!(store.builds().contains(&building.to_string()));
+    // The job's snapshot of the removed golden: the golden's files and the job's own.
+    assert_eq!(std::fs::read_to_string(snap.join("marker")).unwrap(), old);
+    assert_eq!(
+        std::fs::read_to_string(snap.join("job-data")).unwrap(),
+        "written by the job"
+    );
+    std::fs::write(snap.join("more"), "still writable").expect("write after the removal");
+
+    // The config changes again: nothing preloaded, so no golden is wanted at all.
+    config.runners[0].docker.isolation.preload_images.clear();
+    let p = store.begin_golden(&live).expect("begin");
+    // Some data of its own, so its removal frees a measurable amount.
+    std::fs::write(p.join("blob"), vec![7u8; 8 << 20]).expect("write blob");
+    store.commit_golden(&live).expect("commit");
+    let s = sweep_unused_goldens(&config, Duration::ZERO, false).await;
+    eprintln!("{s:?}");
+    assert_eq!(s[0].removed, vec![live.clone()], "{s:?}");
+    assert!(
+        s[0].freed.is_some_and(|b| b >= 8 << 20),
+        "an unshared golden's space comes back: {s:?}"
+    );
+
+    assert!(store.remove_root(&name).expect("remove the job root"));
+    for key in [rebuilding, building] {
+        store.discard_build(key).expect("discard build");
+    }
+    store.remove_golden(rebuilding).expect("remove golden");
+    assert_store_empty(&dir);
+    assert!(store.golden_keys().is_empty());
+    scope.assert_clean().await;
+    drop(guard);
 }

@@ -60,6 +60,7 @@ pub(super) fn healthy() -> Facts {
             tun_device: true,
             unprivileged_userns_clone: None,
             apparmor_restrict_userns: None,
+            mem_available: Some(8 << 30),
         },
         docker: Ok(EngineFacts {
             server_version: "28.0.1".into(),

@@ -48,6 +48,8 @@ pub(super) fn gather_host() -> HostFacts {
             .and_then(|s| s.trim().parse().ok()),
         apparmor_restrict_userns: read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
             .and_then(|s| s.trim().parse().ok()),
+        mem_available: read("/proc/meminfo")
+            .and_then(|t| crate::isolation::pool::mem_available(&t)),
     }
 }
 

@@ -175,12 +175,42 @@ impl RootStore {
     /// Deletes the golden of `key` (no longer wanted; jobs running on snapshots of it are not
     /// affected: a snapshot does not depend on its source).
     pub fn remove_golden(&self, key: &str) -> Result<bool, StoreError> {
+        check_name(key)?;
         let p = self.dir.join("golden").join(key);
         if !p.exists() {
             return Ok(false);
         }
         btrfs::delete_subvolume(&p)?;
         Ok(true)
+    }
+
+    /// Keys of the goldens being built now (`build/<key>`): a live runner's throw-away daemon
+    /// is filling them, or a dead runner left them (its next build of the key replaces it).
+    pub fn builds(&self) -> Vec<String> {
+        list_names(&self.dir.join("build"))
+    }
+
+    /// The subvolume id of the golden of `key` and how long ago it was made (`None` when the
+    /// tool does not say).
+    pub fn golden_info(&self, key: &str) -> Result<(u64, Option<std::time::Duration>), StoreError> {
+        check_name(key)?;
+        let info = btrfs::subvolume_info(&self.dir.join("golden").join(key))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_secs()).ok());
+        let age = match (now, info.created) {
+            (Some(n), Some(c)) => u64::try_from(n.saturating_sub(c))
+                .ok()
+                .map(std::time::Duration::from_secs),
+            _ => None,
+        };
+        Ok((info.id, age))
+    }
+
+    /// Waits until the deleted subvolumes `ids` are cleaned (their space freed).
+    pub fn wait_cleaned(&self, ids: &[u64]) -> Result<(), StoreError> {
+        btrfs::wait_cleaned(&self.dir, ids)
     }
 
     /// A writable snapshot of the golden of `key` for the sidecar `name`; with `map`, mounted
