@@ -165,12 +165,14 @@ fn write_private(path: &Path, text: &str) {
 /// One test's world: a scope whose runner id is the binary's system id (so the leak checks see
 /// exactly this test's objects), the fake GitLab, a config file, the store's guard.
 struct World {
+    /// First, so it is dropped first: the store is unmounted before the scope's temp dir
+    /// (which holds the store's mount point and image file) is deleted.
+    guard: StoreGuard,
     scope: Scope,
     fake: FakeGitlab,
     config: PathBuf,
     log: PathBuf,
     store: PathBuf,
-    guard: StoreGuard,
 }
 
 impl World {
