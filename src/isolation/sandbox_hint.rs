@@ -210,28 +210,41 @@ async fn watch(
             return;
         }
     }
-    let mut created = inner.container_creations(since);
-    while let Some(event) = created.next().await {
-        let id = match event {
-            Ok(id) if !id.is_empty() => id,
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::debug!(error = %e, "the job daemon's event stream ended");
+    let mut since = since;
+    loop {
+        let mut created = inner.container_creations(since);
+        while let Some(event) = created.next().await {
+            let id = match event {
+                Ok(id) if !id.is_empty() => id,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the job daemon's event stream broke");
+                    break;
+                }
+            };
+            // A container removed before this look (`--rm` of a very short run) is missed:
+            // the hint is best effort, the sidecar's limits hold either way.
+            let Ok(limits) = inner.requested_limits(&id).await else {
+                continue;
+            };
+            let flags = limits.flags();
+            if !flags.is_empty() {
+                *shared.hint.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(discarded_hint(&flags, &sidecar));
+                shared.say();
                 return;
             }
-        };
-        // A container removed before this look (`--rm` of a very short run) is missed: the
-        // hint is best effort, the sidecar's limits hold either way.
-        let Ok(limits) = inner.requested_limits(&id).await else {
-            continue;
-        };
-        let flags = limits.flags();
-        if !flags.is_empty() {
-            *shared.hint.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(discarded_hint(&flags, &sidecar));
-            shared.say();
+        }
+        // The stream ended (a client timeout on a long job, say): follow it again from a
+        // second back (a repeat is harmless) while the daemon answers; a gone daemon ends it.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if inner.ping().await.is_err() {
             return;
         }
+        since = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .saturating_sub(2);
     }
 }
 
