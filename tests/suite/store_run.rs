@@ -149,6 +149,17 @@ fn loop_devices_of(img: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Waits until no loop device backs `img`: the kernel detaches an autoclear loop device
+/// when the file system's last reference goes, shortly after the unmount returns.
+async fn assert_loop_freed(img: &Path) {
+    let freed = wait_until(Duration::from_secs(30), || loop_devices_of(img).is_empty()).await;
+    assert!(
+        freed,
+        "a loop device still backs {img:?}: {}",
+        loop_devices_of(img)
+    );
+}
+
 fn write_private(path: &Path, text: &str) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -231,7 +242,7 @@ impl World {
             .arg(&self.config)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUNNER_LOG_LEVEL", "debug")
+            .env("RUNNER_LOG_LEVEL", "info,isolated_runner=debug")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -322,17 +333,13 @@ impl World {
         );
     }
 
-    /// Unmounts the store and asserts its loop device is gone.
-    fn release_store(self) {
+    /// Unmounts the store and asserts its loop device is freed.
+    async fn release_store(self) {
         let img = isolated_runner::isolation::root_store::image_file(&self.store);
         let World { scope, guard, .. } = self;
         drop(guard);
         assert!(!is_mounted(&scope.state_dir().join("roots")));
-        assert_eq!(
-            loop_devices_of(&img),
-            "",
-            "a loop device still backs {img:?}"
-        );
+        assert_loop_freed(&img).await;
     }
 }
 
@@ -376,9 +383,14 @@ fn sidecar_name(runner: &str, id: u64) -> String {
     format!("ir-{runner}-{id}-sidecar")
 }
 
-fn journal_sidecar(state: &Path, job: u64) -> Option<String> {
+/// The job's sidecar as its journal entry names it, once the entry also holds the trace
+/// offset GitLab has (so the restart closes the trace with a checksum the strict fake accepts).
+fn journal_sidecar(state: &Path, job: u64, trace_len: usize) -> Option<String> {
     let text = std::fs::read(state.join("jobs").join(format!("{job}.json"))).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    if v["trace_offset"].as_u64() != Some(trace_len as u64) {
+        return None;
+    }
     v["resources"]["sidecar"].as_str().map(str::to_string)
 }
 
@@ -476,11 +488,15 @@ async fn rootless_runner_run_serves_jobs_and_slots_from_the_golden() {
     w.wait_trace(C, "marker 42").await;
     let state = w.scope.state_dir();
     let journaled = wait_until(Duration::from_secs(30), || {
-        journal_sidecar(&state, C).is_some()
+        journal_sidecar(&state, C, w.fake.job_trace(C).len()).is_some()
     })
     .await;
-    assert!(journaled, "no journal entry with C's sidecar");
-    let c_sidecar = journal_sidecar(&state, C).expect("journaled sidecar");
+    assert!(
+        journaled,
+        "no journal entry with C's sidecar and trace offset"
+    );
+    let c_sidecar =
+        journal_sidecar(&state, C, w.fake.job_trace(C).len()).expect("journaled sidecar");
     let c_root = data_root_of(&c_sidecar).await;
     let c_name = c_root
         .rsplit('/')
@@ -551,7 +567,7 @@ async fn rootless_runner_run_serves_jobs_and_slots_from_the_golden() {
     assert_eq!(subvolumes(&w.store), vec![golden]);
     assert!(w.fake.violations().is_empty(), "{:?}", w.fake.violations());
     w.scope.assert_clean().await;
-    w.release_store();
+    w.release_store().await;
 }
 
 /// hardened, no pool: one job on its own sidecar bound to its snapshot as it is; the runner
@@ -609,7 +625,7 @@ async fn hardened_runner_run_starts_jobs_from_the_golden() {
     // This run mounted the store, so it unmounted it: the loop device is free already.
     assert!(!is_mounted(&w.store), "{}", w.log_text());
     let img = isolated_runner::isolation::root_store::image_file(&w.store);
-    assert_eq!(loop_devices_of(&img), "");
+    assert_loop_freed(&img).await;
     w.scope.assert_clean().await;
-    w.release_store();
+    w.release_store().await;
 }
