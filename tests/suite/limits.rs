@@ -391,12 +391,14 @@ async fn rootless_inner_limits_are_dropped_and_the_trace_says_so_once() {
     });
     let backend = scope.dind(cfg);
     let env = prepare(&backend, &scope.spec(905)).await;
-    // 150 MiB in a container capped at 64 MiB; stderr joined so a CLI warning would show.
+    // 150 MiB and 60 processes in a container capped at 64 MiB and 32 pids; stderr joined
+    // so a CLI warning would show.
     let (r, first) = run_project_script(
         env.as_ref(),
         "echo \"inner-driver=$(docker info -f '{{.CgroupDriver}}')\"\n\
          docker run --name capped -m 64m --cpus 0.5 --pids-limit 32 isolated-runner/busybox:test \
-           sh -c 'head -c 150m /dev/zero | tail >/dev/null && echo capped-150m-ok' 2>&1\n\
+           sh -c 'head -c 150m /dev/zero | tail >/dev/null && echo capped-150m-ok; \
+             for i in $(seq 60); do sleep 2 & done; wait && echo capped-60-pids-ok' 2>&1\n\
          docker inspect -f 'recorded={{.HostConfig.Memory}}/{{.HostConfig.NanoCpus}}/{{.HostConfig.PidsLimit}}' capped\n\
          docker rm capped >/dev/null",
     )
@@ -413,11 +415,14 @@ async fn rootless_inner_limits_are_dropped_and_the_trace_says_so_once() {
     .await;
     assert_eq!(r.ok(), Some(0), "{second}");
     let both = format!("{first}\n{second}");
+    eprintln!("what the job saw:\n{both}");
     let dropped = first.contains("inner-driver=none");
     let hint = "isolated-runner: an inner container asked for `--memory`";
     if dropped {
-        // Recorded as asked, not applied: 150 MiB fit in a "64 MiB" container.
+        // Recorded as asked, not applied: 150 MiB and 60 sleeps fit in a "64 MiB, 32 pids"
+        // container.
         assert!(first.contains("capped-150m-ok"), "{first}");
+        assert!(first.contains("capped-60-pids-ok"), "{first}");
         assert!(first.contains("recorded=67108864/500000000/32"), "{first}");
         assert!(
             !both.contains("WARNING"),
