@@ -391,6 +391,12 @@ async fn rootless_inner_limits_are_dropped_and_the_trace_says_so_once() {
     });
     let backend = scope.dind(cfg);
     let env = prepare(&backend, &scope.spec(905)).await;
+    let sidecar = format!("ir-{}-905-sidecar", scope.runner_id);
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
     // 150 MiB and 60 processes in a container capped at 64 MiB and 32 pids; stderr joined
     // so a CLI warning would show.
     let (r, first) = run_project_script(
@@ -428,6 +434,21 @@ async fn rootless_inner_limits_are_dropped_and_the_trace_says_so_once() {
             !both.contains("WARNING"),
             "the CLI warned after all: {both}"
         );
+        // Nor does the daemon say anything about it in its log (the sidecar's).
+        let out = std::process::Command::new("docker")
+            .args(["logs", "--since", &since, &sidecar])
+            .output()
+            .expect("docker logs");
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said: Vec<&str> = log
+            .lines()
+            .filter(|l| l.to_lowercase().contains("limit"))
+            .collect();
+        assert!(said.is_empty(), "the daemon logged it: {said:?}");
         assert_eq!(both.matches(hint).count(), 1, "{both}");
         assert!(
             both.contains("`--memory`, `--cpus`, `--pids-limit`")

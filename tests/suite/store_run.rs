@@ -629,3 +629,74 @@ async fn hardened_runner_run_starts_jobs_from_the_golden() {
     w.scope.assert_clean().await;
     w.release_store().await;
 }
+
+/// rootless, `warm_pool = 1`: the slot started at warm-up sits on a snapshot of the golden (no
+/// copy in its build), a job takes it, its teardown deletes the snapshot, the refill gets a
+/// new one; the runner that mounted the store unmounts it when it stops.
+#[tokio::test]
+async fn rootless_fixed_warm_pool_builds_slots_on_snapshots() {
+    const E: u64 = 5301;
+    let w = World::new(
+        "store-pool",
+        1,
+        "sidecar_profile = \"rootless\"\nwarm_pool = 1\n",
+    )
+    .await;
+    let runner = w.scope.runner_id.clone();
+    let busybox_id = host_image_id(&w.scope, BUSYBOX_IMAGE).await;
+    let mut runner_proc = w.start_runner();
+    w.wait_log("slot built", 0).await;
+    let log = w.log_text();
+    let slot_line = log
+        .lines()
+        .find(|l| l.contains("slot built"))
+        .unwrap_or_default();
+    assert!(
+        slot_line.contains("root ") && !slot_line.contains("preload "),
+        "{slot_line}"
+    );
+    let golden = format!("golden/{}", w.goldens().first().expect("a golden"));
+    let slots = root_ids(&subvolumes(&w.store), &runner);
+    assert!(
+        slots.len() == 1 && is_slot_id(slots[0]),
+        "{:?}",
+        subvolumes(&w.store)
+    );
+    let slot = slots[0];
+    assert_eq!(
+        data_root_of(&sidecar_name(&runner, slot)).await,
+        format!("bind {}/mnt/ir-{runner}-{slot}-root", w.store.display())
+    );
+
+    w.enqueue(E, INNER_FACTS);
+    let fe = w.wait_final(E).await;
+    assert!(w.trace(E).contains("pre-started"), "{}", w.trace(E));
+    assert_inner_facts(&w, E, &fe, &busybox_id);
+    // The taken slot's snapshot goes with the job; the refill is a new slot on a new one.
+    let refilled = wait_until(JOB_TIMEOUT, || {
+        let ids = root_ids(&subvolumes(&w.store), &runner);
+        !ids.contains(&slot) && ids.len() == 1 && is_slot_id(ids[0])
+    })
+    .await;
+    assert!(refilled, "{:?}\n{}", subvolumes(&w.store), w.log_text());
+    let refill = root_ids(&subvolumes(&w.store), &runner)[0];
+    assert_eq!(
+        subvolumes(&w.store),
+        vec![golden, format!("jobs/ir-{runner}-{refill}-root")]
+    );
+
+    kill(
+        Pid::from_raw(runner_proc.id().expect("pid") as i32),
+        Signal::SIGQUIT,
+    )
+    .expect("SIGQUIT the runner");
+    let status = tokio::time::timeout(Duration::from_secs(90), runner_proc.wait())
+        .await
+        .expect("the runner exits on SIGQUIT")
+        .expect("reap the runner");
+    assert!(status.success(), "{status}\n{}", w.log_text());
+    // The pool's slot went at shutdown, then the store (this run mounted it).
+    assert!(!is_mounted(&w.store), "{}", w.log_text());
+    w.scope.assert_clean().await;
+    w.release_store().await;
+}
