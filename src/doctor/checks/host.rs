@@ -47,8 +47,9 @@ pub(super) fn host_cgroup(f: &Facts) -> Check {
                     ),
                     "size the sidecar's limits (sidecar_memory, sidecar_cpus, \
                      sidecar_pids_limit) for the whole job; for per-container limits inside jobs \
-                     use sidecar_profile = \"hardened\" (not a security boundary) or sysbox, or \
-                     a cgroup v2 host (docs/sidecar-profiles.md, \"Limits\")",
+                     use sidecar_profile = \"hardened\" (not a security boundary) or sysbox \
+                     (docs/sidecar-profiles.md, \"Limits\": a cgroup v2 host alone is not \
+                     expected to help, the sidecar runs no systemd)",
                 ));
             }
             if warnings.is_empty() {
