@@ -258,6 +258,56 @@ pub struct ContainerInfo {
     pub image: String,
 }
 
+/// The resource limits a container was created with, as its daemon recorded the request
+/// (whether the daemon applies them is another matter: a rootless daemon without cgroups
+/// records them and applies none). Zero or empty means not asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestedLimits {
+    /// `--memory`, bytes.
+    pub memory: i64,
+    /// `--memory-reservation`, bytes.
+    pub memory_reservation: i64,
+    /// `--cpus`, billionths of a CPU.
+    pub nano_cpus: i64,
+    /// `--cpu-quota`, microseconds per period.
+    pub cpu_quota: i64,
+    /// `--cpu-shares`.
+    pub cpu_shares: i64,
+    /// `--cpuset-cpus`.
+    pub cpuset_cpus: String,
+    /// `--pids-limit` (0 and -1 mean unlimited).
+    pub pids_limit: i64,
+}
+
+impl RequestedLimits {
+    /// The `docker run` flags of the limits asked for, in a fixed order.
+    pub fn flags(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.memory > 0 {
+            v.push("--memory");
+        }
+        if self.memory_reservation > 0 {
+            v.push("--memory-reservation");
+        }
+        if self.nano_cpus > 0 {
+            v.push("--cpus");
+        }
+        if self.cpu_quota > 0 {
+            v.push("--cpu-quota");
+        }
+        if self.cpu_shares > 0 {
+            v.push("--cpu-shares");
+        }
+        if !self.cpuset_cpus.is_empty() {
+            v.push("--cpuset-cpus");
+        }
+        if self.pids_limit > 0 {
+            v.push("--pids-limit");
+        }
+        v
+    }
+}
+
 /// A network, as listed.
 #[derive(Debug, Clone, Default)]
 pub struct NetworkInfo {
@@ -476,6 +526,47 @@ impl Docker {
             .start_container(id, None::<q::StartContainerOptions>)
             .await
             .map_err(api(format!("start container {id}")))
+    }
+
+    /// The limits container `id` was created with ([`RequestedLimits`]).
+    pub async fn requested_limits(&self, id: &str) -> Result<RequestedLimits, Error> {
+        let r = self
+            .inner
+            .inspect_container(id, None::<q::InspectContainerOptions>)
+            .await
+            .map_err(api(format!("inspect container {id}")))?;
+        let h = r.host_config.unwrap_or_default();
+        Ok(RequestedLimits {
+            memory: h.memory.unwrap_or(0),
+            memory_reservation: h.memory_reservation.unwrap_or(0),
+            nano_cpus: h.nano_cpus.unwrap_or(0),
+            cpu_quota: h.cpu_quota.unwrap_or(0),
+            cpu_shares: h.cpu_shares.unwrap_or(0),
+            cpuset_cpus: h.cpuset_cpus.unwrap_or_default(),
+            pids_limit: h.pids_limit.unwrap_or(0),
+        })
+    }
+
+    /// Ids of the containers created on this daemon from `since` (unix seconds; the daemon
+    /// replays what it still holds of that span) on, as its event stream reports them. The
+    /// stream ends when the daemon closes it; an error item ends it too.
+    pub fn container_creations(
+        &self,
+        since: i64,
+    ) -> Pin<Box<dyn Stream<Item = Result<String, Error>> + Send>> {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("event".to_string(), vec!["create".to_string()]),
+        ]);
+        let opts = q::EventsOptions {
+            since: Some(since.to_string()),
+            until: None,
+            filters: Some(filters),
+        };
+        Box::pin(self.inner.events(Some(opts)).map(|e| {
+            e.map(|m| m.actor.and_then(|a| a.id).unwrap_or_default())
+                .map_err(api("read the daemon's events"))
+        }))
     }
 
     /// Inspects a container.

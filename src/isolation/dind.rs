@@ -134,6 +134,7 @@ impl Isolation for DindBackend {
             born: None,
             client_certs: None,
             followup: None,
+            limit_watch: None,
         };
         let built = tokio::select! {
             biased;
@@ -207,6 +208,15 @@ async fn settle(
 
 /// A job's environment around its sidecar: started for it, or a pre-started one taken over.
 impl Core {
+    /// rootless: a watch for limits the job's daemon is asked for and cannot apply.
+    fn limit_watch(&self, inner: Option<&Docker>) -> Option<super::sandbox_hint::LimitWatch> {
+        if self.runner.docker.isolation.sidecar_profile != crate::config::SidecarProfile::Rootless {
+            return None;
+        }
+        let sidecar = super::limits::JobLimits::of(&self.runner.docker).sidecar;
+        inner.map(|d| super::sandbox_hint::LimitWatch::start(d.clone(), sidecar))
+    }
+
     /// How script containers of a job on this runner are made.
     fn script_settings(&self, spec: &EnvironmentSpec, client: MountSpec) -> ScriptSettings {
         let limits = super::limits::JobLimits::of(&self.runner.docker).job;
@@ -334,6 +344,7 @@ impl Core {
         );
         let client = env.state.bind(&booted.client_certs, CLIENT_CERT_PATH, true);
         env.state.script = Some(self.script_settings(spec, client));
+        env.limit_watch = self.limit_watch(env.inner.as_ref());
         Ok(())
     }
 
@@ -472,6 +483,7 @@ impl Core {
                 detail: "the slot has no client certificates".to_string(),
             })?;
         env.state.script = Some(self.script_settings(spec, client));
+        env.limit_watch = self.limit_watch(env.inner.as_ref());
         Ok(())
     }
 
@@ -641,6 +653,8 @@ pub struct DindEnv {
     client_certs: Option<PathBuf>,
     /// What to start for the project's next job once this one is gone.
     followup: Option<Followup>,
+    /// rootless: says in the trace when the job's daemon drops a container's limits.
+    limit_watch: Option<super::sandbox_hint::LimitWatch>,
 }
 
 /// A sidecar to pre-start on a warm data root after its job (see `pool.rs`).
@@ -666,6 +680,7 @@ impl DindEnv {
             born: Some(slot.born),
             client_certs: Some(slot.client_certs),
             followup: None,
+            limit_watch: None,
         }
     }
 }
@@ -722,7 +737,13 @@ impl JobEnvironment for DindEnv {
         out: Arc<dyn OutputSink>,
         cancel: CancellationToken,
     ) -> Result<i32, Error> {
-        self.state.run_script(req, out, cancel).await
+        let Some(w) = &self.limit_watch else {
+            return self.state.run_script(req, out, cancel).await;
+        };
+        w.step_started(out.clone());
+        let r = self.state.run_script(req, out, cancel).await;
+        w.step_ended();
+        r
     }
 
     async fn run_script_as(
@@ -732,7 +753,13 @@ impl JobEnvironment for DindEnv {
         out: Arc<dyn OutputSink>,
         cancel: CancellationToken,
     ) -> Result<i32, Error> {
-        self.state.run_script_as(req, user, out, cancel).await
+        let Some(w) = &self.limit_watch else {
+            return self.state.run_script_as(req, user, out, cancel).await;
+        };
+        w.step_started(out.clone());
+        let r = self.state.run_script_as(req, user, out, cancel).await;
+        w.step_ended();
+        r
     }
 
     async fn image_user(&self) -> Result<Option<String>, Error> {

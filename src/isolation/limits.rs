@@ -60,6 +60,26 @@ pub struct ContainerLimits {
     pub pids_limit: Option<i64>,
 }
 
+impl ContainerLimits {
+    /// The limits as a user reads them: `memory 512 MiB, 1 CPU, 256 pids`; what is not set
+    /// reads as unlimited (the trace hint of a rootless daemon's discarded limits names them).
+    pub fn describe(&self) -> String {
+        let memory = match self.memory {
+            Some(m) if m > 0 => format!("memory {} MiB", m >> 20),
+            _ => "memory unlimited".to_string(),
+        };
+        let cpus = match self.cpus {
+            Some(c) if c > 0.0 => format!("{c} CPU{}", if c == 1.0 { "" } else { "s" }),
+            _ => "CPUs unlimited".to_string(),
+        };
+        let pids = match self.pids_limit {
+            Some(p) if p > 0 => format!("{p} pids"),
+            _ => "pids unlimited".to_string(),
+        };
+        format!("{memory}, {cpus}, {pids}")
+    }
+}
+
 /// The limits of every container of a job on one runner.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct JobLimits {
@@ -167,6 +187,25 @@ mod tests {
         );
         assert_eq!(l.sidecar.memory, Some(2 << 30));
         assert_eq!(l.sidecar.pids_limit, Some(512));
+    }
+
+    #[test]
+    fn limits_read_as_a_user_reads_them() {
+        let l = ContainerLimits {
+            memory: Some(512 << 20),
+            cpus: Some(1.0),
+            pids_limit: Some(256),
+        };
+        assert_eq!(l.describe(), "memory 512 MiB, 1 CPU, 256 pids");
+        let half = ContainerLimits {
+            cpus: Some(0.5),
+            ..l
+        };
+        assert_eq!(half.describe(), "memory 512 MiB, 0.5 CPUs, 256 pids");
+        assert_eq!(
+            ContainerLimits::default().describe(),
+            "memory unlimited, CPUs unlimited, pids unlimited"
+        );
     }
 
     #[test]

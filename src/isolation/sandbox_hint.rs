@@ -9,10 +9,26 @@
 //! failed step ran and says why in the trace, in the same words the docs use. The sidecar's log
 //! is written by processes the job controls (the inner daemon), so it is only matched against
 //! fixed signatures: nothing from it is copied into the trace.
+//!
+//! Also here: [`LimitWatch`], the hint when a rootless daemon without cgroups is asked for
+//! per-container limits, which it drops without a word (no failure, no log line).
 
 use crate::docker::Docker;
 use crate::trace::OutputSink;
+use futures::StreamExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+/// The hint when a rootless job daemon without cgroups was asked for a limit; `{flags}` and
+/// `{sidecar}` are the runner's own words (flag names from a fixed list, the configured limits).
+const DISCARDED_LIMITS: &str = "an inner container asked for {flags}, which the job's Docker \
+    daemon accepts and does not apply: it runs rootless (sidecar_profile = \"rootless\") \
+    without cgroups on this host (Docker's rootless mode applies limits only through systemd \
+    on cgroup v2), so inner containers get no per-container limits, and the Docker CLI says \
+    nothing. The job's own limits still hold: its daemon and everything it runs share the \
+    sidecar's {sidecar}; past them the kernel kills the biggest process (exit 137) \
+    (docs/sidecar-profiles.md, \"Limits\")";
 
 /// How much of the sidecar's log a failed step is checked against.
 const LOG_LINES: usize = 400;
@@ -88,6 +104,150 @@ pub(super) async fn explain(
     }
 }
 
+/// Watches a rootless job daemon for containers created with resource limits it cannot apply,
+/// and says so once in the job's trace, in the step that created the first one.
+///
+/// Why a watch and not the sidecar's log: a rootless dockerd without cgroups drops the limits
+/// when it converts the container's spec and logs nothing, and the CLI prints no warning (its
+/// kernel checks pass: the cgroup v1 mounts are visible in the sidecar). The runner already
+/// holds an mTLS client of the job's daemon: it follows the daemon's `create` events and reads
+/// each new container's recorded limits, numbers only; nothing the job wrote reaches the trace.
+/// A daemon that applies limits (its cgroup driver is not `none`) is not watched at all.
+pub(super) struct LimitWatch {
+    shared: Arc<WatchShared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct WatchShared {
+    /// The sink of the step now running, if one runs.
+    step: Mutex<Option<Arc<dyn OutputSink>>>,
+    /// The hint, once a discarded limit was seen.
+    hint: Mutex<Option<String>>,
+    /// The hint is in the trace (once per job).
+    said: AtomicBool,
+}
+
+impl WatchShared {
+    /// Writes the hint into the running step's sink, once, if there is a hint and a step.
+    fn say(&self) {
+        let Some(hint) = self.hint.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return;
+        };
+        let step = self.step.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(out) = step
+            && !self.said.swap(true, Ordering::SeqCst)
+        {
+            out.write(format!("\x1b[33;1misolated-runner: {hint}\x1b[0;m\n").as_bytes());
+        }
+    }
+}
+
+impl LimitWatch {
+    /// Starts watching `inner`, the job's daemon; `sidecar` are the limits that do hold.
+    pub(super) fn start(inner: Docker, sidecar: super::limits::ContainerLimits) -> LimitWatch {
+        let shared = Arc::new(WatchShared {
+            step: Mutex::new(None),
+            hint: Mutex::new(None),
+            said: AtomicBool::new(false),
+        });
+        let since = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        // Not in the daemon's task tracker: it holds nothing to clean up, and the job's
+        // environment aborts it when dropped (teardown), so it never outlives the job.
+        let task = tokio::spawn(watch(inner, sidecar, since, Arc::clone(&shared)));
+        LimitWatch { shared, task }
+    }
+
+    /// A step begins: a hint not yet said goes into its output.
+    pub(super) fn step_started(&self, out: Arc<dyn OutputSink>) {
+        *self.shared.step.lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+        self.shared.say();
+    }
+
+    /// The step ended: a limit seen while it ran is said in its output before it closes.
+    pub(super) fn step_ended(&self) {
+        self.shared.say();
+        *self.shared.step.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Whether the hint was written (tests).
+    #[cfg(test)]
+    fn said(&self) -> bool {
+        self.shared.said.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for LimitWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The hint for a container asking for `flags`.
+fn discarded_hint(flags: &[&str], sidecar: &super::limits::ContainerLimits) -> String {
+    let flags = flags
+        .iter()
+        .map(|f| format!("`{f}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    DISCARDED_LIMITS
+        .replace("{flags}", &flags)
+        .replace("{sidecar}", &sidecar.describe())
+}
+
+async fn watch(
+    inner: Docker,
+    sidecar: super::limits::ContainerLimits,
+    since: i64,
+    shared: Arc<WatchShared>,
+) {
+    match inner.engine_facts().await {
+        Ok(f) if f.cgroup_driver == "none" => {}
+        Ok(_) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot ask the job's daemon for its cgroup driver");
+            return;
+        }
+    }
+    let mut since = since;
+    loop {
+        let mut created = inner.container_creations(since);
+        while let Some(event) = created.next().await {
+            let id = match event {
+                Ok(id) if !id.is_empty() => id,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the job daemon's event stream broke");
+                    break;
+                }
+            };
+            // A container removed before this look (`--rm` of a very short run) is missed:
+            // the hint is best effort, the sidecar's limits hold either way.
+            let Ok(limits) = inner.requested_limits(&id).await else {
+                continue;
+            };
+            let flags = limits.flags();
+            if !flags.is_empty() {
+                *shared.hint.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(discarded_hint(&flags, &sidecar));
+                shared.say();
+                return;
+            }
+        }
+        // The stream ended (a client timeout on a long job, say): follow it again from a
+        // second back (a repeat is harmless) while the daemon answers; a gone daemon ends it.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if inner.ping().await.is_err() {
+            return;
+        }
+        since = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .saturating_sub(2);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +297,70 @@ mod tests {
         let h = hints_for(log, at("2026-12-06T10:51:15Z"));
         assert_eq!(h.len(), 1);
         assert!(h[0].contains("--device"));
+    }
+
+    #[derive(Default)]
+    struct Sink(Mutex<Vec<u8>>);
+    impl OutputSink for Sink {
+        fn write(&self, data: &[u8]) {
+            self.0.lock().unwrap().extend_from_slice(data);
+        }
+    }
+    impl Sink {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    fn sidecar() -> crate::isolation::limits::ContainerLimits {
+        crate::isolation::limits::ContainerLimits {
+            memory: Some(512 << 20),
+            cpus: Some(1.0),
+            pids_limit: Some(256),
+        }
+    }
+
+    #[test]
+    fn discarded_limits_hint_names_the_flags_and_the_limits_that_hold() {
+        let h = discarded_hint(&["--memory", "--cpus"], &sidecar());
+        assert!(h.contains("`--memory`, `--cpus`"), "{h}");
+        assert!(h.contains("memory 512 MiB, 1 CPU, 256 pids"), "{h}");
+        assert!(h.contains("sidecar_profile = \"rootless\""), "{h}");
+        assert!(!h.contains('{'), "a placeholder is left: {h}");
+    }
+
+    /// Said once per job, in the step that is running when the limit is seen, or in the next
+    /// step when none runs; never when no limit was seen.
+    #[tokio::test]
+    async fn the_hint_is_said_once_in_the_running_step() {
+        let shared = Arc::new(WatchShared {
+            step: Mutex::new(None),
+            hint: Mutex::new(None),
+            said: AtomicBool::new(false),
+        });
+        let w = LimitWatch {
+            shared: Arc::clone(&shared),
+            task: tokio::spawn(async {}),
+        };
+        let first = Arc::new(Sink::default());
+        w.step_started(first.clone());
+        w.step_ended();
+        assert!(first.text().is_empty() && !w.said());
+
+        // Seen between steps: said when the next one starts.
+        *shared.hint.lock().unwrap() = Some(discarded_hint(&["--memory"], &sidecar()));
+        shared.say();
+        assert!(!w.said());
+        let second = Arc::new(Sink::default());
+        w.step_started(second.clone());
+        assert!(second.text().contains("`--memory`"), "{}", second.text());
+        assert!(w.said());
+        w.step_ended();
+        let third = Arc::new(Sink::default());
+        w.step_started(third.clone());
+        shared.say();
+        w.step_ended();
+        assert!(third.text().is_empty(), "said twice: {}", third.text());
+        assert_eq!(second.text().matches("isolated-runner:").count(), 1);
     }
 }

@@ -168,10 +168,16 @@ impl JobExecutor for RunnerExecutor {
     async fn warm_up(&self, runners: &[RunnerConfig], _runner_id: &str) {
         // Labelled like this executor's jobs (the pool hands slots only to the same id).
         let runner_id = self.runner_id.as_str();
-        for r in runners
-            .iter()
-            .filter(|r| r.docker.isolation.warm_pool > 0 || r.docker.isolation.warm_pool_auto)
-        {
+        // A runner without a pool still warms up when it has a golden data root to make
+        // (`root_store`), so its first job does not wait for the build (docs/preload.md).
+        let warms = |r: &&RunnerConfig| {
+            let iso = &r.docker.isolation;
+            iso.warm_pool > 0
+                || iso.warm_pool_auto
+                || (!iso.preload_images.is_empty()
+                    && iso.root_store != crate::config::RootStore::Off)
+        };
+        for r in runners.iter().filter(warms) {
             match self.backend(r).await {
                 Ok(b) => b.warm_up(runner_id).await,
                 Err(e) => {

@@ -374,3 +374,96 @@ async fn service_fork_bomb_and_memory_hog_hit_the_limits() {
     teardown(env).await;
     scope.assert_clean().await;
 }
+
+/// The rootless profile on a host where its dockerd runs without cgroups (cgroup v1, as
+/// here): an inner `docker run --memory --cpus --pids-limit` is accepted, recorded and not
+/// applied, and the Docker CLI says nothing; the runner says it once per job in the step's
+/// output, naming the limits that do hold. The sidecar's memory limit still stops a hog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rootless_inner_limits_are_dropped_and_the_trace_says_so_once() {
+    use support::docker::run_project_script;
+    let _serial = SERIAL.lock().await;
+    let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
+    let cfg = scope.config(|c| {
+        limited(c);
+        c.docker.isolation.sidecar_profile = isolated_runner::config::SidecarProfile::Rootless;
+    });
+    let backend = scope.dind(cfg);
+    let env = prepare(&backend, &scope.spec(905)).await;
+    let sidecar = format!("ir-{}-905-sidecar", scope.runner_id);
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    // 150 MiB and 60 processes in a container capped at 64 MiB and 32 pids; stderr joined
+    // so a CLI warning would show.
+    let (r, first) = run_project_script(
+        env.as_ref(),
+        "echo \"inner-driver=$(docker info -f '{{.CgroupDriver}}')\"\n\
+         docker run --name capped -m 64m --cpus 0.5 --pids-limit 32 isolated-runner/busybox:test \
+           sh -c 'head -c 150m /dev/zero | tail >/dev/null && echo capped-150m-ok; \
+             for i in $(seq 60); do sleep 2 & done; wait && echo capped-60-pids-ok' 2>&1\n\
+         docker inspect -f 'recorded={{.HostConfig.Memory}}/{{.HostConfig.NanoCpus}}/{{.HostConfig.PidsLimit}}' capped\n\
+         docker rm capped >/dev/null",
+    )
+    .await;
+    assert_eq!(r.ok(), Some(0), "{first}");
+    // A later step: more limits, and a hog past the sidecar's 512 MiB.
+    let (r, second) = run_project_script(
+        env.as_ref(),
+        "docker run --rm -m 32m isolated-runner/busybox:test true 2>&1\n\
+         docker run --rm -m 64m isolated-runner/busybox:test sh -c 'head -c 700m /dev/zero | tail' 2>&1 \
+           && echo HOG-SURVIVED || echo hog-exit=$?\n\
+         docker info -f 'daemon-ok={{.ServerVersion}}'",
+    )
+    .await;
+    assert_eq!(r.ok(), Some(0), "{second}");
+    let both = format!("{first}\n{second}");
+    eprintln!("what the job saw:\n{both}");
+    let dropped = first.contains("inner-driver=none");
+    let hint = "isolated-runner: an inner container asked for `--memory`";
+    if dropped {
+        // Recorded as asked, not applied: 150 MiB and 60 sleeps fit in a "64 MiB, 32 pids"
+        // container.
+        assert!(first.contains("capped-150m-ok"), "{first}");
+        assert!(first.contains("capped-60-pids-ok"), "{first}");
+        assert!(first.contains("recorded=67108864/500000000/32"), "{first}");
+        assert!(
+            !both.contains("WARNING"),
+            "the CLI warned after all: {both}"
+        );
+        // Nor does the daemon say anything about it in its log (the sidecar's).
+        let out = std::process::Command::new("docker")
+            .args(["logs", "--since", &since, &sidecar])
+            .output()
+            .expect("docker logs");
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said: Vec<&str> = log
+            .lines()
+            .filter(|l| l.to_lowercase().contains("limit"))
+            .collect();
+        assert!(said.is_empty(), "the daemon logged it: {said:?}");
+        assert_eq!(both.matches(hint).count(), 1, "{both}");
+        assert!(
+            both.contains("`--memory`, `--cpus`, `--pids-limit`")
+                && both.contains("memory 512 MiB, 1 CPU, 256 pids"),
+            "{both}"
+        );
+    } else {
+        // A daemon that applies limits (cgroup v2 with delegation): the cap holds, no hint.
+        assert!(!first.contains("capped-150m-ok"), "{first}");
+        assert!(!both.contains(hint), "{both}");
+    }
+    // The sidecar's limit holds either way: the hog dies, the job's daemon lives.
+    assert!(!second.contains("HOG-SURVIVED"), "{second}");
+    assert!(second.contains("hog-exit=137"), "{second}");
+    assert!(second.contains("daemon-ok="), "{second}");
+    teardown(env).await;
+    scope.assert_clean().await;
+}

@@ -45,5 +45,6 @@ mod security_network;
 mod security_payload;
 mod services;
 mod soak;
+mod store_run;
 mod systemd;
 mod warm_pool;

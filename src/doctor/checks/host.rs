@@ -20,23 +20,48 @@ pub(super) fn host_cgroup(f: &Facts) -> Check {
         ),
         Cgroup::V1 { hybrid } => {
             let message = format!(
-                "cgroup v1{}{driver}: sidecar and inner container limits work (memory, pids), \
-                 but inner --privileged cannot get devices and limits are not delegated",
+                "cgroup v1{}{driver}: sidecar limits work (memory, CPU, pids) and so do inner \
+                 container limits of root inner daemons (hardened, sysbox, privileged), but \
+                 inner --privileged cannot get devices and limits are not delegated",
                 if *hybrid { " (hybrid)" } else { "" }
             );
+            let mut warnings: Vec<(String, &str)> = Vec::new();
             if privileged_configured(f) {
-                Check::with(
-                    ID,
-                    Status::Warn,
-                    format!(
-                        "{message}; a privileged sidecar can use the v1 release_agent to run commands on the host"
-                    ),
+                warnings.push((
+                    "a privileged sidecar can use the v1 release_agent to run commands on the host"
+                        .to_string(),
                     "use sidecar_profile = \"hardened\" (or sysbox), or move to a cgroup v2 host \
                      (systemd.unified_cgroup_hierarchy=1 on the kernel command line)",
-                )
-            } else {
-                Check::ok(ID, message)
+                ));
             }
+            let rootless = rootless_runners(f);
+            if !rootless.is_empty() {
+                warnings.push((
+                    format!(
+                        "inner containers get no per-container limits on rootless sidecars ({}): \
+                         their dockerd runs without cgroups here, so `docker run --memory/--cpus/\
+                         --pids-limit` in a job are accepted and ignored (the job's trace says \
+                         so once); the sidecar's own limits still bound the job's daemon and \
+                         everything it runs",
+                        rootless.join(", ")
+                    ),
+                    "size the sidecar's limits (sidecar_memory, sidecar_cpus, \
+                     sidecar_pids_limit) for the whole job; for per-container limits inside jobs \
+                     use sidecar_profile = \"hardened\" (not a security boundary) or sysbox \
+                     (docs/sidecar-profiles.md, \"Limits\": a cgroup v2 host alone is not \
+                     expected to help, the sidecar runs no systemd)",
+                ));
+            }
+            if warnings.is_empty() {
+                return Check::ok(ID, message);
+            }
+            let (notes, hints): (Vec<String>, Vec<&str>) = warnings.into_iter().unzip();
+            Check::with(
+                ID,
+                Status::Warn,
+                format!("{message}; {}", notes.join("; ")),
+                hints.join("\n"),
+            )
         }
         Cgroup::Unknown(why) => Check::with(
             ID,
@@ -45,6 +70,23 @@ pub(super) fn host_cgroup(f: &Facts) -> Check {
             "check `stat -fc %T /sys/fs/cgroup` (cgroup2fs = v2, tmpfs = v1) and `docker info`",
         ),
     }
+}
+
+/// Names of the configured dind runners with the rootless sidecar profile.
+fn rootless_runners(f: &Facts) -> Vec<String> {
+    f.config
+        .loaded()
+        .map(|c| {
+            c.runners
+                .iter()
+                .filter(|r| {
+                    r.docker.isolation.mode == IsolationMode::Dind
+                        && r.docker.isolation.sidecar_profile == SidecarProfile::Rootless
+                })
+                .map(|r| r.name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub(super) fn host_kernel(f: &Facts) -> Check {

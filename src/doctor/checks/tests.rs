@@ -248,6 +248,9 @@ fn config_volumes() {
 fn host_cgroup() {
     let mut f = healthy();
     f.host.cgroup = Cgroup::V1 { hybrid: false };
+    if let ConfigState::Loaded { config, .. } = &mut f.config.state {
+        config.runners[0].docker.isolation.sidecar_profile = SidecarProfile::Hardened;
+    }
     let c = assert_status(&f, "host.cgroup", Status::Ok);
     assert!(c.message.contains("v1"));
     if let ConfigState::Loaded { config, .. } = &mut f.config.state {
@@ -255,6 +258,31 @@ fn host_cgroup() {
     }
     let c = assert_status(&f, "host.cgroup", Status::Warn);
     assert!(c.message.contains("release_agent"));
+    assert!(
+        !c.message.contains("no per-container limits"),
+        "{}",
+        c.message
+    );
+    // rootless on v1: inner containers get no limits of their own; a warning that names the
+    // runner and points at the limits that do hold.
+    if let ConfigState::Loaded { config, .. } = &mut f.config.state {
+        config.runners[0].docker.isolation.sidecar_profile = SidecarProfile::Rootless;
+    }
+    let c = assert_status(&f, "host.cgroup", Status::Warn);
+    assert!(
+        c.message.contains("no per-container limits"),
+        "{}",
+        c.message
+    );
+    assert!(
+        c.message
+            .contains(&f.config.loaded().unwrap().runners[0].name)
+    );
+    assert!(!c.message.contains("release_agent"), "{}", c.message);
+    assert!(c.hint.contains("sidecar_memory"), "{}", c.hint);
+    // The same runner on a v2 host: no such warning.
+    f.host.cgroup = Cgroup::V2;
+    assert_status(&f, "host.cgroup", Status::Ok);
     f.host.cgroup = Cgroup::Unknown("no such file".into());
     assert_status(&f, "host.cgroup", Status::Warn);
 }
