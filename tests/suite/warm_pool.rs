@@ -592,10 +592,15 @@ fn root_of(said: &str) -> String {
         .to_string()
 }
 
-/// Waits until a pre-started slot's sidecar runs on `volume`.
-async fn slot_on(scope: &Scope, backend: &Arc<dyn Isolation>, volume: &str) -> bool {
+/// Waits until a pre-started slot's sidecar runs on `volume` (`alone`: and no other slot is
+/// idle or starting).
+async fn slot_on(scope: &Scope, backend: &Arc<dyn Isolation>, volume: &str, alone: bool) -> bool {
     let f = isolated_runner::docker::label_filters(&scope.runner_id, None);
     for _ in 0..2400 {
+        if alone && backend.standby_ids().len() != 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         let sidecars: Vec<String> = scope
             .docker
             .list_containers(&f)
@@ -623,6 +628,15 @@ async fn slot_on(scope: &Scope, backend: &Arc<dyn Isolation>, volume: &str) -> b
     false
 }
 
+/// Sets its flag when dropped (also while a test unwinds).
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The keyed pool's policy with `data_root = "project"` (docs/warm-images.md, "Warm
 /// daemons"): a project's jobs back to back, each next one arriving while the previous one's
 /// teardown still holds its warm root, take a sidecar started on another root of the project
@@ -638,13 +652,15 @@ async fn a_projects_next_job_finds_a_ready_sidecar_on_a_warm_root_during_the_las
     let backend = scope.dind(scope.config(|c| {
         c.docker.isolation.data_root = isolated_runner::config::DataRoot::Project;
         c.docker.isolation.data_root_per_key = 2;
-        // The config file's default: sized from demand.
-        c.docker.isolation.warm_pool_auto = true;
+        // One slot: the replacement's start may go one above it, never for long.
+        c.docker.isolation.warm_pool = 1;
     }));
     backend.warm_up(&scope.runner_id).await;
 
-    // The watcher: every 100 ms, any warm volume mounted by two running containers.
+    // The watcher: every 100 ms, any warm volume mounted by two running containers. Stopped
+    // by a guard, so a failing assertion cannot leave the runtime waiting for it forever.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
     let watcher = {
         let (stop, runner_id) = (stop.clone(), scope.runner_id.clone());
         tokio::task::spawn_blocking(move || {
@@ -670,6 +686,7 @@ async fn a_projects_next_job_finds_a_ready_sidecar_on_a_warm_root_during_the_las
         "{said}"
     );
     let root_a = root_of(&said);
+    eprintln!("job 1 on {root_a}");
     expect_ok(j1.as_ref(), &build_image("built-by-701")).await;
 
     // Job 2 arrives while job 1's teardown runs: it takes the slot started with job 1, on the
@@ -679,13 +696,14 @@ async fn a_projects_next_job_finds_a_ready_sidecar_on_a_warm_root_during_the_las
     assert!(said.contains("pre-started"), "{said}");
     assert!(said.contains("(new, cold;"), "{said}");
     let root_b = root_of(&said);
+    eprintln!("job 2 on {root_b}");
     assert_ne!(root_a, root_b);
     expect_ok(j2.as_ref(), &build_image("built-by-702")).await;
     t1.await.expect("teardown of job 1");
 
     // With job 2 running (or once job 1's teardown ended): a slot on job 1's root.
     assert!(
-        slot_on(&scope, &backend, &root_a).await,
+        slot_on(&scope, &backend, &root_a, false).await,
         "no slot on {root_a}"
     );
     // One daemon per root, each root's lock held.
@@ -705,6 +723,7 @@ async fn a_projects_next_job_finds_a_ready_sidecar_on_a_warm_root_during_the_las
         "{said}"
     );
     assert_eq!(root_of(&said), root_a);
+    eprintln!("job 3 on {root_a}");
     let seen = expect_ok(j3.as_ref(), IMAGES).await;
     assert!(
         seen.contains("built-by-701 ") && !seen.contains("built-by-702"),
@@ -714,11 +733,14 @@ async fn a_projects_next_job_finds_a_ready_sidecar_on_a_warm_root_during_the_las
     t2.await.expect("teardown of job 2");
     teardown(j3).await;
 
-    // Quiet: a slot on the root job 3 left; job 4 takes it and sees job 3's image.
+    // Quiet: a slot on the root job 3 left replaces the older one (the pool holds one); job 4
+    // takes it and sees job 3's image.
     assert!(
-        slot_on(&scope, &backend, &root_a).await,
-        "no slot on {root_a} after job 3"
+        slot_on(&scope, &backend, &root_a, true).await,
+        "no lone slot on {root_a} after job 3: {:?}",
+        backend.standby_ids()
     );
+    eprintln!("slot on {root_a} after job 3");
     let (j4, said) = prepare(&backend, &scope.spec(704)).await;
     assert!(
         said.contains("pre-started") && said.contains("(warm;"),
