@@ -658,12 +658,12 @@ async fn a_projects_next_job_finds_a_ready_sidecar_on_a_warm_root_during_the_las
     backend.warm_up(&scope.runner_id).await;
 
     // The watcher: every 100 ms, any warm volume mounted by two running containers. Stopped
-    // by a guard, so a failing assertion cannot leave the runtime waiting for it forever.
+    // by a guard also when an assertion fails.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _stop_on_drop = StopOnDrop(stop.clone());
     let watcher = {
         let (stop, runner_id) = (stop.clone(), scope.runner_id.clone());
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(async move {
             let mut seen = Vec::new();
             let mut rounds = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -673,7 +673,7 @@ async fn a_projects_next_job_finds_a_ready_sidecar_on_a_warm_root_during_the_las
                     }
                 }
                 rounds += 1;
-                std::thread::sleep(Duration::from_millis(100));
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             (seen, rounds)
         })
