@@ -9,7 +9,9 @@
 //! - **One job at a time per root, several roots per key**: a key has up to
 //!   `data_root_per_key` roots (`…-p<project>-<protected>`, then `-1`, `-2`, …), each with
 //!   its own exclusive `flock` on `<state_dir>/warm-roots/<volume>.lock`, tried without
-//!   waiting, existing roots first. All busy (or held by a container of a dead runner) → the
+//!   waiting, existing roots first, the one a job released last first (the lock file's
+//!   modification time, set at release: the newest images and build cache). All busy (or
+//!   held by a container of a dead runner) → the
 //!   job gets an ordinary ephemeral volume. Never wait, never share a root between two live
 //!   daemons; parallel jobs of one project and protection level each get their own root.
 //! - **Size cap** (`data_root_max_size`): measured with `du` in a throw-away helper container
@@ -156,7 +158,7 @@ pub struct WarmLease {
     /// Set when the root could not be proven clean: [`WarmLease::release`] removes it.
     poisoned: bool,
     key: (String, String, u64, bool),
-    _lock: nix::fcntl::Flock<std::fs::File>,
+    lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// Why a job did not get its warm root (it then runs on an ephemeral volume).
@@ -234,6 +236,23 @@ async fn try_lock(path: PathBuf) -> Result<Option<nix::fcntl::Flock<std::fs::Fil
     .map_err(|e| format!("lock worker: {e}"))?
 }
 
+/// When a job last released the root of this lock file (its modification time, set by
+/// [`WarmLease::release`]); `None` when unknown. Only an ordering hint.
+async fn last_used(lock: &Path) -> Option<SystemTime> {
+    // Not followed: the state dir is the runner's own, but a link is never a stamp.
+    let meta = tokio::fs::symlink_metadata(lock).await.ok()?;
+    meta.file_type()
+        .is_file()
+        .then(|| meta.modified().ok())
+        .flatten()
+}
+
+/// Root names by their [`last_used`] time, the latest first, unknown ones last (stable).
+fn most_recent_first(mut roots: Vec<(Option<SystemTime>, String)>) -> Vec<String> {
+    roots.sort_by_key(|r| std::cmp::Reverse(r.0));
+    roots.into_iter().map(|(_, v)| v).collect()
+}
+
 trait NoFollow {
     fn custom_flags_nofollow(&mut self) -> &mut Self;
 }
@@ -246,8 +265,8 @@ impl NoFollow for std::fs::OpenOptions {
 }
 
 /// Takes a free warm root of (runner, project, protected) for one job: one of the key's
-/// `per_key` roots whose lock nobody holds, preferring roots that exist (warm) over ones still
-/// to be made; drops it when too old or held by a leftover container (then tries the next),
+/// `per_key` roots whose lock nobody holds, preferring roots that exist (warm), the one a job
+/// released last first, over ones still to be made; drops it when too old or held by a leftover container (then tries the next),
 /// creates it when missing. `Err(Miss)` means "use an ephemeral volume" (never an error for
 /// the job).
 pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease, Miss> {
@@ -274,6 +293,14 @@ pub async fn acquire(docker: &Docker, req: &WarmRequest<'_>) -> Result<WarmLease
         .unwrap_or_default();
     let (mut warm, cold): (Vec<String>, Vec<String>) =
         names.into_iter().partition(|n| existing.contains(n));
+    // The root a job used last first (it holds the project's newest images and build cache),
+    // then the other existing ones, most recently used first.
+    let mut used = Vec::with_capacity(warm.len());
+    for v in warm.drain(..) {
+        let at = last_used(&lock_path(req.state_dir, &v)).await;
+        used.push((at, v));
+    }
+    warm.extend(most_recent_first(used));
     warm.extend(cold);
     let mut miss = Miss::Busy;
     for volume in warm {
@@ -332,7 +359,7 @@ async fn acquire_one(
             req.project_id,
             req.protected,
         ),
-        _lock: lock,
+        lock,
     })
 }
 
@@ -494,6 +521,13 @@ impl WarmLease {
                 Ok(_) => {}
                 Err(e) => failures.push(format!("measure warm root {}: {e}", self.volume)),
             }
+        }
+        // Still there: stamp the lock file, so the project's next daemon starts on the root
+        // its last job left ([`acquire`] orders by it). Failing costs warmth, never safety.
+        if removed.is_empty()
+            && let Err(e) = self.lock.set_modified(SystemTime::now())
+        {
+            tracing::debug!(volume = %self.volume, error = %e, "could not stamp the warm root's lock file");
         }
         // The lock goes with `self` here, after the volume is settled.
         (removed, failures)

@@ -151,3 +151,34 @@ async fn measure_cancelled_while_du_runs_removes_the_container() {
         .wait_for("DELETE /containers/fake0000", Duration::from_secs(10))
         .await;
 }
+
+/// The root a job released last comes first: its lock file's modification time, as the
+/// release stamps it; a root never stamped (or with no lock file yet) comes after the others.
+#[tokio::test]
+async fn the_root_a_job_left_last_is_tried_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |v: &str| lock_path(dir.path(), v);
+    let a = try_lock(path("a")).await.expect("lock a").expect("free");
+    let b = try_lock(path("b")).await.expect("lock b").expect("free");
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    a.set_modified(t0 + Duration::from_secs(10))
+        .expect("stamp a");
+    b.set_modified(t0 + Duration::from_secs(20))
+        .expect("stamp b");
+    let mut roots = Vec::new();
+    for v in ["a", "b", "c"] {
+        roots.push((last_used(&path(v)).await, v.to_string()));
+    }
+    assert_eq!(roots[2].0, None, "no lock file, no stamp");
+    assert_eq!(most_recent_first(roots.clone()), vec!["b", "a", "c"]);
+    // a is released by a job later than b.
+    a.set_modified(t0 + Duration::from_secs(30))
+        .expect("stamp a");
+    roots[0].0 = last_used(&path("a")).await;
+    assert_eq!(most_recent_first(roots), vec!["a", "b", "c"]);
+    // A link in place of a lock file is no stamp.
+    drop(b);
+    std::fs::remove_file(path("b")).expect("rm");
+    std::os::unix::fs::symlink(path("a"), path("b")).expect("link");
+    assert_eq!(last_used(&path("b")).await, None);
+}

@@ -194,6 +194,12 @@ async fn settle(
     match prepared {
         Ok(()) => {
             env.followup = followup(&env);
+            // The job holds its warm root now: its project's next sidecar starts on another.
+            if let Some(f) = &env.followup {
+                let per_key = f.core.runner.docker.isolation.data_root_per_key;
+                f.pool
+                    .job_started(&f.core, f.key, f.helper_image.clone(), per_key);
+            }
             Ok(Box::new(env))
         }
         Err(e) => {

@@ -21,11 +21,23 @@
 //! comes from the slot id, never from a path a job could have changed (see
 //! `docs/architecture.md#warm-pool`).
 //!
-//! With `data_root = "project"` a slot is *keyed*: when a job of a project ends, a sidecar is
-//! started at once on that project's warm data root (same project, same protected flag: the
-//! root's lease is held by the slot, scrubbed as for any reuse) and waits for the project's
-//! next job. Such slots exist only after a project's job, at most `warm_pool` of them (the
-//! oldest idle one makes room).
+//! With `data_root = "project"` a slot is *keyed*: it runs on one of a project's warm data
+//! roots (same project, same protected flag: the root's lease is held by the slot, scrubbed as
+//! for any reuse) and waits for the project's next job. The policy (docs/warm-images.md,
+//! "Warm daemons"), one ready slot ahead per recently active key:
+//! - **ahead**: when a job of key K starts on a warm root (its own or a slot's), a slot for K
+//!   starts at once on *another* free root of K ([`Pool::job_started`]), so a next job arriving
+//!   while this one still holds its root (running, or in its teardown) finds a daemon ready;
+//! - **after a job**: when a job of K ends and K has fewer slots than it wants, one starts on the
+//!   root just released ([`Pool::prestart`]);
+//! - **upgrade**: a slot started before K's last job ended holds an older state of the roots;
+//!   once K has been quiet for [`UPGRADE_QUIET`], a slot starts on the root that job left (the
+//!   most recently used free root) and the older slot goes when the new one is ready;
+//! - **how many**: a key wants as many as its jobs that started within one slot build time of
+//!   each other (a stage of parallel jobs; one for a stream), at most `data_root_per_key`, none
+//!   once it sent no job for `warm_pool_max_idle`; the pool's size (`warm_pool` N, or "auto": the
+//!   keys' wants, bounded by `concurrent`/`limit` and memory) caps the sum, and a key's new slot
+//!   takes the room of another key's oldest idle slot, never of its own.
 //!
 //! Slot objects are labelled like a job's, with a *slot id* in place of the job id: ids from
 //! [`SLOT_ID_BASE`] up, far above any GitLab job id, so the label sweep, the crash journal,
@@ -51,6 +63,15 @@ pub(super) const SLOT_JOB_BUDGET: Duration = Duration::from_secs(6 * 3600);
 
 /// How often idle slots are checked for age and the pool topped up.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(15);
+
+/// Keyed pools: how long a project must send no job before its slot, started before its last
+/// job ended, is replaced by one on the root that job left. Shorter would start a second
+/// sidecar per job in a stream of back-to-back jobs (each would find the ahead slot anyway);
+/// longer leaves a later job on one-job-older images and build cache.
+pub(super) const UPGRADE_QUIET: Duration = Duration::from_secs(10);
+
+/// Keyed pools: job starts kept per key (more within one build time exceed any root count).
+const KEY_STARTS_KEPT: usize = 64;
 
 /// A slot whose daemon does not answer a ping this fast is not handed to a job.
 const ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -109,6 +130,70 @@ struct PoolState {
     build_time: Option<Duration>,
     /// Slots that available memory allows beside the idle ones (read every maintenance round).
     memory_room: Option<usize>,
+    /// Keyed pools: what each project key did lately.
+    keys: HashMap<WarmKey, KeyStats>,
+    /// When the build of each idle or building slot began (tokio's clock): a keyed slot holds
+    /// its root as it was then, so the newest is the warmest.
+    began: HashMap<u64, tokio::time::Instant>,
+}
+
+/// Keyed pools: one project key's recent jobs.
+#[derive(Debug, Clone, Default)]
+struct KeyStats {
+    /// Job starts within the window (oldest first).
+    starts: VecDeque<tokio::time::Instant>,
+    last_start: Option<tokio::time::Instant>,
+    last_end: Option<tokio::time::Instant>,
+    /// What its slots are built with (the helper image of its last job) and may use
+    /// (`data_root_per_key`).
+    helper_image: String,
+    per_key: usize,
+}
+
+impl KeyStats {
+    /// Slots the key wants ready now: its job starts within one build time of each other, at
+    /// least one while it is active, at most its roots; none once it has been quiet for
+    /// `window`. Forgets starts older than the window.
+    fn wanted(
+        &mut self,
+        build_time: Duration,
+        window: Duration,
+        now: tokio::time::Instant,
+    ) -> usize {
+        while self
+            .starts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            self.starts.pop_front();
+        }
+        let recent =
+            |t: Option<tokio::time::Instant>| t.is_some_and(|t| now.duration_since(t) <= window);
+        if !recent(self.last_start) && !recent(self.last_end) {
+            return 0;
+        }
+        demand_target(&self.starts, build_time).clamp(1, self.per_key.max(1))
+    }
+
+    /// Whether the key's ready slot should be replaced by one on the root its last job left:
+    /// that job ended `quiet` ago or more, no job started since, and `newest`, the latest
+    /// build start of the key's slots (all idle, none building), is older than that end.
+    fn wants_upgrade(
+        &self,
+        newest: Option<tokio::time::Instant>,
+        building: bool,
+        now: tokio::time::Instant,
+        quiet: Duration,
+    ) -> bool {
+        let Some(end) = self.last_end else {
+            return false;
+        };
+        self.per_key > 1
+            && !building
+            && now.duration_since(end) >= quiet
+            && self.last_start.is_none_or(|s| s <= end)
+            && newest.is_some_and(|n| n < end)
+    }
 }
 
 impl PoolState {
@@ -118,6 +203,73 @@ impl PoolState {
 
     fn waiting_for(&self, key: Option<WarmKey>) -> usize {
         self.waiting.get(&key).copied().unwrap_or(0)
+    }
+
+    /// Slots of `key`, idle or starting.
+    fn ready_for(&self, key: WarmKey) -> usize {
+        self.idle.iter().filter(|s| s.key == Some(key)).count() + self.building_for(Some(key))
+    }
+
+    /// Where the idle slot to hand out for `key` sits: a slot whose certificates last until
+    /// `needed`, the newest build first (keyed: the warmest state of the key's roots).
+    fn pick(&self, key: Option<WarmKey>, needed: SystemTime) -> Option<usize> {
+        self.idle
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.key == key && s.not_after >= needed)
+            .max_by_key(|(_, s)| self.began.get(&s.id()).copied())
+            .map(|(i, _)| i)
+    }
+
+    /// Keyed pools: the slots all active keys want (idle keys are forgotten here).
+    fn keys_wanted(&mut self, window: Duration, now: tokio::time::Instant) -> usize {
+        let build = self.build_time.unwrap_or(FIRST_BUILD_GUESS);
+        let mut total = 0usize;
+        let mut quiet = Vec::new();
+        for (k, stats) in self.keys.iter_mut() {
+            match stats.wanted(build, window, now) {
+                0 => quiet.push(*k),
+                n => total = total.saturating_add(n),
+            }
+        }
+        for k in quiet {
+            self.keys.remove(&k);
+        }
+        total
+    }
+
+    /// What a new slot for `key` needs first when the pool holds `target` already: `Some(None)`,
+    /// room; `Some(Some(slot))`, another key's oldest idle slot, taken out to be discarded
+    /// (the most recent project wins); `None`, no room (everything else is starting or is the
+    /// key's own).
+    fn room_for(&mut self, key: WarmKey, target: usize) -> Option<Option<Slot>> {
+        if self.idle.len() + self.building.len() < target {
+            return Some(None);
+        }
+        let pos = self.idle.iter().position(|s| s.key != Some(key))?;
+        Some(self.idle.remove(pos))
+    }
+
+    /// Idle slots of `key` beyond its `keep` newest, taken out to be discarded.
+    fn surplus_of(&mut self, key: WarmKey, keep: usize) -> Vec<Slot> {
+        let mine: Vec<(Option<tokio::time::Instant>, u64)> = self
+            .idle
+            .iter()
+            .filter(|s| s.key == Some(key))
+            .map(|s| (self.began.get(&s.id()).copied(), s.id()))
+            .collect();
+        let drop = oldest_beyond(mine, keep);
+        if drop.is_empty() {
+            return Vec::new();
+        }
+        let (gone, kept): (VecDeque<Slot>, VecDeque<Slot>) = std::mem::take(&mut self.idle)
+            .into_iter()
+            .partition(|s| drop.contains(&s.id()));
+        self.idle = kept;
+        for s in &gone {
+            self.began.remove(&s.id());
+        }
+        gone.into_iter().collect()
     }
 }
 
@@ -217,7 +369,12 @@ impl Pool {
                 {
                     st.starts.pop_front();
                 }
-                let wanted = demand_target(&st.starts, st.build_time.unwrap_or(FIRST_BUILD_GUESS));
+                let mut wanted =
+                    demand_target(&st.starts, st.build_time.unwrap_or(FIRST_BUILD_GUESS));
+                if self.keyed {
+                    // A keyed slot serves one project: each active project wants its own.
+                    wanted = wanted.max(st.keys_wanted(self.max_idle, now));
+                }
                 let cap = self
                     .job_cap
                     .load(std::sync::atomic::Ordering::Relaxed)
@@ -252,14 +409,38 @@ impl Pool {
         self.lock().memory_room = room;
     }
 
-    /// Removes idle slots above the target (demand fell), oldest first.
+    /// Removes idle slots above the target (demand fell), oldest first. Keyed pools first drop
+    /// the slots of keys that went quiet and each key's slots beyond what it wants (its
+    /// oldest), and do not count a key's replacement being built ([`Pool::upgrade`]) against
+    /// the size, so it never costs another key its slot.
     fn shrink(&self) {
         let extra: Vec<Slot> = {
             let mut st = self.lock();
             let target = self.target_locked(&mut st);
-            let over = (st.idle.len() + st.building.len()).saturating_sub(target);
+            let mut extra = Vec::new();
+            let mut replacing = 0;
+            if self.keyed {
+                let now = tokio::time::Instant::now();
+                let build = st.build_time.unwrap_or(FIRST_BUILD_GUESS);
+                let keyed: std::collections::HashSet<WarmKey> =
+                    st.idle.iter().filter_map(|s| s.key).collect();
+                for k in keyed {
+                    let keep = st
+                        .keys
+                        .get_mut(&k)
+                        .map_or(0, |s| s.wanted(build, self.max_idle, now));
+                    extra.extend(st.surplus_of(k, keep));
+                    if st.building_for(Some(k)) > 0 && st.idle.iter().any(|s| s.key == Some(k)) {
+                        replacing += 1;
+                    }
+                }
+            }
+            let over = (st.idle.len() + st.building.len())
+                .saturating_sub(target)
+                .saturating_sub(replacing);
             let n = over.min(st.idle.len());
-            st.idle.drain(..n).collect()
+            extra.extend(st.idle.drain(..n));
+            extra
         };
         for slot in extra {
             self.discard(slot, "demand fell");
@@ -314,6 +495,15 @@ impl Pool {
         {
             let mut st = self.lock();
             self.record_start(&mut st);
+            if let Some(k) = key.filter(|_| self.keyed) {
+                let now = tokio::time::Instant::now();
+                let stats = st.keys.entry(k).or_default();
+                stats.starts.push_back(now);
+                if stats.starts.len() > KEY_STARTS_KEPT {
+                    stats.starts.pop_front();
+                }
+                stats.last_start = Some(now);
+            }
         }
         loop {
             let notified = self.built.notified();
@@ -323,12 +513,14 @@ impl Pool {
                 if st.runner_id.as_deref() != Some(spec.runner_id.as_str()) {
                     return None;
                 }
-                match st
-                    .idle
-                    .iter()
-                    .position(|s| s.key == key && s.not_after >= needed)
-                {
-                    Some(pos) => st.idle.remove(pos),
+                match st.pick(key, needed) {
+                    Some(pos) => {
+                        let slot = st.idle.remove(pos);
+                        if let Some(s) = &slot {
+                            st.began.remove(&s.id());
+                        }
+                        slot
+                    }
                     None if st.building_for(key) > st.waiting_for(key) => {
                         // Registered before the lock is released: a build that ends in
                         // between still wakes us.
@@ -376,6 +568,7 @@ impl Pool {
         while st.idle.len() + st.building.len() < target {
             let id = new_slot_id(&st);
             st.building.insert(id, None);
+            st.began.insert(id, tokio::time::Instant::now());
             // After failures, wait before trying again: a host that cannot start sidecars
             // must not be hammered (2, 4, 8 … 60 s).
             let backoff = match st.failures {
@@ -386,10 +579,29 @@ impl Pool {
         }
     }
 
-    /// After a job on one of `key`'s warm data roots ended: starts a sidecar on a free root of
-    /// that key for the project's next job, unless `per_key` are idle or starting already
-    /// (parallel jobs of one project each find one). When the pool is full the oldest idle
-    /// slot makes room; when every slot is starting, nothing happens.
+    /// A job of `key` started on one of the key's warm roots (its own sidecar's or a slot's):
+    /// unless the key has the slots it wants idle or starting, one starts at once on another
+    /// free root of the key (the job holds its own), so the project's next job, arriving while
+    /// this one still holds its root, finds a daemon ready. The pool's size is respected: a
+    /// full pool gives up another key's oldest idle slot, never one of this key.
+    pub(super) fn job_started<B: SlotBuilder>(
+        self: &Arc<Self>,
+        builder: &Arc<B>,
+        key: WarmKey,
+        helper_image: String,
+        per_key: usize,
+    ) {
+        // With a single root per key the job holds it: no other root to start on.
+        self.start_for(builder, key, helper_image, per_key, false, per_key > 1);
+    }
+
+    /// After a job on one of `key`'s warm data roots ended (its root released): starts a
+    /// sidecar on a free root of that key for the project's next job, unless the key has the
+    /// slots it wants idle or starting already (a stream finds the one [`Pool::job_started`]
+    /// started; a stage of parallel jobs one each). When the pool is full another key's oldest
+    /// idle slot makes room; when every other slot is starting or is the key's own, nothing
+    /// happens. Later, once the key is quiet, [`Pool::upgrade`] replaces a slot older than this
+    /// job's end by one on the root it left.
     pub(super) fn prestart<B: SlotBuilder>(
         self: &Arc<Self>,
         builder: &Arc<B>,
@@ -397,32 +609,114 @@ impl Pool {
         helper_image: String,
         per_key: usize,
     ) {
+        self.start_for(builder, key, helper_image, per_key, true, true);
         if self.closed.is_cancelled() || !self.keyed {
             return;
         }
+        // A timer, not the 15 s maintenance round: the project's slot is the warmest a
+        // known time after its last job.
+        let (pool, builder) = (Arc::clone(self), Arc::clone(builder));
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = pool.closed.cancelled() => {}
+                _ = tokio::time::sleep(UPGRADE_QUIET) => pool.upgrade(&builder, key),
+            }
+        });
+    }
+
+    /// [`Pool::job_started`] and [`Pool::prestart`]: records the key's job (`ended`) and starts
+    /// one slot for it when it wants more and `may_start`.
+    fn start_for<B: SlotBuilder>(
+        self: &Arc<Self>,
+        builder: &Arc<B>,
+        key: WarmKey,
+        helper_image: String,
+        per_key: usize,
+        ended: bool,
+        may_start: bool,
+    ) {
+        if self.closed.is_cancelled() || !self.keyed {
+            return;
+        }
+        let now = tokio::time::Instant::now();
         let mut st = self.lock();
         let Some(runner_id) = st.runner_id.clone() else {
             return;
         };
-        let of_key =
-            st.idle.iter().filter(|s| s.key == Some(key)).count() + st.building_for(Some(key));
-        if of_key >= per_key.max(1) {
+        let stats = st.keys.entry(key).or_default();
+        stats.helper_image = helper_image.clone();
+        stats.per_key = per_key.max(1);
+        if ended {
+            stats.last_end = Some(now);
+        }
+        let build = st.build_time.unwrap_or(FIRST_BUILD_GUESS);
+        let wanted = st
+            .keys
+            .get_mut(&key)
+            .map_or(0, |k| k.wanted(build, self.max_idle, now));
+        if !may_start || st.ready_for(key) >= wanted {
             return;
         }
-        let mut evicted = None;
         let target = self.target_locked(&mut st);
-        if st.idle.len() + st.building.len() >= target {
-            match st.idle.pop_front() {
-                Some(old) => evicted = Some(old),
-                None => return,
-            }
-        }
+        let Some(evicted) = st.room_for(key, target) else {
+            return;
+        };
         let id = new_slot_id(&st);
         st.building.insert(id, Some(key));
+        st.began.insert(id, now);
         drop(st);
         if let Some(old) = evicted {
             self.discard(old, "room for a more recent project");
         }
+        self.spawn_build(
+            builder,
+            runner_id,
+            id,
+            Some(key),
+            helper_image,
+            Duration::ZERO,
+        );
+    }
+
+    /// Once `key` has been quiet for [`UPGRADE_QUIET`] after a job: when its ready slots were
+    /// all started before that job ended (they hold the roots as they were before it), starts
+    /// one more on the root the job left (the most recently used free root comes first in
+    /// `data_root::acquire`). It replaces the older ones when ready ([`Pool::finished`] keeps
+    /// the key's newest), so for that moment the pool may hold one slot above its size.
+    fn upgrade<B: SlotBuilder>(self: &Arc<Self>, builder: &Arc<B>, key: WarmKey) {
+        if self.closed.is_cancelled() || !self.keyed {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let mut st = self.lock();
+        let Some(runner_id) = st.runner_id.clone() else {
+            return;
+        };
+        let newest = st
+            .idle
+            .iter()
+            .filter(|s| s.key == Some(key))
+            .filter_map(|s| st.began.get(&s.id()).copied())
+            .max();
+        let building = st.building_for(Some(key)) > 0;
+        let Some(stats) = st.keys.get(&key) else {
+            return;
+        };
+        // A root must be free: the key's slots hold one each.
+        let free = st.ready_for(key) < stats.per_key;
+        if !free || !stats.wants_upgrade(newest, building, now, UPGRADE_QUIET) {
+            return;
+        }
+        let helper_image = stats.helper_image.clone();
+        let id = new_slot_id(&st);
+        st.building.insert(id, Some(key));
+        st.began.insert(id, now);
+        drop(st);
+        tracing::debug!(
+            slot = id,
+            project = key.project_id,
+            "starting a sidecar on the root the project's last job left"
+        );
         self.spawn_build(
             builder,
             runner_id,
@@ -475,6 +769,9 @@ impl Pool {
         let _wake = WakeOnDrop(&self.built);
         let mut st = self.lock();
         st.building.remove(&id);
+        if built.is_err() {
+            st.began.remove(&id);
+        }
         match built {
             Ok(slot) if !self.closed.is_cancelled() => {
                 st.failures = 0;
@@ -483,9 +780,26 @@ impl Pool {
                     ready_ms = slot.ready_after.as_millis() as u64,
                     "pre-started sidecar ready"
                 );
+                let key = slot.key;
                 st.idle.push_back(slot);
+                // A key's newest slots stay (the warmest state of its roots); older ones
+                // beyond what it wants give their root and memory back.
+                if let Some(k) = key {
+                    let now = tokio::time::Instant::now();
+                    let build = st.build_time.unwrap_or(FIRST_BUILD_GUESS);
+                    let keep = st
+                        .keys
+                        .get_mut(&k)
+                        .map_or(1, |s| s.wanted(build, self.max_idle, now).max(1));
+                    let surplus = st.surplus_of(k, keep);
+                    drop(st);
+                    for old in surplus {
+                        self.discard(old, "a newer one of its project is ready");
+                    }
+                }
             }
             Ok(slot) => {
+                st.began.remove(&id);
                 drop(st);
                 self.discard(slot, "the runner is stopping");
             }
@@ -518,13 +832,14 @@ impl Pool {
 
     /// Tears a slot down in the background.
     fn discard(&self, slot: Slot, why: &str) {
+        self.lock().began.remove(&slot.id());
         tracing::info!(
             slot = slot.id(),
             reason = why,
             "removing a pre-started sidecar"
         );
         self.tasks.spawn(async move {
-            let report = slot.state.teardown().await;
+            let report = teardown_slot(slot).await;
             for f in report.failures {
                 tracing::warn!(failure = %f, "pre-started sidecar teardown left something");
             }
@@ -545,7 +860,7 @@ impl Pool {
         self.closed.cancel();
         self.built.notify_waiters();
         let idle: Vec<Slot> = std::mem::take(&mut self.lock().idle).into_iter().collect();
-        let reports = futures::future::join_all(idle.into_iter().map(|s| s.state.teardown())).await;
+        let reports = futures::future::join_all(idle.into_iter().map(teardown_slot)).await;
         self.tasks.close();
         self.tasks.wait().await;
         let mut report = TeardownReport::default();
@@ -555,6 +870,38 @@ impl Pool {
         }
         report
     }
+}
+
+/// Tears down a slot no job took. A keyed slot's dockerd is stopped gracefully first, so it
+/// leaves its warm root consistent for the next daemon; its lease is then dropped without
+/// `release`: no job ran on the root, so it is neither measured nor marked as recently used
+/// (`data_root::acquire` prefers the root a job used last).
+async fn teardown_slot(slot: Slot) -> TeardownReport {
+    let Slot { state, lease, .. } = slot;
+    if lease.is_some()
+        && let Some(id) = state.sidecar.as_deref()
+        && let Err(e) = state
+            .docker
+            .stop_container(id, super::data_root::STOP_GRACE_SECS)
+            .await
+    {
+        tracing::warn!(error = %e, "could not stop a pre-started warm sidecar gracefully");
+    }
+    let report = state.teardown().await;
+    // The root's lock goes only now, with its daemon gone.
+    drop(lease);
+    report
+}
+
+/// The ids of `slots` (build start, id) beyond the `keep` newest: the oldest go first, a
+/// slot whose start is unknown before any other.
+fn oldest_beyond(mut slots: Vec<(Option<tokio::time::Instant>, u64)>, keep: usize) -> Vec<u64> {
+    if slots.len() <= keep {
+        return Vec::new();
+    }
+    slots.sort();
+    let n = slots.len() - keep;
+    slots.into_iter().take(n).map(|(_, id)| id).collect()
 }
 
 /// `MemAvailable` of `/proc/meminfo`, bytes (also read by `runner doctor`'s pool fact).
@@ -742,6 +1089,296 @@ mod tests {
         assert_eq!(floored.target(), 2);
         // A number is a number.
         assert_eq!(Pool::new(3, Duration::from_secs(60), false).target(), 3);
+    }
+
+    const K: WarmKey = WarmKey {
+        project_id: 7,
+        protected: false,
+    };
+
+    /// A key wants one slot while it sends a stream of jobs, one per job of a stage that
+    /// started within one build time of each other (at most its roots), none once it has been
+    /// quiet for the window; a job's end alone keeps it active.
+    #[test]
+    fn a_key_wants_what_its_recent_jobs_ask_for() {
+        let now = tokio::time::Instant::now();
+        let at = |ms: u64| now + Duration::from_millis(ms);
+        let (build, window) = (Duration::from_secs(3), Duration::from_secs(60));
+        let mut k = KeyStats {
+            per_key: 4,
+            ..Default::default()
+        };
+        assert_eq!(k.wanted(build, window, at(0)), 0, "no job yet");
+        // A stream: one job every 10 s.
+        for t in [0, 10_000, 20_000] {
+            k.starts.push_back(at(t));
+            k.last_start = Some(at(t));
+        }
+        assert_eq!(k.wanted(build, window, at(21_000)), 1);
+        // A stage of three parallel jobs.
+        for t in [30_000, 30_010, 30_020] {
+            k.starts.push_back(at(t));
+            k.last_start = Some(at(t));
+        }
+        assert_eq!(k.wanted(build, window, at(31_000)), 3);
+        // Never more than the key's roots.
+        k.per_key = 2;
+        assert_eq!(k.wanted(build, window, at(31_000)), 2);
+        // Its last job ended later: still active after the starts left the window.
+        k.last_end = Some(at(80_000));
+        assert_eq!(k.wanted(build, window, at(100_000)), 1);
+        assert!(
+            k.starts.is_empty(),
+            "starts older than the window are forgotten"
+        );
+        // Quiet for the whole window: nothing.
+        assert_eq!(k.wanted(build, window, at(141_000)), 0);
+    }
+
+    /// A key's ready slot is replaced by one on the root its last job left only when that job
+    /// ended a quiet period ago, no job started since, its slots all began before that end,
+    /// none is being built, and it has a second root.
+    #[test]
+    fn a_slot_older_than_the_last_job_is_upgraded_once_the_key_is_quiet() {
+        let t0 = tokio::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let quiet = Duration::from_secs(10);
+        let k = KeyStats {
+            per_key: 4,
+            last_start: Some(at(0)),
+            last_end: Some(at(20)),
+            ..Default::default()
+        };
+        // The ahead slot began when the job started (t = 1): older than the job's end.
+        assert!(k.wants_upgrade(Some(at(1)), false, at(30), quiet));
+        assert!(
+            !k.wants_upgrade(Some(at(1)), false, at(29), quiet),
+            "not quiet yet"
+        );
+        assert!(
+            !k.wants_upgrade(Some(at(1)), true, at(30), quiet),
+            "one is being built"
+        );
+        assert!(
+            !k.wants_upgrade(Some(at(21)), false, at(30), quiet),
+            "already newer"
+        );
+        assert!(
+            !k.wants_upgrade(None, false, at(30), quiet),
+            "no slot to replace"
+        );
+        let busy = KeyStats {
+            last_start: Some(at(25)),
+            ..k.clone()
+        };
+        assert!(
+            !busy.wants_upgrade(Some(at(1)), false, at(30), quiet),
+            "a job started since"
+        );
+        let one_root = KeyStats {
+            per_key: 1,
+            ..k.clone()
+        };
+        assert!(!one_root.wants_upgrade(Some(at(1)), false, at(30), quiet));
+        let never_ended = KeyStats {
+            last_end: None,
+            ..k
+        };
+        assert!(!never_ended.wants_upgrade(Some(at(1)), false, at(30), quiet));
+    }
+
+    /// Surplus slots of a key go oldest first (an unknown start first of all); the newest stay.
+    #[test]
+    fn a_keys_oldest_slots_go_first() {
+        let t0 = tokio::time::Instant::now();
+        let at = |s: u64| Some(t0 + Duration::from_secs(s));
+        let slots = vec![(at(5), 1), (at(1), 2), (None, 3), (at(9), 4)];
+        assert_eq!(oldest_beyond(slots.clone(), 1), vec![3, 2, 1]);
+        assert_eq!(oldest_beyond(slots.clone(), 3), vec![3]);
+        assert!(oldest_beyond(slots, 4).is_empty());
+    }
+
+    /// `warm_pool = "auto"` with keyed slots: each active key asks for its own (a slot of one
+    /// project never serves another), bounded like any auto size; quiet keys are forgotten.
+    #[test]
+    fn the_keyed_auto_size_is_the_active_keys_wants() {
+        let pool = Pool::with_sizing(Sizing::Auto { floor: 0 }, Duration::from_secs(60), true);
+        let now = tokio::time::Instant::now();
+        for p in 1..=3 {
+            let key = WarmKey {
+                project_id: p,
+                protected: false,
+            };
+            let mut st = pool.lock();
+            st.keys.insert(
+                key,
+                KeyStats {
+                    starts: VecDeque::from([now]),
+                    last_start: Some(now),
+                    per_key: 4,
+                    ..Default::default()
+                },
+            );
+        }
+        assert_eq!(
+            pool.target(),
+            3,
+            "three projects, one job each, one after the other"
+        );
+        pool.set_job_cap(2);
+        assert_eq!(pool.target(), 2, "concurrent/limit bound it");
+        // The window (max_idle) passes.
+        for k in pool.lock().keys.values_mut() {
+            let old = now
+                .checked_sub(Duration::from_secs(61))
+                .expect("an uptime over a minute");
+            k.starts = VecDeque::from([old]);
+            k.last_start = Some(old);
+        }
+        assert_eq!(pool.target(), 0);
+        assert!(pool.lock().keys.is_empty(), "quiet keys are forgotten");
+    }
+
+    /// A builder that records what it is asked for and holds every build until the pool closes
+    /// (each stays "starting"), or fails at once like a key whose roots are all held.
+    struct Recorder {
+        asked: Mutex<Vec<Option<WarmKey>>>,
+        busy: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl SlotBuilder for Recorder {
+        async fn build_slot(
+            &self,
+            plan: SlotPlan<'_>,
+            _max_idle: Duration,
+            closed: &CancellationToken,
+        ) -> Result<Slot, Error> {
+            self.asked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(plan.key);
+            if self.busy {
+                return Err(Error::Other {
+                    context: WARM_BUSY.to_string(),
+                    detail: "Busy".to_string(),
+                });
+            }
+            closed.cancelled().await;
+            Err(Error::Canceled)
+        }
+    }
+
+    impl Recorder {
+        fn asked(&self) -> Vec<Option<WarmKey>> {
+            self.asked.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+    }
+
+    /// The policy's starts: a job of K starting on its warm root starts one slot for K at once
+    /// (on another root), a stage of two jobs two; never more than the pool's size, never for
+    /// a key with a single root (the job holds it), nothing more when a job ends and K has its
+    /// slots starting already; another key's job finds no room when everything is starting.
+    #[tokio::test]
+    async fn a_keys_job_starts_one_slot_ahead_within_the_pools_size() {
+        let pool = Arc::new(Pool::new(2, Duration::from_secs(60), true));
+        let rec = Arc::new(Recorder {
+            asked: Mutex::new(Vec::new()),
+            busy: false,
+        });
+        pool.lock().runner_id = Some("r1".to_string());
+        let mut spec = spec();
+        spec.project_id = K.project_id;
+        // A job of K arrives: nothing ready or starting, it starts its own sidecar.
+        assert!(
+            pool.take(&spec, Some(K), Duration::from_secs(5))
+                .await
+                .is_none()
+        );
+        pool.job_started(&rec, K, "helper".to_string(), 4);
+        assert_eq!(pool.lock().building.len(), 1);
+        assert_eq!(pool.lock().building_for(Some(K)), 1);
+        // The same job reported twice, or its end: K has what it wants.
+        pool.job_started(&rec, K, "helper".to_string(), 4);
+        pool.prestart(&rec, K, "helper".to_string(), 4);
+        assert_eq!(pool.lock().building_for(Some(K)), 1);
+        // A second job of K within one build time (a stage of two): one more.
+        {
+            let mut st = pool.lock();
+            let now = tokio::time::Instant::now();
+            st.keys
+                .get_mut(&K)
+                .expect("K is known")
+                .starts
+                .push_back(now);
+        }
+        pool.job_started(&rec, K, "helper".to_string(), 4);
+        assert_eq!(pool.lock().building_for(Some(K)), 2);
+        // The pool (2) is full of starting slots: no room for L, nor for a third of K.
+        let l = WarmKey {
+            project_id: 8,
+            protected: true,
+        };
+        pool.job_started(&rec, l, "helper".to_string(), 4);
+        {
+            let mut st = pool.lock();
+            let now = tokio::time::Instant::now();
+            st.keys
+                .get_mut(&K)
+                .expect("K is known")
+                .starts
+                .push_back(now);
+        }
+        pool.job_started(&rec, K, "helper".to_string(), 4);
+        assert_eq!(pool.lock().building.len(), 2);
+        // One root per key: the job holds it.
+        let one = Arc::new(Pool::new(2, Duration::from_secs(60), true));
+        one.lock().runner_id = Some("r1".to_string());
+        one.job_started(&rec, l, "helper".to_string(), 1);
+        assert_eq!(one.lock().building_for(Some(l)), 0);
+        // An ephemeral pool never starts keyed slots.
+        let plain = Arc::new(Pool::new(2, Duration::from_secs(60), false));
+        plain.lock().runner_id = Some("r1".to_string());
+        plain.job_started(&rec, K, "helper".to_string(), 4);
+        assert!(plain.lock().building.is_empty());
+        // The builds asked for: the two of K, nothing else.
+        tokio::task::yield_now().await;
+        for _ in 0..500 {
+            if rec.asked().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(rec.asked(), vec![Some(K), Some(K)]);
+        let report = pool.shutdown().await;
+        assert!(report.failures.is_empty());
+        assert!(pool.standby_ids().is_empty());
+        one.shutdown().await;
+        plain.shutdown().await;
+    }
+
+    /// A slot that cannot start because every root of its key is held is no failure: it does
+    /// not slow the next builds down.
+    #[tokio::test]
+    async fn a_key_with_every_root_held_is_no_failure() {
+        let pool = Arc::new(Pool::new(2, Duration::from_secs(60), true));
+        let rec = Arc::new(Recorder {
+            asked: Mutex::new(Vec::new()),
+            busy: true,
+        });
+        pool.lock().runner_id = Some("r1".to_string());
+        pool.prestart(&rec, K, "helper".to_string(), 2);
+        // The build runs on the pool's tasks: wait for it to end (bounded).
+        for _ in 0..500 {
+            if pool.lock().building.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(pool.lock().building.is_empty(), "the build did not end");
+        assert_eq!(rec.asked(), vec![Some(K)]);
+        assert_eq!(pool.lock().failures, 0);
+        pool.shutdown().await;
     }
 
     #[test]

@@ -182,11 +182,15 @@ async fn warm_roots_are_per_project_and_protection() {
 
 /// `warm_pool` with warm roots: after a project's job, a sidecar is started on that root for
 /// the project's next job at the same protection level (scrubbed, with the images), never for
-/// another project or protection level.
+/// another project or protection level. One root per key, so each slot is on the root the
+/// last job left (with more, a slot starts ahead on another root: `warm_pool::a_projects_…`).
 #[tokio::test]
 async fn pre_started_sidecars_on_warm_roots_follow_their_project() {
     let scope = Scope::new().await;
-    let backend = warm_backend(&scope, |c| c.docker.isolation.warm_pool = 2);
+    let backend = warm_backend(&scope, |c| {
+        c.docker.isolation.warm_pool = 2;
+        c.docker.isolation.data_root_per_key = 1;
+    });
     const P: u64 = 17;
     const Q: u64 = 18;
     let text = expect(
@@ -386,6 +390,9 @@ echo clean"#;
     for (pooled, project) in [(false, 31u64), (true, 32u64)] {
         let backend = warm_backend(&scope, |c| {
             c.docker.isolation.warm_pool = usize::from(pooled);
+            // One root: the pre-started sidecar is on the root the planting job left (with
+            // more roots, one starts ahead on another root when the job starts).
+            c.docker.isolation.data_root_per_key = 1;
         });
         let text = expect(
             &backend,

@@ -513,3 +513,264 @@ async fn the_auto_pool_grows_under_a_stream_and_shrinks_when_idle() {
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     scope.assert_clean().await;
 }
+
+/// For each warm data-root volume of runner `runner_id`, the running containers that mount it
+/// (sidecars, and the scrub and measuring containers), as the engine reports them.
+fn warm_mounts(runner_id: &str) -> std::collections::HashMap<String, Vec<String>> {
+    let ids = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=io.isolated-runner.runner={runner_id}"),
+        ])
+        .output()
+        .expect("docker ps");
+    let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let mut by_volume: std::collections::HashMap<String, Vec<String>> = Default::default();
+    if ids.is_empty() {
+        return by_volume;
+    }
+    // A container gone between the two calls is simply not listed (inspect says so on stderr).
+    let out = std::process::Command::new("docker")
+        .arg("inspect")
+        .arg("-f")
+        .arg(r#"{{.Name}} {{.State.Running}}{{range .Mounts}}{{if eq .Type "volume"}} {{.Name}}{{end}}{{end}}"#)
+        .args(&ids)
+        .output()
+        .expect("docker inspect");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut f = line.split_whitespace();
+        let (Some(name), Some("true")) = (f.next(), f.next()) else {
+            continue;
+        };
+        for v in f.filter(|v| v.contains("-warm-")) {
+            by_volume
+                .entry(v.to_string())
+                .or_default()
+                .push(name.trim_start_matches('/').to_string());
+        }
+    }
+    by_volume
+}
+
+/// Whether the runner holds the warm root's lock (`<state_dir>/warm-roots/<volume>.lock`):
+/// the test's own non-blocking exclusive `flock` on it fails.
+fn root_locked(scope: &Scope, volume: &str) -> bool {
+    let path = scope
+        .state_dir()
+        .join("warm-roots")
+        .join(format!("{volume}.lock"));
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(_) => false,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => true,
+        Err((_, e)) => panic!("flock {}: {e}", path.display()),
+    }
+}
+
+/// A script that builds `tag` in the job's daemon from a one-line Dockerfile (nothing pulled).
+fn build_image(tag: &str) -> String {
+    format!(
+        "printf 'FROM {BUSYBOX_IMAGE}\\nRUN echo {tag} > /mark\\n' | docker build --pull=false -q -t {tag} - >/dev/null"
+    )
+}
+
+/// The repositories a job's daemon lists, as one line.
+const IMAGES: &str =
+    "echo \"images: $(docker image ls --format '{{.Repository}}' | sort | tr '\\n' ' ')\"";
+
+/// The warm root a job's prepare says it uses.
+fn root_of(said: &str) -> String {
+    said.split("Using the warm data root ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no warm root in:\n{said}"))
+        .to_string()
+}
+
+/// Waits until a pre-started slot's sidecar runs on `volume` (`alone`: and no other slot is
+/// idle or starting).
+async fn slot_on(scope: &Scope, backend: &Arc<dyn Isolation>, volume: &str, alone: bool) -> bool {
+    let f = isolated_runner::docker::label_filters(&scope.runner_id, None);
+    for _ in 0..2400 {
+        if alone && backend.standby_ids().len() != 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let sidecars: Vec<String> = scope
+            .docker
+            .list_containers(&f)
+            .await
+            .expect("list")
+            .into_iter()
+            .filter(|c| {
+                c.name.ends_with("-sidecar")
+                    && backend
+                        .standby_ids()
+                        .iter()
+                        .any(|id| c.name.contains(&format!("-{id}-")))
+            })
+            .map(|c| c.name.trim_start_matches('/').to_string())
+            .collect();
+        let mounts = warm_mounts(&scope.runner_id);
+        if mounts
+            .get(volume)
+            .is_some_and(|h| h.iter().any(|n| sidecars.contains(n)))
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Sets its flag when dropped (also while a test unwinds).
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The keyed pool's policy with `data_root = "project"` (docs/warm-images.md, "Warm
+/// daemons"): a project's jobs back to back, each next one arriving while the previous one's
+/// teardown still holds its warm root, take a sidecar started on another root of the project
+/// when the previous job started. A root not yet warm fills with the first job on it (job 2);
+/// from then on the next job's slot is on a warm root with the images an earlier job built
+/// (job 3 sees job 1's). Once the project is quiet, its slot is on the root its last job left
+/// (job 4 sees job 3's image). A watcher samples the engine all along: no warm root is ever
+/// mounted by two running containers; the runner holds the lock of every root a daemon runs
+/// on. Everything is removed at the end.
+#[tokio::test]
+async fn a_projects_next_job_finds_a_ready_sidecar_on_a_warm_root_during_the_last_teardown() {
+    let scope = Scope::new().await;
+    let backend = scope.dind(scope.config(|c| {
+        c.docker.isolation.data_root = isolated_runner::config::DataRoot::Project;
+        c.docker.isolation.data_root_per_key = 2;
+        // One slot: the replacement's start may go one above it, never for long.
+        c.docker.isolation.warm_pool = 1;
+    }));
+    backend.warm_up(&scope.runner_id).await;
+
+    // The watcher: every 100 ms, any warm volume mounted by two running containers. Stopped
+    // by a guard also when an assertion fails.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let watcher = {
+        let (stop, runner_id) = (stop.clone(), scope.runner_id.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (v, holders) in warm_mounts(&runner_id) {
+                    if holders.len() > 1 {
+                        seen.push(format!("{v}: {holders:?}"));
+                    }
+                }
+                rounds += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (seen, rounds)
+        })
+    };
+
+    // Job 1: no slot yet: its own sidecar on the project's first root (new, cold).
+    let (j1, said) = prepare(&backend, &scope.spec(701)).await;
+    assert!(
+        said.contains("(new, cold)") && !said.contains("pre-started"),
+        "{said}"
+    );
+    let root_a = root_of(&said);
+    eprintln!("job 1 on {root_a}");
+    expect_ok(j1.as_ref(), &build_image("built-by-701")).await;
+
+    // Job 2 arrives while job 1's teardown runs: it takes the slot started with job 1, on the
+    // project's other root, which is new (the first job on a root fills it).
+    let t1 = tokio::spawn(teardown(j1));
+    let (j2, said) = prepare(&backend, &scope.spec(702)).await;
+    assert!(said.contains("pre-started"), "{said}");
+    assert!(said.contains("(new, cold;"), "{said}");
+    let root_b = root_of(&said);
+    eprintln!("job 2 on {root_b}");
+    assert_ne!(root_a, root_b);
+    expect_ok(j2.as_ref(), &build_image("built-by-702")).await;
+    t1.await.expect("teardown of job 1");
+
+    // With job 2 running (or once job 1's teardown ended): a slot on job 1's root.
+    assert!(
+        slot_on(&scope, &backend, &root_a, false).await,
+        "no slot on {root_a}"
+    );
+    // One daemon per root, each root's lock held.
+    let mounts = warm_mounts(&scope.runner_id);
+    assert_eq!(mounts.len(), 2, "two roots in use: {mounts:?}");
+    for (v, holders) in &mounts {
+        assert_eq!(holders.len(), 1, "{v} is mounted by {holders:?}");
+        assert!(root_locked(&scope, v), "{v} runs a daemon without its lock");
+    }
+
+    // Job 3 arrives while job 2's teardown runs: that slot, on a warm root with the image job
+    // 1 built, none of job 2's.
+    let t2 = tokio::spawn(teardown(j2));
+    let (j3, said) = prepare(&backend, &scope.spec(703)).await;
+    assert!(
+        said.contains("pre-started") && said.contains("(warm;"),
+        "{said}"
+    );
+    assert_eq!(root_of(&said), root_a);
+    eprintln!("job 3 on {root_a}");
+    let seen = expect_ok(j3.as_ref(), IMAGES).await;
+    assert!(
+        seen.contains("built-by-701 ") && !seen.contains("built-by-702"),
+        "{seen}"
+    );
+    expect_ok(j3.as_ref(), &build_image("built-by-703")).await;
+    t2.await.expect("teardown of job 2");
+    teardown(j3).await;
+
+    // Quiet: a slot on the root job 3 left replaces the older one (the pool holds one); job 4
+    // takes it and sees job 3's image.
+    assert!(
+        slot_on(&scope, &backend, &root_a, true).await,
+        "no lone slot on {root_a} after job 3: {:?}",
+        backend.standby_ids()
+    );
+    eprintln!("slot on {root_a} after job 3");
+    let (j4, said) = prepare(&backend, &scope.spec(704)).await;
+    assert!(
+        said.contains("pre-started") && said.contains("(warm;"),
+        "{said}"
+    );
+    assert_eq!(root_of(&said), root_a);
+    let seen = expect_ok(j4.as_ref(), IMAGES).await;
+    assert!(seen.contains("built-by-703 "), "{seen}");
+    teardown(j4).await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (violations, rounds) = watcher.await.expect("watcher");
+    assert!(rounds > 10, "the watcher hardly ran ({rounds} rounds)");
+    assert!(
+        violations.is_empty(),
+        "warm roots mounted by two running containers: {violations:?}"
+    );
+
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(backend.standby_ids().is_empty());
+    let r = isolated_runner::isolation::data_root::remove_expired(
+        &scope.docker,
+        &scope.runner_id,
+        &scope.state_dir(),
+        None,
+        false,
+    )
+    .await;
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    assert_eq!(r.removed.len(), 2, "two roots: {:?}", r.removed);
+    scope.assert_clean().await;
+}
