@@ -451,8 +451,8 @@ impl Core {
         if let Some(lease) = &env.warm {
             out.write(
                 format!(
-                    "Using the warm data root {} ({}; the sidecar was started on it after the \
-                     project's last job)\n",
+                    "Using the warm data root {} ({}; the sidecar was started on it ahead of \
+                     this job, for the project's next job)\n",
                     lease.volume,
                     if lease.fresh { "new, cold" } else { "warm" }
                 )
