@@ -33,6 +33,11 @@ pub struct RunnerExecutor {
     client_options: ClientOptions,
     cache: Option<Arc<dyn CacheHook>>,
     backends: tokio::sync::Mutex<HashMap<String, Arc<dyn Isolation>>>,
+    /// GitLab clients for the artifact store, one per entry and CA file, made on first use and
+    /// kept. Building one parses every trusted root and makes a TLS session cache (~150 KB of
+    /// allocations); made per job, that churn only grew the allocator's arenas in the soak,
+    /// and a kept client also reuses its connections. Bounded by the config's entries.
+    clients: std::sync::Mutex<HashMap<String, Client>>,
     metrics: Option<Arc<Metrics>>,
     observer: Option<Arc<dyn JobObserver>>,
     /// One set for every entry this executor serves: a job id already running is refused.
@@ -56,6 +61,7 @@ impl RunnerExecutor {
             client_options,
             cache,
             backends: tokio::sync::Mutex::new(HashMap::new()),
+            clients: std::sync::Mutex::new(HashMap::new()),
             metrics: None,
             observer: None,
             running: super::trust::RunningJobs::default(),
@@ -115,12 +121,7 @@ impl RunnerExecutor {
             .backend(runner)
             .await
             .map_err(|e| format!("cannot set up job isolation: {e}"))?;
-        let options = crate::gitlab::client::ClientOptions {
-            tls_ca_file: runner.tls_ca_file.clone(),
-            ..self.client_options.clone()
-        };
-        let client = Client::new(&runner.url, options)
-            .map_err(|e| format!("cannot make a GitLab client: {e}"))?;
+        let client = self.gitlab_client(runner)?;
         let mut pipeline = Pipeline::new(backend, Arc::new(ArtifactClient::new(client)));
         // `cache:` is always on: local archives under the entry's `cache_dir`.
         pipeline.cache = Some(self.cache.clone().unwrap_or_else(super::LocalCache::hook));
@@ -128,6 +129,36 @@ impl RunnerExecutor {
         pipeline.staging_root = super::staging::staging_root(&self.state_dir);
         pipeline.running = self.running.clone();
         Ok(pipeline)
+    }
+}
+
+impl RunnerExecutor {
+    /// The entry's GitLab client for artifacts: made once per entry (and CA file), then
+    /// shared by its jobs (a clone shares the connection pool).
+    fn gitlab_client(&self, runner: &RunnerConfig) -> Result<Client, String> {
+        let key = format!(
+            "{}\n{}\n{}",
+            runner.name,
+            runner.url,
+            runner
+                .tls_ca_file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+        // Plain map work under the lock (no await); still valid if a holder panicked.
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let options = crate::gitlab::client::ClientOptions {
+            tls_ca_file: runner.tls_ca_file.clone(),
+            ..self.client_options.clone()
+        };
+        let client = Client::new(&runner.url, options)
+            .map_err(|e| format!("cannot make a GitLab client: {e}"))?;
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 }
 
@@ -341,6 +372,55 @@ impl JobEnvironment for ObservedEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(name: &str, url: &str) -> RunnerConfig {
+        // As `main` does: reqwest needs the process's rustls provider.
+        crate::install_crypto_provider();
+        RunnerConfig {
+            name: name.to_string(),
+            url: url::Url::parse(url).expect("url"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gitlab_clients_are_made_once_per_entry_not_per_job() {
+        let ex = RunnerExecutor::new(
+            "s_0123456789ab",
+            std::env::temp_dir(),
+            ClientOptions::default(),
+            None,
+        );
+        let a = entry("a", "http://gitlab-a.example.test/");
+        let b = entry("b", "http://gitlab-b.example.test/");
+        // A stream of jobs on two entries: the map holds one client per entry, whatever the
+        // number of jobs (before, every job built its own).
+        for _ in 0..50 {
+            assert!(ex.gitlab_client(&a).is_ok());
+            assert!(ex.gitlab_client(&b).is_ok());
+        }
+        let clients = ex.clients.lock().expect("lock");
+        assert_eq!(clients.len(), 2);
+        assert!(clients.keys().any(|k| k.starts_with("a\n")));
+        assert!(clients.keys().any(|k| k.starts_with("b\n")));
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_an_error_and_not_kept() {
+        let ex = RunnerExecutor::new(
+            "s_0123456789ab",
+            std::env::temp_dir(),
+            ClientOptions::default(),
+            None,
+        );
+        let mut r = entry("a", "https://gitlab-a.example.test/");
+        r.tls_ca_file = Some(std::path::PathBuf::from("/nonexistent/ca.pem"));
+        let Err(e) = ex.gitlab_client(&r) else {
+            panic!("a missing CA file must fail");
+        };
+        assert!(e.contains("cannot make a GitLab client"), "{e}");
+        assert!(ex.clients.lock().expect("lock").is_empty());
+    }
 
     #[test]
     fn sidecar_start_kind_follows_the_resources() {

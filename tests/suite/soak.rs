@@ -17,7 +17,9 @@
 //! Knobs (environment): `SOAK_JOBS` (1000), `SOAK_DIND_LIMIT` (3: jobs at once on the dind
 //! entry), `SOAK_SHARED_LIMIT` (5: on the shared-socket entry), `SOAK_SAMPLE_EVERY` (20),
 //! `SOAK_WARMUP` (100 jobs left out of the slope), `SOAK_MAX_MINUTES` (60: then the runner is
-//! drained and the jobs done so far are reported, and the test fails as partial), `SOAK_OUT`.
+//! drained and the jobs done so far are reported, and the test fails as partial), `SOAK_OUT`,
+//! `SOAK_RUNNER_ENV` (`KEY=VALUE` pairs, comma-separated, added to the runner's otherwise
+//! cleared environment: e.g. `MALLOC_ARENA_MAX=2` to tell allocator high-water from retention).
 
 use crate::support;
 
@@ -40,6 +42,22 @@ fn knob(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// `SOAK_RUNNER_ENV`: extra `KEY=VALUE` pairs for the runner process (allocator knobs for
+/// a measurement); a pair without `=` is a mistake worth stopping for.
+fn runner_env() -> Vec<(String, String)> {
+    let raw = std::env::var("SOAK_RUNNER_ENV").unwrap_or_default();
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p
+                .split_once('=')
+                .unwrap_or_else(|| panic!("SOAK_RUNNER_ENV: {p:?} is not KEY=VALUE"));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
 }
 
 /// What a job of the mix does, by its position in the stream.
@@ -396,6 +414,7 @@ async fn soak_runner_run_many_jobs() {
         .arg(&cfg)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(runner_env())
         .stdout(log.try_clone().expect("dup log"))
         .stderr(log)
         .kill_on_drop(true)
