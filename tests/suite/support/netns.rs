@@ -121,6 +121,20 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The outside host's web server (`python3 -c`, args: address, port, directory). Not `python3
+/// -m http.server`: its `server_bind` resolves the address's name (`getfqdn`) *before* it
+/// listens, and in a namespace whose only route leads to a host that forwards nothing, that
+/// lookup of the host's resolver hangs for minutes (and aims a packet at an outside address).
+const OUTSIDE_SERVER: &str = r#"
+import functools, http.server, socketserver, sys
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[3])
+Server((sys.argv[1], int(sys.argv[2])), handler).serve_forever()
+"#;
+
 /// A labelled set of Docker networks and containers plus an optional network namespace.
 pub struct Fixture {
     /// Per-test id (short uuid).
@@ -270,16 +284,37 @@ impl Fixture {
         let dir = std::env::temp_dir().join(format!("irt-www-{}", self.id));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("index.html"), marker).unwrap();
+        let addr = format!("{prefix}.2");
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns, "python3", "-m", "http.server"])
-            .args(["--bind", &format!("{prefix}.2"), "8080", "--directory"])
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "python3",
+                "-c",
+                OUTSIDE_SERVER,
+                &addr,
+                "8080",
+            ])
             .arg(&dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         self.children.push(child);
-        format!("{prefix}.2")
+        // Listening before any job probes it, so "not reached" always means "blocked".
+        let listening = wait_for(Duration::from_secs(20), || {
+            ok(
+                "ip",
+                &["netns", "exec", &ns, "ss", "-Hltn", "sport", "= :8080"],
+            )
+            .contains(":8080")
+        });
+        assert!(
+            listening,
+            "the outside server in {ns} did not listen on {addr}:8080"
+        );
+        addr
     }
 
     /// `wget` from `container` to `url`; true when the body contains `marker`.
