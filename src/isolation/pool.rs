@@ -1303,15 +1303,15 @@ mod tests {
         pool.prestart(&rec, K, "helper".to_string(), 4);
         assert_eq!(pool.lock().building_for(Some(K)), 1);
         // A second job of K within one build time (a stage of two): one more.
-        {
-            let mut st = pool.lock();
-            let now = tokio::time::Instant::now();
-            st.keys
+        let another_start_of_k = || {
+            pool.lock()
+                .keys
                 .get_mut(&K)
                 .expect("K is known")
                 .starts
-                .push_back(now);
-        }
+                .push_back(tokio::time::Instant::now());
+        };
+        another_start_of_k();
         pool.job_started(&rec, K, "helper".to_string(), 4);
         assert_eq!(pool.lock().building_for(Some(K)), 2);
         // The pool (2) is full of starting slots: no room for L, nor for a third of K.
@@ -1320,15 +1320,7 @@ mod tests {
             protected: true,
         };
         pool.job_started(&rec, l, "helper".to_string(), 4);
-        {
-            let mut st = pool.lock();
-            let now = tokio::time::Instant::now();
-            st.keys
-                .get_mut(&K)
-                .expect("K is known")
-                .starts
-                .push_back(now);
-        }
+        another_start_of_k();
         pool.job_started(&rec, K, "helper".to_string(), 4);
         assert_eq!(pool.lock().building.len(), 2);
         // One root per key: the job holds it.

@@ -15,44 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use support::docker::expect_project_script_ok as expect_ok;
 use support::docker::{BUSYBOX_IMAGE, Collect, JOB_IMAGE, Scope};
+use support::store::StoreGuard;
 use tokio_util::sync::CancellationToken;
-
-/// Unmounts the test's store (and any job root still mounted) when the test ends, after
-/// removing the test's containers (which hold the mounts).
-struct StoreGuard {
-    dir: PathBuf,
-    runner_id: String,
-}
-
-impl Drop for StoreGuard {
-    fn drop(&mut self) {
-        let label = format!("label=io.isolated-runner.runner={}", self.runner_id);
-        if let Ok(o) = std::process::Command::new("docker")
-            .args(["ps", "-aq", "--filter", &label])
-            .output()
-        {
-            let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(["rm", "-fv"])
-                    .args(&ids)
-                    .output();
-            }
-        }
-        if let Ok(rd) = std::fs::read_dir(self.dir.join("mnt")) {
-            for e in rd.flatten() {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(e.path())
-                    .output();
-            }
-        }
-        let _ = std::process::Command::new("umount").arg(&self.dir).output();
-    }
-}
 
 fn backend(
     scope: &Scope,

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::docker::{BUSYBOX_IMAGE, JOB_IMAGE, Scope};
 use support::fake_gitlab::{FakeGitlab, FinalUpdate, RUNNER_TOKEN, job_payload};
+use support::store::{StoreGuard, is_mounted};
 use support::wait_until;
 
 /// A whole job, golden build included, on a busy 2-core host.
@@ -29,43 +30,6 @@ const INNER_FACTS: &[&str] = &[
 ];
 const WAIT_FOR_RELEASE: &str = "echo waiting-for-release; until [ -f \"$CI_PROJECT_DIR/release\" ]; do sleep 0.2; done; echo released";
 
-/// Removes the test's containers (they hold the job roots' mounts), unmounts every job root
-/// and the store: a failed test must not keep a loop device of the host.
-struct StoreGuard {
-    dir: PathBuf,
-    runner_id: String,
-}
-
-impl Drop for StoreGuard {
-    fn drop(&mut self) {
-        let label = format!("label=io.isolated-runner.runner={}", self.runner_id);
-        if let Ok(o) = std::process::Command::new("docker")
-            .args(["ps", "-aq", "--filter", &label])
-            .output()
-        {
-            let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(["rm", "-fv"])
-                    .args(&ids)
-                    .output();
-            }
-        }
-        for e in names(&self.dir.join("mnt")) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.join("mnt").join(e))
-                .output();
-        }
-        if is_mounted(&self.dir) {
-            let _ = std::process::Command::new("umount").arg(&self.dir).output();
-        }
-    }
-}
-
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
@@ -76,15 +40,6 @@ fn names(dir: &Path) -> Vec<String> {
     };
     v.sort();
     v
-}
-
-/// Whether `dir` is a mount point (its own line in this process's mountinfo).
-fn is_mounted(dir: &Path) -> bool {
-    let want = dir.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 /// The store's subvolumes as `btrfs subvolume list` gives them (paths from the store's root).

@@ -9,6 +9,7 @@ pub mod local_backend;
 pub mod netns;
 pub mod registry;
 pub mod security;
+pub mod store;
 pub mod test_executor;
 
 use std::time::Duration;
