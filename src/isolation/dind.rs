@@ -696,6 +696,12 @@ impl DindEnv {
     /// before the ordered teardown (which never removes a warm volume), then the volume is
     /// measured against its cap and its lock released.
     async fn finish(mut self) -> TeardownReport {
+        // The runner's own connections to the job's daemon go first: a graceful dockerd
+        // stop (warm roots) waits up to 5 s for streams still open, and the limit watch's
+        // event stream is one (measured: a rootless warm sidecar stopped in 6.3 s with it
+        // open, 0.4 s without).
+        drop(self.limit_watch.take());
+        drop(self.inner.take());
         let followup = self.followup.take();
         let report = finish_parts(self.state, self.warm.take()).await;
         if let Some(f) = followup {

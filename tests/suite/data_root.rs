@@ -528,3 +528,61 @@ async fn parallel_jobs_of_one_project_each_get_their_own_warm_root() {
     }
     remove_warm(&scope).await;
 }
+
+/// A warm root's sidecar is stopped gracefully at teardown (its dockerd must leave the root
+/// consistent). The runner's own streams to that daemon must be closed first: dockerd waits up
+/// to 5 s for open requests before it exits, and on the rootless profile the runner holds one
+/// for the job's whole life (the watch for limits the daemon drops). The sidecar's log says
+/// which shutdown it was: "Error shutting down http server" when a request was still open.
+#[tokio::test]
+async fn a_warm_sidecar_stops_without_waiting_for_the_runners_streams() {
+    use futures::StreamExt;
+    let scope = Scope::new().await;
+    let backend = warm_backend(&scope, |c| {
+        c.docker.isolation.sidecar_profile = isolated_runner::config::SidecarProfile::Rootless;
+    });
+    let s = spec(&scope, 61, 33, false);
+    let out = Collect::new();
+    let env = backend
+        .prepare(&s, out.clone(), CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("prepare failed: {e}\n{}", out.text()));
+    assert_eq!(
+        run(
+            env.as_ref(),
+            "docker run --rm --pull=never isolated-runner/busybox:test true",
+            &out
+        )
+        .await,
+        0,
+        "{}",
+        out.text()
+    );
+    let sidecar = env.resources().sidecar.expect("a sidecar");
+    // Everything the sidecar writes from here to its end (the attach ends when it stops).
+    let mut log = scope.docker.attach_output(&sidecar).await.expect("attach");
+    let collected = tokio::spawn(async move {
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = log.next().await {
+            let (isolated_runner::docker::Output::Stdout(b)
+            | isolated_runner::docker::Output::Stderr(b)) = chunk;
+            text.push_str(&String::from_utf8_lossy(&b));
+        }
+        text
+    });
+    let report = env.teardown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let log = tokio::time::timeout(Duration::from_secs(60), collected)
+        .await
+        .expect("the sidecar's output ends with it")
+        .expect("collector");
+    assert!(
+        log.contains("Daemon shutdown complete"),
+        "the warm sidecar's dockerd did not shut down gracefully:\n{log}"
+    );
+    assert!(
+        !log.contains("Error shutting down http server"),
+        "dockerd waited for a request still open at its graceful stop:\n{log}"
+    );
+    remove_warm(&scope).await;
+}
