@@ -92,6 +92,33 @@ pub struct CloneLink {
     pub target: std::ffi::OsString,
 }
 
+/// Something to do once, right after the job's first step container has started: a taken
+/// pool slot's replacement waits for it (`dind.rs`), so that the replacement's own container
+/// start on the host daemon does not compete with the job's.
+#[derive(Default)]
+pub struct FirstStepHook(std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl std::fmt::Debug for FirstStepHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FirstStepHook")
+    }
+}
+
+impl FirstStepHook {
+    /// Sets what to run (replacing what was set).
+    pub fn set(&self, f: impl FnOnce() + Send + 'static) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    }
+
+    /// Runs it, the first time only.
+    fn fire(&self) {
+        let f = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = f {
+            f();
+        }
+    }
+}
+
 /// The state of one job on the outer daemon, shared by both backends. Every field that names
 /// an object is filled in as soon as the object exists, so teardown after a partial prepare
 /// removes exactly what was made.
@@ -144,6 +171,8 @@ pub struct JobState {
     pub inflight: TaskTracker,
     /// `extra_hosts`/`dns`/`dns_search` for every container the job gets.
     pub resolve: super::resolve::Resolve,
+    /// Run once the first step container is up.
+    pub first_step: FirstStepHook,
 }
 
 impl JobState {
@@ -171,6 +200,7 @@ impl JobState {
             root: None,
             inflight: TaskTracker::new(),
             resolve: super::resolve::Resolve::default(),
+            first_step: FirstStepHook::default(),
         }
     }
 
@@ -392,6 +422,7 @@ impl JobState {
             .start_container(id)
             .await
             .map_err(other("start script container"))?;
+        self.first_step.fire();
         let mut watchdog = tokio::time::interval(Duration::from_secs(2));
         watchdog.tick().await;
         loop {

@@ -86,9 +86,32 @@ async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
     let slot_sidecar = sidecar_of(&scope, slot).await;
     assert_eq!(cpu_shares(&slot_sidecar), "128");
 
-    // Job A takes the slot (waiting for it to finish if it is still starting).
+    // Job A takes the slot (waiting for it to finish if it is still starting); timed from
+    // when its daemon listens.
+    for _ in 0..600 {
+        let log = scope
+            .docker
+            .logs_tail(&slot_sidecar, 200)
+            .await
+            .unwrap_or_default();
+        if log.contains("API listen on [::]:2376") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = std::time::Instant::now();
     let (a, said) = prepare(&backend, &spec_for(&scope, 601, Duration::from_secs(3600))).await;
     assert!(said.contains("pre-started"), "{said}");
+    // The slot's replacement waits for A's first step container (its start on the host
+    // daemon would compete with A's), or for the runner's 2 s deadline when A's steps are
+    // late: a prepare that ended sooner leaves the pool empty.
+    if took.elapsed() < Duration::from_millis(1900) {
+        assert_eq!(
+            backend.standby_ids(),
+            Vec::<u64>::new(),
+            "the replacement started before the job's first step"
+        );
+    }
     assert_eq!(
         a.resources().sidecar.as_deref(),
         Some(slot_sidecar.as_str())
@@ -141,6 +164,12 @@ echo "A sees: $({list})"
     assert_eq!(
         std::fs::read_to_string(pd.join("from-inner")).unwrap(),
         "inner\n"
+    );
+    // A's first step ran: the replacement is being built (or ready).
+    assert_eq!(
+        backend.standby_ids().len(),
+        1,
+        "no replacement after the job's first step"
     );
     // `runner cleanup` (even told that every unowned dir is stale) keeps a live pooled job's
     // links and its slot: the links count as the slot's, whose runner is alive.
