@@ -22,6 +22,10 @@ pub struct Plan {
     pub concurrency: usize,
     /// Where the scenario projects live (`bench/scenarios`).
     pub scenarios_root: PathBuf,
+    /// Idle time after each release of jobs before the next (`--pace`): the gap a runner sees
+    /// between a pipeline's stages, in which background work (pool refills, teardowns)
+    /// settles instead of landing on whichever job runs next.
+    pub pace: std::time::Duration,
 }
 
 /// One job of a slot: its name and its hooks.
@@ -344,6 +348,9 @@ pub async fn run(target: &dyn BenchTarget, plan: &Plan, progress: &mut Progress)
                         };
                         progress.job_done(&m, rounds, per_round);
                         measurements.push(m);
+                    }
+                    if !plan.pace.is_zero() {
+                        tokio::time::sleep(plan.pace).await;
                     }
                 }
                 index += slot.len();

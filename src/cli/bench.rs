@@ -126,6 +126,14 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10, value_name = "K")]
     pub concurrency: usize,
 
+    /// Seconds of idle time after each job (each burst) before the next one, like the gap
+    /// between a pipeline's stages or a runner's poll interval. With 0 (the default) jobs run
+    /// back to back and the background work one job leaves (the dind mode's pool refill and
+    /// teardown) lands on the next job, whichever its mode; a pace longer than a sidecar's
+    /// start measures each job on a settled host.
+    #[arg(long, default_value_t = 0.0, value_name = "SECS", value_parser = parse_pace)]
+    pub pace: f64,
+
     /// Modes to compare, in the order they alternate.
     #[arg(
         long,
@@ -247,6 +255,7 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
         warmup: args.warmup,
         concurrency: args.concurrency.max(1),
         scenarios_root: args.scenarios_dir.clone(),
+        pace: std::time::Duration::from_secs_f64(args.pace),
     })
 }
 
@@ -538,9 +547,32 @@ async fn run_profile(
     result
 }
 
+/// `--pace`: a finite, non-negative number of seconds (at most an hour).
+fn parse_pace(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if v.is_finite() && (0.0..=3600.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "'{s}': the pace must be between 0 and 3600 seconds"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pace_is_seconds_within_bounds() {
+        assert_eq!(parse_pace("0"), Ok(0.0));
+        assert_eq!(parse_pace("2.5"), Ok(2.5));
+        for bad in ["-1", "NaN", "inf", "3601", "soon"] {
+            assert!(parse_pace(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn registry_images_are_the_scenarios_or_the_overrides() {

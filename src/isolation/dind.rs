@@ -110,11 +110,12 @@ impl Isolation for DindBackend {
                 pool.refill(&self.core);
                 return self.cold(spec, out, cancel, followup).await;
             };
-            // The slot's replacement starts once this job's first step container is up (at
-            // the latest after REFILL_DEFER_MAX): its container start on the host daemon
-            // and its boot would otherwise compete with the job's own start on the host's
-            // CPUs (measured: noop step_script 0.58-0.95 s with the replacement starting at
-            // once, 0.42-0.52 s without it). The next job of a stream rarely arrives sooner.
+            // The slot's replacement starts once this job's first step is done (a real job's
+            // first step is its clone), at the latest after REFILL_DEFER_MAX: its container
+            // start on the host daemon and its boot would otherwise compete with the job's
+            // own start on the host's CPUs (measured: noop step_script 0.58-0.95 s with the
+            // replacement starting at once, 0.42-0.52 s without it). Jobs arrive a poll
+            // interval apart at the least, so the next one rarely comes sooner.
             let refill = DeferredRefill::new(Arc::clone(pool), Arc::clone(&self.core));
             let mut env = DindEnv::from_slot(slot);
             env.state.first_step.set({

@@ -92,9 +92,9 @@ pub struct CloneLink {
     pub target: std::ffi::OsString,
 }
 
-/// Something to do once, right after the job's first step container has started: a taken
-/// pool slot's replacement waits for it (`dind.rs`), so that the replacement's own container
-/// start on the host daemon does not compete with the job's.
+/// Something to do once, when the job's first step container is done (removed): a taken pool
+/// slot's replacement waits for it (`dind.rs`), so that the replacement's container start on
+/// the host daemon and its boot do not compete with the job's own start.
 #[derive(Default)]
 pub struct FirstStepHook(std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>);
 
@@ -171,7 +171,7 @@ pub struct JobState {
     pub inflight: TaskTracker,
     /// `extra_hosts`/`dns`/`dns_search` for every container the job gets.
     pub resolve: super::resolve::Resolve,
-    /// Run once the first step container is up.
+    /// Run once the first step container is done.
     pub first_step: FirstStepHook,
 }
 
@@ -401,6 +401,7 @@ impl JobState {
         if let Err(e) = self.docker.remove_container(&id).await {
             tracing::warn!(container = %id, error = %e, "could not remove script container");
         }
+        self.first_step.fire();
         // Best effort: the scratch file held the script, which may embed variables.
         let _ = crate::paths::remove_path_async(&script_file).await;
         result
@@ -422,7 +423,6 @@ impl JobState {
             .start_container(id)
             .await
             .map_err(other("start script container"))?;
-        self.first_step.fire();
         let mut watchdog = tokio::time::interval(Duration::from_secs(2));
         watchdog.tick().await;
         loop {

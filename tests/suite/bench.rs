@@ -91,6 +91,7 @@ fn plan(names: &[&str], runs: usize, warmup: usize) -> Plan {
         warmup,
         concurrency: 4,
         scenarios_root: scenarios_root(),
+        pace: std::time::Duration::ZERO,
     }
 }
 

@@ -102,9 +102,9 @@ async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
     let took = std::time::Instant::now();
     let (a, said) = prepare(&backend, &spec_for(&scope, 601, Duration::from_secs(3600))).await;
     assert!(said.contains("pre-started"), "{said}");
-    // The slot's replacement waits for A's first step container (its start on the host
-    // daemon would compete with A's), or for the runner's 2 s deadline when A's steps are
-    // late: a prepare that ended sooner leaves the pool empty.
+    // The slot's replacement waits for A's first step to end (its start on the host daemon
+    // would compete with A's), or for the runner's 2 s deadline when A's steps are late: a
+    // prepare that ended sooner leaves the pool empty.
     if took.elapsed() < Duration::from_millis(1900) {
         assert_eq!(
             backend.standby_ids(),
