@@ -680,8 +680,9 @@ async fn hardened_runner_run_starts_jobs_from_the_golden() {
     w.release(D);
     let fd = w.wait_final(D).await;
     assert_inner_facts(&w, D, &fd, &busybox_id);
+    // The stamp goes right after the snapshot: wait for both.
     let gone = wait_until(Duration::from_secs(60), || {
-        subvolumes(&w.store) == vec![golden.clone()]
+        subvolumes(&w.store) == vec![golden.clone()] && names(&w.store.join("stamps")).is_empty()
     })
     .await;
     assert!(gone, "{:?}", subvolumes(&w.store));

@@ -146,8 +146,8 @@ impl RootStore {
     pub fn open(dir: &Path, size: u64, state_dir: &Path) -> Result<RootStore, StoreError> {
         let _one = OPENING.lock().unwrap_or_else(|e| e.into_inner());
         make_private_dir(dir)?;
-        let claim = owner::claim(dir, true)?;
-        match Self::open_claimed(dir, size, state_dir, claim) {
+        owner::claim(dir, true)?;
+        match Self::open_claimed(dir, size, state_dir) {
             Ok(s) => Ok(s),
             Err(e) => {
                 // The use taken above goes back; a store mounted just now is unmounted again
@@ -160,12 +160,7 @@ impl RootStore {
         }
     }
 
-    fn open_claimed(
-        dir: &Path,
-        size: u64,
-        state_dir: &Path,
-        claim: owner::Claim,
-    ) -> Result<RootStore, StoreError> {
+    fn open_claimed(dir: &Path, size: u64, state_dir: &Path) -> Result<RootStore, StoreError> {
         let loop_mounted;
         if !btrfs::is_btrfs(dir).map_err(op(format!("statfs {}", dir.display())))? {
             let img = image_file(dir);
@@ -186,11 +181,12 @@ impl RootStore {
             loop_mounted = btrfs::is_own_loop_mount(dir, &image_file(dir));
         }
         owner::check_or_record_owner(dir, state_dir)?;
-        // Mounted before this open, and the lock was free: no live runner process uses this
-        // mount, so the runner that made it died without unmounting it. Adopted, it goes at
-        // this process's shutdown like a mount of its own (else it and its loop device would
-        // stay for good). Only after the owner check: another state dir's store is not ours.
-        if loop_mounted && claim == owner::Claim::New && !owner::owns_mount(dir) {
+        // Mounted, not by this process, and this process holds the lock: no other live runner
+        // process uses this mount, so the runner that made it died without unmounting it.
+        // Adopted, it goes at this process's shutdown like a mount of its own (else it and its
+        // loop device would stay for good). Only after the owner check: another state dir's
+        // store is not this runner's to unmount.
+        if loop_mounted && !owner::owns_mount(dir) {
             owner::set_owns_mount(dir);
             tracing::info!(store = %dir.display(), "adopted the root store a runner process that is gone left mounted; it is unmounted at shutdown");
         }
