@@ -54,12 +54,12 @@ pub(super) fn is_own_loop_mount(dir: &Path, img: &Path) -> bool {
 fn loop_device_at(mountinfo: &str, dir: &str) -> Option<String> {
     mountinfo
         .lines()
-        .filter(|l| {
+        .rev()
+        .find(|l| {
             l.split(' ')
                 .nth(4)
                 .is_some_and(|m| unescape_mountinfo(m) == dir)
         })
-        .last()
         .and_then(|l| {
             let (_, after) = l.split_once(" - ")?;
             let mut w = after.split(' ');
