@@ -132,11 +132,14 @@ pub async fn run(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
     // Goldens of image sets no entry of this config uses. Without a config what the runner
     // wants is unknown: goldens are left alone then.
     let goldens_ok = no_config || sweep_goldens(&config, args.dry_run).await;
+    // Last, once dead jobs' roots are gone: a store a killed runner left mounted.
+    let stores_ok = release_stores(&config, args.dry_run).await;
     let mirrors_ok = bound_mirrors(docker.as_ref(), &config, args.dry_run).await;
     let failed = docker.is_none()
         || !report.failures.is_empty()
         || roots_failed
         || !goldens_ok
+        || !stores_ok
         || !mirrors_ok;
     Ok(if failed {
         ExitCode::from(1)
@@ -181,6 +184,68 @@ async fn sweep_goldens(config: &crate::config::Config, dry_run: bool) -> bool {
                 },
                 s.kept.len()
             );
+        }
+    }
+    ok
+}
+
+/// Unmounts each root store of the config that a runner process left mounted when it died
+/// (`RootStore::release_abandoned`): its loop device is freed. A store a live runner process
+/// uses, one of another state dir, one still holding job roots and a btrfs directory the runner
+/// did not mount stay as they are. False when an unmount failed.
+async fn release_stores(config: &crate::config::Config, dry_run: bool) -> bool {
+    use crate::isolation::root_store::{Abandoned, RootStore, image_file};
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for r in &config.runners {
+        let dir = crate::isolation::golden::store_dir(r, &config.state_dir);
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    let mut ok = true;
+    for dir in dirs {
+        let (d, state_dir) = (dir.clone(), config.state_dir.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            RootStore::release_abandoned(&d, &state_dir, dry_run)
+        })
+        .await;
+        match done {
+            Ok(Ok(Abandoned::NotMounted)) => {}
+            Ok(Ok(Abandoned::Released)) => println!(
+                "{} root store {} (the loop mount of {}): no runner process uses it",
+                if dry_run { "would release" } else { "released" },
+                dir.display(),
+                image_file(&dir).display()
+            ),
+            Ok(Ok(Abandoned::InUse(pid))) => {
+                let by = if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                };
+                println!(
+                    "root store {}: in use by a live runner process{by}, left mounted",
+                    dir.display()
+                );
+            }
+            Ok(Ok(Abandoned::Roots(n))) => println!(
+                "note: root store {} left mounted: {n} job root{} still in it",
+                dir.display(),
+                if n == 1 { "" } else { "s" }
+            ),
+            Ok(Ok(Abandoned::Foreign(owner))) => println!(
+                "note: root store {} left mounted: it belongs to the runner with state_dir {}",
+                dir.display(),
+                owner.display()
+            ),
+            Ok(Err(e)) => {
+                eprintln!("error: could not release: {e}");
+                ok = false;
+            }
+            Err(e) => {
+                eprintln!("error: could not release root store {}: {e}", dir.display());
+                ok = false;
+            }
         }
     }
     ok

@@ -146,7 +146,10 @@ impl Core {
                     .clone()
                     .unwrap_or_else(|| super::root_store::default_path(&self.state_dir));
                 let size = iso.root_store_size;
-                match tokio::task::spawn_blocking(move || RootStore::open(&dir, size)).await {
+                let state_dir = self.state_dir.clone();
+                match tokio::task::spawn_blocking(move || RootStore::open(&dir, size, &state_dir))
+                    .await
+                {
                     Ok(Ok(s)) => StoreState::Open(s),
                     Ok(Err(e)) => StoreState::Off(e.to_string()),
                     Err(e) => StoreState::Off(e.to_string()),
@@ -328,16 +331,16 @@ impl Core {
         });
     }
 
-    /// At shutdown: unmounts the store if this backend mounted it and no job root holds it.
+    /// At shutdown: gives back this backend's use of the store; the process's last use
+    /// unmounts it if the process mounted it or adopted it from a runner process that died
+    /// (`RootStore::close`). Job roots must be gone by then (the pool's shutdown runs first).
     pub(super) async fn close_store(&self) -> Option<String> {
         let StoreState::Open(store) = self.store.get()?.clone() else {
             return None;
         };
-        if !store.mounted_now {
-            return None;
-        }
+        // Not while a golden build of this backend fills the store.
         let _one = self.golden_lock.lock().await;
-        match tokio::task::spawn_blocking(move || store.unmount()).await {
+        match tokio::task::spawn_blocking(move || store.close()).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
             Err(e) => Some(e.to_string()),
@@ -389,7 +392,9 @@ pub fn store_dir(runner: &crate::config::RunnerConfig, state_dir: &std::path::Pa
 /// Removes the job roots in the store at `dir` whose sidecar is gone: at a runner's start-up
 /// every root of `own_runner` (no job of it runs yet), otherwise roots older than
 /// [`SWEEP_GRACE`] whose sidecar container no longer exists (dead jobs of any runner).
-/// Never mounts the store: a store that is not there has nothing to sweep.
+/// Never mounts the store: a store that is not there has nothing to sweep. The start-up sweep
+/// holds the store's lock meanwhile and is skipped while another runner process holds it:
+/// that process's jobs may carry the same runner id (a second runner on the same state dir).
 pub async fn sweep_roots(
     docker: &crate::docker::Docker,
     dir: &std::path::Path,
@@ -401,6 +406,45 @@ pub async fn sweep_roots(
     let Ok(Some(store)) = tokio::task::spawn_blocking(move || RootStore::existing(&d)).await else {
         return report;
     };
+    if own_runner.is_none() {
+        sweep_roots_of(docker, &store, own_runner, dry_run, &mut report).await;
+        return report;
+    }
+    let d = dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || RootStore::claim_for_sweep(&d)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            report
+                .failures
+                .push(format!("job roots of an earlier run left alone: {e}"));
+            return report;
+        }
+        Err(e) => {
+            report
+                .failures
+                .push(format!("claim {}: {e}", dir.display()));
+            return report;
+        }
+    }
+    sweep_roots_of(docker, &store, own_runner, dry_run, &mut report).await;
+    let s = store.clone();
+    match tokio::task::spawn_blocking(move || s.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => report.failures.push(e.to_string()),
+        Err(e) => report
+            .failures
+            .push(format!("release {}: {e}", dir.display())),
+    }
+    report
+}
+
+async fn sweep_roots_of(
+    docker: &crate::docker::Docker,
+    store: &RootStore,
+    own_runner: Option<&str>,
+    dry_run: bool,
+    report: &mut RootSweep,
+) {
     for name in store.job_roots() {
         let Some((runner, job)) = super::root_store::parse_root_name(&name) else {
             continue;
@@ -430,11 +474,11 @@ pub async fn sweep_roots(
             Err(e) => report.failures.push(format!("remove job root {name}: {e}")),
         }
     }
-    report
 }
 
-/// A golden younger than this is spared by the golden sweep: it may be the fresh golden of a
-/// runner process with another config on the same store, committed just now.
+/// A golden younger than this is spared by the golden sweep: `runner cleanup` reads the config
+/// file as it is now, and a live runner started before an edit of it may have just committed a
+/// golden of its own (older) config.
 pub const GOLDEN_GRACE: Duration = SWEEP_GRACE;
 
 /// The goldens each store of `config` should keep: per store directory, the current key of
@@ -499,20 +543,25 @@ pub struct GoldenSweep {
     pub freed: Option<u64>,
 }
 
-/// Removes the goldens in the store at `dir` whose key is not in `wanted`. Never touches a
-/// golden whose key is being built (`build/<key>`) or one younger than `grace` (another
-/// process may just have made it). Jobs running on snapshots of a removed golden are not
-/// affected: a snapshot is an independent subvolume. Never mounts the store.
+/// Removes the goldens in the store at `dir` whose key is not in `wanted`, the goldens the
+/// runner of `state_dir` wants. Never touches a store that belongs to another state dir (its
+/// owner record, `root_store::owner`: that runner's goldens are no entry of this config), a
+/// golden whose key is being built (`build/<key>`) or one younger than `grace` (this runner's
+/// own process may just have made it for an entry `wanted` does not know yet). Jobs running on
+/// snapshots of a removed golden are not affected: a snapshot is an independent subvolume.
+/// Never mounts the store.
 pub async fn sweep_goldens(
     dir: &std::path::Path,
+    state_dir: &std::path::Path,
     wanted: &BTreeSet<String>,
     grace: Duration,
     dry_run: bool,
 ) -> GoldenSweep {
-    let (d, wanted) = (dir.to_path_buf(), wanted.clone());
-    let done =
-        tokio::task::spawn_blocking(move || sweep_goldens_blocking(&d, &wanted, grace, dry_run))
-            .await;
+    let (d, sd, wanted) = (dir.to_path_buf(), state_dir.to_path_buf(), wanted.clone());
+    let done = tokio::task::spawn_blocking(move || {
+        sweep_goldens_blocking(&d, &sd, &wanted, grace, dry_run)
+    })
+    .await;
     match done {
         Ok(s) => s,
         Err(e) => GoldenSweep {
@@ -525,10 +574,12 @@ pub async fn sweep_goldens(
 
 fn sweep_goldens_blocking(
     dir: &std::path::Path,
+    state_dir: &std::path::Path,
     wanted: &BTreeSet<String>,
     grace: Duration,
     dry_run: bool,
 ) -> GoldenSweep {
+    use super::root_store::owner;
     let mut report = GoldenSweep {
         store: dir.to_path_buf(),
         ..GoldenSweep::default()
@@ -537,6 +588,27 @@ fn sweep_goldens_blocking(
         return report;
     };
     report.found = true;
+    // A store without a record was made before records existed: it can only be this state
+    // dir's (the default path) or shared already; the first open records its owner.
+    match owner::read_owner(dir) {
+        Ok(Some(o)) if o != owner::owner_key(state_dir) => {
+            report.failures.push(format!(
+                "goldens in {} left alone: {}",
+                dir.display(),
+                StoreError::Foreign {
+                    dir: dir.to_path_buf(),
+                    owner: o,
+                    ours: owner::owner_key(state_dir),
+                }
+            ));
+            return report;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            report.failures.push(e.to_string());
+            return report;
+        }
+    }
     let building = store.builds();
     let before = store.used_bytes();
     let mut deleted = Vec::new();
@@ -626,7 +698,7 @@ pub async fn sweep_unused_goldens(
     let mut out = Vec::new();
     for (dir, wanted) in wanted_goldens(config).await {
         match wanted {
-            Ok(w) => out.push(sweep_goldens(&dir, &w, grace, dry_run).await),
+            Ok(w) => out.push(sweep_goldens(&dir, &config.state_dir, &w, grace, dry_run).await),
             Err(e) => out.push(GoldenSweep {
                 store: dir.clone(),
                 failures: vec![format!("goldens in {} left alone: {e}", dir.display())],

@@ -364,7 +364,8 @@ async fn goldens_no_runner_entry_uses_are_removed() {
         dir: dir.clone(),
         runner_id: scope.runner_id.clone(),
     };
-    let store = RootStore::open(&dir, 1024 * 1024 * 1024).expect("open the store");
+    let store =
+        RootStore::open(&dir, 1024 * 1024 * 1024, &scope.state_dir()).expect("open the store");
     // The config before (busybox and the job image preloaded) and now (busybox only).
     let mut before = cfg.clone();
     before
@@ -463,6 +464,112 @@ async fn goldens_no_runner_entry_uses_are_removed() {
     store.remove_golden(rebuilding).expect("remove golden");
     assert_store_empty(&dir);
     assert!(store.golden_keys().is_empty());
+    store.close().expect("close the store");
+    assert!(!support::store::is_mounted(&dir), "this process mounted it");
+    scope.assert_clean().await;
+    drop(guard);
+}
+
+/// Two runner configs (two services, each with its own state_dir) pointed at one store by
+/// `root_store_path`: each one's golden sweep would remove the other's goldens, whose keys are
+/// no entry of its config. The store belongs to the state dir that opened it first: the other
+/// config's sweep leaves its goldens alone with an error naming the owner, and cannot open it
+/// (its jobs copy the images, with that reason); the owner's sweep works as before.
+#[tokio::test]
+async fn two_configs_on_one_store_do_not_remove_each_others_goldens() {
+    use isolation::golden::{golden_key, sweep_unused_goldens};
+    use isolation::root_store::{RootStore, StoreError};
+    use std::time::Duration;
+    let scope = Scope::new().await;
+    let shared = scope.tmp.path().join("shared-roots");
+    let (state_a, state_b) = (scope.state_dir(), scope.tmp.path().join("state-b"));
+    std::fs::create_dir_all(&state_a).expect("state dir a");
+    std::fs::create_dir_all(&state_b).expect("state dir b");
+    let mut cfg_a = scope.runner_config();
+    cfg_a.docker.isolation.sidecar_profile = SidecarProfile::Hardened;
+    cfg_a.docker.isolation.preload_images = vec![BUSYBOX_IMAGE.to_string()];
+    cfg_a.docker.isolation.root_store = Mode::Auto;
+    cfg_a.docker.isolation.root_store_path = Some(shared.clone());
+    let mut cfg_b = cfg_a.clone();
+    cfg_b.name = "other-service".to_string();
+    cfg_b
+        .docker
+        .isolation
+        .preload_images
+        .push(JOB_IMAGE.to_string());
+    let config = |state: &Path, r: &RunnerConfig| {
+        let mut c = isolated_runner::config::Config {
+            state_dir: state.to_path_buf(),
+            ..Default::default()
+        };
+        c.runners = vec![r.clone()];
+        c
+    };
+    let (config_a, config_b) = (config(&state_a, &cfg_a), config(&state_b, &cfg_b));
+    assert_eq!(
+        isolation::golden::store_dir(&cfg_a, &state_a),
+        isolation::golden::store_dir(&cfg_b, &state_b)
+    );
+    let guard = StoreGuard {
+        dir: shared.clone(),
+        runner_id: scope.runner_id.clone(),
+    };
+    let key_a = golden_key(&scope.docker, &cfg_a.docker.isolation)
+        .await
+        .expect("key a");
+    let stale_a = "0123456789abcdef01234567";
+
+    // A's runner opens the store first and has its golden, and an old one of its own.
+    let store = RootStore::open(&shared, 1024 * 1024 * 1024, &state_a).expect("open as a");
+    for key in [key_a.as_str(), stale_a] {
+        let p = store.begin_golden(key).expect("begin");
+        std::fs::write(p.join("marker"), key).expect("write marker");
+        store.commit_golden(key).expect("commit");
+    }
+
+    // B's sweep (its start-up, its `runner cleanup`): A's goldens are no entry of B's config.
+    let s = sweep_unused_goldens(&config_b, Duration::ZERO, false).await;
+    eprintln!("{s:?}");
+    assert!(store.golden(&key_a).is_some(), "B removed A's live golden");
+    assert!(store.golden(stale_a).is_some(), "B removed A's golden");
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(s[0].removed.is_empty(), "{s:?}");
+    assert!(
+        s[0].failures
+            .iter()
+            .any(|f| f.contains("left alone")
+                && f.contains(&format!("state_dir {}", state_a.display()))),
+        "{s:?}"
+    );
+
+    // B's runner cannot open it, and says why (the fallback's reason in its jobs' traces).
+    match RootStore::open(&shared, 1024 * 1024 * 1024, &state_b) {
+        Err(e @ StoreError::Foreign { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("root_store_path"), "{msg}");
+            assert!(msg.contains(&state_a.display().to_string()), "{msg}");
+        }
+        other => panic!("B opened A's store: {other:?}"),
+    }
+    assert!(
+        support::store::is_mounted(&shared),
+        "B's refused open unmounted the store A uses"
+    );
+
+    // A's own sweep removes its stale golden and keeps the live one.
+    let s = sweep_unused_goldens(&config_a, Duration::ZERO, false).await;
+    eprintln!("{s:?}");
+    assert!(s[0].failures.is_empty(), "{s:?}");
+    assert_eq!(s[0].removed, vec![stale_a.to_string()], "{s:?}");
+    assert_eq!(s[0].kept, vec![key_a.clone()], "{s:?}");
+
+    store.remove_golden(&key_a).expect("remove golden");
+    assert_store_empty(&shared);
+    store.close().expect("close the store");
+    assert!(
+        !support::store::is_mounted(&shared),
+        "this process mounted it"
+    );
     scope.assert_clean().await;
     drop(guard);
 }

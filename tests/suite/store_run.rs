@@ -500,9 +500,16 @@ async fn rootless_runner_run_serves_jobs_and_slots_from_the_golden() {
         .expect("the runner exits on SIGQUIT")
         .expect("reap the runner");
     assert!(status.success(), "{status}\n{}", w.log_text());
-    // The store outlives the runner (the second run found it mounted): goldens only.
-    w.assert_goldens_only();
-    assert_eq!(subvolumes(&w.store), vec![golden.clone()]);
+    // The second run adopted the store its killed predecessor left mounted, so its stop
+    // unmounted it like one of its own, freeing the loop device.
+    assert!(
+        w.log_text().contains("adopted the root store"),
+        "{}",
+        w.log_text()
+    );
+    assert!(!is_mounted(&w.store), "{}", w.log_text());
+    let img = isolated_runner::isolation::root_store::image_file(&w.store);
+    assert_loop_freed(&img).await;
 
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_runner"))
         .args(["cleanup", "-c"])
@@ -518,9 +525,123 @@ async fn rootless_runner_run_serves_jobs_and_slots_from_the_golden() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // Cleanup never mounts the store; mounted here to look: goldens only.
+    assert!(!is_mounted(&w.store));
+    mount_store(&w.store);
     w.assert_goldens_only();
     assert_eq!(subvolumes(&w.store), vec![golden]);
     assert!(w.fake.violations().is_empty(), "{:?}", w.fake.violations());
+    w.scope.assert_clean().await;
+    w.release_store().await;
+}
+
+/// Loop-mounts the store's image at its directory, as the runner does (the guard unmounts it).
+fn mount_store(store: &Path) {
+    let img = isolated_runner::isolation::root_store::image_file(store);
+    let out = std::process::Command::new("mount")
+        .args(["-t", "btrfs", "-o", "loop,noatime"])
+        .arg(&img)
+        .arg(store)
+        .output()
+        .expect("mount runs");
+    assert!(
+        out.status.success(),
+        "mount {}: {}",
+        img.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn runner_cleanup(w: &World) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["cleanup", "-c"])
+        .arg(&w.config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .await
+        .expect("runner cleanup runs");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "runner cleanup: {text}");
+    text
+}
+
+/// A runner killed while its store is mounted leaves the mount and its loop device behind. The
+/// restarted runner adopts the store (its lock is free: no live runner process uses it; the
+/// mount is the runner's own `<dir>.img`) and unmounts it at its clean stop. `runner cleanup`
+/// leaves the store of a live runner mounted, and releases the one a killed runner left.
+#[tokio::test]
+async fn a_store_a_killed_runner_left_mounted_is_released() {
+    let w = World::new(
+        "store-adopt",
+        1,
+        "sidecar_profile = \"hardened\"\nwarm_pool = 0\n",
+    )
+    .await;
+    let img = isolated_runner::isolation::root_store::image_file(&w.store);
+    let mut first = w.start_runner();
+    let made = wait_until(JOB_TIMEOUT, || w.goldens().len() == 1).await;
+    assert!(made, "no golden after warm-up:\n{}", w.log_text());
+    // Logged once the golden's build daemon is gone.
+    w.wait_log("golden data root made", 0).await;
+    kill(
+        Pid::from_raw(first.id().expect("pid") as i32),
+        Signal::SIGKILL,
+    )
+    .expect("kill -9 the runner");
+    first.wait().await.expect("reap the runner");
+    // What the kill leaves: the mount and its loop device.
+    assert!(is_mounted(&w.store));
+    assert!(!loop_devices_of(&img).is_empty());
+
+    // The next run adopts it, and its clean stop unmounts it.
+    let from = w.log_text().len();
+    let mut second = w.start_runner();
+    w.wait_log("adopted the root store", from).await;
+    kill(
+        Pid::from_raw(second.id().expect("pid") as i32),
+        Signal::SIGQUIT,
+    )
+    .expect("SIGQUIT the runner");
+    let status = tokio::time::timeout(Duration::from_secs(90), second.wait())
+        .await
+        .expect("the runner exits on SIGQUIT")
+        .expect("reap the runner");
+    assert!(status.success(), "{status}\n{}", w.log_text());
+    assert!(!is_mounted(&w.store), "{}", w.log_text());
+    assert_loop_freed(&img).await;
+
+    // A third run mounts it again (at warm-up, for its golden): cleanup beside it leaves it.
+    let from = w.log_text().len();
+    let mut third = w.start_runner();
+    let mounted = wait_until(JOB_TIMEOUT, || is_mounted(&w.store)).await;
+    assert!(mounted, "{}", w.log_text());
+    let text = runner_cleanup(&w).await;
+    assert!(text.contains("in use by a live runner process"), "{text}");
+    assert!(
+        is_mounted(&w.store),
+        "cleanup unmounted a live runner's store: {text}"
+    );
+    // Its golden is there already: nothing to build, so the store is idle when it is killed.
+    assert!(!w.log_text()[from..].contains("golden data root made"));
+    assert_eq!(w.goldens().len(), 1);
+    kill(
+        Pid::from_raw(third.id().expect("pid") as i32),
+        Signal::SIGKILL,
+    )
+    .expect("kill -9 the runner");
+    third.wait().await.expect("reap the runner");
+    assert!(is_mounted(&w.store));
+
+    // With no runner alive, cleanup releases it.
+    let text = runner_cleanup(&w).await;
+    assert!(text.contains("released root store"), "{text}");
+    assert!(!is_mounted(&w.store), "{text}");
+    assert_loop_freed(&img).await;
     w.scope.assert_clean().await;
     w.release_store().await;
 }
@@ -559,8 +680,9 @@ async fn hardened_runner_run_starts_jobs_from_the_golden() {
     w.release(D);
     let fd = w.wait_final(D).await;
     assert_inner_facts(&w, D, &fd, &busybox_id);
+    // The stamp goes right after the snapshot: wait for both.
     let gone = wait_until(Duration::from_secs(60), || {
-        subvolumes(&w.store) == vec![golden.clone()]
+        subvolumes(&w.store) == vec![golden.clone()] && names(&w.store.join("stamps")).is_empty()
     })
     .await;
     assert!(gone, "{:?}", subvolumes(&w.store));

@@ -79,7 +79,25 @@ pub(super) fn gather_root_stores(config: &Config, host: &HostFacts) -> Vec<RootS
                     .root_store_path
                     .clone()
                     .unwrap_or_else(|| default_path(&config.state_dir));
-                if let Some(s) = RootStore::existing(&dir) {
+                let foreign = crate::isolation::root_store::owner::read_owner(&dir)
+                    .ok()
+                    .flatten()
+                    .filter(|o| {
+                        *o != crate::isolation::root_store::owner::owner_key(&config.state_dir)
+                    });
+                if let Some(owner) = foreign {
+                    // The runner refuses a store of another state dir (`root_store::owner`).
+                    RootStoreState::Forced {
+                        reason: format!(
+                            "the store {} belongs to the runner with state_dir {}",
+                            dir.display(),
+                            owner.display()
+                        ),
+                        hint: "give this config its own root_store_path (one store per \
+                               state_dir: docs/preload.md, \"Disk\")"
+                            .to_string(),
+                    }
+                } else if let Some(s) = RootStore::existing(&dir) {
                     RootStoreState::Ready {
                         dir,
                         goldens: s.golden_keys().len(),

@@ -26,6 +26,49 @@ pub(super) fn is_mount_point(dir: &Path) -> std::io::Result<bool> {
         .any(|m| unescape_mountinfo(m) == want))
 }
 
+/// Whether the file system mounted at `dir` (the topmost mount there) is btrfs on a loop
+/// device backed by `img`: the runner's own store, which it mounted (or a runner process that
+/// died did). Anything else at `dir` (a btrfs file system the admin mounted, nothing) is not.
+pub(super) fn is_own_loop_mount(dir: &Path, img: &Path) -> bool {
+    let (Ok(dir), Ok(img)) = (std::fs::canonicalize(dir), std::fs::canonicalize(img)) else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Some(dev) = loop_device_at(&info, &dir.to_string_lossy()) else {
+        return false;
+    };
+    // `/sys/block/loopN/loop/backing_file`: the image's absolute path, as the loop device
+    // was set up with it (` (deleted)` appended when the file is gone, which then differs).
+    let Some(name) = dev.strip_prefix("/dev/") else {
+        return false;
+    };
+    std::fs::read_to_string(Path::new("/sys/block").join(name).join("loop/backing_file"))
+        .is_ok_and(|b| Path::new(b.trim_end_matches('\n')) == img)
+}
+
+/// The loop device (`/dev/loopN`) of the btrfs file system mounted last at `dir`, from
+/// mountinfo's `<id> <parent> <maj:min> <root> <mount point> <options> ... - <type> <source>
+/// <super options>` lines.
+fn loop_device_at(mountinfo: &str, dir: &str) -> Option<String> {
+    mountinfo
+        .lines()
+        .rev()
+        .find(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| unescape_mountinfo(m) == dir)
+        })
+        .and_then(|l| {
+            let (_, after) = l.split_once(" - ")?;
+            let mut w = after.split(' ');
+            let (fstype, source) = (w.next()?, w.next()?);
+            (fstype == "btrfs" && source.starts_with("/dev/loop"))
+                .then(|| unescape_mountinfo(source))
+        })
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
@@ -343,6 +386,29 @@ mod tests {
         assert_eq!(parse_time("-"), None);
         assert_eq!(parse_time("2026-13-06 13:58:01 +0000"), None);
         assert_eq!(parse_show("\tName: x\n"), None);
+    }
+
+    #[test]
+    fn the_loop_device_of_the_last_mount_is_found() {
+        let info = "22 1 0:21 / /sys rw - sysfs sysfs rw\n\
+                    90 29 0:55 / /var/lib/ir/roots rw,noatime - btrfs /dev/loop3 rw,ssd\n\
+                    91 29 0:56 / /srv/admin rw - btrfs /dev/sdb1 rw\n\
+                    92 29 0:57 / /var/lib/ir/a\\040b rw - btrfs /dev/loop4 rw\n";
+        assert_eq!(
+            loop_device_at(info, "/var/lib/ir/roots").as_deref(),
+            Some("/dev/loop3")
+        );
+        assert_eq!(
+            loop_device_at(info, "/var/lib/ir/a b").as_deref(),
+            Some("/dev/loop4")
+        );
+        // A btrfs file system on a disk is the admin's, never the runner's to unmount.
+        assert_eq!(loop_device_at(info, "/srv/admin"), None);
+        assert_eq!(loop_device_at(info, "/sys"), None);
+        assert_eq!(loop_device_at(info, "/nothing"), None);
+        // Something mounted over the store hides it: the topmost mount counts.
+        let over = format!("{info}93 90 0:58 / /var/lib/ir/roots rw - tmpfs tmpfs rw\n");
+        assert_eq!(loop_device_at(&over, "/var/lib/ir/roots"), None);
     }
 
     #[test]

@@ -20,7 +20,9 @@
 //!
 //! The store is the state directory itself when that is btrfs, otherwise a sparse image file
 //! `<path>.img` formatted btrfs and loop-mounted at `<path>` (made once, mounted again after a
-//! reboot). Every operation here is blocking; callers use `spawn_blocking`.
+//! reboot). It belongs to one runner state directory and is used by one runner process at a
+//! time (`owner.rs`: the owner record `<path>/owner` and the lock `<path>.lock`). Every
+//! operation here is blocking; callers use `spawn_blocking`.
 //!
 //! Nothing here opens a path inside a snapshot: snapshots are made, mounted and deleted as
 //! whole subvolumes (nested subvolumes a job made are deleted by id), so what a job wrote into
@@ -28,6 +30,7 @@
 
 mod btrfs;
 pub mod idmap;
+pub mod owner;
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -45,6 +48,36 @@ pub enum StoreError {
         context: String,
         /// The cause.
         detail: String,
+    },
+    /// Another runner process holds the store's lock (`owner.rs`).
+    #[error(
+        "the root store {} is in use by another runner process{}: one store serves one runner \
+         process at a time (give each runner config its own root_store_path)",
+        .dir.display(),
+        if .holder.is_empty() { String::new() } else { format!(" (pid {})", .holder) }
+    )]
+    InUse {
+        /// The store directory.
+        dir: PathBuf,
+        /// The holder's pid as its lock file says, or empty.
+        holder: String,
+    },
+    /// The store belongs to the runner of another state directory (`owner.rs`).
+    #[error(
+        "the root store {} belongs to the runner with state_dir {}, not {}: two runner configs \
+         cannot share one store (each would remove the other's goldens); give this config its \
+         own root_store_path (the default, <state_dir>/roots, is one per state_dir)",
+        .dir.display(),
+        .owner.display(),
+        .ours.display()
+    )]
+    Foreign {
+        /// The store directory.
+        dir: PathBuf,
+        /// The state directory in its owner record.
+        owner: PathBuf,
+        /// The state directory of the runner that tried to use it.
+        ours: PathBuf,
     },
 }
 
@@ -66,13 +99,27 @@ pub struct RootStore {
     pub dir: PathBuf,
     /// Whether the runner loop-mounted an image file there (else the directory was btrfs).
     pub loop_mounted: bool,
-    /// Whether this `open` made the mount (its owner unmounts it at shutdown).
-    pub mounted_now: bool,
 }
 
 /// One `open` at a time in this process: two backends opening the same store must not both
-/// mount it.
+/// mount it (other processes are kept out by the store's lock).
 static OPENING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What [`RootStore::release_abandoned`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Abandoned {
+    /// Not loop-mounted from its image (not mounted, or a btrfs directory the runner did not
+    /// mount): nothing to release.
+    NotMounted,
+    /// A runner process uses it (its pid, or empty when unknown).
+    InUse(String),
+    /// It belongs to another state directory.
+    Foreign(PathBuf),
+    /// Job roots are still in it (their sidecars may still hold them).
+    Roots(usize),
+    /// Unmounted (or would be, on a dry run): its loop device is freed.
+    Released,
+}
 
 /// Where the store of `state_dir` lives when `root_store_path` is not set.
 pub fn default_path(state_dir: &Path) -> PathBuf {
@@ -87,14 +134,34 @@ pub fn image_file(dir: &Path) -> PathBuf {
 }
 
 impl RootStore {
-    /// Opens the store at `dir`, making it first if needed: the directory itself when it is on
-    /// btrfs, else `<dir>.img` (sparse, `size` bytes) formatted btrfs and loop-mounted there.
-    /// Idempotent: a store already mounted is used as it is.
-    pub fn open(dir: &Path, size: u64) -> Result<RootStore, StoreError> {
+    /// Opens the store at `dir` for the runner of `state_dir`, making it first if needed: the
+    /// directory itself when it is on btrfs, else `<dir>.img` (sparse, `size` bytes) formatted
+    /// btrfs and loop-mounted there. Takes the store's lock for this process (refused while
+    /// another runner process holds it) and checks the owner record (refused when the store
+    /// belongs to another state directory). A loop mount of `<dir>.img` already there, with no
+    /// live process holding the lock, was left by a runner process that died: this process
+    /// adopts it. Either way the process that mounted or adopted the store unmounts it when its
+    /// last user calls [`RootStore::close`]; a btrfs directory the admin provides is never
+    /// unmounted.
+    pub fn open(dir: &Path, size: u64, state_dir: &Path) -> Result<RootStore, StoreError> {
         let _one = OPENING.lock().unwrap_or_else(|e| e.into_inner());
         make_private_dir(dir)?;
+        owner::claim(dir, true)?;
+        match Self::open_claimed(dir, size, state_dir) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                // The use taken above goes back; a store mounted just now is unmounted again
+                // when no other backend of this process uses it.
+                if let Err(u) = owner::release(dir, btrfs::unmount_store) {
+                    tracing::warn!(error = %u, "could not unmount a root store that failed to open");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn open_claimed(dir: &Path, size: u64, state_dir: &Path) -> Result<RootStore, StoreError> {
         let loop_mounted;
-        let mut mounted_now = false;
         if !btrfs::is_btrfs(dir).map_err(op(format!("statfs {}", dir.display())))? {
             let img = image_file(dir);
             if !img.exists() {
@@ -102,7 +169,7 @@ impl RootStore {
             }
             btrfs::loop_mount(&img, dir)?;
             loop_mounted = true;
-            mounted_now = true;
+            owner::set_owns_mount(dir);
             if !btrfs::is_btrfs(dir).map_err(op(format!("statfs {}", dir.display())))? {
                 return Err(StoreError::Unavailable(format!(
                     "{} is mounted at {} but is not btrfs",
@@ -111,7 +178,17 @@ impl RootStore {
                 )));
             }
         } else {
-            loop_mounted = btrfs::is_mount_point(dir).unwrap_or(false) && image_file(dir).exists();
+            loop_mounted = btrfs::is_own_loop_mount(dir, &image_file(dir));
+        }
+        owner::check_or_record_owner(dir, state_dir)?;
+        // Mounted, not by this process, and this process holds the lock: no other live runner
+        // process uses this mount, so the runner that made it died without unmounting it.
+        // Adopted, it goes at this process's shutdown like a mount of its own (else it and its
+        // loop device would stay for good). Only after the owner check: another state dir's
+        // store is not this runner's to unmount.
+        if loop_mounted && !owner::owns_mount(dir) {
+            owner::set_owns_mount(dir);
+            tracing::info!(store = %dir.display(), "adopted the root store a runner process that is gone left mounted; it is unmounted at shutdown");
         }
         // The mounted file system's root has its own mode: keep it the runner's alone.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
@@ -119,13 +196,83 @@ impl RootStore {
         let store = RootStore {
             dir: dir.to_path_buf(),
             loop_mounted,
-            mounted_now,
         };
         for sub in ["golden", "build", "jobs", "mnt", "stamps"] {
             make_private_dir(&store.dir.join(sub))?;
         }
         btrfs::check_tool()?;
         Ok(store)
+    }
+
+    /// Whether closing this process's last use of the store unmounts it (this process mounted
+    /// or adopted it).
+    pub fn unmounts_at_close(&self) -> bool {
+        owner::owns_mount(&self.dir)
+    }
+
+    /// Gives back the use [`RootStore::open`] took. The last use in this process unmounts a
+    /// store this process mounted or adopted (the image file stays; the next `open` mounts it
+    /// again), then drops the lock. The unmount fails while job roots are mounted or bound
+    /// into sidecars.
+    pub fn close(&self) -> Result<(), StoreError> {
+        owner::release(&self.dir, btrfs::unmount_store)
+    }
+
+    /// `runner cleanup`: unmounts the store at `dir` when it is the loop mount of its own
+    /// image, no runner process holds its lock (the one that mounted it died), it belongs to
+    /// `state_dir` and no job root is left in it. Frees the loop device a killed runner left.
+    pub fn release_abandoned(
+        dir: &Path,
+        state_dir: &Path,
+        dry_run: bool,
+    ) -> Result<Abandoned, StoreError> {
+        let _one = OPENING.lock().unwrap_or_else(|e| e.into_inner());
+        if !btrfs::is_own_loop_mount(dir, &image_file(dir)) {
+            return Ok(Abandoned::NotMounted);
+        }
+        match owner::claim(dir, false) {
+            Ok(owner::Claim::New) => {}
+            // This process uses it (a runner's own sweep): not abandoned.
+            Ok(owner::Claim::Shared) => {
+                owner::release(dir, |_| Ok(()))?;
+                return Ok(Abandoned::InUse(std::process::id().to_string()));
+            }
+            Err(StoreError::InUse { holder, .. }) => return Ok(Abandoned::InUse(holder)),
+            Err(e) => return Err(e),
+        }
+        let found = Self::judge_abandoned(dir, state_dir);
+        if matches!(found, Ok(Abandoned::Released)) && !dry_run {
+            owner::set_owns_mount(dir);
+        }
+        let released = owner::release(dir, btrfs::unmount_store);
+        let found = found?;
+        released?;
+        Ok(found)
+    }
+
+    fn judge_abandoned(dir: &Path, state_dir: &Path) -> Result<Abandoned, StoreError> {
+        if let Some(owner) = owner::read_owner(dir)?
+            && owner != owner::owner_key(state_dir)
+        {
+            return Ok(Abandoned::Foreign(owner));
+        }
+        let store = RootStore {
+            dir: dir.to_path_buf(),
+            loop_mounted: true,
+        };
+        let roots = store.job_roots().len();
+        Ok(if roots > 0 {
+            Abandoned::Roots(roots)
+        } else {
+            Abandoned::Released
+        })
+    }
+
+    /// A use of the store at `dir` for a sweep that removes what only a dead runner process
+    /// can have left (a runner's start-up): refused with [`StoreError::InUse`] while another
+    /// runner process holds the store. Give it back with [`RootStore::close`].
+    pub fn claim_for_sweep(dir: &Path) -> Result<(), StoreError> {
+        owner::claim(dir, false).map(|_| ())
     }
 
     /// The read-only golden of `key`, if it exists.
@@ -296,8 +443,7 @@ impl RootStore {
         }
         Some(RootStore {
             dir: dir.to_path_buf(),
-            loop_mounted: btrfs::is_mount_point(dir).unwrap_or(false) && image_file(dir).exists(),
-            mounted_now: false,
+            loop_mounted: btrfs::is_own_loop_mount(dir, &image_file(dir)),
         })
     }
 
@@ -323,15 +469,6 @@ impl RootStore {
             (st.blocks().saturating_sub(st.blocks_free()) as u64)
                 .saturating_mul(st.fragment_size() as u64),
         )
-    }
-
-    /// Unmounts a store this process mounted (the image file stays; the next `open` mounts
-    /// it again). Fails while job roots are mounted or bound into sidecars.
-    pub fn unmount(&self) -> Result<(), StoreError> {
-        if self.mounted_now {
-            btrfs::unmount_store(&self.dir)?;
-        }
-        Ok(())
     }
 }
 
