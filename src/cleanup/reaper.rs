@@ -8,6 +8,7 @@
 //! This is the start-up policy of the sweeper; `runner cleanup` ([`super::plan`]) is the policy
 //! for a host whose runners may still be alive. Both list and remove through [`labelled`].
 
+use super::Kind;
 use super::labelled::{self, Labelled};
 use crate::docker::{self, Docker, LABEL_DEADLINE, LABEL_JOB, LABEL_MANAGED, LABEL_RUNNER};
 use crate::netpolicy::{self, NetPolicy, Options};
@@ -73,7 +74,17 @@ pub async fn reap(docker: &Docker, req: &ReapRequest) -> ReapReport {
     for o in &objects {
         note_job(&o.labels);
     }
-    remove_objects(docker, &objects, req.dry_run, &mut report).await;
+    let (containers, rest): (Vec<_>, Vec<_>) =
+        objects.into_iter().partition(|o| o.kind == Kind::Container);
+    remove_objects(docker, &containers, req.dry_run, &mut report).await;
+    // Firewall chains after the containers (nothing runs on a bridge left unfiltered) and
+    // before the networks, as in teardown and `runner cleanup`: while a job's network exists
+    // its chain is live to every other runner's sweep, so none races this one for it.
+    let (found, removed, failures) = reap_chains(docker, &req.runner_id, req.dry_run).await;
+    report.found.extend(found);
+    report.removed.extend(removed);
+    report.failures.extend(failures);
+    remove_objects(docker, &rest, req.dry_run, &mut report).await;
 
     // Cert dirs of this runner are all leftovers; their names give more job ids.
     match crate::paths::list_cert_dirs(&req.state_dir, &req.runner_id).await {
@@ -92,11 +103,6 @@ pub async fn reap(docker: &Docker, req: &ReapRequest) -> ReapReport {
             }
         }
     }
-    // Firewall chains: this runner's, and other runners' whose network is gone.
-    let (found, removed, failures) = reap_chains(docker, &req.runner_id, req.dry_run).await;
-    report.found.extend(found);
-    report.removed.extend(removed);
-    report.failures.extend(failures);
     for f in &report.failures {
         tracing::warn!(failure = %f, "reaper could not remove a leftover");
     }

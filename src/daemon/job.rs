@@ -171,13 +171,7 @@ pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, mut job: JobRespon
     } else if let Err(msg) = &claim {
         tracing::warn!(job.id = id, reason = %msg, "job refused");
         sink.append(format!("\x1b[31;1mERROR: {msg}\x1b[0;m\n").as_bytes());
-        (
-            JobOutcome::Failed {
-                reason: FailureReason::RunnerSystemFailure,
-                exit_code: None,
-            },
-            None,
-        )
+        (JobOutcome::failed(FailureReason::RunnerSystemFailure), None)
     } else {
         let executor = shared.executor.clone();
         let runner = ctx.cfg.clone();
@@ -210,13 +204,7 @@ pub(super) async fn run_job(ctx: &RunnerCtx, shared: &Shared, mut job: JobRespon
             Err(e) => {
                 tracing::error!(job.id = id, error = %e, "the job pipeline crashed");
                 sink.append(b"\x1b[31;1mERROR: the runner's job pipeline crashed; this is a runner bug\x1b[0;m\n");
-                (
-                    JobOutcome::Failed {
-                        reason: FailureReason::RunnerSystemFailure,
-                        exit_code: None,
-                    },
-                    None,
-                )
+                (JobOutcome::failed(FailureReason::RunnerSystemFailure), None)
             }
         }
     };
@@ -387,20 +375,12 @@ pub(super) async fn fail_malformed(ctx: &RunnerCtx, shared: &Shared, bad: Malfor
         .as_bytes(),
     );
     let summary = uploader.finish().await;
-    let update = UpdateJob {
-        state: "failed".into(),
-        failure_reason: Some(FailureReason::RunnerSystemFailure.as_str().into()),
-        exit_code: None,
-        checksum: Some(summary.checksum),
-        bytesize: Some(summary.bytesize),
-        info: None,
-    };
+    let outcome = JobOutcome::failed(FailureReason::RunnerSystemFailure);
+    // No payload, so no `features.failure_reasons`: every GitLab accepts this reason.
+    let update = final_update(&outcome, false, &[], summary.checksum, summary.bytesize);
     if let Some(m) = &ctx.metrics {
         m.job_started(ctx.cfg.docker.isolation.mode)
-            .finished(&JobOutcome::Failed {
-                reason: FailureReason::RunnerSystemFailure,
-                exit_code: None,
-            });
+            .finished(&outcome);
     }
     send_final(
         &ctx.client,

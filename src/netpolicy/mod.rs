@@ -330,7 +330,8 @@ impl NetPolicy {
     }
 
     /// Removes one chain found by [`NetPolicy::list_installed`], whichever runner made it.
-    /// Returns false when nothing of it was left (its owner removed it since the listing).
+    /// Returns false when nothing of it was left (its owner removed it since the listing), or
+    /// when another remover deleted it while this call was at it.
     pub async fn remove_installed(&self, rule: &InstalledRule) -> Result<bool, Error> {
         let mut removed = false;
         for family in self.families() {
@@ -390,7 +391,8 @@ impl NetPolicy {
         Ok(found)
     }
 
-    /// Removes `chain` and the jumps to it in one family. Returns whether any of it was there.
+    /// Removes `chain` and the jumps to it in one family. Returns whether any of it was there;
+    /// false too when a concurrent remover deleted the chain first.
     async fn remove_chain_in(&self, family: Family, chain: &str) -> Result<bool, Error> {
         let text = self.run(family, &["-S".to_string()]).await?;
         let (chains, jumps) = rules::parse_listing(&text);
@@ -411,10 +413,20 @@ impl NetPolicy {
         }
         if chains.iter().any(|(c, _)| c == chain) {
             // The nf_tables backend refuses to delete a chain that still has rules.
-            self.run(family, &["-F".to_string(), chain.to_string()])
-                .await?;
-            self.run(family, &["-X".to_string(), chain.to_string()])
-                .await?;
+            for op in ["-F", "-X"] {
+                if let Err(e) = self.run(family, &[op.to_string(), chain.to_string()]).await {
+                    // Another remover (the job's own teardown, a sweep by another runner on
+                    // this host, `runner cleanup`) may have deleted the chain since the
+                    // listing: only a chain still there is an error. Then it removed the
+                    // chain, not us.
+                    let again = self.run(family, &["-S".to_string()]).await?;
+                    let (still, _) = rules::parse_listing(&again);
+                    if still.iter().any(|(c, _)| c == chain) {
+                        return Err(e);
+                    }
+                    return Ok(false);
+                }
+            }
         }
         Ok(present)
     }

@@ -460,13 +460,35 @@ async fn reaper_removes_what_a_dead_runner_left() {
         builds_dir: scope.builds_dir(),
         dry_run: true,
     };
+    // A sweep also takes other runners' orphans (other tests' leftovers, chains whose network
+    // another test just removed), which those tests or their own sweeps may remove at the same
+    // moment: only what is this runner's is compared.
+    let chain_name = isolated_runner::netpolicy::rules::chain_name(&scope.runner_id, 401).unwrap();
+    let builds = scope.builds_dir().display().to_string();
+    let ours = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| {
+                l.contains(&scope.runner_id)
+                    || l.contains(&builds)
+                    || **l == format!("firewall chain {chain_name}")
+            })
+            .cloned()
+            .collect()
+    };
     let dry = isolation::reaper::reap(&scope.docker, &req).await;
     assert!(dry.removed.is_empty());
-    for kind in ["container ir-", "network ir-", "volume ir-", "dir "] {
+    let found = ours(&dry.found);
+    for kind in [
+        "container ir-",
+        "network ir-",
+        "volume ir-",
+        "dir ",
+        "firewall chain ",
+    ] {
         assert!(
-            dry.found.iter().any(|f| f.starts_with(kind)),
-            "dry run misses {kind}: {:?}",
-            dry.found
+            found.iter().any(|f| f.starts_with(kind)),
+            "dry run misses {kind}: {found:?}"
         );
     }
     let done = isolation::reaper::reap(
@@ -478,13 +500,19 @@ async fn reaper_removes_what_a_dead_runner_left() {
     )
     .await;
     assert!(done.failures.is_empty(), "{:?}", done.failures);
-    assert_eq!(
-        done.removed.len(),
-        dry.found.len(),
-        "{:?} vs {:?}",
-        done.removed,
-        dry.found
-    );
+    let removed = ours(&done.removed);
+    assert_eq!(removed, found);
+    // The chain went before the network, as in teardown: while the network exists no other
+    // runner's sweep takes the chain for an orphan and races this one for it.
+    let at = |kind: &str| removed.iter().position(|r| r.starts_with(kind));
+    assert!(at("firewall chain ") < at("network ir-"), "{removed:?}");
+    for binary in ["iptables", "ip6tables"] {
+        let rules = support::netns::firewall_rules(binary);
+        assert!(
+            !rules.split_whitespace().any(|w| w == chain_name),
+            "{binary}:\n{rules}"
+        );
+    }
     scope.assert_clean().await;
 }
 

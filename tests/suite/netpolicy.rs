@@ -49,7 +49,8 @@ fn job_is_kept_from_host_other_bridges_and_outside_then_rules_vanish() {
     let policy = policy(&runner_id);
     let job_id = 7_000_000 + u64::from(uuid::Uuid::new_v4().as_bytes()[1]);
 
-    let net_a = fx.network("a", random_octets(200, 230));
+    // Labelled as the job's network, so no other test's sweep takes the chain for an orphan.
+    let net_a = fx.job_network("a", random_octets(200, 230), &runner_id, job_id);
     let net_b = fx.network("b", random_octets(230, 255));
     let outside_prefix = format!("10.213.{}", random_octets(100, 127)[0]);
     let outside_ip = fx.outside(&outside_prefix, "ok-outside");
@@ -170,15 +171,16 @@ fn rules_of_a_dead_runner_are_found_and_removed() {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let dead_runner = format!("dead{}", &id[..8]);
     let dead = policy(&dead_runner);
-    // No real bridge needed: the rules only name the interface.
-    for (job_id, iface) in [
-        (11, format!("irx{}", &id[..6])),
-        (12, format!("iry{}", &id[..6])),
-    ] {
+    // Each chain on its job's network, which outlives the runner here: the test's own sweep
+    // below removes the dead runner's chains by its id, while every other sweep (other tests
+    // run theirs at any moment) sees live jobs and leaves them.
+    let mut fx = Fixture::new();
+    for (job_id, tag) in [(11, "x"), (12, "y")] {
+        let net = fx.job_network(tag, random_octets(200, 255), &dead_runner, job_id);
         let job = JobNet {
             job_id,
-            bridge_iface: iface,
-            subnet: "10.213.250.0/28".parse().unwrap(),
+            bridge_iface: net.bridge,
+            subnet: net.subnet.parse().unwrap(),
             allow: vec![],
         };
         rt.block_on(dead.install(
@@ -190,11 +192,13 @@ fn rules_of_a_dead_runner_are_found_and_removed() {
 
     // Another runner's job installed meanwhile (a concurrent dind job), left in place until
     // after the comparison.
-    let bystander = policy(&format!("by{}", &id[..8]));
+    let bystander_id = format!("by{}", &id[..8]);
+    let bystander = policy(&bystander_id);
+    let net = fx.job_network("z", random_octets(200, 255), &bystander_id, 13);
     let job = JobNet {
         job_id: 13,
-        bridge_iface: format!("irz{}", &id[..6]),
-        subnet: "10.213.250.16/28".parse().unwrap(),
+        bridge_iface: net.bridge,
+        subnet: net.subnet.parse().unwrap(),
         allow: vec![],
     };
     rt.block_on(bystander.install(&job, &Egress::Deny)).unwrap();
@@ -223,6 +227,7 @@ fn rules_of_a_dead_runner_are_found_and_removed() {
     let during = netns::firewall_rules("iptables");
     let compared = unchanged(&before_v4, &before_v6, &[&dead_runner]);
     rt.block_on(bystander.remove(13)).unwrap();
+    drop(fx);
     assert!(
         during.contains(&chain),
         "the bystander was installed: {during}"
@@ -320,12 +325,14 @@ fn reinstall_never_leaves_bridge_unfiltered() {
     opts.iptables = logging_wrapper(&v4_dir, "/usr/sbin/iptables", &log4);
     opts.ip6tables = Some(logging_wrapper(&v6_dir, "/usr/sbin/ip6tables", &log6));
     let policy = NetPolicy::new(opts);
-    // No real bridge needed: the rules only name the interface.
-    let iface = format!("irs{}", &id[..6]);
+    // The job's network keeps other tests' sweeps off the chain (see `Fixture::job_network`).
+    let mut fx = Fixture::new();
+    let net = fx.job_network("s", random_octets(200, 255), &runner_id, 21);
+    let iface = net.bridge.clone();
     let job = JobNet {
         job_id: 21,
         bridge_iface: iface.clone(),
-        subnet: "10.213.250.32/28".parse().unwrap(),
+        subnet: net.subnet.parse().unwrap(),
         allow: vec![],
     };
     rt.block_on(policy.install(&job, &Egress::Deny)).unwrap();
@@ -340,6 +347,7 @@ fn reinstall_never_leaves_bridge_unfiltered() {
     let installed_v6 = netns::firewall_rules("ip6tables");
     rt.block_on(policy.remove(21)).unwrap();
     let after = netns::firewall_rules("iptables") + &netns::firewall_rules("ip6tables");
+    drop(fx);
 
     for (family, first, all) in [("v4", &first_v4, &all_v4), ("v6", &first_v6, &all_v6)] {
         let steps: Vec<&str> = all.lines().collect();
@@ -367,7 +375,81 @@ fn reinstall_never_leaves_bridge_unfiltered() {
             "{family}:\n{text}"
         );
     }
-    assert!(!after.contains(&iface), "rules left after remove:\n{after}");
+    // Docker's own rules name the bridge too; ours are the jumps into IR- chains.
+    let left: Vec<&str> = after
+        .lines()
+        .filter(|l| l.contains(&format!("-i {iface} ")) && l.contains(" -j IR-"))
+        .collect();
+    assert!(left.is_empty(), "rules left after remove: {left:#?}");
+}
+
+/// A chain another remover deletes while `remove` is at it (the job's teardown and another
+/// runner's sweep, two runners sweeping at start-up) is no error, and not reported as removed
+/// by this one. The iptables wrappers play the other remover: right before the flush they
+/// delete the chain themselves.
+#[test]
+fn a_chain_deleted_meanwhile_by_another_remover_is_no_error() {
+    netns::require_root_and_docker();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let runner_id = format!("rac{}", &id[..8]);
+    let mut fx = Fixture::new();
+    let net = fx.job_network("r", random_octets(200, 255), &runner_id, 22);
+    let job = JobNet {
+        job_id: 22,
+        bridge_iface: net.bridge.clone(),
+        subnet: net.subnet.parse().unwrap(),
+        allow: vec![],
+    };
+    rt.block_on(policy(&runner_id).install(&job, &Egress::Deny))
+        .unwrap();
+    let chain = policy(&runner_id).chain_for(22).unwrap();
+
+    let bins = tempfile::tempdir().unwrap();
+    let mut opts = Options::new(&runner_id, TEST_POOL.parse().unwrap());
+    opts.iptables = racing_wrapper(&bins.path().join("v4"), "/usr/sbin/iptables");
+    opts.ip6tables = Some(racing_wrapper(
+        &bins.path().join("v6"),
+        "/usr/sbin/ip6tables",
+    ));
+    let racing = NetPolicy::new(opts);
+    let installed = rt
+        .block_on(racing.list_installed())
+        .unwrap()
+        .into_iter()
+        .find(|r| r.chain == chain)
+        .expect("the chain is installed");
+    let removed = rt.block_on(racing.remove_installed(&installed));
+    // Idempotent afterwards: nothing of it is left.
+    let again = rt.block_on(racing.remove(22));
+    let after = netns::firewall_rules("iptables") + &netns::firewall_rules("ip6tables");
+    drop(fx);
+    assert!(!removed.unwrap(), "the other remover deleted it");
+    again.unwrap();
+    assert!(!after.contains(&chain), "{after}");
+}
+
+/// A wrapper around `real` that, when asked to flush a chain, flushes and deletes it first
+/// (another remover winning the race); the real flush then finds no chain.
+fn racing_wrapper(dir: &std::path::Path, real: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let name = std::path::Path::new(real)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = dir.join(name);
+    // Called as `<bin> -w <secs> <op> <chain> …`.
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nif [ \"$3\" = -F ]; then {real} -w 5 -F \"$4\" && {real} -w 5 -X \"$4\"; fi\nexec {real} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
 }
 
 /// Replays the logged iptables calls of one family and checks, after each call from `from` on,

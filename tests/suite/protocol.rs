@@ -294,6 +294,60 @@ async fn final_update_is_retried_until_accepted() {
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
 }
 
+/// `runner_configuration_error` and `runner_unsupported` are in GitLab's list, so they reach it
+/// as they are (not their fallbacks); a reason GitLab does not know is refused by the fake.
+#[tokio::test]
+async fn failure_reasons_gitlab_lists_arrive_as_they_are() {
+    let fake = FakeGitlab::start().await;
+    let exec = TestExecutor::new();
+    let reasons = ["runner_configuration_error", "runner_unsupported"];
+    let ids: Vec<u64> = (41..)
+        .zip(reasons)
+        .map(|(id, r)| fake.enqueue(job_payload(id, &[&format!("fail {r}")])))
+        .collect();
+    let run = start(config(&fake, |_| {}), exec, options());
+    for (id, reason) in ids.iter().zip(reasons) {
+        let fin = wait_final(&fake, *id).await;
+        assert_eq!(
+            (fin.state.as_str(), fin.failure_reason.as_deref()),
+            ("failed", Some(reason))
+        );
+    }
+    run.stop(LONG).await;
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+
+    // By hand: `job_canceled` is gitlab-runner's internal reason, which GitLab never accepts.
+    isolated_runner::install_crypto_provider();
+    let id = fake.enqueue(job_payload(43, &[]));
+    let client = Client::new(&fake.url().parse().unwrap(), ClientOptions::default()).unwrap();
+    let req = gitlab::JobRequest {
+        token: Secret::new(RUNNER_TOKEN),
+        system_id: "s_0123456789ab".into(),
+        last_update: None,
+        info: gitlab::identity::runner_info(),
+    };
+    assert!(matches!(
+        client.request_job(&req, None).await.unwrap(),
+        gitlab::JobRequestOutcome::Job { .. }
+    ));
+    let update = gitlab::client::UpdateJob {
+        state: "failed".into(),
+        failure_reason: Some("job_canceled".into()),
+        // The empty trace's, so the reason is the only thing wrong.
+        checksum: Some("crc32:00000000".into()),
+        bytesize: Some(0),
+        ..Default::default()
+    };
+    let token = Secret::new(format!("glcbt-job{id}token"));
+    client.update_job(id, &token, &update).await.unwrap();
+    assert_eq!(
+        fake.violations(),
+        [format!(
+            "job {id}: failure_reason \"job_canceled\" is not one GitLab accepts"
+        )]
+    );
+}
+
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
 

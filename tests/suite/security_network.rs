@@ -471,14 +471,10 @@ async fn reaper_leaves_live_chains_of_other_runners_and_removes_orphans() {
         sh("docker", &["network", "rm", n]);
     }
     let report = isolated_runner::isolation::reaper::reap(&scope.docker, &other).await;
-    assert!(
-        report
-            .removed
-            .iter()
-            .any(|r| r == &format!("firewall chain {chain}")),
-        "{:?}",
-        report
-    );
-    assert!(chain_rules("iptables", &chain).is_none());
-    assert!(chain_rules("ip6tables", &chain).is_none());
+    assert!(report.failures.is_empty(), "{report:?}");
+    // An orphan is every runner's to remove: a sweep of another test's runner (every daemon
+    // start sweeps) may have taken it since the network went. Either way the same code judged
+    // it, and run alone only this sweep can have.
+    assert!(chain_rules("iptables", &chain).is_none(), "{report:?}");
+    assert!(chain_rules("ip6tables", &chain).is_none(), "{report:?}");
 }

@@ -175,27 +175,59 @@ impl Fixture {
     /// Creates a bridge network with a /28 at `10.213.<third>.0`, trying third octets from
     /// `candidates` until one is free (other tests may hold some).
     pub fn network(&mut self, tag: &str, candidates: impl IntoIterator<Item = u8>) -> Net {
+        self.network_with(tag, candidates, &[])
+    }
+
+    /// A [`Fixture::network`] for a job's firewall chain: labelled the way a runner labels
+    /// `job_id`'s network. A chain is live to every runner's sweep (the reaper) while such a
+    /// network exists; without one it is an orphan, which any sweep removes, and the suite's
+    /// other tests sweep at any moment (every daemon start does).
+    pub fn job_network(
+        &mut self,
+        tag: &str,
+        candidates: impl IntoIterator<Item = u8>,
+        runner_id: &str,
+        job_id: u64,
+    ) -> Net {
+        use isolated_runner::docker::{LABEL_JOB, LABEL_MANAGED, LABEL_RUNNER};
+        let labels = [
+            format!("{LABEL_MANAGED}=1"),
+            format!("{LABEL_RUNNER}={runner_id}"),
+            format!("{LABEL_JOB}={job_id}"),
+        ];
+        self.network_with(tag, candidates, &labels)
+    }
+
+    fn network_with(
+        &mut self,
+        tag: &str,
+        candidates: impl IntoIterator<Item = u8>,
+        labels: &[String],
+    ) -> Net {
         let name = format!("irt-{tag}-{}", self.id);
+        let extra: Vec<&str> = labels
+            .iter()
+            .flat_map(|l| ["--label", l.as_str()])
+            .collect();
         for third in candidates {
             let prefix = format!("10.213.{third}");
             let subnet = format!("{prefix}.0/28");
             let gateway = format!("{prefix}.1");
-            let out = run(
-                "docker",
-                &[
-                    "network",
-                    "create",
-                    "--driver",
-                    "bridge",
-                    "--label",
-                    &self.label,
-                    "--subnet",
-                    &subnet,
-                    "--gateway",
-                    &gateway,
-                    &name,
-                ],
-            );
+            let mut args = vec![
+                "network",
+                "create",
+                "--driver",
+                "bridge",
+                "--label",
+                &self.label,
+                "--subnet",
+                &subnet,
+                "--gateway",
+                &gateway,
+            ];
+            args.extend(&extra);
+            args.push(&name);
+            let out = run("docker", &args);
             if out.status.success() {
                 let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
                 return Net {

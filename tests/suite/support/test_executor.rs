@@ -2,6 +2,7 @@
 //!
 //! Script lines it understands: `echo TEXT` (prints TEXT), `sleep SECS` (waits, cancellable),
 //! `bulk N` (prints N bytes of a fixed pattern), `exit N` (fails with script_failure, exit N),
+//! `fail REASON` (fails with that [`FailureReason`], by its GitLab name, no exit code),
 //! `secret` (prints the value of the `SECRET` variable). Every line is echoed as `$ line` first.
 //! On `cancel_gracefully` it runs the `after_script` step and returns `Canceled`; on `abort` it
 //! returns `Canceled` at once.
@@ -142,6 +143,12 @@ impl JobExecutor for TestExecutor {
                             _ = control.cancel_gracefully.cancelled() => { stop = Some(Stop::Graceful); break 'steps; }
                             _ = control.abort.cancelled() => { stop = Some(Stop::Abort); break 'steps; }
                         }
+                    }
+                    "fail" => {
+                        let reason = FailureReason::from_name(arg)
+                            .unwrap_or_else(|| panic!("`fail {arg}`: not a failure reason"));
+                        outcome = JobOutcome::failed(reason);
+                        break 'steps;
                     }
                     "exit" => {
                         let code: i32 = arg.parse().unwrap_or(1);

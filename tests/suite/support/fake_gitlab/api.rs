@@ -358,8 +358,16 @@ pub(super) async fn update_job(
                     job.trace.len()
                 ));
             }
-            if state == "failed" && fu.failure_reason.is_none() {
-                violation = Some(format!("job {id}: failed without failure_reason"));
+            match fu.failure_reason.as_deref() {
+                None if state == "failed" => {
+                    violation = Some(format!("job {id}: failed without failure_reason"));
+                }
+                Some(r) if !super::FAILURE_REASONS.contains(&r) => {
+                    violation = Some(format!(
+                        "job {id}: failure_reason {r:?} is not one GitLab accepts"
+                    ));
+                }
+                _ => {}
             }
             // A job in `canceling` that reports its end is finalised as canceled by GitLab.
             job.state = if job.state == "canceling" {

@@ -43,6 +43,66 @@ pub const REGISTRATION_TOKEN: &str = "GR1348941fakeregistration";
 /// A masked secret in [`job_payload`] jobs.
 pub const SECRET_VALUE: &str = "s3cr3t-Value-42";
 
+/// Every `failure_reason` the fake accepts on a final update, and the list [`job_payload`]
+/// sends as `features.failure_reasons`: current GitLab's server-side enum
+/// (`gitlab-runner-protocol.md` section 7.3). Any other value (the runner-internal
+/// `job_canceled`, a made-up name) is a violation: real GitLab would keep it only as
+/// `unknown_failure`, losing the reason.
+pub const FAILURE_REASONS: &[&str] = &[
+    "unknown_failure",
+    "script_failure",
+    "api_failure",
+    "stuck_or_timeout_failure",
+    "runner_system_failure",
+    "missing_dependency_failure",
+    "runner_unsupported",
+    "stale_schedule",
+    "job_execution_timeout",
+    "archived_failure",
+    "unmet_prerequisites",
+    "scheduler_failure",
+    "data_integrity_failure",
+    "forward_deployment_failure",
+    "user_blocked",
+    "project_deleted",
+    "ci_quota_exceeded",
+    "pipeline_loop_detected",
+    "no_matching_runner",
+    "trace_size_exceeded",
+    "builds_disabled",
+    "environment_creation_failure",
+    "deployment_rejected",
+    "failed_outdated_deployment_job",
+    "job_execution_server_timeout",
+    "stuck_pending_with_matching_runners",
+    "stuck_pending_no_matching_runners",
+    "no_updates_running",
+    "no_updates_canceling",
+    "server_timeout_running",
+    "server_timeout_canceling",
+    "runner_configuration_error",
+    "runner_external_dependency_failure",
+    "runner_interrupted",
+    "protected_environment_failure",
+    "insufficient_bridge_permissions",
+    "downstream_bridge_project_not_found",
+    "invalid_bridge_trigger",
+    "upstream_bridge_project_not_found",
+    "insufficient_upstream_permissions",
+    "bridge_pipeline_is_child_pipeline",
+    "downstream_pipeline_creation_failed",
+    "secrets_provider_not_found",
+    "reached_max_descendant_pipelines_depth",
+    "ip_restriction_failure",
+    "reached_max_pipeline_hierarchy_size",
+    "reached_downstream_pipeline_trigger_rate_limit",
+    "duo_workflow_not_allowed",
+    "job_router_failure",
+    "job_token_expired",
+    "id_token_burned_project_path",
+    "downstream_project_trigger_resolved_to_empty",
+];
+
 /// Which endpoint a fault applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -578,8 +638,6 @@ pub fn job_payload_with_after(id: u64, script: &[&str], after: &[&str]) -> Value
         ],
         "image": {"name": "alpine:3", "entrypoint": null, "ports": [], "pull_policy": null},
         "services": [], "artifacts": null, "cache": [], "credentials": [], "dependencies": [],
-        "features": {"trace_sections": true, "failure_reasons": [
-            "unknown_failure", "script_failure", "api_failure", "stuck_or_timeout_failure",
-            "runner_system_failure", "job_execution_timeout", "image_pull_failure"]}
+        "features": {"trace_sections": true, "failure_reasons": FAILURE_REASONS}
     })
 }
