@@ -84,25 +84,33 @@ fn one(s: &CacheStoreFact) -> Check {
     }
 }
 
+/// The innermost two causes of a transport error (`tcp connect error: Connection refused`):
+/// the outer ones repeat the request and the client's layers.
+fn cause(detail: &str) -> String {
+    let parts: Vec<&str> = detail.split(": ").collect();
+    parts[parts.len().saturating_sub(2)..].join(": ")
+}
+
 fn failure_message(s: &CacheStoreFact, f: &ProbeFailure) -> String {
     let who = &s.runner;
     let (kind, bucket, address) = (s.kind, &s.bucket, &s.address);
     let d = &f.detail;
+    let c = cause(d);
     let step = f.step.as_str();
     match &f.problem {
         Problem::Setup => format!("{who}: cannot set up the {kind} cache store: {d}"),
         Problem::Unreachable => {
-            format!("{who}: the {kind} cache store at {address} does not answer: {d}")
+            format!("{who}: the {kind} cache store at {address} does not answer: {c}")
         }
         Problem::NotTls => format!(
-            "{who}: {address} answers in plain HTTP, not https (the TLS handshake failed: {d})"
+            "{who}: {address} answers in plain HTTP, not https (the TLS handshake failed: {c})"
         ),
         Problem::TlsOnly => format!(
             "{who}: {address} does not answer plain HTTP (Insecure = true): it seems to speak \
              https only ({d})"
         ),
         Problem::Certificate => {
-            format!("{who}: the certificate of {address} is not accepted: {d}")
+            format!("{who}: the certificate of {address} is not accepted: {c}")
         }
         Problem::AccessKey => format!(
             "{who}: {address} does not know the access key (InvalidAccessKeyId): the AccessKey \
@@ -286,6 +294,18 @@ mod tests {
             assert_eq!(c.status, Status::Fail);
             assert!(!c.hint.is_empty(), "{c:?}");
         }
+    }
+
+    #[test]
+    fn transport_errors_keep_their_cause() {
+        let d = "Generic S3 error: Error performing PUT http://127.0.0.1:9/b/o in 1ms - HTTP \
+                 error: error sending request: client error (Connect): tcp connect error: \
+                 Connection refused (os error 111)";
+        assert_eq!(
+            cause(d),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+        assert_eq!(cause("alone"), "alone");
     }
 
     #[test]
