@@ -259,8 +259,11 @@ fn classify(step: ProbeStep, text: &str, cfg: &CacheStoreConfig) -> Problem {
     if lower.contains("certificate") || lower.contains("unknownissuer") {
         return Problem::Certificate;
     }
+    // A TLS server answers plain HTTP with a TLS alert (not HTTP), an error page (nginx), or
+    // by closing the connection.
     if insecure
-        && (lower.contains("plain http request was sent to https")
+        && (lower.contains("invalid http version parsed")
+            || lower.contains("plain http request was sent to https")
             || lower.contains("connection closed before message completed"))
     {
         return Problem::TlsOnly;
@@ -375,6 +378,9 @@ mod tests {
         assert_eq!(classify(w, plain, &s3(false)), Problem::NotTls);
         let cert = "client error (Connect): invalid peer certificate: UnknownIssuer";
         assert_eq!(classify(w, cert, &s3(false)), Problem::Certificate);
+        let alert = "HTTP error: error sending request: client error (SendRequest): invalid \
+                     HTTP version parsed";
+        assert_eq!(classify(w, alert, &s3(true)), Problem::TlsOnly);
         let closed = "error sending request: connection closed before message completed";
         assert_eq!(classify(w, closed, &s3(true)), Problem::TlsOnly);
         assert_eq!(classify(w, closed, &s3(false)), Problem::Other);

@@ -421,3 +421,85 @@ async fn cache_store_says_what_is_wrong() {
         assert!(!err.contains(secret), "a credential on stderr: {err}");
     }
 }
+
+/// A TLS listener on loopback with a self-signed certificate no trust store holds: it ends
+/// every connection after the handshake (or when the client sends something that is not TLS).
+async fn untrusted_tls_listener() -> u16 {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    isolated_runner::install_crypto_provider();
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let certs = isolated_runner::pki::parse_certs(&made.cert.pem(), "server").unwrap();
+    let key = PrivateKeyDer::from_pem_slice(made.signing_key.serialize_pem().as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // The handshake fails (untrusted, or not TLS at all); the socket is dropped.
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    port
+}
+
+/// gitlab-runner's `Insecure` and TLS: https to a plain-HTTP store, plain HTTP to a TLS-only
+/// store, and a certificate this host does not trust each say which setting to change.
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_store_names_tls_and_insecure_mistakes() {
+    use support::moto::{BUCKET, Moto};
+    let moto = Moto::start().await;
+    let tls = untrusted_tls_listener().await;
+    let dir = tempfile::tempdir().unwrap();
+    let https = |port: u16| {
+        s3_cache(port, BUCKET, "AKIADOCTOR", "doctor-secret")
+            .replace("      Insecure = true", "      Insecure = false")
+    };
+    let config = write_cache_config(
+        dir.path(),
+        "http://127.0.0.1:1/",
+        &[
+            ("needs-insecure", https(moto.port)),
+            ("untrusted", https(tls)),
+            (
+                "plain-to-tls",
+                s3_cache(tls, BUCKET, "AKIADOCTOR", "doctor-secret"),
+            ),
+        ],
+    );
+    let (code, out, err) = doctor(&["--config", config.to_str().unwrap(), "--json"]).await;
+    let checks = parse(&out);
+    assert_eq!(status(&checks, "cache.store"), "fail", "{out}\n{err}");
+    assert_eq!(code, 1);
+    let m = message(&checks, "cache.store");
+    assert!(
+        m.contains(&format!(
+            "needs-insecure: https://127.0.0.1:{} answers in plain HTTP, not https",
+            moto.port
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "untrusted: the certificate of https://127.0.0.1:{tls} is not accepted"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "plain-to-tls: http://127.0.0.1:{tls} does not answer plain HTTP (Insecure = true)"
+        )),
+        "{m}"
+    );
+    let hint = &checks.iter().find(|c| c.0 == "cache.store").unwrap().3;
+    assert!(hint.contains("set Insecure = true"), "{hint}");
+    assert!(hint.contains("remove Insecure = true"), "{hint}");
+    assert!(hint.contains("update-ca-certificates"), "{hint}");
+}
