@@ -21,13 +21,16 @@
 mod archive;
 mod files_key;
 mod key;
+pub mod probe;
 mod prune;
 pub mod remote;
 mod shared;
+mod stores;
 
 pub use files_key::{KeyFilesError, files_key};
 pub use key::{ARCHIVE_SUFFIX, archive_path, project_dir, sanitize_key};
 pub use prune::{PruneReport, prune, prune_at};
+pub use stores::StoreClients;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -58,8 +58,8 @@ const UPLOAD_PART: usize = 8 << 20;
 /// Upload parts in flight at once.
 const UPLOAD_CONCURRENCY: usize = 2;
 
-/// A connected store plus where this runner's objects live in it.
-#[derive(Debug)]
+/// A connected store plus where this runner's objects live in it. Its `Debug` leaves out the
+/// credentials it scrubs (a derived one would print them).
 pub struct Remote {
     store: Arc<dyn ObjectStore>,
     /// `<Path>/runner/<short token>` or `<Path>` when `Shared`, without trailing `/`.
@@ -70,6 +70,34 @@ pub struct Remote {
     secrets: Vec<String>,
     kind: &'static str,
 }
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("kind", &self.kind)
+            .field("namespace", &self.namespace)
+            .field("max_upload", &self.max_upload)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a client retries and waits.
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    max_retries: usize,
+    retry_timeout: Duration,
+    connect_timeout: Duration,
+    /// `None`: no limit per request (a whole archive is one request).
+    request_timeout: Option<Duration>,
+}
+
+/// Jobs: a few retries, then the job goes on with this host's copy.
+const JOBS: Tuning = Tuning {
+    max_retries: MAX_RETRIES,
+    retry_timeout: RETRY_TIMEOUT,
+    connect_timeout: CONNECT_TIMEOUT,
+    request_timeout: None,
+};
 
 /// gitlab-runner's `helpers.ShortenToken`: the runner's part of the object names, so runners of
 /// both kinds registered with one token find the same objects.
@@ -112,6 +140,30 @@ pub fn protected_key(key: &str, protected: bool) -> String {
 impl Remote {
     /// Builds the client for `cfg`, for the runner with `token` (only its short form is used).
     pub fn new(cfg: &CacheStoreConfig, token: &str) -> Result<Remote, RemoteError> {
+        Remote::build(cfg, token, JOBS)
+    }
+
+    /// A client for a one-shot check (`runner doctor`): no retries, and every request,
+    /// connecting included, bounded by `timeout`, so a wrong setting shows at once as what the
+    /// store answered.
+    pub fn for_probe(
+        cfg: &CacheStoreConfig,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<Remote, RemoteError> {
+        Remote::build(
+            cfg,
+            token,
+            Tuning {
+                max_retries: 0,
+                retry_timeout: timeout,
+                connect_timeout: timeout.min(CONNECT_TIMEOUT),
+                request_timeout: Some(timeout),
+            },
+        )
+    }
+
+    fn build(cfg: &CacheStoreConfig, token: &str, tuning: Tuning) -> Result<Remote, RemoteError> {
         // The store's HTTP client needs the process's TLS provider (reqwest is built without
         // one); idempotent, so a library user or a test need not know.
         crate::install_crypto_provider();
@@ -132,14 +184,16 @@ impl Remote {
             message: scrub_with(secrets, &e.to_string()),
         };
         let retry = RetryConfig {
-            max_retries: MAX_RETRIES,
-            retry_timeout: RETRY_TIMEOUT,
+            max_retries: tuning.max_retries,
+            retry_timeout: tuning.retry_timeout,
             ..RetryConfig::default()
         };
-        let options = ClientOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
+        let options = ClientOptions::new().with_connect_timeout(tuning.connect_timeout);
+        let options = match tuning.request_timeout {
+            Some(t) => options.with_timeout(t),
             // A whole archive is one request: the job's own timeout bounds it, not a fixed one.
-            .with_timeout_disabled();
+            None => options.with_timeout_disabled(),
+        };
         let store: Arc<dyn ObjectStore> = match cfg.kind {
             CacheStoreType::S3 => {
                 let s3 = &cfg.s3;
@@ -285,6 +339,20 @@ impl Remote {
         Some(name)
     }
 
+    /// `rest` inside this runner's namespace: `[<Path>/][runner/<short token>/]<rest>`.
+    pub(super) fn namespaced(&self, rest: &str) -> String {
+        if self.namespace.is_empty() {
+            rest.to_string()
+        } else {
+            format!("{}/{rest}", self.namespace)
+        }
+    }
+
+    /// The store client itself, for the doctor's probe.
+    pub(super) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     fn path(name: &str) -> ObjectPath {
         ObjectPath::from_iter(name.split('/'))
     }
@@ -345,7 +413,8 @@ impl Remote {
     }
 }
 
-fn error_text(e: &dyn std::error::Error) -> String {
+/// An error and its causes on one line (each cause once).
+pub(super) fn error_text(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -26,8 +26,10 @@ impl CacheStoreType {
     }
 }
 
-/// `[runners.cache]` with a `Type`: the store every runner host shares.
-#[derive(Debug, Clone)]
+/// `[runners.cache]` with a `Type`: the store every runner host shares. `PartialEq` compares
+/// every key, credentials included: a kept store client is reused only for exactly the config
+/// it was built from (`crate::cache::StoreClients`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheStoreConfig {
     /// `Type`.
     pub kind: CacheStoreType,
@@ -88,7 +90,7 @@ pub enum S3Encryption {
 }
 
 /// `[runners.cache.s3]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct S3Store {
     /// `ServerAddress`: `host[:port]` of an S3-compatible server; empty for AWS.
     pub server_address: String,
@@ -113,7 +115,7 @@ pub struct S3Store {
 }
 
 /// `[runners.cache.gcs]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcsStore {
     /// `CredentialsFile`: a service account JSON key file.
     pub credentials_file: Option<PathBuf>,
@@ -128,7 +130,7 @@ pub struct GcsStore {
 }
 
 /// `[runners.cache.azure]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AzureStore {
     /// `AccountName`.
     pub account_name: String,

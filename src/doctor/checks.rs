@@ -2,6 +2,7 @@
 //! `docs/doctor.md`; keep both in step.
 
 mod acl;
+mod cache_store;
 mod config;
 mod docker;
 mod gitlab;
@@ -20,6 +21,7 @@ use super::{Check, Status};
 use crate::config::validate::{exposes_docker_socket, parse_volume, shared_volume_warning};
 use crate::config::{IsolationMode, SidecarProfile};
 use acl::rootless_acl;
+use cache_store::cache_store;
 use config::*;
 use docker::*;
 use gitlab::*;
@@ -60,6 +62,7 @@ pub fn evaluate(f: &Facts) -> Vec<Check> {
         gitlab_tls(f),
         gitlab_token(f),
         gitlab_clock_skew(f),
+        cache_store(f),
     ]
 }
 

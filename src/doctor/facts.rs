@@ -2,6 +2,7 @@
 //! written or changed, except that `--deep` starts and removes throwaway sidecars.
 
 mod acl;
+mod cache_store;
 mod deep;
 mod file;
 mod gitlab;
@@ -11,6 +12,8 @@ mod root_store;
 
 use acl::gather_acl;
 pub use acl::{AclFact, AclProbe, probe as probe_acl};
+pub use cache_store::CacheStoreFact;
+use cache_store::gather_cache_stores;
 use deep::*;
 pub use file::raw_runners;
 use file::*;
@@ -72,6 +75,8 @@ pub struct Facts {
     pub mirrors: Vec<MirrorFact>,
     /// Which path preload images take, per runner entry.
     pub root_stores: Vec<RootStoreFact>,
+    /// The shared cache store of each entry that has one, probed.
+    pub cache_stores: Vec<CacheStoreFact>,
 }
 
 /// How the config file stands.
@@ -437,6 +442,10 @@ pub async fn gather(opts: &Options) -> Facts {
         Some(c) => gather_root_stores(c, &host),
         None => Vec::new(),
     };
+    let cache_stores = match &loaded {
+        Some(c) => gather_cache_stores(c, opts.gitlab_timeout).await,
+        None => Vec::new(),
+    };
     let deep = match (&docker, opts.deep) {
         (Some(d), true) => Some(gather_deep(d, loaded.as_ref()).await),
         _ => None,
@@ -455,6 +464,7 @@ pub async fn gather(opts: &Options) -> Facts {
         deep,
         mirrors,
         root_stores,
+        cache_stores,
     }
 }
 

@@ -39,7 +39,9 @@ impl Status {
 }
 
 /// Output groups, in display order.
-pub const GROUPS: [&str; 6] = ["config", "host", "docker", "sidecar", "network", "gitlab"];
+pub const GROUPS: [&str; 7] = [
+    "config", "host", "docker", "sidecar", "network", "gitlab", "cache",
+];
 
 /// One check's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -96,6 +98,7 @@ pub fn group_of(id: &str) -> &'static str {
         "sidecar" => "sidecar",
         "network" | "netpolicy" => "network",
         "gitlab" => "gitlab",
+        "cache" => "cache",
         _ => "host",
     }
 }
@@ -198,5 +201,6 @@ mod tests {
         assert_eq!(group_of("images.present"), "docker");
         assert_eq!(group_of("netpolicy.rules"), "network");
         assert_eq!(group_of("gitlab.clock_skew"), "gitlab");
+        assert_eq!(group_of("cache.store"), "cache");
     }
 }

@@ -23,14 +23,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
-/// `cache:` with local archives under the runner entry's `cache_dir`.
+/// `cache:` with local archives under the runner entry's `cache_dir`, and the shared store
+/// when the entry has one. One hook serves every job of a daemon (see
+/// [`super::RunnerExecutor`]), so each entry's store client is made once and shared by its
+/// jobs; clones share the clients.
 #[derive(Debug, Default, Clone)]
-pub struct LocalCache;
+pub struct LocalCache {
+    stores: Arc<cache::StoreClients>,
+}
 
 impl LocalCache {
     /// The hook, ready to put in [`super::Pipeline::cache`].
     pub fn hook() -> Arc<dyn CacheHook> {
-        Arc::new(LocalCache)
+        Arc::new(LocalCache::default())
     }
 }
 
@@ -41,13 +46,18 @@ pub fn job_is_protected(ctx: &StageContext<'_>) -> bool {
     crate::job::trust::is_protected(ctx.job)
 }
 
-/// The shared store of the job's runner entry, if `[runners.cache] Type` is set. A store that
-/// cannot be set up (an unreadable credentials file, say) is a warning: the job uses this
-/// host's cache only.
-fn shared_store(ctx: &StageContext<'_>) -> Option<Arc<cache::remote::Remote>> {
+/// The shared store of the job's runner entry, if `[runners.cache] Type` is set: the entry's
+/// kept client (made by its first job). A store that cannot be set up (an unreadable
+/// credentials file, say) is a warning: the job uses this host's cache only.
+fn shared_store(
+    stores: &cache::StoreClients,
+    ctx: &StageContext<'_>,
+) -> Option<Arc<cache::remote::Remote>> {
     let store = ctx.runner.cache.store.as_ref()?;
-    match cache::remote::Remote::new(store, ctx.runner.token.expose()) {
-        Ok(remote) => Some(Arc::new(remote)),
+    // The entry as the executor names it (its backend and GitLab client use the same key).
+    let entry = format!("{}\n{}", ctx.runner.name, ctx.runner.url);
+    match stores.client(&entry, store, &ctx.runner.token) {
+        Ok(remote) => Some(remote),
         Err(e) => {
             ctx.log
                 .warning(&format!("{e}; the cache stays on this host for this job"));
@@ -56,10 +66,10 @@ fn shared_store(ctx: &StageContext<'_>) -> Option<Arc<cache::remote::Remote>> {
     }
 }
 
-/// The cache context of this job.
-pub fn cache_context(ctx: &StageContext<'_>) -> CacheContext {
+/// The cache context of this job, with the entry's store client from `stores`.
+pub fn cache_context(stores: &cache::StoreClients, ctx: &StageContext<'_>) -> CacheContext {
     CacheContext {
-        remote: shared_store(ctx),
+        remote: shared_store(stores, ctx),
         // Scoped by GitLab instance: project ids are only unique within one (H3).
         cache_dir: ctx
             .runner
@@ -212,7 +222,7 @@ impl CacheHook for LocalCache {
         if entries.is_empty() {
             return Ok(());
         }
-        let cctx = cache_context(ctx);
+        let cctx = cache_context(&self.stores, ctx);
         let log = log_of(ctx);
         cache::restore(&cctx, &entries, &log)
             .await
@@ -242,7 +252,7 @@ impl CacheHook for LocalCache {
         } else {
             Vec::new()
         };
-        let cctx = cache_context(ctx);
+        let cctx = cache_context(&self.stores, ctx);
         let log = log_of(ctx);
         cache::save(&cctx, &entries, status, &untracked, &log)
             .await

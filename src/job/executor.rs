@@ -31,7 +31,8 @@ pub struct RunnerExecutor {
     runner_id: String,
     state_dir: std::path::PathBuf,
     client_options: ClientOptions,
-    cache: Option<Arc<dyn CacheHook>>,
+    /// One hook for every job, so the cache's per-entry store clients are shared by them.
+    cache: Arc<dyn CacheHook>,
     backends: tokio::sync::Mutex<HashMap<String, Arc<dyn Isolation>>>,
     /// GitLab clients for the artifact store, one per entry and CA file, made on first use and
     /// kept. Building one parses every trusted root and makes a TLS session cache (~150 KB of
@@ -59,7 +60,8 @@ impl RunnerExecutor {
             runner_id: runner_id.into(),
             state_dir,
             client_options,
-            cache,
+            // `cache:` is always on: local archives under the entry's `cache_dir`.
+            cache: cache.unwrap_or_else(super::LocalCache::hook),
             backends: tokio::sync::Mutex::new(HashMap::new()),
             clients: std::sync::Mutex::new(HashMap::new()),
             metrics: None,
@@ -123,8 +125,7 @@ impl RunnerExecutor {
             .map_err(|e| format!("cannot set up job isolation: {e}"))?;
         let client = self.gitlab_client(runner)?;
         let mut pipeline = Pipeline::new(backend, Arc::new(ArtifactClient::new(client)));
-        // `cache:` is always on: local archives under the entry's `cache_dir`.
-        pipeline.cache = Some(self.cache.clone().unwrap_or_else(super::LocalCache::hook));
+        pipeline.cache = Some(self.cache_hook());
         pipeline.runner_id = self.runner_id.clone();
         pipeline.staging_root = super::staging::staging_root(&self.state_dir);
         pipeline.running = self.running.clone();
@@ -133,6 +134,12 @@ impl RunnerExecutor {
 }
 
 impl RunnerExecutor {
+    /// The cache hook of every job: one for the executor's life, so the store client each
+    /// entry's first job makes is kept for the next ones.
+    fn cache_hook(&self) -> Arc<dyn CacheHook> {
+        self.cache.clone()
+    }
+
     /// The entry's GitLab client for artifacts: made once per entry (and CA file), then
     /// shared by its jobs (a clone shares the connection pool).
     fn gitlab_client(&self, runner: &RunnerConfig) -> Result<Client, String> {
@@ -403,6 +410,18 @@ mod tests {
         assert_eq!(clients.len(), 2);
         assert!(clients.keys().any(|k| k.starts_with("a\n")));
         assert!(clients.keys().any(|k| k.starts_with("b\n")));
+    }
+
+    #[test]
+    fn every_job_gets_the_same_cache_hook() {
+        let ex = RunnerExecutor::new(
+            "s_0123456789ab",
+            std::env::temp_dir(),
+            ClientOptions::default(),
+            None,
+        );
+        // The hook keeps each entry's store client: a hook per job would make one per job.
+        assert!(Arc::ptr_eq(&ex.cache_hook(), &ex.cache_hook()));
     }
 
     #[test]

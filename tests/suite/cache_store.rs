@@ -15,108 +15,16 @@ use isolated_runner::job::{JobControl, JobExecutor, JobOutcome, LocalCache, Pipe
 use isolated_runner::secret::Secret;
 use isolated_runner::trace::BufferSink;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use support::local_backend::{Faults, LocalIsolation, RecordingStore};
+use support::moto::{BUCKET, Moto, http};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const ACCESS_KEY: &str = "AKIACACHETESTACCESS7";
 const SECRET_KEY: &str = "cache-test-secret-key-do-not-print-42";
-const BUCKET: &str = "runner-cache";
 const TOKEN_A: &str = "glrt-hostAtoken000001";
 const TOKEN_B: &str = "glrt-hostBtoken000002";
-
-/// A moto S3 server on a free loopback port, killed when dropped.
-struct Moto {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Moto {
-    async fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m moto.server (pip install 'moto[server]')");
-        let moto = Moto {
-            child: Some(child),
-            port,
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "moto did not listen on {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let (status, body) = http(port, "PUT", &format!("/{BUCKET}"), b"").await;
-        assert_eq!(status, 200, "create bucket: {body}");
-        moto
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Every object name in the bucket.
-    async fn objects(&self) -> Vec<String> {
-        let (status, body) = http(self.port, "GET", &format!("/{BUCKET}?list-type=2"), b"").await;
-        assert_eq!(status, 200, "{body}");
-        body.split("<Key>")
-            .skip(1)
-            .filter_map(|s| s.split("</Key>").next())
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// One plain HTTP/1.1 request to moto (it accepts unsigned bucket operations).
-async fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.expect("write");
-    s.write_all(body).await.expect("write");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.expect("read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
 
 /// A TCP proxy to `target` that cuts every connection once the client has sent more than
 /// `cut_after` bytes on it: a store that fails in the middle of an upload.
@@ -203,10 +111,20 @@ impl Host {
     }
 
     async fn run(&self, job: JobResponse) -> String {
+        self.run_with(LocalCache::hook(), job).await
+    }
+
+    /// Runs `job` with `hook`, which may be shared with other hosts' jobs (as one daemon's
+    /// hook serves all its entries).
+    async fn run_with(
+        &self,
+        hook: Arc<dyn isolated_runner::job::CacheHook>,
+        job: JobResponse,
+    ) -> String {
         let sink = Arc::new(BufferSink::new());
         let backend: Arc<dyn Isolation> = self.backend.clone();
         let mut p = Pipeline::new(backend, RecordingStore::new());
-        p.cache = Some(LocalCache::hook());
+        p.cache = Some(hook);
         let outcome = p
             .execute(
                 job,
@@ -550,6 +468,80 @@ async fn a_store_that_is_down_falls_back_to_this_hosts_cache() {
         .run(job(3, &["test \"$(cat vendor/x)\" = v2"], pull("k"), false))
         .await;
     assert!(t.contains("Successfully extracted cache"), "{t}");
+}
+
+/// One hook serves every entry of a daemon and keeps one store client per entry: a job of
+/// another entry (here with the same name and URL, another runner token and a wrong secret key)
+/// never gets the first entry's client, its keys or its objects, and the first entry's next job
+/// still reaches the store.
+#[tokio::test]
+async fn a_kept_client_never_serves_another_entrys_credentials() {
+    let (logs, _guard) = Logs::capture();
+    let (moto, keys) = Moto::start_with_auth().await;
+    let hook = LocalCache::hook();
+    let good = |port| {
+        let mut s = s3_store(port, false);
+        s.s3.access_key = Some(Secret::new(keys.access.as_str()));
+        s.s3.secret_key = Some(Secret::new(keys.secret.as_str()));
+        s
+    };
+    let a = host(TOKEN_A, good(moto.port));
+    let mut bad = good(moto.port);
+    bad.s3.secret_key = Some(Secret::new(SECRET_KEY));
+    let b = host(TOKEN_B, bad);
+    assert_eq!(
+        (&a.runner.name, &a.runner.url),
+        (&b.runner.name, &b.runner.url),
+        "the entries differ only in token and keys"
+    );
+
+    let t1 = a
+        .run_with(
+            hook.clone(),
+            job(
+                1,
+                &["mkdir -p vendor", "echo a > vendor/x"],
+                entry("k"),
+                false,
+            ),
+        )
+        .await;
+    assert!(t1.contains("Uploaded cache k"), "{t1}");
+
+    // B: A's client (A's namespace and keys) would find A's object and upload fine.
+    let t2 = b
+        .run_with(
+            hook.clone(),
+            job(
+                2,
+                &["test ! -e vendor/x", "mkdir -p vendor", "echo b > vendor/x"],
+                entry("k"),
+                false,
+            ),
+        )
+        .await;
+    assert!(t2.contains("store is unavailable"), "{t2}");
+    assert!(t2.contains("SignatureDoesNotMatch"), "{t2}");
+    assert!(t2.contains("WARNING: Failed to upload cache k"), "{t2}");
+    assert!(!t2.contains("Downloaded cache"), "{t2}");
+
+    // A again, on a fresh cache dir: its client still works and finds its object.
+    let a2 = host(TOKEN_A, good(moto.port));
+    let t3 = a2
+        .run_with(
+            hook.clone(),
+            job(3, &["test \"$(cat vendor/x)\" = a"], pull("k"), false),
+        )
+        .await;
+    assert!(
+        t3.contains("Downloaded cache k from the shared s3 store"),
+        "{t3}"
+    );
+    for t in [&t1, &t2, &t3] {
+        assert!(!t.contains(&keys.secret) && !t.contains(SECRET_KEY), "{t}");
+    }
+    let log = logs.text();
+    assert!(!log.contains(&keys.secret) && !log.contains(SECRET_KEY));
 }
 
 #[tokio::test]

@@ -131,6 +131,7 @@ pub(super) fn healthy() -> Facts {
                 image: "/var/lib/isolated-runner/roots.img".into(),
             },
         }],
+        cache_stores: vec![],
     }
 }
 

@@ -6,6 +6,7 @@ pub mod docker;
 pub mod e2e;
 pub mod fake_gitlab;
 pub mod local_backend;
+pub mod moto;
 pub mod netns;
 pub mod registry;
 pub mod security;
