@@ -116,18 +116,10 @@ impl Isolation for DindBackend {
             // own start on the host's CPUs (measured: noop step_script 0.58-0.95 s with the
             // replacement starting at once, 0.42-0.52 s without it). Jobs arrive a poll
             // interval apart at the least, so the next one rarely comes sooner.
-            let refill = DeferredRefill::new(Arc::clone(pool), Arc::clone(&self.core));
             let mut env = DindEnv::from_slot(slot);
-            env.state.first_step.set({
-                let r = refill.clone();
-                move || r.fire()
-            });
-            tokio::spawn({
-                let r = refill.clone();
-                async move {
-                    tokio::time::sleep(REFILL_DEFER_MAX).await;
-                    r.fire();
-                }
+            let refill = after_first_step(&env.state, {
+                let (pool, core) = (Arc::clone(pool), Arc::clone(&self.core));
+                move || pool.refill(&core)
             });
             let attached = tokio::select! {
                 biased;
@@ -181,29 +173,40 @@ impl Isolation for DindBackend {
     }
 }
 
-/// The longest a taken slot's replacement waits for the job's first step (see
-/// [`DindBackend::prepare`]): a job whose stages start late must not leave the pool short.
+/// The longest a pool start deferred to a job's first step waits (see [`after_first_step`]):
+/// a job whose stages start late must not leave the pool short.
 const REFILL_DEFER_MAX: Duration = Duration::from_secs(2);
 
-/// A taken slot's replacement: [`Pool::refill`] once, by whichever comes first of the job's
-/// first step, the deadline, or a failed attach.
+/// Pool work a job's start should not compete with (a taken slot's replacement, the project's
+/// next keyed slot): run once, by whichever comes first of the end of the job's first step,
+/// [`REFILL_DEFER_MAX`], or [`Deferred::fire`] (a failed prepare).
 #[derive(Clone)]
-struct DeferredRefill(Arc<std::sync::Mutex<Option<RefillDue>>>);
+struct Deferred(Arc<std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>>);
 
-/// The pool to refill and the builder of its slots.
-type RefillDue = (Arc<Pool>, Arc<Core>);
-
-impl DeferredRefill {
-    fn new(pool: Arc<Pool>, core: Arc<Core>) -> Self {
-        DeferredRefill(Arc::new(std::sync::Mutex::new(Some((pool, core)))))
-    }
-
+impl Deferred {
     fn fire(&self) {
         let due = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((pool, core)) = due {
-            pool.refill(&core);
+        if let Some(f) = due {
+            f();
         }
     }
+}
+
+/// Defers `f` to the end of the first step of the job `state` belongs to (see [`Deferred`]).
+fn after_first_step(state: &JobState, f: impl FnOnce() + Send + 'static) -> Deferred {
+    let d = Deferred(Arc::new(std::sync::Mutex::new(Some(Box::new(f)))));
+    state.first_step.add({
+        let d = d.clone();
+        move || d.fire()
+    });
+    tokio::spawn({
+        let d = d.clone();
+        async move {
+            tokio::time::sleep(REFILL_DEFER_MAX).await;
+            d.fire();
+        }
+    });
+    d
 }
 
 impl DindBackend {
@@ -254,11 +257,19 @@ async fn settle(
     match prepared {
         Ok(()) => {
             env.followup = followup(&env);
-            // The job holds its warm root now: its project's next sidecar starts on another.
+            // The job holds its warm root now: its project's next sidecar starts on another,
+            // once this job's first step is done (as a taken slot's replacement does).
             if let Some(f) = &env.followup {
                 let per_key = f.core.runner.docker.isolation.data_root_per_key;
-                f.pool
-                    .job_started(&f.core, f.key, f.helper_image.clone(), per_key);
+                let (pool, core, key, helper) = (
+                    Arc::clone(&f.pool),
+                    Arc::clone(&f.core),
+                    f.key,
+                    f.helper_image.clone(),
+                );
+                after_first_step(&env.state, move || {
+                    pool.job_started(&core, key, helper, per_key)
+                });
             }
             Ok(Box::new(env))
         }

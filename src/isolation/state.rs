@@ -105,9 +105,16 @@ impl std::fmt::Debug for FirstStepHook {
 }
 
 impl FirstStepHook {
-    /// Sets what to run (replacing what was set).
-    pub fn set(&self, f: impl FnOnce() + Send + 'static) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    /// Adds `f` to what runs (after what was added before).
+    pub fn add(&self, f: impl FnOnce() + Send + 'static) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = Some(match slot.take() {
+            Some(before) => Box::new(move || {
+                before();
+                f();
+            }),
+            None => Box::new(f),
+        });
     }
 
     /// Runs it, the first time only.
