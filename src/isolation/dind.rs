@@ -181,7 +181,10 @@ const REFILL_DEFER_MAX: Duration = Duration::from_secs(2);
 /// next keyed slot): run once, by whichever comes first of the end of the job's first step,
 /// [`REFILL_DEFER_MAX`], or [`Deferred::fire`] (a failed prepare).
 #[derive(Clone)]
-struct Deferred(Arc<std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>>);
+struct Deferred(Arc<std::sync::Mutex<Option<DeferredWork>>>);
+
+/// What a [`Deferred`] runs.
+type DeferredWork = Box<dyn FnOnce() + Send>;
 
 impl Deferred {
     fn fire(&self) {
