@@ -335,7 +335,14 @@ impl Core {
     /// unmounts it if the process mounted it or adopted it from a runner process that died
     /// (`RootStore::close`). Job roots must be gone by then (the pool's shutdown runs first).
     pub(super) async fn close_store(&self) -> Option<String> {
-        let StoreState::Open(store) = self.store.get()?.clone() else {
+        // Waits for an open still in progress (a warm-up that has just adopted or mounted the
+        // store must not leave it mounted when the runner stops right after); with none, the
+        // store stays closed for good.
+        let state = self
+            .store
+            .get_or_init(|| async { StoreState::Off("the runner is stopping".to_string()) })
+            .await;
+        let StoreState::Open(store) = state.clone() else {
             return None;
         };
         // Not while a golden build of this backend fills the store.

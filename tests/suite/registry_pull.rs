@@ -24,11 +24,22 @@ fn image(name: &str, policy: &[&str]) -> serde_json::Value {
 }
 
 fn assert_failed(w: &E2e, id: u64, state: &support::fake_gitlab::FinalUpdate, reason: &str) {
+    // The fake lists what current GitLab knows (`features.failure_reasons`), which has no
+    // `image_pull_failure`: the runner names it in the trace and sends GitLab its fallback,
+    // `runner_system_failure` (gitlab-runner-protocol.md section 7.3).
+    let sent = match reason {
+        "image_pull_failure" => "runner_system_failure",
+        other => other,
+    };
+    let trace = w.trace(id);
     assert_eq!(
         (state.state.as_str(), state.failure_reason.as_deref()),
-        ("failed", Some(reason)),
-        "job {id}:\n{}",
-        w.trace(id)
+        ("failed", Some(sent)),
+        "job {id}:\n{trace}"
+    );
+    assert!(
+        trace.contains(&format!("Job failed: {reason}")),
+        "job {id} does not name its failure:\n{trace}"
     );
 }
 

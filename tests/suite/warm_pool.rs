@@ -165,12 +165,15 @@ echo "A sees: $({list})"
         std::fs::read_to_string(pd.join("from-inner")).unwrap(),
         "inner\n"
     );
-    // A's first step ran: the replacement is being built (or ready).
+    // A's first step ran: the replacement is being built (or ready); its sidecar marks its
+    // directories as a live slot's before cleanup is asked below.
+    let replacement = backend.standby_ids();
     assert_eq!(
-        backend.standby_ids().len(),
+        replacement.len(),
         1,
         "no replacement after the job's first step"
     );
+    sidecar_of(&scope, replacement[0]).await;
     // `runner cleanup` (even told that every unowned dir is stale) keeps a live pooled job's
     // links and its slot: the links count as the slot's, whose runner is alive.
     let plan = isolated_runner::cleanup::plan(
