@@ -205,6 +205,21 @@ impl World {
             .expect("start runner run")
     }
 
+    /// Stops `runner` as its service manager would (SIGQUIT: no new jobs, running ones
+    /// finish, then shutdown) and asserts it exits cleanly.
+    async fn stop_runner(&self, mut runner: tokio::process::Child) {
+        kill(
+            Pid::from_raw(runner.id().expect("pid") as i32),
+            Signal::SIGQUIT,
+        )
+        .expect("SIGQUIT the runner");
+        let status = tokio::time::timeout(Duration::from_secs(90), runner.wait())
+            .await
+            .expect("the runner exits on SIGQUIT")
+            .expect("reap the runner");
+        assert!(status.success(), "{status}\n{}", self.log_text());
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -475,7 +490,7 @@ async fn rootless_runner_run_serves_jobs_and_slots_from_the_golden() {
         subvolumes(&w.store)
     );
 
-    let mut second = w.start_runner();
+    let second = w.start_runner();
     let fc = w.wait_final(C).await;
     assert_eq!(
         (fc.state.as_str(), fc.failure_reason.as_deref()),
@@ -490,16 +505,7 @@ async fn rootless_runner_run_serves_jobs_and_slots_from_the_golden() {
     assert!(swept, "{:?}\n{}", subvolumes(&w.store), w.log_text());
     assert!(!w.store.join("mnt").join(&c_name).exists());
 
-    kill(
-        Pid::from_raw(second.id().expect("pid") as i32),
-        Signal::SIGQUIT,
-    )
-    .expect("SIGQUIT the runner");
-    let status = tokio::time::timeout(Duration::from_secs(90), second.wait())
-        .await
-        .expect("the runner exits on SIGQUIT")
-        .expect("reap the runner");
-    assert!(status.success(), "{status}\n{}", w.log_text());
+    w.stop_runner(second).await;
     // The second run adopted the store its killed predecessor left mounted, so its stop
     // unmounted it like one of its own, freeing the loop device.
     assert!(
@@ -600,18 +606,9 @@ async fn a_store_a_killed_runner_left_mounted_is_released() {
 
     // The next run adopts it, and its clean stop unmounts it.
     let from = w.log_text().len();
-    let mut second = w.start_runner();
+    let second = w.start_runner();
     w.wait_log("adopted the root store", from).await;
-    kill(
-        Pid::from_raw(second.id().expect("pid") as i32),
-        Signal::SIGQUIT,
-    )
-    .expect("SIGQUIT the runner");
-    let status = tokio::time::timeout(Duration::from_secs(90), second.wait())
-        .await
-        .expect("the runner exits on SIGQUIT")
-        .expect("reap the runner");
-    assert!(status.success(), "{status}\n{}", w.log_text());
+    w.stop_runner(second).await;
     assert!(!is_mounted(&w.store), "{}", w.log_text());
     assert_loop_freed(&img).await;
 
@@ -688,17 +685,7 @@ async fn hardened_runner_run_starts_jobs_from_the_golden() {
     assert!(gone, "{:?}", subvolumes(&w.store));
     w.assert_goldens_only();
 
-    kill(
-        Pid::from_raw(runner_proc.id().expect("pid") as i32),
-        Signal::SIGQUIT,
-    )
-    .expect("SIGQUIT the runner");
-    let mut runner_proc = runner_proc;
-    let status = tokio::time::timeout(Duration::from_secs(90), runner_proc.wait())
-        .await
-        .expect("the runner exits on SIGQUIT")
-        .expect("reap the runner");
-    assert!(status.success(), "{status}\n{}", w.log_text());
+    w.stop_runner(runner_proc).await;
     // This run mounted the store, so it unmounted it: the loop device is free already.
     assert!(!is_mounted(&w.store), "{}", w.log_text());
     let img = isolated_runner::isolation::root_store::image_file(&w.store);
@@ -721,7 +708,7 @@ async fn rootless_fixed_warm_pool_builds_slots_on_snapshots() {
     .await;
     let runner = w.scope.runner_id.clone();
     let busybox_id = host_image_id(&w.scope, BUSYBOX_IMAGE).await;
-    let mut runner_proc = w.start_runner();
+    let runner_proc = w.start_runner();
     w.wait_log("slot built", 0).await;
     let log = w.log_text();
     let slot_line = log
@@ -762,16 +749,7 @@ async fn rootless_fixed_warm_pool_builds_slots_on_snapshots() {
         vec![golden, format!("jobs/ir-{runner}-{refill}-root")]
     );
 
-    kill(
-        Pid::from_raw(runner_proc.id().expect("pid") as i32),
-        Signal::SIGQUIT,
-    )
-    .expect("SIGQUIT the runner");
-    let status = tokio::time::timeout(Duration::from_secs(90), runner_proc.wait())
-        .await
-        .expect("the runner exits on SIGQUIT")
-        .expect("reap the runner");
-    assert!(status.success(), "{status}\n{}", w.log_text());
+    w.stop_runner(runner_proc).await;
     // The pool's slot went at shutdown, then the store (this run mounted it).
     assert!(!is_mounted(&w.store), "{}", w.log_text());
     w.scope.assert_clean().await;
