@@ -16,7 +16,7 @@ use super::naming::{Naming, other, other_paths};
 use super::pool::{Pool, Sizing, Slot, WarmKey};
 use super::resolve::Resolve;
 use super::sidecar::{BootPlan, Core, JOB_CPU_SHARES, SidecarDirs, Timings, finish_parts};
-use super::state::{CLIENT_CERT_PATH, JobState, ScriptSettings};
+use super::state::{CLIENT_CERT_PATH, FirstStepHook, JobState, ScriptSettings};
 use super::{
     EnvironmentSpec, Error, Isolation, JobEnvironment, JobPaths, OutputSink, ScriptRequest,
     TeardownReport,
@@ -179,31 +179,20 @@ const REFILL_DEFER_MAX: Duration = Duration::from_secs(2);
 
 /// Pool work a job's start should not compete with (a taken slot's replacement, the project's
 /// next keyed slot): run once, by whichever comes first of the end of the job's first step,
-/// [`REFILL_DEFER_MAX`], or [`Deferred::fire`] (a failed prepare).
-#[derive(Clone)]
-struct Deferred(Arc<std::sync::Mutex<Option<DeferredWork>>>);
-
-/// What a [`Deferred`] runs.
-type DeferredWork = Box<dyn FnOnce() + Send>;
-
-impl Deferred {
-    fn fire(&self) {
-        let due = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(f) = due {
-            f();
-        }
-    }
-}
+/// [`REFILL_DEFER_MAX`], or `fire` (a failed prepare). The same run-once cell as the job's
+/// own first-step hook.
+type Deferred = Arc<FirstStepHook>;
 
 /// Defers `f` to the end of the first step of the job `state` belongs to (see [`Deferred`]).
 fn after_first_step(state: &JobState, f: impl FnOnce() + Send + 'static) -> Deferred {
-    let d = Deferred(Arc::new(std::sync::Mutex::new(Some(Box::new(f)))));
+    let d: Deferred = Arc::default();
+    d.add(f);
     state.first_step.add({
-        let d = d.clone();
+        let d = Arc::clone(&d);
         move || d.fire()
     });
     tokio::spawn({
-        let d = d.clone();
+        let d = Arc::clone(&d);
         async move {
             tokio::time::sleep(REFILL_DEFER_MAX).await;
             d.fire();

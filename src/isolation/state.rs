@@ -118,7 +118,7 @@ impl FirstStepHook {
     }
 
     /// Runs it, the first time only.
-    fn fire(&self) {
+    pub fn fire(&self) {
         let f = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(f) = f {
             f();
