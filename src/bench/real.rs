@@ -138,9 +138,9 @@ impl Drop for RealTarget {
     }
 }
 
-/// The runner entry the bench uses when no `-c` file is given: the test images, the hardened
-/// profile, the bench's busybox preloaded so inner daemons never pull, and builds/state dirs
-/// under `work`.
+/// The runner entry the bench uses when no `-c` file is given: the test images, the default
+/// sidecar profile (`rootless`; `--sidecar-profile` picks others), the bench's busybox
+/// preloaded so inner daemons never pull, and builds/state dirs under `work`.
 pub fn builtin_runner(work: &Path) -> RunnerConfig {
     let mut r = RunnerConfig {
         name: "bench".to_string(),

@@ -170,6 +170,65 @@ async fn rootless_sidecars_hold_no_host_capability_and_own_distinct_uids() {
     teardown_both(&scope, a, b).await;
 }
 
+/// The rootless daemon runs on a containerd the image's entrypoint started before it, inside
+/// rootlesskit's namespaces: a dockerd that starts its own waits a second for its first
+/// connection to it and, at every stop, a second after it (docs/sidecar-profiles.md). The
+/// command lines show which one runs: dockerd given `--containerd`, and containerd on the
+/// entrypoint's `config.toml` (a managed one gets dockerd's `containerd.toml`).
+#[tokio::test]
+async fn rootless_daemon_runs_on_the_containerd_started_before_it() {
+    let scope = Scope::new().await;
+    let backend = rootless(&scope, |_| {});
+    let env = prepare(&backend, &scope.spec(515)).await;
+    let id = scope.sidecar_of(515).await;
+    let cmdlines: Vec<Vec<String>> = processes_of(&id)
+        .iter()
+        .filter_map(|(pid, ..)| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .collect();
+    let named = |name: &str| {
+        cmdlines
+            .iter()
+            .filter(|c| {
+                c.first()
+                    .is_some_and(|a| a.rsplit('/').next() == Some(name))
+            })
+            .collect::<Vec<_>>()
+    };
+    let dockerd = named("dockerd");
+    assert_eq!(dockerd.len(), 1, "{cmdlines:?}");
+    let sock = dockerd[0]
+        .iter()
+        .find_map(|a| a.strip_prefix("--containerd="))
+        .unwrap_or_else(|| panic!("dockerd manages its own containerd: {:?}", dockerd[0]));
+    assert!(
+        sock.starts_with("/run/user/") && sock.ends_with("/docker/containerd/containerd.sock"),
+        "{sock}"
+    );
+    let containerd = named("containerd");
+    assert_eq!(containerd.len(), 1, "{cmdlines:?}");
+    assert!(
+        containerd[0]
+            .windows(2)
+            .any(|w| w[0] == "--config" && w[1].ends_with("/docker/containerd/config.toml")),
+        "{:?}",
+        containerd[0]
+    );
+    // And the daemon works on it.
+    let text = expect_ok(
+        env.as_ref(),
+        "docker run --rm --pull never isolated-runner/busybox:test echo inner-ran",
+    )
+    .await;
+    assert!(text.contains("inner-ran"), "{text}");
+    teardown(&scope, env).await;
+}
+
 async fn teardown_both(scope: &Scope, a: Box<dyn JobEnvironment>, b: Box<dyn JobEnvironment>) {
     support::security::teardown(a).await;
     teardown(scope, b).await;
