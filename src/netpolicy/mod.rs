@@ -270,12 +270,17 @@ impl NetPolicy {
         Ok(found)
     }
 
-    /// Removes one chain name and its jumps from every family.
+    /// Removes one chain name and its jumps from every family. The families are separate
+    /// tables driven by separate processes, so they go side by side (a job's teardown waits
+    /// for this before its network goes); each finishes even when the other fails.
     async fn remove_chain(&self, chain: &str) -> Result<(), Error> {
-        for family in self.families() {
-            self.remove_chain_in(family, chain).await?;
-        }
-        Ok(())
+        let done = futures::future::join_all(
+            self.families()
+                .into_iter()
+                .map(|family| self.remove_chain_in(family, chain)),
+        )
+        .await;
+        done.into_iter().try_for_each(|r| r.map(|_| ()))
     }
 
     /// Builds the plan [`NetPolicy::install`] would run, reading the host's addresses and
@@ -322,11 +327,21 @@ impl NetPolicy {
     /// Removes this runner's rules for `job_id` from both families. Removing rules that are
     /// not there is not an error.
     pub async fn remove(&self, job_id: u64) -> Result<(), Error> {
-        // Either name: a re-install swaps between them.
-        for chain in rules::chain_names(&self.opts.runner_id, job_id)? {
-            self.remove_chain(&chain).await?;
-        }
-        Ok(())
+        // Either name: a re-install swaps between them. One listing per family tells which
+        // are there (usually one); the families go side by side, as in `remove_chain`.
+        let names = rules::chain_names(&self.opts.runner_id, job_id)?;
+        let names = &names;
+        let done =
+            futures::future::join_all(self.families().into_iter().map(|family| async move {
+                let text = self.run(family, &["-S".to_string()]).await?;
+                let (chains, jumps) = rules::parse_listing(&text);
+                for chain in names {
+                    self.remove_listed(family, chain, &chains, &jumps).await?;
+                }
+                Ok::<(), Error>(())
+            }))
+            .await;
+        done.into_iter().collect()
     }
 
     /// Removes one chain found by [`NetPolicy::list_installed`], whichever runner made it.
@@ -396,6 +411,18 @@ impl NetPolicy {
     async fn remove_chain_in(&self, family: Family, chain: &str) -> Result<bool, Error> {
         let text = self.run(family, &["-S".to_string()]).await?;
         let (chains, jumps) = rules::parse_listing(&text);
+        self.remove_listed(family, chain, &chains, &jumps).await
+    }
+
+    /// [`NetPolicy::remove_chain_in`] from a listing of `family` already taken: only what the
+    /// listing shows is removed, and an operation that fails is checked against a new one.
+    async fn remove_listed(
+        &self,
+        family: Family,
+        chain: &str,
+        chains: &[rules::ChainLine],
+        jumps: &[rules::JumpLine],
+    ) -> Result<bool, Error> {
         let present =
             chains.iter().any(|(c, _)| c == chain) || jumps.iter().any(|j| j.target == chain);
         for jump in jumps.iter().filter(|j| j.target == chain) {
