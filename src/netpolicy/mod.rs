@@ -270,17 +270,28 @@ impl NetPolicy {
         Ok(found)
     }
 
-    /// Removes one chain name and its jumps from every family. The families are separate
-    /// tables driven by separate processes, so they go side by side (a job's teardown waits
-    /// for this before its network goes); each finishes even when the other fails.
+    /// Removes one chain name and its jumps from every family.
     async fn remove_chain(&self, chain: &str) -> Result<(), Error> {
-        let done = futures::future::join_all(
-            self.families()
-                .into_iter()
-                .map(|family| self.remove_chain_in(family, chain)),
-        )
-        .await;
-        done.into_iter().try_for_each(|r| r.map(|_| ()))
+        self.remove_chains(&[chain]).await
+    }
+
+    /// Removes each of `names` and the jumps to it from every family: one listing per family
+    /// tells which are there, then [`NetPolicy::remove_listed`] takes them out. The families
+    /// are separate tables driven by separate processes, so they go side by side (a job's
+    /// teardown waits for this before its network goes); each finishes even when the other
+    /// fails.
+    async fn remove_chains(&self, names: &[&str]) -> Result<(), Error> {
+        let done =
+            futures::future::join_all(self.families().into_iter().map(|family| async move {
+                let text = self.run(family, &["-S".to_string()]).await?;
+                let (chains, jumps) = rules::parse_listing(&text);
+                for chain in names {
+                    self.remove_listed(family, chain, &chains, &jumps).await?;
+                }
+                Ok::<(), Error>(())
+            }))
+            .await;
+        done.into_iter().collect()
     }
 
     /// Builds the plan [`NetPolicy::install`] would run, reading the host's addresses and
@@ -327,21 +338,9 @@ impl NetPolicy {
     /// Removes this runner's rules for `job_id` from both families. Removing rules that are
     /// not there is not an error.
     pub async fn remove(&self, job_id: u64) -> Result<(), Error> {
-        // Either name: a re-install swaps between them. One listing per family tells which
-        // are there (usually one); the families go side by side, as in `remove_chain`.
-        let names = rules::chain_names(&self.opts.runner_id, job_id)?;
-        let names = &names;
-        let done =
-            futures::future::join_all(self.families().into_iter().map(|family| async move {
-                let text = self.run(family, &["-S".to_string()]).await?;
-                let (chains, jumps) = rules::parse_listing(&text);
-                for chain in names {
-                    self.remove_listed(family, chain, &chains, &jumps).await?;
-                }
-                Ok::<(), Error>(())
-            }))
-            .await;
-        done.into_iter().collect()
+        // Either name: a re-install swaps between them (usually one is there).
+        let [a, b] = rules::chain_names(&self.opts.runner_id, job_id)?;
+        self.remove_chains(&[&a, &b]).await
     }
 
     /// Removes one chain found by [`NetPolicy::list_installed`], whichever runner made it.
