@@ -392,11 +392,14 @@ async fn rootless_inner_limits_are_dropped_and_the_trace_says_so_once() {
     let backend = scope.dind(cfg);
     let env = prepare(&backend, &scope.spec(905)).await;
     let sidecar = format!("ir-{}-905-sidecar", scope.runner_id);
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .to_string();
+    // To the nanosecond: a rootless daemon now starts within a second, and whole seconds
+    // would let its start-up lines ("… feature limitations") into the step's log.
+    let since = {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
+    };
     // 150 MiB and 60 processes in a container capped at 64 MiB and 32 pids; stderr joined
     // so a CLI warning would show.
     let (r, first) = run_project_script(
