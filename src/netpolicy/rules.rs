@@ -474,6 +474,42 @@ pub fn split_rule_line(line: &str) -> Vec<String> {
     words
 }
 
+/// Commands as the input of one `iptables-restore --noflush` run: one transaction of the
+/// filter table, so either every command takes effect or none does, and the host pays one
+/// process (and one ruleset fetch) instead of one per command. `None` when a word cannot be
+/// written so that iptables-restore reads it back unchanged (see [`restore_word`]); the caller
+/// then runs the commands one by one.
+pub fn restore_input<'a>(commands: impl IntoIterator<Item = &'a Vec<String>>) -> Option<String> {
+    let mut out = String::from("*filter\n");
+    for args in commands {
+        let words: Option<Vec<String>> = args.iter().map(|a| restore_word(a)).collect();
+        out.push_str(&words?.join(" "));
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n");
+    Some(out)
+}
+
+/// One word of a restore line: as is, or in double quotes when it holds spaces (comments).
+/// iptables-restore has no escape for a quote inside quotes and ends a command at a line
+/// break, so words with quotes, backslashes or control characters, and empty words, are
+/// refused rather than risk a different rule than the plan says. None of the runner's own
+/// words has them (names and ids are validated, addresses are printed by us).
+fn restore_word(word: &str) -> Option<String> {
+    if word.is_empty()
+        || word
+            .chars()
+            .any(|c| c == '"' || c == '\'' || c == '\\' || c.is_control())
+    {
+        return None;
+    }
+    if word.contains(char::is_whitespace) {
+        Some(format!("\"{word}\""))
+    } else {
+        Some(word.to_string())
+    }
+}
+
 /// A rule line seen in `iptables -S` output that jumps to one of our chains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JumpLine {

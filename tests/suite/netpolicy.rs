@@ -299,6 +299,19 @@ fn logging_wrapper(dir: &std::path::Path, real: &str, log: &std::path::Path) -> 
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Its restore binary beside it (the policy runs `<iptables>-restore`): each line of a
+    // transaction is logged as one step, after two placeholder words where a command has
+    // `-w <secs>`.
+    let restore = dir.join(format!("{name}-restore"));
+    std::fs::write(
+        &restore,
+        format!(
+            "#!/bin/sh\ninput=$(cat)\nprintf '%s\\n' \"$input\" | sed 's/^/-r - /' >> '{}'\nprintf '%s\\n' \"$input\" | exec {real}-restore \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&restore, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
 }
 
@@ -385,8 +398,10 @@ fn reinstall_never_leaves_bridge_unfiltered() {
 
 /// A chain another remover deletes while `remove` is at it (the job's teardown and another
 /// runner's sweep, two runners sweeping at start-up) is no error, and not reported as removed
-/// by this one. The iptables wrappers play the other remover: right before the flush they
-/// delete the chain themselves.
+/// by this one. Wrappers play the other remover, in both ways a removal runs: the restore
+/// wrapper applies the same transaction first, so ours fails and the policy falls back to one
+/// command at a time; without a restore binary the policy goes one command at a time from the
+/// start, and the iptables wrapper deletes the chain right before the flush.
 #[test]
 fn a_chain_deleted_meanwhile_by_another_remover_is_no_error() {
     netns::require_root_and_docker();
@@ -395,51 +410,64 @@ fn a_chain_deleted_meanwhile_by_another_remover_is_no_error() {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let runner_id = format!("rac{}", &id[..8]);
     let mut fx = Fixture::new();
-    let net = fx.job_network("r", random_octets(200, 255), &runner_id, 22);
-    let job = JobNet {
-        job_id: 22,
-        bridge_iface: net.bridge.clone(),
-        subnet: net.subnet.parse().unwrap(),
-        allow: vec![],
-    };
-    rt.block_on(policy(&runner_id).install(&job, &Egress::Deny))
-        .unwrap();
-    let chain = policy(&runner_id).chain_for(22).unwrap();
+    for (job_id, with_restore) in [(22, true), (23, false)] {
+        let net = fx.job_network(
+            &format!("r{job_id}"),
+            random_octets(200, 255),
+            &runner_id,
+            job_id,
+        );
+        let job = JobNet {
+            job_id,
+            bridge_iface: net.bridge.clone(),
+            subnet: net.subnet.parse().unwrap(),
+            allow: vec![],
+        };
+        rt.block_on(policy(&runner_id).install(&job, &Egress::Deny))
+            .unwrap();
+        let chain = policy(&runner_id).chain_for(job_id).unwrap();
 
-    let bins = tempfile::tempdir().unwrap();
-    let mut opts = Options::new(&runner_id, TEST_POOL.parse().unwrap());
-    opts.iptables = racing_wrapper(&bins.path().join("v4"), "/usr/sbin/iptables");
-    opts.ip6tables = Some(racing_wrapper(
-        &bins.path().join("v6"),
-        "/usr/sbin/ip6tables",
-    ));
-    let racing = NetPolicy::new(opts);
-    let installed = rt
-        .block_on(racing.list_installed())
-        .unwrap()
-        .into_iter()
-        .find(|r| r.chain == chain)
-        .expect("the chain is installed");
-    let removed = rt.block_on(racing.remove_installed(&installed));
-    // Idempotent afterwards: nothing of it is left.
-    let again = rt.block_on(racing.remove(22));
-    let after = netns::firewall_rules("iptables") + &netns::firewall_rules("ip6tables");
+        let bins = tempfile::tempdir().unwrap();
+        let mut opts = Options::new(&runner_id, TEST_POOL.parse().unwrap());
+        opts.iptables = racing_wrapper(&bins.path().join("v4"), "/usr/sbin/iptables", with_restore);
+        opts.ip6tables = Some(racing_wrapper(
+            &bins.path().join("v6"),
+            "/usr/sbin/ip6tables",
+            with_restore,
+        ));
+        let racing = NetPolicy::new(opts);
+        let installed = rt
+            .block_on(racing.list_installed())
+            .unwrap()
+            .into_iter()
+            .find(|r| r.chain == chain)
+            .expect("the chain is installed");
+        let removed = rt.block_on(racing.remove_installed(&installed));
+        // Idempotent afterwards: nothing of it is left.
+        let again = rt.block_on(racing.remove(job_id));
+        let after = netns::firewall_rules("iptables") + &netns::firewall_rules("ip6tables");
+        assert!(
+            !removed.unwrap(),
+            "restore {with_restore}: the other remover deleted it"
+        );
+        again.unwrap();
+        assert!(!after.contains(&chain), "restore {with_restore}: {after}");
+    }
     drop(fx);
-    assert!(!removed.unwrap(), "the other remover deleted it");
-    again.unwrap();
-    assert!(!after.contains(&chain), "{after}");
 }
 
 /// A wrapper around `real` that, when asked to flush a chain, flushes and deletes it first
-/// (another remover winning the race); the real flush then finds no chain.
-fn racing_wrapper(dir: &std::path::Path, real: &str) -> std::path::PathBuf {
+/// (another remover winning the race); the real flush then finds no chain. With `restore`, a
+/// restore wrapper beside it applies each transaction once itself before the real one runs
+/// it (another remover that took the same rules out a moment earlier).
+fn racing_wrapper(dir: &std::path::Path, real: &str, restore: bool) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).unwrap();
     let name = std::path::Path::new(real)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let path = dir.join(name);
+    let path = dir.join(&name);
     // Called as `<bin> -w <secs> <op> <chain> …`.
     std::fs::write(
         &path,
@@ -449,6 +477,17 @@ fn racing_wrapper(dir: &std::path::Path, real: &str) -> std::path::PathBuf {
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if restore {
+        let wrapper = dir.join(format!("{name}-restore"));
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\ninput=$(cat)\nprintf '%s\\n' \"$input\" | {real}-restore -w 5 --noflush\nprintf '%s\\n' \"$input\" | exec {real}-restore \"$@\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     path
 }
 
@@ -516,4 +555,54 @@ fn replay_keeps_bridge_filtered(family: &str, iface: &str, steps: &[&str], from:
             }
         }
     }
+}
+
+/// A policy the kernel refuses part of leaves nothing behind: each family's rules go in as one
+/// transaction, so the refused family holds no chain at all (not a chain filled up to the bad
+/// rule, as one command at a time would leave), the family that went in is rolled back, and
+/// the error quotes the refused line. The IPv6 restore wrapper adds the bad rule, a match the
+/// kernel does not have, right before the transaction's end.
+#[test]
+fn a_refused_rule_leaves_neither_family_installed() {
+    use std::os::unix::fs::PermissionsExt;
+    netns::require_root_and_docker();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let runner_id = format!("ref{}", &id[..8]);
+    let mut fx = Fixture::new();
+    let net = fx.job_network("f", random_octets(200, 255), &runner_id, 24);
+    let job = JobNet {
+        job_id: 24,
+        bridge_iface: net.bridge.clone(),
+        subnet: net.subnet.parse().unwrap(),
+        allow: vec![],
+    };
+    let chain = policy(&runner_id).chain_for(24).unwrap();
+    let bins = tempfile::tempdir().unwrap();
+    let ip6 = bins.path().join("ip6tables");
+    std::os::unix::fs::symlink("/usr/sbin/ip6tables", &ip6).unwrap();
+    let restore = bins.path().join("ip6tables-restore");
+    std::fs::write(
+        &restore,
+        format!(
+            "#!/bin/sh\nsed 's/^COMMIT$/-A {chain} -m nosuchmatch -j RETURN\\nCOMMIT/' | exec /usr/sbin/ip6tables-restore \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&restore, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut opts = Options::new(&runner_id, TEST_POOL.parse().unwrap());
+    opts.ip6tables = Some(ip6);
+    let refused = rt.block_on(NetPolicy::new(opts).install(&job, &Egress::Deny));
+    let after = netns::firewall_rules("iptables") + &netns::firewall_rules("ip6tables");
+    // Whatever the assertions say, nothing of this test stays on the host.
+    let cleaned = rt.block_on(policy(&runner_id).remove(24));
+    drop(fx);
+    let err = refused.expect_err("the kernel refused a rule").to_string();
+    assert!(
+        err.contains("nosuchmatch"),
+        "the error quotes the line: {err}"
+    );
+    assert!(!after.contains(&chain), "left after the refusal:\n{after}");
+    cleaned.unwrap();
 }

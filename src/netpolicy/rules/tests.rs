@@ -350,3 +350,46 @@ fn endpoint_family_filtering() {
     assert!(s6.contains(&"-d 2001:db8::53/128 -p udp --dport 53 -j ACCEPT".to_string()));
     assert!(!s6.iter().any(|s| s.contains("192.0.2.9")));
 }
+
+/// A plan becomes one restore transaction whose lines read back (with the listing parser,
+/// which splits words as iptables does) as exactly the plan's commands.
+#[test]
+fn plans_render_as_one_restore_transaction() {
+    let egress = Egress::Deny;
+    let allow = [Endpoint::tcp("192.0.2.10:443".parse().unwrap())];
+    let locals = ["127.0.0.1".parse().unwrap()];
+    let plan = plan_install(&input(&egress, &allow, &locals)).unwrap();
+    let fp = plan.family(Family::V4);
+    let commands: Vec<&Vec<String>> = std::iter::once(&fp.create)
+        .chain(&fp.rules)
+        .chain(&fp.jumps)
+        .collect();
+    let text = restore_input(commands.iter().copied()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"*filter"));
+    assert_eq!(lines.last(), Some(&"COMMIT"));
+    let body = &lines[1..lines.len() - 1];
+    assert_eq!(body.len(), commands.len());
+    for (line, args) in body.iter().zip(&commands) {
+        assert_eq!(&split_rule_line(line), *args, "{line}");
+    }
+    assert!(
+        body.iter()
+            .any(|l| l.contains("--comment \"isolated-runner runner=abcdef123456 job=4242\"")),
+        "{text}"
+    );
+}
+
+/// Words iptables-restore could read differently are refused, never passed on mangled.
+#[test]
+fn restore_refuses_words_it_cannot_quote() {
+    for bad in ["", "a\"b", "it's", "back\\slash", "two\nlines", "tab\there"] {
+        let cmd = vec!["-A".to_string(), "X".to_string(), bad.to_string()];
+        assert_eq!(restore_input([&cmd]), None, "{bad:?}");
+    }
+    let ok = vec!["-D".to_string(), "INPUT".to_string(), "a b".to_string()];
+    assert_eq!(
+        restore_input([&ok]).as_deref(),
+        Some("*filter\n-D INPUT \"a b\"\nCOMMIT\n")
+    );
+}
