@@ -311,13 +311,13 @@ impl NetPolicy {
                 .map(|family| self.remove_in(family, names)),
         )
         .await;
-        done.into_iter().map(|r| r.map(|_| ())).collect()
+        done.into_iter().try_for_each(|r| r.map(|_| ()))
     }
 
     /// Removes each of `names` and the jumps to it in one family; returns whether any of it was
     /// there. One listing tells what is there, and one restore transaction takes it all out
-    /// (the jumps, then each chain's rules, then the chain: three processes a chain fewer
-    /// in every job's teardown). When that transaction fails, nothing of it took effect:
+    /// (the jumps, then each chain's rules, then the chain: one process where a job's teardown
+    /// ran four per family). When that transaction fails, nothing of it took effect:
     /// usually another remover (the job's own teardown, a sweep by another runner on this
     /// host, `runner cleanup`) took part of it first, so the commands run one by one against
     /// a fresh listing, where [`NetPolicy::remove_listed`] tells a lost race from an error.
