@@ -643,6 +643,73 @@ async fn a_store_a_killed_runner_left_mounted_is_released() {
     w.release_store().await;
 }
 
+/// The runner mounts its store without write barriers, so a store the host went down with is
+/// not trusted: the runner that finds the image unmounted while the mount marker says it was
+/// mounted makes the store anew and builds its golden again. Here the "host going down" is the
+/// runner killed and its mount then removed behind its back (what a reboot leaves: the image
+/// and the marker, no mount); a file put into the store before shows that the store is new.
+#[tokio::test]
+async fn a_store_the_host_went_down_with_is_made_anew() {
+    let w = World::new(
+        "store-crash",
+        1,
+        "sidecar_profile = \"hardened\"\nwarm_pool = 0\n",
+    )
+    .await;
+    let img = isolated_runner::isolation::root_store::image_file(&w.store);
+    let marker = isolated_runner::isolation::root_store::mount_marker(&w.store);
+    let mut first = w.start_runner();
+    let made = wait_until(JOB_TIMEOUT, || w.goldens().len() == 1).await;
+    assert!(made, "no golden after warm-up:\n{}", w.log_text());
+    w.wait_log("golden data root made", 0).await;
+    let options = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(&*w.store.to_string_lossy()))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        options.contains("nobarrier"),
+        "the store is mounted with barriers: {options}"
+    );
+    assert!(marker.exists(), "no mount marker while mounted");
+    kill(
+        Pid::from_raw(first.id().expect("pid") as i32),
+        Signal::SIGKILL,
+    )
+    .expect("kill -9 the runner");
+    first.wait().await.expect("reap the runner");
+    std::fs::write(w.store.join("from-before"), b"x").expect("write into the store");
+    let out = std::process::Command::new("umount")
+        .arg(&w.store)
+        .output()
+        .expect("umount runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_loop_freed(&img).await;
+    assert!(marker.exists(), "the marker went with the mount");
+
+    let from = w.log_text().len();
+    let second = w.start_runner();
+    w.wait_log("it is made anew", from).await;
+    w.wait_log("golden data root made", from).await;
+    assert!(
+        !w.store.join("from-before").exists(),
+        "the store the host went down with was used again"
+    );
+    assert_eq!(w.goldens().len(), 1);
+    w.stop_runner(second).await;
+    // A clean stop unmounts it and takes the marker: the next start trusts the image.
+    assert!(!is_mounted(&w.store), "{}", w.log_text());
+    assert!(!marker.exists(), "the marker outlived a clean unmount");
+    assert_loop_freed(&img).await;
+    w.scope.assert_clean().await;
+    w.release_store().await;
+}
+
 /// hardened, no pool: one job on its own sidecar bound to its snapshot as it is; the runner
 /// that mounted the store unmounts it when it stops, freeing the loop device.
 #[tokio::test]

@@ -133,6 +133,17 @@ pub fn image_file(dir: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// `<dir>.mounted`, beside the image: present from just before the runner loop-mounts its own
+/// image until it is unmounted again. Found with the image not mounted, it says the host went
+/// down with the store mounted (a process that dies leaves the mount, which the next one
+/// adopts; only the kernel forgets it), so the image may be torn: it is mounted without write
+/// barriers ([`btrfs::loop_mount`]).
+pub fn mount_marker(dir: &Path) -> PathBuf {
+    let mut s = dir.as_os_str().to_owned();
+    s.push(".mounted");
+    PathBuf::from(s)
+}
+
 impl RootStore {
     /// Opens the store at `dir` for the runner of `state_dir`, making it first if needed: the
     /// directory itself when it is on btrfs, else `<dir>.img` (sparse, `size` bytes) formatted
@@ -164,10 +175,26 @@ impl RootStore {
         let loop_mounted;
         if !btrfs::is_btrfs(dir).map_err(op(format!("statfs {}", dir.display())))? {
             let img = image_file(dir);
+            let marker = mount_marker(dir);
+            if img.exists() && marker.exists() {
+                // Everything in the store is derived (goldens are built again on demand, job
+                // roots are per job), so a store the host went down with is made anew rather
+                // than trusted.
+                tracing::warn!(
+                    image = %img.display(),
+                    "the root store was still mounted when the host went down; it is made anew (its goldens are built again)"
+                );
+                std::fs::remove_file(&img).map_err(op(format!("remove {}", img.display())))?;
+            }
             if !img.exists() {
                 btrfs::make_image(&img, size)?;
             }
-            btrfs::loop_mount(&img, dir)?;
+            // The marker first: a host that goes down right after the mount must find it.
+            std::fs::write(&marker, b"").map_err(op(format!("write {}", marker.display())))?;
+            if let Err(e) = btrfs::loop_mount(&img, dir) {
+                let _ = std::fs::remove_file(&marker);
+                return Err(e);
+            }
             loop_mounted = true;
             owner::set_owns_mount(dir);
             if !btrfs::is_btrfs(dir).map_err(op(format!("statfs {}", dir.display())))? {
