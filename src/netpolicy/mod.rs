@@ -225,19 +225,7 @@ impl NetPolicy {
         // One listing per family says both what is there already and which forward hook
         // Docker manages.
         let listings = self.listings().await?;
-        let hook = |family: Family| {
-            let docker_user = listings
-                .iter()
-                .any(|(f, text)| *f == family && text.lines().any(|l| l == "-N DOCKER-USER"));
-            if docker_user {
-                "DOCKER-USER"
-            } else {
-                "FORWARD"
-            }
-        };
-        let plan = self
-            .plan_with(job, egress, hook(Family::V4), hook(Family::V6))
-            .await?;
+        let plan = self.plan_with(job, egress, &listings).await?;
         let present = |chain: &str| {
             listings.iter().any(|(_, text)| {
                 let (listed, jumps) = rules::parse_listing(text);
@@ -297,21 +285,22 @@ impl NetPolicy {
 
     /// Removes one chain name and its jumps from every family.
     async fn remove_chain(&self, chain: &str) -> Result<(), Error> {
-        self.remove_chains(&[chain]).await
+        self.remove_chains(&[chain]).await.map(|_| ())
     }
 
-    /// Removes each of `names` and the jumps to it from every family ([`NetPolicy::remove_in`]).
-    /// The families are separate tables driven by separate processes, so they go side by side
-    /// (a job's teardown waits for this before its network goes); each finishes even when the
-    /// other fails.
-    async fn remove_chains(&self, names: &[&str]) -> Result<(), Error> {
+    /// Removes each of `names` and the jumps to it from every family ([`NetPolicy::remove_in`]);
+    /// returns whether any of it was there. The families are separate tables driven by
+    /// separate processes, so they go side by side (a job's teardown waits for this before its
+    /// network goes); each finishes even when the other fails.
+    async fn remove_chains(&self, names: &[&str]) -> Result<bool, Error> {
         let done = futures::future::join_all(
             self.families()
                 .into_iter()
                 .map(|family| self.remove_in(family, names)),
         )
         .await;
-        done.into_iter().try_for_each(|r| r.map(|_| ()))
+        done.into_iter()
+            .try_fold(false, |removed, r| r.map(|here| removed | here))
     }
 
     /// Removes each of `names` and the jumps to it in one family; returns whether any of it was
@@ -361,22 +350,30 @@ impl NetPolicy {
     /// Builds the plan [`NetPolicy::install`] would run, reading the host's addresses and
     /// hooks but changing nothing (used by `doctor` and the docs).
     pub async fn plan(&self, job: &JobNet, egress: &Egress) -> Result<InstallPlan, Error> {
-        let hook_v4 = self.forward_hook(Family::V4).await?;
-        let hook_v6 = match self.opts.ip6tables {
-            Some(_) => self.forward_hook(Family::V6).await?,
-            None => "FORWARD",
-        };
-        self.plan_with(job, egress, hook_v4, hook_v6).await
+        let listings = self.listings().await?;
+        self.plan_with(job, egress, &listings).await
     }
 
-    /// [`NetPolicy::plan`] with the forward hooks already known.
+    /// [`NetPolicy::plan`] from listings already taken ([`NetPolicy::listings`]): a family's
+    /// forward hook is `DOCKER-USER` when Docker manages that family (the chain is listed),
+    /// `FORWARD` otherwise (also for a family not listed: no ip6tables).
     async fn plan_with(
         &self,
         job: &JobNet,
         egress: &Egress,
-        hook_v4: &'static str,
-        hook_v6: &'static str,
+        listings: &[(Family, String)],
     ) -> Result<InstallPlan, Error> {
+        let hook = |family: Family| {
+            let docker_user = listings
+                .iter()
+                .any(|(f, text)| *f == family && text.lines().any(|l| l == "-N DOCKER-USER"));
+            if docker_user {
+                "DOCKER-USER"
+            } else {
+                "FORWARD"
+            }
+        };
+        let (hook_v4, hook_v6) = (hook(Family::V4), hook(Family::V6));
         let locals = local_addresses().await?;
         rules::plan_install(&PlanInput {
             runner_id: &self.opts.runner_id,
@@ -424,18 +421,14 @@ impl NetPolicy {
     pub async fn remove(&self, job_id: u64) -> Result<(), Error> {
         // Either name: a re-install swaps between them (usually one is there).
         let [a, b] = rules::chain_names(&self.opts.runner_id, job_id)?;
-        self.remove_chains(&[&a, &b]).await
+        self.remove_chains(&[&a, &b]).await.map(|_| ())
     }
 
     /// Removes one chain found by [`NetPolicy::list_installed`], whichever runner made it.
     /// Returns false when nothing of it was left (its owner removed it since the listing), or
     /// when another remover deleted it while this call was at it.
     pub async fn remove_installed(&self, rule: &InstalledRule) -> Result<bool, Error> {
-        let mut removed = false;
-        for family in self.families() {
-            removed |= self.remove_in(family, &[&rule.chain]).await?;
-        }
-        Ok(removed)
+        self.remove_chains(&[&rule.chain]).await
     }
 
     /// Removes every chain of `runner_id` (this runner or a dead one). Returns what it removed.
@@ -535,16 +528,6 @@ impl NetPolicy {
         Ok(present)
     }
 
-    /// `DOCKER-USER` when Docker manages this family, `FORWARD` otherwise.
-    async fn forward_hook(&self, family: Family) -> Result<&'static str, Error> {
-        let args = ["-S".to_string(), "DOCKER-USER".to_string()];
-        match self.run(family, &args).await {
-            Ok(_) => Ok("DOCKER-USER"),
-            Err(Error::Command { .. }) => Ok("FORWARD"),
-            Err(e) => Err(e),
-        }
-    }
-
     fn families(&self) -> Vec<Family> {
         match self.opts.ip6tables {
             Some(_) => Family::ALL.to_vec(),
@@ -564,27 +547,62 @@ impl NetPolicy {
     /// filter table, leaving every rule it does not name alone. When the kernel or the parser
     /// refuses a line, nothing of the input took effect and the error quotes that line.
     async fn restore(&self, family: Family, input: &str) -> Result<(), Error> {
-        use tokio::io::AsyncWriteExt;
         let bin = restore_binary(self.binary(family));
+        match self
+            .exec(&bin, &["--noflush".to_string()], Some(input))
+            .await
+        {
+            Err(Error::Command {
+                command,
+                status,
+                stderr,
+            }) => Err(Error::Command {
+                stderr: match failed_line(&stderr, input) {
+                    Some(line) => format!("{stderr} (line: {line})"),
+                    None => stderr,
+                },
+                command,
+                status,
+            }),
+            done => done.map(|_| ()),
+        }
+    }
+
+    /// Runs one iptables command with `-w` and returns its stdout.
+    async fn run(&self, family: Family, args: &[String]) -> Result<String, Error> {
+        self.exec(self.binary(family), args, None).await
+    }
+
+    /// Runs `bin -w <secs> args…`, with `input` on its stdin (without one, stdin is empty),
+    /// within the command timeout, and returns its stdout. Argument vectors only: no shell ever
+    /// sees a job-derived value.
+    async fn exec(
+        &self,
+        bin: &std::path::Path,
+        args: &[String],
+        input: Option<&str>,
+    ) -> Result<String, Error> {
+        use tokio::io::AsyncWriteExt;
         let wait = self.opts.command_timeout.as_secs().max(1).to_string();
-        let command = render_command(&bin, &wait, &["--noflush".to_string()]);
-        let mut cmd = tokio::process::Command::new(&bin);
-        cmd.arg("-w").arg(&wait).arg("--noflush").kill_on_drop(true);
-        cmd.stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        let command = render_command(bin, &wait, args);
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.arg("-w").arg(&wait).args(args).kill_on_drop(true);
+        cmd.stdin(if input.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
         let run = async {
+            let mut child = cmd.spawn()?;
             // A restore that stops reading early (a parse error) closes the pipe: its exit
             // status and stderr say why, so a failed write is only reported when it did not.
-            let written = match child.stdin.take() {
-                Some(mut stdin) => stdin.write_all(input.as_bytes()).await,
-                None => Ok(()),
+            let written = match (child.stdin.take(), input) {
+                (Some(mut stdin), Some(text)) => stdin.write_all(text.as_bytes()).await,
+                _ => Ok(()),
             };
-            (written, child.wait_with_output().await)
+            Ok::<_, std::io::Error>((written, child.wait_with_output().await?))
         };
         let (written, out) = match tokio::time::timeout(self.opts.command_timeout, run).await {
             Err(_) => {
@@ -593,47 +611,8 @@ impl NetPolicy {
                     waited: self.opts.command_timeout,
                 });
             }
-            Ok(r) => r,
-        };
-        let out = out.map_err(|source| Error::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(Error::Command {
-                stderr: match failed_line(&stderr, input) {
-                    Some(line) => format!("{stderr} (line: {line})"),
-                    None => stderr,
-                },
-                command,
-                status: out.status.to_string(),
-            });
-        }
-        if let Err(source) = written {
-            return Err(Error::Spawn { command, source });
-        }
-        Ok(())
-    }
-
-    /// Runs one iptables command with `-w` and returns its stdout. Argument vectors only: no
-    /// shell ever sees a job-derived value.
-    async fn run(&self, family: Family, args: &[String]) -> Result<String, Error> {
-        let bin = self.binary(family);
-        let wait = self.opts.command_timeout.as_secs().max(1).to_string();
-        let mut cmd = tokio::process::Command::new(bin);
-        cmd.arg("-w").arg(&wait).args(args).kill_on_drop(true);
-        cmd.stdin(std::process::Stdio::null());
-        let command = render_command(bin, &wait, args);
-        let out = match tokio::time::timeout(self.opts.command_timeout, cmd.output()).await {
-            Err(_) => {
-                return Err(Error::Timeout {
-                    command,
-                    waited: self.opts.command_timeout,
-                });
-            }
             Ok(Err(source)) => return Err(Error::Spawn { command, source }),
-            Ok(Ok(out)) => out,
+            Ok(Ok(r)) => r,
         };
         if !out.status.success() {
             return Err(Error::Command {
@@ -641,6 +620,9 @@ impl NetPolicy {
                 status: out.status.to_string(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
+        }
+        if let Err(source) = written {
+            return Err(Error::Spawn { command, source });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::docker::{BUSYBOX_IMAGE, JOB_IMAGE, Scope};
 use support::fake_gitlab::{FakeGitlab, FinalUpdate, RUNNER_TOKEN, job_payload};
-use support::store::{StoreGuard, is_mounted};
+use support::store::{StoreGuard, is_mounted, mount_line};
 use support::wait_until;
 
 /// A whole job, golden build included, on a busy 2-core host.
@@ -662,12 +662,7 @@ async fn a_store_the_host_went_down_with_is_made_anew() {
     let made = wait_until(JOB_TIMEOUT, || w.goldens().len() == 1).await;
     assert!(made, "no golden after warm-up:\n{}", w.log_text());
     w.wait_log("golden data root made", 0).await;
-    let options = std::fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(&*w.store.to_string_lossy()))
-        .map(str::to_string)
-        .unwrap_or_default();
+    let options = mount_line(&w.store).unwrap_or_default();
     assert!(
         options.contains("nobarrier"),
         "the store is mounted with barriers: {options}"

@@ -126,11 +126,16 @@ pub fn default_path(state_dir: &Path) -> PathBuf {
     state_dir.join("roots")
 }
 
+/// `<dir><suffix>`: the files that belong to a store sit beside its directory, not in it.
+fn beside(dir: &Path, suffix: &str) -> PathBuf {
+    let mut s = dir.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
 /// The image file backing a store mounted at `dir` when its file system is not btrfs.
 pub fn image_file(dir: &Path) -> PathBuf {
-    let mut s = dir.as_os_str().to_owned();
-    s.push(".img");
-    PathBuf::from(s)
+    beside(dir, ".img")
 }
 
 /// `<dir>.mounted`, beside the image: present from just before the runner loop-mounts its own
@@ -139,9 +144,7 @@ pub fn image_file(dir: &Path) -> PathBuf {
 /// adopts; only the kernel forgets it), so the image may be torn: it is mounted without write
 /// barriers ([`btrfs::loop_mount`]).
 pub fn mount_marker(dir: &Path) -> PathBuf {
-    let mut s = dir.as_os_str().to_owned();
-    s.push(".mounted");
-    PathBuf::from(s)
+    beside(dir, ".mounted")
 }
 
 impl RootStore {

@@ -31,9 +31,7 @@ pub const OWNER_FILE: &str = "owner";
 
 /// The lock file of the store at `dir`: `<dir>.lock`.
 pub fn lock_file(dir: &Path) -> PathBuf {
-    let mut s = dir.as_os_str().to_owned();
-    s.push(".lock");
-    PathBuf::from(s)
+    super::beside(dir, ".lock")
 }
 
 /// This process's hold of one store.

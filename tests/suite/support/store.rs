@@ -45,9 +45,15 @@ impl Drop for StoreGuard {
 
 /// Whether `dir` is a mount point (its own line in this process's mountinfo).
 pub fn is_mounted(dir: &Path) -> bool {
+    mount_line(dir).is_some()
+}
+
+/// The line of this process's mountinfo whose mount point is `dir` (options included).
+pub fn mount_line(dir: &Path) -> Option<String> {
     let want = dir.to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .find(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .map(str::to_string)
 }
