@@ -528,6 +528,21 @@ impl Docker {
             .map_err(api(format!("start container {id}")))
     }
 
+    /// The host pid of a running container's first process; `None` when it is not running.
+    pub async fn container_pid(&self, id: &str) -> Result<Option<u32>, Error> {
+        let r = self
+            .inner
+            .inspect_container(id, None::<q::InspectContainerOptions>)
+            .await
+            .map_err(api(format!("inspect container {id}")))?;
+        let state = r.state.unwrap_or_default();
+        Ok(state
+            .pid
+            .filter(|_| state.running == Some(true))
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0))
+    }
+
     /// The limits container `id` was created with ([`RequestedLimits`]).
     pub async fn requested_limits(&self, id: &str) -> Result<RequestedLimits, Error> {
         let r = self

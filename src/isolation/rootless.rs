@@ -133,6 +133,78 @@ impl Drop for UidBlock {
     }
 }
 
+/// Remounts the `/sys` of rootless sidecar `id` read-write, from the host, while its entrypoint
+/// waits for it (`IR_ROOTLESS_SYSFS=rw`, see `profile.rs`).
+///
+/// Docker mounts `/sys` read-only in every unprivileged container, and the kernel keeps a
+/// read-only sysfs locked read-only in every user namespace made below it: rootlesskit can then
+/// only mount the daemon's sysfs read-only, and crun (the inner runtime, C where runc is Go:
+/// ~150 ms less per inner container) falls back to bind-mounting the daemon's `/sys` into each
+/// container, showing it the daemon's interfaces instead of its own. A read-write sysfs is
+/// what every rootless daemon on a host has: its files belong to the host's root, and no uid
+/// of the sidecar (nor of its user namespaces) may write them.
+///
+/// The sidecar was made by the runner a moment ago and runs only our entrypoint, which waits
+/// for this before it starts anything (so no job can have touched the container).
+pub async fn open_sidecar_sysfs(docker: &crate::docker::Docker, id: &str) -> Result<(), Error> {
+    let pid = docker
+        .container_pid(id)
+        .await
+        .map_err(|e| sysfs_error(e.to_string()))?
+        .ok_or_else(|| sysfs_error("the sidecar is not running (see its log)".to_string()))?;
+    tokio::task::spawn_blocking(move || remount_sysfs_rw(pid))
+        .await
+        .map_err(|e| sysfs_error(e.to_string()))?
+}
+
+/// Enters the mount namespace of process `pid` on a thread of its own and remounts `/sys`
+/// there read-write (mount and superblock), keeping nosuid, nodev and noexec. Blocking.
+fn remount_sysfs_rw(pid: u32) -> Result<(), Error> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, setns, unshare};
+    let ns_path = format!("/proc/{pid}/ns/mnt");
+    let ns =
+        std::fs::File::open(&ns_path).map_err(|e| sysfs_error(format!("open {ns_path}: {e}")))?;
+    // Entering a mount namespace moves the thread's root and working directory into it. A
+    // thread of its own, with its own copy of those (CLONE_FS), keeps every other thread of
+    // the runner where it is; it ends right after, so nothing else ever runs in there.
+    let worker = std::thread::Builder::new()
+        .name("sidecar-sysfs".to_string())
+        .spawn(move || -> Result<(), String> {
+            unshare(CloneFlags::CLONE_FS).map_err(|e| format!("unshare(CLONE_FS): {e}"))?;
+            setns(&ns, CloneFlags::CLONE_NEWNS)
+                .map_err(|e| format!("enter the sidecar's mount namespace: {e}"))?;
+            let fs = nix::sys::statfs::statfs("/sys").map_err(|e| format!("statfs /sys: {e}"))?;
+            if fs.filesystem_type() != nix::sys::statfs::SYSFS_MAGIC {
+                return Err("the sidecar's /sys is not a sysfs mount".to_string());
+            }
+            mount(
+                None::<&str>,
+                "/sys",
+                None::<&str>,
+                MsFlags::MS_REMOUNT
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC
+                    | MsFlags::MS_RELATIME,
+                None::<&str>,
+            )
+            .map_err(|e| format!("remount /sys read-write: {e} (the runner must run as root)"))
+        })
+        .map_err(|e| sysfs_error(format!("start a thread: {e}")))?;
+    worker
+        .join()
+        .map_err(|_| sysfs_error("the thread panicked".to_string()))?
+        .map_err(sysfs_error)
+}
+
+fn sysfs_error(detail: String) -> Error {
+    Error::Other {
+        context: "open the rootless sidecar's /sys to its daemon".to_string(),
+        detail,
+    }
+}
+
 /// Gives `uid` (a rootless sidecar's inner root) read, write and search access to a job
 /// directory that the runner just made, and the same on everything later created in it (a
 /// default ACL), so inner containers can read and write the identical-path bind mount of files

@@ -42,8 +42,10 @@ struct Refusal {
 const REFUSALS: &[Refusal] = &[
     Refusal {
         // runc mounting a read-write sysfs for `--privileged`: the kernel lets a user namespace
-        // mount a new sysfs only as restrictive as the one it can see, and the sidecar's is
-        // read-only.
+        // mount a new sysfs only as restrictive as the one it can see. The runner opens the
+        // sidecar's /sys read-write (`rootless::open_sidecar_sysfs`), so inner `--privileged`
+        // runs; this is for a sidecar image whose entrypoint does not wait for that and starts
+        // its daemon on the read-only one.
         needles: &["sysfs", "operation not permitted"],
         hint: "an inner container asked for `--privileged`, which the job's Docker daemon cannot \
                give: it runs rootless (sidecar_profile = \"rootless\"), in a user namespace that \

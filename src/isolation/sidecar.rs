@@ -382,6 +382,9 @@ impl Core {
             .start_container(&id)
             .await
             .map_err(|e| start_error(iso.sidecar_profile, e))?;
+        if iso.sidecar_profile == SidecarProfile::Rootless {
+            super::rootless::open_sidecar_sysfs(docker, &id).await?;
+        }
         timings.push("start", started);
 
         let addr = SocketAddr::new(IpAddr::V4(sidecar_ip), 2376);

@@ -66,10 +66,10 @@ test ! -e /var/run/docker.sock && test ! -e /run/docker.sock && echo no-host-soc
 cat {cd}/config.toml 2>/dev/null && echo CONFIG-READ || echo config-absent
 ls {st} 2>/dev/null && echo STATE-LISTED || echo state-absent
 cat {bc}/client/key.pem 2>/dev/null && echo B-KEY-READ || echo b-certs-absent
-curl -sS --max-time 3 --cacert /certs/client/ca.pem --cert /certs/client/cert.pem --key /certs/client/key.pem https://{b_ip}:2376/_ping && echo B-WITH-CERT || echo b-with-cert-refused
-curl -sSk --max-time 3 https://{b_ip}:2376/_ping && echo B-WITHOUT-CERT || echo b-without-cert-refused
-curl -sS --max-time 3 http://{b_ip}:2375/_ping && echo B-PLAIN || echo b-plain-refused
-curl -sS --max-time 3 http://{gw}:2375/_ping && echo OUTER-TCP || echo outer-tcp-refused
+curl -sS --max-time 3 --cacert /certs/client/ca.pem --cert /certs/client/cert.pem --key /certs/client/key.pem https://{b_ip}:2376/_ping 2>&1 && echo B-WITH-CERT || echo b-with-cert-refused
+curl -sSk --max-time 3 https://{b_ip}:2376/_ping 2>&1 && echo B-WITHOUT-CERT || echo b-without-cert-refused
+curl -sS --max-time 3 http://{b_ip}:2375/_ping 2>&1 && echo B-PLAIN || echo b-plain-refused
+curl -sS --max-time 3 http://{gw}:2375/_ping 2>&1 && echo OUTER-TCP || echo outer-tcp-refused
 B=isolated-runner/busybox:test
 docker run --rm --pull never -v /:/host $B sh -c 'cat /host{bc}/client/key.pem; ls /host{st}; cat /host{cd}/config.toml; ls /host/var/run/docker.sock' 2>&1 | tail -5; echo inner-root-done
 (docker run --rm --pull never -v {st}:/x $B sh -c 'find /x | wc -l' || echo refused) | sed 's/^/state-entries=/'
