@@ -62,7 +62,9 @@ pub async fn profile_flags(
             // The entrypoint waits until the runner has remounted the sidecar's /sys
             // read-write (`rootless::open_sidecar_sysfs`, right after the start), then runs
             // inner containers with crun.
-            spec.env.push("IR_ROOTLESS_SYSFS=rw".to_string());
+            if super::rootless::can_open_sysfs() {
+                spec.env.push("IR_ROOTLESS_SYSFS=rw".to_string());
+            }
             // Published ports of the inner daemon are bound in the sidecar's network namespace
             // by the (unprivileged) port driver: let it bind ports below 1024 there.
             spec.sysctls.insert(

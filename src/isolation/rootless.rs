@@ -147,14 +147,44 @@ impl Drop for UidBlock {
 /// The sidecar was made by the runner a moment ago and runs only our entrypoint, which waits
 /// for this before it starts anything (so no job can have touched the container).
 pub async fn open_sidecar_sysfs(docker: &crate::docker::Docker, id: &str) -> Result<(), Error> {
-    let pid = docker
+    let Some(pid) = docker
         .container_pid(id)
         .await
         .map_err(|e| sysfs_error(e.to_string()))?
-        .ok_or_else(|| sysfs_error("the sidecar is not running (see its log)".to_string()))?;
+    else {
+        // Exited already: the wait for its daemon reports that, with the sidecar's log.
+        tracing::debug!(container = %id, "sidecar not running; /sys left as it is");
+        return Ok(());
+    };
     tokio::task::spawn_blocking(move || remount_sysfs_rw(pid))
         .await
         .map_err(|e| sysfs_error(e.to_string()))?
+}
+
+/// Whether this process may remount a sidecar's `/sys` ([`open_sidecar_sysfs`]): root with
+/// CAP_SYS_ADMIN, as a runner runs. A `runner exec` by an ordinary user cannot; its rootless
+/// sidecars then keep the read-only `/sys` and runc (inner containers start slower, inner
+/// `--privileged` is refused with the hint), which it is told once. Read once per process.
+pub fn can_open_sysfs() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        const CAP_SYS_ADMIN: u32 = 21;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let admin = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0);
+        let can = nix::unistd::geteuid().is_root() && admin;
+        if !can {
+            tracing::warn!(
+                "not root with CAP_SYS_ADMIN: rootless sidecars keep Docker's read-only /sys, so \
+                 their daemons run inner containers with runc instead of crun (slower to start) \
+                 and refuse inner --privileged (docs/sidecar-profiles.md, \"Inner runtime\")"
+            );
+        }
+        can
+    })
 }
 
 /// Enters the mount namespace of process `pid` on a thread of its own and remounts `/sys`

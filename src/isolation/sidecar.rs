@@ -382,7 +382,7 @@ impl Core {
             .start_container(&id)
             .await
             .map_err(|e| start_error(iso.sidecar_profile, e))?;
-        if iso.sidecar_profile == SidecarProfile::Rootless {
+        if iso.sidecar_profile == SidecarProfile::Rootless && super::rootless::can_open_sysfs() {
             super::rootless::open_sidecar_sysfs(docker, &id).await?;
         }
         timings.push("start", started);
