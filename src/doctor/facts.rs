@@ -197,6 +197,9 @@ pub struct HostFacts {
     pub apparmor_restrict_userns: Option<u64>,
     /// `MemAvailable` in bytes (bounds `warm_pool = "auto"`).
     pub mem_available: Option<u64>,
+    /// This process is root with CAP_SYS_ADMIN, so it can open a rootless sidecar's `/sys`
+    /// (crun inner runtime, inner `--privileged`; `isolation::rootless::may_open_sysfs`).
+    pub opens_sysfs: bool,
 }
 
 impl Default for HostFacts {
@@ -215,6 +218,7 @@ impl Default for HostFacts {
             unprivileged_userns_clone: None,
             apparmor_restrict_userns: None,
             mem_available: None,
+            opens_sysfs: true,
         }
     }
 }

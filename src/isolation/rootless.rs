@@ -168,14 +168,7 @@ pub async fn open_sidecar_sysfs(docker: &crate::docker::Docker, id: &str) -> Res
 pub fn can_open_sysfs() -> bool {
     static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CAN.get_or_init(|| {
-        const CAP_SYS_ADMIN: u32 = 21;
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let admin = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0);
-        let can = nix::unistd::geteuid().is_root() && admin;
+        let can = may_open_sysfs();
         if !can {
             tracing::warn!(
                 "not root with CAP_SYS_ADMIN: rootless sidecars keep Docker's read-only /sys, so \
@@ -185,6 +178,19 @@ pub fn can_open_sysfs() -> bool {
         }
         can
     })
+}
+
+/// [`can_open_sysfs`] without the warning: root with CAP_SYS_ADMIN in its effective set (what
+/// `runner doctor` reports).
+pub fn may_open_sysfs() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let admin = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0);
+    nix::unistd::geteuid().is_root() && admin
 }
 
 /// Enters the mount namespace of process `pid` on a thread of its own and remounts `/sys`

@@ -97,7 +97,17 @@ fn rootless_profile(f: &Facts, has: impl Fn(u32) -> bool) -> ProfileVerdict {
             "run the runner and the host daemon with Docker's default capabilities".into(),
         ));
     }
-    Ok("unprivileged user namespaces and /dev/net/tun available".into())
+    if h.opens_sysfs {
+        Ok("unprivileged user namespaces and /dev/net/tun available; inner runtime crun".into())
+    } else {
+        Ok(
+            "unprivileged user namespaces and /dev/net/tun available; inner runtime runc: this \
+            process is not root with CAP_SYS_ADMIN, so sidecars keep Docker's read-only /sys \
+            (inner containers start slower, inner --privileged is refused; run the runner as \
+            root, docs/sidecar-profiles.md \"Inner runtime\")"
+                .into(),
+        )
+    }
 }
 
 fn profile_name(p: SidecarProfile) -> &'static str {

@@ -61,6 +61,7 @@ pub(super) fn healthy() -> Facts {
             unprivileged_userns_clone: None,
             apparmor_restrict_userns: None,
             mem_available: Some(8 << 30),
+            opens_sysfs: true,
         },
         docker: Ok(EngineFacts {
             server_version: "28.0.1".into(),
@@ -455,6 +456,19 @@ fn rootless_says_why_it_cannot_run() {
             "apparmor_restrict",
         ),
     ];
+    let c = assert_status(&f, "sidecar.profiles", Status::Ok);
+    assert!(c.message.contains("inner runtime crun"), "{}", c.message);
+    // A runner that is not root cannot open the sidecar's /sys: rootless still runs, on runc,
+    // and the check says what that costs.
+    let mut n = healthy();
+    rootless(&mut n);
+    n.host.opens_sysfs = false;
+    let c = assert_status(&n, "sidecar.profiles", Status::Ok);
+    assert!(
+        c.message.contains("inner runtime runc") && c.message.contains("not root"),
+        "{}",
+        c.message
+    );
     for (break_it, why) in cases {
         let mut g = healthy();
         rootless(&mut g);

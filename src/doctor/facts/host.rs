@@ -50,6 +50,7 @@ pub(super) fn gather_host() -> HostFacts {
             .and_then(|s| s.trim().parse().ok()),
         mem_available: read("/proc/meminfo")
             .and_then(|t| crate::isolation::pool::mem_available(&t)),
+        opens_sysfs: crate::isolation::rootless::may_open_sysfs(),
     }
 }
 
