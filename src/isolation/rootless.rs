@@ -156,7 +156,8 @@ pub async fn open_sidecar_sysfs(docker: &crate::docker::Docker, id: &str) -> Res
         tracing::debug!(container = %id, "sidecar not running; /sys left as it is");
         return Ok(());
     };
-    tokio::task::spawn_blocking(move || remount_sysfs_rw(pid))
+    let id = id.to_string();
+    tokio::task::spawn_blocking(move || remount_sysfs_rw(pid, &id))
         .await
         .map_err(|e| sysfs_error(e.to_string()))?
 }
@@ -193,14 +194,26 @@ pub fn may_open_sysfs() -> bool {
     nix::unistd::geteuid().is_root() && admin
 }
 
-/// Enters the mount namespace of process `pid` on a thread of its own and remounts `/sys`
-/// there read-write (mount and superblock), keeping nosuid, nodev and noexec. Blocking.
-fn remount_sysfs_rw(pid: u32) -> Result<(), Error> {
+/// Enters the mount namespace of process `pid` (container `id`'s first process) on a thread of
+/// its own and remounts `/sys` there read-write (mount and superblock), keeping nosuid, nodev
+/// and noexec. Blocking.
+fn remount_sysfs_rw(pid: u32, id: &str) -> Result<(), Error> {
     use nix::mount::{MsFlags, mount};
     use nix::sched::{CloneFlags, setns, unshare};
     let ns_path = format!("/proc/{pid}/ns/mnt");
     let ns =
         std::fs::File::open(&ns_path).map_err(|e| sysfs_error(format!("open {ns_path}: {e}")))?;
+    // The engine's pid is a host pid: in another pid namespace (a runner in a container without
+    // the host's) it names some other process, or none. Its cgroup path names the container on
+    // every cgroup driver. Read after the namespace was opened: a pid reused in between fails
+    // the check, it cannot pass it.
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    if id.is_empty() || !cgroup.contains(id) {
+        return Err(sysfs_error(format!(
+            "process {pid} is not the sidecar's (the runner must see the host's processes: run \
+             it on the host, or with the host's pid namespace)"
+        )));
+    }
     // Entering a mount namespace moves the thread's root and working directory into it. A
     // thread of its own, with its own copy of those (CLONE_FS), keeps every other thread of
     // the runner where it is; it ends right after, so nothing else ever runs in there.
@@ -323,6 +336,17 @@ fn acl_bytes(mode: u32, uid: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pid that is not the named container's (the runner in another pid namespace would get
+    /// one) is refused before the runner enters any namespace: here this test's own process.
+    #[test]
+    fn a_pid_of_another_process_is_never_entered() {
+        let e = remount_sysfs_rw(std::process::id(), "0123456789abcdef0123456789abcdef")
+            .expect_err("not a container's process");
+        assert!(e.to_string().contains("is not the sidecar's"), "{e}");
+        let e = remount_sysfs_rw(std::process::id(), "").expect_err("no id");
+        assert!(e.to_string().contains("is not the sidecar's"), "{e}");
+    }
 
     #[test]
     fn blocks_are_disjoint_and_given_back() {
