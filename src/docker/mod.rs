@@ -528,13 +528,20 @@ impl Docker {
             .map_err(api(format!("start container {id}")))
     }
 
-    /// The host pid of a running container's first process; `None` when it is not running.
-    pub async fn container_pid(&self, id: &str) -> Result<Option<u32>, Error> {
-        let r = self
-            .inner
+    /// The engine's whole answer about container `id` (each caller reads its own part).
+    async fn inspect_raw(
+        &self,
+        id: &str,
+    ) -> Result<bollard::models::ContainerInspectResponse, Error> {
+        self.inner
             .inspect_container(id, None::<q::InspectContainerOptions>)
             .await
-            .map_err(api(format!("inspect container {id}")))?;
+            .map_err(api(format!("inspect container {id}")))
+    }
+
+    /// The host pid of a running container's first process; `None` when it is not running.
+    pub async fn container_pid(&self, id: &str) -> Result<Option<u32>, Error> {
+        let r = self.inspect_raw(id).await?;
         let state = r.state.unwrap_or_default();
         Ok(state
             .pid
@@ -545,11 +552,7 @@ impl Docker {
 
     /// The limits container `id` was created with ([`RequestedLimits`]).
     pub async fn requested_limits(&self, id: &str) -> Result<RequestedLimits, Error> {
-        let r = self
-            .inner
-            .inspect_container(id, None::<q::InspectContainerOptions>)
-            .await
-            .map_err(api(format!("inspect container {id}")))?;
+        let r = self.inspect_raw(id).await?;
         let h = r.host_config.unwrap_or_default();
         Ok(RequestedLimits {
             memory: h.memory.unwrap_or(0),
@@ -586,11 +589,7 @@ impl Docker {
 
     /// Inspects a container.
     pub async fn inspect_container(&self, id: &str) -> Result<ContainerInfo, Error> {
-        let r = self
-            .inner
-            .inspect_container(id, None::<q::InspectContainerOptions>)
-            .await
-            .map_err(api(format!("inspect container {id}")))?;
+        let r = self.inspect_raw(id).await?;
         let state = r.state.unwrap_or_default();
         let published = r
             .network_settings

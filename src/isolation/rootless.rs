@@ -185,13 +185,18 @@ pub fn can_open_sysfs() -> bool {
 /// `runner doctor` reports).
 pub fn may_open_sysfs() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let admin = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0);
+    let admin = own_caps("CapEff").is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0);
     nix::unistd::geteuid().is_root() && admin
+}
+
+/// One capability set of this process (`set`: `CapEff`, `CapBnd`, … as `/proc/self/status`
+/// names them), as a bit mask; `None` when it cannot be read.
+pub fn own_caps(set: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(set)?.strip_prefix(':'))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 /// Enters the mount namespace of process `pid` (container `id`'s first process) on a thread of

@@ -104,6 +104,16 @@ fn loop_devices_of(img: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `kill -9` of a runner process, reaped: what a crash leaves (nothing of its own clean-up runs).
+async fn kill_runner(mut runner: tokio::process::Child) {
+    kill(
+        Pid::from_raw(runner.id().expect("pid") as i32),
+        Signal::SIGKILL,
+    )
+    .expect("kill -9 the runner");
+    runner.wait().await.expect("reap the runner");
+}
+
 /// Waits until no loop device backs `img`: the kernel detaches an autoclear loop device
 /// when the file system's last reference goes, shortly after the unmount returns.
 async fn assert_loop_freed(img: &Path) {
@@ -379,7 +389,7 @@ async fn rootless_runner_run_serves_jobs_and_slots_from_the_golden() {
     .await;
     let runner = w.scope.runner_id.clone();
     let busybox_id = host_image_id(&w.scope, BUSYBOX_IMAGE).await;
-    let mut first = w.start_runner();
+    let first = w.start_runner();
 
     // The golden is made at warm-up, before any job.
     let made = wait_until(JOB_TIMEOUT, || w.goldens().len() == 1).await;
@@ -477,12 +487,7 @@ async fn rootless_runner_run_serves_jobs_and_slots_from_the_golden() {
         c_root.starts_with(&format!("bind {}/mnt/ir-{runner}-", w.store.display())),
         "{c_root}"
     );
-    kill(
-        Pid::from_raw(first.id().expect("pid") as i32),
-        Signal::SIGKILL,
-    )
-    .expect("kill -9 the runner");
-    first.wait().await.expect("reap the runner");
+    kill_runner(first).await;
     // Proof the test can fail: the snapshot outlived the runner.
     assert!(
         subvolumes(&w.store).contains(&format!("jobs/{c_name}")),
@@ -589,17 +594,12 @@ async fn a_store_a_killed_runner_left_mounted_is_released() {
     )
     .await;
     let img = isolated_runner::isolation::root_store::image_file(&w.store);
-    let mut first = w.start_runner();
+    let first = w.start_runner();
     let made = wait_until(JOB_TIMEOUT, || w.goldens().len() == 1).await;
     assert!(made, "no golden after warm-up:\n{}", w.log_text());
     // Logged once the golden's build daemon is gone.
     w.wait_log("golden data root made", 0).await;
-    kill(
-        Pid::from_raw(first.id().expect("pid") as i32),
-        Signal::SIGKILL,
-    )
-    .expect("kill -9 the runner");
-    first.wait().await.expect("reap the runner");
+    kill_runner(first).await;
     // What the kill leaves: the mount and its loop device.
     assert!(is_mounted(&w.store));
     assert!(!loop_devices_of(&img).is_empty());
@@ -614,7 +614,7 @@ async fn a_store_a_killed_runner_left_mounted_is_released() {
 
     // A third run mounts it again (at warm-up, for its golden): cleanup beside it leaves it.
     let from = w.log_text().len();
-    let mut third = w.start_runner();
+    let third = w.start_runner();
     let mounted = wait_until(JOB_TIMEOUT, || is_mounted(&w.store)).await;
     assert!(mounted, "{}", w.log_text());
     let text = runner_cleanup(&w).await;
@@ -626,12 +626,7 @@ async fn a_store_a_killed_runner_left_mounted_is_released() {
     // Its golden is there already: nothing to build, so the store is idle when it is killed.
     assert!(!w.log_text()[from..].contains("golden data root made"));
     assert_eq!(w.goldens().len(), 1);
-    kill(
-        Pid::from_raw(third.id().expect("pid") as i32),
-        Signal::SIGKILL,
-    )
-    .expect("kill -9 the runner");
-    third.wait().await.expect("reap the runner");
+    kill_runner(third).await;
     assert!(is_mounted(&w.store));
 
     // With no runner alive, cleanup releases it.
@@ -658,7 +653,7 @@ async fn a_store_the_host_went_down_with_is_made_anew() {
     .await;
     let img = isolated_runner::isolation::root_store::image_file(&w.store);
     let marker = isolated_runner::isolation::root_store::mount_marker(&w.store);
-    let mut first = w.start_runner();
+    let first = w.start_runner();
     let made = wait_until(JOB_TIMEOUT, || w.goldens().len() == 1).await;
     assert!(made, "no golden after warm-up:\n{}", w.log_text());
     w.wait_log("golden data root made", 0).await;
@@ -668,12 +663,7 @@ async fn a_store_the_host_went_down_with_is_made_anew() {
         "the store is mounted with barriers: {options}"
     );
     assert!(marker.exists(), "no mount marker while mounted");
-    kill(
-        Pid::from_raw(first.id().expect("pid") as i32),
-        Signal::SIGKILL,
-    )
-    .expect("kill -9 the runner");
-    first.wait().await.expect("reap the runner");
+    kill_runner(first).await;
     std::fs::write(w.store.join("from-before"), b"x").expect("write into the store");
     let out = std::process::Command::new("umount")
         .arg(&w.store)

@@ -26,11 +26,7 @@ pub(super) fn gather_host() -> HostFacts {
     let overlay_module = kernel_release
         .as_ref()
         .is_some_and(|r| Path::new(&format!("/lib/modules/{r}/kernel/fs/overlayfs")).exists());
-    let cap_bnd = read("/proc/self/status").and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("CapBnd:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    });
+    let cap_bnd = crate::isolation::rootless::own_caps("CapBnd");
     HostFacts {
         kernel_release,
         cgroup,
