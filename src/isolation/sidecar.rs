@@ -662,24 +662,27 @@ fn is_route_error(e: &str) -> bool {
         || e.contains("timed out")
 }
 
-/// The ordered teardown of a sidecar's objects; with a warm data root, its dockerd is first
-/// stopped gracefully (the teardown never removes a warm volume), then the volume is measured
-/// against its cap and its lock released.
+/// The ordered teardown of a sidecar's objects; with a warm data root, its dockerd is stopped
+/// gracefully (beside the removal of the job's other containers, before the sidecar's own; the
+/// teardown never removes a warm volume), then the volume is measured against its cap and its
+/// lock released.
 pub(super) async fn finish_parts(
     state: JobState,
     warm: Option<super::data_root::WarmLease>,
 ) -> TeardownReport {
-    if warm.is_some()
-        && let Some(id) = state.sidecar.as_deref()
-        && let Err(e) = state
-            .docker
-            .stop_container(id, super::data_root::STOP_GRACE_SECS)
-            .await
-    {
-        tracing::warn!(error = %e, "could not stop the warm sidecar gracefully");
-    }
     let docker = state.docker.clone();
-    let mut report = state.teardown().await;
+    // Stopped beside the removal of the job's containers, removed after both.
+    let stop = warm.is_some().then(|| state.sidecar.clone()).flatten();
+    let graceful_stop = async {
+        if let Some(id) = stop
+            && let Err(e) = docker
+                .stop_container(&id, super::data_root::STOP_GRACE_SECS)
+                .await
+        {
+            tracing::warn!(error = %e, "could not stop the warm sidecar gracefully");
+        }
+    };
+    let mut report = state.teardown_after(graceful_stop).await;
     if let Some(lease) = warm {
         let (removed, failures) = lease.release(&docker).await;
         report.removed.extend(removed);

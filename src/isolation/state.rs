@@ -514,7 +514,18 @@ impl JobState {
 
     /// Removes everything, in order: script/helper/service containers, sidecar, its volume,
     /// the network, the cert dir, the job dirs. Never stops at a failure.
-    pub async fn teardown(mut self) -> TeardownReport {
+    pub async fn teardown(self) -> TeardownReport {
+        self.teardown_after(std::future::ready(())).await
+    }
+
+    /// [`Self::teardown`] with `before_sidecar` (a warm root's graceful daemon stop) run
+    /// beside the removal of the job's other containers: the sidecar itself is removed once
+    /// both are done. Serially the stop and the job container's kill added up in every warm
+    /// job's wall time.
+    pub async fn teardown_after(
+        mut self,
+        before_sidecar: impl std::future::Future<Output = ()>,
+    ) -> TeardownReport {
         let mut report = TeardownReport::default();
         // Creates still in flight first: what they make must be in the lists below.
         self.inflight.close();
@@ -528,7 +539,8 @@ impl JobState {
             ));
         }
         let filters = docker::label_filters(&self.naming.runner_id, Some(self.naming.job_id));
-        self.remove_containers(&filters, &mut report).await;
+        self.remove_containers_after(&filters, &mut report, before_sidecar)
+            .await;
         // With the containers gone, three independent lines run side by side (teardown time is
         // part of every job's wall time): the volumes; the firewall chain then the network (a
         // chain whose bridge is gone would match a reused interface name); the directories.
@@ -694,6 +706,19 @@ impl JobState {
     /// Removes the job's containers (found by label, plus the ones recorded), the sidecar last:
     /// job containers talk to it until they die.
     async fn remove_containers(&self, filters: &[String], report: &mut TeardownReport) {
+        self.remove_containers_after(filters, report, std::future::ready(()))
+            .await;
+    }
+
+    /// Removes the job's containers found by label (and the ones it recorded): all but the
+    /// sidecar at once, beside `before_sidecar`; the sidecar last, when both are done (a job
+    /// container must not outlive the daemon it talks to).
+    async fn remove_containers_after(
+        &self,
+        filters: &[String],
+        report: &mut TeardownReport,
+        before_sidecar: impl std::future::Future<Output = ()>,
+    ) {
         let mut containers: Vec<(String, String)> = match self.docker.list_containers(filters).await
         {
             Ok(list) => list
@@ -713,17 +738,31 @@ impl JobState {
                 containers.push((id.clone(), String::new()));
             }
         }
-        containers
-            .sort_by_key(|(id, role)| role == "sidecar" || self.sidecar.as_deref() == Some(id));
-        for (id, _) in containers {
-            let label = format!("container {}", short(&id));
-            match self.docker.remove_container(&id).await {
-                // A second pass may meet a container the first one removed.
-                Ok(true) if !report.removed.contains(&label) => report.removed.push(label),
-                Ok(_) => {}
-                Err(e) => report.failures.push(e.to_string()),
-            }
+        let (sidecars, others): (Vec<_>, Vec<_>) = containers
+            .into_iter()
+            .partition(|(id, role)| role == "sidecar" || self.sidecar.as_deref() == Some(id));
+        let removals =
+            futures::future::join_all(others.iter().map(|(id, _)| async move {
+                (id.as_str(), self.docker.remove_container(id).await)
+            }));
+        let ((), results) = futures::future::join(before_sidecar, removals).await;
+        for (id, r) in results {
+            record_removal(report, id, r);
         }
+        for (id, _) in &sidecars {
+            let r = self.docker.remove_container(id).await;
+            record_removal(report, id, r);
+        }
+    }
+}
+
+fn record_removal(report: &mut TeardownReport, id: &str, r: Result<bool, docker::Error>) {
+    let label = format!("container {}", short(id));
+    match r {
+        // A second pass may meet a container the first one removed.
+        Ok(true) if !report.removed.contains(&label) => report.removed.push(label),
+        Ok(_) => {}
+        Err(e) => report.failures.push(e.to_string()),
     }
 }
 
