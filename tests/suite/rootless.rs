@@ -74,11 +74,48 @@ fn processes_of(container_id: &str) -> Vec<(u32, u32, u64, bool)> {
     out
 }
 
+/// Command names of the sidecar's processes that hold the socket listening on :2376 in the
+/// sidecar's own network namespace (the one the job reaches as `docker:2376`), read from the
+/// host: the listener's inode from `/proc/<sidecar pid 1>/net/tcp`, then every process's fds.
+fn api_listener_holders(container_id: &str, sidecar_pid: u32) -> Vec<String> {
+    let tcp = std::fs::read_to_string(format!("/proc/{sidecar_pid}/net/tcp")).expect("net/tcp");
+    // Columns: sl local_address rem_address st … inode; 0x0948 = 2376, state 0A = LISTEN.
+    let inode = tcp
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|c| c.len() > 9 && c[1].ends_with(":0948") && c[3] == "0A")
+        .map(|c| c[9].to_string())
+        .unwrap_or_else(|| panic!("nothing listens on :2376 in the sidecar: {tcp}"));
+    let want = format!("socket:[{inode}]");
+    let mut holders = Vec::new();
+    for (pid, ..) in processes_of(container_id) {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == want));
+        if holds {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            holders.push(comm.trim().to_string());
+        }
+    }
+    holders
+}
+
 #[tokio::test]
 async fn rootless_job_end_to_end() {
     let scope = Scope::new().await;
     let backend = rootless(&scope, |_| {});
     let env = prepare(&backend, &scope.spec(501)).await;
+    // docker:2376 is dockerd's own socket, made in the sidecar's network namespace and
+    // inherited (no user-space relay through rootlesskit's port driver in between).
+    let holders = api_listener_holders(&scope.sidecar_of(501).await, scope.sidecar_pid(501).await);
+    assert!(
+        holders.iter().any(|c| c == "dockerd"),
+        "the :2376 listener is not dockerd's: held by {holders:?}"
+    );
     let pd = env.paths().project_dir.clone();
     std::fs::write(pd.join("marker.txt"), "from-the-runner\n").unwrap();
     write_compose_project(&pd);
