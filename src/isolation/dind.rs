@@ -430,75 +430,96 @@ impl Core {
     ) -> Result<(), Error> {
         let iso = &self.runner.docker.isolation;
         let mut timings = Timings::default();
-        let t = Instant::now();
-        let images = job_images(spec);
-        let checked = futures::future::join_all(
-            images
-                .iter()
-                .map(|(img, role)| super::state::require_image(&self.docker, img, role)),
-        )
-        .await;
-        checked.into_iter().collect::<Result<Vec<()>, Error>>()?;
-        timings.push("checks", t);
-
-        let t = Instant::now();
-        // The job's own now: the sidecar gets the default CPU weight back.
-        if let Some(id) = env.state.sidecar.clone() {
-            self.docker
-                .set_cpu_shares(&id, JOB_CPU_SHARES)
-                .await
-                .map_err(other("give the pre-started sidecar its CPU weight"))?;
-        }
-        timings.push("claim", t);
-
-        let t = Instant::now();
         let job = JobId::new(spec.job_id);
         let slot = JobId::new(env.state.naming.job_id);
         let sidecar = env.state.sidecar.clone().ok_or_else(|| Error::Other {
             context: "take a pre-started sidecar".to_string(),
             detail: "the slot has no sidecar".to_string(),
         })?;
-        // Recorded before they exist: teardown removes the links (never what they point to).
-        let links = crate::paths::job_paths(&self.runner.builds_dir, job)
-            .map_err(other_paths("create job directories"))?;
-        env.state.paths = Some(links.clone());
-        env.paths = links;
-        let b = self.runner.builds_dir.clone();
-        let (links, real) = super::naming::detached(&env.state.inflight, async move {
-            crate::paths::link_job_dirs(&b, job, slot).await
-        })
-        .await
-        .map_err(other_paths("create job directories"))?;
+        let builds = &self.runner.builds_dir;
+        let links =
+            crate::paths::job_paths(builds, job).map_err(other_paths("create job directories"))?;
+        let real =
+            crate::paths::job_paths(builds, slot).map_err(other_paths("create job directories"))?;
         // The job's paths inside its own daemon: links in the sidecar's root file system to
         // the slot's mounts, so `-v $CI_PROJECT_DIR:/app` resolves there. Whatever the job
         // later does to these links changes only its own sidecar's view; inside the sidecar
         // the slot's directories are mount points (a rename fails with EBUSY).
-        let tar = job_links_tar(&links, &real).map_err(|e| Error::Other {
-            context: "link the job's directories in its daemon".to_string(),
-            detail: e.to_string(),
-        })?;
-        self.docker
-            .put_archive(&sidecar, &self.runner.builds_dir.to_string_lossy(), tar)
-            .await
-            .map_err(other("link the job's directories in its daemon"))?;
+        let mut sidecar_tars = vec![(
+            "link the job's directories in its daemon",
+            job_links_tar(&links, &real).map_err(|e| Error::Other {
+                context: "link the job's directories in its daemon".to_string(),
+                detail: e.to_string(),
+            })?,
+        )];
         if let Some(target) = &spec.clone_path {
             // GIT_CLONE_PATH: one more link in the sidecar, to the slot's project directory
             // (the slot was made before the job was known, so it cannot bind the path).
-            let tar = clone_path_tar(&self.runner.builds_dir, target, &real.project_dir).map_err(
-                |e| Error::Other {
+            let tar =
+                clone_path_tar(builds, target, &real.project_dir).map_err(|e| Error::Other {
                     context: "link GIT_CLONE_PATH in the job's daemon".to_string(),
                     detail: e.to_string(),
-                },
-            )?;
+                })?;
+            sidecar_tars.push(("link GIT_CLONE_PATH in the job's daemon", tar));
+        }
+        // Recorded before they exist: teardown removes the links (never what they point to).
+        env.state.paths = Some(links.clone());
+        env.paths = links;
+
+        // Four independent requests, side by side (each is part of the job's time to its
+        // first script line): the job's images, the sidecar's CPU weight, the links on the
+        // host, the links in the sidecar.
+        let checks = async {
+            let t = Instant::now();
+            let images = job_images(spec);
+            let checked = futures::future::join_all(
+                images
+                    .iter()
+                    .map(|(img, role)| super::state::require_image(&self.docker, img, role)),
+            )
+            .await;
+            checked.into_iter().collect::<Result<Vec<()>, Error>>()?;
+            Ok::<_, Error>(t.elapsed())
+        };
+        // The job's own now: the sidecar gets the default CPU weight back.
+        let claim = async {
+            let t = Instant::now();
             self.docker
-                .put_archive(&sidecar, &self.runner.builds_dir.to_string_lossy(), tar)
+                .set_cpu_shares(&sidecar, JOB_CPU_SHARES)
                 .await
-                .map_err(other("link GIT_CLONE_PATH in the job's daemon"))?;
+                .map_err(other("give the pre-started sidecar its CPU weight"))?;
+            Ok::<_, Error>(t.elapsed())
+        };
+        let host_links = async {
+            let t = Instant::now();
+            let b = builds.clone();
+            super::naming::detached(&env.state.inflight, async move {
+                crate::paths::link_job_dirs(&b, job, slot).await
+            })
+            .await
+            .map_err(other_paths("create job directories"))?;
+            Ok::<_, Error>(t.elapsed())
+        };
+        let in_sidecar = async {
+            let t = Instant::now();
+            for (context, tar) in sidecar_tars {
+                self.docker
+                    .put_archive(&sidecar, &builds.to_string_lossy(), tar)
+                    .await
+                    .map_err(other(context))?;
+            }
+            Ok::<_, Error>(t.elapsed())
+        };
+        let (checks, claim, host_links, in_sidecar) =
+            tokio::join!(checks, claim, host_links, in_sidecar);
+        timings.push_elapsed("checks", checks?);
+        timings.push_elapsed("claim", claim?);
+        timings.push_elapsed("dirs", host_links?.max(in_sidecar?));
+        if let Some(target) = &spec.clone_path {
             env.state.project_target = Some(target.clone());
             env.paths.project_dir = target.clone();
         }
         env.state.dir_sources = Some(real);
-        timings.push("dirs", t);
 
         // The slot's firewall was installed from the config alone (GitLab, `clone_url`, the
         // mirror); the job's clone URL was checked against the same config before prepare, so

@@ -88,6 +88,10 @@ impl Timings {
         self.0.push((name, since.elapsed()));
     }
 
+    pub(super) fn push_elapsed(&mut self, name: &'static str, took: Duration) {
+        self.0.push((name, took));
+    }
+
     pub(super) fn render(&self) -> String {
         self.0
             .iter()
