@@ -46,6 +46,21 @@ impl Docker {
         }
     }
 
+    /// Disconnects `container` from `network` (forced: it may be running). Not found (either
+    /// one) is an error: the caller falls back to waiting for the container's removal.
+    pub async fn disconnect_network(&self, network: &str, container: &str) -> Result<(), Error> {
+        let req = bollard::models::NetworkDisconnectRequest {
+            container: container.to_string(),
+            force: Some(true),
+        };
+        self.inner
+            .disconnect_network(network, req)
+            .await
+            .map_err(api(format!(
+                "disconnect {container} from network {network}"
+            )))
+    }
+
     /// Networks matching every `key=value` label filter (all networks when `labels` is empty).
     pub async fn list_networks(&self, labels: &[String]) -> Result<Vec<NetworkInfo>, Error> {
         let filters = if labels.is_empty() {
