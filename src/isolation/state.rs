@@ -513,30 +513,25 @@ impl JobState {
     }
 
     /// Removes everything, in order: script/helper/service containers, sidecar, its volume,
-    /// the network, the cert dir, the job dirs. Never stops at a failure.
+    /// the network, the cert dir, the job dirs. Never stops at a failure. The sidecar is
+    /// disconnected from the job network beside its removal, so the chain and the network need
+    /// not wait for the engine's clean-up of a killed container (see [`Self::teardown_stopping`]).
     pub async fn teardown(self) -> TeardownReport {
-        self.teardown_inner(std::future::ready(()), false).await
+        self.teardown_stopping(std::future::ready(())).await
     }
 
     /// [`Self::teardown`] for a sidecar whose daemon must stop gracefully first (a warm data
-    /// root): `graceful_stop` runs beside the removal of the job's other containers, and the
-    /// sidecar is first disconnected from the job network, so the firewall chain and the
-    /// network go while its daemon shuts down (measured here: a bridge takes Docker 0.15–0.25 s
-    /// to remove, the daemon's stop and the container's clean-up 0.15–0.2 s; in a row they were
-    /// most of a warm job's teardown). A sidecar without a network interface sends nothing, so
-    /// the chain is no longer needed once it is detached. If the disconnect fails the network
-    /// waits for the sidecar's removal, as in [`Self::teardown`].
+    /// root): `before_sidecar` runs beside the removal of the job's other containers, and the
+    /// sidecar is removed after it. In every teardown the sidecar is disconnected from the job
+    /// network beside these, so the firewall chain and the network go while its daemon shuts
+    /// down or the engine cleans up the killed container (measured here: a bridge takes Docker
+    /// 0.15–0.25 s to remove, a sidecar's stop and clean-up 0.15–0.2 s; in a row they were most
+    /// of a job's teardown). A sidecar without a network interface sends nothing, so the chain
+    /// is no longer needed once it is detached. If the disconnect fails (the container went
+    /// first), the network waits for the sidecar's removal.
     pub async fn teardown_stopping(
-        self,
-        graceful_stop: impl std::future::Future<Output = ()>,
-    ) -> TeardownReport {
-        self.teardown_inner(graceful_stop, true).await
-    }
-
-    async fn teardown_inner(
         mut self,
         before_sidecar: impl std::future::Future<Output = ()>,
-        detach_first: bool,
     ) -> TeardownReport {
         let mut report = TeardownReport::default();
         // Creates still in flight first: what they make must be in the lists below.
@@ -674,7 +669,6 @@ impl JobState {
         };
         let (others_done, others_gone) = tokio::sync::oneshot::channel::<()>();
         let (sidecar_done, sidecar_gone) = tokio::sync::oneshot::channel::<()>();
-        let detach_network = network_name.filter(|_| detach_first);
         let bridge_line = async move {
             let mut r = TeardownReport::default();
             let removals =
@@ -682,7 +676,7 @@ impl JobState {
                     (id.as_str(), this.docker.remove_container(id).await)
                 }));
             let detach = async {
-                let (Some(net), Some(sidecar)) = (&detach_network, this.sidecar.as_deref()) else {
+                let (Some(net), Some(sidecar)) = (&network_name, this.sidecar.as_deref()) else {
                     return false;
                 };
                 match this.docker.disconnect_network(net, sidecar).await {
