@@ -878,16 +878,11 @@ impl Pool {
 /// (`data_root::acquire` prefers the root a job used last).
 async fn teardown_slot(slot: Slot) -> TeardownReport {
     let Slot { state, lease, .. } = slot;
-    if lease.is_some()
-        && let Some(id) = state.sidecar.as_deref()
-        && let Err(e) = state
-            .docker
-            .stop_container(id, super::data_root::STOP_GRACE_SECS)
-            .await
-    {
-        tracing::warn!(error = %e, "could not stop a pre-started warm sidecar gracefully");
-    }
-    let report = state.teardown().await;
+    let report = if lease.is_some() {
+        state.teardown_gracefully().await
+    } else {
+        state.teardown().await
+    };
     // The root's lock goes only now, with its daemon gone.
     drop(lease);
     report

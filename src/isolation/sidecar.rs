@@ -675,20 +675,10 @@ pub(super) async fn finish_parts(
     warm: Option<super::data_root::WarmLease>,
 ) -> TeardownReport {
     let docker = state.docker.clone();
-    let mut report = match warm.is_some().then(|| state.sidecar.clone()).flatten() {
-        // Stopped beside the rest of the teardown, removed after it (`teardown_stopping`).
-        Some(id) => {
-            let graceful_stop = async {
-                if let Err(e) = docker
-                    .stop_container(&id, super::data_root::STOP_GRACE_SECS)
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not stop the warm sidecar gracefully");
-                }
-            };
-            state.teardown_stopping(graceful_stop).await
-        }
-        None => state.teardown().await,
+    let mut report = if warm.is_some() {
+        state.teardown_gracefully().await
+    } else {
+        state.teardown().await
     };
     if let Some(lease) = warm {
         let (removed, failures) = lease.release(&docker).await;

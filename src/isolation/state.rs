@@ -515,21 +515,38 @@ impl JobState {
     /// Removes everything, in order: script/helper/service containers, sidecar, its volume,
     /// the network, the cert dir, the job dirs. Never stops at a failure. The sidecar is
     /// disconnected from the job network beside its removal, so the chain and the network need
-    /// not wait for the engine's clean-up of a killed container (see [`Self::teardown_stopping`]).
+    /// not wait for the engine's clean-up of a killed container (see [`Self::teardown_inner`]).
     pub async fn teardown(self) -> TeardownReport {
-        self.teardown_stopping(std::future::ready(())).await
+        self.teardown_inner(std::future::ready(())).await
     }
 
-    /// [`Self::teardown`] for a sidecar whose daemon must stop gracefully first (a warm data
-    /// root): `before_sidecar` runs beside the removal of the job's other containers, and the
-    /// sidecar is removed after it. In every teardown the sidecar is disconnected from the job
-    /// network beside these, so the firewall chain and the network go while its daemon shuts
-    /// down or the engine cleans up the killed container (measured here: a bridge takes Docker
-    /// 0.15–0.25 s to remove, a sidecar's stop and clean-up 0.15–0.2 s; in a row they were most
-    /// of a job's teardown). A sidecar without a network interface sends nothing, so the chain
-    /// is no longer needed once it is detached. If the disconnect fails (the container went
-    /// first), the network waits for the sidecar's removal.
-    pub async fn teardown_stopping(
+    /// [`Self::teardown`] for a sidecar on a warm data root: its dockerd is stopped gracefully
+    /// first ([`super::data_root::STOP_GRACE_SECS`]), so it leaves the root consistent for the
+    /// next daemon, beside the rest of the teardown; the sidecar is removed after the stop.
+    pub async fn teardown_gracefully(self) -> TeardownReport {
+        let docker = self.docker.clone();
+        let sidecar = self.sidecar.clone();
+        let stop = async move {
+            if let Some(id) = sidecar
+                && let Err(e) = docker
+                    .stop_container(&id, super::data_root::STOP_GRACE_SECS)
+                    .await
+            {
+                tracing::warn!(error = %e, "could not stop the warm sidecar gracefully");
+            }
+        };
+        self.teardown_inner(stop).await
+    }
+
+    /// The teardown: `before_sidecar` (a graceful stop, or nothing) runs beside the removal of
+    /// the job's other containers, and the sidecar is removed after it. The sidecar is
+    /// disconnected from the job network beside these, so the firewall chain and the network go
+    /// while its daemon shuts down or the engine cleans up the killed container (measured here:
+    /// a bridge takes Docker 0.15–0.25 s to remove, a sidecar's stop and clean-up 0.15–0.2 s;
+    /// in a row they were most of a job's teardown). A sidecar without a network interface
+    /// sends nothing, so the chain is no longer needed once it is detached. If the disconnect
+    /// fails (the container went first), the network waits for the sidecar's removal.
+    async fn teardown_inner(
         mut self,
         before_sidecar: impl std::future::Future<Output = ()>,
     ) -> TeardownReport {
@@ -671,10 +688,7 @@ impl JobState {
         let (sidecar_done, sidecar_gone) = tokio::sync::oneshot::channel::<()>();
         let bridge_line = async move {
             let mut r = TeardownReport::default();
-            let removals =
-                futures::future::join_all(others.iter().map(|id| async move {
-                    (id.as_str(), this.docker.remove_container(id).await)
-                }));
+            let removals = this.remove_listed(&others, &mut r);
             let detach = async {
                 let (Some(net), Some(sidecar)) = (&network_name, this.sidecar.as_deref()) else {
                     return false;
@@ -687,10 +701,7 @@ impl JobState {
                     }
                 }
             };
-            let (results, detached) = futures::future::join(removals, detach).await;
-            for (id, res) in results {
-                record_removal(&mut r, id, res);
-            }
+            let ((), detached) = futures::future::join(removals, detach).await;
             let _ = others_done.send(());
             if !detached {
                 let _ = sidecar_gone.await;
@@ -703,10 +714,7 @@ impl JobState {
         let sidecar_line = async move {
             let mut r = TeardownReport::default();
             before_sidecar.await;
-            for id in &sidecars {
-                let res = this.docker.remove_container(id).await;
-                record_removal(&mut r, id, res);
-            }
+            this.remove_listed(&sidecars, &mut r).await;
             let _ = sidecar_done.send(());
             let _ = others_gone.await;
             let (v, d) = tokio::join!(volumes, dirs);
@@ -764,18 +772,25 @@ impl JobState {
     /// job containers talk to it until they die.
     async fn remove_containers(&self, filters: &[String], report: &mut TeardownReport) {
         let (sidecars, others) = self.job_containers(filters, report).await;
+        self.remove_listed(&others, report).await;
+        self.remove_listed(&sidecars, report).await;
+    }
+
+    /// Removes `ids` at once and records each in `report` (a second pass may meet a container
+    /// the first one removed: it is listed once).
+    async fn remove_listed(&self, ids: &[String], report: &mut TeardownReport) {
         let results = futures::future::join_all(
-            others
-                .iter()
-                .map(|id| async move { (id.as_str(), self.docker.remove_container(id).await) }),
+            ids.iter()
+                .map(|id| async move { (id, self.docker.remove_container(id).await) }),
         )
         .await;
         for (id, r) in results {
-            record_removal(report, id, r);
-        }
-        for id in &sidecars {
-            let r = self.docker.remove_container(id).await;
-            record_removal(report, id, r);
+            let label = format!("container {}", short(id));
+            match r {
+                Ok(true) if !report.removed.contains(&label) => report.removed.push(label),
+                Ok(_) => {}
+                Err(e) => report.failures.push(e.to_string()),
+            }
         }
     }
 
@@ -811,16 +826,6 @@ impl JobState {
             sidecars.into_iter().map(|(id, _)| id).collect(),
             others.into_iter().map(|(id, _)| id).collect(),
         )
-    }
-}
-
-fn record_removal(report: &mut TeardownReport, id: &str, r: Result<bool, docker::Error>) {
-    let label = format!("container {}", short(id));
-    match r {
-        // A second pass may meet a container the first one removed.
-        Ok(true) if !report.removed.contains(&label) => report.removed.push(label),
-        Ok(_) => {}
-        Err(e) => report.failures.push(e.to_string()),
     }
 }
 
