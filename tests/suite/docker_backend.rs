@@ -364,6 +364,44 @@ async fn killed_sidecar_is_reported_and_teardown_is_clean() {
     teardown(&scope, env).await;
 }
 
+/// The teardown detaches the sidecar from the job network beside its removal, so the bridge
+/// need not wait for it; when that detach fails (here: someone removed the sidecar first, so
+/// the engine answers "no such container"), the network must wait for the sidecar's line
+/// instead, and still go, with nothing reported as left behind.
+#[tokio::test]
+async fn teardown_after_the_sidecar_was_removed_behind_its_back_is_clean() {
+    let scope = Scope::new().await;
+    let backend = dind(&scope, |c| c.docker.isolation.preload_images.clear());
+    let (env, _) = prepare(&backend, &scope.spec(304)).await;
+    let sidecar = format!("ir-{}-304-sidecar", scope.runner_id);
+    assert!(
+        scope.docker.remove_container(&sidecar).await.unwrap(),
+        "the sidecar was there to remove"
+    );
+    let report = tokio::time::timeout(Duration::from_secs(60), env.teardown())
+        .await
+        .expect("a failed detach must not leave the network waiting forever");
+    assert!(
+        report.failures.is_empty(),
+        "teardown failures: {:?}",
+        report.failures
+    );
+    assert!(
+        report.removed.iter().any(|r| r.starts_with("network")),
+        "{:?}",
+        report.removed
+    );
+    assert!(
+        report
+            .removed
+            .iter()
+            .any(|r| r.starts_with("firewall chain")),
+        "{:?}",
+        report.removed
+    );
+    scope.assert_clean().await;
+}
+
 #[tokio::test]
 async fn services_run_on_the_job_network_with_aliases() {
     let scope = Scope::new().await;
