@@ -466,9 +466,11 @@ impl Core {
         env.state.paths = Some(links.clone());
         env.paths = links;
 
-        // Four independent requests, side by side (each is part of the job's time to its
-        // first script line): the job's images, the sidecar's CPU weight, the links on the
-        // host, the links in the sidecar.
+        // The job's images and the links on the host, side by side, before the job goes on;
+        // the sidecar's CPU weight and the links inside it are for the job's own daemon, so
+        // only build scripts wait for them (`JobState::build_gate`): they are done while the
+        // helper clones and the first build container is created. The engine serializes the
+        // two requests on the sidecar (~0.03 + 0.05 s here).
         let checks = async {
             let t = Instant::now();
             let images = job_images(spec);
@@ -481,15 +483,6 @@ impl Core {
             checked.into_iter().collect::<Result<Vec<()>, Error>>()?;
             Ok::<_, Error>(t.elapsed())
         };
-        // The job's own now: the sidecar gets the default CPU weight back.
-        let claim = async {
-            let t = Instant::now();
-            self.docker
-                .set_cpu_shares(&sidecar, JOB_CPU_SHARES)
-                .await
-                .map_err(other("give the pre-started sidecar its CPU weight"))?;
-            Ok::<_, Error>(t.elapsed())
-        };
         let host_links = async {
             let t = Instant::now();
             let b = builds.clone();
@@ -500,21 +493,40 @@ impl Core {
             .map_err(other_paths("create job directories"))?;
             Ok::<_, Error>(t.elapsed())
         };
-        let in_sidecar = async {
-            let t = Instant::now();
-            for (context, tar) in sidecar_tars {
-                self.docker
-                    .put_archive(&sidecar, &builds.to_string_lossy(), tar)
-                    .await
-                    .map_err(other(context))?;
-            }
-            Ok::<_, Error>(t.elapsed())
+        let claim = {
+            let (docker, sidecar, dest) = (
+                self.docker.clone(),
+                sidecar.clone(),
+                builds.to_string_lossy().into_owned(),
+            );
+            env.state.inflight.spawn(async move {
+                let t = Instant::now();
+                // The job's own now: the sidecar gets the default CPU weight back.
+                let weight = docker.set_cpu_shares(&sidecar, JOB_CPU_SHARES);
+                let links = async {
+                    for (context, tar) in sidecar_tars {
+                        docker
+                            .put_archive(&sidecar, &dest, tar)
+                            .await
+                            .map_err(other(context))?;
+                    }
+                    Ok::<_, Error>(())
+                };
+                let (weight, links) = tokio::join!(weight, links);
+                weight.map_err(other("give the pre-started sidecar its CPU weight"))?;
+                links?;
+                tracing::debug!(
+                    sidecar = %sidecar,
+                    ms = t.elapsed().as_millis() as u64,
+                    "pre-started sidecar claimed"
+                );
+                Ok(())
+            })
         };
-        let (checks, claim, host_links, in_sidecar) =
-            tokio::join!(checks, claim, host_links, in_sidecar);
+        env.state.build_gate.close(claim).await;
+        let (checks, host_links) = tokio::join!(checks, host_links);
         timings.push_elapsed("checks", checks?);
-        timings.push_elapsed("claim", claim?);
-        timings.push_elapsed("dirs", host_links?.max(in_sidecar?));
+        timings.push_elapsed("dirs", host_links?);
         if let Some(target) = &spec.clone_path {
             env.state.project_target = Some(target.clone());
             env.paths.project_dir = target.clone();

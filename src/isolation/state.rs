@@ -126,6 +126,49 @@ impl FirstStepHook {
     }
 }
 
+/// Work a job's build scripts must wait for, done beside its first steps: a job on a
+/// pre-started sidecar claims it (the links to its directories inside the sidecar, the
+/// sidecar's CPU weight) while the helper clones and the first build container is created.
+/// Helper scripts never wait: they run on the outer daemon and never reach the job's own.
+#[derive(Debug, Default)]
+pub struct BuildGate(tokio::sync::Mutex<Gate>);
+
+#[derive(Debug, Default)]
+enum Gate {
+    #[default]
+    Open,
+    Pending(tokio::task::JoinHandle<Result<(), Error>>),
+    /// What failed, said again to every later build script.
+    Failed(String),
+}
+
+impl BuildGate {
+    /// Build scripts wait for `work` (already spawned; on the state's `inflight`, so
+    /// teardown waits for it too).
+    pub async fn close(&self, work: tokio::task::JoinHandle<Result<(), Error>>) {
+        *self.0.lock().await = Gate::Pending(work);
+    }
+
+    /// Waits for the work, once; its failure fails this and every later build script.
+    pub async fn pass(&self) -> Result<(), Error> {
+        let mut g = self.0.lock().await;
+        if let Gate::Pending(work) = &mut *g {
+            *g = match work.await {
+                Ok(Ok(())) => Gate::Open,
+                Ok(Err(e)) => Gate::Failed(e.to_string()),
+                Err(e) => Gate::Failed(format!("the task ended: {e}")),
+            };
+        }
+        match &*g {
+            Gate::Failed(detail) => Err(Error::Other {
+                context: "claim the pre-started sidecar".to_string(),
+                detail: detail.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The state of one job on the outer daemon, shared by both backends. Every field that names
 /// an object is filled in as soon as the object exists, so teardown after a partial prepare
 /// removes exactly what was made.
@@ -180,6 +223,8 @@ pub struct JobState {
     pub resolve: super::resolve::Resolve,
     /// Run once the first step container is done.
     pub first_step: FirstStepHook,
+    /// Work that must be done before a build script starts (a pre-started sidecar's claim).
+    pub build_gate: BuildGate,
 }
 
 impl JobState {
@@ -208,6 +253,7 @@ impl JobState {
             inflight: TaskTracker::new(),
             resolve: super::resolve::Resolve::default(),
             first_step: FirstStepHook::default(),
+            build_gate: BuildGate::default(),
         }
     }
 
@@ -403,7 +449,20 @@ impl JobState {
         )
         .await
         .map_err(other(format!("create {role} container")))?;
-        let result = self.drive(&id, out, cancel).await;
+        let gate = async {
+            if req.role == Role::Helper {
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(Error::Canceled),
+                passed = self.build_gate.pass() => passed,
+            }
+        };
+        let result = match gate.await {
+            Ok(()) => self.drive(&id, out, cancel).await,
+            Err(e) => Err(e),
+        };
         // The container is gone on every path; a failure here is left to teardown's sweep.
         if let Err(e) = self.docker.remove_container(&id).await {
             tracing::warn!(container = %id, error = %e, "could not remove script container");
@@ -888,6 +947,55 @@ pub async fn require_image(docker: &Docker, image: &str, role: &str) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_open_build_gate_lets_every_script_through() {
+        let gate = BuildGate::default();
+        gate.pass().await.expect("open");
+        gate.pass().await.expect("still open");
+    }
+
+    #[tokio::test]
+    async fn a_build_gate_waits_for_its_work_and_then_stays_open() {
+        let gate = BuildGate::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        gate.close(tokio::spawn(async move {
+            let _ = rx.await;
+            Ok(())
+        }))
+        .await;
+        let waiting = gate.pass();
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err(),
+            "passed before the work was done"
+        );
+        tx.send(()).expect("receiver alive");
+        waiting.await.expect("passes once done");
+        gate.pass().await.expect("and stays open");
+    }
+
+    #[tokio::test]
+    async fn a_failed_claim_fails_every_later_build_script_with_its_reason() {
+        let gate = BuildGate::default();
+        gate.close(tokio::spawn(async {
+            Err(Error::Other {
+                context: "link the job's directories in its daemon".to_string(),
+                detail: "no such container".to_string(),
+            })
+        }))
+        .await;
+        for _ in 0..2 {
+            let e = gate.pass().await.expect_err("the claim failed").to_string();
+            assert!(
+                e.contains("link the job's directories in its daemon")
+                    && e.contains("no such container"),
+                "{e}"
+            );
+        }
+    }
 
     /// Finding M2: a FIFO the job planted under the next script's name must not block a
     /// blocking thread forever (nor be written to): the create is O_EXCL|O_NONBLOCK.
