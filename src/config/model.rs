@@ -179,8 +179,8 @@ pub const ROOTLESS_UID_BLOCK: u32 = 65_536;
 /// Rootless sidecars on ephemeral data roots that can exist at once per runner process (jobs
 /// plus warm slots): blocks 0..this.
 pub const ROOTLESS_UID_BLOCKS: u32 = 1024;
-/// Blocks after those, one per warm data root (chosen from the volume's name), so a warm root's
-/// files keep their owners from one job to the next.
+/// Blocks after those, one per warm data root (chosen when the volume is made and recorded on
+/// it), so a warm root's files keep their owners from one job to the next.
 pub const ROOTLESS_WARM_BLOCKS: u32 = 16_384;
 /// One block after those, for the golden data roots of the root store (`isolation::root_store`):
 /// the daemon that loads the preloaded images into a golden runs under it, and each job's
@@ -427,5 +427,13 @@ impl Default for IsolationConfig {
             data_root_per_key: DEFAULT_DATA_ROOT_PER_KEY,
             warm_pool_max_idle: Duration::from_secs(30 * 60),
         }
+    }
+}
+
+impl IsolationConfig {
+    /// `rootless_uid_base` when sidecars run rootless (each warm data root then records a uid
+    /// block of its own); `None` on the other profiles, whose daemons run as the host's root.
+    pub fn warm_uid_base(&self) -> Option<u32> {
+        (self.sidecar_profile == SidecarProfile::Rootless).then_some(self.rootless_uid_base)
     }
 }

@@ -19,6 +19,9 @@
 //!   job starts cold.
 //! - **Age cap** (`data_root_max_age`): the `created` label is checked at acquire; older →
 //!   removed and recreated. [`remove_expired`] does the same sweep for `runner cleanup`.
+//! - **Host uids** (rootless): each root's daemon runs under a uid block of its own, chosen
+//!   when the volume is made and recorded on it ([`LABEL_UID`]); a root whose label names no
+//!   block its daemon may run under is started over (its files belong to other uids).
 //! - **Labels**: warm volumes carry [`LABEL_WARM`] and no `managed`/`job` label, so neither a
 //!   job's teardown (it lists `managed` objects of its job) nor the reaper (`managed` objects of
 //!   the runner) removes them; they are not leftovers while within their age.
@@ -63,6 +66,16 @@ pub const STOP_GRACE_SECS: i32 = 20;
 /// Label with the GitLab instance ([`crate::config::instance_key`]) of a warm root.
 pub const LABEL_INSTANCE: &str = "io.isolated-runner.instance";
 
+/// Label with the first host uid of a warm root's rootless uid block (`rootless.rs`): chosen
+/// once, when the volume is made, among the blocks no other warm volume records, so two warm
+/// roots never share host uids and a root's files keep their owners from one job to the next.
+/// Absent on roots made for the other profiles, whose daemons run as the host's root.
+pub const LABEL_UID: &str = "io.isolated-runner.uid";
+
+/// One warm root made at a time in this process: the choice of its uid block (from the labels
+/// of the volumes that exist) and the create that records it must not interleave with another.
+static MAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The volume name of a key's first warm root. `instance` is the GitLab instance's key: project
 /// ids are only unique within one instance (H3).
 pub fn volume_name(runner_id: &str, instance: &str, project_id: u64, protected: bool) -> String {
@@ -78,8 +91,8 @@ pub fn volume_name(runner_id: &str, instance: &str, project_id: u64, protected: 
 
 /// The volume name of a key's warm root number `index` (`0..data_root_per_key`): the first
 /// keeps [`volume_name`] (roots made before there were several stay in use), the others add
-/// `-<index>`. Each has its own lock file, and on the rootless profile its own uid block (the
-/// block follows the name).
+/// `-<index>`. Each has its own lock file, and on the rootless profile its own uid block
+/// ([`LABEL_UID`]).
 pub fn volume_name_at(
     runner_id: &str,
     instance: &str,
@@ -106,8 +119,9 @@ fn labels(
     instance: &str,
     project_id: u64,
     protected: bool,
+    uid: Option<u32>,
 ) -> HashMap<String, String> {
-    HashMap::from([
+    let mut l = HashMap::from([
         (LABEL_WARM.to_string(), "1".to_string()),
         (LABEL_RUNNER.to_string(), runner_id.to_string()),
         (LABEL_INSTANCE.to_string(), instance.to_string()),
@@ -115,7 +129,28 @@ fn labels(
         (LABEL_PROTECTED.to_string(), protected.to_string()),
         (LABEL_CREATED.to_string(), now_secs().to_string()),
         (LABEL_ROLE.to_string(), "data-warm".to_string()),
-    ])
+    ]);
+    if let Some(uid) = uid {
+        l.insert(LABEL_UID.to_string(), uid.to_string());
+    }
+    l
+}
+
+/// The uid block a root's labels record, when it is the one its daemon may run under:
+/// `Ok(Some)` a warm block of `uid_base` (rootless), `Ok(None)` no label where none is wanted
+/// (the other profiles), `Err` otherwise: a root made before blocks were recorded, under another
+/// `rootless_uid_base` or for another profile holds files owned by uids this daemon would not
+/// run as, so it starts over.
+fn recorded_uid(l: &HashMap<String, String>, uid_base: Option<u32>) -> Result<Option<u32>, ()> {
+    let recorded = l.get(LABEL_UID);
+    match (uid_base, recorded) {
+        (None, None) => Ok(None),
+        (Some(base), Some(v)) => match v.parse::<u32>() {
+            Ok(uid) if super::rootless::is_warm_uid(base, uid) => Ok(Some(uid)),
+            _ => Err(()),
+        },
+        _ => Err(()),
+    }
 }
 
 /// Whether a volume's labels say it belongs to exactly this key.
@@ -151,6 +186,8 @@ pub struct WarmLease {
     pub volume: String,
     /// Whether the volume was created for this job (cold start).
     pub fresh: bool,
+    /// The first uid of the root's rootless block ([`LABEL_UID`]); `None` on other profiles.
+    pub uid: Option<u32>,
     max_size: Option<u64>,
     helper_image: String,
     naming: Naming,
@@ -202,6 +239,9 @@ pub struct WarmRequest<'a> {
     pub max_age: Option<Duration>,
     /// `data_root_per_key`: warm roots this key may have (at least 1).
     pub per_key: usize,
+    /// `rootless_uid_base` on the `rootless` profile (each root then has its own uid block,
+    /// [`LABEL_UID`]); `None` on the others.
+    pub uid_base: Option<u32>,
     /// Image with `du` (the helper image).
     pub helper_image: &'a str,
     /// The job's create requests (see `common::detached`): the volume and the measuring
@@ -338,6 +378,7 @@ async fn acquire_one(
         project_id: req.project_id,
         protected: req.protected,
         max_age: req.max_age,
+        uid_base: req.uid_base,
     };
     let (d, v) = (docker.clone(), volume.clone());
     let (settled, lock) = detached(req.inflight, async move {
@@ -345,9 +386,11 @@ async fn acquire_one(
         (fresh, lock)
     })
     .await;
+    let (fresh, uid) = settled?;
     Ok(WarmLease {
         volume,
-        fresh: settled?,
+        fresh,
+        uid,
         max_size: req.max_size,
         helper_image: req.helper_image.to_string(),
         naming,
@@ -370,11 +413,13 @@ struct Key {
     project_id: u64,
     protected: bool,
     max_age: Option<Duration>,
+    uid_base: Option<u32>,
 }
 
-/// Under the lock: drops the root when it is too old or held by a leftover container, creates
-/// it when missing. Returns whether it was created (a cold start).
-async fn settle(docker: &Docker, key: &Key, volume: &str) -> Result<bool, Miss> {
+/// Under the lock: drops the root when it is too old, held by a leftover container or labelled
+/// for another uid block than its daemon may run under, creates it when missing. Returns
+/// whether it was created (a cold start) and its uid block.
+async fn settle(docker: &Docker, key: &Key, volume: &str) -> Result<(bool, Option<u32>), Miss> {
     let runner_id = key.runner_id.as_str();
     let unavailable =
         |what: &str, e: crate::docker::Error| Miss::Unavailable(format!("{what}: {e}"));
@@ -395,7 +440,6 @@ async fn settle(docker: &Docker, key: &Key, volume: &str) -> Result<bool, Miss> 
         .map_err(|e| unavailable("list volumes", e))?
         .into_iter()
         .find(|v| v.name == volume);
-    let mut fresh = true;
     if let Some(v) = existing {
         let mine = labels_match(
             &v.labels,
@@ -404,15 +448,25 @@ async fn settle(docker: &Docker, key: &Key, volume: &str) -> Result<bool, Miss> 
             key.project_id,
             key.protected,
         );
-        if mine && !expired(&v.labels, key.max_age, now_secs()) {
-            fresh = false;
-        } else {
-            // Too old, or a volume with our name but not our key: start over.
-            docker
-                .remove_volume(volume)
-                .await
-                .map_err(|e| unavailable("remove an expired warm root", e))?;
+        let uid = recorded_uid(&v.labels, key.uid_base);
+        if let (true, Ok(uid)) = (mine, uid)
+            && !expired(&v.labels, key.max_age, now_secs())
+        {
+            return Ok((false, uid));
         }
+        // Too old, a volume with our name but not our key, or files owned by uids its daemon
+        // would not run as: start over.
+        if mine && uid.is_err() {
+            tracing::info!(
+                volume,
+                "warm data root made for another uid block (before blocks were recorded, under \
+                 another rootless_uid_base or another sidecar profile); starting it over"
+            );
+        }
+        docker
+            .remove_volume(volume)
+            .await
+            .map_err(|e| unavailable("remove an expired warm root", e))?;
     } else {
         // The volume may also exist without our labels (made by hand): refuse to adopt it.
         let all = docker
@@ -425,16 +479,32 @@ async fn settle(docker: &Docker, key: &Key, volume: &str) -> Result<bool, Miss> 
             )));
         }
     }
-    if fresh {
-        docker
-            .create_volume(
-                volume,
-                &labels(runner_id, &key.instance, key.project_id, key.protected),
+    let _one = MAKING.lock().await;
+    let uid = match key.uid_base {
+        Some(base) => {
+            // Every warm volume of the engine, whatever runner made it: uids are the host's.
+            let recorded: Vec<u32> = docker
+                .list_volumes(&[format!("{LABEL_WARM}=1")])
+                .await
+                .map_err(|e| unavailable("list warm roots", e))?
+                .iter()
+                .filter_map(|v| v.labels.get(LABEL_UID)?.parse().ok())
+                .collect();
+            Some(
+                super::rootless::choose_warm_uid(base, &recorded)
+                    .map_err(|e| Miss::Unavailable(e.to_string()))?,
             )
-            .await
-            .map_err(|e| unavailable("create the warm root", e))?;
-    }
-    Ok(fresh)
+        }
+        None => None,
+    };
+    docker
+        .create_volume(
+            volume,
+            &labels(runner_id, &key.instance, key.project_id, key.protected, uid),
+        )
+        .await
+        .map_err(|e| unavailable("create the warm root", e))?;
+    Ok((true, uid))
 }
 
 impl WarmLease {
@@ -471,7 +541,8 @@ impl WarmLease {
         docker
             .create_volume(
                 &self.volume,
-                &labels(&runner_id, &instance, project_id, protected),
+                // The same block: the lock is still held, and the block is the root's.
+                &labels(&runner_id, &instance, project_id, protected, self.uid),
             )
             .await
             .map_err(other("create a fresh warm root"))?;

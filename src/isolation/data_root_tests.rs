@@ -20,7 +20,7 @@ fn names_and_labels_key_everything() {
         volume_name("r1", "gitlab-a", 7, false),
         volume_name("r1", "gitlab-b", 7, false)
     );
-    let l = labels("r1", "gitlab-a", 7, false);
+    let l = labels("r1", "gitlab-a", 7, false, None);
     assert!(labels_match(&l, "r1", "gitlab-a", 7, false));
     assert!(!labels_match(&l, "r1", "gitlab-a", 7, true));
     assert!(!labels_match(&l, "r1", "gitlab-a", 8, false));
@@ -33,13 +33,35 @@ fn names_and_labels_key_everything() {
 
 #[test]
 fn age_cap() {
-    let mut l = labels("r", "gitlab-a", 1, false);
+    let mut l = labels("r", "gitlab-a", 1, false, None);
     l.insert(LABEL_CREATED.into(), "1000".into());
     assert!(!expired(&l, None, 10_000));
     assert!(!expired(&l, Some(Duration::from_secs(100)), 1050));
     assert!(expired(&l, Some(Duration::from_secs(100)), 1101));
     l.remove(LABEL_CREATED);
     assert!(expired(&l, Some(Duration::from_secs(100)), 1050));
+}
+
+#[test]
+fn a_root_runs_only_under_the_uid_block_it_records() {
+    let base = 100_000_000;
+    let first = base + crate::config::ROOTLESS_UID_BLOCKS * crate::config::ROOTLESS_UID_BLOCK;
+    let rootless = labels("r", "gitlab-a", 1, false, Some(first));
+    assert_eq!(recorded_uid(&rootless, Some(base)), Ok(Some(first)));
+    // Made under another rootless_uid_base: its files belong to uids that are not ours.
+    assert!(recorded_uid(&rootless, Some(base + 1)).is_err());
+    // Made by a rootless runner, used by a hardened one (and back): the owners differ.
+    assert!(recorded_uid(&rootless, None).is_err());
+    let hardened = labels("r", "gitlab-a", 1, false, None);
+    assert_eq!(recorded_uid(&hardened, None), Ok(None));
+    // Made before blocks were recorded.
+    assert!(recorded_uid(&hardened, Some(base)).is_err());
+    let mut garbled = hardened.clone();
+    garbled.insert(LABEL_UID.into(), "root".into());
+    assert!(recorded_uid(&garbled, Some(base)).is_err());
+    // An ephemeral block is never a warm root's.
+    garbled.insert(LABEL_UID.into(), base.to_string());
+    assert!(recorded_uid(&garbled, Some(base)).is_err());
 }
 
 #[test]
@@ -71,6 +93,7 @@ fn request<'a>(dir: &'a Path, inflight: &'a TaskTracker) -> WarmRequest<'a> {
         max_size: None,
         max_age: None,
         per_key: 1,
+        uid_base: None,
         helper_image: "helper",
         inflight,
     }

@@ -361,6 +361,7 @@ impl Core {
                 &mut env.state,
                 BootPlan {
                     create_volume: env.warm.is_none() && root.is_none(),
+                    warm_uid: env.warm.as_ref().and_then(|l| l.uid),
                     bind_root: root.clone(),
                     volume,
                     dirs: SidecarDirs::Job(job),

@@ -230,6 +230,7 @@ impl Core {
                     BootPlan {
                         volume: String::new(),
                         create_volume: false,
+                        warm_uid: None,
                         bind_root: Some(path),
                         dirs: SidecarDirs::Slot(JobId::new(id)),
                         validity: GOLDEN_BUILD_BUDGET,

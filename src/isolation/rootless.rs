@@ -5,7 +5,9 @@
 //! inner uid 0 to that uid and inner uids 1..65535 to the rest of the block. Blocks are
 //! `ROOTLESS_UID_BLOCK` ids from `rootless_uid_base`, handed out lowest-free-first to the
 //! sidecars alive in this process (jobs and warm slots) and given back when the sidecar's state
-//! is dropped, after its teardown. Two concurrent jobs therefore never share a host uid, and a
+//! is dropped, after its teardown; a warm data root's block is chosen once, when its volume is
+//! made, and recorded on the volume (`data_root.rs`), so its files keep their owners from one
+//! job to the next. Two concurrent jobs therefore never share a host uid, and a
 //! job that escapes its inner daemon is an unprivileged uid that owns nothing of another job.
 //! After a crash the start-up reaper removes every sidecar of the runner before jobs run, so an
 //! empty table at start is accurate; files left by old uids are removed by root as usual.
@@ -42,14 +44,7 @@ impl UidBlock {
             else {
                 break;
             };
-            let clash = taken
-                .range(
-                    uid.saturating_sub(ROOTLESS_UID_BLOCK - 1)
-                        ..uid.saturating_add(ROOTLESS_UID_BLOCK),
-                )
-                .next()
-                .is_some();
-            if !clash {
+            if !overlaps(&taken, uid) {
                 taken.insert(uid);
                 return Ok(UidBlock {
                     uid,
@@ -65,33 +60,31 @@ impl UidBlock {
         })
     }
 
-    /// The block of a warm data root: always the same for the same volume (its files keep
-    /// their owners across jobs), chosen by a stable hash of the name among the warm blocks.
-    /// Fails when a live sidecar holds it (two live warm roots whose names collide).
-    pub fn take_for_volume(base: u32, volume: &str) -> Result<UidBlock, Error> {
-        // FNV-1a: stable across builds and processes (std's hasher is not).
-        let h = volume.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        let n = ROOTLESS_UID_BLOCKS + (h % u64::from(ROOTLESS_WARM_BLOCKS)) as u32;
-        let uid = n
-            .checked_mul(ROOTLESS_UID_BLOCK)
-            .and_then(|o| base.checked_add(o))
-            .filter(|u| u.checked_add(ROOTLESS_UID_BLOCK).is_some())
-            .ok_or_else(|| Error::Other {
-                context: "allocate host uids for a rootless sidecar".to_string(),
-                detail: format!("rootless_uid_base = {base} leaves no room for warm data roots"),
-            })?;
-        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !taken.insert(uid) {
-            return Err(Error::Other {
-                context: "allocate host uids for a rootless sidecar".to_string(),
-                detail: format!(
-                    "the uid block {uid} of warm data root {volume} is held by another live \
-                     sidecar (a name collision among warm roots); retry the job"
-                ),
-            });
+    /// The block recorded on warm data root `volume` (its `uid` label, chosen by
+    /// [`choose_warm_uid`] when the volume was made), so the root's files keep their owners
+    /// from one job to the next. Fails when the uid is not a warm block of `base`, or when a
+    /// live sidecar of this process holds it (only possible when another process handed out
+    /// the same block: one runner process per base and host).
+    pub fn take_warm(base: u32, uid: u32, volume: &str) -> Result<UidBlock, Error> {
+        let refuse = |detail: String| Error::Other {
+            context: "allocate host uids for a rootless sidecar".to_string(),
+            detail,
+        };
+        if !is_warm_uid(base, uid) {
+            return Err(refuse(format!(
+                "warm data root {volume} records uid {uid}, which is not a warm block of \
+                 rootless_uid_base = {base}"
+            )));
         }
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        if overlaps(&taken, uid) {
+            return Err(refuse(format!(
+                "the uid block {uid} of warm data root {volume} is held by another live \
+                 sidecar (another runner process with the same rootless_uid_base?); retry \
+                 the job"
+            )));
+        }
+        taken.insert(uid);
         Ok(UidBlock {
             uid,
             in_table: true,
@@ -119,6 +112,56 @@ impl UidBlock {
             format!("IR_ROOTLESS_SUBIDS={}", self.subids()),
         ]
     }
+}
+
+/// Whether the block starting at `uid` shares an id with a block starting at one of `starts`.
+fn overlaps(starts: &BTreeSet<u32>, uid: u32) -> bool {
+    starts
+        .range(uid.saturating_sub(ROOTLESS_UID_BLOCK - 1)..uid.saturating_add(ROOTLESS_UID_BLOCK))
+        .next()
+        .is_some()
+}
+
+/// The first uid of warm block `n` (`0..ROOTLESS_WARM_BLOCKS`) from `base`, if it fits below
+/// 2^32 with its whole block.
+fn warm_block_uid(base: u32, n: u32) -> Option<u32> {
+    ROOTLESS_UID_BLOCKS
+        .checked_add(n)?
+        .checked_mul(ROOTLESS_UID_BLOCK)
+        .and_then(|o| base.checked_add(o))
+        .filter(|u| u.checked_add(ROOTLESS_UID_BLOCK).is_some())
+}
+
+/// Whether `uid` starts one of the warm blocks of `base` (a label read back from a volume is
+/// checked with this before a daemon runs under it: a `rootless_uid_base` changed since the
+/// volume was made leaves its files owned by uids no longer ours to hand out).
+pub fn is_warm_uid(base: u32, uid: u32) -> bool {
+    let Some(offset) = uid.checked_sub(base) else {
+        return false;
+    };
+    offset % ROOTLESS_UID_BLOCK == 0
+        && (ROOTLESS_UID_BLOCKS..ROOTLESS_UID_BLOCKS + ROOTLESS_WARM_BLOCKS)
+            .contains(&(offset / ROOTLESS_UID_BLOCK))
+        && uid.checked_add(ROOTLESS_UID_BLOCK).is_some()
+}
+
+/// The block for a warm data root about to be made: the lowest warm block of `base` that
+/// shares no id with `recorded` (the blocks on the labels of every warm volume of the engine,
+/// whatever runner made it) nor with a live sidecar of this process. The caller records it on
+/// the volume, and makes sure no two of its calls interleave with the volume's create.
+pub fn choose_warm_uid(base: u32, recorded: &[u32]) -> Result<u32, Error> {
+    let mut held: BTreeSet<u32> = recorded.iter().copied().collect();
+    held.extend(TAKEN.lock().unwrap_or_else(|e| e.into_inner()).iter());
+    (0..ROOTLESS_WARM_BLOCKS)
+        .map_while(|n| warm_block_uid(base, n))
+        .find(|&uid| !overlaps(&held, uid))
+        .ok_or_else(|| Error::Other {
+            context: "allocate host uids for a warm data root".to_string(),
+            detail: format!(
+                "all {ROOTLESS_WARM_BLOCKS} warm blocks from rootless_uid_base = {base} are held \
+                 by warm volumes (`runner cleanup` removes expired ones)"
+            ),
+        })
 }
 
 impl Drop for UidBlock {
@@ -367,18 +410,37 @@ mod tests {
         drop(a);
         let d = UidBlock::take(base).unwrap();
         assert_eq!(d.uid, base);
-        // A warm root's block is stable and outside the ephemeral blocks.
-        let w = UidBlock::take_for_volume(base, "ir-data-r1-7-p").unwrap();
-        let uid = w.uid;
-        assert!(uid >= base + ROOTLESS_UID_BLOCKS * ROOTLESS_UID_BLOCK);
-        assert!(UidBlock::take_for_volume(base, "ir-data-r1-7-p").is_err());
-        drop(w);
+        // A warm root's block: outside the ephemeral blocks, clear of recorded ones, and
+        // taken once at a time.
+        let first = choose_warm_uid(base, &[]).unwrap();
+        assert_eq!(first, base + ROOTLESS_UID_BLOCKS * ROOTLESS_UID_BLOCK);
+        assert!(is_warm_uid(base, first));
+        let next = choose_warm_uid(base, &[first]).unwrap();
+        assert_eq!(next, first + ROOTLESS_UID_BLOCK);
+        let w = UidBlock::take_warm(base, next, "v").unwrap();
+        // Held live but not yet recorded on a volume: still not handed out again.
         assert_eq!(
-            UidBlock::take_for_volume(base, "ir-data-r1-7-p")
-                .unwrap()
-                .uid,
-            uid
+            choose_warm_uid(base, &[first]).unwrap(),
+            next + ROOTLESS_UID_BLOCK
         );
+        assert!(UidBlock::take_warm(base, next, "v").is_err());
+        drop(w);
+        assert_eq!(UidBlock::take_warm(base, next, "v").unwrap().uid, next);
+    }
+
+    #[test]
+    fn warm_uids_outside_the_warm_blocks_are_refused() {
+        let base = 2_000_000_000;
+        let first = base + ROOTLESS_UID_BLOCKS * ROOTLESS_UID_BLOCK;
+        for bad in [base, first - ROOTLESS_UID_BLOCK, first + 1, first - 7, 17] {
+            assert!(!is_warm_uid(base, bad), "{bad}");
+            assert!(UidBlock::take_warm(base, bad, "v").is_err(), "{bad}");
+        }
+        let last = first + (ROOTLESS_WARM_BLOCKS - 1) * ROOTLESS_UID_BLOCK;
+        assert!(is_warm_uid(base, last));
+        assert!(!is_warm_uid(base, last + ROOTLESS_UID_BLOCK));
+        // A base too high for any warm block has none to give.
+        assert!(choose_warm_uid(u32::MAX - ROOTLESS_UID_BLOCK, &[]).is_err());
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub(super) struct BootPlan<'a> {
     pub volume: String,
     /// Whether `volume` is made here (ephemeral) or already exists (a warm data root).
     pub create_volume: bool,
+    /// A warm data root's uid block, recorded on its volume ([`super::data_root::LABEL_UID`]);
+    /// the sidecar of any other data root takes a free block of its own.
+    pub warm_uid: Option<u32>,
     /// A directory bound as `/var/lib/docker` instead of `volume` (a snapshot of the root
     /// store's golden, or a golden being made); the inner daemon then uses overlay2.
     pub bind_root: Option<PathBuf>,
@@ -172,10 +175,9 @@ impl Core {
         wanted.extend(iso.preload_images.iter().map(|i| (i.as_str(), "preload")));
         // A block taken already belongs to a snapshot mapped onto it (`golden.rs`).
         if iso.sidecar_profile == SidecarProfile::Rootless && state.uid_block.is_none() {
-            state.uid_block = Some(if plan.create_volume {
-                UidBlock::take(iso.rootless_uid_base)?
-            } else {
-                UidBlock::take_for_volume(iso.rootless_uid_base, &plan.volume)?
+            state.uid_block = Some(match plan.warm_uid {
+                Some(uid) => UidBlock::take_warm(iso.rootless_uid_base, uid, &plan.volume)?,
+                None => UidBlock::take(iso.rootless_uid_base)?,
             });
         }
         let (profile, checked) = tokio::join!(
@@ -452,6 +454,7 @@ impl Core {
             max_size: iso.data_root_max_size,
             max_age: iso.data_root_max_age,
             per_key: iso.data_root_per_key,
+            uid_base: iso.warm_uid_base(),
             helper_image,
             inflight,
         };
@@ -520,6 +523,7 @@ impl SlotBuilder for Core {
                         BootPlan {
                             volume,
                             create_volume: create_volume && root.is_none(),
+                            warm_uid: lease.as_ref().and_then(|l| l.uid),
                             bind_root: root.clone(),
                             dirs: SidecarDirs::Slot(JobId::new(plan.id)),
                             validity: lifetime,

@@ -274,6 +274,8 @@ async fn a_busy_warm_root_gives_an_ephemeral_one_and_caps_apply() {
             max_size: None,
             max_age: None,
             per_key: 1,
+            // The backend's own (its roots record their uid blocks on the rootless profile).
+            uid_base: scope.runner_config().docker.isolation.warm_uid_base(),
             helper_image: JOB_IMAGE,
             inflight: &tokio_util::task::TaskTracker::new(),
         },
@@ -522,10 +524,93 @@ async fn parallel_jobs_of_one_project_each_get_their_own_warm_root() {
         );
     }
     assert_ne!(ra, rb);
+    // Each runs under the block its root recorded when it was made, and no two roots record
+    // the same one (a block follows the root, never its name: two names cannot collide).
+    for (env, root) in [(&a, &ra), (&b, &rb)] {
+        let root = root.as_deref().expect("a warm root");
+        assert_eq!(rootless_uid(env.as_ref()), recorded_uid(root), "{root}");
+    }
+    let mut recorded: Vec<String> = warm_volumes(&scope)
+        .await
+        .iter()
+        .map(|v| recorded_uid(v))
+        .collect();
+    recorded.sort();
+    recorded.dedup();
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
     for env in [a, b] {
         let report = env.teardown().await;
         assert!(report.failures.is_empty(), "{:?}", report.failures);
     }
+    remove_warm(&scope).await;
+}
+
+/// The uid block a warm root's labels record (`io.isolated-runner.uid`).
+fn recorded_uid(volume: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "volume",
+            "inspect",
+            "-f",
+            &format!("{{{{index .Labels \"{}\"}}}}", data_root::LABEL_UID),
+            volume,
+        ])
+        .output()
+        .expect("docker volume inspect");
+    let uid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!uid.is_empty(), "{volume} records no uid block");
+    uid
+}
+
+/// A warm root made before roots recorded their uid block (its files belong to a block the
+/// runner can no longer name) is started over on the rootless profile, once: the job runs
+/// cold on a fresh root that records its block, and the next job of the project is warm.
+#[tokio::test]
+async fn a_warm_root_without_a_recorded_uid_block_starts_over() {
+    use isolated_runner::docker::{LABEL_ROLE, LABEL_RUNNER};
+    let scope = Scope::new().await;
+    let backend = warm_backend(&scope, |c| {
+        c.docker.isolation.sidecar_profile = isolated_runner::config::SidecarProfile::Rootless;
+    });
+    const P: u64 = 33;
+    let volume = data_root::volume_name(&scope.runner_id, &instance(&scope), P, false);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    // The labels a runner of the previous release gave a root.
+    let old = std::collections::HashMap::from([
+        (LABEL_WARM.to_string(), "1".to_string()),
+        (LABEL_RUNNER.to_string(), scope.runner_id.clone()),
+        (data_root::LABEL_INSTANCE.to_string(), instance(&scope)),
+        (data_root::LABEL_PROJECT.to_string(), P.to_string()),
+        (data_root::LABEL_PROTECTED.to_string(), "false".to_string()),
+        (data_root::LABEL_CREATED.to_string(), now.to_string()),
+        (LABEL_ROLE.to_string(), "data-warm".to_string()),
+    ]);
+    scope
+        .docker
+        .create_volume(&volume, &old)
+        .await
+        .expect("an old warm root");
+
+    let (env, text, root) = prepare_on_root(&backend, &spec(&scope, 51, P, false)).await;
+    assert_eq!(root.as_deref(), Some(volume.as_str()), "{text}");
+    assert!(text.contains("(new, cold)"), "{text}");
+    assert_eq!(rootless_uid(env.as_ref()), recorded_uid(&volume));
+    let tag = "docker tag isolated-runner/busybox:test kept:latest";
+    assert_eq!(run(env.as_ref(), tag, &Collect::new()).await, 0);
+    let report = env.teardown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+
+    // Once: the next job is warm on it, under the same block.
+    let text = expect(
+        &backend,
+        &spec(&scope, 52, P, false),
+        "docker image inspect kept:latest >/dev/null",
+    )
+    .await;
+    assert!(text.contains("(warm)"), "{text}");
     remove_warm(&scope).await;
 }
 
