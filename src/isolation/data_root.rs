@@ -534,6 +534,8 @@ impl WarmLease {
             return Ok(None);
         };
         let (runner_id, instance, project_id, protected) = self.key.clone();
+        // While the volume is gone its block is recorded nowhere: no root may be made then.
+        let _one = MAKING.lock().await;
         docker
             .remove_volume(&self.volume)
             .await
@@ -541,7 +543,7 @@ impl WarmLease {
         docker
             .create_volume(
                 &self.volume,
-                // The same block: the lock is still held, and the block is the root's.
+                // The same block: the root's files are gone, but its lease is still this job's.
                 &labels(&runner_id, &instance, project_id, protected, self.uid),
             )
             .await
