@@ -626,12 +626,28 @@ impl Isolation for Recorded {
         Ok(env)
     }
 
+    async fn ensure_images(
+        &self,
+        plan: &crate::isolation::images::PullPlan,
+        out: Arc<dyn OutputSink>,
+    ) -> Result<(), crate::isolation::Error> {
+        self.inner.ensure_images(plan, out).await
+    }
+
     async fn warm_up(&self, runner_id: &str) {
         self.inner.warm_up(runner_id).await
     }
 
     fn standby_ids(&self) -> Vec<u64> {
         self.inner.standby_ids()
+    }
+
+    fn set_job_cap(&self, cap: usize) {
+        self.inner.set_job_cap(cap)
+    }
+
+    fn pool_target(&self) -> Option<usize> {
+        self.inner.pool_target()
     }
 
     async fn shutdown(&self) -> TeardownReport {

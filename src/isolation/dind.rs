@@ -76,6 +76,16 @@ impl Isolation for DindBackend {
         IsolationMode::Dind
     }
 
+    /// Images are pulled onto the host daemon by the [`super::images::Pulling`] every backend
+    /// is wrapped in (the job's containers run there; its own daemon gets them from there).
+    async fn ensure_images(
+        &self,
+        _plan: &super::images::PullPlan,
+        _out: Arc<dyn OutputSink>,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+
     async fn prepare(
         &self,
         spec: &EnvironmentSpec,

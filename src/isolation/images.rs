@@ -519,6 +519,14 @@ impl Isolation for Pulling {
         self.inner.standby_ids()
     }
 
+    fn set_job_cap(&self, cap: usize) {
+        self.inner.set_job_cap(cap)
+    }
+
+    fn pool_target(&self) -> Option<usize> {
+        self.inner.pool_target()
+    }
+
     async fn shutdown(&self) -> TeardownReport {
         self.inner.shutdown().await
     }

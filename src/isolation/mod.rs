@@ -184,43 +184,39 @@ pub trait Isolation: Send + Sync {
     ) -> Result<Box<dyn JobEnvironment>, Error>;
 
     /// Gets the job's images onto the daemon its containers run on, as `plan` says
-    /// ([`images`]); called before [`Isolation::prepare`]. Backends without pulling (test
-    /// doubles) have nothing to do.
+    /// ([`images`]); called before [`Isolation::prepare`].
+    ///
+    /// This and every other method of the trait has no default: a wrapper (metrics, the
+    /// bench's recorder, pulling) must pass each one on, and the compiler now says so when a
+    /// new one is added (a default once made the metrics wrapper of `runner run` drop every
+    /// pull, the image's user and the wait for services).
     async fn ensure_images(
         &self,
-        _plan: &images::PullPlan,
-        _out: Arc<dyn OutputSink>,
-    ) -> Result<(), Error> {
-        Ok(())
-    }
+        plan: &images::PullPlan,
+        out: Arc<dyn OutputSink>,
+    ) -> Result<(), Error>;
 
     /// Starts keeping environments ready ahead of jobs for `runner_id`, where the backend has
     /// a warm pool (`warm_pool` in config); returns at once, the work runs in the background.
     /// `prepare` also starts it, so calling this only saves the first job's cold start.
-    async fn warm_up(&self, _runner_id: &str) {}
+    async fn warm_up(&self, runner_id: &str);
 
     /// Job ids labelling the objects of environments made ahead of jobs and not yet given to
     /// one (idle or being built). Their objects are not leftovers.
-    fn standby_ids(&self) -> Vec<u64> {
-        Vec::new()
-    }
+    fn standby_ids(&self) -> Vec<u64>;
 
     /// Bounds how many environments are made ahead of jobs (`concurrent`/`limit`: more could
     /// never be in use at once). Backends without a warm pool ignore it.
-    fn set_job_cap(&self, _cap: usize) {}
+    fn set_job_cap(&self, cap: usize);
 
     /// The number of environments the backend aims to keep ready now (`warm_pool`, or what
     /// `warm_pool = "auto"` derived from recent demand); `None` without a warm pool.
-    fn pool_target(&self) -> Option<usize> {
-        None
-    }
+    fn pool_target(&self) -> Option<usize>;
 
     /// Removes environments made ahead of jobs and waits for the backend's background work.
     /// Call once, when the process stops taking jobs; `prepare` still works afterwards but
     /// makes everything per job.
-    async fn shutdown(&self) -> TeardownReport {
-        TeardownReport::default()
-    }
+    async fn shutdown(&self) -> TeardownReport;
 }
 
 /// A prepared job environment. `teardown` must be called on every path.
@@ -233,9 +229,7 @@ pub trait JobEnvironment: Send + Sync {
     /// one no-follow step; every runner-side file operation opens its handle from these
     /// ([`crate::paths::Dir::open_job_dir`]). The same as [`JobEnvironment::paths`] unless the
     /// backend keeps the real directories elsewhere (a warm-pool slot).
-    fn host_dirs(&self) -> &JobPaths {
-        self.paths()
-    }
+    fn host_dirs(&self) -> &JobPaths;
 
     /// Variables the backend gives the job (`DOCKER_HOST`, `DOCKER_TLS_VERIFY`, `DOCKER_CERT_PATH`).
     fn job_env(&self) -> Vec<(String, String)>;
@@ -249,51 +243,38 @@ pub trait JobEnvironment: Send + Sync {
         cancel: CancellationToken,
     ) -> Result<i32, Error>;
 
-    /// [`JobEnvironment::run_script`] as `user`. Backends without users (test doubles) run it
-    /// as they run any script.
+    /// [`JobEnvironment::run_script`] as `user`.
+    ///
+    /// Like [`Isolation`]'s, this trait's methods have no defaults, so a wrapper cannot drop one.
     async fn run_script_as(
         &self,
         req: ScriptRequest,
-        _user: &ScriptUser,
+        user: &ScriptUser,
         out: Arc<dyn OutputSink>,
         cancel: CancellationToken,
-    ) -> Result<i32, Error> {
-        self.run_script(req, out, cancel).await
-    }
+    ) -> Result<i32, Error>;
 
     /// The build image's `USER` (empty or missing: root); `None` when the backend cannot tell.
-    async fn image_user(&self) -> Result<Option<String>, Error> {
-        Ok(None)
-    }
+    async fn image_user(&self) -> Result<Option<String>, Error>;
 
     /// Waits up to `timeout` for every service's exposed TCP ports to accept a connection from
     /// the job's network; returns the services that did not come up (the job goes on, as in
     /// gitlab-runner). Returns early, with what it knows, when `cancel` fires.
     async fn wait_for_services(
         &self,
-        _timeout: Duration,
-        _cancel: CancellationToken,
-    ) -> Vec<ServiceWarning> {
-        Vec::new()
-    }
+        timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Vec<ServiceWarning>;
 
     /// The last lines of each service's log (`CI_DEBUG_SERVICES`).
-    async fn service_logs(&self, _lines: usize) -> Vec<ServiceLog> {
-        Vec::new()
-    }
+    async fn service_logs(&self, lines: usize) -> Vec<ServiceLog>;
 
     /// Removes everything the job created, in a defined order, and reports what it removed.
     async fn teardown(self: Box<Self>) -> TeardownReport;
 
-    /// What this environment made on the host, for the daemon's crash journal and metrics.
-    /// The default knows only the job paths; backends add what they created.
-    fn resources(&self) -> EnvironmentResources {
-        EnvironmentResources {
-            project_dir: Some(self.paths().project_dir.clone()),
-            tmp_dir: Some(self.paths().tmp_dir.clone()),
-            ..EnvironmentResources::default()
-        }
-    }
+    /// What this environment made on the host, for the daemon's crash journal and metrics
+    /// ([`EnvironmentResources::of_paths`] for one that made only the job's directories).
+    fn resources(&self) -> EnvironmentResources;
 }
 
 /// What a prepared job environment created on the host. Recorded in the crash journal so a
@@ -327,6 +308,17 @@ pub struct EnvironmentResources {
     /// Time from creating the sidecar to its first mTLS ping (metrics only, not journaled).
     #[serde(skip)]
     pub sidecar_ready: Option<Duration>,
+}
+
+impl EnvironmentResources {
+    /// An environment that made only the job's directories.
+    pub fn of_paths(paths: &JobPaths) -> EnvironmentResources {
+        EnvironmentResources {
+            project_dir: Some(paths.project_dir.clone()),
+            tmp_dir: Some(paths.tmp_dir.clone()),
+            ..EnvironmentResources::default()
+        }
+    }
 }
 
 /// What a teardown removed and what it could not.

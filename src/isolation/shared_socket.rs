@@ -45,6 +45,32 @@ impl Isolation for SharedSocketBackend {
         IsolationMode::SharedSocket
     }
 
+    /// Images are pulled by the [`super::images::Pulling`] every backend is wrapped in.
+    async fn ensure_images(
+        &self,
+        _plan: &super::images::PullPlan,
+        _out: Arc<dyn OutputSink>,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Nothing is made ahead of jobs: the host's daemon is always there.
+    async fn warm_up(&self, _runner_id: &str) {}
+
+    fn standby_ids(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
+    fn set_job_cap(&self, _cap: usize) {}
+
+    fn pool_target(&self) -> Option<usize> {
+        None
+    }
+
+    async fn shutdown(&self) -> TeardownReport {
+        TeardownReport::default()
+    }
+
     async fn prepare(
         &self,
         spec: &EnvironmentSpec,
@@ -238,5 +264,17 @@ impl JobEnvironment for SharedEnv {
     async fn teardown(self: Box<Self>) -> TeardownReport {
         let this = *self;
         this.state.teardown().await
+    }
+
+    fn resources(&self) -> super::EnvironmentResources {
+        let s = &self.state;
+        super::EnvironmentResources {
+            runner_id: s.naming.runner_id.clone(),
+            labels: crate::docker::label_filters(&s.naming.runner_id, Some(s.naming.job_id)),
+            network: s.network.as_ref().map(|n| n.name.clone()),
+            subnet: s.network.as_ref().map(|n| n.subnet.to_string()),
+            services: s.services.clone(),
+            ..super::EnvironmentResources::of_paths(&self.paths)
+        }
     }
 }

@@ -299,8 +299,36 @@ mod tests {
             }
             Ok(0)
         }
+        async fn run_script_as(
+            &self,
+            req: ScriptRequest,
+            _user: &crate::isolation::ScriptUser,
+            out: Arc<dyn OutputSink>,
+            cancel: CancellationToken,
+        ) -> Result<i32, crate::isolation::Error> {
+            self.run_script(req, out, cancel).await
+        }
+        fn host_dirs(&self) -> &JobPaths {
+            &self.paths
+        }
+        async fn image_user(&self) -> Result<Option<String>, crate::isolation::Error> {
+            Ok(None)
+        }
+        async fn wait_for_services(
+            &self,
+            _timeout: std::time::Duration,
+            _cancel: CancellationToken,
+        ) -> Vec<crate::isolation::ServiceWarning> {
+            Vec::new()
+        }
+        async fn service_logs(&self, _lines: usize) -> Vec<crate::isolation::ServiceLog> {
+            Vec::new()
+        }
         async fn teardown(self: Box<Self>) -> crate::isolation::TeardownReport {
             crate::isolation::TeardownReport::default()
+        }
+        fn resources(&self) -> crate::isolation::EnvironmentResources {
+            crate::isolation::EnvironmentResources::of_paths(&self.paths)
         }
     }
 

@@ -266,6 +266,14 @@ impl Isolation for Observed {
         self.inner.mode()
     }
 
+    async fn ensure_images(
+        &self,
+        plan: &isolation::images::PullPlan,
+        out: Arc<dyn OutputSink>,
+    ) -> Result<(), isolation::Error> {
+        self.inner.ensure_images(plan, out).await
+    }
+
     async fn warm_up(&self, runner_id: &str) {
         self.inner.warm_up(runner_id).await
     }
@@ -354,6 +362,41 @@ impl JobEnvironment for ObservedEnv {
             m.observe_stage(stage, started.elapsed());
         }
         r
+    }
+
+    async fn run_script_as(
+        &self,
+        req: ScriptRequest,
+        user: &isolation::ScriptUser,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<i32, isolation::Error> {
+        let stage = match req.role {
+            isolation::Role::Build => "build_script",
+            isolation::Role::Helper => "helper_script",
+        };
+        let started = Instant::now();
+        let r = self.inner.run_script_as(req, user, out, cancel).await;
+        if let Some(m) = &self.metrics {
+            m.observe_stage(stage, started.elapsed());
+        }
+        r
+    }
+
+    async fn image_user(&self) -> Result<Option<String>, isolation::Error> {
+        self.inner.image_user().await
+    }
+
+    async fn wait_for_services(
+        &self,
+        timeout: std::time::Duration,
+        cancel: CancellationToken,
+    ) -> Vec<isolation::ServiceWarning> {
+        self.inner.wait_for_services(timeout, cancel).await
+    }
+
+    async fn service_logs(&self, lines: usize) -> Vec<isolation::ServiceLog> {
+        self.inner.service_logs(lines).await
     }
 
     async fn teardown(self: Box<Self>) -> TeardownReport {

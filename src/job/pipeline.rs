@@ -496,6 +496,24 @@ mod tests {
                 detail: "released".into(),
             })
         }
+        async fn ensure_images(
+            &self,
+            _plan: &isolation::images::PullPlan,
+            _out: Arc<dyn OutputSink>,
+        ) -> Result<(), isolation::Error> {
+            Ok(())
+        }
+        async fn warm_up(&self, _runner_id: &str) {}
+        fn standby_ids(&self) -> Vec<u64> {
+            Vec::new()
+        }
+        fn set_job_cap(&self, _cap: usize) {}
+        fn pool_target(&self) -> Option<usize> {
+            None
+        }
+        async fn shutdown(&self) -> crate::isolation::TeardownReport {
+            crate::isolation::TeardownReport::default()
+        }
     }
 
     /// H3: while job A (one GitLab instance) is in prepare, job B with the same id (another

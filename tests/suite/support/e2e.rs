@@ -148,6 +148,10 @@ impl E2e {
             None,
         )
         .with_concurrent(config.concurrent);
+        // Always as `runner run` composes it: metrics wrap the backend and every environment
+        // (a wrapper that drops a call would otherwise pass every test but this one).
+        let metrics =
+            Some(metrics.unwrap_or_else(|| Arc::new(isolated_runner::metrics::Metrics::new())));
         if let Some(m) = &metrics {
             executor = executor.with_metrics(m.clone());
         }

@@ -136,6 +136,31 @@ impl Isolation for LocalIsolation {
             faults: self.faults.clone(),
         }))
     }
+
+    // No images, no pool: scripts run on this machine.
+    async fn ensure_images(
+        &self,
+        _plan: &isolated_runner::isolation::images::PullPlan,
+        _out: Arc<dyn OutputSink>,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn warm_up(&self, _runner_id: &str) {}
+
+    fn standby_ids(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
+    fn set_job_cap(&self, _cap: usize) {}
+
+    fn pool_target(&self) -> Option<usize> {
+        None
+    }
+
+    async fn shutdown(&self) -> TeardownReport {
+        TeardownReport::default()
+    }
 }
 
 struct LocalEnv {
@@ -228,6 +253,41 @@ impl JobEnvironment for LocalEnv {
                 Err(Error::Canceled)
             }
         }
+    }
+
+    // No users, no image, no services: a user's script runs as any script.
+    async fn run_script_as(
+        &self,
+        req: ScriptRequest,
+        _user: &isolated_runner::isolation::ScriptUser,
+        out: Arc<dyn OutputSink>,
+        cancel: CancellationToken,
+    ) -> Result<i32, Error> {
+        self.run_script(req, out, cancel).await
+    }
+
+    fn host_dirs(&self) -> &JobPaths {
+        &self.paths
+    }
+
+    async fn image_user(&self) -> Result<Option<String>, Error> {
+        Ok(None)
+    }
+
+    async fn wait_for_services(
+        &self,
+        _timeout: std::time::Duration,
+        _cancel: CancellationToken,
+    ) -> Vec<isolated_runner::isolation::ServiceWarning> {
+        Vec::new()
+    }
+
+    async fn service_logs(&self, _lines: usize) -> Vec<isolated_runner::isolation::ServiceLog> {
+        Vec::new()
+    }
+
+    fn resources(&self) -> isolated_runner::isolation::EnvironmentResources {
+        isolated_runner::isolation::EnvironmentResources::of_paths(&self.paths)
     }
 
     async fn teardown(self: Box<Self>) -> TeardownReport {
