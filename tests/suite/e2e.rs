@@ -638,6 +638,12 @@ ready_timeout = "90s"
         "{t}"
     );
     assert!(t.contains("after-failure"), "{t}");
+    // The binary's backend is wrapped (metrics, the journal, pulling) and still gets the
+    // job's image as the pull policy says (a wrapper once dropped that call).
+    assert!(
+        t.contains("Using docker image ") && t.contains(" for isolated-runner/job:test"),
+        "{t}"
+    );
 
     w.wait_trace(1602, "waiting-for-release", JOB_TIMEOUT).await;
     let pid = Pid::from_raw(child.id().expect("runner pid") as i32);
