@@ -332,6 +332,26 @@ struct ObservedEnv {
     metrics: Option<Arc<Metrics>>,
 }
 
+impl ObservedEnv {
+    /// Runs one script, timed as its stage (`build_script` or `helper_script`).
+    async fn timed<T>(
+        &self,
+        role: isolation::Role,
+        script: impl std::future::Future<Output = T>,
+    ) -> T {
+        let stage = match role {
+            isolation::Role::Build => "build_script",
+            isolation::Role::Helper => "helper_script",
+        };
+        let started = Instant::now();
+        let r = script.await;
+        if let Some(m) = &self.metrics {
+            m.observe_stage(stage, started.elapsed());
+        }
+        r
+    }
+}
+
 #[async_trait::async_trait]
 impl JobEnvironment for ObservedEnv {
     fn paths(&self) -> &JobPaths {
@@ -352,16 +372,9 @@ impl JobEnvironment for ObservedEnv {
         out: Arc<dyn OutputSink>,
         cancel: CancellationToken,
     ) -> Result<i32, isolation::Error> {
-        let stage = match req.role {
-            isolation::Role::Build => "build_script",
-            isolation::Role::Helper => "helper_script",
-        };
-        let started = Instant::now();
-        let r = self.inner.run_script(req, out, cancel).await;
-        if let Some(m) = &self.metrics {
-            m.observe_stage(stage, started.elapsed());
-        }
-        r
+        let role = req.role;
+        self.timed(role, self.inner.run_script(req, out, cancel))
+            .await
     }
 
     async fn run_script_as(
@@ -371,16 +384,9 @@ impl JobEnvironment for ObservedEnv {
         out: Arc<dyn OutputSink>,
         cancel: CancellationToken,
     ) -> Result<i32, isolation::Error> {
-        let stage = match req.role {
-            isolation::Role::Build => "build_script",
-            isolation::Role::Helper => "helper_script",
-        };
-        let started = Instant::now();
-        let r = self.inner.run_script_as(req, user, out, cancel).await;
-        if let Some(m) = &self.metrics {
-            m.observe_stage(stage, started.elapsed());
-        }
-        r
+        let role = req.role;
+        self.timed(role, self.inner.run_script_as(req, user, out, cancel))
+            .await
     }
 
     async fn image_user(&self) -> Result<Option<String>, isolation::Error> {
