@@ -902,21 +902,10 @@ impl JobEnvironment for DindEnv {
     }
 
     fn resources(&self) -> super::EnvironmentResources {
-        let s = &self.state;
         super::EnvironmentResources {
-            runner_id: s.naming.runner_id.clone(),
-            labels: crate::docker::label_filters(&s.naming.runner_id, Some(s.naming.job_id)),
-            project_dir: Some(self.paths.project_dir.clone()),
-            tmp_dir: Some(self.paths.tmp_dir.clone()),
-            cert_dir: s.cert_dir.as_ref().map(|c| c.root.clone()),
-            network: s.network.as_ref().map(|n| n.name.clone()),
-            subnet: s.network.as_ref().map(|n| n.subnet.to_string()),
-            bridge_interface: None,
-            sidecar: s.sidecar.clone(),
-            volume: s.volume.clone(),
-            services: s.services.clone(),
             // A pre-started sidecar's start was not this job's wait.
             sidecar_ready: self.ready_after.filter(|_| self.born.is_none()),
+            ..self.state.resources(&self.paths)
         }
     }
 }

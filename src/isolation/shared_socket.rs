@@ -267,14 +267,6 @@ impl JobEnvironment for SharedEnv {
     }
 
     fn resources(&self) -> super::EnvironmentResources {
-        let s = &self.state;
-        super::EnvironmentResources {
-            runner_id: s.naming.runner_id.clone(),
-            labels: crate::docker::label_filters(&s.naming.runner_id, Some(s.naming.job_id)),
-            network: s.network.as_ref().map(|n| n.name.clone()),
-            subnet: s.network.as_ref().map(|n| n.subnet.to_string()),
-            services: s.services.clone(),
-            ..super::EnvironmentResources::of_paths(&self.paths)
-        }
+        self.state.resources(&self.paths)
     }
 }

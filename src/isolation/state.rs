@@ -228,6 +228,22 @@ pub struct JobState {
 }
 
 impl JobState {
+    /// What this state made, with the job's `paths` as containers see them (the backends'
+    /// `JobEnvironment::resources`).
+    pub fn resources(&self, paths: &JobPaths) -> super::EnvironmentResources {
+        super::EnvironmentResources {
+            runner_id: self.naming.runner_id.clone(),
+            labels: crate::docker::label_filters(&self.naming.runner_id, Some(self.naming.job_id)),
+            cert_dir: self.cert_dir.as_ref().map(|c| c.root.clone()),
+            network: self.network.as_ref().map(|n| n.name.clone()),
+            subnet: self.network.as_ref().map(|n| n.subnet.to_string()),
+            sidecar: self.sidecar.clone(),
+            volume: self.volume.clone(),
+            services: self.services.clone(),
+            ..super::EnvironmentResources::of_paths(paths)
+        }
+    }
+
     /// An empty state: nothing created yet.
     pub fn new(docker: Docker, naming: Naming, host_map: HostPathMap) -> Self {
         JobState {

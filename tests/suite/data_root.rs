@@ -597,7 +597,8 @@ async fn a_warm_root_without_a_recorded_uid_block_starts_over() {
     let (env, text, root) = prepare_on_root(&backend, &spec(&scope, 51, P, false)).await;
     assert_eq!(root.as_deref(), Some(volume.as_str()), "{text}");
     assert!(text.contains("(new, cold)"), "{text}");
-    assert_eq!(rootless_uid(env.as_ref()), recorded_uid(&volume));
+    let block = recorded_uid(&volume);
+    assert_eq!(rootless_uid(env.as_ref()), block);
     let tag = "docker tag isolated-runner/busybox:test kept:latest";
     assert_eq!(run(env.as_ref(), tag, &Collect::new()).await, 0);
     let report = env.teardown().await;
@@ -611,6 +612,7 @@ async fn a_warm_root_without_a_recorded_uid_block_starts_over() {
     )
     .await;
     assert!(text.contains("(warm)"), "{text}");
+    assert_eq!(recorded_uid(&volume), block);
     remove_warm(&scope).await;
 }
 

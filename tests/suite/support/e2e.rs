@@ -134,27 +134,25 @@ impl E2e {
         self.start_daemon_with_metrics(config, None)
     }
 
-    /// [`E2e::start_daemon`], recording into `metrics` (as `runner run` does) when given.
+    /// [`E2e::start_daemon`], recording into `metrics` when given (else into a registry of its
+    /// own: the daemon always runs with the metrics wrapper, as `runner run` does).
     pub fn start_daemon_with_metrics(
         &self,
         config: Config,
         metrics: Option<Arc<isolated_runner::metrics::Metrics>>,
     ) -> super::daemon::Daemon {
         isolated_runner::install_crypto_provider();
-        let mut executor = RunnerExecutor::new(
+        // Always as `runner run` composes it: metrics wrap the backend and every environment
+        // (a wrapper that drops a call would otherwise pass every test but this one).
+        let metrics = metrics.unwrap_or_else(|| Arc::new(isolated_runner::metrics::Metrics::new()));
+        let executor = RunnerExecutor::new(
             self.scope.runner_id.clone(),
             self.scope.state_dir(),
             ClientOptions::default(),
             None,
         )
-        .with_concurrent(config.concurrent);
-        // Always as `runner run` composes it: metrics wrap the backend and every environment
-        // (a wrapper that drops a call would otherwise pass every test but this one).
-        let metrics =
-            Some(metrics.unwrap_or_else(|| Arc::new(isolated_runner::metrics::Metrics::new())));
-        if let Some(m) = &metrics {
-            executor = executor.with_metrics(m.clone());
-        }
+        .with_concurrent(config.concurrent)
+        .with_metrics(metrics.clone());
         let options = DaemonOptions {
             client: ClientOptions {
                 retry: RetryPolicy {
@@ -173,7 +171,7 @@ impl E2e {
             },
             final_retry_pause: Duration::from_millis(50),
             system_id: Some(format!("s_{}", &self.scope.runner_id[2..14])),
-            metrics,
+            metrics: Some(metrics),
             ..DaemonOptions::default()
         };
         super::daemon::start(config, Arc::new(executor), options)
