@@ -544,10 +544,11 @@ impl BenchTarget for RealTarget {
 
     async fn leftovers(&self, mode: IsolationMode) -> Result<u64, TargetError> {
         let setup = self.setup(mode)?;
-        // Sidecars started ahead of jobs (idle or being built) are not leftovers.
+        // Sidecars started ahead of jobs (idle or being built) and the job networks kept for
+        // them are not leftovers.
         let standby: HashSet<u64> = std::iter::once(&setup.backend)
             .chain(setup.pinned.iter().map(|(_, b, _)| b))
-            .flat_map(|b| b.standby_ids())
+            .flat_map(|b| b.standby_ids().into_iter().chain(b.kept_ids()))
             .collect();
         let spare = |labels: &HashMap<String, String>| {
             labels
@@ -640,6 +641,10 @@ impl Isolation for Recorded {
 
     fn standby_ids(&self) -> Vec<u64> {
         self.inner.standby_ids()
+    }
+
+    fn kept_ids(&self) -> Vec<u64> {
+        self.inner.kept_ids()
     }
 
     fn set_job_cap(&self, cap: usize) {

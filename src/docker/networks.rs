@@ -90,6 +90,16 @@ impl Docker {
             .collect())
     }
 
+    /// How many endpoints (containers) a network has now.
+    pub async fn network_endpoints(&self, name: &str) -> Result<usize, Error> {
+        let r = self
+            .inner
+            .inspect_network(name, None::<q::InspectNetworkOptions>)
+            .await
+            .map_err(api(format!("inspect network {name}")))?;
+        Ok(r.containers.map_or(0, |c| c.len()))
+    }
+
     /// The IPv4 gateway a network's IPAM config names, and the host bridge interface its
     /// options name. The default `bridge` usually has no IPAM gateway (its address is the one
     /// `docker0` has, `bip`), only the interface name.

@@ -170,6 +170,10 @@ impl Isolation for DindBackend {
             .unwrap_or_default()
     }
 
+    fn kept_ids(&self) -> Vec<u64> {
+        self.pool.as_ref().map(|p| p.kept_ids()).unwrap_or_default()
+    }
+
     async fn shutdown(&self) -> TeardownReport {
         let mut report = match &self.pool {
             Some(pool) => pool.shutdown().await,

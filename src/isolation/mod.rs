@@ -205,6 +205,11 @@ pub trait Isolation: Send + Sync {
     /// one (idle or being built). Their objects are not leftovers.
     fn standby_ids(&self) -> Vec<u64>;
 
+    /// Ids labelling job networks the backend keeps for later slots (`pool.rs`, "Kept
+    /// networks"): waiting, or under a slot not yet given to a job. Such a network keeps the
+    /// labels of the slot that made it, so these ids are not among [`Isolation::standby_ids`].
+    fn kept_ids(&self) -> Vec<u64>;
+
     /// Bounds how many environments are made ahead of jobs (`concurrent`/`limit`: more could
     /// never be in use at once). Backends without a warm pool ignore it.
     fn set_job_cap(&self, cap: usize);

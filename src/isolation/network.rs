@@ -20,6 +20,12 @@ pub struct CarvedNetwork {
     pub name: String,
     /// Its /28.
     pub subnet: Ipv4Net,
+    /// The job or slot id its labels (and its firewall chain) carry: the id of whoever made it,
+    /// which a network kept for reuse keeps under later slots.
+    pub label_id: u64,
+    /// Unix time of its deadline label (the job's or slot's that made it): a network kept for
+    /// reuse serves only slots whose whole life ends before it (`pool.rs`, "Kept networks").
+    pub deadline: u64,
 }
 
 impl CarvedNetwork {
@@ -85,6 +91,8 @@ pub async fn carve_network(
         let carved = CarvedNetwork {
             name: name.clone(),
             subnet,
+            label_id: naming.job_id,
+            deadline: naming.deadline,
         };
         let spec = NetworkSpec {
             name: name.clone(),
@@ -142,6 +150,8 @@ mod tests {
         let c = CarvedNetwork {
             name: "n".into(),
             subnet: "10.213.0.16/28".parse().unwrap(),
+            label_id: 1,
+            deadline: 0,
         };
         assert_eq!(c.gateway(), Ipv4Addr::new(10, 213, 0, 17));
         assert_eq!(c.sidecar_ip(), Ipv4Addr::new(10, 213, 0, 18));

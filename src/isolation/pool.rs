@@ -39,6 +39,21 @@
 //!   keys' wants, bounded by `concurrent`/`limit` and memory) caps the sum, and a key's new slot
 //!   takes the room of another key's oldest idle slot, never of its own.
 //!
+//! **Kept networks.** A job network and its firewall chain are the costliest objects of a slot
+//! to make and to remove (the engine runs some 18 `iptables` processes either way, 0.15–0.25 s,
+//! serialized with every other network change on the host). So when a job that ran on a slot
+//! ends, its teardown removes every container first, and when the network then has no
+//! endpoint left, it is handed back here ([`Pool::keep_network`]) instead of being removed, with
+//! its chain still installed; the next slot built is connected to it ([`Pool::take_network`]).
+//! What a network carries from one job to the next is only what the runner made: its /28, its
+//! bridge and the chain, whose rules come from runner config alone (`egress.rs`). No container,
+//! endpoint, alias or DNS name of the earlier job is left on it. The pool keeps at most as many
+//! as its size (at least one), each for at most `max_idle`, and only while the network's
+//! deadline label outlasts a whole new slot's life (a slot's deadline has the PKI margin, 30
+//! min, beyond that life: a network serves later slots for 30 minutes after it was made);
+//! shutdown removes them. A kept network keeps the labels and chain name of the slot that made
+//! it; [`Pool::kept_ids`] names it while no job holds it (the bench's leftover count).
+//!
 //! Slot objects are labelled like a job's, with a *slot id* in place of the job id: ids from
 //! [`SLOT_ID_BASE`] up, far above any GitLab job id, so the label sweep, the crash journal,
 //! `runner cleanup` and the reaper handle them with no special case.
@@ -91,6 +106,49 @@ pub(super) struct WarmKey {
     pub protected: bool,
 }
 
+/// A job network with its firewall chain, emptied by a teardown and kept for the next slot
+/// (see "Kept networks" above).
+pub(super) struct SpareNetwork {
+    pub network: super::network::CarvedNetwork,
+    pub egress: super::egress::JobEgress,
+    docker: Docker,
+    kept: Instant,
+}
+
+impl SpareNetwork {
+    /// `network`, with no endpoint left, and its installed chain.
+    pub(super) fn new(
+        network: super::network::CarvedNetwork,
+        egress: super::egress::JobEgress,
+        docker: Docker,
+    ) -> Self {
+        SpareNetwork {
+            network,
+            egress,
+            docker,
+            kept: Instant::now(),
+        }
+    }
+
+    /// Removes the chain, then the network (a chain whose bridge is gone would match a reused
+    /// interface name).
+    async fn remove(self) -> TeardownReport {
+        let mut r = TeardownReport::default();
+        match self.egress.remove().await {
+            Ok(()) => r
+                .removed
+                .push(format!("firewall chain {}", self.egress.chain())),
+            Err(e) => r.failures.push(e.to_string()),
+        }
+        match self.docker.remove_network(&self.network.name).await {
+            Ok(true) => r.removed.push(format!("network {}", self.network.name)),
+            Ok(false) => {}
+            Err(e) => r.failures.push(e.to_string()),
+        }
+        r
+    }
+}
+
 /// A pre-started sidecar, ready, waiting for a job.
 pub(super) struct Slot {
     pub state: JobState,
@@ -135,6 +193,10 @@ struct PoolState {
     /// When the build of each idle or building slot began (tokio's clock): a keyed slot holds
     /// its root as it was then, so the newest is the warmest.
     began: HashMap<u64, tokio::time::Instant>,
+    /// Emptied job networks waiting for the next slot (newest last).
+    spares: Vec<SpareNetwork>,
+    /// Slots being built on a kept network: the id that network's labels carry.
+    lent: HashMap<u64, u64>,
 }
 
 /// Keyed pools: one project key's recent jobs.
@@ -741,13 +803,16 @@ impl Pool {
             let built = tokio::select! {
                 _ = pool.closed.cancelled() => Err(Error::Canceled),
                 _ = tokio::time::sleep(backoff) => {
-                    let plan = SlotPlan { runner_id: &runner_id, id, key, helper_image: &helper_image };
+                    let network = pool.take_network(id);
+                    let plan = SlotPlan { runner_id: &runner_id, id, key, helper_image: &helper_image, network };
                     let started = Instant::now();
                     let r = builder.build_slot(plan, pool.max_idle, &pool.closed).await;
-                    if r.is_ok() {
+                    r.map(|mut slot| {
                         pool.learn_build_time(started.elapsed());
-                    }
-                    r
+                        // Its job's teardown hands the emptied network back here.
+                        slot.state.network_home = Some(Arc::downgrade(&pool));
+                        slot
+                    })
                 }
             };
             pool.finished(id, built);
@@ -769,6 +834,8 @@ impl Pool {
         let _wake = WakeOnDrop(&self.built);
         let mut st = self.lock();
         st.building.remove(&id);
+        // Built, its network is found through the idle slot; failed, it was removed.
+        st.lent.remove(&id);
         if built.is_err() {
             st.began.remove(&id);
         }
@@ -815,8 +882,19 @@ impl Pool {
         }
     }
 
-    /// Tears down idle slots past their idle life.
+    /// Tears down idle slots past their idle life, and kept networks past theirs.
     fn expire(&self) {
+        let stale: Vec<SpareNetwork> = {
+            let mut st = self.lock();
+            let (keep, stale) = std::mem::take(&mut st.spares)
+                .into_iter()
+                .partition(|n| n.kept.elapsed() < self.max_idle && self.outlasts_a_slot(n));
+            st.spares = keep;
+            stale
+        };
+        for n in stale {
+            self.discard_network(n);
+        }
         let old: Vec<Slot> = {
             let mut st = self.lock();
             let (keep, old): (VecDeque<Slot>, VecDeque<Slot>) = std::mem::take(&mut st.idle)
@@ -846,6 +924,53 @@ impl Pool {
         });
     }
 
+    /// Keeps `spare`, a job network its teardown emptied, for the next slot; gives it back
+    /// when the pool does not want it (stopping, as many kept as its size, or a deadline label
+    /// that would not outlast a new slot's life): the caller removes it then.
+    pub(super) fn keep_network(&self, spare: Box<SpareNetwork>) -> Result<(), Box<SpareNetwork>> {
+        let mut st = self.lock();
+        // Checked under the lock `shutdown` drains under after closing: none is kept late.
+        let room = self.target_locked(&mut st).max(1);
+        if self.closed.is_cancelled() || st.spares.len() >= room || !self.outlasts_a_slot(&spare) {
+            return Err(spare);
+        }
+        tracing::debug!(network = %spare.network.name, "job network kept for the next pre-started sidecar");
+        st.spares.push(*spare);
+        Ok(())
+    }
+
+    /// A kept network for slot `id`, being built now, the most recently kept first.
+    fn take_network(&self, id: u64) -> Option<SpareNetwork> {
+        let mut st = self.lock();
+        while let Some(n) = st.spares.pop() {
+            if self.outlasts_a_slot(&n) {
+                st.lent.insert(id, n.network.label_id);
+                return Some(n);
+            }
+            self.discard_network(n);
+        }
+        None
+    }
+
+    /// Whether `n`'s deadline label is later than the end of a slot built now (its idle life
+    /// and its job's budget): sweeps that go by the deadline must never find it stale in use.
+    fn outlasts_a_slot(&self, n: &SpareNetwork) -> bool {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        outlasts_a_slot(n.network.deadline, now, self.max_idle)
+    }
+
+    /// Removes a kept network in the background.
+    fn discard_network(&self, n: SpareNetwork) {
+        tracing::debug!(network = %n.network.name, "removing a kept job network");
+        self.tasks.spawn(async move {
+            for f in n.remove().await.failures {
+                tracing::warn!(failure = %f, "kept job network removal left something");
+            }
+        });
+    }
+
     /// Ids of idle and building slots.
     pub(super) fn standby_ids(&self) -> Vec<u64> {
         let st = self.lock();
@@ -855,12 +980,38 @@ impl Pool {
         ids
     }
 
+    /// Ids labelling kept networks: waiting, or under a slot no job has taken yet (a kept
+    /// network keeps the id of the slot that made it, under every later slot).
+    pub(super) fn kept_ids(&self) -> Vec<u64> {
+        let st = self.lock();
+        let mut ids: Vec<u64> = st.spares.iter().map(|n| n.network.label_id).collect();
+        ids.extend(st.lent.values().copied());
+        ids.extend(
+            st.idle
+                .iter()
+                .filter_map(|s| s.state.network.as_ref().map(|n| n.label_id))
+                .filter(|&id| !st.idle.iter().any(|s| s.id() == id)),
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Stops building, tears down every idle slot and waits for all background work.
     pub(super) async fn shutdown(&self) -> TeardownReport {
         self.closed.cancel();
         self.built.notify_waiters();
-        let idle: Vec<Slot> = std::mem::take(&mut self.lock().idle).into_iter().collect();
-        let reports = futures::future::join_all(idle.into_iter().map(teardown_slot)).await;
+        let (idle, spares): (Vec<Slot>, Vec<SpareNetwork>) = {
+            let mut st = self.lock();
+            (
+                std::mem::take(&mut st.idle).into_iter().collect(),
+                std::mem::take(&mut st.spares),
+            )
+        };
+        // Closed: a slot's teardown removes its network instead of handing it back.
+        let mut reports = futures::future::join_all(idle.into_iter().map(teardown_slot)).await;
+        reports
+            .extend(futures::future::join_all(spares.into_iter().map(SpareNetwork::remove)).await);
         self.tasks.close();
         self.tasks.wait().await;
         let mut report = TeardownReport::default();
@@ -897,6 +1048,16 @@ fn oldest_beyond(mut slots: Vec<(Option<tokio::time::Instant>, u64)>, keep: usiz
     slots.sort();
     let n = slots.len() - keep;
     slots.into_iter().take(n).map(|(_, id)| id).collect()
+}
+
+/// Whether a deadline label (unix seconds) is no earlier than the end of a slot built at `now`
+/// (since the epoch) that may idle `max_idle` and then serve a job for [`SLOT_JOB_BUDGET`].
+fn outlasts_a_slot(deadline: u64, now: Duration, max_idle: Duration) -> bool {
+    let end = now
+        .saturating_add(max_idle)
+        .saturating_add(SLOT_JOB_BUDGET)
+        .as_secs();
+    deadline >= end
 }
 
 /// `MemAvailable` of `/proc/meminfo`, bytes (also read by `runner doctor`'s pool fact).
@@ -951,6 +1112,8 @@ pub(super) struct SlotPlan<'a> {
     pub key: Option<WarmKey>,
     /// For the warm root's size check (`du` in a helper container).
     pub helper_image: &'a str,
+    /// A kept job network to connect the slot to instead of making one.
+    pub network: Option<SpareNetwork>,
 }
 
 /// The seam between the pool (when and how many slots) and the backend that knows how to
@@ -1366,6 +1529,33 @@ mod tests {
         assert_eq!(rec.asked(), vec![Some(K)]);
         assert_eq!(pool.lock().failures, 0);
         pool.shutdown().await;
+    }
+
+    /// A network made by a slot (deadline: its idle life + the job budget + the PKI margin)
+    /// serves later slots for the margin, never past it.
+    #[test]
+    fn a_kept_network_serves_only_slots_its_deadline_outlasts() {
+        let idle = Duration::from_secs(600);
+        let made = Duration::from_secs(1_000_000);
+        let naming_deadline = made
+            .saturating_add(idle)
+            .saturating_add(SLOT_JOB_BUDGET)
+            .saturating_add(crate::pki::VALIDITY_MARGIN)
+            .as_secs();
+        assert!(outlasts_a_slot(naming_deadline, made, idle));
+        let margin_end = made.saturating_add(crate::pki::VALIDITY_MARGIN);
+        assert!(outlasts_a_slot(naming_deadline, margin_end, idle));
+        assert!(!outlasts_a_slot(
+            naming_deadline,
+            margin_end + Duration::from_secs(1),
+            idle
+        ));
+        // A job's own network (deadline: its timeout + the margin) never serves a slot.
+        let job_deadline = made
+            .saturating_add(Duration::from_secs(3600))
+            .saturating_add(crate::pki::VALIDITY_MARGIN)
+            .as_secs();
+        assert!(!outlasts_a_slot(job_deadline, made, idle));
     }
 
     #[test]

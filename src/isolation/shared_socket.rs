@@ -61,6 +61,10 @@ impl Isolation for SharedSocketBackend {
         Vec::new()
     }
 
+    fn kept_ids(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
     fn set_job_cap(&self, _cap: usize) {}
 
     fn pool_target(&self) -> Option<usize> {

@@ -239,15 +239,28 @@ impl Core {
                 }))
             }
         };
+        // A kept network (a slot's, `pool.rs`) comes with its chain installed.
+        let kept = match (&state.network, &state.egress) {
+            (Some(n), Some(_)) => Some(n.clone()),
+            _ => None,
+        };
         // The network, the directories and the data volume do not depend on each other.
         let (net, dirs, vol) = tokio::join!(
-            carve_network(
-                docker,
-                &state.inflight,
-                &state.naming,
-                iso.address_pool,
-                mtu
-            ),
+            async {
+                match &kept {
+                    Some(n) => Ok(n.clone()),
+                    None => {
+                        carve_network(
+                            docker,
+                            &state.inflight,
+                            &state.naming,
+                            iso.address_pool,
+                            mtu,
+                        )
+                        .await
+                    }
+                }
+            },
             make_dirs,
             async {
                 if plan.create_volume {
@@ -286,10 +299,15 @@ impl Core {
         timings.push("network", t);
         let sidecar_ip = net.sidecar_ip();
         // Host-side rules on the bridge before anything runs on it (see `egress.rs`).
-        let handle =
-            super::egress::handle_for(&self.runner, &state.naming.runner_id, state.naming.job_id)?;
-        state.egress = Some(handle.clone());
-        super::egress::install(&handle, docker, &self.runner, &state.naming, &net).await?;
+        if kept.is_none() {
+            let handle = super::egress::handle_for(
+                &self.runner,
+                &state.naming.runner_id,
+                state.naming.job_id,
+            )?;
+            state.egress = Some(handle.clone());
+            super::egress::install(&handle, docker, &self.runner, &state.naming, &net).await?;
+        }
 
         let t_certs = Instant::now();
         let job = JobId::new(state.naming.job_id);
@@ -478,6 +496,11 @@ impl SlotBuilder for Core {
         let host_map = HostPathMap::new(core.runner.docker.isolation.host_path_map.clone());
         let mut state = JobState::new(core.docker.clone(), naming, host_map);
         state.resolve = super::resolve::Resolve::from_docker(&core.runner.docker);
+        // Recorded first: a build that fails anywhere removes it with the rest.
+        if let Some(kept) = plan.network {
+            state.network = Some(kept.network);
+            state.egress = Some(kept.egress);
+        }
         let mut lease = None;
         let mut timings = Timings::default();
         let started = Instant::now();

@@ -212,6 +212,9 @@ pub struct JobState {
     pub seq: AtomicU32,
     /// The job bridge's firewall policy (dind), removed after the containers, before the network.
     pub egress: Option<super::egress::JobEgress>,
+    /// The warm pool that keeps this state's network once emptied, instead of its removal
+    /// (a pre-started sidecar's; `pool.rs`, "Kept networks").
+    pub network_home: Option<std::sync::Weak<super::pool::Pool>>,
     /// The host uids of a rootless sidecar; given back when this state is dropped, after
     /// teardown removed the sidecar.
     pub uid_block: Option<super::rootless::UidBlock>,
@@ -264,6 +267,7 @@ impl JobState {
             script: None,
             seq: AtomicU32::new(0),
             egress: None,
+            network_home: None,
             uid_block: None,
             root: None,
             inflight: TaskTracker::new(),
@@ -616,6 +620,36 @@ impl JobState {
         self.teardown_inner(stop, true).await
     }
 
+    /// Hands the job network, emptied, and its installed chain to `pool` for its next slot
+    /// (`pool.rs`, "Kept networks"); returns its name. Gives both back, for removal, when an
+    /// endpoint is still attached, the engine cannot say, or the pool does not want them.
+    async fn keep_network(
+        &self,
+        pool: &super::pool::Pool,
+        network: CarvedNetwork,
+        egress: super::egress::JobEgress,
+    ) -> Result<String, (CarvedNetwork, super::egress::JobEgress)> {
+        match self.docker.network_endpoints(&network.name).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(network = %network.name, endpoints = n, "job network still in use; removed, not kept");
+                return Err((network, egress));
+            }
+            Err(e) => {
+                tracing::debug!(network = %network.name, error = %e, "job network not inspected; removed, not kept");
+                return Err((network, egress));
+            }
+        }
+        let name = network.name.clone();
+        pool.keep_network(Box::new(super::pool::SpareNetwork::new(
+            network,
+            egress,
+            self.docker.clone(),
+        )))
+        .map(|()| name)
+        .map_err(|s| (s.network, s.egress))
+    }
+
     /// The teardown: `before_sidecar` (a graceful stop, or nothing) runs beside the removal of
     /// the job's other containers (with `after_detach`, once the sidecar's detach below is
     /// done), and the sidecar is removed after it. The sidecar is
@@ -657,6 +691,7 @@ impl JobState {
         let paths = self.paths.take();
         let extra_dirs = std::mem::take(&mut self.extra_dirs);
         let clone_link = self.clone_link.take();
+        let home = self.network_home.take().and_then(|w| w.upgrade());
         let this = &self;
         let filters = &filters;
         let volumes = async move {
@@ -705,6 +740,18 @@ impl JobState {
         };
         let network = async move {
             let mut r = TeardownReport::default();
+            // Kept for the pool's next slot, chain and all, when nothing is attached any more.
+            let mut kept = None;
+            let (network, egress) = match (home, network, egress) {
+                (Some(pool), Some(n), Some(e)) => match this.keep_network(&pool, n, e).await {
+                    Ok(name) => {
+                        kept = Some(name);
+                        (None, None)
+                    }
+                    Err((n, e)) => (Some(n), Some(e)),
+                },
+                (_, n, e) => (n, e),
+            };
             if let Some(e) = egress {
                 match e.remove().await {
                     Ok(()) => r.removed.push(format!("firewall chain {}", e.chain())),
@@ -718,6 +765,8 @@ impl JobState {
             }
             networks.sort();
             networks.dedup();
+            // The label sweep finds a kept network its own slot made (it carries those labels).
+            networks.retain(|n| Some(n) != kept.as_ref());
             for n in networks {
                 match this.docker.remove_network(&n).await {
                     Ok(true) => r.removed.push(format!("network {n}")),

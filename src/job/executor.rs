@@ -282,6 +282,10 @@ impl Isolation for Observed {
         self.inner.standby_ids()
     }
 
+    fn kept_ids(&self) -> Vec<u64> {
+        self.inner.kept_ids()
+    }
+
     fn set_job_cap(&self, cap: usize) {
         self.inner.set_job_cap(cap)
     }

@@ -507,6 +507,9 @@ mod tests {
         fn standby_ids(&self) -> Vec<u64> {
             Vec::new()
         }
+        fn kept_ids(&self) -> Vec<u64> {
+            Vec::new()
+        }
         fn set_job_cap(&self, _cap: usize) {}
         fn pool_target(&self) -> Option<usize> {
             None

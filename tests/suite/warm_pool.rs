@@ -806,3 +806,123 @@ async fn a_projects_next_job_finds_a_ready_sidecar_on_a_warm_root_during_the_las
     assert_eq!(r.removed.len(), 2, "two roots: {:?}", r.removed);
     scope.assert_clean().await;
 }
+
+/// The network a pooled job ran on, emptied by its teardown, serves a later slot with its
+/// firewall chain still installed (`pool.rs`, "Kept networks"): nothing of the job that used
+/// it before is on it (no container, no service alias), the chain still drops the new job's
+/// traffic to the host, and shutdown removes network and chain.
+#[tokio::test]
+async fn an_emptied_job_network_serves_a_later_slot_without_its_last_job() {
+    use isolated_runner::isolation::{ContainerImage, ServiceSpec};
+    use support::security::{chain_of, chain_rules, dropped_packets, sh};
+    let scope = Scope::new().await;
+    let backend = pooled(&scope);
+    backend.warm_up(&scope.runner_id).await;
+
+    // Job A takes the first slot, with a service under an alias.
+    let mut spec_a = spec_for(&scope, 611, Duration::from_secs(3600));
+    spec_a.services = vec![ServiceSpec {
+        image: ContainerImage {
+            name: BUSYBOX_IMAGE.into(),
+            entrypoint: None,
+        },
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "mkdir -p /www && echo from-a > /www/index.html && httpd -f -p 80 -h /www".into(),
+        ],
+        aliases: vec!["leftover".into()],
+        env: vec![],
+    }];
+    let (a, said) = prepare(&backend, &spec_a).await;
+    assert!(said.contains("pre-started"), "{said}");
+    let net = a.resources().network.expect("a job network");
+    let a_slot = slot_of(a.as_ref());
+    let text = expect_ok(
+        a.as_ref(),
+        "for i in $(seq 1 100); do curl -fsS http://leftover/ && break; sleep 0.1; done",
+    )
+    .await;
+    assert!(text.contains("from-a"), "{text}");
+    // A's first step ran: the replacement is built on a network of its own (none kept yet).
+    let replacement = loop {
+        if let Some(&id) = backend.standby_ids().first() {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    sidecar_of(&scope, replacement).await;
+    teardown(a).await;
+
+    // Kept: no endpoint, its chain in place, named among the backend's kept ids.
+    let inspect = |what: &str| {
+        let (ok, out, err) = sh("docker", &["network", "inspect", "-f", what, &net]);
+        assert!(ok, "the emptied network was removed, not kept: {err}");
+        out.trim().to_string()
+    };
+    assert_eq!(inspect("{{len .Containers}}"), "0");
+    let chain = chain_of(&scope, a_slot);
+    assert!(
+        chain_rules("iptables", &chain).is_some(),
+        "the kept network lost its chain {chain}"
+    );
+    assert_eq!(backend.kept_ids(), vec![a_slot]);
+
+    // B takes the replacement; its first step starts the next slot, on A's network.
+    let (b, said) = prepare(&backend, &spec_for(&scope, 612, Duration::from_secs(3600))).await;
+    assert!(said.contains("pre-started"), "{said}");
+    assert_ne!(b.resources().network.as_deref(), Some(net.as_str()));
+    expect_ok(b.as_ref(), "true").await;
+    let (c, said) = prepare(&backend, &spec_for(&scope, 613, Duration::from_secs(3600))).await;
+    assert!(said.contains("pre-started"), "{said}");
+    assert_eq!(
+        c.resources().network.as_deref(),
+        Some(net.as_str()),
+        "the kept network serves the next slot"
+    );
+    let c_slot = slot_of(c.as_ref());
+    assert!(
+        !backend.kept_ids().contains(&a_slot),
+        "a network a job uses is not kept"
+    );
+
+    // Nothing of A: its alias resolves to nothing; only C's objects are attached. The chain
+    // still guards the bridge: C's packets to the host (the gateway) are dropped and counted.
+    let gateway = inspect("{{range .IPAM.Config}}{{.Gateway}}{{end}}");
+    let dropped = dropped_packets(&chain);
+    let text = expect_ok(
+        c.as_ref(),
+        &format!(
+            "docker info >/dev/null && echo daemon-ok\n\
+             if getent hosts leftover; then echo leftover-found; else echo no-leftover; fi\n\
+             if curl -fsS -m 2 http://{gateway}:9/; then echo host-reached; else echo host-refused; fi"
+        ),
+    )
+    .await;
+    assert!(text.contains("daemon-ok"), "{text}");
+    assert!(text.contains("no-leftover"), "{text}");
+    assert!(text.contains("host-refused"), "{text}");
+    assert!(
+        dropped_packets(&chain) > dropped,
+        "the kept chain did not see C's packets to the host"
+    );
+    let attached = inspect("{{range .Containers}}{{.Name}} {{end}}");
+    assert!(
+        attached
+            .split_whitespace()
+            .all(|n| n.contains(&format!("-{c_slot}-"))),
+        "objects of another job on C's network: {attached}"
+    );
+
+    for env in [b, c] {
+        teardown(env).await;
+    }
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(backend.standby_ids().is_empty() && backend.kept_ids().is_empty());
+    assert!(
+        chain_rules("iptables", &chain).is_none(),
+        "shutdown left the kept network's chain {chain}"
+    );
+    scope.assert_clean().await;
+}

@@ -152,6 +152,10 @@ impl Isolation for LocalIsolation {
         Vec::new()
     }
 
+    fn kept_ids(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
     fn set_job_cap(&self, _cap: usize) {}
 
     fn pool_target(&self) -> Option<usize> {
