@@ -7,13 +7,13 @@ use crate::support;
 
 use isolated_runner::config::{IsolationMode, RunnerConfig, SidecarProfile};
 use isolated_runner::isolation::{
-    self, ContainerImage, EnvironmentSpec, Error, Isolation, JobEnvironment, OutputSink, Role,
-    ScriptRequest, ServiceSpec, TeardownReport,
+    self, EnvironmentSpec, Error, Isolation, JobEnvironment, OutputSink, Role, ScriptRequest,
+    TeardownReport,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::docker::{
-    BUSYBOX_IMAGE, COMPOSE_PROJECT_SCRIPT, Collect, JOB_IMAGE, Scope, assert_compose_project_ran,
+    COMPOSE_PROJECT_SCRIPT, Collect, JOB_IMAGE, Scope, assert_compose_project_ran,
     write_compose_project,
 };
 // The build-script runner shared by docker_backend and rootless (support/docker.rs).
@@ -399,19 +399,10 @@ async fn services_run_on_the_job_network_with_aliases() {
     let scope = Scope::new().await;
     let backend = dind(&scope, |c| c.docker.isolation.preload_images.clear());
     let mut s = scope.spec(304);
-    s.services = vec![ServiceSpec {
-        image: ContainerImage {
-            name: BUSYBOX_IMAGE.into(),
-            entrypoint: None,
-        },
-        command: vec![
-            "sh".into(),
-            "-c".into(),
-            "mkdir -p /www && echo svc-ok > /www/index.html && httpd -f -p 80 -h /www".into(),
-        ],
-        aliases: vec!["web".into()],
-        env: vec![],
-    }];
+    s.services = vec![support::docker::httpd_service(
+        "web",
+        "echo svc-ok > /www/index.html",
+    )];
     let (env, _) = prepare(&backend, &s).await;
     let text = expect_ok(
         env.as_ref(),

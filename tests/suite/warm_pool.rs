@@ -813,7 +813,6 @@ async fn a_projects_next_job_finds_a_ready_sidecar_on_a_warm_root_during_the_las
 /// traffic to the host, and shutdown removes network and chain.
 #[tokio::test]
 async fn an_emptied_job_network_serves_a_later_slot_without_its_last_job() {
-    use isolated_runner::isolation::{ContainerImage, ServiceSpec};
     use support::security::{chain_of, chain_rules, dropped_packets, sh};
     let scope = Scope::new().await;
     let backend = pooled(&scope);
@@ -821,19 +820,10 @@ async fn an_emptied_job_network_serves_a_later_slot_without_its_last_job() {
 
     // Job A takes the first slot, with a service under an alias.
     let mut spec_a = spec_for(&scope, 611, Duration::from_secs(3600));
-    spec_a.services = vec![ServiceSpec {
-        image: ContainerImage {
-            name: BUSYBOX_IMAGE.into(),
-            entrypoint: None,
-        },
-        command: vec![
-            "sh".into(),
-            "-c".into(),
-            "mkdir -p /www && echo from-a > /www/index.html && httpd -f -p 80 -h /www".into(),
-        ],
-        aliases: vec!["leftover".into()],
-        env: vec![],
-    }];
+    spec_a.services = vec![support::docker::httpd_service(
+        "leftover",
+        "echo from-a > /www/index.html",
+    )];
     let (a, said) = prepare(&backend, &spec_a).await;
     assert!(said.contains("pre-started"), "{said}");
     let net = a.resources().network.expect("a job network");

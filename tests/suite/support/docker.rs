@@ -19,6 +19,24 @@ pub const JOB_IMAGE: &str = "isolated-runner/job:test";
 /// Tiny image for inner daemons.
 pub const BUSYBOX_IMAGE: &str = "isolated-runner/busybox:test";
 
+/// A busybox service under `alias`, serving a directory that `setup` (shell) fills, over
+/// HTTP on port 80.
+pub fn httpd_service(alias: &str, setup: &str) -> isolated_runner::isolation::ServiceSpec {
+    isolated_runner::isolation::ServiceSpec {
+        image: isolated_runner::isolation::ContainerImage {
+            name: BUSYBOX_IMAGE.into(),
+            entrypoint: None,
+        },
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("mkdir -p /www && {setup} && httpd -f -p 80 -h /www"),
+        ],
+        aliases: vec![alias.into()],
+        env: vec![],
+    }
+}
+
 /// One test's world: its runner id carries a fresh uuid, so every object the backends create
 /// is labelled with it (`io.isolated-runner.runner=t-<uuid>`), and its directories are private.
 pub struct Scope {
