@@ -857,6 +857,35 @@ async fn an_emptied_job_network_serves_a_later_slot_without_its_last_job() {
         "the kept network lost its chain {chain}"
     );
     assert_eq!(backend.kept_ids(), vec![a_slot]);
+    // The nightly `runner cleanup` of this host (firewall access, this runner id as its own)
+    // takes neither for a leftover: the network's owner, this process, is alive.
+    let plan = isolated_runner::cleanup::plan(
+        Some(&scope.docker),
+        &isolated_runner::cleanup::Request {
+            builds_dirs: vec![scope.builds_dir()],
+            state_dir: scope.state_dir(),
+            caches: Vec::new(),
+            older_than: Duration::ZERO,
+            dry_run: true,
+            netpolicy: Some(isolated_runner::netpolicy::NetPolicy::new(
+                isolated_runner::netpolicy::Options::new(
+                    &scope.runner_id,
+                    "10.213.0.0/16".parse().expect("pool"),
+                ),
+            )),
+            own_runner_ids: vec![scope.runner_id.clone()],
+            cache_pruner: None,
+            label_filter: None,
+        },
+    )
+    .await;
+    let doomed: Vec<&str> = plan.items.iter().map(|i| i.name.as_str()).collect();
+    assert!(
+        !doomed
+            .iter()
+            .any(|n| n.contains(&net) || n.contains(&chain)),
+        "cleanup would remove a kept network or its chain: {doomed:?}"
+    );
 
     // B takes the replacement; its first step starts the next slot, on A's network.
     let (b, said) = prepare(&backend, &spec_for(&scope, 612, Duration::from_secs(3600))).await;
