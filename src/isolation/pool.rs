@@ -986,12 +986,11 @@ impl Pool {
         let st = self.lock();
         let mut ids: Vec<u64> = st.spares.iter().map(|n| n.network.label_id).collect();
         ids.extend(st.lent.values().copied());
-        ids.extend(
-            st.idle
-                .iter()
-                .filter_map(|s| s.state.network.as_ref().map(|n| n.label_id))
-                .filter(|&id| !st.idle.iter().any(|s| s.id() == id)),
-        );
+        // An idle slot's network made by another slot (its own is named by `standby_ids`).
+        ids.extend(st.idle.iter().filter_map(|s| {
+            let made_by = s.state.network.as_ref()?.label_id;
+            (made_by != s.id()).then_some(made_by)
+        }));
         ids.sort_unstable();
         ids.dedup();
         ids

@@ -55,6 +55,31 @@ fn slot_of(env: &dyn isolation::JobEnvironment) -> u64 {
         .expect("a job label")
 }
 
+/// What `runner cleanup` (dry run, every unowned dir taken for stale, this scope's runner id as
+/// its own) would remove now, by name.
+async fn cleanup_would_remove(
+    scope: &Scope,
+    netpolicy: Option<isolated_runner::netpolicy::NetPolicy>,
+    label_filter: Option<String>,
+) -> Vec<String> {
+    let plan = isolated_runner::cleanup::plan(
+        Some(&scope.docker),
+        &isolated_runner::cleanup::Request {
+            builds_dirs: vec![scope.builds_dir()],
+            state_dir: scope.state_dir(),
+            caches: Vec::new(),
+            older_than: Duration::ZERO,
+            dry_run: true,
+            netpolicy,
+            own_runner_ids: vec![scope.runner_id.clone()],
+            cache_pruner: None,
+            label_filter,
+        },
+    )
+    .await;
+    plan.items.into_iter().map(|i| i.name).collect()
+}
+
 /// `HostConfig.CpuShares` of a container, as the engine reports it.
 fn cpu_shares(id: &str) -> String {
     let out = std::process::Command::new("docker")
@@ -176,22 +201,12 @@ echo "A sees: $({list})"
     sidecar_of(&scope, replacement[0]).await;
     // `runner cleanup` (even told that every unowned dir is stale) keeps a live pooled job's
     // links and its slot: the links count as the slot's, whose runner is alive.
-    let plan = isolated_runner::cleanup::plan(
-        Some(&scope.docker),
-        &isolated_runner::cleanup::Request {
-            builds_dirs: vec![scope.builds_dir()],
-            state_dir: scope.state_dir(),
-            caches: Vec::new(),
-            older_than: Duration::ZERO,
-            dry_run: true,
-            netpolicy: None,
-            own_runner_ids: vec![scope.runner_id.clone()],
-            cache_pruner: None,
-            label_filter: Some(format!("io.isolated-runner.runner={}", scope.runner_id)),
-        },
+    let doomed = cleanup_would_remove(
+        &scope,
+        None,
+        Some(format!("io.isolated-runner.runner={}", scope.runner_id)),
     )
     .await;
-    let doomed: Vec<&str> = plan.items.iter().map(|i| i.name.as_str()).collect();
     assert!(
         !doomed.iter().any(|n| n.contains("gitlab-job-")),
         "cleanup would remove a live pooled job's files: {doomed:?}"
@@ -859,27 +874,12 @@ async fn an_emptied_job_network_serves_a_later_slot_without_its_last_job() {
     assert_eq!(backend.kept_ids(), vec![a_slot]);
     // The nightly `runner cleanup` of this host (firewall access, this runner id as its own)
     // takes neither for a leftover: the network's owner, this process, is alive.
-    let plan = isolated_runner::cleanup::plan(
-        Some(&scope.docker),
-        &isolated_runner::cleanup::Request {
-            builds_dirs: vec![scope.builds_dir()],
-            state_dir: scope.state_dir(),
-            caches: Vec::new(),
-            older_than: Duration::ZERO,
-            dry_run: true,
-            netpolicy: Some(isolated_runner::netpolicy::NetPolicy::new(
-                isolated_runner::netpolicy::Options::new(
-                    &scope.runner_id,
-                    "10.213.0.0/16".parse().expect("pool"),
-                ),
-            )),
-            own_runner_ids: vec![scope.runner_id.clone()],
-            cache_pruner: None,
-            label_filter: None,
-        },
-    )
-    .await;
-    let doomed: Vec<&str> = plan.items.iter().map(|i| i.name.as_str()).collect();
+    let policy =
+        isolated_runner::netpolicy::NetPolicy::new(isolated_runner::netpolicy::Options::new(
+            &scope.runner_id,
+            "10.213.0.0/16".parse().expect("pool"),
+        ));
+    let doomed = cleanup_would_remove(&scope, Some(policy), None).await;
     assert!(
         !doomed
             .iter()
