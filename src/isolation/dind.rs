@@ -479,13 +479,16 @@ impl Core {
         }
         // Recorded before they exist: teardown removes the links (never what they point to).
         env.state.paths = Some(links.clone());
-        env.paths = links;
+        env.paths = links.clone();
 
-        // The job's images and the links on the host, side by side, before the job goes on;
-        // the sidecar's CPU weight and the links inside it are for the job's own daemon, so
-        // only build scripts wait for them (`JobState::build_gate`): they are done while the
-        // helper clones and the first build container is created. The engine serializes the
-        // two requests on the sidecar (~0.03 + 0.05 s here).
+        // The job's images and the links on the host, side by side, before the job goes on.
+        // The links inside the sidecar are for the job's own daemon, so only build scripts
+        // wait for them (`JobState::build_gate`): they are made while the helper clones and
+        // the first build container is created. The sidecar's CPU weight comes after them and
+        // nothing waits for it: the engine serializes requests on one container (the two took
+        // ~0.07 s together here, and build scripts waited for both: 0.04 s between a build
+        // container's create and its start), and a daemon at the slot's low weight for a few
+        // more milliseconds only matters on a host already busy.
         let checks = async {
             let t = Instant::now();
             let images = job_images(spec);
@@ -508,36 +511,64 @@ impl Core {
             .map_err(other_paths("create job directories"))?;
             Ok::<_, Error>(t.elapsed())
         };
+        let (linked, links_done) = tokio::sync::oneshot::channel::<()>();
         let claim = {
             let (docker, sidecar, dest) = (
                 self.docker.clone(),
                 sidecar.clone(),
                 builds.to_string_lossy().into_owned(),
             );
+            let direct = DirectLinks {
+                builds: builds.clone(),
+                links: links.clone(),
+                real: real.clone(),
+                clone_path: spec.clone_path.clone(),
+            };
             env.state.inflight.spawn(async move {
                 let t = Instant::now();
-                // The job's own now: the sidecar gets the default CPU weight back.
-                let weight = docker.set_cpu_shares(&sidecar, JOB_CPU_SHARES);
-                let links = async {
-                    for (context, tar) in sidecar_tars {
-                        docker
-                            .put_archive(&sidecar, &dest, tar)
-                            .await
-                            .map_err(other(context))?;
+                // Dropped on every path out: the weight below goes on after a failure too.
+                let _linked = linked;
+                let how = match direct.make(&docker, &sidecar).await {
+                    Ok(()) => "directly",
+                    Err(why) => {
+                        tracing::debug!(
+                            sidecar = %sidecar,
+                            why = %why,
+                            "linking the job's directories through the engine instead"
+                        );
+                        for (context, tar) in sidecar_tars {
+                            docker
+                                .put_archive(&sidecar, &dest, tar)
+                                .await
+                                .map_err(other(context))?;
+                        }
+                        "through the engine"
                     }
-                    Ok::<_, Error>(())
                 };
-                let (weight, links) = tokio::join!(weight, links);
-                weight.map_err(other("give the pre-started sidecar its CPU weight"))?;
-                links?;
                 tracing::debug!(
                     sidecar = %sidecar,
+                    how,
                     ms = t.elapsed().as_millis() as u64,
-                    "pre-started sidecar claimed"
+                    "pre-started sidecar linked to the job's directories"
                 );
                 Ok(())
             })
         };
+        {
+            let (docker, sidecar) = (self.docker.clone(), sidecar.clone());
+            env.state.inflight.spawn(async move {
+                let _ = links_done.await;
+                // The job's own now: the sidecar gets the default CPU weight back.
+                if let Err(e) = docker.set_cpu_shares(&sidecar, JOB_CPU_SHARES).await {
+                    tracing::warn!(
+                        sidecar = %sidecar,
+                        error = %e,
+                        "could not give the pre-started sidecar its CPU weight; the job's daemon \
+                         keeps the low weight of a waiting slot"
+                    );
+                }
+            });
+        }
         env.state.build_gate.close(claim).await;
         let (checks, host_links) = tokio::join!(checks, host_links);
         timings.push_elapsed("checks", checks?);
@@ -679,6 +710,41 @@ fn job_links_tar(
         b.append_link(&mut h, name, target)?;
     }
     Ok(b.into_inner()?)
+}
+
+/// The links a job on a pre-started sidecar needs inside it (see `Core::attach`), made by the
+/// runner in the sidecar's root file system through its first process
+/// (`sidecar_proc::link_job_dirs`); the engine's `put_archive` of the same links is the way
+/// when that cannot be (a runner that does not see the host's processes or is not root, an
+/// image with a link on the way to `builds_dir`).
+struct DirectLinks {
+    builds: PathBuf,
+    links: JobPaths,
+    real: JobPaths,
+    clone_path: Option<PathBuf>,
+}
+
+impl DirectLinks {
+    async fn make(self, docker: &Docker, sidecar: &str) -> Result<(), String> {
+        let pid = docker
+            .container_pid(sidecar)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the sidecar is not running".to_string())?;
+        let id = sidecar.to_string();
+        tokio::task::spawn_blocking(move || {
+            let root = super::sidecar_proc::SidecarProc::open(pid, &id)?.root()?;
+            super::sidecar_proc::link_job_dirs(
+                &root,
+                &self.builds,
+                &self.links,
+                &self.real,
+                self.clone_path.as_deref(),
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
 }
 
 /// A tar that makes `clone_path` (below `builds_dir`, where it is extracted) a relative

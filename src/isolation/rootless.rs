@@ -248,20 +248,11 @@ pub fn own_caps(set: &str) -> Option<u64> {
 fn remount_sysfs_rw(pid: u32, id: &str) -> Result<(), Error> {
     use nix::mount::{MsFlags, mount};
     use nix::sched::{CloneFlags, setns, unshare};
-    let ns_path = format!("/proc/{pid}/ns/mnt");
-    let ns =
-        std::fs::File::open(&ns_path).map_err(|e| sysfs_error(format!("open {ns_path}: {e}")))?;
-    // The engine's pid is a host pid: in another pid namespace (a runner in a container without
-    // the host's) it names some other process, or none. Its cgroup path names the container on
-    // every cgroup driver. Read after the namespace was opened: a pid reused in between fails
-    // the check, it cannot pass it.
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    if id.is_empty() || !cgroup.contains(id) {
-        return Err(sysfs_error(format!(
-            "process {pid} is not the sidecar's (the runner must see the host's processes: run \
-             it on the host, or with the host's pid namespace)"
-        )));
-    }
+    // Checked to be the sidecar's first process, the namespace opened through the same handle
+    // (`sidecar_proc`: a pid reused in between fails the check, it cannot pass it).
+    let ns = super::sidecar_proc::SidecarProc::open(pid, id)
+        .and_then(|p| p.mount_ns())
+        .map_err(sysfs_error)?;
     // Entering a mount namespace moves the thread's root and working directory into it. A
     // thread of its own, with its own copy of those (CLONE_FS), keeps every other thread of
     // the runner where it is; it ends right after, so nothing else ever runs in there.
