@@ -124,6 +124,16 @@ async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Archive requests on the slot's sidecar from here on (the engine's fallback for the
+    // links inside it), watched live: the engine keeps only its last events.
+    let mut archive_watch = tokio::process::Command::new("docker")
+        .args(["events", "--format", "{{.Action}}"])
+        .args(["--filter", &format!("container={slot_sidecar}")])
+        .args(["--filter", "event=extract-to-dir"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("docker events");
     let took = std::time::Instant::now();
     let (a, said) = prepare(&backend, &spec_for(&scope, 601, Duration::from_secs(3600))).await;
     assert!(said.contains("pre-started"), "{said}");
@@ -190,6 +200,18 @@ echo "A sees: $({list})"
             "A sees: gitlab-job-{slot} gitlab-job-{slot}.tmp gitlab-job-601 gitlab-job-601.tmp \n"
         )),
         "the job's daemon must see exactly its own directories under builds_dir:\n{text}"
+    );
+    // The runner made those links itself, through the sidecar's process: the engine's
+    // archive endpoint (the slower fallback) was never asked.
+    let _ = archive_watch.start_kill();
+    let archived = archive_watch
+        .wait_with_output()
+        .await
+        .expect("docker events");
+    assert_eq!(
+        String::from_utf8_lossy(&archived.stdout).trim(),
+        "",
+        "the links went through the engine's archive endpoint"
     );
     assert_eq!(
         std::fs::read_to_string(pd.join("from-inner")).unwrap(),
