@@ -1,8 +1,10 @@
 //! Host-side network rules per job bridge.
 //!
 //! Each job's bridge gets one iptables chain per family (`IR-<runner8>-<jobid>`), jumped to from
-//! the forward hook (`DOCKER-USER`, or `FORWARD` where Docker does not manage that family) and
-//! from `INPUT` with `-i <bridge>`. The chain keeps the job away from the host (H8), from other
+//! the forward hook (`DOCKER-USER`, or `FORWARD` where Docker does not manage that family), from
+//! `FORWARD` too where the hook is `DOCKER-USER` (Docker re-inserts its own jump into it on every
+//! network it creates, and that gap must not open the bridge), and from `INPUT`, all with
+//! `-i <bridge>`. The chain keeps the job away from the host (H8), from other
 //! jobs' bridges (J1) and from metadata addresses (S4), then applies the configured egress
 //! policy. Every rule carries the comment `isolated-runner runner=<id> job=<id>`, so the reaper
 //! and `runner cleanup` find rules of runners that died.

@@ -386,7 +386,20 @@ fn plan_family(input: &PlanInput<'_>, family: Family, chain: &str, comment: &str
         Family::V4 => input.forward_hook_v4,
         Family::V6 => input.forward_hook_v6,
     };
-    let jumps = [forward_hook, "INPUT"]
+    // With `DOCKER-USER` as the hook, FORWARD gets a jump of ours as well. Docker keeps its
+    // `FORWARD -j DOCKER-USER` on top by deleting and re-inserting it each time it creates a
+    // network (any network on the host, every job's start): in between, FORWARD has no way
+    // into `DOCKER-USER`, and a job's new connection met Docker's own
+    // `-i <bridge> ! -o <bridge> -j ACCEPT`, after which rule 1 kept it open. Our FORWARD
+    // jump is inserted after the job's network (and so its Docker rules) exists: it sits
+    // above them whatever Docker does to its own jumps later. Traffic passes the chain twice
+    // when both are there; only new connections do (rule 1).
+    let mut hooks = vec![forward_hook];
+    if forward_hook != "FORWARD" {
+        hooks.push("FORWARD");
+    }
+    hooks.push("INPUT");
+    let jumps = hooks
         .iter()
         .map(|hook| {
             let mut args = vec![

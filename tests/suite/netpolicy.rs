@@ -362,22 +362,36 @@ fn reinstall_never_leaves_bridge_unfiltered() {
     let after = netns::firewall_rules("iptables") + &netns::firewall_rules("ip6tables");
     drop(fx);
 
-    for (family, first, all) in [("v4", &first_v4, &all_v4), ("v6", &first_v6, &all_v6)] {
+    for (family, first, all, installed) in [
+        ("v4", &first_v4, &all_v4, &installed_v4),
+        ("v6", &first_v6, &all_v6, &installed_v6),
+    ] {
         let steps: Vec<&str> = all.lines().collect();
         let reinstall = &steps[first.lines().count()..];
         assert!(
             reinstall.iter().any(|l| l.contains(" -X ")),
             "{family}: the re-install removed no old chain: {reinstall:#?}"
         );
-        replay_keeps_bridge_filtered(family, &iface, &steps, first.lines().count());
+        let hooks: &[&str] = if installed.lines().any(|l| l == "-N DOCKER-USER") {
+            &["INPUT", "FORWARD", "DOCKER-USER"]
+        } else {
+            &["INPUT", "FORWARD"]
+        };
+        replay_keeps_bridge_filtered(family, &iface, &steps, first.lines().count(), hooks);
     }
-    // Exactly one chain and one jump per hook remain after the re-installs.
+    // Exactly one chain and one jump per hook remain after the re-installs: INPUT and FORWARD,
+    // plus DOCKER-USER in a family Docker manages.
     for (family, text) in [("v4", &installed_v4), ("v6", &installed_v6)] {
         let jumps: Vec<&str> = text
             .lines()
             .filter(|l| l.contains(&format!("-i {iface} ")) && l.contains(" -j IR-"))
             .collect();
-        assert_eq!(jumps.len(), 2, "{family}: {jumps:#?}");
+        let hooks = if text.lines().any(|l| l == "-N DOCKER-USER") {
+            3
+        } else {
+            2
+        };
+        assert_eq!(jumps.len(), hooks, "{family}: {jumps:#?}");
         let chains: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("-N IR-") && l.contains(&runner_id[..7]))
@@ -492,9 +506,15 @@ fn racing_wrapper(dir: &std::path::Path, real: &str, restore: bool) -> std::path
 }
 
 /// Replays the logged iptables calls of one family and checks, after each call from `from` on,
-/// that both hooks jump from `iface` into some chain, and that every jump added points at a
+/// that each of `hooks` jumps from `iface` into some chain, and that every jump added points at a
 /// chain whose rules were all appended before it (the plan's last rule is the verdict).
-fn replay_keeps_bridge_filtered(family: &str, iface: &str, steps: &[&str], from: usize) {
+fn replay_keeps_bridge_filtered(
+    family: &str,
+    iface: &str,
+    steps: &[&str],
+    from: usize,
+    hooks: &[&str],
+) {
     use std::collections::{BTreeMap, BTreeSet};
     let mut jumps: BTreeSet<(String, String)> = BTreeSet::new(); // (hook, chain)
     let mut filled: BTreeMap<String, usize> = BTreeMap::new();
@@ -540,14 +560,10 @@ fn replay_keeps_bridge_filtered(family: &str, iface: &str, steps: &[&str], from:
             _ => {}
         }
         if n + 1 >= from {
-            for hook in ["INPUT", "FORWARD-OR-DOCKER-USER"] {
-                let ok = jumps.iter().any(|(h, c)| {
-                    let hook_ok = match hook {
-                        "INPUT" => h == "INPUT",
-                        _ => h == "DOCKER-USER" || h == "FORWARD",
-                    };
-                    hook_ok && filled.contains_key(c)
-                });
+            for hook in hooks {
+                let ok = jumps
+                    .iter()
+                    .any(|(h, c)| h == hook && filled.contains_key(c));
                 assert!(
                     ok,
                     "{family} after step {n} ({line}): the bridge has no jump from {hook}"

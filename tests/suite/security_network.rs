@@ -326,6 +326,91 @@ async fn private_and_cloud_service_ranges_need_an_explicit_allow() {
     assert!(rules_mentioning("iptables", &format!("runner={}", scope.runner_id)).is_empty());
 }
 
+/// The policy holds while the host's Docker creates networks. Docker moves its
+/// `FORWARD -j DOCKER-USER` jump back to the top on every network it creates, by deleting it
+/// and inserting it again: two iptables processes apart, FORWARD has no way into
+/// `DOCKER-USER`, and a new connection from the job bridge met Docker's own
+/// `-i <bridge> ! -o <bridge> -j ACCEPT`. One SYN through that gap became a whole connection
+/// (our chain accepts ESTABLISHED). The attack: the job keeps connecting to a blocked private
+/// address (the test's own namespace) from many loops while the test creates and removes
+/// networks as other jobs starting on the host would. Seen as a CI failure of the test above
+/// before the fix; the runner now also jumps from FORWARD itself (below Docker's
+/// DOCKER-USER jump, above the job network's own Docker rules).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_created_on_the_host_opens_no_gap_in_the_job_policy() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let scope = Scope::new().await;
+    let _fw = FirewallSweep(scope.runner_id.clone());
+    let mut fx = support::netns::Fixture::new();
+    let third = 1 + uuid::Uuid::new_v4().as_bytes()[0] % 250;
+    // 10.215/16: neither the runner's pools nor the other test's namespace (10.214.x).
+    let private_ip = fx.outside(&format!("10.215.{third}"), MARK_PRIVATE);
+    let cfg = scope.config(|c| {
+        c.docker.isolation.preload_images.clear();
+        c.docker.isolation.block_private_networks = true;
+    });
+    let backend = scope.dind(cfg);
+    let env = prepare(&backend, &scope.spec(813)).await;
+    let chain = chain_of(&scope, 813);
+    let drops_before = dropped_packets(&chain);
+
+    // Other jobs starting on the host: each network created is one gap in Docker's jump.
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (stop, label, id) = (stop.clone(), fx.label.clone(), fx.id.clone());
+        std::thread::spawn(move || {
+            let mut created = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("irt-churn-{id}-{created}");
+                let (ok, _, err) = sh("docker", &["network", "create", "--label", &label, &name]);
+                assert!(ok, "docker network create {name}: {err}");
+                let (ok, _, err) = sh("docker", &["network", "rm", &name]);
+                assert!(ok, "docker network rm {name}: {err}");
+                created += 1;
+            }
+            created
+        })
+    };
+    // 24 loops of one-SYN attempts (a dropped SYN gives up after 0.2 s), for 20 s.
+    let attack = format!(
+        r#"
+url=http://{private_ip}:8080/
+end=$(( $(date +%s) + 20 ))
+for w in $(seq 24); do
+  ( while [ "$(date +%s)" -lt "$end" ]; do
+      curl -s --connect-timeout 0.2 --max-time 2 "$url" && echo
+    done ) &
+done
+wait
+echo attack-done
+"#
+    );
+    let text = expect_ok(env.as_ref(), &attack).await;
+    stop.store(true, Ordering::Relaxed);
+    let created = tokio::task::spawn_blocking(move || churn.join())
+        .await
+        .expect("join")
+        .expect("the churn thread");
+    assert!(text.contains("attack-done"), "{text}");
+    assert!(
+        created >= 10,
+        "only {created} networks created during the attack: too few gaps to mean anything"
+    );
+    assert!(
+        !text.contains(MARK_PRIVATE),
+        "a connection got through while {created} networks were created:\n{text}"
+    );
+    // The attempts met the chain's drops (not a dead server or route).
+    assert!(dropped_packets(&chain) > drops_before);
+    teardown(env).await;
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    drop(fx);
+    assert!(rules_mentioning("iptables", &format!("runner={}", scope.runner_id)).is_empty());
+}
+
 #[tokio::test]
 async fn metadata_is_dropped_before_any_accept_and_dns_stays_open_under_deny() {
     let scope = Scope::new().await;
@@ -361,16 +446,17 @@ async fn metadata_is_dropped_before_any_accept_and_dns_stays_open_under_deny() {
         v6.contains("-d fd00:ec2::254/128") && v6.contains("-j DROP"),
         "{v6}"
     );
-    // Jumps from the forward hook and INPUT for this bridge only.
+    // Jumps from the forward hook, FORWARD itself and INPUT, for this bridge only.
     let jumps = rules_mentioning("iptables", &format!("-j {chain}"));
-    assert!(
-        jumps.iter().any(|j| j.starts_with("-A DOCKER-USER -i br-")),
-        "{jumps:?}"
-    );
-    assert!(
-        jumps.iter().any(|j| j.starts_with("-A INPUT -i br-")),
-        "{jumps:?}"
-    );
+    for hook in ["DOCKER-USER", "FORWARD", "INPUT"] {
+        assert!(
+            jumps
+                .iter()
+                .any(|j| j.starts_with(&format!("-A {hook} -i br-"))),
+            "no jump from {hook}: {jumps:?}"
+        );
+    }
+    assert_eq!(jumps.len(), 3, "{jumps:?}");
     // DNS to the host's resolvers stays open under deny, and the inner daemon uses them.
     let resolvers = isolated_runner::isolation::egress::host_resolvers().await;
     for r in resolvers.iter().filter(|r| r.is_ipv4()) {

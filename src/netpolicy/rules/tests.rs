@@ -251,10 +251,17 @@ fn every_rule_and_jump_carries_the_comment() {
 fn jumps_come_from_the_bridge_into_the_chain() {
     let locals = locals();
     let plan = plan_install(&input(&Egress::Allow, &[], &locals)).unwrap();
-    for (jump, hook) in plan.v4.jumps.iter().zip(["DOCKER-USER", "INPUT"]) {
+    // FORWARD as well as DOCKER-USER: Docker re-inserts its own jump into DOCKER-USER on every
+    // network it creates, and the gap in between must not open the bridge.
+    let hooks = ["DOCKER-USER", "FORWARD", "INPUT"];
+    assert_eq!(plan.v4.jumps.len(), hooks.len(), "{:?}", plan.v4.jumps);
+    for (jump, hook) in plan.v4.jumps.iter().zip(hooks) {
         assert_eq!(jump[..5], ["-I", hook, "1", "-i", BR]);
         assert_eq!(jump[jump.len() - 2..], ["-j", "IR-abcdef12-4242"]);
     }
+    // A family Docker does not manage has FORWARD as its hook: no second FORWARD jump.
+    let hooks: Vec<&str> = plan.v6.jumps.iter().map(|j| j[1].as_str()).collect();
+    assert_eq!(hooks, ["FORWARD", "INPUT"]);
 }
 
 #[test]
