@@ -25,7 +25,7 @@ use crate::config::{IsolationMode, RunnerConfig};
 use crate::docker::{Docker, MountSpec};
 use crate::paths::{HostPathMap, JobId};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -456,27 +456,18 @@ impl Core {
             crate::paths::job_paths(builds, job).map_err(other_paths("create job directories"))?;
         let real =
             crate::paths::job_paths(builds, slot).map_err(other_paths("create job directories"))?;
-        // The job's paths inside its own daemon: links in the sidecar's root file system to
-        // the slot's mounts, so `-v $CI_PROJECT_DIR:/app` resolves there. Whatever the job
-        // later does to these links changes only its own sidecar's view; inside the sidecar
-        // the slot's directories are mount points (a rename fails with EBUSY).
-        let mut sidecar_tars = vec![(
-            "link the job's directories in its daemon",
-            job_links_tar(&links, &real).map_err(|e| Error::Other {
-                context: "link the job's directories in its daemon".to_string(),
-                detail: e.to_string(),
-            })?,
-        )];
-        if let Some(target) = &spec.clone_path {
-            // GIT_CLONE_PATH: one more link in the sidecar, to the slot's project directory
-            // (the slot was made before the job was known, so it cannot bind the path).
-            let tar =
-                clone_path_tar(builds, target, &real.project_dir).map_err(|e| Error::Other {
-                    context: "link GIT_CLONE_PATH in the job's daemon".to_string(),
-                    detail: e.to_string(),
-                })?;
-            sidecar_tars.push(("link GIT_CLONE_PATH in the job's daemon", tar));
-        }
+        // The job's paths inside its own daemon (`sidecar_links`), so `-v $CI_PROJECT_DIR:/app`
+        // resolves there. Planned here, so a bad path fails the prepare before anything is made.
+        let sidecar_links = super::sidecar_links::SidecarLinks::plan(
+            builds,
+            &links,
+            &real,
+            spec.clone_path.as_deref(),
+        )
+        .map_err(|detail| Error::Other {
+            context: "link the job's directories in its daemon".to_string(),
+            detail,
+        })?;
         // Recorded before they exist: teardown removes the links (never what they point to).
         env.state.paths = Some(links.clone());
         env.paths = links.clone();
@@ -513,22 +504,12 @@ impl Core {
         };
         let (linked, links_done) = tokio::sync::oneshot::channel::<()>();
         let claim = {
-            let (docker, sidecar, dest) = (
-                self.docker.clone(),
-                sidecar.clone(),
-                builds.to_string_lossy().into_owned(),
-            );
-            let direct = DirectLinks {
-                builds: builds.clone(),
-                links: links.clone(),
-                real: real.clone(),
-                clone_path: spec.clone_path.clone(),
-            };
+            let (docker, sidecar) = (self.docker.clone(), sidecar.clone());
             env.state.inflight.spawn(async move {
                 let t = Instant::now();
                 // Dropped on every path out: the weight below goes on after a failure too.
                 let _linked = linked;
-                let how = match direct.make(&docker, &sidecar).await {
+                let how = match sidecar_links.make_directly(&docker, &sidecar).await {
                     Ok(()) => "directly",
                     Err(why) => {
                         tracing::debug!(
@@ -536,12 +517,16 @@ impl Core {
                             why = %why,
                             "linking the job's directories through the engine instead"
                         );
-                        for (context, tar) in sidecar_tars {
-                            docker
-                                .put_archive(&sidecar, &dest, tar)
-                                .await
-                                .map_err(other(context))?;
-                        }
+                        let context = "link the job's directories in its daemon";
+                        let tar = sidecar_links.tar().map_err(|e| Error::Other {
+                            context: context.to_string(),
+                            detail: e.to_string(),
+                        })?;
+                        let dest = sidecar_links.dest().to_string_lossy();
+                        docker
+                            .put_archive(&sidecar, &dest, tar)
+                            .await
+                            .map_err(other(context))?;
                         "through the engine"
                     }
                 };
@@ -679,119 +664,6 @@ impl Core {
             }
         }
     }
-}
-
-/// A tar of two relative symlinks, `gitlab-job-<job>` -> `gitlab-job-<slot>` and the same for
-/// `.tmp`, to be extracted in `builds_dir` inside a pre-started sidecar.
-fn job_links_tar(
-    links: &JobPaths,
-    real: &JobPaths,
-) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (link, dir) in [
-        (&links.project_dir, &real.project_dir),
-        (&links.tmp_dir, &real.tmp_dir),
-    ] {
-        let (Some(name), Some(target)) = (link.file_name(), dir.file_name()) else {
-            return Err(format!("{} has no file name", link.display()).into());
-        };
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or_default(),
-        );
-        b.append_link(&mut h, name, target)?;
-    }
-    Ok(b.into_inner()?)
-}
-
-/// The links a job on a pre-started sidecar needs inside it (see `Core::attach`), made by the
-/// runner in the sidecar's root file system through its first process
-/// (`sidecar_proc::link_job_dirs`); the engine's `put_archive` of the same links is the way
-/// when that cannot be (a runner that does not see the host's processes or is not root, an
-/// image with a link on the way to `builds_dir`).
-struct DirectLinks {
-    builds: PathBuf,
-    links: JobPaths,
-    real: JobPaths,
-    clone_path: Option<PathBuf>,
-}
-
-impl DirectLinks {
-    async fn make(self, docker: &Docker, sidecar: &str) -> Result<(), String> {
-        let pid = docker
-            .container_pid(sidecar)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "the sidecar is not running".to_string())?;
-        let id = sidecar.to_string();
-        tokio::task::spawn_blocking(move || {
-            let root = super::sidecar_proc::SidecarProc::open(pid, &id)?.root()?;
-            super::sidecar_proc::link_job_dirs(
-                &root,
-                &self.builds,
-                &self.links,
-                &self.real,
-                self.clone_path.as_deref(),
-            )
-        })
-        .await
-        .map_err(|e| e.to_string())?
-    }
-}
-
-/// A tar that makes `clone_path` (below `builds_dir`, where it is extracted) a relative
-/// symlink to the directory `project` (one step below `builds_dir`), with the directories on
-/// the way (0755).
-fn clone_path_tar(
-    builds_dir: &Path,
-    clone_path: &Path,
-    project: &Path,
-) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
-    let rel = clone_path.strip_prefix(builds_dir).map_err(|_| {
-        format!(
-            "{} is not below {}",
-            clone_path.display(),
-            builds_dir.display()
-        )
-    })?;
-    let target = project
-        .file_name()
-        .ok_or_else(|| format!("{} has no file name", project.display()))?;
-    let mtime = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let mut b = tar::Builder::new(Vec::new());
-    let mut dir = PathBuf::new();
-    let parts: Vec<_> = rel.components().collect();
-    for c in parts.iter().take(parts.len().saturating_sub(1)) {
-        dir.push(c);
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_size(0);
-        h.set_mode(0o755);
-        h.set_mtime(mtime);
-        b.append_data(&mut h, &dir, std::io::empty())?;
-    }
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Symlink);
-    h.set_size(0);
-    h.set_mode(0o777);
-    h.set_mtime(mtime);
-    b.append_link(
-        &mut h,
-        rel,
-        crate::paths::clone_link::relative_target(rel, target),
-    )?;
-    Ok(b.into_inner()?)
 }
 
 /// The images a job needs on the host daemon: its own, the helper, its services'.
@@ -983,43 +855,6 @@ impl JobEnvironment for DindEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_slot_gives_the_job_two_relative_links() {
-        let b = std::path::Path::new("/builds");
-        let links = crate::paths::job_paths(b, JobId::new(7)).unwrap();
-        let real =
-            crate::paths::job_paths(b, JobId::new(super::super::pool::SLOT_ID_BASE)).unwrap();
-        let tar = job_links_tar(&links, &real).unwrap();
-        let mut a = tar::Archive::new(tar.as_slice());
-        let got: Vec<(String, String, bool)> = a
-            .entries()
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (
-                    e.path().unwrap().display().to_string(),
-                    e.link_name().unwrap().unwrap().display().to_string(),
-                    e.header().entry_type() == tar::EntryType::Symlink,
-                )
-            })
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (
-                    "gitlab-job-7".to_string(),
-                    "gitlab-job-4611686018427387904".to_string(),
-                    true
-                ),
-                (
-                    "gitlab-job-7.tmp".to_string(),
-                    "gitlab-job-4611686018427387904.tmp".to_string(),
-                    true
-                ),
-            ]
-        );
-    }
 
     #[test]
     fn job_env_points_at_the_sidecar() {

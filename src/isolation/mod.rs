@@ -27,6 +27,7 @@ pub mod services;
 pub mod shared_socket;
 pub mod shell;
 mod sidecar;
+mod sidecar_links;
 mod sidecar_proc;
 mod state;
 
