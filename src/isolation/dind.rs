@@ -12,7 +12,7 @@
 //! Scripts then run in fresh containers on the job network with `DOCKER_HOST=tcp://docker:2376`
 //! and the client half of the certificates. The host socket is never mounted.
 
-use super::naming::{Naming, other, other_paths};
+use super::naming::{Naming, other_paths};
 use super::pool::{Pool, Sizing, Slot, WarmKey};
 use super::resolve::Resolve;
 use super::sidecar::{BootPlan, Core, JOB_CPU_SHARES, SidecarDirs, Timings, finish_parts};
@@ -502,48 +502,26 @@ impl Core {
             .map_err(other_paths("create job directories"))?;
             Ok::<_, Error>(t.elapsed())
         };
-        let (linked, links_done) = tokio::sync::oneshot::channel::<()>();
-        let claim = {
-            let (docker, sidecar) = (self.docker.clone(), sidecar.clone());
-            env.state.inflight.spawn(async move {
-                let t = Instant::now();
-                // Dropped on every path out: the weight below goes on after a failure too.
-                let _linked = linked;
-                let how = match sidecar_links.make_directly(&docker, &sidecar).await {
-                    Ok(()) => "directly",
-                    Err(why) => {
-                        tracing::debug!(
-                            sidecar = %sidecar,
-                            why = %why,
-                            "linking the job's directories through the engine instead"
-                        );
-                        let context = "link the job's directories in its daemon";
-                        let tar = sidecar_links.tar().map_err(|e| Error::Other {
-                            context: context.to_string(),
-                            detail: e.to_string(),
-                        })?;
-                        let dest = sidecar_links.dest().to_string_lossy();
-                        docker
-                            .put_archive(&sidecar, &dest, tar)
-                            .await
-                            .map_err(other(context))?;
-                        "through the engine"
-                    }
-                };
-                tracing::debug!(
-                    sidecar = %sidecar,
-                    how,
-                    ms = t.elapsed().as_millis() as u64,
-                    "pre-started sidecar linked to the job's directories"
-                );
-                Ok(())
-            })
-        };
+        let opener = env.state.build_gate.close().await;
         {
             let (docker, sidecar) = (self.docker.clone(), sidecar.clone());
             env.state.inflight.spawn(async move {
-                let _ = links_done.await;
-                // The job's own now: the sidecar gets the default CPU weight back.
+                let t = Instant::now();
+                let linked = sidecar_links.make(&docker, &sidecar).await;
+                if let Ok(how) = &linked {
+                    tracing::debug!(
+                        sidecar = %sidecar,
+                        how,
+                        ms = t.elapsed().as_millis() as u64,
+                        "pre-started sidecar linked to the job's directories"
+                    );
+                }
+                opener.open(linked.map(|_| ()).map_err(|detail| Error::Other {
+                    context: "link the job's directories in its daemon".to_string(),
+                    detail,
+                }));
+                // The job's own now (after a failure too): the sidecar gets the default CPU
+                // weight back.
                 if let Err(e) = docker.set_cpu_shares(&sidecar, JOB_CPU_SHARES).await {
                     tracing::warn!(
                         sidecar = %sidecar,
@@ -554,7 +532,6 @@ impl Core {
                 }
             });
         }
-        env.state.build_gate.close(claim).await;
         let (checks, host_links) = tokio::join!(checks, host_links);
         timings.push_elapsed("checks", checks?);
         timings.push_elapsed("dirs", host_links?);

@@ -83,9 +83,31 @@ impl SidecarLinks {
         })
     }
 
-    /// Where [`SidecarLinks::tar`] is to be extracted: the sidecar's `builds_dir`.
-    pub(super) fn dest(&self) -> &Path {
-        &self.builds
+    /// Makes the links in `sidecar` (a running container of `docker`): directly
+    /// ([`SidecarLinks::make_directly`]) where the runner can, else with the engine's
+    /// `put_archive` of [`SidecarLinks::tar`] in `builds_dir`. Says which way it went.
+    pub(super) async fn make(
+        &self,
+        docker: &Docker,
+        sidecar: &str,
+    ) -> Result<&'static str, String> {
+        let why = match self.make_directly(docker, sidecar).await {
+            Ok(()) => return Ok("directly"),
+            Err(why) => why,
+        };
+        tracing::debug!(
+            sidecar,
+            why = %why,
+            "linking the job's directories through the engine instead"
+        );
+        let tar = self
+            .tar()
+            .map_err(|e| format!("build the links' archive: {e}"))?;
+        docker
+            .put_archive(sidecar, &self.builds.to_string_lossy(), tar)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok("through the engine")
     }
 
     /// Makes the links in the file system whose root is `root` (a sidecar's, through its first
@@ -120,7 +142,7 @@ impl SidecarLinks {
     /// process: the pid from the engine, `/proc/<pid>` checked to be that container's, its
     /// root opened through that handle (`sidecar_proc`). No request to the engine beyond the
     /// inspect, so the sidecar's other requests (its CPU weight) do not queue behind it.
-    pub(super) async fn make_directly(&self, docker: &Docker, sidecar: &str) -> Result<(), String> {
+    async fn make_directly(&self, docker: &Docker, sidecar: &str) -> Result<(), String> {
         let pid = docker
             .container_pid(sidecar)
             .await
@@ -135,9 +157,9 @@ impl SidecarLinks {
         .map_err(|e| e.to_string())?
     }
 
-    /// The same links as a tar to extract in `builds_dir` ([`SidecarLinks::dest`]): the
-    /// directories on the way first (0755), then each link.
-    pub(super) fn tar(&self) -> Result<Vec<u8>, std::io::Error> {
+    /// The same links as a tar to extract in `builds_dir`: the directories on the way first
+    /// (0755), then each link.
+    fn tar(&self) -> Result<Vec<u8>, std::io::Error> {
         let mtime = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -230,7 +252,6 @@ mod tests {
             ),
         ];
         assert_eq!(listing(&p.tar().expect("tar")), want);
-        assert_eq!(p.dest(), builds);
 
         let t = tempfile::tempdir().expect("tempdir");
         let inside = t.path().join("tmp/ir-builds");

@@ -127,8 +127,9 @@ impl FirstStepHook {
 }
 
 /// Work a job's build scripts must wait for, done beside its first steps: a job on a
-/// pre-started sidecar claims it (the links to its directories inside the sidecar, the
-/// sidecar's CPU weight) while the helper clones and the first build container is created.
+/// pre-started sidecar has the links to its directories made inside the sidecar while the
+/// helper clones and the first build container is created (one task, which then gives the
+/// sidecar its CPU weight without anyone waiting).
 /// Helper scripts never wait: they run on the outer daemon and never reach the job's own.
 #[derive(Debug, Default)]
 pub struct BuildGate(tokio::sync::Mutex<Gate>);
@@ -137,16 +138,32 @@ pub struct BuildGate(tokio::sync::Mutex<Gate>);
 enum Gate {
     #[default]
     Open,
-    Pending(tokio::task::JoinHandle<Result<(), Error>>),
+    Pending(tokio::sync::oneshot::Receiver<Result<(), Error>>),
     /// What failed, said again to every later build script.
     Failed(String),
 }
 
+/// The one way to open a closed [`BuildGate`]: the work says how it went, and may go on with
+/// what nobody waits for (the sidecar's CPU weight after its links).
+#[derive(Debug)]
+pub struct GateOpener(tokio::sync::oneshot::Sender<Result<(), Error>>);
+
+impl GateOpener {
+    /// Lets build scripts through, or fails them with `result`'s error.
+    pub fn open(self, result: Result<(), Error>) {
+        // No receiver: the job ended (its state dropped) before any build script asked.
+        let _ = self.0.send(result);
+    }
+}
+
 impl BuildGate {
-    /// Build scripts wait for `work` (already spawned; on the state's `inflight`, so
-    /// teardown waits for it too).
-    pub async fn close(&self, work: tokio::task::JoinHandle<Result<(), Error>>) {
-        *self.0.lock().await = Gate::Pending(work);
+    /// Build scripts wait until the returned opener is used. Call before the job's first
+    /// script can run; hand the opener to work on the state's `inflight` (teardown waits for
+    /// it too). An opener dropped unused fails the gate: the work ended before saying.
+    pub async fn close(&self) -> GateOpener {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.0.lock().await = Gate::Pending(rx);
+        GateOpener(tx)
     }
 
     /// Waits for the work, once; its failure fails this and every later build script.
@@ -156,7 +173,7 @@ impl BuildGate {
             *g = match work.await {
                 Ok(Ok(())) => Gate::Open,
                 Ok(Err(e)) => Gate::Failed(e.to_string()),
-                Err(e) => Gate::Failed(format!("the task ended: {e}")),
+                Err(_) => Gate::Failed("the work ended before it was done".to_string()),
             };
         }
         match &*g {
@@ -1037,12 +1054,7 @@ mod tests {
     #[tokio::test]
     async fn a_build_gate_waits_for_its_work_and_then_stays_open() {
         let gate = BuildGate::default();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        gate.close(tokio::spawn(async move {
-            let _ = rx.await;
-            Ok(())
-        }))
-        .await;
+        let opener = gate.close().await;
         let waiting = gate.pass();
         tokio::pin!(waiting);
         assert!(
@@ -1051,7 +1063,7 @@ mod tests {
                 .is_err(),
             "passed before the work was done"
         );
-        tx.send(()).expect("receiver alive");
+        opener.open(Ok(()));
         waiting.await.expect("passes once done");
         gate.pass().await.expect("and stays open");
     }
@@ -1059,13 +1071,10 @@ mod tests {
     #[tokio::test]
     async fn a_failed_claim_fails_every_later_build_script_with_its_reason() {
         let gate = BuildGate::default();
-        gate.close(tokio::spawn(async {
-            Err(Error::Other {
-                context: "link the job's directories in its daemon".to_string(),
-                detail: "no such container".to_string(),
-            })
-        }))
-        .await;
+        gate.close().await.open(Err(Error::Other {
+            context: "link the job's directories in its daemon".to_string(),
+            detail: "no such container".to_string(),
+        }));
         for _ in 0..2 {
             let e = gate.pass().await.expect_err("the claim failed").to_string();
             assert!(
@@ -1074,6 +1083,11 @@ mod tests {
                 "{e}"
             );
         }
+        // Work that ends without a word (a panic, an abort) fails the gate too.
+        let gate = BuildGate::default();
+        drop(gate.close().await);
+        let e = gate.pass().await.expect_err("no word").to_string();
+        assert!(e.contains("ended before it was done"), "{e}");
     }
 
     /// Finding M2: a FIFO the job planted under the next script's name must not block a
