@@ -376,6 +376,12 @@ impl NetPolicy {
             }
         };
         let (hook_v4, hook_v6) = (hook(Family::V4), hook(Family::V6));
+        let isolation = |family: Family| {
+            let line = format!("-N {}", rules::DOCKER_ISOLATION);
+            listings
+                .iter()
+                .any(|(f, text)| *f == family && text.lines().any(|l| l == line))
+        };
         let locals = local_addresses().await?;
         rules::plan_install(&PlanInput {
             runner_id: &self.opts.runner_id,
@@ -389,6 +395,8 @@ impl NetPolicy {
             block_private: self.opts.block_private_networks,
             forward_hook_v4: hook_v4,
             forward_hook_v6: hook_v6,
+            docker_isolation_v4: isolation(Family::V4),
+            docker_isolation_v6: isolation(Family::V6),
         })
     }
 

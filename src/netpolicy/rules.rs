@@ -105,7 +105,17 @@ pub struct PlanInput<'a> {
     pub forward_hook_v4: &'a str,
     /// As `forward_hook_v4`, for IPv6.
     pub forward_hook_v6: &'a str,
+    /// Whether Docker keeps networks apart in this family with [`DOCKER_ISOLATION`] (the
+    /// chain is listed): the job's chain then runs it itself, before the private ranges and
+    /// the egress verdict (whose list entries return).
+    pub docker_isolation_v4: bool,
+    /// As `docker_isolation_v4`, for IPv6.
+    pub docker_isolation_v6: bool,
 }
+
+/// Docker's first isolation chain: traffic from one of its bridges to another is dropped in
+/// its second stage.
+pub const DOCKER_ISOLATION: &str = "DOCKER-ISOLATION-STAGE-1";
 
 /// The commands that install one job's policy, per family, in execution order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,9 +270,10 @@ pub fn validate_iface(name: &str) -> Result<(), Error> {
 /// 5. Host: drop each address the host has now, then anything the kernel calls local,
 ///    broadcast (v4) or multicast at packet time (addresses added after install, H8).
 /// 6. v4 only: drop the whole runner address pool (other jobs' bridges, J1); the job's own
-///    subnet was already accepted in 2. Then, with `block_private`: return for `egress` list
-///    entries inside a private range and drop the private ranges ([`PRIVATE_V4`],
-///    [`PRIVATE_V6`]) (row 6b of the docs).
+///    subnet was already accepted in 2. Then Docker's isolation chain, where the family has
+///    one ([`DOCKER_ISOLATION`]; row 6a of the docs). Then, with `block_private`: return for
+///    `egress` list entries inside a private range and drop the private ranges
+///    ([`PRIVATE_V4`], [`PRIVATE_V6`]) (row 6b of the docs).
 /// 7. Egress: `Allow` returns to Docker's own rules; `Deny` drops; `AllowList` returns for the
 ///    listed CIDRs and drops the rest. Returning rather than accepting keeps Docker's
 ///    inter-network isolation in force for networks outside our pool.
@@ -349,6 +360,19 @@ fn plan_family(input: &PlanInput<'_>, family: Family, chain: &str, comment: &str
 
     if family == Family::V4 {
         rules.push(rule(&["-d", &input.address_pool.to_string()], "DROP"));
+    }
+
+    // Docker's isolation between its networks (other runners' outside our pool, the operator's
+    // own) is reached from FORWARD through a jump Docker deletes and re-inserts on every
+    // network it creates; in that gap the job's bridge met Docker's accept for its outgoing
+    // traffic. Run from here, the isolation chain holds whatever Docker does to that jump
+    // (its rules for each network are inserted and deleted one by one, never all at once).
+    let isolation = match family {
+        Family::V4 => input.docker_isolation_v4,
+        Family::V6 => input.docker_isolation_v6,
+    };
+    if isolation {
+        rules.push(rule(&[], DOCKER_ISOLATION));
     }
 
     if input.block_private {

@@ -326,16 +326,18 @@ async fn private_and_cloud_service_ranges_need_an_explicit_allow() {
     assert!(rules_mentioning("iptables", &format!("runner={}", scope.runner_id)).is_empty());
 }
 
-/// The policy holds while the host's Docker creates networks. Docker moves its
-/// `FORWARD -j DOCKER-USER` jump back to the top on every network it creates, by deleting it
-/// and inserting it again: two iptables processes apart, FORWARD has no way into
-/// `DOCKER-USER`, and a new connection from the job bridge met Docker's own
-/// `-i <bridge> ! -o <bridge> -j ACCEPT`. One SYN through that gap became a whole connection
-/// (our chain accepts ESTABLISHED). The attack: the job keeps connecting to a blocked private
-/// address (the test's own namespace) from many loops while the test creates and removes
-/// networks as other jobs starting on the host would. Seen as a CI failure of the test above
-/// before the fix; the runner now also jumps from FORWARD itself (below Docker's
-/// DOCKER-USER jump, above the job network's own Docker rules).
+/// The policy holds while the host's Docker creates networks. Docker moves its own jumps
+/// `FORWARD -j DOCKER-USER` and `FORWARD -j DOCKER-ISOLATION-STAGE-1` back to the top on every
+/// network it creates, by deleting and inserting each again: two iptables processes apart,
+/// FORWARD has no way into that chain, and a job's new connection met Docker's own
+/// `-i <bridge> ! -o <bridge> -j ACCEPT`. One SYN through a gap became a whole connection (our
+/// chain accepts ESTABLISHED). The attack: the job keeps connecting, from many loops, to a
+/// blocked private address (the test's own namespace, `block_private_networks`) and to a
+/// container on another Docker network of the host, outside the runner's pool (kept from the
+/// job by Docker's isolation alone), while the test creates and removes networks as other jobs
+/// starting on the host would. Before the fixes: ~60 connections through to the first while 73
+/// networks were created (and the CI failure of the test above); the runner now jumps from
+/// FORWARD itself too, and its chain runs Docker's isolation chain itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_created_on_the_host_opens_no_gap_in_the_job_policy() {
     use std::sync::Arc;
@@ -345,18 +347,69 @@ async fn a_network_created_on_the_host_opens_no_gap_in_the_job_policy() {
     let _fw = FirewallSweep(scope.runner_id.clone());
     let mut fx = support::netns::Fixture::new();
     let third = 1 + uuid::Uuid::new_v4().as_bytes()[0] % 250;
-    // 10.215/16: neither the runner's pools nor the other test's namespace (10.214.x).
+    // 10.215/16 and 10.216/16: neither the runner's pools nor the other test's namespace.
     let private_ip = fx.outside(&format!("10.215.{third}"), MARK_PRIVATE);
+    let other = support::netns::Net {
+        name: format!("irt-apart-{}", fx.id),
+        bridge: String::new(),
+        subnet: format!("10.216.{third}.0/28"),
+        prefix: format!("10.216.{third}"),
+        gateway: format!("10.216.{third}.1"),
+    };
+    let (ok, _, err) = sh(
+        "docker",
+        &[
+            "network",
+            "create",
+            "--label",
+            &fx.label,
+            "--subnet",
+            &other.subnet,
+            &other.name,
+        ],
+    );
+    assert!(ok, "create the other network: {err}");
+    let other_ip = format!("{}.2", other.prefix);
+    fx.container(
+        "apart",
+        &other,
+        &other_ip,
+        &format!("mkdir -p /w && echo {MARK_OTHER} > /w/index.html && exec httpd -f -p 80 -h /w"),
+    );
+    // Control: the other network's server answers the host (so "not reached" means blocked).
+    let mut answered = false;
+    for _ in 0..100 {
+        let (_, t, _) = sh(
+            "curl",
+            &["-sS", "--max-time", "2", &format!("http://{other_ip}/")],
+        );
+        if t.contains(MARK_OTHER) {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        answered,
+        "control: the other network's server answers the host"
+    );
+
     let cfg = scope.config(|c| {
         c.docker.isolation.preload_images.clear();
         c.docker.isolation.block_private_networks = true;
+        // The other network is private too: its only guard must be Docker's isolation, so
+        // the job's egress list opens its range.
+        c.docker.isolation.egress = Egress::AllowList(vec![
+            format!("10.216.{third}.0/28").parse().unwrap(),
+            "0.0.0.0/0".parse().unwrap(),
+        ]);
     });
     let backend = scope.dind(cfg);
     let env = prepare(&backend, &scope.spec(813)).await;
     let chain = chain_of(&scope, 813);
     let drops_before = dropped_packets(&chain);
 
-    // Other jobs starting on the host: each network created is one gap in Docker's jump.
+    // Other jobs starting on the host: each network created is one gap in Docker's jumps.
     let stop = Arc::new(AtomicBool::new(false));
     let churn = {
         let (stop, label, id) = (stop.clone(), fx.label.clone(), fx.id.clone());
@@ -373,15 +426,17 @@ async fn a_network_created_on_the_host_opens_no_gap_in_the_job_policy() {
             created
         })
     };
-    // 24 loops of one-SYN attempts (a dropped SYN gives up after 0.2 s), for 20 s.
+    // 24 loops of one-SYN attempts (a dropped SYN gives up after 0.2 s), for 20 s, half at
+    // each target.
     let attack = format!(
         r#"
-url=http://{private_ip}:8080/
 end=$(( $(date +%s) + 20 ))
-for w in $(seq 24); do
-  ( while [ "$(date +%s)" -lt "$end" ]; do
-      curl -s --connect-timeout 0.2 --max-time 2 "$url" && echo
-    done ) &
+for w in $(seq 12); do
+  for url in http://{private_ip}:8080/ http://{other_ip}/; do
+    ( while [ "$(date +%s)" -lt "$end" ]; do
+        curl -s --connect-timeout 0.2 --max-time 2 "$url" && echo
+      done ) &
+  done
 done
 wait
 echo attack-done
@@ -399,7 +454,7 @@ echo attack-done
         "only {created} networks created during the attack: too few gaps to mean anything"
     );
     assert!(
-        !text.contains(MARK_PRIVATE),
+        !text.contains(MARK_PRIVATE) && !text.contains(MARK_OTHER),
         "a connection got through while {created} networks were created:\n{text}"
     );
     // The attempts met the chain's drops (not a dead server or route).

@@ -16,6 +16,8 @@ fn input<'a>(egress: &'a Egress, allow: &'a [Endpoint], locals: &'a [IpAddr]) ->
         block_private: false,
         forward_hook_v4: "DOCKER-USER",
         forward_hook_v6: "FORWARD",
+        docker_isolation_v4: false,
+        docker_isolation_v6: false,
     }
 }
 
@@ -398,5 +400,42 @@ fn restore_refuses_words_it_cannot_quote() {
     assert_eq!(
         restore_input([&ok]).as_deref(),
         Some("*filter\n-D INPUT \"a b\"\nCOMMIT\n")
+    );
+}
+
+/// Docker's isolation chain, where the family has one, runs from the job's chain right after
+/// the pool's drop: before the private ranges' and the egress list's returns (an entry that
+/// names another Docker network's range must not skip it), whatever Docker does to its own
+/// FORWARD jump into it.
+#[test]
+fn docker_isolation_runs_from_the_chain_before_any_return() {
+    let locals = locals();
+    let egress = Egress::AllowList(vec!["10.216.0.0/28".parse().unwrap()]);
+    let mut inp = input(&egress, &[], &locals);
+    inp.docker_isolation_v4 = true;
+    inp.block_private = true;
+    let plan = plan_install(&inp).unwrap();
+    let v4: Vec<String> = plan.v4.rules.iter().map(|r| shape(r)).collect();
+    let at = |needle: &str| {
+        v4.iter()
+            .position(|r| r == needle)
+            .unwrap_or_else(|| panic!("{needle} missing: {v4:#?}"))
+    };
+    let isolation = at("-j DOCKER-ISOLATION-STAGE-1");
+    assert_eq!(isolation, at("-d 10.213.0.0/16 -j DROP") + 1, "{v4:#?}");
+    let first_return = v4.iter().position(|r| r.ends_with("-j RETURN")).unwrap();
+    assert!(isolation < first_return, "{v4:#?}");
+    assert_eq!(
+        v4.iter().filter(|r| r.contains("DOCKER-ISOLATION")).count(),
+        1
+    );
+    // A family without Docker's isolation chain does not name it.
+    assert!(
+        plan.v6
+            .rules
+            .iter()
+            .all(|r| !r.iter().any(|w| w.contains("DOCKER-ISOLATION"))),
+        "{:?}",
+        plan.v6.rules
     );
 }
