@@ -92,59 +92,6 @@ impl Docker {
             .await
     }
 
-    /// Runs one BuildKit build of `FROM scratch` and removes the image it made. The first
-    /// build on a daemon sets up what BuildKit keeps for later ones: measured on a rootless
-    /// sidecar here, a job's first `docker build` of a cached 5-layer project took 0.36–0.39 s
-    /// and each later one 0.25–0.27 s; after this, the first took 0.27–0.29 s. Never pulls
-    /// (`scratch` is no image), sends no session (the context is an uploaded tar). Leaves one
-    /// build cache record of the uploaded Dockerfile (~10 kB, reused by the next warm-up).
-    pub async fn warm_builder(&self) -> Result<(), Error> {
-        let ctx = format!("warm up the image builder of {}", self.what);
-        let tar = {
-            let dockerfile = b"FROM scratch\n";
-            let mut h = tar::Header::new_gnu();
-            h.set_size(dockerfile.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            let mut b = tar::Builder::new(Vec::new());
-            b.append_data(&mut h, "Dockerfile", &dockerfile[..])
-                .and_then(|()| b.into_inner())
-                .map_err(|e| Error::Reply {
-                    context: ctx.clone(),
-                    detail: e.to_string(),
-                })?
-        };
-        let opts = q::BuildImageOptions {
-            dockerfile: "Dockerfile".to_string(),
-            q: true,
-            rm: true,
-            version: q::BuilderVersion::BuilderBuildKit,
-            ..Default::default()
-        };
-        let mut made = None;
-        let mut s = self
-            .inner
-            .build_image(opts, None, Some(bollard::body_full(tar.into())));
-        while let Some(info) = s.next().await {
-            let info = info.map_err(api(ctx.clone()))?;
-            if let Some(e) = info.error_detail.and_then(|d| d.message) {
-                return Err(Error::Reply {
-                    context: ctx,
-                    detail: e,
-                });
-            }
-            if let Some(id) = info.stream.as_deref().map(str::trim)
-                && id.starts_with("sha256:")
-            {
-                made = Some(id.to_string());
-            }
-        }
-        if let Some(id) = made {
-            self.remove_image(&id).await?;
-        }
-        Ok(())
-    }
-
     /// Id and repo digests of a local image; `None` when the daemon does not have it.
     pub async fn image_facts(&self, image: &str) -> Result<Option<ImageFacts>, Error> {
         match self.inner.inspect_image(image).await {

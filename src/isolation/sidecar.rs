@@ -567,23 +567,6 @@ impl SlotBuilder for Core {
                 if root.is_none() {
                     core.preload(&b.inner, &mut timings).await?;
                 }
-                if plan.key.is_some() {
-                    // A warm data root is a project's build cache: its jobs build images, and
-                    // a daemon's first build pays for setting BuildKit up (~0.1 s of the
-                    // job's first `docker build`, `Docker::warm_builder`). Paid here, while
-                    // the slot waits. Nothing depends on it: a failure leaves that cost to
-                    // the job.
-                    let t = Instant::now();
-                    match b.inner.warm_builder().await {
-                        Ok(()) => timings.push("builder", t),
-                        Err(e) => tracing::warn!(
-                            slot = plan.id,
-                            error = %e,
-                            "could not warm up the slot daemon's image builder; the job's \
-                             first build will"
-                        ),
-                    }
-                }
                 Ok(b)
             } => r,
         };
