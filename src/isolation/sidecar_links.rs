@@ -164,27 +164,26 @@ impl SidecarLinks {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
+        // Owned by root inside the sidecar, like what the direct way makes.
+        let header = |kind: tar::EntryType, mode: u32| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(mtime);
+            h
+        };
         let mut b = tar::Builder::new(Vec::new());
         for link in &self.links {
             let mut dir = PathBuf::new();
             for c in link.parent.components() {
                 dir.push(c);
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                h.set_mode(0o755);
-                h.set_uid(0);
-                h.set_gid(0);
-                h.set_mtime(mtime);
+                let mut h = header(tar::EntryType::Directory, 0o755);
                 b.append_data(&mut h, &dir, std::io::empty())?;
             }
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            h.set_mode(0o777);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(mtime);
+            let mut h = header(tar::EntryType::Symlink, 0o777);
             b.append_link(&mut h, &link.path, &link.target)?;
         }
         b.into_inner()

@@ -51,20 +51,8 @@ async fn job_and_inner_containers_cannot_reach_host_listener_or_other_bridges() 
         from_host.contains(MARK_HOST),
         "control: listener answers the host"
     );
-    let mut answered = false;
-    for _ in 0..100 {
-        let (_, t, _) = sh(
-            "curl",
-            &["-sS", "--max-time", "2", &format!("http://{}/", other.ip)],
-        );
-        if t.contains(MARK_OTHER) {
-            answered = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
     assert!(
-        answered,
+        host_reaches(&format!("http://{}/", other.ip), MARK_OTHER).await,
         "control: the other bridge's server answers the host"
     );
 
@@ -102,6 +90,18 @@ async fn job_and_inner_containers_cannot_reach_host_listener_or_other_bridges() 
     );
     assert!(rules_mentioning("iptables", &format!("runner={}", scope.runner_id)).is_empty());
     drop(other);
+}
+
+/// Whether `url` answers the host itself with `marker` within ~10 s (a server just started).
+async fn host_reaches(url: &str, marker: &str) -> bool {
+    for _ in 0..100 {
+        let (_, t, _) = sh("curl", &["-sS", "--max-time", "2", url]);
+        if t.contains(marker) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// An IPv4 address of the host that is not on a job bridge: `docker0`'s when there is one.
@@ -377,20 +377,8 @@ async fn a_network_created_on_the_host_opens_no_gap_in_the_job_policy() {
         &format!("mkdir -p /w && echo {MARK_OTHER} > /w/index.html && exec httpd -f -p 80 -h /w"),
     );
     // Control: the other network's server answers the host (so "not reached" means blocked).
-    let mut answered = false;
-    for _ in 0..100 {
-        let (_, t, _) = sh(
-            "curl",
-            &["-sS", "--max-time", "2", &format!("http://{other_ip}/")],
-        );
-        if t.contains(MARK_OTHER) {
-            answered = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
     assert!(
-        answered,
+        host_reaches(&format!("http://{other_ip}/"), MARK_OTHER).await,
         "control: the other network's server answers the host"
     );
 
