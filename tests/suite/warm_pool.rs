@@ -283,6 +283,136 @@ echo "A sees: $({list})"
     scope.assert_clean().await;
 }
 
+/// A sidecar image removed by a test's guard, also when an assertion fails.
+struct ImageGuard(String);
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["image", "rm", "--force", &self.0])
+            .output();
+    }
+}
+
+/// The engine's way for a pooled job's links, on a real setup that refuses the direct one: a
+/// sidecar image whose `/tmp` (on the way to the test's `builds_dir`) is a link. The runner
+/// never follows a link on its own way into a sidecar's file system, so it hands the same
+/// links to the engine's archive endpoint (which resolves them inside the container's root),
+/// and the job still finds its directories at the identical path, through its daemon too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_image_with_a_link_on_the_way_gets_the_links_through_the_engine() {
+    let scope = Scope::new().await;
+    assert!(
+        scope.builds_dir().starts_with("/tmp"),
+        "this test needs builds_dir below /tmp: {}",
+        scope.builds_dir().display()
+    );
+    let image = format!("isolated-runner/dind-tmp-link:test-{}", scope.runner_id);
+    let _image = ImageGuard(image.clone());
+    // The classic builder: its steps leave no build cache on the engine (BuildKit's would).
+    let mut build = std::process::Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "--quiet", "--label"])
+        .arg(format!("isolated-runner.test={}", scope.runner_id))
+        .args(["-t", &image, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    {
+        use std::io::Write;
+        let mut stdin = build.stdin.take().expect("stdin");
+        write!(
+            stdin,
+            "FROM {}\nRUN rm -rf /tmp && ln -s /var/tmp /tmp\n",
+            support::docker::DIND_IMAGE
+        )
+        .expect("write the Dockerfile");
+    }
+    let built = build.wait_with_output().expect("docker build");
+    assert!(
+        built.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+
+    let backend = scope.dind(scope.config(|c| {
+        c.docker.isolation.warm_pool = 1;
+        c.docker.isolation.sidecar_image = image.clone();
+    }));
+    backend.warm_up(&scope.runner_id).await;
+    let slot = backend.standby_ids()[0];
+    let slot_sidecar = sidecar_of(&scope, slot).await;
+    for _ in 0..600 {
+        let log = scope
+            .docker
+            .logs_tail(&slot_sidecar, 200)
+            .await
+            .unwrap_or_default();
+        if log.contains("API listen on [::]:2376") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut archive_watch = tokio::process::Command::new("docker")
+        .args(["events", "--format", "{{.Action}}"])
+        .args(["--filter", &format!("container={slot_sidecar}")])
+        .args(["--filter", "event=extract-to-dir"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("docker events");
+    let (a, said) = prepare(&backend, &spec_for(&scope, 611, Duration::from_secs(3600))).await;
+    assert!(said.contains("pre-started"), "{said}");
+    let pd = a.paths().project_dir.clone();
+    std::fs::write(
+        a.host_dirs().project_dir.join("marker.txt"),
+        "from-the-runner",
+    )
+    .unwrap();
+    let text = expect_ok(
+        a.as_ref(),
+        &format!(
+            r#"
+set -o pipefail
+cd {pd}
+test "$(cat marker.txt)" = from-the-runner
+test "$(docker run --rm --pull=never -v {pd}:/app {BUSYBOX_IMAGE} cat /app/marker.txt)" = from-the-runner
+docker run --rm --pull=never -v {pd}:/app {BUSYBOX_IMAGE} sh -c 'echo inner > /app/from-inner'
+echo "A sees: $({list})"
+"#,
+            list = list_builds_dir(&scope.builds_dir()),
+            pd = pd.display()
+        ),
+    )
+    .await;
+    assert!(
+        text.contains(&format!(
+            "A sees: gitlab-job-{slot} gitlab-job-{slot}.tmp gitlab-job-611 gitlab-job-611.tmp \n"
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.host_dirs().project_dir.join("from-inner")).unwrap(),
+        "inner\n"
+    );
+    let _ = archive_watch.start_kill();
+    let archived = archive_watch
+        .wait_with_output()
+        .await
+        .expect("docker events");
+    assert_eq!(
+        String::from_utf8_lossy(&archived.stdout).trim(),
+        "extract-to-dir",
+        "the links did not go through the engine's archive endpoint (once)"
+    );
+    teardown(a).await;
+    let report = backend.shutdown().await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    scope.assert_clean().await;
+}
+
 #[test]
 fn idle_slots_of_a_dead_runner_are_reaped() {
     let rt = tokio::runtime::Runtime::new().unwrap();
