@@ -465,12 +465,12 @@ impl Core {
             spec.clone_path.as_deref(),
         )
         .map_err(|detail| Error::Other {
-            context: "link the job's directories in its daemon".to_string(),
+            context: LINK_IN_DAEMON.to_string(),
             detail,
         })?;
         // Recorded before they exist: teardown removes the links (never what they point to).
         env.state.paths = Some(links.clone());
-        env.paths = links.clone();
+        env.paths = links;
 
         // The job's images and the links on the host, side by side, before the job goes on.
         // The links inside the sidecar are for the job's own daemon, so only build scripts
@@ -517,7 +517,7 @@ impl Core {
                     );
                 }
                 opener.open(linked.map(|_| ()).map_err(|detail| Error::Other {
-                    context: "link the job's directories in its daemon".to_string(),
+                    context: LINK_IN_DAEMON.to_string(),
                     detail,
                 }));
                 // The job's own now (after a failure too): the sidecar gets the default CPU
@@ -642,6 +642,9 @@ impl Core {
         }
     }
 }
+
+/// What failed when a pooled job's links inside its sidecar could not be planned or made.
+const LINK_IN_DAEMON: &str = "link the job's directories in its daemon";
 
 /// The images a job needs on the host daemon: its own, the helper, its services'.
 fn job_images(spec: &EnvironmentSpec) -> Vec<(&str, &str)> {

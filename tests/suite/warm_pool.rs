@@ -32,6 +32,66 @@ fn list_builds_dir(builds: &std::path::Path) -> String {
     )
 }
 
+/// A job script at its project directory `pd`: the job's daemon is its own, a file the runner
+/// wrote there (`marker.txt`) reads the same directly and through an inner container at the
+/// identical path (what compose's `./:/app` does), an inner container writes `from-inner`, and
+/// the script prints what that daemon sees under `builds` as `A sees: …`.
+fn identical_path_probe(pd: &std::path::Path, builds: &std::path::Path) -> String {
+    format!(
+        r#"
+set -o pipefail
+test "$DOCKER_HOST" = tcp://docker:2376
+cd {pd}
+test "$(cat marker.txt)" = from-the-runner
+test "$(docker run --rm --pull=never -v {pd}:/app {BUSYBOX_IMAGE} cat /app/marker.txt)" = from-the-runner
+docker run --rm --pull=never -v {pd}:/app {BUSYBOX_IMAGE} sh -c 'echo inner > /app/from-inner'
+echo "A sees: $({list})"
+"#,
+        list = list_builds_dir(builds),
+        pd = pd.display()
+    )
+}
+
+/// Waits (up to 60 s) until the daemon in `sidecar` says it listens.
+async fn wait_until_listening(scope: &Scope, sidecar: &str) {
+    for _ in 0..600 {
+        let log = scope
+            .docker
+            .logs_tail(sidecar, 200)
+            .await
+            .unwrap_or_default();
+        if log.contains("API listen on [::]:2376") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The engine's archive requests on one sidecar (the fallback for a pooled job's links inside
+/// it), watched live from its start: the engine keeps only its last events.
+struct ArchiveWatch(tokio::process::Child);
+
+impl ArchiveWatch {
+    fn start(sidecar: &str) -> ArchiveWatch {
+        let child = tokio::process::Command::new("docker")
+            .args(["events", "--format", "{{.Action}}"])
+            .args(["--filter", &format!("container={sidecar}")])
+            .args(["--filter", "event=extract-to-dir"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("docker events");
+        ArchiveWatch(child)
+    }
+
+    /// Stops watching; the events seen, one action per line, trimmed.
+    async fn seen(mut self) -> String {
+        let _ = self.0.start_kill();
+        let out = self.0.wait_with_output().await.expect("docker events");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
 /// The sidecar container of slot `id`, once it exists.
 async fn sidecar_of(scope: &Scope, id: u64) -> String {
     let f = isolated_runner::docker::label_filters(&scope.runner_id, Some(id));
@@ -113,27 +173,8 @@ async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
 
     // Job A takes the slot (waiting for it to finish if it is still starting); timed from
     // when its daemon listens.
-    for _ in 0..600 {
-        let log = scope
-            .docker
-            .logs_tail(&slot_sidecar, 200)
-            .await
-            .unwrap_or_default();
-        if log.contains("API listen on [::]:2376") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Archive requests on the slot's sidecar from here on (the engine's fallback for the
-    // links inside it), watched live: the engine keeps only its last events.
-    let mut archive_watch = tokio::process::Command::new("docker")
-        .args(["events", "--format", "{{.Action}}"])
-        .args(["--filter", &format!("container={slot_sidecar}")])
-        .args(["--filter", "event=extract-to-dir"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("docker events");
+    wait_until_listening(&scope, &slot_sidecar).await;
+    let archive_watch = ArchiveWatch::start(&slot_sidecar);
     let took = std::time::Instant::now();
     let (a, said) = prepare(&backend, &spec_for(&scope, 601, Duration::from_secs(3600))).await;
     assert!(said.contains("pre-started"), "{said}");
@@ -175,24 +216,7 @@ async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
         scope.builds_dir().join(format!("gitlab-job-{slot}"))
     );
     std::fs::write(pd.join("marker.txt"), "from-the-runner").unwrap();
-    let text = expect_ok(
-        a.as_ref(),
-        &format!(
-            r#"
-set -o pipefail
-test "$DOCKER_HOST" = tcp://docker:2376
-cd {pd}
-test "$(cat marker.txt)" = from-the-runner
-# Identical path through the job's daemon: what compose's ./:/app does.
-test "$(docker run --rm --pull=never -v {pd}:/app {BUSYBOX_IMAGE} cat /app/marker.txt)" = from-the-runner
-docker run --rm --pull=never -v {pd}:/app {BUSYBOX_IMAGE} sh -c 'echo inner > /app/from-inner'
-echo "A sees: $({list})"
-"#,
-            list = list_builds_dir(&scope.builds_dir()),
-            pd = pd.display()
-        ),
-    )
-    .await;
+    let text = expect_ok(a.as_ref(), &identical_path_probe(&pd, &scope.builds_dir())).await;
     // Its own directories (links in the sidecar's file system) and the slot's two
     // directories they point to (mount points there), nothing else.
     assert!(
@@ -203,13 +227,8 @@ echo "A sees: $({list})"
     );
     // The runner made those links itself, through the sidecar's process: the engine's
     // archive endpoint (the slower fallback) was never asked.
-    let _ = archive_watch.start_kill();
-    let archived = archive_watch
-        .wait_with_output()
-        .await
-        .expect("docker events");
     assert_eq!(
-        String::from_utf8_lossy(&archived.stdout).trim(),
+        archive_watch.seen().await,
         "",
         "the links went through the engine's archive endpoint"
     );
@@ -344,25 +363,8 @@ async fn a_sidecar_image_with_a_link_on_the_way_gets_the_links_through_the_engin
     backend.warm_up(&scope.runner_id).await;
     let slot = backend.standby_ids()[0];
     let slot_sidecar = sidecar_of(&scope, slot).await;
-    for _ in 0..600 {
-        let log = scope
-            .docker
-            .logs_tail(&slot_sidecar, 200)
-            .await
-            .unwrap_or_default();
-        if log.contains("API listen on [::]:2376") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut archive_watch = tokio::process::Command::new("docker")
-        .args(["events", "--format", "{{.Action}}"])
-        .args(["--filter", &format!("container={slot_sidecar}")])
-        .args(["--filter", "event=extract-to-dir"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("docker events");
+    wait_until_listening(&scope, &slot_sidecar).await;
+    let archive_watch = ArchiveWatch::start(&slot_sidecar);
     let (a, said) = prepare(&backend, &spec_for(&scope, 611, Duration::from_secs(3600))).await;
     assert!(said.contains("pre-started"), "{said}");
     let pd = a.paths().project_dir.clone();
@@ -371,22 +373,7 @@ async fn a_sidecar_image_with_a_link_on_the_way_gets_the_links_through_the_engin
         "from-the-runner",
     )
     .unwrap();
-    let text = expect_ok(
-        a.as_ref(),
-        &format!(
-            r#"
-set -o pipefail
-cd {pd}
-test "$(cat marker.txt)" = from-the-runner
-test "$(docker run --rm --pull=never -v {pd}:/app {BUSYBOX_IMAGE} cat /app/marker.txt)" = from-the-runner
-docker run --rm --pull=never -v {pd}:/app {BUSYBOX_IMAGE} sh -c 'echo inner > /app/from-inner'
-echo "A sees: $({list})"
-"#,
-            list = list_builds_dir(&scope.builds_dir()),
-            pd = pd.display()
-        ),
-    )
-    .await;
+    let text = expect_ok(a.as_ref(), &identical_path_probe(&pd, &scope.builds_dir())).await;
     assert!(
         text.contains(&format!(
             "A sees: gitlab-job-{slot} gitlab-job-{slot}.tmp gitlab-job-611 gitlab-job-611.tmp \n"
@@ -397,13 +384,8 @@ echo "A sees: $({list})"
         std::fs::read_to_string(a.host_dirs().project_dir.join("from-inner")).unwrap(),
         "inner\n"
     );
-    let _ = archive_watch.start_kill();
-    let archived = archive_watch
-        .wait_with_output()
-        .await
-        .expect("docker events");
     assert_eq!(
-        String::from_utf8_lossy(&archived.stdout).trim(),
+        archive_watch.seen().await,
         "extract-to-dir",
         "the links did not go through the engine's archive endpoint (once)"
     );
