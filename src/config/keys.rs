@@ -355,6 +355,7 @@ pub const ISOLATION: Section = Section {
         "root_store_path",
         "egress",
         "block_private_networks",
+        "inner_privileged",
         "ready_timeout",
         "host_path_map",
         "warm_pool",

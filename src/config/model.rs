@@ -278,6 +278,10 @@ pub struct IsolationConfig {
     /// GitLab URL, `clone_url`, the registry mirror, the host's resolvers and their own network.
     /// An `egress` list entry inside one of these ranges opens that part again.
     pub block_private_networks: bool,
+    /// `inner_privileged`: whether the job's own daemon runs `docker run --privileged` (and
+    /// `docker exec --privileged`), confined to the sidecar's sandbox. Off by default: the
+    /// runner's inner policy (`isolation::inner_policy`) refuses them with the reason.
+    pub inner_privileged: bool,
     /// How long the sidecar may take to answer an mTLS `/_ping`.
     pub ready_timeout: Duration,
     /// Runner-visible path -> host path, when the runner runs in a container.
@@ -419,6 +423,7 @@ impl Default for IsolationConfig {
             root_store_path: None,
             egress: Egress::Allow,
             block_private_networks: false,
+            inner_privileged: false,
             ready_timeout: Duration::from_secs(60),
             host_path_map: BTreeMap::new(),
             registry_ca_files: BTreeMap::new(),

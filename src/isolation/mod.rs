@@ -9,6 +9,7 @@ pub mod dind;
 pub mod egress;
 pub mod golden;
 pub mod images;
+pub mod inner_policy;
 pub mod limits;
 pub mod mirror;
 mod naming;

@@ -372,6 +372,24 @@ impl Core {
             },
         };
         sidecar.mounts = vec![data_root, state.bind(&certs.server, SERVER_CERT_PATH, true)];
+        // The inner policy: the runner answers the daemon's authorization questions and
+        // refuses inner --privileged unless the config allows it (`inner_policy.rs`).
+        if !iso.inner_privileged {
+            let profile = super::profile::profile_name(iso.sidecar_profile);
+            state.inner_policy = Some(super::inner_policy::InnerPolicy::serve(
+                &certs.policy,
+                profile,
+            )?);
+            sidecar
+                .mounts
+                .push(state.bind(&certs.policy, super::inner_policy::SIDECAR_DIR, true));
+            sidecar.env.push(format!(
+                "{}={}/{}",
+                super::inner_policy::SOCKET_ENV,
+                super::inner_policy::SIDECAR_DIR,
+                super::inner_policy::SOCKET_NAME
+            ));
+        }
         sidecar.mounts.extend(dir_mounts_of(state));
         let limits = super::limits::JobLimits::of(&self.runner.docker);
         sidecar.memory = limits.sidecar.memory;
@@ -421,6 +439,21 @@ impl Core {
         let inner = ready?;
         services?;
         timings.push("ready", t_ready);
+        if let Some(policy) = &state.inner_policy
+            && policy.asked() == 0
+        {
+            // The readiness ping passes through every authorization plugin of the daemon.
+            return Err(Error::Other {
+                context: "start the job's Docker daemon with its inner policy".to_string(),
+                detail: format!(
+                    "the daemon answered without asking its policy: the sidecar image {} does not \
+                     implement {} (tests/images/README.md), so inner --privileged would run \
+                     unchecked; use an image that does, or set inner_privileged = true",
+                    iso.sidecar_image,
+                    super::inner_policy::SOCKET_ENV
+                ),
+            });
+        }
         let waited = started.elapsed();
         self.learn_iptables(&id).await;
         Ok(Booted {

@@ -219,6 +219,8 @@ pub struct JobState {
     pub volume: Option<String>,
     /// The sidecar container.
     pub sidecar: Option<String>,
+    /// The sidecar daemon's inner policy, served while this state lives (`inner_policy.rs`).
+    pub inner_policy: Option<super::inner_policy::InnerPolicy>,
     /// Service containers.
     pub services: Vec<String>,
     /// The started services, for the wait and their logs ([`super::services`]).
@@ -279,6 +281,7 @@ impl JobState {
             cert_dir: None,
             volume: None,
             sidecar: None,
+            inner_policy: None,
             services: Vec::new(),
             started: Vec::new(),
             script: None,

@@ -363,6 +363,9 @@ pub struct CertDir {
     pub server: PathBuf,
     /// `client/` with `ca.pem`, `cert.pem`, `key.pem`: mounted read-only into job containers.
     pub client: PathBuf,
+    /// `policy/`: the socket of the job daemon's inner policy (`isolation::inner_policy`),
+    /// mounted read-only into the sidecar.
+    pub policy: PathBuf,
 }
 
 /// The directory holding a runner's per-job certificate directories.
@@ -383,6 +386,7 @@ pub fn cert_dir(state_dir: &Path, runner_id: &str, job: JobId) -> Result<CertDir
     Ok(CertDir {
         server: root.join("server"),
         client: root.join("client"),
+        policy: root.join("policy"),
         root,
     })
 }
@@ -401,6 +405,9 @@ const SERVER_FILE_MODE: u32 = 0o600;
 /// the job); see `docs/security.md`.
 const CLIENT_DIR_MODE: u32 = 0o755;
 const CLIENT_FILE_MODE: u32 = 0o644;
+/// Mode of `policy/`: the sidecar's daemon, whatever uid it runs as, reaches the socket in it.
+/// Only the runner writes there; the 0700 job dir keeps other host users out.
+const POLICY_DIR_MODE: u32 = 0o755;
 
 /// Writes a job's certificates, the server and client halves in separate subdirectories so
 /// each container gets only its half: the job dir 0700, `server/` 0700 with 0600 files,
@@ -494,6 +501,7 @@ fn make_cert_dirs(base: &Path, d: &CertDir, between: &mut dyn FnMut()) -> Result
         (&d.root, CERT_ROOT_MODE),
         (&d.server, SERVER_DIR_MODE),
         (&d.client, CLIENT_DIR_MODE),
+        (&d.policy, POLICY_DIR_MODE),
     ] {
         if p != &d.root {
             std::fs::DirBuilder::new()

@@ -412,6 +412,11 @@ impl Loader {
                         iso.block_private_networks = b;
                     }
                 }
+                "inner_privileged" => {
+                    if let Some(b) = self.boolean(&at, item) {
+                        iso.inner_privileged = b;
+                    }
+                }
                 "ready_timeout" => {
                     if let Some(d) = self.positive_duration(&at, item, false) {
                         iso.ready_timeout = d;
