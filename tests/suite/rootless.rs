@@ -284,7 +284,8 @@ async fn teardown_both(scope: &Scope, a: Box<dyn JobEnvironment>, b: Box<dyn Job
 #[tokio::test]
 async fn rootless_refuses_host_sysctls_devices_and_other_jobs_files() {
     let scope = Scope::new().await;
-    let backend = rootless(&scope, |_| {});
+    // Inner --privileged allowed, so it runs confined: what it can do is what this checks.
+    let backend = rootless(&scope, |c| c.docker.isolation.inner_privileged = true);
     let victim = prepare(&backend, &scope.spec(521)).await;
     let attacker = prepare(&backend, &scope.spec(522)).await;
     let secret = victim.paths().project_dir.join("secret.txt");
@@ -358,6 +359,115 @@ docker run --rm --pull never --cap-add SYS_ADMIN isolated-runner/busybox:test sh
         "{dev_text}"
     );
     teardown_both(&scope, victim, attacker).await;
+}
+
+/// The ways a job can ask its daemon for a privileged container through the API itself,
+/// past the Docker CLI: the plain request, keys in other cases (Go's decoder matches them, with
+/// Unicode folding), a second `HostConfig` object (decoded into the same struct), the
+/// deprecated top-level field, a body the daemon does not pass to its plugins (over 1 MiB, or a
+/// URI ending in `/auth`), an escaped path, and `docker exec --privileged`. Each is sent to a
+/// daemon with the inner policy and to one with `inner_privileged = true`: the second says which
+/// the daemon really reads as privileged (the plain ones must be), and every one of those, and
+/// every other, is refused by the first with the runner's reason, leaving no privileged
+/// container behind.
+#[tokio::test]
+async fn inner_privileged_is_refused_however_the_job_asks() {
+    let scope = Scope::new().await;
+    let guarded = rootless(&scope, |_| {});
+    let open = rootless(&scope, |c| c.docker.isolation.inner_privileged = true);
+    let a = prepare(&guarded, &scope.spec(541)).await;
+    let b = prepare(&open, &scope.spec(542)).await;
+    let script = r#"
+api() {
+  curl -sS --cacert "$DOCKER_CERT_PATH/ca.pem" --cert "$DOCKER_CERT_PATH/cert.pem" \
+    --key "$DOCKER_CERT_PATH/key.pem" -H 'Content-Type: application/json' -X POST \
+    "https://docker:2376$1" --data-binary "@$2"
+}
+img=isolated-runner/busybox:test
+pad=$(head -c 1200000 /dev/zero | tr '\0' a)
+printf '{"Image":"%s","HostConfig":{"Privileged":true}}' $img > plain.json
+printf '{"image":"%s","hostconfig":{"privileged":true}}' $img > lower.json
+printf '{"Image":"%s","Ho\\u017ftConfig":{"Pr\\u0131vileged":true}}' $img > folded.json
+printf '{"Image":"%s","HostConfig":{"Privileged":true},"HostConfig":{}}' $img > twice.json
+printf '{"Image":"%s","Privileged":true}' $img > toplevel.json
+printf '{"Image":"%s","Env":["PAD=%s"],"HostConfig":{"Privileged":true}}' $img "$pad" > padded.json
+for v in "plain /v1.45/containers/create?name=plain plain.json" \
+         "unversioned /containers/create?name=unversioned plain.json" \
+         "lower /v1.45/containers/create?name=lower lower.json" \
+         "folded /v1.45/containers/create?name=folded folded.json" \
+         "twice /v1.45/containers/create?name=twice twice.json" \
+         "toplevel /v1.45/containers/create?name=toplevel toplevel.json" \
+         "padded /v1.45/containers/create?name=padded padded.json" \
+         "auth /v1.45/containers/create?name=/auth plain.json" \
+         "escaped /v1.45/containers%2Fcreate?name=escaped plain.json"; do
+  set -- $v
+  out=$(api "$2" "$3" 2>&1 | head -c 2000)
+  case "$out" in *"authorization denied by plugin ir-inner-policy: isolated-runner:"*) r=refused ;; *) r=answered ;; esac
+  p=$(docker inspect -f '{{.HostConfig.Privileged}}' "$1" 2>/dev/null) || p=none
+  echo "VARIANT $1 $r privileged=$p"
+  [ "$r" = refused ] || echo "ANSWER $1 $(printf '%s' "$out" | head -c 300)"
+done
+docker run -d --name keep --pull never $img sleep 60 >/dev/null
+if docker exec --privileged keep grep -q 'CapEff:.*1ffffffffff' /proc/self/status 2>err.txt; then
+  echo "VARIANT exec answered privileged=true"
+elif grep -q 'ir-inner-policy: isolated-runner:' err.txt; then
+  echo "VARIANT exec refused privileged=none"
+else
+  echo "VARIANT exec answered privileged=false $(cat err.txt)"
+fi
+echo "privileged-containers=$(docker ps -aq | xargs docker inspect -f '{{.HostConfig.Privileged}}' | grep -c true)"
+"#;
+    let guarded_text = expect_ok(a.as_ref(), script).await;
+    let open_text = expect_ok(b.as_ref(), script).await;
+    let variants = |text: &str| -> Vec<(String, String, String)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("VARIANT "))
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (
+                    f.first().unwrap_or(&"").to_string(),
+                    f.get(1).unwrap_or(&"").to_string(),
+                    f.get(2).unwrap_or(&"").to_string(),
+                )
+            })
+            .collect()
+    };
+    let guarded_v = variants(&guarded_text);
+    let open_v = variants(&open_text);
+    assert_eq!(guarded_v.len(), 10, "{guarded_text}");
+    assert_eq!(open_v.len(), 10, "{open_text}");
+    // Without the policy the daemon reads these as privileged: the test asks for real. (Docker
+    // 26.1 reads `folded` as not privileged; the policy refuses it all the same.)
+    for must in [
+        "plain",
+        "unversioned",
+        "lower",
+        "twice",
+        "toplevel",
+        "padded",
+        "auth",
+        "escaped",
+        "exec",
+    ] {
+        assert!(
+            open_v
+                .iter()
+                .any(|(n, r, p)| n == must && r == "answered" && p == "privileged=true"),
+            "{must} is no privileged request without the policy: {open_text}"
+        );
+    }
+    // With it, every one is refused with the runner's reason and none is privileged.
+    for (name, verdict, privileged) in &guarded_v {
+        assert_eq!(verdict, "refused", "{name}: {guarded_text}");
+        assert_eq!(privileged, "privileged=none", "{name}: {guarded_text}");
+    }
+    assert!(
+        guarded_text.contains("privileged-containers=0"),
+        "{guarded_text}"
+    );
+    eprintln!("without the policy:\n{open_text}");
+    support::security::teardown(b).await;
+    teardown(&scope, a).await;
 }
 
 /// No setuid or setgid file in the sidecar image, and newuidmap/newgidmap carry file

@@ -62,9 +62,10 @@ async fn payload_cannot_ask_for_privilege_or_shape_the_sidecar() {
         "test ! -e /var/run/docker.sock && echo no-host-socket",
         "echo docker-host=$DOCKER_HOST",
         "docker info --format 'driver={{.Driver}}'",
-        // Inner `--privileged` runs in the rootless daemon's user namespace: every capability
-        // there, none on the host. It writes the host's core_pattern back with its own value.
-        r#"docker run --rm --privileged --pull never isolated-runner/busybox:test sh -c 'v=$(cat /proc/sys/kernel/core_pattern); if (printf "%s\n" "$v" > /proc/sys/kernel/core_pattern) 2>/dev/null; then echo INNER-PRIVILEGED-ON-HOST; else echo inner-privileged-confined; fi' || echo INNER-PRIVILEGED-FAILED"#,
+        // Inner `--privileged` is refused by the daemon's policy whatever the payload's
+        // `privileged` variables say (only the runner's `inner_privileged` allows it). Were it
+        // run, it would write the host's core_pattern back with its own value.
+        r#"out=$(docker run --rm --privileged --pull never isolated-runner/busybox:test sh -c 'v=$(cat /proc/sys/kernel/core_pattern); if (printf "%s\n" "$v" > /proc/sys/kernel/core_pattern) 2>/dev/null; then echo INNER-PRIVILEGED-ON-HOST; else echo inner-privileged-confined; fi' 2>&1 || true); case "$out" in *"authorization denied by plugin ir-inner-policy: isolated-runner:"*) echo inner-privileged-refused ;; *) echo "$out" ;; esac"#,
         "touch parked; while [ ! -e go ]; do sleep 0.2; done",
     ];
     let payload = payload(job_id, &script, hostile);
@@ -145,7 +146,7 @@ async fn payload_cannot_ask_for_privilege_or_shape_the_sidecar() {
     assert!(trace.contains("docker-host=tcp://docker:2376"), "{trace}");
     assert!(trace.contains("driver=overlay2"), "{trace}");
     assert!(!line("INNER-PRIVILEGED-ON-HOST"), "{trace}");
-    assert!(line("inner-privileged-confined"), "{trace}");
+    assert!(line("inner-privileged-refused"), "{trace}");
     let capeff = trace
         .lines()
         .find_map(|l| l.split("CapEff:").nth(1))
