@@ -470,6 +470,49 @@ echo "privileged-containers=$(docker ps -aq | xargs docker inspect -f '{{.HostCo
     teardown(&scope, a).await;
 }
 
+/// A sidecar image whose entrypoint ignores `IR_INNER_POLICY_SOCKET` would run inner
+/// `--privileged` unchecked: the runner sees that its daemon answered without asking the
+/// policy and fails the job with the reason, leaving nothing behind.
+#[tokio::test]
+async fn a_sidecar_image_without_the_inner_policy_fails_the_job_with_the_reason() {
+    let scope = Scope::new().await;
+    let image = support::docker::derived_sidecar_image(
+        &scope,
+        "no-policy",
+        "RUN printf '#!/bin/sh\\nunset IR_INNER_POLICY_SOCKET\\nexec /usr/local/bin/dockerd-entrypoint \"$@\"\\n' \
+           > /usr/local/bin/no-policy && chmod 0755 /usr/local/bin/no-policy\n\
+         ENTRYPOINT [\"/usr/local/bin/no-policy\"]",
+    );
+    let backend = rootless(&scope, |c| {
+        c.docker.isolation.sidecar_image = image.0.clone();
+    });
+    let out = support::docker::Collect::new();
+    let err = match backend
+        .prepare(
+            &scope.spec(545),
+            out.clone(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+    {
+        Ok(env) => {
+            support::security::teardown(env).await;
+            panic!(
+                "a daemon without its policy was handed to the job: {}",
+                out.text()
+            );
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("answered without asking its policy")
+            && err.contains("IR_INNER_POLICY_SOCKET")
+            && err.contains(&image.0),
+        "{err}"
+    );
+    scope.assert_clean().await;
+}
+
 /// No setuid or setgid file in the sidecar image, and newuidmap/newgidmap carry file
 /// capabilities instead (the image recipe's check, repeated against the image in use).
 #[tokio::test]

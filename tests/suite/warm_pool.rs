@@ -302,17 +302,6 @@ async fn jobs_take_pre_started_sidecars_and_see_only_their_own_files() {
     scope.assert_clean().await;
 }
 
-/// A sidecar image removed by a test's guard, also when an assertion fails.
-struct ImageGuard(String);
-
-impl Drop for ImageGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["image", "rm", "--force", &self.0])
-            .output();
-    }
-}
-
 /// The engine's way for a pooled job's links, on a real setup that refuses the direct one: a
 /// sidecar image whose `/tmp` (on the way to the test's `builds_dir`) is a link. The runner
 /// never follows a link on its own way into a sidecar's file system, so it hands the same
@@ -326,39 +315,14 @@ async fn a_sidecar_image_with_a_link_on_the_way_gets_the_links_through_the_engin
         "this test needs builds_dir below /tmp: {}",
         scope.builds_dir().display()
     );
-    let image = format!("isolated-runner/dind-tmp-link:test-{}", scope.runner_id);
-    let _image = ImageGuard(image.clone());
-    // The classic builder: its steps leave no build cache on the engine (BuildKit's would).
-    let mut build = std::process::Command::new("docker")
-        .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "--quiet", "--label"])
-        .arg(format!("isolated-runner.test={}", scope.runner_id))
-        .args(["-t", &image, "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("docker build");
-    {
-        use std::io::Write;
-        let mut stdin = build.stdin.take().expect("stdin");
-        write!(
-            stdin,
-            "FROM {}\nRUN rm -rf /tmp && ln -s /var/tmp /tmp\n",
-            support::docker::DIND_IMAGE
-        )
-        .expect("write the Dockerfile");
-    }
-    let built = build.wait_with_output().expect("docker build");
-    assert!(
-        built.status.success(),
-        "docker build: {}",
-        String::from_utf8_lossy(&built.stderr)
+    let image = support::docker::derived_sidecar_image(
+        &scope,
+        "tmp-link",
+        "RUN rm -rf /tmp && ln -s /var/tmp /tmp",
     );
-
     let backend = scope.dind(scope.config(|c| {
         c.docker.isolation.warm_pool = 1;
-        c.docker.isolation.sidecar_image = image.clone();
+        c.docker.isolation.sidecar_image = image.0.clone();
     }));
     backend.warm_up(&scope.runner_id).await;
     let slot = backend.standby_ids()[0];

@@ -14,6 +14,50 @@ use std::time::Duration;
 
 /// The test images (built by `tests/images/build`).
 pub const DIND_IMAGE: &str = "isolated-runner/dind:test";
+
+/// A sidecar image a test derived from [`DIND_IMAGE`]; removed when dropped, also when an
+/// assertion fails. `.0` is its name.
+pub struct ImageGuard(pub String);
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["image", "rm", "--force", &self.0])
+            .output();
+    }
+}
+
+/// Builds `isolated-runner/dind-<what>:test-<runner id>` from [`DIND_IMAGE`] plus `steps`
+/// (Dockerfile lines) with the classic builder, whose steps leave no build cache on the engine
+/// (BuildKit's would), and nothing pulled.
+pub fn derived_sidecar_image(scope: &Scope, what: &str, steps: &str) -> ImageGuard {
+    let image = ImageGuard(format!(
+        "isolated-runner/dind-{what}:test-{}",
+        scope.runner_id
+    ));
+    let mut build = std::process::Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "--quiet", "--label"])
+        .arg(format!("isolated-runner.test={}", scope.runner_id))
+        .args(["-t", &image.0, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    {
+        use std::io::Write;
+        let mut stdin = build.stdin.take().expect("stdin");
+        write!(stdin, "FROM {DIND_IMAGE}\n{steps}\n").expect("write the Dockerfile");
+    }
+    let built = build.wait_with_output().expect("docker build");
+    assert!(
+        built.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    image
+}
 /// Job and helper image.
 pub const JOB_IMAGE: &str = "isolated-runner/job:test";
 /// Tiny image for inner daemons.
