@@ -29,7 +29,9 @@
 //! decoded again into the same struct (a second `HostConfig` object does not clear the first's
 //! `Privileged`), and the deprecated top-level `HostConfig` fields of old API versions still
 //! count. What it cannot read is refused rather than allowed: a create or exec whose body the
-//! daemon did not pass (bodies over 1 MiB, or a URI ending in `/auth`), or that is no JSON object.
+//! daemon did not pass (Dockers before the CVE-2024-41110 fix passed none over 1 MiB or for a
+//! URI ending in `/auth`; 26.1.5 refuses JSON bodies over 4 MiB itself), or that is no JSON
+//! object.
 
 use super::Error;
 use axum::Router;
@@ -39,7 +41,6 @@ use axum::routing::post;
 use base64::Engine;
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,9 +54,10 @@ pub const SOCKET_NAME: &str = "policy.sock";
 /// The environment variable that tells the sidecar's entrypoint where the socket is.
 pub const SOCKET_ENV: &str = "IR_INNER_POLICY_SOCKET";
 
-/// The daemon passes a plugin request bodies up to this size (Docker's `maxBodySize`); the
-/// plugin's own request is that body in base64 plus headers.
-const MAX_PLUGIN_REQUEST: usize = 4 << 20;
+/// The daemon passes a plugin JSON request bodies up to 4 MiB (Docker's `maxBodySize` in
+/// 26.1.5 as Debian ships it; 1 MiB before); the plugin's own request is that body in base64
+/// plus headers, and the answer phase carries JSON responses.
+const MAX_PLUGIN_REQUEST: usize = 16 << 20;
 
 /// What the policy decides about one API request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,8 +91,8 @@ pub fn decide(method: &str, uri: &str, body: Option<&[u8]>, profile: &str) -> Ve
     let Some(body) = body.filter(|b| !b.is_empty()) else {
         return Verdict::Refuse(format!(
             "isolated-runner: the job's Docker daemon refuses {what}: its policy reads the \
-             request's settings to refuse --privileged and was given none (the daemon passes \
-             it JSON bodies up to 1 MiB, and none for a URI ending in /auth)"
+             request's settings to refuse --privileged and was given none (some Docker versions \
+             pass none over 1 MiB, or for a URI ending in /auth)"
         ));
     };
     let node: Node = match serde_json::from_slice(body) {
@@ -341,6 +343,12 @@ impl std::fmt::Debug for InnerPolicy {
 
 impl Drop for InnerPolicy {
     fn drop(&mut self) {
+        tracing::debug!(
+            socket = %self.socket.display(),
+            asked = self.asked(),
+            refused = self.refused(),
+            "inner policy stops serving"
+        );
         self.task.abort();
     }
 }
@@ -348,23 +356,40 @@ impl Drop for InnerPolicy {
 impl InnerPolicy {
     /// Serves the policy on `<dir>/policy.sock`. `dir` is the runner's own (the job's
     /// certificate directory), never a job-writable one; a socket left there by an earlier
-    /// run of the same job is replaced.
+    /// run of the same job is replaced. The socket is made through a handle on `dir`
+    /// (`/proc/self/fd/<n>/policy.sock`): a unix socket's path may not exceed 107 bytes, and a
+    /// state directory deep enough (the doctor's probe under the temp dir) would pass that.
     pub fn serve(dir: &Path, profile: &'static str) -> Result<InnerPolicy, Error> {
+        use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
+        use std::os::fd::AsRawFd;
         let socket = dir.join(SOCKET_NAME);
-        let failed = |what: &str, e: std::io::Error| Error::Other {
+        let failed = |what: &str, e: &dyn std::fmt::Display| Error::Other {
             context: format!("serve the inner policy at {}", socket.display()),
             detail: format!("{what}: {e}"),
         };
-        match std::fs::remove_file(&socket) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(failed("remove the old socket", e)),
+        let handle = crate::paths::beneath::Dir::open_trusted(dir)
+            .map_err(|e| failed("open the directory", &e))?;
+        match nix::unistd::unlinkat(
+            handle.fd(),
+            SOCKET_NAME,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(failed("remove the old socket", &e)),
         }
-        let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| failed("bind", e))?;
+        let short = format!("/proc/self/fd/{}/{SOCKET_NAME}", handle.fd().as_raw_fd());
+        let listener = tokio::net::UnixListener::bind(&short).map_err(|e| failed("bind", &e))?;
         // The sidecar's daemon connects as whatever uid it runs as (a rootless one as its own
         // host uid): the directory is the sidecar's alone, so the socket may be everyone's.
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
-            .map_err(|e| failed("chmod", e))?;
+        // (Following a link here is no risk: the name was just bound by this process in the
+        // runner's own directory; the kernel's fchmodat does not take AT_SYMLINK_NOFOLLOW.)
+        fchmodat(
+            handle.fd(),
+            SOCKET_NAME,
+            Mode::from_bits_truncate(0o666),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| failed("chmod", &e))?;
         let counts = Arc::new(PolicyCounts::default());
         let shared = Arc::new(Shared {
             profile,
@@ -381,6 +406,7 @@ impl InnerPolicy {
                 tracing::warn!(error = %e, "the inner policy stopped serving");
             }
         });
+        tracing::debug!(socket = %socket.display(), profile, "inner policy serving");
         Ok(InnerPolicy {
             task,
             counts,
@@ -404,7 +430,13 @@ fn answer(allow: bool, msg: &str) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "Allow": allow, "Msg": msg, "Err": "" }))
 }
 
-async fn activate() -> axum::Json<serde_json::Value> {
+// Every handler reads the whole request body, even where it has no use for it: hyper closes
+// a connection whose request body was left unread, and Docker's plugin client may already have
+// sent its next question on it. That send fails, and the client's retry re-sends the question
+// with an empty body (moby's `callWithRetry` re-reads a consumed buffer), which the policy
+// cannot read and refuses: a random API request of the job failing (seen under load as
+// "unable to upgrade to tcp, received 403" on `docker run`'s attach).
+async fn activate(_body: Bytes) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "Implements": ["authz"] }))
 }
 
@@ -413,26 +445,36 @@ async fn authz_request(
     body: Bytes,
 ) -> axum::Json<serde_json::Value> {
     shared.counts.asked.fetch_add(1, Ordering::Relaxed);
-    let verdict = match serde_json::from_slice::<AuthzRequest>(&body) {
-        Ok(req) => {
-            let decoded = match req.body.as_deref().filter(|b| !b.is_empty()) {
-                None => Ok(None),
-                Some(b) => base64::engine::general_purpose::STANDARD
-                    .decode(b)
-                    .map(Some),
-            };
-            match decoded {
-                Ok(b) => decide(&req.method, &req.uri, b.as_deref(), shared.profile),
-                Err(e) => Verdict::Refuse(format!(
-                    "isolated-runner: the job's Docker daemon's policy could not read the request \
+    let verdict = if body.is_empty() {
+        // What Docker's plugin client sends when it retries after a failed attempt.
+        Verdict::Refuse(
+            "isolated-runner: the job's Docker daemon's policy was asked an empty question (the \
+             daemon's plugin client re-sends one without its body after a failed attempt); \
+             try the command again"
+                .to_string(),
+        )
+    } else {
+        match serde_json::from_slice::<AuthzRequest>(&body) {
+            Ok(req) => {
+                let decoded = match req.body.as_deref().filter(|b| !b.is_empty()) {
+                    None => Ok(None),
+                    Some(b) => base64::engine::general_purpose::STANDARD
+                        .decode(b)
+                        .map(Some),
+                };
+                match decoded {
+                    Ok(b) => decide(&req.method, &req.uri, b.as_deref(), shared.profile),
+                    Err(e) => Verdict::Refuse(format!(
+                        "isolated-runner: the job's Docker daemon's policy could not read the request \
                      body it was given ({e})"
-                )),
+                    )),
+                }
             }
+            Err(e) => Verdict::Refuse(format!(
+                "isolated-runner: the job's Docker daemon's policy could not read the daemon's \
+                 question ({e})"
+            )),
         }
-        Err(e) => Verdict::Refuse(format!(
-            "isolated-runner: the job's Docker daemon's policy could not read the daemon's \
-             question ({e})"
-        )),
     };
     match verdict {
         Verdict::Allow => answer(true, ""),
@@ -444,14 +486,16 @@ async fn authz_request(
     }
 }
 
-/// Responses are never refused: the policy only decides what runs.
-async fn authz_response() -> axum::Json<serde_json::Value> {
+/// Responses are never refused: the policy only decides what runs. The question carries the
+/// response body, read all the same (see [`activate`]).
+async fn authz_response(_body: Bytes) -> axum::Json<serde_json::Value> {
     answer(true, "")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn create(body: &str) -> Verdict {
         decide(
@@ -624,6 +668,81 @@ mod tests {
             panic!("allowed")
         };
         assert!(msg.contains("sidecar_profile = \"hardened\""), "{msg}");
+    }
+
+    /// A directory deeper than a unix socket's path may be (107 bytes), as the doctor's probe
+    /// under the temp dir makes: served through the directory's handle all the same.
+    #[tokio::test]
+    async fn a_deep_directory_still_gets_its_socket() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let deep = tmp.path().join("d".repeat(60)).join("e".repeat(60));
+        std::fs::create_dir_all(&deep).expect("mkdir");
+        let socket = deep.join(SOCKET_NAME);
+        assert!(socket.as_os_str().len() > 108);
+        let _policy = InnerPolicy::serve(&deep, "rootless").expect("serve");
+        let meta = std::fs::symlink_metadata(&socket).expect("socket");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(meta.file_type().is_socket());
+        // Served twice (a retried job): the old socket is replaced.
+        drop(_policy);
+        let _again = InnerPolicy::serve(&deep, "rootless").expect("serve again");
+    }
+
+    /// Docker's plugin client sends its next question on the connection of the last answer:
+    /// that connection must stay open after an answer phase that carried a response body
+    /// (the policy has no use for it, but leaving it unread made hyper close the connection).
+    #[tokio::test]
+    async fn the_connection_outlives_an_answer_phase_with_a_body() {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _policy = InnerPolicy::serve(dir.path(), "rootless").expect("serve");
+        let stream = tokio::net::UnixStream::connect(dir.path().join(SOCKET_NAME))
+            .await
+            .expect("connect");
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let big = serde_json::json!({
+            "RequestMethod": "GET", "RequestUri": "/info",
+            "ResponseBody": base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 300_000]),
+        })
+        .to_string();
+        let small = serde_json::json!({"RequestMethod": "GET", "RequestUri": "/_ping"}).to_string();
+        for (path, body) in [
+            ("/AuthZPlugin.AuthZRes", &big),
+            ("/AuthZPlugin.AuthZReq", &small),
+            ("/AuthZPlugin.AuthZRes", &big),
+            ("/AuthZPlugin.AuthZReq", &small),
+        ] {
+            let req = format!(
+                "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            write
+                .write_all(req.as_bytes())
+                .await
+                .expect("send on the same connection");
+            let mut length = None;
+            loop {
+                let mut line = String::new();
+                let n = read.read_line(&mut line).await.expect("read");
+                assert!(
+                    n > 0,
+                    "the policy closed the connection after an answer to {path}"
+                );
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse::<usize>().ok();
+                }
+            }
+            let mut answer = vec![0; length.expect("content-length")];
+            read.read_exact(&mut answer).await.expect("answer body");
+            let v: serde_json::Value = serde_json::from_slice(&answer).expect("json");
+            assert_eq!(v["Allow"], true, "{path}");
+        }
     }
 
     /// The socket speaks Docker's plugin protocol: activation, a refused and an allowed

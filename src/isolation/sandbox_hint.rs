@@ -2,11 +2,11 @@
 //! refused a request beyond its sandbox. Without it the user sees runc's text ("error mounting
 //! "sysfs" … operation not permitted") and no reason.
 //!
-//! Why here and not in the daemon: the job talks to its daemon with its own Docker CLI, so a
-//! CLI wrapper would be bypassed; an authorization plugin would refuse requests up front, but it
-//! is one more process per sidecar speaking Docker's plugin protocol, and it would have to
-//! guess what the kernel will refuse. The runner instead reads what the daemon logged while the
-//! failed step ran and says why in the trace, in the same words the docs use. The sidecar's log
+//! Why here and not in the daemon: inner `--privileged` itself is refused up front by the
+//! daemon's authorization plugin (`inner_policy.rs`), because the request says it plainly; what
+//! the kernel refuses further down (a host device, a read-only sysfs with `inner_privileged =
+//! true`) the plugin would have to guess. The runner instead reads what the daemon logged while
+//! the failed step ran and says why in the trace, in the same words the docs use. The sidecar's log
 //! is written by processes the job controls (the inner daemon), so it is only matched against
 //! fixed signatures: nothing from it is copied into the trace.
 //!
@@ -44,8 +44,9 @@ const REFUSALS: &[Refusal] = &[
         // runc mounting a read-write sysfs for `--privileged`: the kernel lets a user namespace
         // mount a new sysfs only as restrictive as the one it can see. The runner opens the
         // sidecar's /sys read-write (`rootless::open_sidecar_sysfs`), so inner `--privileged`
-        // runs; this is for a sidecar image whose entrypoint does not wait for that and starts
-        // its daemon on the read-only one.
+        // runs (with `inner_privileged = true`; otherwise the inner policy refuses it first);
+        // this is for a sidecar image whose entrypoint does not wait for that and starts its
+        // daemon on the read-only one.
         needles: &["sysfs", "operation not permitted"],
         hint: "an inner container asked for `--privileged`, which the job's Docker daemon cannot \
                give: it runs rootless (sidecar_profile = \"rootless\"), in a user namespace that \
