@@ -364,8 +364,9 @@ docker run --rm --pull never --cap-add SYS_ADMIN isolated-runner/busybox:test sh
 /// The ways a job can ask its daemon for a privileged container through the API itself,
 /// past the Docker CLI: the plain request, keys in other cases (Go's decoder matches them, with
 /// Unicode folding), a second `HostConfig` object (decoded into the same struct), the
-/// deprecated top-level field, a body the daemon does not pass to its plugins (over 1 MiB, or a
-/// URI ending in `/auth`), an escaped path, and `docker exec --privileged`. Each is sent to a
+/// deprecated top-level field, a body padded past 1 MiB and a URI ending in `/auth` (older
+/// Dockers passed their plugins no body for either; 26.1.5 passes both), an escaped path, and
+/// `docker exec --privileged`. Each is sent to a
 /// daemon with the inner policy and to one with `inner_privileged = true`: the second says which
 /// the daemon really reads as privileged (the plain ones must be), and every one of those, and
 /// every other, is refused by the first with the runner's reason, leaving no privileged
