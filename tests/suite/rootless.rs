@@ -408,6 +408,13 @@ for v in "plain /v1.45/containers/create?name=plain plain.json" \
   echo "VARIANT $1 $r privileged=$p"
   [ "$r" = refused ] || echo "ANSWER $1 $(printf '%s' "$out" | head -c 300)"
 done
+printf 'services:\n  priv:\n    image: %s\n    privileged: true\n    command: ["true"]\n' $img > compose.yaml
+if out=$(docker compose -p composed up --no-start 2>&1); then
+  echo "VARIANT compose answered privileged=$(docker inspect -f '{{.HostConfig.Privileged}}' composed-priv-1)"
+else
+  case "$out" in *"ir-inner-policy: isolated-runner:"*) echo "VARIANT compose refused privileged=none" ;;
+  *) echo "VARIANT compose failed $out" ;; esac
+fi
 docker run -d --name keep --pull never $img sleep 60 >/dev/null
 if docker exec --privileged keep grep -q 'CapEff:.*1ffffffffff' /proc/self/status 2>err.txt; then
   echo "VARIANT exec answered privileged=true"
@@ -435,8 +442,8 @@ echo "privileged-containers=$(docker ps -aq | xargs docker inspect -f '{{.HostCo
     };
     let guarded_v = variants(&guarded_text);
     let open_v = variants(&open_text);
-    assert_eq!(guarded_v.len(), 10, "{guarded_text}");
-    assert_eq!(open_v.len(), 10, "{open_text}");
+    assert_eq!(guarded_v.len(), 11, "{guarded_text}");
+    assert_eq!(open_v.len(), 11, "{open_text}");
     // Without the policy the daemon reads these as privileged: the test asks for real. (Docker
     // 26.1 reads `folded` as not privileged; the policy refuses it all the same.)
     for must in [
@@ -448,6 +455,7 @@ echo "privileged-containers=$(docker ps -aq | xargs docker inspect -f '{{.HostCo
         "padded",
         "auth",
         "escaped",
+        "compose",
         "exec",
     ] {
         assert!(
