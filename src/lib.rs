@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod netpolicy;
 pub mod outcome;
 pub mod paths;
+pub mod percent;
 pub mod pki;
 pub mod secret;
 pub mod trace;

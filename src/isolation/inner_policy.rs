@@ -162,7 +162,7 @@ fn target_of(uri: &str) -> Option<Target> {
     let raw = uri.split(['?', '#']).next().unwrap_or_default();
     let mut path = raw.to_string();
     for _ in 0..4 {
-        let decoded = percent_decode(&path);
+        let decoded = crate::percent::decode(&path);
         if decoded == path {
             break;
         }
@@ -193,30 +193,6 @@ fn target_of(uri: &str) -> Option<Target> {
 
 fn is_version(v: &str) -> bool {
     !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.')
-}
-
-/// `%XX` escapes decoded (invalid ones kept as they are); bytes that are not UTF-8 after
-/// decoding become U+FFFD, which matches no segment the policy looks for.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).and_then(|c| (*c as char).to_digit(16)),
-                b.get(i + 2).and_then(|c| (*c as char).to_digit(16)),
-            )
-        {
-            // Two hex digits are at most 0xff.
-            out.push(u8::try_from(h * 16 + l).unwrap_or(b'%'));
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether `entries` has a key folding to `key` whose value would set a Go bool to true. Only

@@ -110,31 +110,12 @@ pub fn basic_credentials(url: &url::Url) -> Option<String> {
     if !matches!(url.scheme(), "http" | "https") {
         return None;
     }
-    let pass = percent_decode(url.password()?);
-    let user = match percent_decode(url.username()) {
+    let pass = crate::percent::decode(url.password()?);
+    let user = match crate::percent::decode(url.username()) {
         u if u.is_empty() => "gitlab-ci-token".to_string(),
         u => u,
     };
     Some(format!("{user}:{pass}"))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 3 <= b.len()
-            && let Some(Ok(v)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16))
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The environment that hands git the credentials without writing them anywhere.

@@ -7,55 +7,18 @@ use crate::support;
 
 use isolated_runner::job::JobOutcome;
 use serde_json::{Value, json};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::docker::{BUSYBOX_IMAGE, Scope};
 use support::security::*;
 
-/// A one-layer image from busybox with `EXPOSE 5432`, labelled with the scope's runner id and
-/// removed when dropped (busybox itself declares no ports).
-struct ServiceImage(String);
-
-impl ServiceImage {
-    fn build(scope: &Scope) -> ServiceImage {
-        let tag = format!("ir-test-svc-{}:test", scope.runner_id);
-        let mut child = Command::new("docker")
-            // --no-cache: tests build this same Dockerfile side by side, and a cached
-            // intermediate shared between them vanishes when the other test removes its image
-            // ("failed to get digest" from the legacy builder, seen in CI).
-            .args(["build", "-q", "--no-cache", "-t", &tag, "--label"])
-            .arg(format!("io.isolated-runner.runner={}", scope.runner_id))
-            .arg("-")
-            // The legacy builder uses the local image as is; nothing is pulled.
-            .env("DOCKER_BUILDKIT", "0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run docker build");
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().expect("stdin");
-            write!(stdin, "FROM {BUSYBOX_IMAGE}\nEXPOSE 5432\n").expect("write Dockerfile");
-        }
-        let out = child.wait_with_output().expect("docker build");
-        assert!(
-            out.status.success(),
-            "docker build: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ServiceImage(tag)
-    }
-}
-
-impl Drop for ServiceImage {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rmi", "-f", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
+/// A one-layer image from busybox with `EXPOSE 5432` (busybox itself declares no ports),
+/// removed when dropped.
+fn service_image(scope: &Scope) -> support::docker::ImageGuard {
+    support::docker::classic_build(
+        scope,
+        &format!("ir-test-svc-{}:test", scope.runner_id),
+        &format!("FROM {BUSYBOX_IMAGE}\nEXPOSE 5432\n"),
+    )
 }
 
 fn tree() -> tempfile::TempDir {
@@ -77,7 +40,7 @@ const CONNECT: &str = "bash -c 'exec 3<>/dev/tcp/db/5432' && echo CONNECTED-TO-D
 async fn late_service_is_awaited_and_debug_logs_reach_the_trace() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let image = ServiceImage::build(&scope);
+    let image = service_image(&scope);
     let cfg = scope.config(|_| {});
     let t = tree();
     // Opens its port only after a while: longer than the sidecar takes to be ready here, so
@@ -115,7 +78,7 @@ async fn late_service_is_awaited_and_debug_logs_reach_the_trace() {
 async fn service_that_never_listens_is_a_warning_with_its_log_and_the_job_runs() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let image = ServiceImage::build(&scope);
+    let image = service_image(&scope);
     let cfg = scope.config(|c| {
         c.docker.wait_for_services_timeout = Some(Duration::from_secs(3));
     });
@@ -163,7 +126,7 @@ async fn service_that_never_listens_is_a_warning_with_its_log_and_the_job_runs()
 async fn negative_wait_for_services_timeout_skips_the_wait() {
     let scope = Scope::new().await;
     let _fw = FirewallSweep(scope.runner_id.clone());
-    let image = ServiceImage::build(&scope);
+    let image = service_image(&scope);
     let cfg = scope.config(|c| c.docker.wait_for_services_timeout = None);
     let t = tree();
     let svc = service(&image.0, "echo never-listening; exec sleep 3600");

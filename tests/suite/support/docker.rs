@@ -27,19 +27,18 @@ impl Drop for ImageGuard {
     }
 }
 
-/// Builds `isolated-runner/dind-<what>:test-<runner id>` from [`DIND_IMAGE`] plus `steps`
-/// (Dockerfile lines) with the classic builder, whose steps leave no build cache on the engine
-/// (BuildKit's would), and nothing pulled.
-pub fn derived_sidecar_image(scope: &Scope, what: &str, steps: &str) -> ImageGuard {
-    let image = ImageGuard(format!(
-        "isolated-runner/dind-{what}:test-{}",
-        scope.runner_id
-    ));
+/// Builds `tag` from `dockerfile` with the classic builder: it uses local images as they are
+/// (nothing is pulled) and leaves no build cache on the engine (BuildKit's would). `--no-cache`:
+/// tests build the same Dockerfile side by side, and a cached intermediate shared between them
+/// vanishes when the other test removes its image ("failed to get digest", seen in CI).
+/// Labelled with the scope's runner id; removed when the guard drops.
+pub fn classic_build(scope: &Scope, tag: &str, dockerfile: &str) -> ImageGuard {
+    let image = ImageGuard(tag.to_string());
     let mut build = std::process::Command::new("docker")
         .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "--quiet", "--label"])
-        .arg(format!("isolated-runner.test={}", scope.runner_id))
-        .args(["-t", &image.0, "-"])
+        .args(["build", "--quiet", "--no-cache", "--label"])
+        .arg(format!("io.isolated-runner.runner={}", scope.runner_id))
+        .args(["-t", tag, "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -48,7 +47,9 @@ pub fn derived_sidecar_image(scope: &Scope, what: &str, steps: &str) -> ImageGua
     {
         use std::io::Write;
         let mut stdin = build.stdin.take().expect("stdin");
-        write!(stdin, "FROM {DIND_IMAGE}\n{steps}\n").expect("write the Dockerfile");
+        stdin
+            .write_all(dockerfile.as_bytes())
+            .expect("write the Dockerfile");
     }
     let built = build.wait_with_output().expect("docker build");
     assert!(
@@ -57,6 +58,16 @@ pub fn derived_sidecar_image(scope: &Scope, what: &str, steps: &str) -> ImageGua
         String::from_utf8_lossy(&built.stderr)
     );
     image
+}
+
+/// `isolated-runner/dind-<what>:test-<runner id>`: [`DIND_IMAGE`] plus `steps` (Dockerfile
+/// lines), built by [`classic_build`].
+pub fn derived_sidecar_image(scope: &Scope, what: &str, steps: &str) -> ImageGuard {
+    classic_build(
+        scope,
+        &format!("isolated-runner/dind-{what}:test-{}", scope.runner_id),
+        &format!("FROM {DIND_IMAGE}\n{steps}\n"),
+    )
 }
 /// Job and helper image.
 pub const JOB_IMAGE: &str = "isolated-runner/job:test";
