@@ -255,6 +255,37 @@ fn privileged_quiet_in_shared_socket_mode() {
 }
 
 #[test]
+fn inner_privileged_is_read_and_warned_where_it_gives_the_host() {
+    let iso = |body: &str| {
+        let text = runner("", &format!("[runners.docker.isolation]\n{body}"));
+        let c = load_str(&text, "config.toml").unwrap().config;
+        (
+            c.runners[0].docker.isolation.inner_privileged,
+            warnings(&text),
+        )
+    };
+    let (on, w) = iso("");
+    assert!(!on, "refused by default");
+    assert!(!w.iter().any(|d| d.key_path.ends_with("inner_privileged")));
+    let (on, w) = iso("inner_privileged = true");
+    assert!(on);
+    assert!(
+        !w.iter().any(|d| d.key_path.ends_with("inner_privileged")),
+        "rootless: confined"
+    );
+    let (_, w) = iso("inner_privileged = true\nsidecar_profile = \"hardened\"");
+    let d = find(&w, "holds the sidecar's privileges on the host");
+    assert!(d.key_path.ends_with("inner_privileged"), "{}", d.key_path);
+    let (_, w) = iso("inner_privileged = true\nmode = \"shared-socket\"");
+    find(&w, "has no effect with mode = \"shared-socket\"");
+    let e = errors(&runner(
+        "",
+        "[runners.docker.isolation]\ninner_privileged = \"yes\"",
+    ));
+    assert!(find(&e, "inner_privileged").line > 0);
+}
+
+#[test]
 fn rootless_is_the_default_and_hardened_is_warned() {
     let c = load_str(&runner("", ""), "config.toml").unwrap().config;
     assert_eq!(

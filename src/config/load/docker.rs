@@ -238,6 +238,7 @@ impl Loader {
         let mut pools_ok = true;
         let mut data_root_limits = Vec::new();
         let mut mirror_at = None;
+        let mut inner_privileged_at = None;
         let mut mirror_url_at: Option<At> = None;
         for (key, item) in t.iter() {
             let at = self.at(s, t, key, header);
@@ -415,6 +416,9 @@ impl Loader {
                 "inner_privileged" => {
                     if let Some(b) = self.boolean(&at, item) {
                         iso.inner_privileged = b;
+                        if b {
+                            inner_privileged_at = Some(at);
+                        }
                     }
                 }
                 "ready_timeout" => {
@@ -525,6 +529,21 @@ impl Loader {
                 "has no effect with mode = \"shared-socket\": jobs use the host's daemon and its \
                  own mirror settings",
             );
+        }
+        if let Some(at) = inner_privileged_at {
+            match (iso.mode, iso.sidecar_profile) {
+                (IsolationMode::SharedSocket, _) => self.warn(
+                    &at,
+                    "has no effect with mode = \"shared-socket\": jobs use the host's daemon, \
+                     where --privileged is host root",
+                ),
+                (_, SidecarProfile::Rootless | SidecarProfile::Sysbox) => {}
+                (_, _) => self.warn(
+                    &at,
+                    "a privileged inner container holds the sidecar's privileges on the host \
+                     with this sidecar_profile (docs/sidecar-profiles.md, \"Inner --privileged\")",
+                ),
+            }
         }
         if iso.data_root == DataRoot::Ephemeral {
             for at in data_root_limits {
