@@ -298,6 +298,8 @@ pub struct PolicyCounts {
 
 struct Shared {
     profile: &'static str,
+    /// The sidecar's container name, for the runner's log.
+    sidecar: String,
     counts: Arc<PolicyCounts>,
 }
 
@@ -335,7 +337,7 @@ impl InnerPolicy {
     /// run of the same job is replaced. The socket is made through a handle on `dir`
     /// (`/proc/self/fd/<n>/policy.sock`): a unix socket's path may not exceed 107 bytes, and a
     /// state directory deep enough (the doctor's probe under the temp dir) would pass that.
-    pub fn serve(dir: &Path, profile: &'static str) -> Result<InnerPolicy, Error> {
+    pub fn serve(dir: &Path, profile: &'static str, sidecar: &str) -> Result<InnerPolicy, Error> {
         use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
         use std::os::fd::AsRawFd;
         let socket = dir.join(SOCKET_NAME);
@@ -369,6 +371,7 @@ impl InnerPolicy {
         let counts = Arc::new(PolicyCounts::default());
         let shared = Arc::new(Shared {
             profile,
+            sidecar: sidecar.to_string(),
             counts: Arc::clone(&counts),
         });
         let app = Router::new()
@@ -456,7 +459,11 @@ async fn authz_request(
         Verdict::Allow => answer(true, ""),
         Verdict::Refuse(msg) => {
             shared.counts.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(reason = %msg, "the inner policy refused a request of the job's daemon");
+            tracing::info!(
+                sidecar = %shared.sidecar,
+                reason = %msg,
+                "the inner policy refused a request of the job's daemon"
+            );
             answer(false, &msg)
         }
     }
@@ -655,13 +662,13 @@ mod tests {
         std::fs::create_dir_all(&deep).expect("mkdir");
         let socket = deep.join(SOCKET_NAME);
         assert!(socket.as_os_str().len() > 108);
-        let _policy = InnerPolicy::serve(&deep, "rootless").expect("serve");
+        let _policy = InnerPolicy::serve(&deep, "rootless", "ir-test-sidecar").expect("serve");
         let meta = std::fs::symlink_metadata(&socket).expect("socket");
         use std::os::unix::fs::FileTypeExt;
         assert!(meta.file_type().is_socket());
         // Served twice (a retried job): the old socket is replaced.
         drop(_policy);
-        let _again = InnerPolicy::serve(&deep, "rootless").expect("serve again");
+        let _again = InnerPolicy::serve(&deep, "rootless", "ir-test-sidecar").expect("serve again");
     }
 
     /// Docker's plugin client sends its next question on the connection of the last answer:
@@ -671,7 +678,7 @@ mod tests {
     async fn the_connection_outlives_an_answer_phase_with_a_body() {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
         let dir = tempfile::tempdir().expect("tempdir");
-        let _policy = InnerPolicy::serve(dir.path(), "rootless").expect("serve");
+        let _policy = InnerPolicy::serve(dir.path(), "rootless", "ir-test-sidecar").expect("serve");
         let stream = tokio::net::UnixStream::connect(dir.path().join(SOCKET_NAME))
             .await
             .expect("connect");
@@ -726,7 +733,7 @@ mod tests {
     #[tokio::test]
     async fn the_socket_answers_the_daemons_questions() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let policy = InnerPolicy::serve(dir.path(), "rootless").expect("serve");
+        let policy = InnerPolicy::serve(dir.path(), "rootless", "ir-test-sidecar").expect("serve");
         let mode = std::fs::metadata(dir.path().join(SOCKET_NAME))
             .expect("socket")
             .permissions()

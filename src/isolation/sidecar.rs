@@ -379,6 +379,7 @@ impl Core {
             state.inner_policy = Some(super::inner_policy::InnerPolicy::serve(
                 &certs.policy,
                 profile,
+                &sidecar.name,
             )?);
             sidecar
                 .mounts
