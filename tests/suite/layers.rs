@@ -34,9 +34,10 @@ const LAYERS: &[(&str, u8)] = &[
     // The config file and the job's directories (opened beneath, no symlinks).
     ("config", 2),
     ("paths", 2),
-    // Leaves: the Docker API, certificates, secrets, the words for a job's end.
+    // Leaves: the Docker API, certificates, secrets, the words for a job's end, URL escapes.
     ("docker", 1),
     ("outcome", 1),
+    ("percent", 1),
     ("pki", 1),
     ("secret", 1),
 ];
