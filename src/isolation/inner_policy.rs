@@ -136,21 +136,31 @@ fn refusal(target: Target, profile: &str) -> String {
         }
         Target::ExecCreate => "a privileged exec (docker exec --privileged)",
     };
-    let sandbox = if profile == "rootless" {
-        "it runs without any privilege on the host (sidecar_profile = \"rootless\"), so a \
-         privileged container would get none of the host's devices, sysctls or kernel settings"
-            .to_string()
+    // rootless and sysbox sidecars hold no privilege on the host: a privileged inner container
+    // would be confined; the others would hand it the sidecar's host privileges.
+    let (sandbox, way_out) = if matches!(profile, "rootless" | "sysbox") {
+        (
+            format!(
+                "it runs without any privilege on the host (sidecar_profile = \"{profile}\"), \
+                 so a privileged container would get none of the host's devices, sysctls or \
+                 kernel settings"
+            ),
+            "or ask the runner's admin for inner_privileged = true, which runs privileged \
+             containers confined to the job's sandbox",
+        )
     } else {
-        format!(
-            "a privileged container there would hold the sidecar's privileges on the host \
-             (sidecar_profile = \"{profile}\")"
+        (
+            format!(
+                "a privileged container there would hold the sidecar's privileges on the host \
+                 (sidecar_profile = \"{profile}\")"
+            ),
+            "the runner's admin can allow it with inner_privileged = true",
         )
     };
     format!(
         "isolated-runner: the job's Docker daemon refuses {asked}: {sandbox}. Add only the \
-         capabilities the container uses (--cap-add), or ask the runner's admin for \
-         inner_privileged = true, which runs privileged containers confined to the job's \
-         sandbox (docs/sidecar-profiles.md, \"Inner --privileged\")"
+         capabilities the container uses (--cap-add), {way_out} (docs/sidecar-profiles.md, \
+         \"Inner --privileged\")"
     )
 }
 
@@ -651,6 +661,7 @@ mod tests {
             panic!("allowed")
         };
         assert!(msg.contains("sidecar_profile = \"hardened\""), "{msg}");
+        assert!(!msg.contains("confined"), "{msg}");
     }
 
     /// A directory deeper than a unix socket's path may be (107 bytes), as the doctor's probe
