@@ -50,7 +50,7 @@ pub const PLUGIN_NAME: &str = "ir-inner-policy";
 /// Where the sidecar sees the policy directory (read-only).
 pub const SIDECAR_DIR: &str = "/isolated-runner/policy";
 /// The socket's name in that directory.
-pub const SOCKET_NAME: &str = "policy.sock";
+const SOCKET_NAME: &str = "policy.sock";
 /// The environment variable that tells the sidecar's entrypoint where the socket is.
 pub const SOCKET_ENV: &str = "IR_INNER_POLICY_SOCKET";
 
@@ -301,32 +301,26 @@ struct AuthzRequest {
 
 /// What one sidecar's policy has seen, for the runner's checks and the job's log.
 #[derive(Debug, Default)]
-pub struct PolicyCounts {
+struct PolicyCounts {
     asked: AtomicU64,
     refused: AtomicU64,
 }
 
+/// What the handlers and the runner's side share.
+#[derive(Debug)]
 struct Shared {
     profile: &'static str,
     /// The sidecar's container name, for the runner's log.
     sidecar: String,
-    counts: Arc<PolicyCounts>,
+    counts: PolicyCounts,
 }
 
 /// One sidecar's policy, served until this is dropped.
+#[derive(Debug)]
 pub struct InnerPolicy {
     task: tokio::task::JoinHandle<()>,
-    counts: Arc<PolicyCounts>,
+    shared: Arc<Shared>,
     socket: PathBuf,
-}
-
-impl std::fmt::Debug for InnerPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InnerPolicy")
-            .field("socket", &self.socket)
-            .field("counts", &self.counts)
-            .finish()
-    }
 }
 
 impl Drop for InnerPolicy {
@@ -378,18 +372,17 @@ impl InnerPolicy {
             FchmodatFlags::FollowSymlink,
         )
         .map_err(|e| failed("chmod", &e))?;
-        let counts = Arc::new(PolicyCounts::default());
         let shared = Arc::new(Shared {
             profile,
             sidecar: sidecar.to_string(),
-            counts: Arc::clone(&counts),
+            counts: PolicyCounts::default(),
         });
         let app = Router::new()
             .route("/Plugin.Activate", post(activate))
             .route("/AuthZPlugin.AuthZReq", post(authz_request))
             .route("/AuthZPlugin.AuthZRes", post(authz_response))
             .layer(DefaultBodyLimit::max(MAX_PLUGIN_REQUEST))
-            .with_state(shared);
+            .with_state(Arc::clone(&shared));
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::warn!(error = %e, "the inner policy stopped serving");
@@ -398,19 +391,25 @@ impl InnerPolicy {
         tracing::debug!(socket = %socket.display(), profile, "inner policy serving");
         Ok(InnerPolicy {
             task,
-            counts,
+            shared,
             socket,
         })
     }
 
+    /// `IR_INNER_POLICY_SOCKET=…`: where the sidecar's entrypoint finds the socket, with the
+    /// policy directory mounted at [`SIDECAR_DIR`].
+    pub fn sidecar_env() -> String {
+        format!("{SOCKET_ENV}={SIDECAR_DIR}/{SOCKET_NAME}")
+    }
+
     /// Requests the daemon has asked about so far.
     pub fn asked(&self) -> u64 {
-        self.counts.asked.load(Ordering::Relaxed)
+        self.shared.counts.asked.load(Ordering::Relaxed)
     }
 
     /// Requests refused so far.
     pub fn refused(&self) -> u64 {
-        self.counts.refused.load(Ordering::Relaxed)
+        self.shared.counts.refused.load(Ordering::Relaxed)
     }
 }
 
@@ -682,19 +681,70 @@ mod tests {
         let _again = InnerPolicy::serve(&deep, "rootless", "ir-test-sidecar").expect("serve again");
     }
 
+    /// One keep-alive connection to a policy's socket, as Docker's plugin client keeps one.
+    struct PluginConn {
+        read: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+        write: tokio::net::unix::OwnedWriteHalf,
+    }
+
+    impl PluginConn {
+        async fn open(dir: &Path) -> PluginConn {
+            let stream = tokio::net::UnixStream::connect(dir.join(SOCKET_NAME))
+                .await
+                .expect("connect");
+            let (read, write) = stream.into_split();
+            PluginConn {
+                read: tokio::io::BufReader::new(read),
+                write,
+            }
+        }
+
+        /// Posts `body` to `path` and reads the JSON answer; fails when the policy closed
+        /// the connection instead of answering.
+        async fn ask(&mut self, path: &str, body: &str) -> serde_json::Value {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+            let req = format!(
+                "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            self.write
+                .write_all(req.as_bytes())
+                .await
+                .expect("send on the same connection");
+            let mut length = None;
+            loop {
+                let mut line = String::new();
+                let n = self.read.read_line(&mut line).await.expect("read");
+                assert!(
+                    n > 0,
+                    "the policy closed the connection instead of answering {path}"
+                );
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse::<usize>().ok();
+                }
+            }
+            let mut answer = vec![0; length.expect("content-length")];
+            self.read
+                .read_exact(&mut answer)
+                .await
+                .expect("answer body");
+            serde_json::from_slice(&answer).expect("json answer")
+        }
+    }
+
     /// Docker's plugin client sends its next question on the connection of the last answer:
     /// that connection must stay open after an answer phase that carried a response body
     /// (the policy has no use for it, but leaving it unread made hyper close the connection).
     #[tokio::test]
     async fn the_connection_outlives_an_answer_phase_with_a_body() {
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
         let dir = tempfile::tempdir().expect("tempdir");
         let _policy = InnerPolicy::serve(dir.path(), "rootless", "ir-test-sidecar").expect("serve");
-        let stream = tokio::net::UnixStream::connect(dir.path().join(SOCKET_NAME))
-            .await
-            .expect("connect");
-        let (read, mut write) = stream.into_split();
-        let mut read = BufReader::new(read);
+        let mut conn = PluginConn::open(dir.path()).await;
         let big = serde_json::json!({
             "RequestMethod": "GET", "RequestUri": "/info",
             "ResponseBody": base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 300_000]),
@@ -707,34 +757,7 @@ mod tests {
             ("/AuthZPlugin.AuthZRes", &big),
             ("/AuthZPlugin.AuthZReq", &small),
         ] {
-            let req = format!(
-                "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            write
-                .write_all(req.as_bytes())
-                .await
-                .expect("send on the same connection");
-            let mut length = None;
-            loop {
-                let mut line = String::new();
-                let n = read.read_line(&mut line).await.expect("read");
-                assert!(
-                    n > 0,
-                    "the policy closed the connection after an answer to {path}"
-                );
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse::<usize>().ok();
-                }
-            }
-            let mut answer = vec![0; length.expect("content-length")];
-            read.read_exact(&mut answer).await.expect("answer body");
-            let v: serde_json::Value = serde_json::from_slice(&answer).expect("json");
+            let v = conn.ask(path, body).await;
             assert_eq!(v["Allow"], true, "{path}");
         }
     }
@@ -750,26 +773,8 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o666);
-        let ask = |path: &'static str, body: String| {
-            let sock = dir.path().join(SOCKET_NAME);
-            async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut s = tokio::net::UnixStream::connect(sock)
-                    .await
-                    .expect("connect");
-                let req = format!(
-                    "POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                s.write_all(req.as_bytes()).await.expect("write");
-                let mut out = String::new();
-                s.read_to_string(&mut out).await.expect("read");
-                let json = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-                serde_json::from_str::<serde_json::Value>(&json).expect("json answer")
-            }
-        };
-        let a = ask("/Plugin.Activate", String::new()).await;
+        let mut conn = PluginConn::open(dir.path()).await;
+        let a = conn.ask("/Plugin.Activate", "").await;
         assert_eq!(a["Implements"][0], "authz");
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let q = |body: &str| {
@@ -781,11 +786,12 @@ mod tests {
             })
             .to_string()
         };
-        let no = ask(
-            "/AuthZPlugin.AuthZReq",
-            q(r#"{"HostConfig":{"Privileged":true}}"#),
-        )
-        .await;
+        let no = conn
+            .ask(
+                "/AuthZPlugin.AuthZReq",
+                &q(r#"{"HostConfig":{"Privileged":true}}"#),
+            )
+            .await;
         assert_eq!(no["Allow"], false);
         assert!(
             no["Msg"]
@@ -793,16 +799,19 @@ mod tests {
                 .unwrap_or_default()
                 .contains("--privileged")
         );
-        let yes = ask("/AuthZPlugin.AuthZReq", q(r#"{"Image":"busybox"}"#)).await;
+        let yes = conn
+            .ask("/AuthZPlugin.AuthZReq", &q(r#"{"Image":"busybox"}"#))
+            .await;
         assert_eq!(yes["Allow"], true);
-        let res = ask("/AuthZPlugin.AuthZRes", "{}".to_string()).await;
+        let res = conn.ask("/AuthZPlugin.AuthZRes", "{}").await;
         assert_eq!(res["Allow"], true);
         // A question in words the policy does not know is refused.
-        let odd = ask(
-            "/AuthZPlugin.AuthZReq",
-            r#"{"Method":"POST","Uri":"/containers/create"}"#.to_string(),
-        )
-        .await;
+        let odd = conn
+            .ask(
+                "/AuthZPlugin.AuthZReq",
+                r#"{"Method":"POST","Uri":"/containers/create"}"#,
+            )
+            .await;
         assert_eq!(odd["Allow"], false);
         assert_eq!((policy.asked(), policy.refused()), (3, 2));
     }

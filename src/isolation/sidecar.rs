@@ -384,12 +384,9 @@ impl Core {
             sidecar
                 .mounts
                 .push(state.bind(&certs.policy, super::inner_policy::SIDECAR_DIR, true));
-            sidecar.env.push(format!(
-                "{}={}/{}",
-                super::inner_policy::SOCKET_ENV,
-                super::inner_policy::SIDECAR_DIR,
-                super::inner_policy::SOCKET_NAME
-            ));
+            sidecar
+                .env
+                .push(super::inner_policy::InnerPolicy::sidecar_env());
         }
         sidecar.mounts.extend(dir_mounts_of(state));
         let limits = super::limits::JobLimits::of(&self.runner.docker);

@@ -365,23 +365,22 @@ impl NetPolicy {
         egress: &Egress,
         listings: &[(Family, String)],
     ) -> Result<InstallPlan, Error> {
-        let hook = |family: Family| {
-            let docker_user = listings
+        // Whether the family's listing declares `chain` (Docker made it).
+        let declares = |family: Family, chain: &str| {
+            let line = format!("-N {chain}");
+            listings
                 .iter()
-                .any(|(f, text)| *f == family && text.lines().any(|l| l == "-N DOCKER-USER"));
-            if docker_user {
+                .any(|(f, text)| *f == family && text.lines().any(|l| l == line))
+        };
+        let hook = |family: Family| {
+            if declares(family, "DOCKER-USER") {
                 "DOCKER-USER"
             } else {
                 "FORWARD"
             }
         };
         let (hook_v4, hook_v6) = (hook(Family::V4), hook(Family::V6));
-        let isolation = |family: Family| {
-            let line = format!("-N {}", rules::DOCKER_ISOLATION);
-            listings
-                .iter()
-                .any(|(f, text)| *f == family && text.lines().any(|l| l == line))
-        };
+        let isolation = |family: Family| declares(family, rules::DOCKER_ISOLATION);
         let locals = local_addresses().await?;
         rules::plan_install(&PlanInput {
             runner_id: &self.opts.runner_id,

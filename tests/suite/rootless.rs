@@ -365,12 +365,11 @@ docker run --rm --pull never --cap-add SYS_ADMIN isolated-runner/busybox:test sh
 /// past the Docker CLI: the plain request, keys in other cases (Go's decoder matches them, with
 /// Unicode folding), a second `HostConfig` object (decoded into the same struct), the
 /// deprecated top-level field, a body padded past 1 MiB and a URI ending in `/auth` (older
-/// Dockers passed their plugins no body for either; 26.1.5 passes both), an escaped path, and
-/// `docker exec --privileged`. Each is sent to a
-/// daemon with the inner policy and to one with `inner_privileged = true`: the second says which
-/// the daemon really reads as privileged (the plain ones must be), and every one of those, and
-/// every other, is refused by the first with the runner's reason, leaving no privileged
-/// container behind.
+/// Dockers passed their plugins no body for either; 26.1.5 passes both), an escaped path,
+/// compose `privileged: true` and `docker exec --privileged`. Each is sent to a daemon with the
+/// inner policy and to one with `inner_privileged = true`: the second says which the daemon
+/// really reads as privileged (the plain ones must be), and every one of those, and every other,
+/// is refused by the first with the runner's reason, leaving no privileged container behind.
 #[tokio::test]
 async fn inner_privileged_is_refused_however_the_job_asks() {
     let scope = Scope::new().await;
@@ -475,8 +474,7 @@ echo "privileged-containers=$(docker ps -aq | xargs docker inspect -f '{{.HostCo
         "{guarded_text}"
     );
     eprintln!("without the policy:\n{open_text}");
-    support::security::teardown(b).await;
-    teardown(&scope, a).await;
+    teardown_both(&scope, b, a).await;
 }
 
 /// A sidecar image whose entrypoint ignores `IR_INNER_POLICY_SOCKET` would run inner

@@ -14,9 +14,13 @@ use std::time::Duration;
 
 /// The test images (built by `tests/images/build`).
 pub const DIND_IMAGE: &str = "isolated-runner/dind:test";
+/// Job and helper image.
+pub const JOB_IMAGE: &str = "isolated-runner/job:test";
+/// Tiny image for inner daemons.
+pub const BUSYBOX_IMAGE: &str = "isolated-runner/busybox:test";
 
-/// A sidecar image a test derived from [`DIND_IMAGE`]; removed when dropped, also when an
-/// assertion fails. `.0` is its name.
+/// An image a test built ([`classic_build`]); removed when dropped, also when an assertion
+/// fails. `.0` is its name.
 pub struct ImageGuard(pub String);
 
 impl Drop for ImageGuard {
@@ -69,10 +73,6 @@ pub fn derived_sidecar_image(scope: &Scope, what: &str, steps: &str) -> ImageGua
         &format!("FROM {DIND_IMAGE}\n{steps}\n"),
     )
 }
-/// Job and helper image.
-pub const JOB_IMAGE: &str = "isolated-runner/job:test";
-/// Tiny image for inner daemons.
-pub const BUSYBOX_IMAGE: &str = "isolated-runner/busybox:test";
 
 /// A busybox service under `alias`, serving a directory that `setup` (shell) fills, over
 /// HTTP on port 80.
